@@ -1,0 +1,119 @@
+//! `grant_table_op` sub-operations and the v1 grant entry.
+use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
+
+pub const GNTTABOP_MAP_GRANT_REF: u64 = 0;
+pub const GNTTABOP_UNMAP_GRANT_REF: u64 = 1;
+pub const GNTTABOP_SETUP_TABLE: u64 = 2;
+pub const GNTTABOP_DUMP_TABLE: u64 = 3;
+pub const GNTTABOP_TRANSFER: u64 = 4;
+pub const GNTTABOP_COPY: u64 = 5;
+pub const GNTTABOP_QUERY_SIZE: u64 = 6;
+pub const GNTTABOP_UNMAP_AND_REPLACE: u64 = 7;
+pub const GNTTABOP_SET_VERSION: u64 = 8;
+pub const GNTTABOP_GET_STATUS_FRAMES: u64 = 9;
+pub const GNTTABOP_GET_VERSION: u64 = 10;
+
+/// `GNTST_*` per-operation status codes.
+pub const GNTST_OKAY: i16 = 0;
+pub const GNTST_GENERAL_ERROR: i16 = -1;
+pub const GNTST_BAD_DOMAIN: i16 = -2;
+pub const GNTST_BAD_GNTREF: i16 = -3;
+pub const GNTST_BAD_HANDLE: i16 = -4;
+pub const GNTST_BAD_VIRT_ADDR: i16 = -5;
+pub const GNTST_BAD_DEV_ADDR: i16 = -6;
+pub const GNTST_NO_DEVICE_SPACE: i16 = -7;
+pub const GNTST_PERMISSION_DENIED: i16 = -8;
+pub const GNTST_BAD_PAGE: i16 = -9;
+pub const GNTST_BAD_COPY_ARG: i16 = -10;
+pub const GNTST_ADDRESS_TOO_BIG: i16 = -11;
+pub const GNTST_EAGAIN: i16 = -12;
+
+/// Grant entry flags.
+pub const GTF_INVALID: u16 = 0;
+pub const GTF_PERMIT_ACCESS: u16 = 1;
+pub const GTF_ACCEPT_TRANSFER: u16 = 2;
+pub const GTF_TYPE_MASK: u16 = 3;
+pub const GTF_READONLY: u16 = 1 << 2;
+pub const GTF_READING: u16 = 1 << 3;
+pub const GTF_WRITING: u16 = 1 << 4;
+
+/// Bytes of one v1 grant entry.
+pub const GRANT_ENTRY_V1_SIZE: usize = 8;
+/// v1 entries per grant frame.
+pub const GRANT_ENTRIES_PER_FRAME: usize = crate::PAGE_SIZE / GRANT_ENTRY_V1_SIZE;
+
+/// `grant_entry_v1_t`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, FromBytes, IntoBytes, Immutable, KnownLayout)]
+pub struct GrantEntryV1 {
+    pub flags: u16,
+    pub domid: u16,
+    pub frame: u32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, FromBytes, IntoBytes, Immutable, KnownLayout)]
+pub struct SetupTable {
+    pub dom: u16,
+    pub _pad: u16,
+    pub nr_frames: u32,
+    /// Out.
+    pub status: i16,
+    pub _pad2: [u8; 6],
+    /// Guest pointer to `nr_frames` u64 frame numbers (out).
+    pub frame_list: u64,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, FromBytes, IntoBytes, Immutable, KnownLayout)]
+pub struct QuerySize {
+    pub dom: u16,
+    pub _pad: u16,
+    /// Out.
+    pub nr_frames: u32,
+    /// Out.
+    pub max_nr_frames: u32,
+    /// Out.
+    pub status: i16,
+    pub _pad2: u16,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, FromBytes, IntoBytes, Immutable, KnownLayout)]
+pub struct SetVersion {
+    pub version: u32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, FromBytes, IntoBytes, Immutable, KnownLayout)]
+pub struct GetVersion {
+    pub dom: u16,
+    pub _pad: u16,
+    /// Out.
+    pub version: u32,
+}
+
+/// One side of a `gnttab_copy`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, FromBytes, IntoBytes, Immutable, KnownLayout)]
+pub struct CopyPtr {
+    /// A grant reference, or a GFN of the caller's own memory.
+    pub gref_or_gfn: u64,
+    pub domid: u16,
+    pub offset: u16,
+    pub _pad: u32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, FromBytes, IntoBytes, Immutable, KnownLayout)]
+pub struct Copy {
+    pub source: CopyPtr,
+    pub dest: CopyPtr,
+    pub len: u16,
+    pub flags: u16,
+    /// Out.
+    pub status: i16,
+    pub _pad: u16,
+}
+pub const GNTCOPY_SOURCE_GREF: u16 = 1;
+pub const GNTCOPY_DEST_GREF: u16 = 2;
