@@ -1,1 +1,98 @@
-fn main() {}
+//! kxen-vmm: run one Xen domain on KVM.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use tracing::error;
+use tracing_subscriber::EnvFilter;
+
+use kxen_vmm::standalone::ConsoleMode;
+use kxen_vmm::vm::{self, VmConfig};
+
+/// Run one Xen domain (PVH) on KVM.
+#[derive(Parser, Debug)]
+#[command(name = "kxen-vmm", version)]
+struct Args {
+    /// PVH ELF kernel (32- or 64-bit, with the Xen PHYS32_ENTRY note).
+    #[arg(long)]
+    kernel: PathBuf,
+    /// Initial ramdisk, passed as module 0.
+    #[arg(long)]
+    ramdisk: Option<PathBuf>,
+    /// Kernel command line.
+    #[arg(long, default_value = "")]
+    cmdline: String,
+    /// Guest RAM in MiB.
+    #[arg(long, default_value_t = 128)]
+    memory: u64,
+    /// Most RAM the guest may balloon up to, in MiB (default: --memory).
+    #[arg(long)]
+    maxmem: Option<u64>,
+    /// Number of vCPUs.
+    #[arg(long, default_value_t = 1)]
+    vcpus: u32,
+    /// Domain id the guest sees.
+    #[arg(long, default_value_t = 1)]
+    domid: u16,
+    /// Domain name.
+    #[arg(long, default_value = "domU")]
+    name: String,
+    /// PV console destination: stdio, null, or file:PATH.
+    #[arg(long, default_value = "stdio")]
+    console: String,
+    /// Print "kxen-vmm: guest-entry-us=N" on stderr when the guest first runs.
+    #[arg(long)]
+    report_timing: bool,
+}
+
+fn parse_console(s: &str) -> Result<ConsoleMode, String> {
+    match s {
+        "stdio" => Ok(ConsoleMode::Stdio),
+        "null" => Ok(ConsoleMode::Null),
+        _ => s
+            .strip_prefix("file:")
+            .map(|p| ConsoleMode::File(PathBuf::from(p)))
+            .ok_or_else(|| format!("bad --console {s:?}: use stdio, null or file:PATH")),
+    }
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::try_from_env("KXEN_LOG").unwrap_or_else(|_| "warn".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    let args = Args::parse();
+    let console = match parse_console(&args.console) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("kxen-vmm: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let cfg = VmConfig {
+        kernel: args.kernel,
+        ramdisk: args.ramdisk,
+        cmdline: args.cmdline,
+        memory_mib: args.memory,
+        maxmem_mib: args.maxmem.unwrap_or(args.memory),
+        vcpus: args.vcpus,
+        domid: args.domid,
+        name: args.name.clone(),
+        console,
+    };
+    match vm::run(cfg, args.report_timing) {
+        Ok(exit) => {
+            let code = exit.exit_code();
+            if code != 0 {
+                eprintln!("kxen-vmm: domain {} {}", args.name, exit.describe());
+            }
+            ExitCode::from(code as u8)
+        }
+        Err(e) => {
+            error!("{e}");
+            eprintln!("kxen-vmm: {e}");
+            ExitCode::from(1)
+        }
+    }
+}

@@ -1,0 +1,15 @@
+//! kxen-vmm: one Xen domain on KVM.
+//!
+//! * [`memory`]: guest RAM in a memfd, special pages, overlay frames;
+//! * [`cpuid`]: the Xen CPUID leaves;
+//! * [`vcpu`]: the vCPU threads and exit decoding;
+//! * [`vm`]: building the domain and running it to its end;
+//! * [`platform`]: what the Xen layer ([`kxen_xen`]) asks of the VMM;
+//! * [`standalone`]: console and xenstore service without kxend.
+
+pub mod cpuid;
+pub mod memory;
+pub mod platform;
+pub mod standalone;
+pub mod vcpu;
+pub mod vm;

@@ -1,0 +1,332 @@
+//! Guest physical memory: one memfd holding RAM, the special pages and a
+//! pool of Xen-owned frames, mapped into KVM memory slots.
+//!
+//! memfd layout:  [ RAM | special pages | frame pool ]
+//! The memfd is what Dom0 maps to reach the domain ("foreign mapping"), so
+//! every byte a guest can share lives in it.
+//!
+//! Guest-physical layout:
+//! * RAM from 0 up to 3 GiB, the rest from 4 GiB;
+//! * the special pages (initial shared_info, xenstore and console rings) at
+//!   [`SPECIAL_BASE_GFN`], reserved in the memory map;
+//! * overlay slots: single pool frames (shared_info, grant frames) mapped
+//!   at whatever GFN outside RAM the guest picks.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::sync::{Arc, Mutex};
+
+use kvm_bindings::kvm_userspace_memory_region;
+use kvm_ioctls::VmFd;
+use nix::fcntl::{fallocate, FallocateFlags};
+use vm_memory::{
+    FileOffset, GuestAddress, GuestAddressSpace, GuestMemoryAtomic, GuestMemoryBackend,
+    GuestMemoryMmap, GuestMemoryRegion, GuestRegionMmap, MmapRegion,
+};
+use xen_abi::memory::{E820Entry, E820_RAM, E820_RESERVED};
+use xen_abi::PAGE_SIZE;
+
+use kxen_xen::OverlayFrame;
+
+/// First GFN of the special pages window (below the 4 GiB boundary, as Xen
+/// puts its HVM special pages).
+pub const SPECIAL_BASE_GFN: u64 = 0xfeff0;
+pub const SPECIAL_PAGES: u64 = 16;
+/// Special page indexes.
+pub const SPECIAL_SHARED_INFO: u64 = 0;
+pub const SPECIAL_XENSTORE: u64 = 1;
+pub const SPECIAL_CONSOLE: u64 = 2;
+/// Default GFNs for grant frames the guest did not place (`setup_table`).
+pub const DEFAULT_GRANT_GFN: u64 = 0xfef00;
+/// Frames in the pool: shared_info plus 64 grant frames.
+const POOL_PAGES: u64 = 1 + kxen_xen::grant::MAX_GRANT_FRAMES as u64;
+/// Low RAM ends here; the rest of RAM is mapped from 4 GiB.
+const LOW_RAM_END: u64 = 0xc000_0000;
+const HIGH_RAM_START: u64 = 0x1_0000_0000;
+
+const SLOT_LOW_RAM: u32 = 0;
+const SLOT_HIGH_RAM: u32 = 1;
+const SLOT_SPECIAL: u32 = 2;
+const FIRST_OVERLAY_SLOT: u32 = 3;
+
+#[derive(Debug, thiserror::Error)]
+pub enum MemoryError {
+    #[error("memfd: {0}")]
+    Memfd(nix::Error),
+    #[error("sizing guest memory: {0}")]
+    Resize(std::io::Error),
+    #[error("mapping guest memory: {0}")]
+    Mmap(vm_memory::mmap::MmapRegionError),
+    #[error("guest memory layout: {0}")]
+    Layout(String),
+    #[error("KVM_SET_USER_MEMORY_REGION: {0}")]
+    Kvm(kvm_ioctls::Error),
+    #[error("guest memory size {0} MiB is out of range")]
+    Size(u64),
+}
+
+/// Where each kind of guest memory lives.
+#[derive(Debug, Clone)]
+pub struct Layout {
+    /// RAM ranges as (gpa, bytes).
+    pub ram: Vec<(u64, u64)>,
+    pub ram_bytes: u64,
+}
+
+impl Layout {
+    pub fn new(ram_bytes: u64) -> Result<Self, MemoryError> {
+        if ram_bytes < 2 << 20 || ram_bytes % PAGE_SIZE as u64 != 0 || ram_bytes > 1 << 40 {
+            return Err(MemoryError::Size(ram_bytes >> 20));
+        }
+        let low = ram_bytes.min(LOW_RAM_END);
+        let mut ram = vec![(0, low)];
+        if ram_bytes > low {
+            ram.push((HIGH_RAM_START, ram_bytes - low));
+        }
+        Ok(Layout { ram, ram_bytes })
+    }
+
+    fn special_offset(&self) -> u64 {
+        self.ram_bytes
+    }
+
+    fn pool_offset(&self, frame: OverlayFrame) -> u64 {
+        let index = match frame {
+            OverlayFrame::SharedInfo => 0,
+            OverlayFrame::GrantTable(i) => 1 + i as u64,
+        };
+        self.ram_bytes + SPECIAL_PAGES * PAGE_SIZE as u64 + index * PAGE_SIZE as u64
+    }
+
+    fn memfd_size(&self) -> u64 {
+        self.ram_bytes + (SPECIAL_PAGES + POOL_PAGES) * PAGE_SIZE as u64
+    }
+
+    /// memfd offset of a RAM GFN.
+    pub fn ram_offset(&self, gfn: u64) -> Option<u64> {
+        let gpa = gfn << 12;
+        let mut offset = 0;
+        for &(base, len) in &self.ram {
+            if gpa >= base && gpa < base + len {
+                return Some(offset + gpa - base);
+            }
+            offset += len;
+        }
+        None
+    }
+
+    /// The guest's E820 map: low memory, RAM above 1 MiB, the special pages.
+    pub fn memmap(&self) -> Vec<E820Entry> {
+        let mut map = vec![E820Entry {
+            addr: 0,
+            size: 0x9_f000,
+            kind: E820_RAM,
+        }];
+        for &(base, len) in &self.ram {
+            let start = base.max(0x10_0000);
+            if start < base + len {
+                map.push(E820Entry {
+                    addr: start,
+                    size: base + len - start,
+                    kind: E820_RAM,
+                });
+            }
+        }
+        map.push(E820Entry {
+            addr: SPECIAL_BASE_GFN << 12,
+            size: SPECIAL_PAGES * PAGE_SIZE as u64,
+            kind: E820_RESERVED,
+        });
+        map.sort_by_key(|e| e.addr);
+        map
+    }
+}
+
+struct Overlay {
+    slot: u32,
+    frame: OverlayFrame,
+}
+
+/// The domain's guest memory.
+pub struct GuestMemory {
+    pub layout: Layout,
+    pub memfd: File,
+    pub atomic: GuestMemoryAtomic<GuestMemoryMmap>,
+    vm: Arc<VmFd>,
+    /// Overlays by GFN.
+    overlays: Mutex<BTreeMap<u64, Overlay>>,
+}
+
+fn region(file: &File, offset: u64, gpa: u64, len: u64) -> Result<GuestRegionMmap, MemoryError> {
+    let file = file.try_clone().map_err(MemoryError::Resize)?;
+    let mapping = MmapRegion::from_file(FileOffset::new(file, offset), len as usize)
+        .map_err(MemoryError::Mmap)?;
+    GuestRegionMmap::new(mapping, GuestAddress(gpa))
+        .ok_or_else(|| MemoryError::Layout(format!("region at {gpa:#x} overflows")))
+}
+
+impl GuestMemory {
+    pub fn new(vm: Arc<VmFd>, ram_bytes: u64) -> Result<Self, MemoryError> {
+        let layout = Layout::new(ram_bytes)?;
+        let fd = nix::sys::memfd::memfd_create(
+            c"kxen-guest-ram",
+            nix::sys::memfd::MFdFlags::MFD_CLOEXEC,
+        )
+        .map_err(MemoryError::Memfd)?;
+        let memfd = File::from(fd);
+        memfd
+            .set_len(layout.memfd_size())
+            .map_err(MemoryError::Resize)?;
+
+        let mut regions = Vec::new();
+        let mut offset = 0;
+        for &(base, len) in &layout.ram {
+            regions.push(region(&memfd, offset, base, len)?);
+            offset += len;
+        }
+        regions.push(region(
+            &memfd,
+            layout.special_offset(),
+            SPECIAL_BASE_GFN << 12,
+            SPECIAL_PAGES * PAGE_SIZE as u64,
+        )?);
+        let map = GuestMemoryMmap::from_regions(regions)
+            .map_err(|e| MemoryError::Layout(e.to_string()))?;
+
+        let memory = GuestMemory {
+            layout,
+            memfd,
+            atomic: GuestMemoryAtomic::new(map.clone()),
+            vm,
+            overlays: Mutex::new(BTreeMap::new()),
+        };
+        for (i, r) in map.iter().enumerate() {
+            let slot = match (i, r.start_addr().0) {
+                (_, a) if a == SPECIAL_BASE_GFN << 12 => SLOT_SPECIAL,
+                (0, _) => SLOT_LOW_RAM,
+                _ => SLOT_HIGH_RAM,
+            };
+            memory.set_slot(slot, r.start_addr().0, r.len(), r.as_ptr() as u64)?;
+        }
+        Ok(memory)
+    }
+
+    fn set_slot(&self, slot: u32, gpa: u64, len: u64, host: u64) -> Result<(), MemoryError> {
+        let region = kvm_userspace_memory_region {
+            slot,
+            flags: 0,
+            guest_phys_addr: gpa,
+            memory_size: len,
+            userspace_addr: host,
+        };
+        // SAFETY: `host` is the start of a mapping of `len` bytes that stays
+        // alive as long as any GuestMemoryMmap snapshot holding its region
+        // exists; we keep one in `self.atomic` until the slot is deleted
+        // (len 0), and KVM only touches the memory through this slot.
+        unsafe { self.vm.set_user_memory_region(region) }.map_err(MemoryError::Kvm)
+    }
+
+    pub fn snapshot(&self) -> vm_memory::GuestMemoryLoadGuard<GuestMemoryMmap> {
+        self.atomic.memory()
+    }
+
+    pub fn is_ram(&self, gfn: u64) -> bool {
+        self.layout.ram_offset(gfn).is_some()
+    }
+
+    /// Map a pool frame at `gfn` (outside RAM and the special window).
+    pub fn map_overlay(&self, gfn: u64, frame: OverlayFrame) -> Result<(), i64> {
+        let special = SPECIAL_BASE_GFN..SPECIAL_BASE_GFN + SPECIAL_PAGES;
+        if self.is_ram(gfn) || special.contains(&gfn) {
+            return Err(-xen_abi::errno::EINVAL);
+        }
+        let mut overlays = self.overlays.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(existing) = overlays.get(&gfn) {
+            return if existing.frame == frame {
+                Ok(())
+            } else {
+                Err(-xen_abi::errno::EBUSY)
+            };
+        }
+        let used: Vec<u32> = overlays.values().map(|o| o.slot).collect();
+        let slot = (FIRST_OVERLAY_SLOT..FIRST_OVERLAY_SLOT + 2 * POOL_PAGES as u32)
+            .find(|s| !used.contains(s))
+            .ok_or(-xen_abi::errno::ENOSPC)?;
+        let gpa = gfn << 12;
+        let region = region(
+            &self.memfd,
+            self.layout.pool_offset(frame),
+            gpa,
+            PAGE_SIZE as u64,
+        )
+        .map_err(|_| -xen_abi::errno::ENOMEM)?;
+        let host = region.as_ptr() as u64;
+        {
+            let guard = self.atomic.lock().map_err(|_| -xen_abi::errno::EBUSY)?;
+            let current = (*self.atomic.memory()).clone();
+            let updated = current
+                .insert_region(Arc::new(region))
+                .map_err(|_| -xen_abi::errno::EINVAL)?;
+            guard.replace(updated);
+        }
+        self.set_slot(slot, gpa, PAGE_SIZE as u64, host)
+            .map_err(|_| -xen_abi::errno::ENOMEM)?;
+        overlays.insert(gfn, Overlay { slot, frame });
+        Ok(())
+    }
+
+    pub fn unmap_overlay(&self, gfn: u64) {
+        let mut overlays = self.overlays.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(overlay) = overlays.remove(&gfn) else {
+            return;
+        };
+        let _ = self.set_slot(overlay.slot, gfn << 12, 0, 0);
+        if let Ok(guard) = self.atomic.lock() {
+            let current = (*self.atomic.memory()).clone();
+            if let Ok((updated, _)) =
+                current.remove_region(GuestAddress(gfn << 12), PAGE_SIZE as u64)
+            {
+                guard.replace(updated);
+            }
+        }
+    }
+
+    /// Return a RAM page to the host; it reads back as zeroes.
+    pub fn discard_ram(&self, gfn: u64) {
+        if let Some(offset) = self.layout.ram_offset(gfn) {
+            let _ = fallocate(
+                &self.memfd,
+                FallocateFlags::FALLOC_FL_PUNCH_HOLE | FallocateFlags::FALLOC_FL_KEEP_SIZE,
+                offset as i64,
+                PAGE_SIZE as i64,
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layout_splits_above_3g() {
+        let l = Layout::new(4 << 30).unwrap();
+        assert_eq!(l.ram, vec![(0, 0xc000_0000), (0x1_0000_0000, 0x4000_0000)]);
+        assert_eq!(l.ram_offset(0x10_0000), Some(0xc000_0000));
+        assert_eq!(l.ram_offset(0xc_0000), None);
+        assert!(Layout::new(1 << 20).is_err());
+        assert!(Layout::new((64 << 20) + 1).is_err());
+    }
+
+    #[test]
+    fn memmap_reserves_special_pages() {
+        let map = Layout::new(64 << 20).unwrap().memmap();
+        let special = map
+            .iter()
+            .find(|e| e.addr == SPECIAL_BASE_GFN << 12)
+            .unwrap();
+        assert_eq!({ special.kind }, E820_RESERVED);
+        assert_eq!({ map[1].addr }, 0x10_0000);
+        assert_eq!({ map[1].size }, (64 << 20) - 0x10_0000);
+    }
+}

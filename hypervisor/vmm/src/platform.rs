@@ -1,0 +1,81 @@
+//! The VMM side of [`kxen_xen::Platform`].
+
+use std::io::Write;
+use std::sync::{Arc, Mutex, Weak};
+
+use kxen_xen::{OverlayFrame, Platform};
+
+use crate::memory::GuestMemory;
+use crate::standalone::Services;
+use crate::vm::{DomainExit, Kicker, Runtime};
+
+pub struct VmmPlatform {
+    pub domid: u16,
+    pub memory: Arc<GuestMemory>,
+    pub kicker: Arc<Kicker>,
+    pub services: Arc<Services>,
+    /// Set once the runtime exists (it owns the domain that owns us).
+    pub runtime: Arc<Mutex<Option<Weak<Runtime>>>>,
+}
+
+impl VmmPlatform {
+    fn runtime(&self) -> Option<Arc<Runtime>> {
+        self.runtime
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .and_then(Weak::upgrade)
+    }
+}
+
+impl Platform for VmmPlatform {
+    fn raise_upcall(&self, vcpu: u32, vector: u8) {
+        if let Some(rt) = self.runtime() {
+            rt.inject_vector(vcpu, vector);
+        }
+    }
+
+    fn kick_vcpu(&self, vcpu: u32) {
+        self.kicker.kick(vcpu);
+    }
+
+    fn map_overlay(&self, gfn: u64, frame: OverlayFrame) -> Result<(), i64> {
+        self.memory.map_overlay(gfn, frame)
+    }
+
+    fn unmap_overlay(&self, gfn: u64) {
+        self.memory.unmap_overlay(gfn);
+    }
+
+    fn discard_ram(&self, gfn: u64) {
+        self.memory.discard_ram(gfn);
+    }
+
+    fn shutdown(&self, reason: u32) {
+        if let Some(rt) = self.runtime() {
+            rt.request_exit(DomainExit::Shutdown(reason));
+        }
+    }
+
+    fn console_write(&self, data: &[u8]) {
+        // Xen's own console: lines from guests carry a (dN) prefix.
+        let text = String::from_utf8_lossy(data);
+        let mut err = std::io::stderr().lock();
+        for line in text.split_inclusive('\n') {
+            let _ = write!(err, "(d{}) {line}", self.domid);
+        }
+        let _ = err.flush();
+    }
+
+    fn console_read(&self, _buf: &mut [u8]) -> usize {
+        // Console input goes to the PV console ring; the hypervisor console
+        // has no input source of its own.
+        0
+    }
+
+    fn notify_remote(&self, remote_dom: u16, remote_port: u32) {
+        if remote_dom == 0 {
+            self.services.notify(remote_port);
+        }
+    }
+}

@@ -1,0 +1,306 @@
+//! One vCPU thread: enter the guest, decode the exit, serve it.
+//!
+//! Hypercalls arrive as `out %eax, $HYPERCALL_PORT` (KVM_EXIT_IO). The
+//! arguments are read from the synced registers KVM copies into kvm_run on
+//! every exit, and the result goes back the same way, so a hypercall costs
+//! one KVM_RUN round trip and no extra register ioctls.
+
+use std::cell::Cell;
+use std::sync::Arc;
+
+use kvm_bindings::{kvm_msr_entry, kvm_run, Msrs};
+use kvm_ioctls::{SyncReg, VcpuExit, VcpuFd};
+use tracing::{debug, error, info, trace, warn};
+use vm_memory::{Bytes, GuestAddress};
+use xen_abi::cpuid::XEN_HYPERCALL_MSR;
+use xen_abi::hypercall::STUB_COUNT;
+use xen_abi::transport::{hypercall_stub, HYPERCALL_PORT};
+
+use kxen_xen::hypercall::Call;
+use kxen_xen::VcpuMmu;
+
+use crate::vm::{DomainExit, Runtime};
+
+/// A port the guest may write to for a bare exit (benchmark baseline).
+pub const NULL_PORT: u16 = 0x59;
+const MSR_IA32_TSC: u32 = 0x10;
+const EFER_LMA: u64 = 1 << 10;
+
+thread_local! {
+    /// This thread's kvm_run, so the kick signal handler can set
+    /// immediate_exit and close the race with entering KVM_RUN.
+    static KVM_RUN: Cell<*mut kvm_run> = const { Cell::new(std::ptr::null_mut()) };
+}
+
+/// Signal handler for vCPU kicks.
+pub extern "C" fn kick_handler(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {
+    KVM_RUN.with(|run| {
+        let run = run.get();
+        if !run.is_null() {
+            // SAFETY: `run` is this thread's kvm_run mapping, published by
+            // the vCPU loop and cleared before the mapping goes away; a
+            // single byte store is async-signal-safe.
+            unsafe { std::ptr::write_volatile(&mut (*run).immediate_exit, 1) };
+        }
+    });
+}
+
+/// Walks the vCPU's page tables with KVM_TRANSLATE.
+struct KvmMmu<'a>(&'a VcpuFd);
+
+impl VcpuMmu for KvmMmu<'_> {
+    fn translate(&self, gva: u64) -> Option<(u64, bool)> {
+        let tr = self.0.translate_gva(gva).ok()?;
+        (tr.valid != 0).then_some((tr.physical_address, true))
+    }
+}
+
+pub struct Vcpu {
+    pub id: u32,
+    pub fd: VcpuFd,
+    pub rt: Arc<Runtime>,
+    started: bool,
+}
+
+impl Vcpu {
+    pub fn new(id: u32, fd: VcpuFd, rt: Arc<Runtime>) -> Self {
+        Vcpu {
+            id,
+            fd,
+            rt,
+            started: id == 0,
+        }
+    }
+
+    /// Measure guest TSC minus host TSC.
+    pub fn measure_tsc_offset(&self) -> i64 {
+        let mut msrs = match Msrs::from_entries(&[kvm_msr_entry {
+            index: MSR_IA32_TSC,
+            ..Default::default()
+        }]) {
+            Ok(m) => m,
+            Err(_) => return 0,
+        };
+        let before = kxen_xen::time::host_tsc();
+        let ok = self.fd.get_msrs(&mut msrs).is_ok();
+        let after = kxen_xen::time::host_tsc();
+        if !ok {
+            return 0;
+        }
+        let guest = msrs.as_slice()[0].data;
+        (guest as i64).wrapping_sub((before / 2 + after / 2) as i64)
+    }
+
+    /// The vCPU thread body.
+    pub fn run(mut self) {
+        self.fd.set_sync_valid_reg(SyncReg::Register);
+        self.fd.set_sync_valid_reg(SyncReg::SystemRegister);
+        let run_ptr: *mut kvm_run = self.fd.get_kvm_run();
+        KVM_RUN.with(|r| r.set(run_ptr));
+        let exit = self.run_loop();
+        KVM_RUN.with(|r| r.set(std::ptr::null_mut()));
+        if let Some(exit) = exit {
+            self.rt.request_exit(exit);
+        }
+        debug!(vcpu = self.id, "vCPU thread exits");
+    }
+
+    fn run_loop(&mut self) -> Option<DomainExit> {
+        let domain = self.rt.domain.clone();
+        let mut entered = false;
+        loop {
+            if domain.is_stopping() || !domain.wait_online(self.id) {
+                return None;
+            }
+            if !entered && self.id == 0 {
+                entered = true;
+                self.rt.note_guest_entry();
+            }
+            let exit = match self.fd.run() {
+                Ok(exit) => exit,
+                Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
+                    self.fd.set_kvm_immediate_exit(0);
+                    continue;
+                }
+                Err(e) => return Some(DomainExit::Crashed(format!("KVM_RUN failed: {e}"))),
+            };
+            if !self.started {
+                self.started = true;
+                domain.vcpu_started(self.id);
+            }
+            match exit {
+                VcpuExit::IoOut(port, data) => {
+                    let port = port;
+                    let _ = data;
+                    match port {
+                        HYPERCALL_PORT => self.hypercall(),
+                        NULL_PORT => {}
+                        _ => trace!(vcpu = self.id, port, "unclaimed port write"),
+                    }
+                }
+                VcpuExit::IoIn(port, data) => {
+                    // Nothing decodes here: reads of a floating bus.
+                    data.fill(0xff);
+                    trace!(vcpu = self.id, port, "unclaimed port read");
+                }
+                VcpuExit::MmioRead(addr, data) => {
+                    data.fill(0xff);
+                    trace!(vcpu = self.id, addr, "unclaimed MMIO read");
+                }
+                VcpuExit::MmioWrite(addr, _) => {
+                    trace!(vcpu = self.id, addr, "unclaimed MMIO write");
+                }
+                VcpuExit::X86Wrmsr(msr) => {
+                    let (index, data) = (msr.index, msr.data);
+                    let ok = index == XEN_HYPERCALL_MSR
+                        && install_hypercall_page(&self.rt, self.id, data);
+                    if !ok {
+                        debug!(vcpu = self.id, index, data, "refused MSR write: #GP");
+                        *msr.error = 1;
+                    }
+                }
+                VcpuExit::X86Rdmsr(msr) => {
+                    debug!(vcpu = self.id, index = msr.index, "MSR read: #GP");
+                    *msr.error = 1;
+                }
+                VcpuExit::Hlt => {
+                    // The in-kernel LAPIC handles HLT; only reached if a
+                    // vCPU halts with interrupts it can never get.
+                    return Some(DomainExit::Crashed(format!(
+                        "vCPU {} halted with no way to wake",
+                        self.id
+                    )));
+                }
+                VcpuExit::Shutdown => {
+                    let rip = self.fd.sync_regs().regs.rip;
+                    return Some(DomainExit::Crashed(format!(
+                        "triple fault on vCPU {} (rip {rip:#x})",
+                        self.id
+                    )));
+                }
+                VcpuExit::InternalError => {
+                    return Some(DomainExit::Crashed(self.describe_internal_error()));
+                }
+                VcpuExit::FailEntry(reason, cpu) => {
+                    return Some(DomainExit::Crashed(format!(
+                        "VM entry failed on vCPU {} (hardware reason {reason:#x}, cpu {cpu})",
+                        self.id
+                    )));
+                }
+                VcpuExit::SystemEvent(kind, _) => {
+                    info!(vcpu = self.id, kind, "system event");
+                    let reason = match kind {
+                        kvm_bindings::KVM_SYSTEM_EVENT_RESET => xen_abi::sched::SHUTDOWN_REBOOT,
+                        kvm_bindings::KVM_SYSTEM_EVENT_CRASH => xen_abi::sched::SHUTDOWN_CRASH,
+                        _ => xen_abi::sched::SHUTDOWN_POWEROFF,
+                    };
+                    return Some(DomainExit::Shutdown(reason));
+                }
+                VcpuExit::Intr => {}
+                other => {
+                    warn!(vcpu = self.id, exit = ?other, "unexpected exit");
+                    return Some(DomainExit::Crashed(format!(
+                        "unexpected exit on vCPU {}: {other:?}",
+                        self.id
+                    )));
+                }
+            }
+        }
+    }
+
+    /// Serve the hypercall whose number the guest wrote to the port.
+    fn hypercall(&mut self) {
+        let sync = self.fd.sync_regs();
+        let regs = sync.regs;
+        let sregs = sync.sregs;
+        // Xen refuses hypercalls from guest user mode (hvm_hypercall).
+        let cpl = sregs.ss.dpl;
+        let result = if cpl != 0 {
+            -xen_abi::errno::EPERM
+        } else {
+            let long_mode = sregs.efer & EFER_LMA != 0 && sregs.cs.l != 0;
+            let call = if long_mode {
+                Call {
+                    nr: regs.rax & 0xffff_ffff,
+                    args: [regs.rdi, regs.rsi, regs.rdx, regs.r10, regs.r8],
+                }
+            } else {
+                let m = 0xffff_ffff;
+                Call {
+                    nr: regs.rax & m,
+                    args: [
+                        regs.rbx & m,
+                        regs.rcx & m,
+                        regs.rdx & m,
+                        regs.rsi & m,
+                        regs.rdi & m,
+                    ],
+                }
+            };
+            let mmu = KvmMmu(&self.fd);
+            let r = self.rt.domain.hypercall(self.id, &mmu, call);
+            if long_mode {
+                r
+            } else {
+                r as i32 as u32 as i64
+            }
+        };
+        self.fd.sync_regs_mut().regs.rax = result as u64;
+        self.fd.set_sync_dirty_reg(SyncReg::Register);
+    }
+
+    fn describe_internal_error(&mut self) -> String {
+        let run = self.fd.get_kvm_run();
+        // SAFETY: the exit reason is KVM_EXIT_INTERNAL_ERROR, so the kernel
+        // filled the `internal` member of the exit union.
+        let internal = unsafe { run.__bindgen_anon_1.internal };
+        let n = (internal.ndata as usize).min(internal.data.len());
+        let data = &internal.data[..n];
+        let rip = self.fd.sync_regs().regs.rip;
+        let mut msg = format!(
+            "KVM internal error on vCPU {} (suberror {}{}) at rip {rip:#x}",
+            self.id,
+            internal.suberror,
+            if internal.suberror == kvm_bindings::KVM_INTERNAL_ERROR_EMULATION {
+                ": instruction emulation failed"
+            } else {
+                ""
+            }
+        );
+        if internal.suberror == kvm_bindings::KVM_INTERNAL_ERROR_EMULATION && n >= 3 {
+            // data[1] = instruction length, data[2..] = instruction bytes.
+            let len = (data[1] as usize).min(15);
+            let bytes: Vec<u8> = data[2..]
+                .iter()
+                .flat_map(|w| w.to_le_bytes())
+                .take(len)
+                .collect();
+            msg.push_str(&format!(", insn bytes {bytes:02x?}"));
+        } else {
+            msg.push_str(&format!(", data {data:#x?}"));
+        }
+        error!("{msg}");
+        msg
+    }
+}
+
+/// Fill the hypercall page at the GPA written to the MSR (low 12 bits:
+/// page index, and we have one page).
+fn install_hypercall_page(rt: &Runtime, vcpu: u32, value: u64) -> bool {
+    if value & 0xfff != 0 {
+        return false;
+    }
+    let gpa = value & !0xfff;
+    let mut page = vec![0xccu8; xen_abi::PAGE_SIZE];
+    for nr in 0..STUB_COUNT {
+        let stub = hypercall_stub(nr as u32);
+        page[nr * stub.len()..(nr + 1) * stub.len()].copy_from_slice(&stub);
+    }
+    let ok = rt
+        .memory
+        .snapshot()
+        .write_slice(&page, GuestAddress(gpa))
+        .is_ok();
+    info!(vcpu, gpa, ok, "hypercall page");
+    ok
+}

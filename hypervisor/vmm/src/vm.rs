@@ -1,0 +1,515 @@
+//! Build a domain on KVM and run it to its end.
+
+use std::fs::File;
+use std::path::PathBuf;
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use kvm_bindings::{kvm_enable_cap, kvm_msi, kvm_segment, KVM_MAX_CPUID_ENTRIES};
+use kvm_ioctls::{Cap, Kvm, MsrFilterDefaultAction, MsrFilterRange, MsrFilterRangeFlags, VmFd};
+use tracing::{error, info, warn};
+use vm_memory::{Bytes, GuestAddress};
+use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
+use xen_abi::cpuid::XEN_HYPERCALL_MSR;
+use xen_abi::hvm::*;
+use xen_abi::pvh::MemmapEntry;
+
+use kxen_loader::start_info::{self, BootBlockLayout, Module};
+use kxen_xen::{Domain, DomainConfig};
+
+use crate::cpuid::{self, XenCpuidParams};
+use crate::memory::{self, GuestMemory};
+use crate::platform::VmmPlatform;
+use crate::standalone::{ConsoleMode, Services};
+use crate::vcpu::{kick_handler, Vcpu};
+
+pub const XEN_MAJOR: u32 = 4;
+pub const XEN_MINOR: u32 = 17;
+/// Dom0-side ports of the console and xenstore in standalone mode.
+pub const DOM0_CONSOLE_PORT: u32 = 1;
+pub const DOM0_XENSTORE_PORT: u32 = 2;
+
+#[derive(Debug, thiserror::Error)]
+pub enum VmError {
+    #[error("KVM: {0}")]
+    Kvm(#[from] kvm_ioctls::Error),
+    #[error("KVM lacks {0}")]
+    MissingCap(&'static str),
+    #[error("guest memory: {0}")]
+    Memory(#[from] memory::MemoryError),
+    #[error("kernel {path}: {source}")]
+    Kernel {
+        path: PathBuf,
+        source: kxen_loader::LoaderError,
+    },
+    #[error("ramdisk {path}: {source}")]
+    Ramdisk {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("ramdisk does not fit in guest RAM")]
+    RamdiskTooLarge,
+    #[error("boot block: {0}")]
+    Boot(kxen_loader::LoaderError),
+    #[error("CPUID table: {0:?}")]
+    Cpuid(vmm_sys_util::fam::Error),
+    #[error("{0}")]
+    Setup(String),
+}
+
+/// How a domain ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DomainExit {
+    /// The guest shut itself down with a SHUTDOWN_* reason.
+    Shutdown(u32),
+    /// The hypervisor ended the domain (triple fault, emulation failure...).
+    Crashed(String),
+}
+
+impl DomainExit {
+    /// Process exit status: 0 poweroff, 2 reboot, 3 suspend, 4 guest crash,
+    /// 5 watchdog, 6 soft reset, 7 ended by the hypervisor.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            DomainExit::Shutdown(r) => match *r {
+                xen_abi::sched::SHUTDOWN_POWEROFF => 0,
+                xen_abi::sched::SHUTDOWN_REBOOT => 2,
+                xen_abi::sched::SHUTDOWN_SUSPEND => 3,
+                xen_abi::sched::SHUTDOWN_CRASH => 4,
+                xen_abi::sched::SHUTDOWN_WATCHDOG => 5,
+                _ => 6,
+            },
+            DomainExit::Crashed(_) => 7,
+        }
+    }
+
+    pub fn describe(&self) -> String {
+        match self {
+            DomainExit::Shutdown(r) => format!(
+                "shutdown: {}",
+                match *r {
+                    0 => "poweroff",
+                    1 => "reboot",
+                    2 => "suspend",
+                    3 => "crash",
+                    4 => "watchdog",
+                    _ => "soft_reset",
+                }
+            ),
+            DomainExit::Crashed(why) => format!("crashed: {why}"),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct VmConfig {
+    pub kernel: PathBuf,
+    pub ramdisk: Option<PathBuf>,
+    pub cmdline: String,
+    pub memory_mib: u64,
+    pub maxmem_mib: u64,
+    pub vcpus: u32,
+    pub domid: u16,
+    pub name: String,
+    pub console: ConsoleMode,
+}
+
+/// State shared by the vCPU threads, the services and the main thread.
+pub struct Runtime {
+    pub vm: Arc<VmFd>,
+    pub memory: Arc<GuestMemory>,
+    pub domain: Arc<Domain>,
+    exit: Mutex<Option<DomainExit>>,
+    exit_cv: Condvar,
+    started: Instant,
+    entry: Mutex<Option<Duration>>,
+}
+
+impl Runtime {
+    /// First caller decides how the domain ended; everyone is told to stop.
+    pub fn request_exit(&self, why: DomainExit) {
+        let mut exit = self.exit.lock().unwrap_or_else(|e| e.into_inner());
+        if exit.is_none() {
+            info!(domid = self.domain.domid(), "domain {}", why.describe());
+            *exit = Some(why);
+        }
+        self.exit_cv.notify_all();
+        drop(exit);
+        self.domain.stop();
+    }
+
+    pub fn note_guest_entry(&self) {
+        let mut entry = self.entry.lock().unwrap_or_else(|e| e.into_inner());
+        entry.get_or_insert_with(|| self.started.elapsed());
+    }
+
+    pub fn guest_entry_after(&self) -> Option<Duration> {
+        *self.entry.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Raise `vector` on `vcpu` through its LAPIC (APIC ID = vCPU id).
+    pub fn inject_vector(&self, vcpu: u32, vector: u8) {
+        let msi = kvm_msi {
+            address_lo: 0xfee0_0000 | (vcpu << 12),
+            address_hi: 0,
+            data: vector as u32,
+            ..Default::default()
+        };
+        if let Err(e) = self.vm.signal_msi(msi) {
+            warn!(vcpu, vector, "KVM_SIGNAL_MSI failed: {e}");
+        }
+    }
+}
+
+/// Kicks vCPU threads out of KVM_RUN.
+#[derive(Default)]
+pub struct Kicker {
+    threads: Mutex<Vec<Option<libc::pthread_t>>>,
+}
+
+impl Kicker {
+    pub fn kick(&self, vcpu: u32) {
+        let threads = self.threads.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(Some(tid)) = threads.get(vcpu as usize) {
+            // SAFETY: `tid` names a live vCPU thread: entries are cleared
+            // before the thread is joined. The signal's handler only sets a
+            // flag.
+            unsafe { libc::pthread_kill(*tid, SIGRTMIN()) };
+        }
+    }
+}
+
+fn flat_segment(selector: u16, kind: u8) -> kvm_segment {
+    kvm_segment {
+        base: 0,
+        limit: 0xffff_ffff,
+        selector,
+        type_: kind,
+        present: 1,
+        dpl: 0,
+        db: 1,
+        s: 1,
+        l: 0,
+        g: 1,
+        avl: 0,
+        unusable: 0,
+        padding: 0,
+    }
+}
+
+/// Put vCPU 0 at the PVH entry: 32-bit protected mode, paging off.
+fn setup_pvh_bsp(fd: &kvm_ioctls::VcpuFd, entry: u64, start_info: u64) -> Result<(), VmError> {
+    let mut sregs = fd.get_sregs()?;
+    sregs.cs = flat_segment(0x10, 0xb);
+    for seg in [
+        &mut sregs.ds,
+        &mut sregs.es,
+        &mut sregs.fs,
+        &mut sregs.gs,
+        &mut sregs.ss,
+    ] {
+        *seg = flat_segment(0x18, 0x3);
+    }
+    sregs.tr = kvm_segment {
+        base: 0,
+        limit: 0x67,
+        selector: 0x20,
+        type_: 0xb,
+        present: 1,
+        s: 0,
+        ..Default::default()
+    };
+    sregs.cr0 = 0x11; // PE | ET
+    sregs.cr4 = 0;
+    sregs.efer = 0;
+    fd.set_sregs(&sregs)?;
+    let mut regs = fd.get_regs()?;
+    regs.rip = entry;
+    regs.rbx = start_info;
+    regs.rflags = 0x2;
+    fd.set_regs(&regs)?;
+    Ok(())
+}
+
+fn domain_handle(domid: u16, name: &str) -> [u8; 16] {
+    let mut handle = [0u8; 16];
+    if let Ok(mut f) = File::open("/dev/urandom") {
+        use std::io::Read;
+        let _ = f.read_exact(&mut handle);
+    }
+    if handle == [0; 16] {
+        handle[..2].copy_from_slice(&domid.to_le_bytes());
+        for (i, b) in name.bytes().take(14).enumerate() {
+            handle[2 + i] = b;
+        }
+    }
+    // RFC 4122 version 4 layout.
+    handle[6] = (handle[6] & 0x0f) | 0x40;
+    handle[8] = (handle[8] & 0x3f) | 0x80;
+    handle
+}
+
+/// Build the domain and run it until it ends.
+pub fn run(cfg: VmConfig, report_timing: bool) -> Result<DomainExit, VmError> {
+    let started = Instant::now();
+    let kvm = Kvm::new()?;
+    for (cap, name) in [
+        (Cap::Irqchip, "an in-kernel irqchip"),
+        (Cap::X86UserSpaceMsr, "user-space MSR exits"),
+        (Cap::SyncRegs, "synced registers"),
+        (Cap::SignalMsi, "KVM_SIGNAL_MSI"),
+    ] {
+        if !kvm.check_extension(cap) {
+            return Err(VmError::MissingCap(name));
+        }
+    }
+    if cfg.vcpus == 0 || cfg.vcpus > 32 {
+        return Err(VmError::Setup(format!("vcpus={} (1..=32)", cfg.vcpus)));
+    }
+    let vm = Arc::new(kvm.create_vm()?);
+    // Needed on VT-x without unrestricted guest; harmless elsewhere.
+    if let Err(e) = vm.set_tss_address(0xfffb_d000) {
+        warn!("KVM_SET_TSS_ADDR: {e}");
+    }
+    vm.create_irq_chip()?;
+
+    // The hypercall page MSR exits to us; every other MSR stays with KVM.
+    let cap = kvm_enable_cap {
+        cap: kvm_bindings::KVM_CAP_X86_USER_SPACE_MSR,
+        args: [kvm_bindings::KVM_MSR_EXIT_REASON_FILTER as u64, 0, 0, 0],
+        ..Default::default()
+    };
+    vm.enable_cap(&cap)?;
+    let deny = [0u8; 1];
+    vm.set_msr_filter(
+        MsrFilterDefaultAction::ALLOW,
+        &[MsrFilterRange {
+            flags: MsrFilterRangeFlags::WRITE,
+            base: XEN_HYPERCALL_MSR,
+            msr_count: 1,
+            bitmap: &deny,
+        }],
+    )?;
+
+    let memory = Arc::new(GuestMemory::new(
+        vm.clone(),
+        cfg.memory_mib
+            .checked_mul(1 << 20)
+            .ok_or(VmError::Setup("memory size".into()))?,
+    )?);
+
+    // Load the kernel and the ramdisk.
+    let snapshot = memory.snapshot();
+    let mut kernel_file = File::open(&cfg.kernel).map_err(|e| VmError::Kernel {
+        path: cfg.kernel.clone(),
+        source: e.into(),
+    })?;
+    let kernel = kxen_loader::load_pvh_elf(&snapshot, &mut kernel_file).map_err(|source| {
+        VmError::Kernel {
+            path: cfg.kernel.clone(),
+            source,
+        }
+    })?;
+    let mut modules = Vec::new();
+    if let Some(path) = &cfg.ramdisk {
+        let data = std::fs::read(path).map_err(|source| VmError::Ramdisk {
+            path: path.clone(),
+            source,
+        })?;
+        let low_end = memory.layout.ram[0].1;
+        let size = data.len() as u64;
+        let addr = low_end
+            .checked_sub(size)
+            .map(|a| a & !0xfff)
+            .filter(|&a| a >= kernel.end.max(0x10_0000))
+            .ok_or(VmError::RamdiskTooLarge)?;
+        snapshot
+            .write_slice(&data, GuestAddress(addr))
+            .map_err(|_| VmError::RamdiskTooLarge)?;
+        modules.push(Module { paddr: addr, size });
+    }
+    let memmap = memory.layout.memmap();
+    let pvh_memmap: Vec<MemmapEntry> = memmap
+        .iter()
+        .map(|e| MemmapEntry {
+            addr: e.addr,
+            size: e.size,
+            kind: e.kind,
+            reserved: 0,
+        })
+        .collect();
+    let start_info = start_info::write(
+        &snapshot,
+        &BootBlockLayout::default(),
+        &cfg.cmdline,
+        &pvh_memmap,
+        &modules,
+        0,
+    )
+    .map_err(VmError::Boot)?;
+    drop(snapshot);
+
+    // vCPUs: created before the domain because the TSC rate comes from KVM.
+    let mut vcpu_fds = Vec::new();
+    for id in 0..cfg.vcpus {
+        vcpu_fds.push(vm.create_vcpu(id as u64)?);
+    }
+    let tsc_khz = vcpu_fds[0].get_tsc_khz().unwrap_or_else(|e| {
+        warn!("KVM_GET_TSC_KHZ: {e}; assuming 1 GHz");
+        1_000_000
+    });
+
+    let kicker = Arc::new(Kicker::default());
+    let services = Arc::new(Services::new(cfg.console.clone()));
+    let runtime_slot: Arc<Mutex<Option<std::sync::Weak<Runtime>>>> = Arc::new(Mutex::new(None));
+    let platform = VmmPlatform {
+        domid: cfg.domid,
+        memory: memory.clone(),
+        kicker: kicker.clone(),
+        services: services.clone(),
+        runtime: runtime_slot.clone(),
+    };
+    let ram_pages = memory.layout.ram_bytes >> 12;
+    let domain_cfg = DomainConfig {
+        domid: cfg.domid,
+        name: cfg.name.clone(),
+        nr_vcpus: cfg.vcpus,
+        ram: memory.layout.ram.clone(),
+        max_pages: (cfg.maxmem_mib.max(cfg.memory_mib) << 20 >> 12).max(ram_pages),
+        memmap: memmap.clone(),
+        initial_shared_info_gfn: memory::SPECIAL_BASE_GFN + memory::SPECIAL_SHARED_INFO,
+        default_grant_gfn: memory::DEFAULT_GRANT_GFN,
+        xen_major: XEN_MAJOR,
+        xen_minor: XEN_MINOR,
+        handle: domain_handle(cfg.domid, &cfg.name),
+    };
+    let domain = Arc::new(Domain::new(
+        domain_cfg,
+        memory.atomic.clone(),
+        Box::new(platform),
+        tsc_khz,
+    ));
+
+    // Console and xenstore rings, bound to the (standalone) Dom0 ends.
+    let console_pfn = memory::SPECIAL_BASE_GFN + memory::SPECIAL_CONSOLE;
+    let store_pfn = memory::SPECIAL_BASE_GFN + memory::SPECIAL_XENSTORE;
+    let console_port = domain
+        .bind_remote_port(0, DOM0_CONSOLE_PORT)
+        .map_err(|e| VmError::Setup(format!("console port: {e}")))?;
+    let store_port = domain
+        .bind_remote_port(0, DOM0_XENSTORE_PORT)
+        .map_err(|e| VmError::Setup(format!("xenstore port: {e}")))?;
+    domain.set_param_privileged(HVM_PARAM_CONSOLE_PFN, console_pfn);
+    domain.set_param_privileged(HVM_PARAM_CONSOLE_EVTCHN, console_port as u64);
+    domain.set_param_privileged(HVM_PARAM_STORE_PFN, store_pfn);
+    domain.set_param_privileged(HVM_PARAM_STORE_EVTCHN, store_port as u64);
+
+    let rt = Arc::new(Runtime {
+        vm: vm.clone(),
+        memory: memory.clone(),
+        domain: domain.clone(),
+        exit: Mutex::new(None),
+        exit_cv: Condvar::new(),
+        started,
+        entry: Mutex::new(None),
+    });
+    *runtime_slot.lock().unwrap_or_else(|e| e.into_inner()) = Some(Arc::downgrade(&rt));
+
+    let supported = kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)?;
+    let mut vcpus = Vec::new();
+    for (id, fd) in vcpu_fds.into_iter().enumerate() {
+        let id = id as u32;
+        let table = cpuid::build(
+            &supported,
+            &XenCpuidParams {
+                domid: cfg.domid,
+                vcpu: id,
+                xen_major: XEN_MAJOR,
+                xen_minor: XEN_MINOR,
+                tsc_khz,
+            },
+        )
+        .map_err(VmError::Cpuid)?;
+        fd.set_cpuid2(&table)?;
+        if id == 0 {
+            setup_pvh_bsp(&fd, kernel.entry, start_info)?;
+        }
+        let vcpu = Vcpu::new(id, fd, rt.clone());
+        domain.set_tsc_offset(id, vcpu.measure_tsc_offset());
+        vcpus.push(vcpu);
+    }
+
+    register_signal_handler(SIGRTMIN(), kick_handler)
+        .map_err(|e| VmError::Setup(format!("signal handler: {e}")))?;
+
+    let timer_domain = domain.clone();
+    let timer = std::thread::Builder::new()
+        .name("timers".into())
+        .spawn(move || timer_domain.run_timers())
+        .map_err(|e| VmError::Setup(format!("timer thread: {e}")))?;
+    let service_threads = services.start(
+        rt.clone(),
+        console_port,
+        console_pfn << 12,
+        store_port,
+        store_pfn << 12,
+    );
+
+    let mut handles: Vec<JoinHandle<()>> = Vec::new();
+    for vcpu in vcpus {
+        let name = format!("vcpu{}", vcpu.id);
+        let handle = std::thread::Builder::new()
+            .name(name)
+            .spawn(move || vcpu.run())
+            .map_err(|e| VmError::Setup(format!("vCPU thread: {e}")))?;
+        kicker
+            .threads
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(Some(handle.pthread_handle()));
+        handles.push(handle);
+    }
+    info!(
+        domid = cfg.domid,
+        name = %cfg.name,
+        memory_mib = cfg.memory_mib,
+        vcpus = cfg.vcpus,
+        entry = kernel.entry,
+        "domain built in {:?}",
+        started.elapsed()
+    );
+
+    // Wait for the end, then stop every thread.
+    let exit = {
+        let mut exit = rt.exit.lock().unwrap_or_else(|e| e.into_inner());
+        while exit.is_none() {
+            exit = rt.exit_cv.wait(exit).unwrap_or_else(|e| e.into_inner());
+        }
+        exit.clone()
+            .unwrap_or(DomainExit::Crashed("unknown".into()))
+    };
+    domain.stop();
+    services.stop();
+    for (i, handle) in handles.into_iter().enumerate() {
+        while !handle.is_finished() {
+            kicker.kick(i as u32);
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        kicker.threads.lock().unwrap_or_else(|e| e.into_inner())[i] = None;
+        if handle.join().is_err() {
+            error!(vcpu = i, "vCPU thread panicked");
+        }
+    }
+    let _ = timer.join();
+    for t in service_threads {
+        let _ = t.join();
+    }
+    if let Some(entry) = rt.guest_entry_after() {
+        info!("guest entry {:?} after start", entry);
+        if report_timing {
+            eprintln!("kxen-vmm: guest-entry-us={}", entry.as_micros());
+        }
+    }
+    Ok(exit)
+}

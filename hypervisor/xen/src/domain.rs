@@ -1,0 +1,614 @@
+//! One domain's Xen state and the services the VMM provides to it.
+
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Condvar, Mutex, MutexGuard};
+use std::time::Duration;
+
+use tracing::{debug, info, warn};
+use vm_memory::{Bytes, GuestAddress, GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
+use xen_abi::event_channel::VIRQ_TIMER;
+use xen_abi::hvm::*;
+use xen_abi::memory::E820Entry;
+use xen_abi::shared_info::*;
+use xen_abi::vcpu::*;
+use xen_abi::PAGE_SIZE;
+use zerocopy::IntoBytes;
+
+use crate::evtchn::{self, PortState, PortTable, SharedInfoBits, VcpuEventBits};
+use crate::grant::GrantTable;
+use crate::guest::{atomic_u64, atomic_u64_slice, atomic_u8};
+use crate::time::{host_tsc, Clock};
+
+/// A page the VMM owns and maps at a guest-chosen GFN.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OverlayFrame {
+    SharedInfo,
+    GrantTable(u32),
+}
+
+/// What the VMM provides to the Xen layer.
+pub trait Platform: Send + Sync {
+    /// Inject `vector` into `vcpu` as an edge-triggered interrupt.
+    fn raise_upcall(&self, vcpu: u32, vector: u8);
+    /// Make `vcpu` leave guest mode soon (to notice it went offline).
+    fn kick_vcpu(&self, vcpu: u32);
+    /// Map `frame` at `gfn`, which lies outside RAM. Errors are -errno.
+    fn map_overlay(&self, gfn: u64, frame: OverlayFrame) -> Result<(), i64>;
+    /// Remove an overlay mapped earlier at `gfn`.
+    fn unmap_overlay(&self, gfn: u64);
+    /// Release the RAM page at `gfn` (balloon); it reads back as zeroes.
+    fn discard_ram(&self, gfn: u64);
+    /// The domain asked to shut down with `reason` (SHUTDOWN_*).
+    fn shutdown(&self, reason: u32);
+    /// Hypervisor console output (`console_io` write).
+    fn console_write(&self, data: &[u8]);
+    /// Hypervisor console input (`console_io` read); bytes copied.
+    fn console_read(&self, buf: &mut [u8]) -> usize;
+    /// The domain sent an event on a port connected to Dom0's `remote_port`.
+    fn notify_remote(&self, remote_dom: u16, remote_port: u32);
+}
+
+/// Static facts about the domain, fixed at build time.
+#[derive(Clone, Debug)]
+pub struct DomainConfig {
+    pub domid: u16,
+    pub name: String,
+    pub nr_vcpus: u32,
+    /// RAM ranges as (gpa, bytes).
+    pub ram: Vec<(u64, u64)>,
+    /// Most pages the domain may hold (maxmem).
+    pub max_pages: u64,
+    /// The memory map the guest sees (also in hvm_start_info).
+    pub memmap: Vec<E820Entry>,
+    /// GFN where shared_info lives until the guest places it.
+    pub initial_shared_info_gfn: u64,
+    /// First GFN of the window for grant frames the guest did not place.
+    pub default_grant_gfn: u64,
+    pub xen_major: u32,
+    pub xen_minor: u32,
+    /// 16-byte domain handle (UUID).
+    pub handle: [u8; 16],
+}
+
+impl DomainConfig {
+    pub fn ram_pages(&self) -> u64 {
+        self.ram.iter().map(|(_, len)| len / PAGE_SIZE as u64).sum()
+    }
+
+    pub fn is_ram(&self, gfn: u64) -> bool {
+        let gpa = gfn << 12;
+        self.ram
+            .iter()
+            .any(|&(base, len)| gpa >= base && gpa < base + len)
+    }
+
+    pub fn max_ram_gfn(&self) -> u64 {
+        self.ram
+            .iter()
+            .map(|&(base, len)| (base + len) >> 12)
+            .max()
+            .unwrap_or(0)
+    }
+}
+
+/// Per-vCPU Xen state.
+#[derive(Default)]
+pub struct VcpuState {
+    /// GPA of the registered vcpu_info, if any.
+    pub vcpu_info_gpa: Option<u64>,
+    /// Per-vCPU upcall vector (HVMOP_set_evtchn_upcall_vector).
+    pub upcall_vector: Option<u8>,
+    /// Started (BSP, or an AP that has run) and not taken down.
+    pub initialised: bool,
+    pub online: bool,
+    pub singleshot_deadline: Option<u64>,
+    pub periodic: Option<(u64, u64)>,
+    pub runstate: RunstateInfo,
+    pub runstate_gpa: Option<u64>,
+    pub time_area_gpa: Option<u64>,
+    /// Guest TSC minus host TSC.
+    pub tsc_offset: i64,
+}
+
+/// Mutable Xen state of the domain, under one lock.
+pub struct DomainState {
+    pub params: [u64; HVM_NR_PARAMS as usize],
+    pub ports: PortTable,
+    pub shared_info_gfn: u64,
+    /// True once the guest placed shared_info outside RAM (an overlay).
+    pub shared_info_overlay: bool,
+    pub vcpus: Vec<VcpuState>,
+    pub grants: GrantTable,
+    /// RAM GFNs released by the balloon.
+    pub ballooned: BTreeSet<u64>,
+    pub shutdown_code: Option<u32>,
+    pub vm_assist: u64,
+    /// Set when a timer was armed or cancelled, for the timer thread.
+    pub timers_changed: bool,
+}
+
+/// One domain as the Xen layer sees it.
+pub struct Domain {
+    pub cfg: DomainConfig,
+    pub mem: GuestMemoryAtomic<GuestMemoryMmap>,
+    pub platform: Box<dyn Platform>,
+    pub clock: Clock,
+    state: Mutex<DomainState>,
+    /// Signalled whenever an event is raised, a vCPU comes online or the
+    /// domain stops: blocked and polling vCPUs re-check their condition.
+    pub wake: Condvar,
+    /// Signalled when a timer is armed or the domain stops.
+    timer_wake: Condvar,
+    stopping: AtomicBool,
+    /// Hypercalls served, for statistics.
+    pub hypercalls: AtomicU64,
+}
+
+/// How long a waiting vCPU sleeps before re-reading guest memory. Events
+/// raised by other processes (Dom0 backends) set bits without signalling
+/// our condition variable.
+const WAIT_RECHECK: Duration = Duration::from_millis(5);
+
+impl Domain {
+    pub fn new(
+        cfg: DomainConfig,
+        mem: GuestMemoryAtomic<GuestMemoryMmap>,
+        platform: Box<dyn Platform>,
+        tsc_khz: u32,
+    ) -> Self {
+        let mut vcpus: Vec<VcpuState> = (0..cfg.nr_vcpus).map(|_| VcpuState::default()).collect();
+        vcpus[0].initialised = true;
+        vcpus[0].online = true;
+        for v in vcpus.iter_mut() {
+            v.runstate.state = RUNSTATE_OFFLINE;
+        }
+        vcpus[0].runstate.state = RUNSTATE_RUNNING;
+        let state = DomainState {
+            params: [0; HVM_NR_PARAMS as usize],
+            ports: PortTable::new(cfg.nr_vcpus),
+            shared_info_gfn: cfg.initial_shared_info_gfn,
+            shared_info_overlay: false,
+            vcpus,
+            grants: GrantTable::default(),
+            ballooned: BTreeSet::new(),
+            shutdown_code: None,
+            vm_assist: 0,
+            timers_changed: false,
+        };
+        let domain = Domain {
+            cfg,
+            mem,
+            platform,
+            clock: Clock::new(tsc_khz),
+            state: Mutex::new(state),
+            wake: Condvar::new(),
+            timer_wake: Condvar::new(),
+            stopping: AtomicBool::new(false),
+            hypercalls: AtomicU64::new(0),
+        };
+        {
+            let st = domain.lock();
+            domain.write_wallclock(&st);
+        }
+        domain
+    }
+
+    pub fn lock(&self) -> MutexGuard<'_, DomainState> {
+        // A panic while holding the lock is a VMM bug; keep serving the
+        // remaining state rather than cascading panics across threads.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn domid(&self) -> u16 {
+        self.cfg.domid
+    }
+
+    /// Stop the domain: wake every waiter so vCPU threads and the timer
+    /// thread can exit.
+    pub fn stop(&self) {
+        self.stopping.store(true, Ordering::SeqCst);
+        let _st = self.lock();
+        self.wake.notify_all();
+        self.timer_wake.notify_all();
+    }
+
+    pub fn is_stopping(&self) -> bool {
+        self.stopping.load(Ordering::SeqCst)
+    }
+
+    /// Record the guest TSC offset of `vcpu`, measured by the VMM.
+    pub fn set_tsc_offset(&self, vcpu: u32, offset: i64) {
+        if let Some(v) = self.lock().vcpus.get_mut(vcpu as usize) {
+            v.tsc_offset = offset;
+        }
+    }
+
+    /// Set an HVM parameter from the toolstack side (no guest checks).
+    pub fn set_param_privileged(&self, index: u32, value: u64) {
+        if let Some(p) = self.lock().params.get_mut(index as usize) {
+            *p = value;
+        }
+    }
+
+    /// Bind a port of this domain to port `remote_port` of `remote_dom`
+    /// (standalone mode: the VMM plays Dom0's console and xenstore ends).
+    pub fn bind_remote_port(&self, remote_dom: u16, remote_port: u32) -> Result<u32, i64> {
+        self.lock().ports.bind_remote(remote_dom, remote_port)
+    }
+
+    // ---- the 2-level event ABI over guest memory -------------------------
+
+    /// GPA of `vcpu`'s vcpu_info: the registered one, else the legacy slot
+    /// in shared_info.
+    pub fn vcpu_info_gpa(&self, st: &DomainState, vcpu: u32) -> Option<u64> {
+        let v = st.vcpus.get(vcpu as usize)?;
+        v.vcpu_info_gpa.or_else(|| {
+            ((vcpu as usize) < XEN_LEGACY_MAX_VCPUS).then(|| {
+                (st.shared_info_gfn << 12)
+                    + (OFFSET_VCPU_INFO + vcpu as usize * VCPU_INFO_SIZE) as u64
+            })
+        })
+    }
+
+    /// Run `f` with the 2-level event words of the domain.
+    fn with_event_bits<R>(
+        &self,
+        st: &DomainState,
+        vcpu: u32,
+        f: impl FnOnce(&SharedInfoBits, Option<&VcpuEventBits>) -> R,
+    ) -> Option<R> {
+        let mem = self.mem.memory();
+        let si_gpa = st.shared_info_gfn << 12;
+        let pending = atomic_u64_slice(&mem, si_gpa + OFFSET_EVTCHN_PENDING as u64, EVTCHN_WORDS)?;
+        let mask = atomic_u64_slice(&mem, si_gpa + OFFSET_EVTCHN_MASK as u64, EVTCHN_WORDS)?;
+        let si = SharedInfoBits { pending, mask };
+        let vi_gpa = self.vcpu_info_gpa(st, vcpu);
+        let vi = vi_gpa.and_then(|gpa| {
+            Some(VcpuEventBits {
+                upcall_pending: atomic_u8(&mem, gpa + VCPU_INFO_UPCALL_PENDING as u64)?,
+                pending_sel: atomic_u64(&mem, gpa + VCPU_INFO_PENDING_SEL as u64)?,
+            })
+        });
+        Some(f(&si, vi.as_ref()))
+    }
+
+    /// The upcall vector of `vcpu`: its own, else the CALLBACK_IRQ vector.
+    fn upcall_vector(&self, st: &DomainState, vcpu: u32) -> Option<u8> {
+        if let Some(v) = st.vcpus.get(vcpu as usize).and_then(|v| v.upcall_vector) {
+            return Some(v);
+        }
+        let via = st.params[HVM_PARAM_CALLBACK_IRQ as usize];
+        (via >> CALLBACK_VIA_TYPE_SHIFT == CALLBACK_VIA_TYPE_VECTOR).then_some(via as u8)
+    }
+
+    /// Deliver the upcall to `vcpu` and wake it if it is blocked.
+    pub fn raise_upcall(&self, st: &DomainState, vcpu: u32) {
+        if let Some(vector) = self.upcall_vector(st, vcpu) {
+            self.platform.raise_upcall(vcpu, vector);
+        }
+        self.wake.notify_all();
+    }
+
+    /// Raise `port` of this domain.
+    pub fn send_local(&self, st: &DomainState, port: u32) {
+        let Ok(entry) = st.ports.get(port) else {
+            return;
+        };
+        let vcpu = entry.notify_vcpu;
+        let raise = self
+            .with_event_bits(st, vcpu, |si, vi| evtchn::set_pending(si, vi, port))
+            .unwrap_or(false);
+        if raise {
+            self.raise_upcall(st, vcpu);
+        } else {
+            // A poller may be waiting for this very port.
+            self.wake.notify_all();
+        }
+    }
+
+    /// Dom0 (standalone: the VMM's own console/xenstore service) notifies
+    /// `port` of this domain.
+    pub fn notify_from_remote(&self, port: u32) {
+        let st = self.lock();
+        if matches!(
+            st.ports.get(port).map(|p| p.state),
+            Ok(PortState::Interdomain { .. })
+        ) {
+            self.send_local(&st, port);
+        }
+    }
+
+    pub fn port_is_pending(&self, st: &DomainState, port: u32) -> bool {
+        self.with_event_bits(st, 0, |si, _| evtchn::is_pending(si, port))
+            .unwrap_or(false)
+    }
+
+    pub fn unmask_port(&self, st: &DomainState, port: u32) {
+        let vcpu = st.ports.get(port).map(|p| p.notify_vcpu).unwrap_or(0);
+        if self
+            .with_event_bits(st, vcpu, |si, vi| evtchn::unmask(si, vi, port))
+            .unwrap_or(false)
+        {
+            self.raise_upcall(st, vcpu);
+        }
+    }
+
+    pub fn clear_port(&self, st: &DomainState, port: u32) {
+        self.with_event_bits(st, 0, |si, _| evtchn::clear_port(si, port));
+    }
+
+    /// Whether `vcpu` has its upcall_pending flag set.
+    pub fn upcall_pending(&self, st: &DomainState, vcpu: u32) -> bool {
+        let mem = self.mem.memory();
+        self.vcpu_info_gpa(st, vcpu)
+            .and_then(|gpa| atomic_u8(&mem, gpa + VCPU_INFO_UPCALL_PENDING as u64))
+            .is_some_and(|b| b.load(Ordering::SeqCst) != 0)
+    }
+
+    /// Clear `vcpu`'s upcall mask (event delivery enabled), as
+    /// SCHEDOP_block does.
+    pub fn enable_event_delivery(&self, st: &DomainState, vcpu: u32) {
+        let mem = self.mem.memory();
+        if let Some(b) = self
+            .vcpu_info_gpa(st, vcpu)
+            .and_then(|gpa| atomic_u8(&mem, gpa + VCPU_INFO_UPCALL_MASK as u64))
+        {
+            b.store(0, Ordering::SeqCst);
+        }
+    }
+
+    /// Re-assert a vCPU's upcall if its flag is already set (the guest
+    /// enabled delivery or changed the vector while events were waiting).
+    pub fn recheck_upcall(&self, st: &DomainState, vcpu: u32) {
+        if self.upcall_pending(st, vcpu) {
+            self.raise_upcall(st, vcpu);
+        }
+    }
+
+    // ---- time ---------------------------------------------------------------
+
+    /// Publish the pvclock record of `vcpu` (vcpu_info.time and the
+    /// registered time area).
+    pub fn update_vcpu_time(&self, st: &DomainState, vcpu: u32) {
+        let Some(v) = st.vcpus.get(vcpu as usize) else {
+            return;
+        };
+        let host = host_tsc();
+        let info = VcpuTimeInfo {
+            version: 0,
+            _pad0: 0,
+            tsc_timestamp: (host as i64).wrapping_add(v.tsc_offset) as u64,
+            system_time: self.clock.ns_at(host),
+            tsc_to_system_mul: self.clock.mul,
+            tsc_shift: self.clock.shift,
+            flags: PVCLOCK_TSC_STABLE,
+            _pad1: [0; 2],
+        };
+        let mem = self.mem.memory();
+        let targets = [
+            self.vcpu_info_gpa(st, vcpu)
+                .map(|g| g + VCPU_INFO_TIME as u64),
+            v.time_area_gpa,
+        ];
+        for gpa in targets.into_iter().flatten() {
+            write_versioned(&mem, gpa, info.as_bytes());
+        }
+    }
+
+    /// Publish the wallclock in shared_info.
+    pub fn write_wallclock(&self, st: &DomainState) {
+        let mem = self.mem.memory();
+        let base = st.shared_info_gfn << 12;
+        let mut body = [0u8; 12];
+        body[0..4].copy_from_slice(&(self.clock.boot_wall_sec as u32).to_le_bytes());
+        body[4..8].copy_from_slice(&self.clock.boot_wall_nsec.to_le_bytes());
+        body[8..12].copy_from_slice(&((self.clock.boot_wall_sec >> 32) as u32).to_le_bytes());
+        // wc_version precedes wc_sec, wc_nsec, wc_sec_hi: one versioned record.
+        let mut record = [0u8; 16];
+        record[4..].copy_from_slice(&body);
+        write_versioned(&mem, base + OFFSET_WC_VERSION as u64, &record);
+        let _ = mem.write_obj(
+            self.cfg.max_ram_gfn(),
+            GuestAddress(base + OFFSET_ARCH_MAX_PFN as u64),
+        );
+    }
+
+    /// Account the runstate of `vcpu` moving to `new_state` and publish it.
+    pub fn set_runstate(&self, st: &mut DomainState, vcpu: u32, new_state: u32) {
+        let now = self.clock.now_ns();
+        let Some(v) = st.vcpus.get_mut(vcpu as usize) else {
+            return;
+        };
+        let rs = &mut v.runstate;
+        let old = rs.state as usize;
+        if old < 4 {
+            rs.time[old] += now.saturating_sub(rs.state_entry_time & !XEN_RUNSTATE_UPDATE);
+        }
+        rs.state = new_state;
+        rs.state_entry_time = now;
+        self.publish_runstate(st, vcpu);
+    }
+
+    /// Write `vcpu`'s runstate to its registered area.
+    pub fn publish_runstate(&self, st: &DomainState, vcpu: u32) {
+        let Some(v) = st.vcpus.get(vcpu as usize) else {
+            return;
+        };
+        let Some(gpa) = v.runstate_gpa else {
+            return;
+        };
+        let mem = self.mem.memory();
+        let flag = st.vm_assist & (1 << xen_abi::hypercall::VMASST_TYPE_RUNSTATE_UPDATE_FLAG) != 0;
+        let entry_gpa = gpa + 8;
+        if flag {
+            let _ = mem.write_obj(
+                v.runstate.state_entry_time | XEN_RUNSTATE_UPDATE,
+                GuestAddress(entry_gpa),
+            );
+            std::sync::atomic::fence(Ordering::SeqCst);
+        }
+        let _ = mem.write_slice(v.runstate.as_bytes(), GuestAddress(gpa));
+        std::sync::atomic::fence(Ordering::SeqCst);
+    }
+
+    /// Runstate of `vcpu` brought up to now (time in the current state
+    /// accounted), as VCPUOP_get_runstate_info reports it.
+    pub fn current_runstate(&self, st: &DomainState, vcpu: u32) -> Option<RunstateInfo> {
+        let v = st.vcpus.get(vcpu as usize)?;
+        let mut rs = v.runstate;
+        let now = self.clock.now_ns();
+        if (rs.state as usize) < 4 {
+            rs.time[rs.state as usize] += now.saturating_sub(rs.state_entry_time);
+        }
+        rs.state_entry_time = now;
+        Some(rs)
+    }
+
+    // ---- timers -------------------------------------------------------------
+
+    /// Note that a timer changed so the timer thread re-plans.
+    pub fn timers_changed(&self, st: &mut DomainState) {
+        st.timers_changed = true;
+        self.timer_wake.notify_all();
+    }
+
+    /// Fire expired timers and return the next deadline.
+    fn fire_timers(&self, st: &mut DomainState, now: u64) -> Option<u64> {
+        let mut next: Option<u64> = None;
+        for vcpu in 0..st.vcpus.len() {
+            let mut fire = false;
+            let v = &mut st.vcpus[vcpu];
+            if let Some(deadline) = v.singleshot_deadline {
+                if deadline <= now {
+                    v.singleshot_deadline = None;
+                    fire = true;
+                } else {
+                    next = Some(next.map_or(deadline, |n| n.min(deadline)));
+                }
+            }
+            if let Some((deadline, period)) = v.periodic {
+                if deadline <= now {
+                    // Skip missed periods rather than firing a burst.
+                    let missed = (now - deadline) / period + 1;
+                    let new_deadline = deadline + missed * period;
+                    v.periodic = Some((new_deadline, period));
+                    next = Some(next.map_or(new_deadline, |n| n.min(new_deadline)));
+                    fire = true;
+                } else {
+                    next = Some(next.map_or(deadline, |n| n.min(deadline)));
+                }
+            }
+            if fire {
+                let vcpu = vcpu as u32;
+                self.update_vcpu_time(st, vcpu);
+                self.publish_runstate(st, vcpu);
+                if let Some(port) = st.ports.virq_port(VIRQ_TIMER, vcpu) {
+                    self.send_local(st, port);
+                }
+            }
+        }
+        next
+    }
+
+    /// The timer thread: fires singleshot and periodic vCPU timers until
+    /// the domain stops.
+    pub fn run_timers(&self) {
+        let mut st = self.lock();
+        while !self.is_stopping() {
+            st.timers_changed = false;
+            let now = self.clock.now_ns();
+            let next = self.fire_timers(&mut st, now);
+            let wait = match next {
+                Some(deadline) => Duration::from_nanos(deadline.saturating_sub(now)),
+                None => Duration::from_secs(1),
+            };
+            if wait.is_zero() {
+                continue;
+            }
+            let (guard, _) = self
+                .timer_wake
+                .wait_timeout_while(st, wait, |s| !s.timers_changed && !self.is_stopping())
+                .unwrap_or_else(|e| e.into_inner());
+            st = guard;
+        }
+        debug!("timer thread exits");
+    }
+
+    // ---- waiting ---------------------------------------------------------------
+
+    /// Block the calling vCPU until `done` holds, the deadline passes or
+    /// the domain stops. Returns the re-acquired state.
+    pub fn wait_until<'a>(
+        &'a self,
+        mut st: MutexGuard<'a, DomainState>,
+        deadline_ns: Option<u64>,
+        mut done: impl FnMut(&Domain, &DomainState) -> bool,
+    ) -> MutexGuard<'a, DomainState> {
+        loop {
+            if done(self, &st) || self.is_stopping() {
+                return st;
+            }
+            let now = self.clock.now_ns();
+            let mut wait = WAIT_RECHECK;
+            if let Some(deadline) = deadline_ns {
+                if now >= deadline {
+                    return st;
+                }
+                wait = wait.min(Duration::from_nanos(deadline - now));
+            }
+            st = self
+                .wake
+                .wait_timeout(st, wait)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+    }
+
+    /// Called by the VMM before entering guest mode on `vcpu`: waits while
+    /// the vCPU is offline (VCPUOP_down). Returns false if the domain stops.
+    pub fn wait_online(&self, vcpu: u32) -> bool {
+        let st = self.lock();
+        let st = self.wait_until(st, None, |_, s| {
+            s.vcpus.get(vcpu as usize).is_none_or(|v| v.online)
+        });
+        drop(st);
+        !self.is_stopping()
+    }
+
+    /// An AP has started running (INIT/SIPI handled by KVM).
+    pub fn vcpu_started(&self, vcpu: u32) {
+        let mut st = self.lock();
+        if let Some(v) = st.vcpus.get_mut(vcpu as usize) {
+            if !v.initialised {
+                v.initialised = true;
+                v.online = true;
+                self.set_runstate(&mut st, vcpu, RUNSTATE_RUNNING);
+                info!(vcpu, "vCPU started");
+            }
+        }
+    }
+
+    /// Record a shutdown request from the guest and tell the VMM.
+    pub fn request_shutdown(&self, reason: u32) {
+        info!(domid = self.cfg.domid, reason, "domain shutdown requested");
+        self.platform.shutdown(reason);
+    }
+
+    /// Warn once about a guest doing something we do not model.
+    pub fn guest_warn(&self, what: &str) {
+        warn!(domid = self.cfg.domid, "{what}");
+    }
+}
+
+/// Write a record whose first u32 is a version: bump to odd, write the
+/// body, bump to even, as pvclock readers expect.
+fn write_versioned(mem: &GuestMemoryMmap, gpa: u64, record: &[u8]) {
+    let version: u32 = mem.read_obj(GuestAddress(gpa)).unwrap_or(0);
+    let odd = (version | 1).wrapping_add(if version & 1 == 1 { 2 } else { 0 });
+    let _ = mem.write_obj(odd, GuestAddress(gpa));
+    std::sync::atomic::fence(Ordering::SeqCst);
+    let _ = mem.write_slice(&record[4..], GuestAddress(gpa + 4));
+    std::sync::atomic::fence(Ordering::SeqCst);
+    let _ = mem.write_obj(odd.wrapping_add(1), GuestAddress(gpa));
+}
