@@ -420,9 +420,12 @@ impl MiniStore {
             return err("ENOSYS");
         }
         match req.kind {
-            xs::XS_READ => match self.absolute(arg0).and_then(|p| self.nodes.get(&p)) {
-                Some(v) => reply(req, req.kind, v.as_bytes()),
-                None => err("ENOENT"),
+            xs::XS_READ => match self.absolute(arg0) {
+                None => err("EINVAL"),
+                Some(path) => match self.nodes.get(&path) {
+                    Some(v) => reply(req, req.kind, v.as_bytes()),
+                    None => err("ENOENT"),
+                },
             },
             xs::XS_DIRECTORY => {
                 let Some(path) = self.absolute(arg0) else {

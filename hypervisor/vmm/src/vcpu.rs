@@ -129,9 +129,7 @@ impl Vcpu {
                 domain.vcpu_started(self.id);
             }
             match exit {
-                VcpuExit::IoOut(port, data) => {
-                    let port = port;
-                    let _ = data;
+                VcpuExit::IoOut(port, _) => {
                     match port {
                         HYPERCALL_PORT => self.hypercall(),
                         NULL_PORT => {}

@@ -133,7 +133,7 @@ impl GuestAccess<'_> {
 /// An aligned `u64` of guest-physical memory, for lock-free bit operations
 /// shared with the guest (and, through the memfd, with Dom0).
 pub fn atomic_u64(mem: &GuestMemoryMmap, gpa: u64) -> Option<&AtomicU64> {
-    if gpa % 8 != 0 {
+    if !gpa.is_multiple_of(8) {
         return None;
     }
     // Make sure all 8 bytes lie in one region.
@@ -149,7 +149,7 @@ pub fn atomic_u64(mem: &GuestMemoryMmap, gpa: u64) -> Option<&AtomicU64> {
 
 /// `count` consecutive aligned `u64`s of guest-physical memory (one region).
 pub fn atomic_u64_slice(mem: &GuestMemoryMmap, gpa: u64, count: usize) -> Option<&[AtomicU64]> {
-    if gpa % 8 != 0 {
+    if !gpa.is_multiple_of(8) {
         return None;
     }
     mem.get_slice(GuestAddress(gpa), count.checked_mul(8)?)
