@@ -1,1 +1,191 @@
-//! Shared helpers for the end-to-end tests.
+//! Shared helpers for the end-to-end tests: build the real binaries and the
+//! PV test guest, run them under real KVM with a time limit, and collect
+//! their output.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+/// The repository root.
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ has a parent")
+        .to_path_buf()
+}
+
+fn cargo() -> String {
+    std::env::var("CARGO").unwrap_or_else(|_| "cargo".into())
+}
+
+/// Whether this test binary was built with the release profile.
+fn release() -> bool {
+    std::env::current_exe()
+        .map(|p| p.components().any(|c| c.as_os_str() == "release"))
+        .unwrap_or(false)
+}
+
+fn run_build(cmd: &mut Command, what: &str) {
+    let status = cmd
+        .status()
+        .unwrap_or_else(|e| panic!("cannot run cargo to build {what}: {e}"));
+    assert!(status.success(), "building {what} failed");
+}
+
+/// Build (if needed) and return the path of a workspace binary.
+pub fn workspace_bin(name: &str) -> PathBuf {
+    static BUILT: OnceLock<()> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        let mut cmd = Command::new(cargo());
+        cmd.current_dir(repo_root()).args(["build", "-q", "--bins"]);
+        if release() {
+            cmd.arg("--release");
+        }
+        run_build(&mut cmd, "the workspace binaries");
+    });
+    let dir = if release() { "release" } else { "debug" };
+    let target = std::env::var("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| repo_root().join("target"));
+    let path = target.join(dir).join(name);
+    assert!(path.exists(), "{} was not built", path.display());
+    path
+}
+
+pub fn kxen_vmm() -> PathBuf {
+    workspace_bin("kxen-vmm")
+}
+
+/// Build (if needed) and return the PV test guest kernel.
+pub fn test_guest() -> PathBuf {
+    static GUEST: OnceLock<PathBuf> = OnceLock::new();
+    GUEST
+        .get_or_init(|| {
+            let dir = repo_root().join("tests/guest");
+            let mut cmd = Command::new(cargo());
+            // Run from the guest's directory so its .cargo/config.toml
+            // (static relocation, linker script) applies.
+            cmd.current_dir(&dir)
+                .args(["build", "-q", "--release"])
+                .env_remove("CARGO_TARGET_DIR")
+                .env_remove("RUSTFLAGS");
+            run_build(&mut cmd, "the PV test guest");
+            dir.join("target/release/kxen-testguest")
+        })
+        .clone()
+}
+
+/// What a finished process left behind.
+#[derive(Debug)]
+pub struct Finished {
+    /// Exit code; None if killed by a signal or by the time limit.
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+    pub elapsed: Duration,
+    pub timed_out: bool,
+}
+
+impl Finished {
+    /// Both streams, for assertion messages.
+    pub fn transcript(&self) -> String {
+        format!(
+            "exit {:?} after {:?}{}\n--- stdout ---\n{}\n--- stderr ---\n{}",
+            self.code,
+            self.elapsed,
+            if self.timed_out { " (TIMED OUT)" } else { "" },
+            self.stdout,
+            self.stderr
+        )
+    }
+}
+
+/// Run `program` with `args`, no stdin, killing it after `limit`.
+pub fn run_with_limit(program: &Path, args: &[&str], limit: Duration) -> Finished {
+    let start = Instant::now();
+    let mut child = Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {}: {e}", program.display()));
+    let mut out = child.stdout.take().expect("piped stdout");
+    let mut err = child.stderr.take().expect("piped stderr");
+    let out_reader = std::thread::spawn(move || {
+        let mut s = Vec::new();
+        let _ = out.read_to_end(&mut s);
+        s
+    });
+    let err_reader = std::thread::spawn(move || {
+        let mut s = Vec::new();
+        let _ = err.read_to_end(&mut s);
+        s
+    });
+    let mut timed_out = false;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait for child") {
+            break status;
+        }
+        if start.elapsed() > limit {
+            timed_out = true;
+            let _ = child.kill();
+            break child.wait().expect("wait for killed child");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let stdout = String::from_utf8_lossy(&out_reader.join().unwrap_or_default()).into_owned();
+    let stderr = String::from_utf8_lossy(&err_reader.join().unwrap_or_default()).into_owned();
+    Finished {
+        code: if timed_out { None } else { status.code() },
+        stdout,
+        stderr,
+        elapsed: start.elapsed(),
+        timed_out,
+    }
+}
+
+/// Boot the PV test guest under kxen-vmm with `cmdline`.
+pub fn boot_test_guest(cmdline: &str, vcpus: u32) -> Finished {
+    let vmm = kxen_vmm();
+    let guest = test_guest();
+    let vcpus = vcpus.to_string();
+    run_with_limit(
+        &vmm,
+        &[
+            "--kernel",
+            guest.to_str().expect("utf-8 path"),
+            "--memory",
+            "64",
+            "--vcpus",
+            &vcpus,
+            "--domid",
+            "7",
+            "--name",
+            "testguest",
+            "--cmdline",
+            cmdline,
+        ],
+        Duration::from_secs(120),
+    )
+}
+
+/// The guest's verdict line: (passed, failed).
+pub fn guest_summary(stdout: &str) -> Option<(u32, u32)> {
+    stdout.lines().rev().find_map(|line| {
+        let rest = line.trim().strip_prefix("kxen-testguest: ")?;
+        let (passed, rest) = rest.split_once(" passed, ")?;
+        let failed = rest.strip_suffix(" failed")?;
+        Some((passed.parse().ok()?, failed.parse().ok()?))
+    })
+}
+
+/// Lines of the guest output that report failed checks.
+pub fn failed_checks(stdout: &str) -> Vec<&str> {
+    stdout
+        .lines()
+        .filter(|l| l.trim_start().starts_with("FAIL "))
+        .collect()
+}

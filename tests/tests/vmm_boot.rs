@@ -1,0 +1,96 @@
+//! kxen-vmm's loader and error paths, with small hand-assembled guests.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use kxen_tests::{kxen_vmm, repo_root, run_with_limit};
+
+/// Assemble tests/guest32/smoke.S into a 32-bit PVH ELF.
+fn smoke_guest32() -> PathBuf {
+    let src = repo_root().join("tests/guest32");
+    let out = std::env::temp_dir().join(format!("kxen-smoke32-{}", std::process::id()));
+    std::fs::create_dir_all(&out).expect("temp dir");
+    let obj = out.join("smoke.o");
+    let elf = out.join("smoke.elf");
+    let ok = Command::new("as")
+        .args(["--32", "-o"])
+        .arg(&obj)
+        .arg(src.join("smoke.S"))
+        .status()
+        .expect("run as")
+        .success();
+    assert!(ok, "assembling smoke.S failed");
+    let ok = Command::new("ld")
+        .args(["-m", "elf_i386", "-T"])
+        .arg(src.join("smoke.ld"))
+        .arg("-o")
+        .arg(&elf)
+        .arg(&obj)
+        .status()
+        .expect("run ld")
+        .success();
+    assert!(ok, "linking smoke.elf failed");
+    elf
+}
+
+/// A 32-bit ELF PVH kernel boots, makes 32-bit hypercalls through the
+/// hypercall page and powers off.
+#[test]
+fn elf32_guest_boots_and_powers_off() {
+    let elf = smoke_guest32();
+    let run = run_with_limit(
+        &kxen_vmm(),
+        &["--kernel", elf.to_str().unwrap(), "--memory", "16"],
+        Duration::from_secs(60),
+    );
+    let t = run.transcript();
+    assert!(
+        run.stderr.contains("(d1) hello from a 32-bit PVH guest"),
+        "{t}"
+    );
+    assert_eq!(run.code, Some(0), "{t}");
+}
+
+#[test]
+fn missing_kernel_is_an_error() {
+    let run = run_with_limit(
+        &kxen_vmm(),
+        &["--kernel", "/nonexistent/kernel"],
+        Duration::from_secs(30),
+    );
+    assert_eq!(run.code, Some(1), "{}", run.transcript());
+    assert!(
+        run.stderr.contains("/nonexistent/kernel"),
+        "{}",
+        run.transcript()
+    );
+}
+
+#[test]
+fn non_elf_kernel_is_rejected() {
+    let bogus = std::env::temp_dir().join(format!("kxen-bogus-{}", std::process::id()));
+    std::fs::write(&bogus, b"this is not an ELF file at all").unwrap();
+    let run = run_with_limit(
+        &kxen_vmm(),
+        &["--kernel", bogus.to_str().unwrap()],
+        Duration::from_secs(30),
+    );
+    assert_eq!(run.code, Some(1), "{}", run.transcript());
+    assert!(
+        run.stderr.contains("not an ELF image"),
+        "{}",
+        run.transcript()
+    );
+}
+
+#[test]
+fn absurd_sizes_are_rejected() {
+    let elf = smoke_guest32();
+    for args in [["--memory", "1"], ["--vcpus", "0"], ["--vcpus", "999"]] {
+        let mut all = vec!["--kernel", elf.to_str().unwrap()];
+        all.extend_from_slice(&args);
+        let run = run_with_limit(&kxen_vmm(), &all, Duration::from_secs(30));
+        assert_eq!(run.code, Some(1), "{args:?}: {}", run.transcript());
+    }
+}
