@@ -14,6 +14,8 @@ pub mod domain;
 pub mod evtchn;
 pub mod grant;
 pub mod guest;
+#[cfg(any(test, feature = "harness"))]
+pub mod harness;
 pub mod hypercall;
 pub mod time;
 

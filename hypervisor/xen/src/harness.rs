@@ -1,0 +1,102 @@
+//! A domain over anonymous memory with a recording, no-op platform: lets
+//! unit tests and fuzz targets drive the hypercall layer without KVM.
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Mutex;
+
+use vm_memory::{GuestAddress, GuestMemoryAtomic, GuestMemoryMmap};
+use xen_abi::memory::{E820Entry, E820_RAM};
+
+use crate::domain::{Domain, DomainConfig, OverlayFrame, Platform};
+use crate::guest::IdentityMmu;
+use crate::hypercall::Call;
+
+/// RAM size of the harness domain.
+pub const RAM_BYTES: u64 = 16 << 20;
+/// Where the harness puts its special pages (initial shared_info).
+pub const SPECIAL_GFN: u64 = 0xfeff0;
+
+/// Records what the Xen layer asked of the platform.
+#[derive(Default)]
+pub struct RecordingPlatform {
+    pub upcalls: AtomicU32,
+    pub shutdowns: Mutex<Vec<u32>>,
+    pub console: Mutex<Vec<u8>>,
+}
+
+impl Platform for &'static RecordingPlatform {
+    fn raise_upcall(&self, _vcpu: u32, _vector: u8) {
+        self.upcalls.fetch_add(1, Ordering::SeqCst);
+    }
+    fn kick_vcpu(&self, _vcpu: u32) {}
+    fn map_overlay(&self, _gfn: u64, _frame: OverlayFrame) -> Result<(), i64> {
+        Err(-xen_abi::errno::ENOMEM)
+    }
+    fn unmap_overlay(&self, _gfn: u64) {}
+    fn discard_ram(&self, _gfn: u64) {}
+    fn shutdown(&self, reason: u32) {
+        self.shutdowns.lock().unwrap().push(reason);
+    }
+    fn console_write(&self, data: &[u8]) {
+        let mut console = self.console.lock().unwrap();
+        if console.len() < 1 << 16 {
+            console.extend_from_slice(data);
+        }
+    }
+    fn console_read(&self, _buf: &mut [u8]) -> usize {
+        0
+    }
+    fn notify_remote(&self, _remote_dom: u16, _remote_port: u32) {}
+}
+
+/// A two-vCPU domain over 16 MiB of RAM at GPA 0.
+pub fn domain() -> (Domain, &'static RecordingPlatform) {
+    let mem = GuestMemoryMmap::from_ranges(&[
+        (GuestAddress(0), RAM_BYTES as usize),
+        (GuestAddress(SPECIAL_GFN << 12), 16 * 4096),
+    ])
+    .expect("anonymous guest memory");
+    let platform: &'static RecordingPlatform = Box::leak(Box::default());
+    let cfg = DomainConfig {
+        domid: 1,
+        name: "harness".into(),
+        nr_vcpus: 2,
+        ram: vec![(0, RAM_BYTES)],
+        max_pages: RAM_BYTES / 4096,
+        memmap: vec![E820Entry {
+            addr: 0,
+            size: RAM_BYTES,
+            kind: E820_RAM,
+        }],
+        initial_shared_info_gfn: SPECIAL_GFN,
+        default_grant_gfn: 0xfef00,
+        xen_major: 4,
+        xen_minor: 17,
+        handle: [0; 16],
+    };
+    let domain = Domain::new(cfg, GuestMemoryAtomic::new(mem), Box::new(platform), 1_000_000);
+    // Blocking calls (block, poll, down) return at once once stopping.
+    domain.stop();
+    (domain, platform)
+}
+
+/// Decode fuzzer bytes into hypercalls and run them; must never panic.
+pub fn run_bytes(domain: &Domain, data: &[u8]) {
+    for chunk in data.chunks(44) {
+        if chunk.len() < 44 {
+            return;
+        }
+        let word = |i: usize| u64::from_le_bytes(chunk[4 + i * 8..12 + i * 8].try_into().unwrap());
+        let nr = u32::from_le_bytes(chunk[..4].try_into().unwrap()) as u64 % 64;
+        let mut args = [word(0), word(1), word(2), word(3), word(4)];
+        // Bias pointers into RAM so handlers get past the first copy.
+        for a in args.iter_mut().skip(1) {
+            if *a & 1 == 0 {
+                *a %= RAM_BYTES;
+            }
+        }
+        args[0] %= 32;
+        let vcpu = (chunk[3] & 1) as u32;
+        domain.hypercall(vcpu, &IdentityMmu, Call { nr, args });
+    }
+}
