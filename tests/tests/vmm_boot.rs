@@ -94,3 +94,66 @@ fn absurd_sizes_are_rejected() {
         assert_eq!(run.code, Some(1), "{args:?}: {}", run.transcript());
     }
 }
+
+/// SIGTERM destroys a running domain promptly with status 8.
+#[test]
+fn sigterm_destroys_the_domain() {
+    use std::process::{Command, Stdio};
+    let src = repo_root().join("tests/guest32");
+    let spin = std::env::temp_dir().join(format!("kxen-spin32-{}", std::process::id()));
+    std::fs::create_dir_all(&spin).unwrap();
+    // The smoke guest minus its shutdown: it spins forever.
+    let source = std::fs::read_to_string(src.join("smoke.S")).unwrap();
+    let spinning = source.replace("    call hcpage + 29*32\n1:", "1:");
+    std::fs::write(spin.join("spin.S"), spinning).unwrap();
+    assert!(Command::new("as")
+        .args(["--32", "-o"])
+        .arg(spin.join("spin.o"))
+        .arg(spin.join("spin.S"))
+        .status()
+        .unwrap()
+        .success());
+    assert!(Command::new("ld")
+        .args(["-m", "elf_i386", "-T"])
+        .arg(src.join("smoke.ld"))
+        .arg("-o")
+        .arg(spin.join("spin.elf"))
+        .arg(spin.join("spin.o"))
+        .status()
+        .unwrap()
+        .success());
+    let mut child = Command::new(kxen_vmm())
+        .args([
+            "--kernel",
+            spin.join("spin.elf").to_str().unwrap(),
+            "--memory",
+            "16",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "spinning guest exited early"
+    );
+    assert!(Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap()
+        .success());
+    let start = std::time::Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "VMM ignored SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    assert_eq!(status.code(), Some(8));
+}

@@ -75,7 +75,8 @@ pub struct Layout {
 
 impl Layout {
     pub fn new(ram_bytes: u64) -> Result<Self, MemoryError> {
-        if ram_bytes < 2 << 20 || !ram_bytes.is_multiple_of(PAGE_SIZE as u64) || ram_bytes > 1 << 40 {
+        if ram_bytes < 2 << 20 || !ram_bytes.is_multiple_of(PAGE_SIZE as u64) || ram_bytes > 1 << 40
+        {
             return Err(MemoryError::Size(ram_bytes >> 20));
         }
         let low = ram_bytes.min(LOW_RAM_END);

@@ -97,7 +97,15 @@ impl Vcpu {
         self.fd.set_sync_valid_reg(SyncReg::SystemRegister);
         let run_ptr: *mut kvm_run = self.fd.get_kvm_run();
         KVM_RUN.with(|r| r.set(run_ptr));
-        let exit = self.run_loop();
+        // A VMM bug must end this domain, not leave the others waiting.
+        let exit = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.run_loop()))
+        {
+            Ok(exit) => exit,
+            Err(_) => Some(DomainExit::Crashed(format!(
+                "kxen-vmm internal error on vCPU {}",
+                self.id
+            ))),
+        };
         KVM_RUN.with(|r| r.set(std::ptr::null_mut()));
         if let Some(exit) = exit {
             self.rt.request_exit(exit);
@@ -129,13 +137,11 @@ impl Vcpu {
                 domain.vcpu_started(self.id);
             }
             match exit {
-                VcpuExit::IoOut(port, _) => {
-                    match port {
-                        HYPERCALL_PORT => self.hypercall(),
-                        NULL_PORT => {}
-                        _ => trace!(vcpu = self.id, port, "unclaimed port write"),
-                    }
-                }
+                VcpuExit::IoOut(port, _) => match port {
+                    HYPERCALL_PORT => self.hypercall(),
+                    NULL_PORT => {}
+                    _ => trace!(vcpu = self.id, port, "unclaimed port write"),
+                },
                 VcpuExit::IoIn(port, data) => {
                     // Nothing decodes here: reads of a floating bus.
                     data.fill(0xff);

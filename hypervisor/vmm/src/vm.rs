@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use kvm_bindings::{kvm_enable_cap, kvm_msi, kvm_segment, KVM_MAX_CPUID_ENTRIES};
 use kvm_ioctls::{Cap, Kvm, MsrFilterDefaultAction, MsrFilterRange, MsrFilterRangeFlags, VmFd};
+use nix::sys::signal::{SigSet, Signal};
 use tracing::{error, info, warn};
 use vm_memory::{Bytes, GuestAddress};
 use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
@@ -65,6 +66,8 @@ pub enum DomainExit {
     Shutdown(u32),
     /// The hypervisor ended the domain (triple fault, emulation failure...).
     Crashed(String),
+    /// The VMM was told to destroy the domain (SIGTERM, SIGINT).
+    Destroyed,
 }
 
 impl DomainExit {
@@ -81,6 +84,7 @@ impl DomainExit {
                 _ => 6,
             },
             DomainExit::Crashed(_) => 7,
+            DomainExit::Destroyed => 8,
         }
     }
 
@@ -98,6 +102,7 @@ impl DomainExit {
                 }
             ),
             DomainExit::Crashed(why) => format!("crashed: {why}"),
+            DomainExit::Destroyed => "destroyed".into(),
         }
     }
 }
@@ -442,6 +447,23 @@ pub fn run(cfg: VmConfig, report_timing: bool) -> Result<DomainExit, VmError> {
 
     register_signal_handler(SIGRTMIN(), kick_handler)
         .map_err(|e| VmError::Setup(format!("signal handler: {e}")))?;
+    // SIGTERM and SIGINT destroy the domain: every thread inherits the
+    // blocked mask and one thread waits for them.
+    let mut termination = SigSet::empty();
+    termination.add(Signal::SIGTERM);
+    termination.add(Signal::SIGINT);
+    termination
+        .thread_block()
+        .map_err(|e| VmError::Setup(format!("signal mask: {e}")))?;
+    let rt_signals = rt.clone();
+    let _ = std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            if let Ok(sig) = termination.wait() {
+                info!(?sig, "destroying the domain");
+                rt_signals.request_exit(DomainExit::Destroyed);
+            }
+        });
 
     let timer_domain = domain.clone();
     let timer = std::thread::Builder::new()

@@ -74,7 +74,12 @@ pub fn domain() -> (Domain, &'static RecordingPlatform) {
         xen_minor: 17,
         handle: [0; 16],
     };
-    let domain = Domain::new(cfg, GuestMemoryAtomic::new(mem), Box::new(platform), 1_000_000);
+    let domain = Domain::new(
+        cfg,
+        GuestMemoryAtomic::new(mem),
+        Box::new(platform),
+        1_000_000,
+    );
     // Blocking calls (block, poll, down) return at once once stopping.
     domain.stop();
     (domain, platform)

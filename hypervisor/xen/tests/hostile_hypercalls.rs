@@ -48,14 +48,24 @@ fn bad_pointers_are_efault() {
     // xen_version(extraversion) writes 16 bytes.
     assert_eq!(call(&domain, XEN_VERSION, [1, outside, 0, 0, 0]), -EFAULT);
     assert_eq!(call(&domain, XEN_VERSION, [1, straddle, 0, 0, 0]), -EFAULT);
-    assert_eq!(call(&domain, XEN_VERSION, [1, u64::MAX - 3, 0, 0, 0]), -EFAULT);
+    assert_eq!(
+        call(&domain, XEN_VERSION, [1, u64::MAX - 3, 0, 0, 0]),
+        -EFAULT
+    );
     // console_io(write) of a length running off the end of RAM.
     assert_eq!(call(&domain, CONSOLE_IO, [0, 64, straddle, 0, 0]), -EFAULT);
-    assert_eq!(call(&domain, CONSOLE_IO, [0, u32::MAX as u64, 0, 0, 0]), -E2BIG);
+    assert_eq!(
+        call(&domain, CONSOLE_IO, [0, u32::MAX as u64, 0, 0, 0]),
+        -E2BIG
+    );
     // memory_op(increase), hvm_op(set_param), evtchn(bind_interdomain),
     // sched_op(shutdown): each reads its struct first.
     for nr in [MEMORY_OP, HVM_OP, EVENT_CHANNEL_OP] {
-        assert_eq!(call(&domain, nr, [0, outside, 0, 0, 0]), -EFAULT, "hypercall {nr}");
+        assert_eq!(
+            call(&domain, nr, [0, outside, 0, 0, 0]),
+            -EFAULT,
+            "hypercall {nr}"
+        );
     }
     assert_eq!(call(&domain, SCHED_OP, [2, outside, 0, 0, 0]), -EFAULT);
 }
@@ -72,7 +82,11 @@ fn out_of_range_ports_and_params_are_einval() {
     // EVTCHNOP_send / close / unmask on port 5000.
     put(&5000u32.to_le_bytes());
     for cmd in [4, 3, 9] {
-        assert_eq!(call(&domain, EVENT_CHANNEL_OP, [cmd, buf, 0, 0, 0]), -EINVAL, "cmd {cmd}");
+        assert_eq!(
+            call(&domain, EVENT_CHANNEL_OP, [cmd, buf, 0, 0, 0]),
+            -EINVAL,
+            "cmd {cmd}"
+        );
     }
     // HVMOP_get_param index 1000.
     let mut p = [0u8; 16];
