@@ -20,12 +20,19 @@ fn loop_code(iterations: u16) -> Vec<u8> {
     ];
     code.extend_from_slice(&iterations.to_le_bytes());
     code.extend_from_slice(&[
-        0xe6, LOOP_PORT as u8, // 1: out %al, $LOOP_PORT
-        0xe2, 0xfc, // loop 1b
-        0x0f, 0x31, // rdtsc
-        0x66, 0x29, 0xf0, // sub %esi, %eax
-        0x66, 0xe7, REPORT_PORT as u8, // out %eax, $REPORT_PORT
-        0xf4, // hlt
+        0xe6,
+        LOOP_PORT as u8, // 1: out %al, $LOOP_PORT
+        0xe2,
+        0xfc, // loop 1b
+        0x0f,
+        0x31, // rdtsc
+        0x66,
+        0x29,
+        0xf0, // sub %esi, %eax
+        0x66,
+        0xe7,
+        REPORT_PORT as u8, // out %eax, $REPORT_PORT
+        0xf4,              // hlt
     ]);
     code
 }
@@ -60,7 +67,9 @@ pub fn bare_port_io_exit(iterations: u16) -> Result<ExitBaseline, String> {
     let code = loop_code(iterations);
     // SAFETY: `mem` is a fresh writable mapping of `size` bytes and the
     // code is much smaller than that.
-    unsafe { std::ptr::copy_nonoverlapping(code.as_ptr(), (mem as *mut u8).add(0x1000), code.len()) };
+    unsafe {
+        std::ptr::copy_nonoverlapping(code.as_ptr(), (mem as *mut u8).add(0x1000), code.len())
+    };
     let region = kvm_userspace_memory_region {
         slot: 0,
         flags: 0,

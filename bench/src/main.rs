@@ -53,12 +53,18 @@ fn run_guest(cmdline: &str, memory_mib: u32) -> GuestRun {
         BufReader::new(stderr)
             .lines()
             .map_while(Result::ok)
-            .find_map(|l| l.strip_prefix("kxen-vmm: guest-entry-us=")?.parse::<f64>().ok())
+            .find_map(|l| {
+                l.strip_prefix("kxen-vmm: guest-entry-us=")?
+                    .parse::<f64>()
+                    .ok()
+            })
     });
     let sampler = std::thread::spawn(move || {
         let mut max = 0;
         // Guest RAM is the memfd (shared memory); the rest is the VMM.
-        while let (Some(anon), Some(file)) = (status_kib(pid, "RssAnon"), status_kib(pid, "RssFile")) {
+        while let (Some(anon), Some(file)) =
+            (status_kib(pid, "RssAnon"), status_kib(pid, "RssFile"))
+        {
             max = max.max(anon + file);
             std::thread::sleep(Duration::from_millis(2));
         }
@@ -119,11 +125,37 @@ fn main() {
             "      n/a".into()
         }
     };
-    println!("{:<44} {:>14} {:>11}  {:>8}", "round trip (guest rdtsc)", "cycles", "time", "ratio");
-    println!("{:<44} {:>14.0} {}  {:>8}", "bare KVM port-I/O exit (baseline)", bare_cycles, us(bare_cycles), "1.00x");
-    println!("{:<44} {:>14.0} {}  {:>7.2}x", "kxen-vmm null port exit", null, us(null), null / bare_cycles);
-    println!("{:<44} {:>14.0} {}  {:>7.2}x   (goal <= 1.5x)", "kxen hypercall (xen_version)", hc, us(hc), hc / bare_cycles);
-    println!("{:<44} {:>14} {:>8.2} us", "bare KVM exit, host wall time per exit", "", bare_ns / 1000.0);
+    println!(
+        "{:<44} {:>14} {:>11}  {:>8}",
+        "round trip (guest rdtsc)", "cycles", "time", "ratio"
+    );
+    println!(
+        "{:<44} {:>14.0} {}  {:>8}",
+        "bare KVM port-I/O exit (baseline)",
+        bare_cycles,
+        us(bare_cycles),
+        "1.00x"
+    );
+    println!(
+        "{:<44} {:>14.0} {}  {:>7.2}x",
+        "kxen-vmm null port exit",
+        null,
+        us(null),
+        null / bare_cycles
+    );
+    println!(
+        "{:<44} {:>14.0} {}  {:>7.2}x   (goal <= 1.5x)",
+        "kxen hypercall (xen_version)",
+        hc,
+        us(hc),
+        hc / bare_cycles
+    );
+    println!(
+        "{:<44} {:>14} {:>8.2} us",
+        "bare KVM exit, host wall time per exit",
+        "",
+        bare_ns / 1000.0
+    );
     println!();
 
     // Start-up, the full check run, and memory overhead.
@@ -141,9 +173,21 @@ fn main() {
         }
     }
     println!("{:<44} {:>14}", "start-up and footprint", "median");
-    println!("{:<44} {:>11.2} ms   (goal < 20 ms)", "kxen-vmm start to guest entry", median(entry) / 1000.0);
-    println!("{:<44} {:>11.1} ms", "test guest start to last line (all checks)", median(last));
-    println!("{:<44} {:>11.2} MiB  (goal < 8 MiB)", "VMM RSS beyond guest RAM", median(overhead) / 1024.0);
+    println!(
+        "{:<44} {:>11.2} ms   (goal < 20 ms)",
+        "kxen-vmm start to guest entry",
+        median(entry) / 1000.0
+    );
+    println!(
+        "{:<44} {:>11.1} ms",
+        "test guest start to last line (all checks)",
+        median(last)
+    );
+    println!(
+        "{:<44} {:>11.2} MiB  (goal < 8 MiB)",
+        "VMM RSS beyond guest RAM",
+        median(overhead) / 1024.0
+    );
     if failures > 0 {
         println!("warning: {failures} of 5 full runs did not power off cleanly");
     }
