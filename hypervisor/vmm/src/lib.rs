@@ -5,8 +5,10 @@
 //! * [`vcpu`]: the vCPU threads and exit decoding;
 //! * [`vm`]: building the domain and running it to its end;
 //! * [`platform`]: what the Xen layer ([`kxen_xen`]) asks of the VMM;
-//! * [`standalone`]: console and xenstore service without kxend.
+//! * [`standalone`]: console and xenstore service without kxend;
+//! * [`control`]: the socket a toolstack drives the VMM through.
 
+pub mod control;
 pub mod cpuid;
 pub mod memory;
 pub mod platform;

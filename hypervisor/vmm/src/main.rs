@@ -41,9 +41,16 @@ struct Args {
     /// PV console destination: stdio, null, or file:PATH.
     #[arg(long, default_value = "stdio")]
     console: String,
-    /// Print "kxen-vmm: guest-entry-us=N" on stderr when the guest first runs.
+    /// Print "kxen-vmm: guest-entry-us=N" on stderr when the domain ends.
     #[arg(long)]
     report_timing: bool,
+    /// Build the domain but keep its vCPUs paused until an "unpause".
+    #[arg(long)]
+    paused: bool,
+    /// Serve the control protocol (info, pause, unpause, destroy, memfd)
+    /// on this Unix socket.
+    #[arg(long)]
+    control_socket: Option<PathBuf>,
 }
 
 fn parse_console(s: &str) -> Result<ConsoleMode, String> {
@@ -80,6 +87,8 @@ fn main() -> ExitCode {
         domid: args.domid,
         name: args.name.clone(),
         console,
+        start_paused: args.paused,
+        control_socket: args.control_socket,
     };
     match vm::run(cfg, args.report_timing) {
         Ok(exit) => {

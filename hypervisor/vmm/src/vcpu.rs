@@ -124,7 +124,12 @@ impl Vcpu {
                 entered = true;
                 self.rt.note_guest_entry();
             }
-            let exit = match self.fd.run() {
+            if !self.rt.enter_guest() {
+                return None;
+            }
+            let result = self.fd.run();
+            self.rt.leave_guest();
+            let exit = match result {
                 Ok(exit) => exit,
                 Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
                     self.fd.set_kvm_immediate_exit(0);

@@ -2,6 +2,7 @@
 
 use std::fs::File;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -19,6 +20,7 @@ use xen_abi::pvh::MemmapEntry;
 use kxen_loader::start_info::{self, BootBlockLayout, Module};
 use kxen_xen::{Domain, DomainConfig};
 
+use crate::control::DomainInfo;
 use crate::cpuid::{self, XenCpuidParams};
 use crate::memory::{self, GuestMemory};
 use crate::platform::VmmPlatform;
@@ -118,6 +120,10 @@ pub struct VmConfig {
     pub domid: u16,
     pub name: String,
     pub console: ConsoleMode,
+    /// Build the domain paused (`xl create -p`).
+    pub start_paused: bool,
+    /// Serve the control protocol on this Unix socket.
+    pub control_socket: Option<PathBuf>,
 }
 
 /// State shared by the vCPU threads, the services and the main thread.
@@ -125,10 +131,16 @@ pub struct Runtime {
     pub vm: Arc<VmFd>,
     pub memory: Arc<GuestMemory>,
     pub domain: Arc<Domain>,
+    pub kicker: Arc<Kicker>,
     exit: Mutex<Option<DomainExit>>,
     exit_cv: Condvar,
     started: Instant,
     entry: Mutex<Option<Duration>>,
+    paused: Mutex<bool>,
+    pause_cv: Condvar,
+    /// vCPUs inside KVM_RUN (or about to enter it).
+    pub in_guest: AtomicU32,
+    max_memory_kib: u64,
 }
 
 impl Runtime {
@@ -142,6 +154,68 @@ impl Runtime {
         self.exit_cv.notify_all();
         drop(exit);
         self.domain.stop();
+        self.pause_cv.notify_all();
+    }
+
+    /// Stop every vCPU from running guest code; returns once none is in
+    /// guest mode (or after a second, if one is stuck in the kernel).
+    pub fn pause(&self) {
+        *self.paused.lock().unwrap_or_else(|e| e.into_inner()) = true;
+        let deadline = Instant::now() + Duration::from_secs(1);
+        while self.in_guest.load(Ordering::SeqCst) != 0 && Instant::now() < deadline {
+            for vcpu in 0..self.domain.cfg.nr_vcpus {
+                self.kicker.kick(vcpu);
+            }
+            std::thread::sleep(Duration::from_micros(200));
+        }
+    }
+
+    pub fn unpause(&self) {
+        *self.paused.lock().unwrap_or_else(|e| e.into_inner()) = false;
+        self.pause_cv.notify_all();
+    }
+
+    pub fn is_paused(&self) -> bool {
+        *self.paused.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Called by a vCPU about to enter the guest: registers it as in guest
+    /// mode unless paused, in which case it waits. False if the domain ends.
+    pub fn enter_guest(&self) -> bool {
+        loop {
+            self.in_guest.fetch_add(1, Ordering::SeqCst);
+            let paused = self.paused.lock().unwrap_or_else(|e| e.into_inner());
+            if !*paused {
+                return true;
+            }
+            self.in_guest.fetch_sub(1, Ordering::SeqCst);
+            let _ = self
+                .pause_cv
+                .wait_timeout(paused, Duration::from_millis(20))
+                .unwrap_or_else(|e| e.into_inner());
+            if self.domain.is_stopping() {
+                return false;
+            }
+        }
+    }
+
+    pub fn leave_guest(&self) {
+        self.in_guest.fetch_sub(1, Ordering::SeqCst);
+    }
+
+    pub fn info(&self) -> DomainInfo {
+        let cfg = &self.domain.cfg;
+        DomainInfo {
+            domid: cfg.domid,
+            name: cfg.name.clone(),
+            paused: self.is_paused(),
+            vcpus: cfg.nr_vcpus,
+            memory_kib: (cfg.ram_pages() - self.domain.lock().ballooned.len() as u64) * 4,
+            max_memory_kib: self.max_memory_kib,
+            hypercalls: self.domain.hypercalls.load(Ordering::Relaxed),
+            uptime_ms: self.started.elapsed().as_millis() as u64,
+            pid: std::process::id(),
+        }
     }
 
     pub fn note_guest_entry(&self) {
@@ -414,10 +488,15 @@ pub fn run(cfg: VmConfig, report_timing: bool) -> Result<DomainExit, VmError> {
         vm: vm.clone(),
         memory: memory.clone(),
         domain: domain.clone(),
+        kicker: kicker.clone(),
         exit: Mutex::new(None),
         exit_cv: Condvar::new(),
         started,
         entry: Mutex::new(None),
+        paused: Mutex::new(cfg.start_paused),
+        pause_cv: Condvar::new(),
+        in_guest: AtomicU32::new(0),
+        max_memory_kib: cfg.maxmem_mib.max(cfg.memory_mib) * 1024,
     });
     *runtime_slot.lock().unwrap_or_else(|e| e.into_inner()) = Some(Arc::downgrade(&rt));
 
@@ -478,6 +557,14 @@ pub fn run(cfg: VmConfig, report_timing: bool) -> Result<DomainExit, VmError> {
         store_pfn << 12,
     );
 
+    let control = match &cfg.control_socket {
+        Some(path) => Some(
+            crate::control::serve(rt.clone(), path.clone())
+                .map_err(|e| VmError::Setup(format!("control socket {}: {e}", path.display())))?,
+        ),
+        None => None,
+    };
+
     let mut handles: Vec<JoinHandle<()>> = Vec::new();
     for vcpu in vcpus {
         let name = format!("vcpu{}", vcpu.id);
@@ -524,6 +611,9 @@ pub fn run(cfg: VmConfig, report_timing: bool) -> Result<DomainExit, VmError> {
         }
     }
     let _ = timer.join();
+    if let Some(control) = control {
+        let _ = control.join();
+    }
     for t in service_threads {
         let _ = t.join();
     }

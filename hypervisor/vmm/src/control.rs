@@ -1,0 +1,198 @@
+//! The control socket through which a toolstack (kxend) drives kxen-vmm.
+//!
+//! One JSON object per line in each direction on a Unix stream socket:
+//!
+//! | request | reply |
+//! |---|---|
+//! | `{"op":"info"}` | `{"ok":true,"info":{...}}` |
+//! | `{"op":"pause"}` | `{"ok":true}` once no vCPU is in guest mode |
+//! | `{"op":"unpause"}` | `{"ok":true}` |
+//! | `{"op":"destroy"}` | `{"ok":true}`, then the domain ends |
+//! | `{"op":"memfd"}` | `{"ok":true,"size":N}` with the guest memory memfd attached (SCM_RIGHTS) |
+//!
+//! Errors are `{"ok":false,"error":"..."}`. Clients are served one at a
+//! time; a malformed line gets an error reply, not a dropped domain.
+
+use std::io::{BufRead, BufReader, IoSlice, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
+use serde::{Deserialize, Serialize};
+use tracing::{debug, warn};
+
+use crate::vm::{DomainExit, Runtime};
+
+/// Longest request line accepted.
+const MAX_LINE: usize = 4096;
+
+#[derive(Debug, Deserialize)]
+#[serde(tag = "op", rename_all = "lowercase")]
+pub enum Request {
+    Info,
+    Pause,
+    Unpause,
+    Destroy,
+    Memfd,
+}
+
+#[derive(Debug, Serialize, Deserialize, Clone, PartialEq)]
+pub struct DomainInfo {
+    pub domid: u16,
+    pub name: String,
+    pub paused: bool,
+    pub vcpus: u32,
+    pub memory_kib: u64,
+    pub max_memory_kib: u64,
+    pub hypercalls: u64,
+    pub uptime_ms: u64,
+    pub pid: u32,
+}
+
+#[derive(Debug, Serialize, Deserialize, Default)]
+pub struct Reply {
+    pub ok: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub info: Option<DomainInfo>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub size: Option<u64>,
+}
+
+impl Reply {
+    fn ok() -> Self {
+        Reply {
+            ok: true,
+            ..Default::default()
+        }
+    }
+
+    fn error(msg: impl Into<String>) -> Self {
+        Reply {
+            ok: false,
+            error: Some(msg.into()),
+            ..Default::default()
+        }
+    }
+}
+
+/// Listen on `path` and serve clients until the domain ends.
+pub fn serve(rt: Arc<Runtime>, path: PathBuf) -> std::io::Result<std::thread::JoinHandle<()>> {
+    let _ = std::fs::remove_file(&path);
+    let listener = UnixListener::bind(&path)?;
+    listener.set_nonblocking(true)?;
+    std::thread::Builder::new()
+        .name("control".into())
+        .spawn(move || {
+            while !rt.domain.is_stopping() {
+                match listener.accept() {
+                    Ok((stream, _)) => {
+                        let _ = stream.set_nonblocking(false);
+                        let _ = stream.set_read_timeout(Some(Duration::from_millis(200)));
+                        serve_client(&rt, stream);
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                        std::thread::sleep(Duration::from_millis(20));
+                    }
+                    Err(e) => {
+                        warn!("control socket: {e}");
+                        break;
+                    }
+                }
+            }
+            remove_socket(&path);
+        })
+}
+
+fn remove_socket(path: &Path) {
+    let _ = std::fs::remove_file(path);
+}
+
+fn serve_client(rt: &Runtime, stream: UnixStream) {
+    let Ok(writer) = stream.try_clone() else {
+        return;
+    };
+    let mut writer = writer;
+    let mut reader = BufReader::new(stream);
+    let mut line = Vec::new();
+    loop {
+        if rt.domain.is_stopping() {
+            return;
+        }
+        match reader.read_until(b'\n', &mut line) {
+            Ok(0) => return,
+            Ok(_) if !line.ends_with(b"\n") && line.len() < MAX_LINE => continue,
+            Ok(_) => {}
+            Err(e)
+                if e.kind() == std::io::ErrorKind::WouldBlock
+                    || e.kind() == std::io::ErrorKind::TimedOut =>
+            {
+                if line.len() >= MAX_LINE {
+                    return;
+                }
+                continue;
+            }
+            Err(_) => return,
+        }
+        if line.len() > MAX_LINE {
+            let _ = send(&mut writer, &Reply::error("request too long"), None);
+            return;
+        }
+        let (reply, fd) = match serde_json::from_slice::<Request>(&line) {
+            Ok(req) => handle(rt, req),
+            Err(e) => (Reply::error(format!("bad request: {e}")), None),
+        };
+        line.clear();
+        if send(&mut writer, &reply, fd).is_err() {
+            return;
+        }
+    }
+}
+
+fn handle(rt: &Runtime, req: Request) -> (Reply, Option<i32>) {
+    debug!(?req, "control request");
+    match req {
+        Request::Info => {
+            let mut reply = Reply::ok();
+            reply.info = Some(rt.info());
+            (reply, None)
+        }
+        Request::Pause => {
+            rt.pause();
+            (Reply::ok(), None)
+        }
+        Request::Unpause => {
+            rt.unpause();
+            (Reply::ok(), None)
+        }
+        Request::Destroy => {
+            rt.request_exit(DomainExit::Destroyed);
+            (Reply::ok(), None)
+        }
+        Request::Memfd => {
+            let mut reply = Reply::ok();
+            reply.size = rt.memory.memfd.metadata().ok().map(|m| m.len());
+            (reply, Some(rt.memory.memfd.as_raw_fd()))
+        }
+    }
+}
+
+fn send(stream: &mut UnixStream, reply: &Reply, fd: Option<i32>) -> std::io::Result<()> {
+    let mut bytes = serde_json::to_vec(reply).map_err(std::io::Error::other)?;
+    bytes.push(b'\n');
+    match fd {
+        None => stream.write_all(&bytes),
+        Some(fd) => {
+            let fds = [fd];
+            let cmsg = [ControlMessage::ScmRights(&fds)];
+            let iov = [IoSlice::new(&bytes)];
+            sendmsg::<()>(stream.as_raw_fd(), &iov, &cmsg, MsgFlags::empty(), None)
+                .map(|_| ())
+                .map_err(std::io::Error::from)
+        }
+    }
+}

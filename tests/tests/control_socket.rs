@@ -1,0 +1,171 @@
+//! Driving kxen-vmm through its control socket, as kxend will.
+
+use std::io::{BufRead, BufReader, IoSliceMut, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
+use serde_json::Value;
+
+use kxen_tests::{kxen_vmm, repo_root};
+
+fn assemble(name: &str, patch: impl Fn(String) -> String) -> PathBuf {
+    let src = repo_root().join("tests/guest32");
+    let dir = std::env::temp_dir().join(format!("kxen-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let source = patch(std::fs::read_to_string(src.join("smoke.S")).unwrap());
+    std::fs::write(dir.join("g.S"), source).unwrap();
+    let obj = dir.join("g.o");
+    let elf = dir.join("g.elf");
+    assert!(Command::new("as")
+        .args(["--32", "-o"])
+        .arg(&obj)
+        .arg(dir.join("g.S"))
+        .status()
+        .unwrap()
+        .success());
+    assert!(Command::new("ld")
+        .args(["-m", "elf_i386", "-T"])
+        .arg(src.join("smoke.ld"))
+        .arg("-o")
+        .arg(&elf)
+        .arg(&obj)
+        .status()
+        .unwrap()
+        .success());
+    elf
+}
+
+fn start(kernel: &Path, socket: &Path, paused: bool) -> Child {
+    let mut cmd = Command::new(kxen_vmm());
+    cmd.arg("--kernel")
+        .arg(kernel)
+        .args(["--memory", "16", "--name", "ctl", "--domid", "3"])
+        .arg("--control-socket")
+        .arg(socket)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    if paused {
+        cmd.arg("--paused");
+    }
+    cmd.spawn().unwrap()
+}
+
+fn connect(socket: &Path) -> UnixStream {
+    let start = Instant::now();
+    loop {
+        if let Ok(s) = UnixStream::connect(socket) {
+            return s;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "no control socket"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn request(stream: &mut UnixStream, line: &str) -> Value {
+    stream.write_all(line.as_bytes()).unwrap();
+    stream.write_all(b"\n").unwrap();
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    let mut reply = String::new();
+    reader.read_line(&mut reply).unwrap();
+    serde_json::from_str(&reply).unwrap_or_else(|e| panic!("bad reply {reply:?}: {e}"))
+}
+
+fn wait_exit(child: &mut Child, limit: Duration) -> Option<i32> {
+    let start = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status.code();
+        }
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn paused_domain_is_inspected_then_unpaused() {
+    let kernel = assemble("ctl", |s| s);
+    let socket = std::env::temp_dir().join(format!("kxen-ctl-{}.sock", std::process::id()));
+    let mut child = start(&kernel, &socket, true);
+    let mut ctl = connect(&socket);
+
+    let info = request(&mut ctl, r#"{"op":"info"}"#);
+    assert_eq!(info["ok"], true, "{info}");
+    assert_eq!(info["info"]["paused"], true);
+    assert_eq!(info["info"]["domid"], 3);
+    assert_eq!(info["info"]["name"], "ctl");
+    assert_eq!(info["info"]["memory_kib"], 16 * 1024);
+    assert_eq!(info["info"]["hypercalls"], 0, "a paused domain ran");
+
+    // The memfd arrives with SCM_RIGHTS and maps the guest's RAM.
+    ctl.write_all(b"{\"op\":\"memfd\"}\n").unwrap();
+    let mut buf = [0u8; 256];
+    let mut iov = [IoSliceMut::new(&mut buf)];
+    let mut space = nix::cmsg_space!([std::os::fd::RawFd; 1]);
+    let msg = recvmsg::<()>(
+        ctl.as_raw_fd(),
+        &mut iov,
+        Some(&mut space),
+        MsgFlags::empty(),
+    )
+    .unwrap();
+    let mut fds = Vec::new();
+    for c in msg.cmsgs().unwrap() {
+        if let ControlMessageOwned::ScmRights(r) = c {
+            fds.extend(r);
+        }
+    }
+    let n = msg.bytes;
+    let reply: Value = serde_json::from_slice(&buf[..n]).unwrap();
+    assert_eq!(reply["ok"], true);
+    assert_eq!(fds.len(), 1, "no fd passed");
+    // SAFETY: the fd was just received and is owned by nobody else.
+    let memfd = std::fs::File::from(unsafe { OwnedFd::from_raw_fd(fds[0]) });
+    let size = memfd.metadata().unwrap().len();
+    assert!(size >= 16 << 20, "memfd is {size} bytes");
+    assert_eq!(reply["size"], size);
+
+    // Unpause: the smoke guest runs to poweroff.
+    assert_eq!(request(&mut ctl, r#"{"op":"unpause"}"#)["ok"], true);
+    assert_eq!(wait_exit(&mut child, Duration::from_secs(60)), Some(0));
+    let mut err = String::new();
+    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
+    assert!(err.contains("hello from a 32-bit PVH guest"), "{err}");
+}
+
+#[test]
+fn destroy_and_malformed_requests() {
+    let kernel = assemble("ctl-spin", |s| {
+        s.replace("    call hcpage + 29*32\n1:", "1:")
+    });
+    let socket = std::env::temp_dir().join(format!("kxen-ctl2-{}.sock", std::process::id()));
+    let mut child = start(&kernel, &socket, false);
+    let mut ctl = connect(&socket);
+    for bad in [
+        "not json",
+        r#"{"op":"launch-missiles"}"#,
+        "{}",
+        r#"{"op":7}"#,
+    ] {
+        let reply = request(&mut ctl, bad);
+        assert_eq!(reply["ok"], false, "{bad}: {reply}");
+    }
+    assert_eq!(request(&mut ctl, r#"{"op":"pause"}"#)["ok"], true);
+    let before = request(&mut ctl, r#"{"op":"info"}"#)["info"]["hypercalls"].clone();
+    std::thread::sleep(Duration::from_millis(100));
+    let after = request(&mut ctl, r#"{"op":"info"}"#)["info"]["hypercalls"].clone();
+    assert_eq!(before, after);
+    assert_eq!(request(&mut ctl, r#"{"op":"destroy"}"#)["ok"], true);
+    assert_eq!(wait_exit(&mut child, Duration::from_secs(10)), Some(8));
+    assert!(!socket.exists(), "socket left behind");
+}
