@@ -1,0 +1,116 @@
+//! Checks that run only when named exactly: they end the domain or disturb
+//! everything after them.
+
+use core::sync::atomic::Ordering;
+
+use xen_abi::cpuid::XEN_CPUID_BASE;
+use xen_abi::errno::ESRCH;
+use xen_abi::event_channel::{Reset, EVTCHNOP_RESET, EVTCHNSTAT_CLOSED};
+use xen_abi::DOMID_SELF;
+
+use super::{neg, ok, rc_is, R};
+use crate::boot::{SVC_BENCH_HYPERCALL, SVC_BENCH_NULL_EXIT, SVC_TRIPLE_FAULT};
+use crate::hypercall::{cpuid, event_channel_op, service};
+use crate::setup::CONSOLE_PORT;
+use crate::{bail, console, events, println, xen};
+
+/// EVTCHNOP_reset closes every port, the console's and xenstore's included,
+/// so it runs only alone (`kxen.test=evtchn.reset`); output continues on the
+/// ring without notifications and on console_io.
+pub fn evtchn_reset() -> R {
+    // event_channel.c: unknown domain -> -ESRCH.
+    rc_is(
+        "EVTCHNOP_reset(dom 5)",
+        event_channel_op(EVTCHNOP_RESET, &mut Reset { dom: 5 }),
+        neg(ESRCH),
+    )?;
+    let u = ok("alloc_unbound", xen::alloc_unbound(DOMID_SELF, DOMID_SELF))?;
+    console::mirror_to_console_io();
+    rc_is(
+        "EVTCHNOP_reset(DOMID_SELF)",
+        event_channel_op(EVTCHNOP_RESET, &mut Reset { dom: DOMID_SELF }),
+        0,
+    )?;
+    let timer = events::TIMER_PORT.swap(0, Ordering::AcqRel);
+    let console_port = CONSOLE_PORT.load(Ordering::Acquire);
+    for (port, what) in [
+        (u, "unbound port"),
+        (timer, "VIRQ_TIMER port"),
+        (console_port, "console port"),
+    ] {
+        if port != 0 {
+            let s = ok("EVTCHNOP_status", xen::status(port))?;
+            if s.status != EVTCHNSTAT_CLOSED {
+                bail!(
+                    "{} {} after reset: expected state closed, got {}",
+                    what,
+                    port,
+                    s.status
+                );
+            }
+        }
+    }
+    // Allocation works again afterwards.
+    let v = ok(
+        "alloc_unbound after reset",
+        xen::alloc_unbound(DOMID_SELF, DOMID_SELF),
+    )?;
+    rc_is("close", xen::close(v), 0)
+}
+
+/// Empty IDT + fault in ring 0: the VMM must end the domain with a non-zero
+/// status.
+pub fn triple_fault() -> R {
+    println!("kxen-testguest: triple_fault: loading an empty IDT and faulting in ring 0");
+    let rc = service(SVC_TRIPLE_FAULT, 0);
+    bail!(
+        "still running after the triple fault (service returned {})",
+        rc as i64
+    )
+}
+
+/// `popcnt` with a memory operand in MMIO space: KVM must emulate the access
+/// and its emulator has no popcnt -> KVM_EXIT_INTERNAL_ERROR; the VMM must
+/// end the domain.
+pub fn bad_insn() -> R {
+    println!("kxen-testguest: bad_insn: popcnt from MMIO at 0xfed00000");
+    let out: u64;
+    // SAFETY: a read of MMIO space no device claims; if the VMM somehow
+    // completes it, the result is just a number.
+    unsafe {
+        core::arch::asm!(
+            "popcnt {out}, qword ptr [{addr}]",
+            out = out(reg) out,
+            addr = in(reg) 0xfed0_0000u64,
+            options(nostack, readonly),
+        );
+    }
+    println!("kxen-testguest: bad_insn not trapped");
+    bail!("execution continued after the popcnt (result {})", out)
+}
+
+/// Ring-0 cost of a hypercall through the page, and of a bare port exit.
+pub fn bench() -> R {
+    const N: u64 = 10_000;
+    let hc = service(SVC_BENCH_HYPERCALL, N) as i64;
+    if hc < 0 {
+        bail!("hypercall benchmark failed: {}", super::Rc(hc));
+    }
+    let null = service(SVC_BENCH_NULL_EXIT, N) as i64;
+    if null < 0 {
+        bail!("null-exit benchmark failed: {}", super::Rc(null));
+    }
+    let max = cpuid(XEN_CPUID_BASE, 0)[0];
+    let khz = if max >= XEN_CPUID_BASE + 3 {
+        cpuid(XEN_CPUID_BASE + 3, 0)[2]
+    } else {
+        0
+    };
+    println!(
+        "bench: hypercall_cycles={} null_exit_cycles={} tsc_khz={}",
+        hc as u64 / N,
+        null as u64 / N,
+        khz
+    );
+    Ok(())
+}
