@@ -45,12 +45,26 @@ pub extern "C" fn kick_handler(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut 
     });
 }
 
+const CR4_LA57: u64 = 1 << 12;
+
 /// Walks the vCPU's page tables with KVM_TRANSLATE.
-struct KvmMmu<'a>(&'a VcpuFd);
+struct KvmMmu<'a> {
+    fd: &'a VcpuFd,
+    /// Virtual address width in long mode (48 or 57); 0 outside long mode.
+    va_bits: u32,
+}
 
 impl VcpuMmu for KvmMmu<'_> {
     fn translate(&self, gva: u64) -> Option<(u64, bool)> {
-        let tr = self.0.translate_gva(gva).ok()?;
+        if self.va_bits != 0 {
+            // Non-canonical addresses fault; KVM's walk would ignore the
+            // high bits.
+            let shift = 64 - self.va_bits;
+            if ((gva << shift) as i64 >> shift) as u64 != gva {
+                return None;
+            }
+        }
+        let tr = self.fd.translate_gva(gva).ok()?;
         (tr.valid != 0).then_some((tr.physical_address, true))
     }
 }
@@ -246,7 +260,14 @@ impl Vcpu {
                     ],
                 }
             };
-            let mmu = KvmMmu(&self.fd);
+            let mmu = KvmMmu {
+                fd: &self.fd,
+                va_bits: match (long_mode, sregs.cr4 & CR4_LA57 != 0) {
+                    (false, _) => 0,
+                    (true, false) => 48,
+                    (true, true) => 57,
+                },
+            };
             let r = self.rt.domain.hypercall(self.id, &mmu, call);
             if long_mode {
                 r

@@ -186,15 +186,17 @@ impl PortTable {
         }
         let entry = self.get_mut(port)?;
         match entry.state {
-            PortState::Virq { virq } if virq_is_per_vcpu(virq) => Err(-xen_abi::errno::EINVAL),
-            PortState::Virq { .. }
-            | PortState::Unbound { .. }
-            | PortState::Interdomain { .. }
-            | PortState::Ipi => {
+            // Only global VIRQs and interdomain/unbound ports can move; IPIs
+            // and per-vCPU VIRQs are tied to their vCPU.
+            PortState::Virq { virq } if !virq_is_per_vcpu(virq) => {
                 entry.notify_vcpu = vcpu;
                 Ok(())
             }
-            PortState::Free | PortState::Reserved => Err(-xen_abi::errno::EINVAL),
+            PortState::Unbound { .. } | PortState::Interdomain { .. } => {
+                entry.notify_vcpu = vcpu;
+                Ok(())
+            }
+            _ => Err(-xen_abi::errno::EINVAL),
         }
     }
 

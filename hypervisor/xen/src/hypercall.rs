@@ -48,6 +48,44 @@ const XEN_CHANGESET: &[u8] = concat!("kxen ", env!("CARGO_PKG_VERSION")).as_byte
 /// HYPERVISOR_VIRT_START for 64-bit guests.
 const HYPERVISOR_VIRT_START: u64 = 0xffff_8000_0000_0000;
 
+/// What a guest may do with an HVM parameter of its own domain
+/// (Xen 4.17's hvm_allow_set_param / hvm_allow_get_param on x86).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ParamAccess {
+    /// Readable and writable by the guest.
+    GuestWritable,
+    /// Readable by the guest, set by the toolstack only.
+    GuestReadable,
+    /// Neither: -EPERM.
+    Hidden,
+    /// Gone from the interface: -EINVAL both ways.
+    Deprecated,
+}
+
+fn param_access(index: u32) -> ParamAccess {
+    const VM86_TSS: u32 = 15;
+    const ACPI_IOPORTS_LOCATION: u32 = 19;
+    const VM_GENERATION_ID_ADDR: u32 = 34;
+    const ALTP2M: u32 = 35;
+    const X87_FIP_WIDTH: u32 = 36;
+    const VM86_TSS_SIZED: u32 = 37;
+    // PAE_ENABLED, DM_DOMAIN and the MEMORY_EVENT_* family.
+    const DEPRECATED: [u32; 8] = [4, 13, 20, 21, 22, 23, 25, 30];
+    match index {
+        HVM_PARAM_CALLBACK_IRQ
+        | VM86_TSS
+        | VM86_TSS_SIZED
+        | ACPI_IOPORTS_LOCATION
+        | VM_GENERATION_ID_ADDR
+        | HVM_PARAM_STORE_EVTCHN
+        | HVM_PARAM_CONSOLE_EVTCHN
+        | X87_FIP_WIDTH => ParamAccess::GuestWritable,
+        HVM_PARAM_STORE_PFN | HVM_PARAM_CONSOLE_PFN | ALTP2M => ParamAccess::GuestReadable,
+        i if DEPRECATED.contains(&i) => ParamAccess::Deprecated,
+        _ => ParamAccess::Hidden,
+    }
+}
+
 /// Copy `s` into a NUL-padded fixed-size buffer.
 fn fixed<const N: usize>(s: &[u8]) -> [u8; N] {
     let mut out = [0u8; N];
@@ -157,6 +195,8 @@ impl Domain {
                 write!(g, arg, &fi);
                 0
             }
+            // The page size is the return value; a buffer is a caller bug.
+            XENVER_PAGESIZE if arg != 0 => -EINVAL,
             XENVER_PAGESIZE => PAGE_SIZE as i64,
             XENVER_GUEST_HANDLE => {
                 write!(g, arg, &self.cfg.handle);
@@ -314,8 +354,8 @@ impl Domain {
                 write!(g, arg, &map);
                 0
             }
-            // The host's memory map is for the control domain only.
-            XENMEM_MACHINE_MEMORY_MAP => -EPERM,
+            // hvm_memory_op filters these out for HVM/PVH guests.
+            XENMEM_MACHINE_MEMORY_MAP | XENMEM_MACHPHYS_MAPPING => -ENOSYS,
             XENMEM_REMOVE_FROM_PHYSMAP => {
                 let domid = read!(g, u16, arg);
                 let gpfn = read!(g, u64, arg + 8);
@@ -331,7 +371,10 @@ impl Domain {
     /// Balloon out the extents listed by the guest. Like Xen, returns the
     /// number of extents done; a bad list stops early.
     fn decrease_reservation(&self, g: &GuestAccess, arg: u64, start: u64) -> i64 {
-        let res = read!(g, MemoryReservation, arg);
+        // Xen answers an unreadable reservation with the extents done so far.
+        let Ok(res) = g.read_obj::<MemoryReservation>(arg) else {
+            return start as i64;
+        };
         if !self.is_self(res.domid) || res.extent_order > MAX_EXTENT_ORDER {
             return start as i64;
         }
@@ -358,7 +401,9 @@ impl Domain {
     }
 
     fn populate_physmap(&self, g: &GuestAccess, arg: u64, start: u64) -> i64 {
-        let res = read!(g, MemoryReservation, arg);
+        let Ok(res) = g.read_obj::<MemoryReservation>(arg) else {
+            return start as i64;
+        };
         if !self.is_self(res.domid) || res.extent_order > MAX_EXTENT_ORDER {
             return start as i64;
         }
@@ -547,17 +592,22 @@ impl Domain {
                 if p.index >= HVM_NR_PARAMS {
                     return -EINVAL;
                 }
+                let access = param_access(p.index);
+                if access == ParamAccess::Deprecated {
+                    return -EINVAL;
+                }
                 let mut st = self.lock();
                 if cmd == HVMOP_GET_PARAM {
+                    if access == ParamAccess::Hidden {
+                        return -EPERM;
+                    }
                     p.value = st.params[p.index as usize];
                     drop(st);
                     write!(g, arg, &p);
                     return 0;
                 }
-                // hvm_allow_set_param: a guest may only set these.
-                match p.index {
-                    HVM_PARAM_CALLBACK_IRQ | HVM_PARAM_STORE_EVTCHN | HVM_PARAM_CONSOLE_EVTCHN => {}
-                    _ => return -EPERM,
+                if access != ParamAccess::GuestWritable {
+                    return -EPERM;
                 }
                 st.params[p.index as usize] = p.value;
                 if p.index == HVM_PARAM_CALLBACK_IRQ {
