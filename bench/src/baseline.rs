@@ -10,31 +10,82 @@ const LOOP_PORT: u16 = 0x59;
 /// Port the baseline guest reports its TSC delta on.
 const REPORT_PORT: u16 = 0x5a;
 
-/// Real-mode code: time `iterations` `out` exits with rdtsc, report the
-/// cycle count (low 32 bits) on REPORT_PORT, then halt.
-fn loop_code(iterations: u16) -> Vec<u8> {
+/// Guest-physical layout of the baseline VM.
+const CODE: u64 = 0x1000;
+const PML4: u64 = 0x2000;
+const PDPT: u64 = 0x3000;
+const PD: u64 = 0x4000;
+const STACK_TOP: u64 = 0x8000;
+
+/// 64-bit code: time `iterations` exits with rdtsc, report the cycle count
+/// (low 32 bits) on REPORT_PORT. Each iteration is either the test guest's
+/// null-exit loop (`out; dec; jnz`) or a hypercall's guest instructions
+/// (`xor; xor; call stub; dec; jnz` with stub `mov $17,%eax; out; ret`).
+/// Both run in long mode with paging, like the test guest, because on PVM
+/// hosts every ring-0 instruction is emulated and costs a page walk.
+fn loop_code(iterations: u32, shape: LoopShape) -> Vec<u8> {
     let mut code = vec![
         0x0f, 0x31, // rdtsc
-        0x66, 0x89, 0xc6, // mov %eax, %esi
-        0xb9, // mov $iterations, %cx
+        0x48, 0xc1, 0xe2, 0x20, // shl $32, %rdx
+        0x48, 0x09, 0xd0, // or %rdx, %rax
+        0x48, 0x89, 0xc5, // mov %rax, %rbp
+        0x41, 0xbc, // mov $iterations, %r12d
     ];
     code.extend_from_slice(&iterations.to_le_bytes());
+    let top = code.len();
+    let mut call_at = None;
+    match shape {
+        LoopShape::BareExit => code.extend_from_slice(&[0xe7, LOOP_PORT as u8]), // out %eax
+        LoopShape::HypercallShaped => {
+            code.extend_from_slice(&[0x31, 0xff, 0x31, 0xf6]); // xor %edi; xor %esi
+            call_at = Some(code.len());
+            code.extend_from_slice(&[0xe8, 0, 0, 0, 0]); // call stub
+        }
+    }
+    code.extend_from_slice(&[0x49, 0xff, 0xcc]); // dec %r12
+    let jnz_at = code.len();
+    code.extend_from_slice(&[0x75, (top as isize - (jnz_at as isize + 2)) as u8]);
     code.extend_from_slice(&[
-        0xe6,
-        LOOP_PORT as u8, // 1: out %al, $LOOP_PORT
-        0xe2,
-        0xfc, // loop 1b
         0x0f,
         0x31, // rdtsc
-        0x66,
+        0x48,
+        0xc1,
+        0xe2,
+        0x20, // shl $32, %rdx
+        0x48,
+        0x09,
+        0xd0, // or %rdx, %rax
+        0x48,
         0x29,
-        0xf0, // sub %esi, %eax
-        0x66,
+        0xe8, // sub %rbp, %rax
         0xe7,
         REPORT_PORT as u8, // out %eax, $REPORT_PORT
-        0xf4,              // hlt
     ]);
+    if let Some(call_at) = call_at {
+        let stub = code.len();
+        code.extend_from_slice(&[
+            0xb8,
+            17,
+            0,
+            0,
+            0, // mov $17, %eax
+            0xe7,
+            LOOP_PORT as u8, // out %eax, $LOOP_PORT
+            0xc3,            // ret
+        ]);
+        let rel = (stub as i64 - (call_at as i64 + 5)) as i32;
+        code[call_at + 1..call_at + 5].copy_from_slice(&rel.to_le_bytes());
+    }
     code
+}
+
+/// Which guest loop a baseline runs.
+#[derive(Clone, Copy)]
+pub enum LoopShape {
+    /// `out; loop`: the cheapest exit there is.
+    BareExit,
+    /// The instruction sequence of a hypercall through the page.
+    HypercallShaped,
 }
 
 /// Measured cost of one port-I/O exit through a bare kvm-ioctls loop.
@@ -45,7 +96,20 @@ pub struct ExitBaseline {
     pub host_ns_per_exit: f64,
 }
 
-pub fn bare_port_io_exit(iterations: u16) -> Result<ExitBaseline, String> {
+/// KVM features the baseline VM turns on, to price each one.
+#[derive(Clone, Copy, Default)]
+pub struct BaselineFeatures {
+    /// In-kernel PIC/IOAPIC/LAPIC, as kxen-vmm uses.
+    pub irqchip: bool,
+    /// General and system registers synced into kvm_run on every exit.
+    pub sync_regs: bool,
+}
+
+pub fn bare_port_io_exit(
+    iterations: u32,
+    shape: LoopShape,
+    features: BaselineFeatures,
+) -> Result<ExitBaseline, String> {
     let kvm = Kvm::new().map_err(|e| format!("open /dev/kvm: {e}"))?;
     let vm = kvm.create_vm().map_err(|e| format!("create VM: {e}"))?;
     let size = 0x10000usize;
@@ -64,12 +128,18 @@ pub fn bare_port_io_exit(iterations: u16) -> Result<ExitBaseline, String> {
     if mem == libc::MAP_FAILED {
         return Err("mmap failed".into());
     }
-    let code = loop_code(iterations);
-    // SAFETY: `mem` is a fresh writable mapping of `size` bytes and the
-    // code is much smaller than that.
+    let code = loop_code(iterations, shape);
+    // Identity-map the first 2 MiB with one large page.
+    let tables: [(u64, u64); 3] = [(PML4, PDPT | 3), (PDPT, PD | 3), (PD, 0x83)];
+    // SAFETY: `mem` is a fresh writable mapping of `size` bytes; the code
+    // and the three table entries lie well inside it.
     unsafe {
-        std::ptr::copy_nonoverlapping(code.as_ptr(), (mem as *mut u8).add(0x1000), code.len())
-    };
+        let base = mem as *mut u8;
+        std::ptr::copy_nonoverlapping(code.as_ptr(), base.add(CODE as usize), code.len());
+        for (table, entry) in tables {
+            (base.add(table as usize) as *mut u64).write(entry);
+        }
+    }
     let region = kvm_userspace_memory_region {
         slot: 0,
         flags: 0,
@@ -80,13 +150,52 @@ pub fn bare_port_io_exit(iterations: u16) -> Result<ExitBaseline, String> {
     // SAFETY: the mapping outlives the VM: it is unmapped after `vm` and
     // `vcpu` are dropped at the end of this function.
     unsafe { vm.set_user_memory_region(region) }.map_err(|e| format!("memory: {e}"))?;
+    if std::env::var("EXP_IRQCHIP").is_ok() {
+        vm.create_irq_chip().unwrap();
+    }
+    if features.irqchip {
+        vm.create_irq_chip().map_err(|e| format!("irqchip: {e}"))?;
+    }
     let mut vcpu = vm.create_vcpu(0).map_err(|e| format!("vCPU: {e}"))?;
+    if features.sync_regs {
+        vcpu.set_sync_valid_reg(kvm_ioctls::SyncReg::Register);
+        vcpu.set_sync_valid_reg(kvm_ioctls::SyncReg::SystemRegister);
+    }
+    if std::env::var("EXP_SYNC").is_ok() {
+        vcpu.set_sync_valid_reg(kvm_ioctls::SyncReg::Register);
+        vcpu.set_sync_valid_reg(kvm_ioctls::SyncReg::SystemRegister);
+    }
     let mut sregs = vcpu.get_sregs().map_err(|e| e.to_string())?;
-    sregs.cs.base = 0;
-    sregs.cs.selector = 0;
+    let code_seg = kvm_bindings::kvm_segment {
+        base: 0,
+        limit: 0xffff_ffff,
+        selector: 0x8,
+        type_: 0xb,
+        present: 1,
+        s: 1,
+        l: 1,
+        g: 1,
+        ..Default::default()
+    };
+    let data_seg = kvm_bindings::kvm_segment {
+        selector: 0x10,
+        type_: 0x3,
+        l: 0,
+        db: 1,
+        ..code_seg
+    };
+    sregs.cs = code_seg;
+    sregs.ds = data_seg;
+    sregs.es = data_seg;
+    sregs.ss = data_seg;
+    sregs.cr3 = PML4;
+    sregs.cr4 = 1 << 5; // PAE
+    sregs.cr0 = 0x8000_0031; // PG | NE | ET | PE
+    sregs.efer = 0x500; // LME | LMA
     vcpu.set_sregs(&sregs).map_err(|e| e.to_string())?;
     let mut regs = vcpu.get_regs().map_err(|e| e.to_string())?;
-    regs.rip = 0x1000;
+    regs.rip = CODE;
+    regs.rsp = STACK_TOP;
     regs.rflags = 2;
     vcpu.set_regs(&regs).map_err(|e| e.to_string())?;
 
@@ -100,8 +209,10 @@ pub fn bare_port_io_exit(iterations: u16) -> Result<ExitBaseline, String> {
                 let mut b = [0u8; 4];
                 b[..data.len().min(4)].copy_from_slice(&data[..data.len().min(4)]);
                 cycles = Some(u32::from_le_bytes(b));
+                // The report ends the run (no hlt: with an in-kernel
+                // irqchip KVM would keep a halted vCPU to itself).
+                break Ok(());
             }
-            Ok(VcpuExit::Hlt) => break Ok(()),
             Ok(other) => break Err(format!("unexpected exit {other:?}")),
             Err(e) => break Err(format!("KVM_RUN: {e}")),
         }
@@ -123,7 +234,13 @@ pub fn bare_port_io_exit(iterations: u16) -> Result<ExitBaseline, String> {
 mod tests {
     #[test]
     fn bare_exit_loop_reports_cycles() {
-        let b = super::bare_port_io_exit(1000).expect("baseline VM runs");
-        assert!(b.cycles_per_exit > 0.0 && b.host_ns_per_exit > 0.0);
+        for shape in [
+            super::LoopShape::BareExit,
+            super::LoopShape::HypercallShaped,
+        ] {
+            let b = super::bare_port_io_exit(1000, shape, Default::default())
+                .expect("baseline VM runs");
+            assert!(b.cycles_per_exit > 0.0 && b.host_ns_per_exit > 0.0);
+        }
     }
 }

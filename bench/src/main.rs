@@ -4,6 +4,8 @@
 
 mod baseline;
 
+use baseline::{BaselineFeatures, LoopShape};
+
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -34,12 +36,13 @@ fn status_kib(pid: u32, field: &str) -> Option<u64> {
 
 /// Boot the test guest, timing guest entry (reported by the VMM), the
 /// guest's last line, and sampling the VMM's RSS beyond guest RAM.
-fn run_guest(cmdline: &str, memory_mib: u32) -> GuestRun {
+fn run_guest(cmdline: &str, memory_mib: u32, vcpus: u32) -> GuestRun {
     let start = Instant::now();
     let mut child = Command::new(kxen_vmm())
         .arg("--kernel")
         .arg(test_guest())
         .args(["--memory", &memory_mib.to_string(), "--report-timing"])
+        .args(["--vcpus", &vcpus.to_string()])
         .args(["--cmdline", cmdline])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -101,13 +104,26 @@ fn main() {
 
     // Hypercall round trip versus a bare KVM port-I/O exit.
     let bare: Vec<_> = (0..5)
-        .filter_map(|_| baseline::bare_port_io_exit(10_000).ok())
+        .filter_map(|_| {
+            baseline::bare_port_io_exit(10_000, LoopShape::BareExit, BaselineFeatures::default())
+                .ok()
+        })
+        .collect();
+    let shaped: Vec<_> = (0..5)
+        .filter_map(|_| {
+            baseline::bare_port_io_exit(
+                10_000,
+                LoopShape::HypercallShaped,
+                BaselineFeatures::default(),
+            )
+            .ok()
+        })
         .collect();
     let mut hc = Vec::new();
     let mut null = Vec::new();
     let mut tsc_khz = 0.0;
     for _ in 0..5 {
-        let run = run_guest("kxen.test=bench", 64);
+        let run = run_guest("kxen.test=bench", 64, 1);
         if let Some(line) = run.bench_line {
             hc.extend(field(&line, "hypercall_cycles"));
             null.extend(field(&line, "null_exit_cycles"));
@@ -116,6 +132,7 @@ fn main() {
     }
     let bare_cycles = median(bare.iter().map(|b| b.cycles_per_exit).collect());
     let bare_ns = median(bare.iter().map(|b| b.host_ns_per_exit).collect());
+    let shaped_cycles = median(shaped.iter().map(|b| b.cycles_per_exit).collect());
     let hc = median(hc);
     let null = median(null);
     let us = |cycles: f64| {
@@ -151,11 +168,53 @@ fn main() {
         hc / bare_cycles
     );
     println!(
+        "{:<44} {:>14.0} {}  {:>7.2}x",
+        "bare KVM, a hypercall's guest instructions",
+        shaped_cycles,
+        us(shaped_cycles),
+        shaped_cycles / bare_cycles
+    );
+    println!(
+        "{:<44} {:>14} {:>11}  {:>7.2}x   (kxen's own overhead)",
+        "kxen hypercall / same-instruction baseline",
+        "",
+        "",
+        hc / shaped_cycles
+    );
+    println!(
         "{:<44} {:>14} {:>8.2} us",
         "bare KVM exit, host wall time per exit",
         "",
         bare_ns / 1000.0
     );
+    let priced = |irqchip, sync_regs| {
+        let runs: Vec<f64> = (0..5)
+            .filter_map(|_| {
+                baseline::bare_port_io_exit(
+                    10_000,
+                    LoopShape::BareExit,
+                    BaselineFeatures { irqchip, sync_regs },
+                )
+                .ok()
+            })
+            .map(|b| b.cycles_per_exit)
+            .collect();
+        median(runs)
+    };
+    for (label, irqchip, sync_regs) in [
+        ("bare exit + in-kernel irqchip", true, false),
+        ("bare exit + synced regs/sregs", false, true),
+        ("bare exit + both (kxen-vmm's KVM setup)", true, true),
+    ] {
+        let c = priced(irqchip, sync_regs);
+        println!(
+            "{:<44} {:>14.0} {}  {:>7.2}x",
+            label,
+            c,
+            us(c),
+            c / bare_cycles
+        );
+    }
     println!();
 
     // Start-up, the full check run, and memory overhead.
@@ -164,7 +223,7 @@ fn main() {
     let mut overhead = Vec::new();
     let mut failures = 0;
     for _ in 0..5 {
-        let run = run_guest("", 64);
+        let run = run_guest("", 64, 2);
         entry.extend(run.entry_us);
         last.extend(run.last_line.map(|d| d.as_secs_f64() * 1000.0));
         overhead.push(run.max_overhead_kib as f64);

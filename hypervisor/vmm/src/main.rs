@@ -65,10 +65,13 @@ fn parse_console(s: &str) -> Result<ConsoleMode, String> {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_env("KXEN_LOG").unwrap_or_else(|_| "warn".into()))
-        .with_writer(std::io::stderr)
-        .init();
+    let started = std::time::Instant::now();
+    let logger = tracing_subscriber::fmt().with_writer(std::io::stderr);
+    // Parsing a filter costs milliseconds at start-up: only when asked.
+    match EnvFilter::try_from_env("KXEN_LOG") {
+        Ok(filter) => logger.with_env_filter(filter).init(),
+        Err(_) => logger.with_max_level(tracing::Level::WARN).init(),
+    }
     let args = Args::parse();
     let console = match parse_console(&args.console) {
         Ok(c) => c,
@@ -90,7 +93,7 @@ fn main() -> ExitCode {
         start_paused: args.paused,
         control_socket: args.control_socket,
     };
-    match vm::run(cfg, args.report_timing) {
+    match vm::run(cfg, started, args.report_timing) {
         Ok(exit) => {
             let code = exit.exit_code();
             if code != 0 {

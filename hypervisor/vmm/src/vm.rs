@@ -2,7 +2,7 @@
 
 use std::fs::File;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -137,6 +137,8 @@ pub struct Runtime {
     started: Instant,
     entry: Mutex<Option<Duration>>,
     paused: Mutex<bool>,
+    /// Mirror of `paused` for the per-exit fast path.
+    paused_fast: AtomicBool,
     pause_cv: Condvar,
     /// vCPUs inside KVM_RUN (or about to enter it).
     pub in_guest: AtomicU32,
@@ -161,6 +163,7 @@ impl Runtime {
     /// guest mode (or after a second, if one is stuck in the kernel).
     pub fn pause(&self) {
         *self.paused.lock().unwrap_or_else(|e| e.into_inner()) = true;
+        self.paused_fast.store(true, Ordering::SeqCst);
         let deadline = Instant::now() + Duration::from_secs(1);
         while self.in_guest.load(Ordering::SeqCst) != 0 && Instant::now() < deadline {
             for vcpu in 0..self.domain.cfg.nr_vcpus {
@@ -171,7 +174,10 @@ impl Runtime {
     }
 
     pub fn unpause(&self) {
-        *self.paused.lock().unwrap_or_else(|e| e.into_inner()) = false;
+        let mut paused = self.paused.lock().unwrap_or_else(|e| e.into_inner());
+        *paused = false;
+        self.paused_fast.store(false, Ordering::SeqCst);
+        drop(paused);
         self.pause_cv.notify_all();
     }
 
@@ -184,6 +190,11 @@ impl Runtime {
     pub fn enter_guest(&self) -> bool {
         loop {
             self.in_guest.fetch_add(1, Ordering::SeqCst);
+            // Fast path, ordered against pause(): it sets the flag before
+            // waiting for in_guest to drain.
+            if !self.paused_fast.load(Ordering::SeqCst) {
+                return true;
+            }
             let paused = self.paused.lock().unwrap_or_else(|e| e.into_inner());
             if !*paused {
                 return true;
@@ -330,8 +341,8 @@ fn domain_handle(domid: u16, name: &str) -> [u8; 16] {
 }
 
 /// Build the domain and run it until it ends.
-pub fn run(cfg: VmConfig, report_timing: bool) -> Result<DomainExit, VmError> {
-    let started = Instant::now();
+/// `started` is when the process began, for the start-to-entry figure.
+pub fn run(cfg: VmConfig, started: Instant, report_timing: bool) -> Result<DomainExit, VmError> {
     let kvm = Kvm::new()?;
     for (cap, name) in [
         (Cap::Irqchip, "an in-kernel irqchip"),
@@ -354,22 +365,30 @@ pub fn run(cfg: VmConfig, report_timing: bool) -> Result<DomainExit, VmError> {
     vm.create_irq_chip()?;
 
     // The hypercall page MSR exits to us; every other MSR stays with KVM.
+    // Installing the filter waits for an SRCU grace period in KVM (~15 ms
+    // here), so it runs beside the rest of domain construction.
     let cap = kvm_enable_cap {
         cap: kvm_bindings::KVM_CAP_X86_USER_SPACE_MSR,
         args: [kvm_bindings::KVM_MSR_EXIT_REASON_FILTER as u64, 0, 0, 0],
         ..Default::default()
     };
     vm.enable_cap(&cap)?;
-    let deny = [0u8; 1];
-    vm.set_msr_filter(
-        MsrFilterDefaultAction::ALLOW,
-        &[MsrFilterRange {
-            flags: MsrFilterRangeFlags::WRITE,
-            base: XEN_HYPERCALL_MSR,
-            msr_count: 1,
-            bitmap: &deny,
-        }],
-    )?;
+    let filter_vm = vm.clone();
+    let msr_filter = std::thread::Builder::new()
+        .name("msr-filter".into())
+        .spawn(move || {
+            let deny = [0u8; 1];
+            filter_vm.set_msr_filter(
+                MsrFilterDefaultAction::ALLOW,
+                &[MsrFilterRange {
+                    flags: MsrFilterRangeFlags::WRITE,
+                    base: XEN_HYPERCALL_MSR,
+                    msr_count: 1,
+                    bitmap: &deny,
+                }],
+            )
+        })
+        .map_err(|e| VmError::Setup(format!("MSR filter thread: {e}")))?;
 
     let memory = Arc::new(GuestMemory::new(
         vm.clone(),
@@ -494,6 +513,7 @@ pub fn run(cfg: VmConfig, report_timing: bool) -> Result<DomainExit, VmError> {
         started,
         entry: Mutex::new(None),
         paused: Mutex::new(cfg.start_paused),
+        paused_fast: AtomicBool::new(cfg.start_paused),
         pause_cv: Condvar::new(),
         in_guest: AtomicU32::new(0),
         max_memory_kib: cfg.maxmem_mib.max(cfg.memory_mib) * 1024,
@@ -524,6 +544,9 @@ pub fn run(cfg: VmConfig, report_timing: bool) -> Result<DomainExit, VmError> {
         vcpus.push(vcpu);
     }
 
+    msr_filter
+        .join()
+        .map_err(|_| VmError::Setup("MSR filter thread panicked".into()))??;
     register_signal_handler(SIGRTMIN(), kick_handler)
         .map_err(|e| VmError::Setup(format!("signal handler: {e}")))?;
     // SIGTERM and SIGINT destroy the domain: every thread inherits the

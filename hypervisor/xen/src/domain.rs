@@ -141,6 +141,9 @@ pub struct Domain {
     /// Signalled when a timer is armed or the domain stops.
     timer_wake: Condvar,
     stopping: AtomicBool,
+    /// Mirror of each vCPU's `online` flag, read on every exit without
+    /// taking the state lock.
+    online: Vec<AtomicBool>,
     /// Hypercalls served, for statistics.
     pub hypercalls: AtomicU64,
 }
@@ -157,6 +160,7 @@ impl Domain {
         platform: Box<dyn Platform>,
         tsc_khz: u32,
     ) -> Self {
+        let cfg_vcpus = cfg.nr_vcpus;
         let mut vcpus: Vec<VcpuState> = (0..cfg.nr_vcpus).map(|_| VcpuState::default()).collect();
         vcpus[0].initialised = true;
         vcpus[0].online = true;
@@ -185,6 +189,7 @@ impl Domain {
             wake: Condvar::new(),
             timer_wake: Condvar::new(),
             stopping: AtomicBool::new(false),
+            online: (0..cfg_vcpus).map(|i| AtomicBool::new(i == 0)).collect(),
             hypercalls: AtomicU64::new(0),
         };
         {
@@ -568,6 +573,13 @@ impl Domain {
     /// Called by the VMM before entering guest mode on `vcpu`: waits while
     /// the vCPU is offline (VCPUOP_down). Returns false if the domain stops.
     pub fn wait_online(&self, vcpu: u32) -> bool {
+        if self
+            .online
+            .get(vcpu as usize)
+            .is_some_and(|o| o.load(Ordering::Acquire))
+        {
+            return !self.is_stopping();
+        }
         let st = self.lock();
         let st = self.wait_until(st, None, |_, s| {
             s.vcpus.get(vcpu as usize).is_none_or(|v| v.online)
@@ -582,11 +594,22 @@ impl Domain {
         if let Some(v) = st.vcpus.get_mut(vcpu as usize) {
             if !v.initialised {
                 v.initialised = true;
-                v.online = true;
+                self.set_online(&mut st, vcpu, true);
                 self.set_runstate(&mut st, vcpu, RUNSTATE_RUNNING);
                 info!(vcpu, "vCPU started");
             }
         }
+    }
+
+    /// Bring a vCPU online or offline (VCPUOP_up/down, AP start).
+    pub fn set_online(&self, st: &mut DomainState, vcpu: u32, online: bool) {
+        if let Some(v) = st.vcpus.get_mut(vcpu as usize) {
+            v.online = online;
+        }
+        if let Some(flag) = self.online.get(vcpu as usize) {
+            flag.store(online, Ordering::Release);
+        }
+        self.wake.notify_all();
     }
 
     /// Record a shutdown request from the guest and tell the VMM.

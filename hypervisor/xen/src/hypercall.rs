@@ -665,9 +665,8 @@ impl Domain {
                     return -EINVAL;
                 }
                 if !v.online {
-                    v.online = true;
+                    self.set_online(&mut st, target, true);
                     self.set_runstate(&mut st, target, RUNSTATE_RUNNING);
-                    self.wake.notify_all();
                 }
                 0
             }
@@ -685,7 +684,7 @@ impl Domain {
                     return 0;
                 }
                 if st.vcpus[target as usize].online {
-                    st.vcpus[target as usize].online = false;
+                    self.set_online(&mut st, target, false);
                     self.set_runstate(&mut st, target, RUNSTATE_OFFLINE);
                     if target != current {
                         self.platform.kick_vcpu(target);
