@@ -8,19 +8,24 @@ use kxen_tests::{kxen_vmm, repo_root, run_with_limit};
 
 /// Assemble tests/guest32/smoke.S into a 32-bit PVH ELF.
 fn smoke_guest32() -> PathBuf {
+    guest32("smoke")
+}
+
+/// Assemble tests/guest32/NAME.S into a 32-bit PVH ELF.
+fn guest32(name: &str) -> PathBuf {
     let src = repo_root().join("tests/guest32");
-    let out = std::env::temp_dir().join(format!("kxen-smoke32-{}", std::process::id()));
+    let out = std::env::temp_dir().join(format!("kxen-{name}32-{}", std::process::id()));
     std::fs::create_dir_all(&out).expect("temp dir");
-    let obj = out.join("smoke.o");
-    let elf = out.join("smoke.elf");
+    let obj = out.join(format!("{name}.o"));
+    let elf = out.join(format!("{name}.elf"));
     let ok = Command::new("as")
         .args(["--32", "-o"])
         .arg(&obj)
-        .arg(src.join("smoke.S"))
+        .arg(src.join(format!("{name}.S")))
         .status()
         .expect("run as")
         .success();
-    assert!(ok, "assembling smoke.S failed");
+    assert!(ok, "assembling {name}.S failed");
     let ok = Command::new("ld")
         .args(["-m", "elf_i386", "-T"])
         .arg(src.join("smoke.ld"))
@@ -30,7 +35,7 @@ fn smoke_guest32() -> PathBuf {
         .status()
         .expect("run ld")
         .success();
-    assert!(ok, "linking smoke.elf failed");
+    assert!(ok, "linking {name}.elf failed");
     elf
 }
 
@@ -49,6 +54,33 @@ fn elf32_guest_boots_and_powers_off() {
         run.stderr.contains("(d1) hello from a 32-bit PVH guest"),
         "{t}"
     );
+    assert_eq!(run.code, Some(0), "{t}");
+}
+
+/// The ramdisk arrives as module 0 and the command line in the boot block.
+#[test]
+fn ramdisk_and_cmdline_reach_the_guest() {
+    let elf = guest32("ramdisk");
+    let rd = std::env::temp_dir().join(format!("kxen-rd-{}", std::process::id()));
+    let mut data = b"KXENRDSK".to_vec();
+    data.resize(4096, 0x5a);
+    std::fs::write(&rd, &data).unwrap();
+    let run = run_with_limit(
+        &kxen_vmm(),
+        &[
+            "--kernel",
+            elf.to_str().unwrap(),
+            "--ramdisk",
+            rd.to_str().unwrap(),
+            "--cmdline",
+            "ramdisk-test",
+            "--memory",
+            "16",
+        ],
+        Duration::from_secs(60),
+    );
+    let t = run.transcript();
+    assert!(run.stderr.contains("ramdisk and boot block ok"), "{t}");
     assert_eq!(run.code, Some(0), "{t}");
 }
 
