@@ -20,13 +20,19 @@ pub const SPECIAL_GFN: u64 = 0xfeff0;
 #[derive(Default)]
 pub struct RecordingPlatform {
     pub upcalls: AtomicU32,
+    /// (vCPU, vector) of every upcall, oldest first (capped).
+    pub vectors: Mutex<Vec<(u32, u8)>>,
     pub shutdowns: Mutex<Vec<u32>>,
     pub console: Mutex<Vec<u8>>,
 }
 
 impl Platform for &'static RecordingPlatform {
-    fn raise_upcall(&self, _vcpu: u32, _vector: u8) {
+    fn raise_upcall(&self, vcpu: u32, vector: u8) {
         self.upcalls.fetch_add(1, Ordering::SeqCst);
+        let mut vectors = self.vectors.lock().unwrap();
+        if vectors.len() < 1024 {
+            vectors.push((vcpu, vector));
+        }
     }
     fn kick_vcpu(&self, _vcpu: u32) {}
     fn map_overlay(&self, _gfn: u64, _frame: OverlayFrame) -> Result<(), i64> {
