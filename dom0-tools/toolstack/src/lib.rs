@@ -1,0 +1,12 @@
+//! kxen's toolstack library, shared by `kxl` and `kxend`.
+//!
+//! * [`config`]: xl.cfg files, parsed with serde into a domain config;
+//! * [`disk`] and [`vif`]: xl's disk and network device specifications;
+//! * [`xl`]: xl's output formats and messages;
+//! * [`protocol`]: requests and replies between kxl and kxend.
+
+pub mod config;
+pub mod disk;
+pub mod protocol;
+pub mod vif;
+pub mod xl;

@@ -1,0 +1,1 @@
+//! xenstored for kxen (being written).
