@@ -37,6 +37,16 @@ pub enum Request {
     Unpause,
     Destroy,
     Memfd,
+    #[serde(rename = "dom0-ports")]
+    Dom0Ports,
+}
+
+/// Where a range of guest-physical memory lives in the memfd.
+#[derive(Debug, Serialize, Deserialize, Clone, PartialEq, Eq)]
+pub struct MemfdRegion {
+    pub gpa: u64,
+    pub len: u64,
+    pub offset: u64,
 }
 
 #[derive(Debug, Serialize, Deserialize, Clone, PartialEq)]
@@ -61,6 +71,10 @@ pub struct Reply {
     pub info: Option<DomainInfo>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub size: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub regions: Option<Vec<MemfdRegion>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ports: Option<Vec<crate::dom0::Dom0PortInfo>>,
 }
 
 impl Reply {
@@ -139,56 +153,69 @@ fn serve_client(rt: &Runtime, stream: UnixStream) {
             Err(_) => return,
         }
         if line.len() > MAX_LINE {
-            let _ = send(&mut writer, &Reply::error("request too long"), None);
+            let _ = send(&mut writer, &Reply::error("request too long"), &[]);
             return;
         }
-        let (reply, fd) = match serde_json::from_slice::<Request>(&line) {
+        let (reply, fds) = match serde_json::from_slice::<Request>(&line) {
             Ok(req) => handle(rt, req),
-            Err(e) => (Reply::error(format!("bad request: {e}")), None),
+            Err(e) => (Reply::error(format!("bad request: {e}")), vec![]),
         };
         line.clear();
-        if send(&mut writer, &reply, fd).is_err() {
+        if send(&mut writer, &reply, &fds).is_err() {
             return;
         }
     }
 }
 
-fn handle(rt: &Runtime, req: Request) -> (Reply, Option<i32>) {
+fn handle(rt: &Runtime, req: Request) -> (Reply, Vec<i32>) {
     debug!(?req, "control request");
     match req {
         Request::Info => {
             let mut reply = Reply::ok();
             reply.info = Some(rt.info());
-            (reply, None)
+            (reply, vec![])
         }
         Request::Pause => {
             rt.pause();
-            (Reply::ok(), None)
+            (Reply::ok(), vec![])
         }
         Request::Unpause => {
             rt.unpause();
-            (Reply::ok(), None)
+            (Reply::ok(), vec![])
         }
         Request::Destroy => {
             rt.request_exit(DomainExit::Destroyed);
-            (Reply::ok(), None)
+            (Reply::ok(), vec![])
         }
         Request::Memfd => {
             let mut reply = Reply::ok();
             reply.size = rt.memory.memfd.metadata().ok().map(|m| m.len());
-            (reply, Some(rt.memory.memfd.as_raw_fd()))
+            reply.regions = Some(rt.memory.regions());
+            (reply, vec![rt.memory.memfd.as_raw_fd()])
         }
+        Request::Dom0Ports => match &*rt.dom0 {
+            crate::dom0::Dom0Link::Kxend(ports) => {
+                let mut reply = Reply::ok();
+                reply.ports = Some(ports.infos());
+                (reply, ports.fds())
+            }
+            crate::dom0::Dom0Link::Standalone(_) => (
+                Reply::error(
+                    "console and xenstore are served by kxen-vmm (--console dom0 not given)",
+                ),
+                vec![],
+            ),
+        },
     }
 }
 
-fn send(stream: &mut UnixStream, reply: &Reply, fd: Option<i32>) -> std::io::Result<()> {
+fn send(stream: &mut UnixStream, reply: &Reply, fds: &[i32]) -> std::io::Result<()> {
     let mut bytes = serde_json::to_vec(reply).map_err(std::io::Error::other)?;
     bytes.push(b'\n');
-    match fd {
-        None => stream.write_all(&bytes),
-        Some(fd) => {
-            let fds = [fd];
-            let cmsg = [ControlMessage::ScmRights(&fds)];
+    match fds {
+        [] => stream.write_all(&bytes),
+        fds => {
+            let cmsg = [ControlMessage::ScmRights(fds)];
             let iov = [IoSlice::new(&bytes)];
             sendmsg::<()>(stream.as_raw_fd(), &iov, &cmsg, MsgFlags::empty(), None)
                 .map(|_| ())

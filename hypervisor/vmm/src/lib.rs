@@ -10,6 +10,7 @@
 
 pub mod control;
 pub mod cpuid;
+pub mod dom0;
 pub mod memory;
 pub mod platform;
 pub mod standalone;

@@ -38,7 +38,8 @@ struct Args {
     /// Domain name.
     #[arg(long, default_value = "domU")]
     name: String,
-    /// PV console destination: stdio, null, or file:PATH.
+    /// PV console destination: stdio, null, file:PATH, or dom0 (kxend
+    /// serves the console and xenstore rings).
     #[arg(long, default_value = "stdio")]
     console: String,
     /// Print "kxen-vmm: guest-entry-us=N" on stderr when the domain ends.
@@ -51,16 +52,20 @@ struct Args {
     /// on this Unix socket.
     #[arg(long)]
     control_socket: Option<PathBuf>,
+    /// Write "CODE REASON" to this file when the domain ends.
+    #[arg(long)]
+    exit_file: Option<PathBuf>,
 }
 
 fn parse_console(s: &str) -> Result<ConsoleMode, String> {
     match s {
         "stdio" => Ok(ConsoleMode::Stdio),
         "null" => Ok(ConsoleMode::Null),
+        "dom0" => Ok(ConsoleMode::Dom0),
         _ => s
             .strip_prefix("file:")
             .map(|p| ConsoleMode::File(PathBuf::from(p)))
-            .ok_or_else(|| format!("bad --console {s:?}: use stdio, null or file:PATH")),
+            .ok_or_else(|| format!("bad --console {s:?}: use stdio, null, dom0 or file:PATH")),
     }
 }
 
@@ -92,6 +97,7 @@ fn main() -> ExitCode {
         console,
         start_paused: args.paused,
         control_socket: args.control_socket,
+        exit_file: args.exit_file,
     };
     match vm::run(cfg, started, args.report_timing) {
         Ok(exit) => {

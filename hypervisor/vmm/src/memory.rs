@@ -227,6 +227,22 @@ impl GuestMemory {
         unsafe { self.vm.set_user_memory_region(region) }.map_err(MemoryError::Kvm)
     }
 
+    /// Where RAM and the special pages live in the memfd, for Dom0.
+    pub fn regions(&self) -> Vec<crate::control::MemfdRegion> {
+        let mut out = Vec::new();
+        let mut offset = 0;
+        for &(gpa, len) in &self.layout.ram {
+            out.push(crate::control::MemfdRegion { gpa, len, offset });
+            offset += len;
+        }
+        out.push(crate::control::MemfdRegion {
+            gpa: SPECIAL_BASE_GFN << 12,
+            len: SPECIAL_PAGES * PAGE_SIZE as u64,
+            offset: self.layout.special_offset(),
+        });
+        out
+    }
+
     pub fn snapshot(&self) -> vm_memory::GuestMemoryLoadGuard<GuestMemoryMmap> {
         self.atomic.memory()
     }

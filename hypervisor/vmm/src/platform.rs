@@ -5,15 +5,15 @@ use std::sync::{Arc, Mutex, Weak};
 
 use kxen_xen::{OverlayFrame, Platform};
 
+use crate::dom0::Dom0Link;
 use crate::memory::GuestMemory;
-use crate::standalone::Services;
 use crate::vm::{DomainExit, Kicker, Runtime};
 
 pub struct VmmPlatform {
     pub domid: u16,
     pub memory: Arc<GuestMemory>,
     pub kicker: Arc<Kicker>,
-    pub services: Arc<Services>,
+    pub dom0: Arc<Dom0Link>,
     /// Set once the runtime exists (it owns the domain that owns us).
     pub runtime: Arc<Mutex<Option<Weak<Runtime>>>>,
 }
@@ -75,7 +75,7 @@ impl Platform for VmmPlatform {
 
     fn notify_remote(&self, remote_dom: u16, remote_port: u32) {
         if remote_dom == 0 {
-            self.services.notify(remote_port);
+            self.dom0.notify(remote_port);
         }
     }
 }

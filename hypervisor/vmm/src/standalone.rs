@@ -28,6 +28,9 @@ pub enum ConsoleMode {
     File(PathBuf),
     /// Drained and dropped.
     Null,
+    /// Served by kxend (console and xenstore), reached through the
+    /// control socket's `dom0-ports` request.
+    Dom0,
 }
 
 /// Rings are polled at least this often, in case a notification raced.
@@ -160,7 +163,7 @@ impl Services {
                     Box::new(std::io::sink())
                 }
             },
-            ConsoleMode::Null => Box::new(std::io::sink()),
+            ConsoleMode::Null | ConsoleMode::Dom0 => Box::new(std::io::sink()),
         };
         loop {
             let stopping = self.stopping.load(Ordering::SeqCst);

@@ -22,6 +22,7 @@ use kxen_xen::{Domain, DomainConfig};
 
 use crate::control::DomainInfo;
 use crate::cpuid::{self, XenCpuidParams};
+use crate::dom0::{Dom0Link, Dom0PortInfo, Dom0Ports};
 use crate::memory::{self, GuestMemory};
 use crate::platform::VmmPlatform;
 use crate::standalone::{ConsoleMode, Services};
@@ -124,10 +125,14 @@ pub struct VmConfig {
     pub start_paused: bool,
     /// Serve the control protocol on this Unix socket.
     pub control_socket: Option<PathBuf>,
+    /// Write "CODE REASON" here when the domain ends, for a toolstack that
+    /// is not our parent (kxend after a restart).
+    pub exit_file: Option<PathBuf>,
 }
 
 /// State shared by the vCPU threads, the services and the main thread.
 pub struct Runtime {
+    pub dom0: Arc<Dom0Link>,
     pub vm: Arc<VmFd>,
     pub memory: Arc<GuestMemory>,
     pub domain: Arc<Domain>,
@@ -459,13 +464,38 @@ pub fn run(cfg: VmConfig, started: Instant, report_timing: bool) -> Result<Domai
     });
 
     let kicker = Arc::new(Kicker::default());
+    let console_pfn = memory::SPECIAL_BASE_GFN + memory::SPECIAL_CONSOLE;
+    let store_pfn = memory::SPECIAL_BASE_GFN + memory::SPECIAL_XENSTORE;
     let services = Arc::new(Services::new(cfg.console.clone()));
+    // The guest's console and xenstore ports are the first two allocated
+    // (1 and 2); kxend learns them through dom0-ports.
+    let dom0_link = Arc::new(if cfg.console == ConsoleMode::Dom0 {
+        let infos = vec![
+            Dom0PortInfo {
+                name: "console".into(),
+                dom0_port: DOM0_CONSOLE_PORT,
+                local_port: 1,
+                pfn: console_pfn,
+            },
+            Dom0PortInfo {
+                name: "xenstore".into(),
+                dom0_port: DOM0_XENSTORE_PORT,
+                local_port: 2,
+                pfn: store_pfn,
+            },
+        ];
+        Dom0Link::Kxend(Arc::new(
+            Dom0Ports::new(infos).map_err(|e| VmError::Setup(format!("eventfd: {e}")))?,
+        ))
+    } else {
+        Dom0Link::Standalone(services.clone())
+    });
     let runtime_slot: Arc<Mutex<Option<std::sync::Weak<Runtime>>>> = Arc::new(Mutex::new(None));
     let platform = VmmPlatform {
         domid: cfg.domid,
         memory: memory.clone(),
         kicker: kicker.clone(),
-        services: services.clone(),
+        dom0: dom0_link.clone(),
         runtime: runtime_slot.clone(),
     };
     let ram_pages = memory.layout.ram_bytes >> 12;
@@ -489,9 +519,7 @@ pub fn run(cfg: VmConfig, started: Instant, report_timing: bool) -> Result<Domai
         tsc_khz,
     ));
 
-    // Console and xenstore rings, bound to the (standalone) Dom0 ends.
-    let console_pfn = memory::SPECIAL_BASE_GFN + memory::SPECIAL_CONSOLE;
-    let store_pfn = memory::SPECIAL_BASE_GFN + memory::SPECIAL_XENSTORE;
+    // Console and xenstore rings, bound to the Dom0 ends.
     let console_port = domain
         .bind_remote_port(0, DOM0_CONSOLE_PORT)
         .map_err(|e| VmError::Setup(format!("console port: {e}")))?;
@@ -502,6 +530,11 @@ pub fn run(cfg: VmConfig, started: Instant, report_timing: bool) -> Result<Domai
     domain.set_param_privileged(HVM_PARAM_CONSOLE_EVTCHN, console_port as u64);
     domain.set_param_privileged(HVM_PARAM_STORE_PFN, store_pfn);
     domain.set_param_privileged(HVM_PARAM_STORE_EVTCHN, store_port as u64);
+    if (console_port, store_port) != (1, 2) {
+        return Err(VmError::Setup(
+            "console/xenstore ports are not 1 and 2".into(),
+        ));
+    }
 
     let rt = Arc::new(Runtime {
         vm: vm.clone(),
@@ -512,6 +545,7 @@ pub fn run(cfg: VmConfig, started: Instant, report_timing: bool) -> Result<Domai
         exit_cv: Condvar::new(),
         started,
         entry: Mutex::new(None),
+        dom0: dom0_link.clone(),
         paused: Mutex::new(cfg.start_paused),
         paused_fast: AtomicBool::new(cfg.start_paused),
         pause_cv: Condvar::new(),
@@ -572,13 +606,18 @@ pub fn run(cfg: VmConfig, started: Instant, report_timing: bool) -> Result<Domai
         .name("timers".into())
         .spawn(move || timer_domain.run_timers())
         .map_err(|e| VmError::Setup(format!("timer thread: {e}")))?;
-    let service_threads = services.start(
-        rt.clone(),
-        console_port,
-        console_pfn << 12,
-        store_port,
-        store_pfn << 12,
-    );
+    let service_threads = match &*dom0_link {
+        Dom0Link::Standalone(services) => services.start(
+            rt.clone(),
+            console_port,
+            console_pfn << 12,
+            store_port,
+            store_pfn << 12,
+        ),
+        Dom0Link::Kxend(ports) => vec![ports
+            .start(rt.clone())
+            .map_err(|e| VmError::Setup(format!("Dom0 event thread: {e}")))?],
+    };
 
     let control = match &cfg.control_socket {
         Some(path) => Some(
@@ -622,7 +661,7 @@ pub fn run(cfg: VmConfig, started: Instant, report_timing: bool) -> Result<Domai
             .unwrap_or(DomainExit::Crashed("unknown".into()))
     };
     domain.stop();
-    services.stop();
+    dom0_link.stop();
     for (i, handle) in handles.into_iter().enumerate() {
         while !handle.is_finished() {
             kicker.kick(i as u32);
@@ -639,6 +678,12 @@ pub fn run(cfg: VmConfig, started: Instant, report_timing: bool) -> Result<Domai
     }
     for t in service_threads {
         let _ = t.join();
+    }
+    if let Some(path) = &cfg.exit_file {
+        let line = format!("{} {}\n", exit.exit_code(), exit.describe());
+        if let Err(e) = std::fs::write(path, line) {
+            warn!("exit file {}: {e}", path.display());
+        }
     }
     if let Some(entry) = rt.guest_entry_after() {
         info!("guest entry {:?} after start", entry);

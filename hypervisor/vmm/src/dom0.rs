@@ -1,0 +1,147 @@
+//! The link to Dom0's services when kxend runs them.
+//!
+//! Each Dom0-side port (the console and xenstore ends) gets two eventfds:
+//! `to_dom0`, written when the guest sends on its end, and `from_dom0`,
+//! which kxend writes to raise the guest's end. kxend fetches them, with
+//! the ring PFNs and the memfd layout, through the control socket.
+
+use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use serde::{Deserialize, Serialize};
+use tracing::{debug, warn};
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+use crate::standalone::Services;
+use crate::vm::Runtime;
+
+/// One Dom0-side port as kxend sees it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Dom0PortInfo {
+    /// "console" or "xenstore".
+    pub name: String,
+    /// The port number on Dom0's side.
+    pub dom0_port: u32,
+    /// The guest's port (what its HVM param says).
+    pub local_port: u32,
+    /// Guest frame of the ring page.
+    pub pfn: u64,
+}
+
+pub struct Dom0Port {
+    pub info: Dom0PortInfo,
+    pub to_dom0: EventFd,
+    pub from_dom0: EventFd,
+}
+
+/// Who serves the guest's console and xenstore rings.
+pub enum Dom0Link {
+    /// kxen-vmm itself (no kxend).
+    Standalone(Arc<Services>),
+    /// kxend, through eventfds.
+    Kxend(Arc<Dom0Ports>),
+}
+
+impl Dom0Link {
+    /// The guest sent an event to Dom0's `port`.
+    pub fn notify(&self, port: u32) {
+        match self {
+            Dom0Link::Standalone(services) => services.notify(port),
+            Dom0Link::Kxend(ports) => ports.notify(port),
+        }
+    }
+
+    pub fn stop(&self) {
+        match self {
+            Dom0Link::Standalone(services) => services.stop(),
+            Dom0Link::Kxend(ports) => ports.stopping.store(true, Ordering::SeqCst),
+        }
+    }
+}
+
+pub struct Dom0Ports {
+    pub ports: Vec<Dom0Port>,
+    stopping: AtomicBool,
+}
+
+impl Dom0Ports {
+    pub fn new(infos: Vec<Dom0PortInfo>) -> std::io::Result<Self> {
+        let mut ports = Vec::new();
+        for info in infos {
+            ports.push(Dom0Port {
+                info,
+                to_dom0: EventFd::new(EFD_NONBLOCK)?,
+                from_dom0: EventFd::new(EFD_NONBLOCK)?,
+            });
+        }
+        Ok(Dom0Ports {
+            ports,
+            stopping: AtomicBool::new(false),
+        })
+    }
+
+    fn notify(&self, dom0_port: u32) {
+        if let Some(p) = self.ports.iter().find(|p| p.info.dom0_port == dom0_port) {
+            if let Err(e) = p.to_dom0.write(1) {
+                warn!(dom0_port, "kick kxend: {e}");
+            }
+        } else {
+            debug!(dom0_port, "event for an unknown Dom0 port");
+        }
+    }
+
+    /// The fds kxend receives, in port order: to_dom0, from_dom0.
+    pub fn fds(&self) -> Vec<RawFd> {
+        self.ports
+            .iter()
+            .flat_map(|p| [p.to_dom0.as_raw_fd(), p.from_dom0.as_raw_fd()])
+            .collect()
+    }
+
+    pub fn infos(&self) -> Vec<Dom0PortInfo> {
+        self.ports.iter().map(|p| p.info.clone()).collect()
+    }
+
+    /// Forward kxend's notifications to the guest until the domain stops.
+    pub fn start(self: &Arc<Self>, rt: Arc<Runtime>) -> std::io::Result<JoinHandle<()>> {
+        let me = self.clone();
+        std::thread::Builder::new()
+            .name("dom0-events".into())
+            .spawn(move || {
+                while !me.stopping.load(Ordering::SeqCst) && !rt.domain.is_stopping() {
+                    let mut fds: Vec<PollFd> = me
+                        .ports
+                        .iter()
+                        .map(|p| {
+                            // SAFETY: the eventfd lives in `me`, which this
+                            // thread holds for longer than the borrow.
+                            let fd = unsafe { BorrowedFd::borrow_raw(p.from_dom0.as_raw_fd()) };
+                            PollFd::new(fd, PollFlags::POLLIN)
+                        })
+                        .collect();
+                    match poll(&mut fds, PollTimeout::from(50u16)) {
+                        Ok(0) => continue,
+                        Ok(_) => {}
+                        Err(nix::errno::Errno::EINTR) => continue,
+                        Err(e) => {
+                            warn!("poll Dom0 events: {e}");
+                            return;
+                        }
+                    }
+                    let ready: Vec<bool> = fds
+                        .iter()
+                        .map(|f| f.revents().is_some_and(|r| r.contains(PollFlags::POLLIN)))
+                        .collect();
+                    drop(fds);
+                    for (port, ready) in me.ports.iter().zip(ready) {
+                        if ready && port.from_dom0.read().is_ok() {
+                            rt.domain.notify_from_remote(port.info.local_port);
+                        }
+                    }
+                }
+            })
+    }
+}
