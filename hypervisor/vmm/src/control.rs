@@ -10,8 +10,8 @@
 //! | `{"op":"destroy"}` | `{"ok":true}`, then the domain ends |
 //! | `{"op":"memfd"}` | `{"ok":true,"size":N}` with the guest memory memfd attached (SCM_RIGHTS) |
 //!
-//! Errors are `{"ok":false,"error":"..."}`. Clients are served one at a
-//! time; a malformed line gets an error reply, not a dropped domain.
+//! Errors are `{"ok":false,"error":"..."}`. Each client has its own
+//! thread; a malformed line gets an error reply, not a dropped domain.
 
 use std::io::{BufRead, BufReader, IoSlice, Write};
 use std::os::fd::AsRawFd;
@@ -107,7 +107,10 @@ pub fn serve(rt: Arc<Runtime>, path: PathBuf) -> std::io::Result<std::thread::Jo
                     Ok((stream, _)) => {
                         let _ = stream.set_nonblocking(false);
                         let _ = stream.set_read_timeout(Some(Duration::from_millis(200)));
-                        serve_client(&rt, stream);
+                        let rt = rt.clone();
+                        let _ = std::thread::Builder::new()
+                            .name("control-client".into())
+                            .spawn(move || serve_client(&rt, stream));
                     }
                     Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                         std::thread::sleep(Duration::from_millis(20));
