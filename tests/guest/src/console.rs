@@ -6,7 +6,10 @@ use core::fmt::{self, Write};
 use core::ptr::null_mut;
 use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, Ordering};
 
-use xen_abi::console::{OFFSET_OUT, OFFSET_OUT_CONS, OFFSET_OUT_PROD, OUT_SIZE};
+use xen_abi::console::{
+    IN_SIZE, OFFSET_IN, OFFSET_IN_CONS, OFFSET_IN_PROD, OFFSET_OUT, OFFSET_OUT_CONS,
+    OFFSET_OUT_PROD, OUT_SIZE,
+};
 
 use crate::hypercall::console_io_write;
 use crate::time::Deadline;
@@ -77,6 +80,43 @@ pub fn write_bytes(data: &[u8]) {
     }
 }
 
+/// Take up to `buf.len()` bytes of console input (the ring's `in` array,
+/// filled by the backend); returns how many. Notifies the backend when it
+/// freed space. 0 when there is no input or no ring.
+pub fn read_input(buf: &mut [u8]) -> usize {
+    let ring = RING.load(Ordering::Acquire);
+    if ring.is_null() {
+        return 0;
+    }
+    // SAFETY: `ring` is the identity-mapped console page (see
+    // `ring_write`); the input indices are shared with the backend.
+    let cons = unsafe { AtomicU32::from_ptr(ring.add(OFFSET_IN_CONS) as *mut u32) };
+    // SAFETY: as above.
+    let prod = unsafe { AtomicU32::from_ptr(ring.add(OFFSET_IN_PROD) as *mut u32) };
+    let c = cons.load(Ordering::Relaxed);
+    let p = prod.load(Ordering::Acquire);
+    let avail = p.wrapping_sub(c) as usize;
+    if avail > IN_SIZE {
+        // Corrupt indices: drop what cannot be trusted.
+        cons.store(p, Ordering::Release);
+        xen::send(PORT.load(Ordering::Acquire));
+        return 0;
+    }
+    let n = avail.min(buf.len());
+    for (i, b) in buf[..n].iter_mut().enumerate() {
+        let idx = c.wrapping_add(i as u32) as usize & (IN_SIZE - 1);
+        // SAFETY: idx < IN_SIZE: a byte of the in array between in_cons
+        // and in_prod, which the backend does not write until in_cons
+        // moves past it.
+        *b = unsafe { ring.add(OFFSET_IN + idx).read_volatile() };
+    }
+    if n > 0 {
+        cons.store(c.wrapping_add(n as u32), Ordering::Release);
+        xen::send(PORT.load(Ordering::Acquire));
+    }
+    n
+}
+
 /// A line buffer: formatted text goes out in as few notifications as possible.
 pub struct Line {
     buf: [u8; 512],
@@ -91,6 +131,17 @@ impl Line {
         }
     }
 
+    /// Append raw bytes (not necessarily UTF-8).
+    pub fn bytes(&mut self, data: &[u8]) {
+        for &b in data {
+            if self.len == self.buf.len() {
+                self.flush();
+            }
+            self.buf[self.len] = b;
+            self.len += 1;
+        }
+    }
+
     pub fn flush(&mut self) {
         if self.len > 0 {
             write_bytes(&self.buf[..self.len]);
@@ -101,13 +152,7 @@ impl Line {
 
 impl Write for Line {
     fn write_str(&mut self, s: &str) -> fmt::Result {
-        for &b in s.as_bytes() {
-            if self.len == self.buf.len() {
-                self.flush();
-            }
-            self.buf[self.len] = b;
-            self.len += 1;
-        }
+        self.bytes(s.as_bytes());
         Ok(())
     }
 }

@@ -17,6 +17,7 @@ mod env;
 mod events;
 mod hypercall;
 mod mem;
+mod service;
 mod setup;
 mod time;
 mod xen;
@@ -90,6 +91,17 @@ extern "C" fn kmain(start_info: u64) -> ! {
     setup::console();
     println!("kxen-testguest: start");
     setup::platform();
+
+    match env::cmdline_value(b"kxen.mode") {
+        None => {}
+        Some(b"service") => service::run(),
+        Some(other) => {
+            let mode = core::str::from_utf8(other).unwrap_or("<non-UTF-8 mode>");
+            FAILED.fetch_add(1, Ordering::AcqRel);
+            println!("FAIL kxen.mode={}: no such mode", mode);
+            finish()
+        }
+    }
 
     match env::cmdline_value(b"kxen.test") {
         None => {

@@ -2,7 +2,7 @@
 
 use xen_abi::event_channel::{self as ec, AllocUnbound, BindIpi, BindVirq, PortArg, Status};
 use xen_abi::hvm::{HvmParam, HVMOP_GET_PARAM, HVMOP_SET_PARAM};
-use xen_abi::sched::{Shutdown, SCHEDOP_SHUTDOWN, SCHEDOP_YIELD};
+use xen_abi::sched::{Shutdown, SCHEDOP_BLOCK, SCHEDOP_SHUTDOWN, SCHEDOP_YIELD};
 use xen_abi::DOMID_SELF;
 
 use crate::hypercall::{event_channel_op, hvm_op, hypercall2, sched_op};
@@ -10,6 +10,12 @@ use crate::hypercall::{event_channel_op, hvm_op, hypercall2, sched_op};
 pub fn sched_yield() -> i64 {
     // SAFETY: SCHEDOP_yield takes no memory argument.
     unsafe { hypercall2(xen_abi::hypercall::SCHED_OP, SCHEDOP_YIELD, 0) }
+}
+
+/// SCHEDOP_block: sleep until an event is pending for this vCPU.
+pub fn block() -> i64 {
+    // SAFETY: SCHEDOP_block takes no memory argument.
+    unsafe { hypercall2(xen_abi::hypercall::SCHED_OP, SCHEDOP_BLOCK, 0) }
 }
 
 pub fn shutdown(reason: u32) -> i64 {

@@ -1,20 +1,30 @@
 //! A minimal xenstore client on the shared ring (HVM params STORE_PFN and
-//! STORE_EVTCHN).
+//! STORE_EVTCHN). Message framing is in [`kxen_testguest::xswire`]; this
+//! module moves bytes through the ring page.
 
 use core::sync::atomic::{AtomicU32, Ordering};
 
+use kxen_testguest::xswire::{self, Framer, Header, TooLong};
 use xen_abi::hvm::{HVM_PARAM_STORE_EVTCHN, HVM_PARAM_STORE_PFN};
 use xen_abi::xenstore::{
-    MessageHeader, OFFSET_REQ, OFFSET_REQ_CONS, OFFSET_REQ_PROD, OFFSET_RSP, OFFSET_RSP_CONS,
-    OFFSET_RSP_PROD, PAYLOAD_MAX, RING_SIZE, XS_WATCH_EVENT,
+    OFFSET_REQ, OFFSET_REQ_CONS, OFFSET_REQ_PROD, OFFSET_RSP, OFFSET_RSP_CONS, OFFSET_RSP_PROD,
+    PAYLOAD_MAX, RING_SIZE, XS_WATCH_EVENT,
 };
 
 use crate::time::Deadline;
 use crate::{events, xen};
 
-const HDR: usize = core::mem::size_of::<MessageHeader>();
-
 static REQ_ID: AtomicU32 = AtomicU32::new(1);
+
+/// A fresh request id (never 0).
+pub fn next_req_id() -> u32 {
+    loop {
+        let id = REQ_ID.fetch_add(1, Ordering::Relaxed);
+        if id != 0 {
+            return id;
+        }
+    }
+}
 
 pub struct Reply {
     pub kind: u32,
@@ -28,15 +38,13 @@ impl Reply {
     }
     /// The payload without trailing NULs.
     pub fn text(&self) -> &[u8] {
-        let mut p = self.payload();
-        while let [rest @ .., 0] = p {
-            p = rest;
-        }
-        p
+        xswire::text(self.payload())
     }
 }
 
-struct Ring {
+/// The ring page and its event channel.
+#[derive(Clone, Copy)]
+pub struct Ring {
     base: *mut u8,
     port: u32,
 }
@@ -49,27 +57,53 @@ impl Ring {
         unsafe { AtomicU32::from_ptr(self.base.add(off) as *mut u32) }
     }
 
-    fn put(&self, bytes: &[u8], d: &mut Deadline) -> Result<(), &'static str> {
-        let cons = self.index(OFFSET_REQ_CONS);
-        let prod = self.index(OFFSET_REQ_PROD);
+    pub fn port(&self) -> u32 {
+        self.port
+    }
+
+    /// Free bytes in the request ring.
+    fn space(&self) -> usize {
+        let cons = self.index(OFFSET_REQ_CONS).load(Ordering::Acquire);
+        let prod = self.index(OFFSET_REQ_PROD).load(Ordering::Relaxed);
+        RING_SIZE.saturating_sub(prod.wrapping_sub(cons) as usize)
+    }
+
+    /// Copy `bytes` into the request ring at free-running index `p`.
+    fn put_at(&self, mut p: u32, bytes: &[u8]) -> u32 {
         for &b in bytes {
-            let mut p = prod.load(Ordering::Relaxed);
-            while p.wrapping_sub(cons.load(Ordering::Acquire)) >= RING_SIZE as u32 {
-                prod.store(p, Ordering::Release);
-                xen::send(self.port);
-                if d.expired() {
-                    return Err("timed out waiting for request ring space");
-                }
-                xen::sched_yield();
-                p = prod.load(Ordering::Relaxed);
-            }
             let idx = p as usize & (RING_SIZE - 1);
             // SAFETY: idx < RING_SIZE: a byte of the req array that the
-            // server does not read until req_prod moves past it.
+            // server does not read until req_prod moves past it (the caller
+            // checked there is room).
             unsafe { self.base.add(OFFSET_REQ + idx).write_volatile(b) };
-            prod.store(p.wrapping_add(1), Ordering::Release);
+            p = p.wrapping_add(1);
         }
-        Ok(())
+        p
+    }
+
+    /// Queue one request (header + `parts`) if the request ring has room
+    /// for all of it, and notify the server. `Ok(false)`: no room yet.
+    pub fn try_send(&self, kind: u32, req_id: u32, parts: &[&[u8]]) -> Result<bool, &'static str> {
+        let Some(h) = xswire::request_header(kind, req_id, parts) else {
+            return Err("request too long");
+        };
+        let total = xswire::HEADER_LEN + h.len as usize;
+        if total > RING_SIZE {
+            // Never fits at once; the guest only sends short requests.
+            return Err("request longer than the ring");
+        }
+        if self.space() < total {
+            return Ok(false);
+        }
+        let prod = self.index(OFFSET_REQ_PROD);
+        let mut p = prod.load(Ordering::Relaxed);
+        p = self.put_at(p, &h.to_bytes());
+        for part in parts {
+            p = self.put_at(p, part);
+        }
+        prod.store(p, Ordering::Release);
+        xen::send(self.port);
+        Ok(true)
     }
 
     fn available(&self) -> usize {
@@ -78,41 +112,45 @@ impl Ring {
         prod.wrapping_sub(cons) as usize
     }
 
-    fn wait_for(&self, n: usize, d: &mut Deadline) -> Result<(), &'static str> {
-        while self.available() < n {
-            events::drain();
-            if d.expired() {
-                return Err("timed out waiting for a reply");
-            }
-            xen::sched_yield();
-        }
-        Ok(())
-    }
-
-    fn take(&self, out: &mut [u8]) {
+    /// Move response bytes into `framer` until it holds a complete message
+    /// (`Ok(true)`) or the ring is empty (`Ok(false)`). Never takes a byte
+    /// of the next message. Notifies the server when it consumed bytes.
+    pub fn recv(&self, framer: &mut Framer) -> Result<bool, TooLong> {
         let cons = self.index(OFFSET_RSP_CONS);
         let mut c = cons.load(Ordering::Relaxed);
-        for b in out.iter_mut() {
-            let idx = c as usize & (RING_SIZE - 1);
-            // SAFETY: idx < RING_SIZE: a byte of the rsp array between
-            // rsp_cons and rsp_prod (checked by `wait_for`).
-            *b = unsafe { self.base.add(OFFSET_RSP + idx).read_volatile() };
-            c = c.wrapping_add(1);
+        let mut consumed = false;
+        let result = loop {
+            if framer.complete() {
+                break Ok(true);
+            }
+            let avail = self.available().min(RING_SIZE);
+            if avail == 0 {
+                break Ok(false);
+            }
+            let mut chunk = [0u8; 64];
+            let n = avail.min(framer.wanted()).min(chunk.len());
+            for b in chunk[..n].iter_mut() {
+                let idx = c as usize & (RING_SIZE - 1);
+                // SAFETY: idx < RING_SIZE: a byte of the rsp array between
+                // rsp_cons and rsp_prod (n <= available).
+                *b = unsafe { self.base.add(OFFSET_RSP + idx).read_volatile() };
+                c = c.wrapping_add(1);
+            }
+            cons.store(c, Ordering::Release);
+            consumed = true;
+            if let Err(e) = framer.push(&chunk[..n]) {
+                break Err(e);
+            }
+        };
+        if consumed {
+            xen::send(self.port);
         }
-        cons.store(c, Ordering::Release);
-    }
-
-    fn skip(&self, mut n: usize) {
-        let mut scratch = [0u8; 64];
-        while n > 0 {
-            let k = n.min(scratch.len());
-            self.take(&mut scratch[..k]);
-            n -= k;
-        }
+        result
     }
 }
 
-fn ring() -> Result<Ring, &'static str> {
+/// The ring, if the domain has one.
+pub fn ring() -> Result<Ring, &'static str> {
     let pfn = xen::get_param(HVM_PARAM_STORE_PFN).map_err(|_| "get_param(STORE_PFN) failed")?;
     let port =
         xen::get_param(HVM_PARAM_STORE_EVTCHN).map_err(|_| "get_param(STORE_EVTCHN) failed")?;
@@ -126,54 +164,47 @@ fn ring() -> Result<Ring, &'static str> {
 }
 
 /// Send one request (payload = the parts, concatenated) and wait up to one
-/// second for its reply; watch events are skipped.
+/// second for its reply; watch events and replies to other requests are
+/// skipped.
 pub fn request(kind: u32, parts: &[&[u8]], reply: &mut Reply) -> Result<(), &'static str> {
     let ring = ring()?;
-    let len: usize = parts.iter().map(|p| p.len()).sum();
-    if len > PAYLOAD_MAX {
-        return Err("request too long");
-    }
-    let req_id = REQ_ID.fetch_add(1, Ordering::Relaxed);
-    let hdr = MessageHeader {
-        kind,
-        req_id,
-        tx_id: 0,
-        len: len as u32,
-    };
-    let mut hdr_bytes = [0u8; HDR];
-    hdr_bytes[0..4].copy_from_slice(&hdr.kind.to_le_bytes());
-    hdr_bytes[4..8].copy_from_slice(&hdr.req_id.to_le_bytes());
-    hdr_bytes[8..12].copy_from_slice(&hdr.tx_id.to_le_bytes());
-    hdr_bytes[12..16].copy_from_slice(&hdr.len.to_le_bytes());
-
+    let req_id = next_req_id();
     let mut d = Deadline::after_ms(1_000);
-    ring.put(&hdr_bytes, &mut d)?;
-    for p in parts {
-        ring.put(p, &mut d)?;
+    while !ring.try_send(kind, req_id, parts)? {
+        if d.expired() {
+            return Err("timed out waiting for request ring space");
+        }
+        xen::sched_yield();
     }
-    xen::send(ring.port);
-
+    let mut framer = Framer::new();
     loop {
-        ring.wait_for(HDR, &mut d)?;
-        let mut h = [0u8; HDR];
-        // Peek-free protocol: take the header, then the payload.
-        ring.take(&mut h);
-        let rkind = u32::from_le_bytes([h[0], h[1], h[2], h[3]]);
-        let rid = u32::from_le_bytes([h[4], h[5], h[6], h[7]]);
-        let rlen = u32::from_le_bytes([h[12], h[13], h[14], h[15]]) as usize;
-        if rlen > PAYLOAD_MAX {
-            return Err("reply longer than XENSTORE_PAYLOAD_MAX");
+        match ring.recv(&mut framer) {
+            Err(_) => return Err("reply longer than XENSTORE_PAYLOAD_MAX"),
+            Ok(false) => {
+                events::drain();
+                if d.expired() {
+                    return Err("timed out waiting for a reply");
+                }
+                xen::sched_yield();
+            }
+            Ok(true) => {
+                let Some(Header {
+                    kind: rkind,
+                    req_id: rid,
+                    ..
+                }) = framer.header()
+                else {
+                    return Err("framing error");
+                };
+                if rkind != XS_WATCH_EVENT && rid == req_id {
+                    let p = framer.payload();
+                    reply.buf[..p.len()].copy_from_slice(p);
+                    reply.kind = rkind;
+                    reply.len = p.len();
+                    return Ok(());
+                }
+                framer.reset();
+            }
         }
-        ring.wait_for(rlen, &mut d)?;
-        if rkind == XS_WATCH_EVENT || rid != req_id {
-            ring.skip(rlen);
-            xen::send(ring.port);
-            continue;
-        }
-        ring.take(&mut reply.buf[..rlen]);
-        xen::send(ring.port);
-        reply.kind = rkind;
-        reply.len = rlen;
-        return Ok(());
     }
 }
