@@ -1,11 +1,13 @@
 //! Typed wrappers for the hypercalls the guest uses as infrastructure.
 
+use xen_abi::errno::ENOENT;
 use xen_abi::event_channel::{self as ec, AllocUnbound, BindIpi, BindVirq, PortArg, Status};
 use xen_abi::hvm::{HvmParam, HVMOP_GET_PARAM, HVMOP_SET_PARAM};
 use xen_abi::sched::{Shutdown, SCHEDOP_BLOCK, SCHEDOP_SHUTDOWN, SCHEDOP_YIELD};
+use xen_abi::vcpu::VCPUOP_IS_UP;
 use xen_abi::DOMID_SELF;
 
-use crate::hypercall::{event_channel_op, hvm_op, hypercall2, sched_op};
+use crate::hypercall::{event_channel_op, hvm_op, hypercall2, sched_op, vcpu_op_null};
 
 pub fn sched_yield() -> i64 {
     // SAFETY: SCHEDOP_yield takes no memory argument.
@@ -123,4 +125,21 @@ pub fn poll(ports: &mut [u32], timeout_ns: u64) -> i64 {
         timeout: timeout_ns,
     };
     sched_op(xen_abi::sched::SCHEDOP_POLL, &mut p)
+}
+
+/// Highest vCPU count [`nr_vcpus`] looks for.
+const MAX_VCPUS_PROBED: u32 = 1024;
+
+/// Whether the domain has vCPU `id`. Xen's do_vcpu_op answers -ENOENT for
+/// a vCPU the domain does not have (domain_vcpu() is NULL) before it looks
+/// at the sub-op, so VCPUOP_is_up tells.
+pub fn vcpu_exists(id: u32) -> bool {
+    vcpu_op_null(VCPUOP_IS_UP, id) != -ENOENT
+}
+
+/// How many vCPUs the domain has (their ids are 0..n).
+pub fn nr_vcpus() -> u32 {
+    (1..MAX_VCPUS_PROBED)
+        .find(|&v| !vcpu_exists(v))
+        .unwrap_or(MAX_VCPUS_PROBED)
 }

@@ -164,8 +164,52 @@ pub fn register_vcpu_info_bad_offset() -> R {
 pub fn is_up() -> R {
     // domain.c VCPUOP_is_up: !(pause_flags & VPF_down).
     eq("is_up(vcpu 0)", Rc(vcpu_op_null(VCPUOP_IS_UP, 0)), Rc(1))?;
-    // vCPU 1 exists (vcpus=2) but was never started.
-    eq("is_up(vcpu 1)", Rc(vcpu_op_null(VCPUOP_IS_UP, 1)), Rc(0))
+    // The domain has vCPUs 0..n (n from is_up probing: the first -ENOENT).
+    // Every vCPU but 0 exists and was never started.
+    let n = xen::nr_vcpus();
+    for v in 1..n {
+        let rc = vcpu_op_null(VCPUOP_IS_UP, v);
+        ensure!(
+            rc == 0,
+            "is_up(vcpu {}) of {} vCPUs: expected 0 (never started), got {}",
+            v,
+            n,
+            Rc(rc)
+        );
+    }
+    // Cross-check the count through two other paths: do_vcpu_op refuses
+    // vCPU n before looking at the sub-op, and event_channel.c
+    // evtchn_bind_ipi looks the vCPU up too (-ENOENT both).
+    let mut info = RunstateInfo::default();
+    rc_is(
+        "get_runstate_info(vcpu n) where is_up(n) said -ENOENT",
+        vcpu_op(VCPUOP_GET_RUNSTATE_INFO, n, &mut info),
+        neg(ENOENT),
+    )?;
+    match xen::bind_ipi(n) {
+        Err(rc) => rc_is(
+            "bind_ipi(vcpu n) where is_up(n) said -ENOENT",
+            rc,
+            neg(ENOENT),
+        )?,
+        Ok(p) => {
+            xen::close(p);
+            bail!(
+                "bind_ipi(vcpu {}) bound port {}, but is_up({}) said -ENOENT",
+                n,
+                p,
+                n
+            );
+        }
+    }
+    if n > 1 {
+        rc_is(
+            "get_runstate_info(vcpu n - 1)",
+            vcpu_op(VCPUOP_GET_RUNSTATE_INFO, n - 1, &mut info),
+            0,
+        )?;
+    }
+    Ok(())
 }
 
 pub fn is_up_bad_vcpu() -> R {
@@ -183,8 +227,17 @@ pub fn is_up_bad_vcpu() -> R {
 }
 
 pub fn up_uninitialised() -> R {
-    // domain.c VCPUOP_up: !v->is_initialised -> -EINVAL.
-    rc_is("up(vcpu 1)", vcpu_op_null(VCPUOP_UP, 1), neg(EINVAL))?;
+    if xen::vcpu_exists(1) {
+        // domain.c VCPUOP_up: !v->is_initialised -> -EINVAL.
+        rc_is("up(vcpu 1)", vcpu_op_null(VCPUOP_UP, 1), neg(EINVAL))?;
+    } else {
+        // One vCPU: do_vcpu_op finds no vCPU 1 -> -ENOENT.
+        rc_is(
+            "up(vcpu 1) in a 1-vCPU domain",
+            vcpu_op_null(VCPUOP_UP, 1),
+            neg(ENOENT),
+        )?;
+    }
     rc_is("up(vcpu 99)", vcpu_op_null(VCPUOP_UP, 99), neg(ENOENT))
 }
 
@@ -338,17 +391,23 @@ pub fn stop_singleshot_timer() -> R {
 pub fn singleshot_other_vcpu() -> R {
     let t = now()? + 1_000_000_000;
     // domain.c: singleshot timers may only be set/stopped on the calling
-    // vCPU -> -EINVAL for vCPU 1.
-    rc_is(
-        "set_singleshot_timer(vcpu 1)",
-        set_singleshot(1, t, 0),
-        neg(EINVAL),
-    )?;
-    rc_is(
-        "stop_singleshot_timer(vcpu 1)",
-        vcpu_op_null(VCPUOP_STOP_SINGLESHOT_TIMER, 1),
-        neg(EINVAL),
-    )
+    // vCPU -> -EINVAL for vCPU 1. In a 1-vCPU domain do_vcpu_op finds no
+    // vCPU 1 first -> -ENOENT.
+    let (set, stop, want) = if xen::vcpu_exists(1) {
+        (
+            "set_singleshot_timer(vcpu 1)",
+            "stop_singleshot_timer(vcpu 1)",
+            neg(EINVAL),
+        )
+    } else {
+        (
+            "set_singleshot_timer(vcpu 1) in a 1-vCPU domain",
+            "stop_singleshot_timer(vcpu 1) in a 1-vCPU domain",
+            neg(ENOENT),
+        )
+    };
+    rc_is(set, set_singleshot(1, t, 0), want)?;
+    rc_is(stop, vcpu_op_null(VCPUOP_STOP_SINGLESHOT_TIMER, 1), want)
 }
 
 fn read_runstate(p: *mut RunstateInfo) -> Option<RunstateInfo> {
