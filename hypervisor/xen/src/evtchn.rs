@@ -151,11 +151,12 @@ impl PortTable {
         if virq >= NR_VIRQS {
             return Err(-xen_abi::errno::EINVAL);
         }
-        if vcpu >= self.nr_vcpus() {
-            return Err(-xen_abi::errno::ENOENT);
-        }
+        // Xen checks "global VIRQs only on vCPU 0" before the vCPU exists.
         if !virq_is_per_vcpu(virq) && vcpu != 0 {
             return Err(-xen_abi::errno::EINVAL);
+        }
+        if vcpu >= self.nr_vcpus() {
+            return Err(-xen_abi::errno::ENOENT);
         }
         if self.virq_ports[vcpu as usize][virq as usize] != 0 {
             return Err(-xen_abi::errno::EEXIST);
