@@ -48,3 +48,31 @@ pub const XS_RESUME: u32 = 18;
 pub const XS_SET_TARGET: u32 = 19;
 pub const XS_RESET_WATCHES: u32 = 21;
 pub const XS_DIRECTORY_PART: u32 = 22;
+
+/// Number of message types (`XS_TYPE_COUNT`): one past [`XS_DIRECTORY_PART`].
+pub const XS_TYPE_COUNT: u32 = 23;
+
+/// Longest absolute path (`XENSTORE_ABS_PATH_MAX`).
+pub const ABS_PATH_MAX: usize = 3072;
+/// Longest path relative to a domain's home (`XENSTORE_REL_PATH_MAX`).
+pub const REL_PATH_MAX: usize = 2048;
+
+/// `server_features`: the ring can be reset through `connection`.
+pub const SERVER_FEATURE_RECONNECTION: u32 = 1;
+/// `server_features`: the server reports why it stopped in `error`.
+pub const SERVER_FEATURE_ERROR: u32 = 2;
+
+/// `connection`: the steady state.
+pub const CONNECTED: u32 = 0;
+/// `connection`: the guest asked for a reset; the server answers with
+/// [`CONNECTED`].
+pub const RECONNECT: u32 = 1;
+
+/// `error`: no error.
+pub const ERROR_NONE: u32 = 0;
+/// `error`: communication problem.
+pub const ERROR_COMM: u32 = 1;
+/// `error`: inconsistent producer or consumer index.
+pub const ERROR_RINGIDX: u32 = 2;
+/// `error`: protocol violation (payload too long).
+pub const ERROR_PROTO: u32 = 3;
