@@ -132,7 +132,9 @@ impl DiskSpecification {
 /// applies when the device is added are documented on each field.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DiskSpec {
-    /// Block device or image path; `None` only for an empty CD-ROM drive.
+    /// Block device or image path as written. Only a CD-ROM drive may be
+    /// without one: `None` when no target was given, `Some("")` when it was
+    /// given empty (`,hdc:cdrom,r`); see [`DiskSpec::target_path`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub target: Option<String>,
     pub format: DiskFormat,
@@ -274,6 +276,12 @@ impl DiskSpec {
             p.scan()?;
         }
         p.finish()
+    }
+
+    /// The path to open: the target unless it is absent or empty (an
+    /// empty CD-ROM drive).
+    pub fn target_path(&self) -> Option<&str> {
+        self.target.as_deref().filter(|t| !t.is_empty())
     }
 
     /// The xenstore virtual-device number of [`DiskSpec::vdev`].
@@ -746,17 +754,18 @@ impl Parser {
         let mut format = self.format.unwrap_or(DiskFormat::Raw);
         let mut readwrite = self.readwrite.unwrap_or(true);
         let removable = self.is_cdrom;
-        let target = self.target.clone().filter(|t| !t.is_empty());
+        let target = self.target.clone();
+        let empty = target.as_deref().is_none_or(str::is_empty);
         if self.is_cdrom {
             readwrite = false;
-            if target.is_none() {
+            if empty {
                 format = DiskFormat::Empty;
             }
         }
         let Some(vdev) = self.vdev.clone() else {
             return Err(self.err(DiskErrorKind::NoVdev, None));
         };
-        if target.is_none() && !removable {
+        if empty && !removable {
             return Err(self.err(DiskErrorKind::NoTarget, None));
         }
         if vdev_to_devid(&vdev).is_none() {
@@ -1025,7 +1034,7 @@ mod tests {
     fn empty_cdrom() {
         for s in [",hdc:cdrom,r", "vdev=hdc,cdrom", ",,hdc,cdrom"] {
             let d = p(s);
-            assert_eq!(d.target, None, "{s}");
+            assert_eq!(d.target_path(), None, "{s}");
             assert_eq!(d.format, DiskFormat::Empty, "{s}");
             assert!(d.is_cdrom && d.removable && !d.readwrite, "{s}");
             assert_eq!(d.vdev, "hdc");

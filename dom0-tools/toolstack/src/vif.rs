@@ -177,9 +177,11 @@ impl VifRate {
             Some(i) => parse_interval_usecs(i).map_err(err)?,
             None => DEFAULT_RATE_INTERVAL_USECS,
         };
-        let bytes_per_interval = u128::from(bytes_per_sec) * u128::from(interval_usecs) / 1_000_000;
-        let bytes_per_interval =
-            u64::try_from(bytes_per_interval).map_err(|_| err("rate overflow"))?;
+        // xl refuses a rate whose product with the interval overflows 64 bits
+        if bytes_per_sec > u64::MAX / u64::from(interval_usecs) {
+            return Err(err("rate overflow"));
+        }
+        let bytes_per_interval = bytes_per_sec * u64::from(interval_usecs) / 1_000_000;
         Ok(VifRate {
             bytes_per_interval,
             interval_usecs,

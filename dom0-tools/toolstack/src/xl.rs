@@ -319,10 +319,28 @@ impl Serialize for Json {
     }
 }
 
+/// Pretty-printed as libxl's JSON generator lays it out (four-space
+/// indent), with a final newline.
 fn pretty(j: &Json) -> String {
-    let mut s = serde_json::to_string_pretty(j).expect("JSON values always serialize");
+    let mut out = Vec::new();
+    let fmt = serde_json::ser::PrettyFormatter::with_indent(b"    ");
+    let mut ser = serde_json::Serializer::with_formatter(&mut out, fmt);
+    j.serialize(&mut ser).expect("JSON values always serialize");
+    let mut s = String::from_utf8(out).expect("serde_json writes UTF-8");
     s.push('\n');
     s
+}
+
+/// `xl -N block-attach DOMAIN SPEC...`: the device as libxl JSON, after
+/// `disk: ` (xl_block.c).
+pub fn block_attach_dryrun(disk: &DiskSpec) -> String {
+    format!("disk: {}", pretty(&libxl_disk(disk)))
+}
+
+/// `xl -N network-attach DOMAIN SETTING...`: the device as libxl JSON,
+/// after `vif: ` (xl_nic.c).
+pub fn network_attach_dryrun(vif: &VifSpec) -> String {
+    format!("vif: {}", pretty(&libxl_nic(vif)))
 }
 
 /// libxl's JSON for a defbool.
@@ -337,7 +355,7 @@ fn defbool(b: bool) -> &'static str {
 fn libxl_disk(d: &DiskSpec) -> Json {
     let mut m = Obj::default();
     m.put_opt("backend_domname", d.backend.as_deref());
-    m.put("pdev_path", d.target.as_deref().unwrap_or(""));
+    m.put_opt("pdev_path", d.target.as_deref());
     m.put("vdev", &d.vdev);
     m.put_opt("backend", d.backendtype.map(|b| b.as_str()));
     m.put("format", d.format.as_str());
@@ -1571,7 +1589,7 @@ mod tests {
         assert!(out.ends_with("]\n"));
         assert_eq!(list_long(&[]), "[]\n");
         let d = dryrun_json(&cfg);
-        assert!(d.starts_with("{\n  \"c_info\": {"));
+        assert!(d.starts_with("{\n    \"c_info\": {\n        \"type\": \"pvh\",\n"));
         let mut cfg = cfg;
         cfg.on_reboot = Action::RenameRestart;
         let j: serde_json::Value = serde_json::from_str(&libxl_domain_config_json(&cfg)).unwrap();
