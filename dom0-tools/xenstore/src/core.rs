@@ -726,9 +726,6 @@ impl Core {
             Err(_) => false,
         };
         self.scratch = scratch;
-        if alive {
-            self.update_interest(id);
-        }
         alive
     }
 
