@@ -3,6 +3,7 @@
 //! noisy. Run with `cargo run --release -p kxen-bench`.
 
 mod baseline;
+mod xenstore;
 
 use baseline::{BaselineFeatures, LoopShape};
 
@@ -250,4 +251,6 @@ fn main() {
     if failures > 0 {
         println!("warning: {failures} of 5 full runs did not power off cleanly");
     }
+
+    xenstore::run();
 }
