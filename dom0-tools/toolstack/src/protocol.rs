@@ -6,6 +6,9 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::config::DomainConfig;
+use crate::xl::{DomainInfo, XlInfo};
+
 /// Default directories; both can be overridden so tests run isolated kxends.
 pub const DEFAULT_RUN_DIR: &str = "/run/kxen";
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/kxen";
@@ -39,7 +42,7 @@ pub enum Request {
     Ping,
     /// Build and start a domain from a parsed xl.cfg (as JSON).
     Create {
-        config: serde_json::Value,
+        config: Box<DomainConfig>,
         config_path: String,
         paused: bool,
     },
@@ -81,52 +84,14 @@ pub enum Request {
     },
 }
 
-/// State flags of a domain, as `xl list` prints them.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
-pub struct StateFlags {
-    pub running: bool,
-    pub blocked: bool,
-    pub paused: bool,
-    pub shutdown: bool,
-    pub crashed: bool,
-    pub dying: bool,
-}
-
-/// One domain as kxend reports it.
+/// One domain as kxend reports it: xl's view plus what kxl needs on top.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct DomainStatus {
-    pub domid: u32,
-    pub name: String,
-    pub uuid: String,
-    pub memory_kib: u64,
+pub struct DomainEntry {
+    pub info: DomainInfo,
+    /// The configuration it was created from (none for Domain-0).
+    pub config: Option<DomainConfig>,
     pub max_memory_kib: u64,
-    pub vcpus: u32,
-    pub state: StateFlags,
-    /// SHUTDOWN_* reason once shut down.
-    pub shutdown_reason: Option<u32>,
-    pub cpu_time_s: f64,
-    pub uptime_s: f64,
-    /// The domain's parsed configuration (JSON of the toolstack config).
-    pub config: serde_json::Value,
-}
-
-/// Host facts for `xl info`.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
-pub struct HostInfo {
-    pub host: String,
-    pub release: String,
-    pub version: String,
-    pub machine: String,
-    pub nr_cpus: u32,
-    pub cpu_mhz: u64,
-    pub total_memory_mib: u64,
-    pub free_memory_mib: u64,
-    pub xen_major: u32,
-    pub xen_minor: u32,
-    pub xen_extra: String,
-    pub xen_caps: String,
-    pub virt_caps: String,
-    pub kvm_backend: String,
+    pub uptime_s: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
@@ -137,9 +102,9 @@ pub struct Reply {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub domid: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub domains: Option<Vec<DomainStatus>>,
+    pub domains: Option<Vec<DomainEntry>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub host: Option<HostInfo>,
+    pub host: Option<XlInfo>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub text: Option<String>,
 }

@@ -1,0 +1,199 @@
+//! The PV console backend (xenconsoled's job): drain each domain's output
+//! ring into a per-domain log, fan it out to attached `kxl console`
+//! clients, and feed their keystrokes into the input ring.
+
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Write};
+use std::os::fd::{AsRawFd, BorrowedFd};
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use tracing::{debug, warn};
+use vmm_sys_util::eventfd::EventFd;
+use xen_abi::console as ring;
+
+use crate::foreign::ForeignPage;
+
+/// Cap on keystrokes queued for a guest that does not read them.
+const INPUT_LIMIT: usize = 64 * 1024;
+
+pub struct ConsoleBackend {
+    page: ForeignPage,
+    /// Guest → Dom0 notifications.
+    kick: EventFd,
+    /// Dom0 → guest notifications.
+    notify: EventFd,
+    log_path: PathBuf,
+    log: Mutex<File>,
+    clients: Mutex<Vec<UnixStream>>,
+    input: Mutex<Vec<u8>>,
+    stopping: AtomicBool,
+}
+
+impl ConsoleBackend {
+    pub fn new(
+        page: ForeignPage,
+        kick: EventFd,
+        notify: EventFd,
+        log_path: PathBuf,
+    ) -> std::io::Result<Arc<Self>> {
+        let log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)?;
+        Ok(Arc::new(ConsoleBackend {
+            page,
+            kick,
+            notify,
+            log_path,
+            log: Mutex::new(log),
+            clients: Mutex::new(Vec::new()),
+            input: Mutex::new(Vec::new()),
+            stopping: AtomicBool::new(false),
+        }))
+    }
+
+    pub fn start(self: &Arc<Self>, domid: u32) -> std::io::Result<JoinHandle<()>> {
+        let me = self.clone();
+        std::thread::Builder::new()
+            .name(format!("console-{domid}"))
+            .spawn(move || me.run())
+    }
+
+    /// Stop serving; attached clients see EOF.
+    pub fn stop(&self) {
+        self.stopping.store(true, Ordering::SeqCst);
+        let _ = self.notify_self();
+    }
+
+    fn notify_self(&self) -> std::io::Result<()> {
+        self.kick.write(1)
+    }
+
+    fn run(&self) {
+        while !self.stopping.load(Ordering::SeqCst) {
+            {
+                // SAFETY: the eventfd lives in `self`, which outlives the poll.
+                let fd = unsafe { BorrowedFd::borrow_raw(self.kick.as_raw_fd()) };
+                let mut fds = [PollFd::new(fd, PollFlags::POLLIN)];
+                let _ = poll(&mut fds, PollTimeout::from(50u16));
+            }
+            let _ = self.kick.read();
+            self.service();
+        }
+        self.service();
+        for client in self
+            .clients
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain(..)
+        {
+            let _ = client.shutdown(std::net::Shutdown::Both);
+        }
+    }
+
+    /// Move bytes both ways once.
+    fn service(&self) {
+        let mut notify = false;
+        let cons = self.page.load_u32(ring::OFFSET_OUT_CONS);
+        let prod = self.page.load_u32(ring::OFFSET_OUT_PROD);
+        let pending = prod.wrapping_sub(cons) as usize;
+        if pending > ring::OUT_SIZE {
+            warn!(cons, prod, "console ring indices corrupt; resynchronising");
+            self.page.store_u32(ring::OFFSET_OUT_CONS, prod);
+            notify = true;
+        } else if pending > 0 {
+            let mut data = vec![0u8; pending];
+            let start = cons as usize % ring::OUT_SIZE;
+            let first = pending.min(ring::OUT_SIZE - start);
+            self.page.read(ring::OFFSET_OUT + start, &mut data[..first]);
+            self.page.read(ring::OFFSET_OUT, &mut data[first..]);
+            self.page.store_u32(ring::OFFSET_OUT_CONS, prod);
+            notify = true;
+            self.output(&data);
+        }
+        let mut input = self.input.lock().unwrap_or_else(|e| e.into_inner());
+        if !input.is_empty() {
+            let cons = self.page.load_u32(ring::OFFSET_IN_CONS);
+            let prod = self.page.load_u32(ring::OFFSET_IN_PROD);
+            let used = prod.wrapping_sub(cons) as usize;
+            if used <= ring::IN_SIZE {
+                let n = (ring::IN_SIZE - used).min(input.len());
+                for (i, &b) in input[..n].iter().enumerate() {
+                    let idx = (prod as usize + i) % ring::IN_SIZE;
+                    self.page.write(ring::OFFSET_IN + idx, &[b]);
+                }
+                if n > 0 {
+                    std::sync::atomic::fence(Ordering::SeqCst);
+                    self.page
+                        .store_u32(ring::OFFSET_IN_PROD, prod.wrapping_add(n as u32));
+                    input.drain(..n);
+                    notify = true;
+                }
+            }
+        }
+        drop(input);
+        if notify {
+            let _ = self.notify.write(1);
+        }
+    }
+
+    fn output(&self, data: &[u8]) {
+        let _ = self
+            .log
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .write_all(data);
+        let mut clients = self.clients.lock().unwrap_or_else(|e| e.into_inner());
+        clients.retain_mut(|c| c.write_all(data).is_ok());
+    }
+
+    /// Attach a client: replay the log from the first byte, then stream.
+    /// Its input goes to the guest until it disconnects (even if it left
+    /// before the replay finished: what it typed is still delivered).
+    pub fn attach(self: &Arc<Self>, mut stream: UnixStream) {
+        if let Ok(reader) = stream.try_clone() {
+            let me = self.clone();
+            let _ = std::thread::Builder::new()
+                .name("console-input".into())
+                .spawn(move || me.read_input(reader));
+        }
+        let mut clients = self.clients.lock().unwrap_or_else(|e| e.into_inner());
+        // Holding the client lock keeps the replay and the live stream in
+        // order: nothing is output while we copy the log.
+        if let Ok(mut log) = File::open(&self.log_path) {
+            let mut history = Vec::new();
+            let _ = log.read_to_end(&mut history);
+            if stream.write_all(&history).is_err() {
+                return;
+            }
+        }
+        clients.push(stream);
+    }
+
+    fn read_input(&self, mut reader: UnixStream) {
+        let mut buf = [0u8; 256];
+        loop {
+            match reader.read(&mut buf) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => {
+                    if self.stopping.load(Ordering::SeqCst) {
+                        return;
+                    }
+                    let mut input = self.input.lock().unwrap_or_else(|e| e.into_inner());
+                    if input.len() + n > INPUT_LIMIT {
+                        debug!("console input queue full; dropping keystrokes");
+                        continue;
+                    }
+                    input.extend_from_slice(&buf[..n]);
+                    drop(input);
+                    let _ = self.notify_self();
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,960 @@
+//! kxend's state and its request server.
+
+use std::collections::BTreeMap;
+use std::fs::{File, OpenOptions};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use kxen_toolstack::config::{Action, DomainConfig};
+use kxen_toolstack::protocol::{DomainEntry, Reply, Request};
+use kxen_toolstack::xl::{DomainInfo, ShutdownReason, VirtCaps, XlInfo};
+use tracing::{error, info, warn};
+
+use crate::domain::{Domain, DomainRecord};
+use crate::store::StoreService;
+
+/// How long a new kxen-vmm may take to open its control socket.
+const ATTACH_LIMIT: Duration = Duration::from_secs(10);
+/// Longest request line from a client.
+const MAX_REQUEST: usize = 1 << 20;
+
+/// A domain that stopped and was kept (`preserve`): listed, not running.
+#[derive(Debug, Clone)]
+struct Preserved {
+    record: DomainRecord,
+    reason: u32,
+}
+
+/// Everything needed to start a kxen-vmm, taken from the parsed xl.cfg.
+#[derive(Debug, Clone)]
+pub struct LaunchSpec {
+    pub name: String,
+    pub kernel: String,
+    pub ramdisk: Option<String>,
+    pub cmdline: String,
+    pub memory_mib: u64,
+    pub maxmem_mib: u64,
+    pub vcpus: u32,
+}
+
+impl LaunchSpec {
+    pub fn from_config(config: &DomainConfig) -> Result<Self, String> {
+        let kernel = config
+            .kernel
+            .clone()
+            .ok_or("the config has no kernel (kxen boots PVH kernels directly)")?;
+        Ok(LaunchSpec {
+            name: config.name.clone(),
+            kernel,
+            ramdisk: config.ramdisk.clone(),
+            cmdline: config.cmdline.clone().unwrap_or_default(),
+            memory_mib: config.memory,
+            maxmem_mib: config.maxmem.max(config.memory),
+            vcpus: config.vcpus.max(1),
+        })
+    }
+}
+
+pub struct Daemon {
+    pub state_dir: PathBuf,
+    pub run_dir: PathBuf,
+    pub vmm: PathBuf,
+    store: Arc<dyn StoreService>,
+    domains: Mutex<BTreeMap<u32, Arc<Domain>>>,
+    preserved: Mutex<BTreeMap<u32, Preserved>>,
+    next_domid: Mutex<u32>,
+    hvlog: Mutex<File>,
+    started: Instant,
+}
+
+impl Daemon {
+    pub fn new(
+        state_dir: PathBuf,
+        run_dir: PathBuf,
+        vmm: PathBuf,
+        store: Arc<dyn StoreService>,
+    ) -> std::io::Result<Arc<Self>> {
+        for dir in ["domains", "console", "logs"] {
+            std::fs::create_dir_all(state_dir.join(dir))?;
+        }
+        std::fs::create_dir_all(run_dir.join("domains"))?;
+        let hvlog = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(state_dir.join("hypervisor.log"))?;
+        let next = std::fs::read_to_string(state_dir.join("next-domid"))
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(1);
+        Ok(Arc::new(Daemon {
+            state_dir,
+            run_dir,
+            vmm,
+            store,
+            domains: Mutex::new(BTreeMap::new()),
+            preserved: Mutex::new(BTreeMap::new()),
+            next_domid: Mutex::new(next),
+            hvlog: Mutex::new(hvlog),
+            started: Instant::now(),
+        }))
+    }
+
+    /// A line in the hypervisor log (`xl dmesg`).
+    pub fn log(&self, line: &str) {
+        info!("{line}");
+        let stamp = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs_f64();
+        let _ = writeln!(
+            self.hvlog.lock().unwrap_or_else(|e| e.into_inner()),
+            "({:.3}) {line}",
+            stamp
+        );
+    }
+
+    fn record_path(&self, domid: u32) -> PathBuf {
+        self.state_dir.join(format!("domains/{domid}.json"))
+    }
+
+    fn save_record(&self, record: &DomainRecord) {
+        let path = self.record_path(record.domid);
+        let tmp = path.with_extension("tmp");
+        if let Ok(text) = serde_json::to_vec_pretty(record) {
+            if std::fs::write(&tmp, text).is_ok() {
+                let _ = std::fs::rename(&tmp, &path);
+            }
+        }
+    }
+
+    fn allocate_domid(&self) -> u32 {
+        let mut next = self.next_domid.lock().unwrap_or_else(|e| e.into_inner());
+        let live: Vec<u32> = self
+            .domains
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .keys()
+            .chain(
+                self.preserved
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .keys(),
+            )
+            .copied()
+            .collect();
+        while *next == 0 || *next >= 0x7ff0 || live.contains(&*next) {
+            *next = if *next >= 0x7ff0 { 1 } else { *next + 1 };
+        }
+        let domid = *next;
+        *next += 1;
+        let _ = std::fs::write(self.state_dir.join("next-domid"), next.to_string());
+        domid
+    }
+
+    fn name_in_use(&self, name: &str) -> bool {
+        self.domains
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .any(|d| d.record.name == name)
+            || self
+                .preserved
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .values()
+                .any(|p| p.record.name == name)
+    }
+
+    /// Create and start a domain; returns its domid.
+    pub fn create(self: &Arc<Self>, mut config: DomainConfig, paused: bool) -> Result<u32, String> {
+        config.fill_defaults().map_err(|e| e.to_string())?;
+        let spec = LaunchSpec::from_config(&config)?;
+        if spec.name == "Domain-0" || self.name_in_use(&spec.name) {
+            return Err(format!(
+                "domain with name \"{}\" already exists.",
+                spec.name
+            ));
+        }
+        let domid = self.allocate_domid();
+        let record = DomainRecord {
+            domid,
+            name: spec.name.clone(),
+            uuid: config
+                .uuid
+                .map(|u| u.to_string())
+                .unwrap_or_else(|| kxen_toolstack::config::Uuid::random().to_string()),
+            pid: 0,
+            control: self.run_dir.join(format!("domains/{domid}.sock")),
+            exit_file: self.state_dir.join(format!("domains/{domid}.exit")),
+            console_log: self
+                .state_dir
+                .join(format!("console/guest-{}.log", spec.name)),
+            config,
+            created: SystemTime::now(),
+            memory_kib: spec.memory_mib * 1024,
+            max_memory_kib: spec.maxmem_mib * 1024,
+            vcpus: spec.vcpus,
+        };
+        let _ = std::fs::remove_file(&record.exit_file);
+        let _ = std::fs::remove_file(&record.control);
+        let vmm_log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(
+                self.state_dir
+                    .join(format!("logs/vmm-{domid}-{}.log", spec.name)),
+            )
+            .map_err(|e| format!("VMM log: {e}"))?;
+        let mut cmd = Command::new(&self.vmm);
+        cmd.arg("--kernel")
+            .arg(&spec.kernel)
+            .args(["--memory", &spec.memory_mib.to_string()])
+            .args(["--maxmem", &spec.maxmem_mib.to_string()])
+            .args(["--vcpus", &spec.vcpus.to_string()])
+            .args(["--domid", &domid.to_string()])
+            .args(["--name", &spec.name])
+            .args(["--cmdline", &spec.cmdline])
+            .args(["--console", "dom0", "--paused"])
+            .arg("--control-socket")
+            .arg(&record.control)
+            .arg("--exit-file")
+            .arg(&record.exit_file)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(vmm_log))
+            // Its own process group: a terminal's ^C to kxl or kxend must
+            // not reach the domains.
+            .process_group(0);
+        if let Some(rd) = &spec.ramdisk {
+            cmd.arg("--ramdisk").arg(rd);
+        }
+        let mut child = cmd
+            .spawn()
+            .map_err(|e| format!("cannot start kxen-vmm: {e}"))?;
+        let mut record = record;
+        record.pid = child.id();
+        self.save_record(&record);
+        let domain = match Domain::attach(record.clone(), self.store.clone(), ATTACH_LIMIT) {
+            Ok(d) => d,
+            Err(e) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                let mut stderr = String::new();
+                if let Ok(mut f) = File::open(
+                    self.state_dir
+                        .join(format!("logs/vmm-{domid}-{}.log", spec.name)),
+                ) {
+                    let _ = f.read_to_string(&mut stderr);
+                }
+                let _ = std::fs::remove_file(self.record_path(domid));
+                let last = stderr.lines().last().unwrap_or("").to_string();
+                return Err(format!("kxen-vmm for {} failed: {e} {last}", spec.name));
+            }
+        };
+        self.write_domain_nodes(&record);
+        self.domains
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(domid, domain.clone());
+        self.log(&format!(
+            "domain {domid} ({}) created: {} MiB, {} vCPU(s), kernel {}",
+            spec.name, spec.memory_mib, spec.vcpus, spec.kernel
+        ));
+        self.monitor(domain.clone(), Some(child));
+        if !paused {
+            domain.unpause().map_err(|e| e.to_string())?;
+        }
+        Ok(domid)
+    }
+
+    /// The xenstore layout libxl gives a new domain.
+    fn write_domain_nodes(&self, r: &DomainRecord) {
+        let s = &self.store;
+        let dom = format!("/local/domain/{}", r.domid);
+        let ro = vec!["n0".to_string(), format!("r{}", r.domid)];
+        let rw = vec![format!("n{}", r.domid)];
+        let vm = format!("/vm/{}", r.uuid);
+        s.mkdir(&dom);
+        s.set_perms(&dom, &ro);
+        s.write(&format!("{vm}/name"), r.name.as_bytes());
+        s.write(&format!("{vm}/uuid"), r.uuid.as_bytes());
+        s.set_perms(&vm, &ro);
+        for (k, v) in [
+            ("name", r.name.clone()),
+            ("domid", r.domid.to_string()),
+            ("vm", vm.clone()),
+            ("memory/static-max", r.max_memory_kib.to_string()),
+            ("memory/target", r.memory_kib.to_string()),
+            ("memory/videoram", "-1".to_string()),
+            ("console/ring-ref", (0xfeff0u64 + 2).to_string()),
+            ("console/port", "1".to_string()),
+            ("console/limit", "1048576".to_string()),
+            ("console/type", "xenconsoled".to_string()),
+            ("console/output", "pty".to_string()),
+            ("store/ring-ref", (0xfeff0u64 + 1).to_string()),
+            ("store/port", "2".to_string()),
+        ] {
+            let path = format!("{dom}/{k}");
+            s.write(&path, v.as_bytes());
+            s.set_perms(&path, &ro);
+        }
+        for sub in ["memory", "console", "store"] {
+            s.set_perms(&format!("{dom}/{sub}"), &ro);
+        }
+        for sub in [
+            "cpu", "device", "control", "data", "drivers", "feature", "attr", "error",
+        ] {
+            let path = format!("{dom}/{sub}");
+            s.mkdir(&path);
+            s.set_perms(&path, &rw);
+        }
+        let shutdown = format!("{dom}/control/shutdown");
+        s.write(&shutdown, b"");
+        s.set_perms(&shutdown, &rw);
+        for v in 0..r.vcpus {
+            let path = format!("{dom}/cpu/{v}/availability");
+            s.write(&path, b"online");
+            s.set_perms(&path, &rw);
+        }
+    }
+
+    /// Watch a domain's VMM process; handle its end.
+    fn monitor(self: &Arc<Self>, domain: Arc<Domain>, child: Option<std::process::Child>) {
+        let me = self.clone();
+        let domid = domain.record.domid;
+        let _ = std::thread::Builder::new()
+            .name(format!("monitor-{domid}"))
+            .spawn(move || {
+                let code = match child {
+                    Some(mut child) => child.wait().ok().and_then(|s| s.code()),
+                    None => {
+                        while domain.alive() {
+                            std::thread::sleep(Duration::from_millis(50));
+                        }
+                        None
+                    }
+                };
+                me.domain_died(domid, code);
+            });
+    }
+
+    /// A domain's VMM exited: apply on_poweroff/on_reboot/on_crash.
+    fn domain_died(self: &Arc<Self>, domid: u32, wait_code: Option<i32>) {
+        let Some(domain) = self
+            .domains
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&domid)
+        else {
+            return;
+        };
+        domain.detach();
+        let record = domain.record.clone();
+        let from_file = std::fs::read_to_string(&record.exit_file).ok();
+        let code = from_file
+            .as_deref()
+            .and_then(|s| s.split_whitespace().next())
+            .and_then(|c| c.parse::<i32>().ok())
+            .or(wait_code)
+            .unwrap_or(7);
+        let why = from_file
+            .as_deref()
+            .map(|s| s.trim().split_once(' ').map_or("", |x| x.1).to_string())
+            .unwrap_or_else(|| "kxen-vmm ended without a reason".into());
+        // kxen-vmm exit statuses back to SHUTDOWN_* reasons.
+        let reason = match code {
+            0 => 0,
+            2 => 1,
+            3 => 2,
+            5 => 4,
+            6 => 5,
+            8 => u32::MAX,
+            _ => 3,
+        };
+        self.store.release(domid);
+        self.store.rm(&format!("/local/domain/{domid}"));
+        self.store.rm(&format!("/vm/{}", record.uuid));
+        let _ = std::fs::remove_file(self.record_path(domid));
+        let _ = std::fs::remove_file(&record.exit_file);
+        let _ = std::fs::remove_file(&record.control);
+        if reason == u32::MAX {
+            self.log(&format!("domain {domid} ({}) destroyed", record.name));
+            return;
+        }
+        if code == 7 || code == 1 {
+            error!(domid, "domain {} crashed: {why}", record.name);
+        }
+        let cfg = &record.config;
+        let (key, action) = match reason {
+            0 => ("on_poweroff", cfg.on_poweroff),
+            1 => ("on_reboot", cfg.on_reboot),
+            4 => ("on_watchdog", cfg.on_watchdog),
+            5 => ("on_soft_reset", cfg.on_soft_reset),
+            _ => ("on_crash", cfg.on_crash),
+        };
+        self.log(&format!(
+            "domain {domid} ({}) {why}; {key} = {}",
+            record.name,
+            action.as_str()
+        ));
+        match action {
+            // kxen writes no core dumps: the coredump-* actions behave as
+            // their plain forms.
+            Action::Destroy | Action::CoredumpDestroy => {}
+            Action::Preserve => {
+                self.preserved
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(domid, Preserved { record, reason });
+            }
+            Action::Restart
+            | Action::RenameRestart
+            | Action::CoredumpRestart
+            | Action::SoftReset => {
+                if action == Action::RenameRestart {
+                    let mut old = record.clone();
+                    old.name = format!("{}--incoming", record.name);
+                    self.preserved
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .insert(
+                            domid,
+                            Preserved {
+                                record: old,
+                                reason,
+                            },
+                        );
+                }
+                match self.create(record.config.clone(), false) {
+                    Ok(new) => self.log(&format!("domain {} restarted as {new}", record.name)),
+                    Err(e) => self.log(&format!("restarting {} failed: {e}", record.name)),
+                }
+            }
+        }
+    }
+
+    /// Re-attach to the domains a previous kxend left running.
+    pub fn recover(self: &Arc<Self>) {
+        let Ok(dir) = std::fs::read_dir(self.state_dir.join("domains")) else {
+            return;
+        };
+        for entry in dir.flatten() {
+            let path = entry.path();
+            if path.extension().and_then(|e| e.to_str()) != Some("json") {
+                continue;
+            }
+            let Some(record) = std::fs::read(&path)
+                .ok()
+                .and_then(|b| serde_json::from_slice::<DomainRecord>(&b).ok())
+            else {
+                continue;
+            };
+            let domid = record.domid;
+            // SAFETY: signal 0 only probes for the process.
+            let alive = unsafe { libc::kill(record.pid as i32, 0) } == 0;
+            if alive {
+                match Domain::attach(record.clone(), self.store.clone(), Duration::from_secs(2)) {
+                    Ok(domain) => {
+                        self.domains
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .insert(domid, domain.clone());
+                        self.log(&format!("re-attached to domain {domid} ({})", record.name));
+                        self.monitor(domain, None);
+                        continue;
+                    }
+                    Err(e) => warn!(domid, "cannot re-attach: {e}"),
+                }
+            }
+            // It ended while no kxend watched: account for it now.
+            self.log(&format!(
+                "domain {domid} ({}) ended while kxend was away",
+                record.name
+            ));
+            let _ = std::fs::remove_file(&path);
+            let _ = std::fs::remove_file(&record.control);
+            self.store.release(domid);
+            self.store.rm(&format!("/local/domain/{domid}"));
+        }
+        let mut next = self.next_domid.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(max) = self
+            .domains
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .keys()
+            .max()
+        {
+            *next = (*next).max(max + 1);
+        }
+    }
+
+    /// Find a domain by id or name, as xl resolves them.
+    fn resolve(&self, domain: &str) -> Option<u32> {
+        if domain == "Domain-0" || domain == "0" {
+            return Some(0);
+        }
+        let domains = self.domains.lock().unwrap_or_else(|e| e.into_inner());
+        let preserved = self.preserved.lock().unwrap_or_else(|e| e.into_inner());
+        if let Ok(id) = domain.parse::<u32>() {
+            if domains.contains_key(&id) || preserved.contains_key(&id) {
+                return Some(id);
+            }
+            return None;
+        }
+        domains
+            .values()
+            .find(|d| d.record.name == domain)
+            .map(|d| d.record.domid)
+            .or_else(|| {
+                preserved
+                    .values()
+                    .find(|p| p.record.name == domain)
+                    .map(|p| p.record.domid)
+            })
+    }
+
+    fn live(&self, domid: u32) -> Option<Arc<Domain>> {
+        self.domains
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&domid)
+            .cloned()
+    }
+
+    fn entry_of(&self, d: &Domain) -> DomainEntry {
+        let info = d.op("info").ok();
+        let i = info.as_ref().map(|v| &v["info"]);
+        let memory_kib = i
+            .and_then(|i| i["memory_kib"].as_u64())
+            .unwrap_or(d.record.memory_kib);
+        let paused = d.paused.load(std::sync::atomic::Ordering::SeqCst);
+        DomainEntry {
+            info: DomainInfo {
+                domid: d.record.domid,
+                name: d.record.name.clone(),
+                uuid: d.record.uuid.parse().unwrap_or_default(),
+                current_memkb: memory_kib,
+                outstanding_memkb: 0,
+                vcpu_online: d.record.vcpus,
+                running: !paused,
+                blocked: false,
+                paused,
+                shutdown: false,
+                dying: false,
+                shutdown_reason: None,
+                cpu_time_ns: process_cpu_ns(d.record.pid),
+                ssid_label: None,
+                cpupool: None,
+            },
+            config: Some(d.record.config.clone()),
+            max_memory_kib: d.record.max_memory_kib,
+            uptime_s: d.record.created.elapsed().unwrap_or_default().as_secs(),
+        }
+    }
+
+    fn dom0_entry(&self) -> DomainEntry {
+        let host = host_info();
+        let mem = host.total_memory * 1024;
+        DomainEntry {
+            info: DomainInfo {
+                domid: 0,
+                name: "Domain-0".into(),
+                uuid: Default::default(),
+                current_memkb: mem,
+                outstanding_memkb: 0,
+                vcpu_online: host.nr_cpus,
+                running: true,
+                blocked: false,
+                paused: false,
+                shutdown: false,
+                dying: false,
+                shutdown_reason: None,
+                cpu_time_ns: process_cpu_ns(std::process::id()),
+                ssid_label: None,
+                cpupool: None,
+            },
+            config: None,
+            max_memory_kib: mem,
+            uptime_s: self.started.elapsed().as_secs(),
+        }
+    }
+
+    fn list(&self) -> Vec<DomainEntry> {
+        let mut out = vec![self.dom0_entry()];
+        let domains: Vec<Arc<Domain>> = self
+            .domains
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        out.extend(domains.iter().map(|d| self.entry_of(d)));
+        for p in self
+            .preserved
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+        {
+            out.push(DomainEntry {
+                info: DomainInfo {
+                    domid: p.record.domid,
+                    name: p.record.name.clone(),
+                    uuid: p.record.uuid.parse().unwrap_or_default(),
+                    current_memkb: p.record.memory_kib,
+                    outstanding_memkb: 0,
+                    vcpu_online: p.record.vcpus,
+                    running: false,
+                    blocked: false,
+                    paused: false,
+                    shutdown: true,
+                    dying: false,
+                    shutdown_reason: Some(ShutdownReason::from_code(p.reason as i32)),
+                    cpu_time_ns: 0,
+                    ssid_label: None,
+                    cpupool: None,
+                },
+                config: Some(p.record.config.clone()),
+                max_memory_kib: p.record.max_memory_kib,
+                uptime_s: 0,
+            });
+        }
+        out.sort_by_key(|d| d.info.domid);
+        out
+    }
+
+    /// Serve one client connection.
+    fn serve(self: &Arc<Self>, stream: UnixStream) {
+        let Ok(mut writer) = stream.try_clone() else {
+            return;
+        };
+        let mut reader = BufReader::new(stream);
+        let mut line = Vec::new();
+        loop {
+            line.clear();
+            match (&mut reader)
+                .take(MAX_REQUEST as u64)
+                .read_until(b'\n', &mut line)
+            {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+            let request = serde_json::from_slice::<Request>(&line);
+            if let Ok(Request::Console { domain }) = &request {
+                let target = self.resolve(domain).and_then(|id| self.live(id));
+                let Some(d) = target else {
+                    let _ = send(
+                        &mut writer,
+                        &Reply::error(format!("domain {domain} is not running")),
+                    );
+                    return;
+                };
+                if send(&mut writer, &Reply::ok()).is_ok() {
+                    d.console.attach(reader.into_inner());
+                }
+                return;
+            }
+            let reply = match request {
+                Ok(req) => self.handle(req),
+                Err(e) => Reply::error(format!("bad request: {e}")),
+            };
+            if send(&mut writer, &reply).is_err() {
+                return;
+            }
+        }
+    }
+
+    fn handle(self: &Arc<Self>, req: Request) -> Reply {
+        let unknown = |d: &str| Reply::error(format!("unknown domain {d}"));
+        match req {
+            Request::Ping => Reply::ok(),
+            Request::Create { config, paused, .. } => match self.create(*config, paused) {
+                Ok(domid) => Reply {
+                    domid: Some(domid),
+                    ..Reply::ok()
+                },
+                Err(e) => Reply::error(e),
+            },
+            Request::Destroy { domain } => match self.resolve(&domain) {
+                None => unknown(&domain),
+                Some(0) => Reply::error("cannot destroy Domain-0"),
+                Some(id) => {
+                    if let Some(p) = self
+                        .preserved
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .remove(&id)
+                    {
+                        self.log(&format!(
+                            "preserved domain {id} ({}) destroyed",
+                            p.record.name
+                        ));
+                        return Reply::ok();
+                    }
+                    match self.live(id).map(|d| d.op("destroy")) {
+                        Some(Ok(_)) => {
+                            self.wait_gone(id, Duration::from_secs(10));
+                            Reply::ok()
+                        }
+                        Some(Err(e)) => Reply::error(e.to_string()),
+                        None => unknown(&domain),
+                    }
+                }
+            },
+            Request::Shutdown { domain } => self.control_shutdown(&domain, "poweroff"),
+            Request::Reboot { domain } => self.control_shutdown(&domain, "reboot"),
+            Request::Pause { domain } => self.pause(&domain, true),
+            Request::Unpause { domain } => self.pause(&domain, false),
+            Request::WaitGone { domain, timeout_s } => match self.resolve(&domain) {
+                None => Reply::ok(),
+                Some(id) => {
+                    if self.wait_gone(id, Duration::from_secs(timeout_s)) {
+                        Reply::ok()
+                    } else {
+                        Reply::error(format!("domain {domain} did not go away"))
+                    }
+                }
+            },
+            Request::List => Reply {
+                domains: Some(self.list()),
+                ..Reply::ok()
+            },
+            Request::Resolve { domain } => match self.resolve(&domain) {
+                None => unknown(&domain),
+                Some(id) => Reply {
+                    domid: Some(id),
+                    domains: Some(
+                        self.list()
+                            .into_iter()
+                            .filter(|d| d.info.domid == id)
+                            .collect(),
+                    ),
+                    ..Reply::ok()
+                },
+            },
+            Request::Info => Reply {
+                host: Some(host_info()),
+                ..Reply::ok()
+            },
+            Request::Dmesg { clear } => {
+                let text = std::fs::read_to_string(self.state_dir.join("hypervisor.log"))
+                    .unwrap_or_default();
+                if clear {
+                    let _ = self
+                        .hvlog
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .set_len(0);
+                }
+                Reply {
+                    text: Some(text),
+                    ..Reply::ok()
+                }
+            }
+            Request::MemSet { domain, target_kib } => match self.resolve(&domain) {
+                None => unknown(&domain),
+                Some(0) => Reply::error("Domain-0 memory is the host's"),
+                Some(id) => {
+                    let max = self.live(id).map_or(0, |d| d.record.max_memory_kib);
+                    if target_kib > max {
+                        return Reply::error(format!(
+                            "memory_dynamic_max must be less than or equal to memory_static_max ({max} KiB)"
+                        ));
+                    }
+                    self.store.write(
+                        &format!("/local/domain/{id}/memory/target"),
+                        target_kib.to_string().as_bytes(),
+                    );
+                    Reply::ok()
+                }
+            },
+            Request::Console { domain } => unknown(&domain),
+        }
+    }
+
+    fn control_shutdown(&self, domain: &str, what: &str) -> Reply {
+        match self.resolve(domain) {
+            None => Reply::error(format!("unknown domain {domain}")),
+            Some(0) => Reply::error("cannot shut down Domain-0 from here"),
+            Some(id) if self.live(id).is_none() => {
+                Reply::error(format!("domain {domain} is not running"))
+            }
+            Some(id) => {
+                self.store.write(
+                    &format!("/local/domain/{id}/control/shutdown"),
+                    what.as_bytes(),
+                );
+                self.log(&format!("domain {id}: {what} requested"));
+                Reply::ok()
+            }
+        }
+    }
+
+    fn pause(&self, domain: &str, pause: bool) -> Reply {
+        match self.resolve(domain).and_then(|id| self.live(id)) {
+            None => Reply::error(format!("unknown domain {domain}")),
+            Some(d) => match if pause { d.pause() } else { d.unpause() } {
+                Ok(()) => Reply::ok(),
+                Err(e) => Reply::error(e.to_string()),
+            },
+        }
+    }
+
+    /// Wait until `domid` is no longer running.
+    fn wait_gone(&self, domid: u32, limit: Duration) -> bool {
+        let start = Instant::now();
+        while self.live(domid).is_some() {
+            if start.elapsed() > limit {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        true
+    }
+
+    /// Accept clients until the process ends.
+    pub fn serve_forever(self: &Arc<Self>, listener: UnixListener) {
+        {
+            let me = self.clone();
+            let _ = std::thread::Builder::new()
+                .name("xenstore-save".into())
+                .spawn(move || loop {
+                    std::thread::sleep(Duration::from_millis(200));
+                    me.store.save();
+                });
+        }
+        for stream in listener.incoming() {
+            match stream {
+                Ok(stream) => {
+                    let me = self.clone();
+                    let _ = std::thread::Builder::new()
+                        .name("client".into())
+                        .spawn(move || me.serve(stream));
+                }
+                Err(e) => warn!("accept: {e}"),
+            }
+        }
+    }
+}
+
+fn send(stream: &mut UnixStream, reply: &Reply) -> std::io::Result<()> {
+    let mut bytes = serde_json::to_vec(reply).map_err(std::io::Error::other)?;
+    bytes.push(b'\n');
+    stream.write_all(&bytes)
+}
+
+/// CPU time a process has used (user + system), in ns.
+fn process_cpu_ns(pid: u32) -> u64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0;
+    };
+    // Fields after the command name (which may contain spaces).
+    let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
+        return 0;
+    };
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = [11, 12]
+        .iter()
+        .filter_map(|&i| fields.get(i).and_then(|f| f.parse::<f64>().ok()))
+        .sum();
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    (ticks / hz * 1e9) as u64
+}
+
+/// Facts about the host for `xl info`.
+pub fn host_info() -> XlInfo {
+    let uts = nix::sys::utsname::uname().ok();
+    let s = |f: Option<&std::ffi::OsStr>| {
+        f.map(|v| v.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    };
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    let mem_mib = |key: &str| {
+        meminfo
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix(key)?
+                    .split_whitespace()
+                    .next()?
+                    .parse::<u64>()
+                    .ok()
+            })
+            .unwrap_or(0)
+            / 1024
+    };
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let hardware_virt = cpuinfo
+        .lines()
+        .any(|l| l.starts_with("flags") && (l.contains(" vmx") || l.contains(" svm")));
+    let khz = cpuinfo
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("cpu MHz")?
+                .split(':')
+                .nth(1)?
+                .trim()
+                .parse::<f64>()
+                .ok()
+        })
+        .map_or(0, |mhz| (mhz * 1000.0) as u32);
+    let nr_cpus = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
+    XlInfo {
+        host: s(uts.as_ref().map(|u| u.nodename())),
+        release: s(uts.as_ref().map(|u| u.release())),
+        version: s(uts.as_ref().map(|u| u.version())),
+        machine: s(uts.as_ref().map(|u| u.machine())),
+        nr_cpus,
+        max_cpu_id: nr_cpus.saturating_sub(1),
+        nr_nodes: 1,
+        cores_per_socket: nr_cpus,
+        threads_per_core: 1,
+        cpu_khz: khz,
+        virt_caps: VirtCaps {
+            hvm: true,
+            // KVM's two-dimensional paging on VT-x/SVM; PVM shadows.
+            hap: hardware_virt,
+            shadow: !hardware_virt,
+            gnttab_v1: true,
+            ..Default::default()
+        },
+        total_memory: mem_mib("MemTotal:"),
+        free_memory: mem_mib("MemAvailable:"),
+        free_cpus: 0,
+        xen_major: 4,
+        xen_minor: 17,
+        xen_extra: ".0-kxen".into(),
+        xen_caps: "hvm-3.0-x86_32 hvm-3.0-x86_32p hvm-3.0-x86_64".into(),
+        xen_scheduler: "kvm".into(),
+        xen_pagesize: 4096,
+        virt_start: 0xffff_8000_0000_0000,
+        xen_changeset: concat!("kxen ", env!("CARGO_PKG_VERSION")).into(),
+        xen_commandline: if hardware_virt {
+            "kvm".into()
+        } else {
+            "kvm (pvm)".into()
+        },
+        cc_compiler: "rustc".into(),
+        cc_compile_by: "kxen".into(),
+        cc_compile_domain: "kxen".into(),
+        cc_compile_date: String::new(),
+        build_id: String::new(),
+        ..Default::default()
+    }
+}
+
+/// Remove a stale socket, or refuse if another kxend answers on it.
+pub fn claim_socket(path: &Path) -> std::io::Result<UnixListener> {
+    if UnixStream::connect(path).is_ok() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::AddrInUse,
+            format!("another kxend is serving {}", path.display()),
+        ));
+    }
+    let _ = std::fs::remove_file(path);
+    UnixListener::bind(path)
+}

@@ -1,0 +1,201 @@
+//! One running domain: its kxen-vmm process and the Dom0 services
+//! attached to it.
+
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use serde::{Deserialize, Serialize};
+use tracing::{info, warn};
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::console::ConsoleBackend;
+use crate::foreign::{ForeignMemory, MemfdRegion};
+use crate::store::StoreService;
+use crate::vmm_link::{LinkError, VmmLink};
+
+/// What kxend persists about a domain, so a restarted kxend re-attaches.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DomainRecord {
+    pub domid: u32,
+    pub name: String,
+    pub uuid: String,
+    pub pid: u32,
+    pub control: PathBuf,
+    pub exit_file: PathBuf,
+    pub console_log: PathBuf,
+    /// The parsed xl.cfg.
+    pub config: kxen_toolstack::config::DomainConfig,
+    pub created: SystemTime,
+    pub memory_kib: u64,
+    pub max_memory_kib: u64,
+    pub vcpus: u32,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AttachError {
+    #[error("{0}")]
+    Link(#[from] LinkError),
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("kxen-vmm sent {0}")]
+    Protocol(String),
+}
+
+/// A live domain.
+pub struct Domain {
+    pub record: DomainRecord,
+    link: Mutex<VmmLink>,
+    pub console: Arc<ConsoleBackend>,
+    pub paused: AtomicBool,
+    store_kick: Arc<EventFd>,
+    stopping: Arc<AtomicBool>,
+}
+
+fn eventfd(fd: OwnedFd) -> EventFd {
+    // SAFETY: `fd` is an eventfd kxen-vmm sent us; we own it from here.
+    unsafe {
+        <EventFd as std::os::fd::FromRawFd>::from_raw_fd(std::os::fd::IntoRawFd::into_raw_fd(fd))
+    }
+}
+
+impl Domain {
+    /// Connect to a running kxen-vmm and start its console and xenstore
+    /// service. `fresh` domains get their xenstore nodes written.
+    pub fn attach(
+        record: DomainRecord,
+        store: Arc<dyn StoreService>,
+        limit: Duration,
+    ) -> Result<Arc<Self>, AttachError> {
+        let mut link = VmmLink::connect(&record.control, limit)?;
+        let (reply, mut fds) = link.op("memfd")?;
+        let memfd = fds
+            .pop()
+            .ok_or_else(|| AttachError::Protocol("no memfd".into()))?;
+        let size = reply["size"].as_u64().unwrap_or(0);
+        let regions: Vec<MemfdRegion> = serde_json::from_value(reply["regions"].clone())
+            .map_err(|e| AttachError::Protocol(e.to_string()))?;
+        let memory = Arc::new(ForeignMemory::map(memfd, size, regions)?);
+        let (reply, fds) = link.op("dom0-ports")?;
+        let ports = reply["ports"]
+            .as_array()
+            .cloned()
+            .ok_or_else(|| AttachError::Protocol("no ports".into()))?;
+        if fds.len() != ports.len() * 2 {
+            return Err(AttachError::Protocol(format!(
+                "{} fds for {} ports",
+                fds.len(),
+                ports.len()
+            )));
+        }
+        let mut fds = fds.into_iter();
+        let mut console = None;
+        let mut xenstore = None;
+        for port in ports {
+            let to_dom0 = eventfd(
+                fds.next()
+                    .ok_or_else(|| AttachError::Protocol("fds".into()))?,
+            );
+            let from_dom0 = eventfd(
+                fds.next()
+                    .ok_or_else(|| AttachError::Protocol("fds".into()))?,
+            );
+            let pfn = port["pfn"].as_u64().unwrap_or(0);
+            let page = memory
+                .page(pfn)
+                .ok_or_else(|| AttachError::Protocol(format!("ring pfn {pfn:#x} not mapped")))?;
+            match port["name"].as_str() {
+                Some("console") => console = Some((page, to_dom0, from_dom0, port)),
+                Some("xenstore") => xenstore = Some((page, to_dom0, from_dom0, port)),
+                other => warn!(?other, "unknown Dom0 port"),
+            }
+        }
+        let (cpage, ckick, cnotify, _) =
+            console.ok_or_else(|| AttachError::Protocol("no console port".into()))?;
+        let (spage, skick, snotify, _) =
+            xenstore.ok_or_else(|| AttachError::Protocol("no xenstore port".into()))?;
+        let console = ConsoleBackend::new(cpage, ckick, cnotify, record.console_log.clone())?;
+        console.start(record.domid)?;
+
+        let domid = record.domid;
+        let snotify = Arc::new(snotify);
+        let notify = snotify.clone();
+        store.introduce(
+            domid,
+            spage,
+            Box::new(move || {
+                let _ = notify.write(1);
+            }),
+        );
+        let store_kick = Arc::new(skick);
+        let stopping = Arc::new(AtomicBool::new(false));
+        {
+            let kick = store_kick.clone();
+            let stopping = stopping.clone();
+            let store = store.clone();
+            std::thread::Builder::new()
+                .name(format!("xs-kick-{domid}"))
+                .spawn(move || {
+                    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+                    while !stopping.load(Ordering::SeqCst) {
+                        {
+                            // SAFETY: the eventfd is kept alive by `kick`.
+                            let fd =
+                                unsafe { std::os::fd::BorrowedFd::borrow_raw(kick.as_raw_fd()) };
+                            let mut fds = [PollFd::new(fd, PollFlags::POLLIN)];
+                            let _ = poll(&mut fds, PollTimeout::from(50u16));
+                        }
+                        if kick.read().is_ok() {
+                            store.kick(domid);
+                        }
+                    }
+                })?;
+        }
+        let info = link.op("info")?.0;
+        let paused = info["info"]["paused"].as_bool().unwrap_or(false);
+        info!(domid, name = %record.name, "attached to kxen-vmm");
+        Ok(Arc::new(Domain {
+            record,
+            link: Mutex::new(link),
+            console,
+            paused: AtomicBool::new(paused),
+            store_kick,
+            stopping,
+        }))
+    }
+
+    pub fn op(&self, op: &str) -> Result<serde_json::Value, LinkError> {
+        self.link
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .op(op)
+            .map(|(v, _)| v)
+    }
+
+    pub fn pause(&self) -> Result<(), LinkError> {
+        self.op("pause")?;
+        self.paused.store(true, Ordering::SeqCst);
+        Ok(())
+    }
+
+    pub fn unpause(&self) -> Result<(), LinkError> {
+        self.op("unpause")?;
+        self.paused.store(false, Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// Stop the Dom0 services of a domain that is gone.
+    pub fn detach(&self) {
+        self.stopping.store(true, Ordering::SeqCst);
+        let _ = self.store_kick.write(1);
+        self.console.stop();
+    }
+
+    /// Whether the VMM process is still alive.
+    pub fn alive(&self) -> bool {
+        // SAFETY: kill with signal 0 only checks for existence.
+        unsafe { libc::kill(self.record.pid as i32, 0) == 0 }
+    }
+}

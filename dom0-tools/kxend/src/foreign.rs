@@ -1,0 +1,128 @@
+//! A domain's memory as Dom0 sees it: the memfd kxen-vmm hands over,
+//! mapped shared. This is kxen's "foreign mapping".
+
+use std::os::fd::{AsFd, OwnedFd};
+use std::ptr::NonNull;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+
+use nix::sys::mman::{mmap, munmap, MapFlags, ProtFlags};
+use serde::Deserialize;
+use xen_abi::PAGE_SIZE;
+
+/// Where a guest-physical range lives in the memfd (from kxen-vmm).
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+pub struct MemfdRegion {
+    pub gpa: u64,
+    pub len: u64,
+    pub offset: u64,
+}
+
+pub struct ForeignMemory {
+    base: NonNull<u8>,
+    len: usize,
+    regions: Vec<MemfdRegion>,
+}
+
+// SAFETY: the mapping is plain shared memory; all access goes through
+// atomics or volatile copies, so it can be used from any thread.
+unsafe impl Send for ForeignMemory {}
+// SAFETY: as above; no interior state besides the mapping itself.
+unsafe impl Sync for ForeignMemory {}
+
+impl ForeignMemory {
+    pub fn map(memfd: OwnedFd, size: u64, regions: Vec<MemfdRegion>) -> std::io::Result<Self> {
+        let len = usize::try_from(size).map_err(std::io::Error::other)?;
+        let nz =
+            std::num::NonZeroUsize::new(len).ok_or_else(|| std::io::Error::other("empty memfd"))?;
+        for r in &regions {
+            if r.offset.checked_add(r.len).is_none_or(|end| end > size) {
+                return Err(std::io::Error::other("memfd region out of range"));
+            }
+        }
+        // SAFETY: a fresh shared mapping of the whole memfd; nothing else
+        // in this process aliases it, and it is unmapped in Drop.
+        let ptr = unsafe {
+            mmap(
+                None,
+                nz,
+                ProtFlags::PROT_READ | ProtFlags::PROT_WRITE,
+                MapFlags::MAP_SHARED,
+                memfd.as_fd(),
+                0,
+            )
+        }?;
+        Ok(ForeignMemory {
+            base: ptr.cast(),
+            len,
+            regions,
+        })
+    }
+
+    /// The page holding guest frame `gfn`, if it is backed.
+    pub fn page(self: &Arc<Self>, gfn: u64) -> Option<ForeignPage> {
+        let gpa = gfn.checked_mul(PAGE_SIZE as u64)?;
+        let r = self
+            .regions
+            .iter()
+            .find(|r| gpa >= r.gpa && gpa + PAGE_SIZE as u64 <= r.gpa + r.len)?;
+        let offset = (r.offset + (gpa - r.gpa)) as usize;
+        (offset + PAGE_SIZE <= self.len).then(|| ForeignPage {
+            mem: self.clone(),
+            offset,
+        })
+    }
+}
+
+impl Drop for ForeignMemory {
+    fn drop(&mut self) {
+        // SAFETY: `base`/`len` describe the mapping made in `map`, and no
+        // ForeignPage outlives us (each holds an Arc).
+        let _ = unsafe { munmap(self.base.cast(), self.len) };
+    }
+}
+
+/// One 4 KiB page of a domain's memory.
+#[derive(Clone)]
+pub struct ForeignPage {
+    mem: Arc<ForeignMemory>,
+    offset: usize,
+}
+
+impl ForeignPage {
+    fn ptr(&self, off: usize, len: usize) -> *mut u8 {
+        assert!(off + len <= PAGE_SIZE, "access beyond the page");
+        // SAFETY: offset + off + len lies within the mapping (checked at
+        // construction and just above).
+        unsafe { self.mem.base.as_ptr().add(self.offset + off) }
+    }
+
+    pub fn load_u32(&self, off: usize) -> u32 {
+        assert!(off.is_multiple_of(4), "unaligned ring index");
+        // SAFETY: in bounds (ptr checks), 4-byte aligned (page aligned base
+        // plus aligned offset), shared memory accessed atomically only.
+        unsafe { AtomicU32::from_ptr(self.ptr(off, 4) as *mut u32) }.load(Ordering::Acquire)
+    }
+
+    pub fn store_u32(&self, off: usize, value: u32) {
+        assert!(off.is_multiple_of(4), "unaligned ring index");
+        // SAFETY: as in load_u32.
+        unsafe { AtomicU32::from_ptr(self.ptr(off, 4) as *mut u32) }.store(value, Ordering::Release)
+    }
+
+    pub fn read(&self, off: usize, buf: &mut [u8]) {
+        let src = self.ptr(off, buf.len());
+        for (i, b) in buf.iter_mut().enumerate() {
+            // SAFETY: in bounds; volatile because the guest writes concurrently.
+            *b = unsafe { std::ptr::read_volatile(src.add(i)) };
+        }
+    }
+
+    pub fn write(&self, off: usize, data: &[u8]) {
+        let dst = self.ptr(off, data.len());
+        for (i, b) in data.iter().enumerate() {
+            // SAFETY: in bounds; volatile because the guest reads concurrently.
+            unsafe { std::ptr::write_volatile(dst.add(i), *b) };
+        }
+    }
+}

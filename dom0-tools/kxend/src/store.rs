@@ -1,0 +1,21 @@
+//! What kxend needs from xenstored, as a narrow interface.
+
+use crate::foreign::ForeignPage;
+
+/// Dom0's view of the store.
+pub trait StoreService: Send + Sync {
+    /// Write `value` at `path` as Dom0, creating parents.
+    fn write(&self, path: &str, value: &[u8]);
+    fn mkdir(&self, path: &str);
+    fn rm(&self, path: &str);
+    /// Set permissions from xl's notation, owner first: e.g. ["n0", "r5"].
+    fn set_perms(&self, path: &str, perms: &[String]);
+    /// Start serving `domid`'s ring; `notify` raises the guest's event.
+    fn introduce(&self, domid: u32, ring: ForeignPage, notify: Box<dyn Fn() + Send + Sync>);
+    /// The guest notified its xenstore event channel.
+    fn kick(&self, domid: u32);
+    /// Stop serving `domid` (fires @releaseDomain).
+    fn release(&self, domid: u32);
+    /// Persist the store (kxend calls this periodically and on exit).
+    fn save(&self);
+}

@@ -1,0 +1,107 @@
+//! What kxl prints: kxend's replies rendered with xl's formats and
+//! messages (kxen_toolstack::xl).
+
+use kxen_toolstack::config::{self, DomainConfig};
+use kxen_toolstack::protocol::{DomainEntry, Reply};
+use kxen_toolstack::xl::{self, ListOptions, VcpuInfo, XlInfo};
+
+/// A parsed config ready for kxend, and the warnings xl would print.
+pub struct LoadedConfig {
+    pub config: DomainConfig,
+    pub warnings: Vec<String>,
+}
+
+/// Parse CFG with command-line overrides; on error, xl's report and exit
+/// status.
+pub fn load_config(path: &str, overrides: &[String]) -> Result<LoadedConfig, (String, i32)> {
+    match config::parse_file_with_overrides(path, overrides) {
+        Ok((config, warnings)) => Ok(LoadedConfig {
+            config,
+            warnings: warnings.iter().map(|w| w.to_string()).collect(),
+        }),
+        Err(e) => Err(xl::config_error_report(&e)),
+    }
+}
+
+pub fn error_message(reply: &Reply) -> String {
+    reply
+        .error
+        .clone()
+        .unwrap_or_else(|| "operation failed".into())
+}
+
+pub fn unknown_domain(domain: &str) -> String {
+    xl::invalid_domain(domain)
+}
+
+pub fn list(entries: &[DomainEntry], long: bool, verbose: bool) -> String {
+    if long {
+        let with_config: Vec<(u32, &DomainConfig)> = entries
+            .iter()
+            .filter_map(|e| e.config.as_ref().map(|c| (e.info.domid, c)))
+            .collect();
+        return xl::list_long(&with_config);
+    }
+    let infos: Vec<xl::DomainInfo> = entries.iter().map(|e| e.info.clone()).collect();
+    xl::list(
+        &infos,
+        ListOptions {
+            verbose,
+            ..Default::default()
+        },
+    )
+}
+
+pub fn info(host: &XlInfo) -> String {
+    xl::info(host, false)
+}
+
+fn host_cpus() -> u32 {
+    std::thread::available_parallelism().map_or(1, |n| n.get() as u32)
+}
+
+/// kxen runs each vCPU as a host thread that may run on any CPU.
+pub fn vcpu_list(entries: &[DomainEntry]) -> String {
+    let nr_cpus = host_cpus();
+    let all: Vec<u32> = (0..nr_cpus).collect();
+    let mut out = xl::vcpu_list_header();
+    for e in entries {
+        let n = e.info.vcpu_online.max(1);
+        for v in 0..e.info.vcpu_online {
+            let info = VcpuInfo {
+                vcpuid: v,
+                cpu: v % nr_cpus,
+                online: true,
+                running: e.info.running,
+                blocked: e.info.blocked,
+                vcpu_time_ns: e.info.cpu_time_ns / n as u64,
+                hard_affinity: all.clone(),
+                soft_affinity: all.clone(),
+            };
+            out += &xl::vcpu_list_row(&e.info.name, e.info.domid, &info, nr_cpus);
+        }
+    }
+    out
+}
+
+pub fn uptime(entries: &[DomainEntry], short: bool) -> String {
+    if short {
+        let now = nix::time::clock_gettime(nix::time::ClockId::CLOCK_REALTIME)
+            .map(|t| t.tv_sec() as u64 % 86400)
+            .unwrap_or(0);
+        let now = format!("{:02}:{:02}:{:02}", now / 3600, now / 60 % 60, now % 60);
+        return entries
+            .iter()
+            .map(|e| xl::uptime_short_row(&now, &e.info.name, e.info.domid, e.uptime_s))
+            .collect();
+    }
+    let mut out = xl::uptime_header();
+    for e in entries {
+        out += &xl::uptime_row(&e.info.name, e.info.domid, e.uptime_s);
+    }
+    out
+}
+
+pub fn top(entries: &[DomainEntry]) -> String {
+    list(entries, false, false)
+}

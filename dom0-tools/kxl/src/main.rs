@@ -1,0 +1,357 @@
+//! kxl: kxen's xl-compatible toolstack command.
+//!
+//! Every command is a request to kxend (started on demand); output layout,
+//! messages and exit codes follow xl's.
+
+mod client;
+mod console;
+mod format;
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use kxen_toolstack::protocol::{DomainEntry, Reply, Request};
+use kxen_toolstack::xl;
+
+use client::Client;
+
+#[derive(Parser, Debug)]
+#[command(name = "kxl", version, about = "kxen's xl-compatible toolstack")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Create a domain from a config file.
+    Create {
+        /// Leave the domain paused after it is created.
+        #[arg(short = 'p')]
+        paused: bool,
+        /// Connect to the console after the domain is created.
+        #[arg(short = 'c')]
+        console: bool,
+        /// Quiet.
+        #[arg(short = 'q')]
+        quiet: bool,
+        config: String,
+        /// key=value settings that override the file.
+        overrides: Vec<String>,
+    },
+    /// Terminate a domain immediately.
+    Destroy { domain: String },
+    /// Issue a shutdown signal to a domain.
+    Shutdown {
+        /// Wait for the domain to complete shutdown.
+        #[arg(short = 'w')]
+        wait: bool,
+        domain: String,
+    },
+    /// Issue a reboot signal to a domain.
+    Reboot {
+        #[arg(short = 'w')]
+        wait: bool,
+        domain: String,
+    },
+    /// Pause execution of a domain.
+    Pause { domain: String },
+    /// Unpause a paused domain.
+    Unpause { domain: String },
+    /// List information about all or some domains.
+    List {
+        /// Long output (JSON).
+        #[arg(short = 'l', long)]
+        long: bool,
+        /// Verbose output.
+        #[arg(short = 'v', long)]
+        verbose: bool,
+        domains: Vec<String>,
+    },
+    /// Attach to a domain's console.
+    Console { domain: String },
+    /// Convert a domain name to a domain id.
+    Domid { name: String },
+    /// Convert a domain id to a domain name.
+    Domname { domid: String },
+    /// Get information about the host.
+    Info,
+    /// Read and/or clear the hypervisor's message buffer.
+    Dmesg {
+        #[arg(short = 'c')]
+        clear: bool,
+    },
+    /// List the vCPUs of all or some domains.
+    VcpuList { domains: Vec<String> },
+    /// Set the current memory usage of a domain.
+    MemSet { domain: String, memory: String },
+    /// Print the uptime of all or some domains.
+    Uptime {
+        #[arg(short = 's')]
+        short: bool,
+        domains: Vec<String>,
+    },
+    /// Monitor the host and its domains in real time.
+    Top {
+        /// Refresh interval in seconds.
+        #[arg(short = 'd', default_value_t = 1)]
+        delay: u64,
+        /// Stop after this many refreshes (0: until interrupted).
+        #[arg(short = 'n', default_value_t = 0)]
+        iterations: u64,
+    },
+}
+
+fn fail(msg: impl AsRef<str>) -> ExitCode {
+    eprintln!("{}", msg.as_ref());
+    ExitCode::FAILURE
+}
+
+fn call(req: Request) -> Result<Reply, ExitCode> {
+    let mut client = Client::connect().map_err(|e| fail(e.to_string()))?;
+    client.call(&req).map_err(|e| fail(e.to_string()))
+}
+
+/// Run a request whose only output is success or xl's error message.
+fn simple(req: Request) -> ExitCode {
+    match call(req) {
+        Ok(r) if r.ok => ExitCode::SUCCESS,
+        Ok(r) => fail(format::error_message(&r)),
+        Err(code) => code,
+    }
+}
+
+/// Whether `d` (a name or an id) names this entry.
+fn matches(e: &DomainEntry, d: &str) -> bool {
+    e.info.name == d || e.info.domid.to_string() == d
+}
+
+/// The domid of a domain, if kxend knows it.
+fn resolve(domain: &str) -> Option<u32> {
+    call(Request::Resolve {
+        domain: domain.into(),
+    })
+    .ok()
+    .filter(|r| r.ok)
+    .and_then(|r| r.domid)
+}
+
+fn wait_gone(domain: &str) -> ExitCode {
+    match call(Request::WaitGone {
+        domain: domain.into(),
+        timeout_s: 300,
+    }) {
+        Ok(r) if r.ok => ExitCode::SUCCESS,
+        Ok(r) => fail(format::error_message(&r)),
+        Err(code) => code,
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Cmd::Create {
+            paused,
+            console,
+            quiet,
+            config,
+            overrides,
+        } => {
+            if !quiet {
+                eprintln!("{}", xl::parsing_config_from(&config));
+            }
+            let parsed = match format::load_config(&config, &overrides) {
+                Ok(p) => p,
+                Err((text, code)) => {
+                    eprintln!("{text}");
+                    return ExitCode::from(code as u8);
+                }
+            };
+            for w in &parsed.warnings {
+                eprintln!("{w}");
+            }
+            let reply = match call(Request::Create {
+                config: Box::new(parsed.config),
+                config_path: config.clone(),
+                paused,
+            }) {
+                Ok(r) => r,
+                Err(code) => return code,
+            };
+            if !reply.ok {
+                return fail(format::error_message(&reply));
+            }
+            if console {
+                let domid = reply.domid.unwrap_or(0).to_string();
+                return console_cmd(&domid);
+            }
+            ExitCode::SUCCESS
+        }
+        Cmd::Destroy { domain } => simple(Request::Destroy { domain }),
+        Cmd::Shutdown { wait, domain } => {
+            if let Some(id) = resolve(&domain) {
+                eprintln!("{}", xl::shutting_down(id));
+            }
+            let code = simple(Request::Shutdown {
+                domain: domain.clone(),
+            });
+            if wait && code == ExitCode::SUCCESS {
+                eprintln!("Waiting for 1 domains");
+                return wait_gone(&domain);
+            }
+            code
+        }
+        Cmd::Reboot { wait, domain } => {
+            if let Some(id) = resolve(&domain) {
+                eprintln!("{}", xl::rebooting(id));
+            }
+            let code = simple(Request::Reboot {
+                domain: domain.clone(),
+            });
+            if wait && code == ExitCode::SUCCESS {
+                return wait_gone(&domain);
+            }
+            code
+        }
+        Cmd::Pause { domain } => simple(Request::Pause { domain }),
+        Cmd::Unpause { domain } => simple(Request::Unpause { domain }),
+        Cmd::List {
+            long,
+            verbose,
+            domains,
+        } => {
+            let reply = match call(Request::List) {
+                Ok(r) => r,
+                Err(code) => return code,
+            };
+            let mut all = reply.domains.unwrap_or_default();
+            if !domains.is_empty() {
+                for d in &domains {
+                    if !all.iter().any(|e| matches(e, d)) {
+                        return fail(if d.parse::<u32>().is_ok() {
+                            xl::domain_does_not_exist(d)
+                        } else {
+                            format::unknown_domain(d)
+                        });
+                    }
+                }
+                all.retain(|e| domains.iter().any(|d| matches(e, d)));
+            }
+            print!("{}", format::list(&all, long, verbose));
+            ExitCode::SUCCESS
+        }
+        Cmd::Console { domain } => console_cmd(&domain),
+        Cmd::Domid { name } => match call(Request::Resolve {
+            domain: name.clone(),
+        }) {
+            Ok(r) if r.ok && name.parse::<u32>().is_err() => {
+                print!("{}", xl::domid_output(r.domid.unwrap_or(0)));
+                ExitCode::SUCCESS
+            }
+            Ok(_) => fail(xl::cant_get_domid(&name)),
+            Err(code) => code,
+        },
+        Cmd::Domname { domid } => match call(Request::Resolve {
+            domain: domid.clone(),
+        }) {
+            Ok(r) if r.ok && domid.parse::<u32>().is_ok() => {
+                let name = r
+                    .domains
+                    .and_then(|d| d.into_iter().next())
+                    .map(|d| d.info.name)
+                    .unwrap_or_default();
+                print!("{}", xl::domname_output(&name));
+                ExitCode::SUCCESS
+            }
+            Ok(_) => match domid.parse::<u32>() {
+                Ok(id) => fail(xl::cant_get_domname(id)),
+                Err(_) => fail(xl::INVALID_DOMAIN_ID),
+            },
+            Err(code) => code,
+        },
+        Cmd::Info => match call(Request::Info) {
+            Ok(r) if r.ok => {
+                print!("{}", format::info(&r.host.unwrap_or_default()));
+                ExitCode::SUCCESS
+            }
+            Ok(r) => fail(format::error_message(&r)),
+            Err(code) => code,
+        },
+        Cmd::Dmesg { clear } => match call(Request::Dmesg { clear }) {
+            Ok(r) if r.ok => {
+                print!("{}", r.text.unwrap_or_default());
+                ExitCode::SUCCESS
+            }
+            Ok(r) => fail(format::error_message(&r)),
+            Err(code) => code,
+        },
+        Cmd::VcpuList { domains } => match call(Request::List) {
+            Ok(r) if r.ok => {
+                let all = r.domains.unwrap_or_default();
+                let chosen: Vec<_> = all
+                    .into_iter()
+                    .filter(|e| domains.is_empty() || domains.iter().any(|d| matches(e, d)))
+                    .collect();
+                print!("{}", format::vcpu_list(&chosen));
+                ExitCode::SUCCESS
+            }
+            Ok(r) => fail(format::error_message(&r)),
+            Err(code) => code,
+        },
+        Cmd::MemSet { domain, memory } => match xl::parse_mem_size_kb(&memory) {
+            None => fail(xl::invalid_memory_size(&memory)),
+            Some(target_kib) => simple(Request::MemSet { domain, target_kib }),
+        },
+        Cmd::Uptime { short, domains } => match call(Request::List) {
+            Ok(r) if r.ok => {
+                let chosen: Vec<_> = r
+                    .domains
+                    .unwrap_or_default()
+                    .into_iter()
+                    .filter(|e| domains.is_empty() || domains.iter().any(|d| matches(e, d)))
+                    .collect();
+                print!("{}", format::uptime(&chosen, short));
+                ExitCode::SUCCESS
+            }
+            Ok(r) => fail(format::error_message(&r)),
+            Err(code) => code,
+        },
+        Cmd::Top { delay, iterations } => {
+            let mut n = 0;
+            loop {
+                let reply = match call(Request::List) {
+                    Ok(r) => r,
+                    Err(code) => return code,
+                };
+                // Clear the screen and home the cursor, then redraw.
+                print!(
+                    "\x1b[H\x1b[2J{}",
+                    format::top(&reply.domains.unwrap_or_default())
+                );
+                n += 1;
+                if iterations != 0 && n >= iterations {
+                    return ExitCode::SUCCESS;
+                }
+                std::thread::sleep(Duration::from_secs(delay.max(1)));
+            }
+        }
+    }
+}
+
+fn console_cmd(domain: &str) -> ExitCode {
+    let mut client = match Client::connect() {
+        Ok(c) => c,
+        Err(e) => return fail(e.to_string()),
+    };
+    match client.call(&Request::Console {
+        domain: domain.into(),
+    }) {
+        Ok(r) if r.ok => match console::attach(client.into_stream()) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => fail(format!("console: {e}")),
+        },
+        Ok(r) => fail(format::error_message(&r)),
+        Err(e) => fail(e.to_string()),
+    }
+}

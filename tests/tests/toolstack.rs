@@ -1,0 +1,273 @@
+//! kxl and kxend end to end: real binaries, real KVM, the PV test guest in
+//! service mode, an isolated kxend per test (its own state and run dirs).
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use kxen_tests::{test_guest, workspace_bin};
+
+/// An isolated kxend instance, stopped (with its domains) on drop.
+struct Dom0 {
+    dir: PathBuf,
+}
+
+impl Dom0 {
+    fn new(tag: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("kxen-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("state")).unwrap();
+        std::fs::create_dir_all(dir.join("run")).unwrap();
+        Dom0 { dir }
+    }
+
+    fn kxl(&self, args: &[&str]) -> Output {
+        self.kxl_stdin(args, b"")
+    }
+
+    fn kxl_stdin(&self, args: &[&str], input: &[u8]) -> Output {
+        let mut child = Command::new(workspace_bin("kxl"))
+            .args(args)
+            .env("KXEN_STATE_DIR", self.dir.join("state"))
+            .env("KXEN_RUN_DIR", self.dir.join("run"))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run kxl");
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(input).unwrap();
+        drop(stdin);
+        wait_output(child, Duration::from_secs(60))
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.kxl(args);
+        assert!(out.status.success(), "kxl {args:?} failed: {}", show(&out));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn config(&self, name: &str, extra: &str) -> PathBuf {
+        let path = self.dir.join(format!("{name}.cfg"));
+        std::fs::write(
+            &path,
+            format!(
+                "# kxen test guest\nname = \"{name}\"\ntype = \"pvh\"\nkernel = \"{}\"\nmemory = 64\nvcpus = 1\ncmdline = \"kxen.mode=service\"\n{extra}",
+                test_guest().display()
+            ),
+        )
+        .unwrap();
+        path
+    }
+
+    /// The running kxend of this instance (from its pid file).
+    fn kxend_pid(&self) -> Option<i32> {
+        let pid: i32 = std::fs::read_to_string(self.dir.join("run/kxend.pid"))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()?;
+        Path::new(&format!("/proc/{pid}")).exists().then_some(pid)
+    }
+
+    fn console_log(&self, name: &str) -> String {
+        std::fs::read_to_string(self.dir.join(format!("state/console/guest-{name}.log")))
+            .unwrap_or_default()
+    }
+
+    fn wait_console(&self, name: &str, needle: &str) {
+        let start = Instant::now();
+        while !self.console_log(name).contains(needle) {
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "{name} never printed {needle:?}; console:\n{}",
+                self.console_log(name)
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Dom0 {
+    fn drop(&mut self) {
+        // Domains run in their own process groups: end them explicitly.
+        let _ = Command::new("pkill")
+            .args(["-f", &format!("kxen-vmm.*{}", self.dir.display())])
+            .status();
+        if let Some(pid) = self.kxend_pid() {
+            let _ = Command::new("kill").arg(pid.to_string()).status();
+        }
+    }
+}
+
+fn wait_output(mut child: std::process::Child, limit: Duration) -> Output {
+    let start = Instant::now();
+    loop {
+        if child.try_wait().unwrap().is_some() {
+            return child.wait_with_output().unwrap();
+        }
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            return child.wait_with_output().unwrap();
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn show(out: &Output) -> String {
+    format!(
+        "status {:?}\nstdout:\n{}\nstderr:\n{}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// The row of `name` in `kxl list` output.
+fn row<'a>(list: &'a str, name: &str) -> Option<&'a str> {
+    list.lines()
+        .find(|l| l.split_whitespace().next() == Some(name))
+}
+
+fn domid_of(d: &Dom0, name: &str) -> String {
+    d.ok(&["domid", name]).trim().to_string()
+}
+
+fn wait_gone(d: &Dom0, name: &str) {
+    let start = Instant::now();
+    while row(&d.ok(&["list"]), name).is_some() {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "{name} did not go away"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn domain_lifecycle_through_kxl() {
+    let d = Dom0::new("life");
+    let cfg = d.config("life", "on_reboot = \"restart\"\n");
+    let out = d.kxl(&["create", cfg.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", show(&out));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("Parsing config from"));
+    d.wait_console("life", "kxen-testguest: service ready");
+
+    // list: Domain-0 first, then the guest, xl's columns.
+    let list = d.ok(&["list"]);
+    let mut lines = list.lines();
+    assert!(lines
+        .next()
+        .unwrap()
+        .starts_with("Name                                        ID   Mem VCPUs\tState\tTime(s)"));
+    assert!(lines.next().unwrap().starts_with("Domain-0 "), "{list}");
+    let r = row(&list, "life").unwrap_or_else(|| panic!("{list}"));
+    let cols: Vec<&str> = r.split_whitespace().collect();
+    assert_eq!(cols[2], "64", "{r}");
+    assert_eq!(cols[3], "1", "{r}");
+    let first_id = domid_of(&d, "life");
+    assert_eq!(d.ok(&["domname", &first_id]).trim(), "life");
+
+    // pause / unpause show in the state flags.
+    d.ok(&["pause", "life"]);
+    assert!(
+        row(&d.ok(&["list"]), "life").unwrap().contains("--p---"),
+        "{}",
+        d.ok(&["list"])
+    );
+    d.ok(&["unpause", "life"]);
+    assert!(!row(&d.ok(&["list"]), "life").unwrap().contains("p"));
+
+    // console: input reaches the guest, its echo comes back; Ctrl-] detaches.
+    let _ = d.kxl_stdin(&["console", "life"], b"hello kxen\r\x1d");
+    d.wait_console("life", "echo: hello kxen");
+
+    // reboot: on_reboot=restart brings it back under a new domid.
+    d.ok(&["reboot", "life"]);
+    let start = Instant::now();
+    loop {
+        let list = d.ok(&["list"]);
+        if let Some(r) = row(&list, "life") {
+            let id = r.split_whitespace().nth(1).unwrap().to_string();
+            if id != first_id {
+                break;
+            }
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "no reboot: {list}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(d
+        .console_log("life")
+        .contains("kxen-testguest: shutdown reboot"));
+
+    // shutdown -w: a clean poweroff through control/shutdown.
+    d.wait_console_count("life", "kxen-testguest: service ready", 2);
+    let out = d.kxl(&["shutdown", "-w", "life"]);
+    assert!(out.status.success(), "{}", show(&out));
+    assert!(row(&d.ok(&["list"]), "life").is_none());
+    assert!(d
+        .console_log("life")
+        .contains("kxen-testguest: shutdown poweroff"));
+
+    // destroy.
+    d.ok(&["create", cfg.to_str().unwrap()]);
+    d.ok(&["destroy", "life"]);
+    wait_gone(&d, "life");
+
+    // Unknown domains get xl's message and a failure status.
+    let out = d.kxl(&["destroy", "nosuch"]);
+    assert!(!out.status.success());
+}
+
+impl Dom0 {
+    fn wait_console_count(&self, name: &str, needle: &str, count: usize) {
+        let start = Instant::now();
+        while self.console_log(name).matches(needle).count() < count {
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "{}",
+                self.console_log(name)
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// Killing one domain's VMM is that domain's crash only.
+#[test]
+fn vmm_crash_is_contained() {
+    let d = Dom0::new("crash");
+    let a = d.config("crash-a", "");
+    let b = d.config("crash-b", "");
+    d.ok(&["create", a.to_str().unwrap()]);
+    d.ok(&["create", b.to_str().unwrap()]);
+    d.wait_console("crash-a", "service ready");
+    d.wait_console("crash-b", "service ready");
+    let victim = Command::new("pgrep")
+        .args(["-f", "kxen-vmm.*--name crash-a"])
+        .output()
+        .unwrap();
+    let pid = String::from_utf8_lossy(&victim.stdout)
+        .trim()
+        .lines()
+        .next()
+        .unwrap()
+        .to_string();
+    assert!(Command::new("kill")
+        .args(["-9", &pid])
+        .status()
+        .unwrap()
+        .success());
+    wait_gone(&d, "crash-a");
+    let list = d.ok(&["list"]);
+    assert!(row(&list, "crash-b").is_some(), "{list}");
+    let dmesg = d.ok(&["dmesg"]);
+    assert!(dmesg.contains("crash-a"), "{dmesg}");
+    // crash-b still answers on its console.
+    let _ = d.kxl_stdin(&["console", "crash-b"], b"still here\r\x1d");
+    d.wait_console("crash-b", "echo: still here");
+}
