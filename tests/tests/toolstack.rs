@@ -271,3 +271,31 @@ fn vmm_crash_is_contained() {
     let _ = d.kxl_stdin(&["console", "crash-b"], b"still here\r\x1d");
     d.wait_console("crash-b", "echo: still here");
 }
+
+/// A console attached before the domain is unpaused shows everything from
+/// the first byte, and `kxl console` ends when the domain dies.
+#[test]
+fn console_from_first_byte_until_death() {
+    let d = Dom0::new("console");
+    let cfg = d.config("early", "");
+    d.ok(&["create", "-p", cfg.to_str().unwrap()]);
+    assert!(row(&d.ok(&["list"]), "early").unwrap().contains("--p---"));
+    let console = Command::new(workspace_bin("kxl"))
+        .args(["console", "early"])
+        .env("KXEN_STATE_DIR", d.dir.join("state"))
+        .env("KXEN_RUN_DIR", d.dir.join("run"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    d.ok(&["unpause", "early"]);
+    d.wait_console("early", "service ready");
+    d.ok(&["shutdown", "early"]);
+    let out = wait_output(console, Duration::from_secs(30));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", show(&out));
+    assert!(text.starts_with("kxen-testguest: start"), "{text}");
+    assert!(text.contains("kxen-testguest: shutdown poweroff"), "{text}");
+}
