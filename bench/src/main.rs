@@ -3,6 +3,7 @@
 //! noisy. Run with `cargo run --release -p kxen-bench`.
 
 mod baseline;
+mod toolstack;
 mod xenstore;
 
 use baseline::{BaselineFeatures, LoopShape};
@@ -253,4 +254,13 @@ fn main() {
     }
 
     xenstore::run();
+
+    println!();
+    match toolstack::create_to_console(5) {
+        Some(ms) => println!(
+            "{:<44} {:>11.1} ms   (goal < 100 ms on VT-x hosts)",
+            "kxl create to first console byte", ms
+        ),
+        None => println!("kxl create to first console byte: could not run kxl/kxend"),
+    }
 }
