@@ -671,6 +671,13 @@ impl Core {
         if id == INTERNAL {
             return;
         }
+        // Like Xen: push out what is queued if the socket takes it now.
+        if matches!(
+            self.conns.get(&id).map(|c| &c.kind),
+            Some(Kind::Socket { .. })
+        ) {
+            self.flush_socket(id);
+        }
         self.reset_conn_state(id);
         if let Some(c) = self.conns.remove(&id) {
             if let (

@@ -38,6 +38,22 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+//!
+//! # Where it differs from Xen's C xenstored
+//!
+//! * Permission entries naming a domain are honoured until that domain is
+//!   released; then they are removed from every node (Xen instead asks the
+//!   hypervisor whether a domain exists and ignores entries for dead or
+//!   younger domains). Nodes a released domain owns are removed, as in Xen.
+//! * Rings advertise the reconnection and error-reporting features
+//!   (`server_features` = 3): a guest may reset its ring through
+//!   `connection`, and a ring dropped for a protocol error says why in
+//!   `error`.
+//! * Memory accounting is reduced to the bytes queued towards a domain
+//!   (watch events beyond the `memory` quota are dropped); Xen's write
+//!   rate limiting, live update and the `logfile`/`memreport` control
+//!   commands are not implemented.
+
 mod config;
 mod core;
 mod error;

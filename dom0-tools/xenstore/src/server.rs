@@ -60,8 +60,9 @@ impl Inner {
 
 /// The xenstore daemon. Cheap to clone; all clones are the same daemon.
 ///
-/// It runs one service thread (started by [`Xenstored::new`]) that serves
-/// Unix-socket clients and domain rings. The embedder's own calls
+/// It runs one service thread (started by [`Xenstored::new`], stopped only
+/// by [`Xenstored::shutdown`]) that serves Unix-socket clients and domain
+/// rings. The embedder's own calls
 /// ([`Xenstored::write`], [`Xenstored::introduce_domain`], ...) run in the
 /// caller's thread under the same lock; watch callbacks and guest
 /// notifications run after the lock is released.
@@ -71,6 +72,8 @@ pub struct Xenstored {
 }
 
 /// A Unix socket the daemon listens on; see [`Xenstored::serve_unix`].
+/// Dropping the handle keeps the socket served (until
+/// [`Xenstored::shutdown`]); [`UnixServer::stop`] ends it.
 #[must_use = "keep the handle to stop serving the socket later"]
 pub struct UnixServer {
     id: u64,
