@@ -15,11 +15,27 @@ pub struct LoadedConfig {
 /// status.
 pub fn load_config(path: &str, overrides: &[String]) -> Result<LoadedConfig, (String, i32)> {
     match config::parse_file_with_overrides(path, overrides) {
-        Ok((config, warnings)) => Ok(LoadedConfig {
-            config,
+        Ok((mut config, warnings)) => Ok(LoadedConfig {
+            config: {
+                absolutize(&mut config);
+                config
+            },
             warnings: warnings.iter().map(|w| w.to_string()).collect(),
         }),
         Err(e) => Err(xl::config_error_report(&e)),
+    }
+}
+
+/// kxend runs elsewhere: relative kernel and ramdisk paths are taken from
+/// kxl's working directory, where the user wrote them.
+fn absolutize(config: &mut DomainConfig) {
+    let Ok(cwd) = std::env::current_dir() else {
+        return;
+    };
+    for path in [&mut config.kernel, &mut config.ramdisk].into_iter().flatten() {
+        if std::path::Path::new(path.as_str()).is_relative() {
+            *path = cwd.join(&*path).display().to_string();
+        }
     }
 }
 
