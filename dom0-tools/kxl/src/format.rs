@@ -32,7 +32,10 @@ fn absolutize(config: &mut DomainConfig) {
     let Ok(cwd) = std::env::current_dir() else {
         return;
     };
-    for path in [&mut config.kernel, &mut config.ramdisk].into_iter().flatten() {
+    for path in [&mut config.kernel, &mut config.ramdisk]
+        .into_iter()
+        .flatten()
+    {
         if std::path::Path::new(path.as_str()).is_relative() {
             *path = cwd.join(&*path).display().to_string();
         }
