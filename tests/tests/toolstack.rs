@@ -299,3 +299,69 @@ fn console_from_first_byte_until_death() {
     assert!(text.starts_with("kxen-testguest: start"), "{text}");
     assert!(text.contains("kxen-testguest: shutdown poweroff"), "{text}");
 }
+
+/// Debian's xenstore tools and test-xenstore work against kxend's own
+/// xenstored, and see a running domain's nodes.
+#[test]
+fn xenstore_tools_against_kxend() {
+    let d = Dom0::new("xstools");
+    let cfg = d.config("xsguest", "");
+    d.ok(&["create", cfg.to_str().unwrap()]);
+    d.wait_console("xsguest", "watching control/shutdown");
+    let id = domid_of(&d, "xsguest");
+    let socket = d.dir.join("run/xenstored.sock");
+    let tool = |name: &str, args: &[&str]| -> String {
+        let path = if name.starts_with('/') {
+            name.to_string()
+        } else {
+            format!("/usr/bin/{name}")
+        };
+        assert!(
+            Path::new(&path).exists(),
+            "{path} is missing: apt-get install xenstore-utils xen-utils-4.17"
+        );
+        let out = Command::new(&path)
+            .args(args)
+            .env("XENSTORED_PATH", &socket)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{name} {args:?}: {}", show(&out));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let home = format!("/local/domain/{id}");
+    assert_eq!(
+        tool("xenstore-read", &[&format!("{home}/name")]).trim(),
+        "xsguest"
+    );
+    // What the guest itself wrote through its ring.
+    assert_eq!(
+        tool(
+            "xenstore-read",
+            &[&format!("{home}/control/feature-poweroff")]
+        )
+        .trim(),
+        "1"
+    );
+    let listing = tool("xenstore-ls", &[&home]);
+    assert!(
+        listing.contains("console") && listing.contains("control"),
+        "{listing}"
+    );
+    tool("xenstore-write", &["/tool/kxen-test", "value"]);
+    assert_eq!(tool("xenstore-read", &["/tool/kxen-test"]).trim(), "value");
+    tool("xenstore-rm", &["/tool/kxen-test"]);
+    let perms = tool("xenstore-ls", &["-p", &home]);
+    assert!(perms.contains(&format!("r{id}")), "{perms}");
+    // Xen's own xenstore test suite, against the daemon serving guests.
+    let out = tool("/usr/lib/xen-4.17/bin/test-xenstore", &[]);
+    assert!(!out.contains("failed"), "{out}");
+    // A shutdown request written by a plain xenstore client reaches the guest.
+    tool(
+        "xenstore-write",
+        &[&format!("{home}/control/shutdown"), "poweroff"],
+    );
+    wait_gone(&d, "xsguest");
+    assert!(d
+        .console_log("xsguest")
+        .contains("kxen-testguest: shutdown poweroff"));
+}
