@@ -368,15 +368,12 @@ fn percentile(mut v: Vec<f64>, p: f64) -> f64 {
 /// CPU time (user + system, all threads) a process has used, in µs.
 fn cpu_us(pid: u32) -> f64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // Fields after the command name, which is in parentheses.
+    // Fields after the command name (which is in parentheses): state is
+    // the first, utime and stime the 12th and 13th.
     let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-    let f: Vec<u64> = rest
-        .split_whitespace()
-        .filter_map(|x| x.parse().ok())
-        .collect();
-    // utime and stime are fields 14 and 15 overall; 12 and 13 after ")"
-    // minus the state letter, which does not parse.
-    let ticks = f.get(10).copied().unwrap_or(0) + f.get(11).copied().unwrap_or(0);
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let field = |i: usize| f.get(i).and_then(|x| x.parse::<u64>().ok()).unwrap_or(0);
+    let ticks = field(11) + field(12);
     // SAFETY: sysconf has no preconditions.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
     ticks as f64 * 1e6 / hz
@@ -388,7 +385,9 @@ struct Figures {
     seq: Vec<f64>,
     pipe: Vec<f64>,
     conc: Vec<f64>,
-    lat: Vec<f64>,
+    /// Per round: median and 99th percentile latency.
+    lat_median: Vec<f64>,
+    lat_p99: Vec<f64>,
     seq_cpu_us: f64,
     seq_ops: f64,
     pipe_cpu_us: f64,
@@ -398,8 +397,8 @@ struct Figures {
 const SEQ_OPS: usize = 20_000;
 const PIPE_OPS: usize = 50_000;
 const CONC_OPS: usize = 5_000;
-const LAT_SAMPLES: usize = 1_000;
-const ROUNDS: usize = 5;
+const LAT_SAMPLES: usize = 2_000;
+const ROUNDS: usize = 7;
 
 /// One round of every measurement against one daemon.
 fn round(d: &Daemon, f: &mut Figures) {
@@ -414,7 +413,9 @@ fn round(d: &Daemon, f: &mut Figures) {
     f.pipe_cpu_us += c2 - c1;
     f.pipe_ops += (PIPE_OPS + 100) as f64;
     f.conc.push(ops_concurrent(&d.socket, CONC_OPS, 4));
-    f.lat.extend(watch_latencies(&d.socket, LAT_SAMPLES));
+    let lat = watch_latencies(&d.socket, LAT_SAMPLES);
+    f.lat_median.push(median(lat.clone()));
+    f.lat_p99.push(percentile(lat, 0.99));
 }
 
 /// Run the xenstore benchmark and print a side-by-side table.
@@ -422,7 +423,7 @@ pub fn run() {
     println!();
     println!(
         "xenstore daemons over a Unix socket (same raw client, W/R/DIR mix; \
-         {ROUNDS} interleaved rounds, medians)"
+         {ROUNDS} interleaved rounds, medians over rounds)"
     );
     let kxen = match start_kxen() {
         Ok(d) => d,
@@ -507,14 +508,14 @@ pub fn run() {
     );
     row_f(
         "watch event latency, median",
-        med(&k.lat),
-        cf.as_ref().map(|c| med(&c.lat)),
+        med(&k.lat_median),
+        cf.as_ref().map(|c| med(&c.lat_median)),
         "us",
     );
     row_f(
         "watch event latency, 99th percentile",
-        percentile(k.lat.clone(), 0.99),
-        cf.as_ref().map(|c| percentile(c.lat.clone(), 0.99)),
+        med(&k.lat_p99),
+        cf.as_ref().map(|c| med(&c.lat_p99)),
         "us",
     );
 }
