@@ -81,6 +81,15 @@ impl Perm {
     }
 }
 
+impl std::str::FromStr for Perm {
+    type Err = XsError;
+
+    /// `"r5"`, `"n0"`, ... (as `xenstore-chmod` takes them).
+    fn from_str(s: &str) -> Result<Perm, XsError> {
+        Perm::parse(s.as_bytes())
+    }
+}
+
 impl fmt::Display for Perm {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         // Xen prints the id with "%i".
@@ -194,6 +203,20 @@ impl Perms {
     }
 }
 
+impl std::str::FromStr for Perms {
+    type Err = XsError;
+
+    /// Entries separated by spaces or commas: `"n0 r5"`, `"n0,r5"`.
+    fn from_str(s: &str) -> Result<Perms, XsError> {
+        let list = s
+            .split([' ', ','])
+            .filter(|e| !e.is_empty())
+            .map(str::parse)
+            .collect::<Result<Vec<Perm>, XsError>>()?;
+        Perms::new(list).ok_or(XsError::Inval)
+    }
+}
+
 impl fmt::Display for Perms {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         for (i, p) in self.0.iter().enumerate() {
@@ -280,6 +303,9 @@ mod tests {
         assert!(Perm::parse(b"").is_err());
         assert!(Perms::from_wire(b"").is_err());
         assert_eq!(p("b3").to_wire(), b"b3\0");
+        assert_eq!("n0 r5,b6".parse::<Perms>().unwrap().to_string(), "n0 r5 b6");
+        assert!("".parse::<Perms>().is_err());
+        assert!("n0 q1".parse::<Perms>().is_err());
     }
 
     #[test]
