@@ -52,7 +52,10 @@ fuzz_target!(|data: &[u8]| {
     for d in [5u32, GUEST] {
         let home = format!("/local/domain/{d}\0");
         h.feed(conns[0], &message(12, 1, 0, home.as_bytes()));
-        h.feed(conns[0], &message(14, 2, 0, format!("{home}n{d}\0").as_bytes()));
+        h.feed(
+            conns[0],
+            &message(14, 2, 0, format!("{home}n{d}\0").as_bytes()),
+        );
     }
     check_stream(&h.output(conns[0]));
     let page = Arc::new(HeapPage::new());
@@ -85,7 +88,8 @@ fuzz_target!(|data: &[u8]| {
                 guest_send(&page, &chunk);
             }
             5 => {
-                let field = RING_FIELDS[take(1).first().copied().unwrap_or(0) as usize % RING_FIELDS.len()];
+                let field =
+                    RING_FIELDS[take(1).first().copied().unwrap_or(0) as usize % RING_FIELDS.len()];
                 let v = take(4);
                 let mut w = [0u8; 4];
                 w[..v.len()].copy_from_slice(v);
