@@ -196,6 +196,12 @@ pub(crate) struct Core {
     trace_io: bool,
     pub saved_generation: u64,
     scratch: Vec<u8>,
+    /// Guests' watches from a loaded state file, waiting for their domain
+    /// to be resumed.
+    pub restored_watches: HashMap<u32, Vec<crate::persist::DomainWatch>>,
+    /// Bumped whenever a watch is added or removed (they are saved too).
+    pub watch_epoch: u64,
+    pub saved_watch_epoch: u64,
 }
 
 pub(crate) const EV_CONN: u64 = 2 << 56;
@@ -209,6 +215,9 @@ impl Core {
         );
         let store = Store::new();
         Core {
+            restored_watches: HashMap::new(),
+            watch_epoch: 0,
+            saved_watch_epoch: 0,
             saved_generation: store.generation(),
             store,
             quotas: config.quotas,
@@ -631,6 +640,7 @@ impl Core {
         let Some(c) = self.conns.get_mut(&id) else {
             return;
         };
+        self.watch_epoch += 1;
         for (p, t) in std::mem::take(&mut c.watches) {
             self.watches.remove(id, &p, &t);
         }
@@ -1098,6 +1108,7 @@ impl Core {
             xs::XS_RESET_WATCHES => {
                 let c = self.conns.get_mut(&id).ok_or(XsError::Io)?;
                 let watches = std::mem::take(&mut c.watches);
+                self.watch_epoch += 1;
                 c.transactions.clear();
                 for (p, t) in watches {
                     self.watches.remove(id, &p, &t);
@@ -1171,6 +1182,7 @@ impl Core {
         let c = self.conns.get_mut(&id).ok_or(XsError::Io)?;
         c.watches.push((node.clone(), token.to_vec()));
         self.watches.add(id, &node, token, relative);
+        self.watch_epoch += 1;
         let ev = event_path(&node, relative, &c.home).to_vec();
         Ok(Reply {
             payload: b"OK\0".to_vec(),
@@ -1207,6 +1219,7 @@ impl Core {
         };
         c.watches.remove(i);
         self.watches.remove(id, &node, token);
+        self.watch_epoch += 1;
         Ok(Reply::ok())
     }
 
@@ -1327,6 +1340,95 @@ impl Core {
         };
         ring::reset(&*page);
         self.collect_notify(id);
+    }
+
+    /// Re-attach to a domain whose ring was served before this daemon
+    /// started (a restarted toolstack): unlike `introduce`, the ring keeps
+    /// its indices and contents, and the domain's saved watches come back
+    /// without firing.
+    pub fn resume_domain(
+        &mut self,
+        domid: u32,
+        page: Arc<dyn SharedPage>,
+        notify: Arc<dyn Fn() + Send + Sync>,
+    ) {
+        if self.domains.contains_key(&domid) {
+            // Already served: only the ring binding changes.
+            self.introduce_binding(domid, page, notify);
+            return;
+        }
+        let state = RingState {
+            page,
+            notify,
+            hdr: [0; HEADER_LEN],
+            hdr_have: 0,
+            body: Vec::new(),
+            need_notify: true,
+        };
+        let mut conn = Conn::new(
+            Caller::domain(domid),
+            path::domain_path(domid),
+            Kind::Ring(state),
+        );
+        conn.domid = Some(domid);
+        let id = self.new_conn(conn);
+        self.domains.insert(
+            domid,
+            Domain {
+                conn: id,
+                shutdown: false,
+            },
+        );
+        for w in self.restored_watches.remove(&domid).unwrap_or_default() {
+            if let Some(c) = self.conns.get_mut(&id) {
+                c.watches.push((w.node.clone(), w.token.clone()));
+            }
+            self.watches.add(id, &w.node, &w.token, w.relative);
+        }
+        info!(domid, "domain resumed");
+        self.collect_notify(id);
+    }
+
+    /// Replace the ring page and notifier of a served domain in place.
+    fn introduce_binding(
+        &mut self,
+        domid: u32,
+        page: Arc<dyn SharedPage>,
+        notify: Arc<dyn Fn() + Send + Sync>,
+    ) {
+        let Some(id) = self.domains.get(&domid).map(|d| d.conn) else {
+            return;
+        };
+        if let Some(Conn {
+            kind: Kind::Ring(state),
+            ..
+        }) = self.conns.get_mut(&id)
+        {
+            state.page = page;
+            state.notify = notify;
+        }
+        self.collect_notify(id);
+    }
+
+    /// The watches guests have set, for the state file.
+    pub fn domain_watches(&self) -> Vec<crate::persist::DomainWatch> {
+        let mut out = Vec::new();
+        for (&domid, d) in &self.domains {
+            let Some(c) = self.conns.get(&d.conn) else {
+                continue;
+            };
+            for (node, token) in &c.watches {
+                if let Some(relative) = self.watches.relative_of(d.conn, node, token) {
+                    out.push(crate::persist::DomainWatch {
+                        domid,
+                        node: node.clone(),
+                        token: token.clone(),
+                        relative,
+                    });
+                }
+            }
+        }
+        out
     }
 
     pub fn is_introduced(&self, domid: u32) -> bool {

@@ -11,12 +11,16 @@
 
 use std::path::Path;
 
+use xen_abi::xenstore as xs;
+
 use crate::error::Error;
 use crate::path;
 use crate::perms::{Access, Perm, Perms};
 use crate::store::{Node, Store};
 
-const MAGIC: &[u8; 8] = b"KXENXS\0\x01";
+const MAGIC: &[u8; 8] = b"KXENXS\0\x02";
+/// Version 1: nodes only (still read).
+const MAGIC_V1: &[u8; 8] = b"KXENXS\0\x01";
 const TRAILER: &[u8; 4] = b"END\0";
 
 /// What a state file holds.
@@ -24,6 +28,18 @@ pub(crate) struct Snapshot {
     pub store: Store,
     pub intro_perms: Perms,
     pub release_perms: Perms,
+    /// Watches guests had set on their rings, restored when a restarted
+    /// toolstack re-attaches to them.
+    pub domain_watches: Vec<DomainWatch>,
+}
+
+/// A guest's watch as saved: (domid, watched node, token, set relative).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct DomainWatch {
+    pub domid: u32,
+    pub node: Vec<u8>,
+    pub token: Vec<u8>,
+    pub relative: bool,
 }
 
 fn put_perms(out: &mut Vec<u8>, p: &Perms) {
@@ -35,7 +51,12 @@ fn put_perms(out: &mut Vec<u8>, p: &Perms) {
 }
 
 /// Serialize a store.
-pub(crate) fn encode(store: &Store, intro: &Perms, release: &Perms) -> Vec<u8> {
+pub(crate) fn encode(
+    store: &Store,
+    intro: &Perms,
+    release: &Perms,
+    domain_watches: &[DomainWatch],
+) -> Vec<u8> {
     let mut out = Vec::with_capacity(64 * store.len() + 64);
     out.extend_from_slice(MAGIC);
     out.extend_from_slice(&store.generation().to_le_bytes());
@@ -51,6 +72,15 @@ pub(crate) fn encode(store: &Store, intro: &Perms, release: &Perms) -> Vec<u8> {
         put_perms(&mut out, &node.perms);
         out.extend_from_slice(&(node.value.len() as u32).to_le_bytes());
         out.extend_from_slice(&node.value);
+    }
+    out.extend_from_slice(&(domain_watches.len() as u32).to_le_bytes());
+    for w in domain_watches {
+        out.extend_from_slice(&w.domid.to_le_bytes());
+        out.extend_from_slice(&(w.node.len() as u32).to_le_bytes());
+        out.extend_from_slice(&w.node);
+        out.extend_from_slice(&(w.token.len() as u32).to_le_bytes());
+        out.extend_from_slice(&w.token);
+        out.push(w.relative as u8);
     }
     out.extend_from_slice(TRAILER);
     out
@@ -106,9 +136,11 @@ impl<'a> Reader<'a> {
 /// Parse a state file's contents.
 pub(crate) fn decode(data: &[u8]) -> Result<Snapshot, String> {
     let mut r = Reader { data, pos: 0 };
-    if r.take(8)? != MAGIC {
-        return Err("not a kxen xenstore state file".into());
-    }
+    let version = match r.take(8)? {
+        m if m == MAGIC => 2,
+        m if m == MAGIC_V1 => 1,
+        _ => return Err("not a kxen xenstore state file".into()),
+    };
     let generation = r.u64()?;
     let intro_perms = r.perms()?;
     let release_perms = r.perms()?;
@@ -148,6 +180,31 @@ pub(crate) fn decode(data: &[u8]) -> Result<Snapshot, String> {
             n.generation = gen;
         }
     }
+    let mut domain_watches = Vec::new();
+    if version >= 2 {
+        let count = r.u32()?;
+        for _ in 0..count {
+            let domid = r.u32()?;
+            let len = r.u32()? as usize;
+            let node = r.take(len)?.to_vec();
+            let len = r.u32()? as usize;
+            let token = r.take(len)?.to_vec();
+            let relative = match r.take(1)?[0] {
+                0 => false,
+                1 => true,
+                b => return Err(format!("bad watch flag {b}")),
+            };
+            if node.len() > xs::ABS_PATH_MAX || token.len() > xs::PAYLOAD_MAX {
+                return Err("oversized saved watch".into());
+            }
+            domain_watches.push(DomainWatch {
+                domid,
+                node,
+                token,
+                relative,
+            });
+        }
+    }
     if r.take(4)? != TRAILER || r.pos != data.len() {
         return Err("trailing garbage or missing end marker".into());
     }
@@ -159,6 +216,7 @@ pub(crate) fn decode(data: &[u8]) -> Result<Snapshot, String> {
         store,
         intro_perms,
         release_perms,
+        domain_watches,
     })
 }
 
@@ -206,8 +264,15 @@ mod tests {
         s.create("/local/domain/3", n);
         let intro = Perms::owner(0, Access::None);
         let rel = Perms::new(vec![Perm::new(0, Access::None), Perm::new(5, Access::Read)]).unwrap();
-        let data = encode(&s, &intro, &rel);
+        let watches = vec![DomainWatch {
+            domid: 3,
+            node: b"/local/domain/3/control/shutdown".to_vec(),
+            token: b"sd".to_vec(),
+            relative: true,
+        }];
+        let data = encode(&s, &intro, &rel, &watches);
         let snap = decode(&data).unwrap();
+        assert_eq!(snap.domain_watches, watches);
         assert_eq!(snap.store.len(), s.len());
         assert_eq!(snap.store.get("/local/domain/3").unwrap().value, b"v\0\xff");
         assert_eq!(snap.store.owned_by(3), 1);
@@ -221,5 +286,11 @@ mod tests {
         let mut bad = data.clone();
         bad.push(0);
         assert!(decode(&bad).is_err());
+        // A version-1 file (no watch section) still loads.
+        let mut v1 = encode(&s, &intro, &rel, &[]);
+        v1[..8].copy_from_slice(MAGIC_V1);
+        let tail = v1.len() - TRAILER.len() - 4;
+        v1.drain(tail..tail + 4);
+        assert!(decode(&v1).unwrap().domain_watches.is_empty());
     }
 }

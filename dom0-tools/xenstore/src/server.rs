@@ -334,6 +334,18 @@ impl Xenstored {
         self.with_core(|c| c.introduce(domid, ring, Arc::from(notify)));
     }
 
+    /// Serve again a domain this daemon's state file knew (the toolstack
+    /// restarted while the guest ran): the ring is taken as it is, not
+    /// reset, and the watches the guest had set are restored silently.
+    pub fn resume_domain(
+        &self,
+        domid: u32,
+        ring: Arc<dyn SharedPage>,
+        notify: Box<dyn Fn() + Send + Sync>,
+    ) {
+        self.with_core(|c| c.resume_domain(domid, ring, Arc::from(notify)));
+    }
+
     /// The guest notified its xenstore event channel. Cheap and never
     /// blocks on the guest: the service thread does the work.
     pub fn ring_kick(&self, domid: u32) {
@@ -442,16 +454,23 @@ impl Xenstored {
     /// Write the whole store to `path` atomically (temporary file, fsync,
     /// rename). The store is copied under the lock, written outside it.
     pub fn save(&self, path: impl AsRef<Path>) -> Result<(), Error> {
-        let (data, gen) = {
+        let (data, gen, epoch) = {
             let core = self.inner.lock();
             (
-                persist::encode(&core.store, &core.intro_perms, &core.release_perms),
+                persist::encode(
+                    &core.store,
+                    &core.intro_perms,
+                    &core.release_perms,
+                    &core.domain_watches(),
+                ),
                 core.store.generation(),
+                core.watch_epoch,
             )
         };
         persist::write_atomic(path.as_ref(), &data)?;
         let mut core = self.inner.lock();
         core.saved_generation = core.saved_generation.max(gen);
+        core.saved_watch_epoch = core.saved_watch_epoch.max(epoch);
         Ok(())
     }
 
@@ -459,6 +478,7 @@ impl Xenstored {
     pub fn is_dirty(&self) -> bool {
         let core = self.inner.lock();
         core.store.generation() != core.saved_generation
+            || core.watch_epoch != core.saved_watch_epoch
     }
 
     /// Replace the whole store with one saved by [`Xenstored::save`]. Meant
@@ -475,6 +495,10 @@ impl Xenstored {
         core.store = snap.store;
         core.intro_perms = snap.intro_perms;
         core.release_perms = snap.release_perms;
+        core.restored_watches.clear();
+        for w in snap.domain_watches {
+            core.restored_watches.entry(w.domid).or_default().push(w);
+        }
         core.saved_generation = core.store.generation();
         info!(state = %path.display(), nodes = core.store.len(), "store loaded");
         Ok(())

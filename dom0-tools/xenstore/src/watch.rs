@@ -53,6 +53,15 @@ impl WatchIndex {
         });
     }
 
+    /// Whether the watch was set with a relative path (None: no such watch).
+    pub fn relative_of(&self, conn: ConnId, path: &[u8], token: &[u8]) -> Option<bool> {
+        self.by_path
+            .get(path)?
+            .iter()
+            .find(|w| w.conn == conn && w.token == token)
+            .map(|w| w.relative)
+    }
+
     pub fn contains(&self, conn: ConnId, path: &[u8], token: &[u8]) -> bool {
         self.by_path
             .get(path)
