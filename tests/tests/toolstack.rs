@@ -365,3 +365,30 @@ fn xenstore_tools_against_kxend() {
         .console_log("xsguest")
         .contains("kxen-testguest: shutdown poweroff"));
 }
+/// kxend restarts, finds its domains, and xenstore keeps its contents.
+#[test]
+fn kxend_restart_reattaches() {
+    let d = Dom0::new("restart");
+    let cfg = d.config("survivor", "");
+    d.ok(&["create", cfg.to_str().unwrap()]);
+    d.wait_console("survivor", "watching control/shutdown");
+    // kxend saves xenstore (nodes and guests' watches) every 200 ms.
+    std::thread::sleep(Duration::from_millis(500));
+    let id = domid_of(&d, "survivor");
+    let pid = d.kxend_pid().expect("kxend runs");
+    assert!(Command::new("kill")
+        .args(["-9", &pid.to_string()])
+        .status()
+        .unwrap()
+        .success());
+    std::thread::sleep(Duration::from_millis(300));
+    // kxl starts a new kxend on demand, which re-attaches.
+    let list = d.ok(&["list"]);
+    let r = row(&list, "survivor").unwrap_or_else(|| panic!("{list}"));
+    assert_eq!(r.split_whitespace().nth(1), Some(id.as_str()));
+    assert_ne!(d.kxend_pid(), Some(pid));
+    // The console still works, and control/shutdown still reaches it.
+    let _ = d.kxl_stdin(&["console", "survivor"], b"after restart\r\x1d");
+    d.wait_console("survivor", "echo: after restart");
+    d.ok(&["shutdown", "-w", "survivor"]);
+}

@@ -239,7 +239,7 @@ impl Daemon {
         let mut record = record;
         record.pid = child.id();
         self.save_record(&record);
-        let domain = match Domain::attach(record.clone(), self.store.clone(), ATTACH_LIMIT) {
+        let domain = match Domain::attach(record.clone(), self.store.clone(), ATTACH_LIMIT, false) {
             Ok(d) => d,
             Err(e) => {
                 let _ = child.kill();
@@ -455,10 +455,13 @@ impl Daemon {
                 continue;
             };
             let domid = record.domid;
-            // SAFETY: signal 0 only probes for the process.
-            let alive = unsafe { libc::kill(record.pid as i32, 0) } == 0;
-            if alive {
-                match Domain::attach(record.clone(), self.store.clone(), Duration::from_secs(2)) {
+            if crate::domain::process_alive(record.pid) {
+                match Domain::attach(
+                    record.clone(),
+                    self.store.clone(),
+                    Duration::from_secs(2),
+                    true,
+                ) {
                     Ok(domain) => {
                         self.domains
                             .lock()

@@ -63,11 +63,12 @@ fn eventfd(fd: OwnedFd) -> EventFd {
 
 impl Domain {
     /// Connect to a running kxen-vmm and start its console and xenstore
-    /// service. `fresh` domains get their xenstore nodes written.
+    /// service. `resume`: a previous kxend served this domain.
     pub fn attach(
         record: DomainRecord,
         store: Arc<dyn StoreService>,
         limit: Duration,
+        resume: bool,
     ) -> Result<Arc<Self>, AttachError> {
         let mut link = VmmLink::connect(&record.control, limit)?;
         let (reply, mut fds) = link.op("memfd")?;
@@ -128,6 +129,7 @@ impl Domain {
             Box::new(move || {
                 let _ = notify.write(1);
             }),
+            resume,
         );
         let store_kick = Arc::new(skick);
         let stopping = Arc::new(AtomicBool::new(false));
@@ -193,9 +195,21 @@ impl Domain {
         self.console.stop();
     }
 
-    /// Whether the VMM process is still alive.
+    /// Whether the VMM process is still alive. A zombie is not: after a
+    /// kxend restart the VMM is no longer our child, and whoever inherited
+    /// it may take a while to reap it.
     pub fn alive(&self) -> bool {
-        // SAFETY: kill with signal 0 only checks for existence.
-        unsafe { libc::kill(self.record.pid as i32, 0) == 0 }
+        process_alive(self.record.pid)
     }
+}
+
+/// Whether `pid` runs (exists and is not a zombie).
+pub fn process_alive(pid: u32) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    // The state letter follows the parenthesised command name.
+    stat.rsplit_once(')')
+        .and_then(|(_, rest)| rest.split_whitespace().next())
+        .is_some_and(|state| state != "Z" && state != "X")
 }

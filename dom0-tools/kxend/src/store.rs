@@ -11,7 +11,15 @@ pub trait StoreService: Send + Sync {
     /// Set permissions from xl's notation, owner first: e.g. ["n0", "r5"].
     fn set_perms(&self, path: &str, perms: &[String]);
     /// Start serving `domid`'s ring; `notify` raises the guest's event.
-    fn introduce(&self, domid: u32, ring: ForeignPage, notify: Box<dyn Fn() + Send + Sync>);
+    /// `resume`: the guest was already served by a previous kxend, so its
+    /// ring is taken as it is and its saved watches come back.
+    fn introduce(
+        &self,
+        domid: u32,
+        ring: ForeignPage,
+        notify: Box<dyn Fn() + Send + Sync>,
+        resume: bool,
+    );
     /// The guest notified its xenstore event channel.
     fn kick(&self, domid: u32);
     /// Stop serving `domid` (fires @releaseDomain).

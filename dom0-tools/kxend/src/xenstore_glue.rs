@@ -102,8 +102,18 @@ impl StoreService for XenstoreGlue {
         }
     }
 
-    fn introduce(&self, domid: u32, ring: ForeignPage, notify: Box<dyn Fn() + Send + Sync>) {
-        self.xs.introduce_domain(domid, Arc::new(ring), notify);
+    fn introduce(
+        &self,
+        domid: u32,
+        ring: ForeignPage,
+        notify: Box<dyn Fn() + Send + Sync>,
+        resume: bool,
+    ) {
+        if resume {
+            self.xs.resume_domain(domid, Arc::new(ring), notify);
+        } else {
+            self.xs.introduce_domain(domid, Arc::new(ring), notify);
+        }
     }
 
     fn kick(&self, domid: u32) {
