@@ -392,3 +392,49 @@ fn kxend_restart_reattaches() {
     d.wait_console("survivor", "echo: after restart");
     d.ok(&["shutdown", "-w", "survivor"]);
 }
+
+/// xl's messages: unknown domains, bad arguments, config errors with the
+/// file, line and key, and unknown keys as warnings.
+#[test]
+fn xl_messages_and_config_errors() {
+    let d = Dom0::new("msgs");
+    let stderr = |o: &Output| String::from_utf8_lossy(&o.stderr).into_owned();
+
+    let out = d.kxl(&["destroy", "nosuch"]);
+    assert_eq!(out.status.code(), Some(1), "{}", show(&out));
+    assert!(
+        stderr(&out).contains("nosuch is an invalid domain identifier (rc=-6)"),
+        "{}",
+        show(&out)
+    );
+    let out = d.kxl(&["domid", "nosuch"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("Can't get domid of domain name 'nosuch'"),
+        "{}",
+        show(&out)
+    );
+
+    // A bad command line: the command's usage, exit status 2.
+    let out = d.kxl(&["pause"]);
+    assert_eq!(out.status.code(), Some(2), "{}", show(&out));
+    assert!(stderr(&out).contains("pause"), "{}", show(&out));
+
+    // A bad value names the file, the line and the key.
+    let bad = d.dir.join("bad.cfg");
+    std::fs::write(&bad, "name = \"bad\"\ntype = \"pvh\"\nmemory = \"lots\"\n").unwrap();
+    let out = d.kxl(&["create", bad.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1), "{}", show(&out));
+    let err = stderr(&out);
+    assert!(err.contains("bad.cfg:3") && err.contains("memory"), "{err}");
+    // An unreadable file is xl's status 3.
+    let out = d.kxl(&["create", "/nonexistent/x.cfg"]);
+    assert_eq!(out.status.code(), Some(3), "{}", show(&out));
+
+    // Unknown keys warn, and the domain is still created.
+    let cfg = d.config("warned", "colour = \"blue\"\n");
+    let out = d.kxl(&["create", cfg.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", show(&out));
+    assert!(stderr(&out).contains("colour"), "{}", show(&out));
+    d.ok(&["destroy", "warned"]);
+}

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use kxen_toolstack::config::{Action, DomainConfig};
 use kxen_toolstack::protocol::{DomainEntry, Reply, Request};
-use kxen_toolstack::xl::{DomainInfo, ShutdownReason, VirtCaps, XlInfo};
+use kxen_toolstack::xl::{self, DomainInfo, ShutdownReason, VirtCaps, XlInfo};
 use tracing::{error, info, warn};
 
 use crate::domain::{Domain, DomainRecord};
@@ -672,7 +672,7 @@ impl Daemon {
     }
 
     fn handle(self: &Arc<Self>, req: Request) -> Reply {
-        let unknown = |d: &str| Reply::error(format!("unknown domain {d}"));
+        let unknown = Reply::unknown_domain;
         match req {
             Request::Ping => Reply::ok(),
             Request::Create { config, paused, .. } => match self.create(*config, paused) {
@@ -684,7 +684,7 @@ impl Daemon {
             },
             Request::Destroy { domain } => match self.resolve(&domain) {
                 None => unknown(&domain),
-                Some(0) => Reply::error("cannot destroy Domain-0"),
+                Some(0) => Reply::error(xl::NOT_DESTROYING_DOM0.trim_end()),
                 Some(id) => {
                     if let Some(p) = self
                         .preserved
@@ -781,7 +781,7 @@ impl Daemon {
 
     fn control_shutdown(&self, domain: &str, what: &str) -> Reply {
         match self.resolve(domain) {
-            None => Reply::error(format!("unknown domain {domain}")),
+            None => Reply::unknown_domain(domain),
             Some(0) => Reply::error("cannot shut down Domain-0 from here"),
             Some(id) if self.live(id).is_none() => {
                 Reply::error(format!("domain {domain} is not running"))
@@ -799,7 +799,7 @@ impl Daemon {
 
     fn pause(&self, domain: &str, pause: bool) -> Reply {
         match self.resolve(domain).and_then(|id| self.live(id)) {
-            None => Reply::error(format!("unknown domain {domain}")),
+            None => Reply::unknown_domain(domain),
             Some(d) => match if pause { d.pause() } else { d.unpause() } {
                 Ok(()) => Reply::ok(),
                 Err(e) => Reply::error(e.to_string()),

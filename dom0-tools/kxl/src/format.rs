@@ -43,6 +43,9 @@ fn absolutize(config: &mut DomainConfig) {
 }
 
 pub fn error_message(reply: &Reply) -> String {
+    if let Some(d) = &reply.unknown_domain {
+        return xl::invalid_domain(d);
+    }
     reply
         .error
         .clone()

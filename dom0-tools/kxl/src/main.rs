@@ -149,7 +149,21 @@ fn wait_gone(domain: &str) -> ExitCode {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            use clap::error::ErrorKind;
+            if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
+                e.exit();
+            }
+            // xl answers a bad command line with the command's usage and
+            // exit status 2.
+            let command = std::env::args().nth(1);
+            let known = command.as_deref().and_then(xl::cmd_lookup).map(|c| c.name);
+            eprint!("{}", xl::help(known));
+            return ExitCode::from(xl::EXIT_USAGE as u8);
+        }
+    };
     match cli.command {
         Cmd::Create {
             paused,

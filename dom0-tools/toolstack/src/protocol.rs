@@ -107,6 +107,10 @@ pub struct Reply {
     pub host: Option<XlInfo>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub text: Option<String>,
+    /// Set when the request named a domain kxend does not know (kxl prints
+    /// xl's "invalid domain identifier" message for it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unknown_domain: Option<String>,
 }
 
 impl Reply {
@@ -122,6 +126,13 @@ impl Reply {
             ok: false,
             error: Some(msg.into()),
             ..Default::default()
+        }
+    }
+
+    pub fn unknown_domain(domain: &str) -> Self {
+        Reply {
+            unknown_domain: Some(domain.to_string()),
+            ..Reply::error(format!("unknown domain {domain}"))
         }
     }
 }
