@@ -98,6 +98,10 @@ impl Drop for Dom0 {
         if let Some(pid) = self.kxend_pid() {
             let _ = Command::new("kill").arg(pid.to_string()).status();
         }
+        // Keep the logs of a failed test for a look; tidy up otherwise.
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
     }
 }
 
