@@ -189,3 +189,35 @@ pub fn failed_checks(stdout: &str) -> Vec<&str> {
         .filter(|l| l.trim_start().starts_with("FAIL "))
         .collect()
 }
+
+/// Assemble `tests/guest32/NAME.S` (after `patch` edits its source) into a
+/// 32-bit PVH ELF in a temp directory; `tag` keeps variants apart.
+pub fn guest32(name: &str, tag: &str, patch: impl Fn(String) -> String) -> PathBuf {
+    let src = repo_root().join("tests/guest32");
+    let dir = std::env::temp_dir().join(format!("kxen-g32-{tag}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let source = std::fs::read_to_string(src.join(format!("{name}.S"))).expect("guest source");
+    let asm = dir.join(format!("{name}.S"));
+    std::fs::write(&asm, patch(source)).expect("write source");
+    let obj = dir.join(format!("{name}.o"));
+    let elf = dir.join(format!("{name}.elf"));
+    let ok = Command::new("as")
+        .args(["--32", "-o"])
+        .arg(&obj)
+        .arg(&asm)
+        .status()
+        .expect("run as (binutils)")
+        .success();
+    assert!(ok, "assembling {name}.S failed");
+    let ok = Command::new("ld")
+        .args(["-m", "elf_i386", "-T"])
+        .arg(src.join("smoke.ld"))
+        .arg("-o")
+        .arg(&elf)
+        .arg(&obj)
+        .status()
+        .expect("run ld (binutils)")
+        .success();
+    assert!(ok, "linking {name}.elf failed");
+    elf
+}

@@ -3,41 +3,14 @@
 use std::io::{BufRead, BufReader, IoSliceMut, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
 use serde_json::Value;
 
-use kxen_tests::{kxen_vmm, repo_root};
-
-fn assemble(name: &str, patch: impl Fn(String) -> String) -> PathBuf {
-    let src = repo_root().join("tests/guest32");
-    let dir = std::env::temp_dir().join(format!("kxen-{name}-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let source = patch(std::fs::read_to_string(src.join("smoke.S")).unwrap());
-    std::fs::write(dir.join("g.S"), source).unwrap();
-    let obj = dir.join("g.o");
-    let elf = dir.join("g.elf");
-    assert!(Command::new("as")
-        .args(["--32", "-o"])
-        .arg(&obj)
-        .arg(dir.join("g.S"))
-        .status()
-        .unwrap()
-        .success());
-    assert!(Command::new("ld")
-        .args(["-m", "elf_i386", "-T"])
-        .arg(src.join("smoke.ld"))
-        .arg("-o")
-        .arg(&elf)
-        .arg(&obj)
-        .status()
-        .unwrap()
-        .success());
-    elf
-}
+use kxen_tests::{guest32, kxen_vmm};
 
 fn start(kernel: &Path, socket: &Path, paused: bool) -> Child {
     let mut cmd = Command::new(kxen_vmm());
@@ -94,7 +67,7 @@ fn wait_exit(child: &mut Child, limit: Duration) -> Option<i32> {
 
 #[test]
 fn paused_domain_is_inspected_then_unpaused() {
-    let kernel = assemble("ctl", |s| s);
+    let kernel = guest32("smoke", "ctl", |s| s);
     let socket = std::env::temp_dir().join(format!("kxen-ctl-{}.sock", std::process::id()));
     let mut child = start(&kernel, &socket, true);
     let mut ctl = connect(&socket);
@@ -145,7 +118,7 @@ fn paused_domain_is_inspected_then_unpaused() {
 
 #[test]
 fn destroy_and_malformed_requests() {
-    let kernel = assemble("ctl-spin", |s| {
+    let kernel = guest32("smoke", "ctl-spin", |s| {
         s.replace("    call hcpage + 29*32\n1:", "1:")
     });
     let socket = std::env::temp_dir().join(format!("kxen-ctl2-{}.sock", std::process::id()));

@@ -1,42 +1,13 @@
 //! kxen-vmm's loader and error paths, with small hand-assembled guests.
 
 use std::path::PathBuf;
-use std::process::Command;
 use std::time::Duration;
 
-use kxen_tests::{kxen_vmm, repo_root, run_with_limit};
+use kxen_tests::{guest32, kxen_vmm, run_with_limit};
 
-/// Assemble tests/guest32/smoke.S into a 32-bit PVH ELF.
+/// The 32-bit smoke guest.
 fn smoke_guest32() -> PathBuf {
-    guest32("smoke")
-}
-
-/// Assemble tests/guest32/NAME.S into a 32-bit PVH ELF.
-fn guest32(name: &str) -> PathBuf {
-    let src = repo_root().join("tests/guest32");
-    let out = std::env::temp_dir().join(format!("kxen-{name}32-{}", std::process::id()));
-    std::fs::create_dir_all(&out).expect("temp dir");
-    let obj = out.join(format!("{name}.o"));
-    let elf = out.join(format!("{name}.elf"));
-    let ok = Command::new("as")
-        .args(["--32", "-o"])
-        .arg(&obj)
-        .arg(src.join(format!("{name}.S")))
-        .status()
-        .expect("run as")
-        .success();
-    assert!(ok, "assembling {name}.S failed");
-    let ok = Command::new("ld")
-        .args(["-m", "elf_i386", "-T"])
-        .arg(src.join("smoke.ld"))
-        .arg("-o")
-        .arg(&elf)
-        .arg(&obj)
-        .status()
-        .expect("run ld")
-        .success();
-    assert!(ok, "linking {name}.elf failed");
-    elf
+    guest32("smoke", "smoke", |s| s)
 }
 
 /// A 32-bit ELF PVH kernel boots, makes 32-bit hypercalls through the
@@ -60,7 +31,7 @@ fn elf32_guest_boots_and_powers_off() {
 /// The ramdisk arrives as module 0 and the command line in the boot block.
 #[test]
 fn ramdisk_and_cmdline_reach_the_guest() {
-    let elf = guest32("ramdisk");
+    let elf = guest32("ramdisk", "ramdisk", |s| s);
     let rd = std::env::temp_dir().join(format!("kxen-rd-{}", std::process::id()));
     let mut data = b"KXENRDSK".to_vec();
     data.resize(4096, 0x5a);
@@ -131,36 +102,12 @@ fn absurd_sizes_are_rejected() {
 #[test]
 fn sigterm_destroys_the_domain() {
     use std::process::{Command, Stdio};
-    let src = repo_root().join("tests/guest32");
-    let spin = std::env::temp_dir().join(format!("kxen-spin32-{}", std::process::id()));
-    std::fs::create_dir_all(&spin).unwrap();
     // The smoke guest minus its shutdown: it spins forever.
-    let source = std::fs::read_to_string(src.join("smoke.S")).unwrap();
-    let spinning = source.replace("    call hcpage + 29*32\n1:", "1:");
-    std::fs::write(spin.join("spin.S"), spinning).unwrap();
-    assert!(Command::new("as")
-        .args(["--32", "-o"])
-        .arg(spin.join("spin.o"))
-        .arg(spin.join("spin.S"))
-        .status()
-        .unwrap()
-        .success());
-    assert!(Command::new("ld")
-        .args(["-m", "elf_i386", "-T"])
-        .arg(src.join("smoke.ld"))
-        .arg("-o")
-        .arg(spin.join("spin.elf"))
-        .arg(spin.join("spin.o"))
-        .status()
-        .unwrap()
-        .success());
+    let spin = guest32("smoke", "spin", |s| {
+        s.replace("    call hcpage + 29*32\n1:", "1:")
+    });
     let mut child = Command::new(kxen_vmm())
-        .args([
-            "--kernel",
-            spin.join("spin.elf").to_str().unwrap(),
-            "--memory",
-            "16",
-        ])
+        .args(["--kernel", spin.to_str().unwrap(), "--memory", "16"])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())

@@ -65,6 +65,19 @@ pub(crate) struct RingState {
     need_notify: bool,
 }
 
+impl RingState {
+    fn new(page: Arc<dyn SharedPage>, notify: Arc<dyn Fn() + Send + Sync>) -> RingState {
+        RingState {
+            page,
+            notify,
+            hdr: [0; HEADER_LEN],
+            hdr_have: 0,
+            body: Vec::new(),
+            need_notify: true,
+        }
+    }
+}
+
 pub(crate) enum Kind {
     /// A Unix-socket client (Dom0 tools).
     Socket {
@@ -1298,14 +1311,7 @@ impl Core {
         page: Arc<dyn SharedPage>,
         notify: Arc<dyn Fn() + Send + Sync>,
     ) {
-        let state = RingState {
-            page: page.clone(),
-            notify,
-            hdr: [0; HEADER_LEN],
-            hdr_have: 0,
-            body: Vec::new(),
-            need_notify: true,
-        };
+        let state = RingState::new(page.clone(), notify);
         let id = match self.domains.get(&domid) {
             Some(d) => {
                 let id = d.conn;
@@ -1317,20 +1323,7 @@ impl Core {
                 id
             }
             None => {
-                let mut conn = Conn::new(
-                    Caller::domain(domid),
-                    path::domain_path(domid),
-                    Kind::Ring(state),
-                );
-                conn.domid = Some(domid);
-                let id = self.new_conn(conn);
-                self.domains.insert(
-                    domid,
-                    Domain {
-                        conn: id,
-                        shutdown: false,
-                    },
-                );
+                let id = self.add_domain_conn(domid, state);
                 if domid != 0 {
                     self.fire_special("@introduceDomain");
                 }
@@ -1357,14 +1350,19 @@ impl Core {
             self.introduce_binding(domid, page, notify);
             return;
         }
-        let state = RingState {
-            page,
-            notify,
-            hdr: [0; HEADER_LEN],
-            hdr_have: 0,
-            body: Vec::new(),
-            need_notify: true,
-        };
+        let id = self.add_domain_conn(domid, RingState::new(page, notify));
+        for w in self.restored_watches.remove(&domid).unwrap_or_default() {
+            if let Some(c) = self.conns.get_mut(&id) {
+                c.watches.push((w.node.clone(), w.token.clone()));
+            }
+            self.watches.add(id, &w.node, &w.token, w.relative);
+        }
+        info!(domid, "domain resumed");
+        self.collect_notify(id);
+    }
+
+    /// A new ring connection for `domid`, registered as its domain.
+    fn add_domain_conn(&mut self, domid: u32, state: RingState) -> ConnId {
         let mut conn = Conn::new(
             Caller::domain(domid),
             path::domain_path(domid),
@@ -1379,14 +1377,7 @@ impl Core {
                 shutdown: false,
             },
         );
-        for w in self.restored_watches.remove(&domid).unwrap_or_default() {
-            if let Some(c) = self.conns.get_mut(&id) {
-                c.watches.push((w.node.clone(), w.token.clone()));
-            }
-            self.watches.add(id, &w.node, &w.token, w.relative);
-        }
-        info!(domid, "domain resumed");
-        self.collect_notify(id);
+        id
     }
 
     /// Replace the ring page and notifier of a served domain in place.
