@@ -536,6 +536,12 @@ impl Daemon {
             .and_then(|i| i["memory_kib"].as_u64())
             .unwrap_or(d.record.memory_kib);
         let paused = d.paused.load(std::sync::atomic::Ordering::SeqCst);
+        // xl's 'r' means a vCPU is on a CPU; an idle guest (every vCPU in
+        // SCHEDOP_block) shows 'b' instead.
+        let blocked = i.and_then(|i| i["blocked"].as_bool()).unwrap_or(false);
+        let online = i
+            .and_then(|i| i["vcpus_online"].as_u64())
+            .map_or(d.record.vcpus, |n| n as u32);
         DomainEntry {
             info: DomainInfo {
                 domid: d.record.domid,
@@ -543,9 +549,9 @@ impl Daemon {
                 uuid: d.record.uuid.parse().unwrap_or_default(),
                 current_memkb: memory_kib,
                 outstanding_memkb: 0,
-                vcpu_online: d.record.vcpus,
-                running: !paused,
-                blocked: false,
+                vcpu_online: online,
+                running: !paused && !blocked,
+                blocked: blocked && !paused,
                 paused,
                 shutdown: false,
                 dying: false,

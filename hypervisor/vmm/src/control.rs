@@ -60,6 +60,12 @@ pub struct DomainInfo {
     pub hypercalls: u64,
     pub uptime_ms: u64,
     pub pid: u32,
+    /// Every online vCPU is waiting for an event (SCHEDOP_block/poll).
+    #[serde(default)]
+    pub blocked: bool,
+    /// vCPUs up (online and started).
+    #[serde(default)]
+    pub vcpus_online: u32,
 }
 
 #[derive(Debug, Serialize, Deserialize, Default)]

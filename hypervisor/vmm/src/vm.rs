@@ -221,7 +221,22 @@ impl Runtime {
 
     pub fn info(&self) -> DomainInfo {
         let cfg = &self.domain.cfg;
+        let (online, blocked) = {
+            let st = self.domain.lock();
+            let up: Vec<_> = st
+                .vcpus
+                .iter()
+                .filter(|v| v.online && v.initialised)
+                .collect();
+            let blocked = !up.is_empty()
+                && up
+                    .iter()
+                    .all(|v| v.runstate.state == xen_abi::vcpu::RUNSTATE_BLOCKED);
+            (up.len() as u32, blocked)
+        };
         DomainInfo {
+            blocked,
+            vcpus_online: online,
             domid: cfg.domid,
             name: cfg.name.clone(),
             paused: self.is_paused(),
