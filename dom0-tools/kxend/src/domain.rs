@@ -12,9 +12,9 @@ use tracing::{info, warn};
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::console::ConsoleBackend;
-use crate::foreign::{ForeignMemory, MemfdRegion};
 use crate::store::StoreService;
 use crate::vmm_link::{LinkError, VmmLink};
+use kxen_backends::foreign::{ForeignMemory, MemfdRegion};
 
 /// What kxend persists about a domain, so a restarted kxend re-attaches.
 #[derive(Debug, Clone, Serialize, Deserialize)]

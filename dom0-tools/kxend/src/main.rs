@@ -8,7 +8,6 @@
 mod console;
 mod daemon;
 mod domain;
-mod foreign;
 mod store;
 mod vmm_link;
 mod xenstore_glue;

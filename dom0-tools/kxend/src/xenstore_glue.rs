@@ -9,21 +9,24 @@ use std::sync::{Arc, Mutex};
 use kxen_xenstore::{Access, Config, Perm, Perms, SharedPage, UnixServer, Xenstored};
 use tracing::{debug, warn};
 
-use crate::foreign::ForeignPage;
 use crate::store::StoreService;
+use kxen_backends::foreign::ForeignPage;
 
-impl SharedPage for ForeignPage {
+/// A guest's xenstore ring page, mapped from its memfd.
+struct Ring(ForeignPage);
+
+impl SharedPage for Ring {
     fn load_u32(&self, off: usize) -> u32 {
-        ForeignPage::load_u32(self, off)
+        self.0.load_u32(off)
     }
     fn store_u32(&self, off: usize, v: u32) {
-        ForeignPage::store_u32(self, off, v)
+        self.0.store_u32(off, v)
     }
     fn read(&self, off: usize, buf: &mut [u8]) {
-        ForeignPage::read(self, off, buf)
+        self.0.read(off, buf)
     }
     fn write(&self, off: usize, data: &[u8]) {
-        ForeignPage::write(self, off, data)
+        self.0.write(off, data)
     }
 }
 
@@ -109,10 +112,11 @@ impl StoreService for XenstoreGlue {
         notify: Box<dyn Fn() + Send + Sync>,
         resume: bool,
     ) {
+        let ring = Arc::new(Ring(ring));
         if resume {
-            self.xs.resume_domain(domid, Arc::new(ring), notify);
+            self.xs.resume_domain(domid, ring, notify);
         } else {
-            self.xs.introduce_domain(domid, Arc::new(ring), notify);
+            self.xs.introduce_domain(domid, ring, notify);
         }
     }
 

@@ -104,6 +104,26 @@ impl ForeignPage {
         unsafe { AtomicU32::from_ptr(self.ptr(off, 4) as *mut u32) }.load(Ordering::Acquire)
     }
 
+    /// Compare-and-exchange a u32 (for grant entry flags).
+    pub fn compare_exchange_u32(&self, off: usize, old: u32, new: u32) -> Result<u32, u32> {
+        assert!(off.is_multiple_of(4), "unaligned atomic");
+        // SAFETY: as in load_u32.
+        unsafe { AtomicU32::from_ptr(self.ptr(off, 4) as *mut u32) }.compare_exchange(
+            old,
+            new,
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        )
+    }
+
+    /// Atomically clear bits of a u32.
+    pub fn fetch_and_u32(&self, off: usize, mask: u32) -> u32 {
+        assert!(off.is_multiple_of(4), "unaligned atomic");
+        // SAFETY: as in load_u32.
+        unsafe { AtomicU32::from_ptr(self.ptr(off, 4) as *mut u32) }
+            .fetch_and(mask, Ordering::AcqRel)
+    }
+
     pub fn store_u32(&self, off: usize, value: u32) {
         assert!(off.is_multiple_of(4), "unaligned ring index");
         // SAFETY: as in load_u32.

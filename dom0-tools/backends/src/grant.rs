@@ -1,0 +1,287 @@
+//! Grant-table access for Dom0 backends (grant table v1).
+//!
+//! Before a backend touches a frame a guest granted, it pins the grant the
+//! way Xen does: one compare-and-exchange on the entry's `flags | domid`
+//! word checks that the entry permits access, names the backend's domain,
+//! and is not read-only for a write, and sets `GTF_reading` or
+//! `GTF_writing`. The bit is cleared again when the mapping is dropped, so
+//! a frontend can tell when its page is free again. A guest can change the
+//! entry concurrently; a changed entry is re-checked, never trusted.
+
+use std::sync::Arc;
+
+use xen_abi::grant_table::*;
+use xen_abi::PAGE_SIZE;
+
+use crate::foreign::{ForeignMemory, ForeignPage};
+
+/// How often a racing guest may change an entry under us before we give up.
+const MAX_RETRIES: usize = 8;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum GrantError {
+    #[error("grant reference {0} is beyond the grant table")]
+    BadRef(u32),
+    #[error("grant reference {0} does not permit access")]
+    NotPermitted(u32),
+    #[error("grant reference {0} is for domain {1}, not us")]
+    WrongDomain(u32, u16),
+    #[error("grant reference {0} is read-only")]
+    ReadOnly(u32),
+    #[error("grant reference {0} names frame {1:#x}, which is not guest memory")]
+    BadFrame(u32, u64),
+    #[error("grant reference {0} kept changing")]
+    Busy(u32),
+}
+
+impl GrantError {
+    /// The GNTST_* code Xen would report.
+    pub fn status(self) -> i16 {
+        match self {
+            GrantError::BadRef(_) => GNTST_BAD_GNTREF,
+            GrantError::NotPermitted(_) | GrantError::WrongDomain(..) | GrantError::ReadOnly(_) => {
+                GNTST_PERMISSION_DENIED
+            }
+            GrantError::BadFrame(..) => GNTST_BAD_PAGE,
+            GrantError::Busy(_) => GNTST_EAGAIN,
+        }
+    }
+}
+
+/// One domain's grant table as Dom0 reaches it.
+pub struct GrantTable {
+    mem: Arc<ForeignMemory>,
+    /// The table's frames: the GFNs the guest placed them at.
+    frames: Vec<ForeignPage>,
+    /// The domain backends act as (Dom0).
+    backend: u16,
+}
+
+impl GrantTable {
+    /// `frame_gfns` are the table's frames in order (from kxen-vmm).
+    /// Frames that are not guest memory end the table there.
+    pub fn new(mem: Arc<ForeignMemory>, frame_gfns: &[u64], backend: u16) -> GrantTable {
+        let frames = frame_gfns.iter().map_while(|&gfn| mem.page(gfn)).collect();
+        GrantTable {
+            mem,
+            frames,
+            backend,
+        }
+    }
+
+    /// Number of grant references the table holds.
+    pub fn len(&self) -> u32 {
+        (self.frames.len() * GRANT_ENTRIES_PER_FRAME) as u32
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.frames.is_empty()
+    }
+
+    fn entry(&self, gref: u32) -> Result<(&ForeignPage, usize), GrantError> {
+        let frame = self
+            .frames
+            .get(gref as usize / GRANT_ENTRIES_PER_FRAME)
+            .ok_or(GrantError::BadRef(gref))?;
+        Ok((
+            frame,
+            (gref as usize % GRANT_ENTRIES_PER_FRAME) * GRANT_ENTRY_V1_SIZE,
+        ))
+    }
+
+    /// Pin `gref` for reading (or writing) and return the granted page.
+    pub fn map(&self, gref: u32, write: bool) -> Result<GrantMapping, GrantError> {
+        let (page, off) = self.entry(gref)?;
+        let busy = if write { GTF_WRITING } else { GTF_READING };
+        for _ in 0..MAX_RETRIES {
+            let word = page.load_u32(off);
+            let flags = word as u16;
+            let domid = (word >> 16) as u16;
+            if flags & GTF_TYPE_MASK != GTF_PERMIT_ACCESS {
+                return Err(GrantError::NotPermitted(gref));
+            }
+            if domid != self.backend {
+                return Err(GrantError::WrongDomain(gref, domid));
+            }
+            if write && flags & GTF_READONLY != 0 {
+                return Err(GrantError::ReadOnly(gref));
+            }
+            let pinned = (flags | busy) as u32 | (domid as u32) << 16;
+            if page.compare_exchange_u32(off, word, pinned).is_err() {
+                continue; // the guest changed the entry: check it again
+            }
+            // The frame is read after pinning: from now on the guest may
+            // not change it (it must wait for the busy bit to clear).
+            let gfn = page.load_u32(off + 4) as u64;
+            return match self.mem.page(gfn) {
+                Some(frame) => Ok(GrantMapping {
+                    entry: page.clone(),
+                    offset: off,
+                    busy,
+                    page: frame,
+                    writable: write,
+                }),
+                None => {
+                    page.fetch_and_u32(off, !(busy as u32));
+                    Err(GrantError::BadFrame(gref, gfn))
+                }
+            };
+        }
+        Err(GrantError::Busy(gref))
+    }
+}
+
+/// A pinned grant: the guest's page, readable (and writable if mapped for
+/// writing) until dropped.
+pub struct GrantMapping {
+    entry: ForeignPage,
+    offset: usize,
+    busy: u16,
+    page: ForeignPage,
+    writable: bool,
+}
+
+impl GrantMapping {
+    /// Copy out of the granted page; `off + buf.len()` must be in the page.
+    pub fn read(&self, off: usize, buf: &mut [u8]) -> Result<(), GrantError> {
+        if off.checked_add(buf.len()).is_none_or(|end| end > PAGE_SIZE) {
+            return Err(GrantError::BadFrame(0, off as u64));
+        }
+        self.page.read(off, buf);
+        Ok(())
+    }
+
+    /// Copy into the granted page; only for grants mapped for writing.
+    pub fn write(&self, off: usize, data: &[u8]) -> Result<(), GrantError> {
+        if !self.writable {
+            return Err(GrantError::ReadOnly(0));
+        }
+        if off
+            .checked_add(data.len())
+            .is_none_or(|end| end > PAGE_SIZE)
+        {
+            return Err(GrantError::BadFrame(0, off as u64));
+        }
+        self.page.write(off, data);
+        Ok(())
+    }
+}
+
+impl Drop for GrantMapping {
+    fn drop(&mut self) {
+        self.entry.fetch_and_u32(self.offset, !(self.busy as u32));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::foreign::MemfdRegion;
+
+    /// A 4-page "guest": frame 1 holds the grant table, 2 and 3 are data.
+    fn guest() -> (Arc<ForeignMemory>, ForeignPage) {
+        let fd = nix::sys::memfd::memfd_create(c"grant-test", nix::sys::memfd::MFdFlags::empty())
+            .unwrap();
+        let file = std::fs::File::from(fd);
+        file.set_len(4 * 4096).unwrap();
+        let mem = Arc::new(
+            ForeignMemory::map(
+                file.into(),
+                4 * 4096,
+                vec![MemfdRegion {
+                    gpa: 0,
+                    len: 4 * 4096,
+                    offset: 0,
+                }],
+            )
+            .unwrap(),
+        );
+        let table = mem.page(1).unwrap();
+        (mem, table)
+    }
+
+    fn grant(table: &ForeignPage, gref: usize, flags: u16, domid: u16, frame: u32) {
+        table.store_u32(gref * 8, flags as u32 | (domid as u32) << 16);
+        table.store_u32(gref * 8 + 4, frame);
+    }
+
+    #[test]
+    fn read_and_write_grants_pin_and_unpin() {
+        let (mem, t) = guest();
+        grant(&t, 5, GTF_PERMIT_ACCESS, 0, 2);
+        grant(&t, 6, GTF_PERMIT_ACCESS | GTF_READONLY, 0, 3);
+        let table = GrantTable::new(mem.clone(), &[1], 0);
+        assert_eq!(table.len(), 512);
+        {
+            let m = table.map(5, true).unwrap();
+            assert_eq!(t.load_u32(40) as u16 & GTF_WRITING, GTF_WRITING);
+            m.write(100, b"hello").unwrap();
+            let mut b = [0u8; 5];
+            m.read(100, &mut b).unwrap();
+            assert_eq!(&b, b"hello");
+            assert!(m.write(4095, b"ab").is_err());
+        }
+        assert_eq!(t.load_u32(40) as u16, GTF_PERMIT_ACCESS);
+        let r = table.map(6, false).unwrap();
+        assert!(r.write(0, b"x").is_err());
+        assert_eq!(t.load_u32(48) as u16 & GTF_READING, GTF_READING);
+        drop(r);
+        assert_eq!(t.load_u32(48) as u16, GTF_PERMIT_ACCESS | GTF_READONLY);
+    }
+
+    #[test]
+    fn hostile_entries_are_refused() {
+        let (mem, t) = guest();
+        grant(&t, 1, GTF_INVALID, 0, 2);
+        grant(&t, 2, GTF_PERMIT_ACCESS, 7, 2);
+        grant(&t, 3, GTF_PERMIT_ACCESS | GTF_READONLY, 0, 2);
+        grant(&t, 4, GTF_PERMIT_ACCESS, 0, 0x10_0000);
+        grant(&t, 5, GTF_ACCEPT_TRANSFER, 0, 2);
+        let table = GrantTable::new(mem, &[1], 0);
+        assert_eq!(table.map(1, false).err(), Some(GrantError::NotPermitted(1)));
+        assert_eq!(
+            table.map(2, false).err(),
+            Some(GrantError::WrongDomain(2, 7))
+        );
+        assert_eq!(table.map(3, true).err(), Some(GrantError::ReadOnly(3)));
+        assert_eq!(
+            table.map(4, false).err(),
+            Some(GrantError::BadFrame(4, 0x10_0000))
+        );
+        assert_eq!(table.map(5, false).err(), Some(GrantError::NotPermitted(5)));
+        assert_eq!(table.map(512, false).err(), Some(GrantError::BadRef(512)));
+        assert_eq!(
+            table.map(u32::MAX, false).err(),
+            Some(GrantError::BadRef(u32::MAX))
+        );
+        // A refused frame leaves the entry unpinned.
+        assert_eq!(t.load_u32(32) as u16, GTF_PERMIT_ACCESS);
+        assert_eq!(GrantError::BadRef(9).status(), GNTST_BAD_GNTREF);
+    }
+
+    #[test]
+    fn table_frames_outside_guest_memory_end_the_table() {
+        let (mem, _) = guest();
+        let table = GrantTable::new(mem, &[1, 0xdead_beef, 2], 0);
+        assert_eq!(table.len(), 512);
+        assert!(GrantTable::new(guest().0, &[], 0).is_empty());
+    }
+
+    #[test]
+    fn racing_guest_cannot_slip_a_change_past_the_check() {
+        let (mem, t) = guest();
+        grant(&t, 9, GTF_PERMIT_ACCESS, 0, 2);
+        let table = GrantTable::new(mem, &[1], 0);
+        // Revoke concurrently with mapping, many times: each map either
+        // fails cleanly or succeeds against a still-valid entry.
+        for _ in 0..1000 {
+            grant(&t, 9, GTF_PERMIT_ACCESS, 0, 2);
+            let t2 = t.clone();
+            let revoke = std::thread::spawn(move || t2.store_u32(72, 0));
+            if let Ok(m) = table.map(9, false) {
+                drop(m);
+            }
+            revoke.join().unwrap();
+        }
+    }
+}
