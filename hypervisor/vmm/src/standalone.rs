@@ -1,9 +1,8 @@
 //! Dom0's side of the console and xenstore rings while kxen-vmm runs a
-//! domain on its own (no kxend): the console goes to stdout/stdin and a
-//! small built-in store answers basic xenstore requests. Requests it does
-//! not implement get an `ENOSYS` error reply, never a fake success.
+//! domain on its own (no kxend): the console goes to stdout/stdin, and the
+//! xenstore ring is served by the same xenstored library kxend embeds
+//! (kxen-xenstore), holding the domain's own nodes.
 
-use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -11,11 +10,10 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use kxen_xenstore::{Access, Config, Perm, Perms, SharedPage, Xenstored};
 use tracing::{debug, warn};
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress, GuestAddressSpace, GuestMemoryMmap};
 use xen_abi::console as cons;
-use xen_abi::xenstore::{self as xs, MessageHeader};
-use zerocopy::{FromBytes, IntoBytes};
 
 use crate::vm::{Runtime, DOM0_CONSOLE_PORT, DOM0_XENSTORE_PORT};
 
@@ -112,17 +110,18 @@ impl Services {
         {
             threads.push(t);
         }
-        let me = self.clone();
-        let domid = rt.domain.domid();
-        let name = rt.domain.cfg.name.clone();
-        if let Ok(t) = std::thread::Builder::new()
-            .name("xenstore".into())
-            .spawn(move || {
-                let mut store = MiniStore::new(domid, &name);
-                me.store_loop(&rt, &mut store, store_port, store_gpa)
-            })
-        {
-            threads.push(t);
+        match start_store(&rt, store_port, store_gpa) {
+            Ok(xs) => {
+                let me = self.clone();
+                let domid = rt.domain.domid() as u32;
+                if let Ok(t) = std::thread::Builder::new()
+                    .name("xenstore".into())
+                    .spawn(move || me.store_loop(&xs, domid))
+                {
+                    threads.push(t);
+                }
+            }
+            Err(e) => warn!("xenstore: {e}; the guest's xenstore ring is not served"),
         }
         if self.console_mode == ConsoleMode::Stdio {
             // Detached: a blocking read of stdin cannot be interrupted.
@@ -189,15 +188,14 @@ impl Services {
         }
     }
 
-    fn store_loop(&self, rt: &Runtime, store: &mut MiniStore, port: u32, gpa: u64) {
-        let mut ring = StoreRing::default();
+    /// Pass the guest's xenstore notifications to the daemon until the
+    /// domain stops.
+    fn store_loop(&self, xs: &Xenstored, domid: u32) {
         while !self.stopping.load(Ordering::SeqCst) {
-            let mem = rt.memory.snapshot();
-            if ring.service(&mem, gpa, store) {
-                rt.domain.notify_from_remote(port);
-            }
+            xs.ring_kick(domid);
             self.store_bell.wait();
         }
+        xs.shutdown();
     }
 }
 
@@ -263,293 +261,65 @@ fn fill_console_input(mem: &GuestMemoryMmap, gpa: u64, input: &[u8]) -> usize {
     n
 }
 
-/// Byte-stream state of the xenstore ring.
-#[derive(Default)]
-struct StoreRing {
-    request: Vec<u8>,
-    response: Vec<u8>,
+/// The guest's xenstore ring page, reached through guest memory.
+struct GuestRing {
+    mem: vm_memory::GuestMemoryAtomic<GuestMemoryMmap>,
+    gpa: u64,
 }
 
-impl StoreRing {
-    /// Move bytes both ways; returns true if the guest should be notified.
-    fn service(&mut self, mem: &GuestMemoryMmap, gpa: u64, store: &mut MiniStore) -> bool {
-        let mut notify = false;
-        loop {
-            let mut progress = false;
-            // Requests in.
-            let cons_idx = load(mem, gpa + xs::OFFSET_REQ_CONS as u64);
-            let prod = load(mem, gpa + xs::OFFSET_REQ_PROD as u64);
-            let avail = prod.wrapping_sub(cons_idx) as usize;
-            if avail > xs::RING_SIZE {
-                warn!(
-                    cons = cons_idx,
-                    prod, "xenstore ring indices corrupt; resynchronising"
-                );
-                store_idx(mem, gpa + xs::OFFSET_REQ_CONS as u64, prod);
-                self.request.clear();
-                return true;
-            }
-            if avail > 0 {
-                for i in 0..avail {
-                    let idx = (cons_idx as usize + i) % xs::RING_SIZE;
-                    self.request.push(
-                        mem.read_obj(GuestAddress(gpa + (xs::OFFSET_REQ + idx) as u64))
-                            .unwrap_or(0),
-                    );
-                }
-                store_idx(mem, gpa + xs::OFFSET_REQ_CONS as u64, prod);
-                notify = true;
-                progress = true;
-            }
-            // Complete requests out of the byte stream.
-            while self.request.len() >= 16 {
-                let Ok(header) = MessageHeader::read_from_bytes(&self.request[..16]) else {
-                    break;
-                };
-                if header.len as usize > xs::PAYLOAD_MAX {
-                    warn!(
-                        len = header.len,
-                        "oversized xenstore request; dropping stream"
-                    );
-                    self.request.clear();
-                    self.response
-                        .extend(reply(&header, xs::XS_ERROR, b"E2BIG\0"));
-                    break;
-                }
-                let total = 16 + header.len as usize;
-                if self.request.len() < total {
-                    break;
-                }
-                let payload: Vec<u8> = self.request[16..total].to_vec();
-                self.request.drain(..total);
-                self.response.extend(store.handle(&header, &payload));
-                progress = true;
-            }
-            // Responses out.
-            if !self.response.is_empty() {
-                let cons_idx = load(mem, gpa + xs::OFFSET_RSP_CONS as u64);
-                let prod = load(mem, gpa + xs::OFFSET_RSP_PROD as u64);
-                let used = prod.wrapping_sub(cons_idx) as usize;
-                if used <= xs::RING_SIZE {
-                    let n = (xs::RING_SIZE - used).min(self.response.len());
-                    for (i, &byte) in self.response[..n].iter().enumerate() {
-                        let idx = (prod as usize + i) % xs::RING_SIZE;
-                        let _ =
-                            mem.write_obj(byte, GuestAddress(gpa + (xs::OFFSET_RSP + idx) as u64));
-                    }
-                    if n > 0 {
-                        std::sync::atomic::fence(Ordering::SeqCst);
-                        store_idx(
-                            mem,
-                            gpa + xs::OFFSET_RSP_PROD as u64,
-                            prod.wrapping_add(n as u32),
-                        );
-                        self.response.drain(..n);
-                        notify = true;
-                        progress = true;
-                    }
-                }
-            }
-            if !progress {
-                return notify;
-            }
-        }
+impl SharedPage for GuestRing {
+    fn load_u32(&self, off: usize) -> u32 {
+        load(&self.mem.memory(), self.gpa + off as u64)
+    }
+    fn store_u32(&self, off: usize, v: u32) {
+        store(&self.mem.memory(), self.gpa + off as u64, v)
+    }
+    fn read(&self, off: usize, buf: &mut [u8]) {
+        let _ = self
+            .mem
+            .memory()
+            .read_slice(buf, GuestAddress(self.gpa + off as u64));
+    }
+    fn write(&self, off: usize, data: &[u8]) {
+        let _ = self
+            .mem
+            .memory()
+            .write_slice(data, GuestAddress(self.gpa + off as u64));
     }
 }
 
-fn store_idx(mem: &GuestMemoryMmap, gpa: u64, value: u32) {
-    store(mem, gpa, value)
-}
-
-fn reply(req: &MessageHeader, kind: u32, payload: &[u8]) -> Vec<u8> {
-    let header = MessageHeader {
-        kind,
-        req_id: req.req_id,
-        tx_id: req.tx_id,
-        len: payload.len() as u32,
+/// A xenstored holding what the toolstack would have written for the
+/// domain, serving its ring.
+fn start_store(rt: &Arc<Runtime>, port: u32, gpa: u64) -> Result<Xenstored, String> {
+    let xs = Xenstored::new(Config::default()).map_err(|e| e.to_string())?;
+    let domid = rt.domain.domid() as u32;
+    let home = format!("/local/domain/{domid}");
+    let owner_only = |d| Perms::new(vec![Perm::new(d, Access::None)]);
+    let readable = Perms::new(vec![
+        Perm::new(0, Access::None),
+        Perm::new(domid, Access::Read),
+    ])
+    .ok_or("permissions")?;
+    let writable = owner_only(domid).ok_or("permissions")?;
+    let put = |path: &str, value: &str, perms: &Perms| {
+        xs.write_with_perms(path, value, perms)
+            .map_err(|e| format!("{path}: {e}"))
     };
-    let mut out = header.as_bytes().to_vec();
-    out.extend_from_slice(payload);
-    out
-}
-
-/// The built-in store of standalone mode.
-struct MiniStore {
-    domid: u16,
-    nodes: BTreeMap<String, String>,
-}
-
-impl MiniStore {
-    fn new(domid: u16, name: &str) -> Self {
-        let home = format!("/local/domain/{domid}");
-        let mut nodes = BTreeMap::new();
-        for (k, v) in [
-            ("/local".to_string(), String::new()),
-            ("/local/domain".to_string(), String::new()),
-            (home.clone(), String::new()),
-            (format!("{home}/name"), name.to_string()),
-            (format!("{home}/domid"), domid.to_string()),
-            (format!("{home}/control"), String::new()),
-            (format!("{home}/device"), String::new()),
-        ] {
-            nodes.insert(k, v);
-        }
-        MiniStore { domid, nodes }
+    put(&home, "", &readable)?;
+    put(&format!("{home}/name"), &rt.domain.cfg.name, &readable)?;
+    put(&format!("{home}/domid"), &domid.to_string(), &readable)?;
+    for dir in ["control", "device", "data"] {
+        put(&format!("{home}/{dir}"), "", &writable)?;
     }
-
-    fn absolute(&self, path: &str) -> Option<String> {
-        if path.is_empty() || path.len() > 3072 || path.ends_with('/') && path != "/" {
-            return None;
-        }
-        let valid = path
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"/_-@.".contains(&b));
-        if !valid || path.contains("//") {
-            return None;
-        }
-        Some(if path.starts_with('/') {
-            path.to_string()
-        } else {
-            format!("/local/domain/{}/{path}", self.domid)
-        })
-    }
-
-    fn handle(&mut self, req: &MessageHeader, payload: &[u8]) -> Vec<u8> {
-        let err = |e: &str| reply(req, xs::XS_ERROR, format!("{e}\0").as_bytes());
-        let ok = || reply(req, req.kind, b"OK\0");
-        let args: Vec<&[u8]> = payload.split(|&b| b == 0).collect();
-        let arg0 = std::str::from_utf8(args.first().copied().unwrap_or(b"")).unwrap_or("");
-        if req.tx_id != 0 {
-            return err("ENOSYS");
-        }
-        match req.kind {
-            xs::XS_READ => match self.absolute(arg0) {
-                None => err("EINVAL"),
-                Some(path) => match self.nodes.get(&path) {
-                    Some(v) => reply(req, req.kind, v.as_bytes()),
-                    None => err("ENOENT"),
-                },
-            },
-            xs::XS_DIRECTORY => {
-                let Some(path) = self.absolute(arg0) else {
-                    return err("EINVAL");
-                };
-                if !self.nodes.contains_key(&path) {
-                    return err("ENOENT");
-                }
-                let prefix = if path == "/" {
-                    "/".to_string()
-                } else {
-                    format!("{path}/")
-                };
-                let mut out = Vec::new();
-                for key in self.nodes.keys().filter(|k| k.starts_with(&prefix)) {
-                    let rest = &key[prefix.len()..];
-                    if !rest.is_empty() && !rest.contains('/') {
-                        out.extend_from_slice(rest.as_bytes());
-                        out.push(0);
-                    }
-                }
-                reply(req, req.kind, &out)
-            }
-            xs::XS_WRITE | xs::XS_MKDIR => {
-                let Some(path) = self.absolute(arg0) else {
-                    return err("EINVAL");
-                };
-                let value = if req.kind == xs::XS_WRITE {
-                    // Everything after the first NUL is the value.
-                    let at = payload
-                        .iter()
-                        .position(|&b| b == 0)
-                        .map_or(payload.len(), |i| i + 1);
-                    String::from_utf8_lossy(&payload[at..]).into_owned()
-                } else {
-                    String::new()
-                };
-                let mut parent = path.as_str();
-                while let Some(i) = parent.rfind('/') {
-                    parent = &parent[..i];
-                    if parent.is_empty() {
-                        break;
-                    }
-                    self.nodes.entry(parent.to_string()).or_default();
-                }
-                if req.kind == xs::XS_WRITE {
-                    self.nodes.insert(path, value);
-                } else {
-                    self.nodes.entry(path).or_default();
-                }
-                ok()
-            }
-            xs::XS_RM => {
-                let Some(path) = self.absolute(arg0) else {
-                    return err("EINVAL");
-                };
-                if !self.nodes.contains_key(&path) {
-                    return err("ENOENT");
-                }
-                let prefix = format!("{path}/");
-                self.nodes
-                    .retain(|k, _| k != &path && !k.starts_with(&prefix));
-                ok()
-            }
-            xs::XS_GET_DOMAIN_PATH => match arg0.parse::<u16>() {
-                Ok(d) => reply(req, req.kind, format!("/local/domain/{d}\0").as_bytes()),
-                Err(_) => err("EINVAL"),
-            },
-            _ => err("ENOSYS"),
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn req(kind: u32, payload: &[u8]) -> (MessageHeader, Vec<u8>) {
-        (
-            MessageHeader {
-                kind,
-                req_id: 7,
-                tx_id: 0,
-                len: payload.len() as u32,
-            },
-            payload.to_vec(),
-        )
-    }
-
-    fn answer(store: &mut MiniStore, kind: u32, payload: &[u8]) -> (u32, Vec<u8>) {
-        let (h, p) = req(kind, payload);
-        let out = store.handle(&h, &p);
-        let header = MessageHeader::read_from_bytes(&out[..16]).unwrap();
-        (header.kind, out[16..].to_vec())
-    }
-
-    #[test]
-    fn reads_writes_and_errors() {
-        let mut s = MiniStore::new(3, "guest");
-        assert_eq!(
-            answer(&mut s, xs::XS_READ, b"domid\0"),
-            (xs::XS_READ, b"3".to_vec())
-        );
-        assert_eq!(
-            answer(&mut s, xs::XS_READ, b"nope\0").1,
-            b"ENOENT\0".to_vec()
-        );
-        assert_eq!(
-            answer(&mut s, xs::XS_WRITE, b"data/x\0hello").0,
-            xs::XS_WRITE
-        );
-        assert_eq!(
-            answer(&mut s, xs::XS_READ, b"/local/domain/3/data/x\0").1,
-            b"hello".to_vec()
-        );
-        let (kind, list) = answer(&mut s, xs::XS_DIRECTORY, b"data\0");
-        assert_eq!((kind, list), (xs::XS_DIRECTORY, b"x\0".to_vec()));
-        assert_eq!(answer(&mut s, xs::XS_SET_TARGET, b"1\0").0, xs::XS_ERROR);
-        assert_eq!(
-            answer(&mut s, xs::XS_READ, b"a b\0").1,
-            b"EINVAL\0".to_vec()
-        );
-    }
+    put(&format!("{home}/control/shutdown"), "", &writable)?;
+    let domain = rt.domain.clone();
+    xs.introduce_domain(
+        domid,
+        Arc::new(GuestRing {
+            mem: rt.memory.atomic.clone(),
+            gpa,
+        }),
+        Box::new(move || domain.notify_from_remote(port)),
+    );
+    Ok(xs)
 }
