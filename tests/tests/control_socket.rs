@@ -118,8 +118,14 @@ fn paused_domain_is_inspected_then_unpaused() {
 
 #[test]
 fn destroy_and_malformed_requests() {
-    let kernel = guest32("smoke", "ctl-spin", |s| {
-        s.replace("    call hcpage + 29*32\n1:", "1:")
+    // The smoke guest, but instead of powering off it makes xen_version
+    // hypercalls forever, so pausing shows in the hypercall count.
+    let kernel = guest32("smoke", "ctl-busy", |s| {
+        s.replacen(
+            "    call hcpage + 29*32\n1:  jmp 1b",
+            "1:  mov $0, %ebx\n    call hcpage + 17*32\n    jmp 1b",
+            1,
+        )
     });
     let socket = std::env::temp_dir().join(format!("kxen-ctl2-{}.sock", std::process::id()));
     let mut child = start(&kernel, &socket, false);
@@ -133,11 +139,25 @@ fn destroy_and_malformed_requests() {
         let reply = request(&mut ctl, bad);
         assert_eq!(reply["ok"], false, "{bad}: {reply}");
     }
-    assert_eq!(request(&mut ctl, r#"{"op":"pause"}"#)["ok"], true);
-    let before = request(&mut ctl, r#"{"op":"info"}"#)["info"]["hypercalls"].clone();
+    let hypercalls = |ctl: &mut UnixStream| {
+        request(ctl, r#"{"op":"info"}"#)["info"]["hypercalls"]
+            .as_u64()
+            .unwrap()
+    };
+    // Running: the count moves.
+    let first = hypercalls(&mut ctl);
     std::thread::sleep(Duration::from_millis(100));
-    let after = request(&mut ctl, r#"{"op":"info"}"#)["info"]["hypercalls"].clone();
-    assert_eq!(before, after);
+    let running = hypercalls(&mut ctl);
+    assert!(running > first, "the busy guest made no hypercalls");
+    // Paused: it stands still.
+    assert_eq!(request(&mut ctl, r#"{"op":"pause"}"#)["ok"], true);
+    let before = hypercalls(&mut ctl);
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(hypercalls(&mut ctl), before);
+    assert_eq!(
+        request(&mut ctl, r#"{"op":"info"}"#)["info"]["paused"],
+        true
+    );
     assert_eq!(request(&mut ctl, r#"{"op":"destroy"}"#)["ok"], true);
     assert_eq!(wait_exit(&mut child, Duration::from_secs(10)), Some(8));
     assert!(!socket.exists(), "socket left behind");
