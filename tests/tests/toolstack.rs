@@ -350,6 +350,19 @@ fn xenstore_tools_against_kxend() {
         .trim(),
         "1"
     );
+    // The rings as kxen-vmm reported them, not placeholders.
+    for node in [
+        "console/port",
+        "console/ring-ref",
+        "store/port",
+        "store/ring-ref",
+    ] {
+        let v: u64 = tool("xenstore-read", &[&format!("{home}/{node}")])
+            .trim()
+            .parse()
+            .unwrap_or_else(|e| panic!("{node}: {e}"));
+        assert!(v > 0, "{node} = {v}");
+    }
     let listing = tool("xenstore-ls", &[&home]);
     assert!(
         listing.contains("console") && listing.contains("control"),

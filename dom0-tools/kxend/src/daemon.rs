@@ -256,7 +256,7 @@ impl Daemon {
                 return Err(format!("kxen-vmm for {} failed: {e} {last}", spec.name));
             }
         };
-        self.write_domain_nodes(&record);
+        self.write_domain_nodes(&domain);
         self.domains
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -273,7 +273,8 @@ impl Daemon {
     }
 
     /// The xenstore layout libxl gives a new domain.
-    fn write_domain_nodes(&self, r: &DomainRecord) {
+    fn write_domain_nodes(&self, d: &Domain) {
+        let r = &d.record;
         let s = &self.store;
         let dom = format!("/local/domain/{}", r.domid);
         let ro = vec!["n0".to_string(), format!("r{}", r.domid)];
@@ -291,13 +292,13 @@ impl Daemon {
             ("memory/static-max", r.max_memory_kib.to_string()),
             ("memory/target", r.memory_kib.to_string()),
             ("memory/videoram", "-1".to_string()),
-            ("console/ring-ref", (0xfeff0u64 + 2).to_string()),
-            ("console/port", "1".to_string()),
+            ("console/ring-ref", d.console_ring.pfn.to_string()),
+            ("console/port", d.console_ring.port.to_string()),
             ("console/limit", "1048576".to_string()),
             ("console/type", "xenconsoled".to_string()),
             ("console/output", "pty".to_string()),
-            ("store/ring-ref", (0xfeff0u64 + 1).to_string()),
-            ("store/port", "2".to_string()),
+            ("store/ring-ref", d.store_ring.pfn.to_string()),
+            ("store/port", d.store_ring.port.to_string()),
         ] {
             let path = format!("{dom}/{k}");
             s.write(&path, v.as_bytes());

@@ -44,9 +44,18 @@ pub enum AttachError {
     Protocol(String),
 }
 
+/// A ring the VMM hands to Dom0: the guest's frame and event channel.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RingInfo {
+    pub pfn: u64,
+    pub port: u32,
+}
+
 /// A live domain.
 pub struct Domain {
     pub record: DomainRecord,
+    pub console_ring: RingInfo,
+    pub store_ring: RingInfo,
     link: Mutex<VmmLink>,
     pub console: Arc<ConsoleBackend>,
     pub paused: AtomicBool,
@@ -113,10 +122,15 @@ impl Domain {
                 other => warn!(?other, "unknown Dom0 port"),
             }
         }
-        let (cpage, ckick, cnotify, _) =
+        let ring_info = |p: &serde_json::Value| RingInfo {
+            pfn: p["pfn"].as_u64().unwrap_or(0),
+            port: p["local_port"].as_u64().unwrap_or(0) as u32,
+        };
+        let (cpage, ckick, cnotify, cport) =
             console.ok_or_else(|| AttachError::Protocol("no console port".into()))?;
-        let (spage, skick, snotify, _) =
+        let (spage, skick, snotify, sport) =
             xenstore.ok_or_else(|| AttachError::Protocol("no xenstore port".into()))?;
+        let (console_ring, store_ring) = (ring_info(&cport), ring_info(&sport));
         let console = ConsoleBackend::new(cpage, ckick, cnotify, record.console_log.clone())?;
         console.start(record.domid)?;
 
@@ -160,6 +174,8 @@ impl Domain {
         info!(domid, name = %record.name, "attached to kxen-vmm");
         Ok(Arc::new(Domain {
             record,
+            console_ring,
+            store_ring,
             link: Mutex::new(link),
             console,
             paused: AtomicBool::new(paused),

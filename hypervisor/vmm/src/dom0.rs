@@ -6,7 +6,7 @@
 //! the ring PFNs and the memfd layout, through the control socket.
 
 use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
@@ -32,7 +32,11 @@ pub struct Dom0PortInfo {
 }
 
 pub struct Dom0Port {
-    pub info: Dom0PortInfo,
+    pub name: &'static str,
+    pub dom0_port: u32,
+    pub pfn: u64,
+    /// The guest's end, known once the domain has bound it.
+    local_port: AtomicU32,
     pub to_dom0: EventFd,
     pub from_dom0: EventFd,
 }
@@ -68,11 +72,16 @@ pub struct Dom0Ports {
 }
 
 impl Dom0Ports {
-    pub fn new(infos: Vec<Dom0PortInfo>) -> std::io::Result<Self> {
+    /// One port per (name, Dom0 port, ring pfn); the guest's ends are
+    /// recorded with [`Dom0Ports::bound`] once the domain has them.
+    pub fn new(specs: &[(&'static str, u32, u64)]) -> std::io::Result<Self> {
         let mut ports = Vec::new();
-        for info in infos {
+        for &(name, dom0_port, pfn) in specs {
             ports.push(Dom0Port {
-                info,
+                name,
+                dom0_port,
+                pfn,
+                local_port: AtomicU32::new(0),
                 to_dom0: EventFd::new(EFD_NONBLOCK)?,
                 from_dom0: EventFd::new(EFD_NONBLOCK)?,
             });
@@ -83,8 +92,15 @@ impl Dom0Ports {
         })
     }
 
+    /// The guest's port `local_port` is connected to Dom0's `dom0_port`.
+    pub fn bound(&self, dom0_port: u32, local_port: u32) {
+        if let Some(p) = self.ports.iter().find(|p| p.dom0_port == dom0_port) {
+            p.local_port.store(local_port, Ordering::SeqCst);
+        }
+    }
+
     fn notify(&self, dom0_port: u32) {
-        if let Some(p) = self.ports.iter().find(|p| p.info.dom0_port == dom0_port) {
+        if let Some(p) = self.ports.iter().find(|p| p.dom0_port == dom0_port) {
             if let Err(e) = p.to_dom0.write(1) {
                 warn!(dom0_port, "kick kxend: {e}");
             }
@@ -102,7 +118,15 @@ impl Dom0Ports {
     }
 
     pub fn infos(&self) -> Vec<Dom0PortInfo> {
-        self.ports.iter().map(|p| p.info.clone()).collect()
+        self.ports
+            .iter()
+            .map(|p| Dom0PortInfo {
+                name: p.name.into(),
+                dom0_port: p.dom0_port,
+                local_port: p.local_port.load(Ordering::SeqCst),
+                pfn: p.pfn,
+            })
+            .collect()
     }
 
     /// Forward kxend's notifications to the guest until the domain stops.
@@ -138,7 +162,8 @@ impl Dom0Ports {
                     drop(fds);
                     for (port, ready) in me.ports.iter().zip(ready) {
                         if ready && port.from_dom0.read().is_ok() {
-                            rt.domain.notify_from_remote(port.info.local_port);
+                            rt.domain
+                                .notify_from_remote(port.local_port.load(Ordering::SeqCst));
                         }
                     }
                 }

@@ -22,7 +22,7 @@ use kxen_xen::{Domain, DomainConfig};
 
 use crate::control::DomainInfo;
 use crate::cpuid::{self, XenCpuidParams};
-use crate::dom0::{Dom0Link, Dom0PortInfo, Dom0Ports};
+use crate::dom0::{Dom0Link, Dom0Ports};
 use crate::memory::{self, GuestMemory};
 use crate::platform::VmmPlatform;
 use crate::standalone::{ConsoleMode, Services};
@@ -482,25 +482,15 @@ pub fn run(cfg: VmConfig, started: Instant, report_timing: bool) -> Result<Domai
     let console_pfn = memory::SPECIAL_BASE_GFN + memory::SPECIAL_CONSOLE;
     let store_pfn = memory::SPECIAL_BASE_GFN + memory::SPECIAL_XENSTORE;
     let services = Arc::new(Services::new(cfg.console.clone()));
-    // The guest's console and xenstore ports are the first two allocated
-    // (1 and 2); kxend learns them through dom0-ports.
+    // kxend learns the rings and both ends of their ports through
+    // dom0-ports.
     let dom0_link = Arc::new(if cfg.console == ConsoleMode::Dom0 {
-        let infos = vec![
-            Dom0PortInfo {
-                name: "console".into(),
-                dom0_port: DOM0_CONSOLE_PORT,
-                local_port: 1,
-                pfn: console_pfn,
-            },
-            Dom0PortInfo {
-                name: "xenstore".into(),
-                dom0_port: DOM0_XENSTORE_PORT,
-                local_port: 2,
-                pfn: store_pfn,
-            },
+        let specs = [
+            ("console", DOM0_CONSOLE_PORT, console_pfn),
+            ("xenstore", DOM0_XENSTORE_PORT, store_pfn),
         ];
         Dom0Link::Kxend(Arc::new(
-            Dom0Ports::new(infos).map_err(|e| VmError::Setup(format!("eventfd: {e}")))?,
+            Dom0Ports::new(&specs).map_err(|e| VmError::Setup(format!("eventfd: {e}")))?,
         ))
     } else {
         Dom0Link::Standalone(services.clone())
@@ -545,10 +535,9 @@ pub fn run(cfg: VmConfig, started: Instant, report_timing: bool) -> Result<Domai
     domain.set_param_privileged(HVM_PARAM_CONSOLE_EVTCHN, console_port as u64);
     domain.set_param_privileged(HVM_PARAM_STORE_PFN, store_pfn);
     domain.set_param_privileged(HVM_PARAM_STORE_EVTCHN, store_port as u64);
-    if (console_port, store_port) != (1, 2) {
-        return Err(VmError::Setup(
-            "console/xenstore ports are not 1 and 2".into(),
-        ));
+    if let Dom0Link::Kxend(ports) = &*dom0_link {
+        ports.bound(DOM0_CONSOLE_PORT, console_port);
+        ports.bound(DOM0_XENSTORE_PORT, store_port);
     }
 
     let rt = Arc::new(Runtime {
