@@ -139,6 +139,13 @@ fn destroy_and_malformed_requests() {
         let reply = request(&mut ctl, bad);
         assert_eq!(reply["ok"], false, "{bad}: {reply}");
     }
+    // An oversized request is refused and its connection closed; the
+    // domain and other clients carry on.
+    let mut big = connect(&socket);
+    let reply = request(&mut big, &"x".repeat(64 * 1024));
+    assert_eq!(reply["ok"], false, "{reply}");
+    assert_eq!(reply["error"], "request too long");
+    assert_eq!(request(&mut ctl, r#"{"op":"info"}"#)["ok"], true);
     let hypercalls = |ctl: &mut UnixStream| {
         request(ctl, r#"{"op":"info"}"#)["info"]["hypercalls"]
             .as_u64()

@@ -20,6 +20,8 @@ use kxen_backends::foreign::ForeignPage;
 
 /// Cap on keystrokes queued for a guest that does not read them.
 const INPUT_LIMIT: usize = 64 * 1024;
+/// How long output may wait on one attached client.
+const CLIENT_WRITE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
 
 pub struct ConsoleBackend {
     page: ForeignPage,
@@ -156,6 +158,9 @@ impl ConsoleBackend {
     /// Its input goes to the guest until it disconnects (even if it left
     /// before the replay finished: what it typed is still delivered).
     pub fn attach(self: &Arc<Self>, mut stream: UnixStream) {
+        // A client that stops reading is dropped rather than allowed to
+        // stall the console thread (and with it the guest's output ring).
+        let _ = stream.set_write_timeout(Some(CLIENT_WRITE_TIMEOUT));
         if let Ok(reader) = stream.try_clone() {
             let me = self.clone();
             let _ = std::thread::Builder::new()

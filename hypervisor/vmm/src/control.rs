@@ -13,7 +13,7 @@
 //! Errors are `{"ok":false,"error":"..."}`. Each client has its own
 //! thread; a malformed line gets an error reply, not a dropped domain.
 
-use std::io::{BufRead, BufReader, IoSlice, Write};
+use std::io::{BufRead, BufReader, IoSlice, Read, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
@@ -146,17 +146,16 @@ fn serve_client(rt: &Runtime, stream: UnixStream) {
         if rt.domain.is_stopping() {
             return;
         }
-        match reader.read_until(b'\n', &mut line) {
-            Ok(0) => return,
-            Ok(_) if !line.ends_with(b"\n") && line.len() < MAX_LINE => continue,
+        // Never buffer more than one line's worth, newline or not.
+        let budget = (MAX_LINE + 1).saturating_sub(line.len()) as u64;
+        match (&mut reader).take(budget).read_until(b'\n', &mut line) {
+            Ok(0) if line.len() <= MAX_LINE => return,
+            Ok(_) if !line.ends_with(b"\n") && line.len() <= MAX_LINE => continue,
             Ok(_) => {}
             Err(e)
                 if e.kind() == std::io::ErrorKind::WouldBlock
                     || e.kind() == std::io::ErrorKind::TimedOut =>
             {
-                if line.len() >= MAX_LINE {
-                    return;
-                }
                 continue;
             }
             Err(_) => return,
