@@ -368,10 +368,17 @@ impl Domain {
         }
     }
 
-    /// Balloon out the extents listed by the guest. Like Xen, returns the
-    /// number of extents done; a bad list stops early.
-    fn decrease_reservation(&self, g: &GuestAccess, arg: u64, start: u64) -> i64 {
-        // Xen answers an unreadable reservation with the extents done so far.
+    /// Walk the extents of a `xen_memory_reservation` from `start`, giving
+    /// `apply` each extent as a range of RAM GFNs. Like Xen, returns the
+    /// number of extents done: a bad struct, list entry or extent stops
+    /// the walk there.
+    fn for_each_extent(
+        &self,
+        g: &GuestAccess,
+        arg: u64,
+        start: u64,
+        mut apply: impl FnMut(&mut DomainState, std::ops::Range<u64>) -> bool,
+    ) -> i64 {
         let Ok(res) = g.read_obj::<MemoryReservation>(arg) else {
             return start as i64;
         };
@@ -384,50 +391,48 @@ impl Domain {
             let Ok(gfn) = g.read_elem::<u64>(res.extent_start, i) else {
                 return i as i64;
             };
-            if gfn % pages != 0 {
+            // The guest picks gfn: keep the range in bounds and all RAM.
+            let Some(end) = gfn.checked_add(pages).filter(|&end| end <= MAX_GFN) else {
+                return i as i64;
+            };
+            let extent = gfn..end;
+            if gfn % pages != 0 || !extent.clone().all(|p| self.cfg.is_ram(p)) {
                 return i as i64;
             }
-            let all_present =
-                (gfn..gfn + pages).all(|p| self.cfg.is_ram(p) && !st.ballooned.contains(&p));
-            if !all_present {
+            if !apply(&mut st, extent) {
                 return i as i64;
-            }
-            for p in gfn..gfn + pages {
-                self.platform.discard_ram(p);
-                st.ballooned.insert(p);
             }
         }
         res.nr_extents as i64
     }
 
+    /// Balloon out the extents listed by the guest.
+    fn decrease_reservation(&self, g: &GuestAccess, arg: u64, start: u64) -> i64 {
+        self.for_each_extent(g, arg, start, |st, extent| {
+            if extent.clone().any(|p| st.ballooned.contains(&p)) {
+                return false;
+            }
+            for p in extent {
+                self.platform.discard_ram(p);
+                st.ballooned.insert(p);
+            }
+            true
+        })
+    }
+
+    /// Give ballooned RAM back, up to the domain's maximum.
     fn populate_physmap(&self, g: &GuestAccess, arg: u64, start: u64) -> i64 {
-        let Ok(res) = g.read_obj::<MemoryReservation>(arg) else {
-            return start as i64;
-        };
-        if !self.is_self(res.domid) || res.extent_order > MAX_EXTENT_ORDER {
-            return start as i64;
-        }
-        let pages = 1u64 << res.extent_order;
-        let mut st = self.lock();
-        for i in start..res.nr_extents {
-            let Ok(gfn) = g.read_elem::<u64>(res.extent_start, i) else {
-                return i as i64;
-            };
-            if gfn % pages != 0 || !(gfn..gfn + pages).all(|p| self.cfg.is_ram(p)) {
-                return i as i64;
-            }
+        self.for_each_extent(g, arg, start, |st, extent| {
             let populated = self.cfg.ram_pages() - st.ballooned.len() as u64;
-            let new_pages = (gfn..gfn + pages)
-                .filter(|p| st.ballooned.contains(p))
-                .count() as u64;
+            let new_pages = extent.clone().filter(|p| st.ballooned.contains(p)).count() as u64;
             if populated + new_pages > self.cfg.max_pages {
-                return i as i64;
+                return false;
             }
-            for p in gfn..gfn + pages {
+            for p in extent {
                 st.ballooned.remove(&p);
             }
-        }
-        res.nr_extents as i64
+            true
+        })
     }
 
     fn remove_from_physmap(&self, gpfn: u64) -> i64 {

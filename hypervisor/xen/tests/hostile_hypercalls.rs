@@ -100,3 +100,42 @@ fn out_of_range_ports_and_params_are_einval() {
     // vcpu_op on a vCPU that does not exist.
     assert_eq!(call(&domain, VCPU_OP, [3, 99, 0, 0, 0]), -ENOENT);
 }
+
+/// Extents whose GFN range would overflow or leave guest memory are
+/// refused, never wrapped.
+#[test]
+fn reservation_extents_cannot_overflow() {
+    use vm_memory::{Bytes, GuestAddress, GuestAddressSpace};
+    let (domain, _) = harness::domain();
+    let list = 0x2000u64;
+    let res = 0x1000u64;
+    let put = |gpa: u64, bytes: &[u8]| {
+        domain
+            .mem
+            .memory()
+            .write_slice(bytes, GuestAddress(gpa))
+            .unwrap();
+    };
+    // xen_memory_reservation {extent_start, nr_extents 1, order 9, domid self}.
+    let mut r = [0u8; 32];
+    r[0..8].copy_from_slice(&list.to_le_bytes());
+    r[8..16].copy_from_slice(&1u64.to_le_bytes());
+    r[16..20].copy_from_slice(&9u32.to_le_bytes());
+    r[24..26].copy_from_slice(&0x7ff0u16.to_le_bytes());
+    put(res, &r);
+    // Wrapping past 2^64, past the guest-physical space, just past RAM.
+    for gfn in [u64::MAX - 511, 1u64 << 40, RAM_BYTES >> 12] {
+        put(list, &gfn.to_le_bytes());
+        for cmd in [1, 6] {
+            assert_eq!(
+                call(&domain, MEMORY_OP, [cmd, res, 0, 0, 0]),
+                0,
+                "cmd {cmd} gfn {gfn:#x}"
+            );
+        }
+    }
+    // A valid 2 MiB extent still works: out, then back in.
+    put(list, &512u64.to_le_bytes());
+    assert_eq!(call(&domain, MEMORY_OP, [1, res, 0, 0, 0]), 1);
+    assert_eq!(call(&domain, MEMORY_OP, [6, res, 0, 0, 0]), 1);
+}
