@@ -545,21 +545,13 @@ impl Daemon {
             .map_or(d.record.vcpus, |n| n as u32);
         DomainEntry {
             info: DomainInfo {
-                domid: d.record.domid,
-                name: d.record.name.clone(),
-                uuid: d.record.uuid.parse().unwrap_or_default(),
                 current_memkb: memory_kib,
-                outstanding_memkb: 0,
                 vcpu_online: online,
                 running: !paused && !blocked,
                 blocked: blocked && !paused,
                 paused,
-                shutdown: false,
-                dying: false,
-                shutdown_reason: None,
                 cpu_time_ns: process_cpu_ns(d.record.pid),
-                ssid_label: None,
-                cpupool: None,
+                ..dominfo(&d.record)
             },
             config: Some(d.record.config.clone()),
             max_memory_kib: d.record.max_memory_kib,
@@ -576,17 +568,10 @@ impl Daemon {
                 name: "Domain-0".into(),
                 uuid: Default::default(),
                 current_memkb: mem,
-                outstanding_memkb: 0,
                 vcpu_online: host.nr_cpus,
                 running: true,
-                blocked: false,
-                paused: false,
-                shutdown: false,
-                dying: false,
-                shutdown_reason: None,
                 cpu_time_ns: process_cpu_ns(std::process::id()),
-                ssid_label: None,
-                cpupool: None,
+                ..idle_info()
             },
             config: None,
             max_memory_kib: mem,
@@ -612,21 +597,9 @@ impl Daemon {
         {
             out.push(DomainEntry {
                 info: DomainInfo {
-                    domid: p.record.domid,
-                    name: p.record.name.clone(),
-                    uuid: p.record.uuid.parse().unwrap_or_default(),
-                    current_memkb: p.record.memory_kib,
-                    outstanding_memkb: 0,
-                    vcpu_online: p.record.vcpus,
-                    running: false,
-                    blocked: false,
-                    paused: false,
                     shutdown: true,
-                    dying: false,
                     shutdown_reason: Some(ShutdownReason::from_code(p.reason as i32)),
-                    cpu_time_ns: 0,
-                    ssid_label: None,
-                    cpupool: None,
+                    ..dominfo(&p.record)
                 },
                 config: Some(p.record.config.clone()),
                 max_memory_kib: p.record.max_memory_kib,
@@ -848,6 +821,39 @@ impl Daemon {
                 Err(e) => warn!("accept: {e}"),
             }
         }
+    }
+}
+
+/// A domain with every state flag clear.
+fn idle_info() -> DomainInfo {
+    DomainInfo {
+        domid: 0,
+        name: String::new(),
+        uuid: Default::default(),
+        current_memkb: 0,
+        outstanding_memkb: 0,
+        vcpu_online: 0,
+        running: false,
+        blocked: false,
+        paused: false,
+        shutdown: false,
+        dying: false,
+        shutdown_reason: None,
+        cpu_time_ns: 0,
+        ssid_label: None,
+        cpupool: None,
+    }
+}
+
+/// What the record alone says about a domain (no live state).
+fn dominfo(r: &DomainRecord) -> DomainInfo {
+    DomainInfo {
+        domid: r.domid,
+        name: r.name.clone(),
+        uuid: r.uuid.parse().unwrap_or_default(),
+        current_memkb: r.memory_kib,
+        vcpu_online: r.vcpus,
+        ..idle_info()
     }
 }
 
