@@ -4,5 +4,8 @@
 //! * [`grant`]: grant references checked and pinned as Xen does before a
 //!   backend may touch a granted frame.
 
+pub mod domain;
+pub mod evtchn;
 pub mod foreign;
 pub mod grant;
+pub mod xenbus;

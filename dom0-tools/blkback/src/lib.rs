@@ -1,0 +1,1 @@
+//! kxen's blkback (under construction).

@@ -1,0 +1,1 @@
+//! kxen's netback (under construction).
