@@ -17,6 +17,7 @@ pub mod event_channel;
 pub mod grant_table;
 pub mod hvm;
 pub mod hypercall;
+pub mod io;
 pub mod memory;
 pub mod pvh;
 pub mod sched;

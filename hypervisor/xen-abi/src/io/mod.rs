@@ -1,0 +1,5 @@
+//! Split-driver I/O protocols (`xen/include/public/io`): the generic shared
+//! ring and the per-device request/response layouts that travel on it.
+
+pub mod blkif;
+pub mod ring;
