@@ -2,4 +2,5 @@
 //! ring and the per-device request/response layouts that travel on it.
 
 pub mod blkif;
+pub mod netif;
 pub mod ring;
