@@ -90,7 +90,7 @@ pub struct ForeignPage {
 }
 
 impl ForeignPage {
-    fn ptr(&self, off: usize, len: usize) -> *mut u8 {
+    pub(crate) fn ptr(&self, off: usize, len: usize) -> *mut u8 {
         assert!(off + len <= PAGE_SIZE, "access beyond the page");
         // SAFETY: offset + off + len lies within the mapping (checked at
         // construction and just above).

@@ -167,6 +167,28 @@ impl GrantMapping {
     }
 }
 
+impl GrantMapping {
+    /// The granted page for atomic access, as shared rings need for their
+    /// indices; None for a read-only mapping (a ring's indices are written).
+    pub fn shared_page(&self) -> Option<&ForeignPage> {
+        self.writable.then_some(&self.page)
+    }
+
+    /// Where bytes `off..off + len` of the granted page lie in Dom0, so the
+    /// kernel can read or write them directly (zero-copy I/O). `into_page`
+    /// (the page is written) needs a mapping made for writing. The pointer
+    /// is valid while `self` lives.
+    pub fn io_ptr(&self, off: usize, len: usize, into_page: bool) -> Result<*mut u8, GrantError> {
+        if into_page && !self.writable {
+            return Err(GrantError::ReadOnly(0));
+        }
+        if off.checked_add(len).is_none_or(|end| end > PAGE_SIZE) {
+            return Err(GrantError::BadFrame(0, off as u64));
+        }
+        Ok(self.page.ptr(off, len))
+    }
+}
+
 impl Drop for GrantMapping {
     fn drop(&mut self) {
         self.entry.fetch_and_u32(self.offset, !(self.busy as u32));
