@@ -2,6 +2,8 @@
 //! PV test guest, run them under real KVM with a time limit, and collect
 //! their output.
 
+pub mod dom0;
+
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};

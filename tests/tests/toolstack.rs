@@ -1,132 +1,12 @@
 //! kxl and kxend end to end: real binaries, real KVM, the PV test guest in
 //! service mode, an isolated kxend per test (its own state and run dirs).
 
-use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use kxen_tests::{test_guest, workspace_bin};
-
-/// An isolated kxend instance, stopped (with its domains) on drop.
-struct Dom0 {
-    dir: PathBuf,
-}
-
-impl Dom0 {
-    fn new(tag: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!("kxen-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(dir.join("state")).unwrap();
-        std::fs::create_dir_all(dir.join("run")).unwrap();
-        Dom0 { dir }
-    }
-
-    fn kxl(&self, args: &[&str]) -> Output {
-        self.kxl_stdin(args, b"")
-    }
-
-    fn kxl_stdin(&self, args: &[&str], input: &[u8]) -> Output {
-        let mut child = Command::new(workspace_bin("kxl"))
-            .args(args)
-            .env("KXEN_STATE_DIR", self.dir.join("state"))
-            .env("KXEN_RUN_DIR", self.dir.join("run"))
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("run kxl");
-        let mut stdin = child.stdin.take().unwrap();
-        stdin.write_all(input).unwrap();
-        drop(stdin);
-        wait_output(child, Duration::from_secs(60))
-    }
-
-    fn ok(&self, args: &[&str]) -> String {
-        let out = self.kxl(args);
-        assert!(out.status.success(), "kxl {args:?} failed: {}", show(&out));
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    fn config(&self, name: &str, extra: &str) -> PathBuf {
-        let path = self.dir.join(format!("{name}.cfg"));
-        std::fs::write(
-            &path,
-            format!(
-                "# kxen test guest\nname = \"{name}\"\ntype = \"pvh\"\nkernel = \"{}\"\nmemory = 64\nvcpus = 1\ncmdline = \"kxen.mode=service\"\n{extra}",
-                test_guest().display()
-            ),
-        )
-        .unwrap();
-        path
-    }
-
-    /// The running kxend of this instance (from its pid file).
-    fn kxend_pid(&self) -> Option<i32> {
-        let pid: i32 = std::fs::read_to_string(self.dir.join("run/kxend.pid"))
-            .ok()?
-            .trim()
-            .parse()
-            .ok()?;
-        Path::new(&format!("/proc/{pid}")).exists().then_some(pid)
-    }
-
-    fn console_log(&self, name: &str) -> String {
-        std::fs::read_to_string(self.dir.join(format!("state/console/guest-{name}.log")))
-            .unwrap_or_default()
-    }
-
-    fn wait_console(&self, name: &str, needle: &str) {
-        let start = Instant::now();
-        while !self.console_log(name).contains(needle) {
-            assert!(
-                start.elapsed() < Duration::from_secs(60),
-                "{name} never printed {needle:?}; console:\n{}",
-                self.console_log(name)
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Dom0 {
-    fn drop(&mut self) {
-        // Domains run in their own process groups: end them explicitly.
-        let _ = Command::new("pkill")
-            .args(["-f", &format!("kxen-vmm.*{}", self.dir.display())])
-            .status();
-        if let Some(pid) = self.kxend_pid() {
-            let _ = Command::new("kill").arg(pid.to_string()).status();
-        }
-        // Keep the logs of a failed test for a look; tidy up otherwise.
-        if !std::thread::panicking() {
-            let _ = std::fs::remove_dir_all(&self.dir);
-        }
-    }
-}
-
-fn wait_output(mut child: std::process::Child, limit: Duration) -> Output {
-    let start = Instant::now();
-    loop {
-        if child.try_wait().unwrap().is_some() {
-            return child.wait_with_output().unwrap();
-        }
-        if start.elapsed() > limit {
-            let _ = child.kill();
-            return child.wait_with_output().unwrap();
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
-fn show(out: &Output) -> String {
-    format!(
-        "status {:?}\nstdout:\n{}\nstderr:\n{}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
+use kxen_tests::dom0::{show, wait_output, Dom0};
+use kxen_tests::workspace_bin;
 
 /// The row of `name` in `kxl list` output.
 fn row<'a>(list: &'a str, name: &str) -> Option<&'a str> {
@@ -225,20 +105,6 @@ fn domain_lifecycle_through_kxl() {
     // Unknown domains get xl's message and a failure status.
     let out = d.kxl(&["destroy", "nosuch"]);
     assert!(!out.status.success());
-}
-
-impl Dom0 {
-    fn wait_console_count(&self, name: &str, needle: &str, count: usize) {
-        let start = Instant::now();
-        while self.console_log(name).matches(needle).count() < count {
-            assert!(
-                start.elapsed() < Duration::from_secs(60),
-                "{}",
-                self.console_log(name)
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
 }
 
 /// Killing one domain's VMM is that domain's crash only.

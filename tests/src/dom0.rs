@@ -1,0 +1,243 @@
+//! An isolated Dom0 for end-to-end tests: a private kxend (its own state
+//! and run directories, optionally inside its own network namespace)
+//! driven through the real kxl.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::{test_guest, workspace_bin};
+
+/// An isolated kxend instance, stopped (with its domains) on drop.
+pub struct Dom0 {
+    pub dir: PathBuf,
+    /// The network namespace kxend runs in, when the test asked for one.
+    pub netns: Option<String>,
+}
+
+impl Dom0 {
+    pub fn new(tag: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("kxen-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("state")).unwrap();
+        std::fs::create_dir_all(dir.join("run")).unwrap();
+        Dom0 { dir, netns: None }
+    }
+
+    pub fn kxl(&self, args: &[&str]) -> Output {
+        self.kxl_stdin(args, b"")
+    }
+
+    pub fn kxl_stdin(&self, args: &[&str], input: &[u8]) -> Output {
+        let mut child = Command::new(workspace_bin("kxl"))
+            .args(args)
+            .env("KXEN_STATE_DIR", self.dir.join("state"))
+            .env("KXEN_RUN_DIR", self.dir.join("run"))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run kxl");
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(input).unwrap();
+        drop(stdin);
+        wait_output(child, Duration::from_secs(60))
+    }
+
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.kxl(args);
+        assert!(out.status.success(), "kxl {args:?} failed: {}", show(&out));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    pub fn config(&self, name: &str, extra: &str) -> PathBuf {
+        let path = self.dir.join(format!("{name}.cfg"));
+        std::fs::write(
+            &path,
+            format!(
+                "# kxen test guest\nname = \"{name}\"\ntype = \"pvh\"\nkernel = \"{}\"\nmemory = 64\nvcpus = 1\ncmdline = \"kxen.mode=service\"\n{extra}",
+                test_guest().display()
+            ),
+        )
+        .unwrap();
+        path
+    }
+
+    /// The running kxend of this instance (from its pid file).
+    pub fn kxend_pid(&self) -> Option<i32> {
+        let pid: i32 = std::fs::read_to_string(self.dir.join("run/kxend.pid"))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()?;
+        Path::new(&format!("/proc/{pid}")).exists().then_some(pid)
+    }
+
+    pub fn console_log(&self, name: &str) -> String {
+        std::fs::read_to_string(self.dir.join(format!("state/console/guest-{name}.log")))
+            .unwrap_or_default()
+    }
+
+    pub fn wait_console(&self, name: &str, needle: &str) {
+        let start = Instant::now();
+        while !self.console_log(name).contains(needle) {
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "{name} never printed {needle:?}; console:\n{}",
+                self.console_log(name)
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Dom0 {
+    fn drop(&mut self) {
+        // Domains run in their own process groups: end them explicitly.
+        let _ = Command::new("pkill")
+            .args(["-f", &format!("kxen-vmm.*{}", self.dir.display())])
+            .status();
+        if let Some(pid) = self.kxend_pid() {
+            let _ = Command::new("kill").arg(pid.to_string()).status();
+            let start = Instant::now();
+            while Path::new(&format!("/proc/{pid}")).exists()
+                && start.elapsed() < Duration::from_secs(5)
+            {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        if let Some(ns) = &self.netns {
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
+        // Keep the logs of a failed test for a look; tidy up otherwise.
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+pub fn wait_output(mut child: std::process::Child, limit: Duration) -> Output {
+    let start = Instant::now();
+    loop {
+        if child.try_wait().unwrap().is_some() {
+            return child.wait_with_output().unwrap();
+        }
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            return child.wait_with_output().unwrap();
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+pub fn show(out: &Output) -> String {
+    format!(
+        "status {:?}\nstdout:\n{}\nstderr:\n{}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+
+impl Dom0 {
+    /// A Dom0 whose kxend runs in a fresh network namespace, so the TAP
+    /// devices and bridges it makes live there, never in the host's.
+    pub fn new_in_netns(tag: &str) -> Self {
+        let mut d = Dom0::new(tag);
+        let ns = format!("kxt-{tag}-{}", std::process::id());
+        let _ = Command::new("ip").args(["netns", "del", &ns]).status();
+        let st = Command::new("ip")
+            .args(["netns", "add", &ns])
+            .status()
+            .expect("ip netns add");
+        assert!(st.success(), "ip netns add {ns} failed");
+        d.netns = Some(ns.clone());
+        let log = std::fs::File::create(d.dir.join("kxend.log")).unwrap();
+        Command::new("ip")
+            .args(["netns", "exec", &ns])
+            .arg(workspace_bin("kxend"))
+            .arg("--foreground")
+            .env("KXEN_STATE_DIR", d.dir.join("state"))
+            .env("KXEN_RUN_DIR", d.dir.join("run"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start kxend in its namespace");
+        let start = Instant::now();
+        while !d.dir.join("run/kxend.sock").exists() {
+            assert!(start.elapsed() < Duration::from_secs(20), "kxend did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        d
+    }
+
+    /// Run a command inside this Dom0's network namespace.
+    pub fn in_netns(&self, args: &[&str]) -> Output {
+        let ns = self.netns.as_deref().expect("a Dom0 with a namespace");
+        let child = Command::new("ip")
+            .args(["netns", "exec", ns])
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("ip netns exec");
+        wait_output(child, Duration::from_secs(60))
+    }
+
+    /// Type a line on the guest's console (then detach with Ctrl-]).
+    pub fn console_line(&self, name: &str, line: &str) {
+        let mut input = line.as_bytes().to_vec();
+        input.extend_from_slice(b"\r\x1d");
+        let _ = self.kxl_stdin(&["console", name], &input);
+    }
+
+    /// Wait for a console line starting with `prefix` that appears after
+    /// byte `from` of the log; returns that line.
+    pub fn wait_line_after(&self, name: &str, from: usize, prefix: &str, limit: Duration) -> String {
+        let start = Instant::now();
+        loop {
+            let log = self.console_log(name);
+            if let Some(line) = log
+                .get(from..)
+                .unwrap_or("")
+                .lines()
+                .find(|l| l.trim_start().starts_with(prefix))
+            {
+                return line.trim().to_string();
+            }
+            assert!(
+                start.elapsed() < limit,
+                "{name} never printed a line starting {prefix:?}; console:\n{log}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Type a command on the guest console and return the guest's answer:
+    /// the first line after it starting with `answer`.
+    pub fn guest_command(&self, name: &str, line: &str, answer: &str, limit: Duration) -> String {
+        let from = self.console_log(name).len();
+        self.console_line(name, line);
+        self.wait_line_after(name, from, answer, limit)
+    }
+}
+
+impl Dom0 {
+    /// Wait until `needle` appeared `count` times on the console.
+    pub fn wait_console_count(&self, name: &str, needle: &str, count: usize) {
+        let start = Instant::now();
+        while self.console_log(name).matches(needle).count() < count {
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "{}",
+                self.console_log(name)
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
