@@ -32,6 +32,9 @@ fn absolutize(config: &mut DomainConfig) {
     let Ok(cwd) = std::env::current_dir() else {
         return;
     };
+    for disk in &mut config.disks {
+        absolutize_disk(disk);
+    }
     for path in [&mut config.kernel, &mut config.ramdisk]
         .into_iter()
         .flatten()
@@ -126,4 +129,71 @@ pub fn uptime(entries: &[DomainEntry], short: bool) -> String {
 
 pub fn top(entries: &[DomainEntry]) -> String {
     list(entries, false, false)
+}
+
+/// kxend runs elsewhere: a disk image named relative to kxl's directory
+/// becomes absolute.
+pub fn absolutize_disk(disk: &mut kxen_toolstack::disk::DiskSpec) {
+    let Ok(cwd) = std::env::current_dir() else {
+        return;
+    };
+    if let Some(target) = disk.target.as_mut() {
+        if !target.is_empty() && std::path::Path::new(target.as_str()).is_relative() {
+            *target = cwd.join(&*target).display().to_string();
+        }
+    }
+}
+
+/// `xl block-list` for one domain, with kxen's backend counters after the
+/// table when `stats` is asked for.
+pub fn block_list(devices: &[kxen_toolstack::protocol::DeviceEntry], stats: bool) -> String {
+    let mut out = xl::block_list_header();
+    for d in devices {
+        if let Some(b) = &d.block {
+            out += &xl::block_list_row(b);
+        }
+    }
+    if stats {
+        out += &stats_table(devices, |d| d.block.as_ref().map(|b| b.devid));
+    }
+    out
+}
+
+/// `xl network-list` for one domain, followed by each vif's counters.
+pub fn network_list(devices: &[kxen_toolstack::protocol::DeviceEntry]) -> String {
+    let mut out = xl::network_list_header();
+    for d in devices {
+        if let Some(n) = &d.nic {
+            out += &xl::network_list_row(n);
+        }
+    }
+    out += &stats_table(devices, |d| d.nic.as_ref().map(|n| n.devid));
+    out
+}
+
+/// Counters as a table: one row per device, one column per counter name.
+fn stats_table(
+    devices: &[kxen_toolstack::protocol::DeviceEntry],
+    id: impl Fn(&kxen_toolstack::protocol::DeviceEntry) -> Option<u32>,
+) -> String {
+    let mut names: Vec<&String> = devices.iter().flat_map(|d| d.stats.keys()).collect();
+    names.sort();
+    names.dedup();
+    if names.is_empty() {
+        return String::new();
+    }
+    let mut out = format!("{:<5}", "Idx");
+    for n in &names {
+        out += &format!(" {:>12}", n);
+    }
+    out.push('\n');
+    for d in devices {
+        let Some(devid) = id(d) else { continue };
+        out += &format!("{devid:<5}");
+        for n in &names {
+            out += &format!(" {:>12}", d.stats.get(*n).copied().unwrap_or(0));
+        }
+        out.push('\n');
+    }
+    out
 }

@@ -92,6 +92,47 @@ enum Cmd {
         short: bool,
         domains: Vec<String>,
     },
+    /// Create a new virtual block device.
+    BlockAttach {
+        domain: String,
+        /// The disk spec (xl-disk-configuration), as one or more arguments.
+        #[arg(required = true)]
+        disk: Vec<String>,
+    },
+    /// Destroy a domain's virtual block device.
+    BlockDetach {
+        /// Remove the device even if the guest does not release it.
+        #[arg(short = 'f', long)]
+        force: bool,
+        domain: String,
+        /// Device number or vdev (xvda, 51712...).
+        device: String,
+    },
+    /// List virtual block devices for a domain.
+    BlockList {
+        /// Also print the backend's request counters.
+        #[arg(short = 's', long)]
+        stats: bool,
+        #[arg(required = true)]
+        domains: Vec<String>,
+    },
+    /// Create a new virtual network device.
+    NetworkAttach {
+        domain: String,
+        /// Settings as in a vif spec: mac=, bridge=, ...
+        settings: Vec<String>,
+    },
+    /// Destroy a domain's virtual network device.
+    NetworkDetach {
+        domain: String,
+        /// Device index or MAC address.
+        device: String,
+    },
+    /// List virtual network interfaces for a domain, with their counters.
+    NetworkList {
+        #[arg(required = true)]
+        domains: Vec<String>,
+    },
     /// Monitor the host and its domains in real time.
     Top {
         /// Refresh interval in seconds.
@@ -331,6 +372,81 @@ fn main() -> ExitCode {
             Ok(r) => fail(format::error_message(&r)),
             Err(code) => code,
         },
+        Cmd::BlockAttach { domain, disk } => {
+            match kxen_toolstack::disk::DiskSpec::parse_components(&disk) {
+                Ok(mut spec) => {
+                    format::absolutize_disk(&mut spec);
+                    simple(Request::BlockAttach {
+                        domain,
+                        disk: Box::new(spec),
+                    })
+                }
+                Err(e) => fail(e.to_string()),
+            }
+        }
+        Cmd::BlockDetach {
+            force,
+            domain,
+            device,
+        } => simple(Request::BlockDetach {
+            domain,
+            device,
+            force,
+        }),
+        Cmd::BlockList { stats, domains } => {
+            let mut code = ExitCode::SUCCESS;
+            for domain in domains {
+                match call(Request::BlockList {
+                    domain: domain.clone(),
+                }) {
+                    Ok(r) if r.ok => {
+                        print!("{}", format::block_list(&r.devices.unwrap_or_default(), stats))
+                    }
+                    Ok(r) if r.unknown_domain.is_some() => {
+                        eprintln!("{}", xl::invalid_domain_no_rc(&domain));
+                        code = ExitCode::FAILURE;
+                    }
+                    Ok(r) => code = fail(format::error_message(&r)),
+                    Err(c) => return c,
+                }
+            }
+            code
+        }
+        Cmd::NetworkAttach { domain, settings } => {
+            match kxen_toolstack::vif::VifSpec::parse_tokens(settings.iter().map(String::as_str))
+            {
+                Ok((vif, warnings)) => {
+                    for w in warnings {
+                        eprintln!("{w}");
+                    }
+                    simple(Request::NetworkAttach {
+                        domain,
+                        vif: Box::new(vif),
+                    })
+                }
+                Err(e) => fail(e.to_string()),
+            }
+        }
+        Cmd::NetworkDetach { domain, device } => {
+            simple(Request::NetworkDetach { domain, device })
+        }
+        Cmd::NetworkList { domains } => {
+            let mut code = ExitCode::SUCCESS;
+            for domain in domains {
+                match call(Request::NetworkList {
+                    domain: domain.clone(),
+                }) {
+                    Ok(r) if r.ok => print!("{}", format::network_list(&r.devices.unwrap_or_default())),
+                    Ok(r) if r.unknown_domain.is_some() => {
+                        eprintln!("{}", xl::invalid_domain_no_rc(&domain));
+                        code = ExitCode::FAILURE;
+                    }
+                    Ok(r) => code = fail(format::error_message(&r)),
+                    Err(c) => return c,
+                }
+            }
+            code
+        }
         Cmd::Top { delay, iterations } => {
             let mut n = 0;
             loop {

@@ -82,6 +82,43 @@ pub enum Request {
     Console {
         domain: DomainRef,
     },
+    /// Hot-plug a disk (`xl block-attach`).
+    BlockAttach {
+        domain: DomainRef,
+        disk: Box<crate::disk::DiskSpec>,
+    },
+    /// Unplug a disk by vdev or device number (`xl block-detach`).
+    BlockDetach {
+        domain: DomainRef,
+        device: String,
+        force: bool,
+    },
+    BlockList {
+        domain: DomainRef,
+    },
+    /// Hot-plug a vif (`xl network-attach`).
+    NetworkAttach {
+        domain: DomainRef,
+        vif: Box<crate::vif::VifSpec>,
+    },
+    /// Unplug a vif by index or MAC (`xl network-detach`).
+    NetworkDetach {
+        domain: DomainRef,
+        device: String,
+    },
+    NetworkList {
+        domain: DomainRef,
+    },
+}
+
+/// One device with its backend's counters, for the list commands.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct DeviceEntry {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub block: Option<crate::xl::BlockInfo>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nic: Option<crate::xl::NicInfo>,
+    pub stats: std::collections::BTreeMap<String, u64>,
 }
 
 /// One domain as kxend reports it: xl's view plus what kxl needs on top.
@@ -111,6 +148,8 @@ pub struct Reply {
     /// xl's "invalid domain identifier" message for it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub unknown_domain: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub devices: Option<Vec<DeviceEntry>>,
 }
 
 impl Reply {
