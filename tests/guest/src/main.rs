@@ -11,12 +11,15 @@
 #![allow(clippy::result_large_err)]
 
 mod boot;
+mod cell;
 mod checks;
 mod console;
 mod env;
 mod events;
+mod grants;
 mod hypercall;
 mod mem;
+mod pages;
 mod service;
 mod setup;
 mod time;

@@ -18,7 +18,7 @@ use core::fmt;
 use core::sync::atomic::Ordering;
 
 use kxen_testguest::lineedit::{self, Key, LineEditor};
-use kxen_testguest::xswire::{self, Framer, Header, ShutdownRequest, TooLong};
+use kxen_testguest::xswire::{self, Header, ShutdownRequest, TooLong};
 use xen_abi::sched::{SHUTDOWN_CRASH, SHUTDOWN_POWEROFF, SHUTDOWN_REBOOT};
 use xen_abi::vcpu::{SetSingleshotTimer, VCPUOP_SET_SINGLESHOT_TIMER};
 use xen_abi::xenstore::{XS_ERROR, XS_READ, XS_WATCH, XS_WATCH_EVENT, XS_WRITE};
@@ -115,7 +115,6 @@ impl fmt::Display for Shown<'_> {
 
 struct Store {
     ring: Ring,
-    framer: Framer,
     /// Next entry of [`SETUP`] to send.
     setup_step: usize,
     /// The watch is registered.
@@ -132,7 +131,6 @@ impl Store {
     fn new(ring: Ring) -> Self {
         Store {
             ring,
-            framer: Framer::new(),
             setup_step: 0,
             watching: false,
             dirty: false,
@@ -143,16 +141,11 @@ impl Store {
     /// One pass: take every complete message, then send what is due.
     fn pass(&mut self) -> Result<(), Unavailable> {
         loop {
-            match self.ring.recv(&mut self.framer) {
+            let ring = self.ring;
+            let mut r = Ok(());
+            match xenstore::next(&ring, |h, payload| r = self.handle(h, payload)) {
                 Ok(false) => break,
-                Ok(true) => {
-                    let r = match self.framer.header() {
-                        Some(h) => self.handle(h),
-                        None => Ok(()),
-                    };
-                    self.framer.reset();
-                    r?;
-                }
+                Ok(true) => r?,
                 Err(TooLong(len)) => {
                     println!(
                         "kxen-testguest: service: xenstore watch unavailable (protocol error: a {} byte message)",
@@ -199,9 +192,8 @@ impl Store {
         Ok(())
     }
 
-    /// Act on the complete message in the framer.
-    fn handle(&mut self, h: Header) -> Result<(), Unavailable> {
-        let payload = self.framer.payload();
+    /// Act on one complete message.
+    fn handle(&mut self, h: Header, payload: &[u8]) -> Result<(), Unavailable> {
         if h.kind == XS_WATCH_EVENT {
             // Any event of ours means "read control/shutdown again".
             if xswire::watch_event(payload).is_some_and(|(_, token)| token == TOKEN) {

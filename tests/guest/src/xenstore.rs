@@ -11,6 +11,7 @@ use xen_abi::xenstore::{
     PAYLOAD_MAX, RING_SIZE, XS_WATCH_EVENT,
 };
 
+use crate::cell::Single;
 use crate::time::Deadline;
 use crate::{events, xen};
 
@@ -84,9 +85,21 @@ impl Ring {
     /// Queue one request (header + `parts`) if the request ring has room
     /// for all of it, and notify the server. `Ok(false)`: no room yet.
     pub fn try_send(&self, kind: u32, req_id: u32, parts: &[&[u8]]) -> Result<bool, &'static str> {
-        let Some(h) = xswire::request_header(kind, req_id, parts) else {
+        self.try_send_tx(kind, req_id, 0, parts)
+    }
+
+    /// [`Ring::try_send`] inside transaction `tx_id` (0: none).
+    pub fn try_send_tx(
+        &self,
+        kind: u32,
+        req_id: u32,
+        tx_id: u32,
+        parts: &[&[u8]],
+    ) -> Result<bool, &'static str> {
+        let Some(mut h) = xswire::request_header(kind, req_id, parts) else {
             return Err("request too long");
         };
+        h.tx_id = tx_id;
         let total = xswire::HEADER_LEN + h.len as usize;
         if total > RING_SIZE {
             // Never fits at once; the guest only sends short requests.
@@ -163,48 +176,205 @@ pub fn ring() -> Result<Ring, &'static str> {
     })
 }
 
+/// Longest payload kept for a message that arrives while someone else
+/// waits for a reply (watch events, replies to service mode's requests).
+const DEFERRED_MAX: usize = 512;
+/// How many such messages are kept.
+const DEFERRED_SLOTS: usize = 16;
+
+#[derive(Clone, Copy)]
+struct Deferred {
+    header: Header,
+    len: usize,
+    buf: [u8; DEFERRED_MAX],
+}
+
+/// Everything read from the response ring goes through here: one framer
+/// (so a message is never split between two readers) and a queue of the
+/// messages that arrived while a synchronous [`request`] waited for its own
+/// reply. Service mode's asynchronous client takes them with [`next`].
+struct Inbox {
+    framer: Framer,
+    queue: [Deferred; DEFERRED_SLOTS],
+    head: usize,
+    count: usize,
+    /// Messages dropped because the queue was full.
+    lost: u32,
+}
+
+const EMPTY: Deferred = Deferred {
+    header: Header {
+        kind: 0,
+        req_id: 0,
+        tx_id: 0,
+        len: 0,
+    },
+    len: 0,
+    buf: [0; DEFERRED_MAX],
+};
+
+static INBOX: Single<Inbox> = Single::new(Inbox {
+    framer: Framer::new(),
+    queue: [EMPTY; DEFERRED_SLOTS],
+    head: 0,
+    count: 0,
+    lost: 0,
+});
+
+impl Inbox {
+    /// Queue the framer's complete message; false if the queue is full.
+    fn defer(&mut self) -> bool {
+        if self.count == DEFERRED_SLOTS {
+            return false;
+        }
+        let Some(header) = self.framer.header() else {
+            return true;
+        };
+        let p = self.framer.payload();
+        let n = p.len().min(DEFERRED_MAX);
+        let slot = &mut self.queue[(self.head + self.count) % DEFERRED_SLOTS];
+        slot.header = header;
+        slot.len = n;
+        slot.buf[..n].copy_from_slice(&p[..n]);
+        self.count += 1;
+        true
+    }
+
+    fn pop(&mut self) -> Option<Deferred> {
+        if self.count == 0 {
+            return None;
+        }
+        let d = self.queue[self.head];
+        self.head = (self.head + 1) % DEFERRED_SLOTS;
+        self.count -= 1;
+        Some(d)
+    }
+}
+
+/// The next message for an asynchronous client: a queued one first, else
+/// one from the ring. `f` sees its header and payload. `Ok(false)`: none.
+pub fn next(ring: &Ring, f: impl FnOnce(Header, &[u8])) -> Result<bool, TooLong> {
+    INBOX.with(|ib| {
+        if let Some(d) = ib.pop() {
+            f(d.header, &d.buf[..d.len]);
+            return Ok(true);
+        }
+        if !ring.recv(&mut ib.framer)? {
+            return Ok(false);
+        }
+        if let Some(h) = ib.framer.header() {
+            f(h, ib.framer.payload());
+        }
+        ib.framer.reset();
+        Ok(true)
+    })
+}
+
+/// Move complete messages from the ring into the queue (while it has room),
+/// so that long waits neither lose watch events nor stall the server.
+pub fn pump() {
+    let Ok(ring) = ring() else { return };
+    INBOX.with(|ib| {
+        while ib.count < DEFERRED_SLOTS {
+            match ring.recv(&mut ib.framer) {
+                Ok(true) => {
+                    ib.defer();
+                    ib.framer.reset();
+                }
+                Ok(false) => break,
+                Err(_) => {
+                    // The stream is broken; start over at the next header.
+                    ib.framer.reset();
+                    break;
+                }
+            }
+        }
+    });
+}
+
+/// Take every queued watch event whose token starts with `prefix`; returns
+/// whether there was one (or whether messages were lost, which may have
+/// included one).
+pub fn take_watch_events(prefix: &[u8]) -> bool {
+    INBOX.with(|ib| {
+        let mut hit = core::mem::take(&mut ib.lost) != 0;
+        let n = ib.count;
+        for _ in 0..n {
+            let Some(d) = ib.pop() else { break };
+            let mine = d.header.kind == XS_WATCH_EVENT
+                && xswire::watch_event(&d.buf[..d.len]).is_some_and(|(_, t)| t.starts_with(prefix));
+            if mine {
+                hit = true;
+            } else {
+                // Keep the others, in order.
+                let slot = (ib.head + ib.count) % DEFERRED_SLOTS;
+                ib.queue[slot] = d;
+                ib.count += 1;
+            }
+        }
+        hit
+    })
+}
+
 /// Send one request (payload = the parts, concatenated) and wait up to one
-/// second for its reply; watch events and replies to other requests are
-/// skipped.
+/// second for its reply; other messages are queued for [`next`].
 pub fn request(kind: u32, parts: &[&[u8]], reply: &mut Reply) -> Result<(), &'static str> {
+    request_tx(kind, 0, parts, reply)
+}
+
+/// [`request`] inside transaction `tx_id` (0: none).
+pub fn request_tx(
+    kind: u32,
+    tx_id: u32,
+    parts: &[&[u8]],
+    reply: &mut Reply,
+) -> Result<(), &'static str> {
     let ring = ring()?;
     let req_id = next_req_id();
     let mut d = Deadline::after_ms(1_000);
-    while !ring.try_send(kind, req_id, parts)? {
+    while !ring.try_send_tx(kind, req_id, tx_id, parts)? {
         if d.expired() {
             return Err("timed out waiting for request ring space");
         }
         xen::sched_yield();
     }
-    let mut framer = Framer::new();
     loop {
-        match ring.recv(&mut framer) {
-            Err(_) => return Err("reply longer than XENSTORE_PAYLOAD_MAX"),
-            Ok(false) => {
-                events::drain();
-                if d.expired() {
-                    return Err("timed out waiting for a reply");
+        let got = INBOX.with(|ib| -> Result<bool, &'static str> {
+            loop {
+                match ring.recv(&mut ib.framer) {
+                    Err(_) => {
+                        ib.framer.reset();
+                        return Err("reply longer than XENSTORE_PAYLOAD_MAX");
+                    }
+                    Ok(false) => return Ok(false),
+                    Ok(true) => {
+                        let Some(h) = ib.framer.header() else {
+                            ib.framer.reset();
+                            return Err("framing error");
+                        };
+                        if h.kind != XS_WATCH_EVENT && h.req_id == req_id {
+                            let p = ib.framer.payload();
+                            reply.buf[..p.len()].copy_from_slice(p);
+                            reply.kind = h.kind;
+                            reply.len = p.len();
+                            ib.framer.reset();
+                            return Ok(true);
+                        }
+                        if !ib.defer() {
+                            ib.lost += 1;
+                        }
+                        ib.framer.reset();
+                    }
                 }
-                xen::sched_yield();
             }
-            Ok(true) => {
-                let Some(Header {
-                    kind: rkind,
-                    req_id: rid,
-                    ..
-                }) = framer.header()
-                else {
-                    return Err("framing error");
-                };
-                if rkind != XS_WATCH_EVENT && rid == req_id {
-                    let p = framer.payload();
-                    reply.buf[..p.len()].copy_from_slice(p);
-                    reply.kind = rkind;
-                    reply.len = p.len();
-                    return Ok(());
-                }
-                framer.reset();
-            }
+        })?;
+        if got {
+            return Ok(());
         }
+        events::drain();
+        if d.expired() {
+            return Err("timed out waiting for a reply");
+        }
+        xen::sched_yield();
     }
 }

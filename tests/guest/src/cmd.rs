@@ -1,0 +1,242 @@
+//! The device commands of service mode's console, parsed from one line.
+//! Anything that is not a device command is left to the console's echo.
+
+/// A `blk bench` pattern.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BenchKind {
+    SeqRead,
+    SeqWrite,
+    RandRead,
+}
+
+impl BenchKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            BenchKind::SeqRead => "seqread",
+            BenchKind::SeqWrite => "seqwrite",
+            BenchKind::RandRead => "randread",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Command {
+    /// `blk list`: one line per block device.
+    BlkList,
+    /// `blk check <devid>`.
+    BlkCheck { dev: u32 },
+    /// `blk write <devid> <sector> <count> <seed>`.
+    BlkWrite {
+        dev: u32,
+        sector: u64,
+        count: u64,
+        seed: u64,
+    },
+    /// `blk read <devid> <sector> <count>`.
+    BlkRead { dev: u32, sector: u64, count: u64 },
+    /// `blk bench <devid> <kind> <amount> <req-KiB> <queue-depth>`: amount
+    /// is MiB for the sequential kinds and requests for randread.
+    BlkBench {
+        dev: u32,
+        kind: BenchKind,
+        amount: u64,
+        req_kib: u64,
+        depth: u64,
+    },
+    /// `blk hostile <devid>`.
+    BlkHostile { dev: u32 },
+    /// `net ping <count>`.
+    NetPing { count: u64 },
+    /// `net bench tx <MiB>`.
+    NetBenchTx { mib: u64 },
+    /// `net hostile`.
+    NetHostile,
+    /// `net list`.
+    NetList,
+}
+
+/// Why a device command line was refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Usage(pub &'static str);
+
+/// A decimal number, or hexadecimal with `0x`.
+pub fn parse_u64(s: &[u8]) -> Option<u64> {
+    let (digits, radix) = match s {
+        [b'0', b'x' | b'X', rest @ ..] => (rest, 16),
+        _ => (s, 10),
+    };
+    if digits.is_empty() {
+        return None;
+    }
+    let mut v: u64 = 0;
+    for &d in digits {
+        let x = (d as char).to_digit(radix)? as u64;
+        v = v.checked_mul(radix as u64)?.checked_add(x)?;
+    }
+    Some(v)
+}
+
+/// `Ok(None)`: not a device command; `Err`: a device command with bad
+/// arguments.
+pub fn parse(line: &[u8]) -> Result<Option<Command>, Usage> {
+    let mut words = line
+        .split(|&b| b == b' ' || b == b'\t')
+        .filter(|w| !w.is_empty());
+    let (Some(group), Some(verb)) = (words.next(), words.next()) else {
+        return Ok(None);
+    };
+    let mut args = [&b""[..]; 6];
+    let mut n = 0;
+    for w in words {
+        if n == args.len() {
+            return Err(Usage("too many arguments"));
+        }
+        args[n] = w;
+        n += 1;
+    }
+    let args = &args[..n];
+    let num = |i: usize, what: &'static str| -> Result<u64, Usage> {
+        args.get(i).and_then(|a| parse_u64(a)).ok_or(Usage(what))
+    };
+    let dev = |what| -> Result<u32, Usage> {
+        let d = num(0, what)?;
+        u32::try_from(d).map_err(|_| Usage(what))
+    };
+    let exact = |want: usize, usage: &'static str| {
+        if args.len() == want {
+            Ok(())
+        } else {
+            Err(Usage(usage))
+        }
+    };
+    let cmd = match (group, verb) {
+        (b"blk", b"list") => {
+            exact(0, "usage: blk list")?;
+            Command::BlkList
+        }
+        (b"blk", b"check") => {
+            const U: &str = "usage: blk check <devid>";
+            exact(1, U)?;
+            Command::BlkCheck { dev: dev(U)? }
+        }
+        (b"blk", b"write") => {
+            const U: &str = "usage: blk write <devid> <sector> <count> <seed>";
+            exact(4, U)?;
+            Command::BlkWrite {
+                dev: dev(U)?,
+                sector: num(1, U)?,
+                count: num(2, U)?,
+                seed: num(3, U)?,
+            }
+        }
+        (b"blk", b"read") => {
+            const U: &str = "usage: blk read <devid> <sector> <count>";
+            exact(3, U)?;
+            Command::BlkRead {
+                dev: dev(U)?,
+                sector: num(1, U)?,
+                count: num(2, U)?,
+            }
+        }
+        (b"blk", b"bench") => {
+            const U: &str =
+                "usage: blk bench <devid> seqread|seqwrite|randread <MiB|ops> <req-KiB> <queue-depth>";
+            exact(5, U)?;
+            let kind = match args[1] {
+                b"seqread" => BenchKind::SeqRead,
+                b"seqwrite" => BenchKind::SeqWrite,
+                b"randread" => BenchKind::RandRead,
+                _ => return Err(Usage(U)),
+            };
+            Command::BlkBench {
+                dev: dev(U)?,
+                kind,
+                amount: num(2, U)?,
+                req_kib: num(3, U)?,
+                depth: num(4, U)?,
+            }
+        }
+        (b"blk", b"hostile") => {
+            const U: &str = "usage: blk hostile <devid>";
+            exact(1, U)?;
+            Command::BlkHostile { dev: dev(U)? }
+        }
+        (b"blk", _) => return Err(Usage("unknown blk command")),
+        (b"net", b"ping") => {
+            const U: &str = "usage: net ping <count>";
+            exact(1, U)?;
+            Command::NetPing { count: num(0, U)? }
+        }
+        (b"net", b"bench") => {
+            const U: &str = "usage: net bench tx <MiB>";
+            if args.len() != 2 || args[0] != b"tx" {
+                return Err(Usage(U));
+            }
+            Command::NetBenchTx { mib: num(1, U)? }
+        }
+        (b"net", b"hostile") => {
+            exact(0, "usage: net hostile")?;
+            Command::NetHostile
+        }
+        (b"net", b"list") => {
+            exact(0, "usage: net list")?;
+            Command::NetList
+        }
+        (b"net", _) => return Err(Usage("unknown net command")),
+        _ => return Ok(None),
+    };
+    Ok(Some(cmd))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numbers() {
+        assert_eq!(parse_u64(b"51712"), Some(51712));
+        assert_eq!(parse_u64(b"0x10"), Some(16));
+        assert_eq!(parse_u64(b"0x"), None);
+        assert_eq!(parse_u64(b"12a"), None);
+        assert_eq!(parse_u64(b"99999999999999999999"), None);
+    }
+
+    #[test]
+    fn commands() {
+        assert_eq!(parse(b"hello kxen"), Ok(None));
+        assert_eq!(parse(b"poweroff"), Ok(None));
+        assert_eq!(
+            parse(b"blk check 51712"),
+            Ok(Some(Command::BlkCheck { dev: 51712 }))
+        );
+        assert_eq!(
+            parse(b"blk  write 51712 8 16 0x2a"),
+            Ok(Some(Command::BlkWrite {
+                dev: 51712,
+                sector: 8,
+                count: 16,
+                seed: 42
+            }))
+        );
+        assert_eq!(
+            parse(b"blk bench 51712 randread 1000 4 8"),
+            Ok(Some(Command::BlkBench {
+                dev: 51712,
+                kind: BenchKind::RandRead,
+                amount: 1000,
+                req_kib: 4,
+                depth: 8
+            }))
+        );
+        assert_eq!(parse(b"net ping 3"), Ok(Some(Command::NetPing { count: 3 })));
+        assert_eq!(
+            parse(b"net bench tx 16"),
+            Ok(Some(Command::NetBenchTx { mib: 16 }))
+        );
+        assert!(parse(b"blk write 51712 8").is_err());
+        assert!(parse(b"blk bench 51712 sideways 1 4 1").is_err());
+        assert!(parse(b"net bench rx 5").is_err());
+        assert!(parse(b"blk check 99999999999").is_err());
+        assert!(parse(b"blk frobnicate").is_err());
+    }
+}
