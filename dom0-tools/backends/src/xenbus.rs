@@ -16,8 +16,8 @@ use crate::domain::ForeignDomain;
 pub struct DeviceContext {
     /// The guest (frontend) domain.
     pub domain: Arc<ForeignDomain>,
-    /// Dom0's store; backends act as domain 0.
-    pub store: Arc<Xenstored>,
+    /// Dom0's store (a cheap handle); backends act as domain 0.
+    pub store: Xenstored,
     pub frontend_domid: u16,
     /// Device id (the vdev number for a vbd, the index for a vif).
     pub devid: u32,
