@@ -9,6 +9,14 @@
 //! | `{"op":"unpause"}` | `{"ok":true}` |
 //! | `{"op":"destroy"}` | `{"ok":true}`, then the domain ends |
 //! | `{"op":"memfd"}` | `{"ok":true,"size":N}` with the guest memory memfd attached (SCM_RIGHTS) |
+//! | `{"op":"dom0-ports"}` | console/xenstore ports, two eventfds each |
+//! | `{"op":"events"}` | `{"ok":true,"routing":{"offset":O,"size":S},"vcpus":N,"irqfd":B}` + N per-vCPU irqfds, then the wake eventfd |
+//! | `{"op":"evtchn-bind","guest_port":P}` | `{"ok":true,"dom0_port":D}` + the eventfd the guest's sends on P write |
+//! | `{"op":"evtchn-alloc-unbound"}` | `{"ok":true,"dom0_port":D}` + its eventfd; the guest binds D with EVTCHNOP_bind_interdomain |
+//! | `{"op":"evtchn-close","dom0_port":D}` | `{"ok":true}`; the guest's end becomes unbound |
+//!
+//! Dom0 ports a client opened and did not close are closed when its
+//! connection ends.
 //!
 //! Errors are `{"ok":false,"error":"..."}`. Each client has its own
 //! thread; a malformed line gets an error reply, not a dropped domain.
@@ -24,6 +32,7 @@ use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
 use serde::{Deserialize, Serialize};
 use tracing::{debug, warn};
 
+use crate::events::EventError;
 use crate::vm::{DomainExit, Runtime};
 
 /// Longest request line accepted.
@@ -39,6 +48,24 @@ pub enum Request {
     Memfd,
     #[serde(rename = "dom0-ports")]
     Dom0Ports,
+    Events,
+    #[serde(rename = "evtchn-bind")]
+    EvtchnBind {
+        guest_port: u32,
+    },
+    #[serde(rename = "evtchn-alloc-unbound")]
+    EvtchnAllocUnbound,
+    #[serde(rename = "evtchn-close")]
+    EvtchnClose {
+        dom0_port: u32,
+    },
+}
+
+/// Where the event routing area lies in the memfd.
+#[derive(Debug, Serialize, Deserialize, Clone, Copy, PartialEq, Eq)]
+pub struct RoutingAreaInfo {
+    pub offset: u64,
+    pub size: u64,
 }
 
 /// Where a range of guest-physical memory lives in the memfd.
@@ -81,6 +108,14 @@ pub struct Reply {
     pub regions: Option<Vec<MemfdRegion>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ports: Option<Vec<crate::dom0::Dom0PortInfo>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dom0_port: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub routing: Option<RoutingAreaInfo>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vcpus: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub irqfd: Option<bool>,
 }
 
 impl Reply {
@@ -142,6 +177,7 @@ fn serve_client(rt: &Runtime, stream: UnixStream) {
     let mut writer = writer;
     let mut reader = BufReader::new(stream);
     let mut line = Vec::new();
+    let mut opened = OpenedPorts { rt, ports: vec![] };
     loop {
         if rt.domain.is_stopping() {
             return;
@@ -164,15 +200,77 @@ fn serve_client(rt: &Runtime, stream: UnixStream) {
             let _ = send(&mut writer, &Reply::error("request too long"), &[]);
             return;
         }
-        let (reply, fds) = match serde_json::from_slice::<Request>(&line) {
-            Ok(req) => handle(rt, req),
-            Err(e) => (Reply::error(format!("bad request: {e}")), vec![]),
+        let (reply, fds, _owned) = match serde_json::from_slice::<Request>(&line) {
+            Ok(req) => match handle_events(rt, &req, &mut opened) {
+                Some(r) => r,
+                None => {
+                    let (reply, fds) = handle(rt, req);
+                    (reply, fds, None)
+                }
+            },
+            Err(e) => (Reply::error(format!("bad request: {e}")), vec![], None),
         };
         line.clear();
         if send(&mut writer, &reply, &fds).is_err() {
             return;
         }
     }
+}
+
+/// Dom0 ports opened through one connection, closed when it ends.
+struct OpenedPorts<'a> {
+    rt: &'a Runtime,
+    ports: Vec<u32>,
+}
+
+impl Drop for OpenedPorts<'_> {
+    fn drop(&mut self) {
+        for &port in &self.ports {
+            let _ = self.rt.events.close(&self.rt.domain, port);
+        }
+    }
+}
+
+/// A reply, the fds to attach, and what keeps them open until sent.
+type EventReply = (Reply, Vec<i32>, Option<vmm_sys_util::eventfd::EventFd>);
+
+/// The event-channel requests; None for the others.
+fn handle_events(rt: &Runtime, req: &Request, opened: &mut OpenedPorts) -> Option<EventReply> {
+    let channel = |res: Result<(u32, vmm_sys_util::eventfd::EventFd), EventError>,
+                   opened: &mut OpenedPorts| match res {
+        Ok((port, fd)) => {
+            opened.ports.push(port);
+            let mut reply = Reply::ok();
+            reply.dom0_port = Some(port);
+            let raw = fd.as_raw_fd();
+            (reply, vec![raw], Some(fd))
+        }
+        Err(e) => (Reply::error(e.to_string()), vec![], None),
+    };
+    Some(match *req {
+        Request::Events => {
+            let mut reply = Reply::ok();
+            reply.routing = Some(RoutingAreaInfo {
+                offset: rt.events.area_offset,
+                size: xen_abi::routing::ROUTING_AREA_SIZE as u64,
+            });
+            reply.vcpus = Some(rt.domain.cfg.nr_vcpus);
+            reply.irqfd = Some(rt.events.irqfd_ok());
+            (reply, rt.events.fds(), None)
+        }
+        Request::EvtchnBind { guest_port } => {
+            channel(rt.events.bind_guest_port(&rt.domain, guest_port), opened)
+        }
+        Request::EvtchnAllocUnbound => channel(rt.events.alloc_unbound(), opened),
+        Request::EvtchnClose { dom0_port } => {
+            opened.ports.retain(|&p| p != dom0_port);
+            match rt.events.close(&rt.domain, dom0_port) {
+                Ok(()) => (Reply::ok(), vec![], None),
+                Err(e) => (Reply::error(e.to_string()), vec![], None),
+            }
+        }
+        _ => return None,
+    })
 }
 
 fn handle(rt: &Runtime, req: Request) -> (Reply, Vec<i32>) {
@@ -214,6 +312,11 @@ fn handle(rt: &Runtime, req: Request) -> (Reply, Vec<i32>) {
                 vec![],
             ),
         },
+        // Served by handle_events.
+        Request::Events
+        | Request::EvtchnBind { .. }
+        | Request::EvtchnAllocUnbound
+        | Request::EvtchnClose { .. } => (Reply::error("unreachable"), vec![]),
     }
 }
 

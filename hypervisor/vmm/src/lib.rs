@@ -6,13 +6,17 @@
 //! * [`vm`]: building the domain and running it to its end;
 //! * [`platform`]: what the Xen layer ([`kxen_xen`]) asks of the VMM;
 //! * [`standalone`]: console and xenstore service without kxend;
-//! * [`control`]: the socket a toolstack drives the VMM through.
+//! * [`control`]: the socket a toolstack drives the VMM through;
+//! * [`events`], [`routing`]: Dom0's interdomain channels, irqfds and the
+//!   event routing area backends read.
 
 pub mod control;
 pub mod cpuid;
 pub mod dom0;
+pub mod events;
 pub mod memory;
 pub mod platform;
+pub mod routing;
 pub mod standalone;
 pub mod vcpu;
 pub mod vm;

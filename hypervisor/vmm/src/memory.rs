@@ -1,7 +1,7 @@
 //! Guest physical memory: one memfd holding RAM, the special pages and a
 //! pool of Xen-owned frames, mapped into KVM memory slots.
 //!
-//! memfd layout:  [ RAM | special pages | frame pool ]
+//! memfd layout:  [ RAM | special pages | frame pool | event routing area ]
 //! The memfd is what Dom0 maps to reach the domain ("foreign mapping"), so
 //! every byte a guest can share lives in it.
 //!
@@ -99,8 +99,13 @@ impl Layout {
         self.ram_bytes + SPECIAL_PAGES * PAGE_SIZE as u64 + index * PAGE_SIZE as u64
     }
 
-    fn memfd_size(&self) -> u64 {
+    /// memfd offset of the event routing area (never mapped into the guest).
+    pub fn routing_offset(&self) -> u64 {
         self.ram_bytes + (SPECIAL_PAGES + POOL_PAGES) * PAGE_SIZE as u64
+    }
+
+    fn memfd_size(&self) -> u64 {
+        self.routing_offset() + xen_abi::routing::ROUTING_AREA_SIZE as u64
     }
 
     /// memfd offset of a RAM GFN.
@@ -249,6 +254,23 @@ impl GuestMemory {
 
     pub fn is_ram(&self, gfn: u64) -> bool {
         self.layout.ram_offset(gfn).is_some()
+    }
+
+    /// memfd offset of guest-physical address `gpa`: RAM, the special
+    /// window or a pool frame mapped as an overlay.
+    pub fn memfd_offset(&self, gpa: u64) -> Option<u64> {
+        let gfn = gpa >> 12;
+        let in_page = gpa & (PAGE_SIZE as u64 - 1);
+        if let Some(off) = self.layout.ram_offset(gfn) {
+            return Some(off + in_page);
+        }
+        if (SPECIAL_BASE_GFN..SPECIAL_BASE_GFN + SPECIAL_PAGES).contains(&gfn) {
+            return Some(self.layout.special_offset() + (gpa - (SPECIAL_BASE_GFN << 12)));
+        }
+        let overlays = self.overlays.lock().unwrap_or_else(|e| e.into_inner());
+        overlays
+            .get(&gfn)
+            .map(|o| self.layout.pool_offset(o.frame) + in_page)
     }
 
     /// Map a pool frame at `gfn` (outside RAM and the special window).

@@ -3,9 +3,10 @@
 use std::io::Write;
 use std::sync::{Arc, Mutex, Weak};
 
-use kxen_xen::{OverlayFrame, Platform};
+use kxen_xen::{EventLayout, OverlayFrame, Platform};
 
 use crate::dom0::Dom0Link;
+use crate::events::EventRouting;
 use crate::memory::GuestMemory;
 use crate::vm::{DomainExit, Kicker, Runtime};
 
@@ -14,6 +15,7 @@ pub struct VmmPlatform {
     pub memory: Arc<GuestMemory>,
     pub kicker: Arc<Kicker>,
     pub dom0: Arc<Dom0Link>,
+    pub events: Arc<EventRouting>,
     /// Set once the runtime exists (it owns the domain that owns us).
     pub runtime: Arc<Mutex<Option<Weak<Runtime>>>>,
 }
@@ -74,8 +76,38 @@ impl Platform for VmmPlatform {
     }
 
     fn notify_remote(&self, remote_dom: u16, remote_port: u32) {
-        if remote_dom == 0 {
+        if remote_dom == 0 && !self.events.notify_dom0(remote_port) {
             self.dom0.notify(remote_port);
+        }
+    }
+
+    fn begin_event_layout_change(&self) {
+        self.events.area.begin_change();
+    }
+
+    fn publish_event_layout(&self, layout: &EventLayout) {
+        self.events.publish_layout(layout);
+    }
+
+    fn publish_port(&self, port: u32, notify_vcpu: u32, dom0_port: u32) {
+        self.events.area.set_port(port, notify_vcpu, dom0_port);
+    }
+
+    fn set_blocked(&self, vcpu: u32, blocked: bool) {
+        self.events.area.set_blocked(vcpu, blocked);
+    }
+
+    fn upcall_vector_changed(&self, vcpu: u32, vector: Option<u8>) {
+        self.events.set_vector(vcpu, vector);
+    }
+
+    fn bind_dom0_unbound(&self, dom0_port: u32, local_port: u32) -> Result<(), i64> {
+        self.events.bind_unbound(dom0_port, local_port)
+    }
+
+    fn remote_port_closed(&self, remote_dom: u16, remote_port: u32) {
+        if remote_dom == 0 {
+            self.events.guest_closed(remote_port);
         }
     }
 }

@@ -23,6 +23,7 @@ use kxen_xen::{Domain, DomainConfig};
 use crate::control::DomainInfo;
 use crate::cpuid::{self, XenCpuidParams};
 use crate::dom0::{Dom0Link, Dom0Ports};
+use crate::events::EventRouting;
 use crate::memory::{self, GuestMemory};
 use crate::platform::VmmPlatform;
 use crate::standalone::{ConsoleMode, Services};
@@ -133,6 +134,8 @@ pub struct VmConfig {
 /// State shared by the vCPU threads, the services and the main thread.
 pub struct Runtime {
     pub dom0: Arc<Dom0Link>,
+    /// Dom0's interdomain channels, irqfds and routing area.
+    pub events: Arc<EventRouting>,
     pub vm: Arc<VmFd>,
     pub memory: Arc<GuestMemory>,
     pub domain: Arc<Domain>,
@@ -496,11 +499,16 @@ pub fn run(cfg: VmConfig, started: Instant, report_timing: bool) -> Result<Domai
         Dom0Link::Standalone(services.clone())
     });
     let runtime_slot: Arc<Mutex<Option<std::sync::Weak<Runtime>>>> = Arc::new(Mutex::new(None));
+    let events = Arc::new(
+        EventRouting::new(vm.clone(), memory.clone(), cfg.vcpus)
+            .map_err(|e| VmError::Setup(format!("event routing: {e}")))?,
+    );
     let platform = VmmPlatform {
         domid: cfg.domid,
         memory: memory.clone(),
         kicker: kicker.clone(),
         dom0: dom0_link.clone(),
+        events: events.clone(),
         runtime: runtime_slot.clone(),
     };
     let ram_pages = memory.layout.ram_bytes >> 12;
@@ -539,6 +547,7 @@ pub fn run(cfg: VmConfig, started: Instant, report_timing: bool) -> Result<Domai
         ports.bound(DOM0_CONSOLE_PORT, console_port);
         ports.bound(DOM0_XENSTORE_PORT, store_port);
     }
+    domain.publish_routing();
 
     let rt = Arc::new(Runtime {
         vm: vm.clone(),
@@ -550,6 +559,7 @@ pub fn run(cfg: VmConfig, started: Instant, report_timing: bool) -> Result<Domai
         started,
         entry: Mutex::new(None),
         dom0: dom0_link.clone(),
+        events: events.clone(),
         paused: Mutex::new(cfg.start_paused),
         paused_fast: AtomicBool::new(cfg.start_paused),
         pause_cv: Condvar::new(),
@@ -610,6 +620,9 @@ pub fn run(cfg: VmConfig, started: Instant, report_timing: bool) -> Result<Domai
         .name("timers".into())
         .spawn(move || timer_domain.run_timers())
         .map_err(|e| VmError::Setup(format!("timer thread: {e}")))?;
+    let wake_thread = events
+        .start(rt.clone())
+        .map_err(|e| VmError::Setup(format!("event wake thread: {e}")))?;
     let service_threads = match &*dom0_link {
         Dom0Link::Standalone(services) => services.start(
             rt.clone(),
@@ -683,6 +696,7 @@ pub fn run(cfg: VmConfig, started: Instant, report_timing: bool) -> Result<Domai
     for t in service_threads {
         let _ = t.join();
     }
+    let _ = wake_thread.join();
     if let Some(path) = &cfg.exit_file {
         let line = format!("{} {}\n", exit.exit_code(), exit.describe());
         if let Err(e) = std::fs::write(path, line) {

@@ -47,6 +47,42 @@ pub trait Platform: Send + Sync {
     fn console_read(&self, buf: &mut [u8]) -> usize;
     /// The domain sent an event on a port connected to Dom0's `remote_port`.
     fn notify_remote(&self, remote_dom: u16, remote_port: u32);
+
+    // ---- event routing for Dom0 backends (all optional) -----------------
+
+    /// shared_info or a vcpu_info is about to move: Dom0 backends raising
+    /// events must retry until [`Platform::publish_event_layout`] follows.
+    fn begin_event_layout_change(&self) {}
+    /// Where the event words and grant frames are now.
+    fn publish_event_layout(&self, _layout: &EventLayout) {}
+    /// Guest `port` notifies `notify_vcpu`; `dom0_port` is the Dom0 port it
+    /// is bound to, 0 if none.
+    fn publish_port(&self, _port: u32, _notify_vcpu: u32, _dom0_port: u32) {}
+    /// `vcpu` starts (true) or stops (false) waiting for an event inside
+    /// the VMM. Must be ordered before the caller's next read of guest
+    /// memory (a full fence).
+    fn set_blocked(&self, _vcpu: u32, _blocked: bool) {}
+    /// How `vcpu` takes upcalls changed (None: no vector yet).
+    fn upcall_vector_changed(&self, _vcpu: u32, _vector: Option<u8>) {}
+    /// The domain binds its new `local_port` to Dom0's `dom0_port`, which
+    /// Dom0 allocated unbound for it. Errors are -errno (-EINVAL when the
+    /// Dom0 port is not waiting for this domain).
+    fn bind_dom0_unbound(&self, _dom0_port: u32, _local_port: u32) -> Result<(), i64> {
+        Err(-xen_abi::errno::EINVAL)
+    }
+    /// The domain closed its end of a channel to `remote_dom`'s
+    /// `remote_port`.
+    fn remote_port_closed(&self, _remote_dom: u16, _remote_port: u32) {}
+}
+
+/// Where a domain's event words and grant frames sit, by guest address.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct EventLayout {
+    pub shared_info_gfn: u64,
+    /// GPA of each vCPU's vcpu_info (registered or the legacy slot).
+    pub vcpu_info_gpa: Vec<Option<u64>>,
+    /// GFN of each grant frame placed (index = frame number).
+    pub grant_frames: Vec<Option<u64>>,
 }
 
 /// Static facts about the domain, fixed at build time.
@@ -239,7 +275,83 @@ impl Domain {
     /// Bind a port of this domain to port `remote_port` of `remote_dom`
     /// (standalone mode: the VMM plays Dom0's console and xenstore ends).
     pub fn bind_remote_port(&self, remote_dom: u16, remote_port: u32) -> Result<u32, i64> {
-        self.lock().ports.bind_remote(remote_dom, remote_port)
+        let mut st = self.lock();
+        let port = st.ports.bind_remote(remote_dom, remote_port)?;
+        self.publish_port(&st, port);
+        Ok(port)
+    }
+
+    // ---- Dom0's ends of interdomain channels ------------------------------
+
+    /// Dom0 binds its `dom0_port` to the guest's `guest_port`, which the
+    /// guest allocated unbound for domain 0 (Xen's bind_interdomain from
+    /// the remote side). -EINVAL if the port is not waiting for Dom0.
+    pub fn dom0_bind(&self, guest_port: u32, dom0_port: u32) -> Result<(), i64> {
+        let mut st = self.lock();
+        st.ports.connect_unbound(guest_port, 0, dom0_port)?;
+        self.publish_port(&st, guest_port);
+        Ok(())
+    }
+
+    /// Dom0 closed `dom0_port`: the guest's end, if still connected to it,
+    /// becomes unbound (for Dom0) again, as Xen does.
+    pub fn dom0_closed(&self, guest_port: u32, dom0_port: u32) {
+        let mut st = self.lock();
+        if st.ports.get(guest_port).map(|p| p.state)
+            == Ok(PortState::Interdomain {
+                remote_dom: 0,
+                remote_port: dom0_port,
+            })
+        {
+            st.ports.remote_closed(guest_port, 0);
+            self.publish_port(&st, guest_port);
+        }
+    }
+
+    /// Tell the platform how `port` is routed now.
+    pub fn publish_port(&self, st: &DomainState, port: u32) {
+        let Ok(entry) = st.ports.get(port) else {
+            return;
+        };
+        let dom0_port = match entry.state {
+            PortState::Interdomain {
+                remote_dom: 0,
+                remote_port,
+            } if self.cfg.domid != 0 => remote_port,
+            _ => 0,
+        };
+        self.platform
+            .publish_port(port, entry.notify_vcpu, dom0_port);
+    }
+
+    /// Tell the platform where the event words and grant frames are.
+    pub fn publish_event_layout(&self, st: &DomainState) {
+        let layout = EventLayout {
+            shared_info_gfn: st.shared_info_gfn,
+            vcpu_info_gpa: (0..self.cfg.nr_vcpus)
+                .map(|v| self.vcpu_info_gpa(st, v))
+                .collect(),
+            grant_frames: st.grants.frames.clone(),
+        };
+        self.platform.publish_event_layout(&layout);
+    }
+
+    /// Tell the platform each vCPU's upcall vector.
+    pub fn publish_upcall_vectors(&self, st: &DomainState) {
+        for vcpu in 0..self.cfg.nr_vcpus {
+            self.platform
+                .upcall_vector_changed(vcpu, self.upcall_vector(st, vcpu));
+        }
+    }
+
+    /// Publish everything the platform mirrors (after construction).
+    pub fn publish_routing(&self) {
+        let st = self.lock();
+        self.publish_event_layout(&st);
+        self.publish_upcall_vectors(&st);
+        for port in 0..xen_abi::event_channel::NR_EVENT_CHANNELS_2L {
+            self.publish_port(&st, port);
+        }
     }
 
     // ---- the 2-level event ABI over guest memory -------------------------
@@ -279,7 +391,7 @@ impl Domain {
     }
 
     /// The upcall vector of `vcpu`: its own, else the CALLBACK_IRQ vector.
-    fn upcall_vector(&self, st: &DomainState, vcpu: u32) -> Option<u8> {
+    pub fn upcall_vector(&self, st: &DomainState, vcpu: u32) -> Option<u8> {
         if let Some(v) = st.vcpus.get(vcpu as usize).and_then(|v| v.upcall_vector) {
             return Some(v);
         }

@@ -254,7 +254,12 @@ impl Domain {
                 let mut st = self.lock();
                 self.enable_event_delivery(&st, vcpu);
                 self.set_runstate(&mut st, vcpu, RUNSTATE_BLOCKED);
+                // Dom0 backends raise events without us: they read this
+                // flag after setting pending bits, we set it before the
+                // first check (a Dekker-style handshake).
+                self.platform.set_blocked(vcpu, true);
                 let mut st = self.wait_until(st, None, |d, s| d.upcall_pending(s, vcpu));
+                self.platform.set_blocked(vcpu, false);
                 self.set_runstate(&mut st, vcpu, RUNSTATE_RUNNING);
                 0
             }
@@ -303,9 +308,11 @@ impl Domain {
         }
         let deadline = (req.timeout != 0).then_some(req.timeout);
         self.set_runstate(&mut st, vcpu, RUNSTATE_BLOCKED);
+        self.platform.set_blocked(vcpu, true);
         let mut st = self.wait_until(st, deadline, |d, s| {
             ports.iter().any(|&p| d.port_is_pending(s, p))
         });
+        self.platform.set_blocked(vcpu, false);
         self.set_runstate(&mut st, vcpu, RUNSTATE_RUNNING);
         0
     }
@@ -445,6 +452,7 @@ impl Domain {
                 self.platform.unmap_overlay(gpfn);
             }
             st.grants.frames[slot] = None;
+            self.publish_event_layout(&st);
             return 0;
         }
         if self.cfg.is_ram(gpfn) && !st.ballooned.contains(&gpfn) {
@@ -556,11 +564,14 @@ impl Domain {
         }
         // The initial location is a special page, never an overlay to drop.
         let old = st.shared_info_gfn;
+        self.platform.begin_event_layout_change();
         let rc = self.move_frame(OverlayFrame::SharedInfo, Some(old), gpfn);
         if rc != 0 {
+            self.publish_event_layout(st);
             return rc;
         }
         st.shared_info_gfn = gpfn;
+        self.publish_event_layout(st);
         st.shared_info_overlay = !self.cfg.is_ram(gpfn);
         self.write_wallclock(st);
         for vcpu in 0..self.cfg.nr_vcpus {
@@ -581,6 +592,7 @@ impl Domain {
         let rc = self.move_frame(OverlayFrame::GrantTable(idx), old, gpfn);
         if rc == 0 {
             st.grants.frames[idx as usize] = Some(gpfn);
+            self.publish_event_layout(st);
         }
         rc
     }
@@ -616,6 +628,7 @@ impl Domain {
                 }
                 st.params[p.index as usize] = p.value;
                 if p.index == HVM_PARAM_CALLBACK_IRQ {
+                    self.publish_upcall_vectors(&st);
                     for vcpu in 0..self.cfg.nr_vcpus {
                         self.recheck_upcall(&st, vcpu);
                     }
@@ -632,6 +645,8 @@ impl Domain {
                     return -ENOENT;
                 };
                 v.upcall_vector = Some(req.vector);
+                self.platform
+                    .upcall_vector_changed(req.vcpu, Some(req.vector));
                 self.recheck_upcall(&st, req.vcpu);
                 0
             }
@@ -822,15 +837,18 @@ impl Domain {
         // Carry the old contents over, then mark everything pending so the
         // guest rescans (as Xen does).
         let mut old = [0u8; VCPU_INFO_SIZE];
+        self.platform.begin_event_layout_change();
         if let Some(old_gpa) = self.vcpu_info_gpa(&st, target) {
             let _ = mem.read_slice(&mut old, GuestAddress(old_gpa));
         }
         if mem.write_slice(&old, GuestAddress(gpa)).is_err() {
+            self.publish_event_layout(&st);
             return -EINVAL;
         }
         let _ = mem.write_obj(u64::MAX, GuestAddress(gpa + VCPU_INFO_PENDING_SEL as u64));
         let _ = mem.write_obj(1u8, GuestAddress(gpa + VCPU_INFO_UPCALL_PENDING as u64));
         st.vcpus[target as usize].vcpu_info_gpa = Some(gpa);
+        self.publish_event_layout(&st);
         self.update_vcpu_time(&st, target);
         self.raise_upcall(&st, target);
         0
@@ -862,9 +880,15 @@ impl Domain {
                 } else {
                     req.remote_dom
                 };
-                let port = match self.lock().ports.alloc_unbound(remote) {
-                    Ok(p) => p,
-                    Err(e) => return e,
+                let port = {
+                    let mut st = self.lock();
+                    match st.ports.alloc_unbound(remote) {
+                        Ok(p) => {
+                            self.publish_port(&st, p);
+                            p
+                        }
+                        Err(e) => return e,
+                    }
                 };
                 req.port = port;
                 write!(g, arg, &req);
@@ -872,14 +896,24 @@ impl Domain {
             }
             EVTCHNOP_BIND_INTERDOMAIN => {
                 let mut req = read!(g, BindInterdomain, arg);
-                if !self.is_self(req.remote_dom) {
-                    // Dom0 binds to us, not the other way round, and no
-                    // other domain is reachable from here.
-                    return if req.remote_dom == 0 { -EINVAL } else { -ESRCH };
-                }
-                let port = match self.lock().ports.bind_loopback(own, req.remote_port) {
-                    Ok(p) => p,
-                    Err(e) => return e,
+                let port = if req.remote_dom == 0 && own != 0 {
+                    match self.bind_to_dom0(req.remote_port) {
+                        Ok(p) => p,
+                        Err(e) => return e,
+                    }
+                } else if self.is_self(req.remote_dom) {
+                    let mut st = self.lock();
+                    match st.ports.bind_loopback(own, req.remote_port) {
+                        Ok(p) => {
+                            self.publish_port(&st, p);
+                            self.publish_port(&st, req.remote_port);
+                            p
+                        }
+                        Err(e) => return e,
+                    }
+                } else {
+                    // No other domain is reachable from here.
+                    return -ESRCH;
                 };
                 req.local_port = port;
                 write!(g, arg, &req);
@@ -887,20 +921,26 @@ impl Domain {
             }
             EVTCHNOP_BIND_VIRQ => {
                 let mut req = read!(g, BindVirq, arg);
-                let port = match self.lock().ports.bind_virq(req.virq, req.vcpu) {
+                let mut st = self.lock();
+                let port = match st.ports.bind_virq(req.virq, req.vcpu) {
                     Ok(p) => p,
                     Err(e) => return e,
                 };
+                self.publish_port(&st, port);
+                drop(st);
                 req.port = port;
                 write!(g, arg, &req);
                 0
             }
             EVTCHNOP_BIND_IPI => {
                 let mut req = read!(g, BindIpi, arg);
-                let port = match self.lock().ports.bind_ipi(req.vcpu) {
+                let mut st = self.lock();
+                let port = match st.ports.bind_ipi(req.vcpu) {
                     Ok(p) => p,
                     Err(e) => return e,
                 };
+                self.publish_port(&st, port);
+                drop(st);
                 req.port = port;
                 write!(g, arg, &req);
                 0
@@ -911,7 +951,10 @@ impl Domain {
                 let req = read!(g, BindVcpu, arg);
                 let st = &mut *self.lock();
                 match st.ports.bind_vcpu(req.port, req.vcpu) {
-                    Ok(()) => 0,
+                    Ok(()) => {
+                        self.publish_port(st, req.port);
+                        0
+                    }
                     Err(e) => e,
                 }
             }
@@ -992,6 +1035,7 @@ impl Domain {
             Err(e) => return e,
         };
         self.clear_port(st, port);
+        self.publish_port(st, port);
         if let PortState::Interdomain {
             remote_dom,
             remote_port,
@@ -999,9 +1043,25 @@ impl Domain {
         {
             if remote_dom == self.cfg.domid {
                 st.ports.remote_closed(remote_port, remote_dom);
+                self.publish_port(st, remote_port);
+            } else {
+                self.platform.remote_port_closed(remote_dom, remote_port);
             }
         }
         0
+    }
+
+    /// EVTCHNOP_bind_interdomain to Dom0: connect a new port to a Dom0
+    /// port that Dom0 allocated unbound for this domain.
+    fn bind_to_dom0(&self, dom0_port: u32) -> Result<u32, i64> {
+        let mut st = self.lock();
+        let local = st.ports.bind_remote(0, dom0_port)?;
+        if let Err(e) = self.platform.bind_dom0_unbound(dom0_port, local) {
+            let _ = st.ports.close(local);
+            return Err(e);
+        }
+        self.publish_port(&st, local);
+        Ok(local)
     }
 
     // ---- grant_table_op ------------------------------------------------------------

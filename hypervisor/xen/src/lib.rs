@@ -19,5 +19,5 @@ pub mod harness;
 pub mod hypercall;
 pub mod time;
 
-pub use domain::{Domain, DomainConfig, OverlayFrame, Platform};
+pub use domain::{Domain, DomainConfig, EventLayout, OverlayFrame, Platform};
 pub use guest::VcpuMmu;

@@ -1,0 +1,377 @@
+//! Event delivery between the guest and Dom0 backends without kxen-vmm
+//! in the path.
+//!
+//! * Dom0 -> guest: each vCPU has an eventfd registered as a KVM irqfd on
+//!   its own GSI, routed (KVM_SET_GSI_ROUTING) as an MSI to the vCPU's APIC
+//!   with its upcall vector. A backend sets the pending bits itself (it
+//!   finds them through the routing area) and writes the irqfd; KVM injects
+//!   the interrupt without waking any of our threads. A vCPU waiting in
+//!   SCHEDOP_block/poll inside the VMM is woken through `wake`, which one
+//!   thread polls.
+//! * guest -> Dom0: each Dom0 port bound to the guest has an eventfd the
+//!   VMM writes when the guest sends on its end.
+//!
+//! Dom0 ports 1 and 2 are the console and xenstore ends ([`crate::dom0`]);
+//! ports handed out here start at [`FIRST_DOM0_PORT`].
+
+use std::collections::BTreeMap;
+use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+use kvm_bindings::{
+    kvm_irq_routing_entry, kvm_irq_routing_irqchip, kvm_irq_routing_msi, KvmIrqRouting,
+    KVM_IRQ_ROUTING_IRQCHIP, KVM_IRQ_ROUTING_MSI,
+};
+use kvm_ioctls::VmFd;
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use tracing::{debug, warn};
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+use xen_abi::errno::EINVAL;
+
+use crate::memory::GuestMemory;
+use crate::routing::RoutingArea;
+use crate::vm::Runtime;
+
+/// First Dom0 port number handed out for interdomain channels.
+pub const FIRST_DOM0_PORT: u32 = 3;
+/// Dom0 ports stay within the 2-level port space.
+const LAST_DOM0_PORT: u32 = xen_abi::event_channel::NR_EVENT_CHANNELS_2L - 1;
+/// GSI of vCPU 0's irqfd; the in-kernel IOAPIC uses 0..24.
+const FIRST_VCPU_GSI: u32 = 24;
+const IOAPIC_PINS: u32 = 24;
+const PIC_PINS: u32 = 16;
+
+#[derive(Debug, thiserror::Error)]
+pub enum EventError {
+    #[error("no free Dom0 port")]
+    NoPorts,
+    #[error("Dom0 port {0} is not open")]
+    UnknownPort(u32),
+    #[error("guest port {port}: errno {errno}")]
+    Guest { port: u32, errno: i64 },
+    #[error("eventfd: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Dom0's end of one interdomain channel.
+struct Channel {
+    /// The guest port it is connected to; None while unbound.
+    guest_port: Option<u32>,
+    /// Written when the guest sends on its end.
+    to_dom0: EventFd,
+}
+
+pub struct EventRouting {
+    pub area: RoutingArea,
+    /// memfd offset of the routing area.
+    pub area_offset: u64,
+    memory: Arc<GuestMemory>,
+    vm: Arc<VmFd>,
+    /// Per vCPU: the fd Dom0 writes to interrupt it.
+    irqfds: Vec<EventFd>,
+    /// Whether the irqfds are KVM irqfds (else the wake thread relays).
+    irqfd_ok: bool,
+    /// Written by Dom0 when it raised an event for a blocked vCPU.
+    pub wake: EventFd,
+    vectors: Mutex<Vec<Option<u8>>>,
+    channels: Mutex<BTreeMap<u32, Channel>>,
+}
+
+fn irqchip_route(gsi: u32, irqchip: u32, pin: u32) -> kvm_irq_routing_entry {
+    let mut e = kvm_irq_routing_entry {
+        gsi,
+        type_: KVM_IRQ_ROUTING_IRQCHIP,
+        ..Default::default()
+    };
+    e.u.irqchip = kvm_irq_routing_irqchip { irqchip, pin };
+    e
+}
+
+fn msi_route(gsi: u32, apic_id: u32, vector: u8) -> kvm_irq_routing_entry {
+    let mut e = kvm_irq_routing_entry {
+        gsi,
+        type_: KVM_IRQ_ROUTING_MSI,
+        ..Default::default()
+    };
+    // Fixed delivery, edge, physical destination: what inject_vector sends.
+    e.u.msi = kvm_irq_routing_msi {
+        address_lo: 0xfee0_0000 | (apic_id << 12),
+        address_hi: 0,
+        data: vector as u32,
+        ..Default::default()
+    };
+    e
+}
+
+impl EventRouting {
+    pub fn new(vm: Arc<VmFd>, memory: Arc<GuestMemory>, nr_vcpus: u32) -> std::io::Result<Self> {
+        let area_offset = memory.layout.routing_offset();
+        let area = RoutingArea::new(&memory.memfd, area_offset, nr_vcpus)?;
+        let mut irqfds = Vec::new();
+        for _ in 0..nr_vcpus {
+            irqfds.push(EventFd::new(EFD_NONBLOCK)?);
+        }
+        let mut me = EventRouting {
+            area,
+            area_offset,
+            memory,
+            vm,
+            irqfds,
+            irqfd_ok: false,
+            wake: EventFd::new(EFD_NONBLOCK)?,
+            vectors: Mutex::new(vec![None; nr_vcpus as usize]),
+            channels: Mutex::new(BTreeMap::new()),
+        };
+        me.irqfd_ok = match me.install_irqfds() {
+            Ok(()) => true,
+            Err(e) => {
+                warn!("KVM irqfd/GSI routing unavailable ({e}); Dom0 events relayed by kxen-vmm");
+                false
+            }
+        };
+        Ok(me)
+    }
+
+    fn install_irqfds(&self) -> Result<(), kvm_ioctls::Error> {
+        self.set_routes(&self.vectors.lock().unwrap_or_else(|e| e.into_inner()))?;
+        for (vcpu, fd) in self.irqfds.iter().enumerate() {
+            self.vm.register_irqfd(fd, FIRST_VCPU_GSI + vcpu as u32)?;
+        }
+        Ok(())
+    }
+
+    /// Replace KVM's GSI routing: the in-kernel PIC/IOAPIC defaults plus
+    /// one MSI route per vCPU that has an upcall vector.
+    fn set_routes(&self, vectors: &[Option<u8>]) -> Result<(), kvm_ioctls::Error> {
+        let mut entries = Vec::new();
+        for gsi in 0..IOAPIC_PINS {
+            if gsi < PIC_PINS {
+                entries.push(irqchip_route(gsi, gsi / 8, gsi % 8));
+            }
+            entries.push(irqchip_route(gsi, 2, gsi));
+        }
+        for (vcpu, vector) in vectors.iter().enumerate() {
+            if let Some(vector) = vector {
+                entries.push(msi_route(
+                    FIRST_VCPU_GSI + vcpu as u32,
+                    vcpu as u32,
+                    *vector,
+                ));
+            }
+        }
+        let mut routing =
+            KvmIrqRouting::new(entries.len()).map_err(|_| kvm_ioctls::Error::new(libc::E2BIG))?;
+        routing.as_mut_slice().copy_from_slice(&entries);
+        self.vm.set_gsi_routing(&routing)
+    }
+
+    /// Whether Dom0's per-vCPU fds are KVM irqfds.
+    pub fn irqfd_ok(&self) -> bool {
+        self.irqfd_ok
+    }
+
+    /// The fds Dom0 receives with the `events` op: one per vCPU, then wake.
+    pub fn fds(&self) -> Vec<RawFd> {
+        self.irqfds
+            .iter()
+            .map(|f| f.as_raw_fd())
+            .chain([self.wake.as_raw_fd()])
+            .collect()
+    }
+
+    /// `vcpu` now takes upcalls on `vector`.
+    pub fn set_vector(&self, vcpu: u32, vector: Option<u8>) {
+        let mut vectors = self.vectors.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(slot) = vectors.get_mut(vcpu as usize) else {
+            return;
+        };
+        if *slot == vector {
+            return;
+        }
+        *slot = vector;
+        if self.irqfd_ok {
+            if let Err(e) = self.set_routes(&vectors) {
+                warn!(vcpu, "KVM_SET_GSI_ROUTING: {e}");
+            }
+        }
+    }
+
+    /// Mirror a layout change of the Xen layer into the routing area.
+    pub fn publish_layout(&self, layout: &kxen_xen::EventLayout) {
+        let off = |gpa: u64| self.memory.memfd_offset(gpa);
+        let vcpus: Vec<Option<u64>> = layout
+            .vcpu_info_gpa
+            .iter()
+            .map(|g| g.and_then(off))
+            .collect();
+        let frames: Vec<Option<u64>> = layout
+            .grant_frames
+            .iter()
+            .map(|g| g.and_then(|gfn| off(gfn << 12)))
+            .collect();
+        self.area
+            .publish_layout(off(layout.shared_info_gfn << 12), &vcpus, &frames);
+    }
+
+    // ---- Dom0 ports ---------------------------------------------------------
+
+    fn alloc_port(&self, guest_port: Option<u32>) -> Result<(u32, EventFd), EventError> {
+        let mut channels = self.channels.lock().unwrap_or_else(|e| e.into_inner());
+        let port = (FIRST_DOM0_PORT..=LAST_DOM0_PORT)
+            .find(|p| !channels.contains_key(p))
+            .ok_or(EventError::NoPorts)?;
+        let to_dom0 = EventFd::new(EFD_NONBLOCK)?;
+        let fd = to_dom0.try_clone()?;
+        channels.insert(
+            port,
+            Channel {
+                guest_port,
+                to_dom0,
+            },
+        );
+        Ok((port, fd))
+    }
+
+    /// Dom0 binds a new port to the guest's unbound `guest_port`.
+    pub fn bind_guest_port(
+        &self,
+        domain: &kxen_xen::Domain,
+        guest_port: u32,
+    ) -> Result<(u32, EventFd), EventError> {
+        let (port, fd) = self.alloc_port(Some(guest_port))?;
+        // The domain lock is taken without ours held (lock order: domain,
+        // then channels).
+        if let Err(errno) = domain.dom0_bind(guest_port, port) {
+            self.channels
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&port);
+            return Err(EventError::Guest {
+                port: guest_port,
+                errno,
+            });
+        }
+        Ok((port, fd))
+    }
+
+    /// Dom0 allocates a port for the guest to bind.
+    pub fn alloc_unbound(&self) -> Result<(u32, EventFd), EventError> {
+        self.alloc_port(None)
+    }
+
+    /// Dom0 closes its port; the guest's end becomes unbound.
+    pub fn close(&self, domain: &kxen_xen::Domain, port: u32) -> Result<(), EventError> {
+        let channel = self
+            .channels
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&port)
+            .ok_or(EventError::UnknownPort(port))?;
+        if let Some(guest_port) = channel.guest_port {
+            domain.dom0_closed(guest_port, port);
+        }
+        Ok(())
+    }
+
+    /// The guest sent on a port bound to Dom0's `port`; false if the port
+    /// is not one of ours.
+    pub fn notify_dom0(&self, port: u32) -> bool {
+        let channels = self.channels.lock().unwrap_or_else(|e| e.into_inner());
+        match channels.get(&port) {
+            Some(c) => {
+                if let Err(e) = c.to_dom0.write(1) {
+                    warn!(port, "kick Dom0: {e}");
+                }
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The guest binds its `local_port` to Dom0's unbound `port`.
+    pub fn bind_unbound(&self, port: u32, local_port: u32) -> Result<(), i64> {
+        let mut channels = self.channels.lock().unwrap_or_else(|e| e.into_inner());
+        match channels.get_mut(&port) {
+            Some(c) if c.guest_port.is_none() => {
+                c.guest_port = Some(local_port);
+                Ok(())
+            }
+            _ => Err(-EINVAL),
+        }
+    }
+
+    /// The guest closed its end of Dom0's `port`: Dom0's end is unbound
+    /// again (the guest may bind it anew).
+    pub fn guest_closed(&self, port: u32) {
+        if let Some(c) = self
+            .channels
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get_mut(&port)
+        {
+            c.guest_port = None;
+        }
+    }
+
+    /// Wake blocked vCPUs when Dom0 asks (and, without irqfds, relay Dom0's
+    /// per-vCPU kicks as MSIs) until the domain stops.
+    pub fn start(self: &Arc<Self>, rt: Arc<Runtime>) -> std::io::Result<JoinHandle<()>> {
+        let me = self.clone();
+        std::thread::Builder::new()
+            .name("evtchn-wake".into())
+            .spawn(move || me.wake_loop(&rt))
+    }
+
+    fn wake_loop(&self, rt: &Runtime) {
+        let mut watched: Vec<&EventFd> = vec![&self.wake];
+        if !self.irqfd_ok {
+            watched.extend(self.irqfds.iter());
+        }
+        while !rt.domain.is_stopping() {
+            let mut fds: Vec<PollFd> = watched
+                .iter()
+                .map(|f| {
+                    // SAFETY: the eventfds live in `self`, which outlives
+                    // this loop.
+                    let fd = unsafe { BorrowedFd::borrow_raw(f.as_raw_fd()) };
+                    PollFd::new(fd, PollFlags::POLLIN)
+                })
+                .collect();
+            match poll(&mut fds, PollTimeout::from(100u16)) {
+                Ok(0) | Err(nix::errno::Errno::EINTR) => continue,
+                Ok(_) => {}
+                Err(e) => {
+                    warn!("poll wake eventfds: {e}");
+                    return;
+                }
+            }
+            let ready: Vec<bool> = fds
+                .iter()
+                .map(|f| f.revents().is_some_and(|r| r.contains(PollFlags::POLLIN)))
+                .collect();
+            drop(fds);
+            for (i, ready) in ready.into_iter().enumerate() {
+                if !ready || watched[i].read().is_err() {
+                    continue;
+                }
+                if i == 0 {
+                    debug!("Dom0 woke blocked vCPUs");
+                    // Notify under the lock so a vCPU between its check and
+                    // its wait cannot miss it.
+                    let _st = rt.domain.lock();
+                    rt.domain.wake.notify_all();
+                } else {
+                    let vcpu = (i - 1) as u32;
+                    let vector =
+                        self.vectors.lock().unwrap_or_else(|e| e.into_inner())[vcpu as usize];
+                    if let Some(vector) = vector {
+                        rt.inject_vector(vcpu, vector);
+                    }
+                    let _st = rt.domain.lock();
+                    rt.domain.wake.notify_all();
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,112 @@
+//! The VMM's writer of the event routing area (layout in
+//! [`xen_abi::routing`]): pages at the end of the memfd that tell Dom0
+//! backends where the guest's event words and grant frames are.
+
+use std::fs::File;
+use std::sync::atomic::{fence, AtomicU32, AtomicU64, Ordering};
+
+use vm_memory::{FileOffset, MmapRegion};
+use xen_abi::routing::*;
+
+pub struct RoutingArea {
+    /// Our own shared mapping of the area; kept alive for `base`.
+    map: MmapRegion,
+}
+
+impl RoutingArea {
+    /// Map the area at `offset` of `memfd` and initialise its header.
+    pub fn new(memfd: &File, offset: u64, nr_vcpus: u32) -> std::io::Result<Self> {
+        let file = memfd.try_clone()?;
+        let map = MmapRegion::from_file(FileOffset::new(file, offset), ROUTING_AREA_SIZE)
+            .map_err(std::io::Error::other)?;
+        let area = RoutingArea { map };
+        area.u32_at(HDR_VERSION)
+            .store(ROUTING_VERSION, Ordering::SeqCst);
+        area.u32_at(HDR_NR_VCPUS).store(nr_vcpus, Ordering::SeqCst);
+        area.u32_at(HDR_NR_PORTS)
+            .store(ROUTING_NR_PORTS as u32, Ordering::SeqCst);
+        area.u64_at(HDR_SHARED_INFO_OFFSET)
+            .store(ROUTING_NO_OFFSET, Ordering::SeqCst);
+        for v in 0..ROUTING_MAX_VCPUS {
+            area.u64_at(vcpu_entry(v) + VCPU_INFO_OFFSET_FIELD)
+                .store(ROUTING_NO_OFFSET, Ordering::SeqCst);
+        }
+        for i in 0..ROUTING_MAX_GRANT_FRAMES {
+            area.u64_at(grant_frame_entry(i))
+                .store(ROUTING_NO_OFFSET, Ordering::SeqCst);
+        }
+        // Readers check the magic last.
+        area.u32_at(HDR_MAGIC)
+            .store(ROUTING_MAGIC, Ordering::SeqCst);
+        Ok(area)
+    }
+
+    fn u32_at(&self, off: usize) -> &AtomicU32 {
+        assert!(off + 4 <= ROUTING_AREA_SIZE && off.is_multiple_of(4));
+        // SAFETY: in bounds and aligned (page-aligned mapping, checked
+        // offset); the memory is shared and only accessed atomically.
+        unsafe { AtomicU32::from_ptr(self.map.as_ptr().add(off).cast()) }
+    }
+
+    fn u64_at(&self, off: usize) -> &AtomicU64 {
+        assert!(off + 8 <= ROUTING_AREA_SIZE && off.is_multiple_of(8));
+        // SAFETY: as in u32_at.
+        unsafe { AtomicU64::from_ptr(self.map.as_ptr().add(off).cast()) }
+    }
+
+    /// Make the generation odd: a layout change is in progress.
+    pub fn begin_change(&self) {
+        let g = self.u32_at(HDR_GENERATION);
+        if g.load(Ordering::SeqCst).is_multiple_of(2) {
+            g.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    /// Publish a new layout (memfd offsets) and end the change.
+    pub fn publish_layout(
+        &self,
+        shared_info: Option<u64>,
+        vcpu_infos: &[Option<u64>],
+        grant_frames: &[Option<u64>],
+    ) {
+        self.begin_change();
+        self.u64_at(HDR_SHARED_INFO_OFFSET)
+            .store(shared_info.unwrap_or(ROUTING_NO_OFFSET), Ordering::SeqCst);
+        for (v, off) in vcpu_infos.iter().take(ROUTING_MAX_VCPUS).enumerate() {
+            self.u64_at(vcpu_entry(v) + VCPU_INFO_OFFSET_FIELD)
+                .store(off.unwrap_or(ROUTING_NO_OFFSET), Ordering::SeqCst);
+        }
+        let mut nr = 0;
+        for (i, off) in grant_frames
+            .iter()
+            .take(ROUTING_MAX_GRANT_FRAMES)
+            .enumerate()
+        {
+            if off.is_some() {
+                nr = i as u32 + 1;
+            }
+            self.u64_at(grant_frame_entry(i))
+                .store(off.unwrap_or(ROUTING_NO_OFFSET), Ordering::SeqCst);
+        }
+        self.u32_at(HDR_NR_GRANT_FRAMES).store(nr, Ordering::SeqCst);
+        self.u32_at(HDR_GENERATION).fetch_add(1, Ordering::SeqCst);
+    }
+
+    pub fn set_port(&self, port: u32, notify_vcpu: u32, dom0_port: u32) {
+        if (port as usize) < ROUTING_NR_PORTS {
+            let e = port_entry(port as usize);
+            self.u32_at(e + 4).store(notify_vcpu, Ordering::SeqCst);
+            self.u32_at(e).store(dom0_port, Ordering::SeqCst);
+        }
+    }
+
+    /// Store the blocked flag, then fence so that the caller's following
+    /// reads of the pending bits cannot pass the store.
+    pub fn set_blocked(&self, vcpu: u32, blocked: bool) {
+        if (vcpu as usize) < ROUTING_MAX_VCPUS {
+            self.u32_at(vcpu_entry(vcpu as usize) + VCPU_BLOCKED_FIELD)
+                .store(blocked as u32, Ordering::SeqCst);
+            fence(Ordering::SeqCst);
+        }
+    }
+}
