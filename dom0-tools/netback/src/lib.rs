@@ -1,1 +1,4 @@
-//! kxen's netback (under construction).
+//! kxen's Dom0 network backend (netback).
+pub mod offload;
+pub mod tx;
+pub mod vnet;
