@@ -3,6 +3,7 @@
 //! noisy. Run with `cargo run --release -p kxen-bench`.
 
 mod baseline;
+mod devices;
 mod toolstack;
 mod xenstore;
 
@@ -263,4 +264,8 @@ fn main() {
         ),
         None => println!("kxl create to first console byte: could not run kxl/kxend"),
     }
+
+    println!();
+    devices::block();
+    devices::network();
 }
