@@ -155,7 +155,10 @@ impl Dom0 {
         assert!(st.success(), "ip netns add {ns} failed");
         d.netns = Some(ns.clone());
         let log = std::fs::File::create(d.dir.join("kxend.log")).unwrap();
-        Command::new("ip")
+        // kxend outlives this handle: Drop stops it through its pid file,
+        // and as a daemon it is reaped by whoever inherits it.
+        #[allow(clippy::zombie_processes)]
+        let _kxend = Command::new("ip")
             .args(["netns", "exec", &ns])
             .arg(workspace_bin("kxend"))
             .arg("--foreground")
