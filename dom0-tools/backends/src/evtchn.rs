@@ -7,18 +7,210 @@
 //! interrupted through a KVM irqfd, so no kxen-vmm thread wakes up.
 
 use std::os::fd::{AsRawFd, BorrowedFd};
+use std::sync::atomic::{fence, AtomicU32, Ordering};
+use std::sync::Arc;
 
+use kxen_xen::evtchn::{set_pending, SharedInfoBits, VcpuEventBits};
+use tracing::{trace, warn};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+use xen_abi::routing::*;
+use xen_abi::shared_info::{
+    EVTCHN_WORDS, OFFSET_EVTCHN_MASK, OFFSET_EVTCHN_PENDING, VCPU_INFO_PENDING_SEL,
+    VCPU_INFO_UPCALL_PENDING,
+};
+
+use crate::domain::ForeignDomain;
+use crate::foreign::ForeignMemory;
+
+/// Layout changes a notification retries across before giving up (the
+/// VMM re-raises pending events itself after each change).
+const MAX_LAYOUT_RETRIES: usize = 64;
+
+/// A domain's event routing as Dom0 reaches it: the routing area in the
+/// memfd, one irqfd per vCPU and the wake eventfd (from the `events`
+/// control op).
+pub struct GuestEvents {
+    mem: Arc<ForeignMemory>,
+    /// memfd offset of the routing area.
+    area: u64,
+    irqfds: Vec<EventFd>,
+    wake: EventFd,
+    /// Whether the irqfds are KVM irqfds (else kxen-vmm relays them).
+    irqfd: bool,
+}
+
+impl GuestEvents {
+    /// Checks that the area is inside the mapping and initialised.
+    pub fn new(
+        mem: Arc<ForeignMemory>,
+        area: u64,
+        irqfds: Vec<EventFd>,
+        wake: EventFd,
+        irqfd: bool,
+    ) -> Option<Self> {
+        let end = area.checked_add(ROUTING_AREA_SIZE as u64)?;
+        if end > mem.len() as u64 || !area.is_multiple_of(xen_abi::PAGE_SIZE as u64) {
+            return None;
+        }
+        let me = GuestEvents {
+            mem,
+            area,
+            irqfds,
+            wake,
+            irqfd,
+        };
+        (me.u32(HDR_MAGIC)? == ROUTING_MAGIC && me.u32(HDR_VERSION)? == ROUTING_VERSION)
+            .then_some(me)
+    }
+
+    fn u32(&self, field: usize) -> Option<u32> {
+        Some(
+            self.mem
+                .atomic_u32(self.area + field as u64)?
+                .load(Ordering::SeqCst),
+        )
+    }
+
+    fn u64(&self, field: usize) -> Option<u64> {
+        Some(
+            self.mem
+                .atomic_u64(self.area + field as u64)?
+                .load(Ordering::SeqCst),
+        )
+    }
+
+    /// Whether kxen-vmm delivers Dom0's kicks through KVM irqfds.
+    pub fn uses_irqfd(&self) -> bool {
+        self.irqfd
+    }
+
+    fn nr_vcpus(&self) -> u32 {
+        self.u32(HDR_NR_VCPUS)
+            .unwrap_or(0)
+            .min(ROUTING_MAX_VCPUS as u32)
+            .min(self.irqfds.len() as u32)
+    }
+
+    /// Grant frames the guest placed (one past the highest).
+    pub fn nr_grant_frames(&self) -> u32 {
+        self.u32(HDR_NR_GRANT_FRAMES)
+            .unwrap_or(0)
+            .min(ROUTING_MAX_GRANT_FRAMES as u32)
+    }
+
+    /// memfd offset of grant frame `index`, if placed.
+    pub fn grant_frame_offset(&self, index: u32) -> Option<u64> {
+        if index >= self.nr_grant_frames() {
+            return None;
+        }
+        let off = self.u64(grant_frame_entry(index as usize))?;
+        (off != ROUTING_NO_OFFSET).then_some(off)
+    }
+
+    /// The routing entry of guest `port`: (Dom0 port, notify vCPU).
+    pub fn port_route(&self, port: u32) -> Option<(u32, u32)> {
+        if port as usize >= ROUTING_NR_PORTS {
+            return None;
+        }
+        let e = port_entry(port as usize);
+        Some((self.u32(e)?, self.u32(e + 4)?))
+    }
+
+    /// Raise guest `port` on behalf of Dom0's `dom0_port`: the 2-level
+    /// pending bits are set in the guest's memory with kxen-xen's code,
+    /// the target vCPU's irqfd is written when it needs an upcall, and
+    /// kxen-vmm is woken only if a vCPU waits inside it. False (nothing
+    /// done) when the port is not bound to `dom0_port`.
+    pub fn raise(&self, port: u32, dom0_port: u32) -> bool {
+        let mut upcall = false;
+        let mut target = None;
+        for _ in 0..MAX_LAYOUT_RETRIES {
+            let Some(before) = self.u32(HDR_GENERATION) else {
+                return false;
+            };
+            if before % 2 == 1 {
+                std::thread::yield_now();
+                continue;
+            }
+            match self.port_route(port) {
+                Some((bound, vcpu)) if bound == dom0_port && dom0_port != 0 => {
+                    target = Some(vcpu);
+                }
+                _ => return false,
+            }
+            let vcpu = target.unwrap_or(0);
+            upcall |= self.set_pending_once(port, vcpu);
+            fence(Ordering::SeqCst);
+            if self.u32(HDR_GENERATION) == Some(before) {
+                break;
+            }
+        }
+        let Some(vcpu) = target else {
+            return false;
+        };
+        if upcall {
+            if let Some(fd) = self.irqfds.get(vcpu as usize) {
+                if let Err(e) = fd.write(1) {
+                    warn!(vcpu, "irqfd write: {e}");
+                }
+            }
+        }
+        // Dekker with the VMM: our pending bits are visible before we read
+        // any blocked flag; it stores the flag before it checks the bits.
+        fence(Ordering::SeqCst);
+        let blocked = (0..self.nr_vcpus()).any(|v| {
+            self.u32(vcpu_entry(v as usize) + VCPU_BLOCKED_FIELD)
+                .is_some_and(|b| b != 0)
+        });
+        if blocked {
+            let _ = self.wake.write(1);
+        }
+        trace!(port, vcpu, upcall, blocked, "raised guest port");
+        true
+    }
+
+    fn set_pending_once(&self, port: u32, vcpu: u32) -> bool {
+        let Some(si) = self.u64(HDR_SHARED_INFO_OFFSET) else {
+            return false;
+        };
+        if si == ROUTING_NO_OFFSET {
+            return false;
+        }
+        let (Some(pending), Some(mask)) = (
+            self.mem
+                .atomic_u64_slice(si + OFFSET_EVTCHN_PENDING as u64, EVTCHN_WORDS),
+            self.mem
+                .atomic_u64_slice(si + OFFSET_EVTCHN_MASK as u64, EVTCHN_WORDS),
+        ) else {
+            return false;
+        };
+        let vi = (vcpu < self.nr_vcpus())
+            .then(|| self.u64(vcpu_entry(vcpu as usize) + VCPU_INFO_OFFSET_FIELD))
+            .flatten()
+            .filter(|&off| off != ROUTING_NO_OFFSET)
+            .and_then(|off| {
+                Some(VcpuEventBits {
+                    upcall_pending: self.mem.atomic_u8(off + VCPU_INFO_UPCALL_PENDING as u64)?,
+                    pending_sel: self.mem.atomic_u64(off + VCPU_INFO_PENDING_SEL as u64)?,
+                })
+            });
+        set_pending(&SharedInfoBits { pending, mask }, vi.as_ref(), port)
+    }
+}
 
 /// How Dom0 raises the guest's end.
 enum Notifier {
     /// A test peer: each notification is one eventfd write.
     Eventfd(EventFd),
+    /// A real guest, through its routing area and irqfds; the binding is
+    /// closed (through the domain's control socket) when dropped.
+    Guest(Arc<ForeignDomain>),
 }
 
 /// One bound interdomain channel, Dom0's side.
 pub struct Dom0Channel {
-    guest_port: u32,
+    /// 0 until a guest binds a port Dom0 allocated unbound.
+    guest_port: AtomicU32,
     dom0_port: u32,
     kick: EventFd,
     notifier: Notifier,
@@ -49,7 +241,7 @@ impl Dom0Channel {
         let kick = EventFd::new(EFD_NONBLOCK)?;
         let notified = EventFd::new(EFD_NONBLOCK)?;
         let channel = Dom0Channel {
-            guest_port,
+            guest_port: AtomicU32::new(guest_port),
             dom0_port,
             kick: kick.try_clone()?,
             notifier: Notifier::Eventfd(notified.try_clone()?),
@@ -59,7 +251,18 @@ impl Dom0Channel {
 
     /// The guest's port number.
     pub fn guest_port(&self) -> u32 {
-        self.guest_port
+        let port = self.guest_port.load(Ordering::Acquire);
+        if port != 0 {
+            return port;
+        }
+        // Allocated unbound: learn the guest's end once it bound it.
+        if let Notifier::Guest(domain) = &self.notifier {
+            if let Some(port) = domain.guest_port_of(self.dom0_port) {
+                self.guest_port.store(port, Ordering::Release);
+                return port;
+            }
+        }
+        0
     }
 
     /// Dom0's port number.
@@ -84,6 +287,51 @@ impl Dom0Channel {
         match &self.notifier {
             Notifier::Eventfd(fd) => {
                 let _ = fd.write(1);
+            }
+            Notifier::Guest(domain) => {
+                let port = self.guest_port();
+                if let Some(events) = domain.events() {
+                    if port != 0 {
+                        events.raise(port, self.dom0_port);
+                    }
+                }
+            }
+        }
+    }
+
+    /// A channel to a real guest (made by [`ForeignDomain`]).
+    pub(crate) fn for_guest(
+        domain: Arc<ForeignDomain>,
+        guest_port: u32,
+        dom0_port: u32,
+        kick: EventFd,
+    ) -> Self {
+        Dom0Channel {
+            guest_port: AtomicU32::new(guest_port),
+            dom0_port,
+            kick,
+            notifier: Notifier::Guest(domain),
+        }
+    }
+
+    /// The guest's port as the guest currently has it routed: false once
+    /// the guest closed its end (later notifies are dropped).
+    pub fn is_connected(&self) -> bool {
+        match &self.notifier {
+            Notifier::Eventfd(_) => true,
+            Notifier::Guest(domain) => domain
+                .events()
+                .and_then(|e| e.port_route(self.guest_port()))
+                .is_some_and(|(bound, _)| bound == self.dom0_port),
+        }
+    }
+}
+
+impl Drop for Dom0Channel {
+    fn drop(&mut self) {
+        if let Notifier::Guest(domain) = &self.notifier {
+            if let Err(e) = domain.close_dom0_port(self.dom0_port) {
+                warn!(dom0_port = self.dom0_port, "close channel: {e}");
             }
         }
     }

@@ -3,7 +3,7 @@
 
 use std::os::fd::{AsFd, OwnedFd};
 use std::ptr::NonNull;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 
 use nix::sys::mman::{mmap, munmap, MapFlags, ProtFlags};
@@ -71,6 +71,74 @@ impl ForeignMemory {
             mem: self.clone(),
             offset,
         })
+    }
+}
+
+impl ForeignMemory {
+    /// Size of the mapping (the whole memfd).
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The page at memfd offset `offset` (page-aligned), wherever in the
+    /// memfd it is: grant frames and vcpu_info pages move at run time, so
+    /// kxen-vmm publishes memfd offsets rather than guest frames.
+    pub fn page_at_offset(self: &Arc<Self>, offset: u64) -> Option<ForeignPage> {
+        let offset = usize::try_from(offset).ok()?;
+        (offset.is_multiple_of(PAGE_SIZE) && offset.checked_add(PAGE_SIZE)? <= self.len).then(
+            || ForeignPage {
+                mem: self.clone(),
+                offset,
+            },
+        )
+    }
+
+    fn checked(&self, offset: u64, size: usize) -> Option<*mut u8> {
+        let offset = usize::try_from(offset).ok()?;
+        if !offset.is_multiple_of(size) || offset.checked_add(size)? > self.len {
+            return None;
+        }
+        // SAFETY: offset + size lies within the mapping (checked above).
+        Some(unsafe { self.base.as_ptr().add(offset) })
+    }
+
+    /// The u8 at memfd offset `offset`, for atomic access.
+    pub fn atomic_u8(&self, offset: u64) -> Option<&AtomicU8> {
+        let ptr = self.checked(offset, 1)?;
+        // SAFETY: in bounds; shared memory only accessed atomically; lives
+        // as long as `self`.
+        Some(unsafe { AtomicU8::from_ptr(ptr) })
+    }
+
+    /// The u32 at memfd offset `offset` (4-byte aligned).
+    pub fn atomic_u32(&self, offset: u64) -> Option<&AtomicU32> {
+        let ptr = self.checked(offset, 4)?;
+        // SAFETY: in bounds and aligned (page-aligned base); as atomic_u8.
+        Some(unsafe { AtomicU32::from_ptr(ptr.cast()) })
+    }
+
+    /// The u64 at memfd offset `offset` (8-byte aligned).
+    pub fn atomic_u64(&self, offset: u64) -> Option<&AtomicU64> {
+        let ptr = self.checked(offset, 8)?;
+        // SAFETY: in bounds and aligned (page-aligned base); as atomic_u8.
+        Some(unsafe { AtomicU64::from_ptr(ptr.cast()) })
+    }
+
+    /// `count` consecutive u64s from memfd offset `offset`.
+    pub fn atomic_u64_slice(&self, offset: u64, count: usize) -> Option<&[AtomicU64]> {
+        let bytes = count.checked_mul(8)?;
+        let end = offset.checked_add(bytes as u64)?;
+        if end > self.len as u64 {
+            return None;
+        }
+        let ptr = self.checked(offset, 8)?;
+        // SAFETY: `count` aligned u64s in bounds (checked above); shared
+        // memory only accessed atomically; lives as long as `self`.
+        Some(unsafe { std::slice::from_raw_parts(ptr.cast::<AtomicU64>(), count) })
     }
 }
 

@@ -4,15 +4,20 @@
 //! way Xen does: one compare-and-exchange on the entry's `flags | domid`
 //! word checks that the entry permits access, names the backend's domain,
 //! and is not read-only for a write, and sets `GTF_reading` or
-//! `GTF_writing`. The bit is cleared again when the mapping is dropped, so
-//! a frontend can tell when its page is free again. A guest can change the
-//! entry concurrently; a changed entry is re-checked, never trusted.
+//! `GTF_writing`. As in Xen's active grant table, pins are counted per
+//! grant reference: the busy bit stays set until the last mapping of that
+//! kind is dropped, so a frontend can tell when its page is free again. A
+//! guest can change the entry concurrently; a changed entry is re-checked,
+//! never trusted.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::io::{IoSlice, IoSliceMut};
+use std::sync::{Arc, Mutex};
 
 use xen_abi::grant_table::*;
 use xen_abi::PAGE_SIZE;
 
+use crate::domain::ForeignDomain;
 use crate::foreign::{ForeignMemory, ForeignPage};
 
 /// How often a racing guest may change an entry under us before we give up.
@@ -32,6 +37,9 @@ pub enum GrantError {
     BadFrame(u32, u64),
     #[error("grant reference {0} kept changing")]
     Busy(u32),
+    /// A copy's offset and length leave the page.
+    #[error("grant reference {0}: copy of {2} bytes at offset {1} leaves the page")]
+    BadCopyArg(u32, usize, usize),
 }
 
 impl GrantError {
@@ -44,17 +52,54 @@ impl GrantError {
             }
             GrantError::BadFrame(..) => GNTST_BAD_PAGE,
             GrantError::Busy(_) => GNTST_EAGAIN,
+            GrantError::BadCopyArg(..) => GNTST_BAD_COPY_ARG,
         }
     }
+}
+
+/// Xen's active grant entries: how many mappings pin each reference.
+#[derive(Default)]
+pub struct PinTable {
+    active: Mutex<HashMap<u32, Active>>,
+}
+
+#[derive(Clone, Copy)]
+struct Active {
+    readers: u32,
+    writers: u32,
+    /// The frame pinned first; later pins of the same reference use it.
+    gfn: u64,
+}
+
+impl PinTable {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u32, Active>> {
+        self.active.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Mappings currently pinning `gref`: (readers, writers).
+    pub fn pins(&self, gref: u32) -> (u32, u32) {
+        self.lock()
+            .get(&gref)
+            .map_or((0, 0), |a| (a.readers, a.writers))
+    }
+}
+
+/// Where the table's frames are.
+enum Frames {
+    /// Fixed guest frames (tests, or a VMM without a routing area).
+    Fixed(Vec<ForeignPage>),
+    /// Read from the domain's routing area on every access: the guest may
+    /// move its frames at any time.
+    Routed(Arc<ForeignDomain>),
 }
 
 /// One domain's grant table as Dom0 reaches it.
 pub struct GrantTable {
     mem: Arc<ForeignMemory>,
-    /// The table's frames: the GFNs the guest placed them at.
-    frames: Vec<ForeignPage>,
+    frames: Frames,
     /// The domain backends act as (Dom0).
     backend: u16,
+    pins: Arc<PinTable>,
 }
 
 impl GrantTable {
@@ -64,25 +109,53 @@ impl GrantTable {
         let frames = frame_gfns.iter().map_while(|&gfn| mem.page(gfn)).collect();
         GrantTable {
             mem,
-            frames,
+            frames: Frames::Fixed(frames),
             backend,
+            pins: Arc::default(),
+        }
+    }
+
+    /// The table of `domain`, frames located through its routing area.
+    pub(crate) fn routed(domain: Arc<ForeignDomain>, backend: u16, pins: Arc<PinTable>) -> Self {
+        GrantTable {
+            mem: domain.memory.clone(),
+            frames: Frames::Routed(domain),
+            backend,
+            pins,
+        }
+    }
+
+    /// The pin counts shared by the mappings of this table.
+    pub fn pin_table(&self) -> &PinTable {
+        &self.pins
+    }
+
+    fn nr_frames(&self) -> usize {
+        match &self.frames {
+            Frames::Fixed(f) => f.len(),
+            Frames::Routed(d) => d.events().map_or(0, |e| e.nr_grant_frames() as usize),
         }
     }
 
     /// Number of grant references the table holds.
     pub fn len(&self) -> u32 {
-        (self.frames.len() * GRANT_ENTRIES_PER_FRAME) as u32
+        (self.nr_frames() * GRANT_ENTRIES_PER_FRAME) as u32
     }
 
     pub fn is_empty(&self) -> bool {
-        self.frames.is_empty()
+        self.nr_frames() == 0
     }
 
-    fn entry(&self, gref: u32) -> Result<(&ForeignPage, usize), GrantError> {
-        let frame = self
-            .frames
-            .get(gref as usize / GRANT_ENTRIES_PER_FRAME)
-            .ok_or(GrantError::BadRef(gref))?;
+    fn entry(&self, gref: u32) -> Result<(ForeignPage, usize), GrantError> {
+        let index = gref as usize / GRANT_ENTRIES_PER_FRAME;
+        let frame = match &self.frames {
+            Frames::Fixed(f) => f.get(index).cloned(),
+            Frames::Routed(d) => d
+                .events()
+                .and_then(|e| e.grant_frame_offset(index as u32))
+                .and_then(|off| self.mem.page_at_offset(off)),
+        }
+        .ok_or(GrantError::BadRef(gref))?;
         Ok((
             frame,
             (gref as usize % GRANT_ENTRIES_PER_FRAME) * GRANT_ENTRY_V1_SIZE,
@@ -93,6 +166,9 @@ impl GrantTable {
     pub fn map(&self, gref: u32, write: bool) -> Result<GrantMapping, GrantError> {
         let (page, off) = self.entry(gref)?;
         let busy = if write { GTF_WRITING } else { GTF_READING };
+        // One pin change at a time, so counts and busy bits agree.
+        let mut active = self.pins.lock();
+        let current = active.get(&gref).copied();
         for _ in 0..MAX_RETRIES {
             let word = page.load_u32(off);
             let flags = word as u16;
@@ -110,25 +186,64 @@ impl GrantTable {
             if page.compare_exchange_u32(off, word, pinned).is_err() {
                 continue; // the guest changed the entry: check it again
             }
+            let had_bit = flags & busy != 0
+                && current.is_some_and(|a| if write { a.writers } else { a.readers } > 0);
             // The frame is read after pinning: from now on the guest may
-            // not change it (it must wait for the busy bit to clear).
-            let gfn = page.load_u32(off + 4) as u64;
-            return match self.mem.page(gfn) {
-                Some(frame) => Ok(GrantMapping {
-                    entry: page.clone(),
-                    offset: off,
-                    busy,
-                    page: frame,
-                    writable: write,
-                }),
-                None => {
-                    page.fetch_and_u32(off, !(busy as u32));
-                    Err(GrantError::BadFrame(gref, gfn))
-                }
+            // not change it (it must wait for the busy bits to clear). An
+            // entry already pinned keeps the frame of its first pin.
+            let gfn = match current {
+                Some(a) => a.gfn,
+                None => page.load_u32(off + 4) as u64,
             };
+            let Some(frame) = self.mem.page(gfn) else {
+                if !had_bit {
+                    page.fetch_and_u32(off, !(busy as u32));
+                }
+                return Err(GrantError::BadFrame(gref, gfn));
+            };
+            let a = active.entry(gref).or_insert(Active {
+                readers: 0,
+                writers: 0,
+                gfn,
+            });
+            if write {
+                a.writers += 1;
+            } else {
+                a.readers += 1;
+            }
+            return Ok(GrantMapping {
+                entry: page,
+                offset: off,
+                busy,
+                page: frame,
+                writable: write,
+                gref,
+                pins: self.pins.clone(),
+            });
         }
         Err(GrantError::Busy(gref))
     }
+
+    /// Copy `buf.len()` bytes from offset `off` of the page granted as
+    /// `gref` (Xen's GNTTABOP_copy checks: in-page range, permit, domid).
+    pub fn copy_from_guest(&self, gref: u32, off: usize, buf: &mut [u8]) -> Result<(), GrantError> {
+        check_range(gref, off, buf.len())?;
+        self.map(gref, false)?.read(off, buf)
+    }
+
+    /// Copy `data` to offset `off` of the page granted as `gref`, which
+    /// must be writable.
+    pub fn copy_to_guest(&self, gref: u32, off: usize, data: &[u8]) -> Result<(), GrantError> {
+        check_range(gref, off, data.len())?;
+        self.map(gref, true)?.write(off, data)
+    }
+}
+
+fn check_range(gref: u32, off: usize, len: usize) -> Result<(), GrantError> {
+    if off.checked_add(len).is_none_or(|end| end > PAGE_SIZE) {
+        return Err(GrantError::BadCopyArg(gref, off, len));
+    }
+    Ok(())
 }
 
 /// A pinned grant: the guest's page, readable (and writable if mapped for
@@ -139,9 +254,21 @@ pub struct GrantMapping {
     busy: u16,
     page: ForeignPage,
     writable: bool,
+    gref: u32,
+    pins: Arc<PinTable>,
 }
 
 impl GrantMapping {
+    /// The grant reference this mapping pins.
+    pub fn gref(&self) -> u32 {
+        self.gref
+    }
+
+    /// Whether the mapping was made for writing.
+    pub fn is_writable(&self) -> bool {
+        self.writable
+    }
+
     /// Copy out of the granted page; `off + buf.len()` must be in the page.
     pub fn read(&self, off: usize, buf: &mut [u8]) -> Result<(), GrantError> {
         if off.checked_add(buf.len()).is_none_or(|end| end > PAGE_SIZE) {
@@ -187,11 +314,65 @@ impl GrantMapping {
         }
         Ok(self.page.ptr(off, len))
     }
+
+    /// Bytes `off..off + len` of the page as an `IoSlice` for `pwritev`
+    /// (data flows out of the guest page).
+    ///
+    /// # Safety
+    /// The guest may write the page concurrently (it owns it). The caller
+    /// must only hand the slice to the kernel (e.g. `pwritev`/`sendmsg`)
+    /// and must not rely on its contents being stable from Rust code.
+    pub unsafe fn io_slice(&self, off: usize, len: usize) -> Result<IoSlice<'_>, GrantError> {
+        let ptr = self.io_ptr(off, len, false)?;
+        // SAFETY: in bounds of the mapped page (io_ptr), alive while
+        // `self` is; the concurrency caveat is the caller's contract.
+        Ok(IoSlice::new(unsafe {
+            std::slice::from_raw_parts(ptr, len)
+        }))
+    }
+
+    /// Bytes `off..off + len` of the page as an `IoSliceMut` for `preadv`
+    /// (data flows into the guest page); needs a writable mapping.
+    ///
+    /// # Safety
+    /// As [`GrantMapping::io_slice`]; also, no other slice of the same
+    /// bytes may be in use at the same time.
+    pub unsafe fn io_slice_mut(
+        &self,
+        off: usize,
+        len: usize,
+    ) -> Result<IoSliceMut<'_>, GrantError> {
+        let ptr = self.io_ptr(off, len, true)?;
+        // SAFETY: in bounds of the writable mapped page; exclusivity and
+        // concurrency are the caller's contract.
+        Ok(IoSliceMut::new(unsafe {
+            std::slice::from_raw_parts_mut(ptr, len)
+        }))
+    }
 }
 
 impl Drop for GrantMapping {
     fn drop(&mut self) {
-        self.entry.fetch_and_u32(self.offset, !(self.busy as u32));
+        let mut active = self.pins.lock();
+        let last = match active.get_mut(&self.gref) {
+            Some(a) => {
+                let count = if self.writable {
+                    &mut a.writers
+                } else {
+                    &mut a.readers
+                };
+                *count = count.saturating_sub(1);
+                let last = *count == 0;
+                if a.readers == 0 && a.writers == 0 {
+                    active.remove(&self.gref);
+                }
+                last
+            }
+            None => true,
+        };
+        if last {
+            self.entry.fetch_and_u32(self.offset, !(self.busy as u32));
+        }
     }
 }
 
@@ -249,6 +430,52 @@ mod tests {
         assert_eq!(t.load_u32(48) as u16 & GTF_READING, GTF_READING);
         drop(r);
         assert_eq!(t.load_u32(48) as u16, GTF_PERMIT_ACCESS | GTF_READONLY);
+    }
+
+    #[test]
+    fn busy_bits_stay_until_the_last_mapping_drops() {
+        let (mem, t) = guest();
+        grant(&t, 7, GTF_PERMIT_ACCESS, 0, 2);
+        let table = GrantTable::new(mem, &[1], 0);
+        let r1 = table.map(7, false).unwrap();
+        let r2 = table.map(7, false).unwrap();
+        let w = table.map(7, true).unwrap();
+        assert_eq!(table.pin_table().pins(7), (2, 1));
+        let flags = |t: &ForeignPage| t.load_u32(56) as u16;
+        assert_eq!(flags(&t), GTF_PERMIT_ACCESS | GTF_READING | GTF_WRITING);
+        drop(r1);
+        assert_eq!(flags(&t), GTF_PERMIT_ACCESS | GTF_READING | GTF_WRITING);
+        drop(w);
+        assert_eq!(flags(&t), GTF_PERMIT_ACCESS | GTF_READING);
+        drop(r2);
+        assert_eq!(flags(&t), GTF_PERMIT_ACCESS);
+        assert_eq!(table.pin_table().pins(7), (0, 0));
+    }
+
+    #[test]
+    fn copy_helpers_check_range_and_permissions() {
+        let (mem, t) = guest();
+        grant(&t, 1, GTF_PERMIT_ACCESS, 0, 2);
+        grant(&t, 2, GTF_PERMIT_ACCESS | GTF_READONLY, 0, 3);
+        let table = GrantTable::new(mem, &[1], 0);
+        table.copy_to_guest(1, 4000, b"abc").unwrap();
+        let mut b = [0u8; 3];
+        table.copy_from_guest(1, 4000, &mut b).unwrap();
+        assert_eq!(&b, b"abc");
+        let e = table.copy_to_guest(1, 4095, b"ab").unwrap_err();
+        assert_eq!(e.status(), GNTST_BAD_COPY_ARG);
+        let e = table.copy_from_guest(1, usize::MAX, &mut b).unwrap_err();
+        assert_eq!(e.status(), GNTST_BAD_COPY_ARG);
+        let e = table.copy_to_guest(2, 0, b"x").unwrap_err();
+        assert_eq!(e.status(), GNTST_PERMISSION_DENIED);
+        table.copy_from_guest(2, 0, &mut b).unwrap();
+        assert_eq!(
+            table.copy_from_guest(9999, 0, &mut b).unwrap_err().status(),
+            GNTST_BAD_GNTREF
+        );
+        // Nothing stays pinned.
+        assert_eq!(t.load_u32(8) as u16, GTF_PERMIT_ACCESS);
+        assert_eq!(t.load_u32(16) as u16, GTF_PERMIT_ACCESS | GTF_READONLY);
     }
 
     #[test]

@@ -2,7 +2,11 @@
 //!
 //! * [`foreign`]: a domain's memfd mapped into Dom0 ("foreign mapping");
 //! * [`grant`]: grant references checked and pinned as Xen does before a
-//!   backend may touch a granted frame.
+//!   backend may touch a granted frame;
+//! * [`evtchn`]: Dom0's ends of interdomain event channels, raising guest
+//!   ports through the routing area and irqfds kxen-vmm hands over;
+//! * [`domain`]: a guest reached through its kxen-vmm's control socket;
+//! * [`xenbus`]: the contract between kxend and a device backend.
 
 pub mod domain;
 pub mod evtchn;
