@@ -351,8 +351,10 @@ mod tests {
             other => panic!("{other:?}"),
         }
         // Bad extra type.
-        let mut bad = NetifExtraInfo::default();
-        bad.extra_type = 9;
+        let bad = NetifExtraInfo {
+            extra_type: 9,
+            ..Default::default()
+        };
         let e = [req(1, 0, NETTXF_EXTRA_INFO, 1, 60), extra(bad)];
         assert_eq!(
             parse_tx_packet(&e),

@@ -1,0 +1,145 @@
+//! One I/O thread per vif queue: it sleeps in poll() on the guest's
+//! kick(s), the TAP queue and a stop eventfd, and moves packets both ways.
+
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use tracing::{debug, warn};
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+use crate::queue::{Channels, NetQueue, RxOutcome};
+use crate::stats::VifStats;
+use crate::tap::TapQueue;
+use crate::vnet::VNET_HDR_LEN;
+
+/// Largest frame the TAP hands us: a 64 KiB GSO packet plus headers.
+const RX_BUF: usize = VNET_HDR_LEN + 65536 + 256;
+/// Host packets moved to the guest per loop before TX gets a turn.
+const RX_BATCH: usize = 64;
+/// A safety net against a lost notification; the rings are re-checked
+/// at least this often (ms).
+const IDLE_POLL_MS: u16 = 1000;
+
+pub struct Worker {
+    stop: EventFd,
+    handle: Option<JoinHandle<()>>,
+}
+
+impl Worker {
+    pub fn spawn(name: String, queue: NetQueue, tap: Arc<TapQueue>) -> std::io::Result<Worker> {
+        let stop = EventFd::new(EFD_NONBLOCK)?;
+        let stop2 = stop.try_clone()?;
+        let handle = std::thread::Builder::new()
+            .name(name)
+            .spawn(move || run(queue, &tap, &stop2))?;
+        Ok(Worker {
+            stop,
+            handle: Some(handle),
+        })
+    }
+
+    /// Stop the thread and wait for it (it drops the queue's mappings).
+    pub fn stop(mut self) {
+        self.shutdown();
+    }
+
+    fn shutdown(&mut self) {
+        let _ = self.stop.write(1);
+        if let Some(h) = self.handle.take() {
+            if h.join().is_err() {
+                warn!("vif I/O thread panicked");
+            }
+        }
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+fn run(mut q: NetQueue, tap: &TapQueue, stop: &EventFd) {
+    let stats = q.stats().clone();
+    let mut buf = vec![0u8; RX_BUF];
+    let mut pending: Option<Vec<u8>> = None;
+    loop {
+        let tx_more = q.process_tx(&mut |pkt| tap.write_packet(pkt));
+        let rx_more = move_rx(&mut q, tap, &mut buf, &mut pending);
+        q.push_rx();
+        if pending.is_some() && q.arm_rx(1) {
+            continue; // buffers arrived while we armed
+        }
+        let timeout = if tx_more || rx_more {
+            PollTimeout::ZERO
+        } else {
+            PollTimeout::from(IDLE_POLL_MS)
+        };
+        let (kick_tx, kick_rx) = match q.channels() {
+            Channels::Shared(c) => (c.kick_fd(), None),
+            Channels::Split { tx, rx } => (tx.kick_fd(), Some(rx.kick_fd())),
+        };
+        // SAFETY: the eventfd is owned by the caller and outlives this borrow.
+        let stop_fd = unsafe { BorrowedFd::borrow_raw(stop.as_raw_fd()) };
+        let mut fds = vec![
+            PollFd::new(stop_fd, PollFlags::POLLIN),
+            PollFd::new(kick_tx, PollFlags::POLLIN),
+        ];
+        if let Some(k) = kick_rx {
+            fds.push(PollFd::new(k, PollFlags::POLLIN));
+        }
+        if pending.is_none() {
+            fds.push(PollFd::new(tap.as_fd(), PollFlags::POLLIN));
+        }
+        match poll(&mut fds, timeout) {
+            Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+            Err(e) => {
+                warn!("vif I/O thread: poll: {e}");
+                return;
+            }
+        }
+        if stop.read().is_ok() {
+            debug!("vif I/O thread stopping");
+            return;
+        }
+        let ch = q.channels();
+        let kicks = match ch {
+            Channels::Shared(c) => c.ack() as u64,
+            Channels::Split { tx, rx } => tx.ack() as u64 + rx.ack() as u64,
+        };
+        VifStats::add(&stats.kicks_in, kicks);
+    }
+}
+
+/// Move host packets into the guest; true if more may be waiting.
+fn move_rx(
+    q: &mut NetQueue,
+    tap: &TapQueue,
+    buf: &mut [u8],
+    pending: &mut Option<Vec<u8>>,
+) -> bool {
+    if let Some(p) = pending.as_deref() {
+        if q.deliver_rx(p) == RxOutcome::NoRoom {
+            return false;
+        }
+        *pending = None;
+    }
+    for _ in 0..RX_BATCH {
+        match tap.read_packet(buf) {
+            Ok(n) => {
+                if q.deliver_rx(&buf[..n]) == RxOutcome::NoRoom {
+                    *pending = Some(buf[..n].to_vec());
+                    return false;
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return false,
+            Err(e) => {
+                warn!("vif: reading the tap: {e}");
+                return false;
+            }
+        }
+    }
+    true
+}
