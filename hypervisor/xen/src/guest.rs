@@ -168,3 +168,17 @@ pub fn atomic_u8(mem: &GuestMemoryMmap, gpa: u64) -> Option<&AtomicU8> {
     // AtomicU8 has no alignment requirement beyond 1.
     Some(unsafe { AtomicU8::from_ptr(ptr) })
 }
+
+/// An aligned `u32` of guest-physical memory, accessed atomically (grant
+/// entry flags and domid).
+pub fn atomic_u32(mem: &GuestMemoryMmap, gpa: u64) -> Option<&std::sync::atomic::AtomicU32> {
+    if !gpa.is_multiple_of(4) {
+        return None;
+    }
+    mem.get_slice(GuestAddress(gpa), 4).ok()?;
+    let ptr = mem.get_host_address(GuestAddress(gpa)).ok()?;
+    // SAFETY: 4 bytes of one live mapping owned by `mem` (checked above),
+    // 4-byte aligned (page-aligned regions, aligned gpa); shared memory is
+    // only accessed atomically through the reference.
+    Some(unsafe { std::sync::atomic::AtomicU32::from_ptr(ptr as *mut u32) })
+}

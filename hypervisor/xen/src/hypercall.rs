@@ -1123,6 +1123,7 @@ impl Domain {
                 write!(g, uop, &req);
                 0
             }
+            GNTTABOP_COPY => self.grant_copy(g, uop, count),
             _ => -ENOSYS,
         }
     }

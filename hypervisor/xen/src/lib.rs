@@ -12,6 +12,7 @@
 
 pub mod domain;
 pub mod evtchn;
+pub mod gntcopy;
 pub mod grant;
 pub mod guest;
 #[cfg(any(test, feature = "harness"))]
