@@ -734,3 +734,54 @@ fn published_nodes_describe_the_disk() {
     assert!(BlkBackend::new(VbdSpec::new("/nonexistent/kxen.img", false)).is_err());
     assert!(BlkBackend::new(VbdSpec::new("/dev/null", true)).is_err());
 }
+
+#[test]
+fn xenbus_publish_and_connect_through_the_store() {
+    use kxen_backends::domain::ForeignDomain;
+    use kxen_backends::xenbus::{BackendDevice, DeviceContext};
+    use kxen_xenstore::{Config, Xenstored};
+
+    let image = Image::new(80);
+    let mut b = BlkBackend::new(VbdSpec::new(&image.0, true)).unwrap();
+    let guest = Guest::new();
+    let store = Xenstored::new(Config::default()).unwrap();
+    let ctx = DeviceContext {
+        domain: Arc::new(ForeignDomain::new(5, guest.mem.clone())),
+        store: store.clone(),
+        frontend_domid: 5,
+        devid: 51712,
+        frontend_path: "/local/domain/5/device/vbd/51712".into(),
+        backend_path: "/local/domain/0/backend/vbd/5/51712".into(),
+    };
+    assert_eq!(b.kind(), "vbd");
+    b.publish(&ctx).unwrap();
+    assert_eq!(ctx.read_backend("sectors").as_deref(), Some("80"));
+    assert_eq!(ctx.read_backend("info").as_deref(), Some("4"));
+    assert_eq!(ctx.read_backend("mode").as_deref(), Some("r"));
+    assert_eq!(
+        ctx.read_backend("feature-flush-cache").as_deref(),
+        Some("1")
+    );
+    assert_eq!(ctx.read_backend("feature-barrier").as_deref(), Some("0"));
+    // No transport published yet: connect fails and serves nothing.
+    assert!(b.connect(&ctx).is_err());
+    for (k, v) in [
+        ("ring-ref", "8"),
+        ("event-channel", "3"),
+        ("protocol", "x86_64-abi"),
+    ] {
+        store
+            .write(&format!("{}/{k}", ctx.frontend_path), v)
+            .unwrap();
+    }
+    // This domain has no VMM to bind channels through.
+    assert!(matches!(
+        b.connect(&ctx),
+        Err(kxen_backends::xenbus::BackendError::EventChannel(_))
+    ));
+    assert!(!b.is_connected());
+    b.disconnect();
+    b.disconnect();
+    assert!(b.stats().contains_key("rd_req"));
+    store.shutdown();
+}
