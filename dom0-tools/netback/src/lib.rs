@@ -19,6 +19,11 @@ pub mod tx;
 pub mod vnet;
 pub mod worker;
 
+#[cfg(test)]
+mod fake_guest;
+#[cfg(test)]
+mod queue_tests;
+
 pub use backend::NetBackend;
 pub use error::NetError;
 pub use spec::VifSpec;
