@@ -16,10 +16,12 @@ mod checks;
 mod console;
 mod env;
 mod events;
+mod front;
 mod grants;
 mod hypercall;
 mod mem;
 mod pages;
+mod peer;
 mod service;
 mod setup;
 mod time;
@@ -98,6 +100,7 @@ extern "C" fn kmain(start_info: u64) -> ! {
     match env::cmdline_value(b"kxen.mode") {
         None => {}
         Some(b"service") => service::run(),
+        Some(b"peer") => peer::run(),
         Some(other) => {
             let mode = core::str::from_utf8(other).unwrap_or("<non-UTF-8 mode>");
             FAILED.fetch_add(1, Ordering::AcqRel);

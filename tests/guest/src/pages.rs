@@ -87,3 +87,46 @@ pub fn free(page: *mut u8) {
 pub fn in_use() -> u64 {
     POOL.with(|p| p.in_use)
 }
+
+/// `n` zeroed pages at consecutive addresses (never from the free list),
+/// or `None` when RAM is exhausted. Free them one by one with [`free`].
+pub fn alloc_contig(n: usize) -> Option<*mut u8> {
+    let base = POOL.with(|p| {
+        init(p);
+        let bytes = n as u64 * PAGE;
+        if n == 0 || p.next + bytes > p.end {
+            return None;
+        }
+        let base = p.next;
+        p.next += bytes;
+        p.in_use += n as u64;
+        Some(base)
+    })?;
+    // SAFETY: the range was never handed out and lies in identity-mapped RAM.
+    unsafe { core::ptr::write_bytes(base as *mut u8, 0, n * PAGE as usize) };
+    Some(base as *mut u8)
+}
+
+/// Pages needed for a `T`.
+pub const fn pages_for<T>() -> usize {
+    core::mem::size_of::<T>().div_ceil(PAGE as usize)
+}
+
+/// A `T` in fresh zeroed pages, living until [`free_zeroed`].
+///
+/// # Safety
+/// All-zero bytes must be a valid `T`.
+pub unsafe fn alloc_zeroed<T>() -> Option<&'static mut T> {
+    let p = alloc_contig(pages_for::<T>())? as *mut T;
+    // SAFETY: the pages are zeroed, page aligned (enough for any T here),
+    // exclusively ours, and zero is a valid T (caller's contract).
+    Some(unsafe { &mut *p })
+}
+
+/// Give back the pages of a `T` from [`alloc_zeroed`].
+pub fn free_zeroed<T>(t: &'static mut T) {
+    let base = t as *mut T as *mut u8;
+    for i in 0..pages_for::<T>() {
+        free(base.wrapping_add(i * PAGE as usize));
+    }
+}

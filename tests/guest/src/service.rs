@@ -27,7 +27,7 @@ use crate::hypercall::{service, vcpu_op};
 use crate::setup::CONSOLE_PORT;
 use crate::time::{now_ns, Deadline};
 use crate::xenstore::{self, Ring};
-use crate::{boot, console, events, println, xen};
+use crate::{boot, console, events, front, println, xen};
 
 /// The token of our watch on `control/shutdown`.
 const TOKEN: &[u8] = b"kxen-testguest-shutdown";
@@ -196,8 +196,10 @@ impl Store {
     fn handle(&mut self, h: Header, payload: &[u8]) -> Result<(), Unavailable> {
         if h.kind == XS_WATCH_EVENT {
             // Any event of ours means "read control/shutdown again".
-            if xswire::watch_event(payload).is_some_and(|(_, token)| token == TOKEN) {
-                self.dirty = true;
+            match xswire::watch_event(payload) {
+                Some((_, token)) if token == TOKEN => self.dirty = true,
+                Some((_, token)) if token.starts_with(front::TOKEN_PREFIX) => front::note_watch(),
+                _ => {}
             }
             return Ok(());
         }
@@ -309,6 +311,9 @@ fn console_pass(editor: &mut LineEditor) {
                         out.flush();
                         shut_down(Action::Poweroff);
                     }
+                    // Device commands answer after the echo.
+                    out.flush();
+                    front::command(editor.line());
                 }
             }
         }
@@ -363,6 +368,7 @@ pub fn run() -> ! {
             events::take_seen(p);
         }
         console_pass(&mut editor);
+        front::poll();
         if let Some(s) = store.as_mut() {
             if s.pass().is_err() {
                 store = None;
