@@ -10,6 +10,7 @@ use core::fmt::{self, Debug, Display, Write};
 
 mod evtchn;
 mod gnttab;
+mod gntcopy;
 mod hvm;
 mod memory;
 mod misc;
@@ -346,6 +347,8 @@ pub static CHECKS: &[Check] = &[
     c("gnttab.get_version", gnttab::get_version),
     c("gnttab.bad_args", gnttab::bad_args),
     c("gnttab.unknown_cmd", gnttab::unknown_cmd),
+    c("gnttab.copy", gntcopy::copy),
+    c("gnttab.copy_hostile", gntcopy::copy_hostile),
     // vm_assist, physdev_op
     c("vm_assist.runstate_update_flag", misc::vm_assist_runstate),
     c("vm_assist.invalid_type", misc::vm_assist_invalid_type),

@@ -1,0 +1,194 @@
+//! Peer mode (`kxen.mode=peer`): the guest is the far end of Dom0's
+//! interdomain tests.
+//!
+//! It grants Dom0 two pages (one read-write, one read-only, with known
+//! contents) and a third to domain 5, allocates two ports unbound for
+//! Dom0, prints
+//! `kxen-testguest: peer port=P port2=Q gref=G rogref=R fgref=F`
+//! and then serves commands Dom0 writes into the read-write page. Each
+//! command is announced by an event on `port`; the guest answers in the
+//! page and sends an event back on `port`.
+//!
+//! Page layout (u32 words): 0 command sequence (Dom0 writes it last), 4
+//! command, 8 argument, 12 done sequence (the guest writes it last), 16
+//! result, 20 result2, 24 result3, 28 count of pings. Bytes 64..128 hold
+//! Dom0's ping payload; bytes 1024..2048 the pattern `i % 251` at start.
+
+use core::sync::atomic::{AtomicU32, Ordering};
+
+use xen_abi::event_channel::{self as ec, BindInterdomain};
+use xen_abi::sched::SHUTDOWN_POWEROFF;
+
+use crate::hypercall::event_channel_op;
+use crate::{events, grants, pages, println, xen};
+
+const CMD_SEQ: usize = 0;
+const CMD: usize = 4;
+const ARG: usize = 8;
+const DONE_SEQ: usize = 12;
+const RESULT: usize = 16;
+const RESULT2: usize = 20;
+const RESULT3: usize = 24;
+const PINGS: usize = 28;
+const PAYLOAD: usize = 64;
+
+/// Read payload word 0, answer it + 1 in RESULT, count the ping.
+const PING: u32 = 1;
+/// Wait mode: ARG 0 = SCHEDOP_block, 1 = spin in ring 3 (no hypercalls).
+const MODE: u32 = 2;
+/// Bind Dom0's port ARG; RESULT = our port (or the negative rc); then
+/// send on the new port.
+const BIND: u32 = 3;
+/// EVTCHNOP_status of port ARG: RESULT status, RESULT2 u[0], RESULT3 u[1].
+const STATUS: u32 = 4;
+/// Close port ARG; RESULT = rc.
+const CLOSE: u32 = 5;
+/// RESULT = 1 if port ARG fired since the last ask (drained), else 0.
+const SEEN: u32 = 6;
+/// End grant ARG: RESULT 0 ended, 1 still busy (Dom0 has it mapped), 2 error.
+const END_GRANT: u32 = 7;
+/// Power off.
+const EXIT: u32 = 8;
+
+/// Spins between checks for an upcall in spin mode.
+const SPIN_ROUNDS: u32 = 1 << 16;
+
+fn word(page: *mut u8, off: usize) -> &'static AtomicU32 {
+    // SAFETY: `page` is our command page (4 KiB, page aligned, never
+    // freed) and `off` a 4-byte aligned offset inside it; Dom0 accesses it
+    // concurrently, so only atomically.
+    unsafe { AtomicU32::from_ptr(page.add(off) as *mut u32) }
+}
+
+fn fill(page: *mut u8, tag: &[u8]) {
+    for i in 0..4096 {
+        // SAFETY: a page of ours.
+        unsafe { page.add(i).write_volatile(0) };
+    }
+    for (i, b) in tag.iter().enumerate() {
+        // SAFETY: as above; tags are short.
+        unsafe { page.add(i + 512).write_volatile(*b) };
+    }
+    for i in 1024..2048 {
+        // SAFETY: as above.
+        unsafe { page.add(i).write_volatile((i % 251) as u8) };
+    }
+}
+
+fn bind_dom0(dom0_port: u32) -> Result<u32, i64> {
+    let mut b = BindInterdomain {
+        remote_dom: 0,
+        _pad: 0,
+        remote_port: dom0_port,
+        local_port: 0,
+    };
+    match event_channel_op(ec::EVTCHNOP_BIND_INTERDOMAIN, &mut b) {
+        0 => Ok(b.local_port),
+        rc => Err(rc),
+    }
+}
+
+pub fn run() -> ! {
+    let (Some(rw), Some(ro), Some(other)) = (pages::alloc(), pages::alloc(), pages::alloc()) else {
+        println!("FAIL peer: no free pages");
+        crate::finish()
+    };
+    fill(rw, b"kxen peer rw page");
+    fill(ro, b"kxen peer ro page");
+    fill(other, b"kxen peer page for domain 5");
+    let grant = |p: *mut u8, dom: u16, readonly: bool| grants::grant(dom, p as u64 >> 12, readonly);
+    let (Ok(gref), Ok(rogref), Ok(fgref)) = (
+        grant(rw, 0, false),
+        grant(ro, 0, true),
+        grant(other, 5, false),
+    ) else {
+        println!("FAIL peer: cannot grant pages");
+        crate::finish()
+    };
+    let (Ok(port), Ok(port2)) = (
+        xen::alloc_unbound(xen_abi::DOMID_SELF, 0),
+        xen::alloc_unbound(xen_abi::DOMID_SELF, 0),
+    ) else {
+        println!("FAIL peer: cannot allocate ports");
+        crate::finish()
+    };
+    println!(
+        "kxen-testguest: peer port={} port2={} gref={} rogref={} fgref={}",
+        port, port2, gref, rogref, fgref
+    );
+    let mut spin = false;
+    let mut last_seq = 0u32;
+    loop {
+        // Other ports stay recorded as seen until SEEN asks about them.
+        events::drain();
+        let _ = events::take_seen(port);
+        let seq = word(rw, CMD_SEQ).load(Ordering::Acquire);
+        if seq != last_seq {
+            last_seq = seq;
+            let arg = word(rw, ARG).load(Ordering::Acquire);
+            let (mut r1, mut r2, mut r3) = (0u32, 0u32, 0u32);
+            let mut bound = None;
+            match word(rw, CMD).load(Ordering::Acquire) {
+                PING => {
+                    r1 = word(rw, PAYLOAD).load(Ordering::Acquire).wrapping_add(1);
+                    word(rw, PINGS).fetch_add(1, Ordering::AcqRel);
+                }
+                MODE => spin = arg == 1,
+                BIND => match bind_dom0(arg) {
+                    Ok(p) => {
+                        r1 = p;
+                        bound = Some(p);
+                    }
+                    Err(rc) => r1 = rc as u32,
+                },
+                STATUS => match xen::status(arg) {
+                    Ok(s) => {
+                        r1 = s.status;
+                        r2 = s.u[0];
+                        r3 = s.u[1];
+                    }
+                    Err(rc) => r1 = rc as u32,
+                },
+                CLOSE => r1 = xen::close(arg) as u32,
+                SEEN => {
+                    events::drain();
+                    r1 = events::take_seen(arg) as u32;
+                }
+                END_GRANT => {
+                    r1 = match grants::end(arg) {
+                        Ok(()) => 0,
+                        Err(grants::GrantError::Busy) => 1,
+                        Err(_) => 2,
+                    }
+                }
+                EXIT => {
+                    println!("kxen-testguest: peer done");
+                    xen::shutdown(SHUTDOWN_POWEROFF);
+                }
+                _ => r1 = u32::MAX,
+            }
+            word(rw, RESULT).store(r1, Ordering::Release);
+            word(rw, RESULT2).store(r2, Ordering::Release);
+            word(rw, RESULT3).store(r3, Ordering::Release);
+            word(rw, DONE_SEQ).store(seq, Ordering::Release);
+            xen::send(port);
+            if let Some(p) = bound {
+                xen::send(p);
+            }
+            continue;
+        }
+        if spin {
+            // Wait for the next upcall without any hypercall: Dom0's kicks
+            // must reach us through the irqfd alone.
+            let before = events::upcalls();
+            for _ in 0..SPIN_ROUNDS {
+                if events::upcalls() != before {
+                    break;
+                }
+                core::hint::spin_loop();
+            }
+        } else {
+            xen::block();
+        }
+    }
+}
