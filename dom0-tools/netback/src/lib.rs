@@ -23,6 +23,8 @@ pub mod worker;
 mod fake_guest;
 #[cfg(test)]
 mod queue_tests;
+#[cfg(test)]
+mod tap_tests;
 
 pub use backend::NetBackend;
 pub use error::NetError;

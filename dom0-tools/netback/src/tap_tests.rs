@@ -1,0 +1,343 @@
+//! netback end to end on the host side: a fake guest's rings, the real
+//! TAP device, the I/O thread and the hotplug script. Each test runs in a
+//! thread with its own network namespace, so nothing touches the host's
+//! interfaces; frames are only exchanged with a packet socket on the TAP.
+
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::process::Command;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use nix::sched::{unshare, CloneFlags};
+use xen_abi::io::netif::*;
+
+use crate::backend::NetBackend;
+use crate::fake_guest::*;
+use crate::offload::frames::tcp4;
+use crate::offload::{parse_headers, seed_partial_csum};
+use crate::queue::FrontendFeatures;
+use crate::spec::{VifSpec, BUNDLED_VIF_SCRIPT};
+use crate::tx::encode::{extra, req};
+use crate::vnet::{self, VnetHdr, VNET_HDR_LEN};
+
+const PACKET_VNET_HDR: libc::c_int = 15;
+const BACKEND_PATH: &str = "/local/domain/0/backend/vif/1/0";
+
+/// Run `f` on a fresh thread inside a new, private network namespace.
+fn in_netns(f: impl FnOnce() + Send + 'static) {
+    std::thread::spawn(move || {
+        unshare(CloneFlags::CLONE_NEWNET).expect("unshare(CLONE_NEWNET)");
+        // No IPv6 autoconfiguration chatter on the test interfaces.
+        for k in ["all", "default"] {
+            let _ = std::fs::write(format!("/proc/sys/net/ipv6/conf/{k}/disable_ipv6"), "1");
+        }
+        f()
+    })
+    .join()
+    .expect("test thread");
+}
+
+fn ip(args: &[&str]) -> (bool, String) {
+    let out = Command::new("ip").args(args).output().expect("run ip");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+fn features() -> FrontendFeatures {
+    FrontendFeatures {
+        sg: true,
+        gso_tcpv4: true,
+        gso_tcpv6: true,
+        csum_offload: true,
+        ipv6_csum_offload: true,
+    }
+}
+
+/// A raw packet socket on one interface.
+struct PacketSock(OwnedFd);
+
+impl PacketSock {
+    fn open(ifname: &str, vnet_hdr: bool) -> PacketSock {
+        let proto = (libc::ETH_P_ALL as u16).to_be();
+        // SAFETY: plain socket(2) call; the fd is owned right away.
+        let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, proto as i32) };
+        assert!(
+            fd >= 0,
+            "packet socket: {}",
+            std::io::Error::last_os_error()
+        );
+        // SAFETY: fd is a fresh descriptor nobody else owns.
+        let sock = PacketSock(unsafe { OwnedFd::from_raw_fd(fd) });
+        let name = std::ffi::CString::new(ifname).unwrap();
+        // SAFETY: a valid NUL-terminated name.
+        let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) };
+        assert!(ifindex != 0, "no interface {ifname}");
+        if vnet_hdr {
+            let one: libc::c_int = 1;
+            // SAFETY: the option value is a c_int that outlives the call.
+            let r = unsafe {
+                libc::setsockopt(
+                    fd,
+                    libc::SOL_PACKET,
+                    PACKET_VNET_HDR,
+                    &one as *const _ as *const libc::c_void,
+                    4,
+                )
+            };
+            assert_eq!(r, 0, "PACKET_VNET_HDR");
+        }
+        let tv = libc::timeval {
+            tv_sec: 0,
+            tv_usec: 200_000,
+        };
+        // SAFETY: as above, with a timeval.
+        unsafe {
+            libc::setsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                libc::SO_RCVTIMEO,
+                &tv as *const _ as *const libc::c_void,
+                std::mem::size_of::<libc::timeval>() as u32,
+            )
+        };
+        // SAFETY: all-zero is a valid sockaddr_ll.
+        let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+        sll.sll_family = libc::AF_PACKET as u16;
+        sll.sll_protocol = proto;
+        sll.sll_ifindex = ifindex as i32;
+        // SAFETY: sll is a properly sized sockaddr_ll.
+        let r = unsafe {
+            libc::bind(
+                fd,
+                &sll as *const _ as *const libc::sockaddr,
+                std::mem::size_of::<libc::sockaddr_ll>() as u32,
+            )
+        };
+        assert_eq!(r, 0, "bind: {}", std::io::Error::last_os_error());
+        sock
+    }
+
+    fn send(&self, pkt: &[u8]) {
+        // SAFETY: pkt is a valid buffer for its length.
+        let n = unsafe { libc::send(self.0.as_raw_fd(), pkt.as_ptr().cast(), pkt.len(), 0) };
+        assert_eq!(
+            n,
+            pkt.len() as isize,
+            "send: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+
+    /// The first packet containing `marker`, within a few seconds.
+    fn recv_with(&self, marker: &[u8]) -> Vec<u8> {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut buf = vec![0u8; 70_000];
+        while Instant::now() < deadline {
+            // SAFETY: buf is valid for writes of its length.
+            let n =
+                unsafe { libc::recv(self.0.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+            if n > 0 && contains(&buf[..n as usize], marker) {
+                return buf[..n as usize].to_vec();
+            }
+        }
+        panic!("no packet with the marker arrived");
+    }
+}
+
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
+}
+
+/// Wait until `f` returns Some.
+fn wait_for<T>(mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn spec() -> VifSpec {
+    VifSpec::new(1, 0, [0, 0x16, 0x3e, 0, 0, 1])
+}
+
+#[test]
+fn frames_cross_the_tap_both_ways() {
+    in_netns(|| {
+        let mut g = FakeGuest::new();
+        let (q, end, stats) = g.queue(features());
+        let mut nb = NetBackend::new(spec()).unwrap();
+        nb.start(vec![q], BACKEND_PATH).unwrap();
+        assert_eq!(nb.tap_name(), Some("vif1.0"));
+        assert!(ip(&["link", "set", "dev", "vif1.0", "up"]).0);
+        let sock = PacketSock::open("vif1.0", false);
+
+        // Guest to host.
+        let frame = tcp4(b"marker-guest-to-host");
+        g.fill(10, 200, &frame);
+        g.push_tx(&[req(10, 200, 0, 9, frame.len() as u16)]);
+        end.kick.write(1).unwrap();
+        let got = sock.recv_with(b"marker-guest-to-host");
+        assert_eq!(got, frame);
+        let rsp = wait_for(|| g.tx_responses().pop());
+        assert_eq!(rsp, (9, NETIF_RSP_OKAY));
+
+        // Host to guest.
+        for i in 0..8 {
+            g.post_rx(i, 20 + i as u32);
+        }
+        end.kick.write(1).unwrap();
+        let frame = tcp4(b"marker-host-to-guest");
+        sock.send(&frame);
+        let found = wait_for(|| {
+            g.rx_responses().into_iter().map(|b| rx_rsp(&b)).find(|r| {
+                let mut data = vec![0u8; r.status.max(0) as usize];
+                g.page(20 + r.id as u32).read(0, &mut data);
+                contains(&data, b"marker-host-to-guest")
+            })
+        });
+        assert_eq!(found.status, frame.len() as i16);
+        assert!(stats.tx_packets.load(Ordering::Relaxed) >= 1);
+        assert!(stats.rx_packets.load(Ordering::Relaxed) >= 1);
+        assert!(stats.kicks_in.load(Ordering::Relaxed) >= 1);
+        assert!(stats.notifies_out.load(Ordering::Relaxed) >= 2);
+
+        // Teardown removes the TAP; disconnect is idempotent.
+        use kxen_backends::xenbus::BackendDevice;
+        nb.disconnect();
+        nb.disconnect();
+        assert!(!ip(&["link", "show", "dev", "vif1.0"]).0);
+    });
+}
+
+#[test]
+fn gso_and_partial_checksums_pass_the_tap_both_ways() {
+    in_netns(|| {
+        let mut g = FakeGuest::new();
+        let (q, end, _stats) = g.queue(features());
+        let mut nb = NetBackend::new(spec()).unwrap();
+        nb.start(vec![q], BACKEND_PATH).unwrap();
+        assert!(ip(&["link", "set", "dev", "vif1.0", "up"]).0);
+        let sock = PacketSock::open("vif1.0", true);
+
+        // Guest TSO packet: 9000 bytes of payload over three slots.
+        let mut payload = b"marker-gso-out".to_vec();
+        payload.resize(9000, 0x33);
+        let mut frame = tcp4(&payload);
+        let h = parse_headers(&frame).unwrap();
+        seed_partial_csum(&mut frame, &h);
+        g.fill(10, 0, &frame[..4096]);
+        g.fill(11, 0, &frame[4096..8192]);
+        g.fill(12, 0, &frame[8192..]);
+        let f0 = NETTXF_CSUM_BLANK | NETTXF_MORE_DATA | NETTXF_EXTRA_INFO;
+        g.push_tx(&[
+            req(10, 0, f0, 1, frame.len() as u16),
+            extra(NetifExtraInfo::with_gso(
+                XEN_NETIF_GSO_TYPE_TCPV4,
+                1448,
+                false,
+            )),
+            req(11, 0, NETTXF_MORE_DATA, 2, 4096),
+            req(12, 0, 0, 3, (frame.len() - 8192) as u16),
+        ]);
+        end.kick.write(1).unwrap();
+        let got = sock.recv_with(b"marker-gso-out");
+        let hdr = VnetHdr::from_bytes(&got).unwrap();
+        assert_eq!(hdr.gso_type & !vnet::GSO_ECN, vnet::GSO_TCPV4);
+        assert_eq!(hdr.gso_size, 1448);
+        assert_eq!(hdr.flags & vnet::F_NEEDS_CSUM, vnet::F_NEEDS_CSUM);
+        assert_eq!(&got[VNET_HDR_LEN..], &frame[..]);
+
+        // Host TSO packet to the guest: one GSO extra, several slots.
+        for i in 0..8 {
+            g.post_rx(i, 20 + i as u32);
+        }
+        end.kick.write(1).unwrap();
+        let mut payload = b"marker-gso-in".to_vec();
+        payload.resize(6000, 0x44);
+        let mut frame = tcp4(&payload);
+        let h = parse_headers(&frame).unwrap();
+        seed_partial_csum(&mut frame, &h);
+        let out_hdr = VnetHdr {
+            flags: vnet::F_NEEDS_CSUM,
+            gso_type: vnet::GSO_TCPV4,
+            hdr_len: 54,
+            gso_size: 1400,
+            csum_start: 34,
+            csum_offset: 16,
+        };
+        let mut pkt = out_hdr.to_bytes().to_vec();
+        pkt.extend_from_slice(&frame);
+        sock.send(&pkt);
+        let rsps = wait_for(|| {
+            let r = g.rx_responses();
+            (!r.is_empty()).then_some(r)
+        });
+        let first = rx_rsp(&rsps[0]);
+        assert_ne!(first.flags & NETRXF_EXTRA_INFO, 0, "{first:?}");
+        assert_ne!(first.flags & NETRXF_CSUM_BLANK, 0);
+        assert_eq!(rsps[1][0], XEN_NETIF_EXTRA_TYPE_GSO);
+        assert_eq!(u16::from_le_bytes([rsps[1][2], rsps[1][3]]), 1400);
+        let total: i32 = [0usize, 2]
+            .iter()
+            .filter_map(|&i| rsps.get(i))
+            .map(|b| rx_rsp(b).status as i32)
+            .sum();
+        assert_eq!(total, frame.len() as i32);
+        drop(nb);
+        assert!(!ip(&["link", "show", "dev", "vif1.0"]).0);
+    });
+}
+
+#[test]
+fn hotplug_script_bridges_the_vif_and_leaves_the_bridge() {
+    in_netns(|| {
+        let g = FakeGuest::new();
+        let (q, _end, _) = g.queue(features());
+        let spec = VifSpec {
+            bridge: "kxenbrtest".into(),
+            script: Some(BUNDLED_VIF_SCRIPT.into()),
+            mtu: 1400,
+            ..spec()
+        };
+        let mut nb = NetBackend::new(spec).unwrap();
+        nb.start(vec![q], BACKEND_PATH).unwrap();
+        let (ok, link) = ip(&["-o", "link", "show", "dev", "vif1.0"]);
+        assert!(ok);
+        assert!(link.contains("master kxenbrtest"), "{link}");
+        assert!(link.contains("mtu 1400"), "{link}");
+        assert!(link.contains("fe:ff:ff:ff:ff:ff"), "{link}");
+        assert!(link.contains(",UP"), "{link}");
+        let (ok, br) = ip(&["-o", "link", "show", "dev", "kxenbrtest"]);
+        assert!(ok && br.contains(",UP"), "{br}");
+        // No address was assigned anywhere.
+        let (_, addrs) = ip(&["-o", "addr", "show", "dev", "kxenbrtest"]);
+        assert!(!addrs.contains("inet"), "{addrs}");
+        use kxen_backends::xenbus::BackendDevice;
+        nb.disconnect();
+        assert!(!ip(&["link", "show", "dev", "vif1.0"]).0);
+        assert!(ip(&["link", "show", "dev", "kxenbrtest"]).0);
+    });
+}
+
+#[test]
+fn a_failing_script_fails_the_connect_and_removes_the_tap() {
+    in_netns(|| {
+        let g = FakeGuest::new();
+        let (q, _end, _) = g.queue(features());
+        let spec = VifSpec {
+            script: Some("/bin/false".into()),
+            ..spec()
+        };
+        let mut nb = NetBackend::new(spec).unwrap();
+        let err = nb.start(vec![q], BACKEND_PATH).unwrap_err();
+        assert!(err.to_string().contains("online"), "{err}");
+        assert!(!nb.is_connected());
+        assert!(!ip(&["link", "show", "dev", "vif1.0"]).0);
+    });
+}
