@@ -289,12 +289,15 @@ impl Queue {
                 add(&self.stats.indirect_req, 1);
                 let mut left = usize::from(count);
                 for &gref in &pages[..usize::from(nr_pages)] {
+                    // Copy only the descriptors this page holds, once:
+                    // the guest may change the page under us.
+                    let bytes = left.min(SEGMENTS_PER_INDIRECT_FRAME) * SEGMENT_SIZE;
+                    let page = &mut self.scratch.page[..bytes];
                     let m = self.grants.map(gref, false).map_err(Failure::Grant)?;
-                    m.read(0, &mut self.scratch.page[..])
-                        .map_err(Failure::Grant)?;
+                    m.read(0, page).map_err(Failure::Grant)?;
                     drop(m);
                     let before = self.scratch.segs.len();
-                    parse_indirect_page(&self.scratch.page[..], left, &mut self.scratch.segs)
+                    parse_indirect_page(page, left, &mut self.scratch.segs)
                         .map_err(Failure::Malformed)?;
                     left -= self.scratch.segs.len() - before;
                 }
