@@ -76,6 +76,16 @@ pub fn parse_u64(s: &[u8]) -> Option<u64> {
     Some(v)
 }
 
+/// Whether a console line that starts with `typed` may be a device command
+/// (`blk ...` or `net ...`). Service mode does not echo such lines
+/// character by character, so that the only console lines starting with
+/// the command's words are the guest's answers.
+pub fn may_be_device_command(typed: &[u8]) -> bool {
+    [&b"blk "[..], &b"net "[..]]
+        .iter()
+        .any(|g| typed.starts_with(g) || (!typed.is_empty() && g.starts_with(typed)))
+}
+
 /// `Ok(None)`: not a device command; `Err`: a device command with bad
 /// arguments.
 pub fn parse(line: &[u8]) -> Result<Option<Command>, Usage> {
@@ -199,6 +209,18 @@ mod tests {
         assert_eq!(parse_u64(b"0x"), None);
         assert_eq!(parse_u64(b"12a"), None);
         assert_eq!(parse_u64(b"99999999999999999999"), None);
+    }
+
+    #[test]
+    fn device_command_prefixes() {
+        assert!(may_be_device_command(b"b"));
+        assert!(may_be_device_command(b"blk"));
+        assert!(may_be_device_command(b"blk check 1"));
+        assert!(may_be_device_command(b"net p"));
+        assert!(!may_be_device_command(b""));
+        assert!(!may_be_device_command(b"blx"));
+        assert!(!may_be_device_command(b"hello"));
+        assert!(!may_be_device_command(b"blkx"));
     }
 
     #[test]

@@ -17,6 +17,7 @@
 use core::fmt;
 use core::sync::atomic::Ordering;
 
+use kxen_testguest::cmd;
 use kxen_testguest::lineedit::{self, Key, LineEditor};
 use kxen_testguest::xswire::{self, Header, ShutdownRequest, TooLong};
 use xen_abi::sched::{SHUTDOWN_CRASH, SHUTDOWN_POWEROFF, SHUTDOWN_REBOOT};
@@ -289,8 +290,11 @@ fn shut_down(action: Action) -> ! {
     }
 }
 
-/// Echo console input; answer complete lines.
-fn console_pass(editor: &mut LineEditor) {
+/// Echo console input; answer complete lines. Lines that may be device
+/// commands are not echoed as typed (`withheld`), only in the `echo:`
+/// line, so a test that looks for a line starting `blk write` finds the
+/// guest's answer, not its own input.
+fn console_pass(editor: &mut LineEditor, withheld: &mut bool) {
     let mut buf = [0u8; 128];
     loop {
         let n = console::read_input(&mut buf);
@@ -300,10 +304,22 @@ fn console_pass(editor: &mut LineEditor) {
         let mut out = console::Line::new();
         for &b in &buf[..n] {
             match editor.push(b) {
-                Key::Echo => out.bytes(&[b]),
-                Key::Erase => out.bytes(b"\x08 \x08"),
+                Key::Echo => {
+                    let typed = editor.line();
+                    if cmd::may_be_device_command(typed) {
+                        *withheld = true;
+                    } else if core::mem::take(withheld) {
+                        // Not a device command after all: show it now.
+                        out.bytes(typed);
+                    } else {
+                        out.bytes(&[b]);
+                    }
+                }
+                Key::Erase if !*withheld => out.bytes(b"\x08 \x08"),
+                Key::Erase => {}
                 Key::Ignore => {}
                 Key::Line => {
+                    *withheld = false;
                     out.bytes(b"\necho: ");
                     out.bytes(editor.line());
                     out.bytes(b"\n");
@@ -354,6 +370,7 @@ pub fn run() -> ! {
         }
     };
     let mut editor = LineEditor::new();
+    let mut withheld = false;
     let ports = [
         CONSOLE_PORT.load(Ordering::Acquire),
         store.as_ref().map_or(0, |s| s.ring.port()),
@@ -367,7 +384,7 @@ pub fn run() -> ! {
         for p in ports {
             events::take_seen(p);
         }
-        console_pass(&mut editor);
+        console_pass(&mut editor, &mut withheld);
         front::poll();
         if let Some(s) = store.as_mut() {
             if s.pass().is_err() {

@@ -287,7 +287,13 @@ pub fn command(line: &[u8]) -> bool {
         | Command::BlkBench { dev, .. }
         | Command::BlkHostile { dev } => {
             let Some(d) = take_blk(dev) else {
-                println!("blk {} FAIL no such device", dev);
+                match c {
+                    Command::BlkCheck { .. } => println!("blk check {} FAIL no such device", dev),
+                    Command::BlkWrite { .. } => println!("blk write FAIL no such device {}", dev),
+                    Command::BlkRead { .. } => println!("blk read FAIL no such device {}", dev),
+                    Command::BlkBench { .. } => println!("blk bench {} FAIL no such device", dev),
+                    _ => println!("blk hostile {} FAIL no such device", dev),
+                }
                 return true;
             };
             run_blk(d, c);
@@ -295,7 +301,11 @@ pub fn command(line: &[u8]) -> bool {
         }
         Command::NetPing { .. } | Command::NetBenchTx { .. } | Command::NetHostile => {
             let Some(d) = take_net() else {
-                println!("net FAIL no network device");
+                match c {
+                    Command::NetPing { .. } => println!("net ping FAIL no network device"),
+                    Command::NetBenchTx { .. } => println!("net bench tx FAIL no network device"),
+                    _ => println!("net hostile FAIL no network device"),
+                }
                 return true;
             };
             run_net(d, c);
