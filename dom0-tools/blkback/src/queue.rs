@@ -7,7 +7,7 @@
 //! in the backing store (and, after a flush or barrier, on stable storage).
 
 use std::os::fd::{AsRawFd, BorrowedFd};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
@@ -81,6 +81,9 @@ pub struct Queue {
     features: Features,
     persistent: Option<PersistentGrants>,
     scratch: Scratch,
+    /// Set by [`QueueThread::stop`]: a frontend that keeps the ring busy
+    /// must not keep the thread from stopping.
+    stopping: Arc<AtomicBool>,
 }
 
 /// The outcome of one pass over the ring.
@@ -121,6 +124,7 @@ impl Queue {
                 maps: Vec::with_capacity(usize::from(limits.max_indirect_segments).max(11)),
                 page: Box::new([0; PAGE_SIZE]),
             },
+            stopping: Arc::new(AtomicBool::new(false)),
         }
     }
 
@@ -129,6 +133,9 @@ impl Queue {
     pub fn process(&mut self) -> Pass {
         let mut slot = [0u8; ENTRY_SIZE];
         loop {
+            if self.stopping.load(Ordering::Relaxed) {
+                return Pass::Idle;
+            }
             let n = match self.ring.pending() {
                 Ok(n) => n,
                 Err(e) => return self.broken(e),
@@ -150,6 +157,12 @@ impl Queue {
                 add(&self.stats.notifies_out, 1);
             }
         }
+    }
+
+    /// What [`QueueThread::stop`] does to a running queue (for tests).
+    #[cfg(test)]
+    pub(crate) fn set_stopping(&self, on: bool) {
+        self.stopping.store(on, Ordering::Relaxed);
     }
 
     fn broken(&mut self, e: crate::backring::RingOverflow) -> Pass {
@@ -367,6 +380,7 @@ impl Queue {
 
 /// A queue running on its own thread.
 pub struct QueueThread {
+    stopping: Arc<AtomicBool>,
     stop: EventFd,
     thread: Option<JoinHandle<()>>,
 }
@@ -375,10 +389,12 @@ impl QueueThread {
     pub fn spawn(mut q: Queue) -> std::io::Result<QueueThread> {
         let stop = EventFd::new(EFD_NONBLOCK)?;
         let stop2 = stop.try_clone()?;
+        let stopping = q.stopping.clone();
         let thread = std::thread::Builder::new()
             .name(format!("blkback-q{}", q.index))
             .spawn(move || run(&mut q, &stop2))?;
         Ok(QueueThread {
+            stopping,
             stop,
             thread: Some(thread),
         })
@@ -387,6 +403,7 @@ impl QueueThread {
     /// Stop the thread and wait for it; dropping the queue unpins every
     /// grant and closes the channel.
     pub fn stop(&mut self) {
+        self.stopping.store(true, Ordering::Relaxed);
         let _ = self.stop.write(1);
         if let Some(t) = self.thread.take() {
             if t.join().is_err() {
@@ -425,7 +442,7 @@ fn run(q: &mut Queue, stop: &EventFd) {
         }
         let stopping = fds[1].revents().is_some_and(|r| !r.is_empty());
         let kicked = fds[0].revents().is_some_and(|r| !r.is_empty());
-        if stopping {
+        if stopping || q.stopping.load(Ordering::Relaxed) {
             return;
         }
         if kicked && q.channel.ack() {

@@ -785,3 +785,91 @@ fn xenbus_publish_and_connect_through_the_store() {
     assert!(b.stats().contains_key("rd_req"));
     store.shutdown();
 }
+
+#[test]
+fn a_frontend_that_never_stops_cannot_block_disconnect() {
+    let mut s = setup();
+    let (g, _) = s.guest.grant_new(false);
+    let req = rw_request(BLKIF_OP_READ, 1, 0, &[(g, 0, 0)]);
+    let header = s.front.pages[0].clone();
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let done2 = done.clone();
+    // Keep the ring full forever: every answered slot is re-published.
+    let kick = s.front.end.kick.try_clone().unwrap();
+    let busy = std::thread::spawn(move || {
+        while !done2.load(Ordering::Relaxed) {
+            let old = header.load_u32(ring::OFFSET_REQ_PROD);
+            let new = header.load_u32(ring::OFFSET_RSP_PROD).wrapping_add(32);
+            if new.wrapping_sub(old) as i32 > 0 {
+                // Answered slots hold responses now: put requests back.
+                let mut i = old;
+                while i != new {
+                    header.write(ring::entry_offset(i, 32, ENTRY_SIZE), req.as_bytes());
+                    i = i.wrapping_add(1);
+                }
+                header.store_u32(ring::OFFSET_REQ_PROD, new);
+                std::sync::atomic::fence(Ordering::SeqCst);
+                if ring::need_notify(old, new, header.load_u32(ring::OFFSET_REQ_EVENT)) {
+                    kick.write(1).unwrap();
+                }
+            }
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while s.backend.counters()["rd_req"] < 1000 {
+        assert!(
+            Instant::now() < deadline,
+            "backend is not serving: {:?}",
+            s.backend.counters()
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let mut backend = s.backend;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        backend.disconnect_for_tests();
+        tx.send(backend.counters()).unwrap();
+    });
+    let counters = rx.recv_timeout(Duration::from_secs(5));
+    done.store(true, Ordering::Relaxed);
+    busy.join().unwrap();
+    let counters = counters.expect("disconnect did not finish");
+    assert_eq!(counters["broken"], 0);
+    assert_eq!(counters["errors"], 0);
+}
+
+#[test]
+fn a_stopping_queue_takes_no_more_requests() {
+    use crate::backring::BackRing;
+    use crate::disk::Disk;
+    use crate::queue::{Features, Pass, Queue};
+    use crate::request::Limits;
+
+    let image = Image::new(64);
+    let mut guest = Guest::new();
+    let (refs, mut front, chan) = make_ring(&mut guest, 0, 1);
+    let grants = guest.table();
+    let ring =
+        BackRing::attach(refs.iter().map(|&r| grants.map(r, true).unwrap()).collect()).unwrap();
+    let disk = Arc::new(Disk::open(&VbdSpec::new(&image.0, false)).unwrap());
+    let stats = Arc::new(crate::stats::Stats::default());
+    let limits = Limits {
+        capacity: disk.sectors(),
+        max_indirect_segments: 0,
+    };
+    let features = Features {
+        flush: true,
+        barrier: true,
+        discard: true,
+    };
+    let mut q = Queue::new(0, ring, chan, grants, disk, stats, limits, features, None);
+    let (g, _) = guest.grant_new(false);
+    front.queue(rw_request(BLKIF_OP_READ, 1, 0, &[(g, 0, 0)]).as_bytes());
+    front.push();
+    q.set_stopping(true);
+    assert_eq!(q.process(), Pass::Idle);
+    assert_eq!(front.pages[0].load_u32(ring::OFFSET_RSP_PROD), 0);
+    q.set_stopping(false);
+    assert_eq!(q.process(), Pass::Idle);
+    assert_eq!(statuses(&front.responses(1)), [0]);
+}
