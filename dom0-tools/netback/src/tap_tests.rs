@@ -341,3 +341,103 @@ fn a_failing_script_fails_the_connect_and_removes_the_tap() {
         assert!(!ip(&["link", "show", "dev", "vif1.0"]).0);
     });
 }
+
+#[test]
+fn xenbus_publish_and_a_connect_that_cannot_map_costs_nothing() {
+    use kxen_backends::domain::ForeignDomain;
+    use kxen_backends::xenbus::{BackendDevice, DeviceContext};
+    use kxen_xenstore::{Config, Xenstored};
+    use std::sync::Arc;
+
+    in_netns(|| {
+        let g = FakeGuest::new();
+        let store = Xenstored::new(Config::default()).unwrap();
+        let ctx = DeviceContext {
+            domain: Arc::new(ForeignDomain::new(1, g.mem.clone())),
+            store: store.clone(),
+            frontend_domid: 1,
+            devid: 0,
+            frontend_path: "/local/domain/1/device/vif/0".into(),
+            backend_path: BACKEND_PATH.into(),
+        };
+        let mut nb = NetBackend::new(VifSpec {
+            queues: 2,
+            ..spec()
+        })
+        .unwrap();
+        assert_eq!(nb.kind(), "vif");
+        nb.publish(&ctx).unwrap();
+        for (k, v) in [
+            ("feature-rx-copy", "1"),
+            ("feature-rx-flip", "0"),
+            ("feature-sg", "1"),
+            ("feature-gso-tcpv4", "1"),
+            ("feature-gso-tcpv6", "1"),
+            ("feature-ipv6-csum-offload", "1"),
+            ("multi-queue-max-queues", "2"),
+            ("mac", "00:16:3e:00:00:01"),
+            ("bridge", "xenbr0"),
+            ("handle", "0"),
+        ] {
+            assert_eq!(ctx.read_backend(k).as_deref(), Some(v), "{k}");
+        }
+        // Nothing published by the frontend yet.
+        assert!(nb.connect(&ctx).is_err());
+        for (k, v) in [
+            ("tx-ring-ref", "1"),
+            ("rx-ring-ref", "2"),
+            ("event-channel", "3"),
+        ] {
+            store
+                .write(&format!("{}/{k}", ctx.frontend_path), v)
+                .unwrap();
+        }
+        // No request-rx-copy: refused as a frontend error.
+        assert!(matches!(
+            nb.connect(&ctx),
+            Err(kxen_backends::xenbus::BackendError::Frontend(_))
+        ));
+        store
+            .write(&format!("{}/request-rx-copy", ctx.frontend_path), "1")
+            .unwrap();
+        // This domain has no VMM: no grant frames or channels to use.
+        assert!(nb.connect(&ctx).is_err());
+        assert!(!nb.is_connected());
+        assert!(!ip(&["link", "show", "dev", "vif1.0"]).0);
+        nb.disconnect();
+        assert_eq!(nb.stats()["tx_packets"], 0);
+        assert_eq!(nb.stats().len(), 9);
+        store.shutdown();
+    });
+}
+
+#[test]
+fn two_queues_share_one_multi_queue_tap() {
+    in_netns(|| {
+        let mut g0 = FakeGuest::new();
+        let mut g1 = FakeGuest::new();
+        let (q0, end0, stats) = g0.queue(features());
+        let (q1, end1, _) = g1.queue(features());
+        let mut nb = NetBackend::new(VifSpec {
+            queues: 2,
+            ..spec()
+        })
+        .unwrap();
+        nb.start(vec![q0, q1], BACKEND_PATH).unwrap();
+        assert!(ip(&["link", "set", "dev", "vif1.0", "up"]).0);
+        let sock = PacketSock::open("vif1.0", false);
+        for (g, end, marker) in [
+            (&mut g0, &end0, b"marker-queue-0"),
+            (&mut g1, &end1, b"marker-queue-1"),
+        ] {
+            let frame = tcp4(marker);
+            g.fill(10, 0, &frame);
+            g.push_tx(&[req(10, 0, 0, 1, frame.len() as u16)]);
+            end.kick.write(1).unwrap();
+            assert_eq!(sock.recv_with(marker), frame);
+        }
+        assert_eq!(stats.tx_packets.load(Ordering::Relaxed), 1);
+        drop(nb);
+        assert!(!ip(&["link", "show", "dev", "vif1.0"]).0);
+    });
+}
