@@ -56,6 +56,26 @@ pub fn workspace_bin(name: &str) -> PathBuf {
     path
 }
 
+/// Build (if needed) only `package`'s binary `name` and return its path,
+/// for tests that need one binary and should not wait for (or depend on)
+/// the rest of the workspace.
+pub fn package_bin(package: &str, name: &str) -> PathBuf {
+    let mut cmd = Command::new(cargo());
+    cmd.current_dir(repo_root())
+        .args(["build", "-q", "-p", package, "--bin", name]);
+    if release() {
+        cmd.arg("--release");
+    }
+    run_build(&mut cmd, name);
+    let dir = if release() { "release" } else { "debug" };
+    let target = std::env::var("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| repo_root().join("target"));
+    let path = target.join(dir).join(name);
+    assert!(path.exists(), "{} was not built", path.display());
+    path
+}
+
 pub fn kxen_vmm() -> PathBuf {
     workspace_bin("kxen-vmm")
 }
