@@ -10,10 +10,10 @@ use std::time::{Duration, Instant};
 use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
 use serde_json::Value;
 
-use kxen_tests::{guest32, kxen_vmm};
+use kxen_tests::{guest32, package_bin};
 
 fn start(kernel: &Path, socket: &Path, paused: bool) -> Child {
-    let mut cmd = Command::new(kxen_vmm());
+    let mut cmd = Command::new(package_bin("kxen-vmm", "kxen-vmm"));
     cmd.arg("--kernel")
         .arg(kernel)
         .args(["--memory", "16", "--name", "ctl", "--domid", "3"])
@@ -168,4 +168,87 @@ fn destroy_and_malformed_requests() {
     assert_eq!(request(&mut ctl, r#"{"op":"destroy"}"#)["ok"], true);
     assert_eq!(wait_exit(&mut child, Duration::from_secs(10)), Some(8));
     assert!(!socket.exists(), "socket left behind");
+}
+
+/// Send `line`; return the reply and the fds attached to it.
+fn request_fds(stream: &mut UnixStream, line: &str) -> (Value, Vec<OwnedFd>) {
+    stream.write_all(line.as_bytes()).unwrap();
+    stream.write_all(b"\n").unwrap();
+    let mut buf = [0u8; 4096];
+    let mut iov = [IoSliceMut::new(&mut buf)];
+    let mut space = nix::cmsg_space!([std::os::fd::RawFd; 40]);
+    let msg = recvmsg::<()>(
+        stream.as_raw_fd(),
+        &mut iov,
+        Some(&mut space),
+        MsgFlags::empty(),
+    )
+    .unwrap();
+    let mut fds = Vec::new();
+    for c in msg.cmsgs().unwrap() {
+        if let ControlMessageOwned::ScmRights(r) = c {
+            // SAFETY: just received; owned by nobody else.
+            fds.extend(r.into_iter().map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }));
+        }
+    }
+    let n = msg.bytes;
+    let reply: Value = serde_json::from_slice(&buf[..n]).unwrap();
+    (reply, fds)
+}
+
+#[test]
+fn event_routing_and_dom0_ports() {
+    let kernel = guest32("smoke", "ctl-events", |s| s);
+    let socket = std::env::temp_dir().join(format!("kxen-ctl3-{}.sock", std::process::id()));
+    let mut child = start(&kernel, &socket, true);
+    let mut ctl = connect(&socket);
+
+    let (reply, fds) = request_fds(&mut ctl, r#"{"op":"events"}"#);
+    assert_eq!(reply["ok"], true, "{reply}");
+    let vcpus = reply["vcpus"].as_u64().unwrap();
+    assert_eq!(vcpus, 1);
+    assert_eq!(
+        fds.len() as u64,
+        vcpus + 1,
+        "per-vCPU irqfds and the wake fd"
+    );
+    let offset = reply["routing"]["offset"].as_u64().unwrap();
+    let size = reply["routing"]["size"].as_u64().unwrap();
+    assert!(size >= 4096 && offset.is_multiple_of(4096), "{reply}");
+
+    // The memfd covers the routing area, which starts with its magic.
+    let (reply, mut mfds) = request_fds(&mut ctl, r#"{"op":"memfd"}"#);
+    assert_eq!(reply["ok"], true);
+    let memfd = std::fs::File::from(mfds.pop().unwrap());
+    assert!(reply["size"].as_u64().unwrap() >= offset + size, "{reply}");
+    let mut magic = [0u8; 8];
+    std::os::unix::fs::FileExt::read_exact_at(&memfd, &mut magic, offset).unwrap();
+    assert_eq!(&magic[..4], b"KXER");
+    assert_eq!(u32::from_le_bytes(magic[4..].try_into().unwrap()), 1);
+
+    // Binding a guest port that is not waiting for Dom0 is refused.
+    for port in [0, 5, 4095, 99999] {
+        let line = format!(r#"{{"op":"evtchn-bind","guest_port":{port}}}"#);
+        let (reply, fds) = request_fds(&mut ctl, &line);
+        assert_eq!(reply["ok"], false, "port {port}: {reply}");
+        assert!(fds.is_empty());
+    }
+    // Dom0 ports for the guest to bind: beyond console (1) and xenstore (2).
+    let (a, afds) = request_fds(&mut ctl, r#"{"op":"evtchn-alloc-unbound"}"#);
+    let (b, _) = request_fds(&mut ctl, r#"{"op":"evtchn-alloc-unbound"}"#);
+    assert_eq!(a["ok"], true, "{a}");
+    assert_eq!(afds.len(), 1);
+    let (pa, pb) = (
+        a["dom0_port"].as_u64().unwrap(),
+        b["dom0_port"].as_u64().unwrap(),
+    );
+    assert!(pa >= 3 && pb >= 3 && pa != pb, "{a} {b}");
+    let close = |ctl: &mut UnixStream, p: u64| {
+        request(ctl, &format!(r#"{{"op":"evtchn-close","dom0_port":{p}}}"#))
+    };
+    assert_eq!(close(&mut ctl, pa)["ok"], true);
+    assert_eq!(close(&mut ctl, pa)["ok"], false, "closed twice");
+    assert_eq!(close(&mut ctl, 1)["ok"], false, "closed the console port");
+    assert_eq!(request(&mut ctl, r#"{"op":"destroy"}"#)["ok"], true);
+    assert_eq!(wait_exit(&mut child, Duration::from_secs(10)), Some(8));
 }
