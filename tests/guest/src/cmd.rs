@@ -77,11 +77,11 @@ pub fn parse_u64(s: &[u8]) -> Option<u64> {
 }
 
 /// Whether a console line that starts with `typed` may be a device command
-/// (`blk ...` or `net ...`). Service mode does not echo such lines
+/// (`blk ...`, `net ...` or `xs ...`). Service mode does not echo such lines
 /// character by character, so that the only console lines starting with
 /// the command's words are the guest's answers.
 pub fn may_be_device_command(typed: &[u8]) -> bool {
-    [&b"blk "[..], &b"net "[..]]
+    [&b"blk "[..], &b"net "[..], &b"xs "[..]]
         .iter()
         .any(|g| typed.starts_with(g) || (!typed.is_empty() && g.starts_with(typed)))
 }
@@ -198,6 +198,38 @@ pub fn parse(line: &[u8]) -> Result<Option<Command>, Usage> {
     Ok(Some(cmd))
 }
 
+/// A xenstore command: `xs read <path>` or `xs write <path> <value>`
+/// (the value is the rest of the line; it may be empty).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum XsCommand<'a> {
+    Read(&'a [u8]),
+    Write(&'a [u8], &'a [u8]),
+}
+
+/// `Ok(None)`: not an `xs` command.
+pub fn parse_xs(line: &[u8]) -> Result<Option<XsCommand<'_>>, Usage> {
+    let line = line.trim_ascii();
+    let Some(rest) = line.strip_prefix(b"xs ") else {
+        return Ok(None);
+    };
+    let rest = rest.trim_ascii_start();
+    let (verb, rest) = split_word(rest);
+    let (path, value) = split_word(rest);
+    match verb {
+        b"read" if !path.is_empty() && value.is_empty() => Ok(Some(XsCommand::Read(path))),
+        b"write" if !path.is_empty() => Ok(Some(XsCommand::Write(path, value))),
+        _ => Err(Usage("usage: xs read <path> | xs write <path> <value>")),
+    }
+}
+
+/// The first blank-separated word and the rest (leading blanks removed).
+fn split_word(s: &[u8]) -> (&[u8], &[u8]) {
+    match s.iter().position(|&b| b == b' ' || b == b'\t') {
+        Some(i) => (&s[..i], s[i..].trim_ascii_start()),
+        None => (s, &[]),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -212,6 +244,28 @@ mod tests {
     }
 
     #[test]
+    fn xs_commands() {
+        assert_eq!(parse_xs(b"hello"), Ok(None));
+        assert_eq!(
+            parse_xs(b"xs read device/vbd/1/state"),
+            Ok(Some(XsCommand::Read(b"device/vbd/1/state")))
+        );
+        assert_eq!(
+            parse_xs(b"xs write device/vbd/1/backend /local/domain/0/x y"),
+            Ok(Some(XsCommand::Write(
+                b"device/vbd/1/backend",
+                b"/local/domain/0/x y"
+            )))
+        );
+        assert_eq!(
+            parse_xs(b"xs write a"),
+            Ok(Some(XsCommand::Write(b"a", b"")))
+        );
+        assert!(parse_xs(b"xs read").is_err());
+        assert!(parse_xs(b"xs frob a").is_err());
+    }
+
+    #[test]
     fn device_command_prefixes() {
         assert!(may_be_device_command(b"b"));
         assert!(may_be_device_command(b"blk"));
@@ -221,6 +275,7 @@ mod tests {
         assert!(!may_be_device_command(b"blx"));
         assert!(!may_be_device_command(b"hello"));
         assert!(!may_be_device_command(b"blkx"));
+        assert!(may_be_device_command(b"xs write a b"));
     }
 
     #[test]
@@ -250,7 +305,10 @@ mod tests {
                 depth: 8
             }))
         );
-        assert_eq!(parse(b"net ping 3"), Ok(Some(Command::NetPing { count: 3 })));
+        assert_eq!(
+            parse(b"net ping 3"),
+            Ok(Some(Command::NetPing { count: 3 }))
+        );
         assert_eq!(
             parse(b"net bench tx 16"),
             Ok(Some(Command::NetBenchTx { mib: 16 }))

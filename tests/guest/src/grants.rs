@@ -91,7 +91,11 @@ impl Table {
         };
         let rc = grant_table_op(GNTTABOP_QUERY_SIZE, &mut q, 1);
         if rc != 0 || q.status != 0 {
-            return Err(GrantError::Table(if rc != 0 { rc } else { q.status as i64 }));
+            return Err(GrantError::Table(if rc != 0 {
+                rc
+            } else {
+                q.status as i64
+            }));
         }
         self.max_frames = (q.max_nr_frames as usize).clamp(1, MAX_FRAMES);
         // Refs 0..FIRST_REF are never ours.

@@ -346,7 +346,10 @@ mod tests {
         assert_eq!(parse_ipv4(b"10.99.0.2.1"), None);
         assert_eq!(parse_cidr(b"10.99.0.2/24"), Some(([10, 99, 0, 2], 24)));
         assert_eq!(parse_cidr(b"10.99.0.2/33"), None);
-        assert_eq!(parse_mac(b"00:16:3e:0a:Bc:ff"), Some([0, 0x16, 0x3e, 10, 0xbc, 0xff]));
+        assert_eq!(
+            parse_mac(b"00:16:3e:0a:Bc:ff"),
+            Some([0, 0x16, 0x3e, 10, 0xbc, 0xff])
+        );
         assert_eq!(parse_mac(b"00:16:3e:0a:bc"), None);
         assert_eq!(parse_mac(b"00:16:3e:0a:bc:fg"), None);
     }

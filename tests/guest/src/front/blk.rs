@@ -11,9 +11,9 @@ use core::fmt::Write;
 
 use xen_abi::io::blkif::{
     keys, Request, RequestDiscard, RequestIndirect, RequestSegment, Response,
-    BLKIF_MAX_SEGMENTS_PER_REQUEST, BLKIF_OP_DISCARD, BLKIF_OP_FLUSH_DISKCACHE,
-    BLKIF_OP_INDIRECT, BLKIF_OP_READ, BLKIF_OP_WRITE, BLKIF_OP_WRITE_BARRIER, ENTRY_SIZE,
-    PROTOCOL_X86_64, SEGMENTS_PER_INDIRECT_FRAME,
+    BLKIF_MAX_SEGMENTS_PER_REQUEST, BLKIF_OP_DISCARD, BLKIF_OP_FLUSH_DISKCACHE, BLKIF_OP_INDIRECT,
+    BLKIF_OP_READ, BLKIF_OP_WRITE, BLKIF_OP_WRITE_BARRIER, ENTRY_SIZE, PROTOCOL_X86_64,
+    SEGMENTS_PER_INDIRECT_FRAME,
 };
 use xen_abi::DOMID_SELF;
 
@@ -243,8 +243,8 @@ impl BlkDev {
         let mut invalid_gref = None;
         match forge {
             Forge::BadGref => {
-                let g = grants::reserve_invalid()
-                    .map_err(|e| fail(format_args!("grant: {}", e)))?;
+                let g =
+                    grants::reserve_invalid().map_err(|e| fail(format_args!("grant: {}", e)))?;
                 invalid_gref = Some(g);
                 segs[0].gref = g;
             }
@@ -281,7 +281,8 @@ impl BlkDev {
             req.handle = handle;
             req.id = id as u64;
             req.sector_number = sector;
-            req.seg.copy_from_slice(&segs[..BLKIF_MAX_SEGMENTS_PER_REQUEST]);
+            req.seg
+                .copy_from_slice(&segs[..BLKIF_MAX_SEGMENTS_PER_REQUEST]);
             self.queue_entry(id, req)
         } else if self.features.indirect as usize >= nsegs {
             self.queue_indirect(id, code, handle, sector, &segs[..nsegs], nsegs)
@@ -448,7 +449,9 @@ impl BlkDev {
             return;
         }
         let now = now_ns().unwrap_or(0);
-        let until = deadline_ns.unwrap_or(now + 10_000_000).min(now + 100_000_000);
+        let until = deadline_ns
+            .unwrap_or(now + 10_000_000)
+            .min(now + 100_000_000);
         let mut ports = [self.port];
         xen::poll(&mut ports, until);
     }
@@ -611,8 +614,8 @@ fn handshake(dev: &mut BlkDev) -> Result<(), Fail> {
         .map_err(|e| xe("feature-persistent", e))?;
 
     // Ring pages, their grants and the event channel.
-    dev.ring_base = pages::alloc_contig(dev.ring_pages)
-        .ok_or_else(|| fail(format_args!("out of memory")))?;
+    dev.ring_base =
+        pages::alloc_contig(dev.ring_pages).ok_or_else(|| fail(format_args!("out of memory")))?;
     for i in 0..dev.ring_pages {
         let gfn = (dev.ring_base as u64 >> 12) + i as u64;
         dev.ring_grefs[i] = grants::grant(dev.backend_id, gfn, false)
@@ -635,7 +638,11 @@ fn handshake(dev: &mut BlkDev) -> Result<(), Fail> {
         if ring_pages == 1 {
             xs::write_u64(tx, &xs_path!("{}/{}", fe, keys::RING_REF), grefs[0] as u64)?;
         } else {
-            xs::write_u64(tx, &xs_path!("{}/{}", fe, keys::RING_PAGE_ORDER), order as u64)?;
+            xs::write_u64(
+                tx,
+                &xs_path!("{}/{}", fe, keys::RING_PAGE_ORDER),
+                order as u64,
+            )?;
             for (i, g) in grefs.iter().enumerate().take(ring_pages) {
                 xs::write_u64(tx, &xs_path!("{}/ring-ref{}", fe, i), *g as u64)?;
             }
@@ -672,19 +679,23 @@ fn handshake(dev: &mut BlkDev) -> Result<(), Fail> {
 
     // What the backend says once connected.
     let be = &dev.be;
-    dev.sectors = xs::read_u64(&xs_path!("{}/{}", be, keys::SECTORS)).map_err(|e| xe("sectors", e))?;
+    dev.sectors =
+        xs::read_u64(&xs_path!("{}/{}", be, keys::SECTORS)).map_err(|e| xe("sectors", e))?;
     dev.sector_size = xs::read_u64_or(&xs_path!("{}/{}", be, keys::SECTOR_SIZE), 512)
         .map_err(|e| xe("sector-size", e))? as u32;
-    dev.info = xs::read_u64_or(&xs_path!("{}/{}", be, keys::INFO), 0).map_err(|e| xe("info", e))?
-        as u32;
+    dev.info =
+        xs::read_u64_or(&xs_path!("{}/{}", be, keys::INFO), 0).map_err(|e| xe("info", e))? as u32;
     dev.features.flush = flag(&xs_path!("{}/{}", be, keys::FEATURE_FLUSH_CACHE))
         .map_err(|e| xe("feature-flush-cache", e))?;
     dev.features.barrier = flag(&xs_path!("{}/{}", be, keys::FEATURE_BARRIER))
         .map_err(|e| xe("feature-barrier", e))?;
     dev.features.discard = flag(&xs_path!("{}/{}", be, keys::FEATURE_DISCARD))
         .map_err(|e| xe("feature-discard", e))?;
-    let indirect = xs::read_u64_or(&xs_path!("{}/{}", be, keys::FEATURE_MAX_INDIRECT_SEGMENTS), 0)
-        .map_err(|e| xe("feature-max-indirect-segments", e))?;
+    let indirect = xs::read_u64_or(
+        &xs_path!("{}/{}", be, keys::FEATURE_MAX_INDIRECT_SEGMENTS),
+        0,
+    )
+    .map_err(|e| xe("feature-max-indirect-segments", e))?;
     dev.features.indirect = if indirect > BLKIF_MAX_SEGMENTS_PER_REQUEST as u64 {
         indirect.min(MAX_SEGS as u64) as u32
     } else {

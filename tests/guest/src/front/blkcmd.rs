@@ -102,7 +102,11 @@ fn verify_at(dev: &mut BlkDev, sector: u64, count: u64, seed: u64) -> Result<(),
 /// `blk check`: I/O at a few offsets (the last sector included), multi-page
 /// requests, flush, barrier and discard as offered.
 pub fn check(dev: &mut BlkDev) -> Result<(), Fail> {
-    ensure!(dev.sectors >= 64, "disk too small ({} sectors)", dev.sectors);
+    ensure!(
+        dev.sectors >= 64,
+        "disk too small ({} sectors)",
+        dev.sectors
+    );
     let big = chunk_sectors(dev).min(dev.sectors / 2).min(256);
     let spots = [
         (0, 1),
@@ -214,7 +218,13 @@ pub fn bench(
                 .iter()
                 .position(|b| !b)
                 .ok_or_else(|| Fail::new(format_args!("no free buffer region")))?;
-            let id = dev.queue(op, slot * req_sect, r * req_pages, req_sect as u32, Forge::None)?;
+            let id = dev.queue(
+                op,
+                slot * req_sect,
+                r * req_pages,
+                req_sect as u32,
+                Forge::None,
+            )?;
             region_busy[r] = true;
             region_of[id] = r;
             issued += 1;
@@ -251,12 +261,30 @@ pub fn hostile(dev: &mut BlkDev) -> Result<(), Fail> {
         ("write past the end", Op::Write, n, 8, Forge::None),
         ("sector overflow", Op::Read, u64::MAX - 3, 8, Forge::None),
         ("forged grant ref", Op::Read, 0, 8, Forge::BadGref),
-        ("read into read-only grant", Op::Read, 0, 8, Forge::ReadOnlyGrant),
+        (
+            "read into read-only grant",
+            Op::Read,
+            0,
+            8,
+            Forge::ReadOnlyGrant,
+        ),
         ("nr_segments 0", Op::Read, 0, 0, Forge::NoSegments),
         ("nr_segments 12", Op::Read, 0, 8, Forge::TooManySegments),
-        ("first_sect > last_sect", Op::Read, 0, 8, Forge::BadSectRange),
+        (
+            "first_sect > last_sect",
+            Op::Read,
+            0,
+            8,
+            Forge::BadSectRange,
+        ),
         ("unknown operation", Op::Read, 0, 8, Forge::BadOp),
-        ("too many indirect segments", Op::Read, 0, 8, Forge::TooManyIndirect),
+        (
+            "too many indirect segments",
+            Op::Read,
+            0,
+            8,
+            Forge::TooManyIndirect,
+        ),
     ];
     let nr = if dev.features.indirect > 0 { 10 } else { 9 };
     for (what, op, sector, nsect, forge) in cases.iter_mut().take(nr) {

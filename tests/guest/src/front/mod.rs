@@ -56,8 +56,7 @@ pub fn note_watch() {
 /// initial scan), then rescans when a watch fired, and RX/TX servicing.
 pub fn poll() {
     if !STARTED.load(Ordering::Acquire) {
-        if START_ATTEMPTS.fetch_add(1, Ordering::AcqRel) >= START_TRIES
-            || xenstore::ring().is_err()
+        if START_ATTEMPTS.fetch_add(1, Ordering::AcqRel) >= START_TRIES || xenstore::ring().is_err()
         {
             return;
         }
@@ -103,18 +102,16 @@ fn scan() {
     let mut gone_net: [Option<&'static mut NetDev>; MAX_NET] = [None, None];
     REG.with(|r| {
         for (i, slot) in r.blk.iter_mut().enumerate() {
-            if slot
-                .as_ref()
-                .is_some_and(|d| blk::backend_state(d) >= state::CLOSING || blk::backend_state(d) == 0)
-            {
+            if slot.as_ref().is_some_and(|d| {
+                blk::backend_state(d) >= state::CLOSING || blk::backend_state(d) == 0
+            }) {
                 gone_blk[i] = slot.take();
             }
         }
         for (i, slot) in r.net.iter_mut().enumerate() {
-            if slot
-                .as_ref()
-                .is_some_and(|d| vif::backend_state(d) >= state::CLOSING || vif::backend_state(d) == 0)
-            {
+            if slot.as_ref().is_some_and(|d| {
+                vif::backend_state(d) >= state::CLOSING || vif::backend_state(d) == 0
+            }) {
                 gone_net[i] = slot.take();
             }
         }
@@ -221,7 +218,12 @@ fn put_blk(d: &'static mut BlkDev) {
 }
 
 fn take_net() -> Option<&'static mut NetDev> {
-    REG.with(|r| r.net.iter_mut().find(|s| s.is_some()).and_then(|s| s.take()))
+    REG.with(|r| {
+        r.net
+            .iter_mut()
+            .find(|s| s.is_some())
+            .and_then(|s| s.take())
+    })
 }
 
 fn put_net(d: &'static mut NetDev) {
@@ -248,6 +250,17 @@ fn mb_per_s_milli(bytes: u64, ns: u64) -> u64 {
 
 /// Run a device command from the console. False if `line` is not one.
 pub fn command(line: &[u8]) -> bool {
+    match cmd::parse_xs(line) {
+        Ok(None) => {}
+        Ok(Some(x)) => {
+            xs_command(x);
+            return true;
+        }
+        Err(u) => {
+            println!("xs FAIL {}", u.0);
+            return true;
+        }
+    }
     let c = match cmd::parse(line) {
         Ok(None) => return false,
         Ok(Some(c)) => c,
@@ -313,6 +326,37 @@ pub fn command(line: &[u8]) -> bool {
         }
     }
     true
+}
+
+/// `xs read` / `xs write` on our own store connection (relative paths
+/// are under our home directory).
+fn xs_command(x: cmd::XsCommand) {
+    match x {
+        cmd::XsCommand::Read(path) => {
+            let mut p = xs::Path::new();
+            p.push(path);
+            let mut v = [0u8; 256];
+            match xs::read(&p, &mut v) {
+                Ok(n) => {
+                    // Show the value itself; a newline would break the line.
+                    let v = &mut v[..n];
+                    v.iter_mut()
+                        .filter(|b| !(0x20..0x7f).contains(*b))
+                        .for_each(|b| *b = b'?');
+                    println!("xs read ok {}", core::str::from_utf8(v).unwrap_or(""))
+                }
+                Err(e) => println!("xs read FAIL {}", e),
+            }
+        }
+        cmd::XsCommand::Write(path, value) => {
+            let mut p = xs::Path::new();
+            p.push(path);
+            match xs::write(0, &p, value) {
+                Ok(()) => println!("xs write ok"),
+                Err(e) => println!("xs write FAIL {}", e),
+            }
+        }
+    }
 }
 
 fn run_blk(d: &mut BlkDev, c: Command) {

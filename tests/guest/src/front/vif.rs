@@ -199,7 +199,9 @@ impl NetDev {
                         seq: e.seq,
                         data: &data[..n],
                     };
-                    self.send_ip(mac, src, net::IPPROTO_ICMP, |out| net::build_echo(out, &reply));
+                    self.send_ip(mac, src, net::IPPROTO_ICMP, |out| {
+                        net::build_echo(out, &reply)
+                    });
                 } else if e.kind == net::ICMP_ECHO_REPLY && e.ident == PING_IDENT {
                     self.echo_seen[(e.seq & 0xff) as usize] = true;
                 }
@@ -217,7 +219,9 @@ impl NetDev {
             return;
         }
         let now = now_ns().unwrap_or(0);
-        let until = deadline_ns.unwrap_or(now + 10_000_000).min(now + 50_000_000);
+        let until = deadline_ns
+            .unwrap_or(now + 10_000_000)
+            .min(now + 50_000_000);
         let mut ports = [self.port];
         xen::poll(&mut ports, until);
     }
@@ -267,7 +271,9 @@ impl NetDev {
     pub fn send(&mut self, build: impl FnOnce(&mut [u8]) -> usize) -> Result<usize, Fail> {
         let mut id = self.free_tx();
         if id.is_none() {
-            self.wait_for(1_000, |d| d.tx.free_slots() > 0 && d.tx_busy.iter().any(|b| !b));
+            self.wait_for(1_000, |d| {
+                d.tx.free_slots() > 0 && d.tx_busy.iter().any(|b| !b)
+            });
             id = self.free_tx();
         }
         let id = id.ok_or_else(|| fail(format_args!("no free TX buffer")))?;
@@ -457,8 +463,14 @@ impl NetDev {
                 size,
             };
             let (what, reqs): (&str, [NetifTxRequest; 2]) = match case {
-                0 => ("frame crossing the page end", [mk(g, 4000, 0, 200), mk(0, 0, 0, 0)]),
-                1 => ("oversized frame (65535 bytes in one slot)", [mk(g, 0, 0, 65535), mk(0, 0, 0, 0)]),
+                0 => (
+                    "frame crossing the page end",
+                    [mk(g, 4000, 0, 200), mk(0, 0, 0, 0)],
+                ),
+                1 => (
+                    "oversized frame (65535 bytes in one slot)",
+                    [mk(g, 0, 0, 65535), mk(0, 0, 0, 0)],
+                ),
                 2 => ("forged grant ref", [mk(bad_gref, 0, 0, 64), mk(0, 0, 0, 0)]),
                 _ => (
                     "first slot shorter than the rest of the chain",

@@ -285,7 +285,9 @@ pub fn wait_state(
                     return Ok(last);
                 }
             }
-            Err(XsError::Store("ENOENT")) => last = state::UNKNOWN,
+            // Not there yet, or not yet readable by us (the toolstack
+            // sets the backend directory's permissions after creating it).
+            Err(XsError::Store("ENOENT" | "EACCES")) => last = state::UNKNOWN,
             Err(XsError::BadValue) => {}
             Err(e) => return Err((e, last)),
         }
