@@ -157,7 +157,9 @@ impl NetBackend {
 
     /// Bring up the host side for queues that are already mapped: the TAP,
     /// the hotplug script, the I/O threads. Used by `connect`, and directly
-    /// by tests that build the queues from a fake guest.
+    /// by tests that build the queues from a fake guest. Queues count into
+    /// the `VifStats` they were built with ([`NetBackend::counters`] for
+    /// `stats()` to see them).
     pub fn start(&mut self, queues: Vec<NetQueue>, xenbus_path: &str) -> Result<(), NetError> {
         self.disconnect_inner();
         let Some(features) = queues.first().map(|q| q.features()) else {

@@ -86,6 +86,8 @@ pub struct NetQueue {
     stats: Arc<VifStats>,
     tx_broken: bool,
     rx_broken: bool,
+    /// RX slots the held-back packet needs (after a NoRoom).
+    rx_need: u32,
 }
 
 impl NetQueue {
@@ -106,6 +108,7 @@ impl NetQueue {
             stats,
             tx_broken: false,
             rx_broken: false,
+            rx_need: 1,
         }
     }
 
@@ -255,6 +258,7 @@ impl NetQueue {
             return RxOutcome::Dropped;
         }
         if (self.rx.unconsumed() as usize) < needed {
+            self.rx_need = needed as u32;
             return RxOutcome::NoRoom;
         }
         let mut ok = true;
@@ -332,10 +336,10 @@ impl NetQueue {
         }
     }
 
-    /// Ask for a kick when the guest has posted `slots` more RX buffers;
-    /// true if they are already there.
-    pub fn arm_rx(&self, slots: u32) -> bool {
-        self.rx.arm(slots)
+    /// Ask for a kick once the guest has posted enough RX buffers for the
+    /// packet last refused with NoRoom; true if they are already there.
+    pub fn arm_rx(&self) -> bool {
+        self.rx.arm(self.rx_need)
     }
 
     pub fn stats(&self) -> &Arc<VifStats> {

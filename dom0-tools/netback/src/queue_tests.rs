@@ -355,3 +355,19 @@ fn rx_that_the_frontend_cannot_take_is_dropped() {
         RxOutcome::Dropped
     );
 }
+
+#[test]
+fn rx_waits_for_enough_buffers_without_spinning() {
+    let mut g = FakeGuest::new();
+    let (mut q, _end, _) = g.queue(all_features());
+    let pkt = with_hdr(VnetHdr::default(), &tcp4(&[9; 6000]));
+    g.post_rx(1, 30);
+    assert_eq!(q.deliver_rx(&pkt), RxOutcome::NoRoom);
+    // One buffer is there but two are needed: no work yet, and the
+    // backend asks to be kicked at the second.
+    assert!(!q.arm_rx());
+    assert_eq!(g.rx.load_u32(4), 2);
+    g.post_rx(2, 31);
+    assert!(q.arm_rx());
+    assert_eq!(q.deliver_rx(&pkt), RxOutcome::Delivered);
+}

@@ -98,10 +98,11 @@ impl BackRing {
     /// Ask for a kick once requests beyond `req_cons + want - 1` arrive,
     /// then look again: true if requests arrived meanwhile.
     pub fn arm(&self, want: u32) -> bool {
-        let prod = self.req_prod();
+        let want = want.max(1);
         self.page
-            .store_u32(OFFSET_REQ_EVENT, self.req_cons.wrapping_add(want.max(1)));
+            .store_u32(OFFSET_REQ_EVENT, self.req_cons.wrapping_add(want));
+        // The re-check must not be reordered before the store (io/ring.h mb()).
         fence(Ordering::SeqCst);
-        self.req_prod() != prod || self.unconsumed() >= want.max(1)
+        self.unconsumed() >= want
     }
 }

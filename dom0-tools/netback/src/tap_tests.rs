@@ -162,6 +162,19 @@ fn wait_for<T>(mut f: impl FnMut() -> Option<T>) -> T {
     }
 }
 
+/// True once the interface is gone (unregistering may finish just after
+/// the last fd closes).
+fn tap_goes_away(name: &str) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline {
+        if !ip(&["link", "show", "dev", name]).0 {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    false
+}
+
 fn spec() -> VifSpec {
     VifSpec::new(1, 0, [0, 0x16, 0x3e, 0, 0, 1])
 }
@@ -209,9 +222,10 @@ fn frames_cross_the_tap_both_ways() {
 
         // Teardown removes the TAP; disconnect is idempotent.
         use kxen_backends::xenbus::BackendDevice;
+        drop(sock);
         nb.disconnect();
         nb.disconnect();
-        assert!(!ip(&["link", "show", "dev", "vif1.0"]).0);
+        assert!(tap_goes_away("vif1.0"));
     });
 }
 
@@ -289,8 +303,9 @@ fn gso_and_partial_checksums_pass_the_tap_both_ways() {
             .map(|b| rx_rsp(b).status as i32)
             .sum();
         assert_eq!(total, frame.len() as i32);
+        drop(sock);
         drop(nb);
-        assert!(!ip(&["link", "show", "dev", "vif1.0"]).0);
+        assert!(tap_goes_away("vif1.0"));
     });
 }
 
@@ -320,7 +335,7 @@ fn hotplug_script_bridges_the_vif_and_leaves_the_bridge() {
         assert!(!addrs.contains("inet"), "{addrs}");
         use kxen_backends::xenbus::BackendDevice;
         nb.disconnect();
-        assert!(!ip(&["link", "show", "dev", "vif1.0"]).0);
+        assert!(tap_goes_away("vif1.0"));
         assert!(ip(&["link", "show", "dev", "kxenbrtest"]).0);
     });
 }
@@ -338,7 +353,7 @@ fn a_failing_script_fails_the_connect_and_removes_the_tap() {
         let err = nb.start(vec![q], BACKEND_PATH).unwrap_err();
         assert!(err.to_string().contains("online"), "{err}");
         assert!(!nb.is_connected());
-        assert!(!ip(&["link", "show", "dev", "vif1.0"]).0);
+        assert!(tap_goes_away("vif1.0"));
     });
 }
 
@@ -403,7 +418,7 @@ fn xenbus_publish_and_a_connect_that_cannot_map_costs_nothing() {
         // This domain has no VMM: no grant frames or channels to use.
         assert!(nb.connect(&ctx).is_err());
         assert!(!nb.is_connected());
-        assert!(!ip(&["link", "show", "dev", "vif1.0"]).0);
+        assert!(tap_goes_away("vif1.0"));
         nb.disconnect();
         assert_eq!(nb.stats()["tx_packets"], 0);
         assert_eq!(nb.stats().len(), 9);
@@ -437,7 +452,8 @@ fn two_queues_share_one_multi_queue_tap() {
             assert_eq!(sock.recv_with(marker), frame);
         }
         assert_eq!(stats.tx_packets.load(Ordering::Relaxed), 1);
+        drop(sock);
         drop(nb);
-        assert!(!ip(&["link", "show", "dev", "vif1.0"]).0);
+        assert!(tap_goes_away("vif1.0"));
     });
 }

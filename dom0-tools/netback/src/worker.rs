@@ -69,7 +69,7 @@ fn run(mut q: NetQueue, tap: &TapQueue, stop: &EventFd) {
         let tx_more = q.process_tx(&mut |pkt| tap.write_packet(pkt));
         let rx_more = move_rx(&mut q, tap, &mut buf, &mut pending);
         q.push_rx();
-        if pending.is_some() && q.arm_rx(1) {
+        if pending.is_some() && q.arm_rx() {
             continue; // buffers arrived while we armed
         }
         let timeout = if tx_more || rx_more {
