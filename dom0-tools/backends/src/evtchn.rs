@@ -336,3 +336,99 @@ impl Drop for Dom0Channel {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::foreign::MemfdRegion;
+
+    /// A memfd with shared_info at offset 0 and the routing area after it,
+    /// laid out as kxen-vmm does; one vCPU using the legacy vcpu_info slot.
+    fn domain() -> (Arc<ForeignMemory>, GuestEvents, Vec<EventFd>, EventFd) {
+        let area = 4096u64;
+        let size = area + ROUTING_AREA_SIZE as u64;
+        let fd = nix::sys::memfd::memfd_create(c"evtchn-test", nix::sys::memfd::MFdFlags::empty())
+            .unwrap();
+        let file = std::fs::File::from(fd);
+        file.set_len(size).unwrap();
+        let mem = Arc::new(
+            ForeignMemory::map(
+                file.into(),
+                size,
+                vec![MemfdRegion {
+                    gpa: 0,
+                    len: 4096,
+                    offset: 0,
+                }],
+            )
+            .unwrap(),
+        );
+        let put32 = |off: usize, v: u32| {
+            mem.atomic_u32(area + off as u64)
+                .unwrap()
+                .store(v, Ordering::SeqCst)
+        };
+        let put64 = |off: usize, v: u64| {
+            mem.atomic_u64(area + off as u64)
+                .unwrap()
+                .store(v, Ordering::SeqCst)
+        };
+        put32(HDR_VERSION, ROUTING_VERSION);
+        put32(HDR_NR_VCPUS, 1);
+        put64(HDR_SHARED_INFO_OFFSET, 0);
+        put64(vcpu_entry(0) + VCPU_INFO_OFFSET_FIELD, 0);
+        put32(port_entry(70), 9); // guest port 70 <-> Dom0 port 9, vCPU 0
+        put32(HDR_MAGIC, ROUTING_MAGIC);
+        let irq = EventFd::new(EFD_NONBLOCK).unwrap();
+        let wake = EventFd::new(EFD_NONBLOCK).unwrap();
+        let events = GuestEvents::new(
+            mem.clone(),
+            area,
+            vec![irq.try_clone().unwrap()],
+            wake.try_clone().unwrap(),
+            true,
+        )
+        .unwrap();
+        (mem, events, vec![irq], wake)
+    }
+
+    #[test]
+    fn raise_sets_bits_and_kicks_once() {
+        let (mem, events, irqs, wake) = domain();
+        assert!(events.raise(70, 9));
+        let pending = mem.atomic_u64(OFFSET_EVTCHN_PENDING as u64 + 8).unwrap();
+        assert_eq!(pending.load(Ordering::SeqCst), 1 << 6);
+        assert_eq!(mem.atomic_u64(8).unwrap().load(Ordering::SeqCst), 1 << 1);
+        assert_eq!(mem.atomic_u8(0).unwrap().load(Ordering::SeqCst), 1);
+        assert_eq!(irqs[0].read().unwrap(), 1);
+        // Already pending: no second interrupt; nobody blocked: no wake.
+        assert!(events.raise(70, 9));
+        assert!(irqs[0].read().is_err());
+        assert!(wake.read().is_err());
+    }
+
+    #[test]
+    fn unbound_masked_and_blocked_ports() {
+        let (mem, events, irqs, wake) = domain();
+        // Wrong Dom0 port, unbound port, out-of-range port: nothing.
+        assert!(!events.raise(70, 8));
+        assert!(!events.raise(71, 9));
+        assert!(!events.raise(71, 0));
+        assert!(!events.raise(1 << 20, 9));
+        assert_eq!(mem.atomic_u8(0).unwrap().load(Ordering::SeqCst), 0);
+        // Masked: pending, no interrupt, but a blocked vCPU (polling) is
+        // woken.
+        mem.atomic_u64(OFFSET_EVTCHN_MASK as u64 + 8)
+            .unwrap()
+            .store(1 << 6, Ordering::SeqCst);
+        mem.atomic_u32(4096 + (vcpu_entry(0) + VCPU_BLOCKED_FIELD) as u64)
+            .unwrap()
+            .store(1, Ordering::SeqCst);
+        assert!(events.raise(70, 9));
+        assert!(irqs[0].read().is_err());
+        assert_eq!(wake.read().unwrap(), 1);
+        // An area without its magic is refused.
+        mem.atomic_u32(4096).unwrap().store(0, Ordering::SeqCst);
+        assert!(GuestEvents::new(mem, 4096, vec![], EventFd::new(0).unwrap(), true).is_none());
+    }
+}
