@@ -180,7 +180,7 @@ pub fn ring() -> Result<Ring, &'static str> {
 /// waits for a reply (watch events, replies to service mode's requests).
 const DEFERRED_MAX: usize = 512;
 /// How many such messages are kept.
-const DEFERRED_SLOTS: usize = 16;
+const DEFERRED_SLOTS: usize = 32;
 
 #[derive(Clone, Copy)]
 struct Deferred {
@@ -231,6 +231,21 @@ impl Inbox {
             return true;
         };
         let p = self.framer.payload();
+        // Watch consumers only care that a watch fired, not how often:
+        // one queued event per token is enough, so a burst of events (our
+        // own writes under a watched directory) cannot crowd out replies.
+        if header.kind == XS_WATCH_EVENT {
+            if let Some((_, token)) = xswire::watch_event(p) {
+                let dup = (0..self.count).any(|i| {
+                    let d = &self.queue[(self.head + i) % DEFERRED_SLOTS];
+                    d.header.kind == XS_WATCH_EVENT
+                        && xswire::watch_event(&d.buf[..d.len]).is_some_and(|(_, t)| t == token)
+                });
+                if dup {
+                    return true;
+                }
+            }
+        }
         let n = p.len().min(DEFERRED_MAX);
         let slot = &mut self.queue[(self.head + self.count) % DEFERRED_SLOTS];
         slot.header = header;

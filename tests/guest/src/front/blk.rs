@@ -242,16 +242,25 @@ impl BlkDev {
         let mut nsegs = npages;
         let mut invalid_gref = None;
         match forge {
-            Forge::BadGref => {
-                let g =
-                    grants::reserve_invalid().map_err(|e| fail(format_args!("grant: {}", e)))?;
-                invalid_gref = Some(g);
-                segs[0].gref = g;
-            }
-            Forge::ReadOnlyGrant => {
-                let g = grants::grant(self.backend_id, self.page(first_page) as u64 >> 12, true)
-                    .map_err(|e| fail(format_args!("grant: {}", e)))?;
-                self.track_grant(id, g);
+            Forge::BadGref | Forge::ReadOnlyGrant => {
+                let g = if forge == Forge::BadGref {
+                    grants::reserve_invalid()
+                } else {
+                    grants::grant(self.backend_id, self.page(first_page) as u64 >> 12, true)
+                };
+                let g = match g {
+                    Ok(g) => g,
+                    Err(e) => {
+                        self.release_slot_grants(id);
+                        self.slots[id].busy = false;
+                        return Err(fail(format_args!("grant: {}", e)));
+                    }
+                };
+                if forge == Forge::BadGref {
+                    invalid_gref = Some(g);
+                } else {
+                    self.track_grant(id, g);
+                }
                 segs[0].gref = g;
             }
             Forge::NoSegments => nsegs = 0,
@@ -296,8 +305,12 @@ impl BlkDev {
         };
         if let Some(g) = invalid_gref {
             // Never valid, so nothing to revoke; the ref is free again
-            // once the request is answered (kept until then for clarity).
-            self.track_invalid(id, g);
+            // once the request is answered.
+            if r.is_ok() {
+                self.track_invalid(id, g);
+            } else {
+                grants::release_unused(g);
+            }
         }
         r
     }
@@ -705,7 +718,7 @@ fn handshake(dev: &mut BlkDev) -> Result<(), Fail> {
     // backend says now.
     dev.features.persistent &= flag(&xs_path!("{}/{}", be, keys::FEATURE_PERSISTENT))
         .map_err(|e| xe("feature-persistent", e))?;
-    if dev.sector_size == 0 || dev.sector_size % 512 != 0 {
+    if dev.sector_size == 0 || !dev.sector_size.is_multiple_of(512) {
         return Err(fail(format_args!("sector-size {}", dev.sector_size)));
     }
 
@@ -723,9 +736,13 @@ fn handshake(dev: &mut BlkDev) -> Result<(), Fail> {
     Ok(())
 }
 
-/// The backend's current state (Unknown if unreadable).
-pub fn backend_state(dev: &BlkDev) -> u32 {
-    xs::read_u64(&xs_path!("{}/state", dev.be)).unwrap_or(0) as u32
+/// Whether the backend is going or gone (Closing, Closed, or its state
+/// node removed). A store that does not answer is not taken as "gone".
+pub fn backend_gone(dev: &BlkDev) -> bool {
+    match xs::read_u64(&xs_path!("{}/state", dev.be)) {
+        Ok(s) => s >= state::CLOSING as u64,
+        Err(e) => e == XsError::Store("ENOENT"),
+    }
 }
 
 /// Hot unplug (backend Closing/Closed): stop, revoke, switch to Closed.

@@ -132,7 +132,7 @@ pub fn check(dev: &mut BlkDev) -> Result<(), Fail> {
         ensure!(crc == c.value(), "barrier write did not land");
     }
     if dev.features.discard {
-        let at = dev.sectors / 4 & !7;
+        let at = (dev.sectors / 4) & !7;
         write(dev, at, 64, 5)?;
         status_ok("discard", dev.io(Op::Discard, at, 0, 64)?)?;
         dev.buf_bytes(0, 64 * SECTOR).fill(0xa5);
@@ -165,7 +165,7 @@ pub fn bench(
     depth: u64,
 ) -> Result<Bench, Fail> {
     ensure!(
-        req_kib >= 4 && req_kib % 4 == 0,
+        req_kib >= 4 && req_kib.is_multiple_of(4),
         "request size must be a multiple of 4 KiB"
     );
     let req_pages = (req_kib / 4) as usize;

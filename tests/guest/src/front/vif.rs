@@ -626,8 +626,12 @@ fn handshake(dev: &mut NetDev) -> Result<(), Fail> {
     Ok(())
 }
 
-pub fn backend_state(dev: &NetDev) -> u32 {
-    xs::read_u64(&xs_path!("{}/state", dev.be)).unwrap_or(0) as u32
+/// As [`super::blk::backend_gone`].
+pub fn backend_gone(dev: &NetDev) -> bool {
+    match xs::read_u64(&xs_path!("{}/state", dev.be)) {
+        Ok(s) => s >= state::CLOSING as u64,
+        Err(e) => e == XsError::Store("ENOENT"),
+    }
 }
 
 /// Hot unplug: stop, revoke, switch to Closed.
