@@ -140,14 +140,16 @@ pub fn show(out: &Output) -> String {
     )
 }
 
-
 impl Dom0 {
     /// A Dom0 whose kxend runs in a fresh network namespace, so the TAP
     /// devices and bridges it makes live there, never in the host's.
     pub fn new_in_netns(tag: &str) -> Self {
         let mut d = Dom0::new(tag);
         let ns = format!("kxt-{tag}-{}", std::process::id());
-        let _ = Command::new("ip").args(["netns", "del", &ns]).status();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &ns])
+            .stderr(Stdio::null())
+            .status();
         let st = Command::new("ip")
             .args(["netns", "add", &ns])
             .status()
@@ -171,7 +173,10 @@ impl Dom0 {
             .expect("start kxend in its namespace");
         let start = Instant::now();
         while !d.dir.join("run/kxend.sock").exists() {
-            assert!(start.elapsed() < Duration::from_secs(20), "kxend did not start");
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "kxend did not start"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
         d
@@ -200,7 +205,13 @@ impl Dom0 {
 
     /// Wait for a console line starting with `prefix` that appears after
     /// byte `from` of the log; returns that line.
-    pub fn wait_line_after(&self, name: &str, from: usize, prefix: &str, limit: Duration) -> String {
+    pub fn wait_line_after(
+        &self,
+        name: &str,
+        from: usize,
+        prefix: &str,
+        limit: Duration,
+    ) -> String {
         let start = Instant::now();
         loop {
             let log = self.console_log(name);
@@ -243,4 +254,3 @@ impl Dom0 {
         }
     }
 }
-

@@ -11,10 +11,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use kxen_toolstack::config::{Action, DomainConfig};
-use kxen_toolstack::protocol::{DomainEntry, Reply, Request};
+use kxen_toolstack::protocol::{DeviceEntry, DomainEntry, Reply, Request};
 use kxen_toolstack::xl::{self, DomainInfo, ShutdownReason, VirtCaps, XlInfo};
 use tracing::{error, info, warn};
 
+use crate::devices::{BackendFactory, DeviceError, DeviceSpec, DomainDevices};
 use crate::domain::{Domain, DomainRecord};
 use crate::store::StoreService;
 
@@ -66,6 +67,9 @@ pub struct Daemon {
     pub vmm: PathBuf,
     store: Arc<dyn StoreService>,
     domains: Mutex<BTreeMap<u32, Arc<Domain>>>,
+    /// Each domain's xenbus devices (disks, vifs).
+    devices: Mutex<BTreeMap<u32, Arc<DomainDevices>>>,
+    backends: Arc<BackendFactory>,
     preserved: Mutex<BTreeMap<u32, Preserved>>,
     next_domid: Mutex<u32>,
     hvlog: Mutex<File>,
@@ -78,6 +82,7 @@ impl Daemon {
         run_dir: PathBuf,
         vmm: PathBuf,
         store: Arc<dyn StoreService>,
+        backends: Arc<BackendFactory>,
     ) -> std::io::Result<Arc<Self>> {
         for dir in ["domains", "console", "logs"] {
             std::fs::create_dir_all(state_dir.join(dir))?;
@@ -97,6 +102,8 @@ impl Daemon {
             vmm,
             store,
             domains: Mutex::new(BTreeMap::new()),
+            devices: Mutex::new(BTreeMap::new()),
+            backends,
             preserved: Mutex::new(BTreeMap::new()),
             next_domid: Mutex::new(next),
             hvlog: Mutex::new(hvlog),
@@ -257,6 +264,20 @@ impl Daemon {
             }
         };
         self.write_domain_nodes(&domain);
+        if let Err(e) = self.attach_config_devices(&domain) {
+            let _ = domain.op("destroy");
+            self.devices_of(domid).teardown();
+            self.devices
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&domid);
+            let _ = child.wait();
+            self.store.release(domid);
+            self.store.rm(&format!("/local/domain/{domid}"));
+            self.store.rm(&format!("/vm/{}", domain.record.uuid));
+            let _ = std::fs::remove_file(self.record_path(domid));
+            return Err(format!("{}: {e}", spec.name));
+        }
         self.domains
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -270,6 +291,38 @@ impl Daemon {
             domain.unpause().map_err(|e| e.to_string())?;
         }
         Ok(domid)
+    }
+
+    /// The device set of a domain, made on first use.
+    fn devices_of(&self, domid: u32) -> Arc<DomainDevices> {
+        let mut all = self.devices.lock().unwrap_or_else(|e| e.into_inner());
+        all.entry(domid)
+            .or_insert_with(|| {
+                DomainDevices::new(
+                    domid,
+                    self.run_dir.join(format!("domains/{domid}.sock")),
+                    self.store.clone(),
+                    self.backends.clone(),
+                )
+            })
+            .clone()
+    }
+
+    /// Plug the disks and vifs of the domain's config, in order.
+    fn attach_config_devices(&self, d: &Domain) -> Result<(), DeviceError> {
+        let cfg = &d.record.config;
+        if cfg.disks.is_empty() && cfg.vifs.is_empty() {
+            return Ok(());
+        }
+        let devices = self.devices_of(d.record.domid);
+        for disk in &cfg.disks {
+            devices.attach(DeviceSpec::Disk(disk.clone()), disk.devid())?;
+        }
+        for (index, vif) in cfg.vifs.iter().enumerate() {
+            let devid = vif.devid.unwrap_or(index as u32);
+            devices.attach(DeviceSpec::Vif(vif.clone()), devid)?;
+        }
+        Ok(())
     }
 
     /// The xenstore layout libxl gives a new domain.
@@ -355,6 +408,14 @@ impl Daemon {
             return;
         };
         domain.detach();
+        let devices = self
+            .devices
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&domid);
+        if let Some(devices) = devices {
+            devices.teardown();
+        }
         let record = domain.record.clone();
         let from_file = std::fs::read_to_string(&record.exit_file).ok();
         let code = from_file
@@ -756,6 +817,102 @@ impl Daemon {
                 }
             },
             Request::Console { domain } => unknown(&domain),
+            Request::BlockAttach { domain, disk } => self.with_devices(&domain, |devs| {
+                devs.attach(DeviceSpec::Disk((*disk).clone()), disk.devid())
+                    .map(|_| Reply::ok())
+            }),
+            Request::BlockDetach {
+                domain,
+                device,
+                force,
+            } => self.with_devices(&domain, |devs| {
+                let devid = device
+                    .parse::<u32>()
+                    .ok()
+                    .or_else(|| kxen_toolstack::disk::vdev_to_devid(&device));
+                match devid.map(|id| devs.detach("vbd", id, force)) {
+                    Some(Ok(())) => Ok(Reply::ok()),
+                    Some(Err(DeviceError::NotFound(_))) | None => {
+                        Ok(Reply::error(xl::device_not_connected(&device)))
+                    }
+                    Some(Err(e)) => Err(e),
+                }
+            }),
+            Request::BlockList { domain } => self.with_devices(&domain, |devs| {
+                let stats: BTreeMap<u32, BTreeMap<String, u64>> =
+                    devs.block_stats().into_iter().collect();
+                let entries = devs
+                    .block_list()
+                    .into_iter()
+                    .map(|b| DeviceEntry {
+                        stats: stats.get(&b.devid).cloned().unwrap_or_default(),
+                        block: Some(b),
+                        nic: None,
+                    })
+                    .collect();
+                Ok(Reply {
+                    devices: Some(entries),
+                    ..Reply::ok()
+                })
+            }),
+            Request::NetworkAttach { domain, vif } => self.with_devices(&domain, |devs| {
+                let mut vif = *vif;
+                vif.fill_defaults(kxen_toolstack::config::DomainType::Pvh)
+                    .map_err(|e| DeviceError::Backend(e.to_string()))?;
+                let devid = vif.devid.unwrap_or_else(|| devs.next_vif_devid());
+                vif.devid = Some(devid);
+                devs.attach(DeviceSpec::Vif(vif), devid)
+                    .map(|_| Reply::ok())
+            }),
+            Request::NetworkDetach { domain, device } => self.with_devices(&domain, |devs| {
+                let by_mac = device.parse::<kxen_toolstack::vif::MacAddr>().ok();
+                let devid = devs
+                    .network_list()
+                    .into_iter()
+                    .map(|(n, _)| n)
+                    .find(|n| device.parse::<u32>().ok() == Some(n.devid) || by_mac == Some(n.mac))
+                    .map(|n| n.devid);
+                match devid.map(|id| devs.detach("vif", id, false)) {
+                    Some(Ok(())) => Ok(Reply::ok()),
+                    Some(Err(DeviceError::NotFound(_))) | None => {
+                        Ok(Reply::error(xl::unknown_device(&device)))
+                    }
+                    Some(Err(e)) => Err(e),
+                }
+            }),
+            Request::NetworkList { domain } => self.with_devices(&domain, |devs| {
+                let entries = devs
+                    .network_list()
+                    .into_iter()
+                    .map(|(n, stats)| DeviceEntry {
+                        block: None,
+                        nic: Some(n),
+                        stats,
+                    })
+                    .collect();
+                Ok(Reply {
+                    devices: Some(entries),
+                    ..Reply::ok()
+                })
+            }),
+        }
+    }
+
+    /// Run a device request against a live domain's device set.
+    fn with_devices(
+        &self,
+        domain: &str,
+        f: impl FnOnce(&Arc<DomainDevices>) -> Result<Reply, DeviceError>,
+    ) -> Reply {
+        let Some(id) = self.resolve(domain).filter(|id| *id != 0) else {
+            return Reply::unknown_domain(domain);
+        };
+        if self.live(id).is_none() {
+            return Reply::unknown_domain(domain);
+        }
+        match f(&self.devices_of(id)) {
+            Ok(reply) => reply,
+            Err(e) => Reply::error(e.to_string()),
         }
     }
 

@@ -5,8 +5,10 @@
 //! domain. `kxl` talks to it on `$KXEN_RUN_DIR/kxend.sock` and starts it on
 //! demand; `kxend --foreground` is for service managers.
 
+mod backends;
 mod console;
 mod daemon;
+mod devices;
 mod domain;
 mod store;
 mod vmm_link;
@@ -76,7 +78,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let daemon = match daemon::Daemon::new(state_dir, run_dir, vmm, store) {
+    let daemon = match daemon::Daemon::new(state_dir, run_dir, vmm, store, backends::factory()) {
         Ok(d) => d,
         Err(e) => {
             error!("{e}");

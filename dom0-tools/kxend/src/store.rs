@@ -24,6 +24,8 @@ pub trait StoreService: Send + Sync {
     fn kick(&self, domid: u32);
     /// Stop serving `domid` (fires @releaseDomain).
     fn release(&self, domid: u32);
+    /// The store itself, for backends that read and watch device nodes.
+    fn xenstored(&self) -> kxen_xenstore::Xenstored;
     /// Persist the store (kxend calls this periodically and on exit).
     fn save(&self);
 }

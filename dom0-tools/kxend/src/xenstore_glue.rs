@@ -130,6 +130,10 @@ impl StoreService for XenstoreGlue {
         }
     }
 
+    fn xenstored(&self) -> Xenstored {
+        self.xs.clone()
+    }
+
     fn save(&self) {
         if self.xs.is_dirty() {
             if let Err(e) = self.xs.save(&self.state) {

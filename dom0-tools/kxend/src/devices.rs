@@ -1,0 +1,542 @@
+//! Xenbus backend plumbing: the frontend and backend nodes of each disk
+//! and vif, the XenbusState handshake in both directions, hot plug and
+//! teardown.
+//!
+//! Each domain with devices gets one worker thread. Xenstore watch
+//! callbacks (which run inside the store's notification path and must not
+//! block) only queue an event for it; the worker reads both `state` nodes
+//! and moves the backend along, calling into the device backend
+//! (blkback, netback) to publish, connect and disconnect. Detaching
+//! follows libxl: the backend goes Closing with `online=0`, the frontend
+//! answers Closed, and only then are the nodes removed.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::mpsc::{channel, Receiver, RecvTimeoutError, Sender};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use kxen_backends::domain::ForeignDomain;
+use kxen_backends::xenbus::{BackendDevice, DeviceContext};
+use kxen_toolstack::disk::DiskSpec;
+use kxen_toolstack::vif::VifSpec;
+use kxen_toolstack::xl::{BlockInfo, NicInfo};
+use kxen_xenstore::{WatchId, Xenstored};
+use tracing::{debug, info, warn};
+
+use crate::store::StoreService;
+
+/// XenbusState values (io/xenbus.h).
+pub mod state {
+    pub const UNKNOWN: u32 = 0;
+    pub const INITIALISING: u32 = 1;
+    pub const INIT_WAIT: u32 = 2;
+    pub const INITIALISED: u32 = 3;
+    pub const CONNECTED: u32 = 4;
+    pub const CLOSING: u32 = 5;
+    pub const CLOSED: u32 = 6;
+}
+
+/// How long a detach waits for the frontend to close before it forces.
+const DETACH_LIMIT: Duration = Duration::from_secs(10);
+
+/// What a device is, as the toolstack gave it.
+#[derive(Debug, Clone)]
+pub enum DeviceSpec {
+    Disk(DiskSpec),
+    Vif(VifSpec),
+}
+
+impl DeviceSpec {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            DeviceSpec::Disk(_) => "vbd",
+            DeviceSpec::Vif(_) => "vif",
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DeviceError {
+    #[error("{0}")]
+    Backend(String),
+    #[error("device {0} already exists")]
+    Exists(String),
+    #[error("cannot reach the domain: {0}")]
+    Domain(String),
+    #[error("device {0} not connected")]
+    NotFound(String),
+}
+
+/// Builds the backend for a device spec (blkback or netback).
+pub type BackendFactory =
+    dyn Fn(u32, u32, &DeviceSpec) -> Result<Box<dyn BackendDevice>, String> + Send + Sync;
+
+struct Device {
+    spec: DeviceSpec,
+    ctx: DeviceContext,
+    backend: Box<dyn BackendDevice>,
+    watch: Option<WatchId>,
+    /// The toolstack asked for removal; set with `online=0`.
+    detaching: Option<Sender<()>>,
+    connected: bool,
+}
+
+enum Event {
+    /// A `state` node of (kind, devid) changed.
+    StateChanged(&'static str, u32),
+    Stop,
+}
+
+/// The devices of one domain.
+pub struct DomainDevices {
+    domid: u32,
+    control: PathBuf,
+    store: Xenstored,
+    service: Arc<dyn StoreService>,
+    factory: Arc<BackendFactory>,
+    foreign: Mutex<Option<Arc<ForeignDomain>>>,
+    devices: Arc<Mutex<BTreeMap<(&'static str, u32), Device>>>,
+    events: Sender<Event>,
+}
+
+impl DomainDevices {
+    pub fn new(
+        domid: u32,
+        control: PathBuf,
+        service: Arc<dyn StoreService>,
+        factory: Arc<BackendFactory>,
+    ) -> Arc<Self> {
+        let (tx, rx) = channel();
+        let me = Arc::new(DomainDevices {
+            domid,
+            control,
+            store: service.xenstored(),
+            service,
+            factory,
+            foreign: Mutex::new(None),
+            devices: Arc::new(Mutex::new(BTreeMap::new())),
+            events: tx,
+        });
+        let worker = me.clone();
+        let _ = std::thread::Builder::new()
+            .name(format!("xenbus-{domid}"))
+            .spawn(move || worker.run(rx));
+        me
+    }
+
+    fn foreign(&self) -> Result<Arc<ForeignDomain>, DeviceError> {
+        let mut slot = self.foreign.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(f) = slot.as_ref() {
+            return Ok(f.clone());
+        }
+        let f = ForeignDomain::connect(self.domid as u16, &self.control)
+            .map_err(|e| DeviceError::Domain(e.to_string()))?;
+        *slot = Some(f.clone());
+        Ok(f)
+    }
+
+    fn paths(&self, kind: &str, devid: u32) -> (String, String) {
+        (
+            format!("/local/domain/{}/device/{kind}/{devid}", self.domid),
+            format!("/local/domain/0/backend/{kind}/{}/{devid}", self.domid),
+        )
+    }
+
+    /// The next free vif index.
+    pub fn next_vif_devid(&self) -> u32 {
+        let devices = self.devices.lock().unwrap_or_else(|e| e.into_inner());
+        (0..)
+            .find(|i| !devices.contains_key(&("vif", *i)))
+            .unwrap_or(0)
+    }
+
+    /// Create a device's nodes and its backend; the handshake then runs on
+    /// the worker as the frontend moves.
+    pub fn attach(&self, spec: DeviceSpec, devid: u32) -> Result<(), DeviceError> {
+        let kind = spec.kind();
+        if self
+            .devices
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains_key(&(kind, devid))
+        {
+            return Err(DeviceError::Exists(format!("{kind}/{devid}")));
+        }
+        let domain = self.foreign()?;
+        let mut backend = (self.factory)(self.domid, devid, &spec).map_err(DeviceError::Backend)?;
+        let (fe, be) = self.paths(kind, devid);
+        let ctx = DeviceContext {
+            domain,
+            store: self.store.clone(),
+            frontend_domid: self.domid as u16,
+            devid,
+            frontend_path: fe.clone(),
+            backend_path: be.clone(),
+        };
+        self.write_nodes(&spec, devid, &fe, &be);
+        if let Err(e) = backend.publish(&ctx) {
+            self.service.rm(&fe);
+            self.service.rm(&be);
+            return Err(DeviceError::Backend(e.to_string()));
+        }
+        self.service.write(
+            &format!("{be}/state"),
+            state::INIT_WAIT.to_string().as_bytes(),
+        );
+        let events = self.events.clone();
+        let watch = self
+            .store
+            .watch(&format!("{fe}/state"), move |_| {
+                let _ = events.send(Event::StateChanged(kind, devid));
+            })
+            .map_err(|e| DeviceError::Backend(format!("watch: {e}")))
+            .ok();
+        self.devices
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(
+                (kind, devid),
+                Device {
+                    spec,
+                    ctx,
+                    backend,
+                    watch,
+                    detaching: None,
+                    connected: false,
+                },
+            );
+        info!(domid = self.domid, kind, devid, "device attached");
+        let _ = self.events.send(Event::StateChanged(kind, devid));
+        Ok(())
+    }
+
+    /// libxl's node layout for one device (libxl_device.c, libxl_disk.c,
+    /// libxl_nic.c): the backend directory is Dom0's and readable by the
+    /// guest; the frontend directory is the guest's and readable by Dom0.
+    fn write_nodes(&self, spec: &DeviceSpec, devid: u32, fe: &str, be: &str) {
+        let s = &self.service;
+        let d = self.domid;
+        let mut back: Vec<(&str, String)> = vec![
+            ("frontend", fe.to_string()),
+            ("frontend-id", d.to_string()),
+            ("online", "1".into()),
+            ("state", state::INITIALISING.to_string()),
+        ];
+        let mut front: Vec<(&str, String)> = vec![
+            ("backend", be.to_string()),
+            ("backend-id", "0".into()),
+            ("state", state::INITIALISING.to_string()),
+        ];
+        match spec {
+            DeviceSpec::Disk(disk) => {
+                let target = disk.target_path().unwrap_or("").to_string();
+                let is_dev = std::fs::metadata(&target)
+                    .map(|m| std::os::unix::fs::FileTypeExt::is_block_device(&m.file_type()))
+                    .unwrap_or(false);
+                back.extend([
+                    ("params", target.clone()),
+                    ("type", if is_dev { "phy" } else { "file" }.into()),
+                    ("mode", if disk.readwrite { "w" } else { "r" }.into()),
+                    ("dev", disk.vdev.clone()),
+                    ("removable", u8::from(disk.removable).to_string()),
+                    ("bootable", "1".into()),
+                    (
+                        "device-type",
+                        if disk.is_cdrom { "cdrom" } else { "disk" }.into(),
+                    ),
+                ]);
+                front.extend([
+                    ("virtual-device", devid.to_string()),
+                    (
+                        "device-type",
+                        if disk.is_cdrom { "cdrom" } else { "disk" }.into(),
+                    ),
+                ]);
+            }
+            DeviceSpec::Vif(vif) => {
+                let mac = vif.mac.map(|m| m.to_string()).unwrap_or_default();
+                back.extend([
+                    ("handle", devid.to_string()),
+                    ("mac", mac.clone()),
+                    ("bridge", vif.bridge.clone().unwrap_or_default()),
+                    ("script", vif.script_path()),
+                    ("type", "vif".into()),
+                    ("mtu", vif.mtu.unwrap_or(1500).to_string()),
+                ]);
+                if let Some(ip) = &vif.ip {
+                    back.push(("ip", ip.clone()));
+                }
+                front.extend([("handle", devid.to_string()), ("mac", mac)]);
+            }
+        }
+        let dom0_owned = vec!["n0".to_string(), format!("r{d}")];
+        let guest_owned = vec![format!("n{d}"), "r0".to_string()];
+        s.mkdir(be);
+        s.set_perms(be, &dom0_owned);
+        for (k, v) in back {
+            let path = format!("{be}/{k}");
+            s.write(&path, v.as_bytes());
+            s.set_perms(&path, &dom0_owned);
+        }
+        s.mkdir(fe);
+        s.set_perms(fe, &guest_owned);
+        for (k, v) in front {
+            let path = format!("{fe}/{k}");
+            s.write(&path, v.as_bytes());
+            s.set_perms(&path, &guest_owned);
+        }
+    }
+
+    /// Start removing a device: the backend goes Closing with `online=0`;
+    /// the worker removes it once the frontend is Closed, or at once with
+    /// `force` / after [`DETACH_LIMIT`].
+    pub fn detach(&self, kind: &'static str, devid: u32, force: bool) -> Result<(), DeviceError> {
+        let (tx, rx) = channel();
+        {
+            let mut devices = self.devices.lock().unwrap_or_else(|e| e.into_inner());
+            let dev = devices
+                .get_mut(&(kind, devid))
+                .ok_or_else(|| DeviceError::NotFound(format!("{kind}/{devid}")))?;
+            dev.detaching = Some(tx);
+            let be = &dev.ctx.backend_path;
+            self.service.write(&format!("{be}/online"), b"0");
+            self.service.write(
+                &format!("{be}/state"),
+                state::CLOSING.to_string().as_bytes(),
+            );
+        }
+        if !force {
+            let _ = self.events.send(Event::StateChanged(kind, devid));
+            match rx.recv_timeout(DETACH_LIMIT) {
+                Ok(()) => return Ok(()),
+                Err(_) => warn!(
+                    domid = self.domid,
+                    kind, devid, "frontend did not close; forcing removal"
+                ),
+            }
+        }
+        self.remove(kind, devid);
+        Ok(())
+    }
+
+    /// Tear a device down and delete its nodes.
+    fn remove(&self, kind: &'static str, devid: u32) {
+        let dev = self
+            .devices
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&(kind, devid));
+        if let Some(mut dev) = dev {
+            if let Some(w) = dev.watch.take() {
+                self.store.unwatch(w);
+            }
+            dev.backend.disconnect();
+            self.service.rm(&dev.ctx.frontend_path);
+            self.service.rm(&dev.ctx.backend_path);
+            self.service.rm(&format!(
+                "/local/domain/0/error/backend/{kind}/{}/{devid}",
+                self.domid
+            ));
+            if let Some(done) = dev.detaching.take() {
+                let _ = done.send(());
+            }
+            info!(domid = self.domid, kind, devid, "device removed");
+        }
+    }
+
+    /// The domain is going away: disconnect and remove every device.
+    pub fn teardown(&self) {
+        let keys: Vec<(&'static str, u32)> = self
+            .devices
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .keys()
+            .copied()
+            .collect();
+        for (kind, devid) in keys {
+            self.remove(kind, devid);
+        }
+        self.service
+            .rm(&format!("/local/domain/0/backend/vbd/{}", self.domid));
+        self.service
+            .rm(&format!("/local/domain/0/backend/vif/{}", self.domid));
+        let _ = self.events.send(Event::Stop);
+        *self.foreign.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    }
+
+    fn read_u32(&self, path: &str) -> Option<u32> {
+        let v = self.store.read(path).ok()?;
+        std::str::from_utf8(&v).ok()?.trim().parse().ok()
+    }
+
+    fn read_i32(&self, path: &str) -> i32 {
+        self.read_u32(path).map(|v| v as i32).unwrap_or(-1)
+    }
+
+    fn run(self: Arc<Self>, rx: Receiver<Event>) {
+        loop {
+            match rx.recv_timeout(Duration::from_secs(1)) {
+                Ok(Event::StateChanged(kind, devid)) => self.step(kind, devid),
+                Ok(Event::Stop) => return,
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => return,
+            }
+        }
+    }
+
+    /// One turn of the handshake for a device, from both state nodes.
+    fn step(&self, kind: &'static str, devid: u32) {
+        let mut remove = false;
+        {
+            let mut devices = self.devices.lock().unwrap_or_else(|e| e.into_inner());
+            let Some(dev) = devices.get_mut(&(kind, devid)) else {
+                return;
+            };
+            let fe_state = self
+                .read_u32(&format!("{}/state", dev.ctx.frontend_path))
+                .unwrap_or(state::UNKNOWN);
+            let be_path = dev.ctx.backend_path.clone();
+            let be_state = self
+                .read_u32(&format!("{be_path}/state"))
+                .unwrap_or(state::UNKNOWN);
+            debug!(
+                domid = self.domid,
+                kind, devid, fe_state, be_state, "xenbus"
+            );
+            let set = |s: u32| {
+                self.service
+                    .write(&format!("{be_path}/state"), s.to_string().as_bytes())
+            };
+            match fe_state {
+                state::INITIALISED | state::CONNECTED
+                    if !dev.connected
+                        && dev.detaching.is_none()
+                        && be_state == state::INIT_WAIT =>
+                {
+                    let started = Instant::now();
+                    match dev.backend.connect(&dev.ctx) {
+                        Ok(()) => {
+                            dev.connected = true;
+                            set(state::CONNECTED);
+                            info!(
+                                domid = self.domid,
+                                kind,
+                                devid,
+                                ms = started.elapsed().as_millis() as u64,
+                                "device connected"
+                            );
+                        }
+                        Err(e) => {
+                            warn!(domid = self.domid, kind, devid, "connect failed: {e}");
+                            let err = format!(
+                                "/local/domain/0/error/backend/{kind}/{}/{devid}/error",
+                                self.domid
+                            );
+                            self.service.write(&err, e.to_string().as_bytes());
+                            dev.backend.disconnect();
+                            set(state::CLOSING);
+                        }
+                    }
+                }
+                state::CLOSING => {
+                    if dev.connected {
+                        dev.backend.disconnect();
+                        dev.connected = false;
+                    }
+                    if be_state != state::CLOSING && be_state != state::CLOSED {
+                        set(state::CLOSING);
+                    }
+                }
+                state::CLOSED | state::UNKNOWN => {
+                    if dev.connected {
+                        dev.backend.disconnect();
+                        dev.connected = false;
+                    }
+                    if dev.detaching.is_some() {
+                        remove = true;
+                    } else if fe_state == state::CLOSED && be_state != state::CLOSED {
+                        set(state::CLOSED);
+                    }
+                }
+                // A frontend starting over (driver reload, kexec) after a
+                // close: offer the device again.
+                state::INITIALISING if be_state == state::CLOSED && dev.detaching.is_none() => {
+                    if let Err(e) = dev.backend.publish(&dev.ctx) {
+                        warn!(domid = self.domid, kind, devid, "publish: {e}");
+                    }
+                    set(state::INIT_WAIT);
+                }
+                _ => {}
+            }
+        }
+        if remove {
+            self.remove(kind, devid);
+        }
+    }
+
+    /// `xl block-list` rows.
+    pub fn block_list(&self) -> Vec<BlockInfo> {
+        let devices = self.devices.lock().unwrap_or_else(|e| e.into_inner());
+        devices
+            .values()
+            .filter(|d| matches!(d.spec, DeviceSpec::Disk(_)))
+            .map(|d| {
+                let fe = &d.ctx.frontend_path;
+                BlockInfo {
+                    devid: d.ctx.devid,
+                    backend_id: 0,
+                    frontend_id: self.domid,
+                    state: self.read_i32(&format!("{fe}/state")),
+                    evtch: self.read_i32(&format!("{fe}/event-channel")),
+                    rref: self
+                        .read_i32(&format!("{fe}/ring-ref"))
+                        .max(self.read_i32(&format!("{fe}/ring-ref0"))),
+                    backend: d.ctx.backend_path.clone(),
+                }
+            })
+            .collect()
+    }
+
+    /// `xl network-list` rows, with the backend's counters.
+    pub fn network_list(&self) -> Vec<(NicInfo, BTreeMap<String, u64>)> {
+        let devices = self.devices.lock().unwrap_or_else(|e| e.into_inner());
+        devices
+            .values()
+            .filter_map(|d| match &d.spec {
+                DeviceSpec::Vif(vif) => Some((d, vif)),
+                DeviceSpec::Disk(_) => None,
+            })
+            .map(|(d, vif)| {
+                let fe = &d.ctx.frontend_path;
+                let evtch = match self.read_i32(&format!("{fe}/event-channel")) {
+                    -1 => self.read_i32(&format!("{fe}/event-channel-tx")),
+                    p => p,
+                };
+                (
+                    NicInfo {
+                        devid: d.ctx.devid,
+                        backend_id: 0,
+                        mac: vif.mac.unwrap_or(kxen_toolstack::vif::MacAddr([0; 6])),
+                        state: self.read_i32(&format!("{fe}/state")),
+                        evtch,
+                        rref_tx: self.read_i32(&format!("{fe}/tx-ring-ref")),
+                        rref_rx: self.read_i32(&format!("{fe}/rx-ring-ref")),
+                        backend: d.ctx.backend_path.clone(),
+                    },
+                    d.backend.stats(),
+                )
+            })
+            .collect()
+    }
+
+    /// Counters of a block device (for `kxl block-list -l`).
+    pub fn block_stats(&self) -> Vec<(u32, BTreeMap<String, u64>)> {
+        let devices = self.devices.lock().unwrap_or_else(|e| e.into_inner());
+        devices
+            .values()
+            .filter(|d| matches!(d.spec, DeviceSpec::Disk(_)))
+            .map(|d| (d.ctx.devid, d.backend.stats()))
+            .collect()
+    }
+}
