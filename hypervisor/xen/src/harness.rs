@@ -111,3 +111,45 @@ pub fn run_bytes(domain: &Domain, data: &[u8]) {
         domain.hypercall(vcpu, &IdentityMmu, Call { nr, args });
     }
 }
+
+/// Write `data` at guest-physical `gpa` (false if it is not all backed).
+pub fn write_guest(domain: &Domain, gpa: u64, data: &[u8]) -> bool {
+    use vm_memory::{Bytes, GuestAddressSpace};
+    domain
+        .mem
+        .memory()
+        .write_slice(data, GuestAddress(gpa))
+        .is_ok()
+}
+
+/// Read `buf.len()` bytes at guest-physical `gpa`.
+pub fn read_guest(domain: &Domain, gpa: u64, buf: &mut [u8]) -> bool {
+    use vm_memory::{Bytes, GuestAddressSpace};
+    domain
+        .mem
+        .memory()
+        .read_slice(buf, GuestAddress(gpa))
+        .is_ok()
+}
+
+/// Place grant frame 0 at RAM frame `gfn` (XENMEM_add_to_physmap); the
+/// hypercall's argument goes at GPA 0.
+pub fn place_grant_frame(domain: &Domain, gfn: u64) -> i64 {
+    use zerocopy::IntoBytes;
+    let xatp = xen_abi::memory::AddToPhysmap {
+        domid: xen_abi::DOMID_SELF,
+        size: 0,
+        space: xen_abi::memory::XENMAPSPACE_GRANT_TABLE,
+        idx: 0,
+        gpfn: gfn,
+    };
+    write_guest(domain, 0, xatp.as_bytes());
+    domain.hypercall(
+        0,
+        &IdentityMmu,
+        Call {
+            nr: xen_abi::hypercall::MEMORY_OP,
+            args: [xen_abi::memory::XENMEM_ADD_TO_PHYSMAP, 0, 0, 0, 0],
+        },
+    )
+}
