@@ -1,13 +1,14 @@
 //! A domain over anonymous memory with a recording, no-op platform: lets
 //! unit tests and fuzz targets drive the hypercall layer without KVM.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Mutex;
 
 use vm_memory::{GuestAddress, GuestMemoryAtomic, GuestMemoryMmap};
 use xen_abi::memory::{E820Entry, E820_RAM};
 
-use crate::domain::{Domain, DomainConfig, OverlayFrame, Platform};
+use crate::domain::{Domain, DomainConfig, EventLayout, OverlayFrame, Platform};
 use crate::guest::IdentityMmu;
 use crate::hypercall::Call;
 
@@ -24,6 +25,23 @@ pub struct RecordingPlatform {
     pub vectors: Mutex<Vec<(u32, u8)>>,
     pub shutdowns: Mutex<Vec<u32>>,
     pub console: Mutex<Vec<u8>>,
+    /// The last event layout published.
+    pub layout: Mutex<Option<EventLayout>>,
+    /// Layout changes begun (begin_event_layout_change calls).
+    pub layout_changes: AtomicU32,
+    /// Each port's last published (notify vCPU, Dom0 port).
+    pub ports: Mutex<BTreeMap<u32, (u32, u32)>>,
+    /// set_blocked calls, in order.
+    pub blocked: Mutex<Vec<(u32, bool)>>,
+    /// upcall_vector_changed calls, in order.
+    pub vector_changes: Mutex<Vec<(u32, Option<u8>)>>,
+    /// Dom0 ports a guest may bind (bind_dom0_unbound consumes them).
+    pub dom0_unbound: Mutex<Vec<u32>>,
+    /// Guest ports bound through bind_dom0_unbound: (Dom0 port, guest port).
+    pub dom0_bound: Mutex<Vec<(u32, u32)>>,
+    /// remote_port_closed and notify_remote calls.
+    pub remote_closed: Mutex<Vec<(u16, u32)>>,
+    pub remote_notified: Mutex<Vec<(u16, u32)>>,
 }
 
 impl Platform for &'static RecordingPlatform {
@@ -52,7 +70,49 @@ impl Platform for &'static RecordingPlatform {
     fn console_read(&self, _buf: &mut [u8]) -> usize {
         0
     }
-    fn notify_remote(&self, _remote_dom: u16, _remote_port: u32) {}
+    fn notify_remote(&self, remote_dom: u16, remote_port: u32) {
+        self.remote_notified
+            .lock()
+            .unwrap()
+            .push((remote_dom, remote_port));
+    }
+    fn begin_event_layout_change(&self) {
+        self.layout_changes.fetch_add(1, Ordering::SeqCst);
+    }
+    fn publish_event_layout(&self, layout: &EventLayout) {
+        *self.layout.lock().unwrap() = Some(layout.clone());
+    }
+    fn publish_port(&self, port: u32, notify_vcpu: u32, dom0_port: u32) {
+        self.ports
+            .lock()
+            .unwrap()
+            .insert(port, (notify_vcpu, dom0_port));
+    }
+    fn set_blocked(&self, vcpu: u32, blocked: bool) {
+        self.blocked.lock().unwrap().push((vcpu, blocked));
+    }
+    fn upcall_vector_changed(&self, vcpu: u32, vector: Option<u8>) {
+        self.vector_changes.lock().unwrap().push((vcpu, vector));
+    }
+    fn bind_dom0_unbound(&self, dom0_port: u32, local_port: u32) -> Result<(), i64> {
+        let mut free = self.dom0_unbound.lock().unwrap();
+        let i = free
+            .iter()
+            .position(|&p| p == dom0_port)
+            .ok_or(-xen_abi::errno::EINVAL)?;
+        free.remove(i);
+        self.dom0_bound
+            .lock()
+            .unwrap()
+            .push((dom0_port, local_port));
+        Ok(())
+    }
+    fn remote_port_closed(&self, remote_dom: u16, remote_port: u32) {
+        self.remote_closed
+            .lock()
+            .unwrap()
+            .push((remote_dom, remote_port));
+    }
 }
 
 /// A two-vCPU domain over 16 MiB of RAM at GPA 0.
