@@ -45,6 +45,10 @@ const CLOSE: u32 = 5;
 const SEEN: u32 = 6;
 const END_GRANT: u32 = 7;
 const EXIT: u32 = 8;
+const MOVE_SHARED_INFO: u32 = 9;
+const MOVE_GRANT_FRAME: u32 = 10;
+/// Where the guest keeps grant frame 0 (tests/guest/src/grants.rs).
+const GRANT_FRAME0_GFN: u32 = 0xf2000;
 
 struct Peer {
     child: Child,
@@ -368,6 +372,36 @@ fn dom0_and_guest_exchange_events_and_grants() {
     }
     eprintln!("{rounds} round trips: {:?}", t0.elapsed());
     assert_eq!(cmd.page.load_u32(PINGS), rounds);
+
+    // The guest moves shared_info into RAM: Dom0's notifies follow it.
+    let (rc, gfn, _) = cmd.run(MOVE_SHARED_INFO, 0);
+    assert_eq!((rc, gfn != 0), (0, true), "moving shared_info");
+    for i in 0..50 {
+        cmd.ping(5000 + i);
+    }
+    // Grant frame 0 moves into RAM and back, with a grant mapped across
+    // the move: Dom0 finds the entries where they are now.
+    let held = gt.map(peer.rogref, false).unwrap();
+    let (rc, gfn, _) = cmd.run(MOVE_GRANT_FRAME, 0);
+    assert_eq!((rc, gfn != 0), (0, true), "moving grant frame 0");
+    assert_eq!(entry_flags(&dom, peer.rogref) & GTF_READING, GTF_READING);
+    let again = gt
+        .map(peer.rogref, false)
+        .expect("map after the frame moved");
+    let mut tag = [0u8; 17];
+    again.read(512, &mut tag).unwrap();
+    assert_eq!(&tag, b"kxen peer ro page");
+    drop(again);
+    drop(held);
+    assert_eq!(
+        entry_flags(&dom, peer.rogref) & GTF_READING,
+        0,
+        "pin left at the new place"
+    );
+    let (rc, _, _) = cmd.run(MOVE_GRANT_FRAME, GRANT_FRAME0_GFN);
+    assert_eq!(rc, 0, "moving grant frame 0 back");
+    gt.map(peer.rogref, false)
+        .expect("map after the frame came back");
 
     let wake = |d: &[(String, u64)]| {
         d.iter()

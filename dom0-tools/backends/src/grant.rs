@@ -219,6 +219,10 @@ impl GrantTable {
                 writable: write,
                 gref,
                 pins: self.pins.clone(),
+                domain: match &self.frames {
+                    Frames::Routed(d) => Some(d.clone()),
+                    Frames::Fixed(_) => None,
+                },
             });
         }
         Err(GrantError::Busy(gref))
@@ -256,6 +260,10 @@ pub struct GrantMapping {
     writable: bool,
     gref: u32,
     pins: Arc<PinTable>,
+    /// For routed tables: where to find the entry again when unpinning
+    /// (the guest may have moved the frame meanwhile; its contents, busy
+    /// bits included, move with it).
+    domain: Option<Arc<ForeignDomain>>,
 }
 
 impl GrantMapping {
@@ -371,7 +379,15 @@ impl Drop for GrantMapping {
             None => true,
         };
         if last {
-            self.entry.fetch_and_u32(self.offset, !(self.busy as u32));
+            let current = self.domain.as_ref().and_then(|d| {
+                let index = self.gref / GRANT_ENTRIES_PER_FRAME as u32;
+                let off = d.events()?.grant_frame_offset(index)?;
+                d.memory.page_at_offset(off)
+            });
+            current
+                .as_ref()
+                .unwrap_or(&self.entry)
+                .fetch_and_u32(self.offset, !(self.busy as u32));
         }
     }
 }

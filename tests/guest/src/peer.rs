@@ -17,9 +17,13 @@
 use core::sync::atomic::{AtomicU32, Ordering};
 
 use xen_abi::event_channel::{self as ec, BindInterdomain};
+use xen_abi::memory::{
+    AddToPhysmap, XENMAPSPACE_GRANT_TABLE, XENMAPSPACE_SHARED_INFO, XENMEM_ADD_TO_PHYSMAP,
+};
 use xen_abi::sched::SHUTDOWN_POWEROFF;
+use xen_abi::DOMID_SELF;
 
-use crate::hypercall::event_channel_op;
+use crate::hypercall::{event_channel_op, memory_op};
 use crate::{events, grants, pages, println, xen};
 
 const CMD_SEQ: usize = 0;
@@ -49,6 +53,11 @@ const SEEN: u32 = 6;
 const END_GRANT: u32 = 7;
 /// Power off.
 const EXIT: u32 = 8;
+/// Move shared_info to a fresh RAM page; RESULT = rc, RESULT2 = its GFN.
+const MOVE_SHARED_INFO: u32 = 9;
+/// Move grant frame 0 to GFN ARG (0: a fresh RAM page); RESULT = rc,
+/// RESULT2 = the GFN.
+const MOVE_GRANT_FRAME: u32 = 10;
 
 /// Spins between checks for an upcall in spin mode.
 const SPIN_ROUNDS: u32 = 1 << 16;
@@ -86,6 +95,23 @@ fn bind_dom0(dom0_port: u32) -> Result<u32, i64> {
         0 => Ok(b.local_port),
         rc => Err(rc),
     }
+}
+
+/// XENMEM_add_to_physmap of `space` index `idx` at `gfn`.
+fn place(space: u32, idx: u64, gfn: u64) -> i64 {
+    let mut xatp = AddToPhysmap {
+        domid: DOMID_SELF,
+        size: 0,
+        space,
+        idx,
+        gpfn: gfn,
+    };
+    memory_op(XENMEM_ADD_TO_PHYSMAP, &mut xatp)
+}
+
+/// A fresh page's GFN, 0 if none is left.
+fn fresh_gfn() -> u64 {
+    pages::alloc().map_or(0, |p| p as u64 >> 12)
 }
 
 pub fn run() -> ! {
@@ -160,6 +186,21 @@ pub fn run() -> ! {
                         Err(grants::GrantError::Busy) => 1,
                         Err(_) => 2,
                     }
+                }
+                MOVE_SHARED_INFO => {
+                    let gfn = fresh_gfn();
+                    let rc = place(XENMAPSPACE_SHARED_INFO, 0, gfn);
+                    if rc == 0 {
+                        // Identity-mapped RAM: the GFN is the address.
+                        events::set_shared_info((gfn << 12) as *mut u8);
+                    }
+                    r1 = rc as u32;
+                    r2 = gfn as u32;
+                }
+                MOVE_GRANT_FRAME => {
+                    let gfn = if arg == 0 { fresh_gfn() } else { arg as u64 };
+                    r1 = place(XENMAPSPACE_GRANT_TABLE, 0, gfn) as u32;
+                    r2 = gfn as u32;
                 }
                 EXIT => {
                     println!("kxen-testguest: peer done");
