@@ -176,7 +176,8 @@ fn scan() {
             println!("kxen-testguest: vif {} FAIL too many network devices", id);
             continue;
         }
-        match vif::connect(id) {
+        let with_ip = REG.with(|r| !r.net.iter().flatten().any(|d| d.have_ip));
+        match vif::connect(id, with_ip) {
             Ok(d) => {
                 let m = d.mac;
                 println!(
@@ -213,12 +214,16 @@ fn put_blk(d: &'static mut BlkDev) {
     });
 }
 
+/// The vif the `net` commands use: the one holding the address, else
+/// the first.
 fn take_net() -> Option<&'static mut NetDev> {
     REG.with(|r| {
-        r.net
-            .iter_mut()
-            .find(|s| s.is_some())
-            .and_then(|s| s.take())
+        let i = r
+            .net
+            .iter()
+            .position(|s| s.as_ref().is_some_and(|d| d.have_ip))
+            .or_else(|| r.net.iter().position(|s| s.is_some()))?;
+        r.net[i].take()
     })
 }
 

@@ -496,14 +496,16 @@ impl NetDev {
     }
 }
 
-/// Connect vif `devid` (device/vif/<devid>).
-pub fn connect(devid: u32) -> Result<&'static mut NetDev, Fail> {
+/// Connect vif `devid` (device/vif/<devid>). `with_ip`: this vif takes
+/// the command line's address (only one vif may, or a second vif's ARP
+/// announcement would steal the address from the first).
+pub fn connect(devid: u32, with_ip: bool) -> Result<&'static mut NetDev, Fail> {
     // SAFETY: NetDev is integers, bools, byte arrays and raw pointers:
     // all-zero is a valid, disconnected value.
     let dev = unsafe { pages::alloc_zeroed::<NetDev>() }
         .ok_or_else(|| fail(format_args!("out of memory")))?;
     dev.devid = devid;
-    match handshake(dev) {
+    match handshake(dev, with_ip) {
         Ok(()) => Ok(dev),
         Err(e) => {
             let fe = xs_path!("{}", dev.fe);
@@ -514,7 +516,7 @@ pub fn connect(devid: u32) -> Result<&'static mut NetDev, Fail> {
     }
 }
 
-fn handshake(dev: &mut NetDev) -> Result<(), Fail> {
+fn handshake(dev: &mut NetDev, with_ip: bool) -> Result<(), Fail> {
     let xe = |what: &str, e: XsError| fail(format_args!("{}: {}", what, e));
     dev.fe = xs_path!("device/vif/{}", dev.devid);
     let mut be = [0u8; 160];
@@ -525,13 +527,15 @@ fn handshake(dev: &mut NetDev) -> Result<(), Fail> {
     let mut mac = [0u8; 32];
     let n = xs::read(&xs_path!("{}/{}", dev.fe, XS_MAC), &mut mac).map_err(|e| xe("mac", e))?;
     dev.mac = net::parse_mac(&mac[..n]).ok_or_else(|| fail(format_args!("bad mac")))?;
-    if let Some((ip, _)) = env::cmdline_value(b"kxen.ip").and_then(net::parse_cidr) {
-        dev.ip = ip;
-        dev.have_ip = true;
-    }
-    if let Some(p) = env::cmdline_value(b"kxen.peer").and_then(net::parse_ipv4) {
-        dev.peer = p;
-        dev.have_peer = true;
+    if with_ip {
+        if let Some((ip, _)) = env::cmdline_value(b"kxen.ip").and_then(net::parse_cidr) {
+            dev.ip = ip;
+            dev.have_ip = true;
+        }
+        if let Some(p) = env::cmdline_value(b"kxen.peer").and_then(net::parse_ipv4) {
+            dev.peer = p;
+            dev.have_peer = true;
+        }
     }
 
     let mut token = Path::new();
