@@ -76,7 +76,7 @@ fn field(line: &str, key: &str) -> u32 {
         .unwrap_or_else(|| panic!("no {key}= in {line:?}"))
 }
 
-fn start_peer(tag: &str) -> (Peer, Receiver<String>) {
+fn start_peer(tag: &str, env: &[(&str, &str)]) -> (Peer, Receiver<String>) {
     let socket = std::env::temp_dir().join(format!("kxen-peer-{tag}-{}.sock", std::process::id()));
     let mut child = Command::new(package_bin("kxen-vmm", "kxen-vmm"))
         .arg("--kernel")
@@ -86,6 +86,7 @@ fn start_peer(tag: &str) -> (Peer, Receiver<String>) {
         .args(["--cmdline", "kxen.mode=peer"])
         .arg("--control-socket")
         .arg(&socket)
+        .envs(env.iter().copied())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -302,7 +303,7 @@ fn check_grants(dom: &Arc<ForeignDomain>, gt: &GrantTable, peer: &Peer) {
 
 #[test]
 fn dom0_and_guest_exchange_events_and_grants() {
-    let (mut peer, _lines) = start_peer("main");
+    let (mut peer, _lines) = start_peer("main", &[]);
     let dom = connect(&peer);
     let events = dom.events().expect("kxen-vmm offers event routing");
     eprintln!("irqfd delivery: {}", events.uses_irqfd());
@@ -531,7 +532,7 @@ fn dom0_and_guest_exchange_events_and_grants() {
 
 #[test]
 fn closing_the_control_connection_closes_its_channels() {
-    let (peer, _lines) = start_peer("drop");
+    let (peer, _lines) = start_peer("drop", &[]);
     // A client binds the port and goes away without closing it.
     let mut raw = UnixStream::connect(&peer.socket).expect("control socket");
     let req = format!("{{\"op\":\"evtchn-bind\",\"guest_port\":{}}}\n", peer.port);
@@ -556,4 +557,31 @@ fn closing_the_control_connection_closes_its_channels() {
         }
     };
     assert_eq!(ch.guest_port(), peer.port);
+}
+
+#[test]
+fn without_irqfds_kxen_vmm_relays_dom0_events() {
+    let (mut peer, _lines) = start_peer("relay", &[("KXEN_NO_IRQFD", "1")]);
+    let dom = connect(&peer);
+    assert!(!dom.events().expect("event routing").uses_irqfd());
+    let ch = dom.bind_interdomain(peer.port).expect("bind");
+    let gt = dom.grant_table(0);
+    let page = gt.map(peer.gref, true).expect("map the read-write grant");
+    let mut cmd = Commander {
+        page: page.shared_page().unwrap().clone(),
+        ch: &ch,
+        seq: 0,
+    };
+    for mode in [0, 1] {
+        cmd.run(MODE, mode);
+        for i in 0..100 {
+            cmd.ping(i);
+        }
+    }
+    assert_eq!(cmd.page.load_u32(PINGS), 200);
+    cmd.page.store_u32(CMD, EXIT);
+    cmd.page.store_u32(CMD_SEQ, cmd.seq + 1);
+    ch.notify();
+    let code = wait_exit(&mut peer.child, Duration::from_secs(20));
+    assert_eq!(code, Some(0), "kxen-vmm: {}", peer.stderr.lock().unwrap());
 }
