@@ -17,11 +17,11 @@ use xen_abi::io::blkif::{
 };
 use xen_abi::DOMID_SELF;
 
-use super::ring::FrontRing;
 use super::xs::{self, state, Path, XsError};
 use crate::checks::Fail;
 use crate::time::{now_ns, Deadline};
 use crate::{events, grants, pages, xen, xs_path};
+use kxen_testguest::ring::FrontRing;
 
 /// Requests in flight at most (and the ids they carry).
 pub const MAX_INFLIGHT: usize = 64;

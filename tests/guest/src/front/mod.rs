@@ -10,7 +10,6 @@
 
 pub mod blk;
 pub mod blkcmd;
-pub mod ring;
 pub mod vif;
 pub mod xs;
 

@@ -14,11 +14,11 @@ use xen_abi::io::netif::{
 };
 use xen_abi::DOMID_SELF;
 
-use super::ring::FrontRing;
 use super::xs::{self, state, Path, XsError};
 use crate::checks::Fail;
 use crate::time::{now_ns, Deadline};
 use crate::{ensure, env, events, grants, pages, xen, xs_path};
+use kxen_testguest::ring::FrontRing;
 
 pub const RX_BUFS: usize = 64;
 pub const TX_BUFS: usize = 64;
