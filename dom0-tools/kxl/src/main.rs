@@ -400,7 +400,10 @@ fn main() -> ExitCode {
                     domain: domain.clone(),
                 }) {
                     Ok(r) if r.ok => {
-                        print!("{}", format::block_list(&r.devices.unwrap_or_default(), stats))
+                        print!(
+                            "{}",
+                            format::block_list(&r.devices.unwrap_or_default(), stats)
+                        )
                     }
                     Ok(r) if r.unknown_domain.is_some() => {
                         eprintln!("{}", xl::invalid_domain_no_rc(&domain));
@@ -413,8 +416,7 @@ fn main() -> ExitCode {
             code
         }
         Cmd::NetworkAttach { domain, settings } => {
-            match kxen_toolstack::vif::VifSpec::parse_tokens(settings.iter().map(String::as_str))
-            {
+            match kxen_toolstack::vif::VifSpec::parse_tokens(settings.iter().map(String::as_str)) {
                 Ok((vif, warnings)) => {
                     for w in warnings {
                         eprintln!("{w}");
@@ -427,16 +429,16 @@ fn main() -> ExitCode {
                 Err(e) => fail(e.to_string()),
             }
         }
-        Cmd::NetworkDetach { domain, device } => {
-            simple(Request::NetworkDetach { domain, device })
-        }
+        Cmd::NetworkDetach { domain, device } => simple(Request::NetworkDetach { domain, device }),
         Cmd::NetworkList { domains } => {
             let mut code = ExitCode::SUCCESS;
             for domain in domains {
                 match call(Request::NetworkList {
                     domain: domain.clone(),
                 }) {
-                    Ok(r) if r.ok => print!("{}", format::network_list(&r.devices.unwrap_or_default())),
+                    Ok(r) if r.ok => {
+                        print!("{}", format::network_list(&r.devices.unwrap_or_default()))
+                    }
                     Ok(r) if r.unknown_domain.is_some() => {
                         eprintln!("{}", xl::invalid_domain_no_rc(&domain));
                         code = ExitCode::FAILURE;
