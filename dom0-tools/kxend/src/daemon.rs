@@ -530,6 +530,12 @@ impl Daemon {
                             .unwrap_or_else(|e| e.into_inner())
                             .insert(domid, domain.clone());
                         self.log(&format!("re-attached to domain {domid} ({})", record.name));
+                        let devices = self.devices_of(domid);
+                        for (kind, devid) in devices.existing_nodes() {
+                            if let Err(e) = devices.adopt(kind, devid) {
+                                self.log(&format!("domain {domid}: {kind} {devid} lost: {e}"));
+                            }
+                        }
                         self.monitor(domain, None);
                         continue;
                     }
@@ -545,6 +551,10 @@ impl Daemon {
             let _ = std::fs::remove_file(&record.control);
             self.store.release(domid);
             self.store.rm(&format!("/local/domain/{domid}"));
+            for kind in ["vbd", "vif"] {
+                self.store
+                    .rm(&format!("/local/domain/0/backend/{kind}/{domid}"));
+            }
         }
         let mut next = self.next_domid.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(max) = self

@@ -211,6 +211,116 @@ impl DomainDevices {
         Ok(())
     }
 
+    /// Take over a device a previous kxend served (it died; the guest and
+    /// the nodes live on). The backend is rebuilt from the nodes and, if
+    /// the handshake had finished, reconnected to the rings where they
+    /// stand: the VMM closed the dead kxend's channel ends, so the guest's
+    /// ports are free to bind again.
+    pub fn adopt(&self, kind: &'static str, devid: u32) -> Result<(), DeviceError> {
+        let (fe, be) = self.paths(kind, devid);
+        let node = |k: &str| -> String {
+            self.store
+                .read(&format!("{be}/{k}"))
+                .ok()
+                .and_then(|v| String::from_utf8(v).ok())
+                .unwrap_or_default()
+        };
+        let spec = match kind {
+            "vbd" => {
+                let access = if node("mode") == "w" { "rw" } else { "ro" };
+                let text = format!("target={}", node("params"));
+                let devtype = if node("device-type") == "cdrom" {
+                    ",devtype=cdrom"
+                } else {
+                    ""
+                };
+                DiskSpec::parse(&format!(
+                    "format=raw,vdev={},access={access}{devtype},{text}",
+                    node("dev")
+                ))
+                .map(DeviceSpec::Disk)
+                .map_err(|e| DeviceError::Backend(e.to_string()))?
+            }
+            _ => {
+                let mut tokens = vec![
+                    format!("mac={}", node("mac")),
+                    format!("bridge={}", node("bridge")),
+                    format!("script={}", node("script")),
+                ];
+                if let Ok(mtu) = node("mtu").parse::<u32>() {
+                    tokens.push(format!("mtu={mtu}"));
+                }
+                let (mut vif, _) = VifSpec::parse_tokens(tokens.iter().map(String::as_str))
+                    .map_err(|e| DeviceError::Backend(e.to_string()))?;
+                vif.devid = Some(devid);
+                DeviceSpec::Vif(vif)
+            }
+        };
+        let domain = self.foreign()?;
+        let mut backend = (self.factory)(self.domid, devid, &spec).map_err(DeviceError::Backend)?;
+        let ctx = DeviceContext {
+            domain,
+            store: self.store.clone(),
+            frontend_domid: self.domid as u16,
+            devid,
+            frontend_path: fe.clone(),
+            backend_path: be.clone(),
+        };
+        let be_state = self
+            .read_u32(&format!("{be}/state"))
+            .unwrap_or(state::UNKNOWN);
+        let mut connected = false;
+        if be_state == state::CONNECTED {
+            match backend.connect(&ctx) {
+                Ok(()) => connected = true,
+                Err(e) => {
+                    warn!(domid = self.domid, kind, devid, "reconnect failed: {e}");
+                    self.service.write(
+                        &format!("{be}/state"),
+                        state::CLOSING.to_string().as_bytes(),
+                    );
+                }
+            }
+        }
+        let events = self.events.clone();
+        let watch = self
+            .store
+            .watch(&format!("{fe}/state"), move |_| {
+                let _ = events.send(Event::StateChanged(kind, devid));
+            })
+            .ok();
+        self.devices
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(
+                (kind, devid),
+                Device {
+                    spec,
+                    ctx,
+                    backend,
+                    watch,
+                    detaching: None,
+                    connected,
+                },
+            );
+        info!(domid = self.domid, kind, devid, connected, "device adopted");
+        Ok(())
+    }
+
+    /// The devices whose backend nodes exist for this domain.
+    pub fn existing_nodes(&self) -> Vec<(&'static str, u32)> {
+        let mut out = Vec::new();
+        for kind in ["vbd", "vif"] {
+            let dir = format!("/local/domain/0/backend/{kind}/{}", self.domid);
+            for id in self.store.directory(&dir).unwrap_or_default() {
+                if let Ok(devid) = id.parse() {
+                    out.push((kind, devid));
+                }
+            }
+        }
+        out
+    }
+
     /// libxl's node layout for one device (libxl_device.c, libxl_disk.c,
     /// libxl_nic.c): the backend directory is Dom0's and readable by the
     /// guest; the frontend directory is the guest's and readable by Dom0.
