@@ -32,6 +32,11 @@ pub const MAX_SEGS: usize = 128;
 /// Ring page order asked for when the backend allows it.
 const WANT_RING_ORDER: u32 = 2;
 const MAX_RING_PAGES: usize = 1 << WANT_RING_ORDER;
+/// Most queues (rings with their own event channel) used.
+pub const MAX_QUEUES: usize = 4;
+/// Queues used by default when the backend offers several (override with
+/// `kxen.blk-queues=N` on the command line).
+const DEFAULT_QUEUES: u64 = 2;
 /// How long a handshake step or an I/O may take.
 pub const HANDSHAKE_MS: u64 = 5_000;
 pub const IO_MS: u64 = 10_000;
@@ -41,6 +46,8 @@ const SECTORS_PER_PAGE: u32 = 8;
 struct Slot {
     busy: bool,
     done: bool,
+    /// The queue the request went to (its response must come back there).
+    queue: u8,
     status: i16,
     /// Per-request grants to revoke when answered (non-persistent mode).
     ngrefs: u16,
@@ -66,11 +73,11 @@ pub struct BlkDev {
     pub fe: Path,
     pub be: Path,
     pub backend_id: u16,
-    pub port: u32,
-    ring: FrontRing<Response>,
-    ring_base: *mut u8,
+    queues: [Queue; MAX_QUEUES],
+    pub nr_queues: usize,
     ring_pages: usize,
-    ring_grefs: [u32; MAX_RING_PAGES],
+    /// Round-robin position for the next request.
+    next_queue: usize,
     pub sectors: u64,
     pub sector_size: u32,
     pub info: u32,
@@ -87,6 +94,14 @@ pub struct BlkDev {
     /// Grants the backend never released (their pages are leaked).
     pub stuck_grants: u64,
     pub connected: bool,
+}
+
+/// One ring and its event channel. All-zero: not set up.
+struct Queue {
+    ring: FrontRing<Response>,
+    base: *mut u8,
+    grefs: [u32; MAX_RING_PAGES],
+    port: u32,
 }
 
 /// A request as the commands describe it.
@@ -148,14 +163,19 @@ impl BlkDev {
     }
 
     pub fn queue_limit(&self) -> u32 {
-        self.ring.size().min(MAX_INFLIGHT as u32)
+        let total: u32 = self.queues[..self.nr_queues]
+            .iter()
+            .map(|q| q.ring.size())
+            .sum();
+        total.min(MAX_INFLIGHT as u32)
     }
 
-    fn free_slot(&self) -> Option<usize> {
-        if self.ring.free_slots() == 0 {
-            return None;
-        }
-        self.slots.iter().position(|s| !s.busy)
+    /// A free request id and the queue (round robin) with ring room for it.
+    fn free_slot(&self) -> Option<(usize, usize)> {
+        let q = (0..self.nr_queues)
+            .map(|k| (self.next_queue + k) % self.nr_queues)
+            .find(|&q| self.queues[q].ring.free_slots() > 0)?;
+        Some((self.slots.iter().position(|s| !s.busy)?, q))
     }
 
     /// Queue one request (not yet published: call [`BlkDev::kick`]).
@@ -169,9 +189,10 @@ impl BlkDev {
         nsect: u32,
         forge: Forge,
     ) -> Result<usize, Fail> {
-        let id = self
+        let (id, q) = self
             .free_slot()
             .ok_or_else(|| fail(format_args!("ring full")))?;
+        self.next_queue = (q + 1) % self.nr_queues;
         let handle = self.devid as u16;
         let (code, data) = match op {
             Op::Read => (BLKIF_OP_READ, true),
@@ -183,6 +204,7 @@ impl BlkDev {
         let slot = Slot {
             busy: true,
             done: false,
+            queue: q as u8,
             status: 0,
             ngrefs: 0,
             grefs: [0; MAX_SEGS],
@@ -353,7 +375,8 @@ impl BlkDev {
     }
 
     fn queue_entry<T: Copy>(&mut self, id: usize, req: T) -> Result<usize, Fail> {
-        if !self.ring.queue(req) {
+        let q = self.slots[id].queue as usize;
+        if !self.queues[q].ring.queue(req) {
             self.release_slot_grants(id);
             self.slots[id].busy = false;
             return Err(fail(format_args!("ring full")));
@@ -407,32 +430,41 @@ impl BlkDev {
 
     /// Publish queued requests, notifying the backend if it asked.
     pub fn kick(&mut self) {
-        if self.ring.push() {
-            xen::send(self.port);
-            self.kicks += 1;
+        for q in &mut self.queues[..self.nr_queues] {
+            if q.ring.push() {
+                xen::send(q.port);
+                self.kicks += 1;
+            }
         }
     }
 
     /// Consume every response; returns how many.
     pub fn collect(&mut self) -> usize {
         let mut n = 0;
-        loop {
-            while let Some(rsp) = self.ring.take() {
-                n += 1;
-                let id = rsp.id as usize;
-                if id >= MAX_INFLIGHT || !self.slots[id].busy || self.slots[id].done {
-                    self.bogus += 1;
-                    continue;
+        for q in 0..self.nr_queues {
+            loop {
+                while let Some(rsp) = self.queues[q].ring.take() {
+                    n += 1;
+                    let id = rsp.id as usize;
+                    if id >= MAX_INFLIGHT
+                        || !self.slots[id].busy
+                        || self.slots[id].done
+                        || self.slots[id].queue as usize != q
+                    {
+                        self.bogus += 1;
+                        continue;
+                    }
+                    self.release_slot_grants(id);
+                    let s = &mut self.slots[id];
+                    s.done = true;
+                    s.status = rsp.status;
                 }
-                self.release_slot_grants(id);
-                let s = &mut self.slots[id];
-                s.done = true;
-                s.status = rsp.status;
-            }
-            if !self.ring.final_check() {
-                return n;
+                if !self.queues[q].ring.final_check() {
+                    break;
+                }
             }
         }
+        n
     }
 
     /// If request `id` is answered, free its slot and return its status.
@@ -456,17 +488,23 @@ impl BlkDev {
     /// Sleep until the device's event channel fires or `deadline_ns`.
     fn sleep(&mut self, deadline_ns: Option<u64>) {
         events::drain();
-        events::take_seen(self.port);
-        events::clear_pending(self.port);
-        if self.ring.unconsumed() > 0 {
+        let mut ports = [0u32; MAX_QUEUES];
+        for (p, q) in ports.iter_mut().zip(&self.queues[..self.nr_queues]) {
+            *p = q.port;
+            events::take_seen(q.port);
+            events::clear_pending(q.port);
+        }
+        if self.queues[..self.nr_queues]
+            .iter()
+            .any(|q| q.ring.unconsumed() > 0)
+        {
             return;
         }
         let now = now_ns().unwrap_or(0);
         let until = deadline_ns
             .unwrap_or(now + 10_000_000)
             .min(now + 100_000_000);
-        let mut ports = [self.port];
-        xen::poll(&mut ports, until);
+        xen::poll(&mut ports[..self.nr_queues], until);
     }
 
     /// Wait until request `id` is answered; its status.
@@ -536,6 +574,9 @@ impl BlkDev {
             item(out, format_args!("indirect:{}", f.indirect));
         }
         item(out, format_args!("ring-order:{}", f.ring_order));
+        if self.nr_queues > 1 {
+            item(out, format_args!("queues:{}", self.nr_queues));
+        }
         if f.discard {
             item(out, format_args!("discard"));
         }
@@ -626,41 +667,80 @@ fn handshake(dev: &mut BlkDev) -> Result<(), Fail> {
     dev.features.persistent = flag(&xs_path!("{}/{}", be, keys::FEATURE_PERSISTENT))
         .map_err(|e| xe("feature-persistent", e))?;
 
-    // Ring pages, their grants and the event channel.
-    dev.ring_base =
-        pages::alloc_contig(dev.ring_pages).ok_or_else(|| fail(format_args!("out of memory")))?;
-    for i in 0..dev.ring_pages {
-        let gfn = (dev.ring_base as u64 >> 12) + i as u64;
-        dev.ring_grefs[i] = grants::grant(dev.backend_id, gfn, false)
-            .map_err(|e| fail(format_args!("ring grant: {}", e)))?;
+    // How many queues: what the backend allows, what we want.
+    let max_queues = xs::read_u64_or(&xs_path!("{}/{}", be, keys::MULTI_QUEUE_MAX_QUEUES), 1)
+        .map_err(|e| xe("multi-queue-max-queues", e))?;
+    let want = crate::env::cmdline_value(b"kxen.blk-queues")
+        .and_then(kxen_testguest::cmd::parse_u64)
+        .unwrap_or(DEFAULT_QUEUES);
+    dev.nr_queues = max_queues.min(want).clamp(1, MAX_QUEUES as u64) as usize;
+
+    // Per queue: ring pages, their grants and an event channel.
+    let backend_id = dev.backend_id;
+    let ring_pages = dev.ring_pages;
+    for q in dev.queues[..dev.nr_queues].iter_mut() {
+        q.base =
+            pages::alloc_contig(ring_pages).ok_or_else(|| fail(format_args!("out of memory")))?;
+        for i in 0..ring_pages {
+            let gfn = (q.base as u64 >> 12) + i as u64;
+            q.grefs[i] = grants::grant(backend_id, gfn, false)
+                .map_err(|e| fail(format_args!("ring grant: {}", e)))?;
+        }
+        // SAFETY: q.base is ring_pages zeroed, page-aligned pages of ours.
+        q.ring = unsafe { FrontRing::new(q.base, ring_pages * 4096, ENTRY_SIZE) };
+        q.port = xen::alloc_unbound(DOMID_SELF, backend_id)
+            .map_err(|rc| fail(format_args!("alloc_unbound: {}", rc)))?;
+        xen::unmask(q.port);
     }
-    // SAFETY: ring_base is ring_pages zeroed, page-aligned pages of ours.
-    dev.ring = unsafe { FrontRing::new(dev.ring_base, dev.ring_pages * 4096, ENTRY_SIZE) };
-    dev.port = xen::alloc_unbound(DOMID_SELF, dev.backend_id)
-        .map_err(|rc| fail(format_args!("alloc_unbound: {}", rc)))?;
-    xen::unmask(dev.port);
 
     let fe = xs_path!("{}", dev.fe);
-    let (ring_pages, grefs, port, persistent) = (
-        dev.ring_pages,
-        dev.ring_grefs,
-        dev.port,
-        dev.features.persistent,
-    );
+    let nq = dev.nr_queues;
+    let mut grefs = [[0u32; MAX_RING_PAGES]; MAX_QUEUES];
+    let mut ports = [0u32; MAX_QUEUES];
+    for (i, q) in dev.queues[..nq].iter().enumerate() {
+        grefs[i] = q.grefs;
+        ports[i] = q.port;
+    }
+    let persistent = dev.features.persistent;
     xs::transaction(|tx| {
-        if ring_pages == 1 {
-            xs::write_u64(tx, &xs_path!("{}/{}", fe, keys::RING_REF), grefs[0] as u64)?;
-        } else {
+        if ring_pages > 1 {
             xs::write_u64(
                 tx,
                 &xs_path!("{}/{}", fe, keys::RING_PAGE_ORDER),
                 order as u64,
             )?;
-            for (i, g) in grefs.iter().enumerate().take(ring_pages) {
-                xs::write_u64(tx, &xs_path!("{}/ring-ref{}", fe, i), *g as u64)?;
-            }
         }
-        xs::write_u64(tx, &xs_path!("{}/{}", fe, keys::EVENT_CHANNEL), port as u64)?;
+        if nq > 1 {
+            xs::write_u64(
+                tx,
+                &xs_path!("{}/{}", fe, keys::MULTI_QUEUE_NUM_QUEUES),
+                nq as u64,
+            )?;
+        }
+        for q in 0..nq {
+            // One queue: its keys at the top; several: under queue-<q>/.
+            let dir = if nq == 1 {
+                xs_path!("{}", fe)
+            } else {
+                xs_path!("{}/{}{}", fe, keys::QUEUE_PREFIX, q)
+            };
+            if ring_pages == 1 {
+                xs::write_u64(
+                    tx,
+                    &xs_path!("{}/{}", dir, keys::RING_REF),
+                    grefs[q][0] as u64,
+                )?;
+            } else {
+                for (i, g) in grefs[q].iter().enumerate().take(ring_pages) {
+                    xs::write_u64(tx, &xs_path!("{}/ring-ref{}", dir, i), *g as u64)?;
+                }
+            }
+            xs::write_u64(
+                tx,
+                &xs_path!("{}/{}", dir, keys::EVENT_CHANNEL),
+                ports[q] as u64,
+            )?;
+        }
         xs::write(
             tx,
             &xs_path!("{}/{}", fe, keys::PROTOCOL),
@@ -762,8 +842,10 @@ fn teardown(dev: &'static mut BlkDev) {
     if !dev.be.as_bytes().is_empty() {
         let _ = xs::unwatch(&xs_path!("{}/state", dev.be), token.as_bytes());
     }
-    if dev.port != 0 {
-        xen::close(dev.port);
+    for q in &dev.queues {
+        if q.port != 0 {
+            xen::close(q.port);
+        }
     }
     for id in 0..MAX_INFLIGHT {
         if dev.slots[id].busy {
@@ -791,15 +873,20 @@ fn teardown(dev: &'static mut BlkDev) {
             pages::free(dev.page(i));
         }
     }
-    let mut ring_ok = true;
-    for &g in dev.ring_grefs.iter().take(dev.ring_pages) {
-        if g != 0 && grants::end(g).is_err() {
-            ring_ok = false;
+    let ring_pages = dev.ring_pages;
+    for q in &dev.queues {
+        if q.base.is_null() {
+            continue;
         }
-    }
-    if !dev.ring_base.is_null() && ring_ok {
-        for i in 0..dev.ring_pages {
-            pages::free(dev.ring_base.wrapping_add(i * 4096));
+        let ok = q
+            .grefs
+            .iter()
+            .take(ring_pages)
+            .all(|&g| g == 0 || grants::end(g).is_ok());
+        if ok {
+            for i in 0..ring_pages {
+                pages::free(q.base.wrapping_add(i * 4096));
+            }
         }
     }
     let _ = leak;
