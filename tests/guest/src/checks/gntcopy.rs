@@ -10,8 +10,11 @@ use super::{eq, neg, rc_is, Fail, R};
 use crate::hypercall::{grant_table_op, hypercall3};
 use crate::{bail, ensure, env, grants, pages};
 
-/// Two fresh pages: (pointer, gfn) each; the source is filled with `i % 251`.
-fn two_pages() -> Result<((*mut u8, u64), (*mut u8, u64)), Fail> {
+/// A page we own: its pointer and its gfn.
+type Page = (*mut u8, u64);
+
+/// Two fresh pages; the source is filled with `i % 251`.
+fn two_pages() -> Result<(Page, Page), Fail> {
     let (Some(a), Some(b)) = (pages::alloc(), pages::alloc()) else {
         bail!("no free pages");
     };

@@ -9,8 +9,8 @@
 use core::fmt::{self, Debug, Display, Write};
 
 mod evtchn;
-mod gnttab;
 mod gntcopy;
+mod gnttab;
 mod hvm;
 mod memory;
 mod misc;
