@@ -26,9 +26,9 @@ use kxen_testguest::ring::FrontRing;
 /// Requests in flight at most (and the ids they carry).
 pub const MAX_INFLIGHT: usize = 64;
 /// Pages of the buffer area.
-pub const BUF_PAGES: usize = 512;
+pub const BUF_PAGES: usize = 1024;
 /// Most segments one request carries (indirect: one indirect page).
-pub const MAX_SEGS: usize = 128;
+pub const MAX_SEGS: usize = 256;
 /// Ring page order asked for when the backend allows it.
 const WANT_RING_ORDER: u32 = 2;
 const MAX_RING_PAGES: usize = 1 << WANT_RING_ORDER;
