@@ -184,13 +184,28 @@ impl DomainDevices {
             &format!("{be}/state"),
             state::INIT_WAIT.to_string().as_bytes(),
         );
+        self.install(spec, ctx, backend, false);
+        info!(domid = self.domid, kind, devid, "device attached");
+        let _ = self.events.send(Event::StateChanged(kind, devid));
+        Ok(())
+    }
+
+    /// Register a device and watch its frontend's state for the worker.
+    fn install(
+        &self,
+        spec: DeviceSpec,
+        ctx: DeviceContext,
+        backend: Box<dyn BackendDevice>,
+        connected: bool,
+    ) {
+        let (kind, devid) = (spec.kind(), ctx.devid);
         let events = self.events.clone();
         let watch = self
             .store
-            .watch(&format!("{fe}/state"), move |_| {
+            .watch(&format!("{}/state", ctx.frontend_path), move |_| {
                 let _ = events.send(Event::StateChanged(kind, devid));
             })
-            .map_err(|e| DeviceError::Backend(format!("watch: {e}")))
+            .map_err(|e| warn!(domid = self.domid, kind, devid, "watch: {e}"))
             .ok();
         self.devices
             .lock()
@@ -203,12 +218,9 @@ impl DomainDevices {
                     backend,
                     watch,
                     detaching: None,
-                    connected: false,
+                    connected,
                 },
             );
-        info!(domid = self.domid, kind, devid, "device attached");
-        let _ = self.events.send(Event::StateChanged(kind, devid));
-        Ok(())
     }
 
     /// Take over a device a previous kxend served (it died; the guest and
@@ -282,27 +294,7 @@ impl DomainDevices {
                 }
             }
         }
-        let events = self.events.clone();
-        let watch = self
-            .store
-            .watch(&format!("{fe}/state"), move |_| {
-                let _ = events.send(Event::StateChanged(kind, devid));
-            })
-            .ok();
-        self.devices
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(
-                (kind, devid),
-                Device {
-                    spec,
-                    ctx,
-                    backend,
-                    watch,
-                    detaching: None,
-                    connected,
-                },
-            );
+        self.install(spec, ctx, backend, connected);
         info!(domid = self.domid, kind, devid, connected, "device adopted");
         Ok(())
     }
