@@ -816,15 +816,6 @@ fn handshake(dev: &mut BlkDev) -> Result<(), Fail> {
     Ok(())
 }
 
-/// Whether the backend is going or gone (Closing, Closed, or its state
-/// node removed). A store that does not answer is not taken as "gone".
-pub fn backend_gone(dev: &BlkDev) -> bool {
-    match xs::read_u64(&xs_path!("{}/state", dev.be)) {
-        Ok(s) => s >= state::CLOSING as u64,
-        Err(e) => e == XsError::Store("ENOENT"),
-    }
-}
-
 /// Hot unplug (backend Closing/Closed): stop, revoke, switch to Closed.
 pub fn close(dev: &'static mut BlkDev) {
     dev.connected = false;

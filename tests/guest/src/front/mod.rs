@@ -101,12 +101,12 @@ fn scan() {
     let mut gone_net: [Option<&'static mut NetDev>; MAX_NET] = [None, None];
     REG.with(|r| {
         for (i, slot) in r.blk.iter_mut().enumerate() {
-            if slot.as_ref().is_some_and(|d| blk::backend_gone(d)) {
+            if slot.as_ref().is_some_and(|d| xs::backend_gone(&d.be)) {
                 gone_blk[i] = slot.take();
             }
         }
         for (i, slot) in r.net.iter_mut().enumerate() {
-            if slot.as_ref().is_some_and(|d| vif::backend_gone(d)) {
+            if slot.as_ref().is_some_and(|d| xs::backend_gone(&d.be)) {
                 gone_net[i] = slot.take();
             }
         }

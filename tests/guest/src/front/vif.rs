@@ -630,14 +630,6 @@ fn handshake(dev: &mut NetDev, with_ip: bool) -> Result<(), Fail> {
     Ok(())
 }
 
-/// As [`super::blk::backend_gone`].
-pub fn backend_gone(dev: &NetDev) -> bool {
-    match xs::read_u64(&xs_path!("{}/state", dev.be)) {
-        Ok(s) => s >= state::CLOSING as u64,
-        Err(e) => e == XsError::Store("ENOENT"),
-    }
-}
-
 /// Hot unplug: stop, revoke, switch to Closed.
 pub fn close(dev: &'static mut NetDev) {
     dev.connected = false;

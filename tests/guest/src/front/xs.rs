@@ -301,6 +301,15 @@ pub fn wait_state(
     }
 }
 
+/// Whether the backend at `be` is going or gone (Closing, Closed, or its
+/// state node removed). A store that does not answer is not taken as gone.
+pub fn backend_gone(be: &Path) -> bool {
+    match read_u64(&xs_path!("{}/state", be)) {
+        Ok(s) => s >= state::CLOSING as u64,
+        Err(e) => e == XsError::Store("ENOENT"),
+    }
+}
+
 /// Write our XenbusState.
 pub fn switch_state(fe: &Path, s: u32) -> Result<(), XsError> {
     write_u64(0, &xs_path!("{}/state", fe), s as u64)
