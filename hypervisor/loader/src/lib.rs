@@ -5,7 +5,9 @@
 //!   entry point is the `XEN_ELFNOTE_PHYS32_ENTRY` note.
 //! * The PVH boot block: `hvm_start_info`, its memory map, module list and
 //!   command line, written to guest memory by [`start_info`].
+//! * ACPI tables ([`acpi`]): vCPUs, their start mailbox, power-off and reset.
 
+pub mod acpi;
 pub mod elf32;
 pub mod start_info;
 

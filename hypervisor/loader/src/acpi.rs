@@ -1,0 +1,310 @@
+//! ACPI tables for kxen domains: RSDP, XSDT, MADT, FADT and DSDT.
+//!
+//! They tell a guest how many vCPUs it has (MADT local APICs), how to start
+//! them and how to power off and reset the domain:
+//!
+//! * **vCPU start.** APs are started through the MADT *multiprocessor
+//!   wakeup* mailbox (ACPI 6.4, structure type 0x10) rather than INIT/SIPI.
+//!   The AP is handed over already in 64-bit mode on identity-mapped page
+//!   tables, so no real-mode code ever runs. That matters on PVM hosts,
+//!   whose instruction emulator cannot run real mode, and Linux
+//!   (`acpi_wakeup_cpu`) and other kernels use the mailbox unchanged.
+//! * **Power.** The FADT declares a hardware-reduced platform whose sleep
+//!   control register and reset register are I/O ports the VMM decodes;
+//!   the DSDT's `_S5` object gives the soft-off sleep type.
+//!
+//! Everything lives in the legacy BIOS area below 1 MiB, which the memory
+//! map reserves, so the legacy RSDP scan finds the tables as well as the
+//! PVH `rsdp_paddr`.
+
+use acpi_tables::gas::{AccessSize, AddressSpace, GAS};
+use acpi_tables::madt::{
+    EnabledStatus, IoApic, LocalInterruptController, ProcessorLocalApic, MADT,
+};
+use acpi_tables::{aml, fadt, rsdp::Rsdp, sdt::Sdt, xsdt::XSDT, Aml, AmlSink};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
+
+use crate::LoaderError;
+
+/// The reserved firmware window holding the tables, the AP page tables and
+/// the wakeup mailbox.
+pub const FIRMWARE_BASE: u64 = 0xe_0000;
+pub const FIRMWARE_SIZE: u64 = 0x2_0000;
+/// Where the RSDP sits (16-byte aligned, inside the legacy scan range).
+pub const RSDP_GPA: u64 = 0xe_0000;
+const XSDT_GPA: u64 = 0xe_0040;
+const FADT_GPA: u64 = 0xe_0100;
+const DSDT_GPA: u64 = 0xe_0300;
+const MADT_GPA: u64 = 0xe_0400;
+/// PML4, PDPT and PD identity-mapping the first GiB, for APs started in
+/// long mode.
+pub const AP_PAGE_TABLES_GPA: u64 = 0xe_8000;
+/// The multiprocessor wakeup mailbox (4 KiB aligned, 4 KiB long).
+pub const MP_WAKE_MAILBOX_GPA: u64 = 0xe_f000;
+/// Mailbox command: wake the AP named by `apic_id` at `wakeup_vector`.
+pub const MP_WAKE_COMMAND_WAKEUP: u16 = 1;
+
+/// Hardware-reduced sleep control register (8-bit I/O port).
+pub const SLEEP_CONTROL_PORT: u16 = 0x600;
+/// Hardware-reduced sleep status register (8-bit I/O port).
+pub const SLEEP_STATUS_PORT: u16 = 0x601;
+/// The reset register: the PC's reset control port, as on real chipsets.
+pub const RESET_PORT: u16 = 0xcf9;
+pub const RESET_VALUE: u8 = 0x06;
+/// The sleep type `_S5` declares; SLP_TYP is bits 2..4 of the control
+/// register and SLP_EN bit 5.
+pub const SLEEP_TYPE_S5: u8 = 5;
+const SLEEP_ENABLE: u8 = 1 << 5;
+
+/// KVM's in-kernel IOAPIC.
+const IOAPIC_GPA: u32 = 0xfec0_0000;
+const LAPIC_GPA: u32 = 0xfee0_0000;
+
+const OEM_ID: [u8; 6] = *b"KXEN  ";
+const OEM_REVISION: u32 = 1;
+
+/// What a write to the sleep control register asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SleepRequest {
+    /// SLP_EN with the `_S5` type: power off.
+    SoftOff,
+    /// Any other sleep type: not supported, ignored.
+    Unsupported(u8),
+}
+
+/// Decode a sleep control register write; `None` if SLP_EN is clear.
+pub fn decode_sleep_control(value: u8) -> Option<SleepRequest> {
+    if value & SLEEP_ENABLE == 0 {
+        return None;
+    }
+    let kind = (value >> 2) & 0x7;
+    Some(if kind == SLEEP_TYPE_S5 {
+        SleepRequest::SoftOff
+    } else {
+        SleepRequest::Unsupported(kind)
+    })
+}
+
+/// MADT multiprocessor wakeup structure (type 0x10).
+#[repr(C, packed)]
+#[derive(Clone, Copy, Debug, IntoBytes, Immutable)]
+struct MpWakeup {
+    kind: u8,
+    length: u8,
+    mailbox_version: u16,
+    reserved: u32,
+    mailbox_address: u64,
+}
+
+impl Aml for MpWakeup {
+    fn to_aml_bytes(&self, sink: &mut dyn AmlSink) {
+        sink.vec(self.as_bytes());
+    }
+}
+
+/// The OS-written head of the wakeup mailbox.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, FromBytes, IntoBytes, Immutable, KnownLayout)]
+pub struct MpWakeMailbox {
+    pub command: u16,
+    pub reserved: u16,
+    pub apic_id: u32,
+    pub wakeup_vector: u64,
+}
+
+impl MpWakeMailbox {
+    pub const SIZE: usize = 16;
+
+    pub fn from_bytes(bytes: &[u8; Self::SIZE]) -> Self {
+        Self::read_from_bytes(bytes).unwrap_or_default()
+    }
+}
+
+fn to_bytes(table: &dyn Aml) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    table.to_aml_bytes(&mut bytes);
+    bytes
+}
+
+fn table_id(name: &[u8; 4]) -> [u8; 8] {
+    let mut id = *b"KXEN    ";
+    id[4..].copy_from_slice(name);
+    id
+}
+
+/// Build the tables for `vcpus` vCPUs (APIC IDs 0..vcpus). Returns
+/// `(gpa, bytes)` pairs.
+pub fn build_tables(vcpus: u32) -> Result<Vec<(u64, Vec<u8>)>, LoaderError> {
+    if vcpus == 0 || vcpus > 255 {
+        return Err(LoaderError::NoRoom("ACPI MADT (1..=255 vCPUs)"));
+    }
+    // DSDT: just the soft-off sleep type.
+    let mut dsdt = Sdt::new(*b"DSDT", 36, 6, OEM_ID, table_id(b"DSDT"), OEM_REVISION);
+    let s5 = aml::Name::new(
+        "_S5_".into(),
+        &aml::Package::new(vec![&SLEEP_TYPE_S5, &SLEEP_TYPE_S5, &aml::ZERO, &aml::ZERO]),
+    );
+    dsdt.append_slice(&to_bytes(&s5));
+
+    let mut fadt = fadt::FADTBuilder::new(OEM_ID, table_id(b"FACP"), OEM_REVISION)
+        .dsdt_64(DSDT_GPA)
+        .flag(fadt::Flags::HwReducedAcpi)
+        .flag(fadt::Flags::ResetRegSup)
+        .flag(fadt::Flags::Headless);
+    let port = |port: u16| {
+        GAS::new(
+            AddressSpace::SystemIo,
+            8,
+            0,
+            AccessSize::ByteAccess,
+            port.into(),
+        )
+    };
+    fadt.sleep_control_reg = port(SLEEP_CONTROL_PORT);
+    fadt.sleep_status_reg = port(SLEEP_STATUS_PORT);
+    fadt.reset_reg = port(RESET_PORT);
+    fadt.reset_value = RESET_VALUE;
+    let fadt = fadt.finalize();
+
+    let mut madt = MADT::new(
+        OEM_ID,
+        table_id(b"APIC"),
+        OEM_REVISION,
+        LocalInterruptController::Address(LAPIC_GPA),
+    );
+    for id in 0..vcpus {
+        madt.add_structure(ProcessorLocalApic::new(
+            id as u8,
+            id as u8,
+            EnabledStatus::Enabled,
+        ));
+    }
+    madt.add_structure(IoApic::new(0, IOAPIC_GPA, 0));
+    madt.add_structure(MpWakeup {
+        kind: 0x10,
+        length: 16,
+        mailbox_version: 0,
+        reserved: 0,
+        mailbox_address: MP_WAKE_MAILBOX_GPA,
+    });
+
+    let mut xsdt = XSDT::new(OEM_ID, table_id(b"XSDT"), OEM_REVISION);
+    xsdt.add_entry(FADT_GPA);
+    xsdt.add_entry(MADT_GPA);
+
+    let tables = vec![
+        (RSDP_GPA, to_bytes(&Rsdp::new(OEM_ID, XSDT_GPA))),
+        (XSDT_GPA, to_bytes(&xsdt)),
+        (FADT_GPA, to_bytes(&fadt)),
+        (DSDT_GPA, to_bytes(&dsdt)),
+        (MADT_GPA, to_bytes(&madt)),
+    ];
+    // Each table must end before the next one starts.
+    let mut sorted: Vec<(u64, usize)> = tables.iter().map(|(g, b)| (*g, b.len())).collect();
+    sorted.sort();
+    for pair in sorted.windows(2) {
+        if pair[0].0 + pair[0].1 as u64 > pair[1].0 {
+            return Err(LoaderError::NoRoom("ACPI tables"));
+        }
+    }
+    if let Some(&(gpa, len)) = sorted.last() {
+        if gpa + len as u64 > AP_PAGE_TABLES_GPA {
+            return Err(LoaderError::NoRoom("ACPI tables"));
+        }
+    }
+    Ok(tables)
+}
+
+/// Write the ACPI tables, the AP page tables and an empty wakeup mailbox
+/// into guest memory. Returns the RSDP's address.
+pub fn write(mem: &GuestMemoryMmap, vcpus: u32) -> Result<u64, LoaderError> {
+    let put = |gpa: u64, bytes: &[u8]| {
+        mem.write_slice(bytes, GuestAddress(gpa))
+            .map_err(|_| LoaderError::GuestWrite(gpa))
+    };
+    for (gpa, bytes) in build_tables(vcpus)? {
+        put(gpa, &bytes)?;
+    }
+    put(AP_PAGE_TABLES_GPA, &ap_page_tables())?;
+    put(MP_WAKE_MAILBOX_GPA, &[0u8; 4096])?;
+    Ok(RSDP_GPA)
+}
+
+/// Three pages at [`AP_PAGE_TABLES_GPA`]: a PML4 and a PDPT whose first
+/// entries lead to a PD of 2 MiB pages covering the first GiB, identity
+/// mapped, writable, supervisor.
+fn ap_page_tables() -> Vec<u8> {
+    const PRESENT_RW: u64 = 0x3;
+    const PAGE_SIZE_2M: u64 = 0x80;
+    let mut pages = vec![0u64; 3 * 512];
+    pages[0] = (AP_PAGE_TABLES_GPA + 0x1000) | PRESENT_RW;
+    pages[512] = (AP_PAGE_TABLES_GPA + 0x2000) | PRESENT_RW;
+    for (i, entry) in pages[1024..].iter_mut().enumerate() {
+        *entry = ((i as u64) << 21) | PRESENT_RW | PAGE_SIZE_2M;
+    }
+    pages.as_bytes().to_vec()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn checksum_ok(bytes: &[u8]) -> bool {
+        bytes.iter().fold(0u8, |a, b| a.wrapping_add(*b)) == 0
+    }
+
+    #[test]
+    fn tables_have_valid_checksums_and_lengths() {
+        let tables = build_tables(2).unwrap();
+        for (gpa, bytes) in &tables {
+            if *gpa == RSDP_GPA {
+                assert_eq!(&bytes[..8], b"RSD PTR ");
+                assert!(checksum_ok(&bytes[..20]));
+                assert!(checksum_ok(&bytes[..36]));
+                continue;
+            }
+            let len = u32::from_le_bytes(bytes[4..8].try_into().unwrap()) as usize;
+            assert_eq!(len, bytes.len(), "length of {:?}", &bytes[..4]);
+            assert!(checksum_ok(bytes), "checksum of {:?}", &bytes[..4]);
+        }
+    }
+
+    #[test]
+    fn madt_lists_every_vcpu_the_ioapic_and_the_mailbox() {
+        let tables = build_tables(3).unwrap();
+        let madt = &tables.iter().find(|(_, b)| &b[..4] == b"APIC").unwrap().1;
+        let mut kinds = Vec::new();
+        let mut at = 44;
+        while at < madt.len() {
+            kinds.push(madt[at]);
+            at += madt[at + 1] as usize;
+        }
+        assert_eq!(kinds, vec![0, 0, 0, 1, 0x10]);
+        let mailbox = u64::from_le_bytes(madt[madt.len() - 8..].try_into().unwrap());
+        assert_eq!(mailbox, MP_WAKE_MAILBOX_GPA);
+    }
+
+    #[test]
+    fn dsdt_declares_s5() {
+        let tables = build_tables(1).unwrap();
+        let dsdt = &tables.iter().find(|(_, b)| &b[..4] == b"DSDT").unwrap().1;
+        assert!(dsdt.windows(4).any(|w| w == b"_S5_"));
+    }
+
+    #[test]
+    fn sleep_control_decoding() {
+        assert_eq!(decode_sleep_control(0x34), Some(SleepRequest::SoftOff));
+        assert_eq!(decode_sleep_control(0x14), None);
+        assert_eq!(
+            decode_sleep_control(0x2c),
+            Some(SleepRequest::Unsupported(3))
+        );
+    }
+
+    #[test]
+    fn vcpu_count_is_bounded() {
+        assert!(build_tables(0).is_err());
+        assert!(build_tables(256).is_err());
+    }
+}
