@@ -356,6 +356,39 @@ impl Domain {
 
     // ---- the 2-level event ABI over guest memory -------------------------
 
+    /// One line per vCPU describing its event state (upcall flags, selector,
+    /// vector), plus the first pending and mask words: for diagnosing a
+    /// guest that stopped taking events.
+    pub fn describe_event_state(&self) -> String {
+        let st = self.lock();
+        let mem = self.mem.memory();
+        let mut out = String::new();
+        for vcpu in 0..self.cfg.nr_vcpus {
+            let gpa = self.vcpu_info_gpa(&st, vcpu);
+            let byte = |off: usize| {
+                gpa.and_then(|g| mem.read_obj::<u8>(GuestAddress(g + off as u64)).ok())
+            };
+            let sel = gpa.and_then(|g| {
+                mem.read_obj::<u64>(GuestAddress(g + VCPU_INFO_PENDING_SEL as u64))
+                    .ok()
+            });
+            out.push_str(&format!(
+                "vcpu{vcpu}: vcpu_info={gpa:x?} upcall_pending={:?} upcall_mask={:?} pending_sel={sel:x?} vector={:?}; ",
+                byte(VCPU_INFO_UPCALL_PENDING),
+                byte(VCPU_INFO_UPCALL_MASK),
+                self.upcall_vector(&st, vcpu)
+            ));
+        }
+        let si = st.shared_info_gfn << 12;
+        let word = |off: usize| mem.read_obj::<u64>(GuestAddress(si + off as u64)).ok();
+        out.push_str(&format!(
+            "pending[0]={:x?} mask[0]={:x?}",
+            word(OFFSET_EVTCHN_PENDING),
+            word(OFFSET_EVTCHN_MASK)
+        ));
+        out
+    }
+
     /// GPA of `vcpu`'s vcpu_info: the registered one, else the legacy slot
     /// in shared_info.
     pub fn vcpu_info_gpa(&self, st: &DomainState, vcpu: u32) -> Option<u64> {
@@ -477,6 +510,13 @@ impl Domain {
 
     /// Re-assert a vCPU's upcall if its flag is already set (the guest
     /// enabled delivery or changed the vector while events were waiting).
+    /// Deliver `vcpu`'s upcall again if one is pending: for a vCPU whose
+    /// local APIC could not take it before (an AP that was not running).
+    pub fn reassert_upcall(&self, vcpu: u32) {
+        let st = self.lock();
+        self.recheck_upcall(&st, vcpu);
+    }
+
     pub fn recheck_upcall(&self, st: &DomainState, vcpu: u32) {
         if self.upcall_pending(st, vcpu) {
             self.raise_upcall(st, vcpu);
@@ -700,7 +740,15 @@ impl Domain {
         !self.is_stopping()
     }
 
-    /// An AP has started running (INIT/SIPI handled by KVM).
+    /// Whether `vcpu` has been started (the BSP always has).
+    pub fn vcpu_initialised(&self, vcpu: u32) -> bool {
+        self.lock()
+            .vcpus
+            .get(vcpu as usize)
+            .is_some_and(|v| v.initialised)
+    }
+
+    /// An AP has been started (MP wakeup mailbox) or ran for the first time.
     pub fn vcpu_started(&self, vcpu: u32) {
         let mut st = self.lock();
         if let Some(v) = st.vcpus.get_mut(vcpu as usize) {

@@ -965,6 +965,7 @@ impl Domain {
             }
             EVTCHNOP_SEND => {
                 let req = read!(g, ec::PortArg, arg);
+                trace!(port = req.port, "EVTCHNOP_send");
                 let st = self.lock();
                 let Ok(entry) = st.ports.get(req.port) else {
                     return -EINVAL;
