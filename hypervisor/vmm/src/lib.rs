@@ -10,6 +10,7 @@
 //! * [`events`], [`routing`]: Dom0's interdomain channels, irqfds and the
 //!   event routing area backends read.
 
+pub mod ap_start;
 pub mod control;
 pub mod cpuid;
 pub mod dom0;

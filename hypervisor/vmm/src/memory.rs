@@ -138,6 +138,12 @@ impl Layout {
                 });
             }
         }
+        // ACPI tables, AP page tables and the MP wakeup mailbox.
+        map.push(E820Entry {
+            addr: kxen_loader::acpi::FIRMWARE_BASE,
+            size: kxen_loader::acpi::FIRMWARE_SIZE,
+            kind: E820_RESERVED,
+        });
         map.push(E820Entry {
             addr: SPECIAL_BASE_GFN << 12,
             size: SPECIAL_PAGES * PAGE_SIZE as u64,
@@ -365,7 +371,11 @@ mod tests {
             .find(|e| e.addr == SPECIAL_BASE_GFN << 12)
             .unwrap();
         assert_eq!({ special.kind }, E820_RESERVED);
-        assert_eq!({ map[1].addr }, 0x10_0000);
-        assert_eq!({ map[1].size }, (64 << 20) - 0x10_0000);
+        // The firmware window (ACPI tables, AP page tables, MP mailbox)
+        // sits between low memory and RAM above 1 MiB.
+        assert_eq!({ map[1].addr }, kxen_loader::acpi::FIRMWARE_BASE);
+        assert_eq!({ map[1].kind }, E820_RESERVED);
+        assert_eq!({ map[2].addr }, 0x10_0000);
+        assert_eq!({ map[2].size }, (64 << 20) - 0x10_0000);
     }
 }

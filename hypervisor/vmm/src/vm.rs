@@ -20,6 +20,7 @@ use xen_abi::pvh::MemmapEntry;
 use kxen_loader::start_info::{self, BootBlockLayout, Module};
 use kxen_xen::{Domain, DomainConfig};
 
+use crate::ap_start::ApStarter;
 use crate::control::DomainInfo;
 use crate::cpuid::{self, XenCpuidParams};
 use crate::dom0::{Dom0Link, Dom0Ports};
@@ -150,6 +151,8 @@ pub struct Runtime {
     pause_cv: Condvar,
     /// vCPUs inside KVM_RUN (or about to enter it).
     pub in_guest: AtomicU32,
+    /// AP entry points from the ACPI MP wakeup mailbox.
+    pub ap_start: Arc<ApStarter>,
     max_memory_kib: u64,
 }
 
@@ -263,6 +266,7 @@ impl Runtime {
 
     /// Raise `vector` on `vcpu` through its LAPIC (APIC ID = vCPU id).
     pub fn inject_vector(&self, vcpu: u32, vector: u8) {
+        tracing::trace!(vcpu, vector, "upcall MSI");
         let msi = kvm_msi {
             address_lo: 0xfee0_0000 | (vcpu << 12),
             address_hi: 0,
@@ -342,6 +346,76 @@ fn setup_pvh_bsp(fd: &kvm_ioctls::VcpuFd, entry: u64, start_info: u64) -> Result
     regs.rbx = start_info;
     regs.rflags = 0x2;
     fd.set_regs(&regs)?;
+    Ok(())
+}
+
+/// Put an AP at the entry point the guest gave the MP wakeup mailbox:
+/// 64-bit mode, paging on the identity-mapped AP page tables, as the ACPI
+/// specification promises the OS. The AP loads its own GDT and IDT.
+pub fn setup_long_mode_ap(fd: &kvm_ioctls::VcpuFd, entry: u64) -> Result<(), VmError> {
+    let mut sregs = fd.get_sregs()?;
+    sregs.cs = kvm_segment {
+        l: 1,
+        db: 0,
+        ..flat_segment(0x08, 0xb)
+    };
+    for seg in [
+        &mut sregs.ds,
+        &mut sregs.es,
+        &mut sregs.fs,
+        &mut sregs.gs,
+        &mut sregs.ss,
+    ] {
+        *seg = flat_segment(0x10, 0x3);
+    }
+    sregs.tr = kvm_segment {
+        base: 0,
+        limit: 0x67,
+        selector: 0x18,
+        type_: 0xb,
+        present: 1,
+        s: 0,
+        ..Default::default()
+    };
+    sregs.cr0 = 0x8000_0031; // PG | NE | ET | PE
+    sregs.cr3 = kxen_loader::acpi::AP_PAGE_TABLES_GPA;
+    sregs.cr4 = 0x20; // PAE
+    sregs.efer = 0x500; // LME | LMA
+    fd.set_sregs(&sregs)?;
+    let regs = kvm_bindings::kvm_regs {
+        rip: entry,
+        rflags: 0x2,
+        ..Default::default()
+    };
+    fd.set_regs(&regs)?;
+    fd.set_mp_state(kvm_bindings::kvm_mp_state {
+        mp_state: kvm_bindings::KVM_MP_STATE_RUNNABLE,
+    })?;
+    enable_local_apic(fd)?;
+    Ok(())
+}
+
+/// Offset of the spurious-interrupt vector register in the local APIC page.
+const APIC_SVR: usize = 0xf0;
+const APIC_SVR_ENABLE: u32 = 1 << 8;
+
+/// Software-enable a vCPU's local APIC, as firmware leaves it. Xen guests
+/// register their event upcall vector before their kernel sets the APIC up,
+/// and a software-disabled APIC drops the fixed interrupts that carry it.
+fn enable_local_apic(fd: &kvm_ioctls::VcpuFd) -> Result<(), VmError> {
+    let mut lapic = fd.get_lapic()?;
+    let mut svr = [0u8; 4];
+    for (dst, src) in svr.iter_mut().zip(&lapic.regs[APIC_SVR..APIC_SVR + 4]) {
+        *dst = *src as u8;
+    }
+    let value = u32::from_le_bytes(svr) | APIC_SVR_ENABLE | 0xff;
+    for (dst, src) in lapic.regs[APIC_SVR..APIC_SVR + 4]
+        .iter_mut()
+        .zip(value.to_le_bytes())
+    {
+        *dst = src as _;
+    }
+    fd.set_lapic(&lapic)?;
     Ok(())
 }
 
@@ -460,13 +534,14 @@ pub fn run(cfg: VmConfig, started: Instant, report_timing: bool) -> Result<Domai
             reserved: 0,
         })
         .collect();
+    let rsdp = kxen_loader::acpi::write(&snapshot, cfg.vcpus).map_err(VmError::Boot)?;
     let start_info = start_info::write(
         &snapshot,
         &BootBlockLayout::default(),
         &cfg.cmdline,
         &pvh_memmap,
         &modules,
-        0,
+        rsdp,
     )
     .map_err(VmError::Boot)?;
     drop(snapshot);
@@ -564,6 +639,7 @@ pub fn run(cfg: VmConfig, started: Instant, report_timing: bool) -> Result<Domai
         paused_fast: AtomicBool::new(cfg.start_paused),
         pause_cv: Condvar::new(),
         in_guest: AtomicU32::new(0),
+        ap_start: Arc::new(ApStarter::new(cfg.vcpus)),
         max_memory_kib: cfg.maxmem_mib.max(cfg.memory_mib) * 1024,
     });
     *runtime_slot.lock().unwrap_or_else(|e| e.into_inner()) = Some(Arc::downgrade(&rt));
@@ -586,6 +662,7 @@ pub fn run(cfg: VmConfig, started: Instant, report_timing: bool) -> Result<Domai
         fd.set_cpuid2(&table)?;
         if id == 0 {
             setup_pvh_bsp(&fd, kernel.entry, start_info)?;
+            enable_local_apic(&fd)?;
         }
         let vcpu = Vcpu::new(id, fd, rt.clone());
         domain.set_tsc_offset(id, vcpu.measure_tsc_offset());
@@ -620,6 +697,18 @@ pub fn run(cfg: VmConfig, started: Instant, report_timing: bool) -> Result<Domai
         .name("timers".into())
         .spawn(move || timer_domain.run_timers())
         .map_err(|e| VmError::Setup(format!("timer thread: {e}")))?;
+    let ap_thread = if cfg.vcpus > 1 {
+        let starter = rt.ap_start.clone();
+        let rt_ap = rt.clone();
+        Some(
+            std::thread::Builder::new()
+                .name("ap-wakeup".into())
+                .spawn(move || starter.run(rt_ap))
+                .map_err(|e| VmError::Setup(format!("AP wakeup thread: {e}")))?,
+        )
+    } else {
+        None
+    };
     let wake_thread = events
         .start(rt.clone())
         .map_err(|e| VmError::Setup(format!("event wake thread: {e}")))?;
@@ -677,6 +766,7 @@ pub fn run(cfg: VmConfig, started: Instant, report_timing: bool) -> Result<Domai
         exit.clone()
             .unwrap_or(DomainExit::Crashed("unknown".into()))
     };
+    tracing::debug!("event state at exit: {}", domain.describe_event_state());
     domain.stop();
     dom0_link.stop();
     for (i, handle) in handles.into_iter().enumerate() {
@@ -690,6 +780,9 @@ pub fn run(cfg: VmConfig, started: Instant, report_timing: bool) -> Result<Domai
         }
     }
     let _ = timer.join();
+    if let Some(t) = ap_thread {
+        let _ = t.join();
+    }
     if let Some(control) = control {
         let _ = control.join();
     }
