@@ -16,6 +16,7 @@ use xen_abi::cpuid::XEN_HYPERCALL_MSR;
 use xen_abi::hypercall::STUB_COUNT;
 use xen_abi::transport::{hypercall_stub, HYPERCALL_PORT};
 
+use kxen_loader::acpi;
 use kxen_xen::hypercall::Call;
 use kxen_xen::VcpuMmu;
 
@@ -25,6 +26,7 @@ use crate::vm::{DomainExit, Runtime};
 pub const NULL_PORT: u16 = 0x59;
 const MSR_IA32_TSC: u32 = 0x10;
 const EFER_LMA: u64 = 1 << 10;
+const RFLAGS_AC: u64 = 1 << 18;
 
 thread_local! {
     /// This thread's kvm_run, so the kick signal handler can set
@@ -124,7 +126,17 @@ impl Vcpu {
         if let Some(exit) = exit {
             self.rt.request_exit(exit);
         }
-        debug!(vcpu = self.id, "vCPU thread exits");
+        if let (Ok(regs), Ok(sregs)) = (self.fd.get_regs(), self.fd.get_sregs()) {
+            debug!(
+                vcpu = self.id,
+                rip = format_args!("{:#x}", regs.rip),
+                rsp = format_args!("{:#x}", regs.rsp),
+                cr0 = format_args!("{:#x}", sregs.cr0),
+                cr2 = format_args!("{:#x}", sregs.cr2),
+                efer = format_args!("{:#x}", sregs.efer),
+                "vCPU thread exits"
+            );
+        }
     }
 
     fn run_loop(&mut self) -> Option<DomainExit> {
@@ -137,6 +149,16 @@ impl Vcpu {
             if !entered && self.id == 0 {
                 entered = true;
                 self.rt.note_guest_entry();
+            }
+            if let Some(entry) = self.rt.ap_start.take(self.id) {
+                if let Err(e) = crate::vm::setup_long_mode_ap(&self.fd, entry) {
+                    return Some(DomainExit::Crashed(format!(
+                        "starting vCPU {} at {entry:#x}: {e}",
+                        self.id
+                    )));
+                }
+                // An upcall raised while the AP was not running was dropped.
+                domain.reassert_upcall(self.id);
             }
             if !self.rt.enter_guest() {
                 return None;
@@ -156,15 +178,38 @@ impl Vcpu {
                 domain.vcpu_started(self.id);
             }
             match exit {
-                VcpuExit::IoOut(port, _) => match port {
+                VcpuExit::IoOut(port, data) => match port {
                     HYPERCALL_PORT => self.hypercall(),
                     NULL_PORT => {}
+                    acpi::SLEEP_CONTROL_PORT => {
+                        match acpi::decode_sleep_control(data.first().copied().unwrap_or(0)) {
+                            Some(acpi::SleepRequest::SoftOff) => {
+                                info!(vcpu = self.id, "ACPI soft-off (S5)");
+                                return Some(DomainExit::Shutdown(
+                                    xen_abi::sched::SHUTDOWN_POWEROFF,
+                                ));
+                            }
+                            Some(acpi::SleepRequest::Unsupported(kind)) => {
+                                debug!(vcpu = self.id, kind, "ACPI sleep type not supported");
+                            }
+                            None => {}
+                        }
+                    }
+                    // Bit 2 of the reset control register resets the CPU.
+                    acpi::RESET_PORT if data.first().is_some_and(|v| v & 0x4 != 0) => {
+                        info!(vcpu = self.id, "reset through the reset register");
+                        return Some(DomainExit::Shutdown(xen_abi::sched::SHUTDOWN_REBOOT));
+                    }
                     _ => trace!(vcpu = self.id, port, "unclaimed port write"),
                 },
                 VcpuExit::IoIn(port, data) => {
-                    // Nothing decodes here: reads of a floating bus.
-                    data.fill(0xff);
-                    trace!(vcpu = self.id, port, "unclaimed port read");
+                    if port == acpi::SLEEP_STATUS_PORT {
+                        data.fill(0);
+                    } else {
+                        // Nothing decodes here: reads of a floating bus.
+                        data.fill(0xff);
+                        trace!(vcpu = self.id, port, "unclaimed port read");
+                    }
                 }
                 VcpuExit::MmioRead(addr, data) => {
                     data.fill(0xff);
@@ -202,7 +247,9 @@ impl Vcpu {
                     )));
                 }
                 VcpuExit::InternalError => {
-                    return Some(DomainExit::Crashed(self.describe_internal_error()));
+                    if !self.emulate_failed_instruction() {
+                        return Some(DomainExit::Crashed(self.describe_internal_error()));
+                    }
                 }
                 VcpuExit::FailEntry(reason, cpu) => {
                     return Some(DomainExit::Crashed(format!(
@@ -279,6 +326,115 @@ impl Vcpu {
         self.fd.set_sync_dirty_reg(SyncReg::Register);
     }
 
+    /// The instruction bytes KVM reports with an emulation failure.
+    fn failed_instruction(&mut self) -> Option<Vec<u8>> {
+        let run = self.fd.get_kvm_run();
+        // SAFETY: only called on KVM_EXIT_INTERNAL_ERROR, so the kernel
+        // filled the `internal` member of the exit union.
+        let internal = unsafe { run.__bindgen_anon_1.internal };
+        let n = (internal.ndata as usize).min(internal.data.len());
+        if internal.suberror != kvm_bindings::KVM_INTERNAL_ERROR_EMULATION || n < 3 {
+            return None;
+        }
+        // data[0] = flags, data[1] = instruction length, data[2..] = bytes.
+        let len = (internal.data[1] as usize).min(15);
+        Some(
+            internal.data[2..n]
+                .iter()
+                .flat_map(|w| w.to_le_bytes())
+                .take(len)
+                .collect(),
+        )
+    }
+
+    /// Hosts without VT-x (PVM) run guest ring 0 in KVM's instruction
+    /// emulator, which lacks a few instructions a stock kernel uses. Do
+    /// what the CPU would for the ones that need no operands; anything else
+    /// stays an emulation failure (the domain crashes, nothing else does).
+    fn emulate_failed_instruction(&mut self) -> bool {
+        if self.failed_instruction().is_none() {
+            return false;
+        }
+        // The bytes KVM reports are not always those at RIP (PVM hands back
+        // a stale fetch), so read the instruction from guest memory.
+        let Some(bytes) = self.fetch_instruction() else {
+            return false;
+        };
+        match bytes.first() {
+            // int3: a trap, so #BP is delivered with RIP past the opcode.
+            Some(0xcc) => {
+                self.fd.sync_regs_mut().regs.rip += 1;
+                self.fd.set_sync_dirty_reg(SyncReg::Register);
+                let mut events = match self.fd.get_vcpu_events() {
+                    Ok(ev) => ev,
+                    Err(e) => {
+                        warn!(vcpu = self.id, "KVM_GET_VCPU_EVENTS: {e}");
+                        return false;
+                    }
+                };
+                events.exception.injected = 1;
+                events.exception.nr = 3;
+                events.exception.has_error_code = 0;
+                events.exception.error_code = 0;
+                if let Err(e) = self.fd.set_vcpu_events(&events) {
+                    warn!(vcpu = self.id, "KVM_SET_VCPU_EVENTS: {e}");
+                    return false;
+                }
+                debug!(vcpu = self.id, "emulated int3: #BP injected");
+                true
+            }
+            // fwait: no x87 exception is ever pending for us to raise.
+            Some(0x9b) => {
+                self.fd.sync_regs_mut().regs.rip += 1;
+                self.fd.set_sync_dirty_reg(SyncReg::Register);
+                debug!(vcpu = self.id, "emulated fwait");
+                true
+            }
+            // clac / stac: clear or set RFLAGS.AC (SMAP entry code).
+            Some(0x0f)
+                if bytes.len() >= 3 && bytes[1] == 0x01 && matches!(bytes[2], 0xca | 0xcb) =>
+            {
+                let regs = &mut self.fd.sync_regs_mut().regs;
+                if bytes[2] == 0xca {
+                    regs.rflags &= !RFLAGS_AC;
+                } else {
+                    regs.rflags |= RFLAGS_AC;
+                }
+                regs.rip += 3;
+                self.fd.set_sync_dirty_reg(SyncReg::Register);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Up to 15 bytes at CS:RIP, read through the guest's page tables.
+    fn fetch_instruction(&mut self) -> Option<Vec<u8>> {
+        let sync = self.fd.sync_regs();
+        let long_mode = sync.sregs.efer & EFER_LMA != 0 && sync.sregs.cs.l != 0;
+        let rip = if long_mode {
+            sync.regs.rip
+        } else {
+            sync.sregs.cs.base.wrapping_add(sync.regs.rip) & 0xffff_ffff
+        };
+        let mem = self.rt.memory.snapshot();
+        let mut bytes = Vec::with_capacity(15);
+        for i in 0..15u64 {
+            let gva = rip.wrapping_add(i);
+            let Ok(tr) = self.fd.translate_gva(gva) else {
+                break;
+            };
+            if tr.valid == 0 {
+                break;
+            }
+            let Ok(b) = mem.read_obj::<u8>(GuestAddress(tr.physical_address)) else {
+                break;
+            };
+            bytes.push(b);
+        }
+        (!bytes.is_empty()).then_some(bytes)
+    }
+
     fn describe_internal_error(&mut self) -> String {
         let run = self.fd.get_kvm_run();
         // SAFETY: the exit reason is KVM_EXIT_INTERNAL_ERROR, so the kernel
@@ -306,6 +462,9 @@ impl Vcpu {
                 .take(len)
                 .collect();
             msg.push_str(&format!(", insn bytes {bytes:02x?}"));
+            if let Some(at_rip) = self.fetch_instruction() {
+                msg.push_str(&format!(", bytes at rip {at_rip:02x?}"));
+            }
         } else {
             msg.push_str(&format!(", data {data:#x?}"));
         }
