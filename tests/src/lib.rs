@@ -3,6 +3,7 @@
 //! their output.
 
 pub mod dom0;
+pub mod linux;
 
 use std::io::Read;
 use std::path::{Path, PathBuf};

@@ -1,0 +1,129 @@
+//! Linux guests for the slow tests and the benchmark: the patched PVH
+//! kernel from guest-kernel-patches/ and an ext4 root image with busybox.
+//! Init prints one `KXEN-READY cpus=.. root=.. eth0=..` line when the
+//! system is up, then runs a shell on hvc0.
+
+use std::os::unix::fs::symlink;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use crate::dom0::{show, wait_output};
+use crate::repo_root;
+
+/// The kernel command line for these guests. `clearcpuid`: on PVM hosts
+/// the emulator running guest ring 0 lacks these instructions and CPUID
+/// cannot hide them (see guest-kernel-patches/README.md).
+pub const CMDLINE: &str = "console=hvc0 root=/dev/xvda rw rootwait clearcpuid=xsave,popcnt,cx16";
+
+/// The patched kernel, built by guest-kernel-patches/linux/build.sh into
+/// its cache (a fresh machine builds it here, once).
+pub fn guest_kernel() -> PathBuf {
+    let script = repo_root().join("guest-kernel-patches/linux/build.sh");
+    let child = Command::new(&script)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("run build.sh");
+    let out = wait_output(child, Duration::from_secs(40 * 60));
+    assert!(out.status.success(), "kernel build failed: {}", show(&out));
+    let path = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+    assert!(path.is_file(), "build.sh printed {path:?}");
+    path
+}
+
+pub const INITTAB: &str = "\
+::sysinit:/etc/init.d/rcS
+hvc0::respawn:/bin/sh
+::shutdown:/bin/sync
+::shutdown:/bin/umount -a -r
+";
+
+/// Brings the system up and prints one line the test waits for.
+fn rcs(guest_ip: &str) -> String {
+    format!(
+        "#!/bin/sh
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+ip link set lo up
+ip link set eth0 up
+ip addr add {guest_ip}/24 dev eth0
+echo \"KXEN-READY cpus=$(cat /sys/devices/system/cpu/online) \
+root=$(awk '$2 == \"/\" {{print $1 \":\" $3}}' /proc/mounts) \
+eth0=$(cat /sys/class/net/eth0/address)\"
+"
+    )
+}
+
+/// A 64-bit ELF without a PT_INTERP program header (no dynamic loader).
+pub fn is_static_elf(elf: &[u8]) -> bool {
+    const PT_INTERP: u32 = 3;
+    let field = |at: usize, len: usize| elf.get(at..at + len);
+    let (Some(magic), Some(phoff), Some(phentsize), Some(phnum)) =
+        (field(0, 5), field(0x20, 8), field(0x36, 2), field(0x38, 2))
+    else {
+        return false;
+    };
+    if magic != b"\x7fELF\x02" {
+        return false;
+    }
+    let phoff = u64::from_le_bytes(phoff.try_into().unwrap()) as usize;
+    let phentsize = u16::from_le_bytes(phentsize.try_into().unwrap()) as usize;
+    let phnum = u16::from_le_bytes(phnum.try_into().unwrap()) as usize;
+    (0..phnum).all(|i| {
+        field(phoff + i * phentsize, 4)
+            .is_some_and(|t| u32::from_le_bytes(t.try_into().unwrap()) != PT_INTERP)
+    })
+}
+
+/// An ext4 image holding busybox as init, shell and tools.
+pub fn root_image(dir: &Path, guest_ip: &str) -> PathBuf {
+    let busybox = Path::new("/bin/busybox");
+    assert!(
+        is_static_elf(&std::fs::read(busybox).unwrap_or_default()),
+        "a static /bin/busybox is needed (apt-get install busybox-static)"
+    );
+    let tree = dir.join("rootfs");
+    for sub in [
+        "bin",
+        "sbin",
+        "etc/init.d",
+        "proc",
+        "sys",
+        "dev",
+        "tmp",
+        "root",
+    ] {
+        std::fs::create_dir_all(tree.join(sub)).unwrap();
+    }
+    std::fs::copy(busybox, tree.join("bin/busybox")).unwrap();
+    let list = Command::new(busybox).arg("--list").output().unwrap();
+    assert!(list.status.success());
+    for applet in String::from_utf8_lossy(&list.stdout).lines() {
+        if applet != "busybox" {
+            symlink("busybox", tree.join("bin").join(applet)).unwrap();
+        }
+    }
+    for tool in ["init", "poweroff", "reboot", "halt"] {
+        symlink("../bin/busybox", tree.join("sbin").join(tool)).unwrap();
+    }
+    std::fs::write(tree.join("etc/inittab"), INITTAB).unwrap();
+    let rcs_path = tree.join("etc/init.d/rcS");
+    std::fs::write(&rcs_path, rcs(guest_ip)).unwrap();
+    let st = Command::new("chmod")
+        .arg("755")
+        .arg(&rcs_path)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let image = dir.join("root.ext4");
+    let out = Command::new("mkfs.ext4")
+        .args(["-q", "-F", "-L", "kxenroot", "-d"])
+        .arg(&tree)
+        .arg(&image)
+        .arg("64M")
+        .output()
+        .expect("mkfs.ext4 (e2fsprogs)");
+    assert!(out.status.success(), "mkfs.ext4: {}", show(&out));
+    image
+}

@@ -1,0 +1,201 @@
+//! Linux as a PVH guest of kxen (slow group).
+//!
+//! Builds (or reuses) the patched small kernel from guest-kernel-patches/,
+//! builds an ext4 root image with busybox, and boots it through `kxl create`
+//! under real KVM with two vCPUs, its root on xen-blkfront (xvda), eth0 on
+//! xen-netfront and hvc0 on the PV console. Then, in that guest:
+//! the console both ways, both vCPUs online, ping to a peer inside a
+//! network namespace the test creates, `kxl mem-set` moving MemTotal,
+//! `kxl reboot` restarting it, and `kxl shutdown` powering it off cleanly.
+//!
+//! Under PVM emulation one boot takes tens of seconds, so this test is
+//! `#[ignore]`d in the quick run and `examples/test.sh` runs it once as the
+//! slow group.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use kxen_tests::dom0::{show, Dom0};
+use kxen_tests::linux::{guest_kernel, root_image, CMDLINE};
+
+const BOOT_LIMIT: Duration = Duration::from_secs(300);
+const COMMAND_LIMIT: Duration = Duration::from_secs(60);
+const GUEST: &str = "linux";
+const GUEST_IP: &str = "10.98.0.2";
+const PEER_IP: &str = "10.98.0.1";
+const BRIDGE: &str = "kxlbr0";
+
+/// A file's contents inside the ext4 image, read on the host.
+fn read_from_image(image: &Path, path: &str) -> String {
+    let out = Command::new("debugfs")
+        .args(["-R", &format!("cat {path}")])
+        .arg(image)
+        .output()
+        .expect("debugfs (e2fsprogs)");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn mem_total_kib(d: &Dom0) -> u64 {
+    let line = d.guest_command(
+        GUEST,
+        "grep MemTotal /proc/meminfo",
+        "MemTotal:",
+        COMMAND_LIMIT,
+    );
+    line.split_whitespace()
+        .nth(1)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("{line:?}"))
+}
+
+/// Wait until MemTotal satisfies `ok`, polling the guest.
+fn wait_mem_total(d: &Dom0, what: &str, ok: impl Fn(u64) -> bool) -> u64 {
+    let start = Instant::now();
+    loop {
+        let kib = mem_total_kib(d);
+        if ok(kib) {
+            return kib;
+        }
+        assert!(
+            start.elapsed() < COMMAND_LIMIT,
+            "MemTotal stayed at {kib} KiB, expected {what}"
+        );
+        std::thread::sleep(Duration::from_secs(1));
+    }
+}
+
+fn domain_listed(d: &Dom0) -> bool {
+    d.ok(&["list"])
+        .lines()
+        .any(|l| l.split_whitespace().next() == Some(GUEST))
+}
+
+#[test]
+#[ignore = "slow group: boots Linux under emulation; examples/test.sh runs it"]
+fn linux_pvh_guest_with_pv_console_disk_and_network() {
+    let kernel = guest_kernel();
+    let d = Dom0::new_in_netns("linux");
+    let image = root_image(&d.dir, GUEST_IP);
+    let cfg = d.dir.join("linux.cfg");
+    std::fs::write(
+        &cfg,
+        format!(
+            "name = \"{GUEST}\"
+type = \"pvh\"
+kernel = \"{}\"
+memory = 256
+vcpus = 2
+cmdline = \"{CMDLINE}\"
+disk = [ '{},raw,xvda,rw' ]
+vif = [ 'mac=00:16:3e:00:00:61,bridge={BRIDGE}' ]
+on_poweroff = \"destroy\"
+on_reboot = \"restart\"
+",
+            kernel.display(),
+            image.display()
+        ),
+    )
+    .unwrap();
+
+    // Boot to init through kxl create.
+    let started = Instant::now();
+    d.ok(&["create", cfg.to_str().unwrap()]);
+    let ready = d.wait_line_after(GUEST, 0, "KXEN-READY", BOOT_LIMIT);
+    let boot = started.elapsed();
+    eprintln!("linux_pvh: kxl create to init's first line in {boot:.1?}");
+    assert!(ready.contains("cpus=0-1"), "both vCPUs online: {ready}");
+    assert!(
+        ready.contains("root=/dev/root:ext4") || ready.contains("root=/dev/xvda:ext4"),
+        "ext4 root on xvda: {ready}"
+    );
+    assert!(ready.contains("eth0=00:16:3e:00:00:61"), "{ready}");
+    let log = d.console_log(GUEST);
+    assert!(log.contains("Booting kernel on Xen PVH"), "{log}");
+    assert!(log.contains("xvda"), "xen-blkfront found the disk: {log}");
+
+    // hvc0 both ways: a command typed through `kxl console` runs in the
+    // guest's shell and its answer comes back.
+    let answer = d.guest_command(GUEST, "echo kxen-$((6 * 7))", "kxen-42", COMMAND_LIMIT);
+    assert_eq!(answer, "kxen-42");
+    let cpus = d.guest_command(
+        GUEST,
+        "echo cpus-online $(grep -c ^processor /proc/cpuinfo)",
+        "cpus-online",
+        COMMAND_LIMIT,
+    );
+    assert_eq!(cpus, "cpus-online 2");
+
+    // The root filesystem is the xvda image: a file written in the guest
+    // is in the image on the host after a sync.
+    d.guest_command(
+        GUEST,
+        "echo written-by-linux > /root/proof && sync && echo synced",
+        "synced",
+        COMMAND_LIMIT,
+    );
+    assert_eq!(
+        read_from_image(&image, "/root/proof").trim(),
+        "written-by-linux"
+    );
+
+    // eth0 on xen-netfront reaches the peer in the namespace, both ways.
+    for args in [
+        &["ip", "addr", "add", &format!("{PEER_IP}/24"), "dev", BRIDGE][..],
+        &["ip", "link", "set", BRIDGE, "up"][..],
+    ] {
+        let out = d.in_netns(args);
+        assert!(out.status.success(), "{args:?}: {}", show(&out));
+    }
+    let ping = d.guest_command(
+        GUEST,
+        &format!("ping -c 3 -W 5 {PEER_IP} | grep 'packets transmitted'"),
+        "3 packets transmitted",
+        COMMAND_LIMIT,
+    );
+    assert!(ping.contains("3 packets received"), "{ping}");
+    let out = d.in_netns(&["ping", "-c", "3", "-W", "5", GUEST_IP]);
+    assert!(
+        out.status.success(),
+        "ping from the namespace: {}",
+        show(&out)
+    );
+
+    // mem-set moves the balloon and MemTotal follows, down and back up.
+    let full = mem_total_kib(&d);
+    d.ok(&["mem-set", GUEST, "192m"]);
+    let low = wait_mem_total(&d, "about 64 MiB less", |kib| {
+        kib + 60 * 1024 <= full && kib + 68 * 1024 >= full
+    });
+    d.ok(&["mem-set", GUEST, "256m"]);
+    let back = wait_mem_total(&d, "back up", |kib| kib + 8 * 1024 >= full);
+    eprintln!(
+        "linux_pvh: MemTotal {full} KiB, after mem-set 192m {low} KiB, after 256m {back} KiB"
+    );
+
+    // kxl reboot: control/shutdown=reboot, the guest's init reboots, the
+    // reset comes back as SHUTDOWN_reboot and on_reboot restarts it.
+    let from = d.console_log(GUEST).len();
+    let old_domid = d.ok(&["domid", GUEST]).trim().to_string();
+    d.ok(&["reboot", GUEST]);
+    let again = d.wait_line_after(GUEST, from, "KXEN-READY", BOOT_LIMIT);
+    assert!(again.contains("cpus=0-1"), "{again}");
+    let new_domid = d.ok(&["domid", GUEST]).trim().to_string();
+    assert_ne!(old_domid, new_domid, "a restarted domain gets a new domid");
+    assert!(
+        d.console_log(GUEST)[from..].contains("reboot: Restarting system"),
+        "a clean reboot: {}",
+        &d.console_log(GUEST)[from..]
+    );
+
+    // kxl shutdown: a clean power-off through control/shutdown.
+    let from = d.console_log(GUEST).len();
+    let out = d.kxl(&["shutdown", "-w", GUEST]);
+    assert!(out.status.success(), "{}", show(&out));
+    assert!(!domain_listed(&d), "the domain is gone after shutdown -w");
+    let tail = d.console_log(GUEST)[from..].to_string();
+    assert!(
+        tail.contains("reboot: Power down"),
+        "clean power-off: {tail}"
+    );
+}
