@@ -58,7 +58,7 @@ impl Drop for Aligned {
 
 /// Host-native O_DIRECT on `path`: sequential MB/s for `mib` MiB in
 /// `req` byte requests (write when `write`), one request in flight.
-fn host_sequential(path: &Path, mib: u64, req: usize, write: bool) -> Option<f64> {
+pub(crate) fn host_sequential(path: &Path, mib: u64, req: usize, write: bool) -> Option<f64> {
     let f = OpenOptions::new()
         .read(true)
         .write(true)
@@ -116,7 +116,7 @@ fn host_random_iops(path: &Path, size: u64, ops: u64, depth: u64) -> Option<f64>
 }
 
 /// Fill a file with data (not a hole), so reads hit the disk path.
-fn filled_image(path: &Path, mib: u64) -> Option<()> {
+pub(crate) fn filled_image(path: &Path, mib: u64) -> Option<()> {
     let f = std::fs::File::create(path).ok()?;
     let chunk = vec![0xa5u8; 1 << 20];
     for i in 0..mib {
@@ -125,7 +125,7 @@ fn filled_image(path: &Path, mib: u64) -> Option<()> {
     f.sync_all().ok()
 }
 
-fn ratio(x: f64, base: f64) -> String {
+pub(crate) fn ratio(x: f64, base: f64) -> String {
     if base > 0.0 {
         format!("{:7.2}x", x / base)
     } else {

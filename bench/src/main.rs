@@ -4,6 +4,7 @@
 
 mod baseline;
 mod devices;
+mod linux;
 mod toolstack;
 mod xenstore;
 
@@ -268,4 +269,5 @@ fn main() {
     println!();
     devices::block();
     devices::network();
+    linux::run();
 }
