@@ -460,6 +460,13 @@ pub fn run(cfg: VmConfig, started: Instant, report_timing: bool) -> Result<Domai
         warn!("KVM_SET_TSS_ADDR: {e}");
     }
     vm.create_irq_chip()?;
+    // KVM's PIT (speaker port included): Linux calibrates the TSC against
+    // PIT channel 2 and, finding no PIT, spins on port 0x42 for seconds of
+    // emulated time before giving up.
+    vm.create_pit2(kvm_bindings::kvm_pit_config {
+        flags: kvm_bindings::KVM_PIT_SPEAKER_DUMMY,
+        ..Default::default()
+    })?;
 
     // The hypercall page MSR exits to us; every other MSR stays with KVM.
     // Installing the filter waits for an SRCU grace period in KVM (~15 ms
