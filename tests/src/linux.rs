@@ -13,8 +13,12 @@ use crate::repo_root;
 
 /// The kernel command line for these guests. `clearcpuid`: on PVM hosts
 /// the emulator running guest ring 0 lacks these instructions and CPUID
-/// cannot hide them (see guest-kernel-patches/README.md).
-pub const CMDLINE: &str = "console=hvc0 root=/dev/xvda rw rootwait clearcpuid=xsave,popcnt,cx16";
+/// cannot hide them. `nofsgsbase`: one boot there saw a process start with
+/// another FS base (its first TLS access faulted); context switches then
+/// use the FS/GS base MSRs, which KVM serves, instead of the emulated
+/// RDFSBASE/WRFSBASE (see guest-kernel-patches/README.md).
+pub const CMDLINE: &str =
+    "console=hvc0 root=/dev/xvda rw rootwait clearcpuid=xsave,popcnt,cx16 nofsgsbase";
 
 /// The patched kernel, built by guest-kernel-patches/linux/build.sh into
 /// its cache (a fresh machine builds it here, once).
