@@ -1,9 +1,9 @@
 //! Linux as a PVH guest (guest-kernel-patches/): boot time to init, dd on
 //! a xen-blkfront disk against the same file read and written on the host
-//! with O_DIRECT, and TCP from the guest to a namespace peer against the
-//! same busybox pipeline over a veth pair, all in one run.
+//! with O_DIRECT, and an HTTP transfer from the guest to a namespace peer
+//! against the same transfer over a veth pair, all in one run.
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use kxen_tests::dom0::Dom0;
@@ -13,18 +13,38 @@ use crate::devices::{filled_image, host_sequential, ratio};
 
 const LIMIT: Duration = Duration::from_secs(600);
 const GUEST: &str = "benchlinux";
-const DISK_MIB: u64 = 256;
-const NET_MIB: u64 = 64;
+const DISK_MIB: u64 = 32;
+const NET_MIB: u64 = 16;
+/// vCPUs of the benchmark guest (`KXEN_BENCH_LINUX_VCPUS`, default 2).
+fn vcpus() -> u32 {
+    std::env::var("KXEN_BENCH_LINUX_VCPUS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2)
+}
 
-/// MB/s from busybox dd's summary: "... copied, 1.23 seconds, 217.9MB/s".
-fn dd_mbs(line: &str, bytes: u64) -> Option<f64> {
-    let secs: f64 = line
-        .split(", ")
-        .find_map(|part| part.strip_suffix(" seconds"))?
-        .trim()
-        .parse()
-        .ok()?;
-    (secs > 0.0).then(|| bytes as f64 / secs / 1e6)
+/// Guest seconds between two readings of /proc/uptime in an
+/// `elapsed A B` answer.
+fn elapsed_secs(line: &str) -> Option<f64> {
+    let mut words = line.split_whitespace().skip(1);
+    let a: f64 = words.next()?.parse().ok()?;
+    let b: f64 = words.next()?.parse().ok()?;
+    (b > a).then_some(b - a)
+}
+
+/// Run `cmd` in the guest's shell, timed by the guest's /proc/uptime
+/// (10 ms resolution; busybox dd prints no rate).
+fn guest_timed(d: &Dom0, cmd: &str) -> Option<f64> {
+    let line = d.guest_command(
+        GUEST,
+        &format!(
+            "a=$(cut -d' ' -f1 /proc/uptime); {cmd} >/dev/null 2>&1; \
+             b=$(cut -d' ' -f1 /proc/uptime); echo elapsed $a $b"
+        ),
+        "elapsed ",
+        LIMIT,
+    );
+    elapsed_secs(&line)
 }
 
 fn netns(ns: &str, args: &[&str]) -> Command {
@@ -33,19 +53,19 @@ fn netns(ns: &str, args: &[&str]) -> Command {
     cmd
 }
 
-/// A busybox TCP sink in `ns`, discarding what it receives.
-fn tcp_sink(ns: &str) -> Option<Child> {
-    let child = netns(ns, &["busybox", "nc", "-l", "-p", "5001"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
+/// Fetch `url` from inside `ns` with busybox wget; MB/s by the wall clock.
+fn wget_mbs(ns: &str, url: &str, bytes: u64) -> Option<f64> {
+    let start = Instant::now();
+    let out = netns(ns, &["busybox", "wget", "-q", "-O", "/dev/null", url])
+        .output()
         .ok()?;
-    std::thread::sleep(Duration::from_millis(300));
-    Some(child)
+    let secs = start.elapsed().as_secs_f64();
+    out.status.success().then(|| bytes as f64 / secs / 1e6)
 }
 
-/// `dd | nc` over a veth pair between two fresh namespaces: the baseline.
-fn veth_tcp_baseline() -> Option<f64> {
+/// The same HTTP transfer over a veth pair between two fresh namespaces,
+/// served by busybox httpd from the host's page cache: the baseline.
+fn veth_http_baseline(dir: &std::path::Path) -> Option<f64> {
     let a = format!("kxl-a-{}", std::process::id());
     let b = format!("kxl-b-{}", std::process::id());
     let ip = |args: &[&str]| {
@@ -54,7 +74,11 @@ fn veth_tcp_baseline() -> Option<f64> {
             .status()
             .is_ok_and(|s| s.success())
     };
-    let ok = ip(&["netns", "add", &a])
+    let www = dir.join("www");
+    let file = vec![0u8; (NET_MIB << 20) as usize];
+    let ok = std::fs::create_dir_all(&www).is_ok()
+        && std::fs::write(www.join("big"), file).is_ok()
+        && ip(&["netns", "add", &a])
         && ip(&["netns", "add", &b])
         && ip(&[
             "-n", &a, "link", "add", "va", "type", "veth", "peer", "name", "vb", "netns", &b,
@@ -65,24 +89,17 @@ fn veth_tcp_baseline() -> Option<f64> {
         && ip(&["-n", &b, "link", "set", "vb", "up"]);
     let result = ok
         .then(|| {
-            let mut sink = tcp_sink(&b)?;
-            let out = netns(
-                &a,
-                &[
-                    "sh",
-                    "-c",
-                    &format!(
-                        "busybox dd if=/dev/zero bs=64k count={} | busybox nc 10.97.0.1 5001",
-                        NET_MIB * 16
-                    ),
-                ],
-            )
-            .output()
-            .ok()?;
-            let _ = sink.kill();
-            let _ = sink.wait();
-            let text = String::from_utf8_lossy(&out.stderr).into_owned();
-            text.lines().find_map(|l| dd_mbs(l, NET_MIB << 20))
+            let mut server = netns(&a, &["busybox", "httpd", "-f", "-p", "8080", "-h"])
+                .arg(&www)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .ok()?;
+            std::thread::sleep(Duration::from_millis(300));
+            let mbs = wget_mbs(&b, "http://10.97.0.2:8080/big", NET_MIB << 20);
+            let _ = server.kill();
+            let _ = server.wait();
+            mbs
         })
         .flatten();
     ip(&["netns", "del", &a]);
@@ -91,6 +108,7 @@ fn veth_tcp_baseline() -> Option<f64> {
 }
 
 pub fn run() {
+    let vcpus = vcpus();
     let kernel = match std::panic::catch_unwind(guest_kernel) {
         Ok(k) => k,
         Err(_) => {
@@ -107,7 +125,7 @@ pub fn run() {
     }
     let cfg = d.dir.join("benchlinux.cfg");
     let text = format!(
-        "name = \"{GUEST}\"\ntype = \"pvh\"\nkernel = \"{}\"\nmemory = 256\nvcpus = 2\n\
+        "name = \"{GUEST}\"\ntype = \"pvh\"\nkernel = \"{}\"\nmemory = 256\nvcpus = {vcpus}\n\
          cmdline = \"{CMDLINE}\"\n\
          disk = [ '{},raw,xvda,rw', '{},raw,xvdb,rw' ]\nvif = [ 'bridge=kxlbbr0' ]\n",
         kernel.display(),
@@ -130,14 +148,17 @@ pub fn run() {
     let boot = started.elapsed().as_secs_f64();
     println!(
         "{:<44} {:>12} {:>12}  {:>8}",
-        "Linux PVH guest (2 vCPUs, 256 MiB)", "host", "kxen", "ratio"
+        format!("Linux PVH guest ({vcpus} vCPUs, 256 MiB)"),
+        "host",
+        "kxen",
+        "ratio"
     );
     println!(
         "{:<44} {:>12} {:>11.1}s  {:>8}",
         "kxl create to init's first line", "", boot, ""
     );
 
-    let bytes = DISK_MIB << 20;
+    let bytes = (DISK_MIB << 20) as f64;
     for (label, cmd, write) in [
         (
             "dd xvdb write, 1 MiB O_DIRECT, MB/s",
@@ -151,8 +172,7 @@ pub fn run() {
         ),
     ] {
         let host = host_sequential(&data, DISK_MIB, 1 << 20, write).unwrap_or(0.0);
-        let line = d.guest_command(GUEST, &cmd, &format!("{bytes} bytes"), LIMIT);
-        let guest = dd_mbs(&line, bytes).unwrap_or(0.0);
+        let guest = guest_timed(&d, &cmd).map_or(0.0, |secs| bytes / secs / 1e6);
         println!(
             "{:<44} {:>12.1} {:>12.1}  {}",
             label,
@@ -162,29 +182,26 @@ pub fn run() {
         );
     }
 
-    let base = veth_tcp_baseline().unwrap_or(0.0);
+    // Guest to peer: the guest serves a file from tmpfs with busybox
+    // httpd and the namespace peer fetches it.
+    let base = veth_http_baseline(&d.dir).unwrap_or(0.0);
     let ns = d.netns.clone().unwrap_or_default();
     let _ = d.in_netns(&["ip", "addr", "add", "10.98.0.1/24", "dev", "kxlbbr0"]);
     let _ = d.in_netns(&["ip", "link", "set", "kxlbbr0", "up"]);
-    let guest = tcp_sink(&ns)
-        .map(|mut sink| {
-            let line = d.guest_command(
-                GUEST,
-                &format!(
-                    "dd if=/dev/zero bs=64k count={} | nc 10.98.0.1 5001",
-                    NET_MIB * 16
-                ),
-                &format!("{} bytes", NET_MIB << 20),
-                LIMIT,
-            );
-            let _ = sink.kill();
-            let _ = sink.wait();
-            dd_mbs(&line, NET_MIB << 20).unwrap_or(0.0)
-        })
-        .unwrap_or(0.0);
+    d.guest_command(
+        GUEST,
+        &format!(
+            "mkdir -p /www && mount -t tmpfs tmpfs /www && \
+             dd if=/dev/zero of=/www/big bs=1M count={NET_MIB} 2>/dev/null && \
+             httpd -p 8080 -h /www && echo httpd-up"
+        ),
+        "httpd-up",
+        LIMIT,
+    );
+    let guest = wget_mbs(&ns, "http://10.98.0.2:8080/big", NET_MIB << 20).unwrap_or(0.0);
     println!(
         "{:<44} {:>12.1} {:>12.1}  {}",
-        "TCP to a namespace peer (dd | nc), MB/s",
+        "HTTP guest -> namespace peer (veth), MB/s",
         base,
         guest,
         ratio(guest, base)
@@ -195,13 +212,12 @@ pub fn run() {
 
 #[cfg(test)]
 mod tests {
-    use super::dd_mbs;
+    use super::elapsed_secs;
 
     #[test]
-    fn parses_busybox_dd_summary() {
-        let line = "268435456 bytes (256.0MB) copied, 2.000000 seconds, 128.0MB/s";
-        let mbs = dd_mbs(line, 268_435_456).unwrap();
-        assert!((mbs - 134.217728).abs() < 1e-6);
-        assert_eq!(dd_mbs("garbage", 1), None);
+    fn parses_elapsed_answer() {
+        assert_eq!(elapsed_secs("elapsed 10.00 12.50"), Some(2.5));
+        assert_eq!(elapsed_secs("elapsed 10.00 10.00"), None);
+        assert_eq!(elapsed_secs("garbage"), None);
     }
 }

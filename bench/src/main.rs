@@ -105,6 +105,22 @@ fn field(line: &str, key: &str) -> Option<f64> {
 fn main() {
     println!("kxen benchmark (figures are medians; ratios compare with a baseline from this run)");
     println!();
+    // `kxen-bench SECTION...` runs only those sections.
+    let sections: Vec<String> = std::env::args().skip(1).collect();
+    if !sections.is_empty() {
+        for section in &sections {
+            match section.as_str() {
+                "xenstore" => xenstore::run(),
+                "devices" => {
+                    devices::block();
+                    devices::network();
+                }
+                "linux" => linux::run(),
+                other => eprintln!("unknown section {other:?} (xenstore, devices, linux)"),
+            }
+        }
+        return;
+    }
 
     // Hypercall round trip versus a bare KVM port-I/O exit.
     let bare: Vec<_> = (0..5)
