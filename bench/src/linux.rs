@@ -60,7 +60,14 @@ fn wget_mbs(ns: &str, url: &str, bytes: u64) -> Option<f64> {
         .output()
         .ok()?;
     let secs = start.elapsed().as_secs_f64();
-    out.status.success().then(|| bytes as f64 / secs / 1e6)
+    if !out.status.success() {
+        println!(
+            "  wget {url} failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+        return None;
+    }
+    Some(bytes as f64 / secs / 1e6)
 }
 
 /// The same HTTP transfer over a veth pair between two fresh namespaces,
