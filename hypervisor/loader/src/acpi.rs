@@ -303,6 +303,19 @@ mod tests {
     }
 
     #[test]
+    fn mailbox_head_parses() {
+        let mut raw = [0u8; MpWakeMailbox::SIZE];
+        raw[0] = 1;
+        raw[4] = 3;
+        raw[8..16].copy_from_slice(&0x9a2c0u64.to_le_bytes());
+        let m = MpWakeMailbox::from_bytes(&raw);
+        assert_eq!(
+            (m.command, m.apic_id, m.wakeup_vector),
+            (MP_WAKE_COMMAND_WAKEUP, 3, 0x9a2c0)
+        );
+    }
+
+    #[test]
     fn vcpu_count_is_bounded() {
         assert!(build_tables(0).is_err());
         assert!(build_tables(256).is_err());
