@@ -237,21 +237,47 @@ fn ip(args: &[&str]) -> bool {
         .is_ok_and(|s| s.success())
 }
 
+/// Two fresh network namespaces joined by a veth pair (`va` in `a`, `vb`
+/// in `b`), deleted on drop: where the baselines run.
+pub(crate) struct VethPair {
+    pub a: String,
+    pub b: String,
+}
+
+impl VethPair {
+    /// `addr_a`/`addr_b` are CIDR addresses for the two ends.
+    pub(crate) fn new(tag: &str, addr_a: &str, addr_b: &str) -> Option<Self> {
+        let pair = VethPair {
+            a: format!("{tag}-a-{}", std::process::id()),
+            b: format!("{tag}-b-{}", std::process::id()),
+        };
+        let (a, b) = (pair.a.as_str(), pair.b.as_str());
+        let ok = ip(&["netns", "add", a])
+            && ip(&["netns", "add", b])
+            && ip(&[
+                "-n", a, "link", "add", "va", "type", "veth", "peer", "name", "vb", "netns", b,
+            ])
+            && ip(&["-n", a, "addr", "add", addr_a, "dev", "va"])
+            && ip(&["-n", b, "addr", "add", addr_b, "dev", "vb"])
+            && ip(&["-n", a, "link", "set", "va", "up"])
+            && ip(&["-n", b, "link", "set", "vb", "up"]);
+        ok.then_some(pair)
+    }
+}
+
+impl Drop for VethPair {
+    fn drop(&mut self) {
+        ip(&["netns", "del", &self.a]);
+        ip(&["netns", "del", &self.b]);
+    }
+}
+
 /// UDP MB/s over a veth pair between two fresh namespaces (the baseline):
 /// 1472-byte datagrams for `mib` MiB, counted at the receiver.
 fn veth_baseline(mib: u64) -> Option<f64> {
-    let a = format!("kxb-a-{}", std::process::id());
-    let b = format!("kxb-b-{}", std::process::id());
-    let ok = ip(&["netns", "add", &a])
-        && ip(&["netns", "add", &b])
-        && ip(&[
-            "-n", &a, "link", "add", "va", "type", "veth", "peer", "name", "vb", "netns", &b,
-        ])
-        && ip(&["-n", &a, "addr", "add", "10.98.0.1/24", "dev", "va"])
-        && ip(&["-n", &b, "addr", "add", "10.98.0.2/24", "dev", "vb"])
-        && ip(&["-n", &a, "link", "set", "va", "up"])
-        && ip(&["-n", &b, "link", "set", "vb", "up"]);
-    let result = ok.then(|| {
+    let pair = VethPair::new("kxb", "10.98.0.1/24", "10.98.0.2/24")?;
+    let (a, b) = (pair.a.clone(), pair.b.clone());
+    let result = (|| {
         let stop = Arc::new(AtomicBool::new(false));
         let bytes = udp_sink(&b, "10.98.0.2:9", stop.clone())?;
         let ns_a = std::fs::File::open(format!("/var/run/netns/{a}")).ok()?;
@@ -273,10 +299,9 @@ fn veth_baseline(mib: u64) -> Option<f64> {
         std::thread::sleep(Duration::from_millis(200));
         stop.store(true, Ordering::Relaxed);
         Some(bytes.load(Ordering::Relaxed) as f64 / secs / 1e6)
-    });
-    ip(&["netns", "del", &a]);
-    ip(&["netns", "del", &b]);
-    result.flatten()
+    })();
+    drop(pair);
+    result
 }
 
 pub fn network() {

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use kxen_tests::dom0::Dom0;
 use kxen_tests::linux::{guest_kernel, root_image, CMDLINE};
 
-use crate::devices::{filled_image, host_sequential, ratio};
+use crate::devices::{filled_image, host_sequential, ratio, VethPair};
 
 const LIMIT: Duration = Duration::from_secs(600);
 const GUEST: &str = "benchlinux";
@@ -73,44 +73,27 @@ fn wget_mbs(ns: &str, url: &str, bytes: u64) -> Option<f64> {
 /// The same HTTP transfer over a veth pair between two fresh namespaces,
 /// served by busybox httpd from the host's page cache: the baseline.
 fn veth_http_baseline(dir: &std::path::Path) -> Option<f64> {
-    let a = format!("kxl-a-{}", std::process::id());
-    let b = format!("kxl-b-{}", std::process::id());
-    let ip = |args: &[&str]| {
-        Command::new("ip")
-            .args(args)
-            .status()
-            .is_ok_and(|s| s.success())
-    };
     let www = dir.join("www");
     let file = vec![0u8; (NET_MIB << 20) as usize];
-    let ok = std::fs::create_dir_all(&www).is_ok()
-        && std::fs::write(www.join("big"), file).is_ok()
-        && ip(&["netns", "add", &a])
-        && ip(&["netns", "add", &b])
-        && ip(&[
-            "-n", &a, "link", "add", "va", "type", "veth", "peer", "name", "vb", "netns", &b,
-        ])
-        && ip(&["-n", &a, "addr", "add", "10.97.0.2/24", "dev", "va"])
-        && ip(&["-n", &b, "addr", "add", "10.97.0.1/24", "dev", "vb"])
-        && ip(&["-n", &a, "link", "set", "va", "up"])
-        && ip(&["-n", &b, "link", "set", "vb", "up"]);
-    let result = ok
-        .then(|| {
-            let mut server = netns(&a, &["busybox", "httpd", "-f", "-p", "8080", "-h"])
-                .arg(&www)
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .ok()?;
-            std::thread::sleep(Duration::from_millis(300));
-            let mbs = wget_mbs(&b, "http://10.97.0.2:8080/big", NET_MIB << 20);
-            let _ = server.kill();
-            let _ = server.wait();
-            mbs
-        })
-        .flatten();
-    ip(&["netns", "del", &a]);
-    ip(&["netns", "del", &b]);
+    if std::fs::create_dir_all(&www).is_err() || std::fs::write(www.join("big"), file).is_err() {
+        return None;
+    }
+    let pair = VethPair::new("kxl", "10.97.0.2/24", "10.97.0.1/24")?;
+    let (a, b) = (pair.a.as_str(), pair.b.as_str());
+    let result = (|| {
+        let mut server = netns(a, &["busybox", "httpd", "-f", "-p", "8080", "-h"])
+            .arg(&www)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .ok()?;
+        std::thread::sleep(Duration::from_millis(300));
+        let mbs = wget_mbs(b, "http://10.97.0.2:8080/big", NET_MIB << 20);
+        let _ = server.kill();
+        let _ = server.wait();
+        mbs
+    })();
+    drop(pair);
     result
 }
 

@@ -7,7 +7,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use kvm_bindings::{kvm_enable_cap, kvm_msi, kvm_segment, KVM_MAX_CPUID_ENTRIES};
+use kvm_bindings::{kvm_enable_cap, kvm_msi, kvm_segment, kvm_sregs, KVM_MAX_CPUID_ENTRIES};
 use kvm_ioctls::{Cap, Kvm, MsrFilterDefaultAction, MsrFilterRange, MsrFilterRangeFlags, VmFd};
 use nix::sys::signal::{SigSet, Signal};
 use tracing::{error, info, warn};
@@ -315,10 +315,11 @@ fn flat_segment(selector: u16, kind: u8) -> kvm_segment {
     }
 }
 
-/// Put vCPU 0 at the PVH entry: 32-bit protected mode, paging off.
-fn setup_pvh_bsp(fd: &kvm_ioctls::VcpuFd, entry: u64, start_info: u64) -> Result<(), VmError> {
-    let mut sregs = fd.get_sregs()?;
-    sregs.cs = flat_segment(0x10, 0xb);
+/// Load `code` into CS, flat data segments with `data_selector` into the
+/// others, and a TSS descriptor at the selector after them (the guest
+/// loads its own tables; these are the hidden parts KVM enters with).
+fn load_flat_segments(sregs: &mut kvm_sregs, code: kvm_segment, data_selector: u16) {
+    sregs.cs = code;
     for seg in [
         &mut sregs.ds,
         &mut sregs.es,
@@ -326,17 +327,23 @@ fn setup_pvh_bsp(fd: &kvm_ioctls::VcpuFd, entry: u64, start_info: u64) -> Result
         &mut sregs.gs,
         &mut sregs.ss,
     ] {
-        *seg = flat_segment(0x18, 0x3);
+        *seg = flat_segment(data_selector, 0x3);
     }
     sregs.tr = kvm_segment {
         base: 0,
         limit: 0x67,
-        selector: 0x20,
+        selector: data_selector + 8,
         type_: 0xb,
         present: 1,
         s: 0,
         ..Default::default()
     };
+}
+
+/// Put vCPU 0 at the PVH entry: 32-bit protected mode, paging off.
+fn setup_pvh_bsp(fd: &kvm_ioctls::VcpuFd, entry: u64, start_info: u64) -> Result<(), VmError> {
+    let mut sregs = fd.get_sregs()?;
+    load_flat_segments(&mut sregs, flat_segment(0x10, 0xb), 0x18);
     sregs.cr0 = 0x11; // PE | ET
     sregs.cr4 = 0;
     sregs.efer = 0;
@@ -354,29 +361,12 @@ fn setup_pvh_bsp(fd: &kvm_ioctls::VcpuFd, entry: u64, start_info: u64) -> Result
 /// specification promises the OS. The AP loads its own GDT and IDT.
 pub fn setup_long_mode_ap(fd: &kvm_ioctls::VcpuFd, entry: u64) -> Result<(), VmError> {
     let mut sregs = fd.get_sregs()?;
-    sregs.cs = kvm_segment {
+    let code64 = kvm_segment {
         l: 1,
         db: 0,
         ..flat_segment(0x08, 0xb)
     };
-    for seg in [
-        &mut sregs.ds,
-        &mut sregs.es,
-        &mut sregs.fs,
-        &mut sregs.gs,
-        &mut sregs.ss,
-    ] {
-        *seg = flat_segment(0x10, 0x3);
-    }
-    sregs.tr = kvm_segment {
-        base: 0,
-        limit: 0x67,
-        selector: 0x18,
-        type_: 0xb,
-        present: 1,
-        s: 0,
-        ..Default::default()
-    };
+    load_flat_segments(&mut sregs, code64, 0x10);
     sregs.cr0 = 0x8000_0031; // PG | NE | ET | PE
     sregs.cr3 = kxen_loader::acpi::AP_PAGE_TABLES_GPA;
     sregs.cr4 = 0x20; // PAE
