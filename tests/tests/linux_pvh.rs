@@ -230,7 +230,7 @@ on_reboot = \"restart\"
         kib + 48 * 1024 <= full && kib + 68 * 1024 >= full
     });
     d.ok(&["mem-set", GUEST, "256m"]);
-    let back = wait_mem_total(&d, "back up", |kib| kib + 8 * 1024 >= full);
+    let back = wait_mem_total(&d, "back up", |kib| kib + 16 * 1024 >= full);
     eprintln!(
         "linux_pvh: MemTotal {full} KiB, after mem-set 192m {low} KiB, after 256m {back} KiB"
     );
