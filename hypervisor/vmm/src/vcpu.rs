@@ -150,7 +150,12 @@ impl Vcpu {
                 entered = true;
                 self.rt.note_guest_entry();
             }
-            if let Some(entry) = self.rt.ap_start.take(self.id) {
+            // Only an AP that has never run can have a mailbox entry point;
+            // the exit loop proper takes no lock for it.
+            if let Some(entry) = (!self.started)
+                .then(|| self.rt.ap_start.take(self.id))
+                .flatten()
+            {
                 if let Err(e) = crate::vm::setup_long_mode_ap(&self.fd, entry) {
                     return Some(DomainExit::Crashed(format!(
                         "starting vCPU {} at {entry:#x}: {e}",

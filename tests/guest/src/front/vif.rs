@@ -601,20 +601,8 @@ fn handshake(dev: &mut NetDev, with_ip: bool) -> Result<(), Fail> {
     })
     .map_err(|e| xe("writing ring details", e))?;
     xs::switch_state(&dev.fe, state::CONNECTED).map_err(|e| xe("state", e))?;
-    xs::wait_state(
-        &be_state,
-        token.as_bytes(),
-        |s| s == state::CONNECTED || s >= state::CLOSING,
-        HANDSHAKE_MS,
-    )
-    .and_then(|s| {
-        if s == state::CONNECTED {
-            Ok(s)
-        } else {
-            Err((XsError::BadValue, s))
-        }
-    })
-    .map_err(|(e, s)| fail(format_args!("backend did not connect ({}, state {})", e, s)))?;
+    xs::wait_backend_connected(&be_state, token.as_bytes(), HANDSHAKE_MS)
+        .map_err(|(e, s)| fail(format_args!("backend did not connect ({}, state {})", e, s)))?;
     dev.connected = true;
     // Say who we are (as Linux does on link-up) so the peer learns our MAC.
     if dev.have_ip {

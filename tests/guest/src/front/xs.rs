@@ -303,6 +303,28 @@ pub fn wait_state(
 
 /// Whether the backend at `be` is going or gone (Closing, Closed, or its
 /// state node removed). A store that does not answer is not taken as gone.
+/// Wait until the backend at `be_state` reaches Connected. A backend that
+/// goes to Closing or beyond instead is an error (BadValue, its state).
+pub fn wait_backend_connected(
+    be_state: &Path,
+    token: &[u8],
+    ms: u64,
+) -> Result<u32, (XsError, u32)> {
+    wait_state(
+        be_state,
+        token,
+        |s| s == state::CONNECTED || s >= state::CLOSING,
+        ms,
+    )
+    .and_then(|s| {
+        if s == state::CONNECTED {
+            Ok(s)
+        } else {
+            Err((XsError::BadValue, s))
+        }
+    })
+}
+
 pub fn backend_gone(be: &Path) -> bool {
     match read_u64(&xs_path!("{}/state", be)) {
         Ok(s) => s >= state::CLOSING as u64,
