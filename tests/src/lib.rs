@@ -244,3 +244,67 @@ pub fn guest32(name: &str, tag: &str, patch: impl Fn(String) -> String) -> PathB
     assert!(ok, "linking {name}.elf failed");
     elf
 }
+
+/// The 64-bit HVM test guest (`tests/guest64/hvm.S`), as a vmlinux-style
+/// ELF and as a bzImage (a Linux setup header in front of the same code,
+/// whose 64-bit entry sits 0x200 bytes into the protected-mode part).
+pub struct HvmGuest {
+    pub elf: PathBuf,
+    pub bzimage: PathBuf,
+}
+
+pub fn hvm_guest(tag: &str) -> HvmGuest {
+    let src = repo_root().join("tests/guest64");
+    let dir = std::env::temp_dir().join(format!("kxen-g64-{tag}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let obj = dir.join("hvm.o");
+    let elf = dir.join("hvm.elf");
+    let flat = dir.join("hvm.bin");
+    let run = |cmd: &mut Command, what: &str| {
+        let ok = cmd
+            .status()
+            .unwrap_or_else(|e| panic!("{what}: {e}"))
+            .success();
+        assert!(ok, "{what} failed");
+    };
+    run(
+        Command::new("as")
+            .args(["--64", "-o"])
+            .arg(&obj)
+            .arg(src.join("hvm.S")),
+        "as (binutils)",
+    );
+    run(
+        Command::new("ld")
+            .args(["-m", "elf_x86_64", "--no-warn-rwx-segments", "-T"])
+            .arg(src.join("hvm.ld"))
+            .arg("-o")
+            .arg(&elf)
+            .arg(&obj),
+        "ld (binutils)",
+    );
+    run(
+        Command::new("objcopy")
+            .args(["-O", "binary"])
+            .arg(&elf)
+            .arg(&flat),
+        "objcopy (binutils)",
+    );
+    let payload = std::fs::read(&flat).expect("flat image");
+    // Four setup sectors after the boot sector; the header fields are the
+    // boot protocol's (Documentation/arch/x86/boot.rst).
+    let mut image = vec![0u8; 5 * 512];
+    image[0x1f1] = 4; // setup_sects
+    image[0x1fe..0x200].copy_from_slice(&0xaa55u16.to_le_bytes());
+    image[0x202..0x206].copy_from_slice(b"HdrS");
+    image[0x206..0x208].copy_from_slice(&0x020fu16.to_le_bytes()); // version 2.15
+    image[0x211] = 1; // loadflags: LOADED_HIGH
+    image[0x214..0x218].copy_from_slice(&0x10_0000u32.to_le_bytes()); // code32_start
+    image[0x22c..0x230].copy_from_slice(&0x7fff_ffffu32.to_le_bytes()); // initrd_addr_max
+    image[0x236..0x238].copy_from_slice(&1u16.to_le_bytes()); // xloadflags: XLF_KERNEL_64
+    image[0x238..0x23c].copy_from_slice(&2048u32.to_le_bytes()); // cmdline_size
+    image.extend_from_slice(&payload);
+    let bzimage = dir.join("hvm.bzImage");
+    std::fs::write(&bzimage, image).expect("write bzImage");
+    HvmGuest { elf, bzimage }
+}

@@ -1,6 +1,8 @@
-//! The PV console backend (xenconsoled's job): drain each domain's output
-//! ring into a per-domain log, fan it out to attached `kxl console`
-//! clients, and feed their keystrokes into the input ring.
+//! The console backend (xenconsoled's job): drain each domain's console
+//! output into a per-domain log, fan it out to attached `kxl console`
+//! clients, and feed their keystrokes back. A console is either the PV
+//! console ring in guest memory or, for an HVM domain's emulated UART, a
+//! byte stream from kxen-vmm.
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
@@ -23,12 +25,18 @@ const INPUT_LIMIT: usize = 64 * 1024;
 /// How long output may wait on one attached client.
 const CLIENT_WRITE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
 
+/// Where the guest's side of a console is.
+enum Transport {
+    /// The PV console ring; `notify` is the Dom0 → guest event.
+    Ring { page: ForeignPage, notify: EventFd },
+    /// A serial line: kxen-vmm's end of the emulated UART.
+    Line(UnixStream),
+}
+
 pub struct ConsoleBackend {
-    page: ForeignPage,
-    /// Guest → Dom0 notifications.
+    transport: Transport,
+    /// Guest → Dom0 notifications (ring), or our own wake-ups (line).
     kick: EventFd,
-    /// Dom0 → guest notifications.
-    notify: EventFd,
     log_path: PathBuf,
     log: Mutex<File>,
     clients: Mutex<Vec<UnixStream>>,
@@ -43,14 +51,28 @@ impl ConsoleBackend {
         notify: EventFd,
         log_path: PathBuf,
     ) -> std::io::Result<Arc<Self>> {
+        Self::with_transport(Transport::Ring { page, notify }, kick, log_path)
+    }
+
+    /// A console on a serial line (an HVM domain's COM1).
+    pub fn new_line(line: UnixStream, log_path: PathBuf) -> std::io::Result<Arc<Self>> {
+        line.set_nonblocking(true)?;
+        let kick = EventFd::new(libc::EFD_NONBLOCK)?;
+        Self::with_transport(Transport::Line(line), kick, log_path)
+    }
+
+    fn with_transport(
+        transport: Transport,
+        kick: EventFd,
+        log_path: PathBuf,
+    ) -> std::io::Result<Arc<Self>> {
         let log = OpenOptions::new()
             .create(true)
             .append(true)
             .open(&log_path)?;
         Ok(Arc::new(ConsoleBackend {
-            page,
+            transport,
             kick,
-            notify,
             log_path,
             log: Mutex::new(log),
             clients: Mutex::new(Vec::new()),
@@ -79,9 +101,15 @@ impl ConsoleBackend {
     fn run(&self) {
         while !self.stopping.load(Ordering::SeqCst) {
             {
-                // SAFETY: the eventfd lives in `self`, which outlives the poll.
-                let fd = unsafe { BorrowedFd::borrow_raw(self.kick.as_raw_fd()) };
-                let mut fds = [PollFd::new(fd, PollFlags::POLLIN)];
+                // SAFETY: the eventfd and the line live in `self`, which
+                // outlives the poll.
+                let kick = unsafe { BorrowedFd::borrow_raw(self.kick.as_raw_fd()) };
+                let mut fds = vec![PollFd::new(kick, PollFlags::POLLIN)];
+                if let Transport::Line(line) = &self.transport {
+                    // SAFETY: as above.
+                    let line = unsafe { BorrowedFd::borrow_raw(line.as_raw_fd()) };
+                    fds.push(PollFd::new(line, PollFlags::POLLIN));
+                }
                 let _ = poll(&mut fds, PollTimeout::from(50u16));
             }
             let _ = self.kick.read();
@@ -100,39 +128,69 @@ impl ConsoleBackend {
 
     /// Move bytes both ways once.
     fn service(&self) {
+        match &self.transport {
+            Transport::Ring { page, notify } => self.service_ring(page, notify),
+            Transport::Line(line) => self.service_line(line),
+        }
+    }
+
+    fn service_line(&self, mut line: &UnixStream) {
+        let mut buf = [0u8; 4096];
+        loop {
+            match line.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => self.output(&buf[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(_) => break,
+            }
+        }
+        let mut input = self.input.lock().unwrap_or_else(|e| e.into_inner());
+        while !input.is_empty() {
+            match line.write(&input) {
+                Ok(0) => break,
+                Ok(n) => {
+                    input.drain(..n);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                // Full (the guest is not reading) or gone: retry later.
+                Err(_) => break,
+            }
+        }
+    }
+
+    fn service_ring(&self, page: &ForeignPage, notify_guest: &EventFd) {
         let mut notify = false;
-        let cons = self.page.load_u32(ring::OFFSET_OUT_CONS);
-        let prod = self.page.load_u32(ring::OFFSET_OUT_PROD);
+        let cons = page.load_u32(ring::OFFSET_OUT_CONS);
+        let prod = page.load_u32(ring::OFFSET_OUT_PROD);
         let pending = prod.wrapping_sub(cons) as usize;
         if pending > ring::OUT_SIZE {
             warn!(cons, prod, "console ring indices corrupt; resynchronising");
-            self.page.store_u32(ring::OFFSET_OUT_CONS, prod);
+            page.store_u32(ring::OFFSET_OUT_CONS, prod);
             notify = true;
         } else if pending > 0 {
             let mut data = vec![0u8; pending];
             let start = cons as usize % ring::OUT_SIZE;
             let first = pending.min(ring::OUT_SIZE - start);
-            self.page.read(ring::OFFSET_OUT + start, &mut data[..first]);
-            self.page.read(ring::OFFSET_OUT, &mut data[first..]);
-            self.page.store_u32(ring::OFFSET_OUT_CONS, prod);
+            page.read(ring::OFFSET_OUT + start, &mut data[..first]);
+            page.read(ring::OFFSET_OUT, &mut data[first..]);
+            page.store_u32(ring::OFFSET_OUT_CONS, prod);
             notify = true;
             self.output(&data);
         }
         let mut input = self.input.lock().unwrap_or_else(|e| e.into_inner());
         if !input.is_empty() {
-            let cons = self.page.load_u32(ring::OFFSET_IN_CONS);
-            let prod = self.page.load_u32(ring::OFFSET_IN_PROD);
+            let cons = page.load_u32(ring::OFFSET_IN_CONS);
+            let prod = page.load_u32(ring::OFFSET_IN_PROD);
             let used = prod.wrapping_sub(cons) as usize;
             if used <= ring::IN_SIZE {
                 let n = (ring::IN_SIZE - used).min(input.len());
                 for (i, &b) in input[..n].iter().enumerate() {
                     let idx = (prod as usize + i) % ring::IN_SIZE;
-                    self.page.write(ring::OFFSET_IN + idx, &[b]);
+                    page.write(ring::OFFSET_IN + idx, &[b]);
                 }
                 if n > 0 {
                     std::sync::atomic::fence(Ordering::SeqCst);
-                    self.page
-                        .store_u32(ring::OFFSET_IN_PROD, prod.wrapping_add(n as u32));
+                    page.store_u32(ring::OFFSET_IN_PROD, prod.wrapping_add(n as u32));
                     input.drain(..n);
                     notify = true;
                 }
@@ -140,7 +198,7 @@ impl ConsoleBackend {
         }
         drop(input);
         if notify {
-            let _ = self.notify.write(1);
+            let _ = notify_guest.write(1);
         }
     }
 

@@ -10,7 +10,7 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
-use kxen_toolstack::config::{Action, DomainConfig};
+use kxen_toolstack::config::{Action, DomainConfig, DomainType};
 use kxen_toolstack::protocol::{DeviceEntry, DomainEntry, Reply, Request};
 use kxen_toolstack::xl::{self, DomainInfo, ShutdownReason, VirtCaps, XlInfo};
 use tracing::{error, info, warn};
@@ -41,6 +41,10 @@ pub struct LaunchSpec {
     pub memory_mib: u64,
     pub maxmem_mib: u64,
     pub vcpus: u32,
+    /// HVM: Linux boot protocol and emulated devices instead of PVH.
+    pub hvm: bool,
+    /// HVM: the Xen platform PCI device and Xen CPUID leaves.
+    pub xen_platform_pci: bool,
 }
 
 impl LaunchSpec {
@@ -48,7 +52,12 @@ impl LaunchSpec {
         let kernel = config
             .kernel
             .clone()
-            .ok_or("the config has no kernel (kxen boots PVH kernels directly)")?;
+            .ok_or(match config.domain_type {
+                DomainType::Hvm => {
+                    "the config has no kernel (kxen boots HVM guests by direct kernel boot: set kernel=)"
+                }
+                _ => "the config has no kernel (kxen boots PVH kernels directly)",
+            })?;
         Ok(LaunchSpec {
             name: config.name.clone(),
             kernel,
@@ -57,6 +66,8 @@ impl LaunchSpec {
             memory_mib: config.memory,
             maxmem_mib: config.maxmem.max(config.memory),
             vcpus: config.vcpus.max(1),
+            hvm: config.domain_type == DomainType::Hvm,
+            xen_platform_pci: config.xen_platform_pci,
         })
     }
 }
@@ -239,6 +250,12 @@ impl Daemon {
             .process_group(0);
         if let Some(rd) = &spec.ramdisk {
             cmd.arg("--ramdisk").arg(rd);
+        }
+        if spec.hvm {
+            cmd.args(["--type", "hvm", "--serial", "dom0"]);
+            if spec.xen_platform_pci {
+                cmd.arg("--xen-platform-pci");
+            }
         }
         let mut child = cmd
             .spawn()
@@ -698,7 +715,7 @@ impl Daemon {
                 Ok(_) => {}
             }
             let request = serde_json::from_slice::<Request>(&line);
-            if let Ok(Request::Console { domain }) = &request {
+            if let Ok(Request::Console { domain, kind }) = &request {
                 let target = self.resolve(domain).and_then(|id| self.live(id));
                 let Some(d) = target else {
                     let _ = send(
@@ -707,8 +724,15 @@ impl Daemon {
                     );
                     return;
                 };
+                let Some(console) = d.console_for(*kind) else {
+                    let _ = send(
+                        &mut writer,
+                        &Reply::error(format!("domain {domain} has no such console")),
+                    );
+                    return;
+                };
                 if send(&mut writer, &Reply::ok()).is_ok() {
-                    d.console.attach(reader.into_inner());
+                    console.attach(reader.into_inner());
                 }
                 return;
             }
@@ -826,7 +850,7 @@ impl Daemon {
                     Reply::ok()
                 }
             },
-            Request::Console { domain } => unknown(&domain),
+            Request::Console { domain, .. } => unknown(&domain),
             Request::BlockAttach { domain, disk } => self.with_devices(&domain, |devs| {
                 devs.attach(DeviceSpec::Disk((*disk).clone()), disk.devid())
                     .map(|_| Reply::ok())

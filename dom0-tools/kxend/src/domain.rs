@@ -15,6 +15,8 @@ use crate::console::ConsoleBackend;
 use crate::store::StoreService;
 use crate::vmm_link::{LinkError, VmmLink};
 use kxen_backends::foreign::{ForeignMemory, MemfdRegion};
+use kxen_toolstack::config::DomainType;
+use kxen_toolstack::protocol::ConsoleKind;
 
 /// What kxend persists about a domain, so a restarted kxend re-attaches.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -58,6 +60,8 @@ pub struct Domain {
     pub store_ring: RingInfo,
     link: Mutex<VmmLink>,
     pub console: Arc<ConsoleBackend>,
+    /// An HVM domain's COM1.
+    pub serial: Option<Arc<ConsoleBackend>>,
     pub paused: AtomicBool,
     store_kick: Arc<EventFd>,
     stopping: Arc<AtomicBool>,
@@ -131,8 +135,29 @@ impl Domain {
         let (spage, skick, snotify, sport) =
             xenstore.ok_or_else(|| AttachError::Protocol("no xenstore port".into()))?;
         let (console_ring, store_ring) = (ring_info(&cport), ring_info(&sport));
-        let console = ConsoleBackend::new(cpage, ckick, cnotify, record.console_log.clone())?;
+        let hvm = record.config.domain_type == DomainType::Hvm;
+        // An HVM domain's main console is its serial line; its PV console
+        // (for PVHVM guests) keeps a log of its own.
+        let pv_log = if hvm {
+            record
+                .console_log
+                .with_file_name(format!("guest-{}-pv.log", record.name))
+        } else {
+            record.console_log.clone()
+        };
+        let console = ConsoleBackend::new(cpage, ckick, cnotify, pv_log)?;
         console.start(record.domid)?;
+        let serial = if hvm {
+            let (_, mut fds) = link.op("serial")?;
+            let line = fds
+                .pop()
+                .ok_or_else(|| AttachError::Protocol("no serial line".into()))?;
+            let serial = ConsoleBackend::new_line(line.into(), record.console_log.clone())?;
+            serial.start(record.domid)?;
+            Some(serial)
+        } else {
+            None
+        };
 
         let domid = record.domid;
         let snotify = Arc::new(snotify);
@@ -178,10 +203,21 @@ impl Domain {
             store_ring,
             link: Mutex::new(link),
             console,
+            serial,
             paused: AtomicBool::new(paused),
             store_kick,
             stopping,
         }))
+    }
+
+    /// The console `xl console -t KIND` attaches to: by default the serial
+    /// line of an HVM domain, else the PV console.
+    pub fn console_for(&self, kind: Option<ConsoleKind>) -> Option<Arc<ConsoleBackend>> {
+        match (kind, &self.serial) {
+            (Some(ConsoleKind::Pv), _) | (None, None) => Some(self.console.clone()),
+            (Some(ConsoleKind::Serial) | None, Some(serial)) => Some(serial.clone()),
+            (Some(ConsoleKind::Serial), None) => None,
+        }
     }
 
     pub fn op(&self, op: &str) -> Result<serde_json::Value, LinkError> {
@@ -209,6 +245,9 @@ impl Domain {
         self.stopping.store(true, Ordering::SeqCst);
         let _ = self.store_kick.write(1);
         self.console.stop();
+        if let Some(serial) = &self.serial {
+            serial.stop();
+        }
     }
 
     /// Whether the VMM process is still alive. A zombie is not: after a

@@ -11,7 +11,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use kxen_toolstack::protocol::{DomainEntry, Reply, Request};
+use kxen_toolstack::protocol::{ConsoleKind, DomainEntry, Reply, Request};
 use kxen_toolstack::xl;
 
 use client::Client;
@@ -70,7 +70,12 @@ enum Cmd {
         domains: Vec<String>,
     },
     /// Attach to a domain's console.
-    Console { domain: String },
+    Console {
+        /// Console type: pv or serial (default: serial for HVM domains).
+        #[arg(short = 't', value_parser = ["pv", "serial"])]
+        kind: Option<String>,
+        domain: String,
+    },
     /// Convert a domain name to a domain id.
     Domid { name: String },
     /// Convert a domain id to a domain name.
@@ -239,7 +244,7 @@ fn main() -> ExitCode {
             }
             if console {
                 let domid = reply.domid.unwrap_or(0).to_string();
-                return console_cmd(&domid);
+                return console_cmd(&domid, None);
             }
             ExitCode::SUCCESS
         }
@@ -296,7 +301,7 @@ fn main() -> ExitCode {
             print!("{}", format::list(&all, long, verbose));
             ExitCode::SUCCESS
         }
-        Cmd::Console { domain } => console_cmd(&domain),
+        Cmd::Console { domain, kind } => console_cmd(&domain, kind.as_deref()),
         Cmd::Domid { name } => match call(Request::Resolve {
             domain: name.clone(),
         }) {
@@ -471,13 +476,19 @@ fn main() -> ExitCode {
     }
 }
 
-fn console_cmd(domain: &str) -> ExitCode {
+fn console_cmd(domain: &str, kind: Option<&str>) -> ExitCode {
     let mut client = match Client::connect() {
         Ok(c) => c,
         Err(e) => return fail(e.to_string()),
     };
+    let kind = match kind {
+        Some("pv") => Some(ConsoleKind::Pv),
+        Some("serial") => Some(ConsoleKind::Serial),
+        _ => None,
+    };
     match client.call(&Request::Console {
         domain: domain.into(),
+        kind,
     }) {
         Ok(r) if r.ok => match console::attach(client.into_stream()) {
             Ok(()) => ExitCode::SUCCESS,

@@ -1294,6 +1294,12 @@ pub struct DomainConfig {
     pub max_event_channels: Option<u32>,
     #[serde(default, skip_serializing_if = "is_false")]
     pub nomigrate: bool,
+    /// HVM: expose the Xen platform PCI device (and Xen's CPUID leaves) so
+    /// a PVHVM guest can switch to PV drivers. Off unless asked for: a
+    /// stock kernel that sees Xen makes hypercalls kxen can only take
+    /// through its own transport.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub xen_platform_pci: bool,
 }
 
 /// libxl's default memory when the file gives neither `memory` nor
@@ -1330,6 +1336,7 @@ impl DomainConfig {
             max_maptrack_frames: None,
             max_event_channels: None,
             nomigrate: false,
+            xen_platform_pci: false,
         }
     }
 
@@ -1390,6 +1397,7 @@ struct RawConfig {
     max_maptrack_frames: Option<u32>,
     max_event_channels: Option<u32>,
     nomigrate: Option<bool>,
+    xen_platform_pci: Option<bool>,
 }
 
 /// Keys xl reads that kxen does not implement (warned about as
@@ -1532,7 +1540,6 @@ pub const UNSUPPORTED_XL_KEYS: &[&str] = &[
     "vtpm",
     "vuart",
     "xauthority",
-    "xen_platform_pci",
     "xen_platform_pci_bar_uc",
     "xend_suspend_evtchn_compat",
     "xenstore_feature_mask",
@@ -1761,6 +1768,8 @@ impl Resolver<'_> {
         config.max_maptrack_frames = raw.max_maptrack_frames;
         config.max_event_channels = raw.max_event_channels;
         config.nomigrate = raw.nomigrate.unwrap_or(false);
+        config.xen_platform_pci =
+            domain_type == DomainType::Hvm && raw.xen_platform_pci.unwrap_or(false);
         Ok(config)
     }
 }

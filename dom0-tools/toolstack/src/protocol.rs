@@ -81,6 +81,10 @@ pub enum Request {
     /// Attach to the domain's console: after the reply, raw bytes.
     Console {
         domain: DomainRef,
+        /// `pv` or `serial` (`xl console -t`); default: serial for HVM
+        /// domains, pv for the others.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        kind: Option<ConsoleKind>,
     },
     /// Hot-plug a disk (`xl block-attach`).
     BlockAttach {
@@ -190,4 +194,12 @@ mod tests {
         assert_eq!(serde_json::from_str::<Request>(&text).unwrap(), r);
         assert!(serde_json::from_str::<Request>(r#"{"op":"nope"}"#).is_err());
     }
+}
+
+/// Which of a domain's consoles `xl console -t` names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ConsoleKind {
+    Pv,
+    Serial,
 }

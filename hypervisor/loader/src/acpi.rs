@@ -9,9 +9,16 @@
 //!   tables, so no real-mode code ever runs. That matters on PVM hosts,
 //!   whose instruction emulator cannot run real mode, and Linux
 //!   (`acpi_wakeup_cpu`) and other kernels use the mailbox unchanged.
-//! * **Power.** The FADT declares a hardware-reduced platform whose sleep
-//!   control register and reset register are I/O ports the VMM decodes;
-//!   the DSDT's `_S5` object gives the soft-off sleep type.
+//! * **Power.** For PVH domains the FADT declares a hardware-reduced
+//!   platform whose sleep control register and reset register are I/O
+//!   ports the VMM decodes; the DSDT's `_S5` object gives the soft-off
+//!   sleep type.
+//! * **HVM domains** get a PC-style FADT instead ([`Platform::Pc`]): PM1a
+//!   event and control blocks (S5 through SLP_TYP/SLP_EN), an ACPI PM
+//!   timer and SCI 9. A hardware-reduced platform has no legacy PIC and no
+//!   PIT timer in Linux's eyes, and a stock kernel on an AMD host then has
+//!   nothing to calibrate its TSC or local APIC timer against. The PM
+//!   timer is that reference; the ports are Xen's HVM ones.
 //!
 //! Everything lives in the legacy BIOS area below 1 MiB, which the memory
 //! map reserves, so the legacy RSDP scan finds the tables as well as the
@@ -37,8 +44,8 @@ const XSDT_GPA: u64 = 0xe_0040;
 const FADT_GPA: u64 = 0xe_0100;
 const DSDT_GPA: u64 = 0xe_0300;
 const MADT_GPA: u64 = 0xe_0400;
-/// PML4, PDPT and PD identity-mapping the first GiB, for APs started in
-/// long mode.
+/// PML4, PDPT and four PDs identity-mapping the first 4 GiB, for APs
+/// started in long mode and for an HVM kernel's 64-bit entry.
 pub const AP_PAGE_TABLES_GPA: u64 = 0xe_8000;
 /// The multiprocessor wakeup mailbox (4 KiB aligned, 4 KiB long).
 pub const MP_WAKE_MAILBOX_GPA: u64 = 0xe_f000;
@@ -57,11 +64,30 @@ pub const RESET_VALUE: u8 = 0x06;
 pub const SLEEP_TYPE_S5: u8 = 5;
 const SLEEP_ENABLE: u8 = 1 << 5;
 
+/// The PC platform's ACPI register blocks (Xen's HVM port layout).
+pub const PM1A_EVT_PORT: u16 = 0x1f40;
+pub const PM1A_CNT_PORT: u16 = 0x1f44;
+pub const PM_TMR_PORT: u16 = 0x1f48;
+pub const GPE0_PORT: u16 = 0x1f4c;
+/// The SCI's ISA interrupt.
+pub const SCI_IRQ: u16 = 9;
+
+/// Which kind of ACPI platform the tables describe.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Platform {
+    /// Hardware-reduced (PVH domains).
+    HwReduced,
+    /// Fixed-hardware PC (HVM domains): PM1a blocks, PM timer, SCI.
+    Pc,
+}
+
 /// KVM's in-kernel IOAPIC.
 const IOAPIC_GPA: u32 = 0xfec0_0000;
 const LAPIC_GPA: u32 = 0xfee0_0000;
 
 const OEM_ID: [u8; 6] = *b"KXEN  ";
+/// The CMOS register holding the century.
+const CMOS_CENTURY: u8 = 0x32;
 const OEM_REVISION: u32 = 1;
 
 /// What a write to the sleep control register asks for.
@@ -95,6 +121,24 @@ struct MpWakeup {
     mailbox_version: u16,
     reserved: u32,
     mailbox_address: u64,
+}
+
+/// MADT interrupt source override (type 2).
+#[repr(C, packed)]
+#[derive(Clone, Copy, Debug, IntoBytes, Immutable)]
+struct InterruptOverride {
+    kind: u8,
+    length: u8,
+    bus: u8,
+    source: u8,
+    gsi: u32,
+    flags: u16,
+}
+
+impl Aml for InterruptOverride {
+    fn to_aml_bytes(&self, sink: &mut dyn AmlSink) {
+        sink.vec(self.as_bytes());
+    }
 }
 
 impl Aml for MpWakeup {
@@ -135,7 +179,7 @@ fn table_id(name: &[u8; 4]) -> [u8; 8] {
 
 /// Build the tables for `vcpus` vCPUs (APIC IDs 0..vcpus). Returns
 /// `(gpa, bytes)` pairs.
-pub fn build_tables(vcpus: u32) -> Result<Vec<(u64, Vec<u8>)>, LoaderError> {
+pub fn build_tables(vcpus: u32, platform: Platform) -> Result<Vec<(u64, Vec<u8>)>, LoaderError> {
     if vcpus == 0 || vcpus > 255 {
         return Err(LoaderError::NoRoom("ACPI MADT (1..=255 vCPUs)"));
     }
@@ -147,23 +191,50 @@ pub fn build_tables(vcpus: u32) -> Result<Vec<(u64, Vec<u8>)>, LoaderError> {
     );
     dsdt.append_slice(&to_bytes(&s5));
 
-    let mut fadt = fadt::FADTBuilder::new(OEM_ID, table_id(b"FACP"), OEM_REVISION)
+    let fadt = fadt::FADTBuilder::new(OEM_ID, table_id(b"FACP"), OEM_REVISION)
         .dsdt_64(DSDT_GPA)
-        .flag(fadt::Flags::HwReducedAcpi)
         .flag(fadt::Flags::ResetRegSup)
         .flag(fadt::Flags::Headless);
-    let port = |port: u16| {
-        GAS::new(
-            AddressSpace::SystemIo,
-            8,
-            0,
-            AccessSize::ByteAccess,
-            port.into(),
-        )
+    let port = |port: u16, bits: u8| {
+        let size = match bits {
+            8 => AccessSize::ByteAccess,
+            16 => AccessSize::WordAccess,
+            _ => AccessSize::DwordAccess,
+        };
+        GAS::new(AddressSpace::SystemIo, bits, 0, size, port.into())
     };
-    fadt.sleep_control_reg = port(SLEEP_CONTROL_PORT);
-    fadt.sleep_status_reg = port(SLEEP_STATUS_PORT);
-    fadt.reset_reg = port(RESET_PORT);
+    let mut fadt = match platform {
+        Platform::HwReduced => {
+            let mut fadt = fadt.flag(fadt::Flags::HwReducedAcpi);
+            fadt.sleep_control_reg = port(SLEEP_CONTROL_PORT, 8);
+            fadt.sleep_status_reg = port(SLEEP_STATUS_PORT, 8);
+            fadt
+        }
+        Platform::Pc => {
+            // No SMI command port: ACPI mode is always on (SCI_EN reads 1).
+            let mut fadt = fadt
+                .flag(fadt::Flags::TmrValExt)
+                .flag(fadt::Flags::Wbinvd)
+                .flag(fadt::Flags::PwrButton)
+                .flag(fadt::Flags::SlpButton);
+            fadt.sci_int = SCI_IRQ.into();
+            fadt.pm1a_evt_blk = u32::from(PM1A_EVT_PORT).into();
+            fadt.pm1a_cnt_blk = u32::from(PM1A_CNT_PORT).into();
+            fadt.pm_tmr_blk = u32::from(PM_TMR_PORT).into();
+            fadt.gpe0_blk = u32::from(GPE0_PORT).into();
+            fadt.pm1_evt_len = 4;
+            fadt.pm1_cnt_len = 2;
+            fadt.pm_tmr_len = 4;
+            fadt.gpe0_blk_len = 4;
+            fadt.x_pm1a_evt_blk = port(PM1A_EVT_PORT, 32);
+            fadt.x_pm1a_cnt_blk = port(PM1A_CNT_PORT, 16);
+            fadt.x_pm_tmr_blk = port(PM_TMR_PORT, 32);
+            fadt.x_gpe0_blk = port(GPE0_PORT, 32);
+            fadt.century = CMOS_CENTURY;
+            fadt
+        }
+    };
+    fadt.reset_reg = port(RESET_PORT, 8);
     fadt.reset_value = RESET_VALUE;
     let fadt = fadt.finalize();
 
@@ -181,6 +252,17 @@ pub fn build_tables(vcpus: u32) -> Result<Vec<(u64, Vec<u8>)>, LoaderError> {
         ));
     }
     madt.add_structure(IoApic::new(0, IOAPIC_GPA, 0));
+    if platform == Platform::Pc {
+        // The SCI is level-triggered, active high, as on Xen and QEMU.
+        madt.add_structure(InterruptOverride {
+            kind: 2,
+            length: 10,
+            bus: 0,
+            source: SCI_IRQ as u8,
+            gsi: SCI_IRQ as u32,
+            flags: 0xd,
+        });
+    }
     madt.add_structure(MpWakeup {
         kind: 0x10,
         length: 16,
@@ -218,12 +300,12 @@ pub fn build_tables(vcpus: u32) -> Result<Vec<(u64, Vec<u8>)>, LoaderError> {
 
 /// Write the ACPI tables, the AP page tables and an empty wakeup mailbox
 /// into guest memory. Returns the RSDP's address.
-pub fn write(mem: &GuestMemoryMmap, vcpus: u32) -> Result<u64, LoaderError> {
+pub fn write(mem: &GuestMemoryMmap, vcpus: u32, platform: Platform) -> Result<u64, LoaderError> {
     let put = |gpa: u64, bytes: &[u8]| {
         mem.write_slice(bytes, GuestAddress(gpa))
             .map_err(|_| LoaderError::GuestWrite(gpa))
     };
-    for (gpa, bytes) in build_tables(vcpus)? {
+    for (gpa, bytes) in build_tables(vcpus, platform)? {
         put(gpa, &bytes)?;
     }
     put(AP_PAGE_TABLES_GPA, &ap_page_tables())?;
@@ -231,15 +313,20 @@ pub fn write(mem: &GuestMemoryMmap, vcpus: u32) -> Result<u64, LoaderError> {
     Ok(RSDP_GPA)
 }
 
-/// Three pages at [`AP_PAGE_TABLES_GPA`]: a PML4 and a PDPT whose first
-/// entries lead to a PD of 2 MiB pages covering the first GiB, identity
-/// mapped, writable, supervisor.
+/// Pages of identity page tables at [`AP_PAGE_TABLES_GPA`].
+pub const AP_PAGE_TABLE_PAGES: u64 = 6;
+
+/// Six pages at [`AP_PAGE_TABLES_GPA`]: a PML4, a PDPT and four PDs of
+/// 2 MiB pages covering the first 4 GiB (RAM, the firmware window and the
+/// MMIO hole), identity mapped, writable, supervisor.
 fn ap_page_tables() -> Vec<u8> {
     const PRESENT_RW: u64 = 0x3;
     const PAGE_SIZE_2M: u64 = 0x80;
-    let mut pages = vec![0u64; 3 * 512];
+    let mut pages = vec![0u64; AP_PAGE_TABLE_PAGES as usize * 512];
     pages[0] = (AP_PAGE_TABLES_GPA + 0x1000) | PRESENT_RW;
-    pages[512] = (AP_PAGE_TABLES_GPA + 0x2000) | PRESENT_RW;
+    for pd in 0..4u64 {
+        pages[512 + pd as usize] = (AP_PAGE_TABLES_GPA + 0x2000 + pd * 0x1000) | PRESENT_RW;
+    }
     for (i, entry) in pages[1024..].iter_mut().enumerate() {
         *entry = ((i as u64) << 21) | PRESENT_RW | PAGE_SIZE_2M;
     }
@@ -256,7 +343,7 @@ mod tests {
 
     #[test]
     fn tables_have_valid_checksums_and_lengths() {
-        let tables = build_tables(2).unwrap();
+        let tables = build_tables(2, Platform::HwReduced).unwrap();
         for (gpa, bytes) in &tables {
             if *gpa == RSDP_GPA {
                 assert_eq!(&bytes[..8], b"RSD PTR ");
@@ -272,7 +359,7 @@ mod tests {
 
     #[test]
     fn madt_lists_every_vcpu_the_ioapic_and_the_mailbox() {
-        let tables = build_tables(3).unwrap();
+        let tables = build_tables(3, Platform::HwReduced).unwrap();
         let madt = &tables.iter().find(|(_, b)| &b[..4] == b"APIC").unwrap().1;
         let mut kinds = Vec::new();
         let mut at = 44;
@@ -286,8 +373,34 @@ mod tests {
     }
 
     #[test]
+    fn pc_platform_has_pm_blocks_timer_and_sci_override() {
+        let tables = build_tables(2, Platform::Pc).unwrap();
+        for (gpa, bytes) in &tables {
+            if *gpa != RSDP_GPA {
+                assert!(checksum_ok(bytes), "checksum of {:?}", &bytes[..4]);
+            }
+        }
+        let fadt = &tables.iter().find(|(_, b)| &b[..4] == b"FACP").unwrap().1;
+        let u32_at = |o: usize| u32::from_le_bytes(fadt[o..o + 4].try_into().unwrap());
+        assert_eq!(u32_at(112) & (1 << 20), 0, "not hardware-reduced");
+        assert_ne!(u32_at(112) & (1 << 8), 0, "32-bit PM timer");
+        assert_eq!(u32_at(76), PM_TMR_PORT as u32);
+        assert_eq!(u32_at(56), PM1A_EVT_PORT as u32);
+        assert_eq!(u32_at(64), PM1A_CNT_PORT as u32);
+        assert_eq!(u16::from_le_bytes([fadt[46], fadt[47]]), SCI_IRQ);
+        let madt = &tables.iter().find(|(_, b)| &b[..4] == b"APIC").unwrap().1;
+        let mut kinds = Vec::new();
+        let mut at = 44;
+        while at < madt.len() {
+            kinds.push(madt[at]);
+            at += madt[at + 1] as usize;
+        }
+        assert_eq!(kinds, vec![0, 0, 1, 2, 0x10]);
+    }
+
+    #[test]
     fn dsdt_declares_s5() {
-        let tables = build_tables(1).unwrap();
+        let tables = build_tables(1, Platform::HwReduced).unwrap();
         let dsdt = &tables.iter().find(|(_, b)| &b[..4] == b"DSDT").unwrap().1;
         assert!(dsdt.windows(4).any(|w| w == b"_S5_"));
     }
@@ -317,7 +430,7 @@ mod tests {
 
     #[test]
     fn vcpu_count_is_bounded() {
-        assert!(build_tables(0).is_err());
-        assert!(build_tables(256).is_err());
+        assert!(build_tables(0, Platform::Pc).is_err());
+        assert!(build_tables(256, Platform::Pc).is_err());
     }
 }

@@ -5,10 +5,13 @@
 //!   entry point is the `XEN_ELFNOTE_PHYS32_ENTRY` note.
 //! * The PVH boot block: `hvm_start_info`, its memory map, module list and
 //!   command line, written to guest memory by [`start_info`].
+//! * Linux's own 64-bit boot protocol for HVM guests ([`linux`]): bzImage
+//!   or vmlinux, the zero page, command line and initrd.
 //! * ACPI tables ([`acpi`]): vCPUs, their start mailbox, power-off and reset.
 
 pub mod acpi;
 pub mod elf32;
+pub mod linux;
 pub mod start_info;
 
 use std::fs::File;
@@ -24,6 +27,8 @@ pub enum LoaderError {
     Io(#[from] std::io::Error),
     #[error("not an ELF image")]
     NotElf,
+    #[error("bad kernel image: {0}")]
+    BadImage(&'static str),
     #[error("bad ELF image: {0}")]
     BadElf(&'static str),
     #[error("ELF kernel has no PVH entry note (Xen note type 18)")]

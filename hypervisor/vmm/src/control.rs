@@ -10,6 +10,7 @@
 //! | `{"op":"destroy"}` | `{"ok":true}`, then the domain ends |
 //! | `{"op":"memfd"}` | `{"ok":true,"size":N}` with the guest memory memfd attached (SCM_RIGHTS) |
 //! | `{"op":"dom0-ports"}` | console/xenstore ports, two eventfds each |
+//! | `{"op":"serial"}` | HVM with `--serial dom0`: `{"ok":true}` + Dom0's end of COM1 (a stream socket) |
 //! | `{"op":"events"}` | `{"ok":true,"routing":{"offset":O,"size":S},"vcpus":N,"irqfd":B}` + N per-vCPU irqfds, then the wake eventfd |
 //! | `{"op":"evtchn-bind","guest_port":P}` | `{"ok":true,"dom0_port":D}` + the eventfd the guest's sends on P write |
 //! | `{"op":"evtchn-alloc-unbound"}` | `{"ok":true,"dom0_port":D}` + its eventfd; the guest binds D with EVTCHNOP_bind_interdomain |
@@ -48,6 +49,7 @@ pub enum Request {
     Memfd,
     #[serde(rename = "dom0-ports")]
     Dom0Ports,
+    Serial,
     Events,
     #[serde(rename = "evtchn-bind")]
     EvtchnBind {
@@ -309,6 +311,13 @@ fn handle(rt: &Runtime, req: Request) -> (Reply, Vec<i32>) {
                 Reply::error(
                     "console and xenstore are served by kxen-vmm (--console dom0 not given)",
                 ),
+                vec![],
+            ),
+        },
+        Request::Serial => match rt.hvm.as_ref().and_then(|d| d.dom0_serial_fd()) {
+            Some(fd) => (Reply::ok(), vec![fd]),
+            None => (
+                Reply::error("no serial line for Dom0 (not HVM, or --serial is not dom0)"),
                 vec![],
             ),
         },

@@ -31,6 +31,8 @@ pub struct XenCpuidParams {
     pub xen_major: u32,
     pub xen_minor: u32,
     pub tsc_khz: u32,
+    /// Show Xen's and kxen's leaves (PV, PVH and PVHVM guests).
+    pub xen_leaves: bool,
 }
 
 /// Build the CPUID table of one vCPU from what KVM supports.
@@ -50,6 +52,9 @@ pub fn build(supported: &CpuId, p: &XenCpuidParams) -> Result<CpuId, vmm_sys_uti
             0xb | 0x1f => e.edx = p.vcpu,
             _ => {}
         }
+    }
+    if !p.xen_leaves {
+        return CpuId::from_entries(&entries);
     }
     let base = XEN_CPUID_BASE;
     let sig = XEN_CPUID_SIGNATURE;

@@ -4,6 +4,7 @@
 //! * [`cpuid`]: the Xen CPUID leaves;
 //! * [`vcpu`]: the vCPU threads and exit decoding;
 //! * [`vm`]: building the domain and running it to its end;
+//! * [`hvm`]: the emulated devices of HVM domains;
 //! * [`platform`]: what the Xen layer ([`kxen_xen`]) asks of the VMM;
 //! * [`standalone`]: console and xenstore service without kxend;
 //! * [`control`]: the socket a toolstack drives the VMM through;
@@ -15,6 +16,7 @@ pub mod control;
 pub mod cpuid;
 pub mod dom0;
 pub mod events;
+pub mod hvm;
 pub mod memory;
 pub mod platform;
 pub mod routing;

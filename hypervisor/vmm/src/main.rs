@@ -7,16 +7,28 @@ use clap::Parser;
 use tracing::error;
 use tracing_subscriber::EnvFilter;
 
+use kxen_vmm::hvm::HvmConfig;
 use kxen_vmm::standalone::ConsoleMode;
 use kxen_vmm::vm::{self, VmConfig};
 
-/// Run one Xen domain (PVH) on KVM.
+/// Run one Xen domain (PVH, or HVM with emulated devices) on KVM.
 #[derive(Parser, Debug)]
 #[command(name = "kxen-vmm", version)]
 struct Args {
-    /// PVH ELF kernel (32- or 64-bit, with the Xen PHYS32_ENTRY note).
+    /// Kernel: for PVH an ELF with the Xen PHYS32_ENTRY note (32- or
+    /// 64-bit); for HVM a bzImage or a vmlinux ELF.
     #[arg(long)]
     kernel: PathBuf,
+    /// Guest type: pvh, or hvm (Linux boot protocol, emulated devices).
+    #[arg(long = "type", default_value = "pvh")]
+    guest_type: String,
+    /// HVM: where COM1 (0x3f8) goes, as for --console. Default: the
+    /// --console destination, and then the PV console is dropped.
+    #[arg(long)]
+    serial: Option<String>,
+    /// HVM: show the Xen CPUID leaves and the Xen platform PCI device.
+    #[arg(long)]
+    xen_platform_pci: bool,
     /// Initial ramdisk, passed as module 0.
     #[arg(long)]
     ramdisk: Option<PathBuf>,
@@ -78,10 +90,34 @@ fn main() -> ExitCode {
         Err(_) => logger.with_max_level(tracing::Level::WARN).init(),
     }
     let args = Args::parse();
-    let console = match parse_console(&args.console) {
+    let mut console = match parse_console(&args.console) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("kxen-vmm: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let hvm = match args.guest_type.as_str() {
+        "pvh" => None,
+        "hvm" => {
+            let serial = match args.serial.as_deref() {
+                Some(s) => match parse_console(s) {
+                    Ok(c) => c,
+                    Err(e) => {
+                        eprintln!("kxen-vmm: {e}");
+                        return ExitCode::from(1);
+                    }
+                },
+                // The serial line takes the console's place.
+                None => std::mem::replace(&mut console, ConsoleMode::Null),
+            };
+            Some(HvmConfig {
+                serial,
+                xen_platform_pci: args.xen_platform_pci,
+            })
+        }
+        other => {
+            eprintln!("kxen-vmm: bad --type {other:?}: use pvh or hvm");
             return ExitCode::from(1);
         }
     };
@@ -98,6 +134,7 @@ fn main() -> ExitCode {
         start_paused: args.paused,
         control_socket: args.control_socket,
         exit_file: args.exit_file,
+        hvm,
     };
     match vm::run(cfg, started, args.report_timing) {
         Ok(exit) => {

@@ -122,6 +122,12 @@ impl Layout {
     }
 
     /// The guest's E820 map: low memory, RAM above 1 MiB, the special pages.
+    /// RAM below and above 4 GiB, in bytes.
+    pub fn ram_split(&self) -> (u64, u64) {
+        let low = self.ram_bytes.min(LOW_RAM_END);
+        (low, self.ram_bytes - low)
+    }
+
     pub fn memmap(&self) -> Vec<E820Entry> {
         let mut map = vec![E820Entry {
             addr: 0,

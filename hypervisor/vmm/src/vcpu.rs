@@ -16,6 +16,7 @@ use xen_abi::cpuid::XEN_HYPERCALL_MSR;
 use xen_abi::hypercall::STUB_COUNT;
 use xen_abi::transport::{hypercall_stub, HYPERCALL_PORT};
 
+use kxen_devices::PlatformRequest;
 use kxen_loader::acpi;
 use kxen_xen::hypercall::Call;
 use kxen_xen::VcpuMmu;
@@ -32,6 +33,26 @@ thread_local! {
     /// This thread's kvm_run, so the kick signal handler can set
     /// immediate_exit and close the race with entering KVM_RUN.
     static KVM_RUN: Cell<*mut kvm_run> = const { Cell::new(std::ptr::null_mut()) };
+}
+
+/// A port read no emulated device claimed.
+fn unclaimed_port_read(vcpu: u32, port: u16, data: &mut [u8]) {
+    if port == acpi::SLEEP_STATUS_PORT {
+        data.fill(0);
+    } else {
+        // Nothing decodes here: reads of a floating bus.
+        data.fill(0xff);
+        trace!(vcpu, port, "unclaimed port read");
+    }
+}
+
+/// How a device's request ends the domain.
+fn platform_exit(vcpu: u32, request: PlatformRequest) -> DomainExit {
+    info!(vcpu, ?request, "platform request from a device");
+    match request {
+        PlatformRequest::Reset => DomainExit::Shutdown(xen_abi::sched::SHUTDOWN_REBOOT),
+        PlatformRequest::PowerOff => DomainExit::Shutdown(xen_abi::sched::SHUTDOWN_POWEROFF),
+    }
 }
 
 /// Signal handler for vCPU kicks.
@@ -183,45 +204,55 @@ impl Vcpu {
                 domain.vcpu_started(self.id);
             }
             match exit {
-                VcpuExit::IoOut(port, data) => match port {
-                    HYPERCALL_PORT => self.hypercall(),
-                    NULL_PORT => {}
-                    acpi::SLEEP_CONTROL_PORT => {
-                        match acpi::decode_sleep_control(data.first().copied().unwrap_or(0)) {
-                            Some(acpi::SleepRequest::SoftOff) => {
-                                info!(vcpu = self.id, "ACPI soft-off (S5)");
-                                return Some(DomainExit::Shutdown(
-                                    xen_abi::sched::SHUTDOWN_POWEROFF,
-                                ));
+                VcpuExit::IoOut(port, data) => {
+                    // A copy, so that the exit's borrow of the vCPU ends.
+                    let mut bytes = [0u8; 8];
+                    let len = data.len().min(bytes.len());
+                    bytes[..len].copy_from_slice(&data[..len]);
+                    let data = &bytes[..len];
+                    let claimed = self
+                        .rt
+                        .hvm
+                        .as_ref()
+                        .and_then(|d| d.pio.write(port as u64, data));
+                    match claimed {
+                        Some(Some(request)) => return Some(platform_exit(self.id, request)),
+                        Some(None) => {}
+                        None => {
+                            if let Some(exit) = self.port_write(port, data) {
+                                return Some(exit);
                             }
-                            Some(acpi::SleepRequest::Unsupported(kind)) => {
-                                debug!(vcpu = self.id, kind, "ACPI sleep type not supported");
-                            }
-                            None => {}
                         }
                     }
-                    // Bit 2 of the reset control register resets the CPU.
-                    acpi::RESET_PORT if data.first().is_some_and(|v| v & 0x4 != 0) => {
-                        info!(vcpu = self.id, "reset through the reset register");
-                        return Some(DomainExit::Shutdown(xen_abi::sched::SHUTDOWN_REBOOT));
-                    }
-                    _ => trace!(vcpu = self.id, port, "unclaimed port write"),
-                },
+                }
                 VcpuExit::IoIn(port, data) => {
-                    if port == acpi::SLEEP_STATUS_PORT {
-                        data.fill(0);
-                    } else {
-                        // Nothing decodes here: reads of a floating bus.
-                        data.fill(0xff);
-                        trace!(vcpu = self.id, port, "unclaimed port read");
+                    let claimed = self
+                        .rt
+                        .hvm
+                        .as_ref()
+                        .is_some_and(|d| d.pio.read(port as u64, data));
+                    if !claimed {
+                        unclaimed_port_read(self.id, port, data);
                     }
                 }
                 VcpuExit::MmioRead(addr, data) => {
+                    if self
+                        .rt
+                        .hvm
+                        .as_ref()
+                        .is_some_and(|d| d.mmio.read(addr, data))
+                    {
+                        continue;
+                    }
                     data.fill(0xff);
                     trace!(vcpu = self.id, addr, "unclaimed MMIO read");
                 }
-                VcpuExit::MmioWrite(addr, _) => {
-                    trace!(vcpu = self.id, addr, "unclaimed MMIO write");
+                VcpuExit::MmioWrite(addr, data) => {
+                    match self.rt.hvm.as_ref().and_then(|d| d.mmio.write(addr, data)) {
+                        Some(Some(request)) => return Some(platform_exit(self.id, request)),
+                        Some(None) => {}
+                        None => trace!(vcpu = self.id, addr, "unclaimed MMIO write"),
+                    }
                 }
                 VcpuExit::X86Wrmsr(msr) => {
                     let (index, data) = (msr.index, msr.data);
@@ -281,6 +312,34 @@ impl Vcpu {
                 }
             }
         }
+    }
+
+    /// A port write no emulated device claimed: the hypercall port, the
+    /// benchmark port and the ACPI fixed registers.
+    fn port_write(&mut self, port: u16, data: &[u8]) -> Option<DomainExit> {
+        match port {
+            HYPERCALL_PORT => self.hypercall(),
+            NULL_PORT => {}
+            acpi::SLEEP_CONTROL_PORT => {
+                match acpi::decode_sleep_control(data.first().copied().unwrap_or(0)) {
+                    Some(acpi::SleepRequest::SoftOff) => {
+                        info!(vcpu = self.id, "ACPI soft-off (S5)");
+                        return Some(DomainExit::Shutdown(xen_abi::sched::SHUTDOWN_POWEROFF));
+                    }
+                    Some(acpi::SleepRequest::Unsupported(kind)) => {
+                        debug!(vcpu = self.id, kind, "ACPI sleep type not supported");
+                    }
+                    None => {}
+                }
+            }
+            // Bit 2 of the reset control register resets the CPU.
+            acpi::RESET_PORT if data.first().is_some_and(|v| v & 0x4 != 0) => {
+                info!(vcpu = self.id, "reset through the reset register");
+                return Some(DomainExit::Shutdown(xen_abi::sched::SHUTDOWN_REBOOT));
+            }
+            _ => trace!(vcpu = self.id, port, "unclaimed port write"),
+        }
+        None
     }
 
     /// Serve the hypercall whose number the guest wrote to the port.

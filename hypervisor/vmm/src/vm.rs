@@ -25,6 +25,7 @@ use crate::control::DomainInfo;
 use crate::cpuid::{self, XenCpuidParams};
 use crate::dom0::{Dom0Link, Dom0Ports};
 use crate::events::EventRouting;
+use crate::hvm::{HvmConfig, HvmDevices};
 use crate::memory::{self, GuestMemory};
 use crate::platform::VmmPlatform;
 use crate::standalone::{ConsoleMode, Services};
@@ -130,6 +131,9 @@ pub struct VmConfig {
     /// Write "CODE REASON" here when the domain ends, for a toolstack that
     /// is not our parent (kxend after a restart).
     pub exit_file: Option<PathBuf>,
+    /// An HVM domain (Linux boot protocol, emulated devices) rather than
+    /// PVH.
+    pub hvm: Option<HvmConfig>,
 }
 
 /// State shared by the vCPU threads, the services and the main thread.
@@ -154,6 +158,8 @@ pub struct Runtime {
     /// AP entry points from the ACPI MP wakeup mailbox.
     pub ap_start: Arc<ApStarter>,
     max_memory_kib: u64,
+    /// Emulated devices (HVM domains only).
+    pub hvm: Option<Arc<HvmDevices>>,
 }
 
 impl Runtime {
@@ -356,6 +362,53 @@ fn setup_pvh_bsp(fd: &kvm_ioctls::VcpuFd, entry: u64, start_info: u64) -> Result
     Ok(())
 }
 
+/// Where vCPU 0 starts.
+#[derive(Debug, Clone, Copy)]
+enum BspEntry {
+    /// PVH: 32-bit protected mode, EBX = hvm_start_info.
+    Pvh { entry: u64, start_info: u64 },
+    /// Linux's 64-bit boot protocol: long mode, RSI = zero page.
+    Linux64 { entry: u64, boot_params: u64 },
+}
+
+impl BspEntry {
+    fn entry(&self) -> u64 {
+        match *self {
+            BspEntry::Pvh { entry, .. } | BspEntry::Linux64 { entry, .. } => entry,
+        }
+    }
+}
+
+/// Put vCPU 0 at a Linux kernel's 64-bit entry: long mode on the identity
+/// page tables, the boot GDT's `__BOOT_CS`/`__BOOT_DS`, RSI = zero page,
+/// interrupts off.
+fn setup_linux64_bsp(fd: &kvm_ioctls::VcpuFd, entry: u64, boot_params: u64) -> Result<(), VmError> {
+    use kxen_loader::linux::{BOOT_CS, BOOT_DS, BOOT_GDT, BOOT_GDT_GPA, BOOT_STACK_TOP};
+    let mut sregs = fd.get_sregs()?;
+    let code64 = kvm_segment {
+        l: 1,
+        db: 0,
+        ..flat_segment(BOOT_CS, 0xb)
+    };
+    load_flat_segments(&mut sregs, code64, BOOT_DS);
+    sregs.gdt.base = BOOT_GDT_GPA;
+    sregs.gdt.limit = (BOOT_GDT.len() * 8 - 1) as u16;
+    sregs.cr0 = 0x8000_0031; // PG | NE | ET | PE
+    sregs.cr3 = kxen_loader::acpi::AP_PAGE_TABLES_GPA;
+    sregs.cr4 = 0x20; // PAE
+    sregs.efer = 0x500; // LME | LMA
+    fd.set_sregs(&sregs)?;
+    let regs = kvm_bindings::kvm_regs {
+        rip: entry,
+        rsi: boot_params,
+        rsp: BOOT_STACK_TOP,
+        rflags: 0x2,
+        ..Default::default()
+    };
+    fd.set_regs(&regs)?;
+    Ok(())
+}
+
 /// Put an AP at the entry point the guest gave the MP wakeup mailbox:
 /// 64-bit mode, paging on the identity-mapped AP page tables, as the ACPI
 /// specification promises the OS. The AP loads its own GDT and IDT.
@@ -497,50 +550,82 @@ pub fn run(cfg: VmConfig, started: Instant, report_timing: bool) -> Result<Domai
         path: cfg.kernel.clone(),
         source: e.into(),
     })?;
-    let kernel = kxen_loader::load_pvh_elf(&snapshot, &mut kernel_file).map_err(|source| {
-        VmError::Kernel {
-            path: cfg.kernel.clone(),
-            source,
-        }
-    })?;
-    let mut modules = Vec::new();
-    if let Some(path) = &cfg.ramdisk {
-        let data = std::fs::read(path).map_err(|source| VmError::Ramdisk {
+    let memmap = memory.layout.memmap();
+    let platform = match cfg.hvm {
+        Some(_) => kxen_loader::acpi::Platform::Pc,
+        None => kxen_loader::acpi::Platform::HwReduced,
+    };
+    let rsdp = kxen_loader::acpi::write(&snapshot, cfg.vcpus, platform).map_err(VmError::Boot)?;
+    let ramdisk = match &cfg.ramdisk {
+        Some(path) => Some(std::fs::read(path).map_err(|source| VmError::Ramdisk {
             path: path.clone(),
             source,
+        })?),
+        None => None,
+    };
+    let low_end = memory.layout.ram[0].1;
+    let boot = if cfg.hvm.is_some() {
+        let inputs = kxen_loader::linux::LinuxBootInputs {
+            cmdline: &cfg.cmdline,
+            initrd: ramdisk.as_deref(),
+            memmap: &memmap,
+            initrd_limit: low_end,
+            rsdp,
+        };
+        let linux =
+            kxen_loader::linux::load(&snapshot, &mut kernel_file, &inputs).map_err(|source| {
+                VmError::Kernel {
+                    path: cfg.kernel.clone(),
+                    source,
+                }
+            })?;
+        BspEntry::Linux64 {
+            entry: linux.entry,
+            boot_params: linux.boot_params,
+        }
+    } else {
+        let kernel = kxen_loader::load_pvh_elf(&snapshot, &mut kernel_file).map_err(|source| {
+            VmError::Kernel {
+                path: cfg.kernel.clone(),
+                source,
+            }
         })?;
-        let low_end = memory.layout.ram[0].1;
-        let size = data.len() as u64;
-        let addr = low_end
-            .checked_sub(size)
-            .map(|a| a & !0xfff)
-            .filter(|&a| a >= kernel.end.max(0x10_0000))
-            .ok_or(VmError::RamdiskTooLarge)?;
-        snapshot
-            .write_slice(&data, GuestAddress(addr))
-            .map_err(|_| VmError::RamdiskTooLarge)?;
-        modules.push(Module { paddr: addr, size });
-    }
-    let memmap = memory.layout.memmap();
-    let pvh_memmap: Vec<MemmapEntry> = memmap
-        .iter()
-        .map(|e| MemmapEntry {
-            addr: e.addr,
-            size: e.size,
-            kind: e.kind,
-            reserved: 0,
-        })
-        .collect();
-    let rsdp = kxen_loader::acpi::write(&snapshot, cfg.vcpus).map_err(VmError::Boot)?;
-    let start_info = start_info::write(
-        &snapshot,
-        &BootBlockLayout::default(),
-        &cfg.cmdline,
-        &pvh_memmap,
-        &modules,
-        rsdp,
-    )
-    .map_err(VmError::Boot)?;
+        let mut modules = Vec::new();
+        if let Some(data) = &ramdisk {
+            let size = data.len() as u64;
+            let addr = low_end
+                .checked_sub(size)
+                .map(|a| a & !0xfff)
+                .filter(|&a| a >= kernel.end.max(0x10_0000))
+                .ok_or(VmError::RamdiskTooLarge)?;
+            snapshot
+                .write_slice(data, GuestAddress(addr))
+                .map_err(|_| VmError::RamdiskTooLarge)?;
+            modules.push(Module { paddr: addr, size });
+        }
+        let pvh_memmap: Vec<MemmapEntry> = memmap
+            .iter()
+            .map(|e| MemmapEntry {
+                addr: e.addr,
+                size: e.size,
+                kind: e.kind,
+                reserved: 0,
+            })
+            .collect();
+        let start_info = start_info::write(
+            &snapshot,
+            &BootBlockLayout::default(),
+            &cfg.cmdline,
+            &pvh_memmap,
+            &modules,
+            rsdp,
+        )
+        .map_err(VmError::Boot)?;
+        BspEntry::Pvh {
+            entry: kernel.entry,
+            start_info,
+        }
+    };
     drop(snapshot);
 
     // vCPUs: created before the domain because the TSC rate comes from KVM.
@@ -621,6 +706,14 @@ pub fn run(cfg: VmConfig, started: Instant, report_timing: bool) -> Result<Domai
     }
     domain.publish_routing();
 
+    let hvm_devices = match &cfg.hvm {
+        Some(hvm) => {
+            let (low, high) = memory.layout.ram_split();
+            Some(Arc::new(HvmDevices::build(&vm, hvm, low, high)?))
+        }
+        None => None,
+    };
+
     let rt = Arc::new(Runtime {
         vm: vm.clone(),
         memory: memory.clone(),
@@ -638,6 +731,7 @@ pub fn run(cfg: VmConfig, started: Instant, report_timing: bool) -> Result<Domai
         in_guest: AtomicU32::new(0),
         ap_start: Arc::new(ApStarter::new(cfg.vcpus)),
         max_memory_kib: cfg.maxmem_mib.max(cfg.memory_mib) * 1024,
+        hvm: hvm_devices.clone(),
     });
     *runtime_slot.lock().unwrap_or_else(|e| e.into_inner()) = Some(Arc::downgrade(&rt));
 
@@ -653,12 +747,20 @@ pub fn run(cfg: VmConfig, started: Instant, report_timing: bool) -> Result<Domai
                 xen_major: XEN_MAJOR,
                 xen_minor: XEN_MINOR,
                 tsc_khz,
+                // A stock HVM kernel that saw Xen would make hypercalls
+                // with vmcall, which hangs on PVM hosts.
+                xen_leaves: cfg.hvm.as_ref().is_none_or(|h| h.xen_platform_pci),
             },
         )
         .map_err(VmError::Cpuid)?;
         fd.set_cpuid2(&table)?;
         if id == 0 {
-            setup_pvh_bsp(&fd, kernel.entry, start_info)?;
+            match boot {
+                BspEntry::Pvh { entry, start_info } => setup_pvh_bsp(&fd, entry, start_info)?,
+                BspEntry::Linux64 { entry, boot_params } => {
+                    setup_linux64_bsp(&fd, entry, boot_params)?
+                }
+            }
             enable_local_apic(&fd)?;
         }
         let vcpu = Vcpu::new(id, fd, rt.clone());
@@ -722,6 +824,11 @@ pub fn run(cfg: VmConfig, started: Instant, report_timing: bool) -> Result<Domai
             .map_err(|e| VmError::Setup(format!("Dom0 event thread: {e}")))?],
     };
 
+    if let Some(devices) = &hvm_devices {
+        // Not joined: a blocking stdin read cannot be interrupted.
+        let _ = devices.start_input();
+    }
+
     let control = match &cfg.control_socket {
         Some(path) => Some(
             crate::control::serve(rt.clone(), path.clone())
@@ -749,7 +856,7 @@ pub fn run(cfg: VmConfig, started: Instant, report_timing: bool) -> Result<Domai
         name = %cfg.name,
         memory_mib = cfg.memory_mib,
         vcpus = cfg.vcpus,
-        entry = kernel.entry,
+        entry = boot.entry(),
         "domain built in {:?}",
         started.elapsed()
     );
@@ -766,6 +873,9 @@ pub fn run(cfg: VmConfig, started: Instant, report_timing: bool) -> Result<Domai
     tracing::debug!("event state at exit: {}", domain.describe_event_state());
     domain.stop();
     dom0_link.stop();
+    if let Some(devices) = &hvm_devices {
+        devices.stop();
+    }
     for (i, handle) in handles.into_iter().enumerate() {
         while !handle.is_finished() {
             kicker.kick(i as u32);

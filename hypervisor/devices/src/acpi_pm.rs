@@ -1,0 +1,162 @@
+//! The ACPI fixed-hardware register blocks of a PC platform: PM1a event
+//! (status/enable), PM1a control, the PM timer and GPE0, in one 16-byte
+//! port window (Xen's HVM layout at 0x1f40).
+//!
+//! The PM timer is what a guest calibrates its TSC and local APIC timer
+//! against when no hypervisor tells it their rates. Nothing raises an SCI:
+//! there are no power-button or GPE events to deliver yet.
+
+use std::time::Instant;
+
+use crate::bus::{BusDevice, PlatformRequest};
+
+pub const ACPI_PM_BASE: u64 = 0x1f40;
+pub const ACPI_PM_WINDOW: u64 = 0x10;
+
+const PM1_STATUS: usize = 0x0;
+const PM1_ENABLE: usize = 0x2;
+const PM1_CONTROL: usize = 0x4;
+const PM_TIMER: usize = 0x8;
+const GPE0_STATUS: usize = 0xc;
+const GPE0_ENABLE: usize = 0xe;
+
+/// PM1 control: SCI_EN (ACPI mode is always on), SLP_TYP and SLP_EN.
+const SCI_ENABLE: u16 = 1 << 0;
+const SLEEP_TYPE_SHIFT: u16 = 10;
+const SLEEP_TYPE_MASK: u16 = 0x7;
+const SLEEP_ENABLE: u16 = 1 << 13;
+/// The soft-off sleep type the DSDT's `_S5` declares.
+pub const SLEEP_TYPE_S5: u16 = 5;
+
+/// The PM timer runs at 3.579545 MHz.
+const PM_TIMER_HZ: u128 = 3_579_545;
+
+pub struct AcpiPm {
+    pm1_enable: u16,
+    pm1_control: u16,
+    gpe0_enable: u16,
+    started: Instant,
+}
+
+impl Default for AcpiPm {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl AcpiPm {
+    pub fn new() -> Self {
+        AcpiPm {
+            pm1_enable: 0,
+            pm1_control: SCI_ENABLE,
+            gpe0_enable: 0,
+            started: Instant::now(),
+        }
+    }
+
+    fn timer(&self) -> u32 {
+        (self.started.elapsed().as_nanos() * PM_TIMER_HZ / 1_000_000_000) as u32
+    }
+
+    fn registers(&self) -> [u8; ACPI_PM_WINDOW as usize] {
+        let mut r = [0u8; ACPI_PM_WINDOW as usize];
+        r[PM1_ENABLE..PM1_ENABLE + 2].copy_from_slice(&self.pm1_enable.to_le_bytes());
+        r[PM1_CONTROL..PM1_CONTROL + 2].copy_from_slice(&self.pm1_control.to_le_bytes());
+        r[PM_TIMER..PM_TIMER + 4].copy_from_slice(&self.timer().to_le_bytes());
+        r[GPE0_ENABLE..GPE0_ENABLE + 2].copy_from_slice(&self.gpe0_enable.to_le_bytes());
+        r
+    }
+}
+
+impl BusDevice for AcpiPm {
+    fn read(&mut self, offset: u64, data: &mut [u8]) {
+        let regs = self.registers();
+        for (i, b) in data.iter_mut().enumerate() {
+            *b = regs.get(offset as usize + i).copied().unwrap_or(0xff);
+        }
+    }
+
+    fn write(&mut self, offset: u64, data: &[u8]) -> Option<PlatformRequest> {
+        let mut regs = self.registers();
+        let start = offset as usize;
+        for (i, &b) in data.iter().enumerate() {
+            if let Some(slot) = regs.get_mut(start + i) {
+                *slot = b;
+            }
+        }
+        let touches = |reg: usize| start < reg + 2 && reg < start + data.len();
+        let word = |reg: usize| u16::from_le_bytes([regs[reg], regs[reg + 1]]);
+        // Status bits are write-one-to-clear and none are ever set.
+        if touches(PM1_ENABLE) {
+            self.pm1_enable = word(PM1_ENABLE);
+        }
+        if touches(GPE0_ENABLE) {
+            self.gpe0_enable = word(GPE0_ENABLE);
+        }
+        let _ = (PM1_STATUS, GPE0_STATUS);
+        if touches(PM1_CONTROL) {
+            let value = word(PM1_CONTROL);
+            // SLP_EN is write-only: it triggers and never reads back.
+            self.pm1_control = (value & !SLEEP_ENABLE) | SCI_ENABLE;
+            if value & SLEEP_ENABLE != 0 {
+                let kind = (value >> SLEEP_TYPE_SHIFT) & SLEEP_TYPE_MASK;
+                if kind == SLEEP_TYPE_S5 {
+                    return Some(PlatformRequest::PowerOff);
+                }
+                tracing::debug!(kind, "ACPI sleep state not supported");
+            }
+        }
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timer_counts_at_acpi_rate() {
+        let mut pm = AcpiPm::new();
+        let mut a = [0u8; 4];
+        pm.read(PM_TIMER as u64, &mut a);
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        let mut b = [0u8; 4];
+        pm.read(PM_TIMER as u64, &mut b);
+        let ticks = u32::from_le_bytes(b).wrapping_sub(u32::from_le_bytes(a));
+        // 20 ms is 71591 ticks; allow for a slow scheduler.
+        assert!((60_000..400_000).contains(&ticks), "{ticks} ticks");
+    }
+
+    #[test]
+    fn s5_through_pm1_control_powers_off() {
+        let mut pm = AcpiPm::new();
+        let mut c = [0u8; 2];
+        pm.read(PM1_CONTROL as u64, &mut c);
+        assert_eq!(u16::from_le_bytes(c) & SCI_ENABLE, SCI_ENABLE);
+        let s3 = (3 << SLEEP_TYPE_SHIFT) | SLEEP_ENABLE;
+        assert_eq!(pm.write(PM1_CONTROL as u64, &s3.to_le_bytes()), None);
+        let s5 = (SLEEP_TYPE_S5 << SLEEP_TYPE_SHIFT) | SLEEP_ENABLE;
+        assert_eq!(
+            pm.write(PM1_CONTROL as u64, &s5.to_le_bytes()),
+            Some(PlatformRequest::PowerOff)
+        );
+        // Byte writes of the high half alone work too.
+        assert_eq!(
+            pm.write(PM1_CONTROL as u64 + 1, &[(s5 >> 8) as u8]),
+            Some(PlatformRequest::PowerOff)
+        );
+    }
+
+    #[test]
+    fn odd_accesses_are_harmless() {
+        let mut pm = AcpiPm::new();
+        let mut wide = [0u8; 8];
+        pm.read(12, &mut wide);
+        assert_eq!(&wide[4..], &[0xff; 4]);
+        assert_eq!(pm.write(15, &[1, 2, 3, 4]), None);
+        pm.write(PM1_ENABLE as u64, &[0x20, 0x01]);
+        let mut e = [0u8; 2];
+        pm.read(PM1_ENABLE as u64, &mut e);
+        assert_eq!(e, [0x20, 0x01]);
+    }
+}

@@ -1,0 +1,181 @@
+//! HVM domains through the real kxend and kxl: the Linux 64-bit boot path
+//! (bzImage and vmlinux ELF), COM1 as the console, the CMOS RTC, PM timer,
+//! i8042, and the on_* actions for power-off, reset and crash.
+//!
+//! The guest is `tests/guest64/hvm.S`; it prints what it checked and then
+//! obeys one command byte typed through `kxl console`.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use kxen_tests::dom0::{show, Dom0};
+use kxen_tests::hvm_guest;
+
+fn config(d: &Dom0, name: &str, kernel: &Path, extra: &str) -> std::path::PathBuf {
+    let path = d.dir.join(format!("{name}.cfg"));
+    std::fs::write(
+        &path,
+        format!(
+            "name = \"{name}\"\ntype = \"hvm\"\nkernel = \"{}\"\nmemory = 64\nvcpus = 1\ncmdline = \"kxen.test={name}\"\n{extra}",
+            kernel.display()
+        ),
+    )
+    .unwrap();
+    path
+}
+
+fn row(list: &str, name: &str) -> Option<String> {
+    list.lines()
+        .find(|l| l.split_whitespace().next() == Some(name))
+        .map(str::to_string)
+}
+
+fn wait_gone(d: &Dom0, name: &str) {
+    let start = Instant::now();
+    while row(&d.ok(&["list"]), name).is_some() {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "{name} did not go away; console:\n{}",
+            d.console_log(name)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn vmm_log(d: &Dom0, name: &str) -> String {
+    let mut all = String::new();
+    if let Ok(entries) = std::fs::read_dir(d.dir.join("state/logs")) {
+        for e in entries.flatten() {
+            let file = e.file_name().to_string_lossy().into_owned();
+            if file.starts_with("vmm-") && file.ends_with(&format!("-{name}.log")) {
+                all.push_str(&std::fs::read_to_string(e.path()).unwrap_or_default());
+            }
+        }
+    }
+    all
+}
+
+/// Type one command byte at the guest's prompt.
+fn command(d: &Dom0, name: &str, byte: u8) {
+    d.wait_console(name, "kxen-hvm-guest: command? ");
+    let _ = d.kxl_stdin(&["console", name], &[byte, 0x1d]);
+    d.wait_console(name, &format!("kxen-hvm-guest: got {}", byte as char));
+}
+
+#[test]
+fn hvm_guest_boots_from_vmlinux_and_bzimage() {
+    let guest = hvm_guest("formats");
+    let d = Dom0::new("hvm-formats");
+    for (name, kernel) in [("hvm-elf", &guest.elf), ("hvm-bz", &guest.bzimage)] {
+        let cfg = config(&d, name, kernel, "");
+        let out = d.kxl(&["create", cfg.to_str().unwrap()]);
+        assert!(out.status.success(), "{}", show(&out));
+        d.wait_console(name, "kxen-hvm-guest: command? ");
+        let log = d.console_log(name);
+        for line in [
+            "kxen-hvm-guest: zero page at rsi",
+            &format!("kxen-hvm-guest: cmdline: kxen.test={name}"),
+            "kxen-hvm-guest: rtc ok",
+            "kxen-hvm-guest: pm timer ok",
+            "kxen-hvm-guest: i8042 ok",
+        ] {
+            assert!(log.contains(line), "{name}: no {line:?} in\n{log}");
+        }
+        let list = d.ok(&["list"]);
+        let r = row(&list, name).unwrap_or_else(|| panic!("{list}"));
+        assert_eq!(r.split_whitespace().nth(2), Some("64"), "{r}");
+        // ACPI S5 through PM1a_CNT: on_poweroff = destroy.
+        command(&d, name, b'p');
+        wait_gone(&d, name);
+        let dmesg = d.ok(&["dmesg"]);
+        assert!(dmesg.contains(&format!("({name})")), "{dmesg}");
+    }
+}
+
+#[test]
+fn hvm_reset_crash_and_hostile_input_follow_the_on_actions() {
+    let guest = hvm_guest("actions");
+    let d = Dom0::new("hvm-actions");
+
+    // i8042 reset with on_reboot = restart: a new domid, a second boot.
+    let cfg = config(&d, "hvm-reset", &guest.elf, "on_reboot = \"restart\"\n");
+    d.ok(&["create", cfg.to_str().unwrap()]);
+    command(&d, "hvm-reset", b'r');
+    let start = Instant::now();
+    while d.console_log("hvm-reset").matches("command? ").count() < 2 {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "no restart:\n{}",
+            d.console_log("hvm-reset")
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(row(&d.ok(&["list"]), "hvm-reset").is_some());
+    d.ok(&["destroy", "hvm-reset"]);
+
+    // A triple fault is a crash: on_crash = destroy, and the VMM says why.
+    let cfg = config(&d, "hvm-crash", &guest.elf, "");
+    d.ok(&["create", cfg.to_str().unwrap()]);
+    command(&d, "hvm-crash", b'c');
+    wait_gone(&d, "hvm-crash");
+    assert!(
+        vmm_log(&d, "hvm-crash").contains("triple fault"),
+        "{}",
+        vmm_log(&d, "hvm-crash")
+    );
+
+    // Unclaimed ports, a straddling UART access, an unmapped MMIO page:
+    // the guest carries on and powers off.
+    let cfg = config(&d, "hvm-hostile", &guest.elf, "");
+    d.ok(&["create", cfg.to_str().unwrap()]);
+    command(&d, "hvm-hostile", b'h');
+    d.wait_console("hvm-hostile", "hostile accesses survived");
+    wait_gone(&d, "hvm-hostile");
+
+    // An instruction KVM's emulator cannot run (popcnt on PVM hosts) and
+    // the VMM does not emulate ends the domain as a crash, not the VMM;
+    // where the CPU runs guest ring 0 natively it simply executes.
+    let cfg = config(&d, "hvm-emul", &guest.elf, "");
+    d.ok(&["create", cfg.to_str().unwrap()]);
+    command(&d, "hvm-emul", b'e');
+    wait_gone(&d, "hvm-emul");
+    let ran = d.console_log("hvm-emul").contains("popcnt ran");
+    let refused = vmm_log(&d, "hvm-emul").contains("instruction emulation failed");
+    assert!(
+        ran ^ refused,
+        "console:\n{}\nvmm:\n{}",
+        d.console_log("hvm-emul"),
+        vmm_log(&d, "hvm-emul")
+    );
+    let dmesg = d.ok(&["dmesg"]);
+    assert!(dmesg.contains("(hvm-crash)"), "{dmesg}");
+}
+
+#[test]
+fn hvm_console_types() {
+    let guest = hvm_guest("consoles");
+    let d = Dom0::new("hvm-consoles");
+    let cfg = config(&d, "hvm-cons", &guest.elf, "");
+    d.ok(&["create", cfg.to_str().unwrap()]);
+    d.wait_console("hvm-cons", "command? ");
+    // The PV console of an HVM domain exists (for PVHVM guests); the
+    // guest never writes to it, so attaching shows nothing and detaches.
+    let out = d.kxl_stdin(&["console", "-t", "pv", "hvm-cons"], b"\x1d");
+    assert!(out.status.success(), "{}", show(&out));
+    // Explicit serial is the default console.
+    let _ = d.kxl_stdin(&["console", "-t", "serial", "hvm-cons"], b"p\x1d");
+    wait_gone(&d, "hvm-cons");
+
+    // A PVH domain has no serial line.
+    let pvh = d.config("pvh-cons", "");
+    d.ok(&["create", pvh.to_str().unwrap()]);
+    d.wait_console("pvh-cons", "service ready");
+    let out = d.kxl_stdin(&["console", "-t", "serial", "pvh-cons"], b"\x1d");
+    assert!(!out.status.success(), "{}", show(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no such console"),
+        "{}",
+        show(&out)
+    );
+    d.ok(&["destroy", "pvh-cons"]);
+}
