@@ -68,6 +68,24 @@ _start:
     jne fail
     lea msg_i8042(%rip), %rdi
     call puts
+    /* PCI config mechanism #1: IDs of 00:00.0 and 00:02.0, then the
+     * Xen unplug magic at port 0x10. */
+    lea msg_pci0(%rip), %rdi
+    call puts
+    mov $0x80000000, %eax
+    call pci_read
+    call puthex32
+    lea msg_pci2(%rip), %rdi
+    call puts
+    mov $0x80001000, %eax
+    call pci_read
+    call puthex32
+    lea msg_magic(%rip), %rdi
+    call puts
+    xor %eax, %eax
+    mov $0x10, %dx
+    in %dx, %ax
+    call puthex32
 command:
     lea msg_prompt(%rip), %rdi
     call puts
@@ -130,6 +148,28 @@ fail:
     call puts
     jmp crash
 
+/* pci_read(eax = config address) -> eax */
+pci_read:
+    mov $0xcf8, %dx
+    out %eax, %dx
+    mov $0xcfc, %dx
+    in %dx, %eax
+    ret
+/* puthex32(eax): eight hex digits and a newline. */
+puthex32:
+    mov %eax, %ebx
+    mov $28, %cl
+    lea hexdigits(%rip), %rsi
+1:  mov %ebx, %eax
+    shr %cl, %eax
+    and $0xf, %eax
+    mov (%rsi,%rax), %al
+    call putc
+    sub $4, %cl
+    jns 1b
+    mov $'\n', %al
+    call putc
+    ret
 /* putc(al): wait for THRE, send. */
 putc:
     push %rdx
@@ -186,6 +226,9 @@ msg_e820:     .asciz "kxen-hvm-guest: e820 entries: "
 msg_rtc:      .asciz "kxen-hvm-guest: rtc ok\n"
 msg_pmtmr:    .asciz "kxen-hvm-guest: pm timer ok\n"
 msg_i8042:    .asciz "kxen-hvm-guest: i8042 ok\n"
+msg_pci0:     .asciz "kxen-hvm-guest: pci 00:00.0 "
+msg_pci2:     .asciz "kxen-hvm-guest: pci 00:02.0 "
+msg_magic:    .asciz "kxen-hvm-guest: unplug magic "
 msg_prompt:   .asciz "kxen-hvm-guest: command? "
 msg_got:      .asciz "kxen-hvm-guest: got "
 msg_survived: .asciz "kxen-hvm-guest: hostile accesses survived\n"

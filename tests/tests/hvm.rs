@@ -81,6 +81,11 @@ fn hvm_guest_boots_from_vmlinux_and_bzimage() {
         ] {
             assert!(log.contains(line), "{name}: no {line:?} in\n{log}");
         }
+        // A host bridge on bus 0 and, without xen_platform_pci, nothing
+        // at 00:02.0 and no unplug ports.
+        assert!(log.contains("pci 00:00.0 12378086"), "{log}");
+        assert!(log.contains("pci 00:02.0 ffffffff"), "{log}");
+        assert!(log.contains("unplug magic 0000ffff"), "{log}");
         let list = d.ok(&["list"]);
         let r = row(&list, name).unwrap_or_else(|| panic!("{list}"));
         assert_eq!(r.split_whitespace().nth(2), Some("64"), "{r}");
@@ -149,6 +154,20 @@ fn hvm_reset_crash_and_hostile_input_follow_the_on_actions() {
     );
     let dmesg = d.ok(&["dmesg"]);
     assert!(dmesg.contains("(hvm-crash)"), "{dmesg}");
+}
+
+#[test]
+fn xen_platform_pci_appears_when_asked_for() {
+    let guest = hvm_guest("platform");
+    let d = Dom0::new("hvm-platform");
+    let cfg = config(&d, "hvm-xpp", &guest.elf, "xen_platform_pci = 1\n");
+    d.ok(&["create", cfg.to_str().unwrap()]);
+    d.wait_console("hvm-xpp", "command? ");
+    let log = d.console_log("hvm-xpp");
+    assert!(log.contains("pci 00:02.0 00015853"), "{log}");
+    assert!(log.contains("unplug magic 000049d2"), "{log}");
+    command(&d, "hvm-xpp", b'p');
+    wait_gone(&d, "hvm-xpp");
 }
 
 #[test]

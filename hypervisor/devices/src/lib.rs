@@ -9,6 +9,8 @@ pub mod acpi_pm;
 pub mod bus;
 pub mod cmos;
 pub mod i8042;
+pub mod pci;
 pub mod serial;
+pub mod xen_platform;
 
 pub use bus::{Bus, BusDevice, BusError, PlatformRequest};

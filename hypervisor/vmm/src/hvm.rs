@@ -17,6 +17,7 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use kxen_devices::acpi_pm::{AcpiPm, ACPI_PM_BASE, ACPI_PM_WINDOW};
 use kxen_devices::cmos::{Cmos, CMOS_BASE, CMOS_WINDOW};
 use kxen_devices::i8042::{I8042, I8042_BASE, I8042_KBD_IRQ, I8042_WINDOW};
+use kxen_devices::pci::{PciBus, PCI_CONFIG_BASE, PCI_CONFIG_WINDOW};
 use kxen_devices::serial::{ConsoleOut, IrqLine, Uart, COM1_BASE, COM1_IRQ, UART_WINDOW};
 use kxen_devices::{Bus, BusDevice};
 
@@ -163,6 +164,23 @@ impl HvmDevices {
             Arc::new(Mutex::new(AcpiPm::new())),
             ACPI_PM_BASE,
             ACPI_PM_WINDOW,
+        )?;
+        let mut pci = PciBus::new();
+        if cfg.xen_platform_pci {
+            use kxen_devices::xen_platform::*;
+            pci.add(PLATFORM_PCI_DEVICE, platform_function());
+            add(
+                &mut pio,
+                Arc::new(Mutex::new(UnplugPorts::new())),
+                UNPLUG_BASE,
+                UNPLUG_WINDOW,
+            )?;
+        }
+        add(
+            &mut pio,
+            Arc::new(Mutex::new(pci)),
+            PCI_CONFIG_BASE,
+            PCI_CONFIG_WINDOW,
         )?;
         Ok(HvmDevices {
             pio,
