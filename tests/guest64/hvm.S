@@ -16,7 +16,9 @@
     .code64
     .globl _image
 _image:
-    .fill 0x200, 1, 0x90
+    /* ud2 all the way: a loader that enters anywhere but +0x200 crashes
+     * the guest instead of sliding into _start. */
+    .fill 0x100, 2, 0x0b0f
     .globl _start
 _start:
     cli

@@ -13,11 +13,11 @@ use crate::bus::{BusDevice, PlatformRequest};
 pub const ACPI_PM_BASE: u64 = 0x1f40;
 pub const ACPI_PM_WINDOW: u64 = 0x10;
 
-const PM1_STATUS: usize = 0x0;
+// PM1 status (0x0) and GPE0 status (0xc) are write-one-to-clear and no
+// event ever sets them: they read as zero.
 const PM1_ENABLE: usize = 0x2;
 const PM1_CONTROL: usize = 0x4;
 const PM_TIMER: usize = 0x8;
-const GPE0_STATUS: usize = 0xc;
 const GPE0_ENABLE: usize = 0xe;
 
 /// PM1 control: SCI_EN (ACPI mode is always on), SLP_TYP and SLP_EN.
@@ -86,14 +86,12 @@ impl BusDevice for AcpiPm {
         }
         let touches = |reg: usize| start < reg + 2 && reg < start + data.len();
         let word = |reg: usize| u16::from_le_bytes([regs[reg], regs[reg + 1]]);
-        // Status bits are write-one-to-clear and none are ever set.
         if touches(PM1_ENABLE) {
             self.pm1_enable = word(PM1_ENABLE);
         }
         if touches(GPE0_ENABLE) {
             self.gpe0_enable = word(GPE0_ENABLE);
         }
-        let _ = (PM1_STATUS, GPE0_STATUS);
         if touches(PM1_CONTROL) {
             let value = word(PM1_CONTROL);
             // SLP_EN is write-only: it triggers and never reads back.

@@ -269,35 +269,11 @@ mod tests {
         bus.write(DATA, &v.to_le_bytes());
     }
 
+    /// The host bridge and the Xen platform device (an I/O BAR of 256
+    /// bytes at 0xc000, a prefetchable 16 MiB memory BAR at 0xf0000000).
     fn sample() -> PciBus {
         let mut bus = PciBus::new();
-        bus.add(
-            2,
-            PciFunction::new(
-                &PciIdentity {
-                    vendor: 0x5853,
-                    device: 0x0001,
-                    revision: 1,
-                    class: [0xff, 0x80, 0x00],
-                    subsystem_vendor: 0x5853,
-                    subsystem: 0x0001,
-                    interrupt_pin: 1,
-                    interrupt_line: 11,
-                },
-                &[
-                    Bar {
-                        kind: BarKind::Io,
-                        size: 0x100,
-                        base: 0xc000,
-                    },
-                    Bar {
-                        kind: BarKind::Memory32 { prefetchable: true },
-                        size: 16 << 20,
-                        base: 0xf000_0000,
-                    },
-                ],
-            ),
-        );
+        bus.add(2, crate::xen_platform::platform_function());
         bus
     }
 

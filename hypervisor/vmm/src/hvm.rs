@@ -44,7 +44,7 @@ pub struct HvmDevices {
     dom0_serial: Option<UnixStream>,
     /// Where the VMM reads keystrokes for the UART from.
     input: Option<SerialInput>,
-    stopping: Arc<AtomicBool>,
+    stopping: AtomicBool,
     /// Serial output bytes dropped because the reader was not keeping up.
     pub serial_dropped: Arc<AtomicU64>,
 }
@@ -188,7 +188,7 @@ impl HvmDevices {
             uart,
             dom0_serial,
             input,
-            stopping: Arc::new(AtomicBool::new(false)),
+            stopping: AtomicBool::new(false),
             serial_dropped: dropped,
         })
     }
