@@ -11,6 +11,7 @@ pub mod cmos;
 pub mod i8042;
 pub mod pci;
 pub mod serial;
+pub mod virtio_mmio;
 pub mod xen_platform;
 
 pub use bus::{Bus, BusDevice, BusError, PlatformRequest};
