@@ -19,6 +19,10 @@
 //!   PIT timer in Linux's eyes, and a stock kernel on an AMD host then has
 //!   nothing to calibrate its TSC or local APIC timer against. The PM
 //!   timer is that reference; the ports are Xen's HVM ones.
+//! * **virtio-mmio devices** (HVM only) are declared in the DSDT as
+//!   `\_SB.VRnn` with `_HID` "LNRO0005", the ID Linux's virtio_mmio driver
+//!   binds through ACPI: a register window and one edge-triggered,
+//!   active-high interrupt each ([`VirtioMmioDevice`]).
 //!
 //! Everything lives in the legacy BIOS area below 1 MiB, which the memory
 //! map reserves, so the legacy RSDP scan finds the tables as well as the
@@ -42,8 +46,10 @@ pub const FIRMWARE_SIZE: u64 = 0x2_0000;
 pub const RSDP_GPA: u64 = 0xe_0000;
 const XSDT_GPA: u64 = 0xe_0040;
 const FADT_GPA: u64 = 0xe_0100;
-const DSDT_GPA: u64 = 0xe_0300;
 const MADT_GPA: u64 = 0xe_0400;
+/// After the MADT (at most about 2 KiB with 255 vCPUs), with room for
+/// the virtio-mmio devices.
+const DSDT_GPA: u64 = 0xe_1000;
 /// PML4, PDPT and four PDs identity-mapping the first 4 GiB, for APs
 /// started in long mode and for an HVM kernel's 64-bit entry.
 pub const AP_PAGE_TABLES_GPA: u64 = 0xe_8000;
@@ -80,6 +86,21 @@ pub enum Platform {
     /// Fixed-hardware PC (HVM domains): PM1a blocks, PM timer, SCI.
     Pc,
 }
+
+/// A virtio-mmio device for the DSDT: its register window and the GSI of
+/// its interrupt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VirtioMmioDevice {
+    pub base: u32,
+    pub len: u32,
+    pub gsi: u32,
+}
+
+/// The ACPI HID Linux's virtio_mmio driver matches.
+pub const VIRTIO_MMIO_HID: &str = "LNRO0005";
+
+/// Most virtio-mmio devices the DSDT names (`VR00`..`VRFF`).
+const MAX_VIRTIO_DEVICES: usize = 256;
 
 /// KVM's in-kernel IOAPIC.
 const IOAPIC_GPA: u32 = 0xfec0_0000;
@@ -177,19 +198,58 @@ fn table_id(name: &[u8; 4]) -> [u8; 8] {
     id
 }
 
-/// Build the tables for `vcpus` vCPUs (APIC IDs 0..vcpus). Returns
-/// `(gpa, bytes)` pairs.
-pub fn build_tables(vcpus: u32, platform: Platform) -> Result<Vec<(u64, Vec<u8>)>, LoaderError> {
+/// `\_SB` with one `VRnn` device per virtio-mmio window: `_HID`
+/// "LNRO0005", `_UID` n, and `_CRS` with the window and its interrupt.
+fn virtio_scope(devices: &[VirtioMmioDevice]) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    let mut body = Vec::new();
+    for (i, dev) in devices.iter().enumerate() {
+        let hid = aml::Name::new("_HID".into(), &VIRTIO_MMIO_HID);
+        let uid = aml::Name::new("_UID".into(), &(i as u32));
+        let window = aml::Memory32Fixed::new(true, dev.base, dev.len);
+        // Consumer, edge-triggered, active high, exclusive.
+        let irq = aml::Interrupt::new(true, true, false, false, dev.gsi);
+        let crs = aml::Name::new(
+            "_CRS".into(),
+            &aml::ResourceTemplate::new(vec![&window, &irq]),
+        );
+        let name = format!("VR{i:02X}");
+        aml::Device::new(name.as_str().into(), vec![&hid, &uid, &crs]).to_aml_bytes(&mut body);
+    }
+    struct Raw(Vec<u8>);
+    impl Aml for Raw {
+        fn to_aml_bytes(&self, sink: &mut dyn AmlSink) {
+            sink.vec(&self.0);
+        }
+    }
+    let body = Raw(body);
+    aml::Scope::new("\\_SB_".into(), vec![&body]).to_aml_bytes(&mut bytes);
+    bytes
+}
+
+/// Build the tables for `vcpus` vCPUs (APIC IDs 0..vcpus) and, on the PC
+/// platform, `virtio` devices. Returns `(gpa, bytes)` pairs.
+pub fn build_tables(
+    vcpus: u32,
+    platform: Platform,
+    virtio: &[VirtioMmioDevice],
+) -> Result<Vec<(u64, Vec<u8>)>, LoaderError> {
     if vcpus == 0 || vcpus > 255 {
         return Err(LoaderError::NoRoom("ACPI MADT (1..=255 vCPUs)"));
     }
-    // DSDT: just the soft-off sleep type.
+    if virtio.len() > MAX_VIRTIO_DEVICES {
+        return Err(LoaderError::NoRoom("ACPI DSDT (virtio devices)"));
+    }
+    // DSDT: the soft-off sleep type and the virtio-mmio devices.
     let mut dsdt = Sdt::new(*b"DSDT", 36, 6, OEM_ID, table_id(b"DSDT"), OEM_REVISION);
     let s5 = aml::Name::new(
         "_S5_".into(),
         &aml::Package::new(vec![&SLEEP_TYPE_S5, &SLEEP_TYPE_S5, &aml::ZERO, &aml::ZERO]),
     );
     dsdt.append_slice(&to_bytes(&s5));
+    if platform == Platform::Pc && !virtio.is_empty() {
+        dsdt.append_slice(&virtio_scope(virtio));
+    }
 
     let fadt = fadt::FADTBuilder::new(OEM_ID, table_id(b"FACP"), OEM_REVISION)
         .dsdt_64(DSDT_GPA)
@@ -300,12 +360,17 @@ pub fn build_tables(vcpus: u32, platform: Platform) -> Result<Vec<(u64, Vec<u8>)
 
 /// Write the ACPI tables, the AP page tables and an empty wakeup mailbox
 /// into guest memory. Returns the RSDP's address.
-pub fn write(mem: &GuestMemoryMmap, vcpus: u32, platform: Platform) -> Result<u64, LoaderError> {
+pub fn write(
+    mem: &GuestMemoryMmap,
+    vcpus: u32,
+    platform: Platform,
+    virtio: &[VirtioMmioDevice],
+) -> Result<u64, LoaderError> {
     let put = |gpa: u64, bytes: &[u8]| {
         mem.write_slice(bytes, GuestAddress(gpa))
             .map_err(|_| LoaderError::GuestWrite(gpa))
     };
-    for (gpa, bytes) in build_tables(vcpus, platform)? {
+    for (gpa, bytes) in build_tables(vcpus, platform, virtio)? {
         put(gpa, &bytes)?;
     }
     put(AP_PAGE_TABLES_GPA, &ap_page_tables())?;
@@ -343,7 +408,7 @@ mod tests {
 
     #[test]
     fn tables_have_valid_checksums_and_lengths() {
-        let tables = build_tables(2, Platform::HwReduced).unwrap();
+        let tables = build_tables(2, Platform::HwReduced, &[]).unwrap();
         for (gpa, bytes) in &tables {
             if *gpa == RSDP_GPA {
                 assert_eq!(&bytes[..8], b"RSD PTR ");
@@ -359,7 +424,7 @@ mod tests {
 
     #[test]
     fn madt_lists_every_vcpu_the_ioapic_and_the_mailbox() {
-        let tables = build_tables(3, Platform::HwReduced).unwrap();
+        let tables = build_tables(3, Platform::HwReduced, &[]).unwrap();
         let madt = &tables.iter().find(|(_, b)| &b[..4] == b"APIC").unwrap().1;
         let mut kinds = Vec::new();
         let mut at = 44;
@@ -374,7 +439,7 @@ mod tests {
 
     #[test]
     fn pc_platform_has_pm_blocks_timer_and_sci_override() {
-        let tables = build_tables(2, Platform::Pc).unwrap();
+        let tables = build_tables(2, Platform::Pc, &[]).unwrap();
         for (gpa, bytes) in &tables {
             if *gpa != RSDP_GPA {
                 assert!(checksum_ok(bytes), "checksum of {:?}", &bytes[..4]);
@@ -400,9 +465,69 @@ mod tests {
 
     #[test]
     fn dsdt_declares_s5() {
-        let tables = build_tables(1, Platform::HwReduced).unwrap();
+        let tables = build_tables(1, Platform::HwReduced, &[]).unwrap();
         let dsdt = &tables.iter().find(|(_, b)| &b[..4] == b"DSDT").unwrap().1;
         assert!(dsdt.windows(4).any(|w| w == b"_S5_"));
+    }
+
+    /// Every `(base, len, gsi)` the DSDT's resource templates declare, in
+    /// order, from Memory32Fixed (0x86) and Extended Interrupt (0x89)
+    /// descriptors.
+    fn virtio_resources(dsdt: &[u8]) -> Vec<(u32, u32, u32, u8)> {
+        let u32_at = |o: usize| u32::from_le_bytes(dsdt[o..o + 4].try_into().unwrap());
+        let mut found = Vec::new();
+        for at in 0..dsdt.len().saturating_sub(21) {
+            // Memory32Fixed, length 9, read-write; then the interrupt.
+            if dsdt[at..at + 4] == [0x86, 9, 0, 1] && dsdt[at + 12..at + 15] == [0x89, 6, 0] {
+                let flags = dsdt[at + 15];
+                assert_eq!(dsdt[at + 16], 1, "one interrupt");
+                found.push((u32_at(at + 4), u32_at(at + 8), u32_at(at + 17), flags));
+            }
+        }
+        found
+    }
+
+    #[test]
+    fn dsdt_declares_virtio_mmio_devices_on_pc_only() {
+        let devices: Vec<VirtioMmioDevice> = (0..8)
+            .map(|i| VirtioMmioDevice {
+                base: 0xd000_0000 + i * 0x1000,
+                len: 0x1000,
+                gsi: 16 + i,
+            })
+            .collect();
+        let tables = build_tables(255, Platform::Pc, &devices).unwrap();
+        let dsdt = &tables.iter().find(|(_, b)| &b[..4] == b"DSDT").unwrap().1;
+        assert!(checksum_ok(dsdt));
+        let len = u32::from_le_bytes(dsdt[4..8].try_into().unwrap()) as usize;
+        assert_eq!(len, dsdt.len());
+        let hid = b"LNRO0005\0";
+        assert_eq!(dsdt.windows(hid.len()).filter(|w| w == hid).count(), 8);
+        assert!(dsdt.windows(4).any(|w| w == b"_SB_"));
+        for i in 0..8 {
+            let name = format!("VR{i:02X}");
+            assert!(dsdt.windows(4).any(|w| w == name.as_bytes()), "{name}");
+        }
+        let found = virtio_resources(dsdt);
+        // Consumer | edge; active high, exclusive.
+        let want: Vec<_> = devices
+            .iter()
+            .map(|d| (d.base, d.len, d.gsi, 0b0011))
+            .collect();
+        assert_eq!(found, want);
+        // The FADT points at the DSDT.
+        let fadt = &tables.iter().find(|(_, b)| &b[..4] == b"FACP").unwrap().1;
+        assert_eq!(
+            u64::from_le_bytes(fadt[140..148].try_into().unwrap()),
+            DSDT_GPA
+        );
+
+        let pvh = build_tables(1, Platform::HwReduced, &devices).unwrap();
+        let dsdt = &pvh.iter().find(|(_, b)| &b[..4] == b"DSDT").unwrap().1;
+        assert!(!dsdt.windows(8).any(|w| w == b"LNRO0005"));
+        let plain = build_tables(1, Platform::Pc, &[]).unwrap();
+        let dsdt = &plain.iter().find(|(_, b)| &b[..4] == b"DSDT").unwrap().1;
+        assert!(!dsdt.windows(4).any(|w| w == b"_SB_"));
     }
 
     #[test]
@@ -430,7 +555,7 @@ mod tests {
 
     #[test]
     fn vcpu_count_is_bounded() {
-        assert!(build_tables(0, Platform::Pc).is_err());
-        assert!(build_tables(256, Platform::Pc).is_err());
+        assert!(build_tables(0, Platform::Pc, &[]).is_err());
+        assert!(build_tables(256, Platform::Pc, &[]).is_err());
     }
 }

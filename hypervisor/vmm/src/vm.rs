@@ -555,7 +555,8 @@ pub fn run(cfg: VmConfig, started: Instant, report_timing: bool) -> Result<Domai
         Some(_) => kxen_loader::acpi::Platform::Pc,
         None => kxen_loader::acpi::Platform::HwReduced,
     };
-    let rsdp = kxen_loader::acpi::write(&snapshot, cfg.vcpus, platform).map_err(VmError::Boot)?;
+    let rsdp =
+        kxen_loader::acpi::write(&snapshot, cfg.vcpus, platform, &[]).map_err(VmError::Boot)?;
     let ramdisk = match &cfg.ramdisk {
         Some(path) => Some(std::fs::read(path).map_err(|source| VmError::Ramdisk {
             path: path.clone(),
