@@ -218,6 +218,12 @@ impl ForeignDomain {
         .ok_or_else(|| DomainError::Protocol("routing area missing or not initialised".into()))
     }
 
+    /// Send one control request `line` (a JSON object) to the domain's
+    /// kxen-vmm; on success return the fds its reply carried.
+    pub fn control_request(&self, line: &str) -> Result<Vec<OwnedFd>, DomainError> {
+        self.request(line).map(|(_, fds)| fds)
+    }
+
     /// The domain's event routing, if its VMM offers one.
     pub fn events(&self) -> Option<&GuestEvents> {
         self.events.as_ref()

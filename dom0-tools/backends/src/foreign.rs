@@ -1,7 +1,7 @@
 //! A domain's memory as Dom0 sees it: the memfd kxen-vmm hands over,
 //! mapped shared. This is kxen's "foreign mapping".
 
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
@@ -22,6 +22,8 @@ pub struct ForeignMemory {
     base: NonNull<u8>,
     len: usize,
     regions: Vec<MemfdRegion>,
+    /// Kept open so other mappers (virtio's vm-memory view) can map it too.
+    memfd: OwnedFd,
 }
 
 // SAFETY: the mapping is plain shared memory; all access goes through
@@ -56,6 +58,7 @@ impl ForeignMemory {
             base: ptr.cast(),
             len,
             regions,
+            memfd,
         })
     }
 
@@ -82,6 +85,16 @@ impl ForeignMemory {
 
     pub fn is_empty(&self) -> bool {
         self.len == 0
+    }
+
+    /// The memfd holding the domain's RAM.
+    pub fn memfd(&self) -> BorrowedFd<'_> {
+        self.memfd.as_fd()
+    }
+
+    /// Where each guest-physical range lives in the memfd.
+    pub fn regions(&self) -> &[MemfdRegion] {
+        &self.regions
     }
 
     /// The page at memfd offset `offset` (page-aligned), wherever in the

@@ -24,6 +24,7 @@ pub mod spec;
 mod stats;
 
 pub use backend::{BlkBackend, MAX_QUEUES};
+pub use disk::Disk;
 pub use error::BlkError;
 pub use queue::Features;
 pub use spec::{DevType, VbdSpec};

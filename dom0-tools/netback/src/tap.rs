@@ -111,6 +111,22 @@ impl Tap {
         self.queues.get(i).cloned()
     }
 
+    /// Set the length of the header before every frame (`TUNSETVNETHDRSZ`):
+    /// 10 (the default, netback's) or 12 (virtio 1.x's `virtio_net_hdr_v1`,
+    /// with `num_buffers`). It applies to every queue of the device.
+    pub fn set_vnet_hdr_len(&self, len: usize) -> Result<(), NetError> {
+        let Some(q) = self.queues.first() else {
+            return Ok(());
+        };
+        let len = libc::c_int::try_from(len).map_err(|_| NetError::Spec("bad header".into()))?;
+        // SAFETY: TUNSETVNETHDRSZ reads one int, which outlives the call.
+        let r = unsafe { libc::ioctl(q.file.as_raw_fd(), libc::TUNSETVNETHDRSZ as _, &len) };
+        if r < 0 {
+            return Err(tap_err(&self.name, std::io::Error::last_os_error()));
+        }
+        Ok(())
+    }
+
     /// Tell the kernel which offloads the packets we read may use
     /// (`TUN_F_*`): partial checksums and TSO only when the frontend takes them.
     pub fn set_offload(&self, flags: u32) -> Result<(), NetError> {

@@ -1,0 +1,124 @@
+//! The kxend side of the virtio protocol with kxen-vmm
+//! (notes/virtio-protocol.md): the `virtio-attach` control request and the
+//! JSON lines on the per-device link socket.
+
+use serde::Deserialize;
+use serde_json::json;
+
+/// Longest link line accepted.
+pub const MAX_LINE: usize = 64 * 1024;
+/// Most bytes of device config space the VMM takes.
+pub const MAX_CONFIG: usize = 256;
+
+/// One ready queue in an activate message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub struct QueueSetup {
+    pub index: u32,
+    pub size: u16,
+    pub desc: u64,
+    pub avail: u64,
+    pub used: u64,
+}
+
+/// A message from the VMM on the link.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LinkEvent {
+    /// The driver set DRIVER_OK.
+    Activate {
+        features: u64,
+        queues: Vec<QueueSetup>,
+    },
+    /// The driver wrote Status = 0.
+    Reset,
+}
+
+#[derive(Deserialize)]
+struct RawEvent {
+    event: String,
+    #[serde(default)]
+    features: Option<u64>,
+    #[serde(default)]
+    queues: Option<Vec<QueueSetup>>,
+}
+
+/// Parse one link line.
+pub fn parse_event(line: &[u8]) -> Result<LinkEvent, String> {
+    let raw: RawEvent =
+        serde_json::from_slice(line).map_err(|e| format!("bad link message: {e}"))?;
+    match raw.event.as_str() {
+        "activate" => Ok(LinkEvent::Activate {
+            features: raw.features.ok_or("activate without features")?,
+            queues: raw.queues.unwrap_or_default(),
+        }),
+        "reset" => Ok(LinkEvent::Reset),
+        other => Err(format!("unknown event `{other}'")),
+    }
+}
+
+/// The reply line (newline included) for a handled message.
+pub fn reply_line(result: &Result<(), String>) -> String {
+    let v = match result {
+        Ok(()) => json!({ "ok": true }),
+        Err(e) => json!({ "ok": false, "error": e }),
+    };
+    format!("{v}\n")
+}
+
+/// The `virtio-attach` request for `slot`.
+pub fn attach_request(
+    slot: u32,
+    device_id: u32,
+    features: u64,
+    config: &[u8],
+    queues: usize,
+) -> String {
+    json!({
+        "op": "virtio-attach",
+        "slot": slot,
+        "device_id": device_id,
+        "device_features": features,
+        "config": config,
+        "queues": queues,
+    })
+    .to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages() {
+        let a = br#"{"event":"activate","features":4294967296,"queues":[{"index":0,"size":128,"desc":4096,"avail":8192,"used":12288}]}"#;
+        assert_eq!(
+            parse_event(a).unwrap(),
+            LinkEvent::Activate {
+                features: 1 << 32,
+                queues: vec![QueueSetup {
+                    index: 0,
+                    size: 128,
+                    desc: 4096,
+                    avail: 8192,
+                    used: 12288
+                }]
+            }
+        );
+        assert_eq!(
+            parse_event(b"{\"event\":\"reset\"}\n").unwrap(),
+            LinkEvent::Reset
+        );
+        assert!(parse_event(b"{\"event\":\"frob\"}").is_err());
+        assert!(parse_event(b"{\"event\":\"activate\"}").is_err());
+        assert!(parse_event(b"nonsense").is_err());
+        assert_eq!(reply_line(&Ok(())), "{\"ok\":true}\n");
+        assert_eq!(
+            reply_line(&Err("no".into())),
+            "{\"error\":\"no\",\"ok\":false}\n"
+        );
+        let r: serde_json::Value =
+            serde_json::from_str(&attach_request(1, 2, 0x20, &[1, 2], 1)).unwrap();
+        assert_eq!(r["op"], "virtio-attach");
+        assert_eq!(r["config"], json!([1, 2]));
+        assert_eq!(r["queues"], 1);
+    }
+}
