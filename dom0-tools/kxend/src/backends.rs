@@ -4,8 +4,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use kxen_backends::xenbus::BackendDevice;
-use kxen_blkback::{BlkBackend, DevType, VbdSpec};
+use kxen_blkback::{BlkBackend, DevType, Disk, VbdSpec};
 use kxen_toolstack::disk::DiskSpec;
+use kxen_virtio_backend::{BlkConfig, BlkDevice, NetDevice, VirtioDevice};
 
 use crate::devices::{BackendFactory, DeviceSpec};
 
@@ -65,13 +66,13 @@ pub fn factory() -> Arc<BackendFactory> {
     })
 }
 
-/// netback for one vif: TAP `vif<domid>.<devid>` (or `vifname=`) on the
-/// vif's bridge through its hotplug script.
-pub fn netback(
+/// netback's view of one vif: TAP `vif<domid>.<devid>` (or `vifname=`)
+/// on the vif's bridge through its hotplug script.
+fn vif_spec(
     domid: u32,
     devid: u32,
     vif: &kxen_toolstack::vif::VifSpec,
-) -> Result<Box<dyn BackendDevice>, String> {
+) -> Result<kxen_netback::VifSpec, String> {
     let mac = vif
         .mac
         .ok_or("the vif has no MAC (the toolstack fills one in)")?;
@@ -84,7 +85,41 @@ pub fn netback(
     if let Some(mtu) = vif.mtu {
         spec.mtu = mtu;
     }
+    Ok(spec)
+}
+
+/// netback for one PV vif.
+pub fn netback(
+    domid: u32,
+    devid: u32,
+    vif: &kxen_toolstack::vif::VifSpec,
+) -> Result<Box<dyn BackendDevice>, String> {
+    let mut spec = vif_spec(domid, devid, vif)?;
     spec.queues = kxen_netback::spec::MAX_QUEUES.min(4);
     let backend = kxen_netback::NetBackend::new(spec).map_err(|e| e.to_string())?;
     Ok(Box::new(backend))
+}
+
+/// An HVM domain's disk as a virtio-blk device, on blkback's Disk.
+pub fn virtio_blk(disk: &DiskSpec) -> Result<Box<dyn VirtioDevice>, String> {
+    let spec = vbd_spec(disk)?;
+    let opened = Disk::open(&spec).map_err(|e| e.to_string())?;
+    let cfg = BlkConfig {
+        id: disk.vdev.clone(),
+        discard: spec.discard,
+    };
+    Ok(Box::new(BlkDevice::new(disk.vdev.clone(), opened, cfg)))
+}
+
+/// An HVM domain's vif as a virtio-net device: the same TAP (named
+/// `vif<domid>.<devid>`, as Xen names PV vifs; there is no emulated NIC
+/// beside it, so no `-emu` suffix) and hotplug script as netback's.
+pub fn virtio_net(
+    domid: u32,
+    devid: u32,
+    vif: &kxen_toolstack::vif::VifSpec,
+) -> Result<Box<dyn VirtioDevice>, String> {
+    let spec = vif_spec(domid, devid, vif)?;
+    let dev = NetDevice::new(spec).map_err(|e| e.to_string())?;
+    Ok(Box::new(dev))
 }

@@ -18,6 +18,7 @@ use tracing::{error, info, warn};
 use crate::devices::{BackendFactory, DeviceError, DeviceSpec, DomainDevices};
 use crate::domain::{Domain, DomainRecord};
 use crate::store::StoreService;
+use kxen_virtio_backend::VirtioDomain;
 
 /// How long a new kxen-vmm may take to open its control socket.
 const ATTACH_LIMIT: Duration = Duration::from_secs(10);
@@ -45,6 +46,9 @@ pub struct LaunchSpec {
     pub hvm: bool,
     /// HVM: the Xen platform PCI device and Xen CPUID leaves.
     pub xen_platform_pci: bool,
+    /// HVM: virtio-mmio slots (`--virtio blk|net`): the config's disks,
+    /// then its vifs, in order.
+    pub virtio: Vec<&'static str>,
 }
 
 impl LaunchSpec {
@@ -58,6 +62,19 @@ impl LaunchSpec {
                 }
                 _ => "the config has no kernel (kxen boots PVH kernels directly)",
             })?;
+        let hvm = config.domain_type == DomainType::Hvm;
+        let virtio: Vec<&'static str> = if hvm {
+            let disks = config.disks.iter().map(|_| "blk");
+            disks.chain(config.vifs.iter().map(|_| "net")).collect()
+        } else {
+            Vec::new()
+        };
+        if virtio.len() > kxen_virtio_backend::attach::MAX_SLOTS as usize {
+            return Err(format!(
+                "an HVM domain has at most {} disks and vifs together",
+                kxen_virtio_backend::attach::MAX_SLOTS
+            ));
+        }
         Ok(LaunchSpec {
             name: config.name.clone(),
             kernel,
@@ -66,8 +83,9 @@ impl LaunchSpec {
             memory_mib: config.memory,
             maxmem_mib: config.maxmem.max(config.memory),
             vcpus: config.vcpus.max(1),
-            hvm: config.domain_type == DomainType::Hvm,
+            hvm,
             xen_platform_pci: config.xen_platform_pci,
+            virtio,
         })
     }
 }
@@ -80,6 +98,8 @@ pub struct Daemon {
     domains: Mutex<BTreeMap<u32, Arc<Domain>>>,
     /// Each domain's xenbus devices (disks, vifs).
     devices: Mutex<BTreeMap<u32, Arc<DomainDevices>>>,
+    /// Each HVM domain's virtio devices (its disks and vifs).
+    virtio: Mutex<BTreeMap<u32, VirtioDomain>>,
     backends: Arc<BackendFactory>,
     preserved: Mutex<BTreeMap<u32, Preserved>>,
     next_domid: Mutex<u32>,
@@ -114,6 +134,7 @@ impl Daemon {
             store,
             domains: Mutex::new(BTreeMap::new()),
             devices: Mutex::new(BTreeMap::new()),
+            virtio: Mutex::new(BTreeMap::new()),
             backends,
             preserved: Mutex::new(BTreeMap::new()),
             next_domid: Mutex::new(next),
@@ -256,6 +277,9 @@ impl Daemon {
             if spec.xen_platform_pci {
                 cmd.arg("--xen-platform-pci");
             }
+            for kind in &spec.virtio {
+                cmd.args(["--virtio", kind]);
+            }
         }
         let mut child = cmd
             .spawn()
@@ -281,8 +305,15 @@ impl Daemon {
             }
         };
         self.write_domain_nodes(&domain);
-        if let Err(e) = self.attach_config_devices(&domain) {
+        let plugged = if spec.hvm {
+            self.attach_virtio(&domain)
+        } else {
+            self.attach_config_devices(&domain)
+                .map_err(|e| e.to_string())
+        };
+        if let Err(e) = plugged {
             let _ = domain.op("destroy");
+            self.drop_virtio(domid);
             self.devices_of(domid).teardown();
             self.devices
                 .lock()
@@ -323,6 +354,58 @@ impl Daemon {
                 )
             })
             .clone()
+    }
+
+    /// Serve an HVM domain's disks and vifs as virtio devices, in the
+    /// slots `--virtio` gave them: disks first, then vifs, in config order.
+    /// The domain is still paused, so the driver finds them ready.
+    fn attach_virtio(&self, d: &Domain) -> Result<(), String> {
+        let cfg = &d.record.config;
+        if cfg.disks.is_empty() && cfg.vifs.is_empty() {
+            return Ok(());
+        }
+        let domid = d.record.domid;
+        let mut virtio =
+            VirtioDomain::connect(domid as u16, &d.record.control).map_err(|e| e.to_string())?;
+        let mut slot = 0;
+        for disk in &cfg.disks {
+            let dev = crate::backends::virtio_blk(disk)
+                .map_err(|e| format!("disk {}: {e}", disk.vdev))?;
+            virtio
+                .attach(slot, dev)
+                .map_err(|e| format!("disk {}: {e}", disk.vdev))?;
+            slot += 1;
+        }
+        for (index, vif) in cfg.vifs.iter().enumerate() {
+            let devid = vif.devid.unwrap_or(index as u32);
+            let dev = crate::backends::virtio_net(domid, devid, vif)
+                .map_err(|e| format!("vif {devid}: {e}"))?;
+            virtio
+                .attach(slot, dev)
+                .map_err(|e| format!("vif {devid}: {e}"))?;
+            slot += 1;
+        }
+        self.log(&format!(
+            "domain {domid}: virtio {}",
+            virtio.device_names().join(", ")
+        ));
+        self.virtio
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(domid, virtio);
+        Ok(())
+    }
+
+    /// Stop a domain's virtio devices (their TAPs go away).
+    fn drop_virtio(&self, domid: u32) {
+        let virtio = self
+            .virtio
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&domid);
+        if let Some(mut v) = virtio {
+            v.teardown();
+        }
     }
 
     /// Plug the disks and vifs of the domain's config, in order.
@@ -433,6 +516,7 @@ impl Daemon {
         if let Some(devices) = devices {
             devices.teardown();
         }
+        self.drop_virtio(domid);
         let record = domain.record.clone();
         let from_file = std::fs::read_to_string(&record.exit_file).ok();
         let code = from_file
@@ -547,6 +631,13 @@ impl Daemon {
                             .unwrap_or_else(|e| e.into_inner())
                             .insert(domid, domain.clone());
                         self.log(&format!("re-attached to domain {domid} ({})", record.name));
+                        if record.config.domain_type == DomainType::Hvm {
+                            // A second attach replaces the first; a running
+                            // driver sees DEVICE_NEEDS_RESET.
+                            if let Err(e) = self.attach_virtio(&domain) {
+                                self.log(&format!("domain {domid}: virtio devices lost: {e}"));
+                            }
+                        }
                         let devices = self.devices_of(domid);
                         for (kind, devid) in devices.existing_nodes() {
                             if let Err(e) = devices.adopt(kind, devid) {
@@ -1164,4 +1255,40 @@ pub fn claim_socket(path: &Path) -> std::io::Result<UnixListener> {
     }
     let _ = std::fs::remove_file(path);
     UnixListener::bind(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(text: &str) -> Result<LaunchSpec, String> {
+        let (mut cfg, _) = kxen_toolstack::config::parse_str(text, "t.cfg").unwrap();
+        cfg.fill_defaults().unwrap();
+        LaunchSpec::from_config(&cfg)
+    }
+
+    #[test]
+    fn hvm_disks_and_vifs_become_virtio_slots() {
+        let s = spec(
+            r#"name = "h"
+type = "hvm"
+kernel = "/k"
+vif = [ "bridge=xenbr0", "mac=00:16:3e:00:00:02" ]
+disk = [ "/a.img,raw,xvda,rw", "/b.img,raw,xvdb,ro" ]
+"#,
+        )
+        .unwrap();
+        assert_eq!(s.virtio, ["blk", "blk", "net", "net"]);
+        // PVH domains keep their PV devices.
+        let s = spec("name = \"p\"\nkernel = \"/k\"\ndisk = [ \"/a.img,raw,xvda,rw\" ]\n").unwrap();
+        assert!(s.virtio.is_empty());
+        let many: Vec<String> = (0..9)
+            .map(|i| format!("\"/d{i},raw,xvd{},rw\"", (b'a' + i) as char))
+            .collect();
+        let text = format!(
+            "name = \"h\"\ntype = \"hvm\"\nkernel = \"/k\"\ndisk = [ {} ]\n",
+            many.join(", ")
+        );
+        assert!(spec(&text).unwrap_err().contains("at most 8"));
+    }
 }

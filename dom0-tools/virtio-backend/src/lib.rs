@@ -34,4 +34,6 @@ pub use error::{Fault, VirtioError};
 pub use net::NetDevice;
 
 #[cfg(test)]
+mod net_tests;
+#[cfg(test)]
 mod tests;
