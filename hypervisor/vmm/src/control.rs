@@ -15,6 +15,7 @@
 //! | `{"op":"evtchn-bind","guest_port":P}` | `{"ok":true,"dom0_port":D}` + the eventfd the guest's sends on P write |
 //! | `{"op":"evtchn-alloc-unbound"}` | `{"ok":true,"dom0_port":D}` + its eventfd; the guest binds D with EVTCHNOP_bind_interdomain |
 //! | `{"op":"evtchn-close","dom0_port":D}` | `{"ok":true}`; the guest's end becomes unbound |
+//! | `{"op":"virtio-attach","slot":I,"device_id":D,"device_features":F,"config":[...],"queues":N}` | HVM with `--virtio`: `{"ok":true}` + Dom0's end of the link (a stream socket), the call eventfd, the error eventfd, then N kick eventfds; replaces an earlier attach of slot I ([`crate::virtio`]) |
 //!
 //! Dom0 ports a client opened and did not close are closed when its
 //! connection ends.
@@ -61,6 +62,8 @@ pub enum Request {
     EvtchnClose {
         dom0_port: u32,
     },
+    #[serde(rename = "virtio-attach")]
+    VirtioAttach(crate::virtio::AttachRequest),
 }
 
 /// Where the event routing area lies in the memfd.
@@ -203,6 +206,7 @@ fn serve_client(rt: &Runtime, stream: UnixStream) {
             return;
         }
         let (reply, fds, _owned) = match serde_json::from_slice::<Request>(&line) {
+            Ok(Request::VirtioAttach(req)) => virtio_attach(rt, &req),
             Ok(req) => match handle_events(rt, &req, &mut opened) {
                 Some(r) => r,
                 None => {
@@ -234,7 +238,26 @@ impl Drop for OpenedPorts<'_> {
 }
 
 /// A reply, the fds to attach, and what keeps them open until sent.
-type EventReply = (Reply, Vec<i32>, Option<vmm_sys_util::eventfd::EventFd>);
+type EventReply = (Reply, Vec<i32>, Option<Box<dyn std::any::Any>>);
+
+/// `virtio-attach`: the slot's new link and eventfds for kxend.
+fn virtio_attach(rt: &Runtime, req: &crate::virtio::AttachRequest) -> EventReply {
+    debug!(?req, "control request");
+    let Some(virtio) = rt.hvm.as_ref().and_then(|d| d.virtio.as_ref()) else {
+        return (
+            Reply::error("no virtio devices (not HVM, or no --virtio)"),
+            vec![],
+            None,
+        );
+    };
+    match virtio.attach(req) {
+        Ok(fds) => {
+            let raw = fds.fds();
+            (Reply::ok(), raw, Some(Box::new(fds)))
+        }
+        Err(e) => (Reply::error(e.to_string()), vec![], None),
+    }
+}
 
 /// The event-channel requests; None for the others.
 fn handle_events(rt: &Runtime, req: &Request, opened: &mut OpenedPorts) -> Option<EventReply> {
@@ -245,7 +268,11 @@ fn handle_events(rt: &Runtime, req: &Request, opened: &mut OpenedPorts) -> Optio
             let mut reply = Reply::ok();
             reply.dom0_port = Some(port);
             let raw = fd.as_raw_fd();
-            (reply, vec![raw], Some(fd))
+            (
+                reply,
+                vec![raw],
+                Some(Box::new(fd) as Box<dyn std::any::Any>),
+            )
         }
         Err(e) => (Reply::error(e.to_string()), vec![], None),
     };
@@ -325,7 +352,8 @@ fn handle(rt: &Runtime, req: Request) -> (Reply, Vec<i32>) {
         Request::Events
         | Request::EvtchnBind { .. }
         | Request::EvtchnAllocUnbound
-        | Request::EvtchnClose { .. } => (Reply::error("unreachable"), vec![]),
+        | Request::EvtchnClose { .. }
+        | Request::VirtioAttach(_) => (Reply::error("unreachable"), vec![]),
     }
 }
 
@@ -341,5 +369,145 @@ fn send(stream: &mut UnixStream, reply: &Reply, fds: &[i32]) -> std::io::Result<
                 .map(|_| ())
                 .map_err(std::io::Error::from)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::IoSliceMut;
+    use std::os::fd::{FromRawFd, RawFd};
+    use std::time::Instant;
+
+    use kxen_devices::virtio_mmio::{reg, status, DeviceType};
+    use kxen_devices::BusDevice;
+    use nix::sys::socket::{recvmsg, ControlMessageOwned};
+    use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+    use crate::virtio::{AttachRequest, VirtioDevices};
+
+    #[test]
+    fn virtio_attach_request_parses() {
+        let line = br#"{"op":"virtio-attach","slot":1,"device_id":2,"device_features":4294967360,"config":[0,16,0,0,0,0,0,0],"queues":1}"#;
+        let Ok(Request::VirtioAttach(req)) = serde_json::from_slice::<Request>(line) else {
+            panic!("not parsed");
+        };
+        assert_eq!(
+            req,
+            AttachRequest {
+                slot: 1,
+                device_id: 2,
+                device_features: (1 << 32) | (1 << 6),
+                config: vec![0, 16, 0, 0, 0, 0, 0, 0],
+                queues: 1
+            }
+        );
+        assert!(serde_json::from_slice::<Request>(br#"{"op":"virtio-attach","slot":0}"#).is_err());
+        assert!(serde_json::from_slice::<Request>(
+            br#"{"op":"virtio-attach","slot":0,"device_id":1,"queues":2,"config":[256]}"#
+        )
+        .is_err());
+    }
+
+    /// Receive one reply line and its fds, as kxend does.
+    fn receive(stream: &UnixStream) -> (String, Vec<RawFd>) {
+        let mut buf = vec![0u8; 4096];
+        let mut space = nix::cmsg_space!([RawFd; 16]);
+        let mut iov = [IoSliceMut::new(&mut buf)];
+        let msg = recvmsg::<()>(
+            stream.as_raw_fd(),
+            &mut iov,
+            Some(&mut space),
+            MsgFlags::empty(),
+        )
+        .unwrap();
+        let mut fds = Vec::new();
+        for cmsg in msg.cmsgs().unwrap() {
+            if let ControlMessageOwned::ScmRights(f) = cmsg {
+                fds.extend(f);
+            }
+        }
+        let n = msg.bytes;
+        (String::from_utf8_lossy(&buf[..n]).into_owned(), fds)
+    }
+
+    /// The attach reply crosses a socket with its fds, and the fds work
+    /// from the far side: the link answers activate, the call eventfd
+    /// raises the slot's interrupt, a kick arrives.
+    #[test]
+    fn virtio_attach_reply_carries_working_fds() {
+        let line = EventFd::new(EFD_NONBLOCK).unwrap();
+        let devs = Arc::new(
+            VirtioDevices::new(&[DeviceType::Blk], vec![line.try_clone().unwrap()], None).unwrap(),
+        );
+        let irq_thread = devs.start().unwrap();
+        let (mut vmm_side, kxend_side) = UnixStream::pair().unwrap();
+        let fds = devs
+            .attach(&AttachRequest {
+                slot: 0,
+                device_id: 2,
+                device_features: 0,
+                config: vec![],
+                queues: 2,
+            })
+            .unwrap();
+        send(&mut vmm_side, &Reply::ok(), &fds.fds()).unwrap();
+        drop(fds);
+        let (text, got) = receive(&kxend_side);
+        assert_eq!(text, "{\"ok\":true}\n");
+        assert_eq!(got.len(), 5);
+        // SAFETY: these fds were just received and are owned by nobody else.
+        let (link, call, kick1) = unsafe {
+            (
+                UnixStream::from_raw_fd(got[0]),
+                EventFd::from_raw_fd(got[1]),
+                EventFd::from_raw_fd(got[4]),
+            )
+        };
+        for &fd in &got[2..4] {
+            // SAFETY: as above; closed at once.
+            drop(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) });
+        }
+        let answer = link.try_clone().unwrap();
+        let kxend = std::thread::spawn(move || {
+            let mut line = String::new();
+            BufReader::new(&link).read_line(&mut line).unwrap();
+            (&answer).write_all(b"{\"ok\":true}\n").unwrap();
+            // Kept open: a closed link would make the device need a reset.
+            (line, link, answer)
+        });
+        let slot = &devs.slots()[0];
+        let w = |offset: u64, v: u32| {
+            slot.device().write(offset, &v.to_le_bytes());
+        };
+        w(reg::STATUS, status::ACKNOWLEDGE);
+        w(reg::STATUS, status::ACKNOWLEDGE | status::DRIVER);
+        w(reg::DRIVER_FEATURES_SEL, 1);
+        w(reg::DRIVER_FEATURES, 1);
+        let s = status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK;
+        w(reg::STATUS, s);
+        w(reg::QUEUE_SEL, 1);
+        w(reg::QUEUE_READY, 1);
+        w(reg::STATUS, s | status::DRIVER_OK);
+        let (sent, _link, _answer) = kxend.join().unwrap();
+        assert!(
+            sent.starts_with(
+                r#"{"event":"activate","features":4294967296,"queues":[{"index":1,"size":256"#
+            ),
+            "{sent}"
+        );
+        w(reg::QUEUE_NOTIFY, 1);
+        assert_eq!(kick1.read().unwrap(), 1);
+        call.write(1).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while line.read().is_err() {
+            assert!(Instant::now() < deadline, "no interrupt");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let mut b = [0u8; 4];
+        slot.device().read(reg::INTERRUPT_STATUS, &mut b);
+        assert_eq!(u32::from_le_bytes(b), 1);
+        devs.stop();
+        irq_thread.join().unwrap();
     }
 }

@@ -19,9 +19,11 @@ use kxen_devices::cmos::{Cmos, CMOS_BASE, CMOS_WINDOW};
 use kxen_devices::i8042::{I8042, I8042_BASE, I8042_KBD_IRQ, I8042_WINDOW};
 use kxen_devices::pci::{PciBus, PCI_CONFIG_BASE, PCI_CONFIG_WINDOW};
 use kxen_devices::serial::{ConsoleOut, IrqLine, Uart, COM1_BASE, COM1_IRQ, UART_WINDOW};
+use kxen_devices::virtio_mmio::DeviceType;
 use kxen_devices::{Bus, BusDevice};
 
 use crate::standalone::ConsoleMode;
+use crate::virtio::{VirtioDevices, VIRTIO_GSI_BASE};
 use crate::vm::VmError;
 
 /// HVM-only settings.
@@ -32,12 +34,16 @@ pub struct HvmConfig {
     /// Show the Xen CPUID leaves and the Xen platform PCI device, for
     /// PVHVM guests that switch to PV drivers.
     pub xen_platform_pci: bool,
+    /// virtio-mmio devices, slot by slot (`--virtio`), served by kxend.
+    pub virtio: Vec<DeviceType>,
 }
 
 /// The devices of one HVM domain.
 pub struct HvmDevices {
     pub pio: Bus,
     pub mmio: Bus,
+    /// The virtio-mmio slots, when `--virtio` gave any.
+    pub virtio: Option<Arc<VirtioDevices>>,
     uart: Arc<Mutex<Uart>>,
     /// kxend's end of the serial line, handed to every kxend that asks
     /// (a restarted kxend picks the line up again).
@@ -100,7 +106,7 @@ fn irq_line(vm: &VmFd, gsi: u32) -> Result<EventFd, VmError> {
 
 impl HvmDevices {
     pub fn build(
-        vm: &VmFd,
+        vm: &Arc<VmFd>,
         cfg: &HvmConfig,
         ram_below_4g: u64,
         ram_above_4g: u64,
@@ -182,9 +188,24 @@ impl HvmDevices {
             PCI_CONFIG_BASE,
             PCI_CONFIG_WINDOW,
         )?;
+        let mut mmio = Bus::new();
+        let virtio = if cfg.virtio.is_empty() {
+            None
+        } else {
+            let lines = (0..cfg.virtio.len() as u32)
+                .map(|i| irq_line(vm, VIRTIO_GSI_BASE + i))
+                .collect::<Result<Vec<_>, _>>()?;
+            let devices = VirtioDevices::new(&cfg.virtio, lines, Some(vm.clone()))
+                .map_err(|e| VmError::Setup(e.to_string()))?;
+            devices
+                .add_to_bus(&mut mmio)
+                .map_err(|e| VmError::Setup(e.to_string()))?;
+            Some(Arc::new(devices))
+        };
         Ok(HvmDevices {
             pio,
-            mmio: Bus::new(),
+            mmio,
+            virtio,
             uart,
             dom0_serial,
             input,
@@ -221,8 +242,22 @@ impl HvmDevices {
         }
     }
 
+    /// Start the virtio interrupt thread, if there are virtio devices.
+    pub fn start_virtio(&self) -> Result<Option<JoinHandle<()>>, VmError> {
+        match &self.virtio {
+            Some(v) => v
+                .start()
+                .map(Some)
+                .map_err(|e| VmError::Setup(format!("virtio interrupt thread: {e}"))),
+            None => Ok(None),
+        }
+    }
+
     pub fn stop(&self) {
         self.stopping.store(true, Ordering::SeqCst);
+        if let Some(v) = &self.virtio {
+            v.stop();
+        }
         let dropped = self.serial_dropped.load(Ordering::Relaxed);
         if dropped > 0 {
             info!(dropped, "serial output bytes dropped (reader too slow)");

@@ -5,6 +5,7 @@
 //! * [`vcpu`]: the vCPU threads and exit decoding;
 //! * [`vm`]: building the domain and running it to its end;
 //! * [`hvm`]: the emulated devices of HVM domains;
+//! * [`virtio`]: HVM virtio-mmio slots, served by kxend over a link;
 //! * [`platform`]: what the Xen layer ([`kxen_xen`]) asks of the VMM;
 //! * [`standalone`]: console and xenstore service without kxend;
 //! * [`control`]: the socket a toolstack drives the VMM through;
@@ -22,4 +23,5 @@ pub mod platform;
 pub mod routing;
 pub mod standalone;
 pub mod vcpu;
+pub mod virtio;
 pub mod vm;

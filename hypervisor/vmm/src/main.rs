@@ -7,6 +7,7 @@ use clap::Parser;
 use tracing::error;
 use tracing_subscriber::EnvFilter;
 
+use kxen_devices::virtio_mmio::DeviceType;
 use kxen_vmm::hvm::HvmConfig;
 use kxen_vmm::standalone::ConsoleMode;
 use kxen_vmm::vm::{self, VmConfig};
@@ -29,6 +30,10 @@ struct Args {
     /// HVM: show the Xen CPUID leaves and the Xen platform PCI device.
     #[arg(long)]
     xen_platform_pci: bool,
+    /// HVM: a virtio-mmio device, blk or net; repeat for more (slot i is
+    /// the i-th, at most 8). kxend serves it after "virtio-attach".
+    #[arg(long = "virtio", value_name = "blk|net")]
+    virtio: Vec<DeviceType>,
     /// Initial ramdisk, passed as module 0.
     #[arg(long)]
     ramdisk: Option<PathBuf>,
@@ -97,7 +102,18 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    if args.virtio.len() > kxen_vmm::virtio::MAX_SLOTS {
+        eprintln!(
+            "kxen-vmm: at most {} --virtio devices",
+            kxen_vmm::virtio::MAX_SLOTS
+        );
+        return ExitCode::from(1);
+    }
     let hvm = match args.guest_type.as_str() {
+        "pvh" if !args.virtio.is_empty() => {
+            eprintln!("kxen-vmm: --virtio needs --type hvm");
+            return ExitCode::from(1);
+        }
         "pvh" => None,
         "hvm" => {
             let serial = match args.serial.as_deref() {
@@ -114,6 +130,7 @@ fn main() -> ExitCode {
             Some(HvmConfig {
                 serial,
                 xen_platform_pci: args.xen_platform_pci,
+                virtio: args.virtio,
             })
         }
         other => {

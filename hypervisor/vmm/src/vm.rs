@@ -555,8 +555,13 @@ pub fn run(cfg: VmConfig, started: Instant, report_timing: bool) -> Result<Domai
         Some(_) => kxen_loader::acpi::Platform::Pc,
         None => kxen_loader::acpi::Platform::HwReduced,
     };
-    let rsdp =
-        kxen_loader::acpi::write(&snapshot, cfg.vcpus, platform, &[]).map_err(VmError::Boot)?;
+    let virtio_acpi = cfg
+        .hvm
+        .as_ref()
+        .map(|h| crate::virtio::acpi_devices(&h.virtio))
+        .unwrap_or_default();
+    let rsdp = kxen_loader::acpi::write(&snapshot, cfg.vcpus, platform, &virtio_acpi)
+        .map_err(VmError::Boot)?;
     let ramdisk = match &cfg.ramdisk {
         Some(path) => Some(std::fs::read(path).map_err(|source| VmError::Ramdisk {
             path: path.clone(),
@@ -825,9 +830,11 @@ pub fn run(cfg: VmConfig, started: Instant, report_timing: bool) -> Result<Domai
             .map_err(|e| VmError::Setup(format!("Dom0 event thread: {e}")))?],
     };
 
+    let mut virtio_thread = None;
     if let Some(devices) = &hvm_devices {
         // Not joined: a blocking stdin read cannot be interrupted.
         let _ = devices.start_input();
+        virtio_thread = devices.start_virtio()?;
     }
 
     let control = match &cfg.control_socket {
@@ -898,6 +905,9 @@ pub fn run(cfg: VmConfig, started: Instant, report_timing: bool) -> Result<Domai
         let _ = t.join();
     }
     let _ = wake_thread.join();
+    if let Some(t) = virtio_thread {
+        let _ = t.join();
+    }
     if let Some(path) = &cfg.exit_file {
         let line = format!("{} {}\n", exit.exit_code(), exit.describe());
         if let Err(e) = std::fs::write(path, line) {
