@@ -548,7 +548,12 @@ impl VirtioMmio {
                 used: q.device,
             })
             .collect();
+        // Negotiated against an earlier backend's offer?
+        let acceptable = self.features_acceptable();
         let result = match self.backend.as_mut() {
+            Some(_) if !acceptable => {
+                Err(BackendError("features not offered by this backend".into()))
+            }
             Some(backend) => {
                 self.activated = true;
                 backend.activate(self.driver_features, &queues)
@@ -996,6 +1001,23 @@ mod tests {
         assert!(rig.calls().is_empty());
         assert!(new.calls.lock().unwrap().is_empty());
         assert_eq!(rig.r(reg::DEVICE_FEATURES), 0);
+    }
+
+    #[test]
+    fn replacement_mid_negotiation_rechecks_features() {
+        let mut rig = rig();
+        rig.w(reg::STATUS, status::ACKNOWLEDGE);
+        rig.w(reg::STATUS, status::ACKNOWLEDGE | status::DRIVER);
+        rig.ack_features(VIRTIO_F_VERSION_1 | BLK_SIZE_MAX);
+        let s = status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK;
+        rig.w(reg::STATUS, s);
+        let new = Fake::default();
+        rig.dev.attach(Box::new(new.clone()), 0, &[], 1).unwrap();
+        assert_eq!(rig.r(reg::STATUS), s, "not running: no reset needed");
+        rig.w(reg::STATUS, s | status::DRIVER_OK);
+        assert_ne!(rig.r(reg::STATUS) & status::DEVICE_NEEDS_RESET, 0);
+        assert!(new.calls.lock().unwrap().is_empty());
+        assert!(rig.calls().is_empty());
     }
 
     #[test]
