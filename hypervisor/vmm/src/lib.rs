@@ -6,6 +6,7 @@
 //! * [`vm`]: building the domain and running it to its end;
 //! * [`hvm`]: the emulated devices of HVM domains;
 //! * [`virtio`]: HVM virtio-mmio slots, served by kxend over a link;
+//! * [`insn`]: decoding of the instructions the VMM emulates for PVM;
 //! * [`platform`]: what the Xen layer ([`kxen_xen`]) asks of the VMM;
 //! * [`standalone`]: console and xenstore service without kxend;
 //! * [`control`]: the socket a toolstack drives the VMM through;
@@ -18,6 +19,7 @@ pub mod cpuid;
 pub mod dom0;
 pub mod events;
 pub mod hvm;
+pub mod insn;
 pub mod memory;
 pub mod platform;
 pub mod routing;

@@ -8,7 +8,7 @@
 use std::cell::Cell;
 use std::sync::Arc;
 
-use kvm_bindings::{kvm_msr_entry, kvm_run, Msrs};
+use kvm_bindings::{kvm_fpu, kvm_msr_entry, kvm_run, Msrs};
 use kvm_ioctls::{SyncReg, VcpuExit, VcpuFd};
 use tracing::{debug, error, info, trace, warn};
 use vm_memory::{Bytes, GuestAddress};
@@ -21,6 +21,7 @@ use kxen_loader::acpi;
 use kxen_xen::hypercall::Call;
 use kxen_xen::VcpuMmu;
 
+use crate::insn::{decode_fpu_insn, fpu_from_fxsave, fxsave_image, DecodeRegs, FpuOp, MXCSR_MASK};
 use crate::vm::{DomainExit, Runtime};
 
 /// A port the guest may write to for a bare exit (benchmark baseline).
@@ -28,6 +29,8 @@ pub const NULL_PORT: u16 = 0x59;
 const MSR_IA32_TSC: u32 = 0x10;
 const EFER_LMA: u64 = 1 << 10;
 const RFLAGS_AC: u64 = 1 << 18;
+const EXCEPTION_BP: u8 = 3;
+const EXCEPTION_GP: u8 = 13;
 
 thread_local! {
     /// This thread's kvm_run, so the kick signal handler can set
@@ -413,8 +416,9 @@ impl Vcpu {
 
     /// Hosts without VT-x (PVM) run guest ring 0 in KVM's instruction
     /// emulator, which lacks a few instructions a stock kernel uses. Do
-    /// what the CPU would for the ones that need no operands; anything else
-    /// stays an emulation failure (the domain crashes, nothing else does).
+    /// what the CPU would for those (int3, fwait, clac/stac and the
+    /// MXCSR/FXSAVE group); anything else stays an emulation failure (the
+    /// domain crashes, nothing else does).
     fn emulate_failed_instruction(&mut self) -> bool {
         if self.failed_instruction().is_none() {
             return false;
@@ -429,23 +433,7 @@ impl Vcpu {
             Some(0xcc) => {
                 self.fd.sync_regs_mut().regs.rip += 1;
                 self.fd.set_sync_dirty_reg(SyncReg::Register);
-                let mut events = match self.fd.get_vcpu_events() {
-                    Ok(ev) => ev,
-                    Err(e) => {
-                        warn!(vcpu = self.id, "KVM_GET_VCPU_EVENTS: {e}");
-                        return false;
-                    }
-                };
-                events.exception.injected = 1;
-                events.exception.nr = 3;
-                events.exception.has_error_code = 0;
-                events.exception.error_code = 0;
-                if let Err(e) = self.fd.set_vcpu_events(&events) {
-                    warn!(vcpu = self.id, "KVM_SET_VCPU_EVENTS: {e}");
-                    return false;
-                }
-                debug!(vcpu = self.id, "emulated int3: #BP injected");
-                true
+                self.inject_exception(EXCEPTION_BP, None)
             }
             // fwait: no x87 exception is ever pending for us to raise.
             Some(0x9b) => {
@@ -468,8 +456,160 @@ impl Vcpu {
                 self.fd.set_sync_dirty_reg(SyncReg::Register);
                 true
             }
-            _ => false,
+            _ => self.emulate_fpu_insn(&bytes),
         }
+    }
+
+    /// `ldmxcsr`, `stmxcsr`, `fxsave` and `fxrstor` (`0f ae /0-/3` with a
+    /// memory operand): KVM's emulator has none of them, and a stock
+    /// kernel runs them in `kernel_fpu_begin` and on every context switch
+    /// once XSAVE is off. The state goes through KVM_GET/SET_FPU and the
+    /// operand through the guest's page tables.
+    fn emulate_fpu_insn(&mut self, bytes: &[u8]) -> bool {
+        let sync = self.fd.sync_regs();
+        // 64-bit code only: the decoder knows no other addressing.
+        if sync.sregs.efer & EFER_LMA == 0 || sync.sregs.cs.l == 0 {
+            return false;
+        }
+        let r = &sync.regs;
+        let regs = DecodeRegs {
+            gpr: [
+                r.rax, r.rcx, r.rdx, r.rbx, r.rsp, r.rbp, r.rsi, r.rdi, r.r8, r.r9, r.r10, r.r11,
+                r.r12, r.r13, r.r14, r.r15,
+            ],
+            rip: r.rip,
+            fs_base: sync.sregs.fs.base,
+            gs_base: sync.sregs.gs.base,
+        };
+        let Ok(insn) = decode_fpu_insn(bytes, &regs) else {
+            return false;
+        };
+        if !insn.address.is_multiple_of(insn.op.alignment()) {
+            return self.inject_exception(EXCEPTION_GP, Some(0));
+        }
+        let mut fpu = match self.fd.get_fpu() {
+            Ok(f) => f,
+            Err(e) => {
+                warn!(vcpu = self.id, "KVM_GET_FPU: {e}");
+                return false;
+            }
+        };
+        let done = match insn.op {
+            FpuOp::Stmxcsr => self.write_guest_virtual(insn.address, &fpu.mxcsr.to_le_bytes()),
+            FpuOp::Fxsave { rex_w } => {
+                self.write_guest_virtual(insn.address, &fxsave_image(&fpu, rex_w))
+            }
+            FpuOp::Ldmxcsr => {
+                let mut raw = [0u8; 4];
+                if !self.read_guest_virtual(insn.address, &mut raw) {
+                    return false;
+                }
+                let value = u32::from_le_bytes(raw);
+                if value & !MXCSR_MASK != 0 {
+                    return self.inject_exception(EXCEPTION_GP, Some(0));
+                }
+                fpu.mxcsr = value;
+                self.set_fpu(&fpu)
+            }
+            FpuOp::Fxrstor { rex_w } => {
+                let mut img = [0u8; 512];
+                if !self.read_guest_virtual(insn.address, &mut img) {
+                    return false;
+                }
+                match fpu_from_fxsave(&img, rex_w) {
+                    Some(loaded) => self.set_fpu(&loaded),
+                    None => return self.inject_exception(EXCEPTION_GP, Some(0)),
+                }
+            }
+        };
+        if done {
+            self.fd.sync_regs_mut().regs.rip += insn.len as u64;
+            self.fd.set_sync_dirty_reg(SyncReg::Register);
+            trace!(vcpu = self.id, op = ?insn.op, address = insn.address, "emulated");
+        }
+        done
+    }
+
+    fn set_fpu(&self, fpu: &kvm_fpu) -> bool {
+        match self.fd.set_fpu(fpu) {
+            Ok(()) => true,
+            Err(e) => {
+                warn!(vcpu = self.id, "KVM_SET_FPU: {e}");
+                false
+            }
+        }
+    }
+
+    /// Deliver a fault to the guest at the current instruction.
+    fn inject_exception(&mut self, vector: u8, error_code: Option<u32>) -> bool {
+        let mut events = match self.fd.get_vcpu_events() {
+            Ok(ev) => ev,
+            Err(e) => {
+                warn!(vcpu = self.id, "KVM_GET_VCPU_EVENTS: {e}");
+                return false;
+            }
+        };
+        events.exception.injected = 1;
+        events.exception.nr = vector;
+        events.exception.has_error_code = u8::from(error_code.is_some());
+        events.exception.error_code = error_code.unwrap_or(0);
+        if let Err(e) = self.fd.set_vcpu_events(&events) {
+            warn!(vcpu = self.id, "KVM_SET_VCPU_EVENTS: {e}");
+            return false;
+        }
+        debug!(vcpu = self.id, vector, "exception injected");
+        true
+    }
+
+    /// Copy guest-virtual memory out, page by page through the guest's
+    /// page tables. False if any page is unmapped (the caller then leaves
+    /// the instruction as an emulation failure: the domain crashes, not
+    /// the VMM).
+    fn read_guest_virtual(&mut self, gva: u64, buf: &mut [u8]) -> bool {
+        let mem = self.rt.memory.snapshot();
+        let mut done = 0;
+        while done < buf.len() {
+            let va = gva.wrapping_add(done as u64);
+            let chunk = ((0x1000 - (va & 0xfff)) as usize).min(buf.len() - done);
+            let Some(gpa) = self.translate(va, false) else {
+                return false;
+            };
+            if mem
+                .read_slice(&mut buf[done..done + chunk], GuestAddress(gpa))
+                .is_err()
+            {
+                return false;
+            }
+            done += chunk;
+        }
+        true
+    }
+
+    /// Copy into guest-virtual memory; see [`Self::read_guest_virtual`].
+    /// Every page is translated before anything is written, so a fault
+    /// part way leaves memory as it was.
+    fn write_guest_virtual(&mut self, gva: u64, data: &[u8]) -> bool {
+        let mut pieces = Vec::with_capacity(2);
+        let mut done = 0;
+        while done < data.len() {
+            let va = gva.wrapping_add(done as u64);
+            let chunk = ((0x1000 - (va & 0xfff)) as usize).min(data.len() - done);
+            let Some(gpa) = self.translate(va, true) else {
+                return false;
+            };
+            pieces.push((gpa, done, chunk));
+            done += chunk;
+        }
+        let mem = self.rt.memory.snapshot();
+        pieces.into_iter().all(|(gpa, at, len)| {
+            mem.write_slice(&data[at..at + len], GuestAddress(gpa))
+                .is_ok()
+        })
+    }
+
+    fn translate(&self, gva: u64, write: bool) -> Option<u64> {
+        let tr = self.fd.translate_gva(gva).ok()?;
+        (tr.valid != 0 && (!write || tr.writeable != 0)).then_some(tr.physical_address)
     }
 
     /// Up to 15 bytes at CS:RIP, read through the guest's page tables.
