@@ -5,7 +5,7 @@
 //! memory, with virtio-queue, over the same backing code as the PV
 //! backends: blkback's [`kxen_blkback::Disk`] for virtio-blk and
 //! netback's TAP and hotplug script for virtio-net. The protocol between
-//! the two is notes/virtio-protocol.md.
+//! the two is hypervisor/vmm/virtio-protocol.md.
 //!
 //! * [`memory`]: the domain's RAM as a vm-memory `GuestMemoryMmap`;
 //! * [`chain`]: descriptor chains checked once (loops, RAM bounds, order);

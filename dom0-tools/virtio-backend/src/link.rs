@@ -1,6 +1,6 @@
 //! The kxend side of the virtio protocol with kxen-vmm
-//! (notes/virtio-protocol.md): the `virtio-attach` control request and the
-//! JSON lines on the per-device link socket.
+//! (hypervisor/vmm/virtio-protocol.md): the `virtio-attach` control
+//! request and the JSON lines on the per-device link socket.
 
 use serde::Deserialize;
 use serde_json::json;

@@ -1,5 +1,5 @@
 //! virtio-mmio devices of HVM domains: the transport here, the queues in
-//! kxend (the shared protocol is `notes/virtio-protocol.md`).
+//! kxend (the protocol between them is `hypervisor/vmm/virtio-protocol.md`).
 //!
 //! `--virtio blk|net` gives slot i a register window at
 //! [`VIRTIO_MMIO_BASE`] + i × 0x1000 and GSI 16 + i (an irqfd). The
