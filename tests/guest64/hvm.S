@@ -7,11 +7,22 @@
  *   c  crash (a triple fault: #UD with no IDT)
  *   h  hostile device accesses, then power off
  *   e  popcnt (KVM's emulator lacks it on PVM hosts), then power off
+ *   v  drive the virtio-blk disk in slot 0 by hand: read sector 0, write
+ *      it to sector 1, then submit a descriptor chain that loops (the
+ *      device must fail with DEVICE_NEEDS_RESET), reset it, power off
  * Linked at 1 MiB with its entry 0x200 bytes in, so the same code is a
  * vmlinux-style ELF and, behind a setup header, a bzImage. */
     .set COM1, 0x3f8
     .set PM1A_CNT, 0x1f44
     .set PM_TMR, 0x1f48
+    .set VIRTIO0, 0xd0000000
+    /* The virtqueue and request buffers, in guest RAM above the image. */
+    .set VQ_DESC, 0x200000
+    .set VQ_AVAIL, 0x201000
+    .set VQ_USED, 0x202000
+    .set REQ, 0x203000
+    .set DATA, 0x204000
+    .set STATUS, 0x205000
     .text
     .code64
     .globl _image
@@ -109,6 +120,8 @@ command:
     je hostile
     cmp $'e', %bl
     je emulate
+    cmp $'v', %bl
+    je virtio
     jmp command
 poweroff:
     mov $PM1A_CNT, %dx
@@ -145,6 +158,101 @@ emulate:
     lea msg_popcnt(%rip), %rdi
     call puts
     jmp poweroff
+virtio:
+    mov $VIRTIO0, %r12d
+    lea msg_vid(%rip), %rdi
+    call puts
+    mov 0x8(%r12), %eax             /* DeviceID */
+    call puthex32
+    movl $0, 0x70(%r12)             /* Status: reset */
+    movl $1, 0x70(%r12)             /* ACKNOWLEDGE */
+    movl $3, 0x70(%r12)             /* DRIVER */
+    movl $1, 0x24(%r12)             /* DriverFeaturesSel 1 */
+    movl $1, 0x20(%r12)             /* VIRTIO_F_VERSION_1 */
+    movl $0, 0x24(%r12)
+    movl $0, 0x20(%r12)
+    movl $0xb, 0x70(%r12)           /* FEATURES_OK */
+    testl $8, 0x70(%r12)
+    jz fail
+    movl $0, 0x30(%r12)             /* QueueSel 0 */
+    movl $8, 0x38(%r12)             /* QueueNum */
+    movl $VQ_DESC, 0x80(%r12)
+    movl $0, 0x84(%r12)
+    movl $VQ_AVAIL, 0x90(%r12)
+    movl $0, 0x94(%r12)
+    movl $VQ_USED, 0xa0(%r12)
+    movl $0, 0xa4(%r12)
+    movl $1, 0x44(%r12)             /* QueueReady */
+    movl $0xf, 0x70(%r12)           /* DRIVER_OK */
+    /* Request 1: VIRTIO_BLK_T_IN of sector 0 (header, data, status). */
+    movl $0, REQ
+    movl $0, REQ + 4
+    movq $0, REQ + 8
+    movb $0xff, STATUS
+    movq $REQ, VQ_DESC
+    movl $16, VQ_DESC + 8
+    movw $1, VQ_DESC + 12           /* NEXT */
+    movw $1, VQ_DESC + 14
+    movq $DATA, VQ_DESC + 16
+    movl $512, VQ_DESC + 24
+    movw $3, VQ_DESC + 28           /* NEXT | WRITE */
+    movw $2, VQ_DESC + 30
+    movq $STATUS, VQ_DESC + 32
+    movl $1, VQ_DESC + 40
+    movw $2, VQ_DESC + 44           /* WRITE */
+    movw $0, VQ_DESC + 46
+    movw $0, VQ_AVAIL + 4           /* ring[0] = head 0 */
+    movw $1, VQ_AVAIL + 2           /* idx = 1 */
+    movl $0, 0x50(%r12)             /* QueueNotify 0 */
+    mov $VQ_USED, %edi
+    mov $0xffff0000, %esi
+    mov $(1 << 16), %edx
+    call poll
+    jc fail
+    cmpb $0, STATUS
+    jne fail
+    lea msg_vread(%rip), %rdi
+    call puts
+    mov DATA, %eax
+    call puthex32
+    /* Request 2: VIRTIO_BLK_T_OUT of the same bytes to sector 1. */
+    movl $1, REQ
+    movq $1, REQ + 8
+    movb $0xff, STATUS
+    movw $1, VQ_DESC + 28           /* NEXT: the device reads the data */
+    movw $0, VQ_AVAIL + 6           /* ring[1] = head 0 */
+    movw $2, VQ_AVAIL + 2
+    movl $0, 0x50(%r12)
+    mov $VQ_USED, %edi
+    mov $0xffff0000, %esi
+    mov $(2 << 16), %edx
+    call poll
+    jc fail
+    cmpb $0, STATUS
+    jne fail
+    lea msg_vwrite(%rip), %rdi
+    call puts
+    /* Request 3: a descriptor whose NEXT is itself. */
+    movq $REQ, VQ_DESC + 48
+    movl $16, VQ_DESC + 56
+    movw $1, VQ_DESC + 60
+    movw $3, VQ_DESC + 62
+    movw $3, VQ_AVAIL + 8           /* ring[2] = head 3 */
+    movw $3, VQ_AVAIL + 2
+    movl $0, 0x50(%r12)
+    lea 0x70(%r12), %rdi
+    mov $0x40, %esi                 /* DEVICE_NEEDS_RESET */
+    mov $0x40, %edx
+    call poll
+    jc fail
+    lea msg_vloop(%rip), %rdi
+    call puts
+    movl $0, 0x70(%r12)             /* reset */
+    cmpl $0, 0x70(%r12)
+    jne fail
+    lea msg_vdone(%rip), %rdi
+    call puts
+    jmp poweroff
 fail:
     lea msg_fail(%rip), %rdi
     call puts
@@ -156,6 +264,34 @@ pci_read:
     out %eax, %dx
     mov $0xcfc, %dx
     in %dx, %eax
+    ret
+/* poll(rdi = address, esi = mask, edx = wanted): wait until the u32 at
+ * rdi, masked, equals edx; CF set after 10 s of PM timer without it. */
+poll:
+    mov %edx, %r9d
+    mov $PM_TMR, %dx
+    in %dx, %eax
+    and $0xffffff, %eax
+    mov %eax, %r10d
+    xor %r11d, %r11d
+1:  mov (%rdi), %eax
+    and %esi, %eax
+    cmp %r9d, %eax
+    je 2f
+    pause
+    mov $PM_TMR, %dx
+    in %dx, %eax
+    and $0xffffff, %eax
+    mov %eax, %ecx
+    sub %r10d, %ecx
+    and $0xffffff, %ecx
+    add %ecx, %r11d
+    mov %eax, %r10d
+    cmp $(10 * 3579545), %r11d
+    jb 1b
+    stc
+    ret
+2:  clc
     ret
 /* puthex32(eax): eight hex digits and a newline. */
 puthex32:
@@ -235,6 +371,11 @@ msg_prompt:   .asciz "kxen-hvm-guest: command? "
 msg_got:      .asciz "kxen-hvm-guest: got "
 msg_survived: .asciz "kxen-hvm-guest: hostile accesses survived\n"
 msg_popcnt:   .asciz "kxen-hvm-guest: popcnt ran\n"
+msg_vid:      .asciz "kxen-hvm-guest: virtio slot 0 device id "
+msg_vread:    .asciz "kxen-hvm-guest: virtio-blk sector 0 starts "
+msg_vwrite:   .asciz "kxen-hvm-guest: virtio-blk wrote sector 1\n"
+msg_vloop:    .asciz "kxen-hvm-guest: virtio-blk looped chain: device needs reset\n"
+msg_vdone:    .asciz "kxen-hvm-guest: virtio-blk reset, VMM alive\n"
 msg_fail:     .asciz "kxen-hvm-guest: FAIL\n"
 hexdigits:    .ascii "0123456789abcdef"
     .align 16
