@@ -25,6 +25,8 @@ mod fake_guest;
 mod queue_tests;
 #[cfg(test)]
 mod tap_tests;
+#[cfg(any(test, feature = "test-support"))]
+pub mod test_support;
 
 pub use backend::NetBackend;
 pub use error::NetError;

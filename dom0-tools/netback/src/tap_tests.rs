@@ -3,12 +3,9 @@
 //! thread with its own network namespace, so nothing touches the host's
 //! interfaces; frames are only exchanged with a packet socket on the TAP.
 
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::process::Command;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use nix::sched::{unshare, CloneFlags};
 use xen_abi::io::netif::*;
 
 use crate::backend::NetBackend;
@@ -17,33 +14,11 @@ use crate::offload::frames::tcp4;
 use crate::offload::{parse_headers, seed_partial_csum};
 use crate::queue::FrontendFeatures;
 use crate::spec::{VifSpec, BUNDLED_VIF_SCRIPT};
+use crate::test_support::{contains, in_netns, ip, PacketSock};
 use crate::tx::encode::{extra, req};
 use crate::vnet::{self, VnetHdr, VNET_HDR_LEN};
 
-const PACKET_VNET_HDR: libc::c_int = 15;
 const BACKEND_PATH: &str = "/local/domain/0/backend/vif/1/0";
-
-/// Run `f` on a fresh thread inside a new, private network namespace.
-fn in_netns(f: impl FnOnce() + Send + 'static) {
-    std::thread::spawn(move || {
-        unshare(CloneFlags::CLONE_NEWNET).expect("unshare(CLONE_NEWNET)");
-        // No IPv6 autoconfiguration chatter on the test interfaces.
-        for k in ["all", "default"] {
-            let _ = std::fs::write(format!("/proc/sys/net/ipv6/conf/{k}/disable_ipv6"), "1");
-        }
-        f()
-    })
-    .join()
-    .expect("test thread");
-}
-
-fn ip(args: &[&str]) -> (bool, String) {
-    let out = Command::new("ip").args(args).output().expect("run ip");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-    )
-}
 
 fn features() -> FrontendFeatures {
     FrontendFeatures {
@@ -53,101 +28,6 @@ fn features() -> FrontendFeatures {
         csum_offload: true,
         ipv6_csum_offload: true,
     }
-}
-
-/// A raw packet socket on one interface.
-struct PacketSock(OwnedFd);
-
-impl PacketSock {
-    fn open(ifname: &str, vnet_hdr: bool) -> PacketSock {
-        let proto = (libc::ETH_P_ALL as u16).to_be();
-        // SAFETY: plain socket(2) call; the fd is owned right away.
-        let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, proto as i32) };
-        assert!(
-            fd >= 0,
-            "packet socket: {}",
-            std::io::Error::last_os_error()
-        );
-        // SAFETY: fd is a fresh descriptor nobody else owns.
-        let sock = PacketSock(unsafe { OwnedFd::from_raw_fd(fd) });
-        let name = std::ffi::CString::new(ifname).unwrap();
-        // SAFETY: a valid NUL-terminated name.
-        let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) };
-        assert!(ifindex != 0, "no interface {ifname}");
-        if vnet_hdr {
-            let one: libc::c_int = 1;
-            // SAFETY: the option value is a c_int that outlives the call.
-            let r = unsafe {
-                libc::setsockopt(
-                    fd,
-                    libc::SOL_PACKET,
-                    PACKET_VNET_HDR,
-                    &one as *const _ as *const libc::c_void,
-                    4,
-                )
-            };
-            assert_eq!(r, 0, "PACKET_VNET_HDR");
-        }
-        let tv = libc::timeval {
-            tv_sec: 0,
-            tv_usec: 200_000,
-        };
-        // SAFETY: as above, with a timeval.
-        unsafe {
-            libc::setsockopt(
-                fd,
-                libc::SOL_SOCKET,
-                libc::SO_RCVTIMEO,
-                &tv as *const _ as *const libc::c_void,
-                std::mem::size_of::<libc::timeval>() as u32,
-            )
-        };
-        // SAFETY: all-zero is a valid sockaddr_ll.
-        let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-        sll.sll_family = libc::AF_PACKET as u16;
-        sll.sll_protocol = proto;
-        sll.sll_ifindex = ifindex as i32;
-        // SAFETY: sll is a properly sized sockaddr_ll.
-        let r = unsafe {
-            libc::bind(
-                fd,
-                &sll as *const _ as *const libc::sockaddr,
-                std::mem::size_of::<libc::sockaddr_ll>() as u32,
-            )
-        };
-        assert_eq!(r, 0, "bind: {}", std::io::Error::last_os_error());
-        sock
-    }
-
-    fn send(&self, pkt: &[u8]) {
-        // SAFETY: pkt is a valid buffer for its length.
-        let n = unsafe { libc::send(self.0.as_raw_fd(), pkt.as_ptr().cast(), pkt.len(), 0) };
-        assert_eq!(
-            n,
-            pkt.len() as isize,
-            "send: {}",
-            std::io::Error::last_os_error()
-        );
-    }
-
-    /// The first packet containing `marker`, within a few seconds.
-    fn recv_with(&self, marker: &[u8]) -> Vec<u8> {
-        let deadline = Instant::now() + Duration::from_secs(5);
-        let mut buf = vec![0u8; 70_000];
-        while Instant::now() < deadline {
-            // SAFETY: buf is valid for writes of its length.
-            let n =
-                unsafe { libc::recv(self.0.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
-            if n > 0 && contains(&buf[..n as usize], marker) {
-                return buf[..n as usize].to_vec();
-            }
-        }
-        panic!("no packet with the marker arrived");
-    }
-}
-
-fn contains(hay: &[u8], needle: &[u8]) -> bool {
-    hay.windows(needle.len()).any(|w| w == needle)
 }
 
 /// Wait until `f` returns Some.

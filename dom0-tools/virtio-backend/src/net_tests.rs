@@ -2,11 +2,8 @@
 //! network namespace, and frames are exchanged with a packet socket on
 //! the TAP, so nothing touches the host's interfaces.
 
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
-use nix::sched::{unshare, CloneFlags};
 use vm_memory::{Bytes, GuestAddress};
 
 use crate::device::{Queues, VirtioDevice, F_RING_EVENT_IDX, F_VERSION_1};
@@ -15,6 +12,7 @@ use crate::memory::GuestMem;
 use crate::net::*;
 use crate::tests::{test_memory, Driver};
 use kxen_netback::spec::BUNDLED_VIF_SCRIPT;
+use kxen_netback::test_support::{in_netns, ip, PacketSock};
 use kxen_netback::VifSpec;
 
 /// A chain as (addr, len, device-writable) buffers.
@@ -24,107 +22,6 @@ const MAC: [u8; 6] = [0, 0x16, 0x3e, 0x12, 0x34, 0x56];
 const RXQ: u64 = 0x1000;
 const TXQ: u64 = 0x8000;
 const BUF: u64 = 0x10_0000;
-
-fn in_netns(f: impl FnOnce() + Send + 'static) {
-    std::thread::spawn(move || {
-        unshare(CloneFlags::CLONE_NEWNET).expect("unshare(CLONE_NEWNET)");
-        for k in ["all", "default"] {
-            let _ = std::fs::write(format!("/proc/sys/net/ipv6/conf/{k}/disable_ipv6"), "1");
-        }
-        f()
-    })
-    .join()
-    .expect("test thread");
-}
-
-fn ip(args: &[&str]) -> bool {
-    Command::new("ip")
-        .args(args)
-        .output()
-        .expect("run ip")
-        .status
-        .success()
-}
-
-/// A raw packet socket on one interface.
-struct PacketSock(OwnedFd);
-
-impl PacketSock {
-    fn open(ifname: &str) -> PacketSock {
-        let proto = (libc::ETH_P_ALL as u16).to_be();
-        // SAFETY: plain socket(2); the fd is owned right away.
-        let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, i32::from(proto)) };
-        assert!(
-            fd >= 0,
-            "packet socket: {}",
-            std::io::Error::last_os_error()
-        );
-        // SAFETY: a fresh descriptor nobody else owns.
-        let sock = PacketSock(unsafe { OwnedFd::from_raw_fd(fd) });
-        let name = std::ffi::CString::new(ifname).unwrap();
-        // SAFETY: a valid NUL-terminated name.
-        let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) };
-        assert!(ifindex != 0, "no interface {ifname}");
-        let tv = libc::timeval {
-            tv_sec: 0,
-            tv_usec: 200_000,
-        };
-        // SAFETY: the option value is a timeval that outlives the call.
-        unsafe {
-            libc::setsockopt(
-                fd,
-                libc::SOL_SOCKET,
-                libc::SO_RCVTIMEO,
-                std::ptr::addr_of!(tv).cast(),
-                std::mem::size_of::<libc::timeval>() as u32,
-            )
-        };
-        // SAFETY: all-zero is a valid sockaddr_ll.
-        let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-        sll.sll_family = libc::AF_PACKET as u16;
-        sll.sll_protocol = proto;
-        sll.sll_ifindex = ifindex as i32;
-        // SAFETY: sll is a properly sized sockaddr_ll.
-        let r = unsafe {
-            libc::bind(
-                fd,
-                std::ptr::addr_of!(sll).cast(),
-                std::mem::size_of::<libc::sockaddr_ll>() as u32,
-            )
-        };
-        assert_eq!(r, 0, "bind: {}", std::io::Error::last_os_error());
-        sock
-    }
-
-    fn send(&self, pkt: &[u8]) {
-        // SAFETY: pkt is a valid buffer for its length.
-        let n = unsafe { libc::send(self.0.as_raw_fd(), pkt.as_ptr().cast(), pkt.len(), 0) };
-        assert_eq!(
-            n,
-            pkt.len() as isize,
-            "send: {}",
-            std::io::Error::last_os_error()
-        );
-    }
-
-    fn recv_with(&self, marker: &[u8]) -> Vec<u8> {
-        let deadline = Instant::now() + Duration::from_secs(5);
-        let mut buf = vec![0u8; 70_000];
-        while Instant::now() < deadline {
-            // SAFETY: buf is valid for writes of its length.
-            let n =
-                unsafe { libc::recv(self.0.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
-            if n > 0 && contains(&buf[..n as usize], marker) {
-                return buf[..n as usize].to_vec();
-            }
-        }
-        panic!("no packet with the marker arrived");
-    }
-}
-
-fn contains(hay: &[u8], needle: &[u8]) -> bool {
-    hay.windows(needle.len()).any(|w| w == needle)
-}
 
 /// An Ethernet frame (local experimental ethertype) carrying `payload`.
 fn frame(payload: &[u8]) -> Vec<u8> {
@@ -143,7 +40,7 @@ struct Rig {
 fn rig() -> Rig {
     let dev = NetDevice::new(VifSpec::new(7, 1, MAC)).expect("TAP");
     assert_eq!(dev.tap_name(), "vif7.1");
-    assert!(ip(&["link", "set", "dev", "vif7.1", "up"]));
+    assert!(ip(&["link", "set", "dev", "vif7.1", "up"]).0);
     Rig {
         mem: test_memory(),
         dev,
@@ -201,7 +98,7 @@ fn frames_cross_the_tap_both_ways() {
         let mut tx = Driver::new(&mem, TXQ, 16);
         r.mem = mem.clone();
         let mut q = activate(&mut r, &rx, &tx, F_VERSION_1 | F_MAC | F_STATUS);
-        let sock = PacketSock::open("vif7.1");
+        let sock = PacketSock::open("vif7.1", false);
 
         // Guest to host: header and frame in separate buffers.
         let out = frame(b"marker-guest-to-host");
@@ -246,7 +143,7 @@ fn mergeable_receive_buffers_and_starvation() {
         r.mem = mem.clone();
         let f = F_VERSION_1 | F_MRG_RXBUF | F_RING_EVENT_IDX;
         let mut q = activate(&mut r, &rx, &tx, f);
-        let sock = PacketSock::open("vif7.1");
+        let sock = PacketSock::open("vif7.1", false);
 
         // A 1000-byte frame needs four 300-byte buffers; the guest has
         // three. The device waits (not reading the TAP) and asks for a
@@ -327,16 +224,12 @@ fn hotplug_script_bridges_the_tap_and_it_goes_away() {
         spec.script = Some(BUNDLED_VIF_SCRIPT.into());
         spec.bridge = "xenbr7".into();
         let dev = NetDevice::new(spec).expect("TAP");
-        let out = Command::new("ip")
-            .args(["-o", "link", "show", "dev", "vif7.1"])
-            .output()
-            .unwrap();
-        let line = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (_, line) = ip(&["-o", "link", "show", "dev", "vif7.1"]);
         assert!(line.contains("master xenbr7"), "{line}");
         assert!(line.contains("fe:ff:ff:ff:ff:ff"), "{line}");
         drop(dev);
         let deadline = Instant::now() + Duration::from_secs(5);
-        while ip(&["link", "show", "dev", "vif7.1"]) {
+        while ip(&["link", "show", "dev", "vif7.1"]).0 {
             assert!(Instant::now() < deadline, "vif7.1 still there");
             std::thread::sleep(Duration::from_millis(20));
         }
