@@ -7,30 +7,13 @@
 use kxen_virtio_backend::blk::{self, BlkOp, DiskGeometry, HEADER_LEN, SECTOR};
 use kxen_virtio_backend::chain::{self, total};
 use libfuzzer_sys::fuzz_target;
-use virtio_queue::{Queue, QueueT};
-use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
-
-const LOW: usize = 0x2000;
-const HIGH: u64 = 0x10_0000;
+use virtio_queue::QueueT;
+use vm_memory::{GuestAddress, GuestMemoryBackend};
 
 fuzz_target!(|data: &[u8]| {
-    let Some((&flags, data)) = data.split_first() else {
+    let Some((flags, mem, mut q)) = kxen_fuzz::virtio_queue(data) else {
         return;
     };
-    let mem: GuestMemoryMmap<()> =
-        GuestMemoryMmap::from_ranges(&[(GuestAddress(0), LOW), (GuestAddress(HIGH), 0x1000)])
-            .unwrap();
-    let (low, high) = data.split_at(data.len().min(LOW));
-    mem.write_slice(low, GuestAddress(0)).unwrap();
-    mem.write_slice(&high[..high.len().min(0x1000)], GuestAddress(HIGH))
-        .unwrap();
-    let mut q = Queue::new(16).unwrap();
-    q.set_size(16);
-    q.set_desc_table_address(Some(0), Some(0));
-    q.set_avail_ring_address(Some(0x100), Some(0));
-    q.set_used_ring_address(Some(0x200), Some(0));
-    q.set_event_idx(flags & 1 != 0);
-    q.set_ready(true);
     let geo = DiskGeometry {
         sectors: 2048,
         readonly: flags & 2 != 0,

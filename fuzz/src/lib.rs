@@ -1,0 +1,35 @@
+//! Setup shared by the fuzz targets in `fuzz_targets/`.
+
+use virtio_queue::{Queue, QueueT};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+
+/// Size of the low RAM region: descriptor table at 0, avail ring at
+/// 0x100, used ring at 0x200, and whatever the descriptors point at.
+const LOW: usize = 0x2000;
+/// A second, one-page RAM region above a hole, so that chains can point
+/// past the end of one region or into the hole.
+const HIGH: u64 = 0x10_0000;
+
+/// A hostile virtio driver's guest RAM and a 16-entry split queue in it,
+/// straight from fuzz input: the first byte is a flags byte (bit 0 turns
+/// on VIRTIO_F_EVENT_IDX; the other bits are the target's), the next
+/// 0x2000 bytes fill low RAM and the next page the high region. Returns
+/// `(flags, memory, queue)`, or `None` for empty input.
+pub fn virtio_queue(data: &[u8]) -> Option<(u8, GuestMemoryMmap<()>, Queue)> {
+    let (&flags, data) = data.split_first()?;
+    let mem: GuestMemoryMmap<()> =
+        GuestMemoryMmap::from_ranges(&[(GuestAddress(0), LOW), (GuestAddress(HIGH), 0x1000)])
+            .unwrap();
+    let (low, high) = data.split_at(data.len().min(LOW));
+    mem.write_slice(low, GuestAddress(0)).unwrap();
+    mem.write_slice(&high[..high.len().min(0x1000)], GuestAddress(HIGH))
+        .unwrap();
+    let mut q = Queue::new(16).unwrap();
+    q.set_size(16);
+    q.set_desc_table_address(Some(0), Some(0));
+    q.set_avail_ring_address(Some(0x100), Some(0));
+    q.set_used_ring_address(Some(0x200), Some(0));
+    q.set_event_idx(flags & 1 != 0);
+    q.set_ready(true);
+    Some((flags, mem, q))
+}
