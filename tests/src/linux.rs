@@ -93,6 +93,31 @@ pub fn is_static_elf(elf: &[u8]) -> bool {
     })
 }
 
+/// The links a tree with `/bin/busybox` needs to use it as shell, tools
+/// and init: `bin/APPLET -> busybox` for each applet `/bin/busybox
+/// --list` names, and `sbin/{init,poweroff,reboot,halt} ->
+/// ../bin/busybox`, as `(path, target)` pairs relative to the tree's
+/// root. [`root_image`] makes them on disk, `stock::initramfs` as cpio
+/// entries.
+pub fn busybox_links() -> Result<Vec<(String, String)>, String> {
+    let list = Command::new("/bin/busybox")
+        .arg("--list")
+        .output()
+        .map_err(|e| format!("busybox --list: {e}"))?;
+    if !list.status.success() {
+        return Err(format!("busybox --list: {}", show(&list)));
+    }
+    let mut links: Vec<(String, String)> = String::from_utf8_lossy(&list.stdout)
+        .lines()
+        .filter(|applet| *applet != "busybox")
+        .map(|applet| (format!("bin/{applet}"), "busybox".to_string()))
+        .collect();
+    for tool in ["init", "poweroff", "reboot", "halt"] {
+        links.push((format!("sbin/{tool}"), "../bin/busybox".to_string()));
+    }
+    Ok(links)
+}
+
 /// An ext4 image holding busybox as init, shell and tools.
 pub fn root_image(dir: &Path, guest_ip: &str) -> PathBuf {
     let busybox = Path::new("/bin/busybox");
@@ -114,15 +139,8 @@ pub fn root_image(dir: &Path, guest_ip: &str) -> PathBuf {
         std::fs::create_dir_all(tree.join(sub)).unwrap();
     }
     std::fs::copy(busybox, tree.join("bin/busybox")).unwrap();
-    let list = Command::new(busybox).arg("--list").output().unwrap();
-    assert!(list.status.success());
-    for applet in String::from_utf8_lossy(&list.stdout).lines() {
-        if applet != "busybox" {
-            symlink("busybox", tree.join("bin").join(applet)).unwrap();
-        }
-    }
-    for tool in ["init", "poweroff", "reboot", "halt"] {
-        symlink("../bin/busybox", tree.join("sbin").join(tool)).unwrap();
+    for (path, target) in busybox_links().unwrap_or_else(|e| panic!("{e}")) {
+        symlink(target, tree.join(path)).unwrap();
     }
     std::fs::write(tree.join("etc/inittab"), INITTAB).unwrap();
     let rcs_path = tree.join("etc/init.d/rcS");
