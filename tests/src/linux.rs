@@ -93,6 +93,20 @@ pub fn is_static_elf(elf: &[u8]) -> bool {
     })
 }
 
+/// The directories of a tree that runs busybox as shell, tools and init
+/// (parents before children), relative to the tree's root.
+pub const BUSYBOX_DIRS: &[&str] = &[
+    "bin",
+    "sbin",
+    "etc",
+    "etc/init.d",
+    "proc",
+    "sys",
+    "dev",
+    "tmp",
+    "root",
+];
+
 /// The links a tree with `/bin/busybox` needs to use it as shell, tools
 /// and init: `bin/APPLET -> busybox` for each applet `/bin/busybox
 /// --list` names, and `sbin/{init,poweroff,reboot,halt} ->
@@ -126,16 +140,7 @@ pub fn root_image(dir: &Path, guest_ip: &str) -> PathBuf {
         "a static /bin/busybox is needed (apt-get install busybox-static)"
     );
     let tree = dir.join("rootfs");
-    for sub in [
-        "bin",
-        "sbin",
-        "etc/init.d",
-        "proc",
-        "sys",
-        "dev",
-        "tmp",
-        "root",
-    ] {
+    for sub in BUSYBOX_DIRS {
         std::fs::create_dir_all(tree.join(sub)).unwrap();
     }
     std::fs::copy(busybox, tree.join("bin/busybox")).unwrap();
