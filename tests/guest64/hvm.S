@@ -7,6 +7,9 @@
  *   c  crash (a triple fault: #UD with no IDT)
  *   h  hostile device accesses, then power off
  *   e  popcnt (KVM's emulator lacks it on PVM hosts), then power off
+ *   s  a user-mode round trip: own GDT/TSS/IDT/page tables, iretq to
+ *      ring 3, syscall to a supervisor-only entry point (on PVM hosts the
+ *      VMM's syscall bridge makes that work), sysretq back, power off
  *   v  drive the virtio-blk disk in slot 0 by hand: read sector 0, write
  *      it to sector 1, then submit a descriptor chain that loops (the
  *      device must fail with DEVICE_NEEDS_RESET), reset it, power off
@@ -16,6 +19,16 @@
     .set PM1A_CNT, 0x1f44
     .set PM_TMR, 0x1f48
     .set VIRTIO0, 0xd0000000
+    /* Page tables of the 's' test: 0-4 MiB supervisor-only, 4-6 MiB user. */
+    .set PT_PML4, 0x300000
+    .set PT_PDPT, 0x301000
+    .set PT_PD, 0x302000
+    .set USER_BASE, 0x400000
+    .set USER_STACK, 0x5ff000
+    .set MSR_EFER, 0xc0000080
+    .set MSR_STAR, 0xc0000081
+    .set MSR_LSTAR, 0xc0000082
+    .set MSR_FMASK, 0xc0000084
     /* The virtqueue and request buffers, in guest RAM above the image. */
     .set VQ_DESC, 0x200000
     .set VQ_AVAIL, 0x201000
@@ -122,6 +135,8 @@ command:
     je emulate
     cmp $'v', %bl
     je virtio
+    cmp $'s', %bl
+    je user_mode
     jmp command
 poweroff:
     mov $PM1A_CNT, %dx
@@ -158,6 +173,164 @@ emulate:
     lea msg_popcnt(%rip), %rdi
     call puts
     jmp poweroff
+user_mode:
+    /* Page tables: PML4[0] -> PDPT[0] -> PD; PD[0..1] 2 MiB pages without
+     * the user bit (image, stacks, tables), PD[2] with it (user code and
+     * stack). */
+    mov $PT_PML4, %edi
+    xor %eax, %eax
+    mov $(3 * 4096 / 8), %ecx
+    rep stosq
+    movq $(PT_PDPT | 7), PT_PML4
+    movq $(PT_PD | 7), PT_PDPT
+    movq $(0x000000 | 0x83), PT_PD          /* P, RW, PS */
+    movq $(0x200000 | 0x83), PT_PD + 8
+    movq $(USER_BASE | 0x87), PT_PD + 16    /* P, RW, US, PS */
+    mov $PT_PML4, %eax
+    mov %rax, %cr3
+    /* User code: a copy of user_stub at USER_BASE. */
+    lea user_stub(%rip), %rsi
+    mov $USER_BASE, %edi
+    mov $(user_stub_end - user_stub), %ecx
+    rep movsb
+    /* GDT with Linux's selector layout and a 64-bit TSS. */
+    lea tss(%rip), %rax
+    lea gdt_tss(%rip), %rdi
+    mov %ax, 2(%rdi)                /* base 15:0 */
+    shr $16, %rax
+    mov %al, 4(%rdi)                /* base 23:16 */
+    mov %ah, 7(%rdi)                /* base 31:24 */
+    shr $16, %rax
+    mov %eax, 8(%rdi)               /* base 63:32 */
+    lea stack_top(%rip), %rax
+    mov %rax, tss + 4(%rip)         /* RSP0 */
+    lgdt gdt_ptr(%rip)
+    lea 1f(%rip), %rax
+    pushq $0x10
+    push %rax
+    lretq
+1:  mov $0x18, %eax
+    mov %eax, %ss
+    mov %eax, %ds
+    mov %eax, %es
+    mov $0x38, %ax
+    ltr %ax
+    /* IDT: #GP and #PF; the page-fault gate must exist before LSTAR is
+     * written, since that is when the VMM looks for it. */
+    lea idt(%rip), %rdi
+    lea gp_handler(%rip), %rax
+    mov $13, %ecx
+    call set_gate
+    lea idt(%rip), %rdi
+    lea pf_handler(%rip), %rax
+    mov $14, %ecx
+    call set_gate
+    lidt idt_ptr(%rip)
+    /* syscall: EFER.SCE, STAR, LSTAR, FMASK. */
+    mov $MSR_EFER, %ecx
+    rdmsr
+    or $1, %eax
+    wrmsr
+    mov $MSR_STAR, %ecx
+    xor %eax, %eax
+    mov $0x00230010, %edx
+    wrmsr
+    mov $MSR_FMASK, %ecx
+    mov $0x47700, %eax
+    xor %edx, %edx
+    wrmsr
+    mov $MSR_LSTAR, %ecx
+    lea syscall_entry(%rip), %rax
+    mov %rax, %rdx
+    shr $32, %rdx
+    wrmsr
+    /* iretq into ring 3 at USER_BASE. */
+    pushq $0x2b
+    pushq $USER_STACK
+    pushq $0x2
+    pushq $0x33
+    pushq $USER_BASE
+    iretq
+
+/* set_gate(rdi = IDT, ecx = vector, rax = handler): a DPL-0 interrupt
+ * gate; clobbers rdi, rcx, rax. */
+set_gate:
+    shl $4, %ecx
+    add %rcx, %rdi
+    mov %ax, (%rdi)
+    movw $0x10, 2(%rdi)
+    movw $0x8e00, 4(%rdi)
+    shr $16, %rax
+    mov %ax, 6(%rdi)
+    shr $16, %rax
+    mov %eax, 8(%rdi)
+    movl $0, 12(%rdi)
+    ret
+
+/* The system call entry: supervisor-only, like any kernel's. RAX is the
+ * call: 0x2a says hello, 7 says done. */
+syscall_entry:
+    mov %rsp, %r13                  /* user stack */
+    mov %rcx, %r14                  /* return RIP */
+    mov %r11, %r15                  /* user RFLAGS */
+    lea stack_top(%rip), %rsp
+    mov %cs, %eax
+    cmp $0x10, %eax
+    jne fail
+    cmp $7, %r8
+    je 2f
+    cmp $0x2a, %r8
+    jne fail
+    lea msg_syscall(%rip), %rdi
+    call puts
+    /* 0xcc where a VMM planted its syscall bridge, else endbr64's f3. */
+    lea msg_pfbyte(%rip), %rdi
+    call puts
+    movzbl pf_handler(%rip), %eax
+    call puthex
+    /* RCX must be the instruction after the user's syscall. */
+    lea msg_rcx(%rip), %rdi
+    call puts
+    mov %r14d, %eax
+    call puthex32
+    mov %r14, %rcx
+    mov %r15, %r11
+    mov %r13, %rsp
+    sysretq                         /* to RCX with R11's flags */
+2:  lea msg_userdone(%rip), %rdi
+    call puts
+    jmp poweroff
+
+    /* The bridge steps over an endbr64 or a NOP at the handler's start. */
+pf_handler:
+    endbr64
+    lea msg_pf(%rip), %rdi
+    call puts
+    mov %cr2, %rax
+    mov %eax, %eax
+    call puthex32
+    mov 8(%rsp), %eax               /* faulting RIP, low half */
+    call puthex32
+    mov 16(%rsp), %eax              /* CS */
+    call puthex32
+    jmp fail
+gp_handler:
+    lea msg_gp(%rip), %rdi
+    call puts
+    jmp fail
+
+/* Ring-3 code, copied to USER_BASE: two system calls. The call number
+ * travels in R8 too, since the entry cannot trust anything else. */
+user_stub:
+    mov $0x2a, %eax
+    mov %rax, %r8
+    syscall
+    mov $7, %eax
+    mov %rax, %r8
+    syscall
+    ud2
+user_stub_end:
+
 virtio:
     mov $VIRTIO0, %r12d
     lea msg_vid(%rip), %rdi
@@ -376,10 +549,38 @@ msg_vread:    .asciz "kxen-hvm-guest: virtio-blk sector 0 starts "
 msg_vwrite:   .asciz "kxen-hvm-guest: virtio-blk wrote sector 1\n"
 msg_vloop:    .asciz "kxen-hvm-guest: virtio-blk looped chain: device needs reset\n"
 msg_vdone:    .asciz "kxen-hvm-guest: virtio-blk reset, VMM alive\n"
+msg_syscall:  .asciz "kxen-hvm-guest: syscall from ring 3 reached cpl 0\n"
+msg_userdone: .asciz "kxen-hvm-guest: sysretq to ring 3 and back\n"
+msg_pf:       .asciz "kxen-hvm-guest: page fault at "
+msg_pfbyte:   .asciz "kxen-hvm-guest: page-fault handler starts "
+msg_rcx:      .asciz "kxen-hvm-guest: syscall return address "
+msg_gp:       .asciz "kxen-hvm-guest: general protection fault\n"
 msg_fail:     .asciz "kxen-hvm-guest: FAIL\n"
 hexdigits:    .ascii "0123456789abcdef"
     .align 16
 idt_empty:    .word 0
+    .balign 16
+gdt:
+    .quad 0
+    .quad 0x00cf9b000000ffff        /* 0x08 kernel CS32 */
+    .quad 0x00af9b000000ffff        /* 0x10 kernel CS */
+    .quad 0x00cf93000000ffff        /* 0x18 kernel DS */
+    .quad 0x00cffb000000ffff        /* 0x23 user CS32 */
+    .quad 0x00cff3000000ffff        /* 0x2b user DS */
+    .quad 0x00affb000000ffff        /* 0x33 user CS */
+gdt_tss:
+    .quad 0x0000890000000067        /* 0x38 TSS, base filled in */
+    .quad 0
+gdt_end:
+gdt_ptr:
+    .word gdt_end - gdt - 1
+    .quad gdt
+idt_ptr:
+    .word 15 * 16 - 1
+    .quad idt
+    .balign 16
+tss:  .fill 104, 1, 0
+idt:  .fill 15 * 16, 1, 0
               .quad 0
     .bss
     .align 16

@@ -156,6 +156,44 @@ fn hvm_reset_crash_and_hostile_input_follow_the_on_actions() {
     assert!(dmesg.contains("(hvm-crash)"), "{dmesg}");
 }
 
+/// User mode and back: the guest sets up its own GDT, TSS, IDT and page
+/// tables, enters ring 3 with iretq, makes a system call into a
+/// supervisor-only entry point and returns with sysretq. On PVM hosts a
+/// user-mode syscall does not reach ring 0 by itself; the VMM's syscall
+/// bridge must carry it (its breakpoint is on the page-fault handler). On
+/// VT-x hosts the CPU does it and the bridge is not installed.
+#[test]
+fn user_mode_syscall_reaches_ring_0() {
+    let guest = hvm_guest("syscall");
+    let d = Dom0::new("hvm-syscall");
+    let cfg = config(&d, "hvm-sys", &guest.elf, "");
+    d.ok(&["create", cfg.to_str().unwrap()]);
+    command(&d, "hvm-sys", b's');
+    wait_gone(&d, "hvm-sys");
+    let log = d.console_log("hvm-sys");
+    for line in [
+        "syscall from ring 3 reached cpl 0",
+        // mov $0x2a,%eax (5 bytes), mov %rax,%r8 (3), syscall (2).
+        "syscall return address 0040000a",
+        "sysretq to ring 3 and back",
+    ] {
+        assert!(
+            log.contains(line),
+            "missing {line:?}:\nconsole:\n{log}\nvmm:\n{}",
+            vmm_log(&d, "hvm-sys")
+        );
+    }
+    assert!(!log.contains("FAIL"), "{log}");
+    // The guest read its own page-fault handler's first byte: the
+    // bridge's int3 on PVM hosts, untouched endbr64 elsewhere.
+    let pvm = std::path::Path::new("/sys/module/kvm_pvm").exists();
+    let expected = if pvm { "cc" } else { "f3" };
+    assert!(
+        log.contains(&format!("page-fault handler starts {expected}")),
+        "{log}"
+    );
+}
+
 /// The virtio-blk data path end to end without a Linux guest: the test
 /// guest drives slot 0's registers and virtqueue itself, kxend serves the
 /// queue from the host file, and a descriptor loop fails the device, not

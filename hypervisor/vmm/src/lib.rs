@@ -9,6 +9,7 @@
 //! * [`insn`]: decoding of the instructions the VMM emulates for PVM;
 //! * [`platform`]: what the Xen layer ([`kxen_xen`]) asks of the VMM;
 //! * [`standalone`]: console and xenstore service without kxend;
+//! * [`syscall_bridge`]: user-mode `syscall` of stock HVM kernels on PVM hosts;
 //! * [`control`]: the socket a toolstack drives the VMM through;
 //! * [`events`], [`routing`]: Dom0's interdomain channels, irqfds and the
 //!   event routing area backends read.
@@ -24,6 +25,7 @@ pub mod memory;
 pub mod platform;
 pub mod routing;
 pub mod standalone;
+pub mod syscall_bridge;
 pub mod vcpu;
 pub mod virtio;
 pub mod vm;

@@ -6,6 +6,7 @@
 //! one KVM_RUN round trip and no extra register ioctls.
 
 use std::cell::Cell;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use kvm_bindings::{kvm_fpu, kvm_msr_entry, kvm_run, Msrs};
@@ -22,6 +23,7 @@ use kxen_xen::hypercall::Call;
 use kxen_xen::VcpuMmu;
 
 use crate::insn::{decode_fpu_insn, fpu_from_fxsave, fxsave_image, DecodeRegs, FpuOp, MXCSR_MASK};
+use crate::syscall_bridge::{self, syscall_entry_state, FaultFrame, MSR_LSTAR, MSR_SYSCALL_MASK};
 use crate::vm::{DomainExit, Runtime};
 
 /// A port the guest may write to for a bare exit (benchmark baseline).
@@ -36,6 +38,13 @@ thread_local! {
     /// This thread's kvm_run, so the kick signal handler can set
     /// immediate_exit and close the race with entering KVM_RUN.
     static KVM_RUN: Cell<*mut kvm_run> = const { Cell::new(std::ptr::null_mut()) };
+}
+
+/// 48-bit canonical (what WRMSR to LSTAR requires; 5-level paging is
+/// not offered to guests).
+fn is_canonical(addr: u64) -> bool {
+    let top = (addr as i64) >> 47;
+    top == 0 || top == -1
 }
 
 /// A port read no emulated device claimed.
@@ -259,11 +268,18 @@ impl Vcpu {
                 }
                 VcpuExit::X86Wrmsr(msr) => {
                     let (index, data) = (msr.index, msr.data);
-                    let ok = index == XEN_HYPERCALL_MSR
-                        && install_hypercall_page(&self.rt, self.id, data);
+                    let lstar = index == MSR_LSTAR && self.rt.syscall_bridge.is_some();
+                    let ok = if lstar {
+                        is_canonical(data)
+                    } else {
+                        index == XEN_HYPERCALL_MSR
+                            && install_hypercall_page(&self.rt, self.id, data)
+                    };
                     if !ok {
                         debug!(vcpu = self.id, index, data, "refused MSR write: #GP");
                         *msr.error = 1;
+                    } else if lstar {
+                        self.write_lstar_and_plant(data);
                     }
                 }
                 VcpuExit::X86Rdmsr(msr) => {
@@ -430,6 +446,7 @@ impl Vcpu {
         };
         match bytes.first() {
             // int3: a trap, so #BP is delivered with RIP past the opcode.
+            Some(0xcc) if self.syscall_bridge_hit() => true,
             Some(0xcc) => {
                 self.fd.sync_regs_mut().regs.rip += 1;
                 self.fd.set_sync_dirty_reg(SyncReg::Register);
@@ -458,6 +475,128 @@ impl Vcpu {
             }
             _ => self.emulate_fpu_insn(&bytes),
         }
+    }
+
+    /// The guest set its `syscall` entry point: do the write KVM left to
+    /// us, then put the syscall bridge's breakpoint on the page-fault
+    /// handler (see [`crate::syscall_bridge`]).
+    fn write_lstar_and_plant(&mut self, lstar: u64) {
+        let msrs = Msrs::from_entries(&[kvm_msr_entry {
+            index: MSR_LSTAR,
+            data: lstar,
+            ..Default::default()
+        }]);
+        match msrs.map(|m| self.fd.set_msrs(&m)) {
+            Ok(Ok(1)) => {}
+            other => {
+                warn!(vcpu = self.id, ?other, "KVM_SET_MSRS (LSTAR) failed");
+                return;
+            }
+        }
+        let Some(bridge) = self.rt.syscall_bridge.clone() else {
+            return;
+        };
+        let sregs = &self.fd.sync_regs().sregs;
+        let (idt_base, idt_limit) = (sregs.idt.base, sregs.idt.limit);
+        let Some(gate_at) = syscall_bridge::page_fault_gate(idt_limit) else {
+            warn!(
+                vcpu = self.id,
+                idt_limit, "syscall bridge: no page-fault gate yet"
+            );
+            return;
+        };
+        let mut gate = [0u8; 16];
+        if !self.read_guest_virtual(idt_base.wrapping_add(gate_at), &mut gate) {
+            warn!(vcpu = self.id, idt_base, "syscall bridge: IDT unreadable");
+            return;
+        }
+        let handler = syscall_bridge::gate_offset(&gate);
+        if bridge.planted().is_some_and(|p| p.handler == handler) {
+            return;
+        }
+        let Some(gpa) = self.translate(handler, false) else {
+            warn!(vcpu = self.id, handler, "syscall bridge: handler unmapped");
+            return;
+        };
+        let mut head = [0u8; 8];
+        let mem = self.rt.memory.snapshot();
+        if mem.read_slice(&mut head, GuestAddress(gpa)).is_err() {
+            return;
+        }
+        let Some(displaced) = syscall_bridge::Displaced::decode(&head) else {
+            warn!(vcpu = self.id, handler, ?head, "syscall bridge: handler starts with an instruction we do not step over; user-mode syscalls will fault");
+            return;
+        };
+        let planted = syscall_bridge::Planted {
+            handler,
+            gpa,
+            original: head[0],
+            displaced,
+        };
+        if bridge.plant(planted) && mem.write_obj(0xccu8, GuestAddress(gpa)).is_err() {
+            warn!(
+                vcpu = self.id,
+                gpa, "syscall bridge: cannot write the breakpoint"
+            );
+        }
+    }
+
+    /// An `int3` at the syscall bridge's breakpoint: a page fault entering
+    /// its handler. A user-mode fetch at `MSR_LSTAR` becomes the system
+    /// call it was; any other fault runs the displaced instruction and
+    /// continues into the handler. False if this is not our breakpoint.
+    fn syscall_bridge_hit(&mut self) -> bool {
+        let Some(planted) = self.rt.syscall_bridge.as_ref().and_then(|b| b.planted()) else {
+            return false;
+        };
+        let regs = self.fd.sync_regs().regs;
+        if regs.rip != planted.handler {
+            return false;
+        }
+        let mut raw = [0u8; FaultFrame::LEN];
+        let mut msrs = match Msrs::from_entries(&[
+            kvm_msr_entry {
+                index: MSR_LSTAR,
+                ..Default::default()
+            },
+            kvm_msr_entry {
+                index: MSR_SYSCALL_MASK,
+                ..Default::default()
+            },
+        ]) {
+            Ok(m) => m,
+            Err(_) => return false,
+        };
+        let frame = (self.read_guest_virtual(regs.rsp, &mut raw)
+            && matches!(self.fd.get_msrs(&mut msrs), Ok(2)))
+        .then(|| FaultFrame::parse(&raw));
+        let (lstar, fmask) = (msrs.as_slice()[0].data, msrs.as_slice()[1].data);
+        let regs = &mut self.fd.sync_regs_mut().regs;
+        match frame {
+            Some(frame) if frame.is_stranded_syscall(lstar) => {
+                let (rip, rsp, rflags, r11) = syscall_entry_state(&frame, lstar, fmask);
+                regs.rip = rip;
+                regs.rsp = rsp;
+                regs.rflags = rflags;
+                regs.r11 = r11;
+                if let Some(b) = self.rt.syscall_bridge.as_ref() {
+                    if b.bridged.fetch_add(1, Ordering::Relaxed) == 0 {
+                        info!(
+                            vcpu = self.id,
+                            "syscall bridge: first user-mode syscall bridged"
+                        );
+                    }
+                }
+                trace!(vcpu = self.id, nr = regs.rax, "syscall bridged");
+            }
+            _ => {
+                let (rip, rflags) = planted.displaced.step(regs.rip, regs.rflags);
+                regs.rip = rip;
+                regs.rflags = rflags;
+            }
+        }
+        self.fd.set_sync_dirty_reg(SyncReg::Register);
+        true
     }
 
     /// `ldmxcsr`, `stmxcsr`, `fxsave` and `fxrstor` (`0f ae /0-/3` with a

@@ -29,6 +29,7 @@ use crate::hvm::{HvmConfig, HvmDevices};
 use crate::memory::{self, GuestMemory};
 use crate::platform::VmmPlatform;
 use crate::standalone::{ConsoleMode, Services};
+use crate::syscall_bridge::{self, SyscallBridge};
 use crate::vcpu::{kick_handler, Vcpu};
 
 pub const XEN_MAJOR: u32 = 4;
@@ -160,6 +161,8 @@ pub struct Runtime {
     max_memory_kib: u64,
     /// Emulated devices (HVM domains only).
     pub hvm: Option<Arc<HvmDevices>>,
+    /// User-mode `syscall` for stock kernels (HVM domains on PVM hosts).
+    pub syscall_bridge: Option<Arc<SyscallBridge>>,
 }
 
 impl Runtime {
@@ -520,20 +523,31 @@ pub fn run(cfg: VmConfig, started: Instant, report_timing: bool) -> Result<Domai
         ..Default::default()
     };
     vm.enable_cap(&cap)?;
+    // HVM guests on PVM hosts: their LSTAR write exits too, for the
+    // syscall bridge.
+    let syscall_bridge = (cfg.hvm.is_some() && syscall_bridge::host_needs_bridge())
+        .then(|| Arc::new(SyscallBridge::default()));
     let filter_vm = vm.clone();
+    let filter_lstar = syscall_bridge.is_some();
     let msr_filter = std::thread::Builder::new()
         .name("msr-filter".into())
         .spawn(move || {
             let deny = [0u8; 1];
-            filter_vm.set_msr_filter(
-                MsrFilterDefaultAction::ALLOW,
-                &[MsrFilterRange {
+            let mut ranges = vec![MsrFilterRange {
+                flags: MsrFilterRangeFlags::WRITE,
+                base: XEN_HYPERCALL_MSR,
+                msr_count: 1,
+                bitmap: &deny,
+            }];
+            if filter_lstar {
+                ranges.push(MsrFilterRange {
                     flags: MsrFilterRangeFlags::WRITE,
-                    base: XEN_HYPERCALL_MSR,
+                    base: syscall_bridge::MSR_LSTAR,
                     msr_count: 1,
                     bitmap: &deny,
-                }],
-            )
+                });
+            }
+            filter_vm.set_msr_filter(MsrFilterDefaultAction::ALLOW, &ranges)
         })
         .map_err(|e| VmError::Setup(format!("MSR filter thread: {e}")))?;
 
@@ -738,6 +752,7 @@ pub fn run(cfg: VmConfig, started: Instant, report_timing: bool) -> Result<Domai
         ap_start: Arc::new(ApStarter::new(cfg.vcpus)),
         max_memory_kib: cfg.maxmem_mib.max(cfg.memory_mib) * 1024,
         hvm: hvm_devices.clone(),
+        syscall_bridge: syscall_bridge.clone(),
     });
     *runtime_slot.lock().unwrap_or_else(|e| e.into_inner()) = Some(Arc::downgrade(&rt));
 
