@@ -11,7 +11,9 @@
 //!   it and then plant an `int3` on the first instruction of the guest's
 //!   page-fault handler (IDT vector 14), remembering what it displaced;
 //! * KVM's emulator cannot run `int3` in ring 0, so every page fault now
-//!   stops in the VMM at that address. If the fault's frame says user mode
+//!   stops in the VMM at that address. The guest may write over the
+//!   breakpoint (Linux applies its `clac` alternative there after setting
+//!   LSTAR); every emulation exit checks the byte and puts it back. If the fault's frame says user mode
 //!   was fetching at `MSR_LSTAR`, the vCPU is put where a real `syscall`
 //!   would have left it: CPL 0 at `MSR_LSTAR`, the user stack pointer,
 //!   RFLAGS masked by `MSR_SYSCALL_MASK`, RCX (the return address, which
@@ -92,9 +94,10 @@ pub struct Planted {
     pub handler: u64,
     /// Its guest-physical address (where the `int3` byte was written).
     pub gpa: u64,
-    /// The byte the `int3` replaced.
+    /// The byte the `int3` replaced (the guest may rewrite it: Linux
+    /// patches its `clac` alternative over the handler's first bytes after
+    /// it set LSTAR, so the breakpoint is put back and this updated).
     pub original: u8,
-    pub displaced: Displaced,
 }
 
 /// The hardware frame a page fault pushed, from the handler's RSP.
@@ -166,6 +169,18 @@ impl SyscallBridge {
         *self.planted.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// The guest wrote over the breakpoint; `byte` is what is there now.
+    pub fn overwritten(&self, byte: u8) {
+        if let Some(p) = self
+            .planted
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_mut()
+        {
+            p.original = byte;
+        }
+    }
+
     /// Record a new breakpoint; false if one is already there.
     pub fn plant(&self, p: Planted) -> bool {
         let mut slot = self.planted.lock().unwrap_or_else(|e| e.into_inner());
@@ -183,7 +198,7 @@ impl SyscallBridge {
             None => {
                 info!(
                     handler = p.handler,
-                    displaced = ?p.displaced,
+                    original = p.original,
                     "syscall bridge: breakpoint on the page-fault handler"
                 );
                 *slot = Some(p);

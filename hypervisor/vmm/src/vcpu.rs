@@ -444,9 +444,12 @@ impl Vcpu {
         let Some(bytes) = self.fetch_instruction() else {
             return false;
         };
+        self.refresh_syscall_bridge();
+        if self.syscall_bridge_hit() {
+            return true;
+        }
         match bytes.first() {
             // int3: a trap, so #BP is delivered with RIP past the opcode.
-            Some(0xcc) if self.syscall_bridge_hit() => true,
             Some(0xcc) => {
                 self.fd.sync_regs_mut().regs.rip += 1;
                 self.fd.set_sync_dirty_reg(SyncReg::Register);
@@ -523,15 +526,14 @@ impl Vcpu {
         if mem.read_slice(&mut head, GuestAddress(gpa)).is_err() {
             return;
         }
-        let Some(displaced) = syscall_bridge::Displaced::decode(&head) else {
+        if syscall_bridge::Displaced::decode(&head).is_none() {
             warn!(vcpu = self.id, handler, ?head, "syscall bridge: handler starts with an instruction we do not step over; user-mode syscalls will fault");
             return;
-        };
+        }
         let planted = syscall_bridge::Planted {
             handler,
             gpa,
             original: head[0],
-            displaced,
         };
         if bridge.plant(planted) && mem.write_obj(0xccu8, GuestAddress(gpa)).is_err() {
             warn!(
@@ -541,7 +543,28 @@ impl Vcpu {
         }
     }
 
-    /// An `int3` at the syscall bridge's breakpoint: a page fault entering
+    /// Put the bridge's breakpoint back if the guest wrote over it.
+    fn refresh_syscall_bridge(&self) {
+        let Some(bridge) = self.rt.syscall_bridge.as_ref() else {
+            return;
+        };
+        let Some(planted) = bridge.planted() else {
+            return;
+        };
+        let mem = self.rt.memory.snapshot();
+        match mem.read_obj::<u8>(GuestAddress(planted.gpa)) {
+            Ok(0xcc) | Err(_) => {}
+            Ok(byte) => {
+                bridge.overwritten(byte);
+                if mem.write_obj(0xccu8, GuestAddress(planted.gpa)).is_ok() {
+                    debug!(vcpu = self.id, byte, "syscall bridge: breakpoint put back");
+                }
+            }
+        }
+    }
+
+    /// The vCPU stopped at the syscall bridge's breakpoint (its `int3`,
+    /// or the instruction the guest wrote over it): a page fault entering
     /// its handler. A user-mode fetch at `MSR_LSTAR` becomes the system
     /// call it was; any other fault runs the displaced instruction and
     /// continues into the handler. False if this is not our breakpoint.
@@ -553,6 +576,28 @@ impl Vcpu {
         if regs.rip != planted.handler {
             return false;
         }
+        // What the handler starts with, as the guest wrote it.
+        let mut head = [0u8; 8];
+        if self
+            .rt
+            .memory
+            .snapshot()
+            .read_slice(&mut head, GuestAddress(planted.gpa))
+            .is_err()
+        {
+            return false;
+        }
+        if head[0] == 0xcc {
+            head[0] = planted.original;
+        }
+        let Some(displaced) = syscall_bridge::Displaced::decode(&head) else {
+            warn!(
+                vcpu = self.id,
+                ?head,
+                "syscall bridge: cannot step over the handler's first instruction"
+            );
+            return false;
+        };
         let mut raw = [0u8; FaultFrame::LEN];
         let mut msrs = match Msrs::from_entries(&[
             kvm_msr_entry {
@@ -590,7 +635,7 @@ impl Vcpu {
                 trace!(vcpu = self.id, nr = regs.rax, "syscall bridged");
             }
             _ => {
-                let (rip, rflags) = planted.displaced.step(regs.rip, regs.rflags);
+                let (rip, rflags) = displaced.step(regs.rip, regs.rflags);
                 regs.rip = rip;
                 regs.rflags = rflags;
             }
