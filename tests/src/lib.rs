@@ -4,6 +4,7 @@
 
 pub mod dom0;
 pub mod linux;
+pub mod stock;
 
 use std::io::Read;
 use std::path::{Path, PathBuf};

@@ -6,9 +6,10 @@
 use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::Duration;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
-use crate::dom0::{show, wait_output};
+use crate::dom0::{show, wait_output, Dom0};
 use crate::repo_root;
 
 /// The kernel command line for these guests. `clearcpuid`: on PVM hosts
@@ -71,6 +72,42 @@ echo \"KXEN-READY cpus=$cpus root=$root eth0=$mac\"
 /// a static busybox reading a zero pointer from its TLS in `__ctype_init`,
 /// before it does anything.
 pub const PVM_PROCESS_CRASH: &str = "segfault at";
+
+/// Processes a guest kernel reported killed by the PVM fault (see
+/// [`PVM_PROCESS_CRASH`]) whose commands were typed again.
+pub static PVM_CRASHES: AtomicUsize = AtomicUsize::new(0);
+
+/// Type `line` on the shell of `guest`'s console and return the first
+/// answer line starting with `answer`. A command whose process died of
+/// the PVM fault (the kernel's report comes before the answer it spoiled)
+/// is typed again, at most twice, and counted in [`PVM_CRASHES`]; any
+/// other missing answer fails the test.
+pub fn shell_command(d: &Dom0, guest: &str, line: &str, answer: &str, limit: Duration) -> String {
+    for _ in 0..3 {
+        let from = d.console_log(guest).len();
+        d.console_line(guest, line);
+        let start = Instant::now();
+        loop {
+            let log = d.console_log(guest);
+            let new = log.get(from..).unwrap_or("");
+            if new.contains(PVM_PROCESS_CRASH) {
+                PVM_CRASHES.fetch_add(1, Ordering::Relaxed);
+                eprintln!("{guest}: a process of {line:?} died of the PVM fault; typing it again");
+                std::thread::sleep(Duration::from_secs(1));
+                break;
+            }
+            if let Some(found) = new.lines().find(|l| l.trim_start().starts_with(answer)) {
+                return found.trim().to_string();
+            }
+            assert!(
+                start.elapsed() < limit,
+                "no answer starting {answer:?} to {line:?}; console:\n{log}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    panic!("{line:?} crashed three times");
+}
 
 /// A 64-bit ELF without a PT_INTERP program header (no dynamic loader).
 pub fn is_static_elf(elf: &[u8]) -> bool {

@@ -14,11 +14,13 @@
 
 use std::path::Path;
 use std::process::Command;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use kxen_tests::dom0::{show, Dom0};
-use kxen_tests::linux::{guest_kernel, root_image, CMDLINE, PVM_PROCESS_CRASH};
+use kxen_tests::linux::{
+    guest_kernel, root_image, shell_command, CMDLINE, PVM_CRASHES, PVM_PROCESS_CRASH,
+};
 
 const BOOT_LIMIT: Duration = Duration::from_secs(300);
 const COMMAND_LIMIT: Duration = Duration::from_secs(60);
@@ -37,42 +39,8 @@ fn read_from_image(image: &Path, path: &str) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// Processes the guest kernel reported killed by the PVM fault (see
-/// `PVM_PROCESS_CRASH`); their commands were typed again.
-static PVM_CRASHES: AtomicUsize = AtomicUsize::new(0);
-
-/// Type `line` on the guest's shell and return the first answer line
-/// starting with `answer`. A command whose process died of the PVM fault
-/// (the kernel's "Segmentation fault" after it) is typed again, at most
-/// twice, and counted; any other missing answer fails the test.
 fn command(d: &Dom0, line: &str, answer: &str) -> String {
-    for _ in 0..3 {
-        let from = d.console_log(GUEST).len();
-        d.console_line(GUEST, line);
-        let start = Instant::now();
-        loop {
-            let log = d.console_log(GUEST);
-            let new = log.get(from..).unwrap_or("");
-            // A crash report comes before the answer it spoiled.
-            if new.contains(PVM_PROCESS_CRASH) {
-                PVM_CRASHES.fetch_add(1, Ordering::Relaxed);
-                eprintln!(
-                    "linux_pvh: a process of {line:?} died of the PVM fault; typing it again"
-                );
-                std::thread::sleep(Duration::from_secs(1));
-                break;
-            }
-            if let Some(found) = new.lines().find(|l| l.trim_start().starts_with(answer)) {
-                return found.trim().to_string();
-            }
-            assert!(
-                start.elapsed() < COMMAND_LIMIT,
-                "no answer starting {answer:?} to {line:?}; console:\n{log}"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-    panic!("{line:?} crashed three times");
+    shell_command(d, GUEST, line, answer, COMMAND_LIMIT)
 }
 
 /// `kxl ACTION` (reboot or shutdown) and wait for `mark` on the console.
