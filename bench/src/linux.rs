@@ -32,17 +32,17 @@ fn elapsed_secs(line: &str) -> Option<f64> {
     (b > a).then_some(b - a)
 }
 
-/// Run `cmd` in the guest's shell, timed by the guest's /proc/uptime
+/// Run `cmd` in `guest`'s shell, timed by the guest's /proc/uptime
 /// (10 ms resolution; busybox dd prints no rate).
-fn guest_timed(d: &Dom0, cmd: &str) -> Option<f64> {
+pub(crate) fn guest_timed(d: &Dom0, guest: &str, cmd: &str, limit: Duration) -> Option<f64> {
     let line = d.guest_command(
-        GUEST,
+        guest,
         &format!(
             "a=$(cut -d' ' -f1 /proc/uptime); {cmd} >/dev/null 2>&1; \
              b=$(cut -d' ' -f1 /proc/uptime); echo elapsed $a $b"
         ),
         "elapsed ",
-        LIMIT,
+        limit,
     );
     elapsed_secs(&line)
 }
@@ -97,13 +97,38 @@ fn veth_http_baseline(dir: &std::path::Path) -> Option<f64> {
     result
 }
 
-pub fn run() {
+/// The PVH guest's dd figures on xen-blkfront (MB/s), for the HVM
+/// section's comparison of the two guest interfaces of one backend.
+#[derive(Debug, Clone, Copy)]
+pub struct BlkfrontDd {
+    pub write: f64,
+    pub read: f64,
+}
+
+/// `dd` lines of both Linux sections: (label, command, write), with the
+/// device and size filled in.
+pub(crate) fn dd_commands(dev: &str, mib: u64) -> [(String, String, bool); 2] {
+    [
+        (
+            format!("dd {dev} write, 1 MiB O_DIRECT, MB/s"),
+            format!("dd if=/dev/zero of=/dev/{dev} bs=1M count={mib} oflag=direct"),
+            true,
+        ),
+        (
+            format!("dd {dev} read, 1 MiB O_DIRECT, MB/s"),
+            format!("dd if=/dev/{dev} of=/dev/null bs=1M count={mib} iflag=direct"),
+            false,
+        ),
+    ]
+}
+
+pub fn run() -> Option<BlkfrontDd> {
     let vcpus = vcpus();
     let kernel = match std::panic::catch_unwind(guest_kernel) {
         Ok(k) => k,
         Err(_) => {
             println!("linux: the guest kernel did not build; skipped");
-            return;
+            return None;
         }
     };
     let d = Dom0::new_in_netns("bench-linux");
@@ -111,7 +136,7 @@ pub fn run() {
     let data = d.dir.join("data.img");
     if filled_image(&data, DISK_MIB).is_none() {
         println!("linux: cannot write a {DISK_MIB} MiB image; skipped");
-        return;
+        return None;
     }
     let cfg = d.dir.join("benchlinux.cfg");
     let text = format!(
@@ -123,7 +148,7 @@ pub fn run() {
         data.display()
     );
     if std::fs::write(&cfg, text).is_err() {
-        return;
+        return None;
     }
     let started = Instant::now();
     if !d
@@ -132,7 +157,7 @@ pub fn run() {
         .success()
     {
         println!("linux: kxl create failed; skipped");
-        return;
+        return None;
     }
     d.wait_line_after(GUEST, 0, "KXEN-READY", LIMIT);
     let boot = started.elapsed().as_secs_f64();
@@ -149,20 +174,11 @@ pub fn run() {
     );
 
     let bytes = (DISK_MIB << 20) as f64;
-    for (label, cmd, write) in [
-        (
-            "dd xvdb write, 1 MiB O_DIRECT, MB/s",
-            format!("dd if=/dev/zero of=/dev/xvdb bs=1M count={DISK_MIB} oflag=direct"),
-            true,
-        ),
-        (
-            "dd xvdb read, 1 MiB O_DIRECT, MB/s",
-            format!("dd if=/dev/xvdb of=/dev/null bs=1M count={DISK_MIB} iflag=direct"),
-            false,
-        ),
-    ] {
+    let mut figures = Vec::new();
+    for (label, cmd, write) in dd_commands("xvdb", DISK_MIB) {
         let host = host_sequential(&data, DISK_MIB, 1 << 20, write).unwrap_or(0.0);
-        let guest = guest_timed(&d, &cmd).map_or(0.0, |secs| bytes / secs / 1e6);
+        let guest = guest_timed(&d, GUEST, &cmd, LIMIT).map_or(0.0, |secs| bytes / secs / 1e6);
+        figures.push(guest);
         println!(
             "{:<44} {:>12.1} {:>12.1}  {}",
             label,
@@ -198,6 +214,10 @@ pub fn run() {
     );
     let _ = d.kxl(&["destroy", GUEST]);
     println!();
+    match figures[..] {
+        [write, read] => Some(BlkfrontDd { write, read }),
+        _ => None,
+    }
 }
 
 #[cfg(test)]

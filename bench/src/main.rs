@@ -4,6 +4,7 @@
 
 mod baseline;
 mod devices;
+mod hvm;
 mod linux;
 mod toolstack;
 mod xenstore;
@@ -115,8 +116,14 @@ fn main() {
                     devices::block();
                     devices::network();
                 }
-                "linux" => linux::run(),
-                other => eprintln!("unknown section {other:?} (xenstore, devices, linux)"),
+                "linux" => {
+                    linux::run();
+                }
+                "hvm" => hvm::run(None),
+                "linux-hvm" => hvm::run(linux::run()),
+                other => eprintln!(
+                    "unknown section {other:?} (xenstore, devices, linux, hvm, linux-hvm)"
+                ),
             }
         }
         return;
@@ -285,5 +292,6 @@ fn main() {
     println!();
     devices::block();
     devices::network();
-    linux::run();
+    let blkfront = linux::run();
+    hvm::run(blkfront);
 }
