@@ -28,6 +28,9 @@ const MEMORY_MIB: u32 = 512;
 /// there is no figure.
 fn qemu_to_init(dir: &Path, vmlinux: &Path, initrd: &Path) -> Result<f64, String> {
     let serial = dir.join("qemu.serial");
+    let errors = dir.join("qemu.stderr");
+    let stderr =
+        std::fs::File::create(&errors).map_err(|e| format!("{}: {e}", errors.display()))?;
     let started = Instant::now();
     let mut qemu: Child = Command::new("qemu-system-x86_64")
         .args(["-accel", "kvm", "-m", &MEMORY_MIB.to_string(), "-smp", "1"])
@@ -41,7 +44,7 @@ fn qemu_to_init(dir: &Path, vmlinux: &Path, initrd: &Path) -> Result<f64, String
         .arg(format!("file:{}", serial.display()))
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(Stdio::piped())
+        .stderr(stderr)
         .spawn()
         .map_err(|e| {
             format!("qemu-system-x86_64: {e} (apt-get install qemu-system-x86 qemu-utils/bookworm)")
@@ -51,14 +54,21 @@ fn qemu_to_init(dir: &Path, vmlinux: &Path, initrd: &Path) -> Result<f64, String
         if log.contains("KXEN-INIT") {
             break Ok(started.elapsed().as_secs_f64());
         }
+        let err = std::fs::read_to_string(&errors).unwrap_or_default();
         if let Ok(Some(status)) = qemu.try_wait() {
-            let mut err = String::new();
-            if let Some(mut e) = qemu.stderr.take() {
-                let _ = std::io::Read::read_to_string(&mut e, &mut err);
-            }
             break Err(format!(
                 "QEMU exited ({status}) before init: {}",
                 err.lines().last().unwrap_or("")
+            ));
+        }
+        // QEMU stops the VM, and stays up, when KVM cannot emulate an
+        // instruction: there is nothing more to wait for.
+        if err.contains("emulation failure") || err.contains("internal error") {
+            let last = log.lines().last().unwrap_or("(nothing)").to_string();
+            break Err(format!(
+                "QEMU stopped the guest after {:.0} s: {}; the guest's last line: {last}",
+                started.elapsed().as_secs_f64(),
+                err.lines().find(|l| !l.trim().is_empty()).unwrap_or("")
             ));
         }
         if started.elapsed() > QEMU_LIMIT {
