@@ -84,8 +84,9 @@ fn mem_total_kib(d: &Dom0) -> u64 {
 
 /// Wait until MemTotal satisfies `ok`, polling the guest. The balloon
 /// driver gives its pages back from emulated ring 0: with another guest
-/// busy on the same two cores MemTotal (221564 KiB) had not yet dropped
-/// by 48 MiB after a minute, so it gets longer than a shell command.
+/// busy on the same two cores it had given back about 24 of 64 MiB after
+/// a minute (MemTotal 221564 KiB of about 245850), so it gets longer than
+/// a shell command.
 fn wait_mem_total(d: &Dom0, what: &str, ok: impl Fn(u64) -> bool) -> u64 {
     let start = Instant::now();
     loop {
