@@ -40,11 +40,19 @@ thread_local! {
     static KVM_RUN: Cell<*mut kvm_run> = const { Cell::new(std::ptr::null_mut()) };
 }
 
-/// 48-bit canonical (what WRMSR to LSTAR requires; 5-level paging is
-/// not offered to guests).
-fn is_canonical(addr: u64) -> bool {
-    let top = (addr as i64) >> 47;
-    top == 0 || top == -1
+/// Whether `addr` is canonical for a `va_bits`-wide virtual address space.
+fn is_canonical(addr: u64, va_bits: u32) -> bool {
+    let shift = 64 - va_bits;
+    ((addr << shift) as i64 >> shift) as u64 == addr
+}
+
+/// The vCPU's virtual address width in long mode (48 or 57), 0 outside.
+fn va_bits(sregs: &kvm_bindings::kvm_sregs) -> u32 {
+    match (sregs.efer & EFER_LMA != 0, sregs.cr4 & CR4_LA57 != 0) {
+        (false, _) => 0,
+        (true, false) => 48,
+        (true, true) => 57,
+    }
 }
 
 /// A port read no emulated device claimed.
@@ -91,13 +99,10 @@ struct KvmMmu<'a> {
 
 impl VcpuMmu for KvmMmu<'_> {
     fn translate(&self, gva: u64) -> Option<(u64, bool)> {
-        if self.va_bits != 0 {
-            // Non-canonical addresses fault; KVM's walk would ignore the
-            // high bits.
-            let shift = 64 - self.va_bits;
-            if ((gva << shift) as i64 >> shift) as u64 != gva {
-                return None;
-            }
+        // Non-canonical addresses fault; KVM's walk would ignore the high
+        // bits.
+        if self.va_bits != 0 && !is_canonical(gva, self.va_bits) {
+            return None;
         }
         let tr = self.fd.translate_gva(gva).ok()?;
         (tr.valid != 0).then_some((tr.physical_address, true))
@@ -270,7 +275,8 @@ impl Vcpu {
                     let (index, data) = (msr.index, msr.data);
                     let lstar = index == MSR_LSTAR && self.rt.syscall_bridge.is_some();
                     let ok = if lstar {
-                        is_canonical(data)
+                        // 5-level paging is not offered to guests.
+                        is_canonical(data, 48)
                     } else {
                         index == XEN_HYPERCALL_MSR
                             && install_hypercall_page(&self.rt, self.id, data)
@@ -392,11 +398,7 @@ impl Vcpu {
             };
             let mmu = KvmMmu {
                 fd: &self.fd,
-                va_bits: match (long_mode, sregs.cr4 & CR4_LA57 != 0) {
-                    (false, _) => 0,
-                    (true, false) => 48,
-                    (true, true) => 57,
-                },
+                va_bits: va_bits(&sregs),
             };
             let r = self.rt.domain.hypercall(self.id, &mmu, call);
             if long_mode {
@@ -439,15 +441,16 @@ impl Vcpu {
         if self.failed_instruction().is_none() {
             return false;
         }
+        // The bridge needs only RIP: settle it before reading any bytes.
+        self.refresh_syscall_bridge();
+        if self.syscall_bridge_hit() {
+            return true;
+        }
         // The bytes KVM reports are not always those at RIP (PVM hands back
         // a stale fetch), so read the instruction from guest memory.
         let Some(bytes) = self.fetch_instruction() else {
             return false;
         };
-        self.refresh_syscall_bridge();
-        if self.syscall_bridge_hit() {
-            return true;
-        }
         match bytes.first() {
             // int3: a trap, so #BP is delivered with RIP past the opcode.
             Some(0xcc) => {
@@ -791,7 +794,14 @@ impl Vcpu {
         })
     }
 
+    /// A guest-virtual address through the guest's page tables; `None`
+    /// where the CPU would fault (not present, read-only for a write, or
+    /// non-canonical, which KVM_TRANSLATE would otherwise wrap).
     fn translate(&self, gva: u64, write: bool) -> Option<u64> {
+        let bits = va_bits(&self.fd.sync_regs().sregs);
+        if bits != 0 && !is_canonical(gva, bits) {
+            return None;
+        }
         let tr = self.fd.translate_gva(gva).ok()?;
         (tr.valid != 0 && (!write || tr.writeable != 0)).then_some(tr.physical_address)
     }
@@ -805,20 +815,24 @@ impl Vcpu {
         } else {
             sync.sregs.cs.base.wrapping_add(sync.regs.rip) & 0xffff_ffff
         };
+        // One translation per page (at most two), not per byte: this runs
+        // on every emulation exit, `clac`/`stac` on each user access.
         let mem = self.rt.memory.snapshot();
         let mut bytes = Vec::with_capacity(15);
-        for i in 0..15u64 {
-            let gva = rip.wrapping_add(i);
-            let Ok(tr) = self.fd.translate_gva(gva) else {
+        while bytes.len() < 15 {
+            let gva = rip.wrapping_add(bytes.len() as u64);
+            let in_page = ((0x1000 - (gva & 0xfff)) as usize).min(15 - bytes.len());
+            let Some(gpa) = self.translate(gva, false) else {
                 break;
             };
-            if tr.valid == 0 {
+            let mut chunk = [0u8; 15];
+            if mem
+                .read_slice(&mut chunk[..in_page], GuestAddress(gpa))
+                .is_err()
+            {
                 break;
             }
-            let Ok(b) = mem.read_obj::<u8>(GuestAddress(tr.physical_address)) else {
-                break;
-            };
-            bytes.push(b);
+            bytes.extend_from_slice(&chunk[..in_page]);
         }
         (!bytes.is_empty()).then_some(bytes)
     }
