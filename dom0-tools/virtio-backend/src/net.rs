@@ -36,6 +36,8 @@ pub const HDR_LEN: usize = 12;
 /// Longest frame (without header) sent or received: 64 KiB of IP plus an
 /// Ethernet header with a VLAN tag.
 pub const MAX_FRAME: usize = 65535 + 18;
+/// The most iovecs one writev(2) takes (Linux's IOV_MAX).
+const TX_IOV_MAX: usize = 1024;
 
 pub const RX: usize = 0;
 pub const TX: usize = 1;
@@ -180,7 +182,14 @@ impl NetDevice {
             iov_len: HDR_LEN,
         }];
         iov.extend(iovecs(mem, &pkt.frame)?);
-        let n = iov.len().min(1024) as libc::c_int;
+        // One writev is one frame: a chain the kernel cannot take in one
+        // call (more than IOV_MAX pieces) is dropped, not sent truncated.
+        if iov.len() > TX_IOV_MAX {
+            debug!(vif = %self.tap_name(), pieces = iov.len(), "tx frame in too many pieces: dropped");
+            self.stats.tx_dropped += 1;
+            return Ok(());
+        }
+        let n = iov.len() as libc::c_int;
         // SAFETY: the iovecs point at `hdr` and at guest RAM mapped by
         // `mem`, both alive for the call; writev only reads them.
         let r = unsafe { libc::writev(self.queue.as_fd().as_raw_fd(), iov.as_ptr(), n) };

@@ -4,13 +4,15 @@
 
 use std::time::{Duration, Instant};
 
+use virtio_queue::desc::split::Descriptor as SplitDescriptor;
+use virtio_queue::desc::RawDescriptor;
 use vm_memory::{Bytes, GuestAddress};
 
-use crate::device::{Queues, VirtioDevice, F_RING_EVENT_IDX, F_VERSION_1};
+use crate::device::{Queues, VirtioDevice, F_RING_EVENT_IDX, F_RING_INDIRECT_DESC, F_VERSION_1};
 use crate::error::Fault;
 use crate::memory::GuestMem;
 use crate::net::*;
-use crate::tests::{test_memory, Driver};
+use crate::tests::{test_memory, Driver, F_INDIRECT, F_NEXT};
 use kxen_netback::spec::BUNDLED_VIF_SCRIPT;
 use kxen_netback::test_support::{in_netns, ip, PacketSock};
 use kxen_netback::VifSpec;
@@ -214,6 +216,39 @@ fn hostile_transmit_chains() {
         r.dev.process(TX, &mut q, &mem).unwrap();
         assert_eq!(tx.used(), vec![(0, 0)]);
         assert_eq!(r.dev.stats.tx_dropped, 1);
+    });
+}
+
+/// A frame in more pieces than one writev takes (1024 descriptors, the
+/// first carrying the header and one frame byte: 1025 iovecs) is dropped
+/// whole; sending the first 1024 would put a truncated frame on the wire.
+#[test]
+fn transmit_frame_in_too_many_pieces_is_dropped_not_truncated() {
+    in_netns(|| {
+        let mut r = rig();
+        let mem = test_memory();
+        r.mem = mem.clone();
+        let rx = Driver::new(&mem, RXQ, 16);
+        let mut tx = Driver::new(&mem, TXQ, 16);
+        let mut q = activate(&mut r, &rx, &tx, F_VERSION_1 | F_RING_INDIRECT_DESC);
+        const TABLE: u64 = 0x20_0000;
+        const PIECES: u16 = 1024;
+        for i in 0..PIECES {
+            let (addr, len) = if i == 0 {
+                (BUF, HDR_LEN as u32 + 1)
+            } else {
+                (BUF + 0x1000 + u64::from(i), 1)
+            };
+            let flags = if i + 1 < PIECES { F_NEXT } else { 0 };
+            let raw = RawDescriptor::from(SplitDescriptor::new(addr, len, flags, i + 1));
+            mem.write_obj(raw, GuestAddress(TABLE + 16 * u64::from(i)))
+                .unwrap();
+        }
+        tx.store(0, TABLE, 16 * u32::from(PIECES), F_INDIRECT, 0);
+        tx.publish(0);
+        r.dev.process(TX, &mut q, &mem).unwrap();
+        assert_eq!(tx.used(), vec![(0, 0)]);
+        assert_eq!((r.dev.stats.tx, r.dev.stats.tx_dropped), (0, 1));
     });
 }
 

@@ -26,9 +26,9 @@ use crate::error::Fault;
 use crate::link::QueueSetup;
 use crate::memory::{guest_memory, GuestMem};
 
-const F_NEXT: u16 = 1;
+pub(crate) const F_NEXT: u16 = 1;
 const F_WRITE: u16 = 2;
-const F_INDIRECT: u16 = 4;
+pub(crate) const F_INDIRECT: u16 = 4;
 
 /// RAM: 8 MiB at 0, 8 MiB at 16 MiB (a hole between), in one memfd.
 pub(crate) fn test_memory() -> GuestMem {
