@@ -422,16 +422,22 @@ mod tests {
         }
     }
 
-    #[test]
-    fn madt_lists_every_vcpu_the_ioapic_and_the_mailbox() {
-        let tables = build_tables(3, Platform::HwReduced, &[]).unwrap();
-        let madt = &tables.iter().find(|(_, b)| &b[..4] == b"APIC").unwrap().1;
+    /// The type byte of each MADT entry, in order.
+    fn madt_entry_types(madt: &[u8]) -> Vec<u8> {
         let mut kinds = Vec::new();
         let mut at = 44;
         while at < madt.len() {
             kinds.push(madt[at]);
             at += madt[at + 1] as usize;
         }
+        kinds
+    }
+
+    #[test]
+    fn madt_lists_every_vcpu_the_ioapic_and_the_mailbox() {
+        let tables = build_tables(3, Platform::HwReduced, &[]).unwrap();
+        let madt = &tables.iter().find(|(_, b)| &b[..4] == b"APIC").unwrap().1;
+        let kinds = madt_entry_types(madt);
         assert_eq!(kinds, vec![0, 0, 0, 1, 0x10]);
         let mailbox = u64::from_le_bytes(madt[madt.len() - 8..].try_into().unwrap());
         assert_eq!(mailbox, MP_WAKE_MAILBOX_GPA);
@@ -454,12 +460,7 @@ mod tests {
         assert_eq!(u32_at(64), PM1A_CNT_PORT as u32);
         assert_eq!(u16::from_le_bytes([fadt[46], fadt[47]]), SCI_IRQ);
         let madt = &tables.iter().find(|(_, b)| &b[..4] == b"APIC").unwrap().1;
-        let mut kinds = Vec::new();
-        let mut at = 44;
-        while at < madt.len() {
-            kinds.push(madt[at]);
-            at += madt[at + 1] as usize;
-        }
+        let kinds = madt_entry_types(madt);
         assert_eq!(kinds, vec![0, 0, 1, 2, 0x10]);
     }
 

@@ -396,10 +396,7 @@ fn setup_linux64_bsp(fd: &kvm_ioctls::VcpuFd, entry: u64, boot_params: u64) -> R
     load_flat_segments(&mut sregs, code64, BOOT_DS);
     sregs.gdt.base = BOOT_GDT_GPA;
     sregs.gdt.limit = (BOOT_GDT.len() * 8 - 1) as u16;
-    sregs.cr0 = 0x8000_0031; // PG | NE | ET | PE
-    sregs.cr3 = kxen_loader::acpi::AP_PAGE_TABLES_GPA;
-    sregs.cr4 = 0x20; // PAE
-    sregs.efer = 0x500; // LME | LMA
+    identity_long_mode(&mut sregs);
     fd.set_sregs(&sregs)?;
     let regs = kvm_bindings::kvm_regs {
         rip: entry,
@@ -410,6 +407,15 @@ fn setup_linux64_bsp(fd: &kvm_ioctls::VcpuFd, entry: u64, boot_params: u64) -> R
     };
     fd.set_regs(&regs)?;
     Ok(())
+}
+
+/// Long mode with paging on the loader's identity page tables: where both
+/// a Linux 64-bit boot and an MP-wakeup AP start.
+fn identity_long_mode(sregs: &mut kvm_sregs) {
+    sregs.cr0 = 0x8000_0031; // PG | NE | ET | PE
+    sregs.cr3 = kxen_loader::acpi::AP_PAGE_TABLES_GPA;
+    sregs.cr4 = 0x20; // PAE
+    sregs.efer = 0x500; // LME | LMA
 }
 
 /// Put an AP at the entry point the guest gave the MP wakeup mailbox:
@@ -423,10 +429,7 @@ pub fn setup_long_mode_ap(fd: &kvm_ioctls::VcpuFd, entry: u64) -> Result<(), VmE
         ..flat_segment(0x08, 0xb)
     };
     load_flat_segments(&mut sregs, code64, 0x10);
-    sregs.cr0 = 0x8000_0031; // PG | NE | ET | PE
-    sregs.cr3 = kxen_loader::acpi::AP_PAGE_TABLES_GPA;
-    sregs.cr4 = 0x20; // PAE
-    sregs.efer = 0x500; // LME | LMA
+    identity_long_mode(&mut sregs);
     fd.set_sregs(&sregs)?;
     let regs = kvm_bindings::kvm_regs {
         rip: entry,
