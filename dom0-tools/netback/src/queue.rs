@@ -170,8 +170,10 @@ impl NetQueue {
             }
         }
         if self.tx.push() {
-            self.channels.tx().notify();
+            // Counted before it is sent, so whoever receives the event
+            // finds it already in the statistics.
             VifStats::inc(&self.stats.notifies_out);
+            self.channels.tx().notify();
         }
         more
     }
@@ -331,8 +333,9 @@ impl NetQueue {
     /// Publish RX responses and notify the guest if it asked.
     pub fn push_rx(&mut self) {
         if self.rx.push() {
-            self.channels.rx().notify();
+            // Counted before it is sent, as in process_tx.
             VifStats::inc(&self.stats.notifies_out);
+            self.channels.rx().notify();
         }
     }
 

@@ -30,7 +30,8 @@ fn features() -> FrontendFeatures {
     }
 }
 
-/// Wait until `f` returns Some.
+/// Wait until `f` returns Some. A timeout is reported at the caller.
+#[track_caller]
 fn wait_for<T>(mut f: impl FnMut() -> Option<T>) -> T {
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
@@ -95,10 +96,22 @@ fn frames_cross_the_tap_both_ways() {
             })
         });
         assert_eq!(found.status, frame.len() as i16);
-        assert!(stats.tx_packets.load(Ordering::Relaxed) >= 1);
+        // Both packets were counted before their responses were published,
+        // and those responses were seen above. RX may also have carried the
+        // host's own IPv6 chatter on the new link, hence "at least".
+        assert_eq!(stats.tx_packets.load(Ordering::Relaxed), 1);
         assert!(stats.rx_packets.load(Ordering::Relaxed) >= 1);
-        assert!(stats.kicks_in.load(Ordering::Relaxed) >= 1);
-        assert!(stats.notifies_out.load(Ordering::Relaxed) >= 2);
+        // The I/O thread counts a kick when poll() wakes for it, which may
+        // be after it already moved the packets: wait for the count.
+        wait_for(|| (stats.kicks_in.load(Ordering::Relaxed) >= 1).then_some(()));
+        // A notification is counted before it is sent: once the guest end
+        // has received one for each ring, both are in the statistics.
+        let mut received = 0;
+        wait_for(|| {
+            received += end.take_notifications();
+            (received >= 2).then_some(())
+        });
+        assert!(stats.notifies_out.load(Ordering::Relaxed) >= received);
 
         // Teardown removes the TAP; disconnect is idempotent.
         use kxen_backends::xenbus::BackendDevice;
@@ -311,8 +324,8 @@ fn two_queues_share_one_multi_queue_tap() {
     in_netns(|| {
         let mut g0 = FakeGuest::new();
         let mut g1 = FakeGuest::new();
-        let (q0, end0, stats) = g0.queue(features());
-        let (q1, end1, _) = g1.queue(features());
+        let (q0, end0, stats0) = g0.queue(features());
+        let (q1, end1, stats1) = g1.queue(features());
         let mut nb = NetBackend::new(VifSpec {
             queues: 2,
             ..spec()
@@ -321,17 +334,21 @@ fn two_queues_share_one_multi_queue_tap() {
         nb.start(vec![q0, q1], BACKEND_PATH).unwrap();
         assert!(ip(&["link", "set", "dev", "vif1.0", "up"]).0);
         let sock = PacketSock::open("vif1.0", false);
-        for (g, end, marker) in [
-            (&mut g0, &end0, b"marker-queue-0"),
-            (&mut g1, &end1, b"marker-queue-1"),
+        for (g, end, stats, marker) in [
+            (&mut g0, &end0, &stats0, b"marker-queue-0"),
+            (&mut g1, &end1, &stats1, b"marker-queue-1"),
         ] {
             let frame = tcp4(marker);
             g.fill(10, 0, &frame);
             g.push_tx(&[req(10, 0, 0, 1, frame.len() as u16)]);
             end.kick.write(1).unwrap();
             assert_eq!(sock.recv_with(marker), frame);
+            // The frame reaches the socket before the I/O thread counts it;
+            // the guest's response is published only after the count.
+            let rsp = wait_for(|| g.tx_responses().pop());
+            assert_eq!(rsp, (1, NETIF_RSP_OKAY));
+            assert_eq!(stats.tx_packets.load(Ordering::Relaxed), 1);
         }
-        assert_eq!(stats.tx_packets.load(Ordering::Relaxed), 1);
         drop(sock);
         drop(nb);
         assert!(tap_goes_away("vif1.0"));
