@@ -5,6 +5,9 @@
 # the console ends). Ctrl-] detaches early.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=examples/prereqs.sh
+. examples/prereqs.sh
+kxen_install_missing "the demo" "${KXEN_DEMO_PACKAGES[@]}"
 cargo build --release --workspace
 (cd tests/guest && cargo build --release)
 
