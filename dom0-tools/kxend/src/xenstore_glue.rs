@@ -145,10 +145,30 @@ impl StoreService for XenstoreGlue {
 
 #[cfg(test)]
 mod tests {
+    use kxen_xenstore::{Access, Perm, Perms};
+
+    fn parse(list: &[&str]) -> Option<Perms> {
+        let owned: Vec<String> = list.iter().map(|s| s.to_string()).collect();
+        super::perms(&owned)
+    }
+
     #[test]
     fn parses_xl_permission_notation() {
-        assert!(super::perms(&["n0".into(), "r5".into()]).is_some());
-        assert!(super::perms(&["x0".into()]).is_none());
-        assert!(super::perms(&["r".into()]).is_none());
+        // Every letter maps to its own access, and each entry keeps its
+        // domid and its place (the first entry is the owner).
+        assert_eq!(
+            parse(&["n0", "r5", "w12", "b7"]),
+            Perms::new(vec![
+                Perm::new(0, Access::None),
+                Perm::new(5, Access::Read),
+                Perm::new(12, Access::Write),
+                Perm::new(7, Access::Both),
+            ])
+        );
+        assert_eq!(parse(&["n0", "r5"]).map(|p| p.owner_id()), Some(0));
+        assert_eq!(parse(&["x0"]), None);
+        assert_eq!(parse(&["r"]), None);
+        assert_eq!(parse(&["r-1"]), None);
+        assert_eq!(parse(&[]), None);
     }
 }

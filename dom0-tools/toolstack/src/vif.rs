@@ -600,8 +600,15 @@ mod tests {
     #[test]
     fn empty_items_and_spaces() {
         let v = p(",, bridge=xenbr1 ,,mac=00:16:3e:00:00:01,");
-        assert_eq!(v.bridge.as_deref(), Some("xenbr1"));
-        assert!(v.mac.is_some());
+        // The two settings and nothing else: empty items add no field.
+        assert_eq!(
+            v,
+            VifSpec {
+                bridge: Some("xenbr1".into()),
+                mac: Some(MacAddr([0x00, 0x16, 0x3e, 0x00, 0x00, 0x01])),
+                ..VifSpec::default()
+            }
+        );
     }
 
     #[test]
