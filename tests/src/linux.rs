@@ -9,7 +9,7 @@ use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::dom0::{show, wait_output, Dom0};
+use crate::dom0::{show, wait_output, whole_lines_after, Dom0};
 use crate::repo_root;
 
 /// The kernel command line for these guests. `clearcpuid`: on PVM hosts
@@ -78,7 +78,7 @@ pub const PVM_PROCESS_CRASH: &str = "segfault at";
 pub static PVM_CRASHES: AtomicUsize = AtomicUsize::new(0);
 
 /// Type `line` on the shell of `guest`'s console and return the first
-/// answer line starting with `answer`. A command whose process died of
+/// whole answer line (ended by its newline) starting with `answer`. A command whose process died of
 /// the PVM fault (the kernel's report comes before the answer it spoiled)
 /// is typed again, at most twice, and counted in [`PVM_CRASHES`]; any
 /// other missing answer fails the test.
@@ -96,7 +96,9 @@ pub fn shell_command(d: &Dom0, guest: &str, line: &str, answer: &str, limit: Dur
                 std::thread::sleep(Duration::from_secs(1));
                 break;
             }
-            if let Some(found) = new.lines().find(|l| l.trim_start().starts_with(answer)) {
+            if let Some(found) =
+                whole_lines_after(&log, from).find(|l| l.trim_start().starts_with(answer))
+            {
                 return found.trim().to_string();
             }
             assert!(
