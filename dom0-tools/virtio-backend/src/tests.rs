@@ -704,9 +704,27 @@ fn worker_serves_the_link_and_reports_faults() {
     kicks[0].write(1).unwrap();
     assert!(readable(error.as_ref(), 5000), "no device error");
     error.read().unwrap();
-    // Further kicks are ignored until the driver resets.
+    // Further kicks are ignored until the driver resets, even with a good
+    // request waiting behind the loop: a device that kept serving would
+    // complete it (or fault on the loop again).
+    const UNTOUCHED: u8 = 0xee;
+    mem.write_obj(UNTOUCHED, GuestAddress(STATUS)).unwrap();
+    header(&mem, HDR, T_GET_ID, 0);
+    d.add(&[(HDR, 16, false), (DATA, 20, true), (STATUS, 1, true)]);
     kicks[0].write(1).unwrap();
-    assert!(!readable(call.as_ref(), 200));
+    // The worker takes the kick off its eventfd before it looks at the
+    // queues; once the kick is gone, a link message sent now is answered
+    // only after that kick's turn of the loop is over.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while readable(&kicks[0], 0) {
+        assert!(Instant::now() < deadline, "the worker never took the kick");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    assert_eq!(link.send("{\"event\":\"bogus\"}")["ok"], false);
+    assert_eq!(d.used(), vec![], "a failed device completed a request");
+    assert_eq!(mem.read_obj::<u8>(GuestAddress(STATUS)).unwrap(), UNTOUCHED);
+    assert!(!readable(call.as_ref(), 0), "a failed device interrupted");
+    assert!(!readable(error.as_ref(), 0), "the device faulted again");
     assert_eq!(link.send("{\"event\":\"reset\"}")["ok"], true);
 
     // After the reset the driver starts over on fresh rings.
