@@ -1,7 +1,8 @@
 //! kxen-vmm's loader and error paths, with small hand-assembled guests.
 
+use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use kxen_tests::{guest32, kxen_vmm, run_with_limit};
 
@@ -87,14 +88,28 @@ fn non_elf_kernel_is_rejected() {
     );
 }
 
+/// Each out-of-range size is refused by its own check, with a message
+/// that names it (a later step failing instead would also exit 1).
 #[test]
 fn absurd_sizes_are_rejected() {
     let elf = smoke_guest32();
-    for args in [["--memory", "1"], ["--vcpus", "0"], ["--vcpus", "999"]] {
+    for (args, message) in [
+        (
+            ["--memory", "1"],
+            "kxen-vmm: guest memory: guest memory size 1 MiB is out of range",
+        ),
+        (["--vcpus", "0"], "kxen-vmm: vcpus=0 (1..=32)"),
+        (["--vcpus", "999"], "kxen-vmm: vcpus=999 (1..=32)"),
+    ] {
         let mut all = vec!["--kernel", elf.to_str().unwrap()];
         all.extend_from_slice(&args);
         let run = run_with_limit(&kxen_vmm(), &all, Duration::from_secs(30));
         assert_eq!(run.code, Some(1), "{args:?}: {}", run.transcript());
+        assert!(
+            run.stderr.lines().any(|l| l == message),
+            "{args:?}: no line {message:?} in {}",
+            run.transcript()
+        );
     }
 }
 
@@ -113,17 +128,44 @@ fn sigterm_destroys_the_domain() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_millis(500));
+    // The guest's greeting is its last hypercall before the loop: once
+    // the VMM has printed it, the vCPU is spinning in guest code.
+    let stderr = BufReader::new(child.stderr.take().unwrap());
+    let (lines, seen) = std::sync::mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        for line in stderr.lines().map_while(Result::ok) {
+            let _ = lines.send(line);
+        }
+    });
+    let greeting = "(d1) hello from a 32-bit PVH guest";
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut transcript = String::new();
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match seen.recv_timeout(left) {
+            Ok(line) => {
+                transcript.push_str(&line);
+                transcript.push('\n');
+                if line.contains(greeting) {
+                    break;
+                }
+            }
+            Err(e) => {
+                let _ = child.kill();
+                panic!("no {greeting:?} ({e:?}); stderr:\n{transcript}");
+            }
+        }
+    }
     assert!(
         child.try_wait().unwrap().is_none(),
-        "spinning guest exited early"
+        "spinning guest exited early:\n{transcript}"
     );
     assert!(Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()
         .unwrap()
         .success());
-    let start = std::time::Instant::now();
+    let start = Instant::now();
     let status = loop {
         if let Some(s) = child.try_wait().unwrap() {
             break s;
@@ -134,5 +176,7 @@ fn sigterm_destroys_the_domain() {
         );
         std::thread::sleep(Duration::from_millis(10));
     };
-    assert_eq!(status.code(), Some(8));
+    reader.join().unwrap();
+    transcript.extend(seen.try_iter().map(|l| l + "\n"));
+    assert_eq!(status.code(), Some(8), "{transcript}");
 }
