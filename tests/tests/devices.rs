@@ -74,6 +74,47 @@ fn open_files(pid: i32) -> Vec<PathBuf> {
         .unwrap_or_default()
 }
 
+/// Whether process `pid` has exited: it is gone, or it is a zombie that
+/// no one reaped yet (its memory and files are released either way).
+fn exited(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        // The state follows the parenthesised command name.
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_some_and(|state| state == "Z" || state == "X"),
+    }
+}
+
+/// Wait until every process in `pids` has exited.
+#[track_caller]
+fn wait_exited(pids: &[i32], limit: Duration) {
+    let start = Instant::now();
+    while let Some(pid) = pids.iter().find(|&&pid| !exited(pid)) {
+        assert!(
+            start.elapsed() < limit,
+            "process {pid} still runs {limit:?} after kill -9"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Wait until the network interface `name` is gone from `d`'s namespace.
+/// The kernel unregisters a TAP after its last file is closed, which may be
+/// a moment after the command that closed it returned.
+#[track_caller]
+fn wait_link_gone(d: &Dom0, name: &str, limit: Duration) {
+    let start = Instant::now();
+    while d.in_netns(&["ip", "link", "show", name]).status.success() {
+        assert!(
+            start.elapsed() < limit,
+            "{name} still exists {limit:?} later"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 fn row_of<'a>(table: &'a str, first: &str) -> Option<&'a str> {
     table
         .lines()
@@ -178,12 +219,15 @@ fn disk_data_path_hotplug_and_kill9_integrity() {
         GUEST_LIMIT,
     );
     assert!(w.starts_with("blk write ok"), "{w}");
-    for pid in vmm_pids(&d) {
+    let mut killed = vmm_pids(&d);
+    assert!(!killed.is_empty(), "no kxen-vmm to kill");
+    killed.push(kxend);
+    for pid in &killed {
         let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
     }
-    let _ = Command::new("kill")
-        .args(["-9", &kxend.to_string()])
-        .status();
+    // Read the file only once nothing can still write it: a process that
+    // got SIGKILL may still finish a write it was inside.
+    wait_exited(&killed, Duration::from_secs(10));
     assert_eq!(crc_of(&w), host_crc(&xvda, 4096, 256), "{w}");
 }
 
@@ -301,7 +345,7 @@ fn vif_reaches_a_namespace_peer_and_hotplugs() {
     let tap1 = format!("vif{domid}.1");
     assert!(d.in_netns(&["ip", "link", "show", &tap1]).status.success());
     d.ok(&["network-detach", "net", "1"]);
-    assert!(!d.in_netns(&["ip", "link", "show", &tap1]).status.success());
+    wait_link_gone(&d, &tap1, Duration::from_secs(10));
     let out = d.kxl(&["network-detach", "net", "7"]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("Unknown device 7."));
 
@@ -309,7 +353,7 @@ fn vif_reaches_a_namespace_peer_and_hotplugs() {
     let p = d.guest_command("net", "net ping 2", "net ping", GUEST_LIMIT);
     assert_eq!(p, "net ping ok 2/2");
     d.ok(&["destroy", "net"]);
-    assert!(!d.in_netns(&["ip", "link", "show", &tap]).status.success());
+    wait_link_gone(&d, &tap, Duration::from_secs(10));
     assert!(d
         .in_netns(&["ip", "link", "show", "kxtbr0"])
         .status
