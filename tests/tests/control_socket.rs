@@ -151,16 +151,40 @@ fn destroy_and_malformed_requests() {
             .as_u64()
             .unwrap()
     };
-    // Running: the count moves.
+    // Running: the count moves. How long the guest takes to make
+    // RUNNING_CALLS of them sizes the window in which a paused guest must
+    // make none, whatever the host's load.
+    const RUNNING_CALLS: u64 = 1000;
     let first = hypercalls(&mut ctl);
-    std::thread::sleep(Duration::from_millis(100));
-    let running = hypercalls(&mut ctl);
-    assert!(running > first, "the busy guest made no hypercalls");
-    // Paused: it stands still.
+    let start = Instant::now();
+    loop {
+        let made = hypercalls(&mut ctl) - first;
+        if made >= RUNNING_CALLS {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "the busy guest made only {made} hypercalls in 10 s"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let window = start.elapsed() * 2;
+    // Paused: it stands still. The reply comes once no vCPU is in guest
+    // mode, so the count is final from here on.
     assert_eq!(request(&mut ctl, r#"{"op":"pause"}"#)["ok"], true);
     let before = hypercalls(&mut ctl);
-    std::thread::sleep(Duration::from_millis(100));
+    let start = Instant::now();
+    while start.elapsed() < window {
+        assert_eq!(
+            hypercalls(&mut ctl),
+            before,
+            "a paused guest made hypercalls within {:?}",
+            start.elapsed()
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
     assert_eq!(hypercalls(&mut ctl), before);
+    eprintln!("{RUNNING_CALLS} hypercalls running; none paused in {window:?}");
     assert_eq!(
         request(&mut ctl, r#"{"op":"info"}"#)["info"]["paused"],
         true
