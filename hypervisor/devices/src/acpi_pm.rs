@@ -116,13 +116,27 @@ mod tests {
     fn timer_counts_at_acpi_rate() {
         let mut pm = AcpiPm::new();
         let mut a = [0u8; 4];
-        pm.read(PM_TIMER as u64, &mut a);
-        std::thread::sleep(std::time::Duration::from_millis(20));
         let mut b = [0u8; 4];
+        let before_a = Instant::now();
+        pm.read(PM_TIMER as u64, &mut a);
+        let after_a = Instant::now();
+        // The interval being measured, not a wait for anything.
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        let before_b = Instant::now();
         pm.read(PM_TIMER as u64, &mut b);
-        let ticks = u32::from_le_bytes(b).wrapping_sub(u32::from_le_bytes(a));
-        // 20 ms is 71591 ticks; allow for a slow scheduler.
-        assert!((60_000..400_000).contains(&ticks), "{ticks} ticks");
+        let after_b = Instant::now();
+        let ticks = u32::from_le_bytes(b).wrapping_sub(u32::from_le_bytes(a)) as u128;
+        // Compared with the time that surely passed between the reads and
+        // the most that could have, so a slow scheduler cannot fail it; one
+        // tick of slack on each side for the truncation.
+        let at_rate = |d: std::time::Duration| d.as_nanos() * PM_TIMER_HZ / 1_000_000_000;
+        let least = at_rate(before_b - after_a);
+        let most = at_rate(after_b - before_a);
+        assert!(
+            least.saturating_sub(1) <= ticks && ticks <= most + 1,
+            "{ticks} ticks, expected {least}..={most}"
+        );
+        assert!(least >= 71_590, "the interval is at least 20 ms: {least} ticks");
     }
 
     #[test]
