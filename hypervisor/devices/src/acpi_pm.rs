@@ -136,7 +136,10 @@ mod tests {
             least.saturating_sub(1) <= ticks && ticks <= most + 1,
             "{ticks} ticks, expected {least}..={most}"
         );
-        assert!(least >= 71_590, "the interval is at least 20 ms: {least} ticks");
+        assert!(
+            least >= 71_590,
+            "the interval is at least 20 ms: {least} ticks"
+        );
     }
 
     #[test]
