@@ -80,8 +80,12 @@ impl Client {
         serde_json::from_str(&reply).map_err(|e| ClientError::BadReply(e.to_string()))
     }
 
-    /// After a successful console request: the raw stream.
-    pub fn into_stream(self) -> UnixStream {
-        self.stream
+    /// After a successful console request: the raw stream, and the bytes
+    /// kxend sent right behind its reply that the reply's reader already
+    /// took in (the start of the console's replayed log). Dropping those
+    /// lost the history an attach shows first.
+    pub fn into_stream(self) -> (UnixStream, Vec<u8>) {
+        let early = self.reader.buffer().to_vec();
+        (self.stream, early)
     }
 }

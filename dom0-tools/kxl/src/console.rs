@@ -36,10 +36,13 @@ impl Drop for RawMode {
 }
 
 /// Copy between the terminal and the console until detach or EOF.
-pub fn attach(mut stream: UnixStream) -> std::io::Result<()> {
+/// `early` is console output that arrived with kxend's reply.
+pub fn attach((mut stream, early): (UnixStream, Vec<u8>)) -> std::io::Result<()> {
     let _raw = RawMode::enter();
     let mut stdin = std::io::stdin();
     let mut stdout = std::io::stdout();
+    stdout.write_all(&early)?;
+    stdout.flush()?;
     let mut stdin_open = true;
     let mut buf = [0u8; 4096];
     loop {
