@@ -149,7 +149,14 @@ on_reboot = \"restart\"
     assert!(ready.contains("eth0=00:16:3e:00:00:61"), "{ready}");
     let log = d.console_log(GUEST);
     assert!(log.contains("Booting kernel on Xen PVH"), "{log}");
-    assert!(log.contains("xvda"), "xen-blkfront found the disk: {log}");
+    // Not just "xvda": the command line (root=/dev/xvda) has that too.
+    // xen-blkfront prints this line when the disk connects, e.g.
+    // "blkfront: xvda: flush diskcache: enabled; persistent grants: ...".
+    assert!(
+        log.lines()
+            .any(|l| l.contains("blkfront: xvda: ") && l.contains("persistent grants:")),
+        "xen-blkfront found the disk: {log}"
+    );
 
     // hvc0 both ways: a command typed through `kxl console` runs in the
     // guest's shell and its answer comes back.
