@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::{test_guest, workspace_bin};
+use crate::{budget, test_guest, workspace_bin};
 
 /// An isolated kxend instance, stopped (with its domains) on drop.
 pub struct Dom0 {
@@ -82,6 +82,7 @@ impl Dom0 {
     pub fn wait_console(&self, name: &str, needle: &str) {
         let start = Instant::now();
         while !self.console_log(name).contains(needle) {
+            budget::check(format_args!("{name} to print {needle:?}"));
             assert!(
                 start.elapsed() < Duration::from_secs(60),
                 "{name} never printed {needle:?}; console:\n{}",
@@ -139,9 +140,11 @@ pub fn wait_output(mut child: std::process::Child, limit: Duration) -> Output {
         if child.try_wait().unwrap().is_some() {
             return child.wait_with_output().unwrap();
         }
-        if start.elapsed() > limit {
+        if start.elapsed() > limit || budget::remaining() == Some(Duration::ZERO) {
             let _ = child.kill();
-            return child.wait_with_output().unwrap();
+            let out = child.wait_with_output().unwrap();
+            budget::check(format_args!("a command to finish: {}", show(&out)));
+            return out;
         }
         std::thread::sleep(Duration::from_millis(10));
     }
@@ -236,6 +239,7 @@ impl Dom0 {
             {
                 return line.trim().to_string();
             }
+            budget::check(format_args!("{name} to print a line starting {prefix:?}"));
             assert!(
                 start.elapsed() < limit,
                 "{name} never printed a line starting {prefix:?}; console:\n{log}"
@@ -258,6 +262,7 @@ impl Dom0 {
     pub fn wait_console_count(&self, name: &str, needle: &str, count: usize) {
         let start = Instant::now();
         while self.console_log(name).matches(needle).count() < count {
+            budget::check(format_args!("{name} to print {needle:?} {count} times"));
             assert!(
                 start.elapsed() < Duration::from_secs(60),
                 "{}",

@@ -2,6 +2,7 @@
 //! PV test guest, run them under real KVM with a time limit, and collect
 //! their output.
 
+pub mod budget;
 pub mod dom0;
 pub mod linux;
 pub mod stock;
@@ -196,13 +197,28 @@ pub fn boot_test_guest(cmdline: &str, vcpus: u32) -> Finished {
     )
 }
 
-/// The guest's verdict line: (passed, failed).
-pub fn guest_summary(stdout: &str) -> Option<(u32, u32)> {
+/// The PV test guest's verdict line,
+/// `kxen-testguest: N passed, M failed, K skipped`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GuestSummary {
+    pub passed: u32,
+    pub failed: u32,
+    /// Checks that could not reach what they test on this host (`SKIP`).
+    pub skipped: u32,
+}
+
+/// The guest's last verdict line.
+pub fn guest_summary(stdout: &str) -> Option<GuestSummary> {
     stdout.lines().rev().find_map(|line| {
         let rest = line.trim().strip_prefix("kxen-testguest: ")?;
         let (passed, rest) = rest.split_once(" passed, ")?;
-        let failed = rest.strip_suffix(" failed")?;
-        Some((passed.parse().ok()?, failed.parse().ok()?))
+        let (failed, rest) = rest.split_once(" failed, ")?;
+        let skipped = rest.strip_suffix(" skipped")?;
+        Some(GuestSummary {
+            passed: passed.parse().ok()?,
+            failed: failed.parse().ok()?,
+            skipped: skipped.parse().ok()?,
+        })
     })
 }
 
@@ -211,6 +227,15 @@ pub fn failed_checks(stdout: &str) -> Vec<&str> {
     stdout
         .lines()
         .filter(|l| l.trim_start().starts_with("FAIL "))
+        .collect()
+}
+
+/// Lines of the guest output that report skipped checks
+/// (`SKIP <name>: <reason>`).
+pub fn skipped_checks(stdout: &str) -> Vec<&str> {
+    stdout
+        .lines()
+        .filter(|l| l.trim_start().starts_with("SKIP "))
         .collect()
 }
 

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::dom0::{show, wait_output, whole_lines_after, Dom0};
-use crate::repo_root;
+use crate::{budget, repo_root};
 
 /// The kernel command line for these guests. `clearcpuid`: on PVM hosts
 /// the emulator running guest ring 0 lacks these instructions and CPUID
@@ -101,6 +101,7 @@ pub fn shell_command(d: &Dom0, guest: &str, line: &str, answer: &str, limit: Dur
             {
                 return found.trim().to_string();
             }
+            budget::check(format_args!("{guest} to answer {line:?}"));
             assert!(
                 start.elapsed() < limit,
                 "no answer starting {answer:?} to {line:?}; console:\n{log}"

@@ -18,10 +18,14 @@ use std::process::Command;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use kxen_tests::budget;
 use kxen_tests::dom0::{show, Dom0};
 use kxen_tests::linux::{shell_command, PVM_CRASHES, PVM_PROCESS_CRASH};
 use kxen_tests::stock::{stock_guest, CMDLINE};
 
+/// The whole test: 15 minutes measured on a PVM host (boot about 8 of
+/// them); examples/test.sh stops this step after 21.
+const BUDGET: Duration = Duration::from_secs(20 * 60);
 /// Create to the initramfs' first line: 15 minutes have been seen under
 /// PVM emulation on a loaded machine; VT-x takes seconds.
 const BOOT_LIMIT: Duration = Duration::from_secs(40 * 60);
@@ -76,6 +80,7 @@ fn uptime_of(line: &str) -> f64 {
 #[test]
 #[ignore = "slow group: boots a stock kernel under emulation; examples/test.sh runs it"]
 fn stock_debian_kernel_boots_as_hvm_with_virtio_disk_and_network() {
+    budget::start("hvm_stock", BUDGET);
     let d = Dom0::new_in_netns("stock");
     let (release, vmlinux, initrd) = stock_guest(&d.dir).unwrap_or_else(|e| panic!("{e}"));
     eprintln!("hvm_stock: Debian kernel {release}");
@@ -209,6 +214,7 @@ on_crash = \"destroy\"
             retyped = true;
             d.console_line(GUEST, "poweroff");
         }
+        budget::check("the domain to end after poweroff");
         assert!(
             start.elapsed() < COMMAND_LIMIT,
             "still running after poweroff; console:\n{tail}"

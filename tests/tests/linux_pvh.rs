@@ -17,11 +17,15 @@ use std::process::Command;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use kxen_tests::budget;
 use kxen_tests::dom0::{show, Dom0};
 use kxen_tests::linux::{
     guest_kernel, root_image, shell_command, CMDLINE, PVM_CRASHES, PVM_PROCESS_CRASH,
 };
 
+/// The whole test once the kernel is built: about 4 minutes measured on a
+/// PVM host; examples/test.sh stops this step after 13.
+const BUDGET: Duration = Duration::from_secs(12 * 60);
 const BOOT_LIMIT: Duration = Duration::from_secs(300);
 const COMMAND_LIMIT: Duration = Duration::from_secs(60);
 const BALLOON_LIMIT: Duration = Duration::from_secs(180);
@@ -66,6 +70,7 @@ fn control_action(d: &Dom0, action: &str, mark: &str) {
             resent = true;
             d.ok(&[action, GUEST]);
         }
+        budget::check(format_args!("{action} to show {mark:?}"));
         assert!(
             start.elapsed() < BOOT_LIMIT,
             "{action}: never saw {mark:?}; console:\n{new}"
@@ -94,6 +99,7 @@ fn wait_mem_total(d: &Dom0, what: &str, ok: impl Fn(u64) -> bool) -> u64 {
         if ok(kib) {
             return kib;
         }
+        budget::check(format_args!("MemTotal to become {what}"));
         assert!(
             start.elapsed() < BALLOON_LIMIT,
             "MemTotal stayed at {kib} KiB, expected {what}"
@@ -111,7 +117,10 @@ fn domain_listed(d: &Dom0) -> bool {
 #[test]
 #[ignore = "slow group: boots Linux under emulation; examples/test.sh runs it"]
 fn linux_pvh_guest_with_pv_console_disk_and_network() {
+    // examples/test.sh builds the kernel in a step of its own, so the
+    // budget covers the guest alone.
     let kernel = guest_kernel();
+    budget::start("linux_pvh", BUDGET);
     let d = Dom0::new_in_netns("linux");
     let image = root_image(&d.dir, GUEST_IP);
     let cfg = d.dir.join("linux.cfg");
@@ -235,6 +244,7 @@ on_reboot = \"restart\"
     control_action(&d, "shutdown", "reboot: Power down");
     let start = Instant::now();
     while domain_listed(&d) {
+        budget::check("the powered-off domain to leave the list");
         assert!(
             start.elapsed() < COMMAND_LIMIT,
             "the domain is still listed after powering off"
