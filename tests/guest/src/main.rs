@@ -35,6 +35,7 @@ use xen_abi::sched::{SHUTDOWN_CRASH, SHUTDOWN_POWEROFF};
 
 static PASSED: AtomicU32 = AtomicU32::new(0);
 static FAILED: AtomicU32 = AtomicU32::new(0);
+static SKIPPED: AtomicU32 = AtomicU32::new(0);
 /// Index into CHECKS of the running check (usize::MAX: none).
 static CURRENT: AtomicUsize = AtomicUsize::new(usize::MAX);
 
@@ -60,6 +61,10 @@ fn run_check(i: usize) {
             PASSED.fetch_add(1, Ordering::AcqRel);
             println!("PASS {}", check.name);
         }
+        Err(f) if f.is_skip() => {
+            SKIPPED.fetch_add(1, Ordering::AcqRel);
+            println!("SKIP {}: {}", check.name, f);
+        }
         Err(f) => {
             FAILED.fetch_add(1, Ordering::AcqRel);
             println!("FAIL {}: {}", check.name, f);
@@ -71,9 +76,10 @@ fn run_check(i: usize) {
 /// Print the summary and shut down: poweroff if nothing failed, else crash.
 fn finish() -> ! {
     println!(
-        "kxen-testguest: {} passed, {} failed",
+        "kxen-testguest: {} passed, {} failed, {} skipped",
         PASSED.load(Ordering::Acquire),
-        FAILED.load(Ordering::Acquire)
+        FAILED.load(Ordering::Acquire),
+        SKIPPED.load(Ordering::Acquire)
     );
     let rc = xen::shutdown(final_reason());
     println!("kxen-testguest: SCHEDOP_shutdown returned {}", rc);

@@ -2,7 +2,9 @@
 //!
 //! A check is a function returning `Ok(())` (printed `PASS <name>`) or a
 //! [`Fail`] whose text says what was expected and what came back (printed
-//! `FAIL <name>: <detail>`). Checks run in registry order; a few depend on
+//! `FAIL <name>: <detail>`). A check that cannot reach what it tests on
+//! this host returns [`Fail::skip`] (printed `SKIP <name>: <reason>`),
+//! counted apart from passes and failures. Checks run in registry order; a few depend on
 //! earlier ones only through the shared setup in [`crate::setup`], never on
 //! each other's results, so any single check can run alone.
 
@@ -20,10 +22,12 @@ mod vcpu;
 mod version;
 mod xs;
 
-/// Why a check failed.
+/// Why a check did not pass: it failed, or (see [`Fail::skip`]) it could
+/// not run on this host.
 pub struct Fail {
     buf: [u8; 320],
     len: usize,
+    skipped: bool,
 }
 
 impl Fail {
@@ -31,9 +35,22 @@ impl Fail {
         let mut f = Fail {
             buf: [0; 320],
             len: 0,
+            skipped: false,
         };
         let _ = f.write_fmt(args);
         f
+    }
+
+    /// The check could not reach what it tests on this host; `args` says
+    /// why. Reported as SKIP, never as a pass.
+    pub fn skip(args: fmt::Arguments) -> Self {
+        let mut f = Fail::new(args);
+        f.skipped = true;
+        f
+    }
+
+    pub fn is_skip(&self) -> bool {
+        self.skipped
     }
 }
 
@@ -68,6 +85,14 @@ pub type R = Result<(), Fail>;
 macro_rules! bail {
     ($($arg:tt)*) => {
         return Err($crate::checks::Fail::new(format_args!($($arg)*)))
+    };
+}
+
+/// Skip the current check, saying why it cannot run on this host.
+#[macro_export]
+macro_rules! skip {
+    ($($arg:tt)*) => {
+        return Err($crate::checks::Fail::skip(format_args!($($arg)*)))
     };
 }
 

@@ -4,7 +4,7 @@
 use core::sync::atomic::Ordering;
 
 use xen_abi::cpuid::XEN_CPUID_BASE;
-use xen_abi::errno::ESRCH;
+use xen_abi::errno::{EINVAL, ESRCH};
 use xen_abi::event_channel::{Reset, EVTCHNOP_RESET, EVTCHNSTAT_CLOSED};
 use xen_abi::DOMID_SELF;
 
@@ -25,6 +25,12 @@ pub fn evtchn_reset() -> R {
         neg(ESRCH),
     )?;
     let u = ok("alloc_unbound", xen::alloc_unbound(DOMID_SELF, DOMID_SELF))?;
+    let ipi = ok("bind_ipi(0)", xen::bind_ipi(0))?;
+    // Open ports take sends: an unbound one drops them silently, an IPI
+    // one raises itself (event_channel.c evtchn_send).
+    rc_is("send(unbound) before reset", xen::send(u), 0)?;
+    rc_is("send(ipi) before reset", xen::send(ipi), 0)?;
+    events::forget(ipi);
     console::mirror_to_console_io();
     rc_is(
         "EVTCHNOP_reset(DOMID_SELF)",
@@ -35,6 +41,7 @@ pub fn evtchn_reset() -> R {
     let console_port = CONSOLE_PORT.load(Ordering::Acquire);
     for (port, what) in [
         (u, "unbound port"),
+        (ipi, "IPI port"),
         (timer, "VIRQ_TIMER port"),
         (console_port, "console port"),
     ] {
@@ -49,6 +56,17 @@ pub fn evtchn_reset() -> R {
                 );
             }
         }
+    }
+    // event_channel.c evtchn_send: a closed (free) port -> -EINVAL, and
+    // nothing is raised.
+    for (port, what) in [
+        (u, "send(unbound) after reset"),
+        (ipi, "send(ipi) after reset"),
+    ] {
+        rc_is(what, xen::send(port), neg(EINVAL))?;
+    }
+    if events::is_pending(ipi) {
+        bail!("IPI port {} pending after a send on it once closed", ipi);
     }
     // Allocation works again afterwards.
     let v = ok(
