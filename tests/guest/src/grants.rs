@@ -19,7 +19,7 @@ use crate::cell::Single;
 use crate::hypercall::{grant_table_op, memory_op};
 
 /// GFN of grant frame 0 (the checks use 0xf0000..).
-const FRAME_GFN0: u64 = 0xf2000;
+pub const FRAME_GFN0: u64 = 0xf2000;
 /// Most grant frames we map.
 const MAX_FRAMES: usize = 16;
 const MAX_REFS: usize = MAX_FRAMES * GRANT_ENTRIES_PER_FRAME;
