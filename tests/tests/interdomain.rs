@@ -36,6 +36,7 @@ const RESULT: usize = 16;
 const RESULT2: usize = 20;
 const RESULT3: usize = 24;
 const PINGS: usize = 28;
+const KICKED_PINGS: usize = 32;
 const PAYLOAD: usize = 64;
 const PING: u32 = 1;
 const MODE: u32 = 2;
@@ -188,10 +189,37 @@ impl Commander<'_> {
     }
 
     /// One ping-pong round: Dom0 notifies, the guest answers with an event.
+    /// The notification must reach the guest as an event: the guest
+    /// reports the upcalls it took for it, and seeing the pending bit by
+    /// reading memory (a spinning guest re-reads the page) does not count.
     fn ping(&mut self, value: u32) {
         self.page.store_u32(PAYLOAD, value);
-        let (r, _, _) = self.run(PING, 0);
+        let (r, upcalls, _) = self.run(PING, 0);
         assert_eq!(r, value.wrapping_add(1), "ping {value}");
+        assert!(
+            upcalls >= 1,
+            "ping {value} (seq {}): Dom0's notification never interrupted the guest (no upcall)",
+            self.seq
+        );
+    }
+
+    /// Every ping so far reached the guest as an upcall.
+    fn assert_every_ping_kicked(&self, pings: u32) {
+        assert_eq!(self.page.load_u32(PINGS), pings, "pings answered");
+        assert_eq!(
+            self.page.load_u32(KICKED_PINGS),
+            pings,
+            "pings whose notification arrived as an upcall"
+        );
+    }
+}
+
+/// Wait until `cond` holds, polling every millisecond, at most `limit`.
+fn wait_for(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(1));
     }
 }
 
@@ -372,7 +400,7 @@ fn dom0_and_guest_exchange_events_and_grants() {
         cmd.ping(i * 7);
     }
     eprintln!("{rounds} round trips: {:?}", t0.elapsed());
-    assert_eq!(cmd.page.load_u32(PINGS), rounds);
+    cmd.assert_every_ping_kicked(rounds);
 
     // The guest moves shared_info into RAM: Dom0's notifies follow it.
     let (rc, gfn, _) = cmd.run(MOVE_SHARED_INFO, 0);
@@ -416,7 +444,10 @@ fn dom0_and_guest_exchange_events_and_grants() {
     let before = switches(pid);
     let mut latencies = Vec::new();
     for i in 0..sleeps {
-        std::thread::sleep(Duration::from_millis(20));
+        // Each ping must find the vCPU already blocked inside kxen-vmm.
+        wait_for("the guest's vCPU to block", Duration::from_secs(10), || {
+            events.vcpu_blocked(0)
+        });
         let t = Instant::now();
         cmd.ping(1000 + i);
         latencies.push(t.elapsed());
@@ -426,9 +457,10 @@ fn dom0_and_guest_exchange_events_and_grants() {
     eprintln!(
         "wake-up round trips from SCHEDOP_block: {latencies:?}; non-vCPU switches {blocked:?}"
     );
+    // Every ping found the vCPU blocked, so each one needed a wake-up.
     assert!(
-        wake(&blocked) >= sleeps as u64 / 2,
-        "blocked vCPU not woken through the wake eventfd: {blocked:?}"
+        wake(&blocked) >= sleeps as u64,
+        "blocked vCPU not woken through the wake eventfd each time: {blocked:?}"
     );
     assert!(
         latencies[sleeps as usize / 2] < Duration::from_millis(3),
@@ -449,6 +481,7 @@ fn dom0_and_guest_exchange_events_and_grants() {
     eprintln!(
         "{rounds} round trips, guest spinning: {spin_time:?}; non-vCPU switches {spinning:?}"
     );
+    cmd.assert_every_ping_kicked(2 * rounds + 50 + sleeps);
     if events.uses_irqfd() {
         let total: u64 = spinning.iter().map(|(_, n)| n).sum();
         // Housekeeping (the control socket's accept loop, poll timeouts)
@@ -557,6 +590,22 @@ fn closing_the_control_connection_closes_its_channels() {
         }
     };
     assert_eq!(ch.guest_port(), peer.port);
+    // The new binding carries Dom0's notifications as events, to a
+    // blocked guest and to one spinning in ring 3.
+    let gt = dom.grant_table(0);
+    let page = gt.map(peer.gref, true).expect("map the read-write grant");
+    let mut cmd = Commander {
+        page: page.shared_page().expect("writable mapping").clone(),
+        ch: &ch,
+        seq: 0,
+    };
+    for mode in [0, 1] {
+        cmd.run(MODE, mode);
+        for i in 0..20 {
+            cmd.ping(i);
+        }
+    }
+    cmd.assert_every_ping_kicked(40);
 }
 
 #[test]
@@ -578,7 +627,7 @@ fn without_irqfds_kxen_vmm_relays_dom0_events() {
             cmd.ping(i);
         }
     }
-    assert_eq!(cmd.page.load_u32(PINGS), 200);
+    cmd.assert_every_ping_kicked(200);
     cmd.page.store_u32(CMD, EXIT);
     cmd.page.store_u32(CMD_SEQ, cmd.seq + 1);
     ch.notify();

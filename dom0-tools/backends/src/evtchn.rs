@@ -91,6 +91,16 @@ impl GuestEvents {
             .min(self.irqfds.len() as u32)
     }
 
+    /// Whether `vcpu` waits for an event inside kxen-vmm (SCHEDOP_block,
+    /// SCHEDOP_poll): the flag the VMM sets before it checks the pending
+    /// bits, and the one [`GuestEvents::raise`] reads to decide on a wake.
+    pub fn vcpu_blocked(&self, vcpu: u32) -> bool {
+        vcpu < self.nr_vcpus()
+            && self
+                .u32(vcpu_entry(vcpu as usize) + VCPU_BLOCKED_FIELD)
+                .is_some_and(|b| b != 0)
+    }
+
     /// Grant frames the guest placed (one past the highest).
     pub fn nr_grant_frames(&self) -> u32 {
         self.u32(HDR_NR_GRANT_FRAMES)
@@ -158,10 +168,7 @@ impl GuestEvents {
         // Dekker with the VMM: our pending bits are visible before we read
         // any blocked flag; it stores the flag before it checks the bits.
         fence(Ordering::SeqCst);
-        let blocked = (0..self.nr_vcpus()).any(|v| {
-            self.u32(vcpu_entry(v as usize) + VCPU_BLOCKED_FIELD)
-                .is_some_and(|b| b != 0)
-        });
+        let blocked = (0..self.nr_vcpus()).any(|v| self.vcpu_blocked(v));
         if blocked {
             let _ = self.wake.write(1);
         }

@@ -11,8 +11,16 @@
 //!
 //! Page layout (u32 words): 0 command sequence (Dom0 writes it last), 4
 //! command, 8 argument, 12 done sequence (the guest writes it last), 16
-//! result, 20 result2, 24 result3, 28 count of pings. Bytes 64..128 hold
-//! Dom0's ping payload; bytes 1024..2048 the pattern `i % 251` at start.
+//! result, 20 result2, 24 result3, 28 count of pings, 32 count of pings
+//! whose notification arrived as an upcall. Bytes 64..128 hold Dom0's ping
+//! payload; bytes 1024..2048 the pattern `i % 251` at start.
+//!
+//! Dom0 sets the port's pending bits in guest memory itself and interrupts
+//! the vCPU through an irqfd (or kxen-vmm's relay). A guest that polls the
+//! pending bits would see the bits without the interrupt, so before it
+//! answers a command the guest waits (bounded) for both: `port` fired *and*
+//! an upcall was taken since its previous answer. A ping reports how many
+//! upcalls it took; 0 means the notification never interrupted the guest.
 
 use core::sync::atomic::{AtomicU32, Ordering};
 
@@ -24,7 +32,7 @@ use xen_abi::sched::SHUTDOWN_POWEROFF;
 use xen_abi::DOMID_SELF;
 
 use crate::hypercall::{event_channel_op, memory_op};
-use crate::{events, grants, pages, println, xen};
+use crate::{events, grants, pages, println, time, xen};
 
 const CMD_SEQ: usize = 0;
 const CMD: usize = 4;
@@ -34,9 +42,11 @@ const RESULT: usize = 16;
 const RESULT2: usize = 20;
 const RESULT3: usize = 24;
 const PINGS: usize = 28;
+const KICKED_PINGS: usize = 32;
 const PAYLOAD: usize = 64;
 
-/// Read payload word 0, answer it + 1 in RESULT, count the ping.
+/// Read payload word 0, answer it + 1 in RESULT, the upcalls this ping's
+/// notification took in RESULT2 (0: none arrived), count the ping.
 const PING: u32 = 1;
 /// Wait mode: ARG 0 = SCHEDOP_block, 1 = spin in ring 3 (no hypercalls).
 const MODE: u32 = 2;
@@ -61,6 +71,12 @@ const MOVE_GRANT_FRAME: u32 = 10;
 
 /// Spins between checks for an upcall in spin mode.
 const SPIN_ROUNDS: u32 = 1 << 16;
+
+/// How long the guest waits for the notification of a command it has
+/// already read (Dom0 writes the command first, then notifies).
+const KICK_WAIT_NS: u64 = 1_000_000_000;
+/// The same bound in spins, should pvclock be unavailable.
+const KICK_WAIT_SPINS: u64 = 1 << 28;
 
 fn word(page: *mut u8, off: usize) -> &'static AtomicU32 {
     // SAFETY: `page` is our command page (4 KiB, page aligned, never
@@ -114,6 +130,32 @@ fn fresh_gfn() -> u64 {
     pages::alloc().map_or(0, |p| p as u64 >> 12)
 }
 
+/// Whether the notification of the command just read arrived as an event:
+/// `port` fired and an upcall was taken after `answered_at` (the upcall
+/// count when the previous answer was published). `fired` says whether the
+/// port was already seen. Waits for both, at most [`KICK_WAIT_NS`], without
+/// a hypercall: a spinning guest must be reached by the interrupt alone.
+fn await_kick(port: u32, answered_at: u64, mut fired: bool) -> bool {
+    let end = time::now_ns().map(|t| t + KICK_WAIT_NS);
+    let mut spins = 0u64;
+    loop {
+        events::drain();
+        fired |= events::take_seen(port);
+        if fired && events::upcalls() > answered_at {
+            return true;
+        }
+        spins += 1;
+        let expired = match (end, time::now_ns()) {
+            (Some(end), Some(now)) => now >= end,
+            _ => spins >= KICK_WAIT_SPINS,
+        };
+        if expired {
+            return false;
+        }
+        core::hint::spin_loop();
+    }
+}
+
 pub fn run() -> ! {
     let (Some(rw), Some(ro), Some(other)) = (pages::alloc(), pages::alloc(), pages::alloc()) else {
         println!("FAIL peer: no free pages");
@@ -144,20 +186,35 @@ pub fn run() -> ! {
     );
     let mut spin = false;
     let mut last_seq = 0u32;
+    // Dom0 notifies once per command, after writing it and only once it
+    // has seen the previous answer: every upcall after `answered_at`
+    // belongs to the next command.
+    let mut answered_at = events::upcalls();
+    let mut port_fired = false;
     loop {
         // Other ports stay recorded as seen until SEEN asks about them.
         events::drain();
-        let _ = events::take_seen(port);
+        port_fired |= events::take_seen(port);
         let seq = word(rw, CMD_SEQ).load(Ordering::Acquire);
         if seq != last_seq {
             last_seq = seq;
+            let kicked = await_kick(port, answered_at, port_fired);
+            let upcalls = if kicked {
+                (events::upcalls() - answered_at) as u32
+            } else {
+                0
+            };
             let arg = word(rw, ARG).load(Ordering::Acquire);
             let (mut r1, mut r2, mut r3) = (0u32, 0u32, 0u32);
             let mut bound = None;
             match word(rw, CMD).load(Ordering::Acquire) {
                 PING => {
                     r1 = word(rw, PAYLOAD).load(Ordering::Acquire).wrapping_add(1);
+                    r2 = upcalls;
                     word(rw, PINGS).fetch_add(1, Ordering::AcqRel);
+                    if kicked {
+                        word(rw, KICKED_PINGS).fetch_add(1, Ordering::AcqRel);
+                    }
                 }
                 MODE => spin = arg == 1,
                 BIND => match bind_dom0(arg) {
@@ -211,6 +268,10 @@ pub fn run() -> ! {
             word(rw, RESULT).store(r1, Ordering::Release);
             word(rw, RESULT2).store(r2, Ordering::Release);
             word(rw, RESULT3).store(r3, Ordering::Release);
+            // Before the answer is visible: Dom0's next notification may
+            // follow it at once.
+            port_fired = false;
+            answered_at = events::upcalls();
             word(rw, DONE_SEQ).store(seq, Ordering::Release);
             xen::send(port);
             if let Some(p) = bound {
