@@ -6,7 +6,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -16,12 +16,16 @@ use kxen_toolstack::xl::{self, DomainInfo, ShutdownReason, VirtCaps, XlInfo};
 use tracing::{error, info, warn};
 
 use crate::devices::{BackendFactory, DeviceError, DeviceSpec, DomainDevices};
-use crate::domain::{Domain, DomainRecord};
+use crate::domain::{AttachError, Domain, DomainRecord};
+use crate::preflight::{self, CreateError};
 use crate::store::StoreService;
 use kxen_virtio_backend::VirtioDomain;
 
 /// How long a new kxen-vmm may take to open its control socket.
 const ATTACH_LIMIT: Duration = Duration::from_secs(10);
+/// How long a VMM that dropped its control socket during start-up gets to
+/// exit by itself, so that its own reason can be reported.
+const VMM_EXIT_GRACE: Duration = Duration::from_secs(2);
 /// Longest request line from a client.
 const MAX_REQUEST: usize = 1 << 20;
 
@@ -56,6 +60,7 @@ impl LaunchSpec {
         let kernel = config
             .kernel
             .clone()
+            .filter(|k| !k.is_empty())
             .ok_or(match config.domain_type {
                 DomainType::Hvm => {
                     "the config has no kernel (kxen boots HVM guests by direct kernel boot: set kernel=)"
@@ -143,17 +148,14 @@ impl Daemon {
         }))
     }
 
-    /// A line in the hypervisor log (`xl dmesg`).
+    /// A line in the hypervisor log (`xl dmesg`), stamped as Xen stamps
+    /// its console lines.
     pub fn log(&self, line: &str) {
         info!("{line}");
-        let stamp = SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_secs_f64();
         let _ = writeln!(
             self.hvlog.lock().unwrap_or_else(|e| e.into_inner()),
-            "({:.3}) {line}",
-            stamp
+            "{}{line}",
+            dmesg_prefix(SystemTime::now())
         );
     }
 
@@ -210,14 +212,18 @@ impl Daemon {
     }
 
     /// Create and start a domain; returns its domid.
-    pub fn create(self: &Arc<Self>, mut config: DomainConfig, paused: bool) -> Result<u32, String> {
-        config.fill_defaults().map_err(|e| e.to_string())?;
-        let spec = LaunchSpec::from_config(&config)?;
+    pub fn create(
+        self: &Arc<Self>,
+        mut config: DomainConfig,
+        paused: bool,
+    ) -> Result<u32, CreateError> {
+        config
+            .fill_defaults()
+            .map_err(|e| CreateError::Config(e.to_string()))?;
+        let spec = LaunchSpec::from_config(&config).map_err(CreateError::Config)?;
+        preflight::check(&config, &spec)?;
         if spec.name == "Domain-0" || self.name_in_use(&spec.name) {
-            return Err(format!(
-                "domain with name \"{}\" already exists.",
-                spec.name
-            ));
+            return Err(CreateError::NameInUse(spec.name));
         }
         let domid = self.allocate_domid();
         let record = DomainRecord {
@@ -241,14 +247,19 @@ impl Daemon {
         };
         let _ = std::fs::remove_file(&record.exit_file);
         let _ = std::fs::remove_file(&record.control);
+        let vmm_log_path = self
+            .state_dir
+            .join(format!("logs/vmm-{domid}-{}.log", spec.name));
         let vmm_log = OpenOptions::new()
             .create(true)
             .append(true)
-            .open(
-                self.state_dir
-                    .join(format!("logs/vmm-{domid}-{}.log", spec.name)),
-            )
-            .map_err(|e| format!("VMM log: {e}"))?;
+            .open(&vmm_log_path)
+            .map_err(|e| CreateError::VmmLog {
+                path: vmm_log_path.display().to_string(),
+                reason: preflight::describe_io(&e),
+            })?;
+        // Where this VMM's own stderr starts in the (appended) log.
+        let vmm_log_start = vmm_log.metadata().map_or(0, |m| m.len());
         let mut cmd = Command::new(&self.vmm);
         cmd.arg("--kernel")
             .arg(&spec.kernel)
@@ -281,27 +292,28 @@ impl Daemon {
                 cmd.args(["--virtio", kind]);
             }
         }
-        let mut child = cmd
-            .spawn()
-            .map_err(|e| format!("cannot start kxen-vmm: {e}"))?;
+        let mut child = cmd.spawn().map_err(|e| CreateError::Spawn {
+            path: self.vmm.display().to_string(),
+            reason: preflight::describe_io(&e),
+        })?;
         let mut record = record;
         record.pid = child.id();
         self.save_record(&record);
-        let domain = match Domain::attach(record.clone(), self.store.clone(), ATTACH_LIMIT, false) {
+        let attached =
+            await_control_socket(&mut child, &record.control, &vmm_log_path, vmm_log_start)
+                .and_then(|()| {
+                    Domain::attach(record.clone(), self.store.clone(), ATTACH_LIMIT, false)
+                        .map_err(|e| vmm_gone_or(&mut child, &vmm_log_path, vmm_log_start, e))
+                });
+        let domain = match attached {
             Ok(d) => d,
             Err(e) => {
                 let _ = child.kill();
                 let _ = child.wait();
-                let mut stderr = String::new();
-                if let Ok(mut f) = File::open(
-                    self.state_dir
-                        .join(format!("logs/vmm-{domid}-{}.log", spec.name)),
-                ) {
-                    let _ = f.read_to_string(&mut stderr);
-                }
                 let _ = std::fs::remove_file(self.record_path(domid));
-                let last = stderr.lines().last().unwrap_or("").to_string();
-                return Err(format!("kxen-vmm for {} failed: {e} {last}", spec.name));
+                let _ = std::fs::remove_file(&record.control);
+                self.log(&format!("domain {domid} ({}) not created: {e}", spec.name));
+                return Err(e);
             }
         };
         self.write_domain_nodes(&domain);
@@ -324,7 +336,7 @@ impl Daemon {
             self.store.rm(&format!("/local/domain/{domid}"));
             self.store.rm(&format!("/vm/{}", domain.record.uuid));
             let _ = std::fs::remove_file(self.record_path(domid));
-            return Err(format!("{}: {e}", spec.name));
+            return Err(CreateError::Devices(e));
         }
         self.domains
             .lock()
@@ -336,7 +348,9 @@ impl Daemon {
         ));
         self.monitor(domain.clone(), Some(child));
         if !paused {
-            domain.unpause().map_err(|e| e.to_string())?;
+            domain
+                .unpause()
+                .map_err(|e| CreateError::Unpause(e.to_string()))?;
         }
         Ok(domid)
     }
@@ -807,8 +821,11 @@ impl Daemon {
             }
             let request = serde_json::from_slice::<Request>(&line);
             if let Ok(Request::Console { domain, kind }) = &request {
-                let target = self.resolve(domain).and_then(|id| self.live(id));
-                let Some(d) = target else {
+                let Some(id) = self.resolve(domain) else {
+                    let _ = send(&mut writer, &Reply::unknown_domain(domain));
+                    return;
+                };
+                let Some(d) = self.live(id) else {
                     let _ = send(
                         &mut writer,
                         &Reply::error(format!("domain {domain} is not running")),
@@ -841,13 +858,18 @@ impl Daemon {
         let unknown = Reply::unknown_domain;
         match req {
             Request::Ping => Reply::ok(),
-            Request::Create { config, paused, .. } => match self.create(*config, paused) {
-                Ok(domid) => Reply {
-                    domid: Some(domid),
-                    ..Reply::ok()
-                },
-                Err(e) => Reply::error(e),
-            },
+            Request::Create { config, paused, .. } => {
+                let name = config.name.clone();
+                match self.create(*config, paused) {
+                    Ok(domid) => Reply {
+                        domid: Some(domid),
+                        ..Reply::ok()
+                    },
+                    // libxl names the domain its errors are about; kxl
+                    // prints this as one line.
+                    Err(e) => Reply::error(one_line(&format!("domain {name}: {e}"))),
+                }
+            }
             Request::Destroy { domain } => match self.resolve(&domain) {
                 None => unknown(&domain),
                 Some(0) => Reply::error(xl::NOT_DESTROYING_DOM0.trim_end()),
@@ -943,6 +965,9 @@ impl Daemon {
             },
             Request::Console { domain, .. } => unknown(&domain),
             Request::BlockAttach { domain, disk } => self.with_devices(&domain, |devs| {
+                if let Err(missing) = preflight::disk_present(&disk) {
+                    return Ok(Reply::error(missing.to_string()));
+                }
                 devs.attach(DeviceSpec::Disk((*disk).clone()), disk.devid())
                     .map(|_| Reply::ok())
             }),
@@ -1106,6 +1131,91 @@ impl Daemon {
     }
 }
 
+/// Wait until a just-started kxen-vmm listens on its control socket. A VMM
+/// that ends first (a kernel it cannot load, a size it refuses) is
+/// explained by its own last words instead of a failed connect.
+fn await_control_socket(
+    child: &mut Child,
+    control: &Path,
+    vmm_log: &Path,
+    vmm_log_start: u64,
+) -> Result<(), CreateError> {
+    let deadline = Instant::now() + ATTACH_LIMIT;
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            let said = preflight::log_since(vmm_log, vmm_log_start);
+            return Err(CreateError::Vmm(preflight::vmm_failure(&said, status)));
+        }
+        if control.exists() {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(CreateError::VmmSilent(ATTACH_LIMIT.as_secs()));
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// After attaching to a new VMM failed: the VMM's own reason if it is
+/// ending by itself (a VMM that fails while building the domain closes its
+/// socket on the way out), else the attach error.
+fn vmm_gone_or(
+    child: &mut Child,
+    vmm_log: &Path,
+    vmm_log_start: u64,
+    attach_error: AttachError,
+) -> CreateError {
+    let deadline = Instant::now() + VMM_EXIT_GRACE;
+    while Instant::now() < deadline {
+        if let Ok(Some(status)) = child.try_wait() {
+            let said = preflight::log_since(vmm_log, vmm_log_start);
+            return CreateError::Vmm(preflight::vmm_failure(&said, status));
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    CreateError::Attach(attach_error.to_string())
+}
+
+/// The start of a hypervisor log line: Xen's `(XEN) ` and its
+/// `console_timestamps=datems` stamp, `[YYYY-MM-DD HH:MM:SS.mmm] `, in UTC
+/// as Xen's wallclock keeps it.
+pub fn dmesg_prefix(when: SystemTime) -> String {
+    let since_epoch = when
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default();
+    let secs = libc::time_t::try_from(since_epoch.as_secs()).unwrap_or(libc::time_t::MAX);
+    // SAFETY: `tm` is plain data that gmtime_r fills in; all-zero is a
+    // valid value for it.
+    let mut tm: libc::tm = unsafe { std::mem::zeroed() };
+    // SAFETY: both pointers are valid for the call; gmtime_r is the
+    // reentrant form and keeps no pointer to either.
+    let converted = !unsafe { libc::gmtime_r(&secs, &mut tm) }.is_null();
+    if !converted {
+        // Beyond what the C library can express: the raw seconds at least.
+        return format!("(XEN) [{}] ", since_epoch.as_secs());
+    }
+    format!(
+        "(XEN) [{:04}-{:02}-{:02} {:02}:{:02}:{:02}.{:03}] ",
+        i64::from(tm.tm_year) + 1900,
+        tm.tm_mon + 1,
+        tm.tm_mday,
+        tm.tm_hour,
+        tm.tm_min,
+        tm.tm_sec,
+        since_epoch.subsec_millis()
+    )
+}
+
+/// `text` on one line: a reason quoted from elsewhere (a hotplug script's
+/// output, say) must not spill over several.
+fn one_line(text: &str) -> String {
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
 /// A domain with every state flag clear.
 fn idle_info() -> DomainInfo {
     DomainInfo {
@@ -1265,6 +1375,21 @@ mod tests {
         let (mut cfg, _) = kxen_toolstack::config::parse_str(text, "t.cfg").unwrap();
         cfg.fill_defaults().unwrap();
         LaunchSpec::from_config(&cfg)
+    }
+
+    #[test]
+    fn dmesg_lines_carry_xen_datems_stamps() {
+        let at = |ms: u64| SystemTime::UNIX_EPOCH + Duration::from_millis(ms);
+        assert_eq!(
+            dmesg_prefix(at(1_796_566_183_668)),
+            "(XEN) [2026-12-06 14:09:43.668] "
+        );
+        assert_eq!(dmesg_prefix(at(0)), "(XEN) [1970-01-01 00:00:00.000] ");
+        // A leap day, and milliseconds below 100 keep their zeros.
+        assert_eq!(
+            dmesg_prefix(at(1_709_164_800_007)),
+            "(XEN) [2024-02-29 00:00:00.007] "
+        );
     }
 
     #[test]

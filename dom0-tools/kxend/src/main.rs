@@ -10,6 +10,7 @@ mod console;
 mod daemon;
 mod devices;
 mod domain;
+mod preflight;
 mod store;
 mod vmm_link;
 mod xenstore_glue;

@@ -39,10 +39,21 @@ fn absolutize(config: &mut DomainConfig) {
         .into_iter()
         .flatten()
     {
-        if std::path::Path::new(path.as_str()).is_relative() {
+        // An empty path stays empty: kxend then says there is no kernel,
+        // rather than trying to boot the working directory.
+        if !path.is_empty() && std::path::Path::new(path.as_str()).is_relative() {
             *path = cwd.join(&*path).display().to_string();
         }
     }
+}
+
+/// What starts a line in kxl's own words, as `xl: ` does xl's.
+pub const OWN_PREFIX: &str = "kxl: ";
+
+/// A failed `create`, in one line: kxend names the domain and the reason
+/// (`domain NAME: cannot read kernel PATH: No such file or directory`).
+pub fn create_error_message(reply: &Reply) -> String {
+    format!("{OWN_PREFIX}{}", error_message(reply))
 }
 
 pub fn error_message(reply: &Reply) -> String {

@@ -154,9 +154,24 @@ fn fail(msg: impl AsRef<str>) -> ExitCode {
     ExitCode::FAILURE
 }
 
+/// A failure in kxl's own words (xl prefixes its own lines with `xl: `),
+/// as opposed to one of xl's messages, which kxl prints as xl does.
+fn fail_own(msg: impl std::fmt::Display) -> ExitCode {
+    fail(format!("{}{msg}", format::OWN_PREFIX))
+}
+
 fn call(req: Request) -> Result<Reply, ExitCode> {
-    let mut client = Client::connect().map_err(|e| fail(e.to_string()))?;
-    client.call(&req).map_err(|e| fail(e.to_string()))
+    let mut client = Client::connect().map_err(fail_own)?;
+    client.call(&req).map_err(fail_own)
+}
+
+/// xl's answer when a named domain does not exist (xl_utils.c:
+/// find_domain): every domain in `wanted` must be in `all`.
+fn all_known(all: &[DomainEntry], wanted: &[String]) -> Result<(), ExitCode> {
+    match wanted.iter().find(|d| !all.iter().any(|e| matches(e, d))) {
+        Some(d) => Err(fail(format::unknown_domain(d))),
+        None => Ok(()),
+    }
 }
 
 /// Run a request whose only output is success or xl's error message.
@@ -164,6 +179,21 @@ fn simple(req: Request) -> ExitCode {
     match call(req) {
         Ok(r) if r.ok => ExitCode::SUCCESS,
         Ok(r) => fail(format::error_message(&r)),
+        Err(code) => code,
+    }
+}
+
+/// Hot-plug a device: an unknown domain gets xl's message (`unknown`
+/// words it), any other failure (a missing image, a failed hotplug
+/// script) kxl's own line.
+fn attach(req: Request, unknown: fn(&str) -> String) -> ExitCode {
+    match call(req) {
+        Ok(r) if r.ok => ExitCode::SUCCESS,
+        Ok(Reply {
+            unknown_domain: Some(domain),
+            ..
+        }) => fail(unknown(&domain)),
+        Ok(r) => fail_own(format::error_message(&r)),
         Err(code) => code,
     }
 }
@@ -240,7 +270,7 @@ fn main() -> ExitCode {
                 Err(code) => return code,
             };
             if !reply.ok {
-                return fail(format::error_message(&reply));
+                return fail(format::create_error_message(&reply));
             }
             if console {
                 let domid = reply.domid.unwrap_or(0).to_string();
@@ -349,6 +379,9 @@ fn main() -> ExitCode {
         Cmd::VcpuList { domains } => match call(Request::List) {
             Ok(r) if r.ok => {
                 let all = r.domains.unwrap_or_default();
+                if let Err(code) = all_known(&all, &domains) {
+                    return code;
+                }
                 let chosen: Vec<_> = all
                     .into_iter()
                     .filter(|e| domains.is_empty() || domains.iter().any(|d| matches(e, d)))
@@ -365,9 +398,11 @@ fn main() -> ExitCode {
         },
         Cmd::Uptime { short, domains } => match call(Request::List) {
             Ok(r) if r.ok => {
-                let chosen: Vec<_> = r
-                    .domains
-                    .unwrap_or_default()
+                let all = r.domains.unwrap_or_default();
+                if let Err(code) = all_known(&all, &domains) {
+                    return code;
+                }
+                let chosen: Vec<_> = all
                     .into_iter()
                     .filter(|e| domains.is_empty() || domains.iter().any(|d| matches(e, d)))
                     .collect();
@@ -381,10 +416,14 @@ fn main() -> ExitCode {
             match kxen_toolstack::disk::DiskSpec::parse_components(&disk) {
                 Ok(mut spec) => {
                     format::absolutize_disk(&mut spec);
-                    simple(Request::BlockAttach {
-                        domain,
-                        disk: Box::new(spec),
-                    })
+                    // xl_block.c: block-attach leaves out the rc.
+                    attach(
+                        Request::BlockAttach {
+                            domain,
+                            disk: Box::new(spec),
+                        },
+                        xl::invalid_domain_no_rc,
+                    )
                 }
                 Err(e) => fail(e.to_string()),
             }
@@ -426,10 +465,13 @@ fn main() -> ExitCode {
                     for w in warnings {
                         eprintln!("{w}");
                     }
-                    simple(Request::NetworkAttach {
-                        domain,
-                        vif: Box::new(vif),
-                    })
+                    attach(
+                        Request::NetworkAttach {
+                            domain,
+                            vif: Box::new(vif),
+                        },
+                        xl::invalid_domain,
+                    )
                 }
                 Err(e) => fail(e.to_string()),
             }
@@ -444,8 +486,10 @@ fn main() -> ExitCode {
                     Ok(r) if r.ok => {
                         print!("{}", format::network_list(&r.devices.unwrap_or_default()))
                     }
+                    // xl_nic.c: network-list goes through find_domain,
+                    // which gives the rc (unlike block-list).
                     Ok(r) if r.unknown_domain.is_some() => {
-                        eprintln!("{}", xl::invalid_domain_no_rc(&domain));
+                        eprintln!("{}", xl::invalid_domain(&domain));
                         code = ExitCode::FAILURE;
                     }
                     Ok(r) => code = fail(format::error_message(&r)),
@@ -479,7 +523,7 @@ fn main() -> ExitCode {
 fn console_cmd(domain: &str, kind: Option<&str>) -> ExitCode {
     let mut client = match Client::connect() {
         Ok(c) => c,
-        Err(e) => return fail(e.to_string()),
+        Err(e) => return fail_own(e),
     };
     let kind = match kind {
         Some("pv") => Some(ConsoleKind::Pv),
@@ -492,9 +536,9 @@ fn console_cmd(domain: &str, kind: Option<&str>) -> ExitCode {
     }) {
         Ok(r) if r.ok => match console::attach(client.into_stream()) {
             Ok(()) => ExitCode::SUCCESS,
-            Err(e) => fail(format!("console: {e}")),
+            Err(e) => fail_own(format!("console: {e}")),
         },
         Ok(r) => fail(format::error_message(&r)),
-        Err(e) => fail(e.to_string()),
+        Err(e) => fail_own(e),
     }
 }
