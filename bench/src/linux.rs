@@ -53,6 +53,29 @@ fn netns(ns: &str, args: &[&str]) -> Command {
     cmd
 }
 
+/// Whether a socket in namespace `ns` listens on TCP `port` within
+/// `limit` (read from the namespace's /proc/net/tcp and tcp6: state 0A is LISTEN).
+fn tcp_listening(ns: &str, port: u16, limit: Duration) -> bool {
+    let local = format!(":{port:04X}");
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        let listening = netns(ns, &["cat", "/proc/net/tcp", "/proc/net/tcp6"])
+            .output()
+            .map(|out| {
+                String::from_utf8_lossy(&out.stdout).lines().any(|line| {
+                    let fields: Vec<&str> = line.split_whitespace().collect();
+                    fields.len() > 3 && fields[1].ends_with(&local) && fields[3] == "0A"
+                })
+            })
+            .unwrap_or(false);
+        if listening {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    false
+}
+
 /// Fetch `url` from inside `ns` with busybox wget; MB/s by the wall clock.
 fn wget_mbs(ns: &str, url: &str, bytes: u64) -> Option<f64> {
     let start = Instant::now();
@@ -87,7 +110,12 @@ fn veth_http_baseline(dir: &std::path::Path) -> Option<f64> {
             .stderr(Stdio::null())
             .spawn()
             .ok()?;
-        std::thread::sleep(Duration::from_millis(300));
+        if !tcp_listening(a, 8080, Duration::from_secs(10)) {
+            println!("veth baseline: busybox httpd never listened on 8080");
+            let _ = server.kill();
+            let _ = server.wait();
+            return None;
+        }
         let mbs = wget_mbs(b, "http://10.97.0.2:8080/big", NET_MIB << 20);
         let _ = server.kill();
         let _ = server.wait();
