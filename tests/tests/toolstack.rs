@@ -5,7 +5,7 @@ use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use kxen_tests::dom0::{show, wait_output, Dom0};
+use kxen_tests::dom0::{show, Dom0};
 use kxen_tests::workspace_bin;
 
 /// The row of `name` in `kxl list` output.
@@ -16,6 +16,27 @@ fn row<'a>(list: &'a str, name: &str) -> Option<&'a str> {
 
 fn domid_of(d: &Dom0, name: &str) -> String {
     d.ok(&["domid", name]).trim().to_string()
+}
+
+/// Wait until `ready` holds, polling; fail with `what` after `limit`.
+fn wait_until(limit: Duration, what: &str, mut ready: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !ready() {
+        assert!(start.elapsed() < limit, "{what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Whether process `pid` has ended: gone, or a zombie nobody reaped yet
+/// (its sockets are closed either way).
+fn process_ended(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_some_and(|state| state == "Z" || state == "X"),
+    }
 }
 
 fn wait_gone(d: &Dom0, name: &str) {
@@ -147,14 +168,30 @@ fn vmm_crash_is_contained() {
 }
 
 /// A console attached before the domain is unpaused shows everything from
-/// the first byte, and `kxl console` ends when the domain dies.
+/// the first byte, live, and `kxl console` ends when the domain dies.
 #[test]
 fn console_from_first_byte_until_death() {
+    use std::io::{Read, Write};
+    use std::sync::{Arc, Mutex};
+
     let d = Dom0::new("console");
     let cfg = d.config("early", "");
     d.ok(&["create", "-p", cfg.to_str().unwrap()]);
     assert!(row(&d.ok(&["list"]), "early").unwrap().contains("--p---"));
-    let console = Command::new(workspace_bin("kxl"))
+    // The paused guest has printed nothing. An attach opens with a replay
+    // of the console log, so a marker put there now proves, once `kxl
+    // console` shows it, that the console is attached; everything after
+    // it came live.
+    let log = d.dir.join("state/console/guest-early.log");
+    assert_eq!(std::fs::read(&log).unwrap(), b"", "output before unpause");
+    const MARKER: &str = "-- test: console attached --\n";
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(&log)
+        .unwrap()
+        .write_all(MARKER.as_bytes())
+        .unwrap();
+    let mut console = Command::new(workspace_bin("kxl"))
         .args(["console", "early"])
         .env("KXEN_STATE_DIR", d.dir.join("state"))
         .env("KXEN_RUN_DIR", d.dir.join("run"))
@@ -163,15 +200,40 @@ fn console_from_first_byte_until_death() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_millis(300));
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let reader = {
+        let mut stdout = console.stdout.take().unwrap();
+        let seen = seen.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n @ 1..) = stdout.read(&mut buf) {
+                seen.lock().unwrap().extend_from_slice(&buf[..n]);
+            }
+        })
+    };
+    let text = || String::from_utf8_lossy(&seen.lock().unwrap()).into_owned();
+    wait_until(
+        Duration::from_secs(30),
+        "kxl console never attached",
+        || text().starts_with(MARKER),
+    );
     d.ok(&["unpause", "early"]);
     d.wait_console("early", "service ready");
     d.ok(&["shutdown", "early"]);
-    let out = wait_output(console, Duration::from_secs(30));
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{}", show(&out));
-    assert!(text.starts_with("kxen-testguest: start"), "{text}");
-    assert!(text.contains("kxen-testguest: shutdown poweroff"), "{text}");
+    wait_until(
+        Duration::from_secs(30),
+        "kxl console outlived its domain",
+        || console.try_wait().unwrap().is_some(),
+    );
+    reader.join().unwrap();
+    let status = console.wait().unwrap();
+    let text = text();
+    assert!(status.success(), "{status:?}\n{text}");
+    let live = text
+        .strip_prefix(MARKER)
+        .unwrap_or_else(|| panic!("{text}"));
+    assert!(live.starts_with("kxen-testguest: start"), "{text}");
+    assert!(live.contains("kxen-testguest: shutdown poweroff"), "{text}");
 }
 
 /// Debian's xenstore tools and test-xenstore work against kxend's own
@@ -259,8 +321,16 @@ fn kxend_restart_reattaches() {
     let cfg = d.config("survivor", "");
     d.ok(&["create", cfg.to_str().unwrap()]);
     d.wait_console("survivor", "watching control/shutdown");
-    // kxend saves xenstore (nodes and guests' watches) every 200 ms.
-    std::thread::sleep(Duration::from_millis(500));
+    // kxend saves xenstore (nodes and guests' watches) on a timer: wait
+    // until the saved state holds the guest's watch (its token), which the
+    // next kxend must give back for `shutdown -w` below to work.
+    let state = d.dir.join("state/xenstore.state");
+    let token: &[u8] = b"kxen-testguest-shutdown";
+    wait_until(
+        Duration::from_secs(10),
+        "the guest's watch never reached the saved xenstore state",
+        || std::fs::read(&state).is_ok_and(|saved| saved.windows(token.len()).any(|w| w == token)),
+    );
     let id = domid_of(&d, "survivor");
     let pid = d.kxend_pid().expect("kxend runs");
     assert!(Command::new("kill")
@@ -268,7 +338,10 @@ fn kxend_restart_reattaches() {
         .status()
         .unwrap()
         .success());
-    std::thread::sleep(Duration::from_millis(300));
+    // Only once it is dead is its socket closed, so that kxl starts anew.
+    wait_until(Duration::from_secs(10), "kxend survived kill -9", || {
+        process_ended(pid)
+    });
     // kxl starts a new kxend on demand, which re-attaches.
     let list = d.ok(&["list"]);
     let r = row(&list, "survivor").unwrap_or_else(|| panic!("{list}"));
@@ -324,4 +397,55 @@ fn xl_messages_and_config_errors() {
     assert!(out.status.success(), "{}", show(&out));
     assert!(stderr(&out).contains("colour"), "{}", show(&out));
     d.ok(&["destroy", "warned"]);
+}
+
+/// `kxl dmesg` lines carry wall-clock time as Xen's console lines do with
+/// `console_timestamps=datems`: `(XEN) [YYYY-MM-DD HH:MM:SS.mmm] text`.
+#[test]
+fn dmesg_lines_carry_wall_clock_time() {
+    // UTC, as Xen's wallclock; this format sorts as the time does.
+    let utc_now = || {
+        let out = Command::new("date")
+            .args(["-u", "+%Y-%m-%d %H:%M:%S"])
+            .output()
+            .unwrap();
+        String::from_utf8(out.stdout).unwrap().trim().to_string()
+    };
+    let before = utc_now();
+    let d = Dom0::new("dmesg");
+    // A kernel kxen-vmm refuses: its failure is logged too.
+    let junk = d.dir.join("junk-kernel");
+    std::fs::write(&junk, b"not a kernel\n").unwrap();
+    let bad = d.dir.join("bad.cfg");
+    std::fs::write(
+        &bad,
+        format!(
+            "name = \"gone\"\ntype = \"pvh\"\nkernel = \"{}\"\n",
+            junk.display()
+        ),
+    )
+    .unwrap();
+    assert_eq!(
+        d.kxl(&["create", bad.to_str().unwrap()]).status.code(),
+        Some(1)
+    );
+    let dmesg = d.ok(&["dmesg"]);
+    let after = utc_now();
+    assert!(dmesg.contains("] kxend started\n"), "{dmesg}");
+    assert!(dmesg.contains("(gone) not created: kernel "), "{dmesg}");
+    // '9' stands for any digit.
+    let shape = "(XEN) [9999-99-99 99:99:99.999] ";
+    for line in dmesg.lines() {
+        let fits = line.len() > shape.len()
+            && line.bytes().zip(shape.bytes()).all(|(c, s)| match s {
+                b'9' => c.is_ascii_digit(),
+                _ => c == s,
+            });
+        assert!(fits, "not Xen's datems stamp: {line:?}\n{dmesg}");
+        let second = &line["(XEN) [".len().."(XEN) [9999-99-99 99:99:99".len()];
+        assert!(
+            before.as_str() <= second && second <= after.as_str(),
+            "{second} is not between {before} and {after}: {line}"
+        );
+    }
 }
