@@ -488,8 +488,11 @@ fn dom0_and_guest_exchange_events_and_grants() {
         // wakes a few dozen times per second; one wake-up per event would
         // be `rounds`.
         let allowed = 10 + spin_time.as_millis() as u64 / 10;
+        // The wake thread's poll times out every 100 ms; a wake-up per
+        // event would be `rounds`.
+        let wake_timeouts = 1 + spin_time.as_millis() as u64 / 100;
         assert!(
-            total < (rounds as u64 / 3).max(allowed) && wake(&spinning) == 0,
+            total < (rounds as u64 / 3).max(allowed) && wake(&spinning) <= wake_timeouts,
             "kxen-vmm threads woke during {rounds} Dom0 notifications ({spin_time:?}): {spinning:?}"
         );
     }
