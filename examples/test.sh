@@ -15,11 +15,12 @@
 # Time budget, worst case on a 2-core machine (CI stops at 90 minutes):
 # each step below runs under its own limit, and each slow test fails with
 # a message naming its budget before the step's limit kills it.
-#   fast group, build included   20 min
-#   fuzz replay, build included   6 min
-#   PVH guest kernel build       15 min (about 5 min measured on 2 cores)
-#   Linux PVH slow test          12 min (about 4 min measured)
-#   stock HVM slow test          20 min (about 15 min measured)
+#   packages (apt, first run)     about 2 min measured
+#   fast group, build included   15 min (about 6 min measured from scratch)
+#   fuzz replay, build included   5 min
+#   PVH guest kernel build       17 min (6 to 11 min measured on 2 cores)
+#   Linux PVH slow test          13 min (about 4 min measured)
+#   stock HVM slow test          21 min (about 15 min measured)
 #   total                        73 min
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -50,10 +51,10 @@ step() {
 
 kxen_install_missing "the tests" "${KXEN_TEST_PACKAGES[@]}" || exit 1
 
-step "fast group" 1200 cargo test --workspace --no-fail-fast -- --test-threads=2
+step "fast group" 900 cargo test --workspace --no-fail-fast -- --test-threads=2
 # The fuzz crate is a workspace of its own (cargo-fuzz's layout); sharing
 # target/ reuses the workspace's dependencies.
-step "fuzz replay" 360 env CARGO_TARGET_DIR="$PWD/target" \
+step "fuzz replay" 300 env CARGO_TARGET_DIR="$PWD/target" \
     cargo test --manifest-path fuzz/Cargo.toml --no-fail-fast
 
 if [ "${KXEN_SKIP_SLOW:-0}" = 1 ]; then
@@ -61,7 +62,7 @@ if [ "${KXEN_SKIP_SLOW:-0}" = 1 ]; then
 else
     # The kernel is built (or found in the cache) here, under its own
     # limit, so the PVH test's budget covers only the guest.
-    step "slow group: PVH guest kernel" 900 bash -c \
+    step "slow group: PVH guest kernel" 1020 bash -c \
         'guest-kernel-patches/linux/build.sh >/dev/null'
     step "slow group: Linux PVH guest" 780 \
         cargo test -p kxen-tests --test linux_pvh -- --ignored --nocapture --test-threads=1
