@@ -76,12 +76,21 @@ pub fn split_request(chain: &Chain) -> Result<BlkLayout, Fault> {
         return Err(Fault::NoStatus);
     }
     let (header, out_data) = split_at(&readable, HEADER_LEN);
-    let (in_data, status) = split_at(&writable, wlen - 1);
+    let (in_data, _) = split_at(&writable, wlen - 1);
+    // The status is the last writable byte. Zero-length descriptors hold
+    // no byte (and their addresses are never checked): the first segment
+    // after the split may be one of them, so look for the last real byte.
+    let status = writable
+        .iter()
+        .rev()
+        .find(|s| s.len > 0)
+        .map(|s| s.addr.wrapping_add(u64::from(s.len) - 1))
+        .ok_or(Fault::NoStatus)?;
     Ok(BlkLayout {
         header,
         out_data,
         in_data,
-        status: status[0].addr,
+        status,
     })
 }
 
