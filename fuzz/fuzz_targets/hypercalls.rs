@@ -1,12 +1,7 @@
-//! Arbitrary hypercall sequences against a domain over plain memory.
+//! The `hypercalls` fuzz target. Its body is [`kxen_fuzz::hypercalls`], which
+//! `fuzz/tests/replay.rs` also runs over a fixed corpus as an ordinary test.
 #![no_main]
 
-use std::sync::OnceLock;
-
-use libfuzzer_sys::fuzz_target;
-
-fuzz_target!(|data: &[u8]| {
-    static DOMAIN: OnceLock<kxen_xen::Domain> = OnceLock::new();
-    let domain = DOMAIN.get_or_init(|| kxen_xen::harness::domain().0);
-    kxen_xen::harness::run_bytes(domain, data);
+libfuzzer_sys::fuzz_target!(|data: &[u8]| {
+    kxen_fuzz::hypercalls(data);
 });

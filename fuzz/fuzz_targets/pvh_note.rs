@@ -1,8 +1,7 @@
-//! ELF note segments as a PVH kernel image supplies them.
+//! The `pvh_note` fuzz target. Its body is [`kxen_fuzz::pvh_note`], which
+//! `fuzz/tests/replay.rs` also runs over a fixed corpus as an ordinary test.
 #![no_main]
 
-use libfuzzer_sys::fuzz_target;
-
-fuzz_target!(|data: &[u8]| {
-    let _ = kxen_loader::elf32::find_pvh_entry(data);
+libfuzzer_sys::fuzz_target!(|data: &[u8]| {
+    kxen_fuzz::pvh_note(data);
 });

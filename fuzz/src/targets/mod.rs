@@ -1,0 +1,12 @@
+//! One module per fuzz target.
+
+pub mod blkif_request;
+pub mod gnttab_copy;
+pub mod hypercalls;
+pub mod insn_decode;
+pub mod netif_tx;
+pub mod pvh_note;
+pub mod virtio_blk_request;
+pub mod virtio_mmio_regs;
+pub mod virtio_net_tx;
+pub mod xenstore_wire;
