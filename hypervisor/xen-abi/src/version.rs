@@ -11,6 +11,7 @@ pub const XENVER_GET_FEATURES: u64 = 6;
 pub const XENVER_PAGESIZE: u64 = 7;
 pub const XENVER_GUEST_HANDLE: u64 = 8;
 pub const XENVER_COMMANDLINE: u64 = 9;
+pub const XENVER_BUILD_ID: u64 = 10;
 
 pub const EXTRAVERSION_LEN: usize = 16;
 pub const CAPABILITIES_LEN: usize = 1024;

@@ -45,6 +45,8 @@ const CONSOLE_IO_MAX: u64 = 64 * 1024;
 const XEN_EXTRAVERSION: &[u8] = b".0-kxen";
 const XEN_CAPABILITIES: &[u8] = b"hvm-3.0-x86_32 hvm-3.0-x86_32p hvm-3.0-x86_64";
 const XEN_CHANGESET: &[u8] = concat!("kxen ", env!("CARGO_PKG_VERSION")).as_bytes();
+/// What Xen writes in place of information XSM withholds, NUL included.
+const XEN_DENY: &[u8; 9] = b"<denied>\0";
 /// HYPERVISOR_VIRT_START for 64-bit guests.
 const HYPERVISOR_VIRT_START: u64 = 0xffff_8000_0000_0000;
 
@@ -203,8 +205,15 @@ impl Domain {
                 0
             }
             // XSM_PRIV: only the control domain reads Xen's command line
-            // and build id.
-            XENVER_COMMANDLINE | 10 => -EPERM,
+            // and build id. A domU asking for the command line is still
+            // answered 0, with the deny string in place of the text (Xen
+            // 4.17 copies the string and its NUL, nothing more); the build
+            // id is refused outright.
+            XENVER_COMMANDLINE => {
+                write!(g, arg, XEN_DENY);
+                0
+            }
+            XENVER_BUILD_ID => -EPERM,
             _ => -ENOSYS,
         }
     }

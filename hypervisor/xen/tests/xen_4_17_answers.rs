@@ -1,0 +1,47 @@
+//! Answers where a domU can tell kxen from Xen 4.17 unless kxen gives
+//! Xen's exact value: denied version information, vcpu_info placement,
+//! console_io for a domU, and the grant table's size.
+
+use kxen_xen::guest::IdentityMmu;
+use kxen_xen::harness;
+use kxen_xen::hypercall::Call;
+use xen_abi::errno::*;
+use xen_abi::hypercall::*;
+use xen_abi::version::*;
+
+/// Where the argument structs go.
+const ARG: u64 = 0x1000;
+
+fn call(d: &kxen_xen::Domain, nr: u64, a1: u64, a2: u64, a3: u64) -> i64 {
+    d.hypercall(
+        0,
+        &IdentityMmu,
+        Call {
+            nr,
+            args: [a1, a2, a3, 0, 0],
+        },
+    )
+}
+
+fn put(d: &kxen_xen::Domain, bytes: &[u8]) {
+    assert!(harness::write_guest(d, ARG, bytes));
+}
+
+fn get<const N: usize>(d: &kxen_xen::Domain) -> [u8; N] {
+    let mut buf = [0u8; N];
+    assert!(harness::read_guest(d, ARG, &mut buf));
+    buf
+}
+
+#[test]
+fn commandline_is_the_deny_string_and_build_id_is_refused() {
+    let (domain, _) = harness::domain();
+    put(&domain, &[0xff; COMMANDLINE_LEN]);
+    // kernel.c: denied by XSM, XENVER_commandline still answers 0 and
+    // copies "<denied>" with its NUL, and nothing past it.
+    assert_eq!(call(&domain, XEN_VERSION, XENVER_COMMANDLINE, ARG, 0), 0);
+    let buf: [u8; COMMANDLINE_LEN] = get(&domain);
+    assert_eq!(&buf[..9], b"<denied>\0");
+    assert!(buf[9..].iter().all(|&b| b == 0xff), "wrote past the NUL");
+    assert_eq!(call(&domain, XEN_VERSION, XENVER_BUILD_ID, ARG, 0), -EPERM);
+}
