@@ -16,7 +16,9 @@ use xen_abi::hvm::*;
 use xen_abi::hypercall::*;
 use xen_abi::memory::*;
 use xen_abi::sched::*;
-use xen_abi::shared_info::{VCPU_INFO_PENDING_SEL, VCPU_INFO_SIZE, VCPU_INFO_UPCALL_PENDING};
+use xen_abi::shared_info::{
+    VcpuInfo, VCPU_INFO_PENDING_SEL, VCPU_INFO_SIZE, VCPU_INFO_UPCALL_PENDING,
+};
 use xen_abi::vcpu::*;
 use xen_abi::version::*;
 use xen_abi::{DOMID_SELF, PAGE_SIZE};
@@ -822,9 +824,13 @@ impl Domain {
     }
 
     fn register_vcpu_info(&self, current: u32, target: u32, req: RegisterVcpuInfo) -> i64 {
-        // map_vcpu_info: the struct must fit in the page.
-        if req.offset as usize > PAGE_SIZE - VCPU_INFO_SIZE {
-            return -EINVAL;
+        // map_vcpu_info checks the offset before anything else: the
+        // struct must fit in the page and sit at its natural alignment
+        // (8 bytes on x86-64), or -ENXIO.
+        if req.offset as usize > PAGE_SIZE - VCPU_INFO_SIZE
+            || req.offset as usize % std::mem::align_of::<VcpuInfo>() != 0
+        {
+            return -ENXIO;
         }
         let mut st = self.lock();
         let v = &st.vcpus[target as usize];

@@ -8,9 +8,13 @@ use kxen_xen::hypercall::Call;
 use xen_abi::errno::*;
 use xen_abi::hypercall::*;
 use xen_abi::version::*;
+use xen_abi::vcpu::{RegisterVcpuInfo, VCPUOP_REGISTER_VCPU_INFO};
+use zerocopy::IntoBytes;
 
 /// Where the argument structs go.
 const ARG: u64 = 0x1000;
+/// A page the tests register vcpu_info in.
+const VCPU_INFO_GFN: u64 = 0x20;
 
 fn call(d: &kxen_xen::Domain, nr: u64, a1: u64, a2: u64, a3: u64) -> i64 {
     d.hypercall(
@@ -44,4 +48,28 @@ fn commandline_is_the_deny_string_and_build_id_is_refused() {
     assert_eq!(&buf[..9], b"<denied>\0");
     assert!(buf[9..].iter().all(|&b| b == 0xff), "wrote past the NUL");
     assert_eq!(call(&domain, XEN_VERSION, XENVER_BUILD_ID, ARG, 0), -EPERM);
+}
+
+fn register_vcpu_info(domain: &kxen_xen::Domain, offset: u32) -> i64 {
+    let req = RegisterVcpuInfo {
+        mfn: VCPU_INFO_GFN,
+        offset,
+        rsvd: 0,
+    };
+    put(domain, req.as_bytes());
+    call(domain, VCPU_OP, VCPUOP_REGISTER_VCPU_INFO, 0, ARG)
+}
+
+#[test]
+fn vcpu_info_offsets_are_checked_first_with_enxio() {
+    let (domain, _) = harness::domain();
+    // domain.c map_vcpu_info: offset > PAGE_SIZE - sizeof(vcpu_info) or
+    // not 8-byte aligned -> -ENXIO.
+    assert_eq!(register_vcpu_info(&domain, 4096 - 64 + 8), -ENXIO);
+    assert_eq!(register_vcpu_info(&domain, 4), -ENXIO);
+    // The last offset that fits is fine.
+    assert_eq!(register_vcpu_info(&domain, 4096 - 64), 0);
+    // Registered already: -EINVAL, but only once the offset passed.
+    assert_eq!(register_vcpu_info(&domain, 0), -EINVAL);
+    assert_eq!(register_vcpu_info(&domain, 4096 - 64 + 8), -ENXIO);
 }

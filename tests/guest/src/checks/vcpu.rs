@@ -8,7 +8,7 @@ use xen_abi::errno::{EINVAL, ENOENT, ENOSYS, ENXIO};
 use xen_abi::shared_info::{VcpuTimeInfo, VCPU_INFO_SIZE};
 use xen_abi::vcpu::*;
 
-use super::{eq, neg, rc_in, rc_is, Fail, Rc, R};
+use super::{eq, neg, rc_is, Fail, Rc, R};
 use crate::boot::Page;
 use crate::hypercall::{rdtsc, set_timer_op, vcpu_op, vcpu_op_null};
 use crate::time::{self, now_ns, Deadline};
@@ -150,14 +150,20 @@ pub fn register_vcpu_info_twice() -> R {
 
 pub fn register_vcpu_info_bad_offset() -> R {
     ensure_registered()?;
-    // domain.c map_vcpu_info checks the offset first:
-    // offset > PAGE_SIZE - sizeof(vcpu_info) -> -ENXIO in Xen 4.17 (-EINVAL
-    // accepted too: either way the registration is refused).
-    let off = (4096 - VCPU_INFO_SIZE + 8) as u32;
-    rc_in(
+    // domain.c map_vcpu_info checks the offset before anything else, so
+    // this vCPU's registration does not hide it: offset > PAGE_SIZE -
+    // sizeof(vcpu_info) -> -ENXIO, and an offset off vcpu_info's 8-byte
+    // alignment -> -ENXIO.
+    let past_end = (4096 - VCPU_INFO_SIZE + 8) as u32;
+    rc_is(
         "register_vcpu_info(offset 4040)",
-        register(&SCRATCH_PAGE, off),
-        &[neg(ENXIO), neg(EINVAL)],
+        register(&SCRATCH_PAGE, past_end),
+        neg(ENXIO),
+    )?;
+    rc_is(
+        "register_vcpu_info(offset 4, misaligned)",
+        register(&SCRATCH_PAGE, 4),
+        neg(ENXIO),
     )
 }
 
