@@ -425,6 +425,12 @@ mod tests {
         assert_eq!(t.bind_virq(VIRQ_CONSOLE, 1), Err(-xen_abi::errno::EINVAL));
         assert_eq!(t.bind_virq(99, 0), Err(-xen_abi::errno::EINVAL));
         assert_eq!(t.bind_virq(VIRQ_TIMER, 5), Err(-xen_abi::errno::ENOENT));
+        // evtchn_bind_virq: "global VIRQ on vCPU 0 only" comes before the
+        // vCPU lookup, so a missing vCPU gets -EINVAL for a global VIRQ.
+        let mut one = PortTable::new(1);
+        assert_eq!(one.bind_virq(VIRQ_DOM_EXC, 1), Err(-xen_abi::errno::EINVAL));
+        assert_eq!(one.bind_virq(VIRQ_TIMER, 1), Err(-xen_abi::errno::ENOENT));
+        assert_eq!(one.bind_virq(NR_VIRQS, 1), Err(-xen_abi::errno::EINVAL));
         assert_eq!(t.virq_port(VIRQ_TIMER, 1), Some(timer));
         assert_eq!(t.bind_vcpu(timer, 0), Err(-xen_abi::errno::EINVAL));
         let a = t.alloc_unbound(3).unwrap();

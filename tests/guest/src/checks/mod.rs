@@ -163,19 +163,6 @@ pub fn rc_is(what: &str, got: i64, want: i64) -> R {
     Ok(())
 }
 
-/// `what` returned `got`; expect one of `wants`.
-pub fn rc_in(what: &str, got: i64, wants: &[i64]) -> R {
-    if !wants.contains(&got) {
-        let mut f = Fail::new(format_args!("{}: expected one of", what));
-        for w in wants {
-            let _ = write!(f, " {}", Rc(*w));
-        }
-        let _ = write!(f, ", got {}", Rc(got));
-        return Err(f);
-    }
-    Ok(())
-}
-
 /// `what` is `got`; expect `want`.
 pub fn eq<T: PartialEq + Debug>(what: &str, got: T, want: T) -> R {
     if got != want {
@@ -365,6 +352,7 @@ pub static CHECKS: &[Check] = &[
     c("memory.decrease_bad_extents", memory::decrease_bad_extents),
     c("memory.decrease_bad_struct", memory::decrease_bad_struct),
     c("memory.unknown_subop", memory::unknown_subop),
+    c("memory.page_permissions", memory::page_permissions),
     // grant_table_op
     c("gnttab.query_size", gnttab::query_size),
     c("gnttab.setup_table", gnttab::setup_table),
