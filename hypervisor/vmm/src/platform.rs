@@ -69,12 +69,6 @@ impl Platform for VmmPlatform {
         let _ = err.flush();
     }
 
-    fn console_read(&self, _buf: &mut [u8]) -> usize {
-        // Console input goes to the PV console ring; the hypervisor console
-        // has no input source of its own.
-        0
-    }
-
     fn notify_remote(&self, remote_dom: u16, remote_port: u32) {
         if remote_dom == 0 && !self.events.notify_dom0(remote_port) {
             self.dom0.notify(remote_port);

@@ -43,8 +43,6 @@ pub trait Platform: Send + Sync {
     fn shutdown(&self, reason: u32);
     /// Hypervisor console output (`console_io` write).
     fn console_write(&self, data: &[u8]);
-    /// Hypervisor console input (`console_io` read); bytes copied.
-    fn console_read(&self, buf: &mut [u8]) -> usize;
     /// The domain sent an event on a port connected to Dom0's `remote_port`.
     fn notify_remote(&self, remote_dom: u16, remote_port: u32);
 

@@ -67,9 +67,6 @@ impl Platform for &'static RecordingPlatform {
             console.extend_from_slice(data);
         }
     }
-    fn console_read(&self, _buf: &mut [u8]) -> usize {
-        0
-    }
     fn notify_remote(&self, remote_dom: u16, remote_port: u32) {
         self.remote_notified
             .lock()

@@ -73,3 +73,17 @@ fn vcpu_info_offsets_are_checked_first_with_enxio() {
     assert_eq!(register_vcpu_info(&domain, 0), -EINVAL);
     assert_eq!(register_vcpu_info(&domain, 4096 - 64 + 8), -ENXIO);
 }
+
+#[test]
+fn console_io_lets_a_domu_write_and_nothing_else() {
+    let (domain, platform) = harness::domain();
+    put(&domain, b"hello\n");
+    assert_eq!(call(&domain, CONSOLE_IO, CONSOLEIO_WRITE, 6, ARG), 0);
+    assert_eq!(platform.console.lock().unwrap().as_slice(), b"hello\n");
+    // xsm_console_io: XSM_PRIV for everything but a debug build's write,
+    // before the command is looked at.
+    put(&domain, &[0xa5; 16]);
+    assert_eq!(call(&domain, CONSOLE_IO, CONSOLEIO_READ, 16, ARG), -EPERM);
+    assert_eq!(get::<16>(&domain), [0xa5; 16], "a refused read wrote");
+    assert_eq!(call(&domain, CONSOLE_IO, 99, 0, 0), -EPERM);
+}

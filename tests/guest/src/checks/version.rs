@@ -4,7 +4,7 @@ use xen_abi::cpuid::{
     XEN_CPUID_BASE, XEN_CPUID_SIGNATURE, XEN_HVM_CPUID_DOMID_PRESENT,
     XEN_HVM_CPUID_VCPU_ID_PRESENT, XEN_HYPERCALL_MSR,
 };
-use xen_abi::errno::{EFAULT, EINVAL, ENOSYS};
+use xen_abi::errno::{EFAULT, EINVAL, ENOSYS, EPERM};
 use xen_abi::hypercall::{CONSOLE_IO, STUB_SIZE, XEN_VERSION};
 use xen_abi::transport::{
     hypercall_stub, CPUID_KXEN_BASE, CPUID_KXEN_SIGNATURE, CPUID_KXEN_TRANSPORT, HYPERCALL_PORT,
@@ -357,17 +357,20 @@ pub fn console_write() -> R {
 }
 
 pub fn console_read() -> R {
-    let mut buf = [0u8; 64];
-    // console.c: returns the number of bytes copied. kxen's hypervisor
-    // console has no input source (input goes to the PV console ring), so
-    // nothing ever waits: 0. (Xen 4.17 refuses console_io to a domU that
-    // is not the console domain, -EPERM; kxen lets a domU use it as its
-    // fallback console.)
+    let mut buf = [0xa5u8; 64];
+    // console.c do_console_io asks xsm_console_io first: XSM_PRIV for a
+    // domU, -EPERM, in every Xen build (a debug build lets a domU write,
+    // never read).
     rc_is(
         "console_io(CONSOLEIO_read, 64)",
         console_io_read(&mut buf),
-        0,
-    )
+        neg(EPERM),
+    )?;
+    ensure!(
+        buf == [0xa5; 64],
+        "console_io(CONSOLEIO_read) refused but wrote into the buffer"
+    );
+    Ok(())
 }
 
 pub fn console_bad_pointer() -> R {
@@ -378,8 +381,9 @@ pub fn console_bad_pointer() -> R {
 }
 
 pub fn console_unknown_cmd() -> R {
-    // console.c: default case is -ENOSYS.
+    // console.c: xsm_console_io refuses a domU before the command is
+    // looked at (-EPERM), so the default case's -ENOSYS is out of reach.
     // SAFETY: no memory argument.
     let rc = unsafe { hypercall3(CONSOLE_IO, 99, 0, 0) };
-    rc_is("console_io(99)", rc, neg(ENOSYS))
+    rc_is("console_io(99)", rc, neg(EPERM))
 }
