@@ -1091,7 +1091,12 @@ impl Domain {
                     q.nr_frames = self.lock().grants.nr_frames();
                     q.max_nr_frames = MAX_GRANT_FRAMES;
                     q.status = GNTST_OKAY;
+                } else if q.dom == 0 {
+                    // Dom0 exists, and XSM_TARGET (xsm_grant_query_size)
+                    // keeps a domU out of its table.
+                    q.status = GNTST_PERMISSION_DENIED;
                 } else {
+                    // gnttab_query_size: no such domain.
                     q.status = GNTST_BAD_DOMAIN;
                 }
                 write!(g, uop, &q);

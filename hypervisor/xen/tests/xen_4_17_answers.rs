@@ -6,10 +6,11 @@ use kxen_xen::guest::IdentityMmu;
 use kxen_xen::harness;
 use kxen_xen::hypercall::Call;
 use xen_abi::errno::*;
+use xen_abi::grant_table::*;
 use xen_abi::hypercall::*;
-use xen_abi::version::*;
 use xen_abi::vcpu::{RegisterVcpuInfo, VCPUOP_REGISTER_VCPU_INFO};
-use zerocopy::IntoBytes;
+use xen_abi::version::*;
+use zerocopy::{FromBytes, IntoBytes};
 
 /// Where the argument structs go.
 const ARG: u64 = 0x1000;
@@ -86,4 +87,35 @@ fn console_io_lets_a_domu_write_and_nothing_else() {
     assert_eq!(call(&domain, CONSOLE_IO, CONSOLEIO_READ, 16, ARG), -EPERM);
     assert_eq!(get::<16>(&domain), [0xa5; 16], "a refused read wrote");
     assert_eq!(call(&domain, CONSOLE_IO, 99, 0, 0), -EPERM);
+}
+
+fn query_size(domain: &kxen_xen::Domain, dom: u16) -> QuerySize {
+    let q = QuerySize {
+        dom,
+        nr_frames: 0xdead,
+        max_nr_frames: 0xdead,
+        status: 0x5a5a,
+        ..Default::default()
+    };
+    put(domain, q.as_bytes());
+    assert_eq!(call(domain, GRANT_TABLE_OP, GNTTABOP_QUERY_SIZE, ARG, 1), 0);
+    let bytes: [u8; core::mem::size_of::<QuerySize>()] = get(domain);
+    QuerySize::read_from_bytes(&bytes).unwrap()
+}
+
+#[test]
+fn query_size_counts_the_initial_frame_and_xens_default_maximum() {
+    let (domain, _) = harness::domain();
+    // grant_table_init grows a new table to INITIAL_NR_GRANT_FRAMES (1 on
+    // x86); max_grant_frames defaults to 64.
+    let q = query_size(&domain, xen_abi::DOMID_SELF);
+    assert_eq!(
+        (q.status, q.nr_frames, q.max_nr_frames),
+        (GNTST_OKAY, 1, 64)
+    );
+    assert_eq!(harness::place_grant_frame(&domain, 0x30), 0);
+    assert_eq!(query_size(&domain, 1).nr_frames, 1);
+    // Dom0 exists but XSM_TARGET refuses a domU; dom 5 does not exist.
+    assert_eq!(query_size(&domain, 0).status, GNTST_PERMISSION_DENIED);
+    assert_eq!(query_size(&domain, 5).status, GNTST_BAD_DOMAIN);
 }

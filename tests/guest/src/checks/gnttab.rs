@@ -8,8 +8,8 @@ use xen_abi::DOMID_SELF;
 
 use super::version::BAD_PTR;
 use super::{eq, neg, rc_is, R};
+use crate::grants;
 use crate::hypercall::{grant_table_op, hypercall3, memory_op};
-use crate::{ensure, grants};
 
 fn raw(cmd: u64, addr: u64, count: u32) -> i64 {
     // SAFETY: used with unmapped addresses (the hypervisor must fail without
@@ -33,19 +33,24 @@ fn query(dom: u16) -> Result<QuerySize, super::Fail> {
 pub fn query_size() -> R {
     let q = query(DOMID_SELF)?;
     eq("query_size.status", q.status, GNTST_OKAY)?;
-    ensure!(
-        q.max_nr_frames >= 4,
-        "query_size.max_nr_frames: expected >= 4, got {}",
-        q.max_nr_frames
-    );
-    ensure!(
-        q.nr_frames <= q.max_nr_frames,
-        "query_size: nr_frames {} > max_nr_frames {}",
-        q.nr_frames,
-        q.max_nr_frames
-    );
-    // grant_table.c gnttab_query_size: unknown domain -> status
-    // GNTST_bad_domain, call returns 0.
+    // grant_table.c: max_nr_frames is the domain's max_grant_frames, by
+    // default opt_max_grant_frames (64), as kxen configures every domain.
+    eq("query_size.max_nr_frames", q.max_nr_frames, 64)?;
+    // nr_frames: grant_table_init grows a new table to
+    // INITIAL_NR_GRANT_FRAMES (1 on x86), and placing frame i grows it to
+    // i + 1. Only this guest's grant code places frames past 0 (the other
+    // checks place frame 0 alone).
+    let frames = grants::frames_mapped().max(1);
+    eq("query_size.nr_frames", q.nr_frames, frames)?;
+    // grant_table.c gnttab_query_size: Dom0 exists, but XSM_TARGET keeps
+    // a domU out of its table -> status GNTST_permission_denied; an
+    // unknown domain -> GNTST_bad_domain. The call returns 0 either way.
+    let q0 = query(0)?;
+    eq(
+        "query_size(dom 0).status",
+        q0.status,
+        GNTST_PERMISSION_DENIED,
+    )?;
     let q5 = query(5)?;
     eq("query_size(dom 5).status", q5.status, GNTST_BAD_DOMAIN)
 }
