@@ -10,10 +10,10 @@ use std::os::fd::{AsRawFd, BorrowedFd};
 use std::sync::atomic::{fence, AtomicU32, Ordering};
 use std::sync::Arc;
 
+use kxen_vmm_api::routing::*;
 use kxen_xen::evtchn::{set_pending, SharedInfoBits, VcpuEventBits};
 use tracing::{trace, warn};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
-use xen_abi::routing::*;
 use xen_abi::shared_info::{
     EVTCHN_WORDS, OFFSET_EVTCHN_MASK, OFFSET_EVTCHN_PENDING, VCPU_INFO_PENDING_SEL,
     VCPU_INFO_UPCALL_PENDING,

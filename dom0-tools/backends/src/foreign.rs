@@ -7,16 +7,10 @@ use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 
 use nix::sys::mman::{mmap, munmap, MapFlags, ProtFlags};
-use serde::Deserialize;
 use xen_abi::PAGE_SIZE;
 
 /// Where a guest-physical range lives in the memfd (from kxen-vmm).
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
-pub struct MemfdRegion {
-    pub gpa: u64,
-    pub len: u64,
-    pub offset: u64,
-}
+pub use kxen_vmm_api::MemfdRegion;
 
 pub struct ForeignMemory {
     base: NonNull<u8>,
@@ -37,11 +31,7 @@ impl ForeignMemory {
         let len = usize::try_from(size).map_err(std::io::Error::other)?;
         let nz =
             std::num::NonZeroUsize::new(len).ok_or_else(|| std::io::Error::other("empty memfd"))?;
-        for r in &regions {
-            if r.offset.checked_add(r.len).is_none_or(|end| end > size) {
-                return Err(std::io::Error::other("memfd region out of range"));
-            }
-        }
+        kxen_vmm_api::memfd::check_regions(&regions, size).map_err(std::io::Error::other)?;
         // SAFETY: a fresh shared mapping of the whole memfd; nothing else
         // in this process aliases it, and it is unmapped in Drop.
         let ptr = unsafe {
@@ -65,11 +55,8 @@ impl ForeignMemory {
     /// The page holding guest frame `gfn`, if it is backed.
     pub fn page(self: &Arc<Self>, gfn: u64) -> Option<ForeignPage> {
         let gpa = gfn.checked_mul(PAGE_SIZE as u64)?;
-        let r = self
-            .regions
-            .iter()
-            .find(|r| gpa >= r.gpa && gpa + PAGE_SIZE as u64 <= r.gpa + r.len)?;
-        let offset = (r.offset + (gpa - r.gpa)) as usize;
+        let offset = self.regions.iter().find_map(|r| r.offset_of_page(gpa))?;
+        let offset = usize::try_from(offset).ok()?;
         (offset + PAGE_SIZE <= self.len).then(|| ForeignPage {
             mem: self.clone(),
             offset,

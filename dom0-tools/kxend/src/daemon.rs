@@ -324,7 +324,7 @@ impl Daemon {
                 .map_err(|e| e.to_string())
         };
         if let Err(e) = plugged {
-            let _ = domain.op("destroy");
+            let _ = domain.destroy();
             self.drop_virtio(domid);
             self.devices_of(domid).teardown();
             self.devices
@@ -724,18 +724,13 @@ impl Daemon {
     }
 
     fn entry_of(&self, d: &Domain) -> DomainEntry {
-        let info = d.op("info").ok();
-        let i = info.as_ref().map(|v| &v["info"]);
-        let memory_kib = i
-            .and_then(|i| i["memory_kib"].as_u64())
-            .unwrap_or(d.record.memory_kib);
+        let info = d.info().ok();
+        let memory_kib = info.as_ref().map_or(d.record.memory_kib, |i| i.memory_kib);
         let paused = d.paused.load(std::sync::atomic::Ordering::SeqCst);
         // xl's 'r' means a vCPU is on a CPU; an idle guest (every vCPU in
         // SCHEDOP_block) shows 'b' instead.
-        let blocked = i.and_then(|i| i["blocked"].as_bool()).unwrap_or(false);
-        let online = i
-            .and_then(|i| i["vcpus_online"].as_u64())
-            .map_or(d.record.vcpus, |n| n as u32);
+        let blocked = info.as_ref().is_some_and(|i| i.blocked);
+        let online = info.as_ref().map_or(d.record.vcpus, |i| i.vcpus_online);
         DomainEntry {
             info: DomainInfo {
                 current_memkb: memory_kib,
@@ -886,7 +881,7 @@ impl Daemon {
                         ));
                         return Reply::ok();
                     }
-                    match self.live(id).map(|d| d.op("destroy")) {
+                    match self.live(id).map(|d| d.destroy()) {
                         Some(Ok(_)) => {
                             self.wait_gone(id, Duration::from_secs(10));
                             Reply::ok()

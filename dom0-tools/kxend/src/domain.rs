@@ -13,10 +13,11 @@ use vmm_sys_util::eventfd::EventFd;
 
 use crate::console::ConsoleBackend;
 use crate::store::StoreService;
-use crate::vmm_link::{LinkError, VmmLink};
-use kxen_backends::foreign::{ForeignMemory, MemfdRegion};
+use kxen_backends::foreign::ForeignMemory;
 use kxen_toolstack::config::DomainType;
 use kxen_toolstack::protocol::ConsoleKind;
+use kxen_vmm_api::protocol::DomainInfo;
+use kxen_vmm_api::{ClientError, VmmClient};
 
 /// What kxend persists about a domain, so a restarted kxend re-attaches.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -39,7 +40,7 @@ pub struct DomainRecord {
 #[derive(Debug, thiserror::Error)]
 pub enum AttachError {
     #[error("{0}")]
-    Link(#[from] LinkError),
+    Link(#[from] ClientError),
     #[error("{0}")]
     Io(#[from] std::io::Error),
     #[error("kxen-vmm sent {0}")]
@@ -58,7 +59,7 @@ pub struct Domain {
     pub record: DomainRecord,
     pub console_ring: RingInfo,
     pub store_ring: RingInfo,
-    link: Mutex<VmmLink>,
+    link: Mutex<VmmClient>,
     pub console: Arc<ConsoleBackend>,
     /// An HVM domain's COM1.
     pub serial: Option<Arc<ConsoleBackend>>,
@@ -83,58 +84,32 @@ impl Domain {
         limit: Duration,
         resume: bool,
     ) -> Result<Arc<Self>, AttachError> {
-        let mut link = VmmLink::connect(&record.control, limit)?;
-        let (reply, mut fds) = link.op("memfd")?;
-        let memfd = fds
-            .pop()
-            .ok_or_else(|| AttachError::Protocol("no memfd".into()))?;
-        let size = reply["size"].as_u64().unwrap_or(0);
-        let regions: Vec<MemfdRegion> = serde_json::from_value(reply["regions"].clone())
-            .map_err(|e| AttachError::Protocol(e.to_string()))?;
-        let memory = Arc::new(ForeignMemory::map(memfd, size, regions)?);
-        let (reply, fds) = link.op("dom0-ports")?;
-        let ports = reply["ports"]
-            .as_array()
-            .cloned()
-            .ok_or_else(|| AttachError::Protocol("no ports".into()))?;
-        if fds.len() != ports.len() * 2 {
-            return Err(AttachError::Protocol(format!(
-                "{} fds for {} ports",
-                fds.len(),
-                ports.len()
-            )));
-        }
-        let mut fds = fds.into_iter();
+        let mut link = VmmClient::connect_within(&record.control, limit)?;
+        let guest = link.memfd()?;
+        let memory = Arc::new(ForeignMemory::map(guest.memfd, guest.size, guest.regions)?);
         let mut console = None;
         let mut xenstore = None;
-        for port in ports {
-            let to_dom0 = eventfd(
-                fds.next()
-                    .ok_or_else(|| AttachError::Protocol("fds".into()))?,
-            );
-            let from_dom0 = eventfd(
-                fds.next()
-                    .ok_or_else(|| AttachError::Protocol("fds".into()))?,
-            );
-            let pfn = port["pfn"].as_u64().unwrap_or(0);
+        for port in link.dom0_ports()? {
+            let pfn = port.info.pfn;
             let page = memory
                 .page(pfn)
                 .ok_or_else(|| AttachError::Protocol(format!("ring pfn {pfn:#x} not mapped")))?;
-            match port["name"].as_str() {
-                Some("console") => console = Some((page, to_dom0, from_dom0, port)),
-                Some("xenstore") => xenstore = Some((page, to_dom0, from_dom0, port)),
-                other => warn!(?other, "unknown Dom0 port"),
+            let ring = RingInfo {
+                pfn,
+                port: port.info.local_port,
+            };
+            let ends = (page, eventfd(port.to_dom0), eventfd(port.from_dom0), ring);
+            match port.info.name.as_str() {
+                "console" => console = Some(ends),
+                "xenstore" => xenstore = Some(ends),
+                other => warn!(other, "unknown Dom0 port"),
             }
         }
-        let ring_info = |p: &serde_json::Value| RingInfo {
-            pfn: p["pfn"].as_u64().unwrap_or(0),
-            port: p["local_port"].as_u64().unwrap_or(0) as u32,
-        };
         let (cpage, ckick, cnotify, cport) =
             console.ok_or_else(|| AttachError::Protocol("no console port".into()))?;
         let (spage, skick, snotify, sport) =
             xenstore.ok_or_else(|| AttachError::Protocol("no xenstore port".into()))?;
-        let (console_ring, store_ring) = (ring_info(&cport), ring_info(&sport));
+        let (console_ring, store_ring) = (cport, sport);
         let hvm = record.config.domain_type == DomainType::Hvm;
         // An HVM domain's main console is its serial line; its PV console
         // (for PVHVM guests) keeps a log of its own.
@@ -148,10 +123,7 @@ impl Domain {
         let console = ConsoleBackend::new(cpage, ckick, cnotify, pv_log)?;
         console.start(record.domid)?;
         let serial = if hvm {
-            let (_, mut fds) = link.op("serial")?;
-            let line = fds
-                .pop()
-                .ok_or_else(|| AttachError::Protocol("no serial line".into()))?;
+            let line = link.serial()?;
             let serial = ConsoleBackend::new_line(line.into(), record.console_log.clone())?;
             serial.start(record.domid)?;
             Some(serial)
@@ -194,8 +166,7 @@ impl Domain {
                     }
                 })?;
         }
-        let info = link.op("info")?.0;
-        let paused = info["info"]["paused"].as_bool().unwrap_or(false);
+        let paused = link.info()?.paused;
         info!(domid, name = %record.name, "attached to kxen-vmm");
         Ok(Arc::new(Domain {
             record,
@@ -220,22 +191,32 @@ impl Domain {
         }
     }
 
-    pub fn op(&self, op: &str) -> Result<serde_json::Value, LinkError> {
-        self.link
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .op(op)
-            .map(|(v, _)| v)
+    /// Run `call` on the VMM's control connection.
+    fn control<T>(
+        &self,
+        call: impl FnOnce(&mut VmmClient) -> Result<T, ClientError>,
+    ) -> Result<T, ClientError> {
+        call(&mut self.link.lock().unwrap_or_else(|e| e.into_inner()))
     }
 
-    pub fn pause(&self) -> Result<(), LinkError> {
-        self.op("pause")?;
+    /// The VMM's view of the domain.
+    pub fn info(&self) -> Result<DomainInfo, ClientError> {
+        self.control(VmmClient::info)
+    }
+
+    /// Tell the VMM to end the domain.
+    pub fn destroy(&self) -> Result<(), ClientError> {
+        self.control(VmmClient::destroy)
+    }
+
+    pub fn pause(&self) -> Result<(), ClientError> {
+        self.control(VmmClient::pause)?;
         self.paused.store(true, Ordering::SeqCst);
         Ok(())
     }
 
-    pub fn unpause(&self) -> Result<(), LinkError> {
-        self.op("unpause")?;
+    pub fn unpause(&self) -> Result<(), ClientError> {
+        self.control(VmmClient::unpause)?;
         self.paused.store(false, Ordering::SeqCst);
         Ok(())
     }

@@ -12,7 +12,6 @@ mod devices;
 mod domain;
 mod preflight;
 mod store;
-mod vmm_link;
 mod xenstore_glue;
 
 use std::os::unix::process::CommandExt;

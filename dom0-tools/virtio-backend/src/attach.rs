@@ -7,12 +7,14 @@ use std::path::Path;
 use std::sync::Arc;
 
 use kxen_backends::domain::ForeignDomain;
+use kxen_vmm_api::client::VirtioAttachFds;
+use kxen_vmm_api::protocol::VirtioAttach;
 use tracing::info;
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::device::{spawn, DeviceFds, DeviceHandle, VirtioDevice};
 use crate::error::VirtioError;
-use crate::link::{attach_request, MAX_CONFIG};
+use crate::link::MAX_CONFIG;
 use crate::memory::{guest_memory, GuestMem};
 
 /// Most virtio slots a VMM has.
@@ -32,25 +34,13 @@ fn eventfd(fd: OwnedFd) -> EventFd {
 }
 
 /// Turn a virtio-attach reply's fds into a device's fds.
-pub fn device_fds(fds: Vec<OwnedFd>, queues: usize) -> Result<DeviceFds, VirtioError> {
-    if fds.len() != 3 + queues {
-        return Err(VirtioError::Attach(format!(
-            "{} fds for {queues} queues",
-            fds.len()
-        )));
+pub fn device_fds(fds: VirtioAttachFds) -> DeviceFds {
+    DeviceFds {
+        link: UnixStream::from(fds.link),
+        call: eventfd(fds.call),
+        error: eventfd(fds.error),
+        kicks: fds.kicks.into_iter().map(eventfd).collect(),
     }
-    let mut fds = fds.into_iter();
-    let mut next = || fds.next().expect("length checked");
-    let link = UnixStream::from(next());
-    let call = eventfd(next());
-    let error = eventfd(next());
-    let kicks = (0..queues).map(|_| eventfd(next())).collect();
-    Ok(DeviceFds {
-        link,
-        call,
-        error,
-        kicks,
-    })
 }
 
 impl VirtioDomain {
@@ -77,12 +67,18 @@ impl VirtioDomain {
             return Err(VirtioError::Attach("config space too large".into()));
         }
         let queues = dev.num_queues();
-        let line = attach_request(slot, dev.device_id(), dev.features(), &config, queues);
+        let attach = VirtioAttach {
+            slot,
+            device_id: dev.device_id(),
+            device_features: dev.features(),
+            config,
+            queues: queues as u32,
+        };
         let fds = self
             .domain
-            .control_request(&line)
+            .virtio_attach(attach)
             .map_err(|e| VirtioError::Attach(e.to_string()))?;
-        let fds = device_fds(fds, queues)?;
+        let fds = device_fds(fds);
         let name = dev.name();
         let handle = spawn(dev, self.mem.clone(), fds)?;
         info!(domid = self.domid, slot, device = %name, "virtio device attached");

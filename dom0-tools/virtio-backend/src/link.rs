@@ -1,6 +1,7 @@
-//! The kxend side of the virtio protocol with kxen-vmm
-//! (hypervisor/vmm/virtio-protocol.md): the `virtio-attach` control
-//! request and the JSON lines on the per-device link socket.
+//! The kxend side of the per-device virtio link with kxen-vmm
+//! (hypervisor/vmm/virtio-protocol.md): the JSON lines on the link socket.
+//! The `virtio-attach` control request that sets the link up is
+//! `kxen_vmm_api::protocol::VirtioAttach`.
 
 use serde::Deserialize;
 use serde_json::json;
@@ -64,25 +65,6 @@ pub fn reply_line(result: &Result<(), String>) -> String {
     format!("{v}\n")
 }
 
-/// The `virtio-attach` request for `slot`.
-pub fn attach_request(
-    slot: u32,
-    device_id: u32,
-    features: u64,
-    config: &[u8],
-    queues: usize,
-) -> String {
-    json!({
-        "op": "virtio-attach",
-        "slot": slot,
-        "device_id": device_id,
-        "device_features": features,
-        "config": config,
-        "queues": queues,
-    })
-    .to_string()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -115,10 +97,5 @@ mod tests {
             reply_line(&Err("no".into())),
             "{\"error\":\"no\",\"ok\":false}\n"
         );
-        let r: serde_json::Value =
-            serde_json::from_str(&attach_request(1, 2, 0x20, &[1, 2], 1)).unwrap();
-        assert_eq!(r["op"], "virtio-attach");
-        assert_eq!(r["config"], json!([1, 2]));
-        assert_eq!(r["queues"], 1);
     }
 }

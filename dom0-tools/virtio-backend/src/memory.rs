@@ -1,11 +1,12 @@
 //! A domain's RAM as vm-memory sees it: one `GuestRegionMmap` per region
-//! of the memfd kxen-vmm hands over (`{"op":"memfd"}`), mapped shared, so
-//! virtio-queue and the devices read and write the guest's own pages.
+//! of the memfd kxen-vmm hands over (kxen-vmm-api's `memfd` request),
+//! mapped shared, so virtio-queue and the devices read and write the
+//! guest's own pages.
 
 use std::fs::File;
 use std::os::fd::BorrowedFd;
 
-use kxen_backends::foreign::MemfdRegion;
+use kxen_vmm_api::MemfdRegion;
 use vm_memory::{FileOffset, GuestAddress, GuestMemoryMmap};
 
 use crate::error::VirtioError;

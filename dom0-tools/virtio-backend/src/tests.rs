@@ -11,8 +11,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use kxen_backends::foreign::MemfdRegion;
 use kxen_blkback::{Disk, VbdSpec};
+use kxen_vmm_api::MemfdRegion;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use virtio_queue::desc::split::Descriptor as SplitDescriptor;
 use virtio_queue::desc::RawDescriptor;

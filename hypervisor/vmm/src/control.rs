@@ -1,144 +1,22 @@
-//! The control socket through which a toolstack (kxend) drives kxen-vmm.
-//!
-//! One JSON object per line in each direction on a Unix stream socket:
-//!
-//! | request | reply |
-//! |---|---|
-//! | `{"op":"info"}` | `{"ok":true,"info":{...}}` |
-//! | `{"op":"pause"}` | `{"ok":true}` once no vCPU is in guest mode |
-//! | `{"op":"unpause"}` | `{"ok":true}` |
-//! | `{"op":"destroy"}` | `{"ok":true}`, then the domain ends |
-//! | `{"op":"memfd"}` | `{"ok":true,"size":N}` with the guest memory memfd attached (SCM_RIGHTS) |
-//! | `{"op":"dom0-ports"}` | console/xenstore ports, two eventfds each |
-//! | `{"op":"serial"}` | HVM with `--serial dom0`: `{"ok":true}` + Dom0's end of COM1 (a stream socket) |
-//! | `{"op":"events"}` | `{"ok":true,"routing":{"offset":O,"size":S},"vcpus":N,"irqfd":B}` + N per-vCPU irqfds, then the wake eventfd |
-//! | `{"op":"evtchn-bind","guest_port":P}` | `{"ok":true,"dom0_port":D}` + the eventfd the guest's sends on P write |
-//! | `{"op":"evtchn-alloc-unbound"}` | `{"ok":true,"dom0_port":D}` + its eventfd; the guest binds D with EVTCHNOP_bind_interdomain |
-//! | `{"op":"evtchn-close","dom0_port":D}` | `{"ok":true}`; the guest's end becomes unbound |
-//! | `{"op":"virtio-attach","slot":I,"device_id":D,"device_features":F,"config":[...],"queues":N}` | HVM with `--virtio`: `{"ok":true}` + Dom0's end of the link (a stream socket), the call eventfd, the error eventfd, then N kick eventfds; replaces an earlier attach of slot I ([`crate::virtio`]) |
-//!
-//! Dom0 ports a client opened and did not close are closed when its
-//! connection ends.
-//!
-//! Errors are `{"ok":false,"error":"..."}`. Each client has its own
-//! thread; a malformed line gets an error reply, not a dropped domain.
+//! The server side of the control socket through which a toolstack
+//! (kxend, kxen-run) drives kxen-vmm. The protocol (requests, replies,
+//! which descriptors come with which reply) is defined and documented once,
+//! in the `kxen-vmm-api` crate; this module answers it. Each client has its
+//! own thread; a malformed line gets an error reply, not a dropped domain.
 
-use std::io::{BufRead, BufReader, IoSlice, Read, Write};
+use std::io::{BufRead, BufReader, Read};
 use std::os::fd::AsRawFd;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
-use serde::{Deserialize, Serialize};
+use kxen_vmm_api::protocol::{Reply, Request, RoutingAreaInfo};
+use kxen_vmm_api::wire::{self, MAX_REQUEST_LINE};
 use tracing::{debug, warn};
 
 use crate::events::EventError;
 use crate::vm::{DomainExit, Runtime};
-
-/// Longest request line accepted.
-const MAX_LINE: usize = 4096;
-
-#[derive(Debug, Deserialize)]
-#[serde(tag = "op", rename_all = "lowercase")]
-pub enum Request {
-    Info,
-    Pause,
-    Unpause,
-    Destroy,
-    Memfd,
-    #[serde(rename = "dom0-ports")]
-    Dom0Ports,
-    Serial,
-    Events,
-    #[serde(rename = "evtchn-bind")]
-    EvtchnBind {
-        guest_port: u32,
-    },
-    #[serde(rename = "evtchn-alloc-unbound")]
-    EvtchnAllocUnbound,
-    #[serde(rename = "evtchn-close")]
-    EvtchnClose {
-        dom0_port: u32,
-    },
-    #[serde(rename = "virtio-attach")]
-    VirtioAttach(crate::virtio::AttachRequest),
-}
-
-/// Where the event routing area lies in the memfd.
-#[derive(Debug, Serialize, Deserialize, Clone, Copy, PartialEq, Eq)]
-pub struct RoutingAreaInfo {
-    pub offset: u64,
-    pub size: u64,
-}
-
-/// Where a range of guest-physical memory lives in the memfd.
-#[derive(Debug, Serialize, Deserialize, Clone, PartialEq, Eq)]
-pub struct MemfdRegion {
-    pub gpa: u64,
-    pub len: u64,
-    pub offset: u64,
-}
-
-#[derive(Debug, Serialize, Deserialize, Clone, PartialEq)]
-pub struct DomainInfo {
-    pub domid: u16,
-    pub name: String,
-    pub paused: bool,
-    pub vcpus: u32,
-    pub memory_kib: u64,
-    pub max_memory_kib: u64,
-    pub hypercalls: u64,
-    pub uptime_ms: u64,
-    pub pid: u32,
-    /// Every online vCPU is waiting for an event (SCHEDOP_block/poll).
-    #[serde(default)]
-    pub blocked: bool,
-    /// vCPUs up (online and started).
-    #[serde(default)]
-    pub vcpus_online: u32,
-}
-
-#[derive(Debug, Serialize, Deserialize, Default)]
-pub struct Reply {
-    pub ok: bool,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub info: Option<DomainInfo>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub size: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub regions: Option<Vec<MemfdRegion>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub ports: Option<Vec<crate::dom0::Dom0PortInfo>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub dom0_port: Option<u32>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub routing: Option<RoutingAreaInfo>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub vcpus: Option<u32>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub irqfd: Option<bool>,
-}
-
-impl Reply {
-    fn ok() -> Self {
-        Reply {
-            ok: true,
-            ..Default::default()
-        }
-    }
-
-    fn error(msg: impl Into<String>) -> Self {
-        Reply {
-            ok: false,
-            error: Some(msg.into()),
-            ..Default::default()
-        }
-    }
-}
 
 /// Listen on `path` and serve clients until the domain ends.
 pub fn serve(rt: Arc<Runtime>, path: PathBuf) -> std::io::Result<std::thread::JoinHandle<()>> {
@@ -188,10 +66,10 @@ fn serve_client(rt: &Runtime, stream: UnixStream) {
             return;
         }
         // Never buffer more than one line's worth, newline or not.
-        let budget = (MAX_LINE + 1).saturating_sub(line.len()) as u64;
+        let budget = (MAX_REQUEST_LINE + 1).saturating_sub(line.len()) as u64;
         match (&mut reader).take(budget).read_until(b'\n', &mut line) {
-            Ok(0) if line.len() <= MAX_LINE => return,
-            Ok(_) if !line.ends_with(b"\n") && line.len() <= MAX_LINE => continue,
+            Ok(0) if line.len() <= MAX_REQUEST_LINE => return,
+            Ok(_) if !line.ends_with(b"\n") && line.len() <= MAX_REQUEST_LINE => continue,
             Ok(_) => {}
             Err(e)
                 if e.kind() == std::io::ErrorKind::WouldBlock
@@ -201,11 +79,11 @@ fn serve_client(rt: &Runtime, stream: UnixStream) {
             }
             Err(_) => return,
         }
-        if line.len() > MAX_LINE {
+        if line.len() > MAX_REQUEST_LINE {
             let _ = send(&mut writer, &Reply::error("request too long"), &[]);
             return;
         }
-        let (reply, fds, _owned) = match serde_json::from_slice::<Request>(&line) {
+        let (reply, fds, _owned) = match wire::parse_request(&line) {
             Ok(Request::VirtioAttach(req)) => virtio_attach(rt, &req),
             Ok(req) => match handle_events(rt, &req, &mut opened) {
                 Some(r) => r,
@@ -241,7 +119,7 @@ impl Drop for OpenedPorts<'_> {
 type EventReply = (Reply, Vec<i32>, Option<Box<dyn std::any::Any>>);
 
 /// `virtio-attach`: the slot's new link and eventfds for kxend.
-fn virtio_attach(rt: &Runtime, req: &crate::virtio::AttachRequest) -> EventReply {
+fn virtio_attach(rt: &Runtime, req: &kxen_vmm_api::protocol::VirtioAttach) -> EventReply {
     debug!(?req, "control request");
     let Some(virtio) = rt.hvm.as_ref().and_then(|d| d.virtio.as_ref()) else {
         return (
@@ -281,7 +159,7 @@ fn handle_events(rt: &Runtime, req: &Request, opened: &mut OpenedPorts) -> Optio
             let mut reply = Reply::ok();
             reply.routing = Some(RoutingAreaInfo {
                 offset: rt.events.area_offset,
-                size: xen_abi::routing::ROUTING_AREA_SIZE as u64,
+                size: kxen_vmm_api::routing::ROUTING_AREA_SIZE as u64,
             });
             reply.vcpus = Some(rt.domain.cfg.nr_vcpus);
             reply.irqfd = Some(rt.events.irqfd_ok());
@@ -358,30 +236,19 @@ fn handle(rt: &Runtime, req: Request) -> (Reply, Vec<i32>) {
 }
 
 fn send(stream: &mut UnixStream, reply: &Reply, fds: &[i32]) -> std::io::Result<()> {
-    let mut bytes = serde_json::to_vec(reply).map_err(std::io::Error::other)?;
-    bytes.push(b'\n');
-    match fds {
-        [] => stream.write_all(&bytes),
-        fds => {
-            let cmsg = [ControlMessage::ScmRights(fds)];
-            let iov = [IoSlice::new(&bytes)];
-            sendmsg::<()>(stream.as_raw_fd(), &iov, &cmsg, MsgFlags::empty(), None)
-                .map(|_| ())
-                .map_err(std::io::Error::from)
-        }
-    }
+    wire::send_with_fds(stream, &wire::encode(reply), fds)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::io::IoSliceMut;
+    use std::io::{IoSliceMut, Write};
     use std::os::fd::{FromRawFd, RawFd};
     use std::time::Instant;
 
     use kxen_devices::virtio_mmio::{reg, status, DeviceType};
     use kxen_devices::BusDevice;
-    use nix::sys::socket::{recvmsg, ControlMessageOwned};
+    use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
     use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
     use crate::virtio::{AttachRequest, VirtioDevices};

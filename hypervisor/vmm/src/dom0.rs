@@ -11,25 +11,13 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
-use serde::{Deserialize, Serialize};
 use tracing::{debug, warn};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::standalone::Services;
 use crate::vm::Runtime;
 
-/// One Dom0-side port as kxend sees it.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct Dom0PortInfo {
-    /// "console" or "xenstore".
-    pub name: String,
-    /// The port number on Dom0's side.
-    pub dom0_port: u32,
-    /// The guest's port (what its HVM param says).
-    pub local_port: u32,
-    /// Guest frame of the ring page.
-    pub pfn: u64,
-}
+pub use kxen_vmm_api::protocol::Dom0PortInfo;
 
 pub struct Dom0Port {
     pub name: &'static str,

@@ -105,7 +105,7 @@ impl Layout {
     }
 
     fn memfd_size(&self) -> u64 {
-        self.routing_offset() + xen_abi::routing::ROUTING_AREA_SIZE as u64
+        self.routing_offset() + kxen_vmm_api::routing::ROUTING_AREA_SIZE as u64
     }
 
     /// memfd offset of a RAM GFN.
@@ -245,14 +245,14 @@ impl GuestMemory {
     }
 
     /// Where RAM and the special pages live in the memfd, for Dom0.
-    pub fn regions(&self) -> Vec<crate::control::MemfdRegion> {
+    pub fn regions(&self) -> Vec<kxen_vmm_api::MemfdRegion> {
         let mut out = Vec::new();
         let mut offset = 0;
         for &(gpa, len) in &self.layout.ram {
-            out.push(crate::control::MemfdRegion { gpa, len, offset });
+            out.push(kxen_vmm_api::MemfdRegion { gpa, len, offset });
             offset += len;
         }
-        out.push(crate::control::MemfdRegion {
+        out.push(kxen_vmm_api::MemfdRegion {
             gpa: SPECIAL_BASE_GFN << 12,
             len: SPECIAL_PAGES * PAGE_SIZE as u64,
             offset: self.layout.special_offset(),

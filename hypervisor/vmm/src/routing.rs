@@ -1,12 +1,12 @@
 //! The VMM's writer of the event routing area (layout in
-//! [`xen_abi::routing`]): pages at the end of the memfd that tell Dom0
+//! [`kxen_vmm_api::routing`]): pages at the end of the memfd that tell Dom0
 //! backends where the guest's event words and grant frames are.
 
 use std::fs::File;
 use std::sync::atomic::{fence, AtomicU32, AtomicU64, Ordering};
 
+use kxen_vmm_api::routing::*;
 use vm_memory::{FileOffset, MmapRegion};
-use xen_abi::routing::*;
 
 pub struct RoutingArea {
     /// Our own shared mapping of the area; kept alive for `base`.

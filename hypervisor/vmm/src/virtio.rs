@@ -322,16 +322,7 @@ impl VirtioSlot {
 }
 
 /// An attach request, as the control op carries it.
-#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
-pub struct AttachRequest {
-    pub slot: u32,
-    pub device_id: u32,
-    #[serde(default)]
-    pub device_features: u64,
-    #[serde(default)]
-    pub config: Vec<u8>,
-    pub queues: u32,
-}
+pub use kxen_vmm_api::protocol::VirtioAttach as AttachRequest;
 
 /// What kxend gets back: its end of the link, then the call, error and
 /// kick eventfds, in [`AttachFds::fds`] order. Owned until sent.

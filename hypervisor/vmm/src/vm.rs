@@ -21,7 +21,6 @@ use kxen_loader::start_info::{self, BootBlockLayout, Module};
 use kxen_xen::{Domain, DomainConfig};
 
 use crate::ap_start::ApStarter;
-use crate::control::DomainInfo;
 use crate::cpuid::{self, XenCpuidParams};
 use crate::dom0::{Dom0Link, Dom0Ports};
 use crate::events::EventRouting;
@@ -31,6 +30,7 @@ use crate::platform::VmmPlatform;
 use crate::standalone::{ConsoleMode, Services};
 use crate::syscall_bridge::{self, SyscallBridge};
 use crate::vcpu::{kick_handler, Vcpu};
+use kxen_vmm_api::protocol::DomainInfo;
 
 pub const XEN_MAJOR: u32 = 4;
 pub const XEN_MINOR: u32 = 17;

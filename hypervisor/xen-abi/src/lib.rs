@@ -20,7 +20,6 @@ pub mod hypercall;
 pub mod io;
 pub mod memory;
 pub mod pvh;
-pub mod routing;
 pub mod sched;
 pub mod shared_info;
 pub mod transport;

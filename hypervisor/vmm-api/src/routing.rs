@@ -1,5 +1,6 @@
 //! The event routing area: kxen's own (non-Xen) layout shared by kxen-vmm
-//! and Dom0 backends.
+//! and Dom0 backends. It lives here, not in `xen-abi`, because no Xen
+//! interface has it.
 //!
 //! A few pages at the end of the domain's memfd, never mapped into the
 //! guest. kxen-vmm keeps them current so that a Dom0 backend can raise a
@@ -125,7 +126,7 @@ const _: () = {
     assert!(core::mem::size_of::<RoutingHeader>() == HDR_GRANT_FRAME_OFFSETS + 64 * 8);
     assert!(core::mem::size_of::<RoutingHeader>() <= ROUTING_PORTS_OFFSET);
     assert!(core::mem::size_of::<RoutingPort>() == 8);
-    assert!(ROUTING_AREA_SIZE.is_multiple_of(crate::PAGE_SIZE));
+    assert!(ROUTING_AREA_SIZE.is_multiple_of(crate::memfd::PAGE_SIZE));
     assert!(core::mem::offset_of!(RoutingHeader, generation) == HDR_GENERATION);
     assert!(core::mem::offset_of!(RoutingHeader, shared_info_offset) == HDR_SHARED_INFO_OFFSET);
     assert!(core::mem::offset_of!(RoutingHeader, nr_grant_frames) == HDR_NR_GRANT_FRAMES);
