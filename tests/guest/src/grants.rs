@@ -154,12 +154,6 @@ fn flags(gref: u32) -> &'static AtomicU16 {
     unsafe { AtomicU16::from_ptr(entry(gref) as *mut u16) }
 }
 
-/// Grant frames this code has placed so far (frames 0..n, grown on
-/// demand and never given back).
-pub fn frames_mapped() -> u32 {
-    TABLE.with(|t| t.frames as u32)
-}
-
 /// Grant `domid` access to guest frame `gfn` (read-only if `readonly`).
 pub fn grant(domid: u16, gfn: u64, readonly: bool) -> Result<u32, GrantError> {
     let gref = TABLE.with(|t| t.alloc())?;

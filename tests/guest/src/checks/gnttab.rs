@@ -8,8 +8,8 @@ use xen_abi::DOMID_SELF;
 
 use super::version::BAD_PTR;
 use super::{eq, neg, rc_is, R};
-use crate::grants;
 use crate::hypercall::{grant_table_op, hypercall3, memory_op};
+use crate::{ensure, grants};
 
 fn raw(cmd: u64, addr: u64, count: u32) -> i64 {
     // SAFETY: used with unmapped addresses (the hypervisor must fail without
@@ -30,6 +30,22 @@ fn query(dom: u16) -> Result<QuerySize, super::Fail> {
     Ok(q)
 }
 
+/// Place grant frame `idx` at `gfn` (XENMEM_add_to_physmap).
+fn place_frame(idx: u64, gfn: u64) -> R {
+    let mut xatp = AddToPhysmap {
+        domid: DOMID_SELF,
+        size: 0,
+        space: XENMAPSPACE_GRANT_TABLE,
+        idx,
+        gpfn: gfn,
+    };
+    rc_is(
+        "add_to_physmap(XENMAPSPACE_grant_table)",
+        memory_op(XENMEM_ADD_TO_PHYSMAP, &mut xatp),
+        0,
+    )
+}
+
 pub fn query_size() -> R {
     let q = query(DOMID_SELF)?;
     eq("query_size.status", q.status, GNTST_OKAY)?;
@@ -38,10 +54,30 @@ pub fn query_size() -> R {
     eq("query_size.max_nr_frames", q.max_nr_frames, 64)?;
     // nr_frames: grant_table_init grows a new table to
     // INITIAL_NR_GRANT_FRAMES (1 on x86), and placing frame i grows it to
-    // i + 1. Only this guest's grant code places frames past 0 (the other
-    // checks place frame 0 alone).
-    let frames = grants::frames_mapped().max(1);
-    eq("query_size.nr_frames", q.nr_frames, frames)?;
+    // i + 1 for good. What earlier checks placed decides the value here,
+    // so only the floor is known (exact when this check runs alone).
+    ensure!(
+        q.nr_frames >= 1,
+        "query_size.nr_frames: expected at least the initial frame, got {}",
+        q.nr_frames
+    );
+    // Grow the table to a known size: frame 15, at the GFN the guest's
+    // grant code would give it (its last frame; nothing else goes that
+    // high), makes it 16 frames exactly...
+    const LAST_IDX: u64 = 15;
+    place_frame(LAST_IDX, grants::FRAME_GFN0 + LAST_IDX)?;
+    eq(
+        "query_size.nr_frames after placing frame 15",
+        query(DOMID_SELF)?.nr_frames,
+        16,
+    )?;
+    // ...and placing a lower frame again does not shrink it.
+    place_frame(0, grants::FRAME_GFN0)?;
+    eq(
+        "query_size.nr_frames after placing frame 0 again",
+        query(DOMID_SELF)?.nr_frames,
+        16,
+    )?;
     // grant_table.c gnttab_query_size: Dom0 exists, but XSM_TARGET keeps
     // a domU out of its table -> status GNTST_permission_denied; an
     // unknown domain -> GNTST_bad_domain. The call returns 0 either way.
@@ -76,18 +112,7 @@ pub fn setup_table() -> R {
     // 0 where the guest's own grant code keeps it first, so the answer is
     // known whichever checks ran before.
     let frame0 = grants::FRAME_GFN0;
-    let mut xatp = AddToPhysmap {
-        domid: DOMID_SELF,
-        size: 0,
-        space: XENMAPSPACE_GRANT_TABLE,
-        idx: 0,
-        gpfn: frame0,
-    };
-    rc_is(
-        "add_to_physmap(XENMAPSPACE_grant_table, idx 0)",
-        memory_op(XENMEM_ADD_TO_PHYSMAP, &mut xatp),
-        0,
-    )?;
+    place_frame(0, frame0)?;
     let mut frames = [SENTINEL; 1];
     let (rc, status) = setup(1, frames.as_mut_ptr() as u64);
     rc_is("GNTTABOP_setup_table(1 frame)", rc, 0)?;
