@@ -104,3 +104,29 @@ pub fn build(supported: &CpuId, p: &XenCpuidParams) -> Result<CpuId, vmm_sys_uti
     }
     CpuId::from_entries(&entries)
 }
+
+/// The guest's MAXPHYADDR from its CPUID table (leaf 0x80000008, EAX bits
+/// 7:0): page-table entry address bits at and above it are reserved. 36,
+/// the architectural default, where the leaf is missing.
+pub fn phys_addr_bits(table: &CpuId) -> u8 {
+    table
+        .as_slice()
+        .iter()
+        .find(|e| e.function == 0x8000_0008)
+        .map(|e| (e.eax & 0xff) as u8)
+        .filter(|&bits| bits != 0)
+        .unwrap_or(36)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn phys_addr_bits_reads_leaf_0x80000008() {
+        let table = CpuId::from_entries(&[leaf(0x8000_0008, 0, [0x3027, 0, 0, 0])]).unwrap();
+        assert_eq!(phys_addr_bits(&table), 0x27);
+        let empty = CpuId::from_entries(&[leaf(1, 0, [0; 4])]).unwrap();
+        assert_eq!(phys_addr_bits(&empty), 36);
+    }
+}

@@ -19,8 +19,9 @@ use xen_abi::transport::{hypercall_stub, HYPERCALL_PORT};
 
 use kxen_devices::PlatformRequest;
 use kxen_loader::acpi;
+use kxen_xen::guest::paging::{PageWalker, PagingRegs};
+use kxen_xen::guest::GuestAccess;
 use kxen_xen::hypercall::Call;
-use kxen_xen::VcpuMmu;
 
 use crate::insn::{decode_fpu_insn, fpu_from_fxsave, fxsave_image, DecodeRegs, FpuOp, MXCSR_MASK};
 use crate::syscall_bridge::{self, syscall_entry_state, FaultFrame, MSR_LSTAR, MSR_SYSCALL_MASK};
@@ -44,15 +45,6 @@ thread_local! {
 fn is_canonical(addr: u64, va_bits: u32) -> bool {
     let shift = 64 - va_bits;
     ((addr << shift) as i64 >> shift) as u64 == addr
-}
-
-/// The vCPU's virtual address width in long mode (48 or 57), 0 outside.
-fn va_bits(sregs: &kvm_bindings::kvm_sregs) -> u32 {
-    match (sregs.efer & EFER_LMA != 0, sregs.cr4 & CR4_LA57 != 0) {
-        (false, _) => 0,
-        (true, false) => 48,
-        (true, true) => 57,
-    }
 }
 
 /// A port read no emulated device claimed.
@@ -88,32 +80,13 @@ pub extern "C" fn kick_handler(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut 
     });
 }
 
-const CR4_LA57: u64 = 1 << 12;
-
-/// Walks the vCPU's page tables with KVM_TRANSLATE.
-struct KvmMmu<'a> {
-    fd: &'a VcpuFd,
-    /// Virtual address width in long mode (48 or 57); 0 outside long mode.
-    va_bits: u32,
-}
-
-impl VcpuMmu for KvmMmu<'_> {
-    fn translate(&self, gva: u64) -> Option<(u64, bool)> {
-        // Non-canonical addresses fault; KVM's walk would ignore the high
-        // bits.
-        if self.va_bits != 0 && !is_canonical(gva, self.va_bits) {
-            return None;
-        }
-        let tr = self.fd.translate_gva(gva).ok()?;
-        (tr.valid != 0).then_some((tr.physical_address, true))
-    }
-}
-
 pub struct Vcpu {
     pub id: u32,
     pub fd: VcpuFd,
     pub rt: Arc<Runtime>,
     started: bool,
+    /// The guest's MAXPHYADDR, for the page walk's reserved-bit checks.
+    phys_addr_bits: u8,
 }
 
 impl Vcpu {
@@ -123,6 +96,7 @@ impl Vcpu {
             fd,
             rt,
             started: id == 0,
+            phys_addr_bits: 36,
         }
     }
 
@@ -149,6 +123,13 @@ impl Vcpu {
     pub fn run(mut self) {
         self.fd.set_sync_valid_reg(SyncReg::Register);
         self.fd.set_sync_valid_reg(SyncReg::SystemRegister);
+        match self.fd.get_cpuid2(kvm_bindings::KVM_MAX_CPUID_ENTRIES) {
+            Ok(table) => self.phys_addr_bits = crate::cpuid::phys_addr_bits(&table),
+            Err(e) => warn!(
+                vcpu = self.id,
+                "KVM_GET_CPUID2: {e}; assuming MAXPHYADDR 36"
+            ),
+        }
         let run_ptr: *mut kvm_run = self.fd.get_kvm_run();
         KVM_RUN.with(|r| r.set(run_ptr));
         // A VMM bug must end this domain, not leave the others waiting.
@@ -396,10 +377,8 @@ impl Vcpu {
                     ],
                 }
             };
-            let mmu = KvmMmu {
-                fd: &self.fd,
-                va_bits: va_bits(&sregs),
-            };
+            let mem = self.rt.memory.snapshot();
+            let mmu = PageWalker::new(&mem, self.paging_regs());
             let r = self.rt.domain.hypercall(self.id, &mmu, call);
             if long_mode {
                 r
@@ -512,7 +491,8 @@ impl Vcpu {
             return;
         };
         let mut gate = [0u8; 16];
-        if !self.read_guest_virtual(idt_base.wrapping_add(gate_at), &mut gate) {
+        let as_cpu = self.paging_regs().as_supervisor();
+        if !self.read_guest_virtual_as(as_cpu, idt_base.wrapping_add(gate_at), &mut gate) {
             warn!(vcpu = self.id, idt_base, "syscall bridge: IDT unreadable");
             return;
         }
@@ -520,12 +500,15 @@ impl Vcpu {
         if bridge.planted().is_some_and(|p| p.handler == handler) {
             return;
         }
-        let Some(gpa) = self.translate(handler, false) else {
+        let mem = self.rt.memory.snapshot();
+        // The VMM's own breakpoint goes into kernel text, which the guest
+        // maps read-only: where the page lies, not what the guest may do.
+        let walker = PageWalker::new(&mem, self.paging_regs().as_supervisor());
+        let Ok(gpa) = walker.probe(handler).map(|t| t.gpa) else {
             warn!(vcpu = self.id, handler, "syscall bridge: handler unmapped");
             return;
         };
         let mut head = [0u8; 8];
-        let mem = self.rt.memory.snapshot();
         if mem.read_slice(&mut head, GuestAddress(gpa)).is_err() {
             return;
         }
@@ -748,66 +731,58 @@ impl Vcpu {
         true
     }
 
-    /// Copy guest-virtual memory out, page by page through the guest's
-    /// page tables. False if any page is unmapped (the caller then leaves
-    /// the instruction as an emulation failure: the domain crashes, not
-    /// the VMM).
-    fn read_guest_virtual(&mut self, gva: u64, buf: &mut [u8]) -> bool {
-        let mem = self.rt.memory.snapshot();
-        let mut done = 0;
-        while done < buf.len() {
-            let va = gva.wrapping_add(done as u64);
-            let chunk = ((0x1000 - (va & 0xfff)) as usize).min(buf.len() - done);
-            let Some(gpa) = self.translate(va, false) else {
-                return false;
-            };
-            if mem
-                .read_slice(&mut buf[done..done + chunk], GuestAddress(gpa))
-                .is_err()
-            {
-                return false;
-            }
-            done += chunk;
+    /// What the guest's page tables are walked with: the vCPU's paging
+    /// registers from the synced sregs (no ioctl) and its CPL.
+    fn paging_regs(&self) -> PagingRegs {
+        let sregs = &self.fd.sync_regs().sregs;
+        PagingRegs {
+            cr0: sregs.cr0,
+            cr3: sregs.cr3,
+            cr4: sregs.cr4,
+            efer: sregs.efer,
+            cpl: sregs.ss.dpl,
+            phys_addr_bits: self.phys_addr_bits,
         }
-        true
+    }
+
+    /// Copy guest-virtual memory out through the guest's page tables, as
+    /// the vCPU at its CPL could read it. False if any page faults (the
+    /// caller then leaves the instruction as an emulation failure: the
+    /// domain crashes, not the VMM).
+    fn read_guest_virtual(&self, gva: u64, buf: &mut [u8]) -> bool {
+        self.read_guest_virtual_as(self.paging_regs(), gva, buf)
+    }
+
+    /// [`Self::read_guest_virtual`] with the access made as `regs` say
+    /// (a supervisor access for the CPU's own reads, such as the IDT).
+    fn read_guest_virtual_as(&self, regs: PagingRegs, gva: u64, buf: &mut [u8]) -> bool {
+        let mem = self.rt.memory.snapshot();
+        let mmu = PageWalker::new(&mem, regs);
+        GuestAccess {
+            mem: &mem,
+            mmu: &mmu,
+        }
+        .read(gva, buf)
+        .is_ok()
     }
 
     /// Copy into guest-virtual memory; see [`Self::read_guest_virtual`].
-    /// Every page is translated before anything is written, so a fault
-    /// part way leaves memory as it was.
-    fn write_guest_virtual(&mut self, gva: u64, data: &[u8]) -> bool {
-        let mut pieces = Vec::with_capacity(2);
-        let mut done = 0;
-        while done < data.len() {
-            let va = gva.wrapping_add(done as u64);
-            let chunk = ((0x1000 - (va & 0xfff)) as usize).min(data.len() - done);
-            let Some(gpa) = self.translate(va, true) else {
-                return false;
-            };
-            pieces.push((gpa, done, chunk));
-            done += chunk;
-        }
+    /// Every page is checked before anything is written, so a fault part
+    /// way leaves memory as it was.
+    fn write_guest_virtual(&self, gva: u64, data: &[u8]) -> bool {
         let mem = self.rt.memory.snapshot();
-        pieces.into_iter().all(|(gpa, at, len)| {
-            mem.write_slice(&data[at..at + len], GuestAddress(gpa))
-                .is_ok()
-        })
-    }
-
-    /// A guest-virtual address through the guest's page tables; `None`
-    /// where the CPU would fault (not present, read-only for a write, or
-    /// non-canonical, which KVM_TRANSLATE would otherwise wrap).
-    fn translate(&self, gva: u64, write: bool) -> Option<u64> {
-        let bits = va_bits(&self.fd.sync_regs().sregs);
-        if bits != 0 && !is_canonical(gva, bits) {
-            return None;
+        let mmu = PageWalker::new(&mem, self.paging_regs());
+        GuestAccess {
+            mem: &mem,
+            mmu: &mmu,
         }
-        let tr = self.fd.translate_gva(gva).ok()?;
-        (tr.valid != 0 && (!write || tr.writeable != 0)).then_some(tr.physical_address)
+        .write(gva, data)
+        .is_ok()
     }
 
-    /// Up to 15 bytes at CS:RIP, read through the guest's page tables.
-    fn fetch_instruction(&mut self) -> Option<Vec<u8>> {
+    /// Up to 15 bytes at CS:RIP, read through the guest's page tables as
+    /// an instruction fetch; fewer if the second page faults.
+    fn fetch_instruction(&self) -> Option<Vec<u8>> {
         let sync = self.fd.sync_regs();
         let long_mode = sync.sregs.efer & EFER_LMA != 0 && sync.sregs.cs.l != 0;
         let rip = if long_mode {
@@ -815,26 +790,29 @@ impl Vcpu {
         } else {
             sync.sregs.cs.base.wrapping_add(sync.regs.rip) & 0xffff_ffff
         };
-        // One translation per page (at most two), not per byte: this runs
-        // on every emulation exit, `clac`/`stac` on each user access.
         let mem = self.rt.memory.snapshot();
-        let mut bytes = Vec::with_capacity(15);
-        while bytes.len() < 15 {
-            let gva = rip.wrapping_add(bytes.len() as u64);
-            let in_page = ((0x1000 - (gva & 0xfff)) as usize).min(15 - bytes.len());
-            let Some(gpa) = self.translate(gva, false) else {
-                break;
-            };
-            let mut chunk = [0u8; 15];
-            if mem
-                .read_slice(&mut chunk[..in_page], GuestAddress(gpa))
-                .is_err()
-            {
-                break;
-            }
-            bytes.extend_from_slice(&chunk[..in_page]);
-        }
-        (!bytes.is_empty()).then_some(bytes)
+        let mmu = PageWalker::new(&mem, self.paging_regs());
+        let g = GuestAccess {
+            mem: &mem,
+            mmu: &mmu,
+        };
+        // One walk per page (at most two), not per byte: this runs on
+        // every emulation exit, `clac`/`stac` on each user access.
+        let mut bytes = [0u8; 15];
+        let in_first_page = ((0x1000 - (rip & 0xfff)) as usize).min(bytes.len());
+        g.fetch(rip, &mut bytes[..in_first_page]).ok()?;
+        let len = if g
+            .fetch(
+                rip.wrapping_add(in_first_page as u64),
+                &mut bytes[in_first_page..],
+            )
+            .is_ok()
+        {
+            bytes.len()
+        } else {
+            in_first_page
+        };
+        Some(bytes[..len].to_vec())
     }
 
     fn describe_internal_error(&mut self) -> String {

@@ -1,9 +1,13 @@
 //! Access to guest memory on behalf of a hypercall.
 //!
 //! Hypercall pointers are guest virtual addresses. They are translated one
-//! page at a time through the calling vCPU's page tables ([`VcpuMmu`]), so an
-//! object that straddles two pages is read correctly and an unmapped or
-//! read-only page fails the call with `-EFAULT` before anything is written.
+//! page at a time through the calling vCPU's page tables ([`VcpuMmu`], in a
+//! VMM the software walk of [`paging`]), so an object that straddles two
+//! pages is read correctly, and a page the guest could not access itself
+//! (not present, read-only for a write, supervisor-only from user mode)
+//! fails the call with `-EFAULT` before anything is written.
+
+pub mod paging;
 
 use std::sync::atomic::{AtomicU64, AtomicU8};
 
@@ -12,11 +16,31 @@ use xen_abi::errno::EFAULT;
 use xen_abi::PAGE_SIZE;
 use zerocopy::{FromBytes, Immutable, IntoBytes};
 
+/// What a guest-memory access does to the page.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AccessKind {
+    Read,
+    Write,
+    /// An instruction fetch (the VMM's emulation reading code).
+    Fetch,
+}
+
 /// Translates the calling vCPU's virtual addresses.
 pub trait VcpuMmu {
-    /// The guest-physical address of `gva` and whether the mapping is
-    /// writable, or `None` if `gva` is not mapped.
+    /// The guest-physical address of `gva` and whether the calling vCPU may
+    /// write it, or `None` if it may not even read it. A query: it changes
+    /// nothing in the guest.
     fn translate(&self, gva: u64) -> Option<(u64, bool)>;
+
+    /// The guest-physical address for an access of `kind` to `gva`, or
+    /// [`Fault`] where the vCPU itself would take a page fault. An MMU that
+    /// models the guest's Accessed/Dirty bits sets them here.
+    fn access(&self, gva: u64, kind: AccessKind) -> Result<u64, Fault> {
+        match self.translate(gva) {
+            Some((gpa, writable)) if kind != AccessKind::Write || writable => Ok(gpa),
+            _ => Err(Fault),
+        }
+    }
 }
 
 /// An MMU for guests that run with paging off, or for Dom0 tools that pass
@@ -51,7 +75,7 @@ impl GuestAccess<'_> {
         &self,
         gva: u64,
         len: usize,
-        write: bool,
+        kind: AccessKind,
         mut f: impl FnMut(u64, usize, usize) -> Result<(), Fault>,
     ) -> Result<(), Fault> {
         let mut done = 0usize;
@@ -59,10 +83,7 @@ impl GuestAccess<'_> {
             let va = gva.checked_add(done as u64).ok_or(Fault)?;
             let in_page = PAGE_SIZE - (va as usize & (PAGE_SIZE - 1));
             let chunk = in_page.min(len - done);
-            let (gpa, writable) = self.mmu.translate(va).ok_or(Fault)?;
-            if write && !writable {
-                return Err(Fault);
-            }
+            let gpa = self.mmu.access(va, kind)?;
             f(gpa, done, chunk)?;
             done += chunk;
         }
@@ -72,7 +93,17 @@ impl GuestAccess<'_> {
     /// Copy `buf.len()` bytes from guest virtual address `gva`.
     pub fn read(&self, gva: u64, buf: &mut [u8]) -> Result<(), Fault> {
         let len = buf.len();
-        self.for_each_page(gva, len, false, |gpa, off, chunk| {
+        self.for_each_page(gva, len, AccessKind::Read, |gpa, off, chunk| {
+            self.mem
+                .read_slice(&mut buf[off..off + chunk], GuestAddress(gpa))
+                .map_err(|_| Fault)
+        })
+    }
+
+    /// Read instruction bytes at `gva` (an access that honours NX).
+    pub fn fetch(&self, gva: u64, buf: &mut [u8]) -> Result<(), Fault> {
+        let len = buf.len();
+        self.for_each_page(gva, len, AccessKind::Fetch, |gpa, off, chunk| {
             self.mem
                 .read_slice(&mut buf[off..off + chunk], GuestAddress(gpa))
                 .map_err(|_| Fault)
@@ -82,14 +113,14 @@ impl GuestAccess<'_> {
     /// Copy `data` to guest virtual address `gva`. Every page is checked
     /// before the first byte is written.
     pub fn write(&self, gva: u64, data: &[u8]) -> Result<(), Fault> {
-        self.for_each_page(gva, data.len(), true, |gpa, _, chunk| {
+        self.for_each_page(gva, data.len(), AccessKind::Write, |gpa, _, chunk| {
             // Probe that the whole piece is backed before writing anything.
             self.mem
                 .get_slice(GuestAddress(gpa), chunk)
                 .map(|_| ())
                 .map_err(|_| Fault)
         })?;
-        self.for_each_page(gva, data.len(), true, |gpa, off, chunk| {
+        self.for_each_page(gva, data.len(), AccessKind::Write, |gpa, off, chunk| {
             self.mem
                 .write_slice(&data[off..off + chunk], GuestAddress(gpa))
                 .map_err(|_| Fault)

@@ -7,7 +7,9 @@
 //! * the PVH entry (32-bit protected mode, paging off, EBX = start_info GPA):
 //!   zero .bss, identity-map the first 4 GiB with 2 MiB pages (U/S=1, RW=1 on
 //!   every level, so ring 3 reaches everything), enable PAE + EFER.LME + paging
-//!   and SSE, load a 64-bit GDT and far-jump to 64-bit code;
+//!   (with CR0.WP, as every real kernel sets it: ring-0 writes, and so
+//!   hypercalls' writes, honour read-only pages) and SSE, load a 64-bit GDT
+//!   and far-jump to 64-bit code;
 //! * GDT (kernel/user code+data, a TSS with RSP0 and IST1), IDT, LAPIC enable,
 //!   hypercall page install (`wrmsr` to the MSR named by CPUID 0x40000002);
 //! * gates: vector 3 (DPL 3, entered with `int3`) = hypercall gate when R9 is
@@ -174,7 +176,7 @@ kxen_pvh_start32:
     wrmsr
     movl %cr0, %eax
     andl $0xfffffff3, %eax          /* clear EM, TS */
-    orl $0x80000023, %eax           /* PG | NE | MP | PE */
+    orl $0x80010023, %eax           /* PG | WP | NE | MP | PE */
     movl %eax, %cr0
     lgdt kxen_gdt_ptr
     ljmp $0x08, $kxen_start64
@@ -746,6 +748,8 @@ kxen_exc_msg_end:
 
     .section .bss.kxen, "aw", @nobits
     .balign 4096
+    /* Ring 3 adds its own mappings above 4 GiB (checks::memory). */
+    .globl kxen_pdpt
 kxen_pml4:
     .skip 4096
 kxen_pdpt:

@@ -5,9 +5,10 @@ use core::sync::atomic::{AtomicU32, Ordering};
 
 use xen_abi::errno::{EFAULT, EINVAL, ENOSYS, ESRCH};
 use xen_abi::grant_table::{QuerySize, GNTTABOP_QUERY_SIZE};
-use xen_abi::hypercall::MEMORY_OP;
+use xen_abi::hypercall::{MEMORY_OP, XEN_VERSION};
 use xen_abi::memory::*;
 use xen_abi::shared_info::OFFSET_WC_VERSION;
+use xen_abi::version::{EXTRAVERSION_LEN, XENVER_EXTRAVERSION};
 use xen_abi::DOMID_SELF;
 
 use super::version::BAD_PTR;
@@ -15,7 +16,7 @@ use super::{eq, neg, rc_is, Fail, Rc, R};
 use crate::boot::Page;
 use crate::hypercall::{grant_table_op, hypercall2, memory_op, op_raw};
 use crate::setup::SHARED_INFO_RC;
-use crate::{bail, ensure, env, events, time, xen};
+use crate::{bail, ensure, env, events, pages, time, xen};
 
 /// GFNs outside RAM where grant frames get mapped (GPA 0xf000_0000...).
 pub const GNT_GFN0: u64 = 0xf0000;
@@ -431,4 +432,196 @@ pub fn decrease_bad_struct() -> R {
 pub fn unknown_subop() -> R {
     // x86 arch_memory_op/subarch_memory_op: default is -ENOSYS.
     rc_is("memory_op(63)", op_raw(MEMORY_OP, 63, 0), neg(ENOSYS))
+}
+
+extern "C" {
+    /// The page-directory-pointer table under PML4 entry 0 (boot.rs). Its
+    /// entries 0-3 identity-map the first 4 GiB; the rest are free.
+    static mut kxen_pdpt: [u64; 512];
+}
+
+/// Page-table entry bits.
+const PTE_PRESENT: u64 = 1 << 0;
+const PTE_WRITABLE: u64 = 1 << 1;
+const PTE_USER: u64 = 1 << 2;
+const PTE_ACCESSED: u64 = 1 << 5;
+const PTE_DIRTY: u64 = 1 << 6;
+
+/// PDPT entry of the window [`page_permissions`] maps: 5 GiB, above the
+/// identity map, so nothing else uses it.
+const WINDOW_PDPT_INDEX: usize = 5;
+const WINDOW_VA: u64 = (WINDOW_PDPT_INDEX as u64) << 30;
+/// What the target pages hold before each hypercall.
+const FILL: u8 = 0xa5;
+
+/// Fill a page we own with `byte`.
+fn fill(page: *mut u8, byte: u8) {
+    // SAFETY: `page` is a whole page from pages::alloc, identity-mapped
+    // and ours alone.
+    unsafe { core::ptr::write_bytes(page, byte, 4096) };
+}
+
+/// Whether every byte of the page at `page` is still `byte`.
+fn holds_only(page: *const u8, byte: u8) -> bool {
+    // SAFETY: as in `fill`; volatile, because the hypervisor writes it.
+    (0..4096).all(|i| unsafe { page.add(i).read_volatile() } == byte)
+}
+
+/// The mappings of the window, in a page table of our own.
+struct Window {
+    pd: *mut u64,
+    pt: *mut u64,
+    writable: *mut u8,
+    read_only: *mut u8,
+}
+
+impl Window {
+    /// PDPT[5] -> PD -> PT: PT[0] maps `writable` read/write, PT[1] maps
+    /// `read_only` read-only, PT[2] is not present. Ring 3 edits the page
+    /// tables through the identity map (the boot code made them U/S and
+    /// R/W). It never touches the window itself, so no TLB entry needs
+    /// flushing; only the hypervisor's walk uses these mappings.
+    fn map() -> Result<Window, Fail> {
+        // SAFETY: reading an entry of the boot page tables, identity-mapped.
+        let in_use = unsafe {
+            let pdpt = core::ptr::addr_of_mut!(kxen_pdpt) as *mut u64;
+            pdpt.add(WINDOW_PDPT_INDEX).read_volatile() != 0
+        };
+        if in_use {
+            bail!("PDPT entry {} is already in use", WINDOW_PDPT_INDEX);
+        }
+        let (Some(pd), Some(pt), Some(writable), Some(read_only)) = (
+            pages::alloc(),
+            pages::alloc(),
+            pages::alloc(),
+            pages::alloc(),
+        ) else {
+            bail!("no free pages");
+        };
+        let (pd, pt) = (pd as *mut u64, pt as *mut u64);
+        let table = PTE_PRESENT | PTE_WRITABLE | PTE_USER;
+        // SAFETY: the pages are ours (zeroed by alloc); the PDPT entry is
+        // free (checked above) and only this check uses it.
+        unsafe {
+            let pdpt = core::ptr::addr_of_mut!(kxen_pdpt) as *mut u64;
+            let slot = pdpt.add(WINDOW_PDPT_INDEX);
+            pt.write_volatile(writable as u64 | PTE_PRESENT | PTE_WRITABLE | PTE_USER);
+            pt.add(1)
+                .write_volatile(read_only as u64 | PTE_PRESENT | PTE_USER);
+            pd.write_volatile(pt as u64 | table);
+            slot.write_volatile(pd as u64 | table);
+        }
+        Ok(Window {
+            pd,
+            pt,
+            writable,
+            read_only,
+        })
+    }
+
+    fn pte(&self, index: usize) -> u64 {
+        // SAFETY: `pt` is our page table page; index < 512.
+        unsafe { self.pt.add(index).read_volatile() }
+    }
+}
+
+impl Drop for Window {
+    fn drop(&mut self) {
+        // SAFETY: the entry was set by `map`; clearing it unmaps the window
+        // (never used by this CPU, so nothing is cached for it).
+        unsafe {
+            let pdpt = core::ptr::addr_of_mut!(kxen_pdpt) as *mut u64;
+            pdpt.add(WINDOW_PDPT_INDEX).write_volatile(0);
+        }
+        for page in [
+            self.pd as *mut u8,
+            self.pt as *mut u8,
+            self.writable,
+            self.read_only,
+        ] {
+            pages::free(page);
+        }
+    }
+}
+
+/// Xen's copy_to_guest walks the caller's page tables as its kernel would
+/// access them: a hypercall may not write a page the guest mapped
+/// read-only (CR0.WP is set) or one that is not present. Both fail with
+/// -EFAULT and leave memory as it was; a write that would straddle into a
+/// read-only page writes nothing at all. The control (the same call
+/// through a writable mapping of the window) succeeds and marks the page
+/// table entry accessed and dirty, as the CPU's own walk would.
+pub fn page_permissions() -> R {
+    let w = Window::map()?;
+    let extraversion = |va: u64| op_raw(XEN_VERSION, XENVER_EXTRAVERSION, va);
+
+    // Control: the writable mapping is written, and A/D are set.
+    fill(w.writable, FILL);
+    rc_is(
+        "xen_version(XENVER_extraversion, writable page)",
+        extraversion(WINDOW_VA),
+        0,
+    )?;
+    let mut want = [0u8; EXTRAVERSION_LEN];
+    rc_is(
+        "xen_version(XENVER_extraversion, identity-mapped buffer)",
+        crate::hypercall::xen_version_buf(XENVER_EXTRAVERSION, &mut want),
+        0,
+    )?;
+    for (i, &b) in want.iter().enumerate() {
+        // SAFETY: i < 16, inside the page we own.
+        let got = unsafe { w.writable.add(i).read_volatile() };
+        ensure!(
+            got == b,
+            "writable page byte {}: expected {:#x} (the extraversion), got {:#x}",
+            i,
+            b,
+            got
+        );
+    }
+    let pte = w.pte(0);
+    ensure!(
+        pte & (PTE_ACCESSED | PTE_DIRTY) == PTE_ACCESSED | PTE_DIRTY,
+        "the writable page's PTE after a hypercall wrote it: expected A and D set, got {:#x}",
+        pte
+    );
+
+    // Read-only: refused, nothing written, the PTE untouched.
+    fill(w.read_only, FILL);
+    let ro_pte = w.pte(1);
+    rc_is(
+        "xen_version(XENVER_extraversion, read-only page)",
+        extraversion(WINDOW_VA + 0x1000),
+        neg(EFAULT),
+    )?;
+    ensure!(
+        holds_only(w.read_only, FILL),
+        "the read-only page was written by a hypercall that failed"
+    );
+    eq("read-only PTE after the refused write", w.pte(1), ro_pte)?;
+
+    // Straddling: the last 8 bytes of the writable page, then 8 of the
+    // read-only one. Every page is checked before the first byte goes in.
+    fill(w.writable, FILL);
+    rc_is(
+        "xen_version(XENVER_extraversion, writable page into read-only page)",
+        extraversion(WINDOW_VA + 0x1000 - 8),
+        neg(EFAULT),
+    )?;
+    ensure!(
+        holds_only(w.writable, FILL) && holds_only(w.read_only, FILL),
+        "a hypercall write that straddles into a read-only page wrote part of it"
+    );
+
+    // Not present (PT[2] is zero): refused.
+    rc_is(
+        "xen_version(XENVER_extraversion, not-present page)",
+        extraversion(WINDOW_VA + 0x2000),
+        neg(EFAULT),
+    )?;
+    ensure!(
+        holds_only(w.writable, FILL) && holds_only(w.read_only, FILL),
+        "a refused write changed a page"
+    );
+    Ok(())
 }
