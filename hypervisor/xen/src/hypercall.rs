@@ -822,7 +822,7 @@ impl Domain {
         // struct must fit in the page and sit at its natural alignment
         // (8 bytes on x86-64), or -ENXIO.
         if req.offset as usize > PAGE_SIZE - VCPU_INFO_SIZE
-            || req.offset as usize % std::mem::align_of::<VcpuInfo>() != 0
+            || !(req.offset as usize).is_multiple_of(std::mem::align_of::<VcpuInfo>())
         {
             return -ENXIO;
         }
