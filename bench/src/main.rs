@@ -15,7 +15,7 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use kxen_tests::{kxen_vmm, test_guest};
+use kxen_tests::{kxen_run, test_guest, vmm_of_launcher};
 
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
@@ -43,7 +43,7 @@ fn status_kib(pid: u32, field: &str) -> Option<u64> {
 /// guest's last line, and sampling the VMM's RSS beyond guest RAM.
 fn run_guest(cmdline: &str, memory_mib: u32, vcpus: u32) -> GuestRun {
     let start = Instant::now();
-    let mut child = Command::new(kxen_vmm())
+    let mut child = Command::new(kxen_run())
         .arg("--kernel")
         .arg(test_guest())
         .args(["--memory", &memory_mib.to_string(), "--report-timing"])
@@ -53,8 +53,9 @@ fn run_guest(cmdline: &str, memory_mib: u32, vcpus: u32) -> GuestRun {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .expect("start kxen-vmm");
-    let pid = child.id();
+        .expect("start kxen-run");
+    // RSS is the VMM's own: kxen-run only serves the console and xenstore.
+    let pid = vmm_of_launcher(child.id(), Duration::from_secs(5)).expect("kxen-run's kxen-vmm");
     let stdout = child.stdout.take().expect("stdout");
     let stderr = child.stderr.take().expect("stderr");
     let err_thread = std::thread::spawn(move || {

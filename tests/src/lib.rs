@@ -83,6 +83,32 @@ pub fn kxen_vmm() -> PathBuf {
     workspace_bin("kxen-vmm")
 }
 
+/// kxen-run: kxen-vmm with its PV console on stdout and a xenstore of its
+/// own (kxen-vmm alone leaves both to Dom0).
+pub fn kxen_run() -> PathBuf {
+    workspace_bin("kxen-run")
+}
+
+/// The kxen-vmm that kxen-run `launcher` started: its child process,
+/// waited for up to `limit` (kxen-run spawns it as it starts).
+pub fn vmm_of_launcher(launcher: u32, limit: Duration) -> Option<u32> {
+    let deadline = Instant::now() + limit;
+    loop {
+        let child = std::fs::read_dir("/proc").ok()?.find_map(|entry| {
+            let pid: u32 = entry.ok()?.file_name().to_str()?.parse().ok()?;
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+            // pid (comm) state ppid ...: the comm may hold spaces.
+            let (_, rest) = stat.rsplit_once(')')?;
+            let ppid: u32 = rest.split_whitespace().nth(1)?.parse().ok()?;
+            (ppid == launcher).then_some(pid)
+        });
+        if child.is_some() || Instant::now() >= deadline {
+            return child;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
 /// Build (if needed) and return the PV test guest kernel.
 pub fn test_guest() -> PathBuf {
     static GUEST: OnceLock<PathBuf> = OnceLock::new();
@@ -172,9 +198,9 @@ pub fn run_with_limit(program: &Path, args: &[&str], limit: Duration) -> Finishe
     }
 }
 
-/// Boot the PV test guest under kxen-vmm with `cmdline`.
+/// Boot the PV test guest under kxen-run with `cmdline`.
 pub fn boot_test_guest(cmdline: &str, vcpus: u32) -> Finished {
-    let vmm = kxen_vmm();
+    let vmm = kxen_run();
     let guest = test_guest();
     let vcpus = vcpus.to_string();
     run_with_limit(

@@ -79,7 +79,10 @@ fn field(line: &str, key: &str) -> u32 {
 
 fn start_peer(tag: &str, env: &[(&str, &str)]) -> (Peer, Receiver<String>) {
     let socket = std::env::temp_dir().join(format!("kxen-peer-{tag}-{}.sock", std::process::id()));
-    let mut child = Command::new(package_bin("kxen-vmm", "kxen-vmm"))
+    // kxen-run serves the peer's console (its stdout) and xenstore; the
+    // test is the Dom0 of its interdomain channels.
+    let mut child = Command::new(package_bin("kxen-run", "kxen-run"))
+        .env("KXEN_VMM", package_bin("kxen-vmm", "kxen-vmm"))
         .arg("--kernel")
         .arg(test_guest())
         .args(["--memory", "64", "--vcpus", "1", "--name", "peer"])
@@ -393,7 +396,8 @@ fn dom0_and_guest_exchange_events_and_grants() {
     );
 
     // Events both ways, many times.
-    let pid = peer.child.id();
+    let pid = kxen_tests::vmm_of_launcher(peer.child.id(), Duration::from_secs(5))
+        .expect("kxen-run's kxen-vmm");
     let rounds = 300;
     let t0 = Instant::now();
     for i in 0..rounds {

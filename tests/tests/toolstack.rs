@@ -139,7 +139,7 @@ fn vmm_crash_is_contained() {
     d.wait_console("crash-a", "service ready");
     d.wait_console("crash-b", "service ready");
     let victim = Command::new("pgrep")
-        .args(["-f", "kxen-vmm.*--name crash-a"])
+        .args(["-f", "kxen-vmm.*--name=crash-a"])
         .output()
         .unwrap();
     let pid = String::from_utf8_lossy(&victim.stdout)

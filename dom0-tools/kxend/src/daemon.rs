@@ -20,6 +20,8 @@ use crate::domain::{AttachError, Domain, DomainRecord};
 use crate::preflight::{self, CreateError};
 use crate::store::StoreService;
 use kxen_virtio_backend::VirtioDomain;
+use kxen_vmm_api::launch::{GuestType, SerialMode, VirtioKind};
+use kxen_vmm_api::LaunchArgs;
 
 /// How long a new kxen-vmm may take to open its control socket.
 const ATTACH_LIMIT: Duration = Duration::from_secs(10);
@@ -52,7 +54,7 @@ pub struct LaunchSpec {
     pub xen_platform_pci: bool,
     /// HVM: virtio-mmio slots (`--virtio blk|net`): the config's disks,
     /// then its vifs, in order.
-    pub virtio: Vec<&'static str>,
+    pub virtio: Vec<VirtioKind>,
 }
 
 impl LaunchSpec {
@@ -68,9 +70,11 @@ impl LaunchSpec {
                 _ => "the config has no kernel (kxen boots PVH kernels directly)",
             })?;
         let hvm = config.domain_type == DomainType::Hvm;
-        let virtio: Vec<&'static str> = if hvm {
-            let disks = config.disks.iter().map(|_| "blk");
-            disks.chain(config.vifs.iter().map(|_| "net")).collect()
+        let virtio: Vec<VirtioKind> = if hvm {
+            let disks = config.disks.iter().map(|_| VirtioKind::Blk);
+            disks
+                .chain(config.vifs.iter().map(|_| VirtioKind::Net))
+                .collect()
         } else {
             Vec::new()
         };
@@ -92,6 +96,30 @@ impl LaunchSpec {
             xen_platform_pci: config.xen_platform_pci,
             virtio,
         })
+    }
+
+    /// kxen-vmm's arguments for domain `domid`: paused, its console,
+    /// xenstore and serial line served by kxend through the control socket.
+    pub fn vmm_args(&self, domid: u32, control: &Path, exit_file: &Path) -> LaunchArgs {
+        let mut args = LaunchArgs::new(&self.kernel);
+        args.ramdisk = self.ramdisk.as_ref().map(PathBuf::from);
+        args.cmdline = self.cmdline.clone();
+        args.memory = self.memory_mib;
+        args.maxmem = Some(self.maxmem_mib);
+        args.vcpus = self.vcpus;
+        // allocate_domid keeps domids below DOMID_FIRST_RESERVED (0x7ff0).
+        args.domid = u16::try_from(domid).unwrap_or(u16::MAX);
+        args.name = self.name.clone();
+        args.paused = true;
+        args.control_socket = Some(control.to_path_buf());
+        args.exit_file = Some(exit_file.to_path_buf());
+        if self.hvm {
+            args.guest_type = GuestType::Hvm;
+            args.serial = SerialMode::Dom0;
+            args.xen_platform_pci = self.xen_platform_pci;
+            args.virtio = self.virtio.clone();
+        }
+        args
     }
 }
 
@@ -261,37 +289,16 @@ impl Daemon {
         // Where this VMM's own stderr starts in the (appended) log.
         let vmm_log_start = vmm_log.metadata().map_or(0, |m| m.len());
         let mut cmd = Command::new(&self.vmm);
-        cmd.arg("--kernel")
-            .arg(&spec.kernel)
-            .args(["--memory", &spec.memory_mib.to_string()])
-            .args(["--maxmem", &spec.maxmem_mib.to_string()])
-            .args(["--vcpus", &spec.vcpus.to_string()])
-            .args(["--domid", &domid.to_string()])
-            .args(["--name", &spec.name])
-            .args(["--cmdline", &spec.cmdline])
-            .args(["--console", "dom0", "--paused"])
-            .arg("--control-socket")
-            .arg(&record.control)
-            .arg("--exit-file")
-            .arg(&record.exit_file)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::from(vmm_log))
-            // Its own process group: a terminal's ^C to kxl or kxend must
-            // not reach the domains.
-            .process_group(0);
-        if let Some(rd) = &spec.ramdisk {
-            cmd.arg("--ramdisk").arg(rd);
-        }
-        if spec.hvm {
-            cmd.args(["--type", "hvm", "--serial", "dom0"]);
-            if spec.xen_platform_pci {
-                cmd.arg("--xen-platform-pci");
-            }
-            for kind in &spec.virtio {
-                cmd.args(["--virtio", kind]);
-            }
-        }
+        cmd.args(
+            spec.vmm_args(domid, &record.control, &record.exit_file)
+                .to_args(),
+        )
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(vmm_log))
+        // Its own process group: a terminal's ^C to kxl or kxend must
+        // not reach the domains.
+        .process_group(0);
         let mut child = cmd.spawn().map_err(|e| CreateError::Spawn {
             path: self.vmm.display().to_string(),
             reason: preflight::describe_io(&e),
@@ -1398,7 +1405,18 @@ disk = [ "/a.img,raw,xvda,rw", "/b.img,raw,xvdb,ro" ]
 "#,
         )
         .unwrap();
-        assert_eq!(s.virtio, ["blk", "blk", "net", "net"]);
+        use kxen_vmm_api::launch::VirtioKind::{Blk, Net};
+        assert_eq!(s.virtio, [Blk, Blk, Net, Net]);
+        // kxen-vmm's own parser reads back what kxend renders.
+        let args = s.vmm_args(7, Path::new("/run/7.sock"), Path::new("/run/7.exit"));
+        let mut argv = vec![std::ffi::OsString::from("kxen-vmm")];
+        argv.extend(args.to_args());
+        let parsed = <LaunchArgs as clap::Parser>::try_parse_from(argv).unwrap();
+        assert_eq!(parsed, args);
+        assert_eq!(parsed.serial, SerialMode::Dom0);
+        assert_eq!(parsed.guest_type, GuestType::Hvm);
+        assert!(parsed.paused);
+        assert_eq!(parsed.domid, 7);
         // PVH domains keep their PV devices.
         let s = spec("name = \"p\"\nkernel = \"/k\"\ndisk = [ \"/a.img,raw,xvda,rw\" ]\n").unwrap();
         assert!(s.virtio.is_empty());

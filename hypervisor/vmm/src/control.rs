@@ -206,19 +206,11 @@ fn handle(rt: &Runtime, req: Request) -> (Reply, Vec<i32>) {
             reply.regions = Some(rt.memory.regions());
             (reply, vec![rt.memory.memfd.as_raw_fd()])
         }
-        Request::Dom0Ports => match &*rt.dom0 {
-            crate::dom0::Dom0Link::Kxend(ports) => {
-                let mut reply = Reply::ok();
-                reply.ports = Some(ports.infos());
-                (reply, ports.fds())
-            }
-            crate::dom0::Dom0Link::Standalone(_) => (
-                Reply::error(
-                    "console and xenstore are served by kxen-vmm (--console dom0 not given)",
-                ),
-                vec![],
-            ),
-        },
+        Request::Dom0Ports => {
+            let mut reply = Reply::ok();
+            reply.ports = Some(rt.dom0.infos());
+            (reply, rt.dom0.fds())
+        }
         Request::Serial => match rt.hvm.as_ref().and_then(|d| d.dom0_serial_fd()) {
             Some(fd) => (Reply::ok(), vec![fd]),
             None => (

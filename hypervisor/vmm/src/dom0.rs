@@ -1,9 +1,11 @@
-//! The link to Dom0's services when kxend runs them.
+//! The link to Dom0's console and xenstore services (kxend, or kxen-run
+//! for a domain of its own).
 //!
 //! Each Dom0-side port (the console and xenstore ends) gets two eventfds:
 //! `to_dom0`, written when the guest sends on its end, and `from_dom0`,
-//! which kxend writes to raise the guest's end. kxend fetches them, with
-//! the ring PFNs and the memfd layout, through the control socket.
+//! which Dom0 writes to raise the guest's end. Dom0 fetches them, with
+//! the ring PFNs and the memfd layout, through the control socket
+//! (`dom0-ports`).
 
 use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
@@ -14,7 +16,6 @@ use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use tracing::{debug, warn};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
-use crate::standalone::Services;
 use crate::vm::Runtime;
 
 pub use kxen_vmm_api::protocol::Dom0PortInfo;
@@ -27,31 +28,6 @@ pub struct Dom0Port {
     local_port: AtomicU32,
     pub to_dom0: EventFd,
     pub from_dom0: EventFd,
-}
-
-/// Who serves the guest's console and xenstore rings.
-pub enum Dom0Link {
-    /// kxen-vmm itself (no kxend).
-    Standalone(Arc<Services>),
-    /// kxend, through eventfds.
-    Kxend(Arc<Dom0Ports>),
-}
-
-impl Dom0Link {
-    /// The guest sent an event to Dom0's `port`.
-    pub fn notify(&self, port: u32) {
-        match self {
-            Dom0Link::Standalone(services) => services.notify(port),
-            Dom0Link::Kxend(ports) => ports.notify(port),
-        }
-    }
-
-    pub fn stop(&self) {
-        match self {
-            Dom0Link::Standalone(services) => services.stop(),
-            Dom0Link::Kxend(ports) => ports.stopping.store(true, Ordering::SeqCst),
-        }
-    }
 }
 
 pub struct Dom0Ports {
@@ -87,7 +63,8 @@ impl Dom0Ports {
         }
     }
 
-    fn notify(&self, dom0_port: u32) {
+    /// The guest sent an event to Dom0's `dom0_port`.
+    pub fn notify(&self, dom0_port: u32) {
         if let Some(p) = self.ports.iter().find(|p| p.dom0_port == dom0_port) {
             if let Err(e) = p.to_dom0.write(1) {
                 warn!(dom0_port, "kick kxend: {e}");
@@ -97,7 +74,11 @@ impl Dom0Ports {
         }
     }
 
-    /// The fds kxend receives, in port order: to_dom0, from_dom0.
+    pub fn stop(&self) {
+        self.stopping.store(true, Ordering::SeqCst);
+    }
+
+    /// The fds Dom0 receives, in port order: to_dom0, from_dom0.
     pub fn fds(&self) -> Vec<RawFd> {
         self.ports
             .iter()

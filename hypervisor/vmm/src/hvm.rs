@@ -22,9 +22,9 @@ use kxen_devices::serial::{ConsoleOut, IrqLine, Uart, COM1_BASE, COM1_IRQ, UART_
 use kxen_devices::virtio_mmio::DeviceType;
 use kxen_devices::{Bus, BusDevice};
 
-use crate::standalone::ConsoleMode;
 use crate::virtio::{VirtioDevices, VIRTIO_GSI_BASE};
 use crate::vm::VmError;
+use kxen_vmm_api::launch::SerialMode as ConsoleMode;
 
 /// HVM-only settings.
 #[derive(Debug, Clone, PartialEq, Eq)]

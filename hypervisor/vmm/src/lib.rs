@@ -8,9 +8,10 @@
 //! * [`virtio`]: HVM virtio-mmio slots, served by kxend over a link;
 //! * [`insn`]: decoding of the instructions the VMM emulates for PVM;
 //! * [`platform`]: what the Xen layer ([`kxen_xen`]) asks of the VMM;
-//! * [`standalone`]: console and xenstore service without kxend;
 //! * [`syscall_bridge`]: user-mode `syscall` of stock HVM kernels on PVM hosts;
-//! * [`control`]: the socket a toolstack drives the VMM through;
+//! * [`control`]: the socket a toolstack drives the VMM through (the
+//!   protocol is kxen-vmm-api's);
+//! * [`dom0`]: the console and xenstore rings' ends in Dom0;
 //! * [`events`], [`routing`]: Dom0's interdomain channels, irqfds and the
 //!   event routing area backends read.
 
@@ -24,7 +25,6 @@ pub mod insn;
 pub mod memory;
 pub mod platform;
 pub mod routing;
-pub mod standalone;
 pub mod syscall_bridge;
 pub mod vcpu;
 pub mod virtio;

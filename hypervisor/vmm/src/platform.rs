@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex, Weak};
 
 use kxen_xen::{EventLayout, OverlayFrame, Platform};
 
-use crate::dom0::Dom0Link;
+use crate::dom0::Dom0Ports;
 use crate::events::EventRouting;
 use crate::memory::GuestMemory;
 use crate::vm::{DomainExit, Kicker, Runtime};
@@ -14,7 +14,7 @@ pub struct VmmPlatform {
     pub domid: u16,
     pub memory: Arc<GuestMemory>,
     pub kicker: Arc<Kicker>,
-    pub dom0: Arc<Dom0Link>,
+    pub dom0: Arc<Dom0Ports>,
     pub events: Arc<EventRouting>,
     /// Set once the runtime exists (it owns the domain that owns us).
     pub runtime: Arc<Mutex<Option<Weak<Runtime>>>>,

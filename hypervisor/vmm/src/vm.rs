@@ -2,7 +2,7 @@
 
 use std::fs::File;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -22,19 +22,19 @@ use kxen_xen::{Domain, DomainConfig};
 
 use crate::ap_start::ApStarter;
 use crate::cpuid::{self, XenCpuidParams};
-use crate::dom0::{Dom0Link, Dom0Ports};
+use crate::dom0::Dom0Ports;
 use crate::events::EventRouting;
 use crate::hvm::{HvmConfig, HvmDevices};
 use crate::memory::{self, GuestMemory};
 use crate::platform::VmmPlatform;
-use crate::standalone::{ConsoleMode, Services};
 use crate::syscall_bridge::{self, SyscallBridge};
+use crate::vcpu::gate::GuestEntryGate;
 use crate::vcpu::{kick_handler, Vcpu};
 use kxen_vmm_api::protocol::DomainInfo;
 
 pub const XEN_MAJOR: u32 = 4;
 pub const XEN_MINOR: u32 = 17;
-/// Dom0-side ports of the console and xenstore in standalone mode.
+/// Dom0-side ports of the console and xenstore rings.
 pub const DOM0_CONSOLE_PORT: u32 = 1;
 pub const DOM0_XENSTORE_PORT: u32 = 2;
 
@@ -124,7 +124,6 @@ pub struct VmConfig {
     pub vcpus: u32,
     pub domid: u16,
     pub name: String,
-    pub console: ConsoleMode,
     /// Build the domain paused (`xl create -p`).
     pub start_paused: bool,
     /// Serve the control protocol on this Unix socket.
@@ -139,7 +138,8 @@ pub struct VmConfig {
 
 /// State shared by the vCPU threads, the services and the main thread.
 pub struct Runtime {
-    pub dom0: Arc<Dom0Link>,
+    /// The console and xenstore rings' ends in Dom0.
+    pub dom0: Arc<Dom0Ports>,
     /// Dom0's interdomain channels, irqfds and routing area.
     pub events: Arc<EventRouting>,
     pub vm: Arc<VmFd>,
@@ -150,12 +150,8 @@ pub struct Runtime {
     exit_cv: Condvar,
     started: Instant,
     entry: Mutex<Option<Duration>>,
-    paused: Mutex<bool>,
-    /// Mirror of `paused` for the per-exit fast path.
-    paused_fast: AtomicBool,
-    pause_cv: Condvar,
-    /// vCPUs inside KVM_RUN (or about to enter it).
-    pub in_guest: AtomicU32,
+    /// Pausing: keeps the vCPUs out of guest mode.
+    gate: GuestEntryGate,
     /// AP entry points from the ACPI MP wakeup mailbox.
     pub ap_start: Arc<ApStarter>,
     max_memory_kib: u64,
@@ -176,62 +172,35 @@ impl Runtime {
         self.exit_cv.notify_all();
         drop(exit);
         self.domain.stop();
-        self.pause_cv.notify_all();
+        self.gate.stop();
     }
 
     /// Stop every vCPU from running guest code; returns once none is in
     /// guest mode (or after a second, if one is stuck in the kernel).
     pub fn pause(&self) {
-        *self.paused.lock().unwrap_or_else(|e| e.into_inner()) = true;
-        self.paused_fast.store(true, Ordering::SeqCst);
-        let deadline = Instant::now() + Duration::from_secs(1);
-        while self.in_guest.load(Ordering::SeqCst) != 0 && Instant::now() < deadline {
+        self.gate.pause(|| {
             for vcpu in 0..self.domain.cfg.nr_vcpus {
                 self.kicker.kick(vcpu);
             }
-            std::thread::sleep(Duration::from_micros(200));
-        }
+        });
     }
 
     pub fn unpause(&self) {
-        let mut paused = self.paused.lock().unwrap_or_else(|e| e.into_inner());
-        *paused = false;
-        self.paused_fast.store(false, Ordering::SeqCst);
-        drop(paused);
-        self.pause_cv.notify_all();
+        self.gate.unpause();
     }
 
     pub fn is_paused(&self) -> bool {
-        *self.paused.lock().unwrap_or_else(|e| e.into_inner())
+        self.gate.is_paused()
     }
 
     /// Called by a vCPU about to enter the guest: registers it as in guest
     /// mode unless paused, in which case it waits. False if the domain ends.
     pub fn enter_guest(&self) -> bool {
-        loop {
-            self.in_guest.fetch_add(1, Ordering::SeqCst);
-            // Fast path, ordered against pause(): it sets the flag before
-            // waiting for in_guest to drain.
-            if !self.paused_fast.load(Ordering::SeqCst) {
-                return true;
-            }
-            let paused = self.paused.lock().unwrap_or_else(|e| e.into_inner());
-            if !*paused {
-                return true;
-            }
-            self.in_guest.fetch_sub(1, Ordering::SeqCst);
-            let _ = self
-                .pause_cv
-                .wait_timeout(paused, Duration::from_millis(20))
-                .unwrap_or_else(|e| e.into_inner());
-            if self.domain.is_stopping() {
-                return false;
-            }
-        }
+        self.gate.enter()
     }
 
     pub fn leave_guest(&self) {
-        self.in_guest.fetch_sub(1, Ordering::SeqCst);
+        self.gate.leave();
     }
 
     pub fn info(&self) -> DomainInfo {
@@ -664,20 +633,14 @@ pub fn run(cfg: VmConfig, started: Instant, report_timing: bool) -> Result<Domai
     let kicker = Arc::new(Kicker::default());
     let console_pfn = memory::SPECIAL_BASE_GFN + memory::SPECIAL_CONSOLE;
     let store_pfn = memory::SPECIAL_BASE_GFN + memory::SPECIAL_XENSTORE;
-    let services = Arc::new(Services::new(cfg.console.clone()));
-    // kxend learns the rings and both ends of their ports through
-    // dom0-ports.
-    let dom0_link = Arc::new(if cfg.console == ConsoleMode::Dom0 {
-        let specs = [
-            ("console", DOM0_CONSOLE_PORT, console_pfn),
-            ("xenstore", DOM0_XENSTORE_PORT, store_pfn),
-        ];
-        Dom0Link::Kxend(Arc::new(
-            Dom0Ports::new(&specs).map_err(|e| VmError::Setup(format!("eventfd: {e}")))?,
-        ))
-    } else {
-        Dom0Link::Standalone(services.clone())
-    });
+    // Dom0 (kxend, kxen-run) learns the rings and both ends of their
+    // ports through dom0-ports.
+    let specs = [
+        ("console", DOM0_CONSOLE_PORT, console_pfn),
+        ("xenstore", DOM0_XENSTORE_PORT, store_pfn),
+    ];
+    let dom0_link =
+        Arc::new(Dom0Ports::new(&specs).map_err(|e| VmError::Setup(format!("eventfd: {e}")))?);
     let runtime_slot: Arc<Mutex<Option<std::sync::Weak<Runtime>>>> = Arc::new(Mutex::new(None));
     let events = Arc::new(
         EventRouting::new(vm.clone(), memory.clone(), cfg.vcpus)
@@ -723,10 +686,8 @@ pub fn run(cfg: VmConfig, started: Instant, report_timing: bool) -> Result<Domai
     domain.set_param_privileged(HVM_PARAM_CONSOLE_EVTCHN, console_port as u64);
     domain.set_param_privileged(HVM_PARAM_STORE_PFN, store_pfn);
     domain.set_param_privileged(HVM_PARAM_STORE_EVTCHN, store_port as u64);
-    if let Dom0Link::Kxend(ports) = &*dom0_link {
-        ports.bound(DOM0_CONSOLE_PORT, console_port);
-        ports.bound(DOM0_XENSTORE_PORT, store_port);
-    }
+    dom0_link.bound(DOM0_CONSOLE_PORT, console_port);
+    dom0_link.bound(DOM0_XENSTORE_PORT, store_port);
     domain.publish_routing();
 
     let hvm_devices = match &cfg.hvm {
@@ -748,10 +709,7 @@ pub fn run(cfg: VmConfig, started: Instant, report_timing: bool) -> Result<Domai
         entry: Mutex::new(None),
         dom0: dom0_link.clone(),
         events: events.clone(),
-        paused: Mutex::new(cfg.start_paused),
-        paused_fast: AtomicBool::new(cfg.start_paused),
-        pause_cv: Condvar::new(),
-        in_guest: AtomicU32::new(0),
+        gate: GuestEntryGate::new(cfg.start_paused),
         ap_start: Arc::new(ApStarter::new(cfg.vcpus)),
         max_memory_kib: cfg.maxmem_mib.max(cfg.memory_mib) * 1024,
         hvm: hvm_devices.clone(),
@@ -835,18 +793,9 @@ pub fn run(cfg: VmConfig, started: Instant, report_timing: bool) -> Result<Domai
     let wake_thread = events
         .start(rt.clone())
         .map_err(|e| VmError::Setup(format!("event wake thread: {e}")))?;
-    let service_threads = match &*dom0_link {
-        Dom0Link::Standalone(services) => services.start(
-            rt.clone(),
-            console_port,
-            console_pfn << 12,
-            store_port,
-            store_pfn << 12,
-        ),
-        Dom0Link::Kxend(ports) => vec![ports
-            .start(rt.clone())
-            .map_err(|e| VmError::Setup(format!("Dom0 event thread: {e}")))?],
-    };
+    let dom0_thread = dom0_link
+        .start(rt.clone())
+        .map_err(|e| VmError::Setup(format!("Dom0 event thread: {e}")))?;
 
     let mut virtio_thread = None;
     if let Some(devices) = &hvm_devices {
@@ -919,9 +868,7 @@ pub fn run(cfg: VmConfig, started: Instant, report_timing: bool) -> Result<Domai
     if let Some(control) = control {
         let _ = control.join();
     }
-    for t in service_threads {
-        let _ = t.join();
-    }
+    let _ = dom0_thread.join();
     let _ = wake_thread.join();
     if let Some(t) = virtio_thread {
         let _ = t.join();
