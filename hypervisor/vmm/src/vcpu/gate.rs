@@ -1,0 +1,198 @@
+//! The door between the vCPU threads and guest mode: pausing the domain
+//! closes it and waits until every vCPU is out.
+//!
+//! A vCPU passes [`GuestEntryGate::enter`] before each KVM_RUN and
+//! [`GuestEntryGate::leave`] after it. Both are one atomic update and one
+//! load while the domain runs. [`GuestEntryGate::pause`] closes the gate,
+//! kicks the vCPUs out of KVM_RUN and sleeps on a condition variable that
+//! the last vCPU to leave signals; nothing polls.
+
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use tracing::warn;
+
+/// How long [`GuestEntryGate::pause`] waits for the vCPUs to leave.
+const PAUSE_DEADLINE: Duration = Duration::from_secs(1);
+/// If the vCPUs are not all out after this long, kick them again: a vCPU
+/// thread that had not yet registered for kicks when the first went out
+/// would otherwise sit in KVM_RUN until its next exit.
+const REKICK_AFTER: Duration = Duration::from_millis(10);
+
+#[derive(Debug, Default)]
+struct GateState {
+    paused: bool,
+    /// The domain is ending: waiting vCPUs give up instead of entering.
+    stopping: bool,
+}
+
+#[derive(Debug)]
+pub struct GuestEntryGate {
+    state: Mutex<GateState>,
+    /// Mirror of `state.paused`, read without the lock on every entry.
+    paused_fast: AtomicBool,
+    /// vCPUs inside KVM_RUN or about to enter it.
+    in_guest: AtomicU32,
+    /// Signalled when the pause lifts or the domain stops (vCPUs wait).
+    opened: Condvar,
+    /// Signalled when the last vCPU leaves guest mode while paused.
+    drained: Condvar,
+}
+
+impl GuestEntryGate {
+    pub fn new(paused: bool) -> Self {
+        GuestEntryGate {
+            state: Mutex::new(GateState {
+                paused,
+                stopping: false,
+            }),
+            paused_fast: AtomicBool::new(paused),
+            in_guest: AtomicU32::new(0),
+            opened: Condvar::new(),
+            drained: Condvar::new(),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, GateState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Register a vCPU as in guest mode, waiting while the domain is
+    /// paused. False once the domain is stopping.
+    pub fn enter(&self) -> bool {
+        loop {
+            self.in_guest.fetch_add(1, Ordering::SeqCst);
+            // Ordered against pause(): it sets the flag, then reads
+            // in_guest. One of the two sees the other's write.
+            if !self.paused_fast.load(Ordering::SeqCst) {
+                return true;
+            }
+            self.leave();
+            let mut st = self.lock();
+            while st.paused && !st.stopping {
+                st = self.opened.wait(st).unwrap_or_else(|e| e.into_inner());
+            }
+            if st.stopping {
+                return false;
+            }
+        }
+    }
+
+    /// The vCPU is back from KVM_RUN.
+    pub fn leave(&self) {
+        if self.in_guest.fetch_sub(1, Ordering::SeqCst) == 1
+            && self.paused_fast.load(Ordering::SeqCst)
+        {
+            // Under the lock, so pause() cannot miss it between its check
+            // of in_guest and its wait.
+            let _st = self.lock();
+            self.drained.notify_all();
+        }
+    }
+
+    /// Close the gate and wait until no vCPU is in guest mode. `kick_all`
+    /// forces the vCPUs out of KVM_RUN. False if one is still inside after
+    /// [`PAUSE_DEADLINE`] (stuck in the kernel); the pause holds anyway.
+    pub fn pause(&self, kick_all: impl Fn()) -> bool {
+        {
+            let mut st = self.lock();
+            st.paused = true;
+            self.paused_fast.store(true, Ordering::SeqCst);
+        }
+        kick_all();
+        let deadline = Instant::now() + PAUSE_DEADLINE;
+        let mut st = self.lock();
+        loop {
+            if self.in_guest.load(Ordering::SeqCst) == 0 {
+                return true;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                warn!(
+                    in_guest = self.in_guest.load(Ordering::SeqCst),
+                    "pause: vCPUs still in guest mode after {PAUSE_DEADLINE:?}"
+                );
+                return false;
+            }
+            let (guard, waited) = self
+                .drained
+                .wait_timeout(st, (deadline - now).min(REKICK_AFTER))
+                .unwrap_or_else(|e| e.into_inner());
+            st = guard;
+            if waited.timed_out() && self.in_guest.load(Ordering::SeqCst) != 0 {
+                drop(st);
+                kick_all();
+                st = self.lock();
+            }
+        }
+    }
+
+    pub fn unpause(&self) {
+        let mut st = self.lock();
+        st.paused = false;
+        self.paused_fast.store(false, Ordering::SeqCst);
+        self.opened.notify_all();
+    }
+
+    pub fn is_paused(&self) -> bool {
+        self.lock().paused
+    }
+
+    /// The domain is ending: release every waiting vCPU for good.
+    pub fn stop(&self) {
+        let mut st = self.lock();
+        st.stopping = true;
+        self.opened.notify_all();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    #[test]
+    fn pause_waits_for_the_vcpu_to_leave_and_unpause_lets_it_back() {
+        let gate = Arc::new(GuestEntryGate::new(false));
+        assert!(gate.enter());
+        // A "vCPU" that leaves guest mode when kicked.
+        let (kick_tx, kick_rx) = std::sync::mpsc::channel::<()>();
+        let vcpu_gate = gate.clone();
+        let vcpu = std::thread::spawn(move || {
+            kick_rx.recv().expect("kick");
+            vcpu_gate.leave();
+            // Blocks until unpause.
+            vcpu_gate.enter()
+        });
+        let kicks = std::sync::atomic::AtomicU32::new(0);
+        assert!(gate.pause(|| {
+            if kicks.fetch_add(1, Ordering::SeqCst) == 0 {
+                kick_tx.send(()).expect("vCPU alive");
+            }
+        }));
+        assert_eq!(gate.in_guest.load(Ordering::SeqCst), 0);
+        assert!(gate.is_paused());
+        gate.unpause();
+        assert!(vcpu.join().expect("vCPU thread"));
+        assert_eq!(gate.in_guest.load(Ordering::SeqCst), 1);
+    }
+
+    #[test]
+    fn stop_releases_a_paused_vcpu() {
+        let gate = Arc::new(GuestEntryGate::new(true));
+        let vcpu_gate = gate.clone();
+        let vcpu = std::thread::spawn(move || vcpu_gate.enter());
+        gate.stop();
+        assert!(!vcpu.join().expect("vCPU thread"));
+        assert_eq!(gate.in_guest.load(Ordering::SeqCst), 0);
+    }
+
+    #[test]
+    fn pause_with_no_vcpu_inside_returns_at_once() {
+        let gate = GuestEntryGate::new(false);
+        let start = Instant::now();
+        assert!(gate.pause(|| {}));
+        assert!(start.elapsed() < PAUSE_DEADLINE);
+    }
+}
