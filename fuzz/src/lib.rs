@@ -15,6 +15,7 @@ pub use targets::pvh_note::pvh_note;
 pub use targets::virtio_blk_request::virtio_blk_request;
 pub use targets::virtio_mmio_regs::virtio_mmio_regs;
 pub use targets::virtio_net_tx::virtio_net_tx;
+pub use targets::vmm_api_wire::vmm_api_wire;
 pub use targets::xenstore_wire::xenstore_wire;
 
 use virtio_queue::{Queue, QueueT};

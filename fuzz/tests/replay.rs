@@ -1086,3 +1086,81 @@ fn xenstore_wire() {
     let seeds = vec![all.0, hostile_ring.0, split.0];
     replay("xenstore_wire", kxen_fuzz::xenstore_wire, seeds);
 }
+
+// ---- vmm_api_wire -----------------------------------------------------------
+
+#[test]
+fn vmm_api_wire() {
+    use kxen_vmm_api::protocol::{
+        Dom0PortInfo, DomainInfo, Reply, Request, RoutingAreaInfo, VirtioAttach,
+    };
+    use kxen_vmm_api::wire::encode;
+    use kxen_vmm_api::MemfdRegion;
+
+    let mut seeds: Vec<Vec<u8>> = [
+        Request::Info,
+        Request::Pause,
+        Request::Memfd,
+        Request::Dom0Ports,
+        Request::EvtchnBind { guest_port: 5 },
+        Request::EvtchnClose { dom0_port: 3 },
+        Request::VirtioAttach(VirtioAttach {
+            slot: 1,
+            device_id: 2,
+            device_features: 1 << 32,
+            config: vec![0, 1, 2, 3],
+            queues: 2,
+        }),
+    ]
+    .iter()
+    .map(|r| encode(r))
+    .collect();
+    // Replies with many optional fields: a mutated key in them is ignored
+    // rather than refused, so mutants keep reaching the typed decoder.
+    let mut memfd = Reply::ok();
+    memfd.size = Some(64 << 20);
+    memfd.regions = Some(vec![
+        MemfdRegion {
+            gpa: 0,
+            len: 0xa_0000,
+            offset: 0,
+        },
+        MemfdRegion {
+            gpa: 0x10_0000,
+            len: 0x3f0_0000,
+            offset: 0x10_0000,
+        },
+    ]);
+    memfd.routing = Some(RoutingAreaInfo {
+        offset: 64 << 20,
+        size: 0x1000,
+    });
+    let mut info = Reply::ok();
+    info.info = Some(DomainInfo {
+        domid: 3,
+        name: "guest".into(),
+        paused: false,
+        vcpus: 2,
+        memory_kib: 65536,
+        max_memory_kib: 65536,
+        hypercalls: 1234,
+        uptime_ms: 5000,
+        pid: 4242,
+        blocked: true,
+        vcpus_online: 2,
+    });
+    let mut ports = Reply::ok();
+    ports.dom0_port = Some(7);
+    ports.vcpus = Some(2);
+    ports.irqfd = Some(true);
+    ports.ports = Some(vec![Dom0PortInfo {
+        name: "console".into(),
+        dom0_port: 1,
+        local_port: 2,
+        pfn: 0xfeffc,
+    }]);
+    seeds.push(encode(&Reply::ok()));
+    seeds.push(encode(&Reply::error("no such port")));
+    seeds.extend([memfd, info, ports].iter().map(encode));
+    replay("vmm_api_wire", kxen_fuzz::vmm_api_wire, seeds);
+}

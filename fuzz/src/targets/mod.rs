@@ -9,4 +9,5 @@ pub mod pvh_note;
 pub mod virtio_blk_request;
 pub mod virtio_mmio_regs;
 pub mod virtio_net_tx;
+pub mod vmm_api_wire;
 pub mod xenstore_wire;
