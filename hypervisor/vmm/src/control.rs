@@ -26,8 +26,10 @@ pub fn serve(rt: Arc<Runtime>, path: PathBuf) -> std::io::Result<std::thread::Jo
     std::thread::Builder::new()
         .name("control".into())
         .spawn(move || {
+            crate::seccomp::install(crate::seccomp::ThreadClass::Service);
             while !rt.domain.is_stopping() {
                 match listener.accept() {
+                    Ok((stream, _)) if !crate::peer::is_trusted(&stream) => {}
                     Ok((stream, _)) => {
                         let _ = stream.set_nonblocking(false);
                         let _ = stream.set_read_timeout(Some(Duration::from_millis(200)));

@@ -104,6 +104,7 @@ impl Dom0Ports {
         std::thread::Builder::new()
             .name("dom0-events".into())
             .spawn(move || {
+                crate::seccomp::install(crate::seccomp::ThreadClass::Service);
                 while !me.stopping.load(Ordering::SeqCst) && !rt.domain.is_stopping() {
                     let mut fds: Vec<PollFd> = me
                         .ports

@@ -334,7 +334,10 @@ impl EventRouting {
         let me = self.clone();
         std::thread::Builder::new()
             .name("evtchn-wake".into())
-            .spawn(move || me.wake_loop(&rt))
+            .spawn(move || {
+                crate::seccomp::install(crate::seccomp::ThreadClass::Service);
+                me.wake_loop(&rt)
+            })
     }
 
     fn wake_loop(&self, rt: &Runtime) {

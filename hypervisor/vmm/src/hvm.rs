@@ -229,9 +229,12 @@ impl HvmDevices {
         };
         let handle = std::thread::Builder::new()
             .name("serial-input".into())
-            .spawn(move || match source {
-                Some(socket) => me.socket_input(socket),
-                None => me.stdin_input(),
+            .spawn(move || {
+                crate::seccomp::install(crate::seccomp::ThreadClass::Service);
+                match source {
+                    Some(socket) => me.socket_input(socket),
+                    None => me.stdin_input(),
+                }
             });
         match handle {
             Ok(h) => Some(h),

@@ -12,6 +12,8 @@
 //! * [`control`]: the socket a toolstack drives the VMM through (the
 //!   protocol is kxen-vmm-api's);
 //! * [`dom0`]: the console and xenstore rings' ends in Dom0;
+//! * [`seccomp`], [`peer`]: the per-thread system call filters and the
+//!   control socket's peer check;
 //! * [`events`], [`routing`]: Dom0's interdomain channels, irqfds and the
 //!   event routing area backends read.
 
@@ -23,8 +25,10 @@ pub mod events;
 pub mod hvm;
 pub mod insn;
 pub mod memory;
+pub mod peer;
 pub mod platform;
 pub mod routing;
+pub mod seccomp;
 pub mod syscall_bridge;
 pub mod vcpu;
 pub mod virtio;

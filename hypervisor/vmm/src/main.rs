@@ -22,6 +22,21 @@ fn main() -> ExitCode {
         Err(_) => logger.with_max_level(tracing::Level::WARN).init(),
     }
     let args = LaunchArgs::parse();
+    // The control socket hands out guest memory and the exit file says how
+    // the domain ended: both are the owner's alone.
+    // SAFETY: umask only changes this process's file-creation mask.
+    unsafe { libc::umask(0o077) };
+    let seccomp = match kxen_vmm::seccomp::SeccompMode::from_env() {
+        Ok(mode) => mode,
+        Err(e) => {
+            eprintln!("kxen-vmm: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    if let Err(e) = kxen_vmm::seccomp::configure(seccomp) {
+        eprintln!("kxen-vmm: {e}");
+        return ExitCode::from(1);
+    }
     if args.virtio.len() > kxen_vmm::virtio::MAX_SLOTS {
         eprintln!(
             "kxen-vmm: at most {} --virtio devices",

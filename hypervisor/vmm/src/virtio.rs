@@ -583,7 +583,10 @@ impl VirtioDevices {
         let me = self.clone();
         std::thread::Builder::new()
             .name("virtio-irq".into())
-            .spawn(move || me.serve_interrupts())
+            .spawn(move || {
+                crate::seccomp::install(crate::seccomp::ThreadClass::Service);
+                me.serve_interrupts()
+            })
     }
 
     /// End the interrupt thread.

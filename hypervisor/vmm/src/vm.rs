@@ -767,6 +767,7 @@ pub fn run(cfg: VmConfig, started: Instant, report_timing: bool) -> Result<Domai
     let _ = std::thread::Builder::new()
         .name("signals".into())
         .spawn(move || {
+            crate::seccomp::install(crate::seccomp::ThreadClass::Service);
             if let Ok(sig) = termination.wait() {
                 info!(?sig, "destroying the domain");
                 rt_signals.request_exit(DomainExit::Destroyed);
@@ -776,7 +777,10 @@ pub fn run(cfg: VmConfig, started: Instant, report_timing: bool) -> Result<Domai
     let timer_domain = domain.clone();
     let timer = std::thread::Builder::new()
         .name("timers".into())
-        .spawn(move || timer_domain.run_timers())
+        .spawn(move || {
+            crate::seccomp::install(crate::seccomp::ThreadClass::Service);
+            timer_domain.run_timers()
+        })
         .map_err(|e| VmError::Setup(format!("timer thread: {e}")))?;
     let ap_thread = if cfg.vcpus > 1 {
         let starter = rt.ap_start.clone();
@@ -784,7 +788,10 @@ pub fn run(cfg: VmConfig, started: Instant, report_timing: bool) -> Result<Domai
         Some(
             std::thread::Builder::new()
                 .name("ap-wakeup".into())
-                .spawn(move || starter.run(rt_ap))
+                .spawn(move || {
+                    crate::seccomp::install(crate::seccomp::ThreadClass::Service);
+                    starter.run(rt_ap)
+                })
                 .map_err(|e| VmError::Setup(format!("AP wakeup thread: {e}")))?,
         )
     } else {
@@ -817,7 +824,10 @@ pub fn run(cfg: VmConfig, started: Instant, report_timing: bool) -> Result<Domai
         let name = format!("vcpu{}", vcpu.id);
         let handle = std::thread::Builder::new()
             .name(name)
-            .spawn(move || vcpu.run())
+            .spawn(move || {
+                crate::seccomp::install(crate::seccomp::ThreadClass::Vcpu);
+                vcpu.run()
+            })
             .map_err(|e| VmError::Setup(format!("vCPU thread: {e}")))?;
         kicker
             .threads
@@ -826,6 +836,8 @@ pub fn run(cfg: VmConfig, started: Instant, report_timing: bool) -> Result<Domai
             .push(Some(handle.pthread_handle()));
         handles.push(handle);
     }
+    // Every thread is running: the main thread only waits and cleans up.
+    crate::seccomp::install(crate::seccomp::ThreadClass::Service);
     info!(
         domid = cfg.domid,
         name = %cfg.name,
