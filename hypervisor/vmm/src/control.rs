@@ -1,119 +1,242 @@
 //! The server side of the control socket through which a toolstack
 //! (kxend, kxen-run) drives kxen-vmm. The protocol (requests, replies,
 //! which descriptors come with which reply) is defined and documented once,
-//! in the `kxen-vmm-api` crate; this module answers it. Each client has its
-//! own thread; a malformed line gets an error reply, not a dropped domain.
+//! in the `kxen-vmm-api` crate; this module answers it. The listener and
+//! every client are fds of the event loop ([`ControlServer`]); a malformed
+//! line gets an error reply, not a dropped domain.
 
-use std::io::{BufRead, BufReader, Read};
+use std::collections::BTreeMap;
 use std::os::fd::AsRawFd;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use kxen_vmm_api::protocol::{Reply, Request, RoutingAreaInfo};
+use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
+use kxen_vmm_api::protocol::{DomainInfo, Reply, Request, RoutingAreaInfo};
 use kxen_vmm_api::wire::{self, MAX_REQUEST_LINE};
+use kxen_xen::Domain;
+use nix::sys::socket::{recv, MsgFlags};
 use tracing::{debug, warn};
 
-use crate::events::EventError;
-use crate::vm::{DomainExit, Runtime};
+use crate::dom0::Dom0Ports;
+use crate::event_loop::watch;
+use crate::events::{EventError, EventRouting};
+use crate::exit::{DomainExit, ExitLatch};
+use crate::hvm::HvmDevices;
+use crate::kick::Pauser;
+use crate::memory::GuestMemory;
 
-/// Listen on `path` and serve clients until the domain ends.
-pub fn serve(rt: Arc<Runtime>, path: PathBuf) -> std::io::Result<std::thread::JoinHandle<()>> {
-    let _ = std::fs::remove_file(&path);
-    let listener = UnixListener::bind(&path)?;
-    listener.set_nonblocking(true)?;
-    std::thread::Builder::new()
-        .name("control".into())
-        .spawn(move || {
-            crate::seccomp::install(crate::seccomp::ThreadClass::Service);
-            while !rt.domain.is_stopping() {
-                match listener.accept() {
-                    Ok((stream, _)) if !crate::peer::is_trusted(&stream) => {}
-                    Ok((stream, _)) => {
-                        let _ = stream.set_nonblocking(false);
-                        let _ = stream.set_read_timeout(Some(Duration::from_millis(200)));
-                        let rt = rt.clone();
-                        let _ = std::thread::Builder::new()
-                            .name("control-client".into())
-                            .spawn(move || serve_client(&rt, stream));
-                    }
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                        std::thread::sleep(Duration::from_millis(20));
-                    }
-                    Err(e) => {
-                        warn!("control socket: {e}");
-                        break;
-                    }
+/// A client that stops reading its replies holds the event loop this long
+/// at most, then loses its connection.
+const REPLY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// What the control requests reach.
+pub struct ControlHandles {
+    pub domain: Arc<Domain>,
+    pub memory: Arc<GuestMemory>,
+    pub dom0: Arc<Dom0Ports>,
+    pub events: Arc<EventRouting>,
+    pub hvm: Option<Arc<HvmDevices>>,
+    pub exit: Arc<ExitLatch>,
+    pub pauser: Arc<Pauser>,
+    /// When the process started, for the uptime.
+    pub started: Instant,
+    pub max_memory_kib: u64,
+}
+
+impl ControlHandles {
+    pub fn info(&self) -> DomainInfo {
+        let domain = &self.domain;
+        let cfg = &domain.cfg;
+        let (online, blocked) = {
+            let st = domain.lock();
+            let up: Vec<_> = st
+                .vcpus
+                .iter()
+                .filter(|v| v.online && v.initialised)
+                .collect();
+            let blocked = !up.is_empty()
+                && up
+                    .iter()
+                    .all(|v| v.runstate.state == xen_abi::vcpu::RUNSTATE_BLOCKED);
+            (up.len() as u32, blocked)
+        };
+        DomainInfo {
+            blocked,
+            vcpus_online: online,
+            domid: cfg.domid,
+            name: cfg.name.clone(),
+            paused: self.pauser.is_paused(),
+            vcpus: cfg.nr_vcpus,
+            memory_kib: (cfg.ram_pages() - domain.lock().ballooned.len() as u64) * 4,
+            max_memory_kib: self.max_memory_kib,
+            hypercalls: domain.hypercalls.load(std::sync::atomic::Ordering::Relaxed),
+            uptime_ms: self.started.elapsed().as_millis() as u64,
+            pid: std::process::id(),
+        }
+    }
+}
+
+/// One connection: its unfinished line and the Dom0 ports it opened.
+struct Client {
+    stream: UnixStream,
+    line: Vec<u8>,
+    opened: Vec<u32>,
+}
+
+/// Event data of the listener; clients get the numbers after it.
+const LISTENER: u32 = 0;
+
+/// The control socket in the event loop.
+pub struct ControlServer {
+    handles: ControlHandles,
+    path: PathBuf,
+    listener: UnixListener,
+    clients: BTreeMap<u32, Client>,
+    next_client: u32,
+}
+
+impl ControlServer {
+    /// Listen on `path` (replacing a stale socket).
+    pub fn bind(handles: ControlHandles, path: PathBuf) -> std::io::Result<Self> {
+        let _ = std::fs::remove_file(&path);
+        let listener = UnixListener::bind(&path)?;
+        listener.set_nonblocking(true)?;
+        Ok(ControlServer {
+            handles,
+            path,
+            listener,
+            clients: BTreeMap::new(),
+            next_client: LISTENER + 1,
+        })
+    }
+
+    fn accept(&mut self, ops: &mut EventOps) {
+        loop {
+            let stream = match self.listener.accept() {
+                Ok((stream, _)) if !crate::peer::is_trusted(&stream) => continue,
+                Ok((stream, _)) => stream,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
+                Err(e) => {
+                    warn!("control socket: {e}");
+                    return;
+                }
+            };
+            // Reads never block (MSG_DONTWAIT); a reply waits for room in
+            // the socket, REPLY_TIMEOUT at most.
+            let _ = stream.set_nonblocking(false);
+            let _ = stream.set_write_timeout(Some(REPLY_TIMEOUT));
+            let id = self.next_client;
+            self.next_client = self.next_client.wrapping_add(1).max(LISTENER + 1);
+            watch(ops, &stream, id, "a control client");
+            self.clients.insert(
+                id,
+                Client {
+                    stream,
+                    line: Vec::new(),
+                    opened: Vec::new(),
+                },
+            );
+        }
+    }
+
+    /// Read what the client sent and answer every whole line; false when
+    /// the connection is over.
+    fn serve(&mut self, client: &mut Client) -> bool {
+        let mut buf = [0u8; 4096];
+        loop {
+            let n = match recv(client.stream.as_raw_fd(), &mut buf, MsgFlags::MSG_DONTWAIT) {
+                Ok(0) => return false,
+                Ok(n) => n,
+                Err(nix::errno::Errno::EAGAIN) => return true,
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(_) => return false,
+            };
+            client.line.extend_from_slice(&buf[..n]);
+            while let Some(end) = client.line.iter().position(|&b| b == b'\n') {
+                let line: Vec<u8> = client.line.drain(..=end).collect();
+                // Never more than one line's worth, newline included.
+                if line.len() > MAX_REQUEST_LINE {
+                    let _ = send(&mut client.stream, &Reply::error("request too long"), &[]);
+                    return false;
+                }
+                if !self.answer(client, &line) {
+                    return false;
                 }
             }
-            remove_socket(&path);
-        })
+            if client.line.len() > MAX_REQUEST_LINE {
+                let _ = send(&mut client.stream, &Reply::error("request too long"), &[]);
+                return false;
+            }
+        }
+    }
+
+    /// Answer one request line; false if the reply could not be sent.
+    fn answer(&self, client: &mut Client, line: &[u8]) -> bool {
+        let h = &self.handles;
+        let (reply, fds, _owned) = match wire::parse_request(line) {
+            Ok(Request::VirtioAttach(req)) => virtio_attach(h, &req),
+            Ok(req) => match handle_events(h, &req, &mut client.opened) {
+                Some(r) => r,
+                None => {
+                    let (reply, fds) = handle(h, req);
+                    (reply, fds, None)
+                }
+            },
+            Err(e) => (Reply::error(format!("bad request: {e}")), vec![], None),
+        };
+        send(&mut client.stream, &reply, &fds).is_ok()
+    }
+
+    fn drop_client(&mut self, id: u32, ops: &mut EventOps) {
+        if let Some(client) = self.clients.remove(&id) {
+            let _ = ops.remove(Events::new(&client.stream, EventSet::IN));
+            close_ports(&self.handles, &client.opened);
+        }
+    }
+}
+
+impl MutEventSubscriber for ControlServer {
+    fn init(&mut self, ops: &mut EventOps) {
+        watch(ops, &self.listener, LISTENER, "the control socket");
+    }
+
+    fn process(&mut self, events: Events, ops: &mut EventOps) {
+        let id = events.data();
+        if id == LISTENER {
+            self.accept(ops);
+            return;
+        }
+        let Some(mut client) = self.clients.remove(&id) else {
+            return;
+        };
+        // A hang-up shows as the end of the stream once its data is read.
+        let open = self.serve(&mut client);
+        self.clients.insert(id, client);
+        if !open {
+            self.drop_client(id, ops);
+        }
+    }
+}
+
+impl Drop for ControlServer {
+    fn drop(&mut self) {
+        for client in std::mem::take(&mut self.clients).into_values() {
+            close_ports(&self.handles, &client.opened);
+        }
+        remove_socket(&self.path);
+    }
 }
 
 fn remove_socket(path: &Path) {
     let _ = std::fs::remove_file(path);
 }
 
-fn serve_client(rt: &Runtime, stream: UnixStream) {
-    let Ok(writer) = stream.try_clone() else {
-        return;
-    };
-    let mut writer = writer;
-    let mut reader = BufReader::new(stream);
-    let mut line = Vec::new();
-    let mut opened = OpenedPorts { rt, ports: vec![] };
-    loop {
-        if rt.domain.is_stopping() {
-            return;
-        }
-        // Never buffer more than one line's worth, newline or not.
-        let budget = (MAX_REQUEST_LINE + 1).saturating_sub(line.len()) as u64;
-        match (&mut reader).take(budget).read_until(b'\n', &mut line) {
-            Ok(0) if line.len() <= MAX_REQUEST_LINE => return,
-            Ok(_) if !line.ends_with(b"\n") && line.len() <= MAX_REQUEST_LINE => continue,
-            Ok(_) => {}
-            Err(e)
-                if e.kind() == std::io::ErrorKind::WouldBlock
-                    || e.kind() == std::io::ErrorKind::TimedOut =>
-            {
-                continue;
-            }
-            Err(_) => return,
-        }
-        if line.len() > MAX_REQUEST_LINE {
-            let _ = send(&mut writer, &Reply::error("request too long"), &[]);
-            return;
-        }
-        let (reply, fds, _owned) = match wire::parse_request(&line) {
-            Ok(Request::VirtioAttach(req)) => virtio_attach(rt, &req),
-            Ok(req) => match handle_events(rt, &req, &mut opened) {
-                Some(r) => r,
-                None => {
-                    let (reply, fds) = handle(rt, req);
-                    (reply, fds, None)
-                }
-            },
-            Err(e) => (Reply::error(format!("bad request: {e}")), vec![], None),
-        };
-        line.clear();
-        if send(&mut writer, &reply, &fds).is_err() {
-            return;
-        }
-    }
-}
-
-/// Dom0 ports opened through one connection, closed when it ends.
-struct OpenedPorts<'a> {
-    rt: &'a Runtime,
-    ports: Vec<u32>,
-}
-
-impl Drop for OpenedPorts<'_> {
-    fn drop(&mut self) {
-        for &port in &self.ports {
-            let _ = self.rt.events.close(&self.rt.domain, port);
-        }
+/// Close the Dom0 ports a connection opened, as its end does.
+fn close_ports(h: &ControlHandles, ports: &[u32]) {
+    for &port in ports {
+        let _ = h.events.close(&h.domain, port);
     }
 }
 
@@ -121,9 +244,9 @@ impl Drop for OpenedPorts<'_> {
 type EventReply = (Reply, Vec<i32>, Option<Box<dyn std::any::Any>>);
 
 /// `virtio-attach`: the slot's new link and eventfds for kxend.
-fn virtio_attach(rt: &Runtime, req: &kxen_vmm_api::protocol::VirtioAttach) -> EventReply {
+fn virtio_attach(h: &ControlHandles, req: &kxen_vmm_api::protocol::VirtioAttach) -> EventReply {
     debug!(?req, "control request");
-    let Some(virtio) = rt.hvm.as_ref().and_then(|d| d.virtio.as_ref()) else {
+    let Some(virtio) = h.hvm.as_ref().and_then(|d| d.virtio.as_ref()) else {
         return (
             Reply::error("no virtio devices (not HVM, or no --virtio)"),
             vec![],
@@ -140,11 +263,11 @@ fn virtio_attach(rt: &Runtime, req: &kxen_vmm_api::protocol::VirtioAttach) -> Ev
 }
 
 /// The event-channel requests; None for the others.
-fn handle_events(rt: &Runtime, req: &Request, opened: &mut OpenedPorts) -> Option<EventReply> {
+fn handle_events(h: &ControlHandles, req: &Request, opened: &mut Vec<u32>) -> Option<EventReply> {
     let channel = |res: Result<(u32, vmm_sys_util::eventfd::EventFd), EventError>,
-                   opened: &mut OpenedPorts| match res {
+                   opened: &mut Vec<u32>| match res {
         Ok((port, fd)) => {
-            opened.ports.push(port);
+            opened.push(port);
             let mut reply = Reply::ok();
             reply.dom0_port = Some(port);
             let raw = fd.as_raw_fd();
@@ -160,20 +283,20 @@ fn handle_events(rt: &Runtime, req: &Request, opened: &mut OpenedPorts) -> Optio
         Request::Events => {
             let mut reply = Reply::ok();
             reply.routing = Some(RoutingAreaInfo {
-                offset: rt.events.area_offset,
+                offset: h.events.area_offset,
                 size: kxen_vmm_api::routing::ROUTING_AREA_SIZE as u64,
             });
-            reply.vcpus = Some(rt.domain.cfg.nr_vcpus);
-            reply.irqfd = Some(rt.events.irqfd_ok());
-            (reply, rt.events.fds(), None)
+            reply.vcpus = Some(h.domain.cfg.nr_vcpus);
+            reply.irqfd = Some(h.events.irqfd_ok());
+            (reply, h.events.fds(), None)
         }
         Request::EvtchnBind { guest_port } => {
-            channel(rt.events.bind_guest_port(&rt.domain, guest_port), opened)
+            channel(h.events.bind_guest_port(&h.domain, guest_port), opened)
         }
-        Request::EvtchnAllocUnbound => channel(rt.events.alloc_unbound(), opened),
+        Request::EvtchnAllocUnbound => channel(h.events.alloc_unbound(), opened),
         Request::EvtchnClose { dom0_port } => {
-            opened.ports.retain(|&p| p != dom0_port);
-            match rt.events.close(&rt.domain, dom0_port) {
+            opened.retain(|&p| p != dom0_port);
+            match h.events.close(&h.domain, dom0_port) {
                 Ok(()) => (Reply::ok(), vec![], None),
                 Err(e) => (Reply::error(e.to_string()), vec![], None),
             }
@@ -182,38 +305,38 @@ fn handle_events(rt: &Runtime, req: &Request, opened: &mut OpenedPorts) -> Optio
     })
 }
 
-fn handle(rt: &Runtime, req: Request) -> (Reply, Vec<i32>) {
+fn handle(h: &ControlHandles, req: Request) -> (Reply, Vec<i32>) {
     debug!(?req, "control request");
     match req {
         Request::Info => {
             let mut reply = Reply::ok();
-            reply.info = Some(rt.info());
+            reply.info = Some(h.info());
             (reply, vec![])
         }
         Request::Pause => {
-            rt.pause();
+            h.pauser.pause();
             (Reply::ok(), vec![])
         }
         Request::Unpause => {
-            rt.unpause();
+            h.pauser.unpause();
             (Reply::ok(), vec![])
         }
         Request::Destroy => {
-            rt.request_exit(DomainExit::Destroyed);
+            h.exit.request_exit(DomainExit::Destroyed);
             (Reply::ok(), vec![])
         }
         Request::Memfd => {
             let mut reply = Reply::ok();
-            reply.size = rt.memory.memfd.metadata().ok().map(|m| m.len());
-            reply.regions = Some(rt.memory.regions());
-            (reply, vec![rt.memory.memfd.as_raw_fd()])
+            reply.size = h.memory.memfd.metadata().ok().map(|m| m.len());
+            reply.regions = Some(h.memory.regions());
+            (reply, vec![h.memory.memfd.as_raw_fd()])
         }
         Request::Dom0Ports => {
             let mut reply = Reply::ok();
-            reply.ports = Some(rt.dom0.infos());
-            (reply, rt.dom0.fds())
+            reply.ports = Some(h.dom0.infos());
+            (reply, h.dom0.fds())
         }
-        Request::Serial => match rt.hvm.as_ref().and_then(|d| d.dom0_serial_fd()) {
+        Request::Serial => match h.hvm.as_ref().and_then(|d| d.dom0_serial_fd()) {
             Some(fd) => (Reply::ok(), vec![fd]),
             None => (
                 Reply::error("no serial line for Dom0 (not HVM, or --serial is not dom0)"),
@@ -236,7 +359,7 @@ fn send(stream: &mut UnixStream, reply: &Reply, fds: &[i32]) -> std::io::Result<
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::io::{IoSliceMut, Write};
+    use std::io::{BufRead, BufReader, IoSliceMut, Write};
     use std::os::fd::{FromRawFd, RawFd};
     use std::time::Instant;
 

@@ -7,16 +7,16 @@
 //! the ring PFNs and the memfd layout, through the control socket
 //! (`dom0-ports`).
 
-use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::os::fd::{AsRawFd, RawFd};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
-use std::thread::JoinHandle;
 
-use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use event_manager::{EventOps, Events, MutEventSubscriber};
+use kxen_xen::Domain;
 use tracing::{debug, warn};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
-use crate::vm::Runtime;
+use crate::event_loop::{drain, watch};
 
 pub use kxen_vmm_api::protocol::Dom0PortInfo;
 
@@ -32,7 +32,6 @@ pub struct Dom0Port {
 
 pub struct Dom0Ports {
     pub ports: Vec<Dom0Port>,
-    stopping: AtomicBool,
 }
 
 impl Dom0Ports {
@@ -50,10 +49,7 @@ impl Dom0Ports {
                 from_dom0: EventFd::new(EFD_NONBLOCK)?,
             });
         }
-        Ok(Dom0Ports {
-            ports,
-            stopping: AtomicBool::new(false),
-        })
+        Ok(Dom0Ports { ports })
     }
 
     /// The guest's port `local_port` is connected to Dom0's `dom0_port`.
@@ -72,10 +68,6 @@ impl Dom0Ports {
         } else {
             debug!(dom0_port, "event for an unknown Dom0 port");
         }
-    }
-
-    pub fn stop(&self) {
-        self.stopping.store(true, Ordering::SeqCst);
     }
 
     /// The fds Dom0 receives, in port order: to_dom0, from_dom0.
@@ -97,46 +89,29 @@ impl Dom0Ports {
             })
             .collect()
     }
+}
 
-    /// Forward kxend's notifications to the guest until the domain stops.
-    pub fn start(self: &Arc<Self>, rt: Arc<Runtime>) -> std::io::Result<JoinHandle<()>> {
-        let me = self.clone();
-        std::thread::Builder::new()
-            .name("dom0-events".into())
-            .spawn(move || {
-                crate::seccomp::install(crate::seccomp::ThreadClass::Service);
-                while !me.stopping.load(Ordering::SeqCst) && !rt.domain.is_stopping() {
-                    let mut fds: Vec<PollFd> = me
-                        .ports
-                        .iter()
-                        .map(|p| {
-                            // SAFETY: the eventfd lives in `me`, which this
-                            // thread holds for longer than the borrow.
-                            let fd = unsafe { BorrowedFd::borrow_raw(p.from_dom0.as_raw_fd()) };
-                            PollFd::new(fd, PollFlags::POLLIN)
-                        })
-                        .collect();
-                    match poll(&mut fds, PollTimeout::from(50u16)) {
-                        Ok(0) => continue,
-                        Ok(_) => {}
-                        Err(nix::errno::Errno::EINTR) => continue,
-                        Err(e) => {
-                            warn!("poll Dom0 events: {e}");
-                            return;
-                        }
-                    }
-                    let ready: Vec<bool> = fds
-                        .iter()
-                        .map(|f| f.revents().is_some_and(|r| r.contains(PollFlags::POLLIN)))
-                        .collect();
-                    drop(fds);
-                    for (port, ready) in me.ports.iter().zip(ready) {
-                        if ready && port.from_dom0.read().is_ok() {
-                            rt.domain
-                                .notify_from_remote(port.local_port.load(Ordering::SeqCst));
-                        }
-                    }
-                }
-            })
+/// Forwards Dom0's notifications on the console and xenstore ports to the
+/// guest, from the event loop.
+pub struct Dom0Notifications {
+    pub ports: Arc<Dom0Ports>,
+    pub domain: Arc<Domain>,
+}
+
+impl MutEventSubscriber for Dom0Notifications {
+    fn init(&mut self, ops: &mut EventOps) {
+        for (index, port) in self.ports.ports.iter().enumerate() {
+            watch(ops, &port.from_dom0, index as u32, port.name);
+        }
+    }
+
+    fn process(&mut self, events: Events, _ops: &mut EventOps) {
+        let Some(port) = self.ports.ports.get(events.data() as usize) else {
+            return;
+        };
+        if drain(&port.from_dom0) {
+            self.domain
+                .notify_from_remote(port.local_port.load(Ordering::SeqCst));
+        }
     }
 }

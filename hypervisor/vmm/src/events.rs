@@ -6,8 +6,8 @@
 //!   with its upcall vector. A backend sets the pending bits itself (it
 //!   finds them through the routing area) and writes the irqfd; KVM injects
 //!   the interrupt without waking any of our threads. A vCPU waiting in
-//!   SCHEDOP_block/poll inside the VMM is woken through `wake`, which one
-//!   thread polls.
+//!   SCHEDOP_block/poll inside the VMM is woken through `wake`, which the
+//!   event loop watches ([`Dom0WakeRelay`]).
 //! * guest -> Dom0: each Dom0 port bound to the guest has an eventfd the
 //!   VMM writes when the guest sends on its end.
 //!
@@ -15,23 +15,22 @@
 //! ports handed out here start at [`FIRST_DOM0_PORT`].
 
 use std::collections::BTreeMap;
-use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
+use std::os::fd::{AsRawFd, RawFd};
 use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
 
+use event_manager::{EventOps, Events, MutEventSubscriber};
 use kvm_bindings::{
-    kvm_irq_routing_entry, kvm_irq_routing_irqchip, kvm_irq_routing_msi, KvmIrqRouting,
+    kvm_irq_routing_entry, kvm_irq_routing_irqchip, kvm_irq_routing_msi, kvm_msi, KvmIrqRouting,
     KVM_IRQ_ROUTING_IRQCHIP, KVM_IRQ_ROUTING_MSI,
 };
 use kvm_ioctls::VmFd;
-use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use tracing::{debug, warn};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use xen_abi::errno::EINVAL;
 
+use crate::event_loop::{drain, watch};
 use crate::memory::GuestMemory;
 use crate::routing::RoutingArea;
-use crate::vm::Runtime;
 
 /// First Dom0 port number handed out for interdomain channels.
 pub const FIRST_DOM0_PORT: u32 = 3;
@@ -70,7 +69,7 @@ pub struct EventRouting {
     vm: Arc<VmFd>,
     /// Per vCPU: the fd Dom0 writes to interrupt it.
     irqfds: Vec<EventFd>,
-    /// Whether the irqfds are KVM irqfds (else the wake thread relays).
+    /// Whether the irqfds are KVM irqfds (else the event loop relays).
     irqfd_ok: bool,
     /// Written by Dom0 when it raised an event for a blocked vCPU.
     pub wake: EventFd,
@@ -328,67 +327,76 @@ impl EventRouting {
         }
     }
 
-    /// Wake blocked vCPUs when Dom0 asks (and, without irqfds, relay Dom0's
-    /// per-vCPU kicks as MSIs) until the domain stops.
-    pub fn start(self: &Arc<Self>, rt: Arc<Runtime>) -> std::io::Result<JoinHandle<()>> {
-        let me = self.clone();
-        std::thread::Builder::new()
-            .name("evtchn-wake".into())
-            .spawn(move || {
-                crate::seccomp::install(crate::seccomp::ThreadClass::Service);
-                me.wake_loop(&rt)
-            })
+    /// Raise `vector` on `vcpu` through its LAPIC (APIC ID = vCPU id).
+    pub fn inject_vector(&self, vcpu: u32, vector: u8) {
+        inject_vector(&self.vm, vcpu, vector);
+    }
+}
+
+/// Raise `vector` on `vcpu` through its LAPIC (APIC ID = vCPU id).
+pub fn inject_vector(vm: &VmFd, vcpu: u32, vector: u8) {
+    tracing::trace!(vcpu, vector, "upcall MSI");
+    let msi = kvm_msi {
+        address_lo: 0xfee0_0000 | (vcpu << 12),
+        address_hi: 0,
+        data: vector as u32,
+        ..Default::default()
+    };
+    if let Err(e) = vm.signal_msi(msi) {
+        warn!(vcpu, vector, "KVM_SIGNAL_MSI failed: {e}");
+    }
+}
+
+/// Wakes vCPUs blocked in the hypervisor when Dom0 asks, and, without
+/// irqfds, relays Dom0's per-vCPU kicks as MSIs; from the event loop.
+pub struct Dom0WakeRelay {
+    pub routing: Arc<EventRouting>,
+    pub domain: Arc<kxen_xen::Domain>,
+}
+
+/// Event data of the wake eventfd; vCPU n's relayed irqfd is n + 1.
+const WAKE: u32 = 0;
+
+impl MutEventSubscriber for Dom0WakeRelay {
+    fn init(&mut self, ops: &mut EventOps) {
+        watch(ops, &self.routing.wake, WAKE, "Dom0's wake-ups");
+        if !self.routing.irqfd_ok {
+            for (vcpu, fd) in self.routing.irqfds.iter().enumerate() {
+                watch(ops, fd, vcpu as u32 + 1, "a relayed vCPU interrupt");
+            }
+        }
     }
 
-    fn wake_loop(&self, rt: &Runtime) {
-        let mut watched: Vec<&EventFd> = vec![&self.wake];
-        if !self.irqfd_ok {
-            watched.extend(self.irqfds.iter());
-        }
-        while !rt.domain.is_stopping() {
-            let mut fds: Vec<PollFd> = watched
-                .iter()
-                .map(|f| {
-                    // SAFETY: the eventfds live in `self`, which outlives
-                    // this loop.
-                    let fd = unsafe { BorrowedFd::borrow_raw(f.as_raw_fd()) };
-                    PollFd::new(fd, PollFlags::POLLIN)
-                })
-                .collect();
-            match poll(&mut fds, PollTimeout::from(100u16)) {
-                Ok(0) | Err(nix::errno::Errno::EINTR) => continue,
-                Ok(_) => {}
-                Err(e) => {
-                    warn!("poll wake eventfds: {e}");
-                    return;
-                }
+    fn process(&mut self, events: Events, _ops: &mut EventOps) {
+        let routing = &self.routing;
+        if events.data() == WAKE {
+            if drain(&routing.wake) {
+                debug!("Dom0 woke blocked vCPUs");
+                // Notify under the lock so a vCPU between its check and
+                // its wait cannot miss it.
+                let _st = self.domain.lock();
+                self.domain.wake.notify_all();
             }
-            let ready: Vec<bool> = fds
-                .iter()
-                .map(|f| f.revents().is_some_and(|r| r.contains(PollFlags::POLLIN)))
-                .collect();
-            drop(fds);
-            for (i, ready) in ready.into_iter().enumerate() {
-                if !ready || watched[i].read().is_err() {
-                    continue;
-                }
-                if i == 0 {
-                    debug!("Dom0 woke blocked vCPUs");
-                    // Notify under the lock so a vCPU between its check and
-                    // its wait cannot miss it.
-                    let _st = rt.domain.lock();
-                    rt.domain.wake.notify_all();
-                } else {
-                    let vcpu = (i - 1) as u32;
-                    let vector =
-                        self.vectors.lock().unwrap_or_else(|e| e.into_inner())[vcpu as usize];
-                    if let Some(vector) = vector {
-                        rt.inject_vector(vcpu, vector);
-                    }
-                    let _st = rt.domain.lock();
-                    rt.domain.wake.notify_all();
-                }
-            }
+            return;
         }
+        let vcpu = events.data() - 1;
+        let Some(fd) = routing.irqfds.get(vcpu as usize) else {
+            return;
+        };
+        if !drain(fd) {
+            return;
+        }
+        let vector = routing
+            .vectors
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(vcpu as usize)
+            .copied()
+            .flatten();
+        if let Some(vector) = vector {
+            routing.inject_vector(vcpu, vector);
+        }
+        let _st = self.domain.lock();
+        self.domain.wake.notify_all();
     }
 }

@@ -22,8 +22,8 @@ use kxen_devices::serial::{ConsoleOut, IrqLine, Uart, COM1_BASE, COM1_IRQ, UART_
 use kxen_devices::virtio_mmio::DeviceType;
 use kxen_devices::{Bus, BusDevice};
 
+use crate::error::VmError;
 use crate::virtio::{VirtioDevices, VIRTIO_GSI_BASE};
-use crate::vm::VmError;
 use kxen_vmm_api::launch::SerialMode as ConsoleMode;
 
 /// HVM-only settings.

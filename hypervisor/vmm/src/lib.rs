@@ -3,7 +3,11 @@
 //! * [`memory`]: guest RAM in a memfd, special pages, overlay frames;
 //! * [`cpuid`]: the Xen CPUID leaves;
 //! * [`vcpu`]: the vCPU threads and exit decoding;
-//! * [`vm`]: building the domain and running it to its end;
+//! * [`config`], [`builder`]: what to build, and building it;
+//! * [`vm`]: running a built domain to its end;
+//! * [`event_loop`]: the one thread that serves everything but the vCPUs;
+//! * [`exit`], [`kick`]: how a domain ends; kicking and pausing vCPUs;
+//! * [`boot_cpu`]: the vCPUs' start state;
 //! * [`hvm`]: the emulated devices of HVM domains;
 //! * [`virtio`]: HVM virtio-mmio slots, served by kxend over a link;
 //! * [`insn`]: decoding of the instructions the VMM emulates for PVM;
@@ -18,12 +22,19 @@
 //!   event routing area backends read.
 
 pub mod ap_start;
+pub mod boot_cpu;
+pub mod builder;
+pub mod config;
 pub mod control;
 pub mod cpuid;
 pub mod dom0;
+pub mod error;
+pub mod event_loop;
 pub mod events;
+pub mod exit;
 pub mod hvm;
 pub mod insn;
+pub mod kick;
 pub mod memory;
 pub mod peer;
 pub mod platform;

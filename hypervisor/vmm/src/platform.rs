@@ -1,14 +1,22 @@
 //! The VMM side of [`kxen_xen::Platform`].
+//!
+//! The domain owns its platform, so the platform holds only handles that
+//! do not lead back to the domain: memory, the kicker, the event routing
+//! (which also raises upcalls), Dom0's ports, the exit latch and the
+//! timer service's eventfd.
 
 use std::io::Write;
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::Arc;
 
 use kxen_xen::{EventLayout, OverlayFrame, Platform};
+use tracing::warn;
+use vmm_sys_util::eventfd::EventFd;
 
 use crate::dom0::Dom0Ports;
 use crate::events::EventRouting;
+use crate::exit::{DomainExit, ExitLatch};
+use crate::kick::Kicker;
 use crate::memory::GuestMemory;
-use crate::vm::{DomainExit, Kicker, Runtime};
 
 pub struct VmmPlatform {
     pub domid: u16,
@@ -16,25 +24,15 @@ pub struct VmmPlatform {
     pub kicker: Arc<Kicker>,
     pub dom0: Arc<Dom0Ports>,
     pub events: Arc<EventRouting>,
-    /// Set once the runtime exists (it owns the domain that owns us).
-    pub runtime: Arc<Mutex<Option<Weak<Runtime>>>>,
-}
-
-impl VmmPlatform {
-    fn runtime(&self) -> Option<Arc<Runtime>> {
-        self.runtime
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .as_ref()
-            .and_then(Weak::upgrade)
-    }
+    pub exit: Arc<ExitLatch>,
+    /// Written when a vCPU timer changes; the event loop's timer service
+    /// re-plans.
+    pub timers_changed: EventFd,
 }
 
 impl Platform for VmmPlatform {
     fn raise_upcall(&self, vcpu: u32, vector: u8) {
-        if let Some(rt) = self.runtime() {
-            rt.inject_vector(vcpu, vector);
-        }
+        self.events.inject_vector(vcpu, vector);
     }
 
     fn kick_vcpu(&self, vcpu: u32) {
@@ -54,9 +52,7 @@ impl Platform for VmmPlatform {
     }
 
     fn shutdown(&self, reason: u32) {
-        if let Some(rt) = self.runtime() {
-            rt.request_exit(DomainExit::Shutdown(reason));
-        }
+        self.exit.request_exit(DomainExit::Shutdown(reason));
     }
 
     fn console_write(&self, data: &[u8]) {
@@ -102,6 +98,12 @@ impl Platform for VmmPlatform {
     fn remote_port_closed(&self, remote_dom: u16, remote_port: u32) {
         if remote_dom == 0 {
             self.events.guest_closed(remote_port);
+        }
+    }
+
+    fn timers_changed(&self) {
+        if let Err(e) = self.timers_changed.write(1) {
+            warn!("waking the timer service: {e}");
         }
     }
 }

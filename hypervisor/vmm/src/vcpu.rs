@@ -27,12 +27,15 @@ use kxen_devices::PlatformRequest;
 use kxen_loader::acpi;
 use kxen_xen::hypercall::Call;
 
+use crate::exit::DomainExit;
 use crate::syscall_bridge::MSR_LSTAR;
-use crate::vm::{DomainExit, Runtime};
 
 pub mod gate;
 pub mod kvm;
 pub mod pvm;
+pub mod shared;
+
+use shared::VcpuShared;
 
 pub use kvm::kick_handler;
 use kvm::{KvmVcpu, RunError};
@@ -121,7 +124,7 @@ enum Deferred {
 pub struct Vcpu {
     pub id: u32,
     kvm: KvmVcpu,
-    rt: Arc<Runtime>,
+    rt: Arc<VcpuShared>,
     /// Only installed on hosts without VT-x/SVM.
     pvm: Option<PvmWorkarounds>,
     /// Has entered the guest at least once.
@@ -131,7 +134,7 @@ pub struct Vcpu {
 }
 
 impl Vcpu {
-    pub fn new(id: u32, fd: kvm_ioctls::VcpuFd, rt: Arc<Runtime>) -> Self {
+    pub fn new(id: u32, fd: kvm_ioctls::VcpuFd, rt: Arc<VcpuShared>) -> Self {
         let pvm = PvmWorkarounds::for_this_host(id, rt.memory.clone(), rt.syscall_bridge.clone());
         Vcpu {
             id,
@@ -267,7 +270,7 @@ impl Vcpu {
     /// what needs the vCPU's registers comes back as [`Deferred`].
     fn decode_exit(
         vcpu: u32,
-        rt: &Runtime,
+        rt: &VcpuShared,
         pvm_host: bool,
         exit: VcpuExit<'_>,
     ) -> Result<ExitOutcome, Deferred> {
@@ -496,7 +499,7 @@ fn unclaimed_port_write(vcpu: u32, port: u16, data: &[u8]) -> Option<DomainExit>
 
 /// Fill the hypercall page at the GPA written to the MSR (low 12 bits:
 /// page index, and we have one page).
-fn install_hypercall_page(rt: &Runtime, vcpu: u32, value: u64) -> bool {
+fn install_hypercall_page(rt: &VcpuShared, vcpu: u32, value: u64) -> bool {
     if value & 0xfff != 0 {
         return false;
     }

@@ -14,8 +14,8 @@
 //!   after it sends `reset`, each waiting up to [`LINK_TIMEOUT`] for
 //!   kxend's `{"ok":true}`; a refusal, a timeout or a closed link make the
 //!   device need a reset.
-//! * One interrupt thread waits on every slot's call and error eventfds
-//!   and on its link's hang-up: a call sets InterruptStatus bit 0 and
+//! * The VMM's event loop ([`VirtioInterrupts`]) waits on every slot's
+//!   call and error eventfds and on its link's hang-up: a call sets InterruptStatus bit 0 and
 //!   pulses the irqfd; an error or a closed link sets DEVICE_NEEDS_RESET
 //!   with a configuration interrupt.
 
@@ -27,7 +27,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use event_manager::{EventOps, Events, MutEventSubscriber};
 use kvm_ioctls::{IoEventAddress, VmFd};
+use nix::poll::PollTimeout;
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags};
 use nix::sys::socket::{recv, send, MsgFlags};
 use serde::{Deserialize, Serialize};
@@ -40,6 +42,8 @@ use kxen_devices::virtio_mmio::{
 };
 use kxen_devices::{Bus, BusError};
 use kxen_loader::acpi::VirtioMmioDevice;
+
+use crate::event_loop::watch;
 
 /// Slot 0's register window.
 pub const VIRTIO_MMIO_BASE: u64 = 0xd000_0000;
@@ -578,14 +582,15 @@ impl VirtioDevices {
         old.link_closed.store(true, Ordering::SeqCst);
     }
 
-    /// Start the interrupt thread.
+    /// Serve the interrupts on a thread of its own (the event loop's
+    /// [`VirtioInterrupts`] does this in the VMM), until [`Self::stop`].
     pub fn start(self: &Arc<Self>) -> std::io::Result<JoinHandle<()>> {
         let me = self.clone();
         std::thread::Builder::new()
             .name("virtio-irq".into())
             .spawn(move || {
                 crate::seccomp::install(crate::seccomp::ThreadClass::Service);
-                me.serve_interrupts()
+                while me.serve_ready(PollTimeout::NONE) {}
             })
     }
 
@@ -594,24 +599,24 @@ impl VirtioDevices {
         let _ = self.stop.write(1);
     }
 
-    fn serve_interrupts(&self) {
+    /// Serve what is ready, waiting up to `timeout`; false once stopped.
+    fn serve_ready(&self, timeout: PollTimeout) -> bool {
         let mut events = [EpollEvent::empty(); 32];
-        loop {
-            let n = match self.epoll.wait(&mut events, 1000u16) {
-                Ok(n) => n,
-                Err(nix::errno::Errno::EINTR) => continue,
-                Err(e) => {
-                    warn!("virtio interrupt thread: {e}");
-                    return;
-                }
-            };
-            for event in &events[..n] {
-                if event.data() == TOKEN_STOP {
-                    return;
-                }
-                self.handle_event(event.data());
+        let n = match self.epoll.wait(&mut events, timeout) {
+            Ok(n) => n,
+            Err(nix::errno::Errno::EINTR) => return true,
+            Err(e) => {
+                warn!("virtio interrupts: {e}");
+                return false;
             }
+        };
+        for event in &events[..n] {
+            if event.data() == TOKEN_STOP {
+                return false;
+            }
+            self.handle_event(event.data());
         }
+        true
     }
 
     fn handle_event(&self, token: u64) {
@@ -649,6 +654,20 @@ impl VirtioDevices {
                 slot.device().backend_failed("link closed");
             }
         }
+    }
+}
+
+/// The virtio slots' interrupts in the event loop: their own epoll set
+/// (attachments come and go under it) is one fd of the loop's.
+pub struct VirtioInterrupts(pub Arc<VirtioDevices>);
+
+impl MutEventSubscriber for VirtioInterrupts {
+    fn init(&mut self, ops: &mut EventOps) {
+        watch(ops, &self.0.epoll.0, 0, "the virtio interrupts");
+    }
+
+    fn process(&mut self, _events: Events, _ops: &mut EventOps) {
+        self.0.serve_ready(PollTimeout::ZERO);
     }
 }
 

@@ -71,6 +71,10 @@ pub trait Platform: Send + Sync {
     /// The domain closed its end of a channel to `remote_dom`'s
     /// `remote_port`.
     fn remote_port_closed(&self, _remote_dom: u16, _remote_port: u32) {}
+
+    /// A vCPU timer was set or cleared: the VMM's timer service should
+    /// call [`Domain::fire_due_timers`] to re-plan.
+    fn timers_changed(&self) {}
 }
 
 /// Where a domain's event words and grant frames sit, by guest address.
@@ -626,6 +630,18 @@ impl Domain {
     pub fn timers_changed(&self, st: &mut DomainState) {
         st.timers_changed = true;
         self.timer_wake.notify_all();
+        self.platform.timers_changed();
+    }
+
+    /// Fire the vCPU timers that are due and return how long until the
+    /// next one (None: no timer set), for a VMM that waits on a timerfd
+    /// instead of running [`Domain::run_timers`] on a thread.
+    pub fn fire_due_timers(&self) -> Option<Duration> {
+        let mut st = self.lock();
+        st.timers_changed = false;
+        let now = self.clock.now_ns();
+        self.fire_timers(&mut st, now)
+            .map(|deadline| Duration::from_nanos(deadline.saturating_sub(now)))
     }
 
     /// Fire expired timers and return the next deadline.

@@ -342,8 +342,8 @@ impl KvmVcpu {
     }
 
     /// Put an application processor in long mode at `entry`.
-    pub fn start_ap_at(&self, entry: u64) -> Result<(), crate::vm::VmError> {
-        crate::vm::setup_long_mode_ap(&self.fd, entry)
+    pub fn start_ap_at(&self, entry: u64) -> Result<(), crate::error::VmError> {
+        crate::boot_cpu::setup_long_mode_ap(&self.fd, entry)
     }
 
     /// The registers by ioctl, for the thread's last words (the synced

@@ -1,0 +1,172 @@
+//! Where the vCPUs start: the register state of the boot processor for
+//! each boot protocol, and of an AP the MP wakeup mailbox started.
+
+use kvm_bindings::{kvm_segment, kvm_sregs};
+
+use crate::error::VmError;
+
+fn flat_segment(selector: u16, kind: u8) -> kvm_segment {
+    kvm_segment {
+        base: 0,
+        limit: 0xffff_ffff,
+        selector,
+        type_: kind,
+        present: 1,
+        dpl: 0,
+        db: 1,
+        s: 1,
+        l: 0,
+        g: 1,
+        avl: 0,
+        unusable: 0,
+        padding: 0,
+    }
+}
+
+/// Load `code` into CS, flat data segments with `data_selector` into the
+/// others, and a TSS descriptor at the selector after them (the guest
+/// loads its own tables; these are the hidden parts KVM enters with).
+fn load_flat_segments(sregs: &mut kvm_sregs, code: kvm_segment, data_selector: u16) {
+    sregs.cs = code;
+    for seg in [
+        &mut sregs.ds,
+        &mut sregs.es,
+        &mut sregs.fs,
+        &mut sregs.gs,
+        &mut sregs.ss,
+    ] {
+        *seg = flat_segment(data_selector, 0x3);
+    }
+    sregs.tr = kvm_segment {
+        base: 0,
+        limit: 0x67,
+        selector: data_selector + 8,
+        type_: 0xb,
+        present: 1,
+        s: 0,
+        ..Default::default()
+    };
+}
+
+/// Put vCPU 0 at the PVH entry: 32-bit protected mode, paging off.
+pub fn setup_pvh_bsp(fd: &kvm_ioctls::VcpuFd, entry: u64, start_info: u64) -> Result<(), VmError> {
+    let mut sregs = fd.get_sregs()?;
+    load_flat_segments(&mut sregs, flat_segment(0x10, 0xb), 0x18);
+    sregs.cr0 = 0x11; // PE | ET
+    sregs.cr4 = 0;
+    sregs.efer = 0;
+    fd.set_sregs(&sregs)?;
+    let mut regs = fd.get_regs()?;
+    regs.rip = entry;
+    regs.rbx = start_info;
+    regs.rflags = 0x2;
+    fd.set_regs(&regs)?;
+    Ok(())
+}
+
+/// Where vCPU 0 starts.
+#[derive(Debug, Clone, Copy)]
+pub enum BspEntry {
+    /// PVH: 32-bit protected mode, EBX = hvm_start_info.
+    Pvh { entry: u64, start_info: u64 },
+    /// Linux's 64-bit boot protocol: long mode, RSI = zero page.
+    Linux64 { entry: u64, boot_params: u64 },
+}
+
+impl BspEntry {
+    pub fn entry(&self) -> u64 {
+        match *self {
+            BspEntry::Pvh { entry, .. } | BspEntry::Linux64 { entry, .. } => entry,
+        }
+    }
+}
+
+/// Put vCPU 0 at a Linux kernel's 64-bit entry: long mode on the identity
+/// page tables, the boot GDT's `__BOOT_CS`/`__BOOT_DS`, RSI = zero page,
+/// interrupts off.
+pub fn setup_linux64_bsp(
+    fd: &kvm_ioctls::VcpuFd,
+    entry: u64,
+    boot_params: u64,
+) -> Result<(), VmError> {
+    use kxen_loader::linux::{BOOT_CS, BOOT_DS, BOOT_GDT, BOOT_GDT_GPA, BOOT_STACK_TOP};
+    let mut sregs = fd.get_sregs()?;
+    let code64 = kvm_segment {
+        l: 1,
+        db: 0,
+        ..flat_segment(BOOT_CS, 0xb)
+    };
+    load_flat_segments(&mut sregs, code64, BOOT_DS);
+    sregs.gdt.base = BOOT_GDT_GPA;
+    sregs.gdt.limit = (BOOT_GDT.len() * 8 - 1) as u16;
+    identity_long_mode(&mut sregs);
+    fd.set_sregs(&sregs)?;
+    let regs = kvm_bindings::kvm_regs {
+        rip: entry,
+        rsi: boot_params,
+        rsp: BOOT_STACK_TOP,
+        rflags: 0x2,
+        ..Default::default()
+    };
+    fd.set_regs(&regs)?;
+    Ok(())
+}
+
+/// Long mode with paging on the loader's identity page tables: where both
+/// a Linux 64-bit boot and an MP-wakeup AP start.
+fn identity_long_mode(sregs: &mut kvm_sregs) {
+    sregs.cr0 = 0x8000_0031; // PG | NE | ET | PE
+    sregs.cr3 = kxen_loader::acpi::AP_PAGE_TABLES_GPA;
+    sregs.cr4 = 0x20; // PAE
+    sregs.efer = 0x500; // LME | LMA
+}
+
+/// Put an AP at the entry point the guest gave the MP wakeup mailbox:
+/// 64-bit mode, paging on the identity-mapped AP page tables, as the ACPI
+/// specification promises the OS. The AP loads its own GDT and IDT.
+pub fn setup_long_mode_ap(fd: &kvm_ioctls::VcpuFd, entry: u64) -> Result<(), VmError> {
+    let mut sregs = fd.get_sregs()?;
+    let code64 = kvm_segment {
+        l: 1,
+        db: 0,
+        ..flat_segment(0x08, 0xb)
+    };
+    load_flat_segments(&mut sregs, code64, 0x10);
+    identity_long_mode(&mut sregs);
+    fd.set_sregs(&sregs)?;
+    let regs = kvm_bindings::kvm_regs {
+        rip: entry,
+        rflags: 0x2,
+        ..Default::default()
+    };
+    fd.set_regs(&regs)?;
+    fd.set_mp_state(kvm_bindings::kvm_mp_state {
+        mp_state: kvm_bindings::KVM_MP_STATE_RUNNABLE,
+    })?;
+    enable_local_apic(fd)?;
+    Ok(())
+}
+
+/// Offset of the spurious-interrupt vector register in the local APIC page.
+const APIC_SVR: usize = 0xf0;
+const APIC_SVR_ENABLE: u32 = 1 << 8;
+
+/// Software-enable a vCPU's local APIC, as firmware leaves it. Xen guests
+/// register their event upcall vector before their kernel sets the APIC up,
+/// and a software-disabled APIC drops the fixed interrupts that carry it.
+pub fn enable_local_apic(fd: &kvm_ioctls::VcpuFd) -> Result<(), VmError> {
+    let mut lapic = fd.get_lapic()?;
+    let mut svr = [0u8; 4];
+    for (dst, src) in svr.iter_mut().zip(&lapic.regs[APIC_SVR..APIC_SVR + 4]) {
+        *dst = *src as u8;
+    }
+    let value = u32::from_le_bytes(svr) | APIC_SVR_ENABLE | 0xff;
+    for (dst, src) in lapic.regs[APIC_SVR..APIC_SVR + 4]
+        .iter_mut()
+        .zip(value.to_le_bytes())
+    {
+        *dst = src as _;
+    }
+    fd.set_lapic(&lapic)?;
+    Ok(())
+}
