@@ -159,7 +159,7 @@ fn vmm_crash_is_contained() {
     // The crash is logged as such, and handled by on_crash.
     let dmesg = d.ok(&["dmesg"]);
     assert!(
-        dmesg.contains("(crash-a) kxen-vmm ended without a reason; on_crash = destroy"),
+        dmesg.contains("(crash-a) killed by SIGKILL; on_crash = destroy"),
         "{dmesg}"
     );
     // crash-b still answers on its console.

@@ -299,7 +299,19 @@ impl Daemon {
         // Its own process group: a terminal's ^C to kxl or kxend must
         // not reach the domains.
         .process_group(0);
-        let mut child = cmd.spawn().map_err(|e| CreateError::Spawn {
+        let jailed = crate::jail::JailRequest {
+            domid,
+            vmm: &self.vmm,
+            read_only: std::iter::once(Path::new(&spec.kernel))
+                .chain(spec.ramdisk.as_deref().map(Path::new))
+                .collect(),
+            writable: vec![&record.control, &record.exit_file],
+            cpu: crate::cgroup::CpuSettings {
+                cap_percent: record.config.cap,
+                weight: record.config.cpu_weight,
+            },
+        };
+        let mut child = crate::jail::launch(&jailed, &mut cmd).map_err(|e| CreateError::Spawn {
             path: self.vmm.display().to_string(),
             reason: preflight::describe_io(&e),
         })?;
@@ -319,6 +331,7 @@ impl Daemon {
                 let _ = child.wait();
                 let _ = std::fs::remove_file(self.record_path(domid));
                 let _ = std::fs::remove_file(&record.control);
+                crate::jail::cleanup(domid);
                 self.log(&format!("domain {domid} ({}) not created: {e}", spec.name));
                 return Err(e);
             }
@@ -339,6 +352,7 @@ impl Daemon {
                 .unwrap_or_else(|e| e.into_inner())
                 .remove(&domid);
             let _ = child.wait();
+            crate::jail::cleanup(domid);
             self.store.release(domid);
             self.store.rm(&format!("/local/domain/{domid}"));
             self.store.rm(&format!("/vm/{}", domain.record.uuid));
@@ -506,7 +520,15 @@ impl Daemon {
             .name(format!("monitor-{domid}"))
             .spawn(move || {
                 let code = match child {
-                    Some(mut child) => child.wait().ok().and_then(|s| s.code()),
+                    Some(mut child) => {
+                        let status = child.wait().ok();
+                        if let Some(signal) =
+                            status.and_then(|s| std::os::unix::process::ExitStatusExt::signal(&s))
+                        {
+                            me.vmm_killed(&domain, signal);
+                        }
+                        status.and_then(|s| s.code())
+                    }
                     None => {
                         while domain.alive() {
                             std::thread::sleep(Duration::from_millis(50));
@@ -516,6 +538,24 @@ impl Daemon {
                 };
                 me.domain_died(domid, code);
             });
+    }
+
+    /// A domain's VMM was killed by `signal`: it wrote no exit file, so
+    /// write the reason there for [`Self::domain_died`] to report as the
+    /// domain's crash.
+    fn vmm_killed(&self, domain: &Domain, signal: i32) {
+        let name = nix::sys::signal::Signal::try_from(signal)
+            .map(|s| s.as_str().to_string())
+            .unwrap_or_else(|_| format!("signal {signal}"));
+        let why = if signal == libc::SIGSYS {
+            format!("killed by {name} (seccomp violation)")
+        } else {
+            format!("killed by {name}")
+        };
+        error!(domid = domain.record.domid, "kxen-vmm {why}");
+        if !domain.record.exit_file.exists() {
+            let _ = std::fs::write(&domain.record.exit_file, format!("7 {why}\n"));
+        }
     }
 
     /// A domain's VMM exited: apply on_poweroff/on_reboot/on_crash.
@@ -566,6 +606,7 @@ impl Daemon {
         let _ = std::fs::remove_file(self.record_path(domid));
         let _ = std::fs::remove_file(&record.exit_file);
         let _ = std::fs::remove_file(&record.control);
+        crate::jail::cleanup(domid);
         if reason == u32::MAX {
             self.log(&format!("domain {domid} ({}) destroyed", record.name));
             return;
@@ -1121,6 +1162,7 @@ impl Daemon {
         }
         for stream in listener.incoming() {
             match stream {
+                Ok(stream) if !crate::peer::is_trusted(&stream, "kxend.sock") => {}
                 Ok(stream) => {
                     let me = self.clone();
                     let _ = std::thread::Builder::new()

@@ -6,10 +6,13 @@
 //! demand; `kxend --foreground` is for service managers.
 
 mod backends;
+mod cgroup;
 mod console;
 mod daemon;
 mod devices;
 mod domain;
+mod jail;
+mod peer;
 mod preflight;
 mod store;
 mod xenstore_glue;
@@ -40,6 +43,14 @@ struct Args {
     /// The kxen-vmm binary (default: next to kxend).
     #[arg(long)]
     vmm: Option<PathBuf>,
+    /// Start VMMs as plain children with kxend's privileges instead of
+    /// jailed (own uid, no capabilities, private namespaces and root).
+    /// Also set by KXEN_NO_JAIL=1.
+    #[arg(long)]
+    no_jail: bool,
+    /// Domain N's jailed VMM runs as uid and gid BASE+N.
+    #[arg(long, default_value_t = jail::DEFAULT_UID_BASE)]
+    vmm_uid_base: u32,
 }
 
 fn main() -> ExitCode {
@@ -64,13 +75,36 @@ fn main() -> ExitCode {
             .and_then(|p| p.parent().map(|d| d.join("kxen-vmm")))
             .unwrap_or_else(|| "kxen-vmm".into())
     });
-    let listener = match daemon::claim_socket(&run_dir.join(protocol::SOCKET_NAME)) {
+    let no_jail = args.no_jail || std::env::var_os("KXEN_NO_JAIL").is_some_and(|v| v == "1");
+    if no_jail {
+        tracing::warn!("--no-jail: VMMs run with kxend's privileges");
+        jail::configure(None);
+    } else {
+        match jail::JailConfig::new(&run_dir, args.vmm_uid_base) {
+            Ok(config) => jail::configure(Some(config)),
+            Err(e) => {
+                error!("{e} (--no-jail runs VMMs unconfined)");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    let socket_path = run_dir.join(protocol::SOCKET_NAME);
+    let listener = match daemon::claim_socket(&socket_path) {
         Ok(l) => l,
         Err(e) => {
             error!("{e}");
             return ExitCode::FAILURE;
         }
     };
+    // kxend.sock creates and destroys domains: root's alone (and each
+    // client's credentials are checked as it connects).
+    if let Err(e) = std::fs::set_permissions(
+        &socket_path,
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    ) {
+        error!("{}: {e}", socket_path.display());
+        return ExitCode::FAILURE;
+    }
     let store = match xenstore_glue::XenstoreGlue::start(&state_dir, &run_dir) {
         Ok(s) => s,
         Err(e) => {

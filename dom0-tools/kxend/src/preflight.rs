@@ -149,6 +149,9 @@ pub fn vmm_failure(log: &str, status: ExitStatus) -> String {
     use std::os::unix::process::ExitStatusExt;
     match (status.code(), status.signal()) {
         (Some(code), _) => format!("kxen-vmm exited with status {code}"),
+        (None, Some(libc::SIGSYS)) => {
+            "kxen-vmm was killed by SIGSYS (seccomp violation)".to_string()
+        }
         (None, Some(signal)) => format!("kxen-vmm was killed by signal {signal}"),
         (None, None) => "kxen-vmm ended".to_string(),
     }

@@ -280,7 +280,10 @@ impl Xenstored {
         let _ = std::fs::remove_file(&path);
         let listener = UnixListener::bind(&path)
             .map_err(|e| Error::io(format!("binding {}", path.display()), e))?;
-        let _ = std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600));
+        // Socket clients act as Dom0: the owner's alone, and each client's
+        // credentials are checked as it connects (`accept_all`).
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+            .map_err(|e| Error::io(format!("setting the mode of {}", path.display()), e))?;
         listener
             .set_nonblocking(true)
             .map_err(|e| Error::io("set_nonblocking", e))?;
@@ -647,6 +650,39 @@ fn service_loop(inner: &Inner) {
     debug!("xenstored service thread stopped");
 }
 
+/// Whether a socket client is root or runs as this process's own uid
+/// (SO_PEERCRED: its credentials when it connected). Socket clients act as
+/// Dom0, with every domain's store in reach.
+fn peer_is_trusted(stream: &std::os::unix::net::UnixStream) -> bool {
+    let mut cred = libc::ucred {
+        pid: 0,
+        uid: u32::MAX,
+        gid: u32::MAX,
+    };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: `cred` and `len` are live locals of the size the call is told.
+    let rc = unsafe {
+        libc::getsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            (&mut cred as *mut libc::ucred).cast(),
+            &mut len,
+        )
+    };
+    // SAFETY: geteuid has no arguments and cannot fail.
+    let own = unsafe { libc::geteuid() };
+    let trusted = rc == 0 && (cred.uid == 0 || cred.uid == own);
+    if !trusted {
+        warn!(
+            uid = cred.uid,
+            pid = cred.pid,
+            "xenstored: refused a socket client"
+        );
+    }
+    trusted
+}
+
 fn accept_all(inner: &Inner, id: u64) -> Vec<(std::os::unix::net::UnixStream, u64)> {
     let listeners = inner.listeners.lock().unwrap_or_else(|e| e.into_inner());
     let Some(l) = listeners.get(&id) else {
@@ -656,6 +692,9 @@ fn accept_all(inner: &Inner, id: u64) -> Vec<(std::os::unix::net::UnixStream, u6
     loop {
         match l.listener.accept() {
             Ok((s, _)) => {
+                if !peer_is_trusted(&s) {
+                    continue;
+                }
                 if s.set_nonblocking(true).is_ok() {
                     out.push((s, id));
                 }

@@ -1,0 +1,359 @@
+//! One cgroup per domain's VMM, for memory and CPU accounting and for the
+//! scheduler settings of its xl.cfg (`cap`, `cpu_weight`).
+//!
+//! Each controller is taken from cgroup v2 where the v2 hierarchy offers it,
+//! else from the v1 hierarchy that carries it: hosts are often hybrid (this
+//! one has cpu, cpuacct, memory, cpuset and pids on v1 and only hugetlb on
+//! v2). Domain cgroups sit under kxend's own cgroup in each hierarchy, in
+//! `kxen-INSTANCE/dom-N`, so a limit kxend runs under also bounds its VMMs;
+//! INSTANCE tells apart kxends with different run directories (tests run
+//! several at once, each with its own domain 1).
+//!
+//! The VMM joins its cgroups itself, between fork and exec: kxend opens each
+//! `cgroup.procs` beforehand and the child writes "0" (itself) into them, so
+//! nothing it does escapes accounting.
+
+use std::fs::OpenOptions;
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+
+use thiserror::Error;
+use tracing::{info, warn};
+
+/// The controllers a domain's cgroup uses.
+const WANTED: &[&str] = &["cpu", "cpuacct", "memory", "cpuset", "pids"];
+
+/// Why a domain's cgroup could not be made.
+#[derive(Debug, Error)]
+pub enum CgroupError {
+    #[error("cgroup {}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> CgroupError + '_ {
+    move |source| CgroupError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// One hierarchy kxend places domains in.
+#[derive(Clone, Debug)]
+struct Hierarchy {
+    /// `<mount point><kxend's cgroup>/kxen-INSTANCE`.
+    base: PathBuf,
+    /// The wanted controllers this hierarchy carries for us.
+    controllers: Vec<String>,
+    v2: bool,
+}
+
+/// The cgroup layout found on this host at kxend's start.
+#[derive(Clone, Debug, Default)]
+pub struct Cgroups {
+    hierarchies: Vec<Hierarchy>,
+}
+
+/// Scheduler settings of one domain, in xl.cfg's units.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct CpuSettings {
+    /// Percent of one CPU the domain may use (`cap`; 0 or None: no cap).
+    pub cap_percent: Option<u32>,
+    /// Credit scheduler weight (`cpu_weight`; Xen's default is 256).
+    pub weight: Option<u32>,
+}
+
+/// A domain's cgroups, ready for its VMM to join.
+#[derive(Debug, Default)]
+pub struct DomainCgroup {
+    /// Each hierarchy's `cgroup.procs` of this domain, open for writing.
+    pub procs: Vec<OwnedFd>,
+    /// The directories, to remove once the VMM is gone.
+    pub dirs: Vec<PathBuf>,
+}
+
+/// One line of /proc/self/mountinfo that mounts a cgroup hierarchy.
+struct CgroupMount {
+    mount_point: PathBuf,
+    v2: bool,
+    /// v1: the controllers named in the super options.
+    controllers: Vec<String>,
+}
+
+fn parse_mounts(mountinfo: &str) -> Vec<CgroupMount> {
+    let mut mounts = Vec::new();
+    for line in mountinfo.lines() {
+        // ID PARENT MAJ:MIN ROOT MOUNT_POINT OPTS [OPTIONAL...] - TYPE SOURCE SUPER_OPTS
+        let Some((left, right)) = line.split_once(" - ") else {
+            continue;
+        };
+        let fields: Vec<&str> = left.split(' ').collect();
+        let right: Vec<&str> = right.split(' ').collect();
+        let (Some(mount_point), Some(fstype)) = (fields.get(4), right.first()) else {
+            continue;
+        };
+        match *fstype {
+            "cgroup2" => mounts.push(CgroupMount {
+                mount_point: PathBuf::from(mount_point),
+                v2: true,
+                controllers: Vec::new(),
+            }),
+            "cgroup" => {
+                let controllers = right
+                    .get(2)
+                    .map(|opts| {
+                        opts.split(',')
+                            .filter(|o| WANTED.contains(o))
+                            .map(str::to_string)
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                mounts.push(CgroupMount {
+                    mount_point: PathBuf::from(mount_point),
+                    v2: false,
+                    controllers,
+                });
+            }
+            _ => {}
+        }
+    }
+    mounts
+}
+
+/// kxend's own cgroup in the v1 hierarchy of `controllers`, or in v2.
+fn own_path(proc_cgroup: &str, v2: bool, controllers: &[String]) -> Option<String> {
+    proc_cgroup.lines().find_map(|line| {
+        let mut parts = line.splitn(3, ':');
+        let (_, list, path) = (parts.next()?, parts.next()?, parts.next()?);
+        let matches = if v2 {
+            list.is_empty()
+        } else {
+            list.split(',').any(|c| controllers.iter().any(|w| w == c))
+        };
+        matches.then(|| path.to_string())
+    })
+}
+
+impl Cgroups {
+    /// Find the hierarchies of this host. A host without cgroups gives an
+    /// empty layout: domains then run unaccounted, and kxend says so once.
+    pub fn detect(instance: &str) -> Self {
+        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        let proc_cgroup = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
+        let mounts = parse_mounts(&mountinfo);
+        let mut hierarchies = Vec::new();
+        let mut taken: Vec<String> = Vec::new();
+        // v2 first: it wins every controller it offers.
+        for m in mounts.iter().filter(|m| m.v2) {
+            let Some(own) = own_path(&proc_cgroup, true, &[]) else {
+                continue;
+            };
+            let own_dir = m.mount_point.join(own.trim_start_matches('/'));
+            let offered =
+                std::fs::read_to_string(own_dir.join("cgroup.controllers")).unwrap_or_default();
+            let controllers: Vec<String> = offered
+                .split_whitespace()
+                .filter(|c| WANTED.contains(c))
+                .map(str::to_string)
+                .collect();
+            if controllers.is_empty() {
+                continue;
+            }
+            taken.extend(controllers.iter().cloned());
+            hierarchies.push(Hierarchy {
+                base: own_dir.join(format!("kxen-{instance}")),
+                controllers,
+                v2: true,
+            });
+        }
+        for m in mounts.iter().filter(|m| !m.v2) {
+            let controllers: Vec<String> = m
+                .controllers
+                .iter()
+                .filter(|c| !taken.contains(c))
+                .cloned()
+                .collect();
+            if controllers.is_empty() {
+                continue;
+            }
+            let Some(own) = own_path(&proc_cgroup, false, &controllers) else {
+                continue;
+            };
+            taken.extend(controllers.iter().cloned());
+            hierarchies.push(Hierarchy {
+                base: m
+                    .mount_point
+                    .join(own.trim_start_matches('/'))
+                    .join(format!("kxen-{instance}")),
+                controllers,
+                v2: false,
+            });
+        }
+        if hierarchies.is_empty() {
+            warn!("no cgroup hierarchy offers {WANTED:?}: domains run unaccounted");
+        } else {
+            for h in &hierarchies {
+                info!(
+                    base = %h.base.display(),
+                    v2 = h.v2,
+                    controllers = ?h.controllers,
+                    "domain cgroups"
+                );
+            }
+        }
+        Cgroups { hierarchies }
+    }
+
+    /// Make domain `domid`'s cgroups with `cpu` applied, and open their
+    /// `cgroup.procs` for the VMM to join.
+    pub fn create(&self, domid: u32, cpu: CpuSettings) -> Result<DomainCgroup, CgroupError> {
+        let mut made = DomainCgroup::default();
+        for h in &self.hierarchies {
+            let result = self.create_one(h, domid, cpu, &mut made);
+            if let Err(e) = result {
+                remove_dirs(&made.dirs);
+                return Err(e);
+            }
+        }
+        Ok(made)
+    }
+
+    fn create_one(
+        &self,
+        h: &Hierarchy,
+        domid: u32,
+        cpu: CpuSettings,
+        made: &mut DomainCgroup,
+    ) -> Result<(), CgroupError> {
+        let has = |c: &str| h.controllers.iter().any(|x| x == c);
+        if !h.base.exists() {
+            std::fs::create_dir(&h.base).map_err(io_err(&h.base))?;
+            if h.v2 {
+                // The controllers must be switched on for the children.
+                let enable: Vec<String> = h.controllers.iter().map(|c| format!("+{c}")).collect();
+                let parent = h.base.parent().unwrap_or(&h.base);
+                write(&parent.join("cgroup.subtree_control"), &enable.join(" "))?;
+                write(&h.base.join("cgroup.subtree_control"), &enable.join(" "))?;
+            } else if has("cpuset") {
+                inherit_cpuset(&h.base)?;
+            }
+        }
+        let dir = h.base.join(format!("dom-{domid}"));
+        match std::fs::create_dir(&dir) {
+            Ok(()) => {}
+            // A leftover of a kxend that died with the domain: reuse it.
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(io_err(&dir)(e)),
+        }
+        made.dirs.push(dir.clone());
+        if !h.v2 && has("cpuset") {
+            inherit_cpuset(&dir)?;
+        }
+        if has("cpu") {
+            if let Some(cap) = cpu.cap_percent.filter(|&c| c > 0) {
+                // cap is in percent of one CPU; quota per 100 ms period.
+                let quota = u64::from(cap) * 1000;
+                if h.v2 {
+                    write(&dir.join("cpu.max"), &format!("{quota} 100000"))?;
+                } else {
+                    write(&dir.join("cpu.cfs_period_us"), "100000")?;
+                    write(&dir.join("cpu.cfs_quota_us"), &quota.to_string())?;
+                }
+            }
+            if let Some(weight) = cpu.weight {
+                // Xen's default weight 256 maps to each interface's default.
+                if h.v2 {
+                    let w = (u64::from(weight) * 100 / 256).clamp(1, 10_000);
+                    write(&dir.join("cpu.weight"), &w.to_string())?;
+                } else {
+                    let shares = (u64::from(weight) * 1024 / 256).max(2);
+                    write(&dir.join("cpu.shares"), &shares.to_string())?;
+                }
+            }
+        }
+        let procs = dir.join("cgroup.procs");
+        let file = OpenOptions::new()
+            .write(true)
+            .open(&procs)
+            .map_err(io_err(&procs))?;
+        made.procs.push(file.into());
+        Ok(())
+    }
+
+    /// Remove domain `domid`'s cgroups (its VMM has ended).
+    pub fn remove(&self, domid: u32) {
+        let dirs: Vec<PathBuf> = self
+            .hierarchies
+            .iter()
+            .map(|h| h.base.join(format!("dom-{domid}")))
+            .filter(|d| d.exists())
+            .collect();
+        remove_dirs(&dirs);
+    }
+}
+
+fn remove_dirs(dirs: &[PathBuf]) {
+    for dir in dirs {
+        // A cgroup directory goes with rmdir only (its files are virtual).
+        if let Err(e) = std::fs::remove_dir(dir) {
+            warn!("removing cgroup {}: {e}", dir.display());
+        }
+    }
+}
+
+fn write(path: &Path, value: &str) -> Result<(), CgroupError> {
+    std::fs::write(path, value).map_err(io_err(path))
+}
+
+/// A new v1 cpuset cgroup starts empty and refuses tasks: give it its
+/// parent's CPUs and memory nodes.
+fn inherit_cpuset(dir: &Path) -> Result<(), CgroupError> {
+    let parent = dir.parent().unwrap_or(dir);
+    for file in ["cpuset.cpus", "cpuset.mems"] {
+        let from = parent.join(file);
+        let value = std::fs::read_to_string(&from).map_err(io_err(&from))?;
+        write(&dir.join(file), value.trim())?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HYBRID: &str = "\
+35 25 0:30 / /sys/fs/cgroup/unified rw,nosuid,nodev,noexec,relatime shared:10 - cgroup2 cgroup2 rw,nsdelegate
+36 25 0:31 / /sys/fs/cgroup/cpu rw,nosuid shared:11 - cgroup cgroup rw,cpu
+37 25 0:32 / /sys/fs/cgroup/memory rw,nosuid shared:12 - cgroup cgroup rw,memory
+38 25 0:33 / /sys/fs/cgroup/freezer rw,nosuid shared:13 - cgroup cgroup rw,freezer
+39 25 0:34 / /proc rw - proc proc rw";
+
+    #[test]
+    fn hybrid_mounts_are_told_apart() {
+        let mounts = parse_mounts(HYBRID);
+        assert_eq!(mounts.len(), 4);
+        assert!(mounts[0].v2);
+        assert_eq!(mounts[1].controllers, ["cpu"]);
+        assert_eq!(mounts[2].controllers, ["memory"]);
+        assert!(mounts[3].controllers.is_empty(), "freezer is not wanted");
+    }
+
+    #[test]
+    fn own_cgroup_per_hierarchy() {
+        let proc_cgroup = "4:memory:/process_api/abc\n1:cpu,cpuacct:/\n0::/user.slice\n";
+        assert_eq!(
+            own_path(proc_cgroup, false, &["memory".into()]).as_deref(),
+            Some("/process_api/abc")
+        );
+        assert_eq!(
+            own_path(proc_cgroup, false, &["cpuacct".into()]).as_deref(),
+            Some("/")
+        );
+        assert_eq!(
+            own_path(proc_cgroup, true, &[]).as_deref(),
+            Some("/user.slice")
+        );
+    }
+}
