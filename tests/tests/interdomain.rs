@@ -438,7 +438,8 @@ fn dom0_and_guest_exchange_events_and_grants() {
 
     let wake = |d: &[(String, u64)]| {
         d.iter()
-            .filter(|(n, _)| n.starts_with("evtchn-wake"))
+            // The event loop runs on kxen-vmm's main thread.
+            .filter(|(n, _)| n.starts_with("kxen-vmm"))
             .map(|(_, n)| n)
             .sum::<u64>()
     };
