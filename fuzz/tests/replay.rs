@@ -1164,3 +1164,70 @@ fn vmm_api_wire() {
     seeds.extend([memfd, info, ports].iter().map(encode));
     replay("vmm_api_wire", kxen_fuzz::vmm_api_wire, seeds);
 }
+
+// ---- page_walk --------------------------------------------------------------
+
+/// A `page_walk` input: mode byte (low 3 bits: off, 32-bit, PAE, 4-level,
+/// 5-level; 0x08 CR0.WP, 0x10 CR4.PSE, 0x20 EFER.NXE, 0x40 CPL 3), the CR3
+/// page, MAXPHYADDR, the access kind (0 read, 1 write, 2 fetch), the
+/// address, then the first bytes of guest RAM, where the tables live.
+fn walk_input(mode: u8, cr3_page: u8, kind: u8, gva: u64, entries: &[(u64, u64, bool)]) -> Vec<u8> {
+    let mut input = vec![mode, cr3_page, 46, kind];
+    input.extend(le64(gva));
+    let mut ram = vec![0u8; 0x9000];
+    for &(gpa, value, narrow) in entries {
+        let at = gpa as usize;
+        if narrow {
+            ram[at..at + 4].copy_from_slice(&le32(value as u32));
+        } else {
+            ram[at..at + 8].copy_from_slice(&le64(value));
+        }
+    }
+    input.extend(ram);
+    input
+}
+
+#[test]
+fn page_walk() {
+    // Present, writable, user.
+    const PWU: u64 = 0x7;
+    const LARGE: u64 = 0x80;
+    let long4 = [
+        (0x1000, 0x2000 | PWU, false),
+        (0x2000, 0x3000 | PWU, false),
+        (0x3000, 0x4000 | PWU, false),
+        (0x4000, 0x5000 | PWU, false),
+    ];
+    let long5 = [
+        (0x1000, 0x2000 | PWU, false),
+        (0x2000, 0x3000 | PWU, false),
+        (0x3000, 0x4000 | PWU, false),
+        (0x4000, 0x6000 | PWU, false),
+        (0x6000, 0x8000 | PWU, false),
+    ];
+    let long4_2m = [
+        (0x1000, 0x2000 | PWU, false),
+        (0x2000, 0x3000 | PWU, false),
+        (0x3000, PWU | LARGE, false),
+    ];
+    // PAE: four PDPTEs (present only), then 8-byte PD and PT entries.
+    let pae = [
+        (0x1000, 0x2000 | 1, false),
+        (0x2000, 0x3000 | PWU, false),
+        (0x3000, 0x5000 | PWU, false),
+    ];
+    let legacy = [(0x1000, 0x2000 | PWU, true), (0x2000, 0x5000 | PWU, true)];
+    let legacy_4m = [(0x1000, PWU | LARGE, true)];
+    let seeds = vec![
+        walk_input(0, 0, 0, 0x5123, &[]),
+        walk_input(3 | 0x08, 1, 0, 0x123, &long4),
+        walk_input(3 | 0x08 | 0x40, 1, 1, 0x123, &long4),
+        walk_input(3 | 0x08 | 0x20, 1, 2, 0xff8, &long4),
+        walk_input(3 | 0x08, 1, 1, 0x1f_f000, &long4_2m),
+        walk_input(4 | 0x08 | 0x40, 1, 0, 0x10, &long5),
+        walk_input(2 | 0x08, 1, 1, 0x321, &pae),
+        walk_input(1 | 0x08 | 0x40, 1, 1, 0x456, &legacy),
+        walk_input(1 | 0x08 | 0x10, 1, 0, 0x3f_fff0, &legacy_4m),
+    ];
+    replay("page_walk", kxen_fuzz::page_walk, seeds);
+}

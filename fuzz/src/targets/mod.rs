@@ -5,6 +5,7 @@ pub mod gnttab_copy;
 pub mod hypercalls;
 pub mod insn_decode;
 pub mod netif_tx;
+pub mod page_walk;
 pub mod pvh_note;
 pub mod virtio_blk_request;
 pub mod virtio_mmio_regs;
