@@ -211,7 +211,13 @@ impl Cgroups {
     pub fn create(&self, domid: u32, cpu: CpuSettings) -> Result<DomainCgroup, CgroupError> {
         let mut made = DomainCgroup::default();
         for h in &self.hierarchies {
-            let result = self.create_one(h, domid, cpu, &mut made);
+            let mut result = self.create_one(h, domid, cpu, &mut made);
+            if matches!(&result, Err(CgroupError::Io { source, .. })
+                if source.kind() == std::io::ErrorKind::NotFound)
+            {
+                // The base went with another domain's end meanwhile.
+                result = self.create_one(h, domid, cpu, &mut made);
+            }
             if let Err(e) = result {
                 remove_dirs(&made.dirs);
                 return Err(e);
@@ -228,8 +234,14 @@ impl Cgroups {
         made: &mut DomainCgroup,
     ) -> Result<(), CgroupError> {
         let has = |c: &str| h.controllers.iter().any(|x| x == c);
-        if !h.base.exists() {
-            std::fs::create_dir(&h.base).map_err(io_err(&h.base))?;
+        // The base goes with its last domain ([`Self::remove`]); another
+        // thread may be making it, or removing it, right now.
+        let made_base = match std::fs::create_dir(&h.base) {
+            Ok(()) => true,
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => false,
+            Err(e) => return Err(io_err(&h.base)(e)),
+        };
+        if made_base {
             if h.v2 {
                 // The controllers must be switched on for the children.
                 let enable: Vec<String> = h.controllers.iter().map(|c| format!("+{c}")).collect();
@@ -241,12 +253,10 @@ impl Cgroups {
             }
         }
         let dir = h.base.join(format!("dom-{domid}"));
-        match std::fs::create_dir(&dir) {
-            Ok(()) => {}
-            // A leftover of a kxend that died with the domain: reuse it.
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-            Err(e) => return Err(io_err(&dir)(e)),
-        }
+        // A leftover of a kxend that died with its domain is empty: start
+        // afresh rather than inherit its settings.
+        let _ = std::fs::remove_dir(&dir);
+        std::fs::create_dir(&dir).map_err(io_err(&dir))?;
         made.dirs.push(dir.clone());
         if !h.v2 && has("cpuset") {
             inherit_cpuset(&dir)?;
@@ -282,7 +292,8 @@ impl Cgroups {
         Ok(())
     }
 
-    /// Remove domain `domid`'s cgroups (its VMM has ended).
+    /// Remove domain `domid`'s cgroups (its VMM has ended), and the base
+    /// with the last of them.
     pub fn remove(&self, domid: u32) {
         let dirs: Vec<PathBuf> = self
             .hierarchies
@@ -291,6 +302,36 @@ impl Cgroups {
             .filter(|d| d.exists())
             .collect();
         remove_dirs(&dirs);
+        self.remove_empty_bases();
+    }
+
+    /// Remove this kxend's bases that hold no domain (other domains keep
+    /// theirs: rmdir refuses a cgroup with children).
+    fn remove_empty_bases(&self) {
+        for h in &self.hierarchies {
+            let _ = std::fs::remove_dir(&h.base);
+        }
+    }
+
+    /// At start: remove the cgroups of domains whose VMMs are gone (a
+    /// kxend that died before cleaning up), keeping those of domains
+    /// still running (kxend re-attaches to them).
+    pub fn sweep(&self) {
+        for h in &self.hierarchies {
+            let Ok(entries) = std::fs::read_dir(&h.base) else {
+                continue;
+            };
+            for entry in entries.flatten() {
+                let dir = entry.path();
+                let is_domain = entry.file_name().to_string_lossy().starts_with("dom-");
+                let empty = std::fs::read_to_string(dir.join("cgroup.procs"))
+                    .is_ok_and(|procs| procs.trim().is_empty());
+                if is_domain && empty {
+                    let _ = std::fs::remove_dir(&dir);
+                }
+            }
+        }
+        self.remove_empty_bases();
     }
 }
 

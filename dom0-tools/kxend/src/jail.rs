@@ -187,13 +187,15 @@ impl JailConfig {
             .ok()
             .and_then(|s| s.trim().parse().ok())
             .unwrap_or(63);
+        let cgroups = Cgroups::detect(&instance_name(run_dir));
+        cgroups.sweep();
         Ok(JailConfig {
             dir,
             uid_base,
             libraries: mapped_libraries(),
             kvm_rdev: meta.rdev(),
             last_cap,
-            cgroups: Cgroups::detect(&instance_name(run_dir)),
+            cgroups,
         })
     }
 
