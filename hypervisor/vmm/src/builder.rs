@@ -280,6 +280,7 @@ pub fn build(cfg: &VmConfig, started: Instant) -> Result<Vm, VmError> {
         dom0: dom0_link.clone(),
         events: events.clone(),
         exit: exit.clone(),
+        gate: gate.clone(),
         timers_changed: timers_changed
             .try_clone()
             .map_err(|e| VmError::Setup(format!("eventfd: {e}")))?,

@@ -2,8 +2,8 @@
 //!
 //! The domain owns its platform, so the platform holds only handles that
 //! do not lead back to the domain: memory, the kicker, the event routing
-//! (which also raises upcalls), Dom0's ports, the exit latch and the
-//! timer service's eventfd.
+//! (which also raises upcalls), Dom0's ports, the exit latch, the guest
+//! entry gate and the timer service's eventfd.
 
 use std::io::Write;
 use std::sync::Arc;
@@ -17,6 +17,7 @@ use crate::events::EventRouting;
 use crate::exit::{DomainExit, ExitLatch};
 use crate::kick::Kicker;
 use crate::memory::GuestMemory;
+use crate::vcpu::gate::GuestEntryGate;
 
 pub struct VmmPlatform {
     pub domid: u16,
@@ -25,6 +26,9 @@ pub struct VmmPlatform {
     pub dom0: Arc<Dom0Ports>,
     pub events: Arc<EventRouting>,
     pub exit: Arc<ExitLatch>,
+    /// The guest entry gate: a vCPU blocked in SCHEDOP_block/poll counts
+    /// as out of the guest, so pausing a blocked domain does not wait.
+    pub gate: Arc<GuestEntryGate>,
     /// Written when a vCPU timer changes; the event loop's timer service
     /// re-plans.
     pub timers_changed: EventFd,
@@ -85,6 +89,12 @@ impl Platform for VmmPlatform {
 
     fn set_blocked(&self, vcpu: u32, blocked: bool) {
         self.events.area.set_blocked(vcpu, blocked);
+        // A vCPU waiting for an event is not running for pause's sake.
+        if blocked {
+            self.gate.leave();
+        } else {
+            self.gate.resume();
+        }
     }
 
     fn upcall_vector_changed(&self, vcpu: u32, vector: Option<u8>) {

@@ -238,9 +238,17 @@ impl Vcpu {
         if !self.rt.enter_guest() {
             return VcpuState::Stopped(None);
         }
-        let result = self.kvm.run();
+        let state = self.run_and_serve_exit();
+        // Out only once the exit is served: a pause that returned while a
+        // hypercall this vCPU had trapped was still to be served would
+        // report the domain paused and then see it act.
         self.rt.leave_guest();
-        let exit = match result {
+        state
+    }
+
+    /// KVM_RUN, then serve the exit it returned.
+    fn run_and_serve_exit(&mut self) -> VcpuState {
+        let exit = match self.kvm.run() {
             Ok(exit) => exit,
             Err(RunError::Interrupted) => {
                 self.kvm.clear_immediate_exit();

@@ -2,10 +2,15 @@
 //! closes it and waits until every vCPU is out.
 //!
 //! A vCPU passes [`GuestEntryGate::enter`] before each KVM_RUN and
-//! [`GuestEntryGate::leave`] after it. Both are one atomic update and one
-//! load while the domain runs. [`GuestEntryGate::pause`] closes the gate,
-//! kicks the vCPUs out of KVM_RUN and sleeps on a condition variable that
-//! the last vCPU to leave signals; nothing polls.
+//! [`GuestEntryGate::leave`] once it has served the exit KVM_RUN returned,
+//! so a paused domain has no exit half served (a hypercall it trapped
+//! before the pause is answered before `pause` returns, never after). A
+//! vCPU that waits inside the hypervisor for an event (SCHEDOP_block,
+//! SCHEDOP_poll) leaves for the wait and [`GuestEntryGate::resume`]s after
+//! it, so a blocked domain pauses at once. Each is one atomic update and
+//! one load while the domain runs. [`GuestEntryGate::pause`] closes the
+//! gate, kicks the vCPUs out of KVM_RUN and sleeps on a condition variable
+//! that the last vCPU to leave signals; nothing polls.
 
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard};
@@ -32,7 +37,7 @@ pub struct GuestEntryGate {
     state: Mutex<GateState>,
     /// Mirror of `state.paused`, read without the lock on every entry.
     paused_fast: AtomicBool,
-    /// vCPUs inside KVM_RUN or about to enter it.
+    /// vCPUs inside KVM_RUN, about to enter it, or serving its exit.
     in_guest: AtomicU32,
     /// Signalled when the pause lifts or the domain stops (vCPUs wait).
     opened: Condvar,
@@ -79,7 +84,16 @@ impl GuestEntryGate {
         }
     }
 
-    /// The vCPU is back from KVM_RUN.
+    /// A vCPU that left to wait inside the hypervisor for an event goes
+    /// on serving its exit. It does not wait for the gate: it answers the
+    /// hypercall it is in (what it writes is the hypervisor's, as when Xen
+    /// delivers to a paused domain) and stops at its next `enter`.
+    pub fn resume(&self) {
+        self.in_guest.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// The vCPU has served its exit from KVM_RUN, or starts waiting inside
+    /// the hypervisor.
     pub fn leave(&self) {
         if self.in_guest.fetch_sub(1, Ordering::SeqCst) == 1
             && self.paused_fast.load(Ordering::SeqCst)
@@ -176,6 +190,22 @@ mod tests {
         gate.unpause();
         assert!(vcpu.join().expect("vCPU thread"));
         assert_eq!(gate.in_guest.load(Ordering::SeqCst), 1);
+    }
+
+    #[test]
+    fn a_vcpu_blocked_in_the_hypervisor_does_not_hold_up_pause() {
+        let gate = GuestEntryGate::new(false);
+        assert!(gate.enter());
+        // SCHEDOP_block: the vCPU waits inside the hypervisor.
+        gate.leave();
+        assert!(gate.pause(|| {}));
+        // Woken while paused: it finishes the hypercall, then stops at
+        // the gate.
+        gate.resume();
+        assert_eq!(gate.in_guest.load(Ordering::SeqCst), 1);
+        gate.leave();
+        assert_eq!(gate.in_guest.load(Ordering::SeqCst), 0);
+        assert!(gate.is_paused());
     }
 
     #[test]
