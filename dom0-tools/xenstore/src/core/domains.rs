@@ -1,0 +1,237 @@
+//! Domains: introducing (and resuming) a domain's ring connection, its
+//! saved watches, releasing it, and removing its nodes and permissions
+//! from the store when it goes.
+
+use std::sync::Arc;
+
+use tracing::{info, warn};
+
+use crate::error::XsError;
+use crate::path;
+use crate::perms::{Caller, Perms};
+use crate::ring::{self, SharedPage};
+use crate::view::View;
+use crate::watch::ConnId;
+
+use super::{Conn, Core, Domain, Kind, RingState};
+
+impl Core {
+    /// Start (or restart) serving a domain's ring. The ring is reset to
+    /// empty as Xen's `XS_INTRODUCE` does; the first introduction fires
+    /// `@introduceDomain`.
+    pub fn introduce(
+        &mut self,
+        domid: u32,
+        page: Arc<dyn SharedPage>,
+        notify: Arc<dyn Fn() + Send + Sync>,
+    ) {
+        let state = RingState::new(page.clone(), notify);
+        let id = match self.domains.get(&domid) {
+            Some(d) => {
+                let id = d.conn;
+                self.reset_conn_state(id);
+                if let Some(c) = self.conns.get_mut(&id) {
+                    c.kind = Kind::Ring(state);
+                    c.ignored = false;
+                }
+                id
+            }
+            None => {
+                let id = self.add_domain_conn(domid, state);
+                if domid != 0 {
+                    self.fire_special("@introduceDomain");
+                }
+                info!(domid, "domain introduced");
+                id
+            }
+        };
+        ring::reset(&*page);
+        self.collect_notify(id);
+    }
+
+    /// Re-attach to a domain whose ring was served before this daemon
+    /// started (a restarted toolstack): unlike `introduce`, the ring keeps
+    /// its indices and contents, and the domain's saved watches come back
+    /// without firing.
+    pub fn resume_domain(
+        &mut self,
+        domid: u32,
+        page: Arc<dyn SharedPage>,
+        notify: Arc<dyn Fn() + Send + Sync>,
+    ) {
+        if self.domains.contains_key(&domid) {
+            // Already served: only the ring binding changes.
+            self.introduce_binding(domid, page, notify);
+            return;
+        }
+        let id = self.add_domain_conn(domid, RingState::new(page, notify));
+        for w in self.restored_watches.remove(&domid).unwrap_or_default() {
+            if let Some(c) = self.conns.get_mut(&id) {
+                c.watches.push((w.node.clone(), w.token.clone()));
+            }
+            self.watches.add(id, &w.node, &w.token, w.relative);
+        }
+        info!(domid, "domain resumed");
+        self.collect_notify(id);
+    }
+
+    /// A new ring connection for `domid`, registered as its domain.
+    fn add_domain_conn(&mut self, domid: u32, state: RingState) -> ConnId {
+        let mut conn = Conn::new(
+            Caller::domain(domid),
+            path::domain_path(domid),
+            Kind::Ring(state),
+        );
+        conn.domid = Some(domid);
+        let id = self.new_conn(conn);
+        self.domains.insert(
+            domid,
+            Domain {
+                conn: id,
+                shutdown: false,
+            },
+        );
+        id
+    }
+
+    /// Replace the ring page and notifier of a served domain in place.
+    fn introduce_binding(
+        &mut self,
+        domid: u32,
+        page: Arc<dyn SharedPage>,
+        notify: Arc<dyn Fn() + Send + Sync>,
+    ) {
+        let Some(id) = self.domains.get(&domid).map(|d| d.conn) else {
+            return;
+        };
+        if let Some(Conn {
+            kind: Kind::Ring(state),
+            ..
+        }) = self.conns.get_mut(&id)
+        {
+            state.page = page;
+            state.notify = notify;
+        }
+        self.collect_notify(id);
+    }
+
+    /// The watches guests have set, for the state file.
+    pub fn domain_watches(&self) -> Vec<crate::persist::DomainWatch> {
+        let mut out = Vec::new();
+        for (&domid, d) in &self.domains {
+            let Some(c) = self.conns.get(&d.conn) else {
+                continue;
+            };
+            for (node, token) in &c.watches {
+                if let Some(relative) = self.watches.relative_of(d.conn, node, token) {
+                    out.push(crate::persist::DomainWatch {
+                        domid,
+                        node: node.clone(),
+                        token: token.clone(),
+                        relative,
+                    });
+                }
+            }
+        }
+        out
+    }
+
+    pub fn is_introduced(&self, domid: u32) -> bool {
+        self.domains.contains_key(&domid)
+    }
+
+    /// Stop serving a domain: its connection goes, the nodes it owns are
+    /// removed, its entries leave other nodes' permissions (so a later
+    /// domain with the same id inherits nothing), and `@releaseDomain`
+    /// fires.
+    pub fn release(&mut self, domid: u32) -> Result<(), XsError> {
+        let d = self.domains.remove(&domid).ok_or(XsError::NoEnt)?;
+        self.close(d.conn);
+        self.remove_domain_nodes(domid);
+        for perms in [&mut self.intro_perms, &mut self.release_perms] {
+            strip_domid(perms, domid, true);
+        }
+        info!(domid, "domain released");
+        self.fire_special("@releaseDomain");
+        Ok(())
+    }
+
+    /// The domain has shut down or crashed: `@releaseDomain` fires once
+    /// (again only after `XS_RESUME`).
+    pub fn domain_shutdown(&mut self, domid: u32) {
+        if let Some(d) = self.domains.get_mut(&domid) {
+            if !d.shutdown {
+                d.shutdown = true;
+                self.fire_special("@releaseDomain");
+            }
+        }
+    }
+
+    fn remove_domain_nodes(&mut self, domid: u32) {
+        // Subtrees rooted at nodes the domain owns, outermost first.
+        let mut roots = Vec::new();
+        let mut stack = vec!["/".to_string()];
+        while let Some(n) = stack.pop() {
+            let Some(node) = self.store.get(&n) else {
+                continue;
+            };
+            if n != "/" && node.perms.owner_id() == domid {
+                roots.push(n);
+                continue;
+            }
+            stack.extend(node.child_names().map(|c| path::join(&n, c)));
+        }
+        let mut view = View::new(
+            &mut self.store,
+            None,
+            Caller::DOM0,
+            &self.quotas,
+            &self.watches,
+        );
+        for r in &roots {
+            if let Err(e) = view.rm_node(r) {
+                warn!(node = %r, error = %e, "could not remove a released domain's node");
+            }
+        }
+        let fires = std::mem::take(&mut view.fires);
+        drop(view);
+        self.deliver(fires, None);
+        // Strip the domain from the permissions of what remains.
+        let names: Vec<String> = self
+            .store
+            .iter()
+            .filter(|(_, n)| n.perms.as_slice()[1..].iter().any(|p| p.domid == domid))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for n in names {
+            let gen = self.store.next_generation();
+            if let Some(node) = self.store.get_mut(&n) {
+                strip_domid(&mut node.perms, domid, false);
+                node.generation = gen;
+            }
+        }
+    }
+
+    /// The ring connection of a domain.
+    pub fn domain_conn(&self, domid: u32) -> Option<ConnId> {
+        self.domains.get(&domid).map(|d| d.conn)
+    }
+}
+
+/// Remove a domain from a permission list. An owner entry passes to Dom0
+/// (`owner_to_dom0`) or stays (nodes it owns are removed separately).
+fn strip_domid(perms: &mut Perms, domid: u32, owner_to_dom0: bool) {
+    let v = perms.as_mut_vec();
+    if owner_to_dom0 && v[0].domid == domid {
+        v[0].domid = 0;
+    }
+    let owner = v[0];
+    let mut rest: Vec<_> = v[1..]
+        .iter()
+        .copied()
+        .filter(|p| p.domid != domid)
+        .collect();
+    v.clear();
+    v.push(owner);
+    v.append(&mut rest);
+}
