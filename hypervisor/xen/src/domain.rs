@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 use vm_memory::{Bytes, GuestAddress, GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
 use xen_abi::event_channel::VIRQ_TIMER;
 use xen_abi::hvm::*;
@@ -162,8 +162,6 @@ pub struct DomainState {
     pub ballooned: BTreeSet<u64>,
     pub shutdown_code: Option<u32>,
     pub vm_assist: u64,
-    /// Set when a timer was armed or cancelled, for the timer thread.
-    pub timers_changed: bool,
 }
 
 /// One domain as the Xen layer sees it.
@@ -176,8 +174,6 @@ pub struct Domain {
     /// Signalled whenever an event is raised, a vCPU comes online or the
     /// domain stops: blocked and polling vCPUs re-check their condition.
     pub wake: Condvar,
-    /// Signalled when a timer is armed or the domain stops.
-    timer_wake: Condvar,
     stopping: AtomicBool,
     /// Mirror of each vCPU's `online` flag, read on every exit without
     /// taking the state lock.
@@ -185,11 +181,6 @@ pub struct Domain {
     /// Hypercalls served, for statistics.
     pub hypercalls: AtomicU64,
 }
-
-/// How long a waiting vCPU sleeps before re-reading guest memory. Events
-/// raised by other processes (Dom0 backends) set bits without signalling
-/// our condition variable.
-const WAIT_RECHECK: Duration = Duration::from_millis(5);
 
 impl Domain {
     pub fn new(
@@ -216,7 +207,6 @@ impl Domain {
             ballooned: BTreeSet::new(),
             shutdown_code: None,
             vm_assist: 0,
-            timers_changed: false,
         };
         let domain = Domain {
             cfg,
@@ -225,7 +215,6 @@ impl Domain {
             clock: Clock::new(tsc_khz),
             state: Mutex::new(state),
             wake: Condvar::new(),
-            timer_wake: Condvar::new(),
             stopping: AtomicBool::new(false),
             online: (0..cfg_vcpus).map(|i| AtomicBool::new(i == 0)).collect(),
             hypercalls: AtomicU64::new(0),
@@ -247,13 +236,11 @@ impl Domain {
         self.cfg.domid
     }
 
-    /// Stop the domain: wake every waiter so vCPU threads and the timer
-    /// thread can exit.
+    /// Stop the domain: wake every waiter so vCPU threads can exit.
     pub fn stop(&self) {
         self.stopping.store(true, Ordering::SeqCst);
         let _st = self.lock();
         self.wake.notify_all();
-        self.timer_wake.notify_all();
     }
 
     pub fn is_stopping(&self) -> bool {
@@ -626,19 +613,18 @@ impl Domain {
 
     // ---- timers -------------------------------------------------------------
 
-    /// Note that a timer changed so the timer thread re-plans.
-    pub fn timers_changed(&self, st: &mut DomainState) {
-        st.timers_changed = true;
-        self.timer_wake.notify_all();
+    /// Note that a timer changed so the VMM's timer service re-plans. The
+    /// caller holds the state lock, so the re-plan (which takes it) sees
+    /// the change.
+    pub fn timers_changed(&self, _st: &mut DomainState) {
         self.platform.timers_changed();
     }
 
     /// Fire the vCPU timers that are due and return how long until the
-    /// next one (None: no timer set), for a VMM that waits on a timerfd
-    /// instead of running [`Domain::run_timers`] on a thread.
+    /// next one (None: no timer set), for the VMM's timer service, which
+    /// waits on a timerfd.
     pub fn fire_due_timers(&self) -> Option<Duration> {
         let mut st = self.lock();
-        st.timers_changed = false;
         let now = self.clock.now_ns();
         self.fire_timers(&mut st, now)
             .map(|deadline| Duration::from_nanos(deadline.saturating_sub(now)))
@@ -682,34 +668,28 @@ impl Domain {
         next
     }
 
-    /// The timer thread: fires singleshot and periodic vCPU timers until
-    /// the domain stops.
-    pub fn run_timers(&self) {
-        let mut st = self.lock();
-        while !self.is_stopping() {
-            st.timers_changed = false;
-            let now = self.clock.now_ns();
-            let next = self.fire_timers(&mut st, now);
-            let wait = match next {
-                Some(deadline) => Duration::from_nanos(deadline.saturating_sub(now)),
-                None => Duration::from_secs(1),
-            };
-            if wait.is_zero() {
-                continue;
-            }
-            let (guard, _) = self
-                .timer_wake
-                .wait_timeout_while(st, wait, |s| !s.timers_changed && !self.is_stopping())
-                .unwrap_or_else(|e| e.into_inner());
-            st = guard;
-        }
-        debug!("timer thread exits");
-    }
-
     // ---- waiting ---------------------------------------------------------------
 
     /// Block the calling vCPU until `done` holds, the deadline passes or
     /// the domain stops. Returns the re-acquired state.
+    ///
+    /// The wait has no timeout of its own: every way `done` can become true
+    /// signals [`Domain::wake`] under the state lock, which the waiter holds
+    /// from its check until it sleeps, so no signal falls in between.
+    /// * Events this process raises (EVTCHNOP_send, timers, unmask, Dom0's
+    ///   console and xenstore ports) go through [`Domain::send_local`] or
+    ///   [`Domain::raise_upcall`], which notify.
+    /// * Events raised by Dom0 backends in other processes set the pending
+    ///   bits in guest memory directly. They read the vCPU's blocked flag
+    ///   after setting the bits, and the caller set it
+    ///   ([`Platform::set_blocked`], a full fence) before calling this, so
+    ///   either our first check sees the bits or the backend sees the flag
+    ///   and writes the VMM's wake eventfd, whose reader notifies under
+    ///   the lock.
+    /// * vCPUs coming online ([`Domain::set_online`]) and [`Domain::stop`]
+    ///   notify under the lock.
+    ///
+    /// A deadline (SCHEDOP_poll's timeout) is waited for exactly.
     pub fn wait_until<'a>(
         &'a self,
         mut st: MutexGuard<'a, DomainState>,
@@ -720,19 +700,19 @@ impl Domain {
             if done(self, &st) || self.is_stopping() {
                 return st;
             }
-            let now = self.clock.now_ns();
-            let mut wait = WAIT_RECHECK;
-            if let Some(deadline) = deadline_ns {
-                if now >= deadline {
-                    return st;
+            st = match deadline_ns {
+                None => self.wake.wait(st).unwrap_or_else(|e| e.into_inner()),
+                Some(deadline) => {
+                    let now = self.clock.now_ns();
+                    if now >= deadline {
+                        return st;
+                    }
+                    self.wake
+                        .wait_timeout(st, Duration::from_nanos(deadline - now))
+                        .unwrap_or_else(|e| e.into_inner())
+                        .0
                 }
-                wait = wait.min(Duration::from_nanos(deadline - now));
-            }
-            st = self
-                .wake
-                .wait_timeout(st, wait)
-                .unwrap_or_else(|e| e.into_inner())
-                .0;
+            };
         }
     }
 
