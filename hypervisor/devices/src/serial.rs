@@ -1,9 +1,15 @@
 //! The 16550A UART at 0x3f8 (COM1), from vm-superio, with its interrupt on
 //! an irqfd and its output sent to whatever the console is.
+//!
+//! Input that does not fit the receive FIFO waits in the VMM: the UART
+//! tells it, through [`InputRoom`], when the guest has emptied the FIFO,
+//! so nobody polls for room.
 
 use std::io::Write;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
-use vm_superio::serial::NoEvents;
+use vm_superio::serial::SerialEvents;
 use vm_superio::{Serial, Trigger};
 use vmm_sys_util::eventfd::EventFd;
 
@@ -28,14 +34,70 @@ impl Trigger for IrqLine {
 
 pub type ConsoleOut = Box<dyn Write + Send>;
 
+/// Tells the input's owner that the guest emptied the receive FIFO: an
+/// eventfd written when the guest reads the last queued byte, only while
+/// the owner holds input that did not fit ([`InputRoom::want`]), so a
+/// guest reading keystrokes one by one costs no extra wake-ups.
+pub struct InputRoom {
+    fd: EventFd,
+    wanted: AtomicBool,
+}
+
+impl InputRoom {
+    pub fn new() -> std::io::Result<Self> {
+        Ok(InputRoom {
+            fd: EventFd::new(libc::EFD_NONBLOCK)?,
+            wanted: AtomicBool::new(false),
+        })
+    }
+
+    /// The eventfd to watch.
+    pub fn fd(&self) -> &EventFd {
+        &self.fd
+    }
+
+    /// Ask for one signal when the FIFO is next emptied. Offer the input
+    /// again after asking: the guest may have emptied it just before.
+    pub fn want(&self) {
+        self.wanted.store(true, Ordering::SeqCst);
+    }
+}
+
+/// The UART's events: only "receive FIFO empty" matters, and only to an
+/// [`InputRoom`].
+#[derive(Default)]
+struct UartEvents(Option<Arc<InputRoom>>);
+
+impl SerialEvents for UartEvents {
+    fn buffer_read(&self) {}
+    fn out_byte(&self) {}
+    fn tx_lost_byte(&self) {}
+    fn in_buffer_empty(&self) {
+        if let Some(room) = &self.0 {
+            if room.wanted.swap(false, Ordering::SeqCst) {
+                if let Err(e) = room.fd.write(1) {
+                    tracing::warn!("UART input room eventfd: {e}");
+                }
+            }
+        }
+    }
+}
+
 pub struct Uart {
-    inner: Serial<IrqLine, NoEvents, ConsoleOut>,
+    inner: Serial<IrqLine, UartEvents, ConsoleOut>,
 }
 
 impl Uart {
     pub fn new(irq: EventFd, out: ConsoleOut) -> Self {
         Uart {
-            inner: Serial::new(IrqLine(irq), out),
+            inner: Serial::with_events(IrqLine(irq), UartEvents::default(), out),
+        }
+    }
+
+    /// A UART that signals `room` when the guest empties its receive FIFO.
+    pub fn with_input_room(irq: EventFd, out: ConsoleOut, room: Arc<InputRoom>) -> Self {
+        Uart {
+            inner: Serial::with_events(IrqLine(irq), UartEvents(Some(room)), out),
         }
     }
 
@@ -108,5 +170,32 @@ mod tests {
         let mut wide = [0u8; 4];
         uart.read(200, &mut wide);
         uart.write(77, &[1, 2, 3]);
+    }
+
+    #[test]
+    fn signals_room_once_the_guest_empties_the_fifo_and_only_when_asked() {
+        let irq = EventFd::new(libc::EFD_NONBLOCK).unwrap();
+        let room = Arc::new(InputRoom::new().unwrap());
+        let mut uart = Uart::with_input_room(irq, Box::new(std::io::sink()), room.clone());
+        let mut byte = [0u8; 1];
+        // Nobody asked: emptying the FIFO signals nothing.
+        assert_eq!(uart.enqueue_input(b"a"), 1);
+        uart.read(0, &mut byte);
+        assert!(room.fd().read().is_err(), "no signal unasked");
+        // Fill the FIFO past its size; the rest waits for room.
+        let input = [b'x'; 100];
+        let taken = uart.enqueue_input(&input);
+        assert!(taken < input.len(), "the FIFO holds less than 100 bytes");
+        room.want();
+        for _ in 0..taken - 1 {
+            uart.read(0, &mut byte);
+        }
+        assert!(room.fd().read().is_err(), "a byte is still queued");
+        uart.read(0, &mut byte);
+        assert_eq!(room.fd().read().unwrap(), 1, "emptied: one signal");
+        // Asked once, signalled once.
+        assert_eq!(uart.enqueue_input(b"b"), 1);
+        uart.read(0, &mut byte);
+        assert!(room.fd().read().is_err(), "one signal per request");
     }
 }

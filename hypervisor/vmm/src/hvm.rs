@@ -2,15 +2,14 @@
 //! bus, their interrupt lines, and where the serial line goes.
 
 use std::io::{Read, Write};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::UnixStream;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::Duration;
 
+use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
 use kvm_ioctls::VmFd;
-use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use tracing::{debug, info, warn};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
@@ -18,11 +17,14 @@ use kxen_devices::acpi_pm::{AcpiPm, ACPI_PM_BASE, ACPI_PM_WINDOW};
 use kxen_devices::cmos::{Cmos, CMOS_BASE, CMOS_WINDOW};
 use kxen_devices::i8042::{I8042, I8042_BASE, I8042_KBD_IRQ, I8042_WINDOW};
 use kxen_devices::pci::{PciBus, PCI_CONFIG_BASE, PCI_CONFIG_WINDOW};
-use kxen_devices::serial::{ConsoleOut, IrqLine, Uart, COM1_BASE, COM1_IRQ, UART_WINDOW};
+use kxen_devices::serial::{
+    ConsoleOut, InputRoom, IrqLine, Uart, COM1_BASE, COM1_IRQ, UART_WINDOW,
+};
 use kxen_devices::virtio_mmio::DeviceType;
 use kxen_devices::{Bus, BusDevice};
 
 use crate::error::VmError;
+use crate::event_loop::{drain, watch};
 use crate::virtio::{VirtioDevices, VIRTIO_GSI_BASE};
 use kxen_vmm_api::launch::SerialMode as ConsoleMode;
 
@@ -50,7 +52,8 @@ pub struct HvmDevices {
     dom0_serial: Option<UnixStream>,
     /// Where the VMM reads keystrokes for the UART from.
     input: Option<SerialInput>,
-    stopping: AtomicBool,
+    /// Signalled when the guest empties the UART's receive FIFO.
+    input_room: Arc<InputRoom>,
     /// Serial output bytes dropped because the reader was not keeping up.
     pub serial_dropped: Arc<AtomicU64>,
 }
@@ -145,7 +148,13 @@ impl HvmDevices {
                 )
             }
         };
-        let uart = Arc::new(Mutex::new(Uart::new(irq_line(vm, COM1_IRQ)?, out)));
+        let input_room =
+            Arc::new(InputRoom::new().map_err(|e| VmError::Setup(format!("eventfd: {e}")))?);
+        let uart = Arc::new(Mutex::new(Uart::with_input_room(
+            irq_line(vm, COM1_IRQ)?,
+            out,
+            input_room.clone(),
+        )));
         let keyboard = I8042::new(Some(IrqLine(irq_line(vm, I8042_KBD_IRQ)?)));
         let mut pio = Bus::new();
         let add = |bus: &mut Bus, dev: Arc<Mutex<dyn BusDevice>>, base, len| {
@@ -209,7 +218,7 @@ impl HvmDevices {
             uart,
             dom0_serial,
             input,
-            stopping: AtomicBool::new(false),
+            input_room,
             serial_dropped: dropped,
         })
     }
@@ -219,30 +228,24 @@ impl HvmDevices {
         self.dom0_serial.as_ref().map(|s| s.as_raw_fd())
     }
 
-    /// Feed keystrokes to the UART until the domain stops.
-    pub fn start_input(self: &Arc<Self>) -> Option<JoinHandle<()>> {
-        let me = self.clone();
+    /// The event loop's feeder of keystrokes into the UART, if the serial
+    /// line has an input.
+    pub fn serial_input(&self) -> Result<Option<SerialInputFeeder>, VmError> {
         let source = match &self.input {
-            Some(SerialInput::Stdin) => None,
-            Some(SerialInput::Socket(s)) => Some(s.try_clone().ok()?),
-            None => return None,
+            Some(SerialInput::Stdin) => InputSource::Stdin,
+            Some(SerialInput::Socket(s)) => InputSource::Socket(
+                s.try_clone()
+                    .map_err(|e| VmError::Setup(format!("serial socket: {e}")))?,
+            ),
+            None => return Ok(None),
         };
-        let handle = std::thread::Builder::new()
-            .name("serial-input".into())
-            .spawn(move || {
-                crate::seccomp::install(crate::seccomp::ThreadClass::Service);
-                match source {
-                    Some(socket) => me.socket_input(socket),
-                    None => me.stdin_input(),
-                }
-            });
-        match handle {
-            Ok(h) => Some(h),
-            Err(e) => {
-                warn!("serial input thread: {e}");
-                None
-            }
-        }
+        Ok(Some(SerialInputFeeder {
+            uart: self.uart.clone(),
+            room: self.input_room.clone(),
+            source,
+            pending: Vec::new(),
+            watching_input: false,
+        }))
     }
 
     /// Start the virtio interrupt thread, if there are virtio devices.
@@ -257,7 +260,6 @@ impl HvmDevices {
     }
 
     pub fn stop(&self) {
-        self.stopping.store(true, Ordering::SeqCst);
         if let Some(v) = &self.virtio {
             v.stop();
         }
@@ -266,54 +268,213 @@ impl HvmDevices {
             info!(dropped, "serial output bytes dropped (reader too slow)");
         }
     }
+}
 
-    /// Offer `pending` to the UART until it is all taken or we stop.
-    fn deliver(&self, mut pending: &[u8]) {
-        while !pending.is_empty() && !self.stopping.load(Ordering::SeqCst) {
-            let n = self
+/// Where keystrokes come from.
+enum InputSource {
+    Stdin,
+    /// kxend's serial line (non-blocking).
+    Socket(UnixStream),
+}
+
+impl InputSource {
+    fn raw_fd(&self) -> RawFd {
+        match self {
+            InputSource::Stdin => libc::STDIN_FILENO,
+            InputSource::Socket(s) => s.as_raw_fd(),
+        }
+    }
+
+    /// One read after epoll said the input is readable. stdin stays
+    /// blocking (it may be the user's terminal, shared with the shell), but
+    /// a readable descriptor answers at once.
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            InputSource::Stdin => std::io::stdin().lock().read(buf),
+            InputSource::Socket(s) => s.read(buf),
+        }
+    }
+}
+
+const INPUT: u32 = 0;
+const ROOM: u32 = 1;
+
+/// Feeds the serial line's input into the UART from the event loop. While
+/// the receive FIFO is full, the input is not watched (what did not fit
+/// waits here) and the UART's [`InputRoom`] signal, sent when the guest
+/// empties the FIFO, brings it back.
+pub struct SerialInputFeeder {
+    uart: Arc<Mutex<Uart>>,
+    room: Arc<InputRoom>,
+    source: InputSource,
+    /// Read but not yet taken by the UART.
+    pending: Vec<u8>,
+    watching_input: bool,
+}
+
+impl SerialInputFeeder {
+    fn input_events(&self) -> Events {
+        Events::with_data_raw(self.source.raw_fd(), INPUT, EventSet::IN)
+    }
+
+    /// Hand the UART what it takes of `pending`. True when all is taken;
+    /// otherwise the FIFO is full and the room signal is requested.
+    fn offer(&mut self) -> bool {
+        loop {
+            let taken = self
                 .uart
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
-                .enqueue_input(pending);
-            pending = &pending[n..];
-            if !pending.is_empty() {
-                // The receive FIFO is full until the guest reads it.
-                std::thread::sleep(Duration::from_millis(2));
+                .enqueue_input(&self.pending);
+            self.pending.drain(..taken);
+            if self.pending.is_empty() {
+                return true;
+            }
+            self.room.want();
+            // The guest may have emptied the FIFO between our offer and
+            // the request, and then nobody would signal: offer once more.
+            let taken = self
+                .uart
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .enqueue_input(&self.pending);
+            if taken == 0 {
+                return false;
+            }
+            self.pending.drain(..taken);
+        }
+    }
+
+    fn stop_watching_input(&mut self, ops: &mut EventOps) {
+        if self.watching_input {
+            if let Err(e) = ops.remove(self.input_events()) {
+                warn!("serial input: cannot stop watching: {e}");
+            }
+            self.watching_input = false;
+        }
+    }
+
+    fn watch_input(&mut self, ops: &mut EventOps) {
+        if !self.watching_input {
+            match ops.add(self.input_events()) {
+                Ok(()) => self.watching_input = true,
+                // stdin on a regular file or /dev/null cannot be watched;
+                // such input has no keystrokes to wait for.
+                Err(e) => debug!("serial input: not watched: {e}"),
             }
         }
     }
 
-    fn socket_input(&self, mut socket: UnixStream) {
+    fn read_input(&mut self, ops: &mut EventOps) {
         let mut buf = [0u8; 256];
-        while !self.stopping.load(Ordering::SeqCst) {
-            {
-                // SAFETY: the socket outlives this borrow.
-                let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(socket.as_raw_fd()) };
-                let mut fds = [PollFd::new(fd, PollFlags::POLLIN)];
-                if poll(&mut fds, PollTimeout::from(100u16)).unwrap_or(0) == 0 {
-                    continue;
+        match self.source.read(&mut buf) {
+            Ok(0) => {
+                debug!("serial input: end of input");
+                self.stop_watching_input(ops);
+            }
+            Ok(n) => {
+                self.pending.extend_from_slice(&buf[..n]);
+                if !self.offer() {
+                    debug!(waiting = self.pending.len(), "serial input: FIFO full");
+                    self.stop_watching_input(ops);
                 }
             }
-            match socket.read(&mut buf) {
-                Ok(0) => return,
-                Ok(n) => self.deliver(&buf[..n]),
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-                Err(e) => {
-                    debug!("serial input: {e}");
-                    return;
-                }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => {
+                debug!("serial input: {e}");
+                self.stop_watching_input(ops);
             }
         }
     }
+}
 
-    fn stdin_input(&self) {
-        let mut buf = [0u8; 256];
-        let mut stdin = std::io::stdin().lock();
-        while let Ok(n) = stdin.read(&mut buf) {
-            if n == 0 || self.stopping.load(Ordering::SeqCst) {
-                return;
+impl MutEventSubscriber for SerialInputFeeder {
+    fn init(&mut self, ops: &mut EventOps) {
+        watch(ops, self.room.fd(), ROOM, "the UART's receive FIFO");
+        self.watch_input(ops);
+    }
+
+    fn process(&mut self, events: Events, ops: &mut EventOps) {
+        match events.data() {
+            ROOM => {
+                drain(self.room.fd());
+                if self.offer() {
+                    self.watch_input(ops);
+                }
             }
-            self.deliver(&buf[..n]);
+            _ => self.read_input(ops),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use event_manager::{EventManager, SubscriberOps};
+
+    /// Read the UART's receive register until the FIFO is empty.
+    fn guest_reads_all(uart: &Mutex<Uart>) -> Vec<u8> {
+        let mut got = Vec::new();
+        let mut uart = uart.lock().unwrap();
+        loop {
+            let mut lsr = [0u8; 1];
+            uart.read(5, &mut lsr);
+            if lsr[0] & 1 == 0 {
+                return got;
+            }
+            let mut byte = [0u8; 1];
+            uart.read(0, &mut byte);
+            got.push(byte[0]);
+        }
+    }
+
+    #[test]
+    fn input_waits_while_the_fifo_is_full_and_flows_when_the_guest_reads() {
+        let room = Arc::new(InputRoom::new().unwrap());
+        let irq = EventFd::new(EFD_NONBLOCK).unwrap();
+        let uart = Arc::new(Mutex::new(Uart::with_input_room(
+            irq,
+            Box::new(std::io::sink()),
+            room.clone(),
+        )));
+        let (ours, mut theirs) = UnixStream::pair().unwrap();
+        ours.set_nonblocking(true).unwrap();
+        let feeder = SerialInputFeeder {
+            uart: uart.clone(),
+            room,
+            source: InputSource::Socket(ours),
+            pending: Vec::new(),
+            watching_input: false,
+        };
+        let mut manager = EventManager::<Arc<Mutex<SerialInputFeeder>>>::new().unwrap();
+        let feeder = Arc::new(Mutex::new(feeder));
+        manager.add_subscriber(feeder.clone());
+
+        // More than the FIFO holds: the rest waits, the input is unwatched.
+        let typed: Vec<u8> = (0..200u32).map(|i| b'a' + (i % 26) as u8).collect();
+        theirs.write_all(&typed).unwrap();
+        manager.run_with_timeout(1000).unwrap();
+        assert!(!feeder.lock().unwrap().watching_input);
+        let mut received = guest_reads_all(&uart);
+        assert!(!received.is_empty() && received.len() < typed.len());
+
+        // Each emptying brings the next batch, until all has arrived.
+        while received.len() < typed.len() {
+            assert!(
+                manager.run_with_timeout(1000).unwrap() > 0,
+                "no event after the guest emptied the FIFO ({} of {} bytes)",
+                received.len(),
+                typed.len()
+            );
+            received.extend(guest_reads_all(&uart));
+        }
+        assert_eq!(received, typed);
+        assert!(feeder.lock().unwrap().watching_input, "input watched again");
+
+        // Input that fits goes straight through.
+        theirs.write_all(b"ok").unwrap();
+        manager.run_with_timeout(1000).unwrap();
+        assert_eq!(guest_reads_all(&uart), b"ok");
     }
 }

@@ -1,6 +1,7 @@
 //! Run a built domain to its end: the vCPU threads, and on the calling
 //! thread the event loop that serves everything else.
 
+use std::sync::mpsc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -13,6 +14,7 @@ use crate::control::{ControlHandles, ControlServer};
 use crate::dom0::Dom0Notifications;
 use crate::event_loop::{subscriber, DomainTimers, EventLoop, SignalWatch};
 use crate::events::Dom0WakeRelay;
+use crate::kick::Kicker;
 use crate::virtio::VirtioInterrupts;
 
 pub use crate::config::VmConfig;
@@ -69,8 +71,9 @@ pub fn run(cfg: VmConfig, started: Instant, report_timing: bool) -> Result<Domai
         domain: domain.clone(),
     }));
     if let Some(devices) = &hvm {
-        // Not joined: a blocking stdin read cannot be interrupted.
-        let _ = devices.start_input();
+        if let Some(feeder) = devices.serial_input()? {
+            event_loop.add(subscriber(feeder));
+        }
         if let Some(virtio) = &devices.virtio {
             event_loop.add(subscriber(VirtioInterrupts(virtio.clone())));
         }
@@ -93,13 +96,17 @@ pub fn run(cfg: VmConfig, started: Instant, report_timing: bool) -> Result<Domai
     }
 
     let mut handles: Vec<JoinHandle<()>> = Vec::new();
+    // Each vCPU thread says when it is done, for the teardown.
+    let (finished_tx, finished_rx) = mpsc::channel::<u32>();
     for vcpu in vcpus {
         let id = vcpu.id;
+        let finished = finished_tx.clone();
         let handle = std::thread::Builder::new()
             .name(format!("vcpu{id}"))
             .spawn(move || {
                 crate::seccomp::install(crate::seccomp::ThreadClass::Vcpu);
-                vcpu.run()
+                vcpu.run();
+                let _ = finished.send(id);
             })
             .map_err(setup("vCPU thread"))?;
         kicker.register(id, handle.pthread_handle());
@@ -131,16 +138,8 @@ pub fn run(cfg: VmConfig, started: Instant, report_timing: bool) -> Result<Domai
     if let Some(devices) = &hvm {
         devices.stop();
     }
-    for (i, handle) in handles.into_iter().enumerate() {
-        while !handle.is_finished() {
-            kicker.kick(i as u32);
-            std::thread::sleep(Duration::from_millis(1));
-        }
-        kicker.forget(i as u32);
-        if handle.join().is_err() {
-            error!(vcpu = i, "vCPU thread panicked");
-        }
-    }
+    drop(finished_tx);
+    stop_vcpus(handles, &kicker, &finished_rx);
     // The control socket goes with the loop's subscribers.
     drop(event_loop);
     if let Some(path) = &cfg.exit_file {
@@ -156,4 +155,46 @@ pub fn run(cfg: VmConfig, started: Instant, report_timing: bool) -> Result<Domai
         }
     }
     Ok(exit_reason)
+}
+
+/// How long the teardown waits for the vCPU threads before it kicks the
+/// ones still running again. One kick is enough (see [`stop_vcpus`]); this
+/// is a safety net that shows in the log if it is ever needed.
+const STRAGGLER_REKICK: Duration = Duration::from_millis(100);
+
+/// Get every vCPU thread out and join it. The domain is stopping already:
+/// [`kxen_xen::Domain::stop`] released the vCPUs waiting inside the
+/// hypervisor and the exit latch opened the guest entry gate for good, and
+/// a vCPU checks `is_stopping` after every KVM_RUN. One kick per thread
+/// ends a KVM_RUN in progress, and one about to start (the kick sets
+/// immediate_exit). Each thread reports on `finished` as it ends.
+fn stop_vcpus(handles: Vec<JoinHandle<()>>, kicker: &Kicker, finished: &mpsc::Receiver<u32>) {
+    for vcpu in 0..handles.len() {
+        kicker.kick(vcpu as u32);
+    }
+    let mut running = handles.len();
+    while running > 0 {
+        match finished.recv_timeout(STRAGGLER_REKICK) {
+            Ok(_) => running -= 1,
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                for (vcpu, handle) in handles.iter().enumerate() {
+                    if !handle.is_finished() {
+                        warn!(
+                            vcpu,
+                            "vCPU thread still running after its kick; kicking again"
+                        );
+                        kicker.kick(vcpu as u32);
+                    }
+                }
+            }
+            // Every thread has ended (one that panicked says nothing).
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+        }
+    }
+    for (vcpu, handle) in handles.into_iter().enumerate() {
+        kicker.forget(vcpu as u32);
+        if handle.join().is_err() {
+            error!(vcpu, "vCPU thread panicked");
+        }
+    }
 }
