@@ -27,6 +27,8 @@ struct GuestRun {
     last_line: Option<Duration>,
     bench_line: Option<String>,
     max_overhead_kib: u64,
+    /// The most threads the VMM ran at once.
+    max_threads: u64,
     exit: Option<i32>,
 }
 
@@ -70,14 +72,16 @@ fn run_guest(cmdline: &str, memory_mib: u32, vcpus: u32) -> GuestRun {
     });
     let sampler = std::thread::spawn(move || {
         let mut max = 0;
+        let mut threads = 0;
         // Guest RAM is the memfd (shared memory); the rest is the VMM.
         while let (Some(anon), Some(file)) =
             (status_kib(pid, "RssAnon"), status_kib(pid, "RssFile"))
         {
             max = max.max(anon + file);
+            threads = threads.max(status_kib(pid, "Threads").unwrap_or(0));
             std::thread::sleep(Duration::from_millis(2));
         }
-        max
+        (max, threads)
     });
     let mut last_line = None;
     let mut bench_line = None;
@@ -90,11 +94,13 @@ fn run_guest(cmdline: &str, memory_mib: u32, vcpus: u32) -> GuestRun {
         }
     }
     let status = child.wait().expect("wait kxen-vmm");
+    let (max_overhead_kib, max_threads) = sampler.join().unwrap_or((0, 0));
     GuestRun {
         entry_us: err_thread.join().ok().flatten(),
         last_line,
         bench_line,
-        max_overhead_kib: sampler.join().unwrap_or(0),
+        max_overhead_kib,
+        max_threads,
         exit: status.code(),
     }
 }
@@ -112,6 +118,7 @@ fn main() {
     if !sections.is_empty() {
         for section in &sections {
             match section.as_str() {
+                "core" => core(),
                 "xenstore" => xenstore::run(),
                 "devices" => {
                     devices::block();
@@ -123,13 +130,35 @@ fn main() {
                 "hvm" => hvm::run(None),
                 "linux-hvm" => hvm::run(linux::run()),
                 other => eprintln!(
-                    "unknown section {other:?} (xenstore, devices, linux, hvm, linux-hvm)"
+                    "unknown section {other:?} (core, xenstore, devices, linux, hvm, linux-hvm)"
                 ),
             }
         }
         return;
     }
 
+    core();
+    xenstore::run();
+
+    println!();
+    match toolstack::create_to_console(5) {
+        Some(ms) => println!(
+            "{:<44} {:>11.1} ms   (goal < 100 ms on VT-x hosts)",
+            "kxl create to first console byte", ms
+        ),
+        None => println!("kxl create to first console byte: could not run kxl/kxend"),
+    }
+
+    println!();
+    devices::block();
+    devices::network();
+    let blkfront = linux::run();
+    hvm::run(blkfront);
+}
+
+/// Round trips against the bare-KVM baseline, start-up, the VMM's
+/// footprint and thread count (`kxen-bench core`).
+fn core() {
     // Hypercall round trip versus a bare KVM port-I/O exit.
     let bare: Vec<_> = (0..5)
         .filter_map(|_| {
@@ -249,12 +278,14 @@ fn main() {
     let mut entry = Vec::new();
     let mut last = Vec::new();
     let mut overhead = Vec::new();
+    let mut threads = Vec::new();
     let mut failures = 0;
     for _ in 0..5 {
         let run = run_guest("", 64, 2);
         entry.extend(run.entry_us);
         last.extend(run.last_line.map(|d| d.as_secs_f64() * 1000.0));
         overhead.push(run.max_overhead_kib as f64);
+        threads.push(run.max_threads as f64);
         if run.exit != Some(0) {
             failures += 1;
         }
@@ -275,24 +306,12 @@ fn main() {
         "VMM RSS beyond guest RAM",
         median(overhead) / 1024.0
     );
+    println!(
+        "{:<44} {:>11.0}      (2 vCPUs, most at once)",
+        "VMM threads",
+        median(threads)
+    );
     if failures > 0 {
         println!("warning: {failures} of 5 full runs did not power off cleanly");
     }
-
-    xenstore::run();
-
-    println!();
-    match toolstack::create_to_console(5) {
-        Some(ms) => println!(
-            "{:<44} {:>11.1} ms   (goal < 100 ms on VT-x hosts)",
-            "kxl create to first console byte", ms
-        ),
-        None => println!("kxl create to first console byte: could not run kxl/kxend"),
-    }
-
-    println!();
-    devices::block();
-    devices::network();
-    let blkfront = linux::run();
-    hvm::run(blkfront);
 }
