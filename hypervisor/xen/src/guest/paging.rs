@@ -78,7 +78,7 @@ pub struct PagingRegs {
     pub efer: u64,
     /// The privilege level the access is made at: 3 checks U/S.
     pub cpl: u8,
-    /// The guest's MAXPHYADDR (CPUID 0x80000008 EAX[7:0]); entry address
+    /// The guest's MAXPHYADDR (CPUID 0x80000008 EAX bits 7:0); entry address
     /// bits at and above it are reserved.
     pub phys_addr_bits: u8,
 }
