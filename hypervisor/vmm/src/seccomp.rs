@@ -113,11 +113,28 @@ pub fn configure(mode: SeccompMode) -> Result<(), SeccompError> {
     if mode == SeccompMode::None {
         return Ok(());
     }
+    report_panics_within_the_filters();
     let vcpu = build(ThreadClass::Vcpu, mode)?;
     let service = build(ThreadClass::Service, mode)?;
     let _ = VCPU_FILTER.set(Ok(vcpu));
     let _ = SERVICE_FILTER.set(Ok(service));
     Ok(())
+}
+
+/// Make a panic print its message and place with calls every filter
+/// allows. std's own report, with RUST_BACKTRACE set, resolves the
+/// backtrace by opening the binary and asking for the working directory,
+/// which the filters forbid: the panic would end as a seccomp kill and be
+/// reported as one. `KXEN_VMM_SECCOMP=none` gives the full backtrace.
+fn report_panics_within_the_filters() {
+    std::panic::set_hook(Box::new(|info| {
+        let thread = std::thread::current();
+        let name = thread.name().unwrap_or("<unnamed>");
+        eprintln!(
+            "kxen-vmm: thread '{name}' {info} (no backtrace under seccomp; \
+             KXEN_VMM_SECCOMP=none for one)"
+        );
+    }));
 }
 
 /// The configured mode (`None` when [`configure`] was never called: the
@@ -387,8 +404,74 @@ fn rules(class: ThreadClass) -> Result<BTreeMap<i64, Vec<SeccompRule>>, seccompi
         }
     };
     map.insert(libc::SYS_ioctl, ioctl_rules(ioctls)?);
+    for (nr, rules) in argument_rules()? {
+        if let Some(entry) = map.get_mut(&nr) {
+            *entry = rules;
+        }
+    }
     Ok(map)
 }
+
+/// One rule: argument `index` (32 bits) equals `value`.
+fn arg_is(index: u8, value: u64) -> Result<SeccompRule, seccompiler::BackendError> {
+    SeccompRule::new(vec![SeccompCondition::new(
+        index,
+        SeccompCmpArgLen::Dword,
+        SeccompCmpOp::Eq,
+        value,
+    )?])
+}
+
+/// Narrower rules for calls whose arguments say what they do: no new
+/// executable memory (mmap/mprotect without PROT_EXEC: a taken-over VMM
+/// cannot load code), Unix socket pairs only, the descriptor-flag fcntls,
+/// and the prctls that name threads and mappings.
+fn argument_rules() -> Result<Vec<(i64, Vec<SeccompRule>)>, seccompiler::BackendError> {
+    let no_exec = || -> Result<Vec<SeccompRule>, seccompiler::BackendError> {
+        Ok(vec![SeccompRule::new(vec![SeccompCondition::new(
+            2,
+            SeccompCmpArgLen::Dword,
+            SeccompCmpOp::MaskedEq(libc::PROT_EXEC as u64),
+            0,
+        )?])?])
+    };
+    let any_of =
+        |index: u8, values: &[u64]| -> Result<Vec<SeccompRule>, seccompiler::BackendError> {
+            values.iter().map(|&v| arg_is(index, v)).collect()
+        };
+    Ok(vec![
+        (libc::SYS_mmap, no_exec()?),
+        (libc::SYS_mprotect, no_exec()?),
+        (libc::SYS_socketpair, any_of(0, &[libc::AF_UNIX as u64])?),
+        (
+            libc::SYS_fcntl,
+            any_of(
+                1,
+                &[
+                    libc::F_GETFD as u64,
+                    libc::F_SETFD as u64,
+                    libc::F_GETFL as u64,
+                    libc::F_SETFL as u64,
+                    libc::F_DUPFD_CLOEXEC as u64,
+                ],
+            )?,
+        ),
+        (
+            libc::SYS_prctl,
+            any_of(
+                0,
+                &[
+                    libc::PR_SET_NAME as u64,
+                    libc::PR_GET_NAME as u64,
+                    PR_SET_VMA,
+                ],
+            )?,
+        ),
+    ])
+}
+
+/// prctl(PR_SET_VMA): glibc names anonymous mappings with it.
+const PR_SET_VMA: u64 = 0x5356_4d41;
 
 fn build(class: ThreadClass, mode: SeccompMode) -> Result<BpfProgram, SeccompError> {
     let mismatch = match mode {
@@ -423,6 +506,18 @@ mod tests {
         assert_eq!(KVM_RUN, 0xae80);
         assert_eq!(KVM_GET_REGS, 0x8090_ae81);
         assert_eq!(KVM_SET_USER_MEMORY_REGION, 0x4020_ae46);
+    }
+
+    #[test]
+    fn argument_rules_replace_the_unconditional_ones() {
+        for class in [ThreadClass::Vcpu, ThreadClass::Service] {
+            let map = rules(class).unwrap();
+            assert_eq!(map[&libc::SYS_mmap].len(), 1);
+            assert_eq!(map[&libc::SYS_fcntl].len(), 5);
+            assert_eq!(map[&libc::SYS_prctl].len(), 3);
+        }
+        let service = rules(ThreadClass::Service).unwrap();
+        assert_eq!(service[&libc::SYS_socketpair].len(), 1);
     }
 
     #[test]
