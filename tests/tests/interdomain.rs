@@ -444,7 +444,10 @@ fn dom0_and_guest_exchange_events_and_grants() {
             .sum::<u64>()
     };
     // A vCPU blocked in SCHEDOP_block inside kxen-vmm is woken through the
-    // wake eventfd at once, not by the VMM's periodic recheck (5 ms).
+    // wake eventfd: nothing else would wake it (its wait has no timeout),
+    // so a ping that gets its answer proves the wake-up. The round trips
+    // are printed, not asserted: under load the scheduler's tick decides
+    // them (4 ms steps were seen beside stress-ng).
     let sleeps = 20;
     let before = switches(pid);
     let mut latencies = Vec::new();
@@ -466,10 +469,6 @@ fn dom0_and_guest_exchange_events_and_grants() {
     assert!(
         wake(&blocked) >= sleeps as u64,
         "blocked vCPU not woken through the wake eventfd each time: {blocked:?}"
-    );
-    assert!(
-        latencies[sleeps as usize / 2] < Duration::from_millis(3),
-        "slow wake-ups from SCHEDOP_block: {latencies:?}"
     );
 
     // The guest spins in ring 3 between events: Dom0's kicks must reach it
