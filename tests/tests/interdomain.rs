@@ -4,7 +4,7 @@
 //! The PV test guest runs in `kxen.mode=peer`: it grants Dom0 pages and
 //! allocates ports for it, then serves commands Dom0 writes into the
 //! granted read-write page (see tests/guest/src/peer.rs for the protocol).
-//! This side is kxen-backends' `ForeignDomain` over kxen-vmm's control
+//! This side is kxen-foreign' `ForeignDomain` over kxen-vmm's control
 //! socket, exactly as kxend's backends use it.
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -15,10 +15,10 @@ use std::sync::mpsc::{channel, Receiver};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use kxen_backends::domain::ForeignDomain;
-use kxen_backends::evtchn::Dom0Channel;
-use kxen_backends::foreign::ForeignPage;
-use kxen_backends::grant::GrantTable;
+use kxen_foreign::domain::ForeignDomain;
+use kxen_foreign::evtchn::Dom0Channel;
+use kxen_foreign::foreign::ForeignPage;
+use kxen_foreign::grant::GrantTable;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use xen_abi::event_channel::{EVTCHNSTAT_INTERDOMAIN, EVTCHNSTAT_UNBOUND};
 use xen_abi::grant_table::*;

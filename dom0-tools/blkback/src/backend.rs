@@ -4,9 +4,9 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use kxen_backends::evtchn::Dom0Channel;
-use kxen_backends::grant::GrantTable;
-use kxen_backends::xenbus::{BackendDevice, BackendError, DeviceContext};
+use kxen_foreign::evtchn::Dom0Channel;
+use kxen_foreign::grant::GrantTable;
+use kxen_foreign::xenbus::{BackendDevice, BackendError, DeviceContext};
 use tracing::info;
 use xen_abi::io::blkif::*;
 use xen_abi::io::ring::MAX_RING_PAGE_ORDER;

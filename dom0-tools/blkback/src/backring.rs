@@ -6,8 +6,8 @@
 
 use std::sync::atomic::{fence, Ordering};
 
-use kxen_backends::foreign::ForeignPage;
-use kxen_backends::grant::GrantMapping;
+use kxen_foreign::foreign::ForeignPage;
+use kxen_foreign::grant::GrantMapping;
 use xen_abi::io::blkif::{Response, ENTRY_SIZE};
 use xen_abi::io::ring::{self, RingIdx};
 use xen_abi::PAGE_SIZE;

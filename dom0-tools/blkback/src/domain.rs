@@ -3,9 +3,9 @@
 
 use std::sync::Arc;
 
-use kxen_backends::evtchn::Dom0Channel;
-use kxen_backends::grant::GrantTable;
-use kxen_backends::xenbus::DeviceContext;
+use kxen_foreign::evtchn::Dom0Channel;
+use kxen_foreign::grant::GrantTable;
+use kxen_foreign::xenbus::DeviceContext;
 
 use crate::error::BlkError;
 use crate::frontend::FrontendConfig;

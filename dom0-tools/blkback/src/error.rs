@@ -2,8 +2,8 @@
 
 use std::path::PathBuf;
 
-use kxen_backends::grant::GrantError;
-use kxen_backends::xenbus::BackendError;
+use kxen_foreign::grant::GrantError;
+use kxen_foreign::xenbus::BackendError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BlkError {

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
-use kxen_backends::grant::GrantMapping;
+use kxen_foreign::grant::GrantMapping;
 
 /// Linux blkback's default `max_persistent_grants`.
 pub const MAX_PERSISTENT_GRANTS: usize = 1056;

@@ -11,8 +11,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
-use kxen_backends::evtchn::Dom0Channel;
-use kxen_backends::grant::{GrantError, GrantTable};
+use kxen_foreign::evtchn::Dom0Channel;
+use kxen_foreign::grant::{GrantError, GrantTable};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use tracing::{debug, error, warn};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
@@ -37,7 +37,7 @@ pub struct Features {
 struct Scratch {
     segs: Vec<Segment>,
     iov: Vec<libc::iovec>,
-    maps: Vec<kxen_backends::grant::GrantMapping>,
+    maps: Vec<kxen_foreign::grant::GrantMapping>,
     page: Box<[u8; PAGE_SIZE]>,
 }
 

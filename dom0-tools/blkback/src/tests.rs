@@ -6,9 +6,9 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use kxen_backends::evtchn::{Dom0Channel, TestGuestEnd};
-use kxen_backends::foreign::{ForeignMemory, ForeignPage, MemfdRegion};
-use kxen_backends::grant::GrantTable;
+use kxen_foreign::evtchn::{Dom0Channel, TestGuestEnd};
+use kxen_foreign::foreign::{ForeignMemory, ForeignPage, MemfdRegion};
+use kxen_foreign::grant::GrantTable;
 use xen_abi::grant_table::*;
 use xen_abi::io::blkif::*;
 use xen_abi::io::ring;
@@ -737,8 +737,8 @@ fn published_nodes_describe_the_disk() {
 
 #[test]
 fn xenbus_publish_and_connect_through_the_store() {
-    use kxen_backends::domain::ForeignDomain;
-    use kxen_backends::xenbus::{BackendDevice, DeviceContext};
+    use kxen_foreign::domain::ForeignDomain;
+    use kxen_foreign::xenbus::{BackendDevice, DeviceContext};
     use kxen_xenstore::{Config, Xenstored};
 
     let image = Image::new(80);
@@ -777,7 +777,7 @@ fn xenbus_publish_and_connect_through_the_store() {
     // This domain has no VMM to bind channels through.
     assert!(matches!(
         b.connect(&ctx),
-        Err(kxen_backends::xenbus::BackendError::EventChannel(_))
+        Err(kxen_foreign::xenbus::BackendError::EventChannel(_))
     ));
     assert!(!b.is_connected());
     b.disconnect();

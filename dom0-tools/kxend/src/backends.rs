@@ -3,8 +3,8 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use kxen_backends::xenbus::BackendDevice;
 use kxen_blkback::{BlkBackend, DevType, Disk, VbdSpec};
+use kxen_foreign::xenbus::BackendDevice;
 use kxen_toolstack::disk::DiskSpec;
 use kxen_virtio_backend::{BlkConfig, BlkDevice, NetDevice, VirtioDevice};
 

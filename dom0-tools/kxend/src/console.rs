@@ -18,7 +18,7 @@ use tracing::{debug, warn};
 use vmm_sys_util::eventfd::EventFd;
 use xen_abi::console as ring;
 
-use kxen_backends::foreign::ForeignPage;
+use kxen_foreign::foreign::ForeignPage;
 
 /// Cap on keystrokes queued for a guest that does not read them.
 const INPUT_LIMIT: usize = 64 * 1024;

@@ -16,8 +16,8 @@ use std::sync::mpsc::{channel, Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use kxen_backends::domain::ForeignDomain;
-use kxen_backends::xenbus::{BackendDevice, DeviceContext};
+use kxen_foreign::domain::ForeignDomain;
+use kxen_foreign::xenbus::{BackendDevice, DeviceContext};
 use kxen_toolstack::disk::DiskSpec;
 use kxen_toolstack::vif::VifSpec;
 use kxen_toolstack::xl::{BlockInfo, NicInfo};

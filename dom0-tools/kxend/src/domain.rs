@@ -13,7 +13,7 @@ use vmm_sys_util::eventfd::EventFd;
 
 use crate::console::ConsoleBackend;
 use crate::store::StoreService;
-use kxen_backends::foreign::ForeignMemory;
+use kxen_foreign::foreign::ForeignMemory;
 use kxen_toolstack::config::DomainType;
 use kxen_toolstack::protocol::ConsoleKind;
 use kxen_vmm_api::protocol::DomainInfo;

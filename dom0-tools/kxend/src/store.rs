@@ -1,6 +1,6 @@
 //! What kxend needs from xenstored, as a narrow interface.
 
-use kxen_backends::foreign::ForeignPage;
+use kxen_foreign::foreign::ForeignPage;
 
 /// Dom0's view of the store.
 pub trait StoreService: Send + Sync {

@@ -10,7 +10,7 @@ use kxen_xenstore::{Access, Config, Perm, Perms, SharedPage, UnixServer, Xenstor
 use tracing::{debug, warn};
 
 use crate::store::StoreService;
-use kxen_backends::foreign::ForeignPage;
+use kxen_foreign::foreign::ForeignPage;
 
 /// A guest's xenstore ring page, mapped from its memfd.
 struct Ring(ForeignPage);

@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use kxen_backends::xenbus::{BackendDevice, BackendError, DeviceContext};
+use kxen_foreign::xenbus::{BackendDevice, BackendError, DeviceContext};
 use tracing::{info, warn};
 use xen_abi::io::netif::*;
 

@@ -1,7 +1,7 @@
 //! netback's errors.
 
-use kxen_backends::grant::GrantError;
-use kxen_backends::xenbus::BackendError;
+use kxen_foreign::grant::GrantError;
+use kxen_foreign::xenbus::BackendError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum NetError {

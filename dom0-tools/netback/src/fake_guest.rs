@@ -3,9 +3,9 @@
 
 use std::sync::Arc;
 
-use kxen_backends::evtchn::{Dom0Channel, TestGuestEnd};
-use kxen_backends::foreign::{ForeignMemory, ForeignPage, MemfdRegion};
-use kxen_backends::grant::GrantTable;
+use kxen_foreign::evtchn::{Dom0Channel, TestGuestEnd};
+use kxen_foreign::foreign::{ForeignMemory, ForeignPage, MemfdRegion};
+use kxen_foreign::grant::GrantTable;
 use xen_abi::grant_table::{GTF_PERMIT_ACCESS, GTF_READONLY};
 use xen_abi::io::netif::*;
 use xen_abi::io::ring::{entry_offset, OFFSET_REQ_PROD, OFFSET_RSP_EVENT, OFFSET_RSP_PROD};

@@ -5,8 +5,8 @@
 
 use std::sync::Arc;
 
-use kxen_backends::evtchn::Dom0Channel;
-use kxen_backends::grant::GrantTable;
+use kxen_foreign::evtchn::Dom0Channel;
+use kxen_foreign::grant::GrantTable;
 use tracing::{debug, warn};
 use xen_abi::io::netif::*;
 use xen_abi::PAGE_SIZE;

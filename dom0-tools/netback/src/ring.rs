@@ -5,8 +5,8 @@
 
 use std::sync::atomic::{fence, Ordering};
 
-use kxen_backends::foreign::ForeignPage;
-use kxen_backends::grant::GrantMapping;
+use kxen_foreign::foreign::ForeignPage;
+use kxen_foreign::grant::GrantMapping;
 use xen_abi::io::ring::{
     entry_offset, need_notify, request_prod_overflow, ring_size_for_pages, unconsumed_requests,
     RingIdx, OFFSET_REQ_EVENT, OFFSET_REQ_PROD, OFFSET_RSP_EVENT, OFFSET_RSP_PROD,

@@ -114,7 +114,7 @@ fn frames_cross_the_tap_both_ways() {
         assert!(stats.notifies_out.load(Ordering::Relaxed) >= received);
 
         // Teardown removes the TAP; disconnect is idempotent.
-        use kxen_backends::xenbus::BackendDevice;
+        use kxen_foreign::xenbus::BackendDevice;
         drop(sock);
         nb.disconnect();
         nb.disconnect();
@@ -226,7 +226,7 @@ fn hotplug_script_bridges_the_vif_and_leaves_the_bridge() {
         // No address was assigned anywhere.
         let (_, addrs) = ip(&["-o", "addr", "show", "dev", "kxenbrtest"]);
         assert!(!addrs.contains("inet"), "{addrs}");
-        use kxen_backends::xenbus::BackendDevice;
+        use kxen_foreign::xenbus::BackendDevice;
         nb.disconnect();
         assert!(tap_goes_away("vif1.0"));
         assert!(ip(&["link", "show", "dev", "kxenbrtest"]).0);
@@ -252,8 +252,8 @@ fn a_failing_script_fails_the_connect_and_removes_the_tap() {
 
 #[test]
 fn xenbus_publish_and_a_connect_that_cannot_map_costs_nothing() {
-    use kxen_backends::domain::ForeignDomain;
-    use kxen_backends::xenbus::{BackendDevice, DeviceContext};
+    use kxen_foreign::domain::ForeignDomain;
+    use kxen_foreign::xenbus::{BackendDevice, DeviceContext};
     use kxen_xenstore::{Config, Xenstored};
     use std::sync::Arc;
 
@@ -303,7 +303,7 @@ fn xenbus_publish_and_a_connect_that_cannot_map_costs_nothing() {
         // No request-rx-copy: refused as a frontend error.
         assert!(matches!(
             nb.connect(&ctx),
-            Err(kxen_backends::xenbus::BackendError::Frontend(_))
+            Err(kxen_foreign::xenbus::BackendError::Frontend(_))
         ));
         store
             .write(&format!("{}/request-rx-copy", ctx.frontend_path), "1")

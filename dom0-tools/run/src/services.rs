@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
-use kxen_backends::foreign::{ForeignMemory, ForeignPage};
+use kxen_foreign::foreign::{ForeignMemory, ForeignPage};
 use kxen_vmm_api::{ClientError, LaunchArgs, VmmClient};
 use kxen_xenstore::{Access, Config, Perm, Perms, SharedPage, Xenstored};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};

@@ -6,7 +6,7 @@ use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::sync::Arc;
 
-use kxen_backends::domain::ForeignDomain;
+use kxen_foreign::domain::ForeignDomain;
 use kxen_vmm_api::client::VirtioAttachFds;
 use kxen_vmm_api::protocol::VirtioAttach;
 use tracing::info;
