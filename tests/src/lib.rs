@@ -360,3 +360,25 @@ pub fn hvm_guest(tag: &str) -> HvmGuest {
     std::fs::write(&bzimage, image).expect("write bzImage");
     HvmGuest { elf, bzimage }
 }
+
+/// Whether process `pid` has exited, files and all: it is gone, or it is a
+/// zombie no one reaped yet whose other threads have ended too. A killed
+/// multi-threaded process shows its leader as a zombie while the other
+/// threads are still being torn down, and its descriptors (a listening
+/// socket, say) stay open until the last of them is gone: a client could
+/// still connect to it and then be reset.
+pub fn process_exited(pid: i32) -> bool {
+    let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
+        return true;
+    };
+    let field = |key: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .map(|v| v.trim().to_string())
+            .unwrap_or_default()
+    };
+    let state = field("State:");
+    let zombie = state.starts_with('Z') || state.starts_with('X');
+    zombie && field("Threads:").parse::<u32>().is_ok_and(|n| n <= 1)
+}

@@ -9,6 +9,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use kxen_tests::dom0::{show, Dom0};
+use kxen_tests::process_exited;
 
 const GUEST_LIMIT: Duration = Duration::from_secs(90);
 
@@ -74,24 +75,11 @@ fn open_files(pid: i32) -> Vec<PathBuf> {
         .unwrap_or_default()
 }
 
-/// Whether process `pid` has exited: it is gone, or it is a zombie that
-/// no one reaped yet (its memory and files are released either way).
-fn exited(pid: i32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Err(_) => true,
-        // The state follows the parenthesised command name.
-        Ok(stat) => stat
-            .rsplit_once(')')
-            .and_then(|(_, rest)| rest.split_whitespace().next())
-            .is_some_and(|state| state == "Z" || state == "X"),
-    }
-}
-
 /// Wait until every process in `pids` has exited.
 #[track_caller]
 fn wait_exited(pids: &[i32], limit: Duration) {
     let start = Instant::now();
-    while let Some(pid) = pids.iter().find(|&&pid| !exited(pid)) {
+    while let Some(pid) = pids.iter().find(|&&pid| !process_exited(pid)) {
         assert!(
             start.elapsed() < limit,
             "process {pid} still runs {limit:?} after kill -9"

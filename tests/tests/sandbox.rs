@@ -11,7 +11,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use kxen_tests::dom0::{show, Dom0};
-use kxen_tests::workspace_bin;
+use kxen_tests::{process_exited, workspace_bin};
 
 /// kxend's default: domain N's VMM runs as uid and gid BASE + N.
 const UID_BASE: u32 = 0x4b58_0000;
@@ -51,16 +51,6 @@ fn status_field(status: &str, key: &str) -> String {
         .unwrap_or_else(|| panic!("no {key} in:\n{status}"))
         .trim()
         .to_string()
-}
-
-fn process_ended(pid: i32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Err(_) => true,
-        Ok(stat) => stat
-            .rsplit_once(')')
-            .and_then(|(_, rest)| rest.split_whitespace().next())
-            .is_some_and(|state| state == "Z" || state == "X"),
-    }
 }
 
 /// The thread of `pid` named `name`; "main" is the main thread (the
@@ -208,7 +198,7 @@ fn vmm_runs_unprivileged_in_its_own_namespaces_and_cgroup() {
 
     d.ok(&["destroy", "conf"]);
     wait_until(Duration::from_secs(20), "the VMM to end", || {
-        process_ended(pid)
+        process_exited(pid)
     });
     // The domain's jail and cgroups go with it.
     wait_until(Duration::from_secs(10), "the jail directory to go", || {
@@ -268,14 +258,14 @@ fn violation_kills(d: &Dom0, name: &str, thread: &str) {
     let pid = vmm_pid(d, domid);
     let tid = thread_named(pid, thread);
     // Alive and well before the probe: the kill below is the probe's.
-    assert!(!process_ended(pid));
+    assert!(!process_exited(pid));
     assert!(d.ok(&["list"]).contains(name));
     // SAFETY: tgkill sends SIGUSR2 to one thread of the VMM; no memory is
     // passed.
     let rc = unsafe { libc::syscall(libc::SYS_tgkill, pid, tid, libc::SIGUSR2) };
     assert_eq!(rc, 0, "tgkill: {}", std::io::Error::last_os_error());
     wait_until(Duration::from_secs(20), "the VMM to be killed", || {
-        process_ended(pid)
+        process_exited(pid)
     });
     let line =
         format!("domain {domid} ({name}) killed by SIGSYS (seccomp violation); on_crash = destroy");

@@ -6,7 +6,7 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use kxen_tests::dom0::{show, Dom0};
-use kxen_tests::workspace_bin;
+use kxen_tests::{process_exited, workspace_bin};
 
 /// The row of `name` in `kxl list` output.
 fn row<'a>(list: &'a str, name: &str) -> Option<&'a str> {
@@ -24,18 +24,6 @@ fn wait_until(limit: Duration, what: &str, mut ready: impl FnMut() -> bool) {
     while !ready() {
         assert!(start.elapsed() < limit, "{what}");
         std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-/// Whether process `pid` has ended: gone, or a zombie nobody reaped yet
-/// (its sockets are closed either way).
-fn process_ended(pid: i32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Err(_) => true,
-        Ok(stat) => stat
-            .rsplit_once(')')
-            .and_then(|(_, rest)| rest.split_whitespace().next())
-            .is_some_and(|state| state == "Z" || state == "X"),
     }
 }
 
@@ -340,7 +328,7 @@ fn kxend_restart_reattaches() {
         .success());
     // Only once it is dead is its socket closed, so that kxl starts anew.
     wait_until(Duration::from_secs(10), "kxend survived kill -9", || {
-        process_ended(pid)
+        process_exited(pid)
     });
     // kxl starts a new kxend on demand, which re-attaches.
     let list = d.ok(&["list"]);
