@@ -31,6 +31,5 @@ pub fn is_trusted(stream: &UnixStream, socket: &str) -> bool {
 
 /// kxend's effective uid.
 fn own_uid() -> u32 {
-    // SAFETY: geteuid has no arguments and cannot fail.
-    unsafe { libc::geteuid() }
+    nix::unistd::geteuid().as_raw()
 }

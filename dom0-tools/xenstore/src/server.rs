@@ -654,33 +654,23 @@ fn service_loop(inner: &Inner) {
 /// (SO_PEERCRED: its credentials when it connected). Socket clients act as
 /// Dom0, with every domain's store in reach.
 fn peer_is_trusted(stream: &std::os::unix::net::UnixStream) -> bool {
-    let mut cred = libc::ucred {
-        pid: 0,
-        uid: u32::MAX,
-        gid: u32::MAX,
-    };
-    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
-    // SAFETY: `cred` and `len` are live locals of the size the call is told.
-    let rc = unsafe {
-        libc::getsockopt(
-            stream.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_PEERCRED,
-            (&mut cred as *mut libc::ucred).cast(),
-            &mut len,
-        )
-    };
-    // SAFETY: geteuid has no arguments and cannot fail.
-    let own = unsafe { libc::geteuid() };
-    let trusted = rc == 0 && (cred.uid == 0 || cred.uid == own);
-    if !trusted {
-        warn!(
-            uid = cred.uid,
-            pid = cred.pid,
-            "xenstored: refused a socket client"
-        );
+    use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
+    let own = nix::unistd::geteuid().as_raw();
+    match getsockopt(stream, PeerCredentials) {
+        Ok(cred) if cred.uid() == 0 || cred.uid() == own => true,
+        Ok(cred) => {
+            warn!(
+                uid = cred.uid(),
+                pid = cred.pid(),
+                "xenstored: refused a socket client"
+            );
+            false
+        }
+        Err(e) => {
+            warn!("xenstored: no peer credentials ({e}); refused a socket client");
+            false
+        }
     }
-    trusted
 }
 
 fn accept_all(inner: &Inner, id: u64) -> Vec<(std::os::unix::net::UnixStream, u64)> {
