@@ -1,5 +1,6 @@
 //! Dom0's access to guest memory, shared by kxend's backends.
 //!
+//! * [`console`]: the PV console ring's guest-written indices, checked;
 //! * [`foreign`]: a domain's memfd mapped into Dom0 ("foreign mapping");
 //! * [`grant`]: grant references checked and pinned as Xen does before a
 //!   backend may touch a granted frame;
@@ -8,6 +9,7 @@
 //! * [`domain`]: a guest reached through its kxen-vmm's control socket;
 //! * [`xenbus`]: the contract between kxend and a device backend.
 
+pub mod console;
 pub mod domain;
 pub mod evtchn;
 pub mod foreign;

@@ -14,10 +14,10 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
-use tracing::{debug, warn};
+use tracing::debug;
 use vmm_sys_util::eventfd::EventFd;
-use xen_abi::console as ring;
 
+use kxen_foreign::console;
 use kxen_foreign::foreign::ForeignPage;
 
 /// Cap on keystrokes queued for a guest that does not read them.
@@ -159,42 +159,15 @@ impl ConsoleBackend {
     }
 
     fn service_ring(&self, page: &ForeignPage, notify_guest: &EventFd) {
-        let mut notify = false;
-        let cons = page.load_u32(ring::OFFSET_OUT_CONS);
-        let prod = page.load_u32(ring::OFFSET_OUT_PROD);
-        let pending = prod.wrapping_sub(cons) as usize;
-        if pending > ring::OUT_SIZE {
-            warn!(cons, prod, "console ring indices corrupt; resynchronising");
-            page.store_u32(ring::OFFSET_OUT_CONS, prod);
-            notify = true;
-        } else if pending > 0 {
-            let mut data = vec![0u8; pending];
-            let start = cons as usize % ring::OUT_SIZE;
-            let first = pending.min(ring::OUT_SIZE - start);
-            page.read(ring::OFFSET_OUT + start, &mut data[..first]);
-            page.read(ring::OFFSET_OUT, &mut data[first..]);
-            page.store_u32(ring::OFFSET_OUT_CONS, prod);
-            notify = true;
+        let (data, mut notify) = console::take_output(page);
+        if !data.is_empty() {
             self.output(&data);
         }
         let mut input = self.input.lock().unwrap_or_else(|e| e.into_inner());
-        if !input.is_empty() {
-            let cons = page.load_u32(ring::OFFSET_IN_CONS);
-            let prod = page.load_u32(ring::OFFSET_IN_PROD);
-            let used = prod.wrapping_sub(cons) as usize;
-            if used <= ring::IN_SIZE {
-                let n = (ring::IN_SIZE - used).min(input.len());
-                for (i, &b) in input[..n].iter().enumerate() {
-                    let idx = (prod as usize + i) % ring::IN_SIZE;
-                    page.write(ring::OFFSET_IN + idx, &[b]);
-                }
-                if n > 0 {
-                    std::sync::atomic::fence(Ordering::SeqCst);
-                    page.store_u32(ring::OFFSET_IN_PROD, prod.wrapping_add(n as u32));
-                    input.drain(..n);
-                    notify = true;
-                }
-            }
+        let taken = console::give_input(page, &input);
+        if taken > 0 {
+            input.drain(..taken);
+            notify = true;
         }
         drop(input);
         if notify {

@@ -11,13 +11,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
+use kxen_foreign::console;
 use kxen_foreign::foreign::{ForeignMemory, ForeignPage};
 use kxen_vmm_api::{ClientError, LaunchArgs, VmmClient};
 use kxen_xenstore::{Access, Config, Perm, Perms, SharedPage, Xenstored};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use tracing::warn;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
-use xen_abi::console as ring;
 
 /// Where the PV console goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -235,44 +235,15 @@ fn console_loop(end: RingEnd, mut out: Box<dyn Write + Send>, stdin: bool, stop:
 /// Copy the output ring to `out` and `input` into the input ring. True if
 /// the guest should be notified.
 fn service_console(page: &ForeignPage, out: &mut dyn Write, input: &mut Vec<u8>) -> bool {
-    let mut notify = false;
-    let cons = page.load_u32(ring::OFFSET_OUT_CONS);
-    let prod = page.load_u32(ring::OFFSET_OUT_PROD);
-    let pending = prod.wrapping_sub(cons) as usize;
-    if pending > ring::OUT_SIZE {
-        warn!(cons, prod, "console ring indices corrupt; resynchronising");
-        page.store_u32(ring::OFFSET_OUT_CONS, prod);
-        notify = true;
-    } else if pending > 0 {
-        let mut data = vec![0u8; pending];
-        let start = cons as usize % ring::OUT_SIZE;
-        let first = pending.min(ring::OUT_SIZE - start);
-        page.read(ring::OFFSET_OUT + start, &mut data[..first]);
-        page.read(ring::OFFSET_OUT, &mut data[first..]);
+    let (data, mut notify) = console::take_output(page);
+    if !data.is_empty() {
         let _ = out.write_all(&data);
         let _ = out.flush();
-        page.store_u32(ring::OFFSET_OUT_CONS, prod);
-        notify = true;
     }
-    if !input.is_empty() {
-        let cons = page.load_u32(ring::OFFSET_IN_CONS);
-        let prod = page.load_u32(ring::OFFSET_IN_PROD);
-        let used = prod.wrapping_sub(cons) as usize;
-        if used <= ring::IN_SIZE {
-            let n = (ring::IN_SIZE - used).min(input.len());
-            for (i, &b) in input[..n].iter().enumerate() {
-                let idx = (prod as usize + i) % ring::IN_SIZE;
-                page.write(ring::OFFSET_IN + idx, &[b]);
-            }
-            if n > 0 {
-                std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
-                page.store_u32(ring::OFFSET_IN_PROD, prod.wrapping_add(n as u32));
-                input.drain(..n);
-                notify = true;
-            }
-        } else {
-            warn!("console input ring indices corrupt");
-        }
+    let taken = console::give_input(page, input);
+    if taken > 0 {
+        input.drain(..taken);
+        notify = true;
     }
     notify
 }
