@@ -382,3 +382,30 @@ pub fn process_exited(pid: i32) -> bool {
     let zombie = state.starts_with('Z') || state.starts_with('X');
     zombie && field("Threads:").parse::<u32>().is_ok_and(|n| n <= 1)
 }
+
+/// A child process that is killed and reaped when dropped, so a test that
+/// fails half-way never leaves its VMM behind: a leaked VMM whose guest
+/// spins takes a core from every test and guest after it (five were found
+/// spinning for an hour after failed runs, doubling the slow group's
+/// boot times).
+pub struct KillOnDrop(pub std::process::Child);
+
+impl std::ops::Deref for KillOnDrop {
+    type Target = std::process::Child;
+    fn deref(&self) -> &std::process::Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for KillOnDrop {
+    fn deref_mut(&mut self) -> &mut std::process::Child {
+        &mut self.0
+    }
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}

@@ -10,9 +10,9 @@ use std::time::{Duration, Instant};
 use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
 use serde_json::Value;
 
-use kxen_tests::{guest32, package_bin};
+use kxen_tests::{guest32, package_bin, KillOnDrop};
 
-fn start(kernel: &Path, socket: &Path, paused: bool) -> Child {
+fn start(kernel: &Path, socket: &Path, paused: bool) -> KillOnDrop {
     let mut cmd = Command::new(package_bin("kxen-vmm", "kxen-vmm"));
     cmd.arg("--kernel")
         .arg(kernel)
@@ -25,7 +25,7 @@ fn start(kernel: &Path, socket: &Path, paused: bool) -> Child {
     if paused {
         cmd.arg("--paused");
     }
-    cmd.spawn().unwrap()
+    KillOnDrop(cmd.spawn().unwrap())
 }
 
 fn connect(socket: &Path) -> UnixStream {

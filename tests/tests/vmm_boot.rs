@@ -4,7 +4,7 @@ use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use kxen_tests::{guest32, kxen_vmm, run_with_limit};
+use kxen_tests::{guest32, kxen_vmm, run_with_limit, KillOnDrop};
 
 /// The 32-bit smoke guest.
 fn smoke_guest32() -> PathBuf {
@@ -121,13 +121,15 @@ fn sigterm_destroys_the_domain() {
     let spin = guest32("smoke", "spin", |s| {
         s.replace("    call hcpage + 29*32\n1:", "1:")
     });
-    let mut child = Command::new(kxen_vmm())
-        .args(["--kernel", spin.to_str().unwrap(), "--memory", "16"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = KillOnDrop(
+        Command::new(kxen_vmm())
+            .args(["--kernel", spin.to_str().unwrap(), "--memory", "16"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
     // The guest's greeting is its last hypercall before the loop: once
     // the VMM has printed it, the vCPU is spinning in guest code.
     let stderr = BufReader::new(child.stderr.take().unwrap());
