@@ -201,12 +201,15 @@ pub fn place_grant_frame(domain: &Domain, gfn: u64) -> i64 {
         gpfn: gfn,
     };
     write_guest(domain, 0, xatp.as_bytes());
-    domain.hypercall(
-        0,
-        &IdentityMmu,
-        Call {
-            nr: xen_abi::hypercall::MEMORY_OP,
-            args: [xen_abi::memory::XENMEM_ADD_TO_PHYSMAP, 0, 0, 0, 0],
-        },
+    hypercall(
+        domain,
+        xen_abi::hypercall::MEMORY_OP,
+        [xen_abi::memory::XENMEM_ADD_TO_PHYSMAP, 0, 0, 0, 0],
     )
+}
+
+/// Hypercall `nr` from vCPU 0, its pointers guest-physical (the harness
+/// domain runs with paging off).
+pub fn hypercall(domain: &Domain, nr: u64, args: [u64; 5]) -> i64 {
+    domain.hypercall(0, &IdentityMmu, Call { nr, args })
 }

@@ -1,13 +1,11 @@
 //! Hostile-guest properties of the hypercall layer, without KVM.
 
-use kxen_xen::guest::IdentityMmu;
 use kxen_xen::harness::{self, RAM_BYTES};
-use kxen_xen::hypercall::Call;
 use xen_abi::errno::*;
 use xen_abi::hypercall::*;
 
 fn call(d: &kxen_xen::Domain, nr: u64, args: [u64; 5]) -> i64 {
-    d.hypercall(0, &IdentityMmu, Call { nr, args })
+    harness::hypercall(d, nr, args)
 }
 
 /// A long pseudo-random storm of hypercalls with mostly-plausible

@@ -2,9 +2,7 @@
 //! event layout, each port's Dom0 binding, blocked vCPUs and upcall
 //! vectors; and interdomain channels to Dom0 in both directions.
 
-use kxen_xen::guest::IdentityMmu;
 use kxen_xen::harness::{self, write_guest};
-use kxen_xen::hypercall::Call;
 use xen_abi::errno::EINVAL;
 use xen_abi::event_channel::*;
 use xen_abi::hvm::{EvtchnUpcallVector, HVMOP_SET_EVTCHN_UPCALL_VECTOR};
@@ -18,14 +16,7 @@ use zerocopy::{FromBytes, IntoBytes};
 const ARG: u64 = 0x1000;
 
 fn call(d: &kxen_xen::Domain, nr: u64, a1: u64, a2: u64, a3: u64) -> i64 {
-    d.hypercall(
-        0,
-        &IdentityMmu,
-        Call {
-            nr,
-            args: [a1, a2, a3, 0, 0],
-        },
-    )
+    harness::hypercall(d, nr, [a1, a2, a3, 0, 0])
 }
 
 /// Make an event_channel_op with `arg`; return the rc and the struct back.

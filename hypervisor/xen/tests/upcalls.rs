@@ -1,22 +1,13 @@
 //! Upcall delivery: the per-vCPU vector and the CALLBACK_IRQ vector.
 
-use kxen_xen::guest::IdentityMmu;
 use kxen_xen::harness;
-use kxen_xen::hypercall::Call;
 use vm_memory::{Bytes, GuestAddress, GuestAddressSpace};
 use xen_abi::hypercall::*;
 
 const ARG: u64 = 0x1000;
 
 fn call(d: &kxen_xen::Domain, nr: u64, a1: u64, a2: u64) -> i64 {
-    d.hypercall(
-        0,
-        &IdentityMmu,
-        Call {
-            nr,
-            args: [a1, a2, 0, 0, 0],
-        },
-    )
+    harness::hypercall(d, nr, [a1, a2, 0, 0, 0])
 }
 
 fn put(d: &kxen_xen::Domain, bytes: &[u8]) {

@@ -2,9 +2,7 @@
 //! Xen's exact value: denied version information, vcpu_info placement,
 //! console_io for a domU, and the grant table's size.
 
-use kxen_xen::guest::IdentityMmu;
 use kxen_xen::harness;
-use kxen_xen::hypercall::Call;
 use xen_abi::errno::*;
 use xen_abi::grant_table::*;
 use xen_abi::hypercall::*;
@@ -18,14 +16,7 @@ const ARG: u64 = 0x1000;
 const VCPU_INFO_GFN: u64 = 0x20;
 
 fn call(d: &kxen_xen::Domain, nr: u64, a1: u64, a2: u64, a3: u64) -> i64 {
-    d.hypercall(
-        0,
-        &IdentityMmu,
-        Call {
-            nr,
-            args: [a1, a2, a3, 0, 0],
-        },
-    )
+    harness::hypercall(d, nr, [a1, a2, a3, 0, 0])
 }
 
 fn put(d: &kxen_xen::Domain, bytes: &[u8]) {
