@@ -11,8 +11,12 @@
 //! One loop serves both rings. It never waits on one request: requests go
 //! out one at a time, replies are matched by req_id, and watch events are
 //! taken whenever they arrive. Between passes the vCPU sleeps in
-//! SCHEDOP_block with a singleshot timer armed, so a lost notification
-//! delays a pass by at most [`IDLE_NS`].
+//! SCHEDOP_block. While it waits on something that may need a retry (a
+//! xenstore request not yet answered or not yet sent, frontends not yet
+//! started) a singleshot timer wakes it after [`RETRY_NS`]; otherwise only
+//! an event does, as an idle Linux guest with no timers due. An idle
+//! domain then costs the host nothing, and a lost notification shows up
+//! as a guest that does not answer rather than as a 50 ms delay.
 
 use core::fmt;
 use core::sync::atomic::Ordering;
@@ -32,8 +36,8 @@ use crate::{boot, console, events, front, println, xen};
 
 /// The token of our watch on `control/shutdown`.
 const TOKEN: &[u8] = b"kxen-testguest-shutdown";
-/// Longest sleep between two passes over the rings.
-const IDLE_NS: u64 = 50_000_000;
+/// Longest sleep between two passes while something may need a retry.
+const RETRY_NS: u64 = 50_000_000;
 /// After this long without a reply, say so once (and keep waiting: the
 /// store may start serving the ring late).
 const SLOW_REPLY_MS: u64 = 5_000;
@@ -129,6 +133,11 @@ struct Store {
 struct Unavailable;
 
 impl Store {
+    /// A request is queued, unsent or unanswered, or setup is not done.
+    fn waiting(&self) -> bool {
+        self.in_flight.is_some() || self.setup_step < SETUP.len()
+    }
+
     fn new(ring: Ring) -> Self {
         Store {
             ring,
@@ -337,12 +346,17 @@ fn console_pass(editor: &mut LineEditor, withheld: &mut bool) {
     }
 }
 
-/// Sleep until an event arrives or [`IDLE_NS`] pass.
-fn idle() {
+/// Sleep until an event arrives, or [`RETRY_NS`] pass when `waiting`.
+fn idle(waiting: bool) {
+    if !waiting {
+        // Returns at once if an event came in since the last drain.
+        xen::block();
+        return;
+    }
     let timer = events::TIMER_PORT.load(Ordering::Acquire);
     if let (true, Some(now)) = (timer != 0, now_ns()) {
         let mut t = SetSingleshotTimer {
-            timeout_abs_ns: now + IDLE_NS,
+            timeout_abs_ns: now + RETRY_NS,
             flags: 0,
             _pad: 0,
         };
@@ -391,6 +405,14 @@ pub fn run() -> ! {
                 store = None;
             }
         }
-        idle();
+        // Work found during this pass whose notification is already
+        // consumed (a frontend watch read by the store's pass, messages
+        // queued while a frontend waited for a reply): go round again
+        // rather than sleep on an event that will not come.
+        if front::dirty() || (store.is_some() && xenstore::deferred()) {
+            continue;
+        }
+        let waiting = front::starting() || store.as_ref().is_some_and(Store::waiting);
+        idle(waiting);
     }
 }

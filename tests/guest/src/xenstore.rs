@@ -285,6 +285,12 @@ pub fn next(ring: &Ring, f: impl FnOnce(Header, &[u8])) -> Result<bool, TooLong>
     })
 }
 
+/// Whether messages taken off the ring wait in the queue (they arrived
+/// while someone waited for a reply; their event is already consumed).
+pub fn deferred() -> bool {
+    INBOX.with(|ib| ib.count > 0)
+}
+
 /// Move complete messages from the ring into the queue (while it has room),
 /// so that long waits neither lose watch events nor stall the server.
 pub fn pump() {

@@ -77,6 +77,16 @@ pub fn poll() {
     });
 }
 
+/// A watch fired that [`poll`] has not acted on yet.
+pub fn dirty() -> bool {
+    DIRTY.load(Ordering::Acquire)
+}
+
+/// The frontends have not started yet and will try again on a later pass.
+pub fn starting() -> bool {
+    !STARTED.load(Ordering::Acquire) && START_ATTEMPTS.load(Ordering::Acquire) < START_TRIES
+}
+
 fn start() -> Result<(), XsError> {
     xs::watch(&xs_path!("device/vbd"), HOTPLUG_TOKEN)?;
     xs::watch(&xs_path!("device/vif"), HOTPLUG_TOKEN)?;
