@@ -7,7 +7,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -42,6 +42,8 @@ struct Inner {
     kicks: Mutex<Vec<u32>>,
     stop: AtomicBool,
     thread: Mutex<Option<JoinHandle<()>>>,
+    /// Signalled (with `core`) when the store has unsaved changes.
+    changed: Condvar,
 }
 
 impl Inner {
@@ -243,6 +245,7 @@ impl Xenstored {
             kicks: Mutex::new(Vec::new()),
             stop: AtomicBool::new(false),
             thread: Mutex::new(None),
+            changed: Condvar::new(),
         });
         let runner = inner.clone();
         let t = std::thread::Builder::new()
@@ -256,13 +259,22 @@ impl Xenstored {
     /// Run `f` on the state, then push out what it queued and run the
     /// callbacks/notifications it caused with the lock released.
     fn with_core<R>(&self, f: impl FnOnce(&mut Core) -> R) -> R {
-        let (r, fx) = {
+        let (r, fx, queued) = {
             let mut core = self.inner.lock();
             let r = f(&mut core);
             core.flush_dirty();
-            (r, core.take_effects())
+            if unsaved(&core) {
+                self.inner.changed.notify_all();
+            }
+            (r, core.take_effects(), core.output_queued())
         };
         fx.run();
+        if queued {
+            // Output a guest has not room for yet: the service thread
+            // keeps house until it is taken (it may sleep without a
+            // timeout otherwise).
+            self.inner.wake();
+        }
         r
     }
 
@@ -479,9 +491,17 @@ impl Xenstored {
 
     /// Whether the store changed since it was created, loaded or saved.
     pub fn is_dirty(&self) -> bool {
+        unsaved(&self.inner.lock())
+    }
+
+    /// Block until the store has changes not yet saved (at once if it has).
+    pub fn wait_dirty(&self) {
         let core = self.inner.lock();
-        core.store.generation() != core.saved_generation
-            || core.watch_epoch != core.saved_watch_epoch
+        let _core = self
+            .inner
+            .changed
+            .wait_while(core, |core| !unsaved(core))
+            .unwrap_or_else(|e| e.into_inner());
     }
 
     /// Replace the whole store with one saved by [`Xenstored::save`]. Meant
@@ -551,16 +571,28 @@ fn epoll_add(epoll: i32, fd: i32, events: u32, token: u64) -> std::io::Result<()
     Ok(())
 }
 
+/// Whether the store changed since it was created, loaded or saved.
+fn unsaved(core: &Core) -> bool {
+    core.store.generation() != core.saved_generation || core.watch_epoch != core.saved_watch_epoch
+}
+
 fn service_loop(inner: &Inner) {
     let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; 64];
     let mut busy = false;
+    // Housekeeping (expiring unread watch events, a pass over every ring
+    // for a guest that took output without notifying) is only needed while
+    // some connection has output queued; otherwise the thread sleeps until
+    // a descriptor or a kick wakes it, so idle domains cost nothing.
+    let mut output_queued = false;
     let mut last_housekeeping = Instant::now();
     debug!("xenstored service thread running");
     loop {
         let timeout = if busy {
             0
-        } else {
+        } else if output_queued {
             HOUSEKEEPING.as_millis() as i32
+        } else {
+            -1
         };
         // SAFETY: `events` has room for `events.len()` entries.
         let n = unsafe {
@@ -643,6 +675,10 @@ fn service_loop(inner: &Inner) {
             }
             busy = !core.ring_backlog.is_empty();
             core.flush_dirty();
+            output_queued = core.output_queued();
+            if unsaved(&core) {
+                inner.changed.notify_all();
+            }
             core.take_effects()
         };
         fx.run();

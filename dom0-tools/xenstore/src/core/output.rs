@@ -357,6 +357,11 @@ impl Core {
         }
     }
 
+    /// Whether any connection has output queued that it has not taken.
+    pub fn output_queued(&self) -> bool {
+        self.conns.values().any(|c| !c.out.is_empty())
+    }
+
     /// Housekeeping: drop watch events unprivileged domains left unread
     /// past the timeout. Returns whether any connection has output waiting.
     pub fn expire_events(&mut self, now: Instant) -> bool {
