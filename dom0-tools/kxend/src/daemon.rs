@@ -7,7 +7,7 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use kxen_toolstack::config::{Action, DomainConfig, DomainType};
@@ -18,6 +18,7 @@ use tracing::{error, info, warn};
 use crate::devices::{BackendFactory, DeviceError, DeviceSpec, DomainDevices};
 use crate::domain::{AttachError, Domain, DomainRecord};
 use crate::preflight::{self, CreateError};
+use crate::reactor;
 use crate::store::StoreService;
 use kxen_virtio_backend::VirtioDomain;
 use kxen_vmm_api::launch::{GuestType, SerialMode, VirtioKind};
@@ -28,8 +29,13 @@ const ATTACH_LIMIT: Duration = Duration::from_secs(10);
 /// How long a VMM that dropped its control socket during start-up gets to
 /// exit by itself, so that its own reason can be reported.
 const VMM_EXIT_GRACE: Duration = Duration::from_secs(2);
+/// How long kxend lets xenstore changes gather before it saves them.
+const SAVE_COALESCE: Duration = Duration::from_millis(200);
 /// Longest request line from a client.
 const MAX_REQUEST: usize = 1 << 20;
+/// How long a kxl client may take to finish a request line or to take
+/// its reply before its worker gives up on it.
+const CLIENT_IO_LIMIT: Duration = Duration::from_secs(10);
 
 /// A domain that stopped and was kept (`preserve`): listed, not running.
 #[derive(Debug, Clone)]
@@ -129,6 +135,8 @@ pub struct Daemon {
     pub vmm: PathBuf,
     store: Arc<dyn StoreService>,
     domains: Mutex<BTreeMap<u32, Arc<Domain>>>,
+    /// Signalled (with `domains`) when a domain leaves it.
+    domain_left: Condvar,
     /// Each domain's xenbus devices (disks, vifs).
     devices: Mutex<BTreeMap<u32, Arc<DomainDevices>>>,
     /// Each HVM domain's virtio devices (its disks and vifs).
@@ -166,6 +174,7 @@ impl Daemon {
             vmm,
             store,
             domains: Mutex::new(BTreeMap::new()),
+            domain_left: Condvar::new(),
             devices: Mutex::new(BTreeMap::new()),
             virtio: Mutex::new(BTreeMap::new()),
             backends,
@@ -512,32 +521,63 @@ impl Daemon {
         }
     }
 
-    /// Watch a domain's VMM process; handle its end.
+    /// Watch a domain's VMM process from the event loop through a pidfd
+    /// (readable once the process has ended, whether or not it is our
+    /// child); its end is handled on the domain pool.
     fn monitor(self: &Arc<Self>, domain: Arc<Domain>, child: Option<std::process::Child>) {
-        let me = self.clone();
         let domid = domain.record.domid;
-        let _ = std::thread::Builder::new()
-            .name(format!("monitor-{domid}"))
-            .spawn(move || {
-                let code = match child {
-                    Some(mut child) => {
-                        let status = child.wait().ok();
-                        if let Some(signal) =
-                            status.and_then(|s| std::os::unix::process::ExitStatusExt::signal(&s))
-                        {
-                            me.vmm_killed(&domain, signal);
-                        }
-                        status.and_then(|s| s.code())
-                    }
-                    None => {
-                        while domain.alive() {
-                            std::thread::sleep(Duration::from_millis(50));
-                        }
-                        None
-                    }
-                };
-                me.domain_died(domid, code);
-            });
+        let pidfd = match pidfd_open(domain.record.pid) {
+            Ok(fd) => fd,
+            Err(e) => {
+                // Already gone (ESRCH) or no pidfds: handle the end now.
+                if e.raw_os_error() != Some(libc::ESRCH) {
+                    warn!(domid, "pidfd_open: {e}");
+                }
+                let me = self.clone();
+                let child = Mutex::new(child);
+                reactor::DOMAINS.spawn(move || me.vmm_ended(&domain, child));
+                return;
+            }
+        };
+        let raw = std::os::fd::AsRawFd::as_raw_fd(&pidfd);
+        let me = self.clone();
+        let child = Mutex::new(child);
+        let pending = Mutex::new(Some((domain, child)));
+        let on_exit = move |_| {
+            // The pidfd lives in this handler until it is deregistered.
+            let _ = &pidfd;
+            if let Some((domain, child)) = pending.lock().unwrap_or_else(|e| e.into_inner()).take()
+            {
+                let me = me.clone();
+                reactor::DOMAINS.spawn(move || me.vmm_ended(&domain, child));
+            }
+            reactor::Next::Remove
+        };
+        if let Err(e) = reactor::reactor().add(raw, reactor::IN, Arc::new(on_exit)) {
+            error!(domid, "cannot watch kxen-vmm: {e}");
+        }
+    }
+
+    /// A domain's VMM process has ended: reap it if it is our child, and
+    /// apply the domain's end.
+    fn vmm_ended(
+        self: &Arc<Self>,
+        domain: &Arc<Domain>,
+        child: Mutex<Option<std::process::Child>>,
+    ) {
+        let code = match child.into_inner().unwrap_or_else(|e| e.into_inner()) {
+            Some(mut child) => {
+                let status = child.wait().ok();
+                if let Some(signal) =
+                    status.and_then(|s| std::os::unix::process::ExitStatusExt::signal(&s))
+                {
+                    self.vmm_killed(domain, signal);
+                }
+                status.and_then(|s| s.code())
+            }
+            None => None,
+        };
+        self.domain_died(domain.record.domid, code);
     }
 
     /// A domain's VMM was killed by `signal`: it wrote no exit file, so
@@ -568,6 +608,7 @@ impl Daemon {
         else {
             return;
         };
+        self.domain_left.notify_all();
         domain.detach();
         let devices = self
             .devices
@@ -846,12 +887,37 @@ impl Daemon {
         out
     }
 
-    /// Serve one client connection.
-    fn serve(self: &Arc<Self>, stream: UnixStream) {
-        let Ok(mut writer) = stream.try_clone() else {
+    /// Wait (in the event loop, owning no thread) for a client's next
+    /// request, then serve it on the client pool.
+    fn watch_client(self: &Arc<Self>, conn: BufReader<UnixStream>) {
+        let fd = std::os::fd::AsRawFd::as_raw_fd(conn.get_ref());
+        let me = self.clone();
+        let conn = Mutex::new(Some(conn));
+        let added = reactor::reactor().add_with(fd, reactor::IN, |token| {
+            Arc::new(move |_| {
+                reactor::reactor().remove(token);
+                if let Some(conn) = conn.lock().unwrap_or_else(|e| e.into_inner()).take() {
+                    let me = me.clone();
+                    reactor::CLIENTS.spawn(move || me.serve(conn));
+                }
+                reactor::Next::Remove
+            })
+        });
+        if let Err(e) = added {
+            warn!("kxl client: {e}");
+        }
+    }
+
+    /// Serve a client's requests while they are there to read; then wait
+    /// for more in the event loop.
+    fn serve(self: &Arc<Self>, mut reader: BufReader<UnixStream>) {
+        // A client that stops halfway through a line or stops reading its
+        // reply does not hold a worker for long.
+        let _ = reader.get_ref().set_read_timeout(Some(CLIENT_IO_LIMIT));
+        let _ = reader.get_ref().set_write_timeout(Some(CLIENT_IO_LIMIT));
+        let Ok(mut writer) = reader.get_ref().try_clone() else {
             return;
         };
-        let mut reader = BufReader::new(stream);
         let mut line = Vec::new();
         loop {
             line.clear();
@@ -883,7 +949,11 @@ impl Daemon {
                     return;
                 };
                 if send(&mut writer, &Reply::ok()).is_ok() {
-                    console.attach(reader.into_inner());
+                    let typed = reader.buffer().to_vec();
+                    let stream = reader.into_inner();
+                    let _ = stream.set_read_timeout(None);
+                    let _ = stream.set_write_timeout(None);
+                    console.attach(stream, &typed);
                 }
                 return;
             }
@@ -894,7 +964,11 @@ impl Daemon {
             if send(&mut writer, &reply).is_err() {
                 return;
             }
+            if reader.buffer().is_empty() {
+                break;
+            }
         }
+        self.watch_client(reader);
     }
 
     fn handle(self: &Arc<Self>, req: Request) -> Reply {
@@ -1139,40 +1213,68 @@ impl Daemon {
 
     /// Wait until `domid` is no longer running.
     fn wait_gone(&self, domid: u32, limit: Duration) -> bool {
-        let start = Instant::now();
-        while self.live(domid).is_some() {
-            if start.elapsed() > limit {
-                return false;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        true
+        let domains = self.domains.lock().unwrap_or_else(|e| e.into_inner());
+        let (_domains, waited) = self
+            .domain_left
+            .wait_timeout_while(domains, limit, |d| d.contains_key(&domid))
+            .unwrap_or_else(|e| e.into_inner());
+        !waited.timed_out()
     }
 
-    /// Accept clients until the process ends.
+    /// Accept clients from the event loop until the process ends; the
+    /// calling thread saves the store when it changed.
     pub fn serve_forever(self: &Arc<Self>, listener: UnixListener) {
-        {
-            let me = self.clone();
-            let _ = std::thread::Builder::new()
-                .name("xenstore-save".into())
-                .spawn(move || loop {
-                    std::thread::sleep(Duration::from_millis(200));
-                    me.store.save();
-                });
+        if let Err(e) = listener.set_nonblocking(true) {
+            error!("kxend.sock: {e}");
+            return;
         }
-        for stream in listener.incoming() {
-            match stream {
-                Ok(stream) if !crate::peer::is_trusted(&stream, "kxend.sock") => {}
-                Ok(stream) => {
-                    let me = self.clone();
-                    let _ = std::thread::Builder::new()
-                        .name("client".into())
-                        .spawn(move || me.serve(stream));
+        let me = self.clone();
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&listener);
+        let on_accept = move |_| {
+            loop {
+                match listener.accept() {
+                    Ok((stream, _)) => {
+                        if !crate::peer::is_trusted(&stream, "kxend.sock") {
+                            continue;
+                        }
+                        if stream.set_nonblocking(false).is_ok() {
+                            me.watch_client(BufReader::new(stream));
+                        }
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(e) => {
+                        warn!("accept: {e}");
+                        break;
+                    }
                 }
-                Err(e) => warn!("accept: {e}"),
             }
+            reactor::Next::Keep
+        };
+        if let Err(e) = reactor::reactor().add(fd, reactor::IN, Arc::new(on_accept)) {
+            error!("kxend.sock: {e}");
+            return;
+        }
+        let xs = self.store.xenstored();
+        loop {
+            xs.wait_dirty();
+            // Coalesce a burst of changes (a domain's creation writes
+            // dozens of nodes) into one write of the state file.
+            std::thread::sleep(SAVE_COALESCE);
+            self.store.save();
         }
     }
+}
+
+/// A descriptor that becomes readable when process `pid` ends.
+fn pidfd_open(pid: u32) -> std::io::Result<std::os::fd::OwnedFd> {
+    // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: a fresh descriptor nobody else owns.
+    Ok(unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd as i32) })
 }
 
 /// Wait until a just-started kxen-vmm listens on its control socket. A VMM

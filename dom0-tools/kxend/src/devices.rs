@@ -2,9 +2,10 @@
 //! and vif, the XenbusState handshake in both directions, hot plug and
 //! teardown.
 //!
-//! Each domain with devices gets one worker thread. Xenstore watch
-//! callbacks (which run inside the store's notification path and must not
-//! block) only queue an event for it; the worker reads both `state` nodes
+//! Xenstore watch callbacks (which run inside the store's notification
+//! path and must not block) only queue a step on kxend's domain pool (a
+//! few threads shared by all domains: an idle domain owns none); the step
+//! reads both `state` nodes
 //! and moves the backend along, calling into the device backend
 //! (blkback, netback) to publish, connect and disconnect. Detaching
 //! follows libxl: the backend goes Closing with `online=0`, the frontend
@@ -12,8 +13,8 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::mpsc::{channel, Receiver, RecvTimeoutError, Sender};
-use std::sync::{Arc, Mutex};
+use std::sync::mpsc::{channel, Sender};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use kxen_foreign::domain::ForeignDomain;
@@ -82,12 +83,6 @@ struct Device {
     connected: bool,
 }
 
-enum Event {
-    /// A `state` node of (kind, devid) changed.
-    StateChanged(&'static str, u32),
-    Stop,
-}
-
 /// The devices of one domain.
 pub struct DomainDevices {
     domid: u32,
@@ -97,7 +92,9 @@ pub struct DomainDevices {
     factory: Arc<BackendFactory>,
     foreign: Mutex<Option<Arc<ForeignDomain>>>,
     devices: Arc<Mutex<BTreeMap<(&'static str, u32), Device>>>,
-    events: Sender<Event>,
+    /// Ourselves, for the steps queued on the pool (a watch holding an
+    /// `Arc` would keep the set alive through its own devices).
+    me: Weak<DomainDevices>,
 }
 
 impl DomainDevices {
@@ -107,8 +104,7 @@ impl DomainDevices {
         service: Arc<dyn StoreService>,
         factory: Arc<BackendFactory>,
     ) -> Arc<Self> {
-        let (tx, rx) = channel();
-        let me = Arc::new(DomainDevices {
+        Arc::new_cyclic(|me| DomainDevices {
             domid,
             control,
             store: service.xenstored(),
@@ -116,13 +112,18 @@ impl DomainDevices {
             factory,
             foreign: Mutex::new(None),
             devices: Arc::new(Mutex::new(BTreeMap::new())),
-            events: tx,
+            me: me.clone(),
+        })
+    }
+
+    /// Queue one handshake step for (kind, devid) on the domain pool.
+    fn state_changed(me: &Weak<Self>, kind: &'static str, devid: u32) {
+        let me = me.clone();
+        crate::reactor::DOMAINS.spawn(move || {
+            if let Some(me) = me.upgrade() {
+                me.step(kind, devid);
+            }
         });
-        let worker = me.clone();
-        let _ = std::thread::Builder::new()
-            .name(format!("xenbus-{domid}"))
-            .spawn(move || worker.run(rx));
-        me
     }
 
     fn foreign(&self) -> Result<Arc<ForeignDomain>, DeviceError> {
@@ -186,7 +187,7 @@ impl DomainDevices {
         );
         self.install(spec, ctx, backend, false);
         info!(domid = self.domid, kind, devid, "device attached");
-        let _ = self.events.send(Event::StateChanged(kind, devid));
+        Self::state_changed(&self.me, kind, devid);
         Ok(())
     }
 
@@ -199,11 +200,11 @@ impl DomainDevices {
         connected: bool,
     ) {
         let (kind, devid) = (spec.kind(), ctx.devid);
-        let events = self.events.clone();
+        let me = self.me.clone();
         let watch = self
             .store
             .watch(&format!("{}/state", ctx.frontend_path), move |_| {
-                let _ = events.send(Event::StateChanged(kind, devid));
+                Self::state_changed(&me, kind, devid);
             })
             .map_err(|e| warn!(domid = self.domid, kind, devid, "watch: {e}"))
             .ok();
@@ -409,7 +410,7 @@ impl DomainDevices {
             );
         }
         if !force {
-            let _ = self.events.send(Event::StateChanged(kind, devid));
+            Self::state_changed(&self.me, kind, devid);
             match rx.recv_timeout(DETACH_LIMIT) {
                 Ok(()) => return Ok(()),
                 Err(_) => warn!(
@@ -463,7 +464,6 @@ impl DomainDevices {
             .rm(&format!("/local/domain/0/backend/vbd/{}", self.domid));
         self.service
             .rm(&format!("/local/domain/0/backend/vif/{}", self.domid));
-        let _ = self.events.send(Event::Stop);
         *self.foreign.lock().unwrap_or_else(|e| e.into_inner()) = None;
     }
 
@@ -474,17 +474,6 @@ impl DomainDevices {
 
     fn read_i32(&self, path: &str) -> i32 {
         self.read_u32(path).map(|v| v as i32).unwrap_or(-1)
-    }
-
-    fn run(self: Arc<Self>, rx: Receiver<Event>) {
-        loop {
-            match rx.recv_timeout(Duration::from_secs(1)) {
-                Ok(Event::StateChanged(kind, devid)) => self.step(kind, devid),
-                Ok(Event::Stop) => return,
-                Err(RecvTimeoutError::Timeout) => {}
-                Err(RecvTimeoutError::Disconnected) => return,
-            }
-        }
     }
 
     /// One turn of the handshake for a device, from both state nodes.

@@ -12,6 +12,7 @@ use tracing::{info, warn};
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::console::ConsoleBackend;
+use crate::reactor::{self, reactor, Next, Token};
 use crate::store::StoreService;
 use kxen_foreign::foreign::ForeignMemory;
 use kxen_toolstack::config::DomainType;
@@ -64,8 +65,9 @@ pub struct Domain {
     /// An HVM domain's COM1.
     pub serial: Option<Arc<ConsoleBackend>>,
     pub paused: AtomicBool,
-    store_kick: Arc<EventFd>,
-    stopping: Arc<AtomicBool>,
+    /// Kept open while the event loop watches it.
+    _store_kick: Arc<EventFd>,
+    store_token: Mutex<Option<Token>>,
 }
 
 fn eventfd(fd: OwnedFd) -> EventFd {
@@ -121,11 +123,11 @@ impl Domain {
             record.console_log.clone()
         };
         let console = ConsoleBackend::new(cpage, ckick, cnotify, pv_log)?;
-        console.start(record.domid)?;
+        console.start()?;
         let serial = if hvm {
             let line = link.serial()?;
             let serial = ConsoleBackend::new_line(line.into(), record.console_log.clone())?;
-            serial.start(record.domid)?;
+            serial.start()?;
             Some(serial)
         } else {
             None
@@ -142,30 +144,18 @@ impl Domain {
             }),
             resume,
         );
+        // The guest's xenstore notifications, forwarded from the event
+        // loop to xenstored's own service thread.
         let store_kick = Arc::new(skick);
-        let stopping = Arc::new(AtomicBool::new(false));
-        {
-            let kick = store_kick.clone();
-            let stopping = stopping.clone();
-            let store = store.clone();
-            std::thread::Builder::new()
-                .name(format!("xs-kick-{domid}"))
-                .spawn(move || {
-                    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
-                    while !stopping.load(Ordering::SeqCst) {
-                        {
-                            // SAFETY: the eventfd is kept alive by `kick`.
-                            let fd =
-                                unsafe { std::os::fd::BorrowedFd::borrow_raw(kick.as_raw_fd()) };
-                            let mut fds = [PollFd::new(fd, PollFlags::POLLIN)];
-                            let _ = poll(&mut fds, PollTimeout::from(50u16));
-                        }
-                        if kick.read().is_ok() {
-                            store.kick(domid);
-                        }
-                    }
-                })?;
-        }
+        let kick = store_kick.clone();
+        let on_kick = move |_| {
+            if kick.read().is_ok() {
+                store.kick(domid);
+            }
+            Next::Keep
+        };
+        let store_token = reactor().add(store_kick.as_raw_fd(), reactor::IN, Arc::new(on_kick))?;
+        store_kick.write(1)?;
         let paused = link.info()?.paused;
         info!(domid, name = %record.name, "attached to kxen-vmm");
         Ok(Arc::new(Domain {
@@ -176,8 +166,8 @@ impl Domain {
             console,
             serial,
             paused: AtomicBool::new(paused),
-            store_kick,
-            stopping,
+            _store_kick: store_kick,
+            store_token: Mutex::new(Some(store_token)),
         }))
     }
 
@@ -223,19 +213,18 @@ impl Domain {
 
     /// Stop the Dom0 services of a domain that is gone.
     pub fn detach(&self) {
-        self.stopping.store(true, Ordering::SeqCst);
-        let _ = self.store_kick.write(1);
+        if let Some(token) = self
+            .store_token
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+        {
+            reactor().remove(token);
+        }
         self.console.stop();
         if let Some(serial) = &self.serial {
             serial.stop();
         }
-    }
-
-    /// Whether the VMM process is still alive. A zombie is not: after a
-    /// kxend restart the VMM is no longer our child, and whoever inherited
-    /// it may take a while to reap it.
-    pub fn alive(&self) -> bool {
-        process_alive(self.record.pid)
     }
 }
 

@@ -14,6 +14,7 @@ mod domain;
 mod jail;
 mod peer;
 mod preflight;
+mod reactor;
 mod store;
 mod xenstore_glue;
 

@@ -26,6 +26,7 @@ pub trait StoreService: Send + Sync {
     fn release(&self, domid: u32);
     /// The store itself, for backends that read and watch device nodes.
     fn xenstored(&self) -> kxen_xenstore::Xenstored;
-    /// Persist the store (kxend calls this periodically and on exit).
+    /// Persist the store if it changed (kxend calls this after changes,
+    /// and on exit).
     fn save(&self);
 }
