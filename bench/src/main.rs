@@ -3,6 +3,7 @@
 //! noisy. Run with `cargo run --release -p kxen-bench`.
 
 mod baseline;
+mod density;
 mod devices;
 mod hvm;
 mod linux;
@@ -128,9 +129,10 @@ fn main() {
                     linux::run();
                 }
                 "hvm" => hvm::run(None),
+                "density" => density::run(),
                 "linux-hvm" => hvm::run(linux::run()),
                 other => eprintln!(
-                    "unknown section {other:?} (core, xenstore, devices, linux, hvm, linux-hvm)"
+                    "unknown section {other:?} (core, xenstore, devices, linux, hvm, linux-hvm, density)"
                 ),
             }
         }
@@ -154,6 +156,9 @@ fn main() {
     devices::network();
     let blkfront = linux::run();
     hvm::run(blkfront);
+
+    println!();
+    density::run();
 }
 
 /// Round trips against the bare-KVM baseline, start-up, the VMM's
