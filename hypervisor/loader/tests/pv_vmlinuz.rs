@@ -7,7 +7,8 @@
 use std::path::Path;
 use std::time::Instant;
 
-use kxen_loader::pv::{bzimage, notes::NotesKind, PvKernel};
+use kxen_loader::pv::{build, bzimage, notes::NotesKind, PvKernel, PvLayout, StartInfoParams};
+use vm_memory::{GuestAddress, GuestMemoryMmap};
 
 const DEBIAN_KERNEL: &str = "/boot/vmlinuz-6.1.0-57-amd64";
 
@@ -70,4 +71,35 @@ fn debian_vmlinuz_extracts_and_carries_pv_notes() {
         .segments
         .iter()
         .any(|s| (s.vaddr..s.vaddr + s.memsz).contains(&entry)));
+
+    // Lay it out and build it into 512 MiB of guest RAM with Debian's
+    // initrd beside it (or a stand-in, if that is missing).
+    let initrd =
+        std::fs::read("/boot/initrd.img-6.1.0-57-amd64").unwrap_or_else(|_| vec![7; 1 << 20]);
+    let nr_pages = (512u64 << 20) >> 12;
+    let started = Instant::now();
+    let layout = PvLayout::compute(&kernel, nr_pages, initrd.len() as u64).expect("layout");
+    let mem: GuestMemoryMmap<()> =
+        GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 512 << 20)]).unwrap();
+    let params = StartInfoParams {
+        cmdline: "console=hvc0",
+        ..StartInfoParams::default()
+    };
+    let boot = build(&mem, &layout, &kernel, &initrd, &params).expect("build");
+    eprintln!(
+        "layout and build into 512 MiB with a {} byte initrd in {:.2?}: {} pages mapped, \
+         {} page-table frames, initrd at pfn {:#x} (mapped: {})",
+        initrd.len(),
+        started.elapsed(),
+        layout.mapped_pages,
+        boot.page_table_frames.end - boot.page_table_frames.start,
+        layout.initrd.start,
+        layout.initrd_mapped
+    );
+    assert_eq!(boot.entry, entry);
+    assert!(
+        !layout.initrd_mapped,
+        "MOD_START_PFN puts the initrd after the mapping"
+    );
+    assert_eq!(layout.mapped_pages % 1024, 0);
 }

@@ -6,7 +6,7 @@
 //! 2. [`PvKernel::parse`]: that ELF's loadable segments and its Xen ELF notes
 //!    ([`notes::PvNotes`]); a kernel that only carries the PVH entry note is
 //!    refused with a message that names `type = "pvh"`.
-//! 3. `layout::PvLayout::compute`: where everything goes, from VIRT_BASE up.
+//! 3. [`layout::PvLayout::compute`]: where everything goes, from VIRT_BASE up.
 //! 4. [`layout::build`]: writes the kernel, the initrd, the P2M list,
 //!    start_info and the bootstrap page tables into guest memory and returns
 //!    the registers and pinned page-table frames the PV machine starts from
@@ -17,10 +17,12 @@
 
 pub mod bzimage;
 pub mod elf;
+pub mod layout;
 pub mod notes;
 
 pub use bzimage::{extract_elf, BzImageError};
 pub use elf::{ElfError, LoadSegment};
+pub use layout::{build, LayoutError, PvBootState, PvLayout, StartInfoParams};
 pub use notes::{NotesError, PvNotes};
 
 /// Why an image cannot be booted as a PV kernel.
