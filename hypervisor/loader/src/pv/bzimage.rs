@@ -206,7 +206,7 @@ fn xz(payload: &[u8], limit: usize, size_hint: usize) -> Result<Vec<u8>, BzImage
     use xz4rust::{XzDecoder, XzNextBlockResult};
     let mut decoder = XzDecoder::in_heap_with_alloc_dict_size(64 << 10, XZ_MAX_DICT);
     let mut out = Vec::with_capacity(size_hint);
-    let mut chunk = vec![0u8; 256 << 10];
+    let mut chunk = vec![0u8; 64 << 10];
     let mut input = payload;
     loop {
         let step = decoder
@@ -250,12 +250,22 @@ fn lz4_legacy(payload: &[u8], limit: usize, size_hint: usize) -> Result<Vec<u8>,
             .get(at..at + chunk_size)
             .ok_or_else(|| corrupt("lz4", "block runs past the payload"))?;
         at += chunk_size;
-        if block.is_empty() {
-            block.resize(LZ4_LEGACY_BLOCK, 0);
-        }
-        let n = lz4_flex::block::decompress_into(compressed, &mut block)
-            .map_err(|e| corrupt("lz4", e))?;
-        if out.len() + n > limit {
+        // A block holds at most 8 MiB, LZ4 expands at most 255-fold, and
+        // output past the limit is refused anyway: size the buffer by the
+        // least of the three, so small hostile blocks stay cheap.
+        let room = limit - out.len();
+        let buffer = LZ4_LEGACY_BLOCK
+            .min(chunk_size.saturating_mul(255).saturating_add(64))
+            .min(room.saturating_add(1));
+        block.resize(buffer, 0);
+        let n = match lz4_flex::block::decompress_into(compressed, &mut block) {
+            Ok(n) => n,
+            Err(lz4_flex::block::DecompressError::OutputTooSmall { .. }) if buffer > room => {
+                return Err(BzImageError::TooLarge { limit });
+            }
+            Err(e) => return Err(corrupt("lz4", e)),
+        };
+        if n > room {
             return Err(BzImageError::TooLarge { limit });
         }
         out.extend_from_slice(&block[..n]);
