@@ -1,23 +1,25 @@
-//! Just enough of a 64-bit little-endian x86_64 ELF reader for the PV
-//! builder: the program headers, and the note sections for images whose
-//! notes are not in a PT_NOTE segment. Every field is checked against the
-//! image before it is used.
+//! The 64-bit little-endian x86_64 ELF view the PV builder needs: the
+//! program headers, and the note sections for images whose notes are not
+//! in a PT_NOTE segment. The `object` crate reads the headers and checks
+//! every table and segment against the image; the counts are capped here,
+//! so a hostile image cannot make us walk an enormous table.
 
 use std::ops::Range;
 
-const PT_LOAD: u32 = 1;
-const PT_NOTE: u32 = 4;
-const SHT_NOTE: u32 = 7;
-const ELFCLASS64: u8 = 2;
-const ELFDATA2LSB: u8 = 1;
-const EM_X86_64: u16 = 62;
+use object::elf::{
+    FileHeader64, ProgramHeader64, ELFCLASS64, ELFDATA2LSB, EM_X86_64, PT_LOAD, PT_NOTE, SHT_NOTE,
+};
+use object::read::elf::{FileHeader as _, ProgramHeader as _, SectionHeader as _};
+use object::LittleEndian;
+
 const EHDR_SIZE: usize = 64;
-const PHDR_SIZE: usize = 56;
-const SHDR_SIZE: usize = 64;
 /// More program headers than any kernel has; a bound on hostile tables.
 const MAX_PHDRS: usize = 128;
 /// More sections than any kernel has (vmlinux has about a hundred).
 const MAX_SHDRS: usize = 16384;
+
+type FileHeader = FileHeader64<LittleEndian>;
+type ProgramHeader = ProgramHeader64<LittleEndian>;
 
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum ElfError {
@@ -59,24 +61,12 @@ impl LoadSegment {
     }
 }
 
-#[derive(Debug, Clone, Copy)]
-struct ProgramHeader {
-    kind: u32,
-    offset: u64,
-    vaddr: u64,
-    paddr: u64,
-    filesz: u64,
-    memsz: u64,
-}
-
 /// A parsed 64-bit ELF image, borrowing its bytes.
 #[derive(Debug)]
 pub struct Elf64<'a> {
     bytes: &'a [u8],
-    phdrs: Vec<ProgramHeader>,
-    shoff: u64,
-    shentsize: u16,
-    shnum: u16,
+    header: &'a FileHeader,
+    phdrs: &'a [ProgramHeader],
     /// The ELF header's entry point (the PV entry comes from the ENTRY note).
     pub entry: u64,
 }
@@ -114,121 +104,100 @@ impl<'a> Elf64<'a> {
         if bytes.len() < EHDR_SIZE {
             return Err(ElfError::Truncated);
         }
-        let machine = u16_at(bytes, 18).ok_or(ElfError::Truncated)?;
-        if bytes[4] != ELFCLASS64 || bytes[5] != ELFDATA2LSB || machine != EM_X86_64 {
+        // `object` checks magic, class and ELF version; we also want
+        // little-endian x86_64, which its 64-bit header type leaves open.
+        let header = FileHeader::parse(bytes).map_err(|_| ElfError::WrongKind)?;
+        let endian = LittleEndian;
+        let ident = header.e_ident();
+        if ident.class != ELFCLASS64
+            || ident.data != ELFDATA2LSB
+            || header.e_machine(endian) != EM_X86_64
+        {
             return Err(ElfError::WrongKind);
         }
-        let field64 = |off| u64_at(bytes, off).ok_or(ElfError::Truncated);
-        let field16 = |off| u16_at(bytes, off).ok_or(ElfError::Truncated);
-        let entry = field64(24)?;
-        let phoff = field64(32)?;
-        let shoff = field64(40)?;
-        let phentsize = field16(54)?;
-        let phnum = usize::from(field16(56)?);
-        let shentsize = field16(58)?;
-        let shnum = field16(60)?;
-
-        if phnum > MAX_PHDRS {
+        // The raw count is capped before `object` walks the table; the cap
+        // is below PN_XNUM, so extended counts are refused here too.
+        if usize::from(header.e_phnum(endian)) > MAX_PHDRS {
             return Err(ElfError::BadProgramHeaders("too many program headers"));
         }
-        if phnum > 0 && usize::from(phentsize) < PHDR_SIZE {
-            return Err(ElfError::BadProgramHeaders("entry size too small"));
-        }
-        let mut phdrs = Vec::with_capacity(phnum);
-        for index in 0..phnum {
-            let at = (index as u64)
-                .checked_mul(u64::from(phentsize))
-                .and_then(|o| o.checked_add(phoff))
-                .ok_or(ElfError::BadProgramHeaders("offset overflows"))?;
-            let raw = slice_at(bytes, at, PHDR_SIZE as u64)
-                .ok_or(ElfError::BadProgramHeaders("table lies outside the image"))?;
-            // In bounds: `raw` is PHDR_SIZE bytes long.
-            let ph = ProgramHeader {
-                kind: u32_at(raw, 0).unwrap_or(0),
-                offset: u64_at(raw, 8).unwrap_or(0),
-                vaddr: u64_at(raw, 16).unwrap_or(0),
-                paddr: u64_at(raw, 24).unwrap_or(0),
-                filesz: u64_at(raw, 32).unwrap_or(0),
-                memsz: u64_at(raw, 40).unwrap_or(0),
-            };
-            if ph.kind == PT_LOAD || ph.kind == PT_NOTE {
-                if slice_at(bytes, ph.offset, ph.filesz).is_none() {
-                    return Err(ElfError::SegmentOutsideImage {
-                        index,
-                        offset: ph.offset,
-                        size: ph.filesz,
-                    });
-                }
-                if ph.kind == PT_LOAD && ph.filesz > ph.memsz {
-                    return Err(ElfError::FileSizeAboveMemSize { index });
-                }
+        let phdrs = header.program_headers(endian, bytes).map_err(|_| {
+            ElfError::BadProgramHeaders("table lies outside the image or has a bad entry size")
+        })?;
+        for (index, ph) in phdrs.iter().enumerate() {
+            let kind = ph.p_type(endian);
+            if kind != PT_LOAD && kind != PT_NOTE {
+                continue;
             }
-            phdrs.push(ph);
+            if ph.data(endian, bytes).is_err() {
+                return Err(ElfError::SegmentOutsideImage {
+                    index,
+                    offset: ph.p_offset(endian),
+                    size: ph.p_filesz(endian),
+                });
+            }
+            if kind == PT_LOAD && ph.p_filesz(endian) > ph.p_memsz(endian) {
+                return Err(ElfError::FileSizeAboveMemSize { index });
+            }
         }
         Ok(Elf64 {
             bytes,
+            header,
             phdrs,
-            shoff,
-            shentsize,
-            shnum,
-            entry,
+            entry: header.e_entry(endian),
         })
     }
 
     /// The PT_LOAD segments that occupy memory, in table order.
     pub fn load_segments(&self) -> Vec<LoadSegment> {
+        let endian = LittleEndian;
         self.phdrs
             .iter()
-            .filter(|ph| ph.kind == PT_LOAD && ph.memsz > 0)
+            .filter(|ph| ph.p_type(endian) == PT_LOAD && ph.p_memsz(endian) > 0)
             .map(|ph| LoadSegment {
-                vaddr: ph.vaddr,
-                paddr: ph.paddr,
-                offset: ph.offset,
-                filesz: ph.filesz,
-                memsz: ph.memsz,
+                vaddr: ph.p_vaddr(endian),
+                paddr: ph.p_paddr(endian),
+                offset: ph.p_offset(endian),
+                filesz: ph.p_filesz(endian),
+                memsz: ph.p_memsz(endian),
             })
             .collect()
     }
 
     /// The contents of every PT_NOTE segment (bounds checked at parse).
     pub fn note_segments(&self) -> impl Iterator<Item = &'a [u8]> + '_ {
+        let endian = LittleEndian;
         self.phdrs
             .iter()
-            .filter(|ph| ph.kind == PT_NOTE)
-            .filter_map(|ph| slice_at(self.bytes, ph.offset, ph.filesz))
+            .filter(move |ph| ph.p_type(endian) == PT_NOTE)
+            .filter_map(move |ph| ph.data(endian, self.bytes).ok())
     }
 
     /// The contents of every SHT_NOTE section.
     pub fn note_sections(&self) -> Result<Vec<&'a [u8]>, ElfError> {
-        let count = usize::from(self.shnum);
+        let endian = LittleEndian;
+        // A zero count means no sections to us: the extended count it
+        // could announce would be far above the cap anyway.
+        let count = usize::from(self.header.e_shnum(endian));
         if count == 0 {
             return Ok(Vec::new());
         }
         if count > MAX_SHDRS {
             return Err(ElfError::BadSectionHeaders("too many section headers"));
         }
-        if usize::from(self.shentsize) < SHDR_SIZE {
-            return Err(ElfError::BadSectionHeaders("entry size too small"));
-        }
-        let mut notes = Vec::new();
-        for index in 0..count as u64 {
-            let at = index
-                .checked_mul(u64::from(self.shentsize))
-                .and_then(|o| o.checked_add(self.shoff))
-                .ok_or(ElfError::BadSectionHeaders("offset overflows"))?;
-            let raw = slice_at(self.bytes, at, SHDR_SIZE as u64)
-                .ok_or(ElfError::BadSectionHeaders("table lies outside the image"))?;
-            if u32_at(raw, 4) != Some(SHT_NOTE) {
-                continue;
-            }
-            let offset = u64_at(raw, 24).unwrap_or(0);
-            let size = u64_at(raw, 32).unwrap_or(0);
-            let body = slice_at(self.bytes, offset, size).ok_or(ElfError::BadSectionHeaders(
-                "note section lies outside the image",
-            ))?;
-            notes.push(body);
-        }
-        Ok(notes)
+        let sections = self
+            .header
+            .section_headers(endian, self.bytes)
+            .map_err(|_| {
+                ElfError::BadSectionHeaders("table lies outside the image or has a bad entry size")
+            })?;
+        sections
+            .iter()
+            .filter(|sh| sh.sh_type(endian) == SHT_NOTE)
+            .map(|sh| {
+                sh.data(endian, self.bytes)
+                    .map_err(|_| ElfError::BadSectionHeaders("note section lies outside the image"))
+            })
+            .collect()
     }
 }
 
@@ -411,11 +380,85 @@ mod tests {
             Elf64::parse(&far),
             Err(ElfError::BadProgramHeaders(_))
         ));
-        let mut many = good;
+        let mut many = good.clone();
         many[56..58].copy_from_slice(&0xffffu16.to_le_bytes());
         assert!(matches!(
             Elf64::parse(&many),
             Err(ElfError::BadProgramHeaders(_))
         ));
+    }
+
+    #[test]
+    fn image_at_an_odd_offset_parses() {
+        // The reader must not need the buffer aligned: a payload can start
+        // anywhere inside a bzImage.
+        let image = elf(
+            &[Seg {
+                vaddr: 0x1000,
+                paddr: 0x1000,
+                data: vec![7; 24],
+                memsz: 24,
+            }],
+            b"odd!",
+            true,
+        );
+        let mut shifted = vec![0u8; 3];
+        shifted.extend_from_slice(&image);
+        let parsed = Elf64::parse(&shifted[3..]).unwrap();
+        assert_eq!(parsed.load_segments()[0].memsz, 24);
+        assert_eq!(parsed.note_sections().unwrap(), vec![b"odd!"]);
+    }
+
+    #[test]
+    fn refuses_bad_entry_sizes_and_section_tables() {
+        let good = elf(
+            &[Seg {
+                vaddr: 0x1000,
+                paddr: 0x1000,
+                data: vec![1; 8],
+                memsz: 8,
+            }],
+            b"sectnote",
+            true,
+        );
+        // Program header entries of another size than Elf64_Phdr.
+        let mut wide = good.clone();
+        wide[54..56].copy_from_slice(&64u16.to_le_bytes());
+        assert!(matches!(
+            Elf64::parse(&wide),
+            Err(ElfError::BadProgramHeaders(_))
+        ));
+        // An ELF version other than 1.
+        let mut version = good.clone();
+        version[6] = 2;
+        assert_eq!(Elf64::parse(&version).unwrap_err(), ElfError::WrongKind);
+        // Another machine.
+        let mut arm = good.clone();
+        arm[18..20].copy_from_slice(&183u16.to_le_bytes());
+        assert_eq!(Elf64::parse(&arm).unwrap_err(), ElfError::WrongKind);
+        // A section table past the end, then one with too many entries.
+        let mut far = good.clone();
+        far[40..48].copy_from_slice(&(u64::MAX - 64).to_le_bytes());
+        let parsed = Elf64::parse(&far).unwrap();
+        assert!(matches!(
+            parsed.note_sections(),
+            Err(ElfError::BadSectionHeaders(_))
+        ));
+        let mut many = good.clone();
+        many[60..62].copy_from_slice(&0xfff0u16.to_le_bytes());
+        let parsed = Elf64::parse(&many).unwrap();
+        assert_eq!(
+            parsed.note_sections().unwrap_err(),
+            ElfError::BadSectionHeaders("too many section headers")
+        );
+        // A note section whose body runs off the end of the image.
+        let mut body_outside = good.clone();
+        let shdr = body_outside.len() - 64;
+        body_outside[shdr + 32..shdr + 40].copy_from_slice(&0x10_0000u64.to_le_bytes());
+        let parsed = Elf64::parse(&body_outside).unwrap();
+        assert_eq!(
+            parsed.note_sections().unwrap_err(),
+            ElfError::BadSectionHeaders("note section lies outside the image")
+        );
     }
 }
