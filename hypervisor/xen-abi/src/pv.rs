@@ -216,6 +216,113 @@ pub const PTE_ADDR_MASK: u64 = 0x000f_ffff_ffff_f000;
 /// Entries per page-table page.
 pub const PT_ENTRIES: usize = 512;
 
+// ---- the PV MMU hypercalls ----------------------------------------------------
+
+/// Hypercall numbers of the PV MMU (RAX), beside the common ones in
+/// [`crate::hypercall`].
+pub mod hypercall {
+    /// `mmu_update(reqs, count, done_out, foreigndom)`.
+    pub const MMU_UPDATE: u64 = 1;
+    /// `update_va_mapping(va, val, flags)`.
+    pub const UPDATE_VA_MAPPING: u64 = 14;
+    /// `update_va_mapping_otherdomain(va, val, flags, domid)`.
+    pub const UPDATE_VA_MAPPING_OTHERDOMAIN: u64 = 22;
+    /// `mmuext_op(ops, count, done_out, foreigndom)`.
+    pub const MMUEXT_OP: u64 = 26;
+}
+
+/// `mmu_update` command, in bits 2:0 of `ptr` (entries are 8 bytes, so
+/// the entry address itself never uses them): checked write of one
+/// page-table entry at machine address `ptr`.
+pub const MMU_NORMAL_PT_UPDATE: u64 = 0;
+/// Set the M2P entry of the machine frame `ptr` addresses to `val`.
+pub const MMU_MACHPHYS_UPDATE: u64 = 1;
+/// As [`MMU_NORMAL_PT_UPDATE`], keeping the entry's current Accessed and
+/// Dirty bits.
+pub const MMU_PT_UPDATE_PRESERVE_AD: u64 = 2;
+/// As [`MMU_NORMAL_PT_UPDATE`] without translating `val` through the
+/// foreign domain's P2M (the same thing for a PV domain).
+pub const MMU_PT_UPDATE_NO_TRANSLATE: u64 = 3;
+/// The bits of `mmu_update.ptr` that hold the command.
+pub const MMU_UPDATE_CMD_MASK: u64 = 7;
+/// Set in `count` by a preempted batch's continuation.
+pub const MMU_UPDATE_PREEMPTED: u32 = 1 << 31;
+
+/// One `mmu_update` request.
+#[repr(C)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout,
+)]
+pub struct MmuUpdate {
+    /// Machine address of the entry (or frame), with the command in bits 2:0.
+    pub ptr: u64,
+    /// The new entry (or, for MACHPHYS_UPDATE, the pseudo-physical frame).
+    pub val: u64,
+}
+
+/// `mmuext_op` commands.
+pub const MMUEXT_PIN_L1_TABLE: u32 = 0;
+pub const MMUEXT_PIN_L2_TABLE: u32 = 1;
+pub const MMUEXT_PIN_L3_TABLE: u32 = 2;
+pub const MMUEXT_PIN_L4_TABLE: u32 = 3;
+pub const MMUEXT_UNPIN_TABLE: u32 = 4;
+pub const MMUEXT_NEW_BASEPTR: u32 = 5;
+pub const MMUEXT_TLB_FLUSH_LOCAL: u32 = 6;
+pub const MMUEXT_INVLPG_LOCAL: u32 = 7;
+pub const MMUEXT_TLB_FLUSH_MULTI: u32 = 8;
+pub const MMUEXT_INVLPG_MULTI: u32 = 9;
+pub const MMUEXT_TLB_FLUSH_ALL: u32 = 10;
+pub const MMUEXT_INVLPG_ALL: u32 = 11;
+pub const MMUEXT_FLUSH_CACHE: u32 = 12;
+pub const MMUEXT_SET_LDT: u32 = 13;
+// 14 is unused.
+pub const MMUEXT_NEW_USER_BASEPTR: u32 = 15;
+pub const MMUEXT_CLEAR_PAGE: u32 = 16;
+pub const MMUEXT_COPY_PAGE: u32 = 17;
+pub const MMUEXT_FLUSH_CACHE_GLOBAL: u32 = 18;
+pub const MMUEXT_MARK_SUPER: u32 = 19;
+pub const MMUEXT_UNMARK_SUPER: u32 = 20;
+
+/// One `mmuext_op`, as a 64-bit guest lays it out: `cmd`, then two 8-byte
+/// unions. `arg1` is a machine frame (pin, unpin, base pointers, clear and
+/// copy destination) or a linear address (INVLPG, SET_LDT); `arg2` is the
+/// LDT entry count (SET_LDT, low 32 bits), a vCPU bitmap pointer (the
+/// *_MULTI commands) or the copy source frame (COPY_PAGE).
+#[repr(C)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout,
+)]
+pub struct MmuextOp {
+    pub cmd: u32,
+    pub pad: u32,
+    pub arg1: u64,
+    pub arg2: u64,
+}
+
+/// Most LDT entries `MMUEXT_SET_LDT` accepts (a 64 KiB LDT).
+pub const MAX_LDT_ENTRIES: u32 = 8192;
+
+/// `update_va_mapping` flags, bits 1:0: which flush follows the update.
+pub const UVMF_NONE: u64 = 0;
+pub const UVMF_TLB_FLUSH: u64 = 1;
+pub const UVMF_INVLPG: u64 = 2;
+pub const UVMF_FLUSHTYPE_MASK: u64 = 3;
+/// The rest of the flags word: 0 for the calling vCPU only
+/// (`UVMF_LOCAL`), [`UVMF_ALL`] for every vCPU, anything else is the
+/// address of a vCPU bitmap (`UVMF_MULTI`).
+pub const UVMF_LOCAL: u64 = 0;
+pub const UVMF_ALL: u64 = 1 << 2;
+
+/// Software bit 52 (the lowest of the high available bits) that Xen sets
+/// in the L1 entries of a 64-bit PV guest that the guest made kernel-only.
+pub const PTE_GUEST_KERNEL: u64 = 1 << 52;
+/// Bit 62, reserved in guest L1 entries for grant mappings.
+pub const PTE_GNTTAB: u64 = 1 << 62;
+/// The software-available bits 11:9.
+pub const PTE_AVAIL: u64 = 0xe00;
+/// The software-available bits 62:52.
+pub const PTE_AVAIL_HIGH: u64 = 0x7ff << 52;
+
 // The M2P lies inside the hypervisor's hole, so a guest can never map over it.
 const _: () = assert!(MACH2PHYS_VIRT_START >= HYPERVISOR_VIRT_START);
 const _: () = assert!(MACH2PHYS_VIRT_END <= HYPERVISOR_VIRT_END);
@@ -291,6 +398,77 @@ mod tests {
         assert_eq!(slot(HYPERVISOR_VIRT_END - 1), *HYPERVISOR_L4_SLOTS.end());
         // 256 GiB of M2P: one u64 per machine frame, 2^35 frames.
         assert_eq!((MACH2PHYS_VIRT_END - MACH2PHYS_VIRT_START) / 8, 1 << 35);
+    }
+
+    #[test]
+    fn mmu_structs_match_xen_h() {
+        assert_eq!(size_of::<MmuUpdate>(), 16);
+        assert_eq!(offset_of!(MmuUpdate, ptr), 0);
+        assert_eq!(offset_of!(MmuUpdate, val), 8);
+        assert_eq!(size_of::<MmuextOp>(), 24);
+        assert_eq!(offset_of!(MmuextOp, cmd), 0);
+        assert_eq!(offset_of!(MmuextOp, arg1), 8);
+        assert_eq!(offset_of!(MmuextOp, arg2), 16);
+        // A request as a guest writes it: ptr then val, little-endian.
+        let mut raw = [0u8; 16];
+        raw[..8].copy_from_slice(&0x1234_5002u64.to_le_bytes());
+        raw[8..].copy_from_slice(&7u64.to_le_bytes());
+        let req = MmuUpdate::read_from_bytes(&raw).unwrap();
+        assert_eq!(req.ptr & MMU_UPDATE_CMD_MASK, MMU_PT_UPDATE_PRESERVE_AD);
+        assert_eq!(req.val, 7);
+    }
+
+    #[test]
+    fn mmu_numbers_match_xen_h() {
+        assert_eq!(hypercall::MMU_UPDATE, 1);
+        assert_eq!(hypercall::UPDATE_VA_MAPPING, 14);
+        assert_eq!(hypercall::UPDATE_VA_MAPPING_OTHERDOMAIN, 22);
+        assert_eq!(hypercall::MMUEXT_OP, 26);
+        assert_eq!(
+            [
+                MMU_NORMAL_PT_UPDATE,
+                MMU_MACHPHYS_UPDATE,
+                MMU_PT_UPDATE_PRESERVE_AD,
+                MMU_PT_UPDATE_NO_TRANSLATE
+            ],
+            [0, 1, 2, 3]
+        );
+        // PIN_L1..TLB_FLUSH_ALL..SET_LDT run 0..=13 without a gap.
+        let consecutive = [
+            MMUEXT_PIN_L1_TABLE,
+            MMUEXT_PIN_L2_TABLE,
+            MMUEXT_PIN_L3_TABLE,
+            MMUEXT_PIN_L4_TABLE,
+            MMUEXT_UNPIN_TABLE,
+            MMUEXT_NEW_BASEPTR,
+            MMUEXT_TLB_FLUSH_LOCAL,
+            MMUEXT_INVLPG_LOCAL,
+            MMUEXT_TLB_FLUSH_MULTI,
+            MMUEXT_INVLPG_MULTI,
+            MMUEXT_TLB_FLUSH_ALL,
+            MMUEXT_INVLPG_ALL,
+            MMUEXT_FLUSH_CACHE,
+            MMUEXT_SET_LDT,
+        ];
+        for (expected, cmd) in consecutive.into_iter().enumerate() {
+            assert_eq!(cmd as usize, expected);
+        }
+        assert_eq!(
+            [
+                MMUEXT_NEW_USER_BASEPTR,
+                MMUEXT_CLEAR_PAGE,
+                MMUEXT_COPY_PAGE,
+                MMUEXT_FLUSH_CACHE_GLOBAL,
+                MMUEXT_MARK_SUPER,
+                MMUEXT_UNMARK_SUPER
+            ],
+            [15, 16, 17, 18, 19, 20]
+        );
+        assert_eq!((UVMF_TLB_FLUSH, UVMF_INVLPG, UVMF_ALL), (1, 2, 4));
+        // The guest-kernel and grant bits sit inside the high available bits.
+        assert_eq!(PTE_GUEST_KERNEL & PTE_AVAIL_HIGH, PTE_GUEST_KERNEL);
+        assert_eq!(PTE_GNTTAB & PTE_AVAIL_HIGH, PTE_GNTTAB);
+        assert_eq!(PTE_AVAIL_HIGH & (PTE_ADDR_MASK | PTE_NX), 0);
     }
 
     #[test]
