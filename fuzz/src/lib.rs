@@ -13,6 +13,7 @@ pub use targets::hypercalls::hypercalls;
 pub use targets::insn_decode::insn_decode;
 pub use targets::netif_tx::netif_tx;
 pub use targets::page_walk::page_walk;
+pub use targets::pv_mmu::pv_mmu;
 pub use targets::pv_notes::pv_notes;
 pub use targets::pvh_note::pvh_note;
 pub use targets::virtio_blk_request::virtio_blk_request;

@@ -1328,6 +1328,104 @@ fn pv_notes() {
     replay("pv_notes", kxen_fuzz::pv_notes, seeds);
 }
 
+// ---- pv_mmu -------------------------------------------------------------------
+
+/// One pv_mmu record: op byte (kind in bits 2:0, mmu_update command in
+/// 5:3, vCPU in bit 7), three parameter bytes and the raw word.
+fn mmu_record(op: u8, b1: u8, b2: u8, b3: u8, raw: u64) -> Vec<u8> {
+    let mut rec = vec![op, b1, b2, b3];
+    rec.extend(le64(raw));
+    rec
+}
+
+/// Guest store of the raw `value` into entry `2 * index_half` of `frame`.
+fn mmu_store(frame: u8, index_half: u8, value: u64) -> Vec<u8> {
+    mmu_record(0, frame, 0, 0x80 | index_half, value)
+}
+
+fn mmu_ext(cmd: u8, frame: u8) -> Vec<u8> {
+    mmu_record(2, cmd, frame, 0, 0)
+}
+
+#[test]
+fn pv_mmu() {
+    const P: u64 = 1;
+    const RW: u64 = 3;
+    // L4 (frame 1) slot 510 -> L3 (2) -> L2 (3) -> L1 (4) -> data 5 writable,
+    // and the L4 mapped read-only; then pin it and load it.
+    let tree: Vec<u8> = [
+        mmu_store(1, 127 + 128, (2 << 12) | RW),
+        mmu_store(2, 0, (3 << 12) | RW),
+        mmu_store(3, 0, (4 << 12) | RW),
+        mmu_store(4, 0, (5 << 12) | RW),
+        mmu_store(4, 1, (1 << 12) | P),
+        mmu_ext(3, 1),
+        mmu_ext(5, 1),
+    ]
+    .concat();
+    // Entry updates: map frame 6 writable at L1 index 8, then try to map
+    // the L2 writable (refused), PRESERVE_AD at index 12, unmap.
+    let updates: Vec<u8> = [
+        tree.clone(),
+        mmu_record(1, 4, 6, 2, RW),
+        mmu_record(1, 4, 3, 2, RW),
+        mmu_record(1 | (2 << 3), 4, 7, 3, P),
+        mmu_record(1, 4, 0, 2, 0x200),
+        mmu_record(1 | (1 << 3), 9, 0, 0, 0x44),
+        // Replace present L2, L3 and L4 entries (index 4) with others,
+        // then clear them: the old references must go.
+        mmu_store(12, 0, (14 << 12) | RW),
+        mmu_record(1, 3, 12, 1, RW),
+        mmu_record(1, 3, 13, 1, RW),
+        mmu_record(1, 3, 0, 1, 0x200),
+        mmu_record(1, 2, 12, 1, RW),
+        mmu_record(1, 2, 13, 1, P),
+        mmu_record(1, 1, 13, 1, P),
+        mmu_record(1, 1, 12, 1, P),
+        mmu_record(1, 1, 0, 1, 0x200),
+        mmu_record(1, 2, 0, 1, 0x200),
+    ]
+    .concat();
+    // update_va_mapping at 0xffffff00_00003000 (L4 510, L1 index 3) with
+    // flags through a bitmap, an unpin of the loaded L4, a new base, a
+    // user base, LDT and flushes.
+    let uvm: Vec<u8> = [
+        tree.clone(),
+        mmu_record(4, 255, 6, 8 | 1, RW),
+        mmu_record(4 | 0x80, 255, 7, 2, P),
+        mmu_ext(4, 1),
+        mmu_store(8, 0, 0),
+        mmu_ext(15, 8),
+        mmu_record(2, 13, 0, 1 | (2 << 1), 0x20),
+        mmu_record(2, 9, 0, 1 | (1 << 1), 3),
+        mmu_ext(5, 8),
+        mmu_ext(16, 5),
+        mmu_record(2, 17, 6, 0, 0),
+    ]
+    .concat();
+    // A table that maps itself writable, a superpage, a reserved frame, a
+    // batch and descriptor pages.
+    let refusals: Vec<u8> = [
+        mmu_store(9, 0, (9 << 12) | RW),
+        mmu_ext(0, 9),
+        mmu_store(10, 0, (11 << 12) | RW | 0x80),
+        mmu_ext(1, 10),
+        mmu_store(11, 0, (16 << 12) | P),
+        mmu_ext(0, 11),
+        mmu_ext(0, 12),
+        mmu_record(6, 12, 0, 0, 0),
+        mmu_record(6, 13, 0, 0, 0),
+        mmu_record(1, 4, 13, 2, RW),
+        mmu_record(5, 12, 0, 3, 0),
+        mmu_record(5 | 0x40, 12, 3, 1, 0),
+        mmu_record(7, 255, 6, 2 | 4, RW),
+        mmu_record(6, 13, 0, 1, 0),
+    ]
+    .concat();
+    let seeds = vec![tree, updates, uvm, [mmu_ext(0, 12), refusals].concat()];
+    replay("pv_mmu", kxen_fuzz::pv_mmu, seeds);
+}
+
 // ---- bzimage ----------------------------------------------------------------
 
 /// A bzImage: boot sector, 4 setup sectors, then `payload` at

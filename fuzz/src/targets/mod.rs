@@ -7,6 +7,7 @@ pub mod hypercalls;
 pub mod insn_decode;
 pub mod netif_tx;
 pub mod page_walk;
+pub mod pv_mmu;
 pub mod pv_notes;
 pub mod pvh_note;
 pub mod virtio_blk_request;
