@@ -7,11 +7,14 @@
 mod targets;
 
 pub use targets::blkif_request::blkif_request;
+pub use targets::bzimage::bzimage;
 pub use targets::gnttab_copy::gnttab_copy;
 pub use targets::hypercalls::hypercalls;
 pub use targets::insn_decode::insn_decode;
 pub use targets::netif_tx::netif_tx;
 pub use targets::page_walk::page_walk;
+pub use targets::pv_mmu::pv_mmu;
+pub use targets::pv_notes::pv_notes;
 pub use targets::pvh_note::pvh_note;
 pub use targets::virtio_blk_request::virtio_blk_request;
 pub use targets::virtio_mmio_regs::virtio_mmio_regs;

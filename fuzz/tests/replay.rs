@@ -1231,3 +1231,255 @@ fn page_walk() {
     ];
     replay("page_walk", kxen_fuzz::page_walk, seeds);
 }
+
+// ---- pv_notes ---------------------------------------------------------------
+
+const PV_VIRT_BASE: u64 = 0xffff_ffff_8000_0000;
+
+/// A 64-bit x86_64 ELF image: `segs` (paddr, contents, memsz) as PT_LOAD
+/// segments at VIRT_BASE + paddr, then `notes` as one PT_NOTE segment.
+fn elf64_image(segs: &[(u64, Vec<u8>, u64)], notes: &[u8]) -> Vec<u8> {
+    let phnum = segs.len() + 1;
+    let mut data_at = 64 + 56 * phnum;
+    let mut phdrs = Vec::new();
+    let mut body: Vec<u8> = Vec::new();
+    for (paddr, contents, memsz) in segs {
+        let vaddr = PV_VIRT_BASE + paddr;
+        phdrs.push((1u32, data_at, vaddr, *paddr, contents.len(), *memsz));
+        data_at += contents.len();
+        body.extend(contents);
+    }
+    phdrs.push((4, data_at, 0, 0, notes.len(), notes.len() as u64));
+    body.extend(notes);
+    let mut out = b"\x7fELF\x02\x01\x01".to_vec();
+    out.resize(16, 0);
+    out.extend(le16(2));
+    out.extend(le16(62));
+    out.extend(le32(1));
+    out.extend(le64(0)); // e_entry
+    out.extend(le64(64)); // e_phoff
+    out.extend(le64(0)); // e_shoff
+    out.extend(le32(0));
+    out.extend(le16(64));
+    out.extend(le16(56));
+    out.extend(le16(phnum as u16));
+    out.extend([0; 6]); // no sections
+    for (kind, offset, vaddr, paddr, filesz, memsz) in phdrs {
+        out.extend(le32(kind));
+        out.extend(le32(7));
+        out.extend(le64(offset as u64));
+        out.extend(le64(vaddr));
+        out.extend(le64(paddr));
+        out.extend(le64(filesz as u64));
+        out.extend(le64(memsz));
+        out.extend(le64(0x1000));
+    }
+    out.extend(body);
+    out
+}
+
+/// The notes of a Linux x86_64 PV kernel whose entry is at paddr 16 MiB.
+fn linux_pv_notes() -> Vec<u8> {
+    let mut n = Vec::new();
+    n.extend(elf_note(b"Xen\0", 6, b"linux\0"));
+    n.extend(elf_note(b"Xen\0", 5, b"xen-3.0\0"));
+    n.extend(elf_note(b"Xen\0", 3, &le64(PV_VIRT_BASE)));
+    n.extend(elf_note(b"Xen\0", 15, &le64(0x80_0000_0000)));
+    n.extend(elf_note(b"Xen\0", 1, &le64(PV_VIRT_BASE + 0x100_0040)));
+    n.extend(elf_note(
+        b"Xen\0",
+        10,
+        b"!writable_page_tables|pae_pgdir_above_4gb",
+    ));
+    n.extend(elf_note(b"Xen\0", 17, &le32(0x8801)));
+    n.extend(elf_note(b"Xen\0", 8, b"generic\0"));
+    n.extend(elf_note(b"Xen\0", 16, &le32(1)));
+    n.extend(elf_note(b"Xen\0", 18, &le32(0x100_0000)));
+    n
+}
+
+/// A small PV kernel image: text at 16 MiB and bss after it.
+fn pv_kernel_image(notes: &[u8]) -> Vec<u8> {
+    elf64_image(
+        &[
+            (0x100_0000, vec![0x90; 256], 0x1000),
+            (0x100_1000, vec![0x11; 64], 0x3000),
+        ],
+        notes,
+    )
+}
+
+#[test]
+fn pv_notes() {
+    let linux = linux_pv_notes();
+    let parsed = kxen_loader::pv::PvKernel::parse(pv_kernel_image(&linux)).unwrap();
+    assert_eq!(parsed.notes.virt_base, Some(PV_VIRT_BASE));
+    let pvh_only = elf_note(b"Xen\0", 18, &le32(0x100_0000));
+    let mut hypercall_page = linux.clone();
+    hypercall_page.extend(elf_note(b"Xen\0", 2, &le64(PV_VIRT_BASE + 0x100_1000)));
+    hypercall_page.extend(elf_note(b"Xen\0", 4, &le64(0)));
+    let seeds = vec![
+        linux.clone(),
+        pvh_only.clone(),
+        pv_kernel_image(&linux),
+        pv_kernel_image(&hypercall_page),
+        pv_kernel_image(&pvh_only),
+    ];
+    replay("pv_notes", kxen_fuzz::pv_notes, seeds);
+}
+
+// ---- pv_mmu -------------------------------------------------------------------
+
+/// One pv_mmu record: op byte (kind in bits 2:0, mmu_update command in
+/// 5:3, vCPU in bit 7), three parameter bytes and the raw word.
+fn mmu_record(op: u8, b1: u8, b2: u8, b3: u8, raw: u64) -> Vec<u8> {
+    let mut rec = vec![op, b1, b2, b3];
+    rec.extend(le64(raw));
+    rec
+}
+
+/// Guest store of the raw `value` into entry `2 * index_half` of `frame`.
+fn mmu_store(frame: u8, index_half: u8, value: u64) -> Vec<u8> {
+    mmu_record(0, frame, 0, 0x80 | index_half, value)
+}
+
+fn mmu_ext(cmd: u8, frame: u8) -> Vec<u8> {
+    mmu_record(2, cmd, frame, 0, 0)
+}
+
+#[test]
+fn pv_mmu() {
+    const P: u64 = 1;
+    const RW: u64 = 3;
+    // L4 (frame 1) slot 510 -> L3 (2) -> L2 (3) -> L1 (4) -> data 5 writable,
+    // and the L4 mapped read-only; then pin it and load it.
+    let tree: Vec<u8> = [
+        mmu_store(1, 127 + 128, (2 << 12) | RW),
+        mmu_store(2, 0, (3 << 12) | RW),
+        mmu_store(3, 0, (4 << 12) | RW),
+        mmu_store(4, 0, (5 << 12) | RW),
+        mmu_store(4, 1, (1 << 12) | P),
+        mmu_ext(3, 1),
+        mmu_ext(5, 1),
+    ]
+    .concat();
+    // Entry updates: map frame 6 writable at L1 index 8, then try to map
+    // the L2 writable (refused), PRESERVE_AD at index 12, unmap.
+    let updates: Vec<u8> = [
+        tree.clone(),
+        mmu_record(1, 4, 6, 2, RW),
+        mmu_record(1, 4, 3, 2, RW),
+        mmu_record(1 | (2 << 3), 4, 7, 3, P),
+        mmu_record(1, 4, 0, 2, 0x200),
+        mmu_record(1 | (1 << 3), 9, 0, 0, 0x44),
+        // Replace present L2, L3 and L4 entries (index 4) with others,
+        // then clear them: the old references must go.
+        mmu_store(12, 0, (14 << 12) | RW),
+        mmu_record(1, 3, 12, 1, RW),
+        mmu_record(1, 3, 13, 1, RW),
+        mmu_record(1, 3, 0, 1, 0x200),
+        mmu_record(1, 2, 12, 1, RW),
+        mmu_record(1, 2, 13, 1, P),
+        mmu_record(1, 1, 13, 1, P),
+        mmu_record(1, 1, 12, 1, P),
+        mmu_record(1, 1, 0, 1, 0x200),
+        mmu_record(1, 2, 0, 1, 0x200),
+    ]
+    .concat();
+    // update_va_mapping at 0xffffff00_00003000 (L4 510, L1 index 3) with
+    // flags through a bitmap, an unpin of the loaded L4, a new base, a
+    // user base, LDT and flushes.
+    let uvm: Vec<u8> = [
+        tree.clone(),
+        mmu_record(4, 255, 6, 8 | 1, RW),
+        mmu_record(4 | 0x80, 255, 7, 2, P),
+        mmu_ext(4, 1),
+        mmu_store(8, 0, 0),
+        mmu_ext(15, 8),
+        mmu_record(2, 13, 0, 1 | (2 << 1), 0x20),
+        mmu_record(2, 9, 0, 1 | (1 << 1), 3),
+        mmu_ext(5, 8),
+        mmu_ext(16, 5),
+        mmu_record(2, 17, 6, 0, 0),
+    ]
+    .concat();
+    // A table that maps itself writable, a superpage, a reserved frame, a
+    // batch and descriptor pages.
+    let refusals: Vec<u8> = [
+        mmu_store(9, 0, (9 << 12) | RW),
+        mmu_ext(0, 9),
+        mmu_store(10, 0, (11 << 12) | RW | 0x80),
+        mmu_ext(1, 10),
+        mmu_store(11, 0, (16 << 12) | P),
+        mmu_ext(0, 11),
+        mmu_ext(0, 12),
+        mmu_record(6, 12, 0, 0, 0),
+        mmu_record(6, 13, 0, 0, 0),
+        mmu_record(1, 4, 13, 2, RW),
+        mmu_record(5, 12, 0, 3, 0),
+        mmu_record(5 | 0x40, 12, 3, 1, 0),
+        mmu_record(7, 255, 6, 2 | 4, RW),
+        mmu_record(6, 13, 0, 1, 0),
+    ]
+    .concat();
+    let seeds = vec![tree, updates, uvm, [mmu_ext(0, 12), refusals].concat()];
+    replay("pv_mmu", kxen_fuzz::pv_mmu, seeds);
+}
+
+// ---- bzimage ----------------------------------------------------------------
+
+/// A bzImage: boot sector, 4 setup sectors, then `payload` at
+/// payload_offset 0x100 of the protected-mode part, with the build's size
+/// trailer.
+fn bzimage_input(payload: &[u8], uncompressed: usize) -> Vec<u8> {
+    let mut payload = payload.to_vec();
+    payload.extend(le32(uncompressed as u32));
+    let mut image = vec![0u8; 5 * 512 + 0x100];
+    image[0x1f1] = 4;
+    image[0x202..0x206].copy_from_slice(b"HdrS");
+    image[0x206..0x208].copy_from_slice(&le16(0x020f));
+    image[0x248..0x24c].copy_from_slice(&le32(0x100));
+    image[0x24c..0x250].copy_from_slice(&le32(payload.len() as u32));
+    image.extend(payload);
+    image
+}
+
+/// The loader's xz fixture: a small ELF compressed with the kernel
+/// build's filter chain (x86 BCJ, LZMA2, CRC32).
+const SAMPLE_ELF_XZ: &str =
+    include_str!("../../hypervisor/loader/src/pv/testdata/sample_elf.xz.hex");
+
+#[test]
+fn bzimage() {
+    use std::io::Write;
+    let elf = pv_kernel_image(&linux_pv_notes());
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    gz.write_all(&elf).unwrap();
+    let gzip = gz.finish().unwrap();
+    let zstd =
+        ruzstd::encoding::compress_to_vec(&elf[..], ruzstd::encoding::CompressionLevel::Fastest);
+    let mut lz4 = le32(0x184c_2102).to_vec();
+    for block in elf.chunks(512) {
+        let c = lz4_flex::block::compress(block);
+        lz4.extend(le32(c.len() as u32));
+        lz4.extend(c);
+    }
+    let hex: String = SAMPLE_ELF_XZ.split_whitespace().collect();
+    let xz: Vec<u8> = (0..hex.len() / 2)
+        .map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).unwrap())
+        .collect();
+    for payload in [&gzip, &zstd, &lz4] {
+        let image = bzimage_input(payload, elf.len());
+        assert_eq!(&kxen_loader::pv::extract_elf(&image).unwrap()[..], &elf[..]);
+    }
+    let seeds = vec![
+        bzimage_input(&elf, elf.len()),
+        bzimage_input(&gzip, elf.len()),
+        bzimage_input(&zstd, elf.len()),
+        bzimage_input(&lz4, elf.len()),
+        bzimage_input(&xz, 3248),
+        gzip,
+        xz,
+    ];
+    replay("bzimage", kxen_fuzz::bzimage, seeds);
+}

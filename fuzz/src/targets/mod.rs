@@ -1,11 +1,14 @@
 //! One module per fuzz target.
 
 pub mod blkif_request;
+pub mod bzimage;
 pub mod gnttab_copy;
 pub mod hypercalls;
 pub mod insn_decode;
 pub mod netif_tx;
 pub mod page_walk;
+pub mod pv_mmu;
+pub mod pv_notes;
 pub mod pvh_note;
 pub mod virtio_blk_request;
 pub mod virtio_mmio_regs;

@@ -12,6 +12,7 @@
 pub mod acpi;
 pub mod elf32;
 pub mod linux;
+pub mod pv;
 pub mod start_info;
 
 use std::fs::File;

@@ -19,6 +19,7 @@ pub mod hvm;
 pub mod hypercall;
 pub mod io;
 pub mod memory;
+pub mod pv;
 pub mod pvh;
 pub mod sched;
 pub mod shared_info;

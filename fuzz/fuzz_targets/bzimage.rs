@@ -1,0 +1,7 @@
+//! The `bzimage` fuzz target. Its body is [`kxen_fuzz::bzimage`], which
+//! `fuzz/tests/replay.rs` also runs over a fixed corpus as an ordinary test.
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| {
+    kxen_fuzz::bzimage(data);
+});

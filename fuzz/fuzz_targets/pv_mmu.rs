@@ -1,0 +1,7 @@
+//! The `pv_mmu` fuzz target. Its body is [`kxen_fuzz::pv_mmu`], which
+//! `fuzz/tests/replay.rs` also runs over a fixed corpus as an ordinary test.
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| {
+    kxen_fuzz::pv_mmu(data);
+});
