@@ -71,12 +71,13 @@ fn create_failures_are_one_line_each() {
         &pvh("disk = [ '/nonexist.img,raw,xvda,rw' ]\n"),
         "kxl: domain nodisk: Disk vdev=xvda failed to stat: /nonexist.img: No such file or directory",
     );
-    // No type: xl's default, classic PV, which kxen does not run.
+    // No type: xl's default, classic PV. The test guest carries only the
+    // PVH entry note, and the refusal says so and what to set instead.
     create_fails(
         &d,
         "classic",
         &format!("kernel = \"{guest}\"\n"),
-        "kxl: domain classic: type \"pv\" is not supported: set type = \"pvh\" or \"hvm\" (pv is xl's default when no type is given)",
+        &format!("kxl: domain classic: type \"pv\": kernel {guest}: this kernel carries only PVH notes (XEN_ELFNOTE_PHYS32_ENTRY) and no PV notes (ENTRY, VIRT_BASE, GUEST_OS); use type = \"pvh\""),
     );
     create_fails(
         &d,

@@ -32,8 +32,13 @@ pub enum CreateError {
     /// too many devices, a bad vif).
     #[error("{0}")]
     Config(String),
-    #[error("type \"pv\" is not supported: set type = \"pvh\" or \"hvm\" (pv is xl's default when no type is given)")]
-    PvUnsupported,
+    /// A PV kernel: kxen does not run classic PV domains yet.
+    #[error("type \"pv\" (xl's default when no type is given) is not supported yet: {kernel} is a PV kernel{advice}")]
+    PvUnsupported { kernel: String, advice: &'static str },
+    /// The kernel cannot boot as a PV guest at all (no PV notes, or only
+    /// PVH's, or a broken image); the loader's words say which.
+    #[error("type \"pv\": kernel {kernel}: {reason}")]
+    NotPvKernel { kernel: String, reason: String },
     #[error("{key} = {mib} MiB is out of range: kxen runs guests of {MIN_MEMORY_MIB} to {MAX_MEMORY_MIB} MiB")]
     Memory { key: &'static str, mib: u64 },
     #[error("vcpus = {0} is out of range: kxen runs 1 to {MAX_VCPUS} vCPUs")]
@@ -70,6 +75,9 @@ pub enum CreateError {
     Devices(String),
     #[error("cannot unpause: {0}")]
     Unpause(String),
+    /// xl.cfg's `cpus` could not be applied to the vCPU threads.
+    #[error("{0}")]
+    Affinity(String),
 }
 
 /// An I/O error as `strerror` words, without Rust's "(os error N)".
@@ -100,7 +108,8 @@ fn readable_file(what: &'static str, path: &str) -> Result<(), CreateError> {
 /// except the name (the caller holds the domain table).
 pub fn check(config: &DomainConfig, spec: &LaunchSpec) -> Result<(), CreateError> {
     if config.domain_type == DomainType::Pv {
-        return Err(CreateError::PvUnsupported);
+        readable_file("kernel", &spec.kernel)?;
+        return Err(pv_refusal(&spec.kernel));
     }
     for (key, mib) in [("memory", spec.memory_mib), ("maxmem", spec.maxmem_mib)] {
         if !(MIN_MEMORY_MIB..=MAX_MEMORY_MIB).contains(&mib) {
@@ -118,6 +127,39 @@ pub fn check(config: &DomainConfig, spec: &LaunchSpec) -> Result<(), CreateError
         disk_present(disk)?;
     }
     Ok(())
+}
+
+/// Why a PV domain cannot be created: what kind of kernel it names decides
+/// the advice (libxl would boot a PV kernel; kxen cannot yet).
+fn pv_refusal(kernel: &str) -> CreateError {
+    use kxen_loader::pv::{bzimage::MAX_KERNEL_SIZE, PvKernel};
+    let unreadable = |reason: String| CreateError::Unreadable {
+        what: "kernel",
+        path: kernel.to_string(),
+        reason,
+    };
+    let mut image = Vec::new();
+    let read = std::fs::File::open(kernel).and_then(|f| {
+        use std::io::Read;
+        f.take(MAX_KERNEL_SIZE as u64 + 1).read_to_end(&mut image)
+    });
+    if let Err(e) = read {
+        return unreadable(describe_io(&e));
+    }
+    match PvKernel::from_image(&image) {
+        Ok(pv) => CreateError::PvUnsupported {
+            kernel: kernel.to_string(),
+            advice: if pv.notes.phys32_entry.is_some() {
+                "; it also carries a PVH entry: set type = \"pvh\""
+            } else {
+                " without a PVH entry: kxen cannot boot it"
+            },
+        },
+        Err(e) => CreateError::NotPvKernel {
+            kernel: kernel.to_string(),
+            reason: e.to_string(),
+        },
+    }
 }
 
 /// Whether a disk's image or device exists (as libxl checks before it
@@ -199,7 +241,9 @@ mod tests {
         assert!(check(&spec_of(&base).0, &spec_of(&base).1).is_ok());
         assert_eq!(
             refusal(&format!("name = \"t\"\nkernel = \"{k}\"\n")),
-            "type \"pv\" is not supported: set type = \"pvh\" or \"hvm\" (pv is xl's default when no type is given)"
+            format!(
+                "type \"pv\": kernel {k}: this kernel carries no Xen ELF notes: it cannot boot as a Xen PV guest"
+            )
         );
         assert_eq!(
             refusal(&format!("{base}memory = 1\n")),
