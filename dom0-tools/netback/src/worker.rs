@@ -18,9 +18,6 @@ use crate::vnet::VNET_HDR_LEN;
 const RX_BUF: usize = VNET_HDR_LEN + 65536 + 256;
 /// Host packets moved to the guest per loop before TX gets a turn.
 const RX_BATCH: usize = 64;
-/// A safety net against a lost notification; the rings are re-checked
-/// at least this often (ms).
-const IDLE_POLL_MS: u16 = 1000;
 
 pub struct Worker {
     stop: EventFd,
@@ -72,10 +69,13 @@ fn run(mut q: NetQueue, tap: &TapQueue, stop: &EventFd) {
         if pending.is_some() && q.arm_rx() {
             continue; // buffers arrived while we armed
         }
+        // Idle, the thread sleeps until a kick, the TAP or the stop event:
+        // an idle vif costs nothing (the guest's ring notifications are
+        // what Xen's netback relies on too).
         let timeout = if tx_more || rx_more {
             PollTimeout::ZERO
         } else {
-            PollTimeout::from(IDLE_POLL_MS)
+            PollTimeout::NONE
         };
         let (kick_tx, kick_rx) = match q.channels() {
             Channels::Shared(c) => (c.kick_fd(), None),
