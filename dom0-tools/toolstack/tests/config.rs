@@ -510,3 +510,30 @@ fn creation_defaults() {
     assert_eq!(c.uuid, uuid, "filling defaults twice changes nothing");
     assert_eq!(c.vifs[0].mac, Some(mac));
 }
+
+#[test]
+fn vcpu_affinity_keys() {
+    use kxen_toolstack::config::VcpuAffinity;
+    let c = cfg(&format!(
+        "{PVH}cpus = \"0-3,^2\"\ncpus_soft = [\"1\", \"2-3\"]\n"
+    ));
+    assert_eq!(c.cpus, Some(VcpuAffinity::Every("0-3,^2".into())));
+    let soft = c.cpus_soft.clone().unwrap();
+    assert_eq!(soft, VcpuAffinity::PerVcpu(vec!["1".into(), "2-3".into()]));
+    assert_eq!(soft.for_vcpu(1), Some("2-3"));
+    assert_eq!(
+        soft.for_vcpu(2),
+        None,
+        "vCPUs past the list keep the default"
+    );
+    assert_eq!(c.cpus.as_ref().unwrap().for_vcpu(7), Some("0-3,^2"));
+    // Round trip through kxend's JSON.
+    let back: DomainConfig = serde_json::from_value(serde_json::to_value(&c).unwrap()).unwrap();
+    assert_eq!(back, c);
+    // A list xl cannot read is refused with xl's words, at its line.
+    let err = parse_str(&format!("{PVH}cpus = \"1-x\"\n"), "t.cfg").unwrap_err();
+    assert!(
+        err.to_string().contains("Invalid pcpu range: 1-x."),
+        "{err}"
+    );
+}

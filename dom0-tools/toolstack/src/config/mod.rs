@@ -42,7 +42,9 @@ mod syntax;
 
 pub use error::{ConfigError, ConfigWarning, Near, WarningKind};
 pub(crate) use model::random_bytes;
-pub use model::{Action, BadUuid, DomainConfig, DomainType, Uuid, DEFAULT_MEMORY_MIB};
+pub use model::{
+    Action, BadUuid, DomainConfig, DomainType, Uuid, VcpuAffinity, DEFAULT_MEMORY_MIB,
+};
 pub use resolve::UNSUPPORTED_XL_KEYS;
 pub use syntax::{Atom, AtomKind, CfgFile, Op, Setting, Value};
 

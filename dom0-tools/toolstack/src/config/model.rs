@@ -256,6 +256,13 @@ pub struct DomainConfig {
     pub cpu_weight: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cap: Option<u32>,
+    /// Hard affinity of the vCPUs (`cpus`), in xl's CPU-list syntax.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpus: Option<VcpuAffinity>,
+    /// Soft affinity (`cpus_soft`): kept and shown, not enforced (Linux
+    /// has no soft affinity).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpus_soft: Option<VcpuAffinity>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_grant_frames: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -270,6 +277,33 @@ pub struct DomainConfig {
     /// through its own transport.
     #[serde(default, skip_serializing_if = "is_false")]
     pub xen_platform_pci: bool,
+}
+
+/// `cpus`/`cpus_soft` of xl.cfg: one CPU list for every vCPU (a string),
+/// or one per vCPU (a list; vCPUs beyond its end keep the default).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum VcpuAffinity {
+    Every(String),
+    PerVcpu(Vec<String>),
+}
+
+impl VcpuAffinity {
+    /// The CPU list for vCPU `vcpu`, if the setting names one.
+    pub fn for_vcpu(&self, vcpu: u32) -> Option<&str> {
+        match self {
+            VcpuAffinity::Every(list) => Some(list),
+            VcpuAffinity::PerVcpu(lists) => lists.get(vcpu as usize).map(String::as_str),
+        }
+    }
+
+    /// Every CPU list it holds.
+    pub fn lists(&self) -> Vec<&str> {
+        match self {
+            VcpuAffinity::Every(list) => vec![list.as_str()],
+            VcpuAffinity::PerVcpu(lists) => lists.iter().map(String::as_str).collect(),
+        }
+    }
 }
 
 /// libxl's default memory when the file gives neither `memory` nor
@@ -302,6 +336,8 @@ impl DomainConfig {
             serial: Vec::new(),
             cpu_weight: None,
             cap: None,
+            cpus: None,
+            cpus_soft: None,
             max_grant_frames: None,
             max_maptrack_frames: None,
             max_event_channels: None,

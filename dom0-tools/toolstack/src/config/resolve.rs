@@ -10,7 +10,7 @@ use crate::{disk::DiskSpec, vif::VifSpec};
 
 use super::de::{SettingsDe, StringList};
 use super::error::{ConfigError, ConfigWarning, WarningKind};
-use super::model::{Action, DomainConfig, DomainType, Uuid, DEFAULT_MEMORY_MIB};
+use super::model::{Action, DomainConfig, DomainType, Uuid, VcpuAffinity, DEFAULT_MEMORY_MIB};
 use super::syntax::{CfgFile, Value};
 
 /// The keys of xl.cfg as serde sees them. Everything is optional here;
@@ -44,6 +44,8 @@ struct RawConfig {
     serial: Option<StringList>,
     cpu_weight: Option<u32>,
     cap: Option<u32>,
+    cpus: Option<VcpuAffinity>,
+    cpus_soft: Option<VcpuAffinity>,
     max_grant_frames: Option<u32>,
     max_maptrack_frames: Option<u32>,
     max_event_channels: Option<u32>,
@@ -71,8 +73,6 @@ pub const UNSUPPORTED_XL_KEYS: &[&str] = &[
     "bootloader_user",
     "channel",
     "cpuid",
-    "cpus",
-    "cpus_soft",
     "device_model",
     "device_model_args",
     "device_model_args_hvm",
@@ -394,6 +394,15 @@ impl Resolver<'_> {
             vifs.push(vif);
         }
 
+        // xl refuses a CPU list it cannot read before anything starts
+        // (parse_vcpu_affinity exits); the host's CPUs are counted when
+        // kxend applies it, so any count serves to check the syntax here.
+        for (key, affinity) in [("cpus", &raw.cpus), ("cpus_soft", &raw.cpus_soft)] {
+            for list in affinity.iter().flat_map(VcpuAffinity::lists) {
+                crate::xl::parse_cpurange(list, 1).map_err(|msg| self.value_err(key, msg))?;
+            }
+        }
+
         let mut config = DomainConfig::new(name, domain_type);
         config.uuid = uuid;
         config.memory = memory;
@@ -415,6 +424,8 @@ impl Resolver<'_> {
         config.serial = raw.serial.unwrap_or_default().0;
         config.cpu_weight = raw.cpu_weight;
         config.cap = raw.cap;
+        config.cpus = raw.cpus;
+        config.cpus_soft = raw.cpus_soft;
         config.max_grant_frames = raw.max_grant_frames;
         config.max_maptrack_frames = raw.max_maptrack_frames;
         config.max_event_channels = raw.max_event_channels;

@@ -162,6 +162,14 @@ pub const COMMANDS: &[CmdSpec] = &[
         None,
     ),
     cmd(
+        "vcpu-pin",
+        false,
+        true,
+        "Choose the CPUs a vCPU may run on",
+        "[option] <Domain> <VCPU|all> <Hard affinity|-|all> <Soft affinity|-|all>",
+        None,
+    ),
+    cmd(
         "vcpu-set",
         false,
         true,
@@ -232,6 +240,23 @@ pub const COMMANDS: &[CmdSpec] = &[
         "Print the hypervisor's message buffer, optionally clearing it",
         "[-c]",
         Some("  -c                        Clear the buffer after printing it"),
+    ),
+    cmd(
+        "sched-credit",
+        false,
+        true,
+        "Show or change the credit scheduler's settings",
+        "[-d <Domain> [-w[=WEIGHT]|-c[=CAP]]] [-s [-t TSLICE] [-r RATELIMIT]] [-p CPUPOOL]",
+        Some(
+            "-d DOMAIN, --domain=DOMAIN     The domain to show or change\n\
+             -w WEIGHT, --weight=WEIGHT     Its weight (1 to 65535)\n\
+             -c CAP,    --cap=CAP           Its cap, in percent of one CPU (0: none)\n\
+             -s         --schedparam        Show or change the pool's parameters\n\
+             -t TSLICE, --tslice_ms=TSLICE  The time slice, in milliseconds\n\
+             -r RLIMIT, --ratelimit_us=RLIMIT The rate limit, in microseconds\n\
+             -m DLY, --migration_delay_us=DLY The migration delay, in microseconds\n\
+             -p CPUPOOL, --cpupool=CPUPOOL  Only this CPU pool",
+        ),
     ),
     cmd(
         "network-attach",

@@ -8,7 +8,7 @@
 //! line after the message.
 //!
 //! One module per job: the command outputs `list`, `info`, `vcpu_list`,
-//! `uptime` and `devices`; `json` (libxl's JSON view); `messages`; and
+//! `sched` (sched-credit, vcpu-pin), `uptime` and `devices`; `json` (libxl's JSON view); `messages`; and
 //! `commands` (the command table and help). This module holds the exit
 //! statuses and the one-line outputs, and re-exports every public item so
 //! `xl::X` paths are unchanged.
@@ -39,6 +39,7 @@ mod info;
 mod json;
 mod list;
 mod messages;
+mod sched;
 mod uptime;
 mod vcpu_list;
 
@@ -62,6 +63,13 @@ pub use messages::{
     COMMAND_NOT_IMPLEMENTED, FAILED_TO_PARSE_CONFIG, INVALID_DOMAIN_ID, NOT_DESTROYING_DOM0,
     NO_DRYRUN, PYTHON_CONFIG_WARNING, SPECIFY_ALL_OR_DOMAIN, UNABLE_TO_ATTACH_CONSOLE,
     UNKNOWN_GLOBAL_OPTION,
+};
+pub use sched::{
+    check_credit_params, could_not_set_affinity, libxl_error, parse_cpurange, parse_vcpu_selector,
+    sched_credit_header, sched_credit_pool_unavailable, sched_credit_row, sched_option_value,
+    unknown_cpupool, CreditParams, VcpuSelector, COULD_NOT_SET_AFFINITY_ALL,
+    CREDIT_PARAMS_GET_FAILED, DEFAULT_WEIGHT, MUST_SPECIFY_DOMAIN, MUST_SPECIFY_SCHEDPARAM,
+    NO_POOL_WITH_DOMAIN_OPTIONS, PARAM_UNCHANGED, POOL0, SCHED_PARAMS_SET_FAILED,
 };
 pub use uptime::{uptime_header, uptime_row, uptime_short_row, uptime_to_string};
 pub use vcpu_list::{cpumap_to_string, vcpu_list_header, vcpu_list_row, VcpuInfo};
