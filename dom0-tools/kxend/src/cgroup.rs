@@ -31,6 +31,8 @@ pub enum CgroupError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("no cgroup hierarchy on this host carries the {0} controller")]
+    NoController(&'static str),
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> CgroupError + '_ {
@@ -48,6 +50,58 @@ struct Hierarchy {
     /// The wanted controllers this hierarchy carries for us.
     controllers: Vec<String>,
     v2: bool,
+}
+
+impl Hierarchy {
+    fn has(&self, controller: &str) -> bool {
+        self.controllers.iter().any(|c| c == controller)
+    }
+}
+
+/// The cgroup files that carry `cpu`, and their values, in v1 or v2.
+///
+/// Cap: xl's percent of one CPU becomes a CFS quota per 100 ms period
+/// (`cap` 50 is 50 ms in each 100 ms). Weight: Xen's default 256 maps to
+/// each interface's default (v1 `cpu.shares` 1024, v2 `cpu.weight` 100),
+/// proportionally, within the ranges the kernel accepts. `reset`: write
+/// the defaults for what `cpu` leaves unset or at 0 (a live change must
+/// undo an earlier cap); at creation those files are simply left alone.
+fn cpu_writes(v2: bool, cpu: CpuSettings, reset: bool) -> Vec<(&'static str, String)> {
+    let mut writes = Vec::new();
+    match cpu.cap_percent.filter(|&c| c > 0) {
+        Some(cap) => {
+            let quota = u64::from(cap) * 1000;
+            if v2 {
+                writes.push(("cpu.max", format!("{quota} 100000")));
+            } else {
+                writes.push(("cpu.cfs_period_us", "100000".to_string()));
+                writes.push(("cpu.cfs_quota_us", quota.to_string()));
+            }
+        }
+        None if reset => {
+            if v2 {
+                writes.push(("cpu.max", "max 100000".to_string()));
+            } else {
+                writes.push(("cpu.cfs_quota_us", "-1".to_string()));
+            }
+        }
+        None => {}
+    }
+    let weight = match cpu.weight {
+        Some(w) => Some(w),
+        None if reset => Some(kxen_toolstack::xl::DEFAULT_WEIGHT),
+        None => None,
+    };
+    if let Some(weight) = weight {
+        if v2 {
+            let w = (u64::from(weight) * 100 / 256).clamp(1, 10_000);
+            writes.push(("cpu.weight", w.to_string()));
+        } else {
+            let shares = (u64::from(weight) * 1024 / 256).max(2);
+            writes.push(("cpu.shares", shares.to_string()));
+        }
+    }
+    writes
 }
 
 /// The cgroup layout found on this host at kxend's start.
@@ -233,7 +287,7 @@ impl Cgroups {
         cpu: CpuSettings,
         made: &mut DomainCgroup,
     ) -> Result<(), CgroupError> {
-        let has = |c: &str| h.controllers.iter().any(|x| x == c);
+        let has = |c: &str| h.has(c);
         // The base goes with its last domain ([`Self::remove`]); another
         // thread may be making it, or removing it, right now.
         let made_base = match std::fs::create_dir(&h.base) {
@@ -262,25 +316,8 @@ impl Cgroups {
             inherit_cpuset(&dir)?;
         }
         if has("cpu") {
-            if let Some(cap) = cpu.cap_percent.filter(|&c| c > 0) {
-                // cap is in percent of one CPU; quota per 100 ms period.
-                let quota = u64::from(cap) * 1000;
-                if h.v2 {
-                    write(&dir.join("cpu.max"), &format!("{quota} 100000"))?;
-                } else {
-                    write(&dir.join("cpu.cfs_period_us"), "100000")?;
-                    write(&dir.join("cpu.cfs_quota_us"), &quota.to_string())?;
-                }
-            }
-            if let Some(weight) = cpu.weight {
-                // Xen's default weight 256 maps to each interface's default.
-                if h.v2 {
-                    let w = (u64::from(weight) * 100 / 256).clamp(1, 10_000);
-                    write(&dir.join("cpu.weight"), &w.to_string())?;
-                } else {
-                    let shares = (u64::from(weight) * 1024 / 256).max(2);
-                    write(&dir.join("cpu.shares"), &shares.to_string())?;
-                }
+            for (file, value) in cpu_writes(h.v2, cpu, false) {
+                write(&dir.join(file), &value)?;
             }
         }
         let procs = dir.join("cgroup.procs");
@@ -290,6 +327,40 @@ impl Cgroups {
             .map_err(io_err(&procs))?;
         made.procs.push(file.into());
         Ok(())
+    }
+
+    /// Change a running domain's weight and cap (`xl sched-credit`): both
+    /// are written, a cap of 0 lifting the limit.
+    pub fn set_cpu(&self, domid: u32, cpu: CpuSettings) -> Result<(), CgroupError> {
+        let mut applied = false;
+        for h in self.hierarchies.iter().filter(|h| h.has("cpu")) {
+            let dir = h.base.join(format!("dom-{domid}"));
+            for (file, value) in cpu_writes(h.v2, cpu, true) {
+                write(&dir.join(file), &value)?;
+            }
+            applied = true;
+        }
+        if applied {
+            Ok(())
+        } else {
+            Err(CgroupError::NoController("cpu"))
+        }
+    }
+
+    /// The CPUs domain `domid`'s cpuset cgroup lets its threads use, as the
+    /// kernel lists them (`0-1`); None without a cpuset controller.
+    pub fn allowed_cpus(&self, domid: u32) -> Option<String> {
+        let h = self.hierarchies.iter().find(|h| h.has("cpuset"))?;
+        let dir = h.base.join(format!("dom-{domid}"));
+        // v2 shows what the parents allow in the effective file.
+        let file = if h.v2 {
+            "cpuset.cpus.effective"
+        } else {
+            "cpuset.cpus"
+        };
+        std::fs::read_to_string(dir.join(file))
+            .ok()
+            .map(|s| s.trim().to_string())
     }
 
     /// Remove domain `domid`'s cgroups (its VMM has ended), and the base
@@ -379,6 +450,105 @@ mod tests {
         assert_eq!(mounts[1].controllers, ["cpu"]);
         assert_eq!(mounts[2].controllers, ["memory"]);
         assert!(mounts[3].controllers.is_empty(), "freezer is not wanted");
+    }
+
+    fn settings(cap: Option<u32>, weight: Option<u32>) -> CpuSettings {
+        CpuSettings {
+            cap_percent: cap,
+            weight,
+        }
+    }
+
+    #[test]
+    fn cpu_mapping_v1_and_v2() {
+        let s = settings(Some(50), Some(512));
+        assert_eq!(
+            cpu_writes(false, s, false),
+            [
+                ("cpu.cfs_period_us", "100000".to_string()),
+                ("cpu.cfs_quota_us", "50000".to_string()),
+                ("cpu.shares", "2048".to_string()),
+            ]
+        );
+        assert_eq!(
+            cpu_writes(true, s, false),
+            [
+                ("cpu.max", "50000 100000".to_string()),
+                ("cpu.weight", "200".to_string()),
+            ]
+        );
+        // A cap above one CPU is a quota above the period.
+        assert_eq!(
+            cpu_writes(true, settings(Some(150), None), false),
+            [("cpu.max", "150000 100000".to_string())]
+        );
+        // Xen's extremes land inside each interface's range.
+        assert_eq!(
+            cpu_writes(false, settings(None, Some(1)), false),
+            [("cpu.shares", "4".to_string())]
+        );
+        assert_eq!(
+            cpu_writes(true, settings(None, Some(1)), false),
+            [("cpu.weight", "1".to_string())]
+        );
+        assert_eq!(
+            cpu_writes(true, settings(None, Some(65535)), false),
+            [("cpu.weight", "10000".to_string())]
+        );
+        // At creation, nothing set is nothing written; a live change
+        // writes the defaults back (cap 0: no limit).
+        assert!(cpu_writes(false, settings(None, None), false).is_empty());
+        assert_eq!(
+            cpu_writes(false, settings(Some(0), None), true),
+            [
+                ("cpu.cfs_quota_us", "-1".to_string()),
+                ("cpu.shares", "1024".to_string()),
+            ]
+        );
+        assert_eq!(
+            cpu_writes(true, settings(None, None), true),
+            [
+                ("cpu.max", "max 100000".to_string()),
+                ("cpu.weight", "100".to_string()),
+            ]
+        );
+    }
+
+    /// This host has no cpu controller in its v2 hierarchy (only hugetlb
+    /// is there), so the v2 paths of a live change run here against a
+    /// temporary directory standing in for the cgroup tree.
+    #[test]
+    fn live_change_in_a_v2_tree() {
+        let root = std::env::temp_dir().join(format!("kxen-cgroup-v2-{}", std::process::id()));
+        let base = root.join("kxen-test");
+        let dom = base.join("dom-3");
+        std::fs::create_dir_all(&dom).unwrap();
+        std::fs::write(dom.join("cpuset.cpus.effective"), "0-1\n").unwrap();
+        let cgroups = Cgroups {
+            hierarchies: vec![Hierarchy {
+                base: base.clone(),
+                controllers: vec!["cpu".into(), "cpuset".into()],
+                v2: true,
+            }],
+        };
+        cgroups.set_cpu(3, settings(Some(25), Some(128))).unwrap();
+        let read = |f: &str| std::fs::read_to_string(dom.join(f)).unwrap();
+        assert_eq!(read("cpu.max"), "25000 100000");
+        assert_eq!(read("cpu.weight"), "50");
+        cgroups.set_cpu(3, settings(Some(0), Some(256))).unwrap();
+        assert_eq!(read("cpu.max"), "max 100000");
+        assert_eq!(read("cpu.weight"), "100");
+        assert_eq!(cgroups.allowed_cpus(3).as_deref(), Some("0-1"));
+        // A domain without a cgroup directory: the write fails, named.
+        let err = cgroups.set_cpu(4, settings(Some(10), None)).unwrap_err();
+        assert!(err.to_string().contains("dom-4"), "{err}");
+        // No cpu controller at all.
+        let none = Cgroups::default();
+        assert!(matches!(
+            none.set_cpu(3, settings(None, None)),
+            Err(CgroupError::NoController("cpu"))
+        ));
+        std::fs::remove_dir_all(&root).unwrap();
     }
 
     #[test]

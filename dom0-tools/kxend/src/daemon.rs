@@ -12,11 +12,14 @@ use std::time::{Duration, Instant, SystemTime};
 
 use kxen_toolstack::config::{Action, DomainConfig, DomainType};
 use kxen_toolstack::protocol::{DeviceEntry, DomainEntry, Reply, Request};
-use kxen_toolstack::xl::{self, DomainInfo, ShutdownReason, VirtCaps, XlInfo};
+use kxen_toolstack::xl::{
+    self, CreditParams, DomainInfo, ShutdownReason, VcpuInfo, VcpuSelector, VirtCaps, XlInfo,
+};
 use tracing::{error, info, warn};
 
+use crate::affinity;
 use crate::devices::{BackendFactory, DeviceError, DeviceSpec, DomainDevices};
-use crate::domain::{AttachError, Domain, DomainRecord};
+use crate::domain::{AttachError, Domain, DomainRecord, Tuning};
 use crate::preflight::{self, CreateError};
 use crate::reactor;
 use crate::store::StoreService;
@@ -262,6 +265,14 @@ impl Daemon {
         if spec.name == "Domain-0" || self.name_in_use(&spec.name) {
             return Err(CreateError::NameInUse(spec.name));
         }
+        let tuning = Tuning {
+            sched: CreditParams {
+                weight: config.cpu_weight.unwrap_or(xl::DEFAULT_WEIGHT),
+                cap: config.cap.unwrap_or(0),
+            },
+            soft_affinity: config_affinity(config.cpus_soft.as_ref(), spec.vcpus)
+                .map_err(CreateError::Affinity)?,
+        };
         let domid = self.allocate_domid();
         let record = DomainRecord {
             domid,
@@ -281,6 +292,7 @@ impl Daemon {
             memory_kib: spec.memory_mib * 1024,
             max_memory_kib: spec.maxmem_mib * 1024,
             vcpus: spec.vcpus,
+            tuning,
         };
         let _ = std::fs::remove_file(&record.exit_file);
         let _ = std::fs::remove_file(&record.control);
@@ -352,7 +364,10 @@ impl Daemon {
             self.attach_config_devices(&domain)
                 .map_err(|e| e.to_string())
         };
-        if let Err(e) = plugged {
+        let ready = plugged
+            .map_err(CreateError::Devices)
+            .and_then(|()| pin_config_vcpus(&domain).map_err(CreateError::Affinity));
+        if let Err(e) = ready {
             let _ = domain.destroy();
             self.drop_virtio(domid);
             self.devices_of(domid).teardown();
@@ -366,7 +381,7 @@ impl Daemon {
             self.store.rm(&format!("/local/domain/{domid}"));
             self.store.rm(&format!("/vm/{}", domain.record.uuid));
             let _ = std::fs::remove_file(self.record_path(domid));
-            return Err(CreateError::Devices(e));
+            return Err(e);
         }
         self.domains
             .lock()
@@ -820,6 +835,8 @@ impl Daemon {
         // SCHEDOP_block) shows 'b' instead.
         let blocked = info.as_ref().is_some_and(|i| i.blocked);
         let online = info.as_ref().map_or(d.record.vcpus, |i| i.vcpus_online);
+        let sched = d.tuning.lock().unwrap_or_else(|e| e.into_inner()).sched;
+        let vcpus = vcpu_infos(d, online, paused);
         DomainEntry {
             info: DomainInfo {
                 current_memkb: memory_kib,
@@ -833,6 +850,8 @@ impl Daemon {
             config: Some(d.record.config.clone()),
             max_memory_kib: d.record.max_memory_kib,
             uptime_s: d.record.created.elapsed().unwrap_or_default().as_secs(),
+            sched: Some(sched),
+            vcpus: Some(vcpus),
         }
     }
 
@@ -853,6 +872,10 @@ impl Daemon {
             config: None,
             max_memory_kib: mem,
             uptime_s: self.started.elapsed().as_secs(),
+            // The host's own scheduling is not kxen's to change: Xen's
+            // defaults, which Domain-0 keeps.
+            sched: Some(CreditParams::default()),
+            vcpus: None,
         }
     }
 
@@ -881,6 +904,8 @@ impl Daemon {
                 config: Some(p.record.config.clone()),
                 max_memory_kib: p.record.max_memory_kib,
                 uptime_s: 0,
+                sched: Some(p.record.tuning.sched),
+                vcpus: None,
             });
         }
         out.sort_by_key(|d| d.info.domid);
@@ -1081,6 +1106,17 @@ impl Daemon {
                 }
             },
             Request::Console { domain, .. } => unknown(&domain),
+            Request::SchedCredit {
+                domain,
+                weight,
+                cap,
+            } => self.sched_credit(&domain, weight, cap),
+            Request::VcpuPin {
+                domain,
+                vcpu,
+                hard,
+                soft,
+            } => self.vcpu_pin(&domain, &vcpu, &hard, soft.as_deref()),
             Request::BlockAttach { domain, disk } => self.with_devices(&domain, |devs| {
                 if let Err(missing) = preflight::disk_present(&disk) {
                     return Ok(Reply::error(missing.to_string()));
@@ -1211,6 +1247,161 @@ impl Daemon {
         }
     }
 
+    /// `xl sched-credit -d DOMAIN -w WEIGHT -c CAP`: libxl's checks, then
+    /// the domain's cgroup; the new values go into its record.
+    fn sched_credit(&self, domain: &str, weight: Option<i64>, cap: Option<i64>) -> Reply {
+        let Some(id) = self.resolve(domain) else {
+            return Reply::unknown_domain(domain);
+        };
+        let refused = |why: &str| {
+            xl_refusal(vec![
+                xl::libxl_error(id, why),
+                xl::SCHED_PARAMS_SET_FAILED.into(),
+            ])
+        };
+        if id == 0 {
+            return refused("kxen does not schedule Domain-0 (the host's own processes)");
+        }
+        let Some(d) = self.live(id) else {
+            return refused("Getting domain info: the domain is not running");
+        };
+        let mut tuning = d.tuning.lock().unwrap_or_else(|e| e.into_inner());
+        let max_vcpus = d.record.config.maxvcpus.max(d.record.vcpus);
+        let next = match xl::check_credit_params(tuning.sched, weight, cap, max_vcpus) {
+            Ok(next) => next,
+            Err(why) => return refused(&why),
+        };
+        let settings = crate::cgroup::CpuSettings {
+            cap_percent: Some(next.cap),
+            weight: Some(next.weight),
+        };
+        let applied = match crate::jail::cgroups() {
+            Some(cgroups) => cgroups.set_cpu(id, settings).map_err(|e| e.to_string()),
+            None => Err("kxend runs its VMMs without cgroups (--no-jail)".into()),
+        };
+        if let Err(e) = applied {
+            return refused(&format!("Setting domain sched credit: {e}"));
+        }
+        tuning.sched = next;
+        let mut record = d.record.clone();
+        record.tuning = tuning.clone();
+        drop(tuning);
+        self.save_record(&record);
+        self.log(&format!(
+            "domain {id}: credit weight {} cap {}",
+            next.weight, next.cap
+        ));
+        Reply {
+            domains: Some(vec![self.entry_of(&d)]),
+            ..Reply::ok()
+        }
+    }
+
+    /// `xl vcpu-pin DOMAIN VCPU HARD [SOFT]`, checked in xl's order: the
+    /// domain, the vCPU, the CPU lists, then each vCPU thread's affinity.
+    fn vcpu_pin(&self, domain: &str, vcpu: &str, hard: &str, soft: Option<&str>) -> Reply {
+        let Some(id) = self.resolve(domain) else {
+            return Reply::unknown_domain(domain);
+        };
+        let selector = match xl::parse_vcpu_selector(vcpu) {
+            Ok(s) => s,
+            Err(msg) => return xl_refusal(vec![msg]),
+        };
+        let nr_cpus = affinity::host_cpus();
+        let parse = |list: Option<&str>| match list {
+            None | Some("-") => Ok(None),
+            Some(list) => xl::parse_cpurange(list, nr_cpus).map(Some),
+        };
+        let (hard, soft) = match (parse(Some(hard)), parse(soft)) {
+            (Ok(h), Ok(s)) => (h, s),
+            (Err(msg), _) | (_, Err(msg)) => return xl_refusal(vec![msg]),
+        };
+        let one_failed = |v: u32, why: String| {
+            xl_refusal(vec![
+                xl::libxl_error(id, &format!("Setting vcpu affinity: {why}")),
+                xl::could_not_set_affinity(v),
+            ])
+        };
+        let d = match (id, self.live(id)) {
+            (0, _) => {
+                let v = match selector {
+                    VcpuSelector::One(v) => v,
+                    VcpuSelector::All => 0,
+                };
+                return one_failed(v, "kxen does not pin Domain-0 (the host's CPUs)".into());
+            }
+            (_, Some(d)) => d,
+            (_, None) => {
+                return xl_refusal(vec![
+                    xl::libxl_error(id, "the domain is not running"),
+                    "libxl_list_vcpu failed.".into(),
+                ])
+            }
+        };
+        let threads = affinity::vcpu_threads(d.record.pid);
+        let targets: Vec<u32> = match selector {
+            VcpuSelector::One(v) => vec![v],
+            VcpuSelector::All => threads.keys().copied().collect(),
+        };
+        let mut failures = Vec::new();
+        let mut tuning = d.tuning.lock().unwrap_or_else(|e| e.into_inner());
+        for v in targets {
+            let Some(&tid) = threads.get(&v) else {
+                failures.push((v, "Invalid argument".to_string()));
+                continue;
+            };
+            if let Some(cpus) = &hard {
+                if let Err(e) = affinity::set_affinity(tid, cpus) {
+                    let mut why = preflight::describe_io(&e);
+                    if let Some(allowed) = crate::jail::cgroups().and_then(|c| c.allowed_cpus(id)) {
+                        why.push_str(&format!(" (the domain's cpuset allows CPUs {allowed})"));
+                    }
+                    failures.push((v, why));
+                    continue;
+                }
+            }
+            if let Some(cpus) = &soft {
+                tuning.soft_affinity.insert(v, cpus.clone());
+            }
+        }
+        let mut record = d.record.clone();
+        record.tuning = tuning.clone();
+        drop(tuning);
+        self.save_record(&record);
+        match (selector, failures.as_slice()) {
+            (_, []) => {
+                self.log(&format!("domain {id}: vcpu-pin {vcpu} {}", {
+                    let show = |s: &Option<Vec<u32>>| {
+                        s.as_ref()
+                            .map_or("-".to_string(), |c| xl::cpumap_to_string(c, nr_cpus))
+                    };
+                    format!("{} / {}", show(&hard), show(&soft))
+                }));
+                Reply::ok()
+            }
+            (VcpuSelector::One(_), [(v, why), ..]) => one_failed(*v, why.clone()),
+            // libxl_set_vcpuaffinity_all: a warning per vCPU, and xl
+            // still succeeds.
+            (VcpuSelector::All, failed) => {
+                let mut lines = Vec::new();
+                for (v, why) in failed {
+                    lines.push(xl::libxl_error(
+                        id,
+                        &format!("Setting vcpu affinity: {why}"),
+                    ));
+                    lines.push(format!(
+                        "libxl: warning: Domain {id}:Failed to set affinity for {v}"
+                    ));
+                }
+                lines.push(xl::COULD_NOT_SET_AFFINITY_ALL.into());
+                Reply {
+                    xl_messages: Some(lines),
+                    ..Reply::ok()
+                }
+            }
+        }
+    }
+
     /// Wait until `domid` is no longer running.
     fn wait_gone(&self, domid: u32, limit: Duration) -> bool {
         let domains = self.domains.lock().unwrap_or_else(|e| e.into_inner());
@@ -1320,6 +1511,88 @@ fn vmm_gone_or(
         std::thread::sleep(Duration::from_millis(5));
     }
     CreateError::Attach(attach_error.to_string())
+}
+
+/// A refusal in xl's words: kxl prints `lines` and exits 1.
+fn xl_refusal(lines: Vec<String>) -> Reply {
+    Reply {
+        error: Some(lines.join("\n")),
+        xl_messages: Some(lines),
+        ..Reply::default()
+    }
+}
+
+/// xl.cfg's `cpus`/`cpus_soft` read against this host: vCPU to its CPUs,
+/// for the vCPUs below `vcpus` the setting names.
+fn config_affinity(
+    setting: Option<&kxen_toolstack::config::VcpuAffinity>,
+    vcpus: u32,
+) -> Result<BTreeMap<u32, Vec<u32>>, String> {
+    let mut map = BTreeMap::new();
+    let Some(setting) = setting else {
+        return Ok(map);
+    };
+    let nr_cpus = affinity::host_cpus();
+    for v in 0..vcpus {
+        if let Some(list) = setting.for_vcpu(v) {
+            map.insert(v, xl::parse_cpurange(list, nr_cpus)?);
+        }
+    }
+    Ok(map)
+}
+
+/// Apply xl.cfg's `cpus` (hard affinity) to a new domain's vCPU threads,
+/// before it first runs.
+fn pin_config_vcpus(d: &Domain) -> Result<(), String> {
+    let hard = config_affinity(d.record.config.cpus.as_ref(), d.record.vcpus)?;
+    if hard.is_empty() {
+        return Ok(());
+    }
+    let threads = affinity::await_vcpu_threads(d.record.pid, d.record.vcpus, ATTACH_LIMIT)
+        .map_err(|e| e.to_string())?;
+    for (v, cpus) in hard {
+        let Some(&tid) = threads.get(&v) else {
+            continue;
+        };
+        affinity::set_affinity(tid, &cpus).map_err(|e| {
+            format!(
+                "cpus: cannot set the hard affinity of vcpu {v} to {}: {}",
+                xl::cpumap_to_string(&cpus, affinity::host_cpus()),
+                preflight::describe_io(&e)
+            )
+        })?;
+    }
+    Ok(())
+}
+
+/// The vCPUs of a live domain as their threads show them; `online` of
+/// them are up.
+fn vcpu_infos(d: &Domain, online: u32, paused: bool) -> Vec<VcpuInfo> {
+    let nr_cpus = affinity::host_cpus();
+    let every: Vec<u32> = (0..nr_cpus).collect();
+    let soft = d
+        .tuning
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .soft_affinity
+        .clone();
+    affinity::vcpu_threads(d.record.pid)
+        .into_iter()
+        .map(|(v, tid)| {
+            let stat = affinity::thread_stat(d.record.pid, tid).unwrap_or_default();
+            let up = v < online;
+            VcpuInfo {
+                vcpuid: v,
+                cpu: stat.cpu,
+                online: up,
+                running: up && !paused && stat.runnable,
+                blocked: up && !paused && !stat.runnable,
+                vcpu_time_ns: stat.time_ns,
+                hard_affinity: affinity::get_affinity(tid).unwrap_or_default(),
+                soft_affinity: soft.get(&v).cloned().unwrap_or_else(|| every.clone()),
+            }
+        })
+        .collect()
 }
 
 /// The start of a hypervisor log line: Xen's `(XEN) ` and its

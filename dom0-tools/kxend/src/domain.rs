@@ -36,6 +36,20 @@ pub struct DomainRecord {
     pub memory_kib: u64,
     pub max_memory_kib: u64,
     pub vcpus: u32,
+    /// What `xl sched-credit` and `xl vcpu-pin` changed since creation.
+    #[serde(default)]
+    pub tuning: Tuning,
+}
+
+/// A domain's scheduler settings that only kxend keeps: its credit weight
+/// and cap (applied to its cgroup) and its vCPUs' soft affinity (which
+/// Linux has no use for). Hard affinity lives in the vCPU threads.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Tuning {
+    pub sched: kxen_toolstack::xl::CreditParams,
+    /// vCPU id to its soft affinity; a vCPU not here has every CPU.
+    #[serde(default)]
+    pub soft_affinity: std::collections::BTreeMap<u32, Vec<u32>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -65,6 +79,8 @@ pub struct Domain {
     /// An HVM domain's COM1.
     pub serial: Option<Arc<ConsoleBackend>>,
     pub paused: AtomicBool,
+    /// Starts as the record's; kxend saves the record when it changes.
+    pub tuning: Mutex<Tuning>,
     /// Kept open while the event loop watches it.
     _store_kick: Arc<EventFd>,
     store_token: Mutex<Option<Token>>,
@@ -159,6 +175,7 @@ impl Domain {
         let paused = link.info()?.paused;
         info!(domid, name = %record.name, "attached to kxen-vmm");
         Ok(Arc::new(Domain {
+            tuning: Mutex::new(record.tuning.clone()),
             record,
             console_ring,
             store_ring,

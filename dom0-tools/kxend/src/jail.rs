@@ -67,6 +67,15 @@ pub fn launch(req: &JailRequest<'_>, cmd: &mut Command) -> io::Result<Child> {
     }
 }
 
+/// The domains' cgroups, when kxend jails its VMMs (none with
+/// `--no-jail`).
+pub fn cgroups() -> Option<&'static Cgroups> {
+    match CONFIG.get() {
+        Some(Some(config)) => Some(&config.cgroups),
+        _ => None,
+    }
+}
+
 /// Remove what domain `domid`'s jail left on the host.
 pub fn cleanup(domid: u32) {
     if let Some(Some(config)) = CONFIG.get() {

@@ -5,6 +5,7 @@
 //! domain. `kxl` talks to it on `$KXEN_RUN_DIR/kxend.sock` and starts it on
 //! demand; `kxend --foreground` is for service managers.
 
+mod affinity;
 mod backends;
 mod cgroup;
 mod console;

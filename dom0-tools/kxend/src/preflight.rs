@@ -34,7 +34,10 @@ pub enum CreateError {
     Config(String),
     /// A PV kernel: kxen does not run classic PV domains yet.
     #[error("type \"pv\" (xl's default when no type is given) is not supported yet: {kernel} is a PV kernel{advice}")]
-    PvUnsupported { kernel: String, advice: &'static str },
+    PvUnsupported {
+        kernel: String,
+        advice: &'static str,
+    },
     /// The kernel cannot boot as a PV guest at all (no PV notes, or only
     /// PVH's, or a broken image); the loader's words say which.
     #[error("type \"pv\": kernel {kernel}: {reason}")]

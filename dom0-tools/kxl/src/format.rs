@@ -92,16 +92,30 @@ pub fn info(host: &XlInfo) -> String {
     xl::info(host, false)
 }
 
+/// The host's CPUs (configured, as affinity masks count them; kxl's own
+/// affinity does not narrow it).
 fn host_cpus() -> u32 {
-    std::thread::available_parallelism().map_or(1, |n| n.get() as u32)
+    nix::unistd::sysconf(nix::unistd::SysconfVar::_NPROCESSORS_CONF)
+        .ok()
+        .flatten()
+        .and_then(|n| u32::try_from(n).ok())
+        .filter(|&n| n > 0)
+        .unwrap_or(1)
 }
 
-/// kxen runs each vCPU as a host thread that may run on any CPU.
+/// Each vCPU as kxend read it from its host thread; Domain-0 (whose
+/// "vCPUs" are the host's CPUs) one per CPU, free to run anywhere.
 pub fn vcpu_list(entries: &[DomainEntry]) -> String {
     let nr_cpus = host_cpus();
     let all: Vec<u32> = (0..nr_cpus).collect();
     let mut out = xl::vcpu_list_header();
     for e in entries {
+        if let Some(vcpus) = &e.vcpus {
+            for v in vcpus {
+                out += &xl::vcpu_list_row(&e.info.name, e.info.domid, v, nr_cpus);
+            }
+            continue;
+        }
         let n = e.info.vcpu_online.max(1);
         for v in 0..e.info.vcpu_online {
             let info = VcpuInfo {
@@ -115,6 +129,18 @@ pub fn vcpu_list(entries: &[DomainEntry]) -> String {
                 soft_affinity: all.clone(),
             };
             out += &xl::vcpu_list_row(&e.info.name, e.info.domid, &info, nr_cpus);
+        }
+    }
+    out
+}
+
+/// `xl sched-credit`'s table of `entries` (those kxend reports settings
+/// for).
+pub fn sched_credit(entries: &[DomainEntry]) -> String {
+    let mut out = xl::sched_credit_header();
+    for e in entries {
+        if let Some(p) = &e.sched {
+            out += &xl::sched_credit_row(&e.info.name, e.info.domid, p);
         }
     }
     out

@@ -89,6 +89,40 @@ enum Cmd {
     },
     /// List the vCPUs of all or some domains.
     VcpuList { domains: Vec<String> },
+    /// Set which CPUs a domain's vCPU (or all of them) may run on.
+    VcpuPin {
+        domain: String,
+        /// A vCPU number or `all`.
+        vcpu: String,
+        /// Hard affinity: CPUs as `0-3,^2`, `all`, or `-` to keep it.
+        #[arg(allow_hyphen_values = true)]
+        hard: String,
+        /// Soft affinity (kept and shown; Linux has none to apply).
+        #[arg(allow_hyphen_values = true)]
+        soft: Option<String>,
+    },
+    /// Show or change the credit scheduler's weight and cap of domains.
+    SchedCredit {
+        #[arg(short = 'd', long = "domain")]
+        domain: Option<String>,
+        /// Weight, 1 to 65535 (xl reads it as strtol does).
+        #[arg(short = 'w', long = "weight", allow_hyphen_values = true)]
+        weight: Option<String>,
+        /// Cap in percent of one CPU, 0 for none.
+        #[arg(short = 'c', long = "cap", allow_hyphen_values = true)]
+        cap: Option<String>,
+        /// Show the pool's scheduler parameters.
+        #[arg(short = 's', long = "schedparam")]
+        schedparam: bool,
+        #[arg(short = 't', long = "tslice_ms")]
+        tslice: Option<String>,
+        #[arg(short = 'r', long = "ratelimit_us")]
+        ratelimit: Option<String>,
+        #[arg(short = 'm', long = "migration_delay_us")]
+        migration_delay: Option<String>,
+        #[arg(short = 'p', long = "cpupool")]
+        cpupool: Option<String>,
+    },
     /// Set the current memory usage of a domain.
     MemSet { domain: String, memory: String },
     /// Print the uptime of all or some domains.
@@ -180,6 +214,22 @@ fn simple(req: Request) -> ExitCode {
         Ok(r) if r.ok => ExitCode::SUCCESS,
         Ok(r) => fail(format::error_message(&r)),
         Err(code) => code,
+    }
+}
+
+/// A request xl's words may refuse (`sched-credit`, `vcpu-pin`): print
+/// them as they are; exit 1 when the request failed.
+fn xl_outcome(reply: &Reply) -> ExitCode {
+    for line in reply.xl_messages.iter().flatten() {
+        eprintln!("{line}");
+    }
+    match reply {
+        Reply { ok: true, .. } => ExitCode::SUCCESS,
+        Reply {
+            xl_messages: Some(_),
+            ..
+        } => ExitCode::FAILURE,
+        r => fail(format::error_message(r)),
     }
 }
 
@@ -392,6 +442,83 @@ fn main() -> ExitCode {
             Ok(r) => fail(format::error_message(&r)),
             Err(code) => code,
         },
+        Cmd::VcpuPin {
+            domain,
+            vcpu,
+            hard,
+            soft,
+        } => match call(Request::VcpuPin {
+            domain,
+            vcpu,
+            hard,
+            soft,
+        }) {
+            Ok(r) => xl_outcome(&r),
+            Err(code) => code,
+        },
+        Cmd::SchedCredit {
+            domain,
+            weight,
+            cap,
+            schedparam,
+            tslice,
+            ratelimit,
+            migration_delay,
+            cpupool,
+        } => {
+            let set_pool = tslice.is_some() || ratelimit.is_some() || migration_delay.is_some();
+            let set_domain = weight.is_some() || cap.is_some();
+            if (cpupool.is_some() || schedparam) && (domain.is_some() || set_domain) {
+                return fail(xl::NO_POOL_WITH_DOMAIN_OPTIONS);
+            }
+            if domain.is_none() && set_domain {
+                return fail(xl::MUST_SPECIFY_DOMAIN);
+            }
+            if !schedparam && set_pool {
+                return fail(xl::MUST_SPECIFY_SCHEDPARAM);
+            }
+            if let Some(pool) = cpupool.as_deref().filter(|p| *p != xl::POOL0 && *p != "0") {
+                return fail(xl::unknown_cpupool(pool));
+            }
+            if schedparam {
+                if set_pool {
+                    // libxl reads the pool's parameters before changing
+                    // them, and kxen has none.
+                    return fail(xl::CREDIT_PARAMS_GET_FAILED);
+                }
+                print!("{}", xl::sched_credit_pool_unavailable(xl::POOL0));
+                return ExitCode::SUCCESS;
+            }
+            match (domain, set_domain) {
+                (Some(domain), true) => match call(Request::SchedCredit {
+                    domain,
+                    weight: weight.as_deref().map(xl::sched_option_value),
+                    cap: cap.as_deref().map(xl::sched_option_value),
+                }) {
+                    Ok(r) => xl_outcome(&r),
+                    Err(code) => code,
+                },
+                (domain, _) => match call(Request::List) {
+                    Ok(r) if r.ok => {
+                        let all = r.domains.unwrap_or_default();
+                        let chosen: Vec<DomainEntry> = match &domain {
+                            Some(d) => match all.into_iter().find(|e| matches(e, d)) {
+                                Some(e) => vec![e],
+                                None => return fail(format::unknown_domain(d)),
+                            },
+                            None => {
+                                print!("{}", xl::sched_credit_pool_unavailable(xl::POOL0));
+                                all
+                            }
+                        };
+                        print!("{}", format::sched_credit(&chosen));
+                        ExitCode::SUCCESS
+                    }
+                    Ok(r) => fail(format::error_message(&r)),
+                    Err(code) => code,
+                },
+            }
+        }
         Cmd::MemSet { domain, memory } => match xl::parse_mem_size_kb(&memory) {
             None => fail(xl::invalid_memory_size(&memory)),
             Some(target_kib) => simple(Request::MemSet { domain, target_kib }),

@@ -7,7 +7,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::config::DomainConfig;
-use crate::xl::{DomainInfo, XlInfo};
+use crate::xl::{CreditParams, DomainInfo, VcpuInfo, XlInfo};
 
 /// Default directories; both can be overridden so tests run isolated kxends.
 pub const DEFAULT_RUN_DIR: &str = "/run/kxen";
@@ -113,6 +113,24 @@ pub enum Request {
     NetworkList {
         domain: DomainRef,
     },
+    /// Change a domain's credit weight and cap (`xl sched-credit -d D -w W
+    /// -c C`), as xl read them (`-1`: leave as it is). The new values are
+    /// in the reply's domain entry.
+    SchedCredit {
+        domain: DomainRef,
+        weight: Option<i64>,
+        cap: Option<i64>,
+    },
+    /// `xl vcpu-pin DOMAIN VCPU HARD [SOFT]`, the arguments as typed
+    /// (kxend reads them as xl does, against the host's CPUs): HARD or
+    /// SOFT `-` leaves that affinity as it is.
+    VcpuPin {
+        domain: DomainRef,
+        vcpu: String,
+        hard: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        soft: Option<String>,
+    },
 }
 
 /// One device with its backend's counters, for the list commands.
@@ -133,6 +151,15 @@ pub struct DomainEntry {
     pub config: Option<DomainConfig>,
     pub max_memory_kib: u64,
     pub uptime_s: u64,
+    /// Credit weight and cap (`xl sched-credit`); none for a domain that
+    /// is not running.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sched: Option<CreditParams>,
+    /// Each vCPU as its host thread shows it (`xl vcpu-list`): the real
+    /// affinity read back from the thread. None where kxend has no
+    /// threads to look at (Domain-0, a domain that is not running).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vcpus: Option<Vec<VcpuInfo>>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
@@ -154,6 +181,10 @@ pub struct Reply {
     pub unknown_domain: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub devices: Option<Vec<DeviceEntry>>,
+    /// xl's messages for a refused `sched-credit`/`vcpu-pin`, one per
+    /// line, for kxl to print on stderr as they are.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub xl_messages: Option<Vec<String>>,
 }
 
 impl Reply {
