@@ -1,5 +1,5 @@
 /* A minimal 32-bit PVH kernel: installs the hypercall page, prints
- * through console_io, checks xen_version and -ENOSYS, powers off. */
+ * through console_io and port 0xE9, checks xen_version and -ENOSYS, powers off. */
     .section .note.xen, "a", @note
     .align 4
     .long 4, 4, 18
@@ -20,6 +20,14 @@ _start:
     mov $msg, %edx
     call hcpage + 18*32
     mov %eax, result
+    /* The same greeting, byte by byte, through the 0xE9 debug port. */
+    mov $e9msg, %esi
+2:  lodsb
+    test %al, %al
+    jz 3f
+    outb %al, $0xe9
+    jmp 2b
+3:
     /* xen_version(0) */
     mov $0, %ebx
     call hcpage + 17*32
@@ -42,6 +50,7 @@ crash:
     .data
 msg: .ascii "hello from a 32-bit PVH guest\n"
 msgend:
+e9msg: .asciz "hello from a 32-bit PVH guest on port 0xe9\n"
 reason: .long 0
 reason_crash: .long 3
 result: .long 0

@@ -409,3 +409,19 @@ impl Drop for KillOnDrop {
         let _ = self.0.wait();
     }
 }
+
+/// The same 32-bit image relabelled `elf32-x86-64` (ELFCLASS32 with
+/// e_machine EM_X86_64), as a PVH kernel linked for x32 is: binutils'
+/// objcopy rewrites the header, the code and notes stay.
+pub fn elf32_x86_64(elf: &Path) -> PathBuf {
+    let out = elf.with_extension("x32.elf");
+    let ok = Command::new("objcopy")
+        .args(["--output-target", "elf32-x86-64"])
+        .arg(elf)
+        .arg(&out)
+        .status()
+        .expect("run objcopy (binutils)")
+        .success();
+    assert!(ok, "objcopy to elf32-x86-64 failed");
+    out
+}

@@ -309,17 +309,40 @@ impl Daemon {
             })?;
         // Where this VMM's own stderr starts in the (appended) log.
         let vmm_log_start = vmm_log.metadata().map_or(0, |m| m.len());
+        // The guest's port 0xE9 lines belong in `kxl dmesg`: the VMM gets
+        // the hypervisor log as an inherited descriptor (its sandbox opens
+        // no files), closed here once it has started.
+        let hvlog_for_vmm = self
+            .hvlog
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .try_clone()
+            .map_err(|e| CreateError::VmmLog {
+                path: self.state_dir.join("hypervisor.log").display().to_string(),
+                reason: preflight::describe_io(&e),
+            })?;
+        let hvlog_fd = std::os::fd::AsRawFd::as_raw_fd(&hvlog_for_vmm);
+        let mut vmm_args = spec.vmm_args(domid, &record.control, &record.exit_file);
+        vmm_args.hypervisor_log_fd = Some(hvlog_fd);
         let mut cmd = Command::new(&self.vmm);
-        cmd.args(
-            spec.vmm_args(domid, &record.control, &record.exit_file)
-                .to_args(),
-        )
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::from(vmm_log))
-        // Its own process group: a terminal's ^C to kxl or kxend must
-        // not reach the domains.
-        .process_group(0);
+        // SAFETY: the closure makes one async-signal-safe call (fcntl) on
+        // a descriptor the parent keeps open until the spawn returns.
+        unsafe {
+            cmd.pre_exec(move || {
+                // Inherited by this child only: std opened it close-on-exec.
+                if libc::fcntl(hvlog_fd, libc::F_SETFD, 0) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        cmd.args(vmm_args.to_args())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(vmm_log))
+            // Its own process group: a terminal's ^C to kxl or kxend must
+            // not reach the domains.
+            .process_group(0);
         let jailed = crate::jail::JailRequest {
             domid,
             vmm: &self.vmm,
@@ -336,6 +359,8 @@ impl Daemon {
             path: self.vmm.display().to_string(),
             reason: preflight::describe_io(&e),
         })?;
+        // The child has its own copy now.
+        drop(hvlog_for_vmm);
         let mut record = record;
         record.pid = child.id();
         self.save_record(&record);

@@ -1,130 +1,106 @@
-//! 32-bit ELF PVH kernels (for example 32-bit builds of XTF or mini-OS).
+//! 32-bit ELF PVH kernels (for example 32-bit builds of XTF or mini-OS,
+//! linked as `elf32-i386` or as `elf32-x86-64`). The `object` crate reads
+//! the headers and checks every table and segment against the image; the
+//! counts and sizes are capped here, so a hostile image cannot make us walk
+//! an enormous table.
 
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use object::elf::{FileHeader32, PT_LOAD, PT_NOTE};
+use object::read::elf::{FileHeader as _, NoteIterator, ProgramHeader as _};
+use object::LittleEndian;
+use vm_memory::{Bytes, GuestAddress, GuestMemory, GuestMemoryMmap, Permissions};
 use xen_abi::pvh::XEN_ELFNOTE_PHYS32_ENTRY;
 
 use crate::{LoadedKernel, LoaderError};
 
-const PT_LOAD: u32 = 1;
-const PT_NOTE: u32 = 4;
+type FileHeader = FileHeader32<LittleEndian>;
+
 /// Refuse absurd program header tables.
-const MAX_PHDRS: u16 = 64;
+const MAX_PHDRS: usize = 64;
 /// Refuse absurd note segments.
-const MAX_NOTE_SEGMENT: u32 = 64 * 1024;
+const MAX_NOTE_SEGMENT: u64 = 64 * 1024;
+/// A 32-bit kernel addresses 4 GiB at most; a bigger file is not one.
+const MAX_IMAGE: u64 = 1 << 32;
 
-fn u16_at(b: &[u8], off: usize) -> u16 {
-    u16::from_le_bytes([b[off], b[off + 1]])
-}
-
-fn u32_at(b: &[u8], off: usize) -> u32 {
-    u32::from_le_bytes(b[off..off + 4].try_into().unwrap_or([0; 4]))
-}
-
-struct Phdr {
-    kind: u32,
-    offset: u32,
-    paddr: u32,
-    filesz: u32,
-    memsz: u32,
-}
-
-/// Find the PVH entry in the contents of one PT_NOTE segment.
+/// Find the PVH entry in the contents of one PT_NOTE segment (notes
+/// aligned to 4 bytes, as ELF32 and Xen's notes are).
 pub fn find_pvh_entry(notes: &[u8]) -> Option<u64> {
-    let mut off = 0usize;
-    while off + 12 <= notes.len() {
-        let namesz = u32_at(notes, off) as usize;
-        let descsz = u32_at(notes, off + 4) as usize;
-        let kind = u32_at(notes, off + 8);
-        let name_start = off + 12;
-        let desc_start = name_start.checked_add(namesz.checked_add(3)? & !3)?;
-        let next = desc_start.checked_add(descsz.checked_add(3)? & !3)?;
-        if desc_start.checked_add(descsz)? > notes.len() {
-            return None;
+    let mut iter = NoteIterator::<FileHeader>::new(LittleEndian, 4, notes).ok()?;
+    while let Some(note) = iter.next().ok()? {
+        // Xen's name is "Xen" with its NUL; object strips the NUL.
+        if note.n_type(LittleEndian).0 != XEN_ELFNOTE_PHYS32_ENTRY || note.name() != b"Xen" {
+            continue;
         }
-        let name = &notes[name_start..name_start + namesz];
-        if kind == XEN_ELFNOTE_PHYS32_ENTRY && name.starts_with(b"Xen") {
-            let desc = &notes[desc_start..desc_start + descsz];
-            return match descsz {
-                4 => Some(u32_at(desc, 0) as u64),
-                8 => Some(u64::from_le_bytes(desc.try_into().ok()?)),
-                _ => None,
-            };
-        }
-        off = next;
+        let desc = note.desc();
+        return match desc.len() {
+            4 => Some(u64::from(u32::from_le_bytes(desc.try_into().ok()?))),
+            8 => Some(u64::from_le_bytes(desc.try_into().ok()?)),
+            _ => None,
+        };
     }
     None
 }
 
+/// Load a little-endian ELFCLASS32 image; the caller has checked that its
+/// machine is one a PVH kernel may name.
 pub fn load(mem: &GuestMemoryMmap, image: &mut File) -> Result<LoadedKernel, LoaderError> {
-    let mut ehdr = [0u8; 52];
+    let size = image.metadata()?.len();
+    if size > MAX_IMAGE {
+        return Err(LoaderError::BadElf("image larger than 4 GiB"));
+    }
+    let mut bytes = Vec::with_capacity(size as usize);
     image.seek(SeekFrom::Start(0))?;
-    image
-        .read_exact(&mut ehdr)
-        .map_err(|_| LoaderError::BadElf("short ELF header"))?;
-    if ehdr[5] != 1 {
-        return Err(LoaderError::BadElf("not little-endian"));
-    }
-    if u16_at(&ehdr, 18) != 3 {
-        return Err(LoaderError::BadElf("not an i386 image"));
-    }
-    let phoff = u32_at(&ehdr, 28) as u64;
-    let phentsize = u16_at(&ehdr, 42) as usize;
-    let phnum = u16_at(&ehdr, 44);
-    if phentsize < 32 || phnum > MAX_PHDRS {
+    image.read_to_end(&mut bytes)?;
+    let data = bytes.as_slice();
+    let header = FileHeader::parse(data).map_err(|_| LoaderError::BadElf("bad ELF header"))?;
+    let endian = header
+        .endian()
+        .map_err(|_| LoaderError::BadElf("not little-endian"))?;
+    if usize::from(header.e_phnum.get(endian)) > MAX_PHDRS {
         return Err(LoaderError::BadElf("bad program header table"));
     }
-    let mut phdrs = Vec::new();
-    for i in 0..phnum as u64 {
-        let mut raw = vec![0u8; phentsize];
-        image.seek(SeekFrom::Start(phoff + i * phentsize as u64))?;
-        image
-            .read_exact(&mut raw)
-            .map_err(|_| LoaderError::BadElf("short program header"))?;
-        phdrs.push(Phdr {
-            kind: u32_at(&raw, 0),
-            offset: u32_at(&raw, 4),
-            paddr: u32_at(&raw, 12),
-            filesz: u32_at(&raw, 16),
-            memsz: u32_at(&raw, 20),
-        });
-    }
+    let phdrs = header
+        .program_headers(endian, data)
+        .map_err(|_| LoaderError::BadElf("bad program header table"))?;
 
     let mut entry = None;
     let mut end = 0u64;
-    for ph in &phdrs {
-        match ph.kind {
+    for ph in phdrs {
+        match ph.p_type(endian) {
             PT_NOTE if entry.is_none() => {
-                if ph.filesz > MAX_NOTE_SEGMENT {
+                if u64::from(ph.p_filesz(endian)) > MAX_NOTE_SEGMENT {
                     return Err(LoaderError::BadElf("note segment too large"));
                 }
-                let mut notes = vec![0u8; ph.filesz as usize];
-                image.seek(SeekFrom::Start(ph.offset as u64))?;
-                image
-                    .read_exact(&mut notes)
+                let notes = ph
+                    .data(endian, data)
                     .map_err(|_| LoaderError::BadElf("short note segment"))?;
-                entry = find_pvh_entry(&notes);
+                entry = find_pvh_entry(notes);
             }
             PT_LOAD => {
-                if ph.filesz > ph.memsz {
+                let filesz = u64::from(ph.p_filesz(endian));
+                let memsz = u64::from(ph.p_memsz(endian));
+                if filesz > memsz {
                     return Err(LoaderError::BadElf("segment file size exceeds memory size"));
                 }
-                let addr = ph.paddr as u64;
-                let seg_end = addr + ph.memsz as u64;
-                let mut data = vec![0u8; ph.memsz as usize];
-                image.seek(SeekFrom::Start(ph.offset as u64))?;
-                image
-                    .read_exact(&mut data[..ph.filesz as usize])
+                let file_bytes = ph
+                    .data(endian, data)
                     .map_err(|_| LoaderError::BadElf("short segment"))?;
-                mem.write_slice(&data, GuestAddress(addr)).map_err(|_| {
-                    LoaderError::SegmentOutsideRam {
-                        addr,
-                        len: ph.memsz as u64,
-                    }
-                })?;
-                end = end.max(seg_end);
+                let addr = u64::from(ph.p_paddr(endian));
+                let outside = || LoaderError::SegmentOutsideRam { addr, len: memsz };
+                // Checked before the zero fill is allocated: a hostile
+                // memory size cannot make us allocate more than guest RAM.
+                if !mem.check_range(GuestAddress(addr), memsz as usize, Permissions::Write) {
+                    return Err(outside());
+                }
+                mem.write_slice(file_bytes, GuestAddress(addr))
+                    .map_err(|_| outside())?;
+                // The rest of the segment (.bss) is zero.
+                let zeros = vec![0u8; (memsz - filesz) as usize];
+                mem.write_slice(&zeros, GuestAddress(addr + filesz))
+                    .map_err(|_| outside())?;
+                end = end.max(addr + memsz);
             }
             _ => {}
         }

@@ -130,6 +130,10 @@ pub struct LaunchArgs {
     /// Write "CODE REASON" to this file when the domain ends.
     #[arg(long)]
     pub exit_file: Option<PathBuf>,
+    /// An inherited descriptor of the hypervisor log (`kxl dmesg`), open
+    /// for appending: the guest's port 0xE9 lines go there too.
+    #[arg(long)]
+    pub hypervisor_log_fd: Option<i32>,
 }
 
 impl LaunchArgs {
@@ -152,6 +156,7 @@ impl LaunchArgs {
             paused: false,
             control_socket: None,
             exit_file: None,
+            hypervisor_log_fd: None,
         }
     }
 
@@ -197,6 +202,9 @@ impl LaunchArgs {
         }
         if let Some(path) = &self.exit_file {
             pair("--exit-file", path.clone().into());
+        }
+        if let Some(fd) = self.hypervisor_log_fd {
+            pair("--hypervisor-log-fd", fd.to_string().into());
         }
         for (set, flag) in [
             (self.xen_platform_pci, "--xen-platform-pci"),
@@ -252,6 +260,7 @@ mod tests {
             paused: true,
             control_socket: Some("/run/kxen/d.sock".into()),
             exit_file: Some("/run/kxen/d.exit".into()),
+            hypervisor_log_fd: Some(3),
         };
         assert_eq!(parse(args.to_args()), args);
     }

@@ -337,6 +337,7 @@ pub fn build(cfg: &VmConfig, started: Instant) -> Result<Vm, VmError> {
         hvm: hvm_devices.clone(),
         syscall_bridge: syscall_bridge.clone(),
         exit: exit.clone(),
+        debug_console: crate::debug_port::DebugConsole::new(cfg.domid, cfg.hypervisor_log.clone()),
         gate: gate.clone(),
         started,
         entry: Mutex::new(None),

@@ -27,6 +27,9 @@ pub struct VmConfig {
     /// Write "CODE REASON" here when the domain ends, for a toolstack that
     /// is not our parent (kxend after a restart).
     pub exit_file: Option<PathBuf>,
+    /// kxend's hypervisor log (`kxl dmesg`), for the guest's port 0xE9
+    /// lines; inherited as an fd, since the sandbox opens no files.
+    pub hypervisor_log: Option<std::sync::Arc<std::fs::File>>,
     /// An HVM domain (Linux boot protocol, emulated devices) rather than
     /// PVH.
     pub hvm: Option<HvmConfig>,

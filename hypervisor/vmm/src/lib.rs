@@ -27,6 +27,7 @@ pub mod builder;
 pub mod config;
 pub mod control;
 pub mod cpuid;
+pub mod debug_port;
 pub mod dom0;
 pub mod error;
 pub mod event_loop;

@@ -75,6 +75,17 @@ fn main() -> ExitCode {
         start_paused: args.paused,
         control_socket: args.control_socket.clone(),
         exit_file: args.exit_file.clone(),
+        hypervisor_log: match args
+            .hypervisor_log_fd
+            .map(|fd| inherited_log(fd).map(std::sync::Arc::new))
+            .transpose()
+        {
+            Ok(log) => log,
+            Err(e) => {
+                eprintln!("kxen-vmm: --hypervisor-log-fd: {e}");
+                return ExitCode::from(1);
+            }
+        },
         hvm,
     };
     match vm::run(cfg, started, args.report_timing) {
@@ -91,4 +102,24 @@ fn main() -> ExitCode {
             ExitCode::from(1)
         }
     }
+}
+
+/// Take ownership of the hypervisor log descriptor our parent left open.
+fn inherited_log(fd: i32) -> std::io::Result<std::fs::File> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: F_GETFD only reads the descriptor's flags; it tells us
+    // whether `fd` is open at all before anything takes ownership of it.
+    if fd < 3 || unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("descriptor {fd} is not an open file we may own"),
+        ));
+    }
+    // SAFETY: `fd` is open (checked above), not stdin/stdout/stderr, and
+    // nothing else in this process owns it: it was inherited for us.
+    let file = unsafe { std::fs::File::from_raw_fd(fd) };
+    // Not handed on to anything we might start.
+    // SAFETY: F_SETFD on a descriptor we own; no memory is passed.
+    unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
+    Ok(file)
 }

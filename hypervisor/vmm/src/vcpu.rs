@@ -292,6 +292,9 @@ impl Vcpu {
                     BusWrite::Unclaimed if port == HYPERCALL_PORT => {
                         return Err(Deferred::Hypercall)
                     }
+                    BusWrite::Unclaimed if port == crate::debug_port::DEBUG_PORT => {
+                        rt.debug_console.write(data)
+                    }
                     BusWrite::Unclaimed => {
                         if let Some(exit) = unclaimed_port_write(vcpu, port, data) {
                             return stop(exit);

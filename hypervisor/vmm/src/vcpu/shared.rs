@@ -9,6 +9,7 @@ use kxen_xen::Domain;
 
 use super::gate::GuestEntryGate;
 use crate::ap_start::ApStarter;
+use crate::debug_port::DebugConsole;
 use crate::exit::{DomainExit, ExitLatch};
 use crate::hvm::HvmDevices;
 use crate::memory::GuestMemory;
@@ -24,6 +25,8 @@ pub struct VcpuShared {
     /// User-mode `syscall` for stock kernels (HVM domains on PVM hosts).
     pub syscall_bridge: Option<Arc<SyscallBridge>>,
     pub exit: Arc<ExitLatch>,
+    /// Port 0xE9: the guest's debug console lines.
+    pub debug_console: DebugConsole,
     /// Pausing: keeps the vCPUs out of guest mode.
     pub gate: Arc<GuestEntryGate>,
     /// When the process started, and how long until vCPU 0 first entered
