@@ -1624,30 +1624,7 @@ fn vcpu_infos(d: &Domain, online: u32, paused: bool) -> Vec<VcpuInfo> {
 /// `console_timestamps=datems` stamp, `[YYYY-MM-DD HH:MM:SS.mmm] `, in UTC
 /// as Xen's wallclock keeps it.
 pub fn dmesg_prefix(when: SystemTime) -> String {
-    let since_epoch = when
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .unwrap_or_default();
-    let secs = libc::time_t::try_from(since_epoch.as_secs()).unwrap_or(libc::time_t::MAX);
-    // SAFETY: `tm` is plain data that gmtime_r fills in; all-zero is a
-    // valid value for it.
-    let mut tm: libc::tm = unsafe { std::mem::zeroed() };
-    // SAFETY: both pointers are valid for the call; gmtime_r is the
-    // reentrant form and keeps no pointer to either.
-    let converted = !unsafe { libc::gmtime_r(&secs, &mut tm) }.is_null();
-    if !converted {
-        // Beyond what the C library can express: the raw seconds at least.
-        return format!("(XEN) [{}] ", since_epoch.as_secs());
-    }
-    format!(
-        "(XEN) [{:04}-{:02}-{:02} {:02}:{:02}:{:02}.{:03}] ",
-        i64::from(tm.tm_year) + 1900,
-        tm.tm_mon + 1,
-        tm.tm_mday,
-        tm.tm_hour,
-        tm.tm_min,
-        tm.tm_sec,
-        since_epoch.subsec_millis()
-    )
+    format!("(XEN) {}", kxen_vmm_api::log::datems_stamp(when))
 }
 
 /// `text` on one line: a reason quoted from elsewhere (a hotplug script's

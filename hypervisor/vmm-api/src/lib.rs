@@ -57,6 +57,7 @@
 
 pub mod client;
 pub mod launch;
+pub mod log;
 pub mod memfd;
 pub mod protocol;
 pub mod routing;

@@ -169,50 +169,11 @@ impl DebugConsole {
             let stamped = format!(
                 "(d{}) {}{line}\n",
                 self.domid,
-                console_timestamp(SystemTime::now())
+                kxen_vmm_api::log::datems_stamp(SystemTime::now())
             );
             let _ = log.write_all(stamped.as_bytes());
         }
     }
-}
-
-/// Xen's `console_timestamps=datems` stamp, `[YYYY-MM-DD HH:MM:SS.mmm] `,
-/// in UTC, as kxend stamps its own hypervisor log lines; computed here
-/// without the C library, which the sandbox need not offer.
-pub fn console_timestamp(when: SystemTime) -> String {
-    let since = when
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .unwrap_or_default();
-    let secs = since.as_secs();
-    let (days, rest) = (secs / 86_400, secs % 86_400);
-    let (year, month, day) = civil_from_days(days as i64);
-    format!(
-        "[{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02}.{:03}] ",
-        rest / 3600,
-        rest % 3600 / 60,
-        rest % 60,
-        since.subsec_millis()
-    )
-}
-
-/// The proleptic Gregorian date `days` after 1970-01-01 (eras of 400
-/// years, each 146097 days, counted from 0000-03-01).
-fn civil_from_days(days: i64) -> (i64, u32, u32) {
-    let shifted = days + 719_468;
-    let era = shifted.div_euclid(146_097);
-    let day_of_era = shifted.rem_euclid(146_097);
-    let year_of_era =
-        (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
-    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
-    let month_index = (5 * day_of_year + 2) / 153; // 0 = March
-    let day = (day_of_year - (153 * month_index + 2) / 5 + 1) as u32;
-    let month = if month_index < 10 {
-        month_index + 3
-    } else {
-        month_index - 9
-    } as u32;
-    let year = year_of_era + era * 400 + i64::from(month <= 2);
-    (year, month, day)
 }
 
 #[cfg(test)]
@@ -278,16 +239,5 @@ mod tests {
         let much_later = start + Duration::from_secs(3600);
         let allowed = (0..10).filter(|_| bucket.allow(much_later)).count();
         assert_eq!(allowed, 3);
-    }
-
-    #[test]
-    fn timestamps_are_xen_datems_in_utc() {
-        // 2024-02-29 13:45:07.089 UTC.
-        let when = SystemTime::UNIX_EPOCH + Duration::from_millis(1_709_214_307_089);
-        assert_eq!(console_timestamp(when), "[2024-02-29 13:45:07.089] ");
-        assert_eq!(
-            console_timestamp(SystemTime::UNIX_EPOCH),
-            "[1970-01-01 00:00:00.000] "
-        );
     }
 }
