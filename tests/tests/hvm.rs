@@ -415,7 +415,7 @@ fn instructions_the_emulator_lacks_get_architectural_answers() {
     let dmesg = d.ok(&["dmesg"]);
     let ended = dmesg
         .lines()
-        .find(|l| l.contains("(hvm-unemul)"))
+        .find(|l| l.contains("(hvm-unemul)") && l.contains(" = "))
         .unwrap_or_else(|| panic!("no end of hvm-unemul in\n{dmesg}"));
     assert!(ended.contains("on_poweroff"), "{ended}\nvmm:\n{vmm}");
 }
