@@ -219,9 +219,12 @@ unemulated:
     /* addr32 int3: #BP is a trap, so the handler's return RIP is the
      * end of the two-byte instruction. */
     xor %r12d, %r12d
+    movl $0, bp_count(%rip)
     .byte 0x67, 0xcc
 2:  lea 2b(%rip), %rax
     cmp %rax, %r12
+    jne fail
+    cmpl $1, bp_count(%rip)         /* one #BP, not one per byte */
     jne fail
     lea msg_int3(%rip), %rdi
     call puts
@@ -236,9 +239,10 @@ unemulated:
     call puts
     jmp poweroff
 
-/* #BP: note the return RIP in r12 and go back. */
+/* #BP: note the return RIP in r12, count it and go back. */
 bp_handler:
     mov (%rsp), %r12
+    incl bp_count(%rip)
     iretq
 /* #UD: note the faulting RIP in r13 and resume at r14. */
 ud_handler:
@@ -637,6 +641,7 @@ hexdigits:    .ascii "0123456789abcdef"
     .balign 8
 x87_vmcs:     .quad 0
 x87_word:     .word 0
+bp_count:     .long 0
     .align 16
 idt_empty:    .word 0
     .balign 16
