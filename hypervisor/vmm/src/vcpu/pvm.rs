@@ -107,7 +107,7 @@ impl PvmWorkarounds {
                 warn!(
                     vcpu = self.vcpu,
                     rip = format_args!("{:#x}", cpu.rip),
-                    ?bytes,
+                    bytes = format_args!("{bytes:02x?}"),
                     "no architectural answer: {why}"
                 );
                 false
