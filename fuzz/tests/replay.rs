@@ -559,9 +559,10 @@ fn hypercalls() {
 
 // ---- insn_decode --------------------------------------------------------------
 
-/// Registers (16 GPRs, rip, fs and gs base), the instruction bytes, and
-/// the rest of a 512-byte FXSAVE image (MXCSR at 24, its mask at 28).
-fn insn_input(insn: &[u8]) -> Vec<u8> {
+/// Registers (16 GPRs, rip, fs and gs base), the control byte (code
+/// size, CPL, VMX/SVM offered, CR0.TS/EM), the instruction bytes, and the
+/// rest of a 512-byte FXSAVE image (MXCSR at 24, its mask at 28).
+fn insn_input(control: u8, insn: &[u8]) -> Vec<u8> {
     let mut d = Vec::new();
     for r in 0..16u64 {
         d.extend(le64(0x10_0000 + r * 0x1000));
@@ -569,6 +570,7 @@ fn insn_input(insn: &[u8]) -> Vec<u8> {
     d.extend(le64(0x40_0000)); // rip
     d.extend(le64(0x7000_0000)); // fs base
     d.extend(le64(0x7100_0000)); // gs base
+    d.push(control);
     let mut image = insn.to_vec();
     image.resize(512, 0);
     image[24..28].copy_from_slice(&le32(0x1f80));
@@ -579,19 +581,40 @@ fn insn_input(insn: &[u8]) -> Vec<u8> {
 
 #[test]
 fn insn_decode() {
-    let insns: [&[u8]; 10] = [
-        &[0x0f, 0xae, 0x10],                                  // ldmxcsr (%rax)
-        &[0x0f, 0xae, 0x18],                                  // stmxcsr (%rax)
-        &[0x0f, 0xae, 0x00],                                  // fxsave (%rax)
-        &[0x48, 0x0f, 0xae, 0x08],                            // fxrstor64 (%rax)
-        &[0x0f, 0xae, 0x44, 0x24, 0x08],                      // fxsave 8(%rsp)
-        &[0x0f, 0xae, 0x05, 0x00, 0x10, 0x00, 0x00],          // fxsave 0x1000(%rip)
-        &[0x64, 0x0f, 0xae, 0x14, 0x25, 0, 1, 0, 0],          // ldmxcsr %fs:0x100
-        &[0x65, 0x41, 0x0f, 0xae, 0x9c, 0x24, 0x80, 0, 0, 0], // stmxcsr %gs:0x80(%r12)
-        &[0x0f, 0xae, 0x90, 0x78, 0x56, 0x34, 0x12],          // ldmxcsr 0x12345678(%rax)
-        &[0x49, 0x0f, 0xae, 0x0c, 0xc8],                      // fxrstor64 (%r8,%rcx,8)
+    const CPL3: u8 = 3 << 2;
+    const VMX: u8 = 0x10;
+    const TS: u8 = 0x40;
+    const EM: u8 = 0x80;
+    const CODE32: u8 = 1;
+    let insns: [(u8, &[u8]); 26] = [
+        (0, &[0x0f, 0xae, 0x10]),                                  // ldmxcsr (%rax)
+        (0, &[0x0f, 0xae, 0x18]),                                  // stmxcsr (%rax)
+        (0, &[0x0f, 0xae, 0x00]),                                  // fxsave (%rax)
+        (0, &[0x48, 0x0f, 0xae, 0x08]),                            // fxrstor64 (%rax)
+        (0, &[0x0f, 0xae, 0x44, 0x24, 0x08]),                      // fxsave 8(%rsp)
+        (0, &[0x0f, 0xae, 0x05, 0x00, 0x10, 0x00, 0x00]),          // fxsave 0x1000(%rip)
+        (0, &[0x64, 0x0f, 0xae, 0x14, 0x25, 0, 1, 0, 0]),          // ldmxcsr %fs:0x100
+        (0, &[0x65, 0x41, 0x0f, 0xae, 0x9c, 0x24, 0x80, 0, 0, 0]), // stmxcsr %gs:0x80(%r12)
+        (0, &[0x0f, 0xae, 0x90, 0x78, 0x56, 0x34, 0x12]),          // ldmxcsr 0x12345678(%rax)
+        (0, &[0x49, 0x0f, 0xae, 0x0c, 0xc8]),                      // fxrstor64 (%r8,%rcx,8)
+        (0, &[0xd9, 0xd0]),                                        // fnop
+        (TS, &[0xd9, 0xd0]),                                       // fnop, TS: #NM
+        (0, &[0x9b]),                                              // fwait
+        (0, &[0xdb, 0xe3]),                                        // fninit
+        (0, &[0xdb, 0xe2]),                                        // fnclex
+        (0, &[0xd9, 0x28]),                                        // fldcw (%rax)
+        (CODE32, &[0xd9, 0x7c, 0x24, 0x08]),                       // fnstcw 8(%esp)
+        (0, &[0xdf, 0xe0]),                                        // fnstsw %ax
+        (0, &[0x67, 0xcc]),                                        // addr32 int3
+        (0, &[0xf3, 0x66, 0xcc]),                                  // prefixed int3
+        (0, &[0x66, 0x0f, 0xc7, 0x30]),                            // vmclear, no VMX: #UD
+        (VMX, &[0x66, 0x0f, 0xc7, 0x30]),                          // vmclear, VMX offered
+        (CPL3, &[0x0f, 0x30]),                                     // wrmsr at CPL3: #GP(0)
+        (CPL3, &[0x0f, 0x01, 0xca]),                               // clac at CPL3: #UD
+        (EM, &[0x0f, 0xae, 0x10]),                                 // ldmxcsr, EM: #UD
+        (0, &[0xf3, 0x0f, 0xb8, 0xc8]),                            // popcnt: no answer
     ];
-    let seeds = insns.iter().map(|i| insn_input(i)).collect();
+    let seeds = insns.iter().map(|(c, i)| insn_input(*c, i)).collect();
     replay("insn_decode", kxen_fuzz::insn_decode, seeds);
 }
 

@@ -10,6 +10,11 @@
  *   s  a user-mode round trip: own GDT/TSS/IDT/page tables, iretq to
  *      ring 3, syscall to a supervisor-only entry point (on PVM hosts the
  *      VMM's syscall bridge makes that work), sysretq back, power off
+ *   x  instructions KVM's emulator gives up on in ring 0 on PVM hosts,
+ *      each with the answer a CPU gives: fnop, fldcw/fnstcw, addr32 int3
+ *      (#BP returning past the whole instruction) and vmclear in a vCPU
+ *      never offered VMX (#UD at the instruction); a verdict line each,
+ *      then power off
  *   v  drive the virtio-blk disk in slot 0 by hand: read sector 0, write
  *      it to sector 1, then submit a descriptor chain that loops (the
  *      device must fail with DEVICE_NEEDS_RESET), reset it, power off
@@ -137,6 +142,8 @@ command:
     je virtio
     cmp $'s', %bl
     je user_mode
+    cmp $'x', %bl
+    je unemulated
     jmp command
 poweroff:
     mov $PM1A_CNT, %dx
@@ -173,6 +180,76 @@ emulate:
     lea msg_popcnt(%rip), %rdi
     call puts
     jmp poweroff
+unemulated:
+    /* Our own GDT (code 0x10) and an IDT with #BP and #UD handlers. */
+    lgdt gdt_ptr(%rip)
+    lea 1f(%rip), %rax
+    pushq $0x10
+    push %rax
+    lretq
+1:  mov $0x18, %eax
+    mov %eax, %ss
+    lea idt(%rip), %rdi
+    lea bp_handler(%rip), %rax
+    mov $3, %ecx
+    call set_gate
+    lea idt(%rip), %rdi
+    lea ud_handler(%rip), %rax
+    mov $6, %ecx
+    call set_gate
+    lidt idt_ptr(%rip)
+    /* fnop: nothing happens, execution goes on. */
+    mov %cr0, %rax
+    and $~0xc, %rax                 /* CR0.EM and CR0.TS clear */
+    or $0x22, %rax                  /* CR0.MP, CR0.NE */
+    mov %rax, %cr0
+    fninit
+    fnop
+    lea msg_fnop(%rip), %rdi
+    call puts
+    /* fldcw then fnstcw: the control word round-trips. */
+    movw $0x027f, x87_word(%rip)
+    fldcw x87_word(%rip)
+    movw $0, x87_word(%rip)
+    fnstcw x87_word(%rip)
+    lea msg_fcw(%rip), %rdi
+    call puts
+    movzwl x87_word(%rip), %eax
+    call puthex32
+    /* addr32 int3: #BP is a trap, so the handler's return RIP is the
+     * end of the two-byte instruction. */
+    xor %r12d, %r12d
+    movl $0, bp_count(%rip)
+    .byte 0x67, 0xcc
+2:  lea 2b(%rip), %rax
+    cmp %rax, %r12
+    jne fail
+    cmpl $1, bp_count(%rip)         /* one #BP, not one per byte */
+    jne fail
+    lea msg_int3(%rip), %rdi
+    call puts
+    /* vmclear without VMX in CPUID: #UD, a fault at the instruction. */
+    xor %r13d, %r13d
+    lea 4f(%rip), %r14
+3:  vmclear x87_vmcs(%rip)
+4:  lea 3b(%rip), %rax
+    cmp %rax, %r13
+    jne fail
+    lea msg_vmclear(%rip), %rdi
+    call puts
+    jmp poweroff
+
+/* #BP: note the return RIP in r12, count it and go back. */
+bp_handler:
+    mov (%rsp), %r12
+    incl bp_count(%rip)
+    iretq
+/* #UD: note the faulting RIP in r13 and resume at r14. */
+ud_handler:
+    mov (%rsp), %r13
+    mov %r14, (%rsp)
+    iretq
+
 user_mode:
     /* Page tables: PML4[0] -> PDPT[0] -> PD; PD[0..1] 2 MiB pages without
      * the user bit (image, stacks, tables), PD[2] with it (user code and
@@ -544,6 +621,10 @@ msg_prompt:   .asciz "kxen-hvm-guest: command? "
 msg_got:      .asciz "kxen-hvm-guest: got "
 msg_survived: .asciz "kxen-hvm-guest: hostile accesses survived\n"
 msg_popcnt:   .asciz "kxen-hvm-guest: popcnt ran\n"
+msg_fnop:     .asciz "kxen-hvm-guest: fnop ran\n"
+msg_fcw:      .asciz "kxen-hvm-guest: x87 control word "
+msg_int3:     .asciz "kxen-hvm-guest: addr32 int3: #BP returned past it\n"
+msg_vmclear:  .asciz "kxen-hvm-guest: vmclear: #UD at the instruction\n"
 msg_vid:      .asciz "kxen-hvm-guest: virtio slot 0 device id "
 msg_vread:    .asciz "kxen-hvm-guest: virtio-blk sector 0 starts "
 msg_vwrite:   .asciz "kxen-hvm-guest: virtio-blk wrote sector 1\n"
@@ -557,6 +638,10 @@ msg_rcx:      .asciz "kxen-hvm-guest: syscall return address "
 msg_gp:       .asciz "kxen-hvm-guest: general protection fault\n"
 msg_fail:     .asciz "kxen-hvm-guest: FAIL\n"
 hexdigits:    .ascii "0123456789abcdef"
+    .balign 8
+x87_vmcs:     .quad 0
+x87_word:     .word 0
+bp_count:     .long 0
     .align 16
 idt_empty:    .word 0
     .balign 16

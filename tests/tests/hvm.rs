@@ -378,3 +378,44 @@ fn hvm_console_types() {
     );
     d.ok(&["destroy", "pvh-cons"]);
 }
+
+/// Instructions KVM's emulator gives up on in ring 0 on PVM hosts (fnop,
+/// fldcw, `addr32 int3`, vmclear) get what a CPU gives them: their effect,
+/// #BP returning past the whole prefixed instruction, and #UD for a VMX
+/// instruction in a vCPU whose CPUID offers no VMX. The domain must not
+/// end over any of them. On VT-x/SVM hosts the CPU runs them itself and
+/// the verdicts are the same.
+#[test]
+fn instructions_the_emulator_lacks_get_architectural_answers() {
+    let guest = hvm_guest("unemulated");
+    let d = Dom0::new("hvm-unemulated");
+    let cfg = config(&d, "hvm-unemul", &guest.elf, "");
+    d.ok(&["create", cfg.to_str().unwrap()]);
+    command(&d, "hvm-unemul", b'x');
+    wait_gone(&d, "hvm-unemul");
+    let log = d.console_log("hvm-unemul");
+    let vmm = vmm_log(&d, "hvm-unemul");
+    for line in [
+        "kxen-hvm-guest: fnop ran",
+        "kxen-hvm-guest: x87 control word 0000027f",
+        "kxen-hvm-guest: addr32 int3: #BP returned past it",
+        "kxen-hvm-guest: vmclear: #UD at the instruction",
+    ] {
+        assert!(
+            log.contains(line),
+            "missing {line:?}:\nconsole:\n{log}\nvmm:\n{vmm}"
+        );
+    }
+    assert!(!log.contains("FAIL"), "console:\n{log}\nvmm:\n{vmm}");
+    assert!(
+        !vmm.contains("instruction emulation failed"),
+        "the domain was ended over an instruction:\n{vmm}"
+    );
+    // It powered itself off rather than crashing.
+    let dmesg = d.ok(&["dmesg"]);
+    let ended = dmesg
+        .lines()
+        .find(|l| l.contains("(hvm-unemul)") && l.contains(" = "))
+        .unwrap_or_else(|| panic!("no end of hvm-unemul in\n{dmesg}"));
+    assert!(ended.contains("on_poweroff"), "{ended}\nvmm:\n{vmm}");
+}

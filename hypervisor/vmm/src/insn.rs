@@ -1,27 +1,90 @@
-//! Decoding of the few memory-operand instructions the VMM emulates itself.
+//! What a CPU would do with an instruction KVM's emulator gave up on.
 //!
 //! On PVM hosts KVM's instruction emulator runs guest ring-0 code and gives
-//! up on some instructions a stock kernel uses (the MXCSR and FXSAVE group,
-//! `0f ae /0../3`). This module turns their bytes into an operation and a
-//! guest-virtual operand address; `vcpu` does the access. The decoder is
-//! deliberately narrow: 64-bit code, the legacy prefixes that can appear
-//! on these opcodes, REX, ModRM/SIB/displacement. Anything else is refused
-//! and stays an emulation failure.
+//! up on instructions a guest is entitled to: the MXCSR/FXSAVE group a
+//! stock kernel uses, x87 control forms such as `fnop` and `fldcw`,
+//! prefixed `int3` (`67 cc`), and instructions the vCPU was never offered
+//! (VMX). The instruction is decoded with `iced-x86`, a complete x86
+//! decoder, and [`decide`] maps it to an [`Action`]: its effect, or the
+//! exception the architecture raises (#UD for an instruction CPUID does
+//! not offer or that does not exist, #GP(0) for a privileged instruction
+//! at CPL > 0, #NM where CR0 says the x87/SSE state is not available).
+//! [`Unanswered`] is left for instructions with no answer here; only those
+//! end the domain. `vcpu::pvm` carries the actions out.
 
+use iced_x86::{Code, CpuidFeature, Decoder, DecoderError, DecoderOptions, Instruction};
+use iced_x86::{Mnemonic, Register};
 use kvm_bindings::kvm_fpu;
 
-/// Register file as the decoder needs it: the 16 general registers in
-/// ModRM order (rax, rcx, rdx, rbx, rsp, rbp, rsi, rdi, r8..r15), RIP of
-/// the instruction, and the FS/GS bases.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct DecodeRegs {
-    pub gpr: [u64; 16],
-    pub rip: u64,
-    pub fs_base: u64,
-    pub gs_base: u64,
+/// The longest x86 instruction.
+pub const MAX_INSN_LEN: usize = 15;
+
+pub const EXCEPTION_DB: u8 = 1;
+pub const EXCEPTION_BP: u8 = 3;
+pub const EXCEPTION_UD: u8 = 6;
+pub const EXCEPTION_NM: u8 = 7;
+pub const EXCEPTION_GP: u8 = 13;
+pub const EXCEPTION_MF: u8 = 16;
+
+const CR0_MP: u64 = 1 << 1;
+const CR0_EM: u64 = 1 << 2;
+const CR0_TS: u64 = 1 << 3;
+const CR0_NE: u64 = 1 << 5;
+const CR4_OSFXSR: u64 = 1 << 9;
+
+/// The CPUID features an instruction may need that the vCPU may lack.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct GuestFeatures {
+    /// Leaf 1 ECX bit 5.
+    pub vmx: bool,
+    /// Leaf 0x8000_0001 ECX bit 2.
+    pub svm: bool,
 }
 
-/// What a decoded `0f ae` instruction does.
+impl GuestFeatures {
+    /// From a vCPU's CPUID entries as (function, index, ecx) triples.
+    pub fn from_cpuid(entries: impl IntoIterator<Item = (u32, u32, u32)>) -> Self {
+        let mut f = GuestFeatures::default();
+        for (function, _, ecx) in entries {
+            match function {
+                1 => f.vmx = ecx & (1 << 5) != 0,
+                0x8000_0001 => f.svm = ecx & (1 << 2) != 0,
+                _ => {}
+            }
+        }
+        f
+    }
+
+    /// Whether the vCPU was offered `feature`; `None` for features this
+    /// table does not track (the instruction is then not refused for it).
+    fn offers(self, feature: CpuidFeature) -> Option<bool> {
+        match feature {
+            CpuidFeature::VMX => Some(self.vmx),
+            CpuidFeature::SVM | CpuidFeature::SKINIT_or_SVM => Some(self.svm),
+            _ => None,
+        }
+    }
+}
+
+/// The vCPU state an instruction's decoding and checks need.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CpuState {
+    /// 16, 32 or 64: the code segment's default size.
+    pub bitness: u32,
+    pub cpl: u8,
+    pub cr0: u64,
+    pub cr4: u64,
+    /// The 16 general registers in encoding order (rax, rcx, rdx, rbx,
+    /// rsp, rbp, rsi, rdi, r8..r15).
+    pub gpr: [u64; 16],
+    /// RIP (an offset in CS) of the instruction.
+    pub rip: u64,
+    /// ES, CS, SS, DS, FS, GS bases; in 64-bit code the first four are 0.
+    pub segment_bases: [u64; 6],
+    pub features: GuestFeatures,
+}
+
+/// What decoded `0f ae` instruction operates on the FXSAVE state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FpuOp {
     /// `fxsave` (REX.W: `fxsave64`): store 512 bytes of x87/SSE state.
@@ -52,131 +115,331 @@ impl FpuOp {
     }
 }
 
-/// A decoded instruction.
+/// An x87 control or no-op instruction.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Decoded {
-    pub op: FpuOp,
-    /// Guest-virtual address of the memory operand.
-    pub address: u64,
-    /// Instruction length in bytes.
-    pub len: usize,
+pub enum X87Op {
+    /// `fnop`: nothing, after the pending-exception check.
+    Nop,
+    /// `fwait`/`wait`: only the pending-exception check.
+    Wait,
+    /// `fninit`: the power-on control, status and tag words.
+    Init,
+    /// `fnclex`: clear the exception flags, ES and B.
+    Clex,
+    /// `fldcw m16` at this address.
+    Ldcw(u64),
+    /// `fnstcw m16` at this address.
+    Stcw(u64),
+    /// `fnstsw m16` at this address, or `fnstsw %ax` (`None`).
+    Stsw(Option<u64>),
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum DecodeError {
-    #[error("instruction truncated")]
-    Truncated,
-    #[error("not an instruction the VMM emulates")]
-    Unsupported,
+impl X87Op {
+    /// Waiting forms check for a pending unmasked x87 exception first.
+    fn waits(self) -> bool {
+        matches!(self, X87Op::Nop | X87Op::Wait | X87Op::Ldcw(_))
+    }
 }
 
-const MAX_INSN_LEN: usize = 15;
+/// The answer to one instruction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// An x87 control instruction of `len` bytes; [`x87_execute`] gives its
+    /// effect on the FPU state.
+    X87 { op: X87Op, len: usize },
+    /// The FXSAVE group on the operand at `address` (guest-virtual).
+    Fxsr { op: FpuOp, address: u64, len: usize },
+    /// `clac` (`set` false) or `stac`: RFLAGS.AC.
+    SetAc { set: bool, len: usize },
+    /// A trap: RIP moves past the whole instruction (prefixes included),
+    /// then `vector` is delivered without an error code (`int3`, `int1`,
+    /// `int n` below 32).
+    Trap { vector: u8, len: usize },
+    /// A fault: RIP stays at the instruction.
+    Fault { vector: u8, error_code: Option<u32> },
+}
 
-/// Decode a 64-bit-mode `0f ae /0-/3` with a memory operand.
-pub fn decode_fpu_insn(bytes: &[u8], regs: &DecodeRegs) -> Result<Decoded, DecodeError> {
+/// Why [`decide`] has no answer: the domain ends, and says this.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Unanswered {
+    /// The bytes end inside an instruction (the fetch stopped at a page
+    /// the vCPU cannot read).
+    #[error("instruction truncated after {0} bytes")]
+    Truncated(usize),
+    /// A valid instruction the VMM does not emulate.
+    #[error("{mnemonic} ({code}) is not emulated")]
+    NotEmulated { mnemonic: String, code: String },
+}
+
+/// How an instruction reads in the log: `popcnt (Popcnt_r32_rm32)`.
+pub fn describe(bytes: &[u8], bitness: u32) -> String {
+    let insn = decode(bytes, bitness, 0);
+    match insn {
+        Ok(i) => format!("{} ({:?})", mnemonic_name(i.mnemonic()), i.code()),
+        Err(DecoderError::NoMoreBytes) => "truncated".to_string(),
+        Err(_) => "an invalid encoding".to_string(),
+    }
+}
+
+fn mnemonic_name(m: Mnemonic) -> String {
+    format!("{m:?}").to_ascii_lowercase()
+}
+
+fn decode(bytes: &[u8], bitness: u32, rip: u64) -> Result<Instruction, DecoderError> {
     let bytes = &bytes[..bytes.len().min(MAX_INSN_LEN)];
-    let mut at = 0;
-    let mut segment_base = 0u64;
-    // Legacy prefixes. 0x66/0xf2/0xf3 would select other instructions of
-    // the 0f ae group (or are undefined on these), as would 0x67 change
-    // the address size: refuse them.
-    loop {
-        match *bytes.get(at).ok_or(DecodeError::Truncated)? {
-            // es, cs, ss, ds overrides: base 0 in 64-bit mode.
-            0x26 | 0x2e | 0x36 | 0x3e => segment_base = 0,
-            0x64 => segment_base = regs.fs_base,
-            0x65 => segment_base = regs.gs_base,
-            _ => break,
-        }
-        at += 1;
-    }
-    let mut rex = 0u8;
-    if let Some(&b) = bytes.get(at) {
-        if b & 0xf0 == 0x40 {
-            rex = b;
-            at += 1;
-        }
-    }
-    let rex_w = rex & 0x8 != 0;
-    let rex_r = rex & 0x4 != 0;
-    let rex_x = (rex & 0x2) >> 1;
-    let rex_b = rex & 0x1;
-    if bytes.get(at) != Some(&0x0f) || bytes.get(at + 1) != Some(&0xae) {
-        return if bytes.len() <= at + 1 {
-            Err(DecodeError::Truncated)
-        } else {
-            Err(DecodeError::Unsupported)
-        };
-    }
-    at += 2;
-    let modrm = *bytes.get(at).ok_or(DecodeError::Truncated)?;
-    at += 1;
-    let mode = modrm >> 6;
-    let reg = (modrm >> 3) & 7;
-    let rm = modrm & 7;
-    // mod == 3 encodes the fence and fs/gs-base instructions; REX.R on the
-    // reg field would name no instruction of this group.
-    if mode == 3 || rex_r {
-        return Err(DecodeError::Unsupported);
-    }
-    let op = match reg {
-        0 => FpuOp::Fxsave { rex_w },
-        1 => FpuOp::Fxrstor { rex_w },
-        2 => FpuOp::Ldmxcsr,
-        3 => FpuOp::Stmxcsr,
-        _ => return Err(DecodeError::Unsupported),
+    let bitness = match bitness {
+        16 | 32 | 64 => bitness,
+        _ => 64,
     };
+    let mut decoder = Decoder::with_ip(bitness, bytes, rip, DecoderOptions::NONE);
+    let insn = decoder.decode();
+    match decoder.last_error() {
+        DecoderError::None => Ok(insn),
+        e => Err(e),
+    }
+}
 
-    let gpr = |n: u8| regs.gpr[usize::from(n & 0xf)];
-    let mut rip_relative = false;
-    let mut base_value = 0u64;
-    let mut index_value = 0u64;
-    let disp_len;
-    if rm == 4 {
-        let sib = *bytes.get(at).ok_or(DecodeError::Truncated)?;
-        at += 1;
-        let scale = sib >> 6;
-        let index = ((sib >> 3) & 7) | (rex_x << 3);
-        let base = sib & 7;
-        // Index 4 without REX.X (rsp) means no index.
-        if index != 4 {
-            index_value = gpr(index) << scale;
+/// Instructions that are privileged only through IOPL; KVM decides those.
+fn iopl_sensitive(m: Mnemonic) -> bool {
+    matches!(
+        m,
+        Mnemonic::In
+            | Mnemonic::Insb
+            | Mnemonic::Insw
+            | Mnemonic::Insd
+            | Mnemonic::Out
+            | Mnemonic::Outsb
+            | Mnemonic::Outsw
+            | Mnemonic::Outsd
+            | Mnemonic::Cli
+            | Mnemonic::Sti
+    )
+}
+
+/// The guest-virtual address of the instruction's memory operand.
+fn operand_address(insn: &Instruction, cpu: &CpuState) -> Option<u64> {
+    let address = insn.virtual_address(0, 0, |reg, _, _| {
+        let segment = [
+            Register::ES,
+            Register::CS,
+            Register::SS,
+            Register::DS,
+            Register::FS,
+            Register::GS,
+        ]
+        .iter()
+        .position(|&s| s == reg);
+        if let Some(s) = segment {
+            return Some(cpu.segment_bases[s]);
         }
-        if base == 5 && mode == 0 {
-            disp_len = 4;
-        } else {
-            base_value = gpr(base | (rex_b << 3));
-            disp_len = [0, 1, 4][usize::from(mode)];
+        let full = reg.full_register();
+        if full.is_gpr64() {
+            let n = full as usize - Register::RAX as usize;
+            return cpu.gpr.get(n).copied();
         }
-    } else if rm == 5 && mode == 0 {
-        rip_relative = true;
-        disp_len = 4;
+        None
+    })?;
+    // Outside 64-bit code linear addresses are 32 bits wide.
+    Some(if cpu.bitness == 64 {
+        address
     } else {
-        base_value = gpr(rm | (rex_b << 3));
-        disp_len = [0, 1, 4][usize::from(mode)];
+        address & 0xffff_ffff
+    })
+}
+
+/// What the CPU does with `bytes` (the instruction at `cpu.rip`), or why
+/// there is no answer here.
+pub fn decide(bytes: &[u8], cpu: &CpuState) -> Result<Action, Unanswered> {
+    let ud = Action::Fault {
+        vector: EXCEPTION_UD,
+        error_code: None,
+    };
+    let gp0 = Action::Fault {
+        vector: EXCEPTION_GP,
+        error_code: Some(0),
+    };
+    let nm = Action::Fault {
+        vector: EXCEPTION_NM,
+        error_code: None,
+    };
+    let insn = match decode(bytes, cpu.bitness, cpu.rip) {
+        Ok(insn) => insn,
+        Err(DecoderError::NoMoreBytes) => {
+            return Err(Unanswered::Truncated(bytes.len().min(MAX_INSN_LEN)))
+        }
+        // No such instruction (or a LOCK where none is allowed): #UD.
+        Err(_) => return Ok(ud),
+    };
+    let len = insn.len();
+    // Not offered by CPUID: #UD before any other check (VMX instructions
+    // with CR4.VMXE impossible to set, SVM with EFER.SVME likewise).
+    if insn
+        .cpuid_features()
+        .iter()
+        .any(|&f| cpu.features.offers(f) == Some(false))
+    {
+        return Ok(ud);
     }
-    let disp: i64 = match disp_len {
-        0 => 0,
-        1 => i64::from(*bytes.get(at).ok_or(DecodeError::Truncated)? as i8),
-        _ => {
-            let raw = bytes.get(at..at + 4).ok_or(DecodeError::Truncated)?;
-            i64::from(i32::from_le_bytes([raw[0], raw[1], raw[2], raw[3]]))
+    // #UD by definition (ud0/ud1/ud2), and clac/stac outside ring 0
+    // (#UD, not the #GP of other ring-0 instructions).
+    let always_ud = matches!(
+        insn.mnemonic(),
+        Mnemonic::Ud0 | Mnemonic::Ud1 | Mnemonic::Ud2
+    );
+    let smap_outside_ring0 = matches!(insn.code(), Code::Clac | Code::Stac) && cpu.cpl > 0;
+    if always_ud || smap_outside_ring0 {
+        return Ok(ud);
+    }
+    if cpu.cpl > 0 && insn.is_privileged() && !iopl_sensitive(insn.mnemonic()) {
+        return Ok(gp0);
+    }
+    let x87 = |op: X87Op| {
+        // CR0.EM or CR0.TS: #NM for x87 instructions; WAIT only with
+        // CR0.MP and CR0.TS together.
+        let unavailable = if op == X87Op::Wait {
+            cpu.cr0 & (CR0_MP | CR0_TS) == (CR0_MP | CR0_TS)
+        } else {
+            cpu.cr0 & (CR0_EM | CR0_TS) != 0
+        };
+        Ok(if unavailable {
+            nm
+        } else {
+            Action::X87 { op, len }
+        })
+    };
+    let memory = || operand_address(&insn, cpu);
+    let fxsr = |op: FpuOp| {
+        // SSE state needs CR0.EM clear and, for the MXCSR forms,
+        // CR4.OSFXSR; CR0.TS makes it unavailable.
+        let sse = matches!(op, FpuOp::Ldmxcsr | FpuOp::Stmxcsr);
+        if cpu.cr0 & CR0_EM != 0 || (sse && cpu.cr4 & CR4_OSFXSR == 0) {
+            return Ok(ud);
+        }
+        if cpu.cr0 & CR0_TS != 0 {
+            return Ok(nm);
+        }
+        match memory() {
+            Some(address) => Ok(Action::Fxsr { op, address, len }),
+            None => Err(not_emulated(&insn)),
         }
     };
-    at += disp_len;
-    let len = at;
-    let offset = if rip_relative {
-        // RIP-relative addresses count from the next instruction.
-        regs.rip.wrapping_add(len as u64)
-    } else {
-        base_value.wrapping_add(index_value)
+    match insn.code() {
+        Code::Int3 => Ok(Action::Trap {
+            vector: EXCEPTION_BP,
+            len,
+        }),
+        Code::Int1 => Ok(Action::Trap {
+            vector: EXCEPTION_DB,
+            len,
+        }),
+        // int n below 32 is delivered like an exception without an error
+        // code; higher vectors need a software-interrupt injection this
+        // path does not make.
+        Code::Int_imm8 if insn.immediate8() < 32 && cpu.cpl == 0 => Ok(Action::Trap {
+            vector: insn.immediate8(),
+            len,
+        }),
+        Code::Wait => x87(X87Op::Wait),
+        Code::Fnop => x87(X87Op::Nop),
+        Code::Fninit => x87(X87Op::Init),
+        Code::Fnclex => x87(X87Op::Clex),
+        Code::Fnstsw_AX => x87(X87Op::Stsw(None)),
+        Code::Fldcw_m2byte | Code::Fnstcw_m2byte | Code::Fnstsw_m2byte => {
+            let Some(address) = memory() else {
+                return Err(not_emulated(&insn));
+            };
+            x87(match insn.code() {
+                Code::Fldcw_m2byte => X87Op::Ldcw(address),
+                Code::Fnstcw_m2byte => X87Op::Stcw(address),
+                _ => X87Op::Stsw(Some(address)),
+            })
+        }
+        Code::Fxsave_m512byte => fxsr(FpuOp::Fxsave { rex_w: false }),
+        Code::Fxsave64_m512byte => fxsr(FpuOp::Fxsave { rex_w: true }),
+        Code::Fxrstor_m512byte => fxsr(FpuOp::Fxrstor { rex_w: false }),
+        Code::Fxrstor64_m512byte => fxsr(FpuOp::Fxrstor { rex_w: true }),
+        Code::Ldmxcsr_m32 => fxsr(FpuOp::Ldmxcsr),
+        Code::Stmxcsr_m32 => fxsr(FpuOp::Stmxcsr),
+        Code::Clac => Ok(Action::SetAc { set: false, len }),
+        Code::Stac => Ok(Action::SetAc { set: true, len }),
+        _ => Err(not_emulated(&insn)),
     }
-    .wrapping_add(disp as u64);
-    Ok(Decoded {
-        op,
-        address: segment_base.wrapping_add(offset),
-        len,
-    })
+}
+
+fn not_emulated(insn: &Instruction) -> Unanswered {
+    Unanswered::NotEmulated {
+        mnemonic: mnemonic_name(insn.mnemonic()),
+        code: format!("{:?}", insn.code()),
+    }
+}
+
+/// FSW bits: exception flags (IE..PE) and the stack fault, ES, B.
+const FSW_EXCEPTIONS: u16 = 0x3f;
+const FSW_SF: u16 = 1 << 6;
+const FSW_ES: u16 = 1 << 7;
+const FSW_B: u16 = 1 << 15;
+/// FCW after `fninit`: all exceptions masked, 64-bit precision, nearest.
+pub const FCW_INIT: u16 = 0x037f;
+
+/// What an x87 control instruction leaves for its executor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum X87Step {
+    /// Done; `fpu` holds the new state (load it if `changed`).
+    Done { changed: bool },
+    /// Store this word at the instruction's memory operand.
+    Store { address: u64, value: u16 },
+    /// `fnstsw %ax`: put this word in AX.
+    ToAx(u16),
+    /// A pending unmasked x87 exception: #MF at the instruction.
+    Fault(u8),
+}
+
+/// The effect of `op` on the FPU state; `loaded` is the word `fldcw` read
+/// from memory (ignored otherwise).
+pub fn x87_execute(op: X87Op, fpu: &mut kvm_fpu, cr0: u64, loaded: u16) -> X87Step {
+    // With CR0.NE clear a pending exception signals FERR# to an external
+    // interrupt controller instead, which the platform does not wire: the
+    // instruction then goes on.
+    if op.waits() && fpu.fsw & FSW_ES != 0 && cr0 & CR0_NE != 0 {
+        return X87Step::Fault(EXCEPTION_MF);
+    }
+    match op {
+        X87Op::Nop | X87Op::Wait => X87Step::Done { changed: false },
+        X87Op::Init => {
+            fpu.fcw = FCW_INIT;
+            fpu.fsw = 0;
+            // The abridged tag word: 0 is "all empty".
+            fpu.ftwx = 0;
+            fpu.last_opcode = 0;
+            fpu.last_ip = 0;
+            fpu.last_dp = 0;
+            X87Step::Done { changed: true }
+        }
+        X87Op::Clex => {
+            fpu.fsw &= !(FSW_EXCEPTIONS | FSW_SF | FSW_ES | FSW_B);
+            X87Step::Done { changed: true }
+        }
+        X87Op::Ldcw(_) => {
+            fpu.fcw = loaded;
+            // An exception flag the new mask unmasks becomes pending.
+            let pending = fpu.fsw & FSW_EXCEPTIONS & !loaded != 0;
+            if pending {
+                fpu.fsw |= FSW_ES | FSW_B;
+            } else {
+                fpu.fsw &= !(FSW_ES | FSW_B);
+            }
+            X87Step::Done { changed: true }
+        }
+        X87Op::Stcw(address) => X87Step::Store {
+            address,
+            value: fpu.fcw,
+        },
+        X87Op::Stsw(Some(address)) => X87Step::Store {
+            address,
+            value: fpu.fsw,
+        },
+        X87Op::Stsw(None) => X87Step::ToAx(fpu.fsw),
+    }
 }
 
 /// MXCSR bits the emulated FXSAVE reports as writable (no reserved bits
@@ -253,155 +516,4 @@ pub fn fpu_from_fxsave(img: &[u8; 512], rex_w: bool) -> Option<kvm_fpu> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn regs() -> DecodeRegs {
-        let mut r = DecodeRegs::default();
-        for (i, g) in r.gpr.iter_mut().enumerate() {
-            *g = 0x1000 * (i as u64 + 1);
-        }
-        r.rip = 0xffff_ffff_8100_0000;
-        r.fs_base = 0x7000_0000;
-        r.gs_base = 0xffff_8880_0000_0000;
-        r
-    }
-
-    #[test]
-    fn ldmxcsr_rsp_disp8() {
-        // ldmxcsr 0x4(%rsp): the instruction Debian's kernel_fpu_begin runs.
-        let d = decode_fpu_insn(&[0x0f, 0xae, 0x54, 0x24, 0x04], &regs()).unwrap();
-        assert_eq!(d.op, FpuOp::Ldmxcsr);
-        assert_eq!(d.address, 0x5000 + 4);
-        assert_eq!(d.len, 5);
-    }
-
-    #[test]
-    fn stmxcsr_rbp_disp32_negative() {
-        // stmxcsr -0x100(%rbp)
-        let d = decode_fpu_insn(&[0x0f, 0xae, 0x9d, 0x00, 0xff, 0xff, 0xff], &regs()).unwrap();
-        assert_eq!(d.op, FpuOp::Stmxcsr);
-        assert_eq!(d.address, 0x6000 - 0x100);
-        assert_eq!(d.len, 7);
-    }
-
-    #[test]
-    fn fxsave64_with_rex_b() {
-        // fxsaveq (%r12): 49 0f ae 04 24 (r12 needs a SIB with base 4).
-        let d = decode_fpu_insn(&[0x49, 0x0f, 0xae, 0x04, 0x24], &regs()).unwrap();
-        assert_eq!(d.op, FpuOp::Fxsave { rex_w: true });
-        assert_eq!(d.address, 0xd000);
-        assert_eq!(d.len, 5);
-    }
-
-    #[test]
-    fn fxrstor_plain_register() {
-        // fxrstor (%rdi)
-        let d = decode_fpu_insn(&[0x0f, 0xae, 0x0f], &regs()).unwrap();
-        assert_eq!(d.op, FpuOp::Fxrstor { rex_w: false });
-        assert_eq!(d.address, 0x8000);
-        assert_eq!(d.len, 3);
-    }
-
-    #[test]
-    fn sib_with_index_and_scale() {
-        // ldmxcsr 0x10(%rax,%rcx,8)
-        let d = decode_fpu_insn(&[0x0f, 0xae, 0x54, 0xc8, 0x10], &regs()).unwrap();
-        assert_eq!(d.address, 0x1000 + (0x2000 << 3) + 0x10);
-        // rex.x selects r9 as the index.
-        let d = decode_fpu_insn(&[0x42, 0x0f, 0xae, 0x54, 0xc8, 0x10], &regs()).unwrap();
-        assert_eq!(d.address, 0x1000 + (0xa000 << 3) + 0x10);
-    }
-
-    #[test]
-    fn sib_without_base_or_index() {
-        // ldmxcsr 0x1234 (absolute through SIB, base 5, mod 0, index none)
-        let d = decode_fpu_insn(&[0x0f, 0xae, 0x14, 0x25, 0x34, 0x12, 0, 0], &regs()).unwrap();
-        assert_eq!(d.address, 0x1234);
-        assert_eq!(d.len, 8);
-    }
-
-    #[test]
-    fn rip_relative_and_segment_override() {
-        // stmxcsr 0x10(%rip)
-        let r = regs();
-        let d = decode_fpu_insn(&[0x0f, 0xae, 0x1d, 0x10, 0, 0, 0], &r).unwrap();
-        assert_eq!(d.address, r.rip + 7 + 0x10);
-        // %gs:0x20(%rax)
-        let d = decode_fpu_insn(&[0x65, 0x0f, 0xae, 0x50, 0x20], &r).unwrap();
-        assert_eq!(d.address, r.gs_base + 0x1000 + 0x20);
-        assert_eq!(d.len, 5);
-    }
-
-    #[test]
-    fn refuses_what_it_does_not_emulate() {
-        let r = regs();
-        // lfence (mod 3), xsave (/4), clflush (/7), operand-size prefix.
-        for bytes in [
-            &[0x0f, 0xae, 0xe8][..],
-            &[0x0f, 0xae, 0x20],
-            &[0x0f, 0xae, 0x38],
-            &[0x66, 0x0f, 0xae, 0x10],
-            &[0x0f, 0x0b],
-        ] {
-            assert_eq!(
-                decode_fpu_insn(bytes, &r),
-                Err(DecodeError::Unsupported),
-                "{bytes:02x?}"
-            );
-        }
-        for bytes in [&[][..], &[0x0f], &[0x0f, 0xae], &[0x0f, 0xae, 0x94, 0x24]] {
-            assert_eq!(
-                decode_fpu_insn(bytes, &r),
-                Err(DecodeError::Truncated),
-                "{bytes:02x?}"
-            );
-        }
-        // Fifteen prefixes and nothing else.
-        assert!(decode_fpu_insn(&[0x64; 20], &r).is_err());
-    }
-
-    #[test]
-    fn fxsave_image_round_trips() {
-        let mut fpu = kvm_fpu {
-            fcw: 0x37f,
-            fsw: 0x1234,
-            ftwx: 0x81,
-            last_opcode: 0x5a5,
-            last_ip: 0xffff_ffff_8123_4567,
-            last_dp: 0xffff_8880_0000_1000,
-            mxcsr: 0x1fa0,
-            ..Default::default()
-        };
-        for (i, st) in fpu.fpr.iter_mut().enumerate() {
-            st[..10].fill(i as u8 + 1);
-        }
-        for (i, x) in fpu.xmm.iter_mut().enumerate() {
-            x.fill(0x40 + i as u8);
-        }
-        let img = fxsave_image(&fpu, true);
-        assert_eq!(&img[24..32], &[0xa0, 0x1f, 0, 0, 0xff, 0xff, 0, 0]);
-        assert_eq!(img[160], 0x40);
-        assert_eq!(img[160 + 15 * 16], 0x4f);
-        let mut full = [0u8; 512];
-        full[..FXSAVE_WRITTEN].copy_from_slice(&img);
-        let back = fpu_from_fxsave(&full, true).unwrap();
-        assert_eq!(back.fcw, fpu.fcw);
-        assert_eq!(back.fsw, fpu.fsw);
-        assert_eq!(back.ftwx, fpu.ftwx);
-        assert_eq!(back.last_opcode, fpu.last_opcode);
-        assert_eq!(back.last_ip, fpu.last_ip);
-        assert_eq!(back.last_dp, fpu.last_dp);
-        assert_eq!(back.mxcsr, fpu.mxcsr);
-        assert_eq!(back.fpr, fpu.fpr);
-        assert_eq!(back.xmm, fpu.xmm);
-        // The 32-bit layout keeps only the low halves of the pointers.
-        let img32 = fxsave_image(&fpu, false);
-        full[..FXSAVE_WRITTEN].copy_from_slice(&img32);
-        let back32 = fpu_from_fxsave(&full, false).unwrap();
-        assert_eq!(back32.last_ip, 0x8123_4567);
-        // Reserved MXCSR bits: #GP, nothing loaded.
-        full[26] = 1;
-        assert!(fpu_from_fxsave(&full, false).is_none());
-    }
-}
+mod tests;

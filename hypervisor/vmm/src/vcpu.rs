@@ -471,7 +471,10 @@ impl Vcpu {
             Some(bytes) => {
                 msg.push_str(&format!(", insn bytes {bytes:02x?}"));
                 if let Some(at_rip) = self.kvm.fetch_instruction(&self.rt.memory) {
-                    msg.push_str(&format!(", bytes at rip {at_rip:02x?}"));
+                    let decoded = crate::insn::describe(&at_rip, self.kvm.code_bitness());
+                    msg.push_str(&format!(
+                        ", bytes at rip {at_rip:02x?} ({decoded}): no architectural answer"
+                    ));
                 }
             }
             None => msg.push_str(&format!(", data {:#x?}", internal.data)),

@@ -17,12 +17,11 @@ use tracing::{debug, warn};
 use kxen_xen::guest::paging::{PageWalker, PagingRegs};
 use kxen_xen::guest::{GuestAccess, VcpuMmu};
 
+use crate::insn::{CpuState, GuestFeatures, MAX_INSN_LEN};
 use crate::memory::GuestMemory;
 
 /// EFER.LMA: the vCPU is in long mode.
 pub const EFER_LMA: u64 = 1 << 10;
-/// The longest x86 instruction.
-const MAX_INSN_LEN: usize = 15;
 
 thread_local! {
     /// This thread's kvm_run, so the kick signal handler can set
@@ -84,6 +83,9 @@ pub struct KvmVcpu {
     fd: VcpuFd,
     /// The guest's MAXPHYADDR, for the page walk's reserved-bit checks.
     phys_addr_bits: u8,
+    /// What the vCPU's CPUID offers of the features instructions are
+    /// refused for (VMX, SVM).
+    features: GuestFeatures,
 }
 
 impl KvmVcpu {
@@ -91,6 +93,7 @@ impl KvmVcpu {
         KvmVcpu {
             fd,
             phys_addr_bits: 36,
+            features: GuestFeatures::default(),
         }
     }
 
@@ -100,8 +103,19 @@ impl KvmVcpu {
         self.fd.set_sync_valid_reg(SyncReg::Register);
         self.fd.set_sync_valid_reg(SyncReg::SystemRegister);
         match self.fd.get_cpuid2(kvm_bindings::KVM_MAX_CPUID_ENTRIES) {
-            Ok(table) => self.phys_addr_bits = crate::cpuid::phys_addr_bits(&table),
-            Err(e) => warn!(vcpu, "KVM_GET_CPUID2: {e}; assuming MAXPHYADDR 36"),
+            Ok(table) => {
+                self.phys_addr_bits = crate::cpuid::phys_addr_bits(&table);
+                self.features = GuestFeatures::from_cpuid(
+                    table
+                        .as_slice()
+                        .iter()
+                        .map(|e| (e.function, e.index, e.ecx)),
+                );
+            }
+            Err(e) => warn!(
+                vcpu,
+                "KVM_GET_CPUID2: {e}; assuming MAXPHYADDR 36 and no VMX/SVM"
+            ),
         }
         let run_ptr: *mut kvm_run = self.fd.get_kvm_run();
         KVM_RUN.with(|r| r.set(run_ptr));
@@ -154,6 +168,46 @@ impl KvmVcpu {
     /// 64-bit code (long mode with a 64-bit code segment).
     pub fn in_64bit_code(&self) -> bool {
         in_64bit_code(&self.sregs())
+    }
+
+    /// The code segment's default operand size: 64, 32 or 16.
+    pub fn code_bitness(&self) -> u32 {
+        let sregs = self.sregs();
+        if in_64bit_code(&sregs) {
+            64
+        } else if sregs.cs.db != 0 {
+            32
+        } else {
+            16
+        }
+    }
+
+    /// What deciding an instruction's outcome needs of this vCPU.
+    pub fn cpu_state(&self) -> CpuState {
+        let (r, s) = (self.regs(), self.sregs());
+        let bitness = self.code_bitness();
+        // In 64-bit code only FS and GS have bases.
+        let flat = |base: u64| if bitness == 64 { 0 } else { base };
+        CpuState {
+            bitness,
+            cpl: s.ss.dpl,
+            cr0: s.cr0,
+            cr4: s.cr4,
+            gpr: [
+                r.rax, r.rcx, r.rdx, r.rbx, r.rsp, r.rbp, r.rsi, r.rdi, r.r8, r.r9, r.r10, r.r11,
+                r.r12, r.r13, r.r14, r.r15,
+            ],
+            rip: r.rip,
+            segment_bases: [
+                flat(s.es.base),
+                flat(s.cs.base),
+                flat(s.ss.base),
+                flat(s.ds.base),
+                s.fs.base,
+                s.gs.base,
+            ],
+            features: self.features,
+        }
     }
 
     /// What the guest's page tables are walked with: the paging registers

@@ -11,17 +11,18 @@ use std::sync::{Arc, OnceLock};
 use tracing::{debug, info, trace, warn};
 use vm_memory::{Bytes, GuestAddress};
 
-use crate::insn::{decode_fpu_insn, fpu_from_fxsave, fxsave_image, DecodeRegs, FpuOp, MXCSR_MASK};
+use crate::insn::{
+    self, fpu_from_fxsave, fxsave_image, Action, CpuState, FpuOp, X87Op, X87Step, EXCEPTION_GP,
+    MXCSR_MASK,
+};
 use crate::memory::GuestMemory;
 use crate::syscall_bridge::{
     self, syscall_entry_state, FaultFrame, SyscallBridge, MSR_LSTAR, MSR_SYSCALL_MASK,
 };
 
-use super::kvm::{KvmVcpu, EFER_LMA};
+use super::kvm::KvmVcpu;
 
 const RFLAGS_AC: u64 = 1 << 18;
-const EXCEPTION_BP: u8 = 3;
-const EXCEPTION_GP: u8 = 13;
 const INT3: u8 = 0xcc;
 
 /// What happened on the vCPU that the hook may take care of.
@@ -75,9 +76,9 @@ impl PvmWorkarounds {
         }
     }
 
-    /// Do what the CPU would for the instructions the emulator lacks
-    /// (int3, fwait, clac/stac and the MXCSR/FXSAVE group), or step the
-    /// syscall bridge.
+    /// Do what the CPU would with the instruction the emulator gave up
+    /// on (see [`crate::insn`]), or step the syscall bridge. False only
+    /// where there is no architectural answer: the domain then ends.
     fn emulate_failed_instruction(&self, kvm: &mut KvmVcpu) -> bool {
         if kvm.internal_error().instruction_bytes().is_none() {
             return false;
@@ -92,33 +93,93 @@ impl PvmWorkarounds {
         let Some(bytes) = kvm.fetch_instruction(&self.memory) else {
             return false;
         };
-        match bytes.first() {
-            // int3: a trap, so #BP is delivered with RIP past the opcode.
-            Some(&INT3) => {
-                kvm.regs_mut().rip += 1;
-                kvm.inject_exception(EXCEPTION_BP, None)
+        let cpu = kvm.cpu_state();
+        match insn::decide(&bytes, &cpu) {
+            Ok(action) => {
+                trace!(
+                    vcpu = self.vcpu,
+                    ?action,
+                    "answering an instruction the emulator lacks"
+                );
+                self.carry_out(kvm, &cpu, action)
             }
-            // fwait: no x87 exception is ever pending for us to raise.
-            Some(0x9b) => {
-                kvm.regs_mut().rip += 1;
-                debug!(vcpu = self.vcpu, "emulated fwait");
-                true
+            Err(why) => {
+                warn!(
+                    vcpu = self.vcpu,
+                    rip = format_args!("{:#x}", cpu.rip),
+                    bytes = format_args!("{bytes:02x?}"),
+                    "no architectural answer: {why}"
+                );
+                false
             }
-            // clac / stac: clear or set RFLAGS.AC (SMAP entry code).
-            Some(0x0f)
-                if bytes.len() >= 3 && bytes[1] == 0x01 && matches!(bytes[2], 0xca | 0xcb) =>
-            {
-                let regs = kvm.regs_mut();
-                if bytes[2] == 0xca {
-                    regs.rflags &= !RFLAGS_AC;
-                } else {
-                    regs.rflags |= RFLAGS_AC;
-                }
-                regs.rip += 3;
-                true
-            }
-            _ => self.emulate_fpu_insn(kvm, &bytes),
         }
+    }
+
+    /// Do what [`insn::decide`] said.
+    fn carry_out(&self, kvm: &mut KvmVcpu, cpu: &CpuState, action: Action) -> bool {
+        match action {
+            Action::Fault { vector, error_code } => {
+                debug!(
+                    vcpu = self.vcpu,
+                    vector,
+                    ?error_code,
+                    rip = cpu.rip,
+                    "fault for an instruction"
+                );
+                kvm.inject_exception(vector, error_code)
+            }
+            // A trap: delivered with RIP past the whole instruction.
+            Action::Trap { vector, len } => {
+                kvm.regs_mut().rip = cpu.rip.wrapping_add(len as u64);
+                kvm.inject_exception(vector, None)
+            }
+            Action::SetAc { set, len } => {
+                let regs = kvm.regs_mut();
+                if set {
+                    regs.rflags |= RFLAGS_AC;
+                } else {
+                    regs.rflags &= !RFLAGS_AC;
+                }
+                regs.rip = cpu.rip.wrapping_add(len as u64);
+                true
+            }
+            Action::X87 { op, len } => self.emulate_x87(kvm, cpu, op, len),
+            Action::Fxsr { op, address, len } => self.emulate_fxsr(kvm, op, address, len),
+        }
+    }
+
+    /// x87 control instructions on KVM's FPU state (KVM_GET/SET_FPU),
+    /// memory operands through the guest's page tables.
+    fn emulate_x87(&self, kvm: &mut KvmVcpu, cpu: &CpuState, op: X87Op, len: usize) -> bool {
+        let Some(mut fpu) = kvm.get_fpu() else {
+            return false;
+        };
+        let mut loaded = 0u16;
+        if let X87Op::Ldcw(address) = op {
+            let mut raw = [0u8; 2];
+            if !kvm.read_virtual(&self.memory, address, &mut raw) {
+                return false;
+            }
+            loaded = u16::from_le_bytes(raw);
+        }
+        let done = match insn::x87_execute(op, &mut fpu, cpu.cr0, loaded) {
+            X87Step::Fault(vector) => return kvm.inject_exception(vector, None),
+            X87Step::Done { changed: false } => true,
+            X87Step::Done { changed: true } => kvm.set_fpu(&fpu),
+            X87Step::Store { address, value } => {
+                kvm.write_virtual(&self.memory, address, &value.to_le_bytes())
+            }
+            X87Step::ToAx(value) => {
+                let regs = kvm.regs_mut();
+                regs.rax = (regs.rax & !0xffff) | u64::from(value);
+                true
+            }
+        };
+        if done {
+            kvm.regs_mut().rip = cpu.rip.wrapping_add(len as u64);
+            trace!(vcpu = self.vcpu, ?op, "emulated x87");
+        }
+        done
     }
 
     /// The guest set its `syscall` entry point: do the write KVM left to
@@ -278,39 +339,20 @@ impl PvmWorkarounds {
     /// kernel runs them in `kernel_fpu_begin` and on every context switch
     /// once XSAVE is off. The state goes through KVM_GET/SET_FPU and the
     /// operand through the guest's page tables.
-    fn emulate_fpu_insn(&self, kvm: &mut KvmVcpu, bytes: &[u8]) -> bool {
-        // 64-bit code only: the decoder knows no other addressing.
-        if kvm.sregs().efer & EFER_LMA == 0 || !kvm.in_64bit_code() {
-            return false;
-        }
-        let (r, s) = (kvm.regs(), kvm.sregs());
-        let regs = DecodeRegs {
-            gpr: [
-                r.rax, r.rcx, r.rdx, r.rbx, r.rsp, r.rbp, r.rsi, r.rdi, r.r8, r.r9, r.r10, r.r11,
-                r.r12, r.r13, r.r14, r.r15,
-            ],
-            rip: r.rip,
-            fs_base: s.fs.base,
-            gs_base: s.gs.base,
-        };
-        let Ok(insn) = decode_fpu_insn(bytes, &regs) else {
-            return false;
-        };
-        if !insn.address.is_multiple_of(insn.op.alignment()) {
+    fn emulate_fxsr(&self, kvm: &mut KvmVcpu, op: FpuOp, address: u64, len: usize) -> bool {
+        if !address.is_multiple_of(op.alignment()) {
             return kvm.inject_exception(EXCEPTION_GP, Some(0));
         }
         let Some(mut fpu) = kvm.get_fpu() else {
             return false;
         };
         let mem = &self.memory;
-        let done = match insn.op {
-            FpuOp::Stmxcsr => kvm.write_virtual(mem, insn.address, &fpu.mxcsr.to_le_bytes()),
-            FpuOp::Fxsave { rex_w } => {
-                kvm.write_virtual(mem, insn.address, &fxsave_image(&fpu, rex_w))
-            }
+        let done = match op {
+            FpuOp::Stmxcsr => kvm.write_virtual(mem, address, &fpu.mxcsr.to_le_bytes()),
+            FpuOp::Fxsave { rex_w } => kvm.write_virtual(mem, address, &fxsave_image(&fpu, rex_w)),
             FpuOp::Ldmxcsr => {
                 let mut raw = [0u8; 4];
-                if !kvm.read_virtual(mem, insn.address, &mut raw) {
+                if !kvm.read_virtual(mem, address, &mut raw) {
                     return false;
                 }
                 let value = u32::from_le_bytes(raw);
@@ -322,7 +364,7 @@ impl PvmWorkarounds {
             }
             FpuOp::Fxrstor { rex_w } => {
                 let mut img = [0u8; 512];
-                if !kvm.read_virtual(mem, insn.address, &mut img) {
+                if !kvm.read_virtual(mem, address, &mut img) {
                     return false;
                 }
                 match fpu_from_fxsave(&img, rex_w) {
@@ -332,8 +374,8 @@ impl PvmWorkarounds {
             }
         };
         if done {
-            kvm.regs_mut().rip += insn.len as u64;
-            trace!(vcpu = self.vcpu, op = ?insn.op, address = insn.address, "emulated");
+            kvm.regs_mut().rip += len as u64;
+            trace!(vcpu = self.vcpu, ?op, address, "emulated");
         }
         done
     }
