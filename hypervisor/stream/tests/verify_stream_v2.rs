@@ -141,12 +141,15 @@ fn hvm_context() -> Vec<u8> {
         .push(HVM_SAVE_CODE_PIT, 0, &HwPit::default())
         .push(HVM_SAVE_CODE_RTC, 0, &HwRtc::default())
         .push(HVM_SAVE_CODE_PMTIMER, 0, &HwPmtimer::default())
-        .push(HVM_SAVE_CODE_MTRR, 0, &{
-            let mut mtrr = HwMtrr::default();
-            mtrr.msr_pat_cr = 0x0007_0406_0007_0406;
-            mtrr.msr_mtrr_cap = 0x508;
-            mtrr
-        })
+        .push(
+            HVM_SAVE_CODE_MTRR,
+            0,
+            &HwMtrr {
+                msr_pat_cr: 0x0007_0406_0007_0406,
+                msr_mtrr_cap: 0x508,
+                ..Default::default()
+            },
+        )
         .push(HVM_SAVE_CODE_TSC_ADJUST, 0, &HwTscAdjust::default())
         .push_bytes(HVM_SAVE_CODE_CPU_XSAVE, 0, &xsave_entry)
         .expect("an XSAVE entry fits");
