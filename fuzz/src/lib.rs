@@ -11,6 +11,7 @@ pub use targets::bzimage::bzimage;
 pub use targets::gnttab_copy::gnttab_copy;
 pub use targets::hypercalls::hypercalls;
 pub use targets::insn_decode::insn_decode;
+pub use targets::migration_stream::migration_stream;
 pub use targets::netif_tx::netif_tx;
 pub use targets::page_walk::page_walk;
 pub use targets::pv_mmu::pv_mmu;

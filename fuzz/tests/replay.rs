@@ -1506,3 +1506,137 @@ fn bzimage() {
     ];
     replay("bzimage", kxen_fuzz::bzimage, seeds);
 }
+
+// ---- migration_stream -------------------------------------------------------
+
+/// A one-vCPU HVM context: HEADER, CPU (zeroed), LAPIC, PIT, RTC, END.
+fn hvm_context_blob() -> Vec<u8> {
+    use xen_abi::hvm_save as save;
+    let mut builder = kxen_stream::hvm_context::HvmContextBuilder::new(&save::SaveHeader {
+        magic: save::HVM_FILE_MAGIC,
+        version: save::HVM_FILE_VERSION,
+        changeset: 0,
+        cpuid: 0x000a_06a4,
+        gtsc_khz: 2_000_000,
+    });
+    builder
+        .push_bytes(save::HVM_SAVE_CODE_CPU, 0, &[0; 1032])
+        .unwrap()
+        .push(save::HVM_SAVE_CODE_LAPIC, 0, &save::HwLapic::default())
+        .push(save::HVM_SAVE_CODE_PIT, 0, &save::HwPit::default())
+        .push(save::HVM_SAVE_CODE_RTC, 0, &save::HwRtc::default());
+    builder.finish()
+}
+
+/// The records of a small HVM save, written into `libxc`: STATIC_DATA_END,
+/// two PAGE_DATA records (contents, XTAB, a pinned table), TSC info,
+/// params and context.
+fn hvm_libxc_records<W: std::io::Write>(libxc: &mut kxen_stream::libxc::LibxcWriter<W>) {
+    use kxen_stream::libxc::{HvmParamEntry, Page, PageType, TscInfo};
+    let contents = [0x5au8; kxen_stream::PAGE_SIZE];
+    libxc.write_static_data_end().unwrap();
+    libxc
+        .write_pages(&[
+            Page {
+                pfn: 1,
+                page_type: PageType::NoTab,
+                contents: Some(&contents),
+            },
+            Page {
+                pfn: 2,
+                page_type: PageType::XTab,
+                contents: None,
+            },
+        ])
+        .unwrap();
+    libxc
+        .write_pages(&[Page {
+            pfn: 0xfeffc,
+            page_type: PageType::L1TabPinned,
+            contents: Some(&contents),
+        }])
+        .unwrap();
+    libxc
+        .write_tsc_info(&TscInfo {
+            mode: 0,
+            khz: 2_000_000,
+            nsec: 1,
+            incarnation: 0,
+        })
+        .unwrap();
+    libxc
+        .write_hvm_params(&[HvmParamEntry {
+            index: 1,
+            value: 0xfeffc,
+        }])
+        .unwrap();
+    libxc.write_hvm_context(&hvm_context_blob()).unwrap();
+}
+
+#[test]
+fn migration_stream() {
+    use kxen_stream::libxc::{CpuidLeaf, DomainHeader, GuestType, LibxcWriter, MsrEntry};
+    use kxen_stream::libxl::{EmulatorId, LibxlWriter};
+    let domain = DomainHeader {
+        guest_type: GuestType::X86Hvm,
+        xen_major: 4,
+        xen_minor: 17,
+    };
+
+    // A libxl image as kxl save writes it.
+    let libxl = LibxlWriter::new(Vec::new()).unwrap();
+    let mut libxc = libxl.begin_libxc(&domain).unwrap();
+    hvm_libxc_records(&mut libxc);
+    let mut libxl = libxc.finish_into_libxl().unwrap();
+    libxl
+        .write_emulator_xenstore_data(EmulatorId::QEMU_UPSTREAM, 0, &[("state", "running")])
+        .unwrap();
+    libxl
+        .write_emulator_context(EmulatorId::UNKNOWN, 0, b"kxen")
+        .unwrap();
+    let image = libxl.finish().unwrap();
+
+    // A checkpointed stream: libxc CHECKPOINT, libxl's checkpoint
+    // records, CHECKPOINT_END, more libxc, END.
+    let libxl = LibxlWriter::new(Vec::new()).unwrap();
+    let mut libxc = libxl.begin_libxc(&domain).unwrap();
+    hvm_libxc_records(&mut libxc);
+    let mut libxl = libxc.checkpoint_into_libxl().unwrap();
+    libxl.write_checkpoint_state(2).unwrap();
+    libxl.write_checkpoint_end().unwrap();
+    let mut libxc = libxl.resume_libxc().unwrap();
+    libxc.write_checkpoint_dirty_pfn_list(&[1, 2]).unwrap();
+    let checkpointed = libxc.finish_into_libxl().unwrap().finish().unwrap();
+
+    // A libxc stream of its own, with the static and PV records.
+    let mut libxc = LibxcWriter::new(
+        Vec::new(),
+        &DomainHeader {
+            guest_type: GuestType::X86Pv,
+            ..domain
+        },
+    )
+    .unwrap();
+    libxc
+        .write_x86_cpuid_policy(&[CpuidLeaf::default()])
+        .unwrap();
+    libxc.write_x86_msr_policy(&[MsrEntry::default()]).unwrap();
+    libxc
+        .write_x86_pv_info(&kxen_stream::libxc::X86PvInfo {
+            guest_width: 8,
+            pt_levels: 4,
+        })
+        .unwrap();
+    libxc.write_static_data_end().unwrap();
+    libxc.write_x86_pv_p2m_frames(0, 511, &[3]).unwrap();
+    libxc
+        .write_x86_pv_vcpu(kxen_stream::libxc::PvVcpuKind::Basic, 0, &[1; 13])
+        .unwrap();
+    libxc.write_record(0x8000_0001, b"optional").unwrap();
+    libxc.write_checkpoint().unwrap();
+    libxc.write_verify().unwrap();
+    let standalone = libxc.finish().unwrap();
+
+    let seeds = vec![image, checkpointed, standalone, hvm_context_blob()];
+    replay("migration_stream", kxen_fuzz::migration_stream, seeds);
+}

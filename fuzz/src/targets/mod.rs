@@ -5,6 +5,7 @@ pub mod bzimage;
 pub mod gnttab_copy;
 pub mod hypercalls;
 pub mod insn_decode;
+pub mod migration_stream;
 pub mod netif_tx;
 pub mod page_walk;
 pub mod pv_mmu;

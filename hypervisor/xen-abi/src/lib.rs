@@ -16,6 +16,7 @@ pub mod errno;
 pub mod event_channel;
 pub mod grant_table;
 pub mod hvm;
+pub mod hvm_save;
 pub mod hypercall;
 pub mod io;
 pub mod memory;

@@ -1,0 +1,8 @@
+//! The `migration_stream` fuzz target. Its body is
+//! [`kxen_fuzz::migration_stream`], which `fuzz/tests/replay.rs` also runs
+//! over a fixed corpus as an ordinary test.
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| {
+    kxen_fuzz::migration_stream(data);
+});
