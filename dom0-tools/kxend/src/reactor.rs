@@ -225,8 +225,13 @@ impl Pool {
     }
 }
 
-/// kxl clients' requests (creates, waits for a domain to go).
-pub static CLIENTS: Pool = Pool::new("kxend-client", 8);
+/// kxl clients' requests (creates, waits for a domain to go). A request
+/// may hold its worker for as long as it waits (`shutdown -w` on a guest
+/// that ignores it), so the cap is well above the requests people run at
+/// once: a `kxl list` must not queue behind a few such waits. Workers are
+/// started only when all are busy and park when idle, so the count
+/// follows concurrent requests, never the number of domains.
+pub static CLIENTS: Pool = Pool::new("kxend-client", 64);
 /// Domain lifecycle and device work: deaths, restarts, xenbus steps.
 pub static DOMAINS: Pool = Pool::new("kxend-domain", 4);
 
