@@ -34,6 +34,7 @@ pub mod gate;
 pub mod kvm;
 pub mod pvm;
 pub mod shared;
+pub mod triple_fault;
 
 use shared::VcpuShared;
 
@@ -406,10 +407,29 @@ impl Vcpu {
             }
             Deferred::TripleFault => {
                 let rip = self.kvm.regs().rip;
-                ExitOutcome::Stop(DomainExit::Crashed(format!(
-                    "triple fault on vCPU {} (rip {rip:#x})",
-                    self.id
-                )))
+                let mut msg = format!("triple fault on vCPU {} (rip {rip:#x})", self.id);
+                if let Some(refused) =
+                    self.kvm
+                        .fetch_instruction(&self.rt.memory)
+                        .and_then(|insn| {
+                            triple_fault::paging_outside_long_mode(
+                                &insn,
+                                &self.kvm.regs(),
+                                &self.kvm.sregs(),
+                            )
+                        })
+                {
+                    msg.push_str(&format!(": {refused}"));
+                    if self.pvm.is_some() {
+                        // Measured: every CR0.PG write without EFER.LME gets
+                        // #GP inside KVM on PVM hosts, with no exit to us.
+                        msg.push_str(
+                            ", which this host's KVM (PVM) refuses with #GP; \
+                             32-bit paging guests cannot run on PVM hosts",
+                        );
+                    }
+                }
+                ExitOutcome::Stop(DomainExit::Crashed(msg))
             }
         }
     }

@@ -685,3 +685,36 @@ fn random_tables_never_panic_or_escape_guest_memory() {
         }
     }
 }
+
+#[test]
+fn pae_no_execute_on_a_leaf_or_a_directory_refuses_fetches() {
+    let mem = memory();
+    let gva = (1u64 << 30) | (3 << 21) | (4 << 12) | 0x10;
+    put64(&mem, PDPT + 0x20 + 8, PD | P);
+    put64(&mem, PD + 3 * 8, PT | P | RW | US);
+    put64(&mem, PT + 4 * 8, PAGE | P | RW | US | NO_EXECUTE);
+    assert_eq!(
+        gpa(&mem, pae(), gva, AccessKind::Fetch),
+        Err(WalkError::NoExecute)
+    );
+    assert_eq!(gpa(&mem, pae(), gva, AccessKind::Write), Ok(PAGE + 0x10));
+    // XD on the directory entry covers the whole 2 MiB below it.
+    put64(&mem, PT + 4 * 8, PAGE | P | RW | US);
+    put64(&mem, PD + 3 * 8, PT | P | RW | US | NO_EXECUTE);
+    assert_eq!(
+        gpa(&mem, pae(), gva, AccessKind::Fetch),
+        Err(WalkError::NoExecute)
+    );
+    // And on a 2 MiB page.
+    put64(&mem, PD + 3 * 8, (2 << 20) | P | RW | US | PS | NO_EXECUTE);
+    assert_eq!(
+        gpa(&mem, pae(), gva, AccessKind::Fetch),
+        Err(WalkError::NoExecute)
+    );
+    // Without EFER.NXE bit 63 is reserved in PAE entries too.
+    let no_nxe = PagingRegs { efer: 0, ..pae() };
+    assert!(matches!(
+        gpa(&mem, no_nxe, gva, AccessKind::Read),
+        Err(WalkError::ReservedBit { .. })
+    ));
+}
