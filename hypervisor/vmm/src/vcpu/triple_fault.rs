@@ -9,6 +9,7 @@
 //! on paging in its first instructions) then triple-faults on the very
 //! `mov %reg, %cr0`, which is still at RIP since it never retired.
 
+use iced_x86::{Code, Decoder, DecoderOptions, Register};
 use kvm_bindings::{kvm_regs, kvm_sregs};
 
 const CR0_PG: u64 = 1 << 31;
@@ -48,19 +49,20 @@ impl std::fmt::Display for PagingOutsideLongMode {
     }
 }
 
-/// The value of 32-bit general register `number` (ModRM encoding order).
-fn gpr32(regs: &kvm_regs, number: u8) -> u64 {
-    let value = match number {
-        0 => regs.rax,
-        1 => regs.rcx,
-        2 => regs.rdx,
-        3 => regs.rbx,
-        4 => regs.rsp,
-        5 => regs.rbp,
-        6 => regs.rsi,
-        _ => regs.rdi,
+/// The low 32 bits of general register `register` (any width names it).
+fn gpr32(regs: &kvm_regs, register: Register) -> Option<u64> {
+    let value = match register.full_register() {
+        Register::RAX => regs.rax,
+        Register::RCX => regs.rcx,
+        Register::RDX => regs.rdx,
+        Register::RBX => regs.rbx,
+        Register::RSP => regs.rsp,
+        Register::RBP => regs.rbp,
+        Register::RSI => regs.rsi,
+        Register::RDI => regs.rdi,
+        _ => return None,
     };
-    value & 0xffff_ffff
+    Some(value & 0xffff_ffff)
 }
 
 /// Whether the instruction at RIP (`insn`) is a `mov r32, %cr0` that turns
@@ -74,15 +76,12 @@ pub fn paging_outside_long_mode(
     if sregs.efer & EFER_LME != 0 || sregs.cr0 & CR0_PG != 0 {
         return None;
     }
-    // 0f 22 /r: mov to a control register; only the register form exists
-    // (the mod field is ignored and treated as 11b), reg selects the CR.
-    let [0x0f, 0x22, modrm, ..] = *insn else {
-        return None;
-    };
-    if (modrm >> 3) & 7 != 0 {
+    let bitness = if sregs.cs.db != 0 { 32 } else { 16 };
+    let mov = Decoder::new(bitness, insn, DecoderOptions::NONE).decode();
+    if mov.code() != Code::Mov_cr_r32 || mov.op0_register() != Register::CR0 {
         return None;
     }
-    let new_cr0 = gpr32(regs, modrm & 7);
+    let new_cr0 = gpr32(regs, mov.op1_register())?;
     (new_cr0 & CR0_PG != 0).then_some(PagingOutsideLongMode {
         new_cr0,
         cr4: sregs.cr4,
