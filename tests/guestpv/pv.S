@@ -8,6 +8,8 @@
  *   mmuext_op TLB_FLUSH_LOCAL (expect 0, done = 1);
  *   mmuext_op PIN_L4_TABLE of a frame beyond nr_pages (expect -EINVAL,
  *   done = 0);
+ *   mmuext_op with an unmapped op array (expect -EFAULT);
+ *   update_va_mapping in the hypervisor's hole (expect -EINVAL);
  *   an unused hypercall number (expect -ENOSYS);
  *   times NULL_CALLS xen_version(XENVER_version) calls with rdtsc;
  * printing a PASS/FAIL line for each, then SCHEDOP_shutdown(poweroff). */
@@ -15,6 +17,7 @@
     .set HC_CONSOLE_IO, 18
     .set HC_XEN_VERSION, 17
     .set HC_MMUEXT_OP, 26
+    .set HC_UPDATE_VA_MAPPING, 14
     .set HC_SCHED_OP, 29
     .set HC_UNUSED, 55
     .set CONSOLEIO_WRITE, 0
@@ -24,6 +27,8 @@
     .set MMUEXT_TLB_FLUSH_LOCAL, 6
     .set DOMID_SELF, 0x7ff0
     .set EINVAL, 22
+    .set EFAULT, 14
+    .set HYPERVISOR_HOLE, 0xffff800000000000
     .set ENOSYS, 38
     .set SI_NR_PAGES, 32             /* start_info.nr_pages */
     .set NULL_CALLS, 1000
@@ -107,6 +112,31 @@ _start:
     and %dl, %al
     movzbl %al, %edi
     lea name_badpin(%rip), %rbx
+    call verdict
+
+    /* mmuext_op with its op array at an unmapped address: -EFAULT. */
+    mov $0x1000, %edi
+    mov $1, %esi
+    xor %edx, %edx
+    mov $DOMID_SELF, %r10d
+    call hypercall_page + HC_MMUEXT_OP * 32
+    mov %rax, %rsi
+    cmp $-EFAULT, %rax
+    sete %al
+    movzbl %al, %edi
+    lea name_efault(%rip), %rbx
+    call verdict
+
+    /* update_va_mapping inside the hypervisor's hole: -EINVAL. */
+    mov $HYPERVISOR_HOLE, %rdi
+    xor %esi, %esi
+    xor %edx, %edx
+    call hypercall_page + HC_UPDATE_VA_MAPPING * 32
+    mov %rax, %rsi
+    cmp $-EINVAL, %rax
+    sete %al
+    movzbl %al, %edi
+    lea name_hole(%rip), %rbx
     call verdict
 
     /* A hypercall number Xen does not have: -ENOSYS. */
@@ -258,6 +288,8 @@ msg_bye:      .asciz "kxen-pv-guest: done, powering off\n"
 name_magic:   .asciz "start_info magic"
 name_flush:   .asciz "mmuext_op TLB_FLUSH_LOCAL"
 name_badpin:  .asciz "mmuext_op PIN_L4_TABLE beyond nr_pages is -EINVAL"
+name_efault:  .asciz "mmuext_op with an unmapped op array is -EFAULT"
+name_hole:    .asciz "update_va_mapping in the hypervisor hole is -EINVAL"
 name_enosys:  .asciz "unknown hypercall is -ENOSYS"
 hexbuf:       .asciz "0x0000000000000000"
     .balign 8

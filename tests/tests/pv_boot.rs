@@ -90,7 +90,9 @@ fn tsc_cycles_per_us() -> f64 {
 /// start_info with Xen's magic in RSI, writes to the console with
 /// console_io, has its mmuext_op served by the PV MMU (a local flush
 /// succeeds, a pin of a frame beyond nr_pages is -EINVAL with nothing
-/// done), gets -ENOSYS for an unknown hypercall, and powers off.
+/// done, an unmapped op array -EFAULT, update_va_mapping in the
+/// hypervisor's hole -EINVAL), gets -ENOSYS for an unknown hypercall, and
+/// powers off.
 #[test]
 fn pv_kernel_boots_at_cpl3_and_serves_hypercalls() {
     let run = boot_pv_guest();
@@ -101,6 +103,8 @@ fn pv_kernel_boots_at_cpl3_and_serves_hypercalls() {
         "hello from CPL3",
         "PASS mmuext_op TLB_FLUSH_LOCAL",
         "PASS mmuext_op PIN_L4_TABLE beyond nr_pages is -EINVAL",
+        "PASS mmuext_op with an unmapped op array is -EFAULT",
+        "PASS update_va_mapping in the hypervisor hole is -EINVAL",
         "PASS unknown hypercall is -ENOSYS",
         "done, powering off",
     ] {
