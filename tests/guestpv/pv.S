@@ -8,6 +8,8 @@
  *   mmuext_op TLB_FLUSH_LOCAL (expect 0, done = 1);
  *   mmuext_op PIN_L4_TABLE of a frame beyond nr_pages (expect -EINVAL,
  *   done = 0);
+ *   mmuext_op NEW_BASEPTR to its own L4 (expect 0; CR3 reloaded) and to
+ *   start_info's writable frame (expect -EINVAL);
  *   mmuext_op with an unmapped op array (expect -EFAULT);
  *   update_va_mapping in the hypervisor's hole (expect -EINVAL);
  *   an unused hypercall number (expect -ENOSYS);
@@ -25,12 +27,14 @@
     .set SHUTDOWN_POWEROFF, 0
     .set MMUEXT_PIN_L4_TABLE, 3
     .set MMUEXT_TLB_FLUSH_LOCAL, 6
+    .set MMUEXT_NEW_BASEPTR, 5
     .set DOMID_SELF, 0x7ff0
     .set EINVAL, 22
     .set EFAULT, 14
     .set HYPERVISOR_HOLE, 0xffff800000000000
     .set ENOSYS, 38
     .set SI_NR_PAGES, 32             /* start_info.nr_pages */
+    .set SI_PT_BASE, 88              /* start_info.pt_base */
     .set NULL_CALLS, 1000
     .set LINE_MAX, 200
     .set VIRT_BASE, 0xffffffff80000000
@@ -112,6 +116,46 @@ _start:
     and %dl, %al
     movzbl %al, %edi
     lea name_badpin(%rip), %rbx
+    call verdict
+
+    /* NEW_BASEPTR to the L4 we run on (start_info.pt_base): 0, and
+     * kxen-vmm reloads CR3 (the checks after this one run on it). */
+    movl $MMUEXT_NEW_BASEPTR, op_cmd(%rip)
+    mov SI_PT_BASE(%r15), %rax
+    mov $VIRT_BASE, %rcx
+    sub %rcx, %rax
+    shr $12, %rax
+    mov %rax, op_arg1(%rip)
+    lea op_cmd(%rip), %rdi
+    mov $1, %esi
+    xor %edx, %edx
+    mov $DOMID_SELF, %r10d
+    call hypercall_page + HC_MMUEXT_OP * 32
+    mov %rax, %rsi
+    test %rax, %rax
+    sete %al
+    movzbl %al, %edi
+    lea name_baseptr(%rip), %rbx
+    call verdict
+
+    /* NEW_BASEPTR to start_info's frame, which we map writable: a frame
+     * mapped writable never becomes a page table, -EINVAL. */
+    movl $MMUEXT_NEW_BASEPTR, op_cmd(%rip)
+    mov %r15, %rax
+    mov $VIRT_BASE, %rcx
+    sub %rcx, %rax
+    shr $12, %rax
+    mov %rax, op_arg1(%rip)
+    lea op_cmd(%rip), %rdi
+    mov $1, %esi
+    xor %edx, %edx
+    mov $DOMID_SELF, %r10d
+    call hypercall_page + HC_MMUEXT_OP * 32
+    mov %rax, %rsi
+    cmp $-EINVAL, %rax
+    sete %al
+    movzbl %al, %edi
+    lea name_badbase(%rip), %rbx
     call verdict
 
     /* mmuext_op with its op array at an unmapped address: -EFAULT. */
@@ -288,6 +332,8 @@ msg_bye:      .asciz "kxen-pv-guest: done, powering off\n"
 name_magic:   .asciz "start_info magic"
 name_flush:   .asciz "mmuext_op TLB_FLUSH_LOCAL"
 name_badpin:  .asciz "mmuext_op PIN_L4_TABLE beyond nr_pages is -EINVAL"
+name_baseptr: .asciz "mmuext_op NEW_BASEPTR to our own L4"
+name_badbase: .asciz "mmuext_op NEW_BASEPTR to a writable frame is -EINVAL"
 name_efault:  .asciz "mmuext_op with an unmapped op array is -EFAULT"
 name_hole:    .asciz "update_va_mapping in the hypervisor hole is -EINVAL"
 name_enosys:  .asciz "unknown hypercall is -ENOSYS"

@@ -90,7 +90,8 @@ fn tsc_cycles_per_us() -> f64 {
 /// start_info with Xen's magic in RSI, writes to the console with
 /// console_io, has its mmuext_op served by the PV MMU (a local flush
 /// succeeds, a pin of a frame beyond nr_pages is -EINVAL with nothing
-/// done, an unmapped op array -EFAULT, update_va_mapping in the
+/// done, NEW_BASEPTR to its own L4 reloads CR3 and to a writable frame
+/// is -EINVAL, an unmapped op array -EFAULT, update_va_mapping in the
 /// hypervisor's hole -EINVAL), gets -ENOSYS for an unknown hypercall, and
 /// powers off.
 #[test]
@@ -103,6 +104,8 @@ fn pv_kernel_boots_at_cpl3_and_serves_hypercalls() {
         "hello from CPL3",
         "PASS mmuext_op TLB_FLUSH_LOCAL",
         "PASS mmuext_op PIN_L4_TABLE beyond nr_pages is -EINVAL",
+        "PASS mmuext_op NEW_BASEPTR to our own L4",
+        "PASS mmuext_op NEW_BASEPTR to a writable frame is -EINVAL",
         "PASS mmuext_op with an unmapped op array is -EFAULT",
         "PASS update_va_mapping in the hypervisor hole is -EINVAL",
         "PASS unknown hypercall is -ENOSYS",
