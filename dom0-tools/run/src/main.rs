@@ -121,7 +121,7 @@ fn exit_code(status: std::process::ExitStatus) -> u8 {
 fn run(args: RunArgs) -> Result<u8, RunError> {
     let mut launch = args.launch;
     let console = args.console.unwrap_or(match launch.guest_type {
-        GuestType::Pvh => ConsoleDest::Stdio,
+        GuestType::Pvh | GuestType::Pv => ConsoleDest::Stdio,
         GuestType::Hvm => ConsoleDest::Null,
     });
     let temp_socket = launch

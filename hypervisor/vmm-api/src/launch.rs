@@ -20,6 +20,9 @@ pub enum GuestType {
     Pvh,
     /// A Linux bzImage or vmlinux, Linux boot protocol, emulated devices.
     Hvm,
+    /// A classic 64-bit Xen PV kernel (ELF or bzImage with Xen's PV ELF
+    /// notes), built by the PV domain builder and run deprivileged at CPL3.
+    Pv,
 }
 
 /// A virtio-mmio device kind for an HVM slot.
@@ -176,6 +179,7 @@ impl LaunchArgs {
         let guest_type = match self.guest_type {
             GuestType::Pvh => "pvh",
             GuestType::Hvm => "hvm",
+            GuestType::Pv => "pv",
         };
         pair("--type", guest_type.into());
         pair("--serial", self.serial.to_string().into());
@@ -266,9 +270,20 @@ mod tests {
     }
 
     #[test]
+    fn pv_type_round_trips() {
+        let args = LaunchArgs {
+            guest_type: GuestType::Pv,
+            ..LaunchArgs::new("/boot/pv")
+        };
+        assert_eq!(parse(args.to_args()), args);
+        let argv = ["--kernel", "/boot/pv", "--type", "pv"].map(OsString::from);
+        assert_eq!(parse(argv.to_vec()), args);
+    }
+
+    #[test]
     fn bad_values_are_refused_by_clap() {
         for bad in [
-            ["--type", "pv"],
+            ["--type", "hvm-pv"],
             ["--serial", "tty"],
             ["--virtio", "gpu"],
             ["--vcpus", "-1"],

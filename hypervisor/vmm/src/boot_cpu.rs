@@ -71,12 +71,17 @@ pub enum BspEntry {
     Pvh { entry: u64, start_info: u64 },
     /// Linux's 64-bit boot protocol: long mode, RSI = zero page.
     Linux64 { entry: u64, boot_params: u64 },
+    /// A classic PV kernel: long mode at CPL3, RSI = start_info's virtual
+    /// address (set up by [`crate::pv::setup_pv_bsp`]).
+    Pv { entry: u64, start_info_va: u64 },
 }
 
 impl BspEntry {
     pub fn entry(&self) -> u64 {
         match *self {
-            BspEntry::Pvh { entry, .. } | BspEntry::Linux64 { entry, .. } => entry,
+            BspEntry::Pvh { entry, .. }
+            | BspEntry::Linux64 { entry, .. }
+            | BspEntry::Pv { entry, .. } => entry,
         }
     }
 }

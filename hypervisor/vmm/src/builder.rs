@@ -175,7 +175,18 @@ pub fn build(cfg: &VmConfig, started: Instant) -> Result<Vm, VmError> {
         None => None,
     };
     let low_end = memory.layout.ram[0].1;
-    let boot = if cfg.hvm.is_some() {
+    // A PV domain's memory is written once its event channels exist
+    // (start_info names them); here the kernel is parsed and laid out.
+    let mut pv_plan = None;
+    let boot = if cfg.pv {
+        let plan = plan_pv(cfg, low_end, ramdisk.as_ref().map_or(0, |r| r.len() as u64))?;
+        let entry = BspEntry::Pv {
+            entry: plan.layout.entry,
+            start_info_va: plan.layout.va(plan.layout.start_info),
+        };
+        pv_plan = Some(plan);
+        entry
+    } else if cfg.hvm.is_some() {
         let inputs = kxen_loader::linux::LinuxBootInputs {
             cmdline: &cfg.cmdline,
             initrd: ramdisk.as_deref(),
@@ -250,8 +261,15 @@ pub fn build(cfg: &VmConfig, started: Instant) -> Result<Vm, VmError> {
     });
 
     let kicker = Arc::new(Kicker::default());
-    let console_pfn = memory::SPECIAL_BASE_GFN + memory::SPECIAL_CONSOLE;
-    let store_pfn = memory::SPECIAL_BASE_GFN + memory::SPECIAL_XENSTORE;
+    // A PV domain's rings are the builder's pages in its RAM (start_info
+    // names them); PVH and HVM domains get the special pages.
+    let (console_pfn, store_pfn) = match &pv_plan {
+        Some(plan) => (plan.layout.console, plan.layout.xenstore),
+        None => (
+            memory::SPECIAL_BASE_GFN + memory::SPECIAL_CONSOLE,
+            memory::SPECIAL_BASE_GFN + memory::SPECIAL_XENSTORE,
+        ),
+    };
     // Dom0 (kxend, kxen-run) learns the rings and both ends of their
     // ports through dom0-ports.
     let specs = [
@@ -321,6 +339,18 @@ pub fn build(cfg: &VmConfig, started: Instant) -> Result<Vm, VmError> {
     dom0_link.bound(DOM0_XENSTORE_PORT, store_port);
     domain.publish_routing();
 
+    let pv = match &pv_plan {
+        Some(plan) => Some(build_pv(
+            cfg,
+            &memory,
+            plan,
+            ramdisk.as_deref().unwrap_or_default(),
+            store_port,
+            console_port,
+        )?),
+        None => None,
+    };
+
     let hvm_devices = match &cfg.hvm {
         Some(hvm) => {
             let (low, high) = memory.layout.ram_split();
@@ -337,6 +367,7 @@ pub fn build(cfg: &VmConfig, started: Instant) -> Result<Vm, VmError> {
         hvm: hvm_devices.clone(),
         syscall_bridge: syscall_bridge.clone(),
         exit: exit.clone(),
+        pv: pv.as_ref().map(|(machine, _)| machine.clone()),
         debug_console: crate::debug_port::DebugConsole::new(cfg.domid, cfg.hypervisor_log.clone()),
         gate: gate.clone(),
         started,
@@ -368,6 +399,10 @@ pub fn build(cfg: &VmConfig, started: Instant) -> Result<Vm, VmError> {
                 BspEntry::Linux64 { entry, boot_params } => {
                     setup_linux64_bsp(&fd, entry, boot_params)?
                 }
+                BspEntry::Pv { .. } => match &pv {
+                    Some((_, state)) => crate::pv::setup_pv_bsp(&fd, state)?,
+                    None => return Err(VmError::Setup("PV entry without a PV build".into())),
+                },
             }
             enable_local_apic(&fd)?;
         }
@@ -401,4 +436,73 @@ pub fn build(cfg: &VmConfig, started: Instant) -> Result<Vm, VmError> {
         boot,
         max_memory_kib: cfg.maxmem_mib.max(cfg.memory_mib) * 1024,
     })
+}
+
+/// A PV kernel parsed and laid out, before its memory is written.
+struct PvPlan {
+    kernel: kxen_loader::pv::PvKernel,
+    layout: kxen_loader::pv::PvLayout,
+}
+
+/// Parse the PV kernel (ELF or bzImage) and lay the domain out in its
+/// low RAM (pfns `0..low_end/4096`, identity P2M).
+fn plan_pv(cfg: &VmConfig, low_end: u64, initrd_len: u64) -> Result<PvPlan, VmError> {
+    let image = std::fs::read(&cfg.kernel).map_err(|source| VmError::PvKernelRead {
+        path: cfg.kernel.clone(),
+        source,
+    })?;
+    let kernel =
+        kxen_loader::pv::PvKernel::from_image(&image).map_err(|source| VmError::PvKernel {
+            path: cfg.kernel.clone(),
+            source,
+        })?;
+    let layout = kxen_loader::pv::PvLayout::compute(&kernel, low_end >> 12, initrd_len)?;
+    Ok(PvPlan { kernel, layout })
+}
+
+/// Write the PV domain's memory (kernel, P2M, start_info with the ring
+/// ports, bootstrap page tables), fill its hypercall page, set up its PV
+/// MMU with the bootstrap L4 pinned and loaded, and mask events on
+/// vCPU 0 (Xen's builder leaves upcall_mask = 1 in each vcpu_info).
+fn build_pv(
+    cfg: &VmConfig,
+    memory: &GuestMemory,
+    plan: &PvPlan,
+    initrd: &[u8],
+    store_port: u32,
+    console_port: u32,
+) -> Result<(Arc<crate::pv::PvMachine>, kxen_loader::pv::PvBootState), VmError> {
+    let snapshot = memory.snapshot();
+    let shared_info_gpa = (memory::SPECIAL_BASE_GFN + memory::SPECIAL_SHARED_INFO) << 12;
+    let params = kxen_loader::pv::StartInfoParams {
+        shared_info_maddr: shared_info_gpa,
+        store_evtchn: store_port,
+        console_evtchn: console_port,
+        cmdline: &cfg.cmdline,
+        flags: 0,
+    };
+    let state = kxen_loader::pv::build(&*snapshot, &plan.layout, &plan.kernel, initrd, &params)?;
+    if let Some(mfn) = state.hypercall_page_mfn {
+        crate::pv::fill_hypercall_page(&snapshot, mfn)?;
+    }
+    let machine = crate::pv::PvMachine::new(
+        &snapshot,
+        cfg.domid,
+        plan.layout.nr_pages,
+        cfg.vcpus,
+        &state,
+    )?;
+    // vcpu_info of vCPU 0 sits at the start of shared_info; its second
+    // byte is evtchn_upcall_mask.
+    snapshot
+        .write_obj(1u8, GuestAddress(shared_info_gpa + 1))
+        .map_err(|e| VmError::Setup(format!("masking vCPU 0's events: {e}")))?;
+    tracing::info!(
+        entry = format_args!("{:#x}", state.entry),
+        start_info = format_args!("{:#x}", state.start_info_va),
+        cr3 = format_args!("{:#x}", state.cr3),
+        hypercall_page = ?state.hypercall_page_mfn,
+        "PV domain built"
+    );
+    Ok((Arc::new(machine), state))
 }

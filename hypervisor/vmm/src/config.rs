@@ -33,4 +33,7 @@ pub struct VmConfig {
     /// An HVM domain (Linux boot protocol, emulated devices) rather than
     /// PVH.
     pub hvm: Option<HvmConfig>,
+    /// A classic PV domain: the kernel is built by the PV domain builder
+    /// and runs deprivileged at CPL3 (`hvm` is then `None`).
+    pub pv: bool,
 }

@@ -17,6 +17,20 @@ pub enum VmError {
         path: PathBuf,
         source: kxen_loader::LoaderError,
     },
+    #[error("PV kernel {path}: {source}")]
+    PvKernel {
+        path: PathBuf,
+        source: kxen_loader::pv::PvImageError,
+    },
+    #[error("PV kernel {path}: reading it: {source}")]
+    PvKernelRead {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("PV domain layout: {0}")]
+    PvLayout(#[from] kxen_loader::pv::LayoutError),
+    #[error("PV machine: {0}")]
+    PvSetup(#[from] crate::pv::PvSetupError),
     #[error("ramdisk {path}: {source}")]
     Ramdisk {
         path: PathBuf,

@@ -39,6 +39,7 @@ pub mod kick;
 pub mod memory;
 pub mod peer;
 pub mod platform;
+pub mod pv;
 pub mod routing;
 pub mod seccomp;
 pub mod syscall_bridge;

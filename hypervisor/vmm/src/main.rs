@@ -45,11 +45,11 @@ fn main() -> ExitCode {
         return ExitCode::from(1);
     }
     let hvm = match args.guest_type {
-        GuestType::Pvh if !args.virtio.is_empty() => {
+        GuestType::Pvh | GuestType::Pv if !args.virtio.is_empty() => {
             eprintln!("kxen-vmm: --virtio needs --type hvm");
             return ExitCode::from(1);
         }
-        GuestType::Pvh => None,
+        GuestType::Pvh | GuestType::Pv => None,
         GuestType::Hvm => Some(HvmConfig {
             serial: args.serial.clone(),
             xen_platform_pci: args.xen_platform_pci,
@@ -87,6 +87,7 @@ fn main() -> ExitCode {
             }
         },
         hvm,
+        pv: args.guest_type == GuestType::Pv,
     };
     match vm::run(cfg, started, args.report_timing) {
         Ok(exit) => {

@@ -36,6 +36,9 @@ pub const SPECIAL_PAGES: u64 = 16;
 pub const SPECIAL_SHARED_INFO: u64 = 0;
 pub const SPECIAL_XENSTORE: u64 = 1;
 pub const SPECIAL_CONSOLE: u64 = 2;
+/// Three pages: the hypervisor's own page tables of a PV domain (its
+/// hypercall transport mapping, see `crate::pv`).
+pub const SPECIAL_PV_TABLES: u64 = 3;
 /// Default GFNs for grant frames the guest did not place (`setup_table`).
 pub const DEFAULT_GRANT_GFN: u64 = 0xfef00;
 /// Frames in the pool: shared_info plus 64 grant frames.

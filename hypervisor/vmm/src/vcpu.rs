@@ -318,6 +318,11 @@ impl Vcpu {
                     trace!(vcpu, addr, "unclaimed MMIO read");
                 }
             }
+            VcpuExit::MmioWrite(addr, _)
+                if addr == crate::pv::PV_HYPERCALL_GPA && rt.pv.is_some() =>
+            {
+                return Err(Deferred::Hypercall)
+            }
             VcpuExit::MmioWrite(addr, data) => {
                 let answer = rt.hvm.as_ref().and_then(|d| d.mmio.write(addr, data));
                 match BusWrite::from_bus(answer) {
@@ -437,6 +442,10 @@ impl Vcpu {
     /// Serve the hypercall whose number the guest wrote to the port.
     fn hypercall(&mut self) {
         let (regs, sregs) = (self.kvm.regs(), self.kvm.sregs());
+        if let Some(pv) = self.rt.pv.clone() {
+            self.pv_hypercall(&pv, &regs, &sregs);
+            return;
+        }
         // Xen refuses hypercalls from guest user mode (hvm_hypercall).
         let result = if sregs.ss.dpl != 0 {
             -xen_abi::errno::EPERM
@@ -471,6 +480,61 @@ impl Vcpu {
             }
         };
         self.kvm.regs_mut().rax = result as u64;
+    }
+
+    /// A PV guest's hypercall. Its kernel runs at CPL3, so CPL3 is no
+    /// reason to refuse (this slice has no guest user mode yet: once it
+    /// does, the PV machine's own kernel/user mode decides). The PV MMU
+    /// hypercalls go to the PV machine, every other one to kxen-xen's
+    /// dispatch; always the 64-bit ABI.
+    fn pv_hypercall(
+        &mut self,
+        pv: &crate::pv::PvMachine,
+        regs: &kvm_bindings::kvm_regs,
+        sregs: &kvm_bindings::kvm_sregs,
+    ) {
+        let call = Call {
+            nr: regs.rax & 0xffff_ffff,
+            args: [regs.rdi, regs.rsi, regs.rdx, regs.r10, regs.r8],
+        };
+        let paging = self.kvm.paging_regs_from(sregs);
+        let served = self.kvm.with_guest(&self.rt.memory, paging, |g| {
+            pv.hypercall(self.id, g.mem, g, &call)
+        });
+        let result = match served {
+            Some((ret, effects)) => {
+                self.apply_pv_effects(pv, &effects);
+                ret
+            }
+            None => self.kvm.with_mmu(&self.rt.memory, paging, |mmu| {
+                self.rt.domain.hypercall(self.id, mmu, call)
+            }),
+        };
+        self.kvm.regs_mut().rax = result as u64;
+    }
+
+    /// What a PV MMU call asks before the guest resumes. A new base
+    /// pointer is loaded into CR3 (KVM_SET_SREGS, which also drops KVM's
+    /// translations for the old one). TLB flushes are only logged: KVM
+    /// offers user space no flush request short of a CR3 load, and the
+    /// flushes this slice's guest asks for change no mapping.
+    fn apply_pv_effects(&mut self, pv: &crate::pv::PvMachine, effects: &kxen_pv::Effects) {
+        if effects.base_changed {
+            match pv.kernel_cr3(self.id) {
+                Some(cr3) => {
+                    if !self.kvm.set_cr3(cr3) {
+                        warn!(
+                            vcpu = self.id,
+                            cr3, "loading the new PV base pointer failed"
+                        );
+                    }
+                }
+                None => warn!(vcpu = self.id, "PV base pointer changed to none"),
+            }
+        }
+        if let Some(flush) = &effects.flush {
+            trace!(vcpu = self.id, ?flush, "PV TLB flush requested");
+        }
     }
 
     fn describe_internal_error(&mut self) -> String {

@@ -160,6 +160,19 @@ impl KvmVcpu {
         &mut self.fd.sync_regs_mut().regs
     }
 
+    /// Load a new CR3 (a PV base pointer switch): the synced system
+    /// registers with CR3 changed, written back at once so that the
+    /// change cannot be lost to a later synced-register update.
+    pub fn set_cr3(&mut self, cr3: u64) -> bool {
+        let mut sregs = self.sregs();
+        sregs.cr3 = cr3;
+        let ok = self.fd.set_sregs(&sregs).is_ok();
+        if ok {
+            self.fd.sync_regs_mut().sregs.cr3 = cr3;
+        }
+        ok
+    }
+
     /// The privilege level the vCPU runs at.
     pub fn cpl(&self) -> u8 {
         self.sregs().ss.dpl

@@ -25,6 +25,8 @@ pub struct VcpuShared {
     /// User-mode `syscall` for stock kernels (HVM domains on PVM hosts).
     pub syscall_bridge: Option<Arc<SyscallBridge>>,
     pub exit: Arc<ExitLatch>,
+    /// The PV machine (PV domains only): the PV MMU hypercalls.
+    pub pv: Option<Arc<crate::pv::PvMachine>>,
     /// Port 0xE9: the guest's debug console lines.
     pub debug_console: DebugConsole,
     /// Pausing: keeps the vCPUs out of guest mode.

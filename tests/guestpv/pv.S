@@ -1,0 +1,382 @@
+/* A minimal classic 64-bit PV kernel for kxen's PV machine. Built by the
+ * PV domain builder, it runs deprivileged at CPL3 from VIRT_BASE
+ * 0xffffffff80000000 and makes its hypercalls through the HYPERCALL_PAGE
+ * kxen fills. At entry it:
+ *   checks RSI -> start_info with magic "xen-3.0-x86_64";
+ *   prints hello with console_io (CONSOLEIO_write);
+ *   prints CS and SS as `mov` reads them (PVM shows its own selectors);
+ *   mmuext_op TLB_FLUSH_LOCAL (expect 0, done = 1);
+ *   mmuext_op PIN_L4_TABLE of a frame beyond nr_pages (expect -EINVAL,
+ *   done = 0);
+ *   mmuext_op NEW_BASEPTR to its own L4 (expect 0; CR3 reloaded) and to
+ *   start_info's writable frame (expect -EINVAL);
+ *   mmuext_op with an unmapped op array (expect -EFAULT);
+ *   update_va_mapping in the hypervisor's hole (expect -EINVAL);
+ *   an unused hypercall number (expect -ENOSYS);
+ *   times NULL_CALLS xen_version(XENVER_version) calls with rdtsc;
+ * printing a PASS/FAIL line for each, then SCHEDOP_shutdown(poweroff). */
+    .set HC_MMU_UPDATE, 1
+    .set HC_CONSOLE_IO, 18
+    .set HC_XEN_VERSION, 17
+    .set HC_MMUEXT_OP, 26
+    .set HC_UPDATE_VA_MAPPING, 14
+    .set HC_SCHED_OP, 29
+    .set HC_UNUSED, 55
+    .set CONSOLEIO_WRITE, 0
+    .set SCHEDOP_SHUTDOWN, 2
+    .set SHUTDOWN_POWEROFF, 0
+    .set MMUEXT_PIN_L4_TABLE, 3
+    .set MMUEXT_TLB_FLUSH_LOCAL, 6
+    .set MMUEXT_NEW_BASEPTR, 5
+    .set DOMID_SELF, 0x7ff0
+    .set EINVAL, 22
+    .set EFAULT, 14
+    .set HYPERVISOR_HOLE, 0xffff800000000000
+    .set ENOSYS, 38
+    .set SI_NR_PAGES, 32             /* start_info.nr_pages */
+    .set SI_PT_BASE, 88              /* start_info.pt_base */
+    .set NULL_CALLS, 1000
+    .set LINE_MAX, 200
+    .set VIRT_BASE, 0xffffffff80000000
+
+    .text
+    .code64
+    .globl _start
+_start:
+    mov %rsi, %r15                   /* start_info */
+    /* start_info's magic starts "xen-3.0-x86_64". */
+    lea magic(%rip), %rdi
+    mov %r15, %rsi
+    mov $14, %ecx
+    repe cmpsb
+    lea name_magic(%rip), %rbx
+    sete %al
+    movzbl %al, %edi
+    xor %esi, %esi
+    call verdict
+
+    lea msg_hello(%rip), %rdi
+    call puts
+
+    /* What `mov` reads of CS and SS at the PV kernel's CPL3. */
+    lea msg_cs(%rip), %rdi
+    call puts
+    xor %eax, %eax
+    mov %cs, %ax
+    call puthex
+    lea msg_ss(%rip), %rdi
+    call puts
+    xor %eax, %eax
+    mov %ss, %ax
+    call puthex
+    lea msg_rpl(%rip), %rdi
+    call puts
+    xor %eax, %eax
+    mov %cs, %ax
+    and $3, %eax
+    call puthex
+    lea msg_nl(%rip), %rdi
+    call puts
+
+    /* mmuext_op(TLB_FLUSH_LOCAL): 0, one op done. */
+    movl $MMUEXT_TLB_FLUSH_LOCAL, op_cmd(%rip)
+    movq $0, op_arg1(%rip)
+    movl $0xdead, done(%rip)
+    lea op_cmd(%rip), %rdi
+    mov $1, %esi
+    lea done(%rip), %rdx
+    mov $DOMID_SELF, %r10d
+    call hypercall_page + HC_MMUEXT_OP * 32
+    mov %rax, %rsi
+    cmpl $1, done(%rip)
+    sete %dl
+    test %rax, %rax
+    sete %al
+    and %dl, %al
+    movzbl %al, %edi
+    lea name_flush(%rip), %rbx
+    call verdict
+
+    /* mmuext_op(PIN_L4_TABLE, nr_pages + 16): -EINVAL, nothing done. */
+    movl $MMUEXT_PIN_L4_TABLE, op_cmd(%rip)
+    mov SI_NR_PAGES(%r15), %rax
+    add $16, %rax
+    mov %rax, op_arg1(%rip)
+    movl $0xdead, done(%rip)
+    lea op_cmd(%rip), %rdi
+    mov $1, %esi
+    lea done(%rip), %rdx
+    mov $DOMID_SELF, %r10d
+    call hypercall_page + HC_MMUEXT_OP * 32
+    mov %rax, %rsi
+    cmpl $0, done(%rip)
+    sete %dl
+    cmp $-EINVAL, %rax
+    sete %al
+    and %dl, %al
+    movzbl %al, %edi
+    lea name_badpin(%rip), %rbx
+    call verdict
+
+    /* NEW_BASEPTR to the L4 we run on (start_info.pt_base): 0, and
+     * kxen-vmm reloads CR3 (the checks after this one run on it). */
+    movl $MMUEXT_NEW_BASEPTR, op_cmd(%rip)
+    mov SI_PT_BASE(%r15), %rax
+    mov $VIRT_BASE, %rcx
+    sub %rcx, %rax
+    shr $12, %rax
+    mov %rax, op_arg1(%rip)
+    lea op_cmd(%rip), %rdi
+    mov $1, %esi
+    xor %edx, %edx
+    mov $DOMID_SELF, %r10d
+    call hypercall_page + HC_MMUEXT_OP * 32
+    mov %rax, %rsi
+    test %rax, %rax
+    sete %al
+    movzbl %al, %edi
+    lea name_baseptr(%rip), %rbx
+    call verdict
+
+    /* NEW_BASEPTR to start_info's frame, which we map writable: a frame
+     * mapped writable never becomes a page table, -EINVAL. */
+    movl $MMUEXT_NEW_BASEPTR, op_cmd(%rip)
+    mov %r15, %rax
+    mov $VIRT_BASE, %rcx
+    sub %rcx, %rax
+    shr $12, %rax
+    mov %rax, op_arg1(%rip)
+    lea op_cmd(%rip), %rdi
+    mov $1, %esi
+    xor %edx, %edx
+    mov $DOMID_SELF, %r10d
+    call hypercall_page + HC_MMUEXT_OP * 32
+    mov %rax, %rsi
+    cmp $-EINVAL, %rax
+    sete %al
+    movzbl %al, %edi
+    lea name_badbase(%rip), %rbx
+    call verdict
+
+    /* mmuext_op with its op array at an unmapped address: -EFAULT. */
+    mov $0x1000, %edi
+    mov $1, %esi
+    xor %edx, %edx
+    mov $DOMID_SELF, %r10d
+    call hypercall_page + HC_MMUEXT_OP * 32
+    mov %rax, %rsi
+    cmp $-EFAULT, %rax
+    sete %al
+    movzbl %al, %edi
+    lea name_efault(%rip), %rbx
+    call verdict
+
+    /* update_va_mapping inside the hypervisor's hole: -EINVAL. */
+    mov $HYPERVISOR_HOLE, %rdi
+    xor %esi, %esi
+    xor %edx, %edx
+    call hypercall_page + HC_UPDATE_VA_MAPPING * 32
+    mov %rax, %rsi
+    cmp $-EINVAL, %rax
+    sete %al
+    movzbl %al, %edi
+    lea name_hole(%rip), %rbx
+    call verdict
+
+    /* A hypercall number Xen does not have: -ENOSYS. */
+    xor %edi, %edi
+    call hypercall_page + HC_UNUSED * 32
+    mov %rax, %rsi
+    cmp $-ENOSYS, %rax
+    sete %al
+    movzbl %al, %edi
+    lea name_enosys(%rip), %rbx
+    call verdict
+
+    /* NULL_CALLS null hypercalls (xen_version 0), timed with rdtsc. */
+    rdtsc
+    shl $32, %rdx
+    or %rax, %rdx
+    mov %rdx, %r14
+    mov $NULL_CALLS, %r13d
+1:  xor %edi, %edi
+    xor %esi, %esi
+    call hypercall_page + HC_XEN_VERSION * 32
+    dec %r13d
+    jnz 1b
+    rdtsc
+    shl $32, %rdx
+    or %rax, %rdx
+    sub %r14, %rdx
+    mov %rdx, %r14
+    lea msg_timing(%rip), %rdi
+    call puts
+    mov $NULL_CALLS, %eax
+    call puthex
+    lea msg_timing2(%rip), %rdi
+    call puts
+    mov %r14, %rax
+    call puthex
+    lea msg_timing3(%rip), %rdi
+    call puts
+
+    lea msg_bye(%rip), %rdi
+    call puts
+    movl $SHUTDOWN_POWEROFF, shutdown_reason(%rip)
+    mov $SCHEDOP_SHUTDOWN, %edi
+    lea shutdown_reason(%rip), %rsi
+    call hypercall_page + HC_SCHED_OP * 32
+    /* kxen-xen's shutdown returns to the caller until the vCPU is
+     * stopped (Xen's does not return at all): wait here for that. */
+2:  pause
+    jmp 2b
+
+/* verdict: EDI = 1 for a pass, RBX = the check's name, RSI = the value
+ * the check saw (printed on failure). */
+verdict:
+    push %rsi
+    test %edi, %edi
+    jz 1f
+    lea msg_pass(%rip), %rdi
+    call puts
+    mov %rbx, %rdi
+    call puts
+    lea msg_nl(%rip), %rdi
+    call puts
+    pop %rsi
+    ret
+1:  lea msg_fail(%rip), %rdi
+    call puts
+    mov %rbx, %rdi
+    call puts
+    lea msg_got(%rip), %rdi
+    call puts
+    pop %rax
+    call puthex
+    lea msg_nl(%rip), %rdi
+    call puts
+    ret
+
+/* puts: the NUL-terminated string at RDI, gathered into a line and
+ * written with console_io at each newline (one console_io per line, so
+ * that the hypervisor's (dN) prefix starts each line once). */
+puts:
+    push %rdi
+    push %rsi
+    push %rdx
+    push %rcx
+    mov %rdi, %rcx
+    mov linelen(%rip), %rsi
+1:  movzbl (%rcx), %edx
+    test %edx, %edx
+    jz 3f
+    lea linebuf(%rip), %rdi
+    mov %dl, (%rdi,%rsi)
+    inc %rsi
+    inc %rcx
+    cmp $'\n', %edx
+    je 2f
+    cmp $LINE_MAX, %rsi
+    jb 1b
+2:  lea linebuf(%rip), %rdx
+    mov $CONSOLEIO_WRITE, %edi
+    call hypercall_page + HC_CONSOLE_IO * 32
+    xor %esi, %esi
+    jmp 1b
+3:  mov %rsi, linelen(%rip)
+    pop %rcx
+    pop %rdx
+    pop %rsi
+    pop %rdi
+    ret
+
+/* puthex: RAX as 0x followed by 16 hex digits. */
+puthex:
+    push %rdi
+    push %rcx
+    push %rdx
+    lea hexbuf+2(%rip), %rdi
+    mov $16, %ecx
+1:  rol $4, %rax
+    mov %eax, %edx
+    and $0xf, %edx
+    cmp $10, %edx
+    jb 2f
+    add $('a' - '0' - 10), %edx
+2:  add $'0', %edx
+    mov %dl, (%rdi)
+    inc %rdi
+    dec %ecx
+    jnz 1b
+    lea hexbuf(%rip), %rdi
+    call puts
+    pop %rdx
+    pop %rcx
+    pop %rdi
+    ret
+
+    .data
+magic:        .ascii "xen-3.0-x86_64"
+msg_hello:    .asciz "kxen-pv-guest: hello from CPL3\n"
+msg_cs:       .asciz "kxen-pv-guest: cs="
+msg_ss:       .asciz " ss="
+msg_rpl:      .asciz " cs.rpl="
+msg_nl:       .asciz "\n"
+msg_pass:     .asciz "kxen-pv-guest: PASS "
+msg_fail:     .asciz "kxen-pv-guest: FAIL "
+msg_got:      .asciz ": got "
+msg_timing:   .asciz "kxen-pv-guest: null hypercalls: "
+msg_timing2:  .asciz " calls in "
+msg_timing3:  .asciz " TSC cycles\n"
+msg_bye:      .asciz "kxen-pv-guest: done, powering off\n"
+name_magic:   .asciz "start_info magic"
+name_flush:   .asciz "mmuext_op TLB_FLUSH_LOCAL"
+name_badpin:  .asciz "mmuext_op PIN_L4_TABLE beyond nr_pages is -EINVAL"
+name_baseptr: .asciz "mmuext_op NEW_BASEPTR to our own L4"
+name_badbase: .asciz "mmuext_op NEW_BASEPTR to a writable frame is -EINVAL"
+name_efault:  .asciz "mmuext_op with an unmapped op array is -EFAULT"
+name_hole:    .asciz "update_va_mapping in the hypervisor hole is -EINVAL"
+name_enosys:  .asciz "unknown hypercall is -ENOSYS"
+hexbuf:       .asciz "0x0000000000000000"
+    .balign 8
+op_cmd:       .long 0
+op_pad:       .long 0
+op_arg1:      .quad 0
+op_arg2:      .quad 0
+done:         .long 0
+shutdown_reason: .long 0
+    .balign 8
+linelen:      .quad 0
+linebuf:      .fill 256, 1, 0
+
+    /* The page kxen fills with its hypercall stubs (HYPERCALL_PAGE). */
+    .balign 4096
+    .globl hypercall_page
+hypercall_page:
+    .fill 4096, 1, 0xcc
+    /* Stack space of our own is not needed: the builder gives a boot
+     * stack (RSP at entry). */
+
+    .section .note.Xen, "a", @note
+    .macro xen_note type, descsz
+    .balign 4
+    .long 4, \descsz, \type
+    .asciz "Xen"
+    .endm
+    xen_note 6, 13          /* GUEST_OS */
+    .asciz "kxen-pv-test"
+    xen_note 5, 8           /* XEN_VERSION */
+    .asciz "xen-3.0"
+    xen_note 8, 8           /* LOADER */
+    .asciz "generic"
+    xen_note 3, 8           /* VIRT_BASE */
+    .quad VIRT_BASE
+    xen_note 4, 8           /* PADDR_OFFSET */
+    .quad 0
+    xen_note 1, 8           /* ENTRY */
+    .quad _start
+    xen_note 2, 8           /* HYPERCALL_PAGE */
+    .quad hypercall_page
+    xen_note 10, 24         /* FEATURES */
+    .asciz "!writable_page_tables"
+    .balign 4
