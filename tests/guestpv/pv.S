@@ -226,8 +226,10 @@ _start:
     mov $SCHEDOP_SHUTDOWN, %edi
     lea shutdown_reason(%rip), %rsi
     call hypercall_page + HC_SCHED_OP * 32
-    /* kxen-xen's shutdown returns to the caller until the vCPU is
-     * stopped (Xen's does not return at all): wait here for that. */
+    /* Xen's shutdown does not return: the domain runs no further
+     * instruction. Say so if it did (pv_boot fails on any FAIL line). */
+    lea msg_shutdown_returned(%rip), %rdi
+    call puts
 2:  pause
     jmp 2b
 
@@ -345,6 +347,7 @@ op_arg1:      .quad 0
 op_arg2:      .quad 0
 done:         .long 0
 shutdown_reason: .long 0
+msg_shutdown_returned: .asciz "kxen-pv-guest: FAIL SCHEDOP_shutdown returned\n"
     .balign 8
 linelen:      .quad 0
 linebuf:      .fill 256, 1, 0

@@ -145,7 +145,8 @@ impl GuestEntryGate {
     pub fn unpause(&self) {
         let mut st = self.lock();
         st.paused = false;
-        self.paused_fast.store(false, Ordering::SeqCst);
+        // A stopping domain keeps its vCPUs on the slow path (see stop).
+        self.paused_fast.store(st.stopping, Ordering::SeqCst);
         self.opened.notify_all();
     }
 
@@ -157,6 +158,11 @@ impl GuestEntryGate {
     pub fn stop(&self) {
         let mut st = self.lock();
         st.stopping = true;
+        // And send a vCPU about to enter the guest down the slow path,
+        // where it sees `stopping`: once the domain's end is requested (a
+        // SCHEDOP_shutdown, say, which never returns on Xen) no vCPU runs
+        // another guest instruction.
+        self.paused_fast.store(true, Ordering::SeqCst);
         self.opened.notify_all();
     }
 }
@@ -190,6 +196,20 @@ mod tests {
         gate.unpause();
         assert!(vcpu.join().expect("vCPU thread"));
         assert_eq!(gate.in_guest.load(Ordering::SeqCst), 1);
+    }
+
+    #[test]
+    fn a_stopped_domain_lets_no_vcpu_back_into_the_guest() {
+        let gate = GuestEntryGate::new(false);
+        assert!(gate.enter());
+        // The vCPU serves a shutdown hypercall: the domain's end is
+        // requested while it is out of KVM_RUN.
+        gate.leave();
+        gate.stop();
+        assert!(!gate.enter(), "a running vCPU must not re-enter");
+        // Nor after an unpause that raced with the stop.
+        gate.unpause();
+        assert!(!gate.enter());
     }
 
     #[test]
