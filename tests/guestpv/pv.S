@@ -13,6 +13,12 @@
  *   mmuext_op with an unmapped op array (expect -EFAULT);
  *   update_va_mapping in the hypervisor's hole (expect -EINVAL);
  *   an unused hypercall number (expect -ENOSYS);
+ *   remaps a spare VA V between two data frames A and B and reads
+ *   through V after each change, which must see the new frame: with
+ *   update_va_mapping(UVMF_INVLPG), mmu_update + mmuext_op INVLPG_LOCAL,
+ *   update_va_mapping(UVMF_TLB_FLUSH), and after an unmap (val 0; V is
+ *   not read while unmapped: with no trap table the fault would end the
+ *   domain); then times UVM_CALLS update_va_mapping(UVMF_INVLPG) calls;
  *   times NULL_CALLS xen_version(XENVER_version) calls with rdtsc;
  * printing a PASS/FAIL line for each, then SCHEDOP_shutdown(poweroff). */
     .set HC_MMU_UPDATE, 1
@@ -35,6 +41,15 @@
     .set ENOSYS, 38
     .set SI_NR_PAGES, 32             /* start_info.nr_pages */
     .set SI_PT_BASE, 88              /* start_info.pt_base */
+    .set SI_NR_PT_FRAMES, 96         /* start_info.nr_pt_frames */
+    .set MMU_NORMAL_PT_UPDATE, 0
+    .set MMUEXT_INVLPG_LOCAL, 7
+    .set UVMF_TLB_FLUSH, 1           /* | UVMF_LOCAL (0) */
+    .set UVMF_INVLPG, 2              /* | UVMF_LOCAL (0) */
+    .set PTE_P_RW, 3
+    .set VALUE_A, 0xa0a0a0a0a0a0a0a1
+    .set VALUE_B, 0xb0b0b0b0b0b0b0b2
+    .set UVM_CALLS, 500
     .set NULL_CALLS, 1000
     .set LINE_MAX, 200
     .set VIRT_BASE, 0xffffffff80000000
@@ -193,6 +208,129 @@ _start:
     lea name_enosys(%rip), %rbx
     call verdict
 
+    /* Live remapping: a spare VA V (inside the bootstrap mapping's slack,
+     * 16 pages past the boot stack, which follows the page tables) is
+     * pointed at frame A, then B, ...; each read through V must return
+     * the frame the call just installed, not what a stale TLB or shadow
+     * entry still holds. */
+    movabs $VALUE_A, %rax
+    mov %rax, frame_a(%rip)
+    movabs $VALUE_B, %rax
+    mov %rax, frame_b(%rip)
+    mov $VIRT_BASE, %rcx
+    lea frame_a(%rip), %rax
+    sub %rcx, %rax
+    or $PTE_P_RW, %rax
+    mov %rax, pte_a(%rip)
+    lea frame_b(%rip), %rax
+    sub %rcx, %rax
+    or $PTE_P_RW, %rax
+    mov %rax, pte_b(%rip)
+    mov SI_NR_PT_FRAMES(%r15), %rax
+    add $17, %rax
+    shl $12, %rax
+    add SI_PT_BASE(%r15), %rax
+    mov %rax, %r12                   /* V */
+    mov (%r12), %rax                 /* V's own frame, read once: cached */
+
+    mov pte_a(%rip), %rsi
+    mov $UVMF_INVLPG, %edx
+    movabs $VALUE_A, %r8
+    lea name_uvm_a(%rip), %rbx
+    call uvm_check
+    /* V's L1 entry as the guest reads it (through its read-only mapping
+     * of its page tables): what the PV MMU wrote, shown for diagnosis. */
+    lea msg_l1e(%rip), %rdi
+    call puts
+    call l1_entry_ma
+    mov $VIRT_BASE, %rcx
+    mov (%rax,%rcx), %rax
+    call puthex
+    lea msg_nl(%rip), %rdi
+    call puts
+    mov pte_b(%rip), %rsi
+    mov $UVMF_INVLPG, %edx
+    movabs $VALUE_B, %r8
+    lea name_uvm_b(%rip), %rbx
+    call uvm_check
+
+    mov pte_a(%rip), %rsi
+    movabs $VALUE_A, %r8
+    lea name_mmu_a(%rip), %rbx
+    call mmu_update_check
+    mov pte_b(%rip), %rsi
+    movabs $VALUE_B, %r8
+    lea name_mmu_b(%rip), %rbx
+    call mmu_update_check
+
+    mov pte_a(%rip), %rsi
+    mov $UVMF_TLB_FLUSH, %edx
+    movabs $VALUE_A, %r8
+    lea name_full_a(%rip), %rbx
+    call uvm_check
+    mov pte_b(%rip), %rsi
+    mov $UVMF_TLB_FLUSH, %edx
+    movabs $VALUE_B, %r8
+    lea name_full_b(%rip), %rbx
+    call uvm_check
+
+    /* Unmap V (not read while unmapped), then map A again. */
+    mov %r12, %rdi
+    xor %esi, %esi
+    mov $UVMF_INVLPG, %edx
+    call hypercall_page + HC_UPDATE_VA_MAPPING * 32
+    mov %rax, %rsi
+    test %rax, %rax
+    sete %al
+    movzbl %al, %edi
+    lea name_unmap(%rip), %rbx
+    call verdict
+    mov pte_a(%rip), %rsi
+    mov $UVMF_INVLPG, %edx
+    movabs $VALUE_A, %r8
+    lea name_remap(%rip), %rbx
+    call uvm_check
+
+    /* UVM_CALLS update_va_mapping(UVMF_INVLPG) calls, alternating B and
+     * A, timed with rdtsc (what a flush costs on top of a hypercall). */
+    rdtsc
+    shl $32, %rdx
+    or %rax, %rdx
+    mov %rdx, %r14
+    mov $UVM_CALLS, %r13d
+1:  mov %r12, %rdi
+    mov pte_b(%rip), %rsi
+    test $1, %r13d
+    jz 2f
+    mov pte_a(%rip), %rsi
+2:  mov $UVMF_INVLPG, %edx
+    call hypercall_page + HC_UPDATE_VA_MAPPING * 32
+    dec %r13d
+    jnz 1b
+    rdtsc
+    shl $32, %rdx
+    or %rax, %rdx
+    sub %r14, %rdx
+    mov %rdx, %r14
+    lea msg_uvm_timing(%rip), %rdi
+    call puts
+    mov $UVM_CALLS, %eax
+    call puthex
+    lea msg_timing2(%rip), %rdi
+    call puts
+    mov %r14, %rax
+    call puthex
+    lea msg_timing3(%rip), %rdi
+    call puts
+    /* The loop ended on A (its last call, count 1, is odd): V reads A. */
+    mov (%r12), %rsi
+    movabs $VALUE_A, %rax
+    cmp %rax, %rsi
+    sete %al
+    movzbl %al, %edi
+    lea name_loop(%rip), %rbx
+    call verdict
+
     /* NULL_CALLS null hypercalls (xen_version 0), timed with rdtsc. */
     rdtsc
     shl $32, %rdx
@@ -232,6 +370,76 @@ _start:
     call puts
 2:  pause
     jmp 2b
+
+/* uvm_check: update_va_mapping(V = R12, RSI = new entry, RDX = flags),
+ * then read V: a pass if the call returned 0 and V reads R8. RBX = the
+ * check's name. On failure it prints what V read (or the call's error). */
+uvm_check:
+    mov %r12, %rdi
+    call hypercall_page + HC_UPDATE_VA_MAPPING * 32
+    jmp read_check
+
+/* mmu_update_check: mmu_update(MMU_NORMAL_PT_UPDATE of V's L1 entry =
+ * RSI), then mmuext_op INVLPG_LOCAL(V), then read V as uvm_check does. */
+mmu_update_check:
+    mov %rsi, mmu_req_val(%rip)
+    call l1_entry_ma
+    or $MMU_NORMAL_PT_UPDATE, %rax
+    mov %rax, mmu_req_ptr(%rip)
+    lea mmu_req_ptr(%rip), %rdi
+    mov $1, %esi
+    xor %edx, %edx
+    mov $DOMID_SELF, %r10d
+    call hypercall_page + HC_MMU_UPDATE * 32
+    test %rax, %rax
+    jnz read_check
+    movl $MMUEXT_INVLPG_LOCAL, op_cmd(%rip)
+    mov %r12, op_arg1(%rip)
+    lea op_cmd(%rip), %rdi
+    mov $1, %esi
+    xor %edx, %edx
+    mov $DOMID_SELF, %r10d
+    call hypercall_page + HC_MMUEXT_OP * 32
+    /* fall through */
+read_check:
+    mov %rax, %rsi
+    test %rax, %rax
+    jnz 1f
+    mov (%r12), %rsi
+1:  xor %edi, %edi
+    cmp %r8, %rsi
+    sete %dil
+    jmp verdict
+
+/* l1_entry_ma: RAX = the machine address of the L1 entry mapping V (R12),
+ * found by walking our page tables from start_info.pt_base (each table
+ * is read through the bootstrap mapping: identity P2M, pfn = va -
+ * VIRT_BASE). */
+l1_entry_ma:
+    push %rcx
+    push %rdx
+    mov SI_PT_BASE(%r15), %rax
+    mov $39, %ecx
+1:  mov %r12, %rdx
+    shr %cl, %rdx
+    and $0x1ff, %edx
+    mov (%rax,%rdx,8), %rax
+    movabs $0x000ffffffffff000, %rdx
+    and %rdx, %rax
+    mov $VIRT_BASE, %rdx
+    add %rdx, %rax
+    sub $9, %ecx
+    cmp $12, %ecx
+    jne 1b
+    mov %r12, %rdx
+    shr $12, %rdx
+    and $0x1ff, %edx
+    lea (%rax,%rdx,8), %rax
+    mov $VIRT_BASE, %rdx
+    sub %rdx, %rax
+    pop %rdx
+    pop %rcx
+    ret
 
 /* verdict: EDI = 1 for a pass, RBX = the check's name, RSI = the value
  * the check saw (printed on failure). */
@@ -339,6 +547,17 @@ name_badbase: .asciz "mmuext_op NEW_BASEPTR to a writable frame is -EINVAL"
 name_efault:  .asciz "mmuext_op with an unmapped op array is -EFAULT"
 name_hole:    .asciz "update_va_mapping in the hypervisor hole is -EINVAL"
 name_enosys:  .asciz "unknown hypercall is -ENOSYS"
+name_uvm_a:   .asciz "update_va_mapping INVLPG: V reads frame A"
+name_uvm_b:   .asciz "update_va_mapping INVLPG: V reads frame B after A"
+name_mmu_a:   .asciz "mmu_update + INVLPG_LOCAL: V reads frame A after B"
+name_mmu_b:   .asciz "mmu_update + INVLPG_LOCAL: V reads frame B after A"
+name_full_a:  .asciz "update_va_mapping TLB_FLUSH: V reads frame A after B"
+name_full_b:  .asciz "update_va_mapping TLB_FLUSH: V reads frame B after A"
+name_unmap:   .asciz "update_va_mapping unmaps V"
+name_remap:   .asciz "update_va_mapping INVLPG: V reads frame A after the unmap"
+name_loop:    .asciz "update_va_mapping loop: V reads frame A at its end"
+msg_l1e:      .asciz "kxen-pv-guest: V's L1 entry after mapping A: "
+msg_uvm_timing: .asciz "kxen-pv-guest: update_va_mapping INVLPG calls: "
 hexbuf:       .asciz "0x0000000000000000"
     .balign 8
 op_cmd:       .long 0
@@ -347,6 +566,10 @@ op_arg1:      .quad 0
 op_arg2:      .quad 0
 done:         .long 0
 shutdown_reason: .long 0
+mmu_req_ptr:  .quad 0
+mmu_req_val:  .quad 0
+pte_a:        .quad 0
+pte_b:        .quad 0
 msg_shutdown_returned: .asciz "kxen-pv-guest: FAIL SCHEDOP_shutdown returned\n"
     .balign 8
 linelen:      .quad 0
@@ -357,6 +580,12 @@ linebuf:      .fill 256, 1, 0
     .globl hypercall_page
 hypercall_page:
     .fill 4096, 1, 0xcc
+    /* Frames A and B of the remapping checks. */
+    .balign 4096
+frame_a:
+    .fill 4096, 1, 0
+frame_b:
+    .fill 4096, 1, 0
     /* Stack space of our own is not needed: the builder gives a boot
      * stack (RSP at entry). */
 

@@ -51,6 +51,12 @@ const SLOT_LOW_RAM: u32 = 0;
 const SLOT_HIGH_RAM: u32 = 1;
 const SLOT_SPECIAL: u32 = 2;
 const FIRST_OVERLAY_SLOT: u32 = 3;
+/// The slot [`GuestMemory::flush_kvm_shadow_mmu`] creates and deletes at
+/// once, after the overlay slots.
+const SLOT_SHADOW_FLUSH: u32 = FIRST_OVERLAY_SLOT + 2 * POOL_PAGES as u32;
+/// Where that slot goes: a frame far above any RAM kxen gives a domain
+/// (the next frames down if a guest put an overlay there).
+const SHADOW_FLUSH_GFN: u64 = 0x7f_ffff;
 
 #[derive(Debug, thiserror::Error)]
 pub enum MemoryError {
@@ -343,6 +349,36 @@ impl GuestMemory {
                 guard.replace(updated);
             }
         }
+    }
+
+    /// Make KVM drop every shadow page table it built from this domain's
+    /// page tables, on every vCPU. On hosts where KVM shadows the guest's
+    /// paging (PVM), KVM keeps a shadow entry in step with a guest
+    /// page-table entry only by trapping guest writes to the table; a PV
+    /// MMU write that kxen-vmm makes from user space is not seen, and no
+    /// CR3 or CR0/CR4 load through KVM_SET_SREGS resyncs it (measured:
+    /// kxen-pv README). Deleting a memory slot does: with KVM's default
+    /// KVM_X86_QUIRK_SLOT_ZAP_ALL it marks every shadow page obsolete and
+    /// makes each vCPU load fresh roots before it next enters the guest,
+    /// which then refaults its translations from the tables as they are
+    /// now. So a one-page slot that maps nothing the guest uses is created
+    /// and deleted.
+    pub fn flush_kvm_shadow_mmu(&self) -> Result<(), MemoryError> {
+        // Held across both ioctls: no overlay may take the frame meanwhile.
+        let overlays = self.overlays.lock().unwrap_or_else(|e| e.into_inner());
+        let gfn = (0..=overlays.len() as u64)
+            .map(|down| SHADOW_FLUSH_GFN - down)
+            .find(|gfn| !overlays.contains_key(gfn))
+            .unwrap_or(SHADOW_FLUSH_GFN);
+        let host = self
+            .atomic
+            .memory()
+            .get_host_address(GuestAddress(SPECIAL_BASE_GFN << 12))
+            .map_err(|e| MemoryError::Layout(e.to_string()))? as u64;
+        // The slot aliases the first special page; it is gone before any
+        // vCPU could touch it (nothing maps its frame anyway).
+        self.set_slot(SLOT_SHADOW_FLUSH, gfn << 12, PAGE_SIZE as u64, host)?;
+        self.set_slot(SLOT_SHADOW_FLUSH, gfn << 12, 0, 0)
     }
 
     /// Return a RAM page to the host; it reads back as zeroes.

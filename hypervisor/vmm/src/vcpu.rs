@@ -514,10 +514,13 @@ impl Vcpu {
     }
 
     /// What a PV MMU call asks before the guest resumes. A new base
-    /// pointer is loaded into CR3 (KVM_SET_SREGS, which also drops KVM's
-    /// translations for the old one). TLB flushes are only logged: KVM
-    /// offers user space no flush request short of a CR3 load, and the
-    /// flushes this slice's guest asks for change no mapping.
+    /// pointer is loaded into CR3 (KVM_SET_SREGS). A TLB flush, and the
+    /// flush a base pointer load implies, drop KVM's shadow page tables
+    /// ([`crate::memory::GuestMemory::flush_kvm_shadow_mmu`]): the PV MMU
+    /// writes the guest's tables from user space, which KVM's shadow MMU
+    /// does not see, and neither a CR3 load nor an INVLPG the guest cannot
+    /// issue would resync it. That flush covers every vCPU and every
+    /// address, more than any Xen flush asks, so one does for all scopes.
     fn apply_pv_effects(&mut self, pv: &crate::pv::PvMachine, effects: &kxen_pv::Effects) {
         if effects.base_changed {
             match pv.kernel_cr3(self.id) {
@@ -532,8 +535,15 @@ impl Vcpu {
                 None => warn!(vcpu = self.id, "PV base pointer changed to none"),
             }
         }
-        if let Some(flush) = &effects.flush {
-            trace!(vcpu = self.id, ?flush, "PV TLB flush requested");
+        if effects.flush.is_some() || effects.base_changed {
+            trace!(vcpu = self.id, flush = ?effects.flush, "PV TLB flush");
+            if let Err(e) = self.rt.memory.flush_kvm_shadow_mmu() {
+                // The guest may now reach frames through stale entries.
+                error!(
+                    vcpu = self.id,
+                    "PV TLB flush of KVM's shadow MMU failed: {e}"
+                );
+            }
         }
     }
 
