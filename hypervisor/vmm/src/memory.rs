@@ -54,8 +54,9 @@ const FIRST_OVERLAY_SLOT: u32 = 3;
 /// The slot [`GuestMemory::flush_kvm_shadow_mmu`] creates and deletes at
 /// once, after the overlay slots.
 const SLOT_SHADOW_FLUSH: u32 = FIRST_OVERLAY_SLOT + 2 * POOL_PAGES as u32;
-/// Where that slot goes: a frame far above any RAM kxen gives a domain
-/// (the next frames down if a guest put an overlay there).
+/// Where that slot goes: a frame far above the RAM of most domains (or the
+/// first frame above RAM for a bigger one), the next frames up if a guest
+/// put an overlay there.
 const SHADOW_FLUSH_GFN: u64 = 0x7f_ffff;
 
 #[derive(Debug, thiserror::Error)]
@@ -366,8 +367,16 @@ impl GuestMemory {
     pub fn flush_kvm_shadow_mmu(&self) -> Result<(), MemoryError> {
         // Held across both ioctls: no overlay may take the frame meanwhile.
         let overlays = self.overlays.lock().unwrap_or_else(|e| e.into_inner());
-        let gfn = (0..=overlays.len() as u64)
-            .map(|down| SHADOW_FLUSH_GFN - down)
+        // Above every RAM frame (a domain may be given more than the
+        // default frame's 32 GiB), and clear of the guest's overlays.
+        let ram_top = self
+            .layout
+            .ram
+            .iter()
+            .map(|&(start, len)| (start + len) >> 12)
+            .max()
+            .unwrap_or(0);
+        let gfn = (SHADOW_FLUSH_GFN.max(ram_top)..)
             .find(|gfn| !overlays.contains_key(gfn))
             .unwrap_or(SHADOW_FLUSH_GFN);
         let host = self
