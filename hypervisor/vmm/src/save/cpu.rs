@@ -119,6 +119,8 @@ pub enum LoadError {
     BadCr4(u64, u64),
     #[error("bad EFER {0:#x}: {1}")]
     BadEfer(u64, &'static str),
+    #[error("bad TSC_AUX {0:#x}: wider than 32 bits")]
+    BadTscAux(u64),
     #[error("bad DR{0} {1:#x}: bits 63:32 set")]
     BadDebugRegister(u8, u64),
     #[error("{0} attributes {1:#x} have reserved bits set")]
@@ -487,6 +489,9 @@ pub fn load(records: &XenVcpuRecords) -> Result<KvmVcpuState, LoadError> {
         return Err(LoadError::UnknownFlags(cpu.flags));
     }
     check_control_registers(cpu)?;
+    if cpu.msr_tsc_aux >> 32 != 0 {
+        return Err(LoadError::BadTscAux(cpu.msr_tsc_aux));
+    }
     for (name, address) in [
         ("FS base", cpu.fs_base),
         ("GS base", cpu.gs_base),
