@@ -18,6 +18,7 @@
 //! * [`dom0`]: the console and xenstore rings' ends in Dom0;
 //! * [`seccomp`], [`peer`]: the per-thread system call filters and the
 //!   control socket's peer check;
+//! * [`save`]: a vCPU's state as Xen's HVM save records (migration);
 //! * [`events`], [`routing`]: Dom0's interdomain channels, irqfds and the
 //!   event routing area backends read.
 
@@ -41,6 +42,7 @@ pub mod peer;
 pub mod platform;
 pub mod pv;
 pub mod routing;
+pub mod save;
 pub mod seccomp;
 pub mod syscall_bridge;
 pub mod vcpu;
