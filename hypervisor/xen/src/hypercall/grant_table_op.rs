@@ -1,13 +1,17 @@
-//! GNTTABOP_* (Xen's common/grant_table.c `do_grant_table_op`): the v1
-//! grant table's size, setup and version; GNTTABOP_copy itself lives in
-//! [`crate::gntcopy`].
+//! GNTTABOP_* (Xen's common/grant_table.c `do_grant_table_op`): the grant
+//! table's size, setup, version (v1 or v2) and v2 status frames;
+//! GNTTABOP_copy itself lives in [`crate::gntcopy`].
 
+use std::sync::atomic::Ordering;
+
+use vm_memory::{Bytes, GuestAddress, GuestAddressSpace, GuestMemoryMmap};
 use xen_abi::errno::*;
 use xen_abi::grant_table::*;
+use xen_abi::PAGE_SIZE;
 
-use crate::domain::Domain;
+use crate::domain::{Domain, DomainState};
 use crate::grant::MAX_GRANT_FRAMES;
-use crate::guest::GuestAccess;
+use crate::guest::{atomic_u16, atomic_u32, read_phys, write_phys, GuestAccess};
 
 impl Domain {
     pub(super) fn grant_table_op(&self, g: &GuestAccess, cmd: u64, uop: u64, count: u64) -> i64 {
@@ -50,15 +54,27 @@ impl Domain {
                     return -EINVAL;
                 }
                 let mut req = read!(g, SetVersion, uop);
-                let rc = match req.version {
-                    1 => 0,
-                    // Behave as Xen built with max grant version 1.
-                    2 => -ENOSYS,
-                    _ => -EINVAL,
-                };
-                req.version = self.lock().grants.version;
+                let mut st = self.lock();
+                let rc = self.set_version(&mut st, req.version);
+                // Xen reports the version in force, whatever the outcome.
+                req.version = st.grants.version;
+                drop(st);
                 write!(g, uop, &req);
                 rc
+            }
+            GNTTABOP_GET_STATUS_FRAMES => {
+                if count != 1 {
+                    return -EINVAL;
+                }
+                let req = read!(g, GetStatusFrames, uop);
+                let status = self.get_status_frames(g, &req);
+                // gnttab_get_status_frames copies back only `status`.
+                if g.write_obj(uop + GET_STATUS_FRAMES_STATUS_OFFSET, &status)
+                    .is_err()
+                {
+                    return -EFAULT;
+                }
+                0
             }
             GNTTABOP_GET_VERSION => {
                 if count != 1 {
@@ -75,6 +91,130 @@ impl Domain {
             GNTTABOP_COPY => self.grant_copy(g, uop, count),
             _ => -ENOSYS,
         }
+    }
+
+    /// GNTTABOP_set_version (grant_table.c gnttab_set_version): only 1 and
+    /// 2 exist (-EINVAL); asking for the current version changes nothing;
+    /// a switch is refused with -EBUSY while any entry past the reserved
+    /// ones is pinned (its busy bits set by a copy or a backend's mapping),
+    /// and 2 -> 1 with -ERANGE while a reserved entry cannot be written as
+    /// v1 (a transitive grant, or a frame above 32 bits). A switch keeps
+    /// the reserved entries (converted to the new layout) and clears the
+    /// rest of every frame.
+    fn set_version(&self, st: &mut DomainState, version: u32) -> i64 {
+        if version != 1 && version != 2 {
+            return -EINVAL;
+        }
+        if st.grants.version == version {
+            return 0;
+        }
+        let guard = self.mem.memory();
+        let mem: &GuestMemoryMmap = &guard;
+        let nr_entries = st.grants.nr_frames() as u64 * st.grants.entries_per_frame();
+        for gref in GNTTAB_NR_RESERVED_ENTRIES as u64..nr_entries {
+            if busy_bits(st, mem, gref) != 0 {
+                tracing::warn!(
+                    domid = self.cfg.domid,
+                    gref,
+                    "grant table version change refused: a grant is in use"
+                );
+                return -EBUSY;
+            }
+        }
+        // The reserved entries, as v1 entries with their busy bits.
+        let mut reserved = [GrantEntryV1::default(); GNTTAB_NR_RESERVED_ENTRIES as usize];
+        for (gref, slot) in reserved.iter_mut().enumerate() {
+            let Some(loc) = st.grants.locate(gref as u64) else {
+                continue;
+            };
+            if st.grants.version == 1 {
+                *slot = read_phys(mem, loc.entry);
+                continue;
+            }
+            let e: GrantEntryV2 = read_phys(mem, loc.entry);
+            match e.flags & GTF_TYPE_MASK {
+                GTF_PERMIT_ACCESS if e.frame >> 32 == 0 => {
+                    *slot = GrantEntryV1 {
+                        flags: e.flags | busy_bits(st, mem, gref as u64),
+                        domid: e.domid,
+                        frame: e.frame as u32,
+                    }
+                }
+                GTF_PERMIT_ACCESS | GTF_TRANSITIVE => return -ERANGE,
+                // Anything else is not kept.
+                _ => {}
+            }
+        }
+        if version == 2 {
+            st.grants.version = 2;
+            let rc = self.place_default_status_frames(st);
+            if rc != 0 {
+                self.remove_status_frames(st);
+                st.grants.version = 1;
+                self.publish_event_layout(st);
+                return rc as i64;
+            }
+        } else {
+            self.remove_status_frames(st);
+            st.grants.version = 1;
+        }
+        // No crud from the old layout survives.
+        let zero = [0u8; PAGE_SIZE];
+        for gfn in st.grants.frames.iter().flatten() {
+            let _ = mem.write_slice(&zero, GuestAddress(gfn << 12));
+        }
+        for gfn in st.grants.status_frames.iter().flatten() {
+            let _ = mem.write_slice(&zero, GuestAddress(gfn << 12));
+        }
+        for (gref, e) in reserved.iter().enumerate() {
+            let Some(loc) = st.grants.locate(gref as u64) else {
+                continue;
+            };
+            match loc.status {
+                None => {
+                    write_phys(mem, loc.entry, e);
+                }
+                Some(status) => {
+                    let busy = e.flags & (GTF_READING | GTF_WRITING);
+                    let v2 = GrantEntryV2 {
+                        flags: e.flags & !(GTF_READING | GTF_WRITING),
+                        domid: e.domid,
+                        frame: e.frame as u64,
+                        ..Default::default()
+                    };
+                    write_phys(mem, status, &busy);
+                    write_phys(mem, loc.entry, &v2);
+                }
+            }
+        }
+        self.publish_event_layout(st);
+        0
+    }
+
+    /// GNTTABOP_get_status_frames (grant_table.c gnttab_get_status_frames):
+    /// only this domain's table; more frames than the table has status
+    /// frames (all of them in v1) is GNTST_general_error; an unwritable
+    /// frame list is GNTST_bad_virt_addr.
+    fn get_status_frames(&self, g: &GuestAccess, req: &GetStatusFrames) -> i16 {
+        if !self.is_self(req.dom) {
+            return if req.dom == 0 {
+                GNTST_PERMISSION_DENIED
+            } else {
+                GNTST_BAD_DOMAIN
+            };
+        }
+        let st = self.lock();
+        if req.nr_frames > st.grants.nr_status_frames() {
+            return GNTST_GENERAL_ERROR;
+        }
+        let mut status = GNTST_OKAY;
+        for i in 0..req.nr_frames {
+            let gfn = st.grants.status_frames[i as usize].unwrap_or(u64::MAX);
+            if g.write_elem(req.frame_list, i as u64, &gfn).is_err() {
+                status = GNTST_BAD_VIRT_ADDR;
+            }
+        }
+        status
     }
 
     fn setup_table(&self, g: &GuestAccess, req: &SetupTable) -> i16 {
@@ -102,4 +242,17 @@ impl Domain {
         }
         GNTST_OKAY
     }
+}
+
+/// `gref`'s GTF_reading/GTF_writing bits: in its flags (v1) or its status
+/// word (v2). An entry whose frame is not placed has none.
+fn busy_bits(st: &DomainState, mem: &GuestMemoryMmap, gref: u64) -> u16 {
+    let Some(loc) = st.grants.locate(gref) else {
+        return 0;
+    };
+    let bits = match loc.status {
+        None => atomic_u32(mem, loc.entry).map_or(0, |w| w.load(Ordering::SeqCst) as u16),
+        Some(status) => atomic_u16(mem, status).map_or(0, |w| w.load(Ordering::SeqCst)),
+    };
+    bits & (GTF_READING | GTF_WRITING)
 }
