@@ -136,7 +136,8 @@ pub struct GetVersion {
     pub version: u32,
 }
 
-/// `gnttab_get_status_frames_t`.
+/// `gnttab_get_status_frames_t` (PV guests only: HVM and PVH guests get
+/// -ENOSYS).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, FromBytes, IntoBytes, Immutable, KnownLayout)]
 pub struct GetStatusFrames {
@@ -147,9 +148,6 @@ pub struct GetStatusFrames {
     /// Guest pointer to `nr_frames` u64 frame numbers (out).
     pub frame_list: u64,
 }
-/// Offset of `status` in `gnttab_get_status_frames_t` (Xen writes back only
-/// that field).
-pub const GET_STATUS_FRAMES_STATUS_OFFSET: u64 = 6;
 
 /// One side of a `gnttab_copy`.
 #[repr(C)]
@@ -181,7 +179,4 @@ const _: () = {
     assert!(core::mem::offset_of!(GrantEntryV2, frame) == GRANT_V2_FRAME_OFFSET);
     assert!(core::mem::offset_of!(GrantEntryV2, page_off) == GRANT_V2_PAGE_OFF_OFFSET);
     assert!(core::mem::size_of::<GetStatusFrames>() == 16);
-    assert!(
-        core::mem::offset_of!(GetStatusFrames, status) == GET_STATUS_FRAMES_STATUS_OFFSET as usize
-    );
 };

@@ -1,6 +1,12 @@
 //! GNTTABOP_* (Xen's common/grant_table.c `do_grant_table_op`): the grant
-//! table's size, setup, version (v1 or v2) and v2 status frames;
-//! GNTTABOP_copy itself lives in [`crate::gntcopy`].
+//! table's size, setup and version (v1 or v2); GNTTABOP_copy itself lives
+//! in [`crate::gntcopy`].
+//!
+//! The ops are those Xen 4.17 lets an HVM or PVH guest make
+//! (arch/x86/hvm/hypercall.c `hvm_grant_table_op`): everything else,
+//! GNTTABOP_get_status_frames included, is -ENOSYS. Such a guest finds a v2
+//! table's status frames by placing them itself, with
+//! `XENMAPSPACE_grant_table | XENMAPIDX_grant_table_status`.
 
 use std::sync::atomic::Ordering;
 
@@ -61,20 +67,6 @@ impl Domain {
                 drop(st);
                 write!(g, uop, &req);
                 rc
-            }
-            GNTTABOP_GET_STATUS_FRAMES => {
-                if count != 1 {
-                    return -EINVAL;
-                }
-                let req = read!(g, GetStatusFrames, uop);
-                let status = self.get_status_frames(g, &req);
-                // gnttab_get_status_frames copies back only `status`.
-                if g.write_obj(uop + GET_STATUS_FRAMES_STATUS_OFFSET, &status)
-                    .is_err()
-                {
-                    return -EFAULT;
-                }
-                0
             }
             GNTTABOP_GET_VERSION => {
                 if count != 1 {
@@ -189,32 +181,6 @@ impl Domain {
         }
         self.publish_event_layout(st);
         0
-    }
-
-    /// GNTTABOP_get_status_frames (grant_table.c gnttab_get_status_frames):
-    /// only this domain's table; more frames than the table has status
-    /// frames (all of them in v1) is GNTST_general_error; an unwritable
-    /// frame list is GNTST_bad_virt_addr.
-    fn get_status_frames(&self, g: &GuestAccess, req: &GetStatusFrames) -> i16 {
-        if !self.is_self(req.dom) {
-            return if req.dom == 0 {
-                GNTST_PERMISSION_DENIED
-            } else {
-                GNTST_BAD_DOMAIN
-            };
-        }
-        let st = self.lock();
-        if req.nr_frames > st.grants.nr_status_frames() {
-            return GNTST_GENERAL_ERROR;
-        }
-        let mut status = GNTST_OKAY;
-        for i in 0..req.nr_frames {
-            let gfn = st.grants.status_frames[i as usize].unwrap_or(u64::MAX);
-            if g.write_elem(req.frame_list, i as u64, &gfn).is_err() {
-                status = GNTST_BAD_VIRT_ADDR;
-            }
-        }
-        status
     }
 
     fn setup_table(&self, g: &GuestAccess, req: &SetupTable) -> i16 {
