@@ -8,7 +8,7 @@ mod targets;
 
 pub use targets::blkif_request::blkif_request;
 pub use targets::bzimage::bzimage;
-pub use targets::gnttab_copy::gnttab_copy;
+pub use targets::gnttab_copy::{gnttab_copy, gnttab_copy_v2};
 pub use targets::hypercalls::hypercalls;
 pub use targets::insn_decode::insn_decode;
 pub use targets::migration_stream::migration_stream;

@@ -524,6 +524,81 @@ fn gnttab_copy() {
     replay("gnttab_copy", kxen_fuzz::gnttab_copy, seeds);
 }
 
+/// 64 v2 entries (flags, domid, (page_off, length), frame), 64 status
+/// words, then the op count and the ops.
+fn gnttab_v2_input(
+    entries: &[(u16, u16, (u16, u16), u64)],
+    busy: &[(usize, u16)],
+    ops: &[Vec<u8>],
+) -> Vec<u8> {
+    let mut d = Vec::new();
+    for i in 0..64 {
+        let (flags, domid, (off, len), frame) =
+            entries.get(i).copied().unwrap_or((0, 0, (0, 0), 0));
+        d.extend(le16(flags));
+        d.extend(le16(domid));
+        d.extend(le16(off));
+        d.extend(le16(len));
+        d.extend(le64(frame));
+    }
+    for i in 0..64 {
+        let word = busy.iter().find(|(g, _)| *g == i).map_or(0, |(_, b)| *b);
+        d.extend(le16(word));
+    }
+    d.push(ops.len() as u8);
+    for op in ops {
+        d.extend(op);
+    }
+    d
+}
+
+#[test]
+fn gnttab_copy_v2() {
+    const GTF_SUB_PAGE: u16 = 1 << 8;
+    const GTF_TRANSITIVE: u16 = 3;
+    const GTF_READING: u16 = 1 << 3;
+    let both = GNTCOPY_SOURCE_GREF | GNTCOPY_DEST_GREF;
+    let me = HARNESS_DOMID;
+    let entries: Vec<(u16, u16, (u16, u16), u64)> = (0..16)
+        .map(|i| match i {
+            3 => (GTF_PERMIT_ACCESS | GTF_READONLY, me, (0, 0), 0x303),
+            5 => (GTF_PERMIT_ACCESS, 2, (0, 0), 0x305),
+            6 => (GTF_PERMIT_ACCESS | GTF_SUB_PAGE, me, (1024, 512), 0x306),
+            7 => (GTF_PERMIT_ACCESS, me, (0, 0), 1 << 40),
+            9 => (GTF_TRANSITIVE, me, (me, 0), 0),
+            _ => (GTF_PERMIT_ACCESS, me, (0, 0), 0x300 + i as u64),
+        })
+        .collect();
+    let ops = vec![
+        copy_op((0, DOMID_SELF, 0), (1, DOMID_SELF, 128), 256, both),
+        copy_op(
+            (2, me, 0),
+            (0x400, DOMID_SELF, 0),
+            4096,
+            GNTCOPY_SOURCE_GREF,
+        ),
+        // Inside and outside the sub_page window.
+        copy_op((6, DOMID_SELF, 1024), (1, DOMID_SELF, 0), 512, both),
+        copy_op((6, DOMID_SELF, 1000), (1, DOMID_SELF, 0), 64, both),
+        // Read-only destination, another domain, a 64-bit frame, a
+        // transitive grant, the same grant on both sides, a gref past the
+        // 256 entries of the frame.
+        copy_op((0, DOMID_SELF, 0), (3, DOMID_SELF, 0), 8, both),
+        copy_op((5, DOMID_SELF, 0), (1, DOMID_SELF, 0), 8, both),
+        copy_op((7, DOMID_SELF, 0), (1, DOMID_SELF, 0), 8, both),
+        copy_op((9, DOMID_SELF, 0), (1, DOMID_SELF, 0), 8, both),
+        copy_op((8, DOMID_SELF, 0), (8, DOMID_SELF, 2048), 2048, both),
+        copy_op((256, DOMID_SELF, 0), (1, DOMID_SELF, 0), 8, both),
+    ];
+    let seeds = vec![
+        gnttab_v2_input(&entries, &[], &ops),
+        // A status word already busy (a backend's pin) stays so.
+        gnttab_v2_input(&entries, &[(0, GTF_READING)], &ops[..3]),
+        gnttab_v2_input(&entries[..8], &[], &[ops[9].clone(), ops[2].clone()]),
+    ];
+    replay("gnttab_copy_v2", kxen_fuzz::gnttab_copy_v2, seeds);
+}
+
 // ---- hypercalls ---------------------------------------------------------------
 
 /// One 44-byte hypercall record of `kxen_xen::harness::run_bytes`.

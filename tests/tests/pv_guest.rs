@@ -141,6 +141,20 @@ fn hostile_guest_checks_pass() {
     assert_eq!(run.code, Some(0), "{}", run.transcript());
 }
 
+/// The grant table v2 checks, run as their own group (issue 18 item 9):
+/// each switches the table to v2 and back.
+#[test]
+fn grant_v2_guest_checks_pass() {
+    let run = boot_test_guest("kxen.test=gnttab.v2.*", 1);
+    let v2: Vec<String> = registered_checks()
+        .into_iter()
+        .filter(|n| n.starts_with("gnttab.v2."))
+        .collect();
+    assert_eq!(v2.len(), 3, "grant v2 checks: {v2:?}");
+    assert_all_pass(&run, &v2);
+    assert_eq!(run.code, Some(0), "{}", run.transcript());
+}
+
 /// EVTCHNOP_reset (a special check: it closes the console's and
 /// xenstore's ports too, so it runs alone): every port is closed
 /// afterwards and sends on them fail with -EINVAL.

@@ -117,6 +117,27 @@ impl GuestEvents {
         (off != ROUTING_NO_OFFSET).then_some(off)
     }
 
+    /// The grant table's version (1 or 2); an area without the field says 1.
+    pub fn grant_version(&self) -> u32 {
+        match self.u32(HDR_GRANT_VERSION).unwrap_or(0) {
+            2 => 2,
+            _ => 1,
+        }
+    }
+
+    /// memfd offset of v2 status frame `index`, if placed.
+    pub fn status_frame_offset(&self, index: u32) -> Option<u64> {
+        let nr = self
+            .u32(HDR_NR_STATUS_FRAMES)
+            .unwrap_or(0)
+            .min(ROUTING_MAX_STATUS_FRAMES as u32);
+        if index >= nr {
+            return None;
+        }
+        let off = self.u64(status_frame_entry(index as usize))?;
+        (off != ROUTING_NO_OFFSET).then_some(off)
+    }
+
     /// The routing entry of guest `port`: (Dom0 port, notify vCPU).
     pub fn port_route(&self, port: u32) -> Option<(u32, u32)> {
         if port as usize >= ROUTING_NR_PORTS {

@@ -1,10 +1,15 @@
-//! Grant-table access for Dom0 backends (grant table v1).
+//! Grant-table access for Dom0 backends (grant table v1 and v2).
 //!
 //! Before a backend touches a frame a guest granted, it pins the grant the
-//! way Xen does: one compare-and-exchange on the entry's `flags | domid`
-//! word checks that the entry permits access, names the backend's domain,
-//! and is not read-only for a write, and sets `GTF_reading` or
-//! `GTF_writing`. As in Xen's active grant table, pins are counted per
+//! way Xen does. In a v1 table one compare-and-exchange on the entry's
+//! `flags | domid` word checks that the entry permits access, names the
+//! backend's domain, and is not read-only for a write, and sets
+//! `GTF_reading` or `GTF_writing`. In a v2 table the same checks read the
+//! v2 entry's header, the busy bit goes into the entry's status word, and
+//! the header is read again after it (Xen's _set_status_v2): a guest that
+//! changed the entry in between is caught. The frame comes from
+//! `full_page`; a backend maps whole pages, so a `sub_page` or transitive
+//! v2 entry is refused, as Xen refuses to map one. As in Xen's active grant table, pins are counted per
 //! grant reference: the busy bit stays set until the last mapping of that
 //! kind is dropped, so a frontend can tell when its page is free again. A
 //! guest can change the entry concurrently; a changed entry is re-checked,
@@ -86,8 +91,13 @@ impl PinTable {
 
 /// Where the table's frames are.
 enum Frames {
-    /// Fixed guest frames (tests, or a VMM without a routing area).
-    Fixed(Vec<ForeignPage>),
+    /// Fixed guest frames (tests, or a VMM without a routing area): the
+    /// table's frames, its version and (v2) its status frames.
+    Fixed {
+        frames: Vec<ForeignPage>,
+        version: u32,
+        status: Vec<ForeignPage>,
+    },
     /// Read from the domain's routing area on every access: the guest may
     /// move its frames at any time.
     Routed(Arc<ForeignDomain>),
@@ -106,10 +116,36 @@ impl GrantTable {
     /// `frame_gfns` are the table's frames in order (from kxen-vmm).
     /// Frames that are not guest memory end the table there.
     pub fn new(mem: Arc<ForeignMemory>, frame_gfns: &[u64], backend: u16) -> GrantTable {
+        Self::fixed(mem, frame_gfns, 1, &[], backend)
+    }
+
+    /// A v2 table: `frame_gfns` hold `grant_entry_v2`s, `status_gfns` the
+    /// status words.
+    pub fn new_v2(
+        mem: Arc<ForeignMemory>,
+        frame_gfns: &[u64],
+        status_gfns: &[u64],
+        backend: u16,
+    ) -> GrantTable {
+        Self::fixed(mem, frame_gfns, 2, status_gfns, backend)
+    }
+
+    fn fixed(
+        mem: Arc<ForeignMemory>,
+        frame_gfns: &[u64],
+        version: u32,
+        status_gfns: &[u64],
+        backend: u16,
+    ) -> GrantTable {
         let frames = frame_gfns.iter().map_while(|&gfn| mem.page(gfn)).collect();
+        let status = status_gfns.iter().map_while(|&gfn| mem.page(gfn)).collect();
         GrantTable {
             mem,
-            frames: Frames::Fixed(frames),
+            frames: Frames::Fixed {
+                frames,
+                version,
+                status,
+            },
             backend,
             pins: Arc::default(),
         }
@@ -132,40 +168,51 @@ impl GrantTable {
 
     fn nr_frames(&self) -> usize {
         match &self.frames {
-            Frames::Fixed(f) => f.len(),
+            Frames::Fixed { frames, .. } => frames.len(),
             Frames::Routed(d) => d.events().map_or(0, |e| e.nr_grant_frames() as usize),
+        }
+    }
+
+    /// The table's version: 1 or 2.
+    pub fn version(&self) -> u32 {
+        match &self.frames {
+            Frames::Fixed { version, .. } => *version,
+            Frames::Routed(d) => d.events().map_or(1, |e| e.grant_version()),
         }
     }
 
     /// Number of grant references the table holds.
     pub fn len(&self) -> u32 {
-        (self.nr_frames() * GRANT_ENTRIES_PER_FRAME) as u32
+        (self.nr_frames() * entries_per_frame(self.version())) as u32
     }
 
     pub fn is_empty(&self) -> bool {
         self.nr_frames() == 0
     }
 
-    fn entry(&self, gref: u32) -> Result<(ForeignPage, usize), GrantError> {
-        let index = gref as usize / GRANT_ENTRIES_PER_FRAME;
-        let frame = match &self.frames {
-            Frames::Fixed(f) => f.get(index).cloned(),
-            Frames::Routed(d) => d
-                .events()
-                .and_then(|e| e.grant_frame_offset(index as u32))
-                .and_then(|off| self.mem.page_at_offset(off)),
+    fn locate(&self, gref: u32) -> Result<Located, GrantError> {
+        match &self.frames {
+            Frames::Fixed {
+                frames,
+                version,
+                status,
+            } => locate_in(
+                *version,
+                gref,
+                |i| frames.get(i as usize).cloned(),
+                |i| status.get(i as usize).cloned(),
+            ),
+            Frames::Routed(d) => locate_routed(d, gref),
         }
-        .ok_or(GrantError::BadRef(gref))?;
-        Ok((
-            frame,
-            (gref as usize % GRANT_ENTRIES_PER_FRAME) * GRANT_ENTRY_V1_SIZE,
-        ))
+        .ok_or(GrantError::BadRef(gref))
     }
 
     /// Pin `gref` for reading (or writing) and return the granted page.
     pub fn map(&self, gref: u32, write: bool) -> Result<GrantMapping, GrantError> {
-        let (page, off) = self.entry(gref)?;
+        let loc = self.locate(gref)?;
+        let (page, off) = (&loc.entry, loc.offset);
         let busy = if write { GTF_WRITING } else { GTF_READING };
+        let busy_at = loc.busy_at(busy);
         // One pin change at a time, so counts and busy bits agree.
         let mut active = self.pins.lock();
         let current = active.get(&gref).copied();
@@ -173,7 +220,9 @@ impl GrantTable {
             let word = page.load_u32(off);
             let flags = word as u16;
             let domid = (word >> 16) as u16;
-            if flags & GTF_TYPE_MASK != GTF_PERMIT_ACCESS {
+            // GTF_transitive is a type other than permit_access; a v2
+            // sub-page grant cannot be mapped (Xen: map needs a full page).
+            if flags & GTF_TYPE_MASK != GTF_PERMIT_ACCESS || (loc.v2 && flags & GTF_SUB_PAGE != 0) {
                 return Err(GrantError::NotPermitted(gref));
             }
             if domid != self.backend {
@@ -182,22 +231,37 @@ impl GrantTable {
             if write && flags & GTF_READONLY != 0 {
                 return Err(GrantError::ReadOnly(gref));
             }
-            let pinned = (flags | busy) as u32 | (domid as u32) << 16;
-            if page.compare_exchange_u32(off, word, pinned).is_err() {
-                continue; // the guest changed the entry: check it again
-            }
-            let had_bit = flags & busy != 0
+            let bit_was_set = if loc.v2 {
+                let was = busy_at.set();
+                if page.load_u32(off) != word {
+                    if !was {
+                        busy_at.clear();
+                    }
+                    continue; // the guest changed the entry: check it again
+                }
+                was
+            } else {
+                let pinned = (flags | busy) as u32 | (domid as u32) << 16;
+                if page.compare_exchange_u32(off, word, pinned).is_err() {
+                    continue; // the guest changed the entry: check it again
+                }
+                flags & busy != 0
+            };
+            let had_bit = bit_was_set
                 && current.is_some_and(|a| if write { a.writers } else { a.readers } > 0);
             // The frame is read after pinning: from now on the guest may
             // not change it (it must wait for the busy bits to clear). An
             // entry already pinned keeps the frame of its first pin.
             let gfn = match current {
                 Some(a) => a.gfn,
+                None if loc.v2 => {
+                    page.load_u32(off + 8) as u64 | (page.load_u32(off + 12) as u64) << 32
+                }
                 None => page.load_u32(off + 4) as u64,
             };
             let Some(frame) = self.mem.page(gfn) else {
                 if !had_bit {
-                    page.fetch_and_u32(off, !(busy as u32));
+                    busy_at.clear();
                 }
                 return Err(GrantError::BadFrame(gref, gfn));
             };
@@ -212,8 +276,7 @@ impl GrantTable {
                 a.readers += 1;
             }
             return Ok(GrantMapping {
-                entry: page,
-                offset: off,
+                busy_at,
                 busy,
                 page: frame,
                 writable: write,
@@ -221,7 +284,7 @@ impl GrantTable {
                 pins: self.pins.clone(),
                 domain: match &self.frames {
                     Frames::Routed(d) => Some(d.clone()),
-                    Frames::Fixed(_) => None,
+                    Frames::Fixed { .. } => None,
                 },
             });
         }
@@ -243,6 +306,114 @@ impl GrantTable {
     }
 }
 
+fn entries_per_frame(version: u32) -> usize {
+    if version == 2 {
+        GRANT_ENTRIES_PER_FRAME_V2
+    } else {
+        GRANT_ENTRIES_PER_FRAME
+    }
+}
+
+/// Where one grant's entry (and, in v2, its status word) is.
+struct Located {
+    entry: ForeignPage,
+    /// Byte offset of the entry in `entry`.
+    offset: usize,
+    v2: bool,
+    /// v2: the status frame and the word's byte offset in it.
+    status: Option<(ForeignPage, usize)>,
+}
+
+impl Located {
+    fn busy_at(&self, busy: u16) -> BusyAt {
+        match &self.status {
+            None => BusyAt {
+                page: self.entry.clone(),
+                offset: self.offset,
+                mask: busy as u32,
+            },
+            // The u16 status word, reached through the aligned u32 around
+            // it (little-endian: the upper half for an offset of 2 mod 4).
+            Some((page, off)) => BusyAt {
+                page: page.clone(),
+                offset: off & !3,
+                mask: (busy as u32) << (8 * (off & 3)),
+            },
+        }
+    }
+}
+
+/// A busy bit: `mask` in the u32 at `offset` of `page`.
+#[derive(Clone)]
+struct BusyAt {
+    page: ForeignPage,
+    offset: usize,
+    mask: u32,
+}
+
+impl BusyAt {
+    /// Set the bit; whether it was set already.
+    fn set(&self) -> bool {
+        loop {
+            let cur = self.page.load_u32(self.offset);
+            if self
+                .page
+                .compare_exchange_u32(self.offset, cur, cur | self.mask)
+                .is_ok()
+            {
+                return cur & self.mask != 0;
+            }
+        }
+    }
+
+    fn clear(&self) {
+        self.page.fetch_and_u32(self.offset, !self.mask);
+    }
+}
+
+/// Locate `gref` given the version and how to reach grant frame `i` and
+/// status frame `i`.
+fn locate_in(
+    version: u32,
+    gref: u32,
+    frame: impl Fn(u32) -> Option<ForeignPage>,
+    status_frame: impl Fn(u32) -> Option<ForeignPage>,
+) -> Option<Located> {
+    let per_frame = entries_per_frame(version) as u32;
+    let entry = frame(gref / per_frame)?;
+    let v2 = version == 2;
+    let size = if v2 {
+        GRANT_ENTRY_V2_SIZE
+    } else {
+        GRANT_ENTRY_V1_SIZE
+    };
+    let status = if v2 {
+        let per_status = GRANT_STATUS_PER_FRAME as u32;
+        let page = status_frame(gref / per_status)?;
+        Some((page, (gref % per_status) as usize * 2))
+    } else {
+        None
+    };
+    Some(Located {
+        entry,
+        offset: (gref % per_frame) as usize * size,
+        v2,
+        status,
+    })
+}
+
+/// Locate `gref` through `domain`'s routing area.
+fn locate_routed(domain: &ForeignDomain, gref: u32) -> Option<Located> {
+    let events = domain.events()?;
+    let mem = &domain.memory;
+    locate_in(
+        events.grant_version(),
+        gref,
+        |i| mem.page_at_offset(events.grant_frame_offset(i)?),
+        |i| mem.page_at_offset(events.status_frame_offset(i)?),
+    )
+}
+
 fn check_range(gref: u32, off: usize, len: usize) -> Result<(), GrantError> {
     if off.checked_add(len).is_none_or(|end| end > PAGE_SIZE) {
         return Err(GrantError::BadCopyArg(gref, off, len));
@@ -253,8 +424,8 @@ fn check_range(gref: u32, off: usize, len: usize) -> Result<(), GrantError> {
 /// A pinned grant: the guest's page, readable (and writable if mapped for
 /// writing) until dropped.
 pub struct GrantMapping {
-    entry: ForeignPage,
-    offset: usize,
+    /// Where the busy bit was set (the entry, or its v2 status word).
+    busy_at: BusyAt,
     busy: u16,
     page: ForeignPage,
     writable: bool,
@@ -379,15 +550,14 @@ impl Drop for GrantMapping {
             None => true,
         };
         if last {
-            let current = self.domain.as_ref().and_then(|d| {
-                let index = self.gref / GRANT_ENTRIES_PER_FRAME as u32;
-                let off = d.events()?.grant_frame_offset(index)?;
-                d.memory.page_at_offset(off)
-            });
-            current
+            // The version cannot change while the bit is set (kxen-xen
+            // refuses the switch), but the frames may have moved.
+            let current = self
+                .domain
                 .as_ref()
-                .unwrap_or(&self.entry)
-                .fetch_and_u32(self.offset, !(self.busy as u32));
+                .and_then(|d| locate_routed(d, self.gref))
+                .map(|l| l.busy_at(self.busy));
+            current.as_ref().unwrap_or(&self.busy_at).clear();
         }
     }
 }
@@ -548,5 +718,62 @@ mod tests {
             }
             revoke.join().unwrap();
         }
+    }
+
+    /// Write v2 entry `gref` into the table page `t`.
+    fn grant_v2(t: &ForeignPage, gref: usize, flags: u16, domid: u16, sub: (u16, u16), frame: u64) {
+        let off = gref * GRANT_ENTRY_V2_SIZE;
+        t.store_u32(off + 4, sub.0 as u32 | (sub.1 as u32) << 16);
+        t.store_u32(off + 8, frame as u32);
+        t.store_u32(off + 12, (frame >> 32) as u32);
+        t.store_u32(off, flags as u32 | (domid as u32) << 16);
+    }
+
+    #[test]
+    fn v2_grants_pin_in_the_status_word_with_v1_rigour() {
+        // Frame 1 holds the v2 entries, frame 0 the status words.
+        let (mem, t) = guest();
+        let status = mem.page(0).unwrap();
+        grant_v2(&t, 5, GTF_PERMIT_ACCESS, 0, (0, 0), 2);
+        grant_v2(&t, 6, GTF_PERMIT_ACCESS | GTF_READONLY, 0, (0, 0), 3);
+        let table = GrantTable::new_v2(mem.clone(), &[1], &[0], 0);
+        assert_eq!((table.version(), table.len()), (2, 256));
+        let word =
+            |gref: usize| (status.load_u32((gref * 2) & !3) >> (8 * ((gref * 2) & 3))) as u16;
+        {
+            let m = table.map(5, true).unwrap();
+            m.write(0, b"v2").unwrap();
+            let r = table.map(6, false).unwrap();
+            // The busy bits sit in the status words; the entries keep
+            // their flags.
+            assert_eq!(word(5), GTF_WRITING);
+            assert_eq!(word(6), GTF_READING);
+            assert_eq!(t.load_u32(80) as u16, GTF_PERMIT_ACCESS);
+            assert_eq!(t.load_u32(96) as u16, GTF_PERMIT_ACCESS | GTF_READONLY);
+            let mut b = [0u8; 2];
+            mem.page(2).unwrap().read(0, &mut b);
+            assert_eq!(&b, b"v2");
+            drop(r);
+        }
+        assert_eq!((word(5), word(6)), (0, 0));
+        // The v1 refusals, read from the v2 header.
+        assert_eq!(table.map(6, true).err(), Some(GrantError::ReadOnly(6)));
+        grant_v2(&t, 7, GTF_PERMIT_ACCESS, 4, (0, 0), 2);
+        assert_eq!(
+            table.map(7, false).err(),
+            Some(GrantError::WrongDomain(7, 4))
+        );
+        grant_v2(&t, 8, GTF_TRANSITIVE, 0, (0, 0), 2);
+        assert_eq!(table.map(8, false).err(), Some(GrantError::NotPermitted(8)));
+        grant_v2(&t, 9, GTF_PERMIT_ACCESS | GTF_SUB_PAGE, 0, (0, 512), 2);
+        assert_eq!(table.map(9, false).err(), Some(GrantError::NotPermitted(9)));
+        // A 64-bit frame beyond guest memory: refused, no bit left behind.
+        grant_v2(&t, 10, GTF_PERMIT_ACCESS, 0, (0, 0), 1 << 40);
+        assert_eq!(
+            table.map(10, false).err(),
+            Some(GrantError::BadFrame(10, 1 << 40))
+        );
+        assert_eq!(word(10), 0);
+        assert_eq!(table.map(256, false).err(), Some(GrantError::BadRef(256)));
     }
 }

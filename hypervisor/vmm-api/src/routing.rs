@@ -32,6 +32,8 @@ pub const ROUTING_VERSION: u32 = 1;
 pub const ROUTING_MAX_VCPUS: usize = 32;
 /// Grant frames the area describes.
 pub const ROUTING_MAX_GRANT_FRAMES: usize = 64;
+/// Status frames the area describes (those of a 64-frame v2 table).
+pub const ROUTING_MAX_STATUS_FRAMES: usize = 8;
 /// Ports the area describes: the whole 2-level port space.
 pub const ROUTING_NR_PORTS: usize = 4096;
 /// An offset field that names nothing (page not placed or not in the memfd).
@@ -82,6 +84,14 @@ pub struct RoutingHeader {
     pub vcpus: [RoutingVcpu; ROUTING_MAX_VCPUS],
     /// memfd offset of each grant frame; [`ROUTING_NO_OFFSET`] if not placed.
     pub grant_frame_offsets: [u64; ROUTING_MAX_GRANT_FRAMES],
+    /// The grant table's layout: 1 (`grant_entry_v1`) or 2
+    /// (`grant_entry_v2`, busy bits in the status frames); 0 (an area
+    /// written before this field existed) means 1.
+    pub grant_version: u32,
+    /// Status frames of a v2 table (0 in v1).
+    pub nr_status_frames: u32,
+    /// memfd offset of each v2 status frame; [`ROUTING_NO_OFFSET`] if none.
+    pub status_frame_offsets: [u64; ROUTING_MAX_STATUS_FRAMES],
 }
 
 /// Offsets of the [`RoutingHeader`] fields.
@@ -95,6 +105,9 @@ pub const HDR_NR_PORTS: usize = 28;
 pub const HDR_VCPUS: usize = 32;
 pub const HDR_GRANT_FRAME_OFFSETS: usize =
     HDR_VCPUS + ROUTING_MAX_VCPUS * core::mem::size_of::<RoutingVcpu>();
+pub const HDR_GRANT_VERSION: usize = HDR_GRANT_FRAME_OFFSETS + ROUTING_MAX_GRANT_FRAMES * 8;
+pub const HDR_NR_STATUS_FRAMES: usize = HDR_GRANT_VERSION + 4;
+pub const HDR_STATUS_FRAME_OFFSETS: usize = HDR_NR_STATUS_FRAMES + 4;
 
 /// One guest port as backends need it.
 #[repr(C)]
@@ -117,13 +130,24 @@ pub const fn grant_frame_entry(index: usize) -> usize {
     HDR_GRANT_FRAME_OFFSETS + index * 8
 }
 
+/// Area offset of status frame `index`'s memfd offset.
+pub const fn status_frame_entry(index: usize) -> usize {
+    HDR_STATUS_FRAME_OFFSETS + index * 8
+}
+
 /// Area offset of `port`'s entry.
 pub const fn port_entry(port: usize) -> usize {
     ROUTING_PORTS_OFFSET + port * core::mem::size_of::<RoutingPort>()
 }
 
 const _: () = {
-    assert!(core::mem::size_of::<RoutingHeader>() == HDR_GRANT_FRAME_OFFSETS + 64 * 8);
+    assert!(
+        core::mem::size_of::<RoutingHeader>()
+            == HDR_STATUS_FRAME_OFFSETS + ROUTING_MAX_STATUS_FRAMES * 8
+    );
+    assert!(core::mem::offset_of!(RoutingHeader, grant_version) == HDR_GRANT_VERSION);
+    assert!(core::mem::offset_of!(RoutingHeader, nr_status_frames) == HDR_NR_STATUS_FRAMES);
+    assert!(core::mem::offset_of!(RoutingHeader, status_frame_offsets) == HDR_STATUS_FRAME_OFFSETS);
     assert!(core::mem::size_of::<RoutingHeader>() <= ROUTING_PORTS_OFFSET);
     assert!(core::mem::size_of::<RoutingPort>() == 8);
     assert!(ROUTING_AREA_SIZE.is_multiple_of(crate::memfd::PAGE_SIZE));

@@ -223,8 +223,18 @@ impl EventRouting {
             .iter()
             .map(|g| g.and_then(|gfn| off(gfn << 12)))
             .collect();
-        self.area
-            .publish_layout(off(layout.shared_info_gfn << 12), &vcpus, &frames);
+        let status: Vec<Option<u64>> = layout
+            .grant_status_frames
+            .iter()
+            .map(|g| g.and_then(|gfn| off(gfn << 12)))
+            .collect();
+        self.area.publish_layout(
+            off(layout.shared_info_gfn << 12),
+            &vcpus,
+            &frames,
+            layout.grant_version,
+            &status,
+        );
     }
 
     // ---- Dom0 ports ---------------------------------------------------------

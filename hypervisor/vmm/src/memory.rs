@@ -41,8 +41,10 @@ pub const SPECIAL_CONSOLE: u64 = 2;
 pub const SPECIAL_PV_TABLES: u64 = 3;
 /// Default GFNs for grant frames the guest did not place (`setup_table`).
 pub const DEFAULT_GRANT_GFN: u64 = 0xfef00;
-/// Frames in the pool: shared_info plus 64 grant frames.
-const POOL_PAGES: u64 = 1 + kxen_xen::grant::MAX_GRANT_FRAMES as u64;
+/// Frames in the pool: shared_info, 64 grant frames and the 8 status
+/// frames of a v2 table.
+const POOL_PAGES: u64 =
+    1 + kxen_xen::grant::MAX_GRANT_FRAMES as u64 + kxen_xen::grant::MAX_STATUS_FRAMES as u64;
 /// Low RAM ends here; the rest of RAM is mapped from 4 GiB.
 const LOW_RAM_END: u64 = 0xc000_0000;
 const HIGH_RAM_START: u64 = 0x1_0000_0000;
@@ -105,6 +107,7 @@ impl Layout {
         let index = match frame {
             OverlayFrame::SharedInfo => 0,
             OverlayFrame::GrantTable(i) => 1 + i as u64,
+            OverlayFrame::GrantStatus(i) => 1 + kxen_xen::grant::MAX_GRANT_FRAMES as u64 + i as u64,
         };
         self.ram_bytes + SPECIAL_PAGES * PAGE_SIZE as u64 + index * PAGE_SIZE as u64
     }

@@ -68,6 +68,8 @@ impl RoutingArea {
         shared_info: Option<u64>,
         vcpu_infos: &[Option<u64>],
         grant_frames: &[Option<u64>],
+        grant_version: u32,
+        status_frames: &[Option<u64>],
     ) {
         self.begin_change();
         self.u64_at(HDR_SHARED_INFO_OFFSET)
@@ -89,6 +91,19 @@ impl RoutingArea {
                 .store(off.unwrap_or(ROUTING_NO_OFFSET), Ordering::SeqCst);
         }
         self.u32_at(HDR_NR_GRANT_FRAMES).store(nr, Ordering::SeqCst);
+        let mut nr_status = 0;
+        for i in 0..ROUTING_MAX_STATUS_FRAMES {
+            let off = status_frames.get(i).copied().flatten();
+            if off.is_some() {
+                nr_status = i as u32 + 1;
+            }
+            self.u64_at(status_frame_entry(i))
+                .store(off.unwrap_or(ROUTING_NO_OFFSET), Ordering::SeqCst);
+        }
+        self.u32_at(HDR_NR_STATUS_FRAMES)
+            .store(nr_status, Ordering::SeqCst);
+        self.u32_at(HDR_GRANT_VERSION)
+            .store(grant_version, Ordering::SeqCst);
         self.u32_at(HDR_GENERATION).fetch_add(1, Ordering::SeqCst);
     }
 

@@ -1,4 +1,4 @@
-//! `grant_table_op` sub-operations and the v1 grant entry.
+//! `grant_table_op` sub-operations and the v1 and v2 grant entries.
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
 pub const GNTTABOP_MAP_GRANT_REF: u64 = 0;
@@ -36,11 +36,32 @@ pub const GTF_TYPE_MASK: u16 = 3;
 pub const GTF_READONLY: u16 = 1 << 2;
 pub const GTF_READING: u16 = 1 << 3;
 pub const GTF_WRITING: u16 = 1 << 4;
+/// Grant type (v2 only): access to another domain's grant, by reference.
+pub const GTF_TRANSITIVE: u16 = 3;
+/// v2 only: the grant covers `sub_page.length` bytes at `sub_page.page_off`.
+pub const GTF_SUB_PAGE: u16 = 1 << 8;
+
+/// Entries 0..8 belong to the toolstack (console and xenstore grants):
+/// Xen keeps them across a version switch and ignores their pins.
+pub const GNTTAB_NR_RESERVED_ENTRIES: u32 = 8;
 
 /// Bytes of one v1 grant entry.
 pub const GRANT_ENTRY_V1_SIZE: usize = 8;
 /// v1 entries per grant frame.
 pub const GRANT_ENTRIES_PER_FRAME: usize = crate::PAGE_SIZE / GRANT_ENTRY_V1_SIZE;
+
+/// Bytes of one v2 grant entry.
+pub const GRANT_ENTRY_V2_SIZE: usize = 16;
+/// v2 entries per grant frame.
+pub const GRANT_ENTRIES_PER_FRAME_V2: usize = crate::PAGE_SIZE / GRANT_ENTRY_V2_SIZE;
+/// `grant_status_t` (u16) entries per status frame.
+pub const GRANT_STATUS_PER_FRAME: usize = crate::PAGE_SIZE / 2;
+
+/// Status frames a v2 table of `grant_frames` grant frames has.
+pub const fn status_frames_for(grant_frames: u32) -> u32 {
+    let entries = grant_frames as usize * GRANT_ENTRIES_PER_FRAME_V2;
+    entries.div_ceil(GRANT_STATUS_PER_FRAME) as u32
+}
 
 /// `grant_entry_v1_t`.
 #[repr(C)]
@@ -50,6 +71,28 @@ pub struct GrantEntryV1 {
     pub domid: u16,
     pub frame: u32,
 }
+
+/// `grant_entry_v2_t`, read as its `full_page` / `sub_page` view: the
+/// header, then either `pad0: u32, frame: u64` (full page) or
+/// `page_off: u16, length: u16, frame: u64` (sub page). The transitive view
+/// puts `trans_domid: u16, pad: u16, gref: u32` where `sub_page` has its
+/// first two fields and `frame`'s low half.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, FromBytes, IntoBytes, Immutable, KnownLayout)]
+pub struct GrantEntryV2 {
+    pub flags: u16,
+    pub domid: u16,
+    /// `sub_page.page_off` (`transitive.trans_domid`).
+    pub page_off: u16,
+    /// `sub_page.length`.
+    pub length: u16,
+    /// `full_page.frame` / `sub_page.frame` (`transitive.gref`: low half).
+    pub frame: u64,
+}
+/// Byte offset of `frame` in a v2 entry.
+pub const GRANT_V2_FRAME_OFFSET: usize = 8;
+/// Byte offset of `sub_page.page_off` in a v2 entry.
+pub const GRANT_V2_PAGE_OFF_OFFSET: usize = 4;
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, FromBytes, IntoBytes, Immutable, KnownLayout)]
@@ -93,6 +136,19 @@ pub struct GetVersion {
     pub version: u32,
 }
 
+/// `gnttab_get_status_frames_t` (PV guests only: HVM and PVH guests get
+/// -ENOSYS).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, FromBytes, IntoBytes, Immutable, KnownLayout)]
+pub struct GetStatusFrames {
+    pub nr_frames: u32,
+    pub dom: u16,
+    /// Out.
+    pub status: i16,
+    /// Guest pointer to `nr_frames` u64 frame numbers (out).
+    pub frame_list: u64,
+}
+
 /// One side of a `gnttab_copy`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, FromBytes, IntoBytes, Immutable, KnownLayout)]
@@ -117,3 +173,10 @@ pub struct Copy {
 }
 pub const GNTCOPY_SOURCE_GREF: u16 = 1;
 pub const GNTCOPY_DEST_GREF: u16 = 2;
+
+const _: () = {
+    assert!(core::mem::size_of::<GrantEntryV2>() == GRANT_ENTRY_V2_SIZE);
+    assert!(core::mem::offset_of!(GrantEntryV2, frame) == GRANT_V2_FRAME_OFFSET);
+    assert!(core::mem::offset_of!(GrantEntryV2, page_off) == GRANT_V2_PAGE_OFF_OFFSET);
+    assert!(core::mem::size_of::<GetStatusFrames>() == 16);
+};

@@ -25,6 +25,8 @@ use crate::time::{host_tsc, Clock};
 pub enum OverlayFrame {
     SharedInfo,
     GrantTable(u32),
+    /// A v2 grant table's status frame.
+    GrantStatus(u32),
 }
 
 /// What the VMM provides to the Xen layer.
@@ -85,6 +87,10 @@ pub struct EventLayout {
     pub vcpu_info_gpa: Vec<Option<u64>>,
     /// GFN of each grant frame placed (index = frame number).
     pub grant_frames: Vec<Option<u64>>,
+    /// The grant table's version (1 or 2).
+    pub grant_version: u32,
+    /// GFN of each status frame placed (v2 only).
+    pub grant_status_frames: Vec<Option<u64>>,
 }
 
 /// Static facts about the domain, fixed at build time.
@@ -321,6 +327,8 @@ impl Domain {
                 .map(|v| self.vcpu_info_gpa(st, v))
                 .collect(),
             grant_frames: st.grants.frames.clone(),
+            grant_version: st.grants.version,
+            grant_status_frames: st.grants.status_frames.clone(),
         };
         self.platform.publish_event_layout(&layout);
     }

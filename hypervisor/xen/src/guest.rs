@@ -213,3 +213,36 @@ pub fn atomic_u32(mem: &GuestMemoryMmap, gpa: u64) -> Option<&std::sync::atomic:
     // only accessed atomically through the reference.
     Some(unsafe { std::sync::atomic::AtomicU32::from_ptr(ptr as *mut u32) })
 }
+
+/// An aligned `u16` of guest-physical memory, accessed atomically (a v2
+/// grant's status word).
+pub fn atomic_u16(mem: &GuestMemoryMmap, gpa: u64) -> Option<&std::sync::atomic::AtomicU16> {
+    if !gpa.is_multiple_of(2) {
+        return None;
+    }
+    mem.get_slice(GuestAddress(gpa), 2).ok()?;
+    let ptr = mem.get_host_address(GuestAddress(gpa)).ok()?;
+    // SAFETY: 2 bytes of one live mapping owned by `mem` (checked above),
+    // 2-byte aligned (page-aligned regions, aligned gpa); shared memory is
+    // only accessed atomically through the reference.
+    Some(unsafe { std::sync::atomic::AtomicU16::from_ptr(ptr as *mut u16) })
+}
+
+/// Read one ABI struct at a guest-physical address (zeroes if it is not
+/// guest memory).
+pub fn read_phys<T: FromBytes + IntoBytes>(mem: &GuestMemoryMmap, gpa: u64) -> T {
+    let mut value = T::new_zeroed();
+    if mem
+        .read_slice(value.as_mut_bytes(), GuestAddress(gpa))
+        .is_err()
+    {
+        value = T::new_zeroed();
+    }
+    value
+}
+
+/// Write one ABI struct at a guest-physical address; false if it is not
+/// guest memory.
+pub fn write_phys<T: IntoBytes + Immutable>(mem: &GuestMemoryMmap, gpa: u64, value: &T) -> bool {
+    mem.write_slice(value.as_bytes(), GuestAddress(gpa)).is_ok()
+}

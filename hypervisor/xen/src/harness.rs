@@ -9,6 +9,7 @@ use vm_memory::{GuestAddress, GuestMemoryAtomic, GuestMemoryMmap};
 use xen_abi::memory::{E820Entry, E820_RAM};
 
 use crate::domain::{Domain, DomainConfig, EventLayout, OverlayFrame, Platform};
+use crate::grant::{MAX_GRANT_FRAMES, MAX_STATUS_FRAMES};
 use crate::guest::IdentityMmu;
 use crate::hypercall::Call;
 
@@ -16,6 +17,8 @@ use crate::hypercall::Call;
 pub const RAM_BYTES: u64 = 16 << 20;
 /// Where the harness puts its special pages (initial shared_info).
 pub const SPECIAL_GFN: u64 = 0xfeff0;
+/// First GFN of the default grant frame window (status frames follow).
+pub const DEFAULT_GRANT_GFN: u64 = 0xfef00;
 
 /// Records what the Xen layer asked of the platform.
 #[derive(Default)]
@@ -53,8 +56,16 @@ impl Platform for &'static RecordingPlatform {
         }
     }
     fn kick_vcpu(&self, _vcpu: u32) {}
-    fn map_overlay(&self, _gfn: u64, _frame: OverlayFrame) -> Result<(), i64> {
-        Err(-xen_abi::errno::ENOMEM)
+    fn map_overlay(&self, gfn: u64, _frame: OverlayFrame) -> Result<(), i64> {
+        // Only the default window has memory behind it (standing in for
+        // the VMM's pool frames); nothing else can be mapped.
+        let window =
+            DEFAULT_GRANT_GFN..DEFAULT_GRANT_GFN + (MAX_GRANT_FRAMES + MAX_STATUS_FRAMES) as u64;
+        if window.contains(&gfn) {
+            Ok(())
+        } else {
+            Err(-xen_abi::errno::ENOMEM)
+        }
     }
     fn unmap_overlay(&self, _gfn: u64) {}
     fn discard_ram(&self, _gfn: u64) {}
@@ -116,6 +127,12 @@ impl Platform for &'static RecordingPlatform {
 pub fn domain() -> (Domain, &'static RecordingPlatform) {
     let mem = GuestMemoryMmap::from_ranges(&[
         (GuestAddress(0), RAM_BYTES as usize),
+        // The default window for grant and status frames (the VMM maps
+        // pool frames there; here it is plain memory).
+        (
+            GuestAddress(DEFAULT_GRANT_GFN << 12),
+            (MAX_GRANT_FRAMES + MAX_STATUS_FRAMES) as usize * 4096,
+        ),
         (GuestAddress(SPECIAL_GFN << 12), 16 * 4096),
     ])
     .expect("anonymous guest memory");
@@ -132,7 +149,7 @@ pub fn domain() -> (Domain, &'static RecordingPlatform) {
             kind: E820_RAM,
         }],
         initial_shared_info_gfn: SPECIAL_GFN,
-        default_grant_gfn: 0xfef00,
+        default_grant_gfn: DEFAULT_GRANT_GFN,
         xen_major: 4,
         xen_minor: 17,
         handle: [0; 16],

@@ -1,13 +1,23 @@
-//! GNTTABOP_* (Xen's common/grant_table.c `do_grant_table_op`): the v1
-//! grant table's size, setup and version; GNTTABOP_copy itself lives in
-//! [`crate::gntcopy`].
+//! GNTTABOP_* (Xen's common/grant_table.c `do_grant_table_op`): the grant
+//! table's size, setup and version (v1 or v2); GNTTABOP_copy itself lives
+//! in [`crate::gntcopy`].
+//!
+//! The ops are those Xen 4.17 lets an HVM or PVH guest make
+//! (arch/x86/hvm/hypercall.c `hvm_grant_table_op`): everything else,
+//! GNTTABOP_get_status_frames included, is -ENOSYS. Such a guest finds a v2
+//! table's status frames by placing them itself, with
+//! `XENMAPSPACE_grant_table | XENMAPIDX_grant_table_status`.
 
+use std::sync::atomic::Ordering;
+
+use vm_memory::{Bytes, GuestAddress, GuestAddressSpace, GuestMemoryMmap};
 use xen_abi::errno::*;
 use xen_abi::grant_table::*;
+use xen_abi::PAGE_SIZE;
 
-use crate::domain::Domain;
+use crate::domain::{Domain, DomainState};
 use crate::grant::MAX_GRANT_FRAMES;
-use crate::guest::GuestAccess;
+use crate::guest::{atomic_u16, atomic_u32, read_phys, write_phys, GuestAccess};
 
 impl Domain {
     pub(super) fn grant_table_op(&self, g: &GuestAccess, cmd: u64, uop: u64, count: u64) -> i64 {
@@ -50,13 +60,11 @@ impl Domain {
                     return -EINVAL;
                 }
                 let mut req = read!(g, SetVersion, uop);
-                let rc = match req.version {
-                    1 => 0,
-                    // Behave as Xen built with max grant version 1.
-                    2 => -ENOSYS,
-                    _ => -EINVAL,
-                };
-                req.version = self.lock().grants.version;
+                let mut st = self.lock();
+                let rc = self.set_version(&mut st, req.version);
+                // Xen reports the version in force, whatever the outcome.
+                req.version = st.grants.version;
+                drop(st);
                 write!(g, uop, &req);
                 rc
             }
@@ -75,6 +83,104 @@ impl Domain {
             GNTTABOP_COPY => self.grant_copy(g, uop, count),
             _ => -ENOSYS,
         }
+    }
+
+    /// GNTTABOP_set_version (grant_table.c gnttab_set_version): only 1 and
+    /// 2 exist (-EINVAL); asking for the current version changes nothing;
+    /// a switch is refused with -EBUSY while any entry past the reserved
+    /// ones is pinned (its busy bits set by a copy or a backend's mapping),
+    /// and 2 -> 1 with -ERANGE while a reserved entry cannot be written as
+    /// v1 (a transitive grant, or a frame above 32 bits). A switch keeps
+    /// the reserved entries (converted to the new layout) and clears the
+    /// rest of every frame.
+    fn set_version(&self, st: &mut DomainState, version: u32) -> i64 {
+        if version != 1 && version != 2 {
+            return -EINVAL;
+        }
+        if st.grants.version == version {
+            return 0;
+        }
+        let guard = self.mem.memory();
+        let mem: &GuestMemoryMmap = &guard;
+        let nr_entries = st.grants.nr_frames() as u64 * st.grants.entries_per_frame();
+        for gref in GNTTAB_NR_RESERVED_ENTRIES as u64..nr_entries {
+            if busy_bits(st, mem, gref) != 0 {
+                tracing::warn!(
+                    domid = self.cfg.domid,
+                    gref,
+                    "grant table version change refused: a grant is in use"
+                );
+                return -EBUSY;
+            }
+        }
+        // The reserved entries, as v1 entries with their busy bits.
+        let mut reserved = [GrantEntryV1::default(); GNTTAB_NR_RESERVED_ENTRIES as usize];
+        for (gref, slot) in reserved.iter_mut().enumerate() {
+            let Some(loc) = st.grants.locate(gref as u64) else {
+                continue;
+            };
+            if st.grants.version == 1 {
+                *slot = read_phys(mem, loc.entry);
+                continue;
+            }
+            let e: GrantEntryV2 = read_phys(mem, loc.entry);
+            match e.flags & GTF_TYPE_MASK {
+                GTF_PERMIT_ACCESS if e.frame >> 32 == 0 => {
+                    *slot = GrantEntryV1 {
+                        flags: e.flags | busy_bits(st, mem, gref as u64),
+                        domid: e.domid,
+                        frame: e.frame as u32,
+                    }
+                }
+                GTF_PERMIT_ACCESS | GTF_TRANSITIVE => return -ERANGE,
+                // Anything else is not kept.
+                _ => {}
+            }
+        }
+        if version == 2 {
+            st.grants.version = 2;
+            let rc = self.place_default_status_frames(st);
+            if rc != 0 {
+                self.remove_status_frames(st);
+                st.grants.version = 1;
+                self.publish_event_layout(st);
+                return rc as i64;
+            }
+        } else {
+            self.remove_status_frames(st);
+            st.grants.version = 1;
+        }
+        // No crud from the old layout survives.
+        let zero = [0u8; PAGE_SIZE];
+        for gfn in st.grants.frames.iter().flatten() {
+            let _ = mem.write_slice(&zero, GuestAddress(gfn << 12));
+        }
+        for gfn in st.grants.status_frames.iter().flatten() {
+            let _ = mem.write_slice(&zero, GuestAddress(gfn << 12));
+        }
+        for (gref, e) in reserved.iter().enumerate() {
+            let Some(loc) = st.grants.locate(gref as u64) else {
+                continue;
+            };
+            match loc.status {
+                None => {
+                    write_phys(mem, loc.entry, e);
+                }
+                Some(status) => {
+                    let busy = e.flags & (GTF_READING | GTF_WRITING);
+                    let v2 = GrantEntryV2 {
+                        flags: e.flags & !(GTF_READING | GTF_WRITING),
+                        domid: e.domid,
+                        frame: e.frame as u64,
+                        ..Default::default()
+                    };
+                    write_phys(mem, status, &busy);
+                    write_phys(mem, loc.entry, &v2);
+                }
+            }
+        }
+        self.publish_event_layout(st);
+        0
     }
 
     fn setup_table(&self, g: &GuestAccess, req: &SetupTable) -> i16 {
@@ -102,4 +208,17 @@ impl Domain {
         }
         GNTST_OKAY
     }
+}
+
+/// `gref`'s GTF_reading/GTF_writing bits: in its flags (v1) or its status
+/// word (v2). An entry whose frame is not placed has none.
+fn busy_bits(st: &DomainState, mem: &GuestMemoryMmap, gref: u64) -> u16 {
+    let Some(loc) = st.grants.locate(gref) else {
+        return 0;
+    };
+    let bits = match loc.status {
+        None => atomic_u32(mem, loc.entry).map_or(0, |w| w.load(Ordering::SeqCst) as u16),
+        Some(status) => atomic_u16(mem, status).map_or(0, |w| w.load(Ordering::SeqCst)),
+    };
+    bits & (GTF_READING | GTF_WRITING)
 }

@@ -8,7 +8,7 @@ use xen_abi::memory::*;
 use xen_abi::PAGE_SIZE;
 
 use crate::domain::{Domain, DomainState, OverlayFrame};
-use crate::grant::MAX_GRANT_FRAMES;
+use crate::grant::{MAX_GRANT_FRAMES, MAX_STATUS_FRAMES};
 use crate::guest::GuestAccess;
 
 /// Highest extent order a domU may use in memory reservations (2 MiB).
@@ -155,6 +155,19 @@ impl Domain {
             self.publish_event_layout(&st);
             return 0;
         }
+        if let Some(slot) = st
+            .grants
+            .status_frames
+            .iter()
+            .position(|f| *f == Some(gpfn))
+        {
+            if !self.cfg.is_ram(gpfn) {
+                self.platform.unmap_overlay(gpfn);
+            }
+            st.grants.status_frames[slot] = None;
+            self.publish_event_layout(&st);
+            return 0;
+        }
         if self.cfg.is_ram(gpfn) && !st.ballooned.contains(&gpfn) {
             self.platform.discard_ram(gpfn);
             st.ballooned.insert(gpfn);
@@ -201,8 +214,19 @@ impl Domain {
                 self.place_shared_info(st, gpfn)
             }
             XENMAPSPACE_GRANT_TABLE => {
-                // v1 tables have no status frames.
-                if idx & XENMAPIDX_GRANT_TABLE_STATUS != 0 || idx >= MAX_GRANT_FRAMES as u64 {
+                // grant_table.c gnttab_map_frame: the status bit names a
+                // status frame only in a v2 table; in v1 the index, bit
+                // included, names a grant frame far beyond the maximum.
+                if st.grants.version == 2 && idx & XENMAPIDX_GRANT_TABLE_STATUS != 0 {
+                    let idx = idx & !XENMAPIDX_GRANT_TABLE_STATUS;
+                    // gnttab_get_status_frame_mfn grows the table to the
+                    // grant frames this status frame covers, if allowed.
+                    if idx >= MAX_STATUS_FRAMES as u64 {
+                        return -EINVAL as i32;
+                    }
+                    return self.place_status_frame(st, idx as u32, gpfn);
+                }
+                if idx >= MAX_GRANT_FRAMES as u64 {
                     return -EINVAL as i32;
                 }
                 self.place_grant_frame(st, idx as u32, gpfn)
@@ -217,11 +241,19 @@ impl Domain {
         if except != OverlayFrame::SharedInfo && st.shared_info_gfn == gfn {
             return true;
         }
-        st.grants
+        let grant = st
+            .grants
             .frames
             .iter()
             .enumerate()
-            .any(|(i, f)| *f == Some(gfn) && except != OverlayFrame::GrantTable(i as u32))
+            .any(|(i, f)| *f == Some(gfn) && except != OverlayFrame::GrantTable(i as u32));
+        grant
+            || st
+                .grants
+                .status_frames
+                .iter()
+                .enumerate()
+                .any(|(i, f)| *f == Some(gfn) && except != OverlayFrame::GrantStatus(i as u32))
     }
 
     /// Move a frame's contents from `old` (if any) to `new`, mapping `new`
@@ -292,8 +324,62 @@ impl Domain {
         let rc = self.move_frame(OverlayFrame::GrantTable(idx), old, gpfn);
         if rc == 0 {
             st.grants.frames[idx as usize] = Some(gpfn);
+            // A v2 table that grew needs the status frames of its new
+            // entries (Xen's gnttab_grow_table populates them).
+            let rc = self.place_default_status_frames(st);
+            if rc != 0 {
+                return rc;
+            }
             self.publish_event_layout(st);
         }
         rc
+    }
+
+    /// Place status frame `idx` at `gpfn`, moving its contents there.
+    pub(super) fn place_status_frame(&self, st: &mut DomainState, idx: u32, gpfn: u64) -> i32 {
+        let old = st.grants.status_frames[idx as usize];
+        if old == Some(gpfn) {
+            return 0;
+        }
+        if self.gfn_in_use(st, gpfn, OverlayFrame::GrantStatus(idx)) {
+            return -EBUSY as i32;
+        }
+        let rc = self.move_frame(OverlayFrame::GrantStatus(idx), old, gpfn);
+        if rc == 0 {
+            st.grants.status_frames[idx as usize] = Some(gpfn);
+            self.publish_event_layout(st);
+        }
+        rc
+    }
+
+    /// GFN a status frame the guest has not placed gets: the window after
+    /// the grant frames' default window.
+    pub(super) fn default_status_gfn(&self, idx: u32) -> u64 {
+        self.cfg.default_grant_gfn + MAX_GRANT_FRAMES as u64 + idx as u64
+    }
+
+    /// Give every status frame a v2 table has (and lacks) its default GFN.
+    pub(super) fn place_default_status_frames(&self, st: &mut DomainState) -> i32 {
+        for idx in 0..st.grants.nr_status_frames() {
+            if st.grants.status_frames[idx as usize].is_none() {
+                let rc = self.place_status_frame(st, idx, self.default_status_gfn(idx));
+                if rc != 0 {
+                    return rc;
+                }
+            }
+        }
+        0
+    }
+
+    /// Drop every status frame (the table went back to v1): Xen's
+    /// gnttab_unpopulate_status_frames removes them from the physmap.
+    pub(super) fn remove_status_frames(&self, st: &mut DomainState) {
+        for slot in st.grants.status_frames.iter_mut() {
+            if let Some(gfn) = slot.take() {
+                if !self.cfg.is_ram(gfn) {
+                    self.platform.unmap_overlay(gfn);
+                }
+            }
+        }
     }
 }

@@ -13,6 +13,7 @@ use core::fmt::{self, Debug, Display, Write};
 mod evtchn;
 mod gntcopy;
 mod gnttab;
+mod gntv2;
 mod hvm;
 mod memory;
 mod misc;
@@ -362,6 +363,9 @@ pub static CHECKS: &[Check] = &[
     c("gnttab.unknown_cmd", gnttab::unknown_cmd),
     c("gnttab.copy", gntcopy::copy),
     c("gnttab.copy_hostile", gntcopy::copy_hostile),
+    c("gnttab.v2.version", gntv2::version),
+    c("gnttab.v2.reserved_entries", gntv2::reserved_entries),
+    c("gnttab.v2.copy", gntv2::copy),
     // vm_assist, physdev_op
     c("vm_assist.runstate_update_flag", misc::vm_assist_runstate),
     c("vm_assist.invalid_type", misc::vm_assist_invalid_type),

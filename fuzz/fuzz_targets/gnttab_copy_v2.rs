@@ -1,0 +1,8 @@
+//! The `gnttab_copy_v2` fuzz target. Its body is [`kxen_fuzz::gnttab_copy_v2`],
+//! which `fuzz/tests/replay.rs` also runs over a fixed corpus as an ordinary
+//! test.
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| {
+    kxen_fuzz::gnttab_copy_v2(data);
+});
