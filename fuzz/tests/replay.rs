@@ -1211,7 +1211,7 @@ fn vmm_api_wire() {
         }),
     ]
     .iter()
-    .map(|r| encode(r))
+    .map(encode)
     .collect();
     // Replies with many optional fields: a mutated key in them is ignored
     // rather than refused, so mutants keep reaching the typed decoder.
