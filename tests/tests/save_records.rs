@@ -7,14 +7,23 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use kvm_bindings::{kvm_dtable, kvm_segment, KVM_MAX_CPUID_ENTRIES};
-use kvm_ioctls::{Kvm, VcpuFd};
+use kvm_bindings::{
+    kvm_dtable, kvm_pit_config, kvm_segment, KVM_MAX_CPUID_ENTRIES, KVM_PIT_FLAGS_SPEAKER_DATA_ON,
+    KVM_PIT_SPEAKER_DUMMY,
+};
+use kvm_ioctls::{Kvm, VcpuFd, VmFd};
 use kxen_stream::hvm_context::{self, HvmContextBuilder};
 use kxen_stream::libxc::{CpuidLeaf, DomainHeader, GuestType, LibxcRecord, TscInfo};
 use kxen_stream::libxl::{LibxlReader, LibxlRecord, LibxlWriter};
 use kxen_stream::Limits;
 use kxen_vmm::save::cpu::{self, KvmVcpuState};
-use kxen_vmm::save::kvm::{read_vcpu_state, write_vcpu_state};
+use kxen_vmm::save::kvm::{
+    read_mtrr_msrs, read_platform_state, read_vcpu_state, read_xsave, write_mtrr_msrs,
+    write_platform_state, write_vcpu_state, write_xsave, KvmPlatformState,
+};
+use kxen_vmm::save::mtrr;
+use kxen_vmm::save::platform::{self, RTE_MASKED};
+use kxen_vmm::save::xsave::{self, XstateLayout};
 use kxen_vmm::save::XenVcpuRecords;
 use xen_abi::hvm_save::*;
 
@@ -113,18 +122,26 @@ fn give_known_state(vcpu: &VcpuFd) {
     write_vcpu_state(vcpu, &state).expect("setting the known state");
 }
 
-fn write_image(path: &Path, records: &XenVcpuRecords) {
-    let mut builder = HvmContextBuilder::new(&SaveHeader {
+fn context_builder() -> HvmContextBuilder {
+    HvmContextBuilder::new(&SaveHeader {
         magic: HVM_FILE_MAGIC,
         version: HVM_FILE_VERSION,
         changeset: 0,
         cpuid: 0x000a_06a4,
         gtsc_khz: 2_000_000,
-    });
+    })
+}
+
+fn write_image(path: &Path, records: &XenVcpuRecords) {
+    let mut builder = context_builder();
     builder
         .push(HVM_SAVE_CODE_CPU, 0, &records.cpu)
         .push(HVM_SAVE_CODE_LAPIC, 0, &records.lapic)
         .push(HVM_SAVE_CODE_LAPIC_REGS, 0, &records.lapic_regs);
+    write_context_image(path, &builder.finish());
+}
+
+fn write_context_image(path: &Path, context: &[u8]) {
     let file = std::fs::File::create(path).expect("creating the image");
     let libxl = LibxlWriter::new(std::io::BufWriter::new(file)).unwrap();
     let mut libxc = libxl
@@ -153,14 +170,14 @@ fn write_image(path: &Path, records: &XenVcpuRecords) {
             incarnation: 0,
         })
         .unwrap();
-    libxc.write_hvm_context(&builder.finish()).unwrap();
+    libxc.write_hvm_context(context).unwrap();
     let libxl = libxc.finish_into_libxl().unwrap();
     let mut out = libxl.finish().unwrap();
     std::io::Write::flush(&mut out).unwrap();
 }
 
-/// The image's HVM context, read back with kxen-stream's reader.
-fn read_image(path: &Path) -> XenVcpuRecords {
+/// The image's HVM context blob, read back with kxen-stream's reader.
+fn read_context_image(path: &Path) -> Vec<u8> {
     let file = std::io::BufReader::new(std::fs::File::open(path).unwrap());
     let mut libxl = LibxlReader::new(file, Limits::new(0)).expect("libxl header");
     assert!(matches!(
@@ -176,22 +193,63 @@ fn read_image(path: &Path) -> XenVcpuRecords {
             _ => {}
         }
     }
-    let blob = blob.expect("an HVM_CONTEXT record");
+    blob.expect("an HVM_CONTEXT record")
+}
+
+/// The one entry of `code` and `instance` in an HVM context.
+fn entry<'a>(
+    context: &hvm_context::HvmContext<'a>,
+    code: u16,
+    instance: u16,
+) -> hvm_context::HvmContextEntry<'a> {
+    let matching: Vec<_> = context
+        .entries
+        .iter()
+        .filter(|entry| entry.typecode == code && entry.instance == instance)
+        .collect();
+    assert_eq!(
+        matching.len(),
+        1,
+        "save entries of type {code}, instance {instance}"
+    );
+    *matching[0]
+}
+
+/// The image's vCPU 0 records.
+fn read_image(path: &Path) -> XenVcpuRecords {
+    let blob = read_context_image(path);
     let context = hvm_context::parse(&blob).expect("a valid HVM context");
-    let entry = |code| {
-        let matching: Vec<_> = context
-            .entries
-            .iter()
-            .filter(|entry| entry.typecode == code && entry.instance == 0)
-            .collect();
-        assert_eq!(matching.len(), 1, "save entries of type {code}");
-        *matching[0]
-    };
+    let entry = |code| entry(&context, code, 0);
     XenVcpuRecords {
         cpu: entry(HVM_SAVE_CODE_CPU).read_as().unwrap(),
         lapic: entry(HVM_SAVE_CODE_LAPIC).read_as().unwrap(),
         lapic_regs: entry(HVM_SAVE_CODE_LAPIC_REGS).read_as().unwrap(),
     }
+}
+
+/// Runs Debian's verifier on an image and insists it accepts it.
+fn verify_stream(image: &Path) {
+    assert!(
+        Path::new(VERIFY_STREAM_V2).exists(),
+        "{VERIFY_STREAM_V2} is missing: install Debian's xen-utils-4.17"
+    );
+    let output = Command::new(VERIFY_STREAM_V2)
+        .args(["--format", "libxl", "--verbose", "--in"])
+        .arg(image)
+        .env("PYTHONPATH", XEN_PYTHON_PATH)
+        .output()
+        .expect("running verify-stream-v2");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "verify-stream-v2 refused the image ({}):\n{stdout}\n{stderr}",
+        output.status
+    );
+    assert!(
+        stdout.contains("Libxc Record: HVM context"),
+        "the verifier did not reach the HVM context:\n{stdout}"
+    );
 }
 
 #[test]
@@ -216,27 +274,7 @@ fn vcpu_state_survives_a_verified_stream_onto_a_fresh_vcpu() {
         std::env::temp_dir().join(format!("kxen-save-records-{}.img", std::process::id())),
     );
     write_image(&image.0, &records);
-    assert!(
-        Path::new(VERIFY_STREAM_V2).exists(),
-        "{VERIFY_STREAM_V2} is missing: install Debian's xen-utils-4.17"
-    );
-    let output = Command::new(VERIFY_STREAM_V2)
-        .args(["--format", "libxl", "--verbose", "--in"])
-        .arg(&image.0)
-        .env("PYTHONPATH", XEN_PYTHON_PATH)
-        .output()
-        .expect("running verify-stream-v2");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        output.status.success(),
-        "verify-stream-v2 refused the image ({}):\n{stdout}\n{stderr}",
-        output.status
-    );
-    assert!(
-        stdout.contains("Libxc Record: HVM context"),
-        "the verifier did not reach the HVM context:\n{stdout}"
-    );
+    verify_stream(&image.0);
 
     let read_back = read_image(&image.0);
     assert_eq!(read_back, records, "the records came back from the stream");
@@ -276,4 +314,208 @@ fn vcpu_state_survives_a_verified_stream_onto_a_fresh_vcpu() {
     let mut again = cpu::save(&landed).expect("vCPU 1 as save records");
     again.cpu.tsc = records.cpu.tsc;
     assert_eq!(again, records);
+}
+
+/// A VM with the in-kernel irqchip and PIT kxen-vmm gives every domain.
+fn platform_vm(kvm: &Kvm) -> VmFd {
+    let vm = kvm.create_vm().expect("creating a VM");
+    vm.create_irq_chip()
+        .expect("creating the in-kernel irqchip");
+    vm.create_pit2(kvm_pit_config {
+        flags: KVM_PIT_SPEAKER_DUMMY,
+        ..Default::default()
+    })
+    .expect("creating the in-kernel PIT");
+    vm
+}
+
+/// Non-default PICs, IOAPIC and PIT. PIT channels 1 and 2 are programmed
+/// and channel 0 is not: channel 0 would raise IRQ 0 while the test reads
+/// the state, so the PIC's and IOAPIC's requests would move under it.
+fn give_known_platform_state(vm: &VmFd) {
+    let mut state = read_platform_state(vm).expect("reading a fresh platform");
+    let [master, slave] = &mut state.pics;
+    (master.imr, master.irq_base, master.elcr, master.auto_eoi) = (0xb8, 0x20, 0x08, 1);
+    (slave.imr, slave.irq_base, slave.elcr, slave.priority_add) = (0x3f, 0x28, 0x0c, 5);
+    slave.read_reg_select = 1;
+    let ioapic = &mut state.ioapic;
+    ioapic.id = 2;
+    ioapic.ioregsel = 0x18;
+    // Pin 4 (the UART): edge, vector 0x34 to APIC 0; pin 9 (ACPI): level,
+    // active low, vector 0x39 to APIC 1, masked.
+    ioapic.redirtbl[4].bits = 0x34;
+    ioapic.redirtbl[9].bits = (1 << 56) | RTE_MASKED | (1 << 15) | (1 << 13) | 0x39;
+    for (channel, (count, mode)) in state.pit.channels[1..]
+        .iter_mut()
+        .zip([(0x1234, 3), (1193, 2)])
+    {
+        (channel.count, channel.mode, channel.rw_mode) = (count, mode, 3);
+        (channel.read_state, channel.write_state) = (3, 4);
+        channel.write_latch = 0x55;
+        (channel.count_latched, channel.latched_count) = (3, 0x0abc);
+    }
+    state.pit.channels[2].gate = 1;
+    state.pit.flags = KVM_PIT_FLAGS_SPEAKER_DATA_ON;
+    write_platform_state(vm, &state).expect("setting the known platform");
+}
+
+/// PAT and MTRRs as a firmware leaves them: write-back below 2 GiB and
+/// 3 GiB, uncached above; and a ymm register's upper half in the XSAVE
+/// area when the vCPU has AVX.
+fn give_known_mtrr_and_xsave(vcpu: &VcpuFd, layout: &XstateLayout) {
+    let mut msrs = read_mtrr_msrs(vcpu).expect("reading the MTRRs");
+    msrs[0] = 0x0007_0406_0007_0106;
+    msrs[1] = 0x6;
+    msrs[2] = 0xf_8000_0800;
+    msrs[3] = 0x8000_0006;
+    msrs[4] = 0xf_c000_0800;
+    for (index, fixed) in msrs[17..28].iter_mut().enumerate() {
+        *fixed = 0x0606_0606_0606_0600 | [0, 1, 4, 5, 6][index % 5];
+    }
+    msrs[29] = 0xc00;
+    write_mtrr_msrs(vcpu, &msrs).expect("setting the MTRRs");
+
+    let (mut area, mut xcr0) = read_xsave(vcpu).expect("reading the XSAVE area");
+    fill_area(&mut area.region, 160 + 16 * 5, 16, 0x77);
+    if layout.supported_xcr0 & xsave::YMM != 0 {
+        xcr0 |= xsave::SSE | xsave::YMM;
+        let (offset, _) = layout.components[2];
+        fill_area(&mut area.region, offset as usize + 16 * 5, 16, 0x99);
+        area.region[512 / 4] |= xsave::YMM as u32;
+    }
+    write_xsave(vcpu, &area, xcr0).expect("setting the XSAVE area");
+}
+
+/// Sets bytes `start..start + length` of an XSAVE area held as words.
+fn fill_area(region: &mut [u32; 1024], start: usize, length: usize, value: u8) {
+    for byte in start..start + length {
+        let shift = (byte % 4) * 8;
+        let word = &mut region[byte / 4];
+        *word = (*word & !(0xff << shift)) | (u32::from(value) << shift);
+    }
+}
+
+#[test]
+fn platform_and_vcpu_records_survive_a_verified_stream_onto_a_fresh_vm() {
+    let kvm = Kvm::new().expect("opening /dev/kvm");
+    let cpuid = kvm
+        .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+        .expect("KVM's CPUID");
+    let layout = XstateLayout::from_cpuid(&cpuid);
+    let source_vm = platform_vm(&kvm);
+    let source = source_vm.create_vcpu(0).expect("source vCPU");
+    source.set_cpuid2(&cpuid).expect("source vCPU's CPUID");
+    give_known_state(&source);
+    give_known_mtrr_and_xsave(&source, &layout);
+    give_known_platform_state(&source_vm);
+
+    let platform = read_platform_state(&source_vm).expect("reading the platform");
+    let vcpu_state = read_vcpu_state(&source).expect("reading the vCPU");
+    let (area, xcr0) = read_xsave(&source).expect("reading the XSAVE area");
+    let mtrrs = read_mtrr_msrs(&source).expect("reading the MTRRs");
+    assert_eq!(platform.ioapic.id, 2, "the known state took");
+    assert_eq!(platform.pit.channels[1].count, 0x1234);
+    assert_eq!(mtrrs[29], 0xc00);
+
+    let vcpu_records = cpu::save(&vcpu_state).expect("vCPU records");
+    let pics = [0, 1].map(|chip| platform::save_pic(&platform.pics[chip], chip).unwrap());
+    let ioapic = platform::save_ioapic(&platform.ioapic);
+    let pit = platform::save_pit(&platform.pit).expect("PIT record");
+    let mtrr_record = mtrr::save(&mtrrs);
+    let xsave_record = xsave::save(&area, xcr0, &layout).expect("CPU_XSAVE record");
+    let mut builder = context_builder();
+    builder
+        .push(HVM_SAVE_CODE_CPU, 0, &vcpu_records.cpu)
+        .push(HVM_SAVE_CODE_PIC, 0, &pics[0])
+        .push(HVM_SAVE_CODE_PIC, 1, &pics[1])
+        .push(HVM_SAVE_CODE_IOAPIC, 0, &ioapic)
+        .push(HVM_SAVE_CODE_LAPIC, 0, &vcpu_records.lapic)
+        .push(HVM_SAVE_CODE_LAPIC_REGS, 0, &vcpu_records.lapic_regs)
+        .push(HVM_SAVE_CODE_PIT, 0, &pit)
+        .push(HVM_SAVE_CODE_MTRR, 0, &mtrr_record);
+    builder
+        .push_bytes(HVM_SAVE_CODE_CPU_XSAVE, 0, &xsave_record)
+        .expect("the XSAVE entry");
+    let image = TempFile(
+        std::env::temp_dir().join(format!("kxen-save-platform-{}.img", std::process::id())),
+    );
+    write_context_image(&image.0, &builder.finish());
+    verify_stream(&image.0);
+
+    let blob = read_context_image(&image.0);
+    let context = hvm_context::parse(&blob).expect("a valid HVM context");
+    let codes: Vec<(u16, u16)> = context
+        .entries
+        .iter()
+        .map(|entry| (entry.typecode, entry.instance))
+        .collect();
+    assert_eq!(
+        codes,
+        [
+            (2, 0),
+            (3, 0),
+            (3, 1),
+            (4, 0),
+            (5, 0),
+            (6, 0),
+            (10, 0),
+            (14, 0),
+            (16, 0)
+        ]
+    );
+    let read = |code, instance| entry(&context, code, instance);
+    let target_vm = platform_vm(&kvm);
+    let target = target_vm.create_vcpu(0).expect("target vCPU");
+    target.set_cpuid2(&cpuid).expect("target vCPU's CPUID");
+    let restored = cpu::load(&XenVcpuRecords {
+        cpu: read(HVM_SAVE_CODE_CPU, 0).read_as().unwrap(),
+        lapic: read(HVM_SAVE_CODE_LAPIC, 0).read_as().unwrap(),
+        lapic_regs: read(HVM_SAVE_CODE_LAPIC_REGS, 0).read_as().unwrap(),
+    })
+    .expect("loading the vCPU records");
+    write_vcpu_state(&target, &restored).expect("setting the vCPU");
+    let (loaded_area, loaded_xcr0) =
+        xsave::load(read(HVM_SAVE_CODE_CPU_XSAVE, 0).data, &layout).expect("loading CPU_XSAVE");
+    write_xsave(&target, &loaded_area, loaded_xcr0).expect("setting the XSAVE area");
+    let target_cap = read_mtrr_msrs(&target).expect("the target's MTRRcap")[28];
+    let loaded_mtrrs = mtrr::load(&read(HVM_SAVE_CODE_MTRR, 0).read_as().unwrap(), target_cap)
+        .expect("loading MTRR");
+    write_mtrr_msrs(&target, &loaded_mtrrs).expect("setting the MTRRs");
+    let mut loaded_platform = KvmPlatformState::default();
+    for chip in 0..2 {
+        let record = read(HVM_SAVE_CODE_PIC, chip as u16).read_as().unwrap();
+        loaded_platform.pics[chip] = platform::load_pic(&record, chip).expect("loading a PIC");
+    }
+    loaded_platform.ioapic =
+        platform::load_ioapic(&read(HVM_SAVE_CODE_IOAPIC, 0).read_as().unwrap())
+            .expect("loading IOAPIC");
+    loaded_platform.pit =
+        platform::load_pit(&read(HVM_SAVE_CODE_PIT, 0).read_as().unwrap()).expect("loading PIT");
+    write_platform_state(&target_vm, &loaded_platform).expect("setting the platform");
+
+    // Every carried field, read back from the target VM.
+    let landed = read_platform_state(&target_vm).expect("reading the target platform");
+    assert_eq!(landed.pics, platform.pics, "PICs");
+    assert_eq!(platform::save_ioapic(&landed.ioapic), ioapic, "IOAPIC");
+    assert_eq!(landed.ioapic.base_address, platform.ioapic.base_address);
+    for (landed, original) in landed.pit.channels.iter().zip(&platform.pit.channels) {
+        let mut original = *original;
+        original.count_load_time = landed.count_load_time;
+        assert_eq!(*landed, original, "PIT channel");
+    }
+    assert_eq!(landed.pit.flags, platform.pit.flags, "PIT flags");
+    let (landed_area, landed_xcr0) = read_xsave(&target).expect("reading the target's XSAVE");
+    assert_eq!(landed_xcr0, xcr0, "XCR0");
+    assert_eq!(landed_area.region, area.region, "XSAVE area");
+    assert_eq!(
+        read_mtrr_msrs(&target).expect("target MTRRs"),
+        mtrrs,
+        "MTRRs"
+    );
+    let mut landed_vcpu = read_vcpu_state(&target).expect("reading the target vCPU");
+    landed_vcpu.msrs.tsc = vcpu_state.msrs.tsc;
+    assert_eq!(landed_vcpu.regs, vcpu_state.regs);
+    assert_eq!(landed_vcpu.sregs, vcpu_state.sregs);
+    assert_eq!(landed_vcpu.fpu, vcpu_state.fpu);
+    assert_eq!(landed_vcpu.lapic, vcpu_state.lapic);
 }

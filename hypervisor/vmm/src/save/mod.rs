@@ -8,7 +8,11 @@
 //!   and the ones KVM would otherwise fail on;
 //! * [`lapic`]: `kvm_lapic_state` ↔ [`xen_abi::hvm_save::HwLapicRegs`] and
 //!   the LAPIC record's hidden state;
-//! * [`kvm`]: reading and writing a [`KvmVcpuState`] through a vCPU fd.
+//! * [`platform`]: the in-kernel PICs, IOAPIC and PIT ↔ the PIC, IOAPIC
+//!   and PIT records;
+//! * [`xsave`]: the XSAVE area and XCR0 ↔ the CPU_XSAVE record;
+//! * [`mtrr`]: PAT and the MTRRs ↔ the MTRR record;
+//! * [`kvm`]: the ioctls that read and write all of it.
 //!
 //! Facts about Xen's records come from `xen/arch/x86/hvm/hvm.c`,
 //! `xen/arch/x86/hvm/vlapic.c` and `public/arch-x86/hvm/save.h`; no code
@@ -17,7 +21,12 @@
 pub mod cpu;
 pub mod kvm;
 pub mod lapic;
+pub mod mtrr;
+pub mod platform;
+#[cfg(test)]
+mod platform_tests;
 #[cfg(test)]
 mod tests;
+pub mod xsave;
 
 pub use cpu::{KvmVcpuState, LoadError, SaveError, SavedMsrs, XenVcpuRecords};
