@@ -56,6 +56,30 @@ mod xen_version;
 pub struct Call {
     pub nr: u64,
     pub args: [u64; 5],
+    /// The vCPU was outside 64-bit mode (not EFER.LMA with CS.L): its
+    /// arguments are 32 bits and its structs come in the compat layout.
+    pub compat: bool,
+}
+
+impl Call {
+    /// A call from a vCPU in 64-bit mode.
+    pub fn native(nr: u64, args: [u64; 5]) -> Self {
+        Call {
+            nr,
+            args,
+            compat: false,
+        }
+    }
+
+    /// A call from a vCPU in 32-bit mode: only the registers' low halves
+    /// are its arguments.
+    pub fn compat(nr: u64, args: [u64; 5]) -> Self {
+        Call {
+            nr: nr & 0xffff_ffff,
+            args: args.map(|a| a & 0xffff_ffff),
+            compat: true,
+        }
+    }
 }
 
 impl Domain {
@@ -63,6 +87,13 @@ impl Domain {
     /// Returns the value for RAX.
     pub fn hypercall(&self, vcpu: u32, mmu: &dyn VcpuMmu, call: Call) -> i64 {
         self.hypercalls.fetch_add(1, Ordering::Relaxed);
+        // A 32-bit caller cannot pass more than 32 bits, whatever the
+        // registers' upper halves hold.
+        let call = if call.compat {
+            Call::compat(call.nr, call.args)
+        } else {
+            call
+        };
         let mem = self.mem.memory();
         let g = GuestAccess { mem: &mem, mmu };
         let [a1, a2, a3, _, _] = call.args;
@@ -70,7 +101,7 @@ impl Domain {
             XEN_VERSION => self.xen_version(&g, a1, a2),
             CONSOLE_IO => self.console_io(&g, a1, a2, a3),
             SCHED_OP => self.sched_op(vcpu, &g, a1, a2),
-            MEMORY_OP => self.memory_op(&g, a1, a2),
+            MEMORY_OP => self.memory_op(&g, a1, a2, call.compat),
             HVM_OP => self.hvm_op(&g, a1, a2),
             VCPU_OP => self.vcpu_op(vcpu, &g, a1, a2, a3),
             SET_TIMER_OP => self.set_timer_op(vcpu, a1),
