@@ -6,8 +6,8 @@ use vm_memory::{Bytes, GuestAddress, GuestAddressSpace};
 use xen_abi::errno::*;
 use xen_abi::memory::*;
 use xen_abi::PAGE_SIZE;
-use zerocopy::{FromBytes, IntoBytes};
 
+use super::read_in_layout;
 use crate::domain::{Domain, DomainState, OverlayFrame};
 use crate::grant::{MAX_GRANT_FRAMES, MAX_STATUS_FRAMES};
 use crate::guest::{Fault, GuestAccess};
@@ -18,21 +18,6 @@ const MAX_EXTENT_ORDER: u32 = 9;
 const MEMOP_EXTENT_SHIFT: u32 = 6;
 /// Guest frame numbers above this are not valid guest-physical addresses.
 const MAX_GFN: u64 = 1 << (46 - 12);
-
-/// Read a struct the caller passes in its mode's layout: the native one,
-/// or (`compat`, a vCPU outside 64-bit mode) the 32-bit layout `C`,
-/// translated to the native request as Xen's compat layer does.
-fn read_in_layout<N, C>(g: &GuestAccess, gva: u64, compat: bool) -> Result<N, Fault>
-where
-    N: FromBytes + IntoBytes,
-    C: FromBytes + IntoBytes + Into<N>,
-{
-    if compat {
-        g.read_obj::<C>(gva).map(Into::into)
-    } else {
-        g.read_obj::<N>(gva)
-    }
-}
 
 /// Entry `index` of a guest list of `xen_pfn_t` or `xen_ulong_t`: 8 bytes
 /// each natively, 4 bytes in the compat layout.

@@ -1,6 +1,7 @@
-//! memory_op from a vCPU outside 64-bit mode: its structs come in the
-//! 32-bit ("compat") layout, as Xen reads them, and translate to the
-//! native request. The same bytes from a 64-bit caller mean something else.
+//! Hypercalls from a vCPU outside 64-bit mode (memory_op, sched_poll,
+//! set_timer_op): its structs come in the 32-bit ("compat") layout, as Xen
+//! reads them, and translate to the native request. The same bytes from a
+//! 64-bit caller mean something else.
 
 use kxen_xen::harness::{self, read_guest, write_guest, RAM_BYTES};
 use xen_abi::errno::*;
@@ -256,4 +257,56 @@ fn layout_is_chosen_per_call() {
             "entry at {buffer:#x}"
         );
     }
+}
+
+/// sched_poll from 32-bit mode: a 4-byte port-list handle, nr_ports at 4
+/// and the timeout at 8. (The harness domain is stopping, so a poll that
+/// would block returns at once.)
+#[test]
+fn compat_sched_poll_reads_the_32_bit_layout() {
+    use xen_abi::hypercall::SCHED_OP;
+    use xen_abi::sched::{CompatPoll, SCHEDOP_POLL};
+    let (domain, _) = harness::domain();
+    let list = 0x2000u64;
+    let poll = |port: u32, nr_ports: u32| {
+        write_guest(&domain, list, port.as_bytes());
+        let req = CompatPoll {
+            ports: list as u32,
+            nr_ports,
+            timeout: 1,
+        };
+        write_guest(&domain, ARG, req.as_bytes());
+        harness::hypercall32(&domain, SCHED_OP, [SCHEDOP_POLL, ARG, 0, 0, 0])
+    };
+    // A port beyond the 2-level range is found in the list: -EINVAL. Read
+    // natively, the list pointer would take nr_ports' bytes: -EFAULT.
+    assert_eq!(poll(5000, 1), -EINVAL);
+    assert_eq!(
+        harness::hypercall(&domain, SCHED_OP, [SCHEDOP_POLL, ARG, 0, 0, 0]),
+        -EFAULT
+    );
+    assert_eq!(poll(1, 129), -EINVAL, "more ports than Xen allows");
+    assert_eq!(poll(1, 1), 0);
+}
+
+/// set_timer_op from 32-bit mode passes the 64-bit deadline in two
+/// registers, low half first.
+#[test]
+fn compat_set_timer_op_joins_the_two_halves() {
+    use xen_abi::hypercall::SET_TIMER_OP;
+    let (domain, _) = harness::domain();
+    let deadline = 0x7fff_0000_89ab_cdef_u64;
+    let rc = harness::hypercall32(
+        &domain,
+        SET_TIMER_OP,
+        [deadline & 0xffff_ffff, deadline >> 32, 0, 0, 0],
+    );
+    assert_eq!(rc, 0);
+    assert_eq!(domain.lock().vcpus[0].singleshot_deadline, Some(deadline));
+    // Natively the first argument is the whole deadline.
+    assert_eq!(
+        harness::hypercall(&domain, SET_TIMER_OP, [deadline, 1, 0, 0, 0]),
+        0
+    );
+    assert_eq!(domain.lock().vcpus[0].singleshot_deadline, Some(deadline));
 }
