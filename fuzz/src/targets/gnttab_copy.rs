@@ -59,10 +59,7 @@ pub fn gnttab_copy(data: &[u8]) -> bool {
     domain.hypercall(
         0,
         &kxen_xen::guest::IdentityMmu,
-        Call {
-            nr: GRANT_TABLE_OP,
-            args: [GNTTABOP_COPY, OPS, count, 0, 0],
-        },
+        Call::native(GRANT_TABLE_OP, [GNTTABOP_COPY, OPS, count, 0, 0]),
     );
     let mut after = [0u8; ENTRIES * 8];
     assert!(read_guest(domain, TABLE_GFN << 12, &mut after));
@@ -111,10 +108,7 @@ pub fn gnttab_copy_v2(data: &[u8]) -> bool {
     domain.hypercall(
         0,
         &kxen_xen::guest::IdentityMmu,
-        Call {
-            nr: GRANT_TABLE_OP,
-            args: [GNTTABOP_COPY, OPS, count, 0, 0],
-        },
+        Call::native(GRANT_TABLE_OP, [GNTTABOP_COPY, OPS, count, 0, 0]),
     );
     let mut after = [0u8; ENTRIES * V2_SIZE];
     assert!(read_guest(domain, TABLE_GFN << 12, &mut after));

@@ -451,23 +451,16 @@ impl Vcpu {
             -xen_abi::errno::EPERM
         } else {
             let long_mode = kvm::in_64bit_code(&sregs);
+            // Xen's two hypercall ABIs: 64-bit passes rdi, rsi, rdx, r10,
+            // r8; 32-bit passes ebx, ecx, edx, esi, edi, and its structs
+            // in the compat layout. The mode now decides, per call.
             let call = if long_mode {
-                Call {
-                    nr: regs.rax & 0xffff_ffff,
-                    args: [regs.rdi, regs.rsi, regs.rdx, regs.r10, regs.r8],
-                }
+                Call::native(
+                    regs.rax & 0xffff_ffff,
+                    [regs.rdi, regs.rsi, regs.rdx, regs.r10, regs.r8],
+                )
             } else {
-                let m = 0xffff_ffff;
-                Call {
-                    nr: regs.rax & m,
-                    args: [
-                        regs.rbx & m,
-                        regs.rcx & m,
-                        regs.rdx & m,
-                        regs.rsi & m,
-                        regs.rdi & m,
-                    ],
-                }
+                Call::compat(regs.rax, [regs.rbx, regs.rcx, regs.rdx, regs.rsi, regs.rdi])
             };
             let paging = self.kvm.paging_regs_from(&sregs);
             let r = self.kvm.with_mmu(&self.rt.memory, paging, |mmu| {
@@ -493,10 +486,10 @@ impl Vcpu {
         regs: &kvm_bindings::kvm_regs,
         sregs: &kvm_bindings::kvm_sregs,
     ) {
-        let call = Call {
-            nr: regs.rax & 0xffff_ffff,
-            args: [regs.rdi, regs.rsi, regs.rdx, regs.r10, regs.r8],
-        };
+        let call = Call::native(
+            regs.rax & 0xffff_ffff,
+            [regs.rdi, regs.rsi, regs.rdx, regs.r10, regs.r8],
+        );
         let paging = self.kvm.paging_regs_from(sregs);
         let served = self.kvm.with_guest(&self.rt.memory, paging, |g| {
             pv.hypercall(self.id, g.mem, g, &call)

@@ -37,5 +37,36 @@ pub struct Poll {
     pub timeout: u64,
 }
 
+/// Compat (32-bit) `struct sched_poll`: a 4-byte port handle, so
+/// `nr_ports` sits at 4 and `timeout` at 8; 16 bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, FromBytes, IntoBytes, Immutable, KnownLayout)]
+pub struct CompatPoll {
+    /// Guest pointer to an array of `u32` ports.
+    pub ports: u32,
+    pub nr_ports: u32,
+    pub timeout: u64,
+}
+
+impl From<CompatPoll> for Poll {
+    fn from(c: CompatPoll) -> Self {
+        Poll {
+            ports: c.ports.into(),
+            nr_ports: c.nr_ports,
+            _pad: 0,
+            timeout: c.timeout,
+        }
+    }
+}
+
+const _: () = {
+    assert!(core::mem::size_of::<Poll>() == 24);
+    assert!(core::mem::offset_of!(Poll, nr_ports) == 8);
+    assert!(core::mem::offset_of!(Poll, timeout) == 16);
+    assert!(core::mem::size_of::<CompatPoll>() == 16);
+    assert!(core::mem::offset_of!(CompatPoll, nr_ports) == 4);
+    assert!(core::mem::offset_of!(CompatPoll, timeout) == 8);
+};
+
 /// Most ports one poll may name (Xen caps it at the 2-level port count).
 pub const POLL_MAX_PORTS: u32 = 128;

@@ -182,7 +182,12 @@ pub fn run_bytes(domain: &Domain, data: &[u8]) {
         }
         args[0] %= 32;
         let vcpu = (chunk[3] & 1) as u32;
-        domain.hypercall(vcpu, &IdentityMmu, Call { nr, args });
+        let call = if chunk[3] & 2 != 0 {
+            Call::compat(nr, args)
+        } else {
+            Call::native(nr, args)
+        };
+        domain.hypercall(vcpu, &IdentityMmu, call);
     }
 }
 
@@ -228,5 +233,10 @@ pub fn place_grant_frame(domain: &Domain, gfn: u64) -> i64 {
 /// Hypercall `nr` from vCPU 0, its pointers guest-physical (the harness
 /// domain runs with paging off).
 pub fn hypercall(domain: &Domain, nr: u64, args: [u64; 5]) -> i64 {
-    domain.hypercall(0, &IdentityMmu, Call { nr, args })
+    domain.hypercall(0, &IdentityMmu, Call::native(nr, args))
+}
+
+/// Hypercall `nr` from vCPU 0 in 32-bit mode: compat struct layouts.
+pub fn hypercall32(domain: &Domain, nr: u64, args: [u64; 5]) -> i64 {
+    domain.hypercall(0, &IdentityMmu, Call::compat(nr, args))
 }

@@ -7,9 +7,10 @@ use xen_abi::errno::*;
 use xen_abi::memory::*;
 use xen_abi::PAGE_SIZE;
 
+use super::read_in_layout;
 use crate::domain::{Domain, DomainState, OverlayFrame};
 use crate::grant::{MAX_GRANT_FRAMES, MAX_STATUS_FRAMES};
-use crate::guest::GuestAccess;
+use crate::guest::{Fault, GuestAccess};
 
 /// Highest extent order a domU may use in memory reservations (2 MiB).
 const MAX_EXTENT_ORDER: u32 = 9;
@@ -18,13 +19,25 @@ const MEMOP_EXTENT_SHIFT: u32 = 6;
 /// Guest frame numbers above this are not valid guest-physical addresses.
 const MAX_GFN: u64 = 1 << (46 - 12);
 
+/// Entry `index` of a guest list of `xen_pfn_t` or `xen_ulong_t`: 8 bytes
+/// each natively, 4 bytes in the compat layout.
+fn read_ulong_elem(g: &GuestAccess, base: u64, index: u64, compat: bool) -> Result<u64, Fault> {
+    if compat {
+        g.read_elem::<u32>(base, index).map(u64::from)
+    } else {
+        g.read_elem::<u64>(base, index)
+    }
+}
+
 impl Domain {
-    pub(super) fn memory_op(&self, g: &GuestAccess, cmd: u64, arg: u64) -> i64 {
+    /// `compat`: the calling vCPU is not in 64-bit mode, so its structs
+    /// come in the 32-bit layout (Xen picks it per call from the mode).
+    pub(super) fn memory_op(&self, g: &GuestAccess, cmd: u64, arg: u64, compat: bool) -> i64 {
         let start_extent = cmd >> MEMOP_EXTENT_SHIFT;
         match cmd & MEMOP_CMD_MASK {
-            XENMEM_DECREASE_RESERVATION => self.decrease_reservation(g, arg, start_extent),
+            XENMEM_DECREASE_RESERVATION => self.decrease_reservation(g, arg, start_extent, compat),
             XENMEM_POPULATE_PHYSMAP | XENMEM_INCREASE_RESERVATION => {
-                self.populate_physmap(g, arg, start_extent)
+                self.populate_physmap(g, arg, start_extent, compat)
             }
             XENMEM_MAXIMUM_RAM_PAGE => self.cfg.max_ram_gfn() as i64,
             XENMEM_CURRENT_RESERVATION | XENMEM_MAXIMUM_RESERVATION | XENMEM_MAXIMUM_GPFN => {
@@ -40,36 +53,45 @@ impl Domain {
                     _ => self.cfg.max_ram_gfn().saturating_sub(1) as i64,
                 }
             }
+            // A domid pointer: the same in both layouts.
             XENMEM_ADD_TO_PHYSMAP => {
-                let xatp = read!(g, AddToPhysmap, arg);
+                let Ok(xatp) = read_in_layout::<AddToPhysmap, CompatAddToPhysmap>(g, arg, compat)
+                else {
+                    return -EFAULT;
+                };
                 if !self.is_self(xatp.domid) {
                     return -ESRCH;
                 }
                 let mut st = self.lock();
                 self.add_to_physmap(&mut st, xatp.space, xatp.idx, xatp.gpfn) as i64
             }
-            XENMEM_ADD_TO_PHYSMAP_BATCH => self.add_to_physmap_batch(g, arg),
+            XENMEM_ADD_TO_PHYSMAP_BATCH => self.add_to_physmap_batch(g, arg, compat),
             XENMEM_MEMORY_MAP => {
-                let mut map = read!(g, MemoryMap, arg);
+                let Ok(map) = read_in_layout::<MemoryMap, CompatMemoryMap>(g, arg, compat) else {
+                    return -EFAULT;
+                };
                 let n = (map.nr_entries as usize).min(self.cfg.memmap.len());
                 for (i, entry) in self.cfg.memmap[..n].iter().enumerate() {
                     if g.write_elem(map.buffer, i as u64, entry).is_err() {
                         return -EFAULT;
                     }
                 }
-                map.nr_entries = n as u32;
-                write!(g, arg, &map);
+                // nr_entries is the first field in both layouts.
+                write!(g, arg, &(n as u32));
                 0
             }
             // hvm_memory_op filters these out for HVM/PVH guests.
             XENMEM_MACHINE_MEMORY_MAP | XENMEM_MACHPHYS_MAPPING => -ENOSYS,
             XENMEM_REMOVE_FROM_PHYSMAP => {
-                let domid = read!(g, u16, arg);
-                let gpfn = read!(g, u64, arg + 8);
-                if !self.is_self(domid) {
+                let Ok(xrfp) =
+                    read_in_layout::<RemoveFromPhysmap, CompatRemoveFromPhysmap>(g, arg, compat)
+                else {
+                    return -EFAULT;
+                };
+                if !self.is_self(xrfp.domid) {
                     return -ESRCH;
                 }
-                self.remove_from_physmap(gpfn)
+                self.remove_from_physmap(xrfp.gpfn)
             }
             _ => -ENOSYS,
         }
@@ -84,9 +106,11 @@ impl Domain {
         g: &GuestAccess,
         arg: u64,
         start: u64,
+        compat: bool,
         mut apply: impl FnMut(&mut DomainState, std::ops::Range<u64>) -> bool,
     ) -> i64 {
-        let Ok(res) = g.read_obj::<MemoryReservation>(arg) else {
+        let Ok(res) = read_in_layout::<MemoryReservation, CompatMemoryReservation>(g, arg, compat)
+        else {
             return start as i64;
         };
         if !self.is_self(res.domid) || res.extent_order > MAX_EXTENT_ORDER {
@@ -95,7 +119,7 @@ impl Domain {
         let pages = 1u64 << res.extent_order;
         let mut st = self.lock();
         for i in start..res.nr_extents {
-            let Ok(gfn) = g.read_elem::<u64>(res.extent_start, i) else {
+            let Ok(gfn) = read_ulong_elem(g, res.extent_start, i, compat) else {
                 return i as i64;
             };
             // The guest picks gfn: keep the range in bounds and all RAM.
@@ -114,8 +138,8 @@ impl Domain {
     }
 
     /// Balloon out the extents listed by the guest.
-    fn decrease_reservation(&self, g: &GuestAccess, arg: u64, start: u64) -> i64 {
-        self.for_each_extent(g, arg, start, |st, extent| {
+    fn decrease_reservation(&self, g: &GuestAccess, arg: u64, start: u64, compat: bool) -> i64 {
+        self.for_each_extent(g, arg, start, compat, |st, extent| {
             if extent.clone().any(|p| st.ballooned.contains(&p)) {
                 return false;
             }
@@ -128,8 +152,8 @@ impl Domain {
     }
 
     /// Give ballooned RAM back, up to the domain's maximum.
-    fn populate_physmap(&self, g: &GuestAccess, arg: u64, start: u64) -> i64 {
-        self.for_each_extent(g, arg, start, |st, extent| {
+    fn populate_physmap(&self, g: &GuestAccess, arg: u64, start: u64, compat: bool) -> i64 {
+        self.for_each_extent(g, arg, start, compat, |st, extent| {
             let populated = self.cfg.ram_pages() - st.ballooned.len() as u64;
             let new_pages = extent.clone().filter(|p| st.ballooned.contains(p)).count() as u64;
             if populated + new_pages > self.cfg.max_pages {
@@ -176,17 +200,21 @@ impl Domain {
         -EINVAL
     }
 
-    fn add_to_physmap_batch(&self, g: &GuestAccess, arg: u64) -> i64 {
-        let batch = read!(g, AddToPhysmapBatch, arg);
+    fn add_to_physmap_batch(&self, g: &GuestAccess, arg: u64, compat: bool) -> i64 {
+        let Ok(batch) =
+            read_in_layout::<AddToPhysmapBatch, CompatAddToPhysmapBatch>(g, arg, compat)
+        else {
+            return -EFAULT;
+        };
         if !self.is_self(batch.domid) {
             return -ESRCH;
         }
         for i in 0..batch.size as u64 {
-            let idx: u64 = match g.read_elem(batch.idxs, i) {
+            let idx = match read_ulong_elem(g, batch.idxs, i, compat) {
                 Ok(v) => v,
                 Err(_) => return -EFAULT,
             };
-            let gpfn: u64 = match g.read_elem(batch.gpfns, i) {
+            let gpfn = match read_ulong_elem(g, batch.gpfns, i, compat) {
                 Ok(v) => v,
                 Err(_) => return -EFAULT,
             };

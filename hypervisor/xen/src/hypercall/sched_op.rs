@@ -7,11 +7,21 @@ use xen_abi::event_channel::*;
 use xen_abi::sched::*;
 use xen_abi::vcpu::*;
 
+use super::read_in_layout;
 use crate::domain::Domain;
 use crate::guest::GuestAccess;
 
 impl Domain {
-    pub(super) fn sched_op(&self, vcpu: u32, g: &GuestAccess, cmd: u64, arg: u64) -> i64 {
+    /// `compat`: the caller is outside 64-bit mode (its sched_poll comes
+    /// in the 32-bit layout).
+    pub(super) fn sched_op(
+        &self,
+        vcpu: u32,
+        g: &GuestAccess,
+        cmd: u64,
+        arg: u64,
+        compat: bool,
+    ) -> i64 {
         match cmd {
             SCHEDOP_YIELD => {
                 std::thread::yield_now();
@@ -46,15 +56,17 @@ impl Domain {
                 self.lock().shutdown_code = Some(sd.reason);
                 0
             }
-            SCHEDOP_POLL => self.poll(vcpu, g, arg),
+            SCHEDOP_POLL => self.poll(vcpu, g, arg, compat),
             // Shutting down other domains needs XSM_DM_PRIV.
             SCHEDOP_REMOTE_SHUTDOWN => -EPERM,
             _ => -ENOSYS,
         }
     }
 
-    fn poll(&self, vcpu: u32, g: &GuestAccess, arg: u64) -> i64 {
-        let req = read!(g, Poll, arg);
+    fn poll(&self, vcpu: u32, g: &GuestAccess, arg: u64, compat: bool) -> i64 {
+        let Ok(req) = read_in_layout::<Poll, CompatPoll>(g, arg, compat) else {
+            return -EFAULT;
+        };
         if req.nr_ports > POLL_MAX_PORTS {
             return -EINVAL;
         }
