@@ -121,6 +121,14 @@ fn pv_kernel_boots_at_cpl3_and_serves_hypercalls() {
         "PASS update_va_mapping unmaps V",
         "PASS update_va_mapping INVLPG: V reads frame A after the unmap",
         "PASS update_va_mapping loop: V reads frame A at its end",
+        "PASS set_trap_table with an unmapped array is -EFAULT",
+        "PASS set_trap_table with a non-canonical handler is -EINVAL",
+        "PASS set_trap_table registers #BP #UD #GP",
+        "PASS int3 bounced and iret back: RAX RCX R11 RSP kept",
+        "PASS int3 frame: RIP after the int3",
+        "PASS int3 frame: CS 0xe030 with upcall mask 1 in bits 32-39, IF clear, RSP",
+        "PASS ud2 bounced: frame RIP at the ud2, handler stepped past it",
+        "PASS out at CPL3 bounced as #GP: error code 0, RIP at the out",
         "done, powering off",
     ] {
         assert!(lines.contains(&check), "missing {check:?}\n{t}");
@@ -149,6 +157,10 @@ fn pv_kernel_boots_at_cpl3_and_serves_hypercalls() {
         (
             "null hypercalls: ",
             "PV null hypercall (xen_version 0 through the hypercall page, CPL3 MMIO exit)",
+        ),
+        (
+            "int3 bounce+iret round trips: ",
+            "PV exception (int3 -> CPL0 exit stub -> bounce to the registered handler -> iret hypercall)",
         ),
         (
             "update_va_mapping INVLPG calls: ",
