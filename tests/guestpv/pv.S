@@ -396,6 +396,13 @@ _start:
     movzbl %al, %edi
     lea name_tt_ok(%rip), %rbx
     call verdict
+.ifdef UNHANDLED_TRAP
+    /* Variant: #DE has no handler; the domain must crash here. */
+    xor %ecx, %ecx
+    div %ecx
+    lea msg_after_de(%rip), %rdi
+    call puts
+.endif
 
     /* int3: the handler records its frame and returns with iret; RAX,
      * RCX, R11 and RSP come back as they were. */
@@ -747,6 +754,7 @@ name_loop:    .asciz "update_va_mapping loop: V reads frame A at its end"
 msg_l1e:      .asciz "kxen-pv-guest: V's L1 entry after mapping A: "
 msg_uvm_timing: .asciz "kxen-pv-guest: update_va_mapping INVLPG calls: "
 msg_trap_timing: .asciz "kxen-pv-guest: int3 bounce+iret round trips: "
+msg_after_de: .asciz "kxen-pv-guest: FAIL running after the #DE\n"
 name_tt_efault: .asciz "set_trap_table with an unmapped array is -EFAULT"
 name_tt_noncanon: .asciz "set_trap_table with a non-canonical handler is -EINVAL"
 name_tt_ok:   .asciz "set_trap_table registers #BP #UD #GP"
