@@ -196,8 +196,7 @@ fn pv_exception_without_handler_crashes_the_domain() {
     assert!(!run.timed_out, "{t}");
     assert_ne!(run.code, Some(0), "{t}");
     assert!(
-        run.stderr
-            .contains("exception 0 at rip 0xffffffff8")
+        run.stderr.contains("exception 0 at rip 0xffffffff8")
             && run.stderr.contains("no handler registered for vector 0"),
         "{t}"
     );
