@@ -5,7 +5,8 @@
 //! Facts from Xen 4.17 (`public/xen.h`, `public/arch-x86/xen.h`,
 //! `public/arch-x86/xen-x86_64.h`, `arch/x86/pv/callback.c`'s
 //! `do_set_trap_table`, `arch/x86/x86_64/entry.S`'s `create_bounce_frame`,
-//! `arch/x86/pv/iret.c`'s `do_iret`). Nothing here touches a CPU: the
+//! `arch/x86/pv/iret.c`'s `do_iret`, with the later X86_EFLAGS_ALL/MBS
+//! masking of the returned RFLAGS). Nothing here touches a CPU: the
 //! executor reads guest memory for these functions, writes what they
 //! return onto the guest stack and loads the registers they name.
 
@@ -45,6 +46,12 @@ const RFLAGS_NT: u64 = 1 << 14;
 const RFLAGS_RF: u64 = 1 << 16;
 const RFLAGS_VM: u64 = 1 << 17;
 const RFLAGS_AC: u64 = 1 << 18;
+/// Bit 1 of RFLAGS, always set.
+const RFLAGS_MBS: u64 = 1 << 1;
+/// Every defined, guest-settable RFLAGS bit (Xen's X86_EFLAGS_ALL: CF PF
+/// AF ZF SF TF IF DF OF IOPL NT RF VM AC VIF VIP ID). `iret` drops the
+/// rest, so a hostile frame cannot ask for reserved bits.
+const RFLAGS_ALL: u64 = 0x003f_7fd5;
 
 /// Why a trap request was refused, or why the domain must crash.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -332,7 +339,7 @@ pub fn iret(frame: &IretFrame, has_user_tables: bool) -> Result<IretReturn, Trap
         rip: frame.rip,
         // Guest privilege is forced: RPL 3.
         cs: (frame.cs | 3) as u16,
-        rflags: (frame.rflags & !(RFLAGS_IOPL | RFLAGS_VM)) | RFLAGS_IF,
+        rflags: (frame.rflags & RFLAGS_ALL & !(RFLAGS_IOPL | RFLAGS_VM)) | RFLAGS_IF | RFLAGS_MBS,
         rsp: frame.rsp,
         ss: (frame.ss | 3) as u16,
         rcx_r11: (frame.flags & VGCF_IN_SYSCALL == 0).then_some((frame.rcx, frame.r11)),
@@ -544,6 +551,15 @@ mod tests {
         assert_eq!(r.rcx_r11, Some((0x1111, 0x2222)));
         assert_eq!(r.upcall_mask, 0);
         assert!(!r.switch_to_user);
+        // Reserved RFLAGS bits are dropped, bit 1 always set.
+        let hostile = IretFrame {
+            rflags: u64::MAX,
+            ..frame
+        };
+        assert_eq!(
+            iret(&hostile, false).unwrap().rflags,
+            RFLAGS_ALL & !(RFLAGS_IOPL | RFLAGS_VM) | RFLAGS_MBS
+        );
         // In-syscall return keeps RCX/R11; IF clear masks events.
         let r = iret(
             &IretFrame {
