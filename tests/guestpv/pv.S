@@ -20,6 +20,12 @@
  *   not read while unmapped: with no trap table the fault would end the
  *   domain); then times UVM_CALLS update_va_mapping(UVMF_INVLPG) calls;
  *   times NULL_CALLS xen_version(XENVER_version) calls with rdtsc;
+ *   set_trap_table with an unmapped array (expect -EFAULT), with a
+ *   non-canonical handler (expect -EINVAL), then with handlers for #BP,
+ *   #UD and #GP (expect 0); takes int3, ud2 and an `out` at CPL3 (#GP),
+ *   each bounced Xen's way to its handler, which records the frame and
+ *   returns with HYPERVISOR_iret (stepping past ud2/out); times
+ *   TRAP_CALLS int3 round trips;
  * printing a PASS/FAIL line for each, then SCHEDOP_shutdown(poweroff). */
     .set HC_MMU_UPDATE, 1
     .set HC_CONSOLE_IO, 18
@@ -27,6 +33,9 @@
     .set HC_MMUEXT_OP, 26
     .set HC_UPDATE_VA_MAPPING, 14
     .set HC_SCHED_OP, 29
+    .set HC_SET_TRAP_TABLE, 0
+    .set HC_IRET, 23
+    .set TRAP_CALLS, 200
     .set HC_UNUSED, 55
     .set CONSOLEIO_WRITE, 0
     .set SCHEDOP_SHUTDOWN, 2
@@ -358,6 +367,152 @@ _start:
     lea msg_timing3(%rip), %rdi
     call puts
 
+    /* ---- Exceptions bounced to set_trap_table's handlers ---- */
+    /* set_trap_table with its array at an unmapped address: -EFAULT. */
+    mov $0x1000, %edi
+    call hypercall_page + HC_SET_TRAP_TABLE * 32
+    mov %rax, %rsi
+    cmp $-EFAULT, %rax
+    sete %al
+    movzbl %al, %edi
+    lea name_tt_efault(%rip), %rbx
+    call verdict
+    /* A non-canonical handler address: -EINVAL, as Xen's
+     * do_set_trap_table answers. */
+    lea trap_table_bad(%rip), %rdi
+    call hypercall_page + HC_SET_TRAP_TABLE * 32
+    mov %rax, %rsi
+    cmp $-EINVAL, %rax
+    sete %al
+    movzbl %al, %edi
+    lea name_tt_noncanon(%rip), %rbx
+    call verdict
+    /* Handlers for #BP, #UD and #GP: 0. */
+    lea trap_table(%rip), %rdi
+    call hypercall_page + HC_SET_TRAP_TABLE * 32
+    mov %rax, %rsi
+    test %rax, %rax
+    sete %al
+    movzbl %al, %edi
+    lea name_tt_ok(%rip), %rbx
+    call verdict
+.ifdef UNHANDLED_TRAP
+    /* Variant: #DE has no handler; the domain must crash here. */
+    xor %ecx, %ecx
+    div %ecx
+    lea msg_after_de(%rip), %rdi
+    call puts
+.endif
+
+    /* int3: the handler records its frame and returns with iret; RAX,
+     * RCX, R11 and RSP come back as they were. */
+    mov %rsp, %r13
+    movabs $0x1234567890abcdef, %rax
+    mov $0x5151, %ecx
+    mov $0x7171, %r11d
+    int3
+bp_after:
+    movabs $0x1234567890abcdef, %rdx
+    cmp %rdx, %rax
+    sete %al
+    cmp $0x5151, %rcx
+    sete %dl
+    and %dl, %al
+    cmp $0x7171, %r11
+    sete %dl
+    and %dl, %al
+    cmp %r13, %rsp
+    sete %dl
+    and %dl, %al
+    cmpq $1, bp_count(%rip)
+    sete %dl
+    and %dl, %al
+    movzbl %al, %edi
+    mov bp_count(%rip), %rsi
+    lea name_bp_back(%rip), %rbx
+    call verdict
+    lea bp_after(%rip), %rax
+    mov bp_rip(%rip), %rsi
+    cmp %rax, %rsi
+    sete %al
+    movzbl %al, %edi
+    lea name_bp_rip(%rip), %rbx
+    call verdict
+    /* Saved CS: kernel context (RPL 0) and vcpu_info's upcall mask (1,
+     * as the builder left it) in bits 32-39; RFLAGS.IF = !mask = 0; the
+     * interrupted RSP. */
+    movabs $0x10000e030, %rax
+    mov bp_cs(%rip), %rsi
+    cmp %rax, %rsi
+    sete %al
+    testl $0x200, bp_rflags(%rip)
+    setz %dl
+    and %dl, %al
+    cmp bp_rsp(%rip), %r13
+    sete %dl
+    and %dl, %al
+    movzbl %al, %edi
+    lea name_bp_frame(%rip), %rbx
+    call verdict
+
+    /* ud2: the handler records RIP (at the ud2) and steps past it. */
+ud_at:
+    ud2
+    lea ud_at(%rip), %rax
+    mov ud_rip(%rip), %rsi
+    cmp %rax, %rsi
+    sete %al
+    cmpq $1, ud_count(%rip)
+    sete %dl
+    and %dl, %al
+    movzbl %al, %edi
+    lea name_ud(%rip), %rbx
+    call verdict
+
+    /* out at CPL3: #GP(0), error code in the frame; the handler steps
+     * past the 2-byte instruction. */
+gp_at:
+    out %al, $0x80
+    lea gp_at(%rip), %rax
+    mov gp_rip(%rip), %rsi
+    cmp %rax, %rsi
+    sete %al
+    cmpq $0, gp_ec(%rip)
+    sete %dl
+    and %dl, %al
+    cmpq $1, gp_count(%rip)
+    sete %dl
+    and %dl, %al
+    movzbl %al, %edi
+    lea name_gp(%rip), %rbx
+    call verdict
+
+    /* TRAP_CALLS int3 round trips (bounce + iret), timed with rdtsc. */
+    movq $0, bp_count(%rip)
+    rdtsc
+    shl $32, %rdx
+    or %rax, %rdx
+    mov %rdx, %r14
+    mov $TRAP_CALLS, %r13d
+1:  int3
+    dec %r13d
+    jnz 1b
+    rdtsc
+    shl $32, %rdx
+    or %rax, %rdx
+    sub %r14, %rdx
+    mov %rdx, %r14
+    lea msg_trap_timing(%rip), %rdi
+    call puts
+    mov bp_count(%rip), %rax
+    call puthex
+    lea msg_timing2(%rip), %rdi
+    call puts
+    mov %r14, %rax
+    call puthex
+    lea msg_timing3(%rip), %rdi
+    call puts
+
     lea msg_bye(%rip), %rdi
     call puts
     movl $SHUTDOWN_POWEROFF, shutdown_reason(%rip)
@@ -370,6 +525,46 @@ _start:
     call puts
 2:  pause
     jmp 2b
+
+/* Exception handlers, entered with Xen's bounce frame on the stack:
+ * RCX, R11, [error code], RIP, CS, RFLAGS, RSP, SS. Each pops RCX and R11
+ * (and the error code), pushes the iret flags word (0) and jumps to the
+ * iret stub, which pushes RCX, R11 and RAX. */
+bp_handler:
+    mov 16(%rsp), %rcx
+    mov %rcx, bp_rip(%rip)
+    mov 24(%rsp), %rcx
+    mov %rcx, bp_cs(%rip)
+    mov 32(%rsp), %rcx
+    mov %rcx, bp_rflags(%rip)
+    mov 40(%rsp), %rcx
+    mov %rcx, bp_rsp(%rip)
+    incq bp_count(%rip)
+    pop %rcx
+    pop %r11
+    pushq $0
+    jmp hypercall_page + HC_IRET * 32
+ud_handler:
+    mov 16(%rsp), %rcx
+    mov %rcx, ud_rip(%rip)
+    incq ud_count(%rip)
+    addq $2, 16(%rsp)                /* past the ud2 */
+    pop %rcx
+    pop %r11
+    pushq $0
+    jmp hypercall_page + HC_IRET * 32
+gp_handler:
+    mov 16(%rsp), %rcx
+    mov %rcx, gp_ec(%rip)
+    mov 24(%rsp), %rcx
+    mov %rcx, gp_rip(%rip)
+    incq gp_count(%rip)
+    addq $2, 24(%rsp)                /* past the 2-byte out */
+    pop %rcx
+    pop %r11
+    add $8, %rsp                     /* the error code */
+    pushq $0
+    jmp hypercall_page + HC_IRET * 32
 
 /* uvm_check: update_va_mapping(V = R12, RSI = new entry, RDX = flags),
  * then read V: a pass if the call returned 0 and V reads R8. RBX = the
@@ -558,6 +753,48 @@ name_remap:   .asciz "update_va_mapping INVLPG: V reads frame A after the unmap"
 name_loop:    .asciz "update_va_mapping loop: V reads frame A at its end"
 msg_l1e:      .asciz "kxen-pv-guest: V's L1 entry after mapping A: "
 msg_uvm_timing: .asciz "kxen-pv-guest: update_va_mapping INVLPG calls: "
+msg_trap_timing: .asciz "kxen-pv-guest: int3 bounce+iret round trips: "
+msg_after_de: .asciz "kxen-pv-guest: FAIL running after the #DE\n"
+name_tt_efault: .asciz "set_trap_table with an unmapped array is -EFAULT"
+name_tt_noncanon: .asciz "set_trap_table with a non-canonical handler is -EINVAL"
+name_tt_ok:   .asciz "set_trap_table registers #BP #UD #GP"
+name_bp_back: .asciz "int3 bounced and iret back: RAX RCX R11 RSP kept"
+name_bp_rip:  .asciz "int3 frame: RIP after the int3"
+name_bp_frame: .asciz "int3 frame: CS 0xe030 with upcall mask 1 in bits 32-39, IF clear, RSP"
+name_ud:      .asciz "ud2 bounced: frame RIP at the ud2, handler stepped past it"
+name_gp:      .asciz "out at CPL3 bounced as #GP: error code 0, RIP at the out"
+    .balign 8
+bp_count:     .quad 0
+bp_rip:       .quad 0
+bp_cs:        .quad 0
+bp_rflags:    .quad 0
+bp_rsp:       .quad 0
+ud_count:     .quad 0
+ud_rip:       .quad 0
+gp_count:     .quad 0
+gp_rip:       .quad 0
+gp_ec:        .quad 0xdead
+    /* struct trap_info: u8 vector, u8 flags, u16 cs, u32 pad, u64 address. */
+trap_table:
+    .byte 3, 3
+    .word 0xe033
+    .long 0
+    .quad bp_handler
+    .byte 6, 0
+    .word 0xe033
+    .long 0
+    .quad ud_handler
+    .byte 13, 0
+    .word 0xe033
+    .long 0
+    .quad gp_handler
+    .quad 0, 0
+trap_table_bad:
+    .byte 6, 0
+    .word 0xe033
+    .long 0
+    .quad 0x0000800000000000
+    .quad 0, 0
 hexbuf:       .asciz "0x0000000000000000"
     .balign 8
 op_cmd:       .long 0

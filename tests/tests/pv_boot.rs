@@ -11,10 +11,11 @@ use std::time::{Duration, Instant};
 
 use kxen_tests::{kxen_run, repo_root, run_with_limit, Finished};
 
-/// Assemble and link the PV test kernel into a temp directory.
-fn pv_guest() -> PathBuf {
+/// Assemble and link the PV test kernel into a temp directory, with
+/// `defsyms` (`NAME=VALUE`) selecting variants of it.
+fn pv_guest(variant: &str, defsyms: &[&str]) -> PathBuf {
     let src = repo_root().join("tests/guestpv");
-    let dir = std::env::temp_dir().join(format!("kxen-gpv-{}", std::process::id()));
+    let dir = std::env::temp_dir().join(format!("kxen-gpv-{}-{variant}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");
     let obj = dir.join("pv.o");
     let elf = dir.join("pv.elf");
@@ -27,7 +28,9 @@ fn pv_guest() -> PathBuf {
     };
     run(
         Command::new("as")
-            .args(["--64", "-o"])
+            .arg("--64")
+            .args(defsyms.iter().flat_map(|d| ["--defsym", d]))
+            .arg("-o")
             .arg(&obj)
             .arg(src.join("pv.S")),
         "as (binutils)",
@@ -44,8 +47,8 @@ fn pv_guest() -> PathBuf {
     elf
 }
 
-fn boot_pv_guest() -> Finished {
-    let elf = pv_guest();
+fn boot_pv_guest(variant: &str, defsyms: &[&str]) -> Finished {
+    let elf = pv_guest(variant, defsyms);
     run_with_limit(
         &kxen_run(),
         &[
@@ -99,7 +102,7 @@ fn tsc_cycles_per_us() -> f64 {
 /// the old translation), and powers off.
 #[test]
 fn pv_kernel_boots_at_cpl3_and_serves_hypercalls() {
-    let run = boot_pv_guest();
+    let run = boot_pv_guest("full", &[]);
     let t = run.transcript();
     let lines = guest_lines(&run);
     for check in [
@@ -121,6 +124,14 @@ fn pv_kernel_boots_at_cpl3_and_serves_hypercalls() {
         "PASS update_va_mapping unmaps V",
         "PASS update_va_mapping INVLPG: V reads frame A after the unmap",
         "PASS update_va_mapping loop: V reads frame A at its end",
+        "PASS set_trap_table with an unmapped array is -EFAULT",
+        "PASS set_trap_table with a non-canonical handler is -EINVAL",
+        "PASS set_trap_table registers #BP #UD #GP",
+        "PASS int3 bounced and iret back: RAX RCX R11 RSP kept",
+        "PASS int3 frame: RIP after the int3",
+        "PASS int3 frame: CS 0xe030 with upcall mask 1 in bits 32-39, IF clear, RSP",
+        "PASS ud2 bounced: frame RIP at the ud2, handler stepped past it",
+        "PASS out at CPL3 bounced as #GP: error code 0, RIP at the out",
         "done, powering off",
     ] {
         assert!(lines.contains(&check), "missing {check:?}\n{t}");
@@ -151,6 +162,10 @@ fn pv_kernel_boots_at_cpl3_and_serves_hypercalls() {
             "PV null hypercall (xen_version 0 through the hypercall page, CPL3 MMIO exit)",
         ),
         (
+            "int3 bounce+iret round trips: ",
+            "PV exception (int3 -> CPL0 exit stub -> bounce to the registered handler -> iret hypercall)",
+        ),
+        (
             "update_va_mapping INVLPG calls: ",
             "PV update_va_mapping with UVMF_INVLPG (a remap and a shadow MMU flush)",
         ),
@@ -164,6 +179,28 @@ fn pv_kernel_boots_at_cpl3_and_serves_hypercalls() {
             cycles as f64 / calls as f64 / per_us,
         );
     }
+}
+
+/// An exception with no handler in the trap table crashes the domain,
+/// as Xen's create_bounce_frame does on a null bounce address: the
+/// kernel registers #BP/#UD/#GP, then divides by zero (#DE, vector 0).
+#[test]
+fn pv_exception_without_handler_crashes_the_domain() {
+    let run = boot_pv_guest("unhandled", &["UNHANDLED_TRAP=1"]);
+    let t = run.transcript();
+    let lines = guest_lines(&run);
+    assert!(
+        lines.contains(&"PASS set_trap_table registers #BP #UD #GP"),
+        "{t}"
+    );
+    assert!(!run.timed_out, "{t}");
+    assert_ne!(run.code, Some(0), "{t}");
+    assert!(
+        run.stderr.contains("exception 0 at rip 0xffffffff8")
+            && run.stderr.contains("no handler registered for vector 0"),
+        "{t}"
+    );
+    assert!(!lines.iter().any(|l| l.contains("after the #DE")), "{t}");
 }
 
 /// A guest timing line `<prefix><calls> calls in <cycles> TSC cycles`

@@ -19,6 +19,7 @@ pub mod error;
 pub mod memory;
 pub mod mmu;
 pub mod pte;
+pub mod traps;
 
 pub use effects::{Effects, FlushScope, TlbFlush, VcpuMask, MAX_VCPUS};
 pub use error::MmuError;
@@ -28,3 +29,4 @@ pub use mmu::{
     VcpuMmuState, MAX_FRAMES,
 };
 pub use pte::{Mfn, PtLevel};
+pub use traps::{Bounce, Interrupted, IretFrame, IretReturn, TrapError, TrapInfo, TrapTable};

@@ -491,6 +491,7 @@ fn build_pv(
         plan.layout.nr_pages,
         cfg.vcpus,
         &state,
+        shared_info_gpa,
     )?;
     // vcpu_info of vCPU 0 sits at the start of shared_info; its second
     // byte is evtchn_upcall_mask.

@@ -18,7 +18,7 @@ use xen_abi::hypercall::STUB_COUNT;
 use xen_abi::pv::{hypercall as pv_nr, MmuextOp, MMUEXT_NEW_BASEPTR, MMUEXT_PIN_L4_TABLE};
 
 use kxen_loader::pv::PvBootState;
-use kxen_pv::{Effects, Mfn, MmuMemory, PvMmu, PvMmuConfig};
+use kxen_pv::{Effects, Mfn, MmuMemory, PvMmu, PvMmuConfig, TrapError, TrapTable};
 use kxen_xen::guest::GuestAccess;
 use kxen_xen::hypercall::Call;
 
@@ -56,16 +56,205 @@ const PTE_P_RW_U: u64 = 0x7;
 const PTE_ACCESSED: u64 = 0x20;
 const PTE_NX: u64 = 1 << 63;
 
+/// The `iret` hypercall's number. Its stub differs: a guest jumps to it
+/// with the iret frame's `flags` word pushed, and it never returns.
+pub const HYPERCALL_IRET: u32 = 23;
+/// The `set_trap_table` hypercall's number.
+pub const HYPERCALL_SET_TRAP_TABLE: u64 = 0;
+
 /// Machine code of one PV hypercall stub: `mov $nr, %eax; movabs %eax,
-/// PV_HYPERCALL_VA; ret`, padded with `int3`.
+/// PV_HYPERCALL_VA; ret`, padded with `int3`. The `iret` stub first
+/// pushes RCX, R11 and RAX, completing Xen's `struct iret_context` on the
+/// stack (Xen's own stub does the same), and has `ud2` where `ret` is.
 pub fn pv_hypercall_stub(nr: u32) -> [u8; xen_abi::hypercall::STUB_SIZE] {
     let mut stub = [0xcc_u8; xen_abi::hypercall::STUB_SIZE];
-    stub[0] = 0xb8; // mov imm32, %eax
-    stub[1..5].copy_from_slice(&nr.to_le_bytes());
-    stub[5] = 0xa3; // mov %eax, moffs64
-    stub[6..14].copy_from_slice(&PV_HYPERCALL_VA.to_le_bytes());
-    stub[14] = 0xc3; // ret
+    let mut at = 0;
+    if nr == HYPERCALL_IRET {
+        // push %rcx; push %r11; push %rax
+        stub[..4].copy_from_slice(&[0x51, 0x41, 0x53, 0x50]);
+        at = 4;
+    }
+    stub[at] = 0xb8; // mov imm32, %eax
+    stub[at + 1..at + 5].copy_from_slice(&nr.to_le_bytes());
+    stub[at + 5] = 0xa3; // mov %eax, moffs64
+    stub[at + 6..at + 14].copy_from_slice(&PV_HYPERCALL_VA.to_le_bytes());
+    if nr == HYPERCALL_IRET {
+        stub[at + 14..at + 16].copy_from_slice(&[0x0f, 0x0b]); // ud2
+    } else {
+        stub[at + 14] = 0xc3; // ret
+    }
     stub
+}
+
+// ---- exceptions: the hypervisor's IDT, GDT, TSS and CPL0 exit stubs -----
+//
+// The PV kernel runs at CPL3. An exception there goes through the IDT
+// to CPL0, so the vCPU gets an IDT whose gates lead to one tiny CPL0 stub
+// per vector that exits to kxen-vmm at once (an MMIO store of the vector
+// to [`PV_TRAP_EXIT_GPA`]): guest CPL0 code is emulated at ~1 µs an
+// instruction on PVM hosts, so the stub is one instruction. kxen-vmm
+// then reads the frame the CPU pushed on the TSS's RSP0 stack and
+// bounces the exception to the handler the kernel registered with
+// set_trap_table (kxen-pv's `traps`). All of these pages are special
+// pages outside the guest's RAM, mapped supervisor-only by the
+// hypervisor's L1 in L4 slot 271: the guest at CPL3 can neither read nor
+// write them, nor reach the exit page (it cannot forge a trap exit).
+
+/// Special pages (after the three PV tables) and the L1 slot mapping each.
+const TRAP_PAGES_FIRST: u64 = crate::memory::SPECIAL_PV_TABLES + 3;
+const GDT_PAGE: u64 = 1;
+const IDT_PAGE: u64 = 2;
+const TSS_PAGE: u64 = 3;
+const STUB_PAGE: u64 = 4;
+const STACK_PAGE: u64 = 5;
+/// The L1 slot of the trap exit page (no special page: unbacked GPA).
+const TRAP_EXIT_PAGE: u64 = 6;
+const _: () = assert!(TRAP_PAGES_FIRST + STACK_PAGE - 1 < crate::memory::SPECIAL_PAGES);
+/// An unbacked GPA: a store here from a CPL0 stub exits as MMIO.
+pub const PV_TRAP_EXIT_GPA: u64 = 0xfefe_1000;
+/// The GDT's 64-bit CPL0 code segment and the TSS (16-byte) descriptor.
+const HV_CODE_SELECTOR: u16 = 0x08;
+const HV_TSS_SELECTOR: u16 = 0x18;
+/// Bytes of one exit stub: `movb $vector, rel32(%rip)` (7) and `ud2`.
+const TRAP_STUB_SIZE: u64 = 16;
+
+/// Guest-virtual address of the page at L1 slot `page` of slot 271.
+const fn hv_page_va(page: u64) -> u64 {
+    PV_HYPERCALL_VA + page * xen_abi::PAGE_SIZE as u64
+}
+const fn trap_page_gfn(page: u64) -> u64 {
+    crate::memory::SPECIAL_BASE_GFN + TRAP_PAGES_FIRST + page - 1
+}
+/// The RSP0 stack's top (16-byte aligned: the CPU aligns it anyway).
+const TRAP_STACK_TOP: u64 = hv_page_va(STACK_PAGE) + xen_abi::PAGE_SIZE as u64;
+
+/// The GDT, IDT, TSS and exit stubs, written into their special pages,
+/// and their L1 entries beside the hypercall transport's.
+fn write_trap_pages(mem: &GuestMemoryMmap) -> Result<(), PvSetupError> {
+    let page_gpa = |page: u64| GuestAddress(trap_page_gfn(page) << 12);
+    let write = |gpa: GuestAddress, bytes: &[u8]| {
+        mem.write_slice(bytes, gpa)
+            .map_err(|_| PvSetupError::HypervisorTables(gpa.0 >> 12))
+    };
+    // GDT: null, 64-bit CPL0 code at 0x08, CPL0 data at 0x10, TSS at 0x18.
+    let mut gdt = vec![0u8; xen_abi::PAGE_SIZE];
+    gdt[8..16].copy_from_slice(&0x00af_9b00_0000_ffff_u64.to_le_bytes());
+    gdt[16..24].copy_from_slice(&0x00cf_9300_0000_ffff_u64.to_le_bytes());
+    let tss_base = hv_page_va(TSS_PAGE);
+    let tss_low = 0x67
+        | ((tss_base & 0xff_ffff) << 16)
+        | (0x8b << 40) // present, busy 64-bit TSS
+        | (((tss_base >> 24) & 0xff) << 56);
+    gdt[24..32].copy_from_slice(&tss_low.to_le_bytes());
+    gdt[32..40].copy_from_slice(&(tss_base >> 32).to_le_bytes());
+    write(page_gpa(GDT_PAGE), &gdt)?;
+    // IDT: every vector an interrupt gate to its stub; DPL3 for #BP and
+    // #OF so that `int3`/`into` at CPL3 reach them (as Xen's IDT), DPL0
+    // elsewhere (`int $n` from CPL3 is a #GP, as on Xen).
+    let mut idt = vec![0u8; xen_abi::PAGE_SIZE];
+    for vector in 0..256u64 {
+        let target = hv_page_va(STUB_PAGE) + vector * TRAP_STUB_SIZE;
+        let dpl: u64 = if matches!(vector, 3 | 4) { 3 } else { 0 };
+        let low = (target & 0xffff)
+            | (u64::from(HV_CODE_SELECTOR) << 16)
+            | ((0x8e | (dpl << 5)) << 40)
+            | (((target >> 16) & 0xffff) << 48);
+        let at = (vector * 16) as usize;
+        idt[at..at + 8].copy_from_slice(&low.to_le_bytes());
+        idt[at + 8..at + 16].copy_from_slice(&(target >> 32).to_le_bytes());
+    }
+    write(page_gpa(IDT_PAGE), &idt)?;
+    // TSS: RSP0 = the trap stack; no I/O bitmap.
+    let mut tss = vec![0u8; 0x68];
+    tss[4..12].copy_from_slice(&TRAP_STACK_TOP.to_le_bytes());
+    tss[0x66..0x68].copy_from_slice(&0x68u16.to_le_bytes());
+    write(page_gpa(TSS_PAGE), &tss)?;
+    // Stubs: `movb $vector, rel32(%rip)` to the exit page, then `ud2`.
+    let mut stubs = vec![0xccu8; xen_abi::PAGE_SIZE];
+    for vector in 0..256u64 {
+        let at = vector * TRAP_STUB_SIZE;
+        let next_rip = hv_page_va(STUB_PAGE) + at + 7;
+        let rel = hv_page_va(TRAP_EXIT_PAGE).wrapping_sub(next_rip) as i64;
+        let rel = i32::try_from(rel).expect("exit page within 2 GiB of the stubs");
+        let at = at as usize;
+        stubs[at..at + 2].copy_from_slice(&[0xc6, 0x05]);
+        stubs[at + 2..at + 6].copy_from_slice(&rel.to_le_bytes());
+        stubs[at + 6] = vector as u8;
+        stubs[at + 7..at + 9].copy_from_slice(&[0x0f, 0x0b]);
+    }
+    write(page_gpa(STUB_PAGE), &stubs)?;
+    write(page_gpa(STACK_PAGE), &[0u8; xen_abi::PAGE_SIZE])?;
+    // Supervisor-only leaves (no U bit): CPL3 cannot touch them.
+    let [_, _, l1] = HV_TABLE_GFNS;
+    let present_rw = 0x3 | PTE_ACCESSED | 0x40;
+    for (page, entry) in [
+        (
+            GDT_PAGE,
+            (trap_page_gfn(GDT_PAGE) << 12) | present_rw | PTE_NX,
+        ),
+        (
+            IDT_PAGE,
+            (trap_page_gfn(IDT_PAGE) << 12) | 0x1 | PTE_ACCESSED | PTE_NX,
+        ),
+        (
+            TSS_PAGE,
+            (trap_page_gfn(TSS_PAGE) << 12) | present_rw | PTE_NX,
+        ),
+        (
+            STUB_PAGE,
+            (trap_page_gfn(STUB_PAGE) << 12) | 0x1 | PTE_ACCESSED,
+        ),
+        (
+            STACK_PAGE,
+            (trap_page_gfn(STACK_PAGE) << 12) | present_rw | PTE_NX,
+        ),
+        (TRAP_EXIT_PAGE, PV_TRAP_EXIT_GPA | present_rw | PTE_NX),
+    ] {
+        mem.write_obj(entry, GuestAddress((l1 << 12) + page * 8))
+            .map_err(|_| PvSetupError::HypervisorTables(l1))?;
+    }
+    Ok(())
+}
+
+/// What the CPU pushed on the trap stack when an exception reached a
+/// stub, read by kxen-vmm on the stub's exit.
+#[derive(Debug, Clone, Copy)]
+pub struct HardwareFrame {
+    pub error_code: Option<u32>,
+    pub rip: u64,
+    pub cs: u64,
+    pub rflags: u64,
+    pub rsp: u64,
+    pub ss: u64,
+}
+
+/// The hardware frame of `vector` on the trap stack, given the stub's
+/// RSP; `None` if RSP is not where one frame from the top would leave it
+/// (the stub was reached some other way: nested, or forged).
+pub fn read_hardware_frame(mem: &GuestMemoryMmap, vector: u8, rsp: u64) -> Option<HardwareFrame> {
+    let has_ec = kxen_pv::traps::has_error_code(vector);
+    let words = if has_ec { 6 } else { 5 };
+    if rsp != TRAP_STACK_TOP - 8 * words {
+        return None;
+    }
+    let gpa = (trap_page_gfn(STACK_PAGE) << 12) + (rsp - hv_page_va(STACK_PAGE));
+    let mut w = [0u64; 6];
+    for (i, word) in w.iter_mut().take(words as usize).enumerate() {
+        *word = mem.read_obj(GuestAddress(gpa + 8 * i as u64)).ok()?;
+    }
+    let (error_code, rest) = if has_ec {
+        (Some(w[0] as u32), &w[1..6])
+    } else {
+        (None, &w[0..5])
+    };
+    Some(HardwareFrame {
+        error_code,
+        rip: rest[0],
+        cs: rest[1],
+        rflags: rest[2],
+        rsp: rest[3],
+        ss: rest[4],
+    })
 }
 
 /// Write the hypervisor's tables that map [`PV_HYPERCALL_VA`] to
@@ -92,6 +281,10 @@ const MMU_UPDATE_PREEMPTED: u64 = xen_abi::pv::MMU_UPDATE_PREEMPTED as u64;
 /// What a PV domain's vCPUs share beyond the Xen layer: its PV MMU.
 pub struct PvMachine {
     pub mmu: Mutex<PvMmu>,
+    /// Each vCPU's virtual IDT (set_trap_table).
+    pub traps: Mutex<Vec<TrapTable>>,
+    /// Where vCPU 0's vcpu_info lives (shared_info's start).
+    shared_info_gpa: u64,
 }
 
 /// Why the PV machine could not be set up.
@@ -175,9 +368,11 @@ impl PvMachine {
         nr_frames: u64,
         nr_vcpus: u32,
         boot: &PvBootState,
+        shared_info_gpa: u64,
     ) -> Result<PvMachine, PvSetupError> {
         let mut config = PvMmuConfig::new(domid, nr_frames, nr_vcpus as usize);
         config.hypervisor_l4_slots[HYPERCALL_L4_SLOT - 256] = write_hypervisor_tables(mem)?;
+        write_trap_pages(mem)?;
         let mut mmu = PvMmu::new(config)?;
         let mut frames = GuestFrames { mem, guest: None };
         let l4 = boot.cr3 >> 12;
@@ -199,6 +394,8 @@ impl PvMachine {
             .map_err(PvSetupError::LoadBootTables)?;
         Ok(PvMachine {
             mmu: Mutex::new(mmu),
+            traps: Mutex::new(vec![TrapTable::default(); nr_vcpus as usize]),
+            shared_info_gpa,
         })
     }
 
@@ -256,10 +453,93 @@ impl PvMachine {
                 );
                 (outcome.return_value(), outcome.effects)
             }
+            HYPERCALL_SET_TRAP_TABLE => {
+                drop(mmu);
+                let mut traps = self.traps.lock().unwrap_or_else(|e| e.into_inner());
+                let Some(table) = traps.get_mut(vcpu) else {
+                    return Some((-xen_abi::errno::EINVAL, Effects::default()));
+                };
+                let read = |va: u64| {
+                    let mut word = [0u8; 8];
+                    guest.read(va, &mut word).ok()?;
+                    Some(u64::from_le_bytes(word))
+                };
+                let ret = match table.set_trap_table(a1, read) {
+                    Ok(()) => 0,
+                    Err(e) => {
+                        debug!(vcpu, "set_trap_table refused: {e}");
+                        -e.errno().unwrap_or(xen_abi::errno::EINVAL)
+                    }
+                };
+                return Some((ret, Effects::default()));
+            }
             _ => return None,
         };
         debug!(vcpu, nr = call.nr, ?call.args, ret, ?effects, "PV MMU hypercall");
         Some((ret, effects))
+    }
+
+    /// vCPU `vcpu`'s event upcall mask (vcpu_info in shared_info; the
+    /// legacy array holds 32), or `None` past it.
+    fn upcall_mask_gpa(&self, vcpu: u32) -> Option<GuestAddress> {
+        (vcpu < 32).then(|| GuestAddress(self.shared_info_gpa + 64 * u64::from(vcpu) + 1))
+    }
+
+    pub fn upcall_mask(&self, mem: &GuestMemoryMmap, vcpu: u32) -> u8 {
+        self.upcall_mask_gpa(vcpu)
+            .and_then(|gpa| mem.read_obj(gpa).ok())
+            .unwrap_or(1)
+    }
+
+    pub fn set_upcall_mask(&self, mem: &GuestMemoryMmap, vcpu: u32, mask: u8) {
+        if let Some(gpa) = self.upcall_mask_gpa(vcpu) {
+            let _ = mem.write_obj(mask, gpa);
+        }
+    }
+
+    /// Xen's bounce of exception `vector` on `vcpu` (kxen-pv's
+    /// `traps::bounce`), from the hardware frame; the vCPU is in kernel
+    /// mode (this slice has no guest user mode).
+    pub fn bounce(
+        &self,
+        mem: &GuestMemoryMmap,
+        vcpu: u32,
+        vector: u8,
+        hw: &HardwareFrame,
+        rcx: u64,
+        r11: u64,
+    ) -> Result<kxen_pv::Bounce, TrapError> {
+        let traps = self.traps.lock().unwrap_or_else(|e| e.into_inner());
+        let table = traps
+            .get(vcpu as usize)
+            .ok_or(TrapError::NoHandler { vector })?;
+        let from = kxen_pv::Interrupted {
+            rip: hw.rip,
+            // The PV kernel's selectors as Xen shows them (PVM pushes its
+            // own, 0x33/0x2b, for the same segments).
+            cs: FLAT_KERNEL_CS64,
+            rflags: hw.rflags,
+            rsp: hw.rsp,
+            ss: FLAT_KERNEL_SS64,
+            rcx,
+            r11,
+            kernel_mode: true,
+        };
+        kxen_pv::traps::bounce(
+            table,
+            vector,
+            hw.error_code,
+            &from,
+            self.upcall_mask(mem, vcpu),
+            0,
+        )
+    }
+
+    /// Whether `vcpu` has a user L4 (an `iret` to user mode needs one).
+    pub fn has_user_tables(&self, vcpu: u32) -> bool {
+        let mmu = self.mmu.lock().unwrap_or_else(|e| e.into_inner());
+        mmu.vcpu(vcpu as usize)
+            .is_some_and(|state| state.user_base.is_some())
     }
 
     /// The L4 vCPU `vcpu` runs on in kernel mode, as a CR3 value.
@@ -286,6 +566,15 @@ pub fn fill_hypercall_page(mem: &GuestMemoryMmap, mfn: u64) -> Result<(), PvSetu
     Ok(())
 }
 
+/// The PV kernel's CS and SS, as KVM_SET_SREGS takes them: Xen's flat
+/// 64-bit kernel selectors at DPL3.
+pub fn pv_kernel_segments() -> (kvm_segment, kvm_segment) {
+    (
+        pv_segment(FLAT_KERNEL_CS64, 0xb, true),
+        pv_segment(FLAT_KERNEL_SS64, 0x3, false),
+    )
+}
+
 fn pv_segment(selector: u16, kind: u8, long: bool) -> kvm_segment {
     kvm_segment {
         base: 0,
@@ -310,8 +599,7 @@ fn pv_segment(selector: u16, kind: u8, long: bool) -> kvm_segment {
 /// are masked in vcpu_info by the caller).
 pub fn setup_pv_bsp(fd: &kvm_ioctls::VcpuFd, boot: &PvBootState) -> Result<(), VmError> {
     let mut sregs = fd.get_sregs()?;
-    sregs.cs = pv_segment(FLAT_KERNEL_CS64, 0xb, true);
-    sregs.ss = pv_segment(FLAT_KERNEL_SS64, 0x3, false);
+    (sregs.cs, sregs.ss) = pv_kernel_segments();
     for seg in [&mut sregs.ds, &mut sregs.es, &mut sregs.fs, &mut sregs.gs] {
         *seg = kvm_segment {
             selector: FLAT_KERNEL_DS64,
@@ -327,6 +615,14 @@ pub fn setup_pv_bsp(fd: &kvm_ioctls::VcpuFd, boot: &PvBootState) -> Result<(), V
         s: 0,
         ..Default::default()
     };
+    // The hypervisor's GDT, IDT and TSS (special pages, supervisor-only):
+    // exceptions at CPL3 reach the exit stubs at CPL0.
+    sregs.gdt.base = hv_page_va(GDT_PAGE);
+    sregs.gdt.limit = 0x27;
+    sregs.idt.base = hv_page_va(IDT_PAGE);
+    sregs.idt.limit = 0xfff;
+    sregs.tr.base = hv_page_va(TSS_PAGE);
+    sregs.tr.selector = HV_TSS_SELECTOR;
     sregs.cr0 = 0x8001_0033; // PG | WP | NE | ET | MP | PE
     sregs.cr3 = boot.cr3;
     sregs.cr4 = 0x6a0; // OSXMMEXCPT | OSFXSR | PGE | PAE

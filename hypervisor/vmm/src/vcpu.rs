@@ -117,6 +117,10 @@ pub enum ExitOutcome {
 /// vCPU's registers or other KVM calls.
 enum Deferred {
     Hypercall,
+    /// A PV exception stub's exit, with the vector.
+    PvTrap(u8),
+    /// A PV guest's `iret` hypercall.
+    PvIret,
     LstarWrite(u64),
     EmulationFailure,
     TripleFault,
@@ -318,10 +322,19 @@ impl Vcpu {
                     trace!(vcpu, addr, "unclaimed MMIO read");
                 }
             }
-            VcpuExit::MmioWrite(addr, _)
+            VcpuExit::MmioWrite(addr, data)
                 if addr == crate::pv::PV_HYPERCALL_GPA && rt.pv.is_some() =>
             {
-                return Err(Deferred::Hypercall)
+                let nr = data.first_chunk::<4>().map(|b| u32::from_le_bytes(*b));
+                if nr == Some(crate::pv::HYPERCALL_IRET) {
+                    return Err(Deferred::PvIret);
+                }
+                return Err(Deferred::Hypercall);
+            }
+            VcpuExit::MmioWrite(addr, data)
+                if addr == crate::pv::PV_TRAP_EXIT_GPA && rt.pv.is_some() =>
+            {
+                return Err(Deferred::PvTrap(data.first().copied().unwrap_or(0)))
             }
             VcpuExit::MmioWrite(addr, data) => {
                 let answer = rt.hvm.as_ref().and_then(|d| d.mmio.write(addr, data));
@@ -393,6 +406,14 @@ impl Vcpu {
                 self.hypercall();
                 ExitOutcome::Continue
             }
+            Deferred::PvTrap(vector) => match self.pv_trap(vector) {
+                Ok(()) => ExitOutcome::Continue,
+                Err(msg) => ExitOutcome::Stop(DomainExit::Crashed(msg)),
+            },
+            Deferred::PvIret => match self.pv_iret() {
+                Ok(()) => ExitOutcome::Continue,
+                Err(msg) => ExitOutcome::Stop(DomainExit::Crashed(msg)),
+            },
             Deferred::LstarWrite(lstar) => {
                 if let Some(pvm) = &self.pvm {
                     pvm.handle(&mut self.kvm, PvmEvent::LstarWrite(lstar));
@@ -504,6 +525,120 @@ impl Vcpu {
             }),
         };
         self.kvm.regs_mut().rax = result as u64;
+    }
+
+    /// A PV exception reached its CPL0 exit stub: bounce it to the
+    /// handler the kernel registered (Xen's create_bounce_frame, in
+    /// kxen-pv), writing the frame on the kernel's stack through its page
+    /// tables at CPL3 and resuming the kernel at CPL3 in the handler. An
+    /// unhandled vector, or a frame that cannot be written, crashes the
+    /// domain as on Xen. `Err` is the crash message.
+    fn pv_trap(&mut self, vector: u8) -> Result<(), String> {
+        let pv = self
+            .rt
+            .pv
+            .clone()
+            .ok_or("PV trap exit in a non-PV domain")?;
+        let (regs, sregs) = (self.kvm.regs(), self.kvm.sregs());
+        let mem = self.rt.memory.snapshot();
+        let hw = crate::pv::read_hardware_frame(&mem, vector, regs.rsp)
+            .filter(|hw| hw.cs & 3 == 3)
+            .ok_or_else(|| {
+                format!(
+                    "PV vCPU {}: exception {vector} taken in the hypervisor's stub \
+                     (rip {:#x}, rsp {:#x}): not from the PV kernel",
+                    self.id, regs.rip, regs.rsp
+                )
+            })?;
+        let bounce = pv
+            .bounce(&mem, self.id, vector, &hw, regs.rcx, regs.r11)
+            .map_err(|e| {
+                format!(
+                    "PV vCPU {}: exception {vector} at rip {:#x} (error code {:?}): {e}; \
+                     the domain crashes, as on Xen",
+                    self.id, hw.rip, hw.error_code
+                )
+            })?;
+        let mut paging = self.kvm.paging_regs_from(&sregs);
+        paging.cpl = 3;
+        let frame = bounce.frame_bytes();
+        self.kvm
+            .with_guest(&self.rt.memory, paging, |g| {
+                g.write(bounce.frame_va, &frame)
+            })
+            .map_err(|_| {
+                format!(
+                    "PV vCPU {}: exception {vector}: the bounce frame at {:#x} cannot be \
+                     written (the kernel stack is not mapped writable); the domain crashes",
+                    self.id, bounce.frame_va
+                )
+            })?;
+        pv.set_upcall_mask(&mem, self.id, bounce.upcall_mask);
+        let (cs, ss) = crate::pv::pv_kernel_segments();
+        if !self.kvm.set_code_and_stack(cs, ss) {
+            return Err(format!(
+                "PV vCPU {}: reloading CS/SS after a trap failed",
+                self.id
+            ));
+        }
+        let r = self.kvm.regs_mut();
+        r.rip = bounce.rip;
+        r.rsp = bounce.rsp;
+        r.rflags = bounce.rflags;
+        trace!(
+            vcpu = self.id,
+            vector,
+            rip = hw.rip,
+            handler = bounce.rip,
+            "PV exception bounced"
+        );
+        Ok(())
+    }
+
+    /// The PV `iret` hypercall: the iret context at RSP (pushed by the
+    /// guest and the iret stub), applied as Xen's do_iret. A frame that
+    /// cannot be read crashes the domain, as on Xen. Guest user mode does
+    /// not exist yet: a return to it is refused with a crash. The real
+    /// RFLAGS.IF stays as it was (events are the upcall mask's business).
+    fn pv_iret(&mut self) -> Result<(), String> {
+        let pv = self.rt.pv.clone().ok_or("PV iret in a non-PV domain")?;
+        let regs = self.kvm.regs();
+        let paging = self.kvm.paging_regs();
+        let mut bytes = [0u8; 8 * kxen_pv::IretFrame::WORDS];
+        self.kvm
+            .with_guest(&self.rt.memory, paging, |g| g.read(regs.rsp, &mut bytes))
+            .map_err(|_| {
+                format!(
+                    "PV vCPU {}: iret frame at {:#x} cannot be read; the domain crashes, as on Xen",
+                    self.id, regs.rsp
+                )
+            })?;
+        let mut words = [0u64; kxen_pv::IretFrame::WORDS];
+        for (word, chunk) in words.iter_mut().zip(bytes.chunks_exact(8)) {
+            *word = u64::from_le_bytes(chunk.try_into().unwrap_or_default());
+        }
+        let frame = kxen_pv::IretFrame::from_words(words);
+        let ret = kxen_pv::traps::iret(&frame, pv.has_user_tables(self.id))
+            .map_err(|e| format!("PV vCPU {}: iret: {e}; the domain crashes", self.id))?;
+        if ret.switch_to_user {
+            return Err(format!(
+                "PV vCPU {}: iret to user mode (cs {:#x}) is not supported yet",
+                self.id, ret.cs
+            ));
+        }
+        let mem = self.rt.memory.snapshot();
+        pv.set_upcall_mask(&mem, self.id, ret.upcall_mask);
+        const RFLAGS_IF: u64 = 1 << 9;
+        let r = self.kvm.regs_mut();
+        r.rax = ret.rax;
+        r.rip = ret.rip;
+        r.rsp = ret.rsp;
+        r.rflags = (ret.rflags & !RFLAGS_IF) | (regs.rflags & RFLAGS_IF);
+        if let Some((rcx, r11)) = ret.rcx_r11 {
+            r.rcx = rcx;
+            r.r11 = r11;
+        }
+        Ok(())
     }
 
     /// What a PV MMU call asks before the guest resumes. A new base

@@ -10,7 +10,7 @@
 
 use std::cell::Cell;
 
-use kvm_bindings::{kvm_fpu, kvm_msr_entry, kvm_regs, kvm_run, kvm_sregs, Msrs};
+use kvm_bindings::{kvm_fpu, kvm_msr_entry, kvm_regs, kvm_run, kvm_segment, kvm_sregs, Msrs};
 use kvm_ioctls::{SyncReg, VcpuExit, VcpuFd};
 use tracing::{debug, warn};
 
@@ -169,6 +169,23 @@ impl KvmVcpu {
         let ok = self.fd.set_sregs(&sregs).is_ok();
         if ok {
             self.fd.sync_regs_mut().sregs.cr3 = cr3;
+        }
+        ok
+    }
+
+    /// Load CS and SS (a PV exception bounced from the CPL0 exit stub
+    /// back to the PV kernel at CPL3): the synced system registers with
+    /// the two segments changed, written back at once as in
+    /// [`Self::set_cr3`].
+    pub fn set_code_and_stack(&mut self, cs: kvm_segment, ss: kvm_segment) -> bool {
+        let mut sregs = self.sregs();
+        sregs.cs = cs;
+        sregs.ss = ss;
+        let ok = self.fd.set_sregs(&sregs).is_ok();
+        if ok {
+            let synced = &mut self.fd.sync_regs_mut().sregs;
+            synced.cs = cs;
+            synced.ss = ss;
         }
         ok
     }
