@@ -4,6 +4,7 @@
 use kvm_bindings::{kvm_segment, kvm_sregs};
 
 use crate::error::VmError;
+use crate::pv;
 
 fn flat_segment(selector: u16, kind: u8) -> kvm_segment {
     kvm_segment {
@@ -72,7 +73,7 @@ pub enum BspEntry {
     /// Linux's 64-bit boot protocol: long mode, RSI = zero page.
     Linux64 { entry: u64, boot_params: u64 },
     /// A classic PV kernel: long mode at CPL3, RSI = start_info's virtual
-    /// address (set up by [`crate::pv::setup_pv_bsp`]).
+    /// address (set up by [`setup_pv_bsp`]).
     Pv { entry: u64, start_info_va: u64 },
 }
 
@@ -173,5 +174,54 @@ pub fn enable_local_apic(fd: &kvm_ioctls::VcpuFd) -> Result<(), VmError> {
         *dst = src as _;
     }
     fd.set_lapic(&lapic)?;
+    Ok(())
+}
+
+/// Put vCPU 0 at the PV kernel's entry: long mode, paging on the
+/// builder's L4, CPL3 with Xen's flat kernel selectors, RIP = ENTRY,
+/// RSI = start_info, RSP = the boot stack's top, interrupts off (events
+/// are masked in vcpu_info by the caller).
+pub fn setup_pv_bsp(
+    fd: &kvm_ioctls::VcpuFd,
+    boot: &kxen_loader::pv::PvBootState,
+) -> Result<(), VmError> {
+    let mut sregs = fd.get_sregs()?;
+    (sregs.cs, sregs.ss) = pv::pv_kernel_segments();
+    for seg in [&mut sregs.ds, &mut sregs.es, &mut sregs.fs, &mut sregs.gs] {
+        *seg = kvm_segment {
+            selector: pv::FLAT_KERNEL_DS64,
+            ..pv::pv_segment(pv::FLAT_KERNEL_DS64, 0x3, false)
+        };
+    }
+    sregs.tr = kvm_segment {
+        base: 0,
+        limit: 0x67,
+        selector: 0,
+        type_: 0xb,
+        present: 1,
+        s: 0,
+        ..Default::default()
+    };
+    // The hypervisor's GDT, IDT and TSS (special pages, supervisor-only):
+    // exceptions at CPL3 reach the exit stubs at CPL0.
+    sregs.gdt.base = pv::hv_page_va(pv::GDT_PAGE);
+    sregs.gdt.limit = 0x27;
+    sregs.idt.base = pv::hv_page_va(pv::IDT_PAGE);
+    sregs.idt.limit = 0xfff;
+    sregs.tr.base = pv::hv_page_va(pv::TSS_PAGE);
+    sregs.tr.selector = pv::HV_TSS_SELECTOR;
+    sregs.cr0 = 0x8001_0033; // PG | WP | NE | ET | MP | PE
+    sregs.cr3 = boot.cr3;
+    sregs.cr4 = 0x6a0; // OSXMMEXCPT | OSFXSR | PGE | PAE
+    sregs.efer = 0xd01; // NXE | LMA | LME | SCE
+    fd.set_sregs(&sregs)?;
+    let regs = kvm_bindings::kvm_regs {
+        rip: boot.entry,
+        rsi: boot.start_info_va,
+        rsp: boot.stack_top,
+        rflags: 0x2,
+        ..Default::default()
+    };
+    fd.set_regs(&regs)?;
     Ok(())
 }

@@ -400,7 +400,7 @@ pub fn build(cfg: &VmConfig, started: Instant) -> Result<Vm, VmError> {
                     setup_linux64_bsp(&fd, entry, boot_params)?
                 }
                 BspEntry::Pv { .. } => match &pv {
-                    Some((_, state)) => crate::pv::setup_pv_bsp(&fd, state)?,
+                    Some((_, state)) => crate::boot_cpu::setup_pv_bsp(&fd, state)?,
                     None => return Err(VmError::Setup("PV entry without a PV build".into())),
                 },
             }

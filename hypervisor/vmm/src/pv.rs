@@ -22,8 +22,6 @@ use kxen_pv::{Effects, Mfn, MmuMemory, PvMmu, PvMmuConfig, TrapError, TrapTable}
 use kxen_xen::guest::GuestAccess;
 use kxen_xen::hypercall::Call;
 
-use crate::error::VmError;
-
 /// Xen's flat 64-bit kernel selectors (public/arch-x86/xen-x86_64.h): a
 /// 64-bit PV kernel runs at CPL3 with these in CS and SS.
 pub const FLAT_KERNEL_CS64: u16 = 0xe033;
@@ -102,9 +100,9 @@ pub fn pv_hypercall_stub(nr: u32) -> [u8; xen_abi::hypercall::STUB_SIZE] {
 
 /// Special pages (after the three PV tables) and the L1 slot mapping each.
 const TRAP_PAGES_FIRST: u64 = crate::memory::SPECIAL_PV_TABLES + 3;
-const GDT_PAGE: u64 = 1;
-const IDT_PAGE: u64 = 2;
-const TSS_PAGE: u64 = 3;
+pub(crate) const GDT_PAGE: u64 = 1;
+pub(crate) const IDT_PAGE: u64 = 2;
+pub(crate) const TSS_PAGE: u64 = 3;
 const STUB_PAGE: u64 = 4;
 const STACK_PAGE: u64 = 5;
 /// The L1 slot of the trap exit page (no special page: unbacked GPA).
@@ -114,12 +112,12 @@ const _: () = assert!(TRAP_PAGES_FIRST + STACK_PAGE - 1 < crate::memory::SPECIAL
 pub const PV_TRAP_EXIT_GPA: u64 = 0xfefe_1000;
 /// The GDT's 64-bit CPL0 code segment and the TSS (16-byte) descriptor.
 const HV_CODE_SELECTOR: u16 = 0x08;
-const HV_TSS_SELECTOR: u16 = 0x18;
+pub(crate) const HV_TSS_SELECTOR: u16 = 0x18;
 /// Bytes of one exit stub: `movb $vector, rel32(%rip)` (7) and `ud2`.
 const TRAP_STUB_SIZE: u64 = 16;
 
 /// Guest-virtual address of the page at L1 slot `page` of slot 271.
-const fn hv_page_va(page: u64) -> u64 {
+pub(crate) const fn hv_page_va(page: u64) -> u64 {
     PV_HYPERCALL_VA + page * xen_abi::PAGE_SIZE as u64
 }
 const fn trap_page_gfn(page: u64) -> u64 {
@@ -575,7 +573,7 @@ pub fn pv_kernel_segments() -> (kvm_segment, kvm_segment) {
     )
 }
 
-fn pv_segment(selector: u16, kind: u8, long: bool) -> kvm_segment {
+pub(crate) fn pv_segment(selector: u16, kind: u8, long: bool) -> kvm_segment {
     kvm_segment {
         base: 0,
         limit: 0xffff_ffff,
@@ -591,50 +589,4 @@ fn pv_segment(selector: u16, kind: u8, long: bool) -> kvm_segment {
         unusable: 0,
         padding: 0,
     }
-}
-
-/// Put vCPU 0 at the PV kernel's entry: long mode, paging on the
-/// builder's L4, CPL3 with Xen's flat kernel selectors, RIP = ENTRY,
-/// RSI = start_info, RSP = the boot stack's top, interrupts off (events
-/// are masked in vcpu_info by the caller).
-pub fn setup_pv_bsp(fd: &kvm_ioctls::VcpuFd, boot: &PvBootState) -> Result<(), VmError> {
-    let mut sregs = fd.get_sregs()?;
-    (sregs.cs, sregs.ss) = pv_kernel_segments();
-    for seg in [&mut sregs.ds, &mut sregs.es, &mut sregs.fs, &mut sregs.gs] {
-        *seg = kvm_segment {
-            selector: FLAT_KERNEL_DS64,
-            ..pv_segment(FLAT_KERNEL_DS64, 0x3, false)
-        };
-    }
-    sregs.tr = kvm_segment {
-        base: 0,
-        limit: 0x67,
-        selector: 0,
-        type_: 0xb,
-        present: 1,
-        s: 0,
-        ..Default::default()
-    };
-    // The hypervisor's GDT, IDT and TSS (special pages, supervisor-only):
-    // exceptions at CPL3 reach the exit stubs at CPL0.
-    sregs.gdt.base = hv_page_va(GDT_PAGE);
-    sregs.gdt.limit = 0x27;
-    sregs.idt.base = hv_page_va(IDT_PAGE);
-    sregs.idt.limit = 0xfff;
-    sregs.tr.base = hv_page_va(TSS_PAGE);
-    sregs.tr.selector = HV_TSS_SELECTOR;
-    sregs.cr0 = 0x8001_0033; // PG | WP | NE | ET | MP | PE
-    sregs.cr3 = boot.cr3;
-    sregs.cr4 = 0x6a0; // OSXMMEXCPT | OSFXSR | PGE | PAE
-    sregs.efer = 0xd01; // NXE | LMA | LME | SCE
-    fd.set_sregs(&sregs)?;
-    let regs = kvm_bindings::kvm_regs {
-        rip: boot.entry,
-        rsi: boot.start_info_va,
-        rsp: boot.stack_top,
-        rflags: 0x2,
-        ..Default::default()
-    };
-    fd.set_regs(&regs)?;
-    Ok(())
 }
