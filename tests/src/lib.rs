@@ -265,6 +265,55 @@ pub fn skipped_checks(stdout: &str) -> Vec<&str> {
         .collect()
 }
 
+/// Which x86 flavour a test guest is assembled and linked for.
+#[derive(Clone, Copy)]
+pub enum GuestArch {
+    /// `as --32`, `ld -m elf_i386`.
+    I386,
+    /// `as --64`, `ld -m elf_x86_64`.
+    X86_64,
+}
+
+/// Assemble `asm` (with `defsyms`, `NAME=VALUE`) and link it with the
+/// linker script `script` into `dir/STEM.elf`, the way every assembly test
+/// guest is built; binutils failing fails the test.
+pub fn assemble_and_link(
+    asm: &Path,
+    script: &Path,
+    dir: &Path,
+    stem: &str,
+    arch: GuestArch,
+    defsyms: &[&str],
+) -> PathBuf {
+    let (as_flag, emulation) = match arch {
+        GuestArch::I386 => ("--32", "elf_i386"),
+        GuestArch::X86_64 => ("--64", "elf_x86_64"),
+    };
+    let obj = dir.join(format!("{stem}.o"));
+    let elf = dir.join(format!("{stem}.elf"));
+    let ok = Command::new("as")
+        .arg(as_flag)
+        .args(defsyms.iter().flat_map(|d| ["--defsym", d]))
+        .arg("-o")
+        .arg(&obj)
+        .arg(asm)
+        .status()
+        .expect("run as (binutils)")
+        .success();
+    assert!(ok, "assembling {} failed", asm.display());
+    let ok = Command::new("ld")
+        .args(["-m", emulation, "--no-warn-rwx-segments", "-T"])
+        .arg(script)
+        .arg("-o")
+        .arg(&elf)
+        .arg(&obj)
+        .status()
+        .expect("run ld (binutils)")
+        .success();
+    assert!(ok, "linking {} failed", elf.display());
+    elf
+}
+
 /// Assemble `tests/guest32/NAME.S` (after `patch` edits its source) into a
 /// 32-bit PVH ELF in a temp directory; `tag` keeps variants apart.
 pub fn guest32(name: &str, tag: &str, patch: impl Fn(String) -> String) -> PathBuf {
@@ -274,27 +323,14 @@ pub fn guest32(name: &str, tag: &str, patch: impl Fn(String) -> String) -> PathB
     let source = std::fs::read_to_string(src.join(format!("{name}.S"))).expect("guest source");
     let asm = dir.join(format!("{name}.S"));
     std::fs::write(&asm, patch(source)).expect("write source");
-    let obj = dir.join(format!("{name}.o"));
-    let elf = dir.join(format!("{name}.elf"));
-    let ok = Command::new("as")
-        .args(["--32", "-o"])
-        .arg(&obj)
-        .arg(&asm)
-        .status()
-        .expect("run as (binutils)")
-        .success();
-    assert!(ok, "assembling {name}.S failed");
-    let ok = Command::new("ld")
-        .args(["-m", "elf_i386", "-T"])
-        .arg(src.join("smoke.ld"))
-        .arg("-o")
-        .arg(&elf)
-        .arg(&obj)
-        .status()
-        .expect("run ld (binutils)")
-        .success();
-    assert!(ok, "linking {name}.elf failed");
-    elf
+    assemble_and_link(
+        &asm,
+        &src.join("smoke.ld"),
+        &dir,
+        name,
+        GuestArch::I386,
+        &[],
+    )
 }
 
 /// The 64-bit HVM test guest (`tests/guest64/hvm.S`), as a vmlinux-style
@@ -309,8 +345,14 @@ pub fn hvm_guest(tag: &str) -> HvmGuest {
     let src = repo_root().join("tests/guest64");
     let dir = std::env::temp_dir().join(format!("kxen-g64-{tag}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");
-    let obj = dir.join("hvm.o");
-    let elf = dir.join("hvm.elf");
+    let elf = assemble_and_link(
+        &src.join("hvm.S"),
+        &src.join("hvm.ld"),
+        &dir,
+        "hvm",
+        GuestArch::X86_64,
+        &[],
+    );
     let flat = dir.join("hvm.bin");
     let run = |cmd: &mut Command, what: &str| {
         let ok = cmd
@@ -319,22 +361,6 @@ pub fn hvm_guest(tag: &str) -> HvmGuest {
             .success();
         assert!(ok, "{what} failed");
     };
-    run(
-        Command::new("as")
-            .args(["--64", "-o"])
-            .arg(&obj)
-            .arg(src.join("hvm.S")),
-        "as (binutils)",
-    );
-    run(
-        Command::new("ld")
-            .args(["-m", "elf_x86_64", "--no-warn-rwx-segments", "-T"])
-            .arg(src.join("hvm.ld"))
-            .arg("-o")
-            .arg(&elf)
-            .arg(&obj),
-        "ld (binutils)",
-    );
     run(
         Command::new("objcopy")
             .args(["-O", "binary"])

@@ -6,10 +6,9 @@
 //! powers off.
 
 use std::path::PathBuf;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
-use kxen_tests::{kxen_run, repo_root, run_with_limit, Finished};
+use kxen_tests::{assemble_and_link, kxen_run, repo_root, run_with_limit, Finished, GuestArch};
 
 /// Assemble and link the PV test kernel into a temp directory, with
 /// `defsyms` (`NAME=VALUE`) selecting variants of it.
@@ -17,34 +16,14 @@ fn pv_guest(variant: &str, defsyms: &[&str]) -> PathBuf {
     let src = repo_root().join("tests/guestpv");
     let dir = std::env::temp_dir().join(format!("kxen-gpv-{}-{variant}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");
-    let obj = dir.join("pv.o");
-    let elf = dir.join("pv.elf");
-    let run = |cmd: &mut Command, what: &str| {
-        let ok = cmd
-            .status()
-            .unwrap_or_else(|e| panic!("{what}: {e}"))
-            .success();
-        assert!(ok, "{what} failed");
-    };
-    run(
-        Command::new("as")
-            .arg("--64")
-            .args(defsyms.iter().flat_map(|d| ["--defsym", d]))
-            .arg("-o")
-            .arg(&obj)
-            .arg(src.join("pv.S")),
-        "as (binutils)",
-    );
-    run(
-        Command::new("ld")
-            .args(["-m", "elf_x86_64", "--no-warn-rwx-segments", "-T"])
-            .arg(src.join("pv.ld"))
-            .arg("-o")
-            .arg(&elf)
-            .arg(&obj),
-        "ld (binutils)",
-    );
-    elf
+    assemble_and_link(
+        &src.join("pv.S"),
+        &src.join("pv.ld"),
+        &dir,
+        "pv",
+        GuestArch::X86_64,
+        defsyms,
+    )
 }
 
 fn boot_pv_guest(variant: &str, defsyms: &[&str]) -> Finished {
