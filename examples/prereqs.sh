@@ -4,9 +4,11 @@
 
 # The packages the test command needs, and why:
 #   iproute2, iputils-ping    the vif tests' namespaces, bridges and peer
-#   binutils                  as/ld/objcopy for the 32-bit test guests
+#   binutils                  as/ld/objcopy for the assembly test guests
+#                             (32-bit PVH, 64-bit HVM, classic PV)
 #   xenstore-utils            Debian's xenstore-read/write/ls against kxend
-#   xen-utils-4.17            test-xenstore, and the C xenstored (benchmark)
+#   xen-utils-4.17            test-xenstore, verify-stream-v2 (the saved
+#                             streams), and the C xenstored (benchmark)
 #   busybox-static, e2fsprogs the Linux guests' root image and initramfs
 #   linux-image-amd64, xz-utils  Debian's stock kernel (HVM slow test)
 #   linux-source-6.1, build-essential, flex, bison, bc, libelf-dev
