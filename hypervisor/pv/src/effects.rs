@@ -89,6 +89,9 @@ pub struct Effects {
     /// Write back and invalidate caches (MMUEXT_FLUSH_CACHE, only for a
     /// domain allowed to).
     pub flush_cache: bool,
+    /// A segment base the calling vCPU runs on changed
+    /// (`set_segment_base`): load it.
+    pub segment_load: Option<crate::vcpu::SegmentLoad>,
 }
 
 impl Effects {

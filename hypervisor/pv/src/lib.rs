@@ -20,6 +20,7 @@ pub mod memory;
 pub mod mmu;
 pub mod pte;
 pub mod traps;
+pub mod vcpu;
 
 pub use effects::{Effects, FlushScope, TlbFlush, VcpuMask, MAX_VCPUS};
 pub use error::MmuError;
@@ -30,3 +31,4 @@ pub use mmu::{
 };
 pub use pte::{Mfn, PtLevel};
 pub use traps::{Bounce, Interrupted, IretFrame, IretReturn, TrapError, TrapInfo, TrapTable};
+pub use vcpu::{IretOutcome, PvVcpu, PvVcpuError, SegmentLoad};

@@ -39,8 +39,8 @@ pub const fn has_error_code(vector: u8) -> bool {
 /// 256 distinct vectors, so a longer array is a guest error.
 pub const MAX_TRAP_TABLE_ENTRIES: u64 = 16 * NR_VECTORS as u64;
 
-const RFLAGS_TF: u64 = 1 << 8;
-const RFLAGS_IF: u64 = 1 << 9;
+pub(crate) const RFLAGS_TF: u64 = 1 << 8;
+pub(crate) const RFLAGS_IF: u64 = 1 << 9;
 const RFLAGS_IOPL: u64 = 3 << 12;
 const RFLAGS_NT: u64 = 1 << 14;
 const RFLAGS_RF: u64 = 1 << 16;
@@ -231,6 +231,33 @@ pub fn bounce(
     let handler = table
         .handler(vector)
         .ok_or(TrapError::NoHandler { vector })?;
+    let extra: Vec<u64> = error_code.map(u64::from).into_iter().collect();
+    Ok(create_bounce_frame(
+        handler.address,
+        handler.masks_events(),
+        &extra,
+        from,
+        upcall_mask,
+        kernel_sp,
+    ))
+}
+
+/// The bounce frame every delivery to the guest kernel shares (an
+/// exception, a user-mode `syscall`, an event upcall, the failsafe
+/// callback): pushed below the interrupted RSP (kernel mode) or
+/// `kernel_sp` (user mode), aligned down to 16, from the lowest address
+/// {RCX, R11, `extra`..., RIP, CS with the upcall mask in bits 32-39,
+/// RFLAGS with IF = !mask, RSP, SS}. `extra` is an exception's error code
+/// or the failsafe callback's data selectors. The target runs with
+/// Xen's kernel CS/SS, and with events masked if `mask_events`.
+pub fn create_bounce_frame(
+    target: u64,
+    mask_events: bool,
+    extra: &[u64],
+    from: &Interrupted,
+    upcall_mask: u8,
+    kernel_sp: u64,
+) -> Bounce {
     let mut cs = from.cs;
     let top = if from.kernel_mode {
         // "Indicate kernel context to guest": RPL 0 in the saved CS.
@@ -248,7 +275,7 @@ pub fn bounce(
         pushed_rflags |= RFLAGS_IF;
     }
     let mut frame = vec![from.rcx, from.r11];
-    frame.extend(error_code.map(u64::from));
+    frame.extend_from_slice(extra);
     frame.extend([
         from.rip,
         saved_cs,
@@ -257,23 +284,20 @@ pub fn bounce(
         u64::from(from.ss),
     ]);
     let frame_va = top.wrapping_sub(8 * frame.len() as u64);
-    Ok(Bounce {
+    Bounce {
         frame_va,
         frame,
-        rip: handler.address,
+        rip: target,
         rsp: frame_va,
         // As the architecture does on a trap (and AC: no alignment
-        // checks in kernel mode).
-        rflags: from.rflags & !(RFLAGS_TF | RFLAGS_VM | RFLAGS_RF | RFLAGS_NT | RFLAGS_AC),
+        // checks in kernel mode). IF stays the hypervisor's.
+        rflags: (from.rflags & !(RFLAGS_TF | RFLAGS_VM | RFLAGS_RF | RFLAGS_NT | RFLAGS_AC))
+            | RFLAGS_MBS,
         cs: FLAT_KERNEL_CS64,
         ss: FLAT_KERNEL_SS64,
-        upcall_mask: if handler.masks_events() {
-            1
-        } else {
-            upcall_mask
-        },
+        upcall_mask: if mask_events { 1 } else { upcall_mask },
         switch_to_kernel: !from.kernel_mode,
-    })
+    }
 }
 
 /// `struct iret_context`, read from the guest's RSP at the `iret`

@@ -177,6 +177,34 @@ pub fn enable_local_apic(fd: &kvm_ioctls::VcpuFd) -> Result<(), VmError> {
     Ok(())
 }
 
+/// A PV vCPU's `syscall` goes to the hypervisor's CPL0 entry stub with
+/// TF/IF/DF/AC/NT cleared: LSTAR, STAR and SFMASK.
+pub fn pv_syscall_msrs(fd: &kvm_ioctls::VcpuFd) -> Result<(), VmError> {
+    const MSR_STAR: u32 = 0xc000_0081;
+    const MSR_LSTAR: u32 = 0xc000_0082;
+    const MSR_SFMASK: u32 = 0xc000_0084;
+    let entries = [
+        (MSR_STAR, pv::PV_MSR_STAR),
+        (MSR_LSTAR, pv::pv_lstar()),
+        (MSR_SFMASK, pv::PV_MSR_SFMASK),
+    ]
+    .map(|(index, data)| kvm_bindings::kvm_msr_entry {
+        index,
+        data,
+        ..Default::default()
+    });
+    let msrs = kvm_bindings::Msrs::from_entries(&entries)
+        .map_err(|e| VmError::Setup(format!("PV syscall MSRs: {e:?}")))?;
+    let written = fd.set_msrs(&msrs)?;
+    if written != entries.len() {
+        return Err(VmError::Setup(format!(
+            "KVM took {written} of the {} PV syscall MSRs",
+            entries.len()
+        )));
+    }
+    Ok(())
+}
+
 /// Put vCPU 0 at the PV kernel's entry: long mode, paging on the
 /// builder's L4, CPL3 with Xen's flat kernel selectors, RIP = ENTRY,
 /// RSI = start_info, RSP = the boot stack's top, interrupts off (events
@@ -208,18 +236,22 @@ pub fn setup_pv_bsp(
     sregs.gdt.limit = 0x27;
     sregs.idt.base = pv::hv_page_va(pv::IDT_PAGE);
     sregs.idt.limit = 0xfff;
-    sregs.tr.base = pv::hv_page_va(pv::TSS_PAGE);
+    sregs.tr.base = pv::tss_va(0);
     sregs.tr.selector = pv::HV_TSS_SELECTOR;
     sregs.cr0 = 0x8001_0033; // PG | WP | NE | ET | MP | PE
     sregs.cr3 = boot.cr3;
     sregs.cr4 = 0x6a0; // OSXMMEXCPT | OSFXSR | PGE | PAE
     sregs.efer = 0xd01; // NXE | LMA | LME | SCE
     fd.set_sregs(&sregs)?;
+    pv_syscall_msrs(fd)?;
+    // IF set: the hypervisor's event vector must reach the vCPU whenever
+    // it runs guest code. The guest's own interrupt flag is the upcall
+    // mask in vcpu_info (set at entry); at CPL3 it cannot clear IF.
     let regs = kvm_bindings::kvm_regs {
         rip: boot.entry,
         rsi: boot.start_info_va,
         rsp: boot.stack_top,
-        rflags: 0x2,
+        rflags: 0x202,
         ..Default::default()
     };
     fd.set_regs(&regs)?;

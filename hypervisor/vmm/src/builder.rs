@@ -337,6 +337,19 @@ pub fn build(cfg: &VmConfig, started: Instant) -> Result<Vm, VmError> {
     domain.set_param_privileged(HVM_PARAM_STORE_EVTCHN, store_port as u64);
     dom0_link.bound(DOM0_CONSOLE_PORT, console_port);
     dom0_link.bound(DOM0_XENSTORE_PORT, store_port);
+    if cfg.pv {
+        // A PV vCPU's events arrive as kxen-vmm's own vector, which the
+        // hypervisor's IDT turns into an event upcall (crate::pv); the
+        // guest never names a vector, and cannot (HVM_OP is refused).
+        use xen_abi::hvm::{
+            CALLBACK_VIA_TYPE_SHIFT, CALLBACK_VIA_TYPE_VECTOR, HVM_PARAM_CALLBACK_IRQ,
+        };
+        domain.set_param_privileged(
+            HVM_PARAM_CALLBACK_IRQ,
+            (CALLBACK_VIA_TYPE_VECTOR << CALLBACK_VIA_TYPE_SHIFT)
+                | u64::from(crate::pv::PV_EVENT_VECTOR),
+        );
+    }
     domain.publish_routing();
 
     let pv = match &pv_plan {

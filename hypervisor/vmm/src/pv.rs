@@ -18,7 +18,7 @@ use xen_abi::hypercall::STUB_COUNT;
 use xen_abi::pv::{hypercall as pv_nr, MmuextOp, MMUEXT_NEW_BASEPTR, MMUEXT_PIN_L4_TABLE};
 
 use kxen_loader::pv::PvBootState;
-use kxen_pv::{Effects, Mfn, MmuMemory, PvMmu, PvMmuConfig, TrapError, TrapTable};
+use kxen_pv::{Effects, Mfn, MmuMemory, PvMmu, PvMmuConfig, PvVcpu};
 use kxen_xen::guest::GuestAccess;
 use kxen_xen::hypercall::Call;
 
@@ -56,9 +56,7 @@ const PTE_NX: u64 = 1 << 63;
 
 /// The `iret` hypercall's number. Its stub differs: a guest jumps to it
 /// with the iret frame's `flags` word pushed, and it never returns.
-pub const HYPERCALL_IRET: u32 = 23;
-/// The `set_trap_table` hypercall's number.
-pub const HYPERCALL_SET_TRAP_TABLE: u64 = 0;
+pub const HYPERCALL_IRET: u32 = pv_nr::IRET as u32;
 
 /// Machine code of one PV hypercall stub: `mov $nr, %eax; movabs %eax,
 /// PV_HYPERCALL_VA; ret`, padded with `int3`. The `iret` stub first
@@ -107,9 +105,43 @@ const STUB_PAGE: u64 = 4;
 const STACK_PAGE: u64 = 5;
 /// The L1 slot of the trap exit page (no special page: unbacked GPA).
 const TRAP_EXIT_PAGE: u64 = 6;
-const _: () = assert!(TRAP_PAGES_FIRST + STACK_PAGE - 1 < crate::memory::SPECIAL_PAGES);
+/// The `syscall` entry stub and the event vector's stub (a special page).
+const ENTRY_STUB_PAGE: u64 = 7;
+/// The L1 slot of the syscall exit page (unbacked GPA).
+const SYSCALL_EXIT_PAGE: u64 = 8;
+/// The L1 slot mapping the local APIC's registers, for the event stub's
+/// EOI (the in-kernel LAPIC decodes the store; no exit).
+const LAPIC_PAGE: u64 = 9;
+const _: () = assert!(TRAP_PAGES_FIRST + ENTRY_STUB_PAGE - 1 < crate::memory::SPECIAL_PAGES);
 /// An unbacked GPA: a store here from a CPL0 stub exits as MMIO.
 pub const PV_TRAP_EXIT_GPA: u64 = 0xfefe_1000;
+/// An unbacked GPA: the `syscall` entry stub's store here exits as MMIO.
+pub const PV_SYSCALL_EXIT_GPA: u64 = 0xfefe_2000;
+/// The local APIC's default base and its EOI register.
+const LAPIC_BASE_GPA: u64 = 0xfee0_0000;
+const LAPIC_EOI: u64 = 0xb0;
+/// The vector kxen-vmm routes a PV vCPU's event notifications to (its
+/// upcall vector): Dom0's irqfds and the VMM's own sends raise it in the
+/// vCPU's local APIC, so a vCPU running guest code natively is
+/// interrupted at once. Its stub acknowledges it (EOI) and exits; the
+/// guest never sees the vector, only the event callback.
+pub const PV_EVENT_VECTOR: u8 = 0xf3;
+/// PV vCPUs a domain may have: the per-vCPU TSS and trap stack share one
+/// page each, and shared_info holds 32 vcpu_infos.
+pub const MAX_PV_VCPUS: u32 = 32;
+/// Bytes of each vCPU's TSS slot and trap stack in their pages.
+const TSS_SLOT: u64 = 0x80;
+const TRAP_STACK_SLOT: u64 = 0x80;
+const _: () = assert!(MAX_PV_VCPUS as u64 * TSS_SLOT <= xen_abi::PAGE_SIZE as u64);
+const _: () = assert!(MAX_PV_VCPUS as u64 * TRAP_STACK_SLOT <= xen_abi::PAGE_SIZE as u64);
+/// `STAR`: `syscall` enters the hypervisor's CPL0 code segment (and SS
+/// = its data segment, 0x10).
+pub const PV_MSR_STAR: u64 = (HV_CODE_SELECTOR as u64) << 32;
+/// `SFMASK`: `syscall` clears TF, IF, DF, AC and NT, so the entry stub
+/// runs uninterrupted; kxen-vmm restores the flags from R11.
+pub const PV_MSR_SFMASK: u64 = 0x4_4700;
+/// Offset of the event stub in the entry stub page.
+const EVENT_STUB_OFFSET: u64 = 0x40;
 /// The GDT's 64-bit CPL0 code segment and the TSS (16-byte) descriptor.
 const HV_CODE_SELECTOR: u16 = 0x08;
 pub(crate) const HV_TSS_SELECTOR: u16 = 0x18;
@@ -123,8 +155,20 @@ pub(crate) const fn hv_page_va(page: u64) -> u64 {
 const fn trap_page_gfn(page: u64) -> u64 {
     crate::memory::SPECIAL_BASE_GFN + TRAP_PAGES_FIRST + page - 1
 }
-/// The RSP0 stack's top (16-byte aligned: the CPU aligns it anyway).
-const TRAP_STACK_TOP: u64 = hv_page_va(STACK_PAGE) + xen_abi::PAGE_SIZE as u64;
+/// vCPU `vcpu`'s RSP0 stack top (16-byte aligned: the CPU aligns it
+/// anyway). Each vCPU has its own slot: two vCPUs trapping at once must
+/// not share one frame.
+const fn trap_stack_top(vcpu: u32) -> u64 {
+    hv_page_va(STACK_PAGE) + (vcpu as u64 + 1) * TRAP_STACK_SLOT
+}
+/// vCPU `vcpu`'s TSS (its TR base).
+pub(crate) const fn tss_va(vcpu: u32) -> u64 {
+    hv_page_va(TSS_PAGE) + vcpu as u64 * TSS_SLOT
+}
+/// `LSTAR`: the `syscall` entry stub.
+pub const fn pv_lstar() -> u64 {
+    hv_page_va(ENTRY_STUB_PAGE)
+}
 
 /// The GDT, IDT, TSS and exit stubs, written into their special pages,
 /// and their L1 entries beside the hypercall transport's.
@@ -151,7 +195,11 @@ fn write_trap_pages(mem: &GuestMemoryMmap) -> Result<(), PvSetupError> {
     // elsewhere (`int $n` from CPL3 is a #GP, as on Xen).
     let mut idt = vec![0u8; xen_abi::PAGE_SIZE];
     for vector in 0..256u64 {
-        let target = hv_page_va(STUB_PAGE) + vector * TRAP_STUB_SIZE;
+        let target = if vector == u64::from(PV_EVENT_VECTOR) {
+            hv_page_va(ENTRY_STUB_PAGE) + EVENT_STUB_OFFSET
+        } else {
+            hv_page_va(STUB_PAGE) + vector * TRAP_STUB_SIZE
+        };
         let dpl: u64 = if matches!(vector, 3 | 4) { 3 } else { 0 };
         let low = (target & 0xffff)
             | (u64::from(HV_CODE_SELECTOR) << 16)
@@ -162,10 +210,13 @@ fn write_trap_pages(mem: &GuestMemoryMmap) -> Result<(), PvSetupError> {
         idt[at + 8..at + 16].copy_from_slice(&(target >> 32).to_le_bytes());
     }
     write(page_gpa(IDT_PAGE), &idt)?;
-    // TSS: RSP0 = the trap stack; no I/O bitmap.
-    let mut tss = vec![0u8; 0x68];
-    tss[4..12].copy_from_slice(&TRAP_STACK_TOP.to_le_bytes());
-    tss[0x66..0x68].copy_from_slice(&0x68u16.to_le_bytes());
+    // One TSS per vCPU: RSP0 = its trap stack; no I/O bitmap.
+    let mut tss = vec![0u8; xen_abi::PAGE_SIZE];
+    for vcpu in 0..MAX_PV_VCPUS {
+        let at = (vcpu as u64 * TSS_SLOT) as usize;
+        tss[at + 4..at + 12].copy_from_slice(&trap_stack_top(vcpu).to_le_bytes());
+        tss[at + 0x66..at + 0x68].copy_from_slice(&0x68u16.to_le_bytes());
+    }
     write(page_gpa(TSS_PAGE), &tss)?;
     // Stubs: `movb $vector, rel32(%rip)` to the exit page, then `ud2`.
     let mut stubs = vec![0xccu8; xen_abi::PAGE_SIZE];
@@ -182,6 +233,7 @@ fn write_trap_pages(mem: &GuestMemoryMmap) -> Result<(), PvSetupError> {
     }
     write(page_gpa(STUB_PAGE), &stubs)?;
     write(page_gpa(STACK_PAGE), &[0u8; xen_abi::PAGE_SIZE])?;
+    write(page_gpa(ENTRY_STUB_PAGE), &entry_stubs())?;
     // Supervisor-only leaves (no U bit): CPL3 cannot touch them.
     let [_, _, l1] = HV_TABLE_GFNS;
     let present_rw = 0x3 | PTE_ACCESSED | 0x40;
@@ -207,11 +259,55 @@ fn write_trap_pages(mem: &GuestMemoryMmap) -> Result<(), PvSetupError> {
             (trap_page_gfn(STACK_PAGE) << 12) | present_rw | PTE_NX,
         ),
         (TRAP_EXIT_PAGE, PV_TRAP_EXIT_GPA | present_rw | PTE_NX),
+        (
+            ENTRY_STUB_PAGE,
+            (trap_page_gfn(ENTRY_STUB_PAGE) << 12) | 0x1 | PTE_ACCESSED,
+        ),
+        (SYSCALL_EXIT_PAGE, PV_SYSCALL_EXIT_GPA | present_rw | PTE_NX),
+        // PCD: device registers are not to be cached.
+        (LAPIC_PAGE, LAPIC_BASE_GPA | present_rw | 0x10 | PTE_NX),
     ] {
         mem.write_obj(entry, GuestAddress((l1 << 12) + page * 8))
             .map_err(|_| PvSetupError::HypervisorTables(l1))?;
     }
     Ok(())
+}
+
+/// The entry stub page: at 0 the `syscall` entry (LSTAR), `movb $0,
+/// rel32(%rip)` to the syscall exit page; at [`EVENT_STUB_OFFSET`] the
+/// event vector's gate target, `movl $0, rel32(%rip)` to the local
+/// APIC's EOI register, then the trap exit store of the vector. Each
+/// ends in `ud2`. Neither clobbers a register: kxen-vmm reads the state
+/// the guest left.
+fn entry_stubs() -> Vec<u8> {
+    let mut page = vec![0xccu8; xen_abi::PAGE_SIZE];
+    let base = hv_page_va(ENTRY_STUB_PAGE);
+    let rel_to = |target: u64, next_rip: u64| -> [u8; 4] {
+        let rel = target.wrapping_sub(next_rip) as i64;
+        i32::try_from(rel)
+            .expect("hypervisor pages within 2 GiB of each other")
+            .to_le_bytes()
+    };
+    // syscall entry: movb $0, exit(%rip); ud2
+    page[0..2].copy_from_slice(&[0xc6, 0x05]);
+    page[2..6].copy_from_slice(&rel_to(hv_page_va(SYSCALL_EXIT_PAGE), base + 7));
+    page[6] = 0;
+    page[7..9].copy_from_slice(&[0x0f, 0x0b]);
+    // event vector: movl $0, eoi(%rip); movb $vector, trap_exit(%rip); ud2
+    let at = EVENT_STUB_OFFSET as usize;
+    let eoi = hv_page_va(LAPIC_PAGE) + LAPIC_EOI;
+    page[at..at + 2].copy_from_slice(&[0xc7, 0x05]);
+    page[at + 2..at + 6].copy_from_slice(&rel_to(eoi, base + EVENT_STUB_OFFSET + 10));
+    page[at + 6..at + 10].copy_from_slice(&0u32.to_le_bytes());
+    let at = at + 10;
+    page[at..at + 2].copy_from_slice(&[0xc6, 0x05]);
+    page[at + 2..at + 6].copy_from_slice(&rel_to(
+        hv_page_va(TRAP_EXIT_PAGE),
+        base + EVENT_STUB_OFFSET + 17,
+    ));
+    page[at + 6] = PV_EVENT_VECTOR;
+    page[at + 7..at + 9].copy_from_slice(&[0x0f, 0x0b]);
+    page
 }
 
 /// What the CPU pushed on the trap stack when an exception reached a
@@ -229,10 +325,17 @@ pub struct HardwareFrame {
 /// The hardware frame of `vector` on the trap stack, given the stub's
 /// RSP; `None` if RSP is not where one frame from the top would leave it
 /// (the stub was reached some other way: nested, or forged).
-pub fn read_hardware_frame(mem: &GuestMemoryMmap, vector: u8, rsp: u64) -> Option<HardwareFrame> {
-    let has_ec = kxen_pv::traps::has_error_code(vector);
+pub fn read_hardware_frame(
+    mem: &GuestMemoryMmap,
+    vcpu: u32,
+    vector: u8,
+    rsp: u64,
+) -> Option<HardwareFrame> {
+    // The event vector is an interrupt: no error code, whatever its
+    // number would mean as an exception.
+    let has_ec = vector != PV_EVENT_VECTOR && kxen_pv::traps::has_error_code(vector);
     let words = if has_ec { 6 } else { 5 };
-    if rsp != TRAP_STACK_TOP - 8 * words {
+    if vcpu >= MAX_PV_VCPUS || rsp != trap_stack_top(vcpu) - 8 * words {
         return None;
     }
     let gpa = (trap_page_gfn(STACK_PAGE) << 12) + (rsp - hv_page_va(STACK_PAGE));
@@ -279,8 +382,9 @@ const MMU_UPDATE_PREEMPTED: u64 = xen_abi::pv::MMU_UPDATE_PREEMPTED as u64;
 /// What a PV domain's vCPUs share beyond the Xen layer: its PV MMU.
 pub struct PvMachine {
     pub mmu: Mutex<PvMmu>,
-    /// Each vCPU's virtual IDT (set_trap_table).
-    pub traps: Mutex<Vec<TrapTable>>,
+    /// Each vCPU's PV state: mode, callbacks, kernel stack, segment
+    /// bases, virtual IDT.
+    pub vcpus: Mutex<Vec<PvVcpu>>,
     /// Where vCPU 0's vcpu_info lives (shared_info's start).
     shared_info_gpa: u64,
 }
@@ -370,6 +474,9 @@ impl PvMachine {
     ) -> Result<PvMachine, PvSetupError> {
         let mut config = PvMmuConfig::new(domid, nr_frames, nr_vcpus as usize);
         config.hypervisor_l4_slots[HYPERCALL_L4_SLOT - 256] = write_hypervisor_tables(mem)?;
+        // The guest maps shared_info itself (update_va_mapping of
+        // start_info.shared_info), as on Xen.
+        config.shared_frames.push(shared_info_gpa >> 12);
         write_trap_pages(mem)?;
         let mut mmu = PvMmu::new(config)?;
         let mut frames = GuestFrames { mem, guest: None };
@@ -392,7 +499,7 @@ impl PvMachine {
             .map_err(PvSetupError::LoadBootTables)?;
         Ok(PvMachine {
             mmu: Mutex::new(mmu),
-            traps: Mutex::new(vec![TrapTable::default(); nr_vcpus as usize]),
+            vcpus: Mutex::new(vec![PvVcpu::default(); nr_vcpus as usize]),
             shared_info_gpa,
         })
     }
@@ -451,25 +558,18 @@ impl PvMachine {
                 );
                 (outcome.return_value(), outcome.effects)
             }
-            HYPERCALL_SET_TRAP_TABLE => {
+            // HVM operations are for HVM domains (Xen's do_hvm_op refuses
+            // a PV caller); the event vector especially is kxen-vmm's.
+            xen_abi::hypercall::HVM_OP => {
+                return Some((-xen_abi::errno::EINVAL, Effects::default()))
+            }
+            pv_nr::SET_TRAP_TABLE
+            | pv_nr::STACK_SWITCH
+            | pv_nr::SET_CALLBACKS
+            | pv_nr::CALLBACK_OP
+            | pv_nr::SET_SEGMENT_BASE => {
                 drop(mmu);
-                let mut traps = self.traps.lock().unwrap_or_else(|e| e.into_inner());
-                let Some(table) = traps.get_mut(vcpu) else {
-                    return Some((-xen_abi::errno::EINVAL, Effects::default()));
-                };
-                let read = |va: u64| {
-                    let mut word = [0u8; 8];
-                    guest.read(va, &mut word).ok()?;
-                    Some(u64::from_le_bytes(word))
-                };
-                let ret = match table.set_trap_table(a1, read) {
-                    Ok(()) => 0,
-                    Err(e) => {
-                        debug!(vcpu, "set_trap_table refused: {e}");
-                        -e.errno().unwrap_or(xen_abi::errno::EINVAL)
-                    }
-                };
-                return Some((ret, Effects::default()));
+                return Some(self.vcpu_hypercall(vcpu, guest, call));
             }
             _ => return None,
         };
@@ -495,42 +595,67 @@ impl PvMachine {
         }
     }
 
-    /// Xen's bounce of exception `vector` on `vcpu` (kxen-pv's
-    /// `traps::bounce`), from the hardware frame; the vCPU is in kernel
-    /// mode (this slice has no guest user mode).
-    pub fn bounce(
-        &self,
-        mem: &GuestMemoryMmap,
-        vcpu: u32,
-        vector: u8,
-        hw: &HardwareFrame,
-        rcx: u64,
-        r11: u64,
-    ) -> Result<kxen_pv::Bounce, TrapError> {
-        let traps = self.traps.lock().unwrap_or_else(|e| e.into_inner());
-        let table = traps
-            .get(vcpu as usize)
-            .ok_or(TrapError::NoHandler { vector })?;
-        let from = kxen_pv::Interrupted {
-            rip: hw.rip,
-            // The PV kernel's selectors as Xen shows them (PVM pushes its
-            // own, 0x33/0x2b, for the same segments).
-            cs: FLAT_KERNEL_CS64,
-            rflags: hw.rflags,
-            rsp: hw.rsp,
-            ss: FLAT_KERNEL_SS64,
-            rcx,
-            r11,
-            kernel_mode: true,
+    /// The hypercalls that act on the calling vCPU's own PV state:
+    /// set_trap_table, stack_switch, set_callbacks, callback_op,
+    /// set_segment_base. A segment base that is live now comes back as
+    /// an effect for the executor to load.
+    fn vcpu_hypercall(&self, vcpu: usize, guest: &GuestAccess<'_>, call: &Call) -> (i64, Effects) {
+        let [a1, a2, a3, ..] = call.args;
+        let mut vcpus = self.vcpus.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(state) = vcpus.get_mut(vcpu) else {
+            return (-xen_abi::errno::EINVAL, Effects::default());
         };
-        kxen_pv::traps::bounce(
-            table,
-            vector,
-            hw.error_code,
-            &from,
-            self.upcall_mask(mem, vcpu),
-            0,
-        )
+        let read_u64 = |va: u64| {
+            let mut word = [0u8; 8];
+            guest.read(va, &mut word).ok()?;
+            Some(u64::from_le_bytes(word))
+        };
+        let mut effects = Effects::default();
+        let ret = match call.nr {
+            pv_nr::SET_TRAP_TABLE => match state.traps.set_trap_table(a1, read_u64) {
+                Ok(()) => 0,
+                Err(e) => {
+                    debug!(vcpu, "set_trap_table refused: {e}");
+                    -e.errno().unwrap_or(xen_abi::errno::EINVAL)
+                }
+            },
+            pv_nr::STACK_SWITCH => state.stack_switch(a1, a2),
+            pv_nr::SET_CALLBACKS => state.set_callbacks(a1, a2, a3),
+            pv_nr::CALLBACK_OP => match a1 {
+                xen_abi::pv::CALLBACKOP_REGISTER => {
+                    match (read_u64(a2), read_u64(a2.wrapping_add(8))) {
+                        (Some(head), Some(address)) => {
+                            state.register_callback(head as u16, (head >> 16) as u16, address)
+                        }
+                        _ => -EFAULT,
+                    }
+                }
+                xen_abi::pv::CALLBACKOP_UNREGISTER => {
+                    let mut head = [0u8; 4];
+                    match guest.read(a2, &mut head) {
+                        Ok(()) => state.unregister_callback(u16::from_le_bytes([head[0], head[1]])),
+                        Err(_) => -EFAULT,
+                    }
+                }
+                _ => -xen_abi::errno::ENOSYS,
+            },
+            pv_nr::SET_SEGMENT_BASE => match state.set_segment_base(a1, a2) {
+                Ok(load) => {
+                    effects.segment_load = Some(load);
+                    0
+                }
+                Err(errno) => errno,
+            },
+            _ => -xen_abi::errno::ENOSYS,
+        };
+        debug!(vcpu, nr = call.nr, ?call.args, ret, "PV vCPU hypercall");
+        (ret, effects)
+    }
+
+    /// Run `f` on vCPU `vcpu`'s PV state (`None` past the domain's).
+    pub fn with_vcpu<R>(&self, vcpu: u32, f: impl FnOnce(&mut PvVcpu) -> R) -> Option<R> {
+        let mut vcpus = self.vcpus.lock().unwrap_or_else(|e| e.into_inner());
+        vcpus.get_mut(vcpu as usize).map(f)
     }
 
     /// Whether `vcpu` has a user L4 (an `iret` to user mode needs one).
@@ -545,7 +670,39 @@ impl PvMachine {
         let mmu = self.mmu.lock().unwrap_or_else(|e| e.into_inner());
         mmu.vcpu(vcpu as usize)?.kernel_base.map(|mfn| mfn << 12)
     }
+
+    /// The L4 of `vcpu`'s current mode (kernel or user), as a CR3 value.
+    pub fn mode_cr3(&self, vcpu: u32, kernel_mode: bool) -> Option<u64> {
+        let mmu = self.mmu.lock().unwrap_or_else(|e| e.into_inner());
+        let state = mmu.vcpu(vcpu as usize)?;
+        let base = if kernel_mode {
+            state.kernel_base
+        } else {
+            state.user_base
+        };
+        base.map(|mfn| mfn << 12)
+    }
+
+    /// vcpu_info's `evtchn_upcall_pending` for `vcpu`.
+    pub fn upcall_pending(&self, mem: &GuestMemoryMmap, vcpu: u32) -> bool {
+        self.upcall_mask_gpa(vcpu)
+            .and_then(|gpa| mem.read_obj::<u8>(GuestAddress(gpa.0 - 1)).ok())
+            .is_some_and(|b| b != 0)
+    }
+
+    /// Publish a page fault's address in vcpu_info's `arch.cr2`, where a
+    /// PV kernel reads it (Xen writes it there before the bounce).
+    pub fn set_cr2(&self, mem: &GuestMemoryMmap, vcpu: u32, cr2: u64) {
+        if vcpu < 32 {
+            let gpa = self.shared_info_gpa + 64 * u64::from(vcpu) + VCPU_INFO_CR2;
+            let _ = mem.write_obj(cr2, GuestAddress(gpa));
+        }
+    }
 }
+
+/// Offset of `arch.cr2` in a 64-bit vcpu_info (after the pending and
+/// mask bytes and evtchn_pending_sel).
+const VCPU_INFO_CR2: u64 = 16;
 
 /// Fill the HYPERCALL_PAGE frame with kxen's 32-byte PV stubs
 /// ([`pv_hypercall_stub`]: the number stored to the transport page).

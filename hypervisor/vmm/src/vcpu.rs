@@ -32,6 +32,7 @@ use crate::syscall_bridge::MSR_LSTAR;
 
 pub mod gate;
 pub mod kvm;
+mod pv_exits;
 pub mod pvm;
 pub mod shared;
 pub mod triple_fault;
@@ -121,6 +122,8 @@ enum Deferred {
     PvTrap(u8),
     /// A PV guest's `iret` hypercall.
     PvIret,
+    /// A PV vCPU's `syscall` reached the hypervisor's entry stub.
+    PvSyscall,
     LstarWrite(u64),
     EmulationFailure,
     TripleFault,
@@ -136,6 +139,9 @@ pub struct Vcpu {
     started: bool,
     /// vCPU 0 has reported its first entry.
     entry_noted: bool,
+    /// A PV bounce written from user mode: the kernel L4 and GS base are
+    /// still to be loaded.
+    pending_mode_switch: bool,
 }
 
 impl Vcpu {
@@ -148,6 +154,7 @@ impl Vcpu {
             pvm,
             started: id == 0,
             entry_noted: false,
+            pending_mode_switch: false,
         }
     }
 
@@ -336,6 +343,11 @@ impl Vcpu {
             {
                 return Err(Deferred::PvTrap(data.first().copied().unwrap_or(0)))
             }
+            VcpuExit::MmioWrite(addr, _)
+                if addr == crate::pv::PV_SYSCALL_EXIT_GPA && rt.pv.is_some() =>
+            {
+                return Err(Deferred::PvSyscall)
+            }
             VcpuExit::MmioWrite(addr, data) => {
                 let answer = rt.hvm.as_ref().and_then(|d| d.mmio.write(addr, data));
                 match BusWrite::from_bus(answer) {
@@ -402,15 +414,27 @@ impl Vcpu {
     /// The part of an exit that needs the vCPU itself.
     fn finish(&mut self, deferred: Deferred) -> ExitOutcome {
         match deferred {
-            Deferred::Hypercall => {
-                self.hypercall();
-                ExitOutcome::Continue
-            }
+            Deferred::Hypercall => match self.rt.pv.clone() {
+                // A bounce or event delivery that cannot complete after
+                // a PV hypercall crashes the domain, as on Xen.
+                Some(pv) => match self.pv_hypercall(&pv) {
+                    Ok(()) => ExitOutcome::Continue,
+                    Err(msg) => ExitOutcome::Stop(DomainExit::Crashed(msg)),
+                },
+                None => {
+                    self.hypercall();
+                    ExitOutcome::Continue
+                }
+            },
             Deferred::PvTrap(vector) => match self.pv_trap(vector) {
                 Ok(()) => ExitOutcome::Continue,
                 Err(msg) => ExitOutcome::Stop(DomainExit::Crashed(msg)),
             },
             Deferred::PvIret => match self.pv_iret() {
+                Ok(()) => ExitOutcome::Continue,
+                Err(msg) => ExitOutcome::Stop(DomainExit::Crashed(msg)),
+            },
+            Deferred::PvSyscall => match self.pv_syscall() {
                 Ok(()) => ExitOutcome::Continue,
                 Err(msg) => ExitOutcome::Stop(DomainExit::Crashed(msg)),
             },
@@ -463,10 +487,6 @@ impl Vcpu {
     /// Serve the hypercall whose number the guest wrote to the port.
     fn hypercall(&mut self) {
         let (regs, sregs) = (self.kvm.regs(), self.kvm.sregs());
-        if let Some(pv) = self.rt.pv.clone() {
-            self.pv_hypercall(&pv, &regs, &sregs);
-            return;
-        }
         // Xen refuses hypercalls from guest user mode (hvm_hypercall).
         let result = if sregs.ss.dpl != 0 {
             -xen_abi::errno::EPERM
@@ -494,185 +514,6 @@ impl Vcpu {
             }
         };
         self.kvm.regs_mut().rax = result as u64;
-    }
-
-    /// A PV guest's hypercall. Its kernel runs at CPL3, so CPL3 is no
-    /// reason to refuse (this slice has no guest user mode yet: once it
-    /// does, the PV machine's own kernel/user mode decides). The PV MMU
-    /// hypercalls go to the PV machine, every other one to kxen-xen's
-    /// dispatch; always the 64-bit ABI.
-    fn pv_hypercall(
-        &mut self,
-        pv: &crate::pv::PvMachine,
-        regs: &kvm_bindings::kvm_regs,
-        sregs: &kvm_bindings::kvm_sregs,
-    ) {
-        let call = Call::native(
-            regs.rax & 0xffff_ffff,
-            [regs.rdi, regs.rsi, regs.rdx, regs.r10, regs.r8],
-        );
-        let paging = self.kvm.paging_regs_from(sregs);
-        let served = self.kvm.with_guest(&self.rt.memory, paging, |g| {
-            pv.hypercall(self.id, g.mem, g, &call)
-        });
-        let result = match served {
-            Some((ret, effects)) => {
-                self.apply_pv_effects(pv, &effects);
-                ret
-            }
-            None => self.kvm.with_mmu(&self.rt.memory, paging, |mmu| {
-                self.rt.domain.hypercall(self.id, mmu, call)
-            }),
-        };
-        self.kvm.regs_mut().rax = result as u64;
-    }
-
-    /// A PV exception reached its CPL0 exit stub: bounce it to the
-    /// handler the kernel registered (Xen's create_bounce_frame, in
-    /// kxen-pv), writing the frame on the kernel's stack through its page
-    /// tables at CPL3 and resuming the kernel at CPL3 in the handler. An
-    /// unhandled vector, or a frame that cannot be written, crashes the
-    /// domain as on Xen. `Err` is the crash message.
-    fn pv_trap(&mut self, vector: u8) -> Result<(), String> {
-        let pv = self
-            .rt
-            .pv
-            .clone()
-            .ok_or("PV trap exit in a non-PV domain")?;
-        let (regs, sregs) = (self.kvm.regs(), self.kvm.sregs());
-        let mem = self.rt.memory.snapshot();
-        let hw = crate::pv::read_hardware_frame(&mem, vector, regs.rsp)
-            .filter(|hw| hw.cs & 3 == 3)
-            .ok_or_else(|| {
-                format!(
-                    "PV vCPU {}: exception {vector} taken in the hypervisor's stub \
-                     (rip {:#x}, rsp {:#x}): not from the PV kernel",
-                    self.id, regs.rip, regs.rsp
-                )
-            })?;
-        let bounce = pv
-            .bounce(&mem, self.id, vector, &hw, regs.rcx, regs.r11)
-            .map_err(|e| {
-                format!(
-                    "PV vCPU {}: exception {vector} at rip {:#x} (error code {:?}): {e}; \
-                     the domain crashes, as on Xen",
-                    self.id, hw.rip, hw.error_code
-                )
-            })?;
-        let mut paging = self.kvm.paging_regs_from(&sregs);
-        paging.cpl = 3;
-        let frame = bounce.frame_bytes();
-        self.kvm
-            .with_guest(&self.rt.memory, paging, |g| {
-                g.write(bounce.frame_va, &frame)
-            })
-            .map_err(|_| {
-                format!(
-                    "PV vCPU {}: exception {vector}: the bounce frame at {:#x} cannot be \
-                     written (the kernel stack is not mapped writable); the domain crashes",
-                    self.id, bounce.frame_va
-                )
-            })?;
-        pv.set_upcall_mask(&mem, self.id, bounce.upcall_mask);
-        let (cs, ss) = crate::pv::pv_kernel_segments();
-        if !self.kvm.set_code_and_stack(cs, ss) {
-            return Err(format!(
-                "PV vCPU {}: reloading CS/SS after a trap failed",
-                self.id
-            ));
-        }
-        let r = self.kvm.regs_mut();
-        r.rip = bounce.rip;
-        r.rsp = bounce.rsp;
-        r.rflags = bounce.rflags;
-        trace!(
-            vcpu = self.id,
-            vector,
-            rip = hw.rip,
-            handler = bounce.rip,
-            "PV exception bounced"
-        );
-        Ok(())
-    }
-
-    /// The PV `iret` hypercall: the iret context at RSP (pushed by the
-    /// guest and the iret stub), applied as Xen's do_iret. A frame that
-    /// cannot be read crashes the domain, as on Xen. Guest user mode does
-    /// not exist yet: a return to it is refused with a crash. The real
-    /// RFLAGS.IF stays as it was (events are the upcall mask's business).
-    fn pv_iret(&mut self) -> Result<(), String> {
-        let pv = self.rt.pv.clone().ok_or("PV iret in a non-PV domain")?;
-        let regs = self.kvm.regs();
-        let paging = self.kvm.paging_regs();
-        let mut bytes = [0u8; 8 * kxen_pv::IretFrame::WORDS];
-        self.kvm
-            .with_guest(&self.rt.memory, paging, |g| g.read(regs.rsp, &mut bytes))
-            .map_err(|_| {
-                format!(
-                    "PV vCPU {}: iret frame at {:#x} cannot be read; the domain crashes, as on Xen",
-                    self.id, regs.rsp
-                )
-            })?;
-        let mut words = [0u64; kxen_pv::IretFrame::WORDS];
-        for (word, chunk) in words.iter_mut().zip(bytes.chunks_exact(8)) {
-            *word = u64::from_le_bytes(chunk.try_into().unwrap_or_default());
-        }
-        let frame = kxen_pv::IretFrame::from_words(words);
-        let ret = kxen_pv::traps::iret(&frame, pv.has_user_tables(self.id))
-            .map_err(|e| format!("PV vCPU {}: iret: {e}; the domain crashes", self.id))?;
-        if ret.switch_to_user {
-            return Err(format!(
-                "PV vCPU {}: iret to user mode (cs {:#x}) is not supported yet",
-                self.id, ret.cs
-            ));
-        }
-        let mem = self.rt.memory.snapshot();
-        pv.set_upcall_mask(&mem, self.id, ret.upcall_mask);
-        const RFLAGS_IF: u64 = 1 << 9;
-        let r = self.kvm.regs_mut();
-        r.rax = ret.rax;
-        r.rip = ret.rip;
-        r.rsp = ret.rsp;
-        r.rflags = (ret.rflags & !RFLAGS_IF) | (regs.rflags & RFLAGS_IF);
-        if let Some((rcx, r11)) = ret.rcx_r11 {
-            r.rcx = rcx;
-            r.r11 = r11;
-        }
-        Ok(())
-    }
-
-    /// What a PV MMU call asks before the guest resumes. A new base
-    /// pointer is loaded into CR3 (KVM_SET_SREGS). A TLB flush, and the
-    /// flush a base pointer load implies, drop KVM's shadow page tables
-    /// ([`crate::memory::GuestMemory::flush_kvm_shadow_mmu`]): the PV MMU
-    /// writes the guest's tables from user space, which KVM's shadow MMU
-    /// does not see, and neither a CR3 load nor an INVLPG the guest cannot
-    /// issue would resync it. That flush covers every vCPU and every
-    /// address, more than any Xen flush asks, so one does for all scopes.
-    fn apply_pv_effects(&mut self, pv: &crate::pv::PvMachine, effects: &kxen_pv::Effects) {
-        if effects.base_changed {
-            match pv.kernel_cr3(self.id) {
-                Some(cr3) => {
-                    if !self.kvm.set_cr3(cr3) {
-                        warn!(
-                            vcpu = self.id,
-                            cr3, "loading the new PV base pointer failed"
-                        );
-                    }
-                }
-                None => warn!(vcpu = self.id, "PV base pointer changed to none"),
-            }
-        }
-        if effects.flush.is_some() || effects.base_changed {
-            trace!(vcpu = self.id, flush = ?effects.flush, "PV TLB flush");
-            if let Err(e) = self.rt.memory.flush_kvm_shadow_mmu() {
-                // The guest may now reach frames through stale entries.
-                error!(
-                    vcpu = self.id,
-                    "PV TLB flush of KVM's shadow MMU failed: {e}"
-                );
-            }
-        }
     }
 
     fn describe_internal_error(&mut self) -> String {

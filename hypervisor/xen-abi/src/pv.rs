@@ -229,7 +229,57 @@ pub mod hypercall {
     pub const UPDATE_VA_MAPPING_OTHERDOMAIN: u64 = 22;
     /// `mmuext_op(ops, count, done_out, foreigndom)`.
     pub const MMUEXT_OP: u64 = 26;
+    /// `set_trap_table(traps)`.
+    pub const SET_TRAP_TABLE: u64 = 0;
+    /// `stack_switch(ss, sp)`: the kernel stack for bounces from user mode.
+    pub const STACK_SWITCH: u64 = 3;
+    /// `set_callbacks(event, failsafe, syscall)` (the 64-bit form).
+    pub const SET_CALLBACKS: u64 = 4;
+    /// `multicall(calls, count)`.
+    pub const MULTICALL: u64 = 13;
+    /// `iret()`: the frame is on the guest's stack.
+    pub const IRET: u64 = 23;
+    /// `set_segment_base(which, base)`.
+    pub const SET_SEGMENT_BASE: u64 = 25;
+    /// `callback_op(cmd, arg)`.
+    pub const CALLBACK_OP: u64 = 30;
 }
+
+/// `callback_op` commands (public/callback.h).
+pub const CALLBACKOP_REGISTER: u64 = 0;
+pub const CALLBACKOP_UNREGISTER: u64 = 1;
+/// Callback types.
+pub const CALLBACKTYPE_EVENT: u16 = 0;
+pub const CALLBACKTYPE_FAILSAFE: u16 = 1;
+pub const CALLBACKTYPE_SYSCALL: u16 = 2;
+pub const CALLBACKTYPE_SYSENTER_DEPRECATED: u16 = 3;
+pub const CALLBACKTYPE_NMI: u16 = 4;
+pub const CALLBACKTYPE_SYSENTER: u16 = 5;
+pub const CALLBACKTYPE_SYSCALL32: u16 = 7;
+/// Deliver the callback with event upcalls masked.
+pub const CALLBACKF_MASK_EVENTS: u16 = 1 << 0;
+/// Bytes of `struct callback_register` in the 64-bit ABI: `u16 type`,
+/// `u16 flags`, 4 bytes of padding, `u64 address`.
+pub const CALLBACK_REGISTER_SIZE: usize = 16;
+
+/// `set_segment_base` selectors.
+pub const SEGBASE_FS: u64 = 0;
+pub const SEGBASE_GS_USER: u64 = 1;
+pub const SEGBASE_GS_KERNEL: u64 = 2;
+pub const SEGBASE_GS_USER_SEL: u64 = 3;
+
+/// `vcpu_guest_context.flags` bits (public/arch-x86/xen.h).
+pub const VGCF_I387_VALID: u64 = 1 << 0;
+pub const VGCF_IN_KERNEL: u64 = 1 << 2;
+pub const VGCF_FAILSAFE_DISABLES_EVENTS: u64 = 1 << 3;
+pub const VGCF_SYSCALL_DISABLES_EVENTS: u64 = 1 << 4;
+pub const VGCF_ONLINE: u64 = 1 << 5;
+
+/// Xen's flat 64-bit ring-3 selectors beside the 32-bit ones above. The
+/// kernel and user 64-bit selectors are the same: a 64-bit PV vCPU's
+/// mode is the hypervisor's flag, not its CS.
+pub const FLAT_RING3_CS64: u16 = 0xe033;
+pub const FLAT_RING3_SS64: u16 = 0xe02b;
 
 /// `mmu_update` command, in bits 2:0 of `ptr` (entries are 8 bytes, so
 /// the entry address itself never uses them): checked write of one

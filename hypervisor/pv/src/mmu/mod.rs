@@ -97,6 +97,10 @@ pub struct PvMmuConfig {
     /// (e.g. the read-only M2P mapping); the guest's own values there are
     /// overwritten, never validated.
     pub hypervisor_l4_slots: [u64; 16],
+    /// Frames outside the domain's RAM that Xen shares with it and lets
+    /// it map, writable too (shared_info: Xen's `share_xen_page_with_guest`
+    /// pages). They take no type reference and can never be tables.
+    pub shared_frames: Vec<Mfn>,
 }
 
 impl PvMmuConfig {
@@ -109,6 +113,7 @@ impl PvMmuConfig {
             max_vcpus,
             cache_flush_permitted: false,
             hypervisor_l4_slots: [0; 16],
+            shared_frames: Vec::new(),
         }
     }
 }
@@ -324,6 +329,7 @@ impl PvMmu {
         let mfn = entry_mfn(entry);
         match level.child() {
             Some(child) => self.get_type(mem, mfn, FrameType::PageTable(child)),
+            None if self.config.shared_frames.contains(&mfn) => Ok(()),
             None => {
                 let Some(i) = self.frame_index(mfn) else {
                     // Not RAM: Xen's MMIO path, closed to a domain without

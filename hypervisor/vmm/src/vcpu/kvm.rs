@@ -190,6 +190,19 @@ impl KvmVcpu {
         ok
     }
 
+    /// Change the system registers with `change` and load them at once
+    /// (one KVM_SET_SREGS for a PV mode switch: CS/SS, CR3 and the
+    /// segment bases together), keeping the synced copy in step.
+    pub fn update_sregs(&mut self, change: impl FnOnce(&mut kvm_sregs)) -> bool {
+        let mut sregs = self.sregs();
+        change(&mut sregs);
+        let ok = self.fd.set_sregs(&sregs).is_ok();
+        if ok {
+            self.fd.sync_regs_mut().sregs = sregs;
+        }
+        ok
+    }
+
     /// The privilege level the vCPU runs at.
     pub fn cpl(&self) -> u8 {
         self.sregs().ss.dpl
