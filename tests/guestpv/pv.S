@@ -513,6 +513,9 @@ gp_at:
     lea msg_timing3(%rip), %rdi
     call puts
 
+    /* The vCPU's own PV state, events and guest user mode (user.S). */
+    call user_checks
+
     lea msg_bye(%rip), %rdi
     call puts
     movl $SHUTDOWN_POWEROFF, shutdown_reason(%rip)
@@ -719,6 +722,8 @@ puthex:
     pop %rcx
     pop %rdi
     ret
+
+    .include "user.S"
 
     .data
 magic:        .ascii "xen-3.0-x86_64"

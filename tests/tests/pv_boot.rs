@@ -78,7 +78,12 @@ fn tsc_cycles_per_us() -> f64 {
 /// remaps a spare VA between two frames with update_va_mapping (INVLPG,
 /// TLB_FLUSH) and with mmu_update + mmuext_op INVLPG_LOCAL and reads the
 /// new frame through it each time (KVM's shadow page tables must not keep
-/// the old translation), and powers off.
+/// the old translation); registers its callbacks, kernel stack and
+/// segment bases (with their refusals), runs a multicall, takes an IPI
+/// and a timer event through its event callback, gets the failsafe
+/// callback for an iret the CPU would refuse, and runs a user process in
+/// its own L4 (syscalls, a demand page fault, its death on touching the
+/// kernel or the hypercall transport); and powers off.
 #[test]
 fn pv_kernel_boots_at_cpl3_and_serves_hypercalls() {
     let run = boot_pv_guest("full", &[]);
@@ -111,6 +116,31 @@ fn pv_kernel_boots_at_cpl3_and_serves_hypercalls() {
         "PASS int3 frame: CS 0xe030 with upcall mask 1 in bits 32-39, IF clear, RSP",
         "PASS ud2 bounced: frame RIP at the ud2, handler stepped past it",
         "PASS out at CPL3 bounced as #GP: error code 0, RIP at the out",
+        "PASS shared_info mapped with update_va_mapping; vCPU 0's upcall mask reads 1",
+        "PASS set_callbacks(event, failsafe, syscall)",
+        "PASS CALLBACKOP_register syscall and failsafe, masking events",
+        "PASS CALLBACKOP_register with a non-canonical address is -EINVAL",
+        "PASS CALLBACKOP_register of an unknown type is -ENOSYS",
+        "PASS CALLBACKOP_unregister of the event callback is -EINVAL",
+        "PASS callback_op with an unmapped argument is -EFAULT",
+        "PASS stack_switch to the kernel stack",
+        "PASS set_trap_table adds #PF",
+        "PASS set_segment_base GS (kernel) and FS: %gs:8 and %fs:8 read through them",
+        "PASS set_segment_base of an unknown register is -EINVAL",
+        "PASS set_segment_base with a non-canonical base is -EINVAL",
+        "PASS multicall: xen_version, update_va_mapping (V reads B), nested multicall -EINVAL",
+        "PASS multicall with an unmapped array is -EFAULT",
+        "PASS EVTCHNOP_bind_ipi and unmask",
+        "PASS event upcall: EVTCHNOP_send to ourselves reaches the event callback on its return",
+        "PASS VIRQ_TIMER + set_timer_op + SCHEDOP_block: block returns and the timer event is delivered",
+        "PASS iret to CS 0x1233 takes the failsafe callback with the refused frame",
+        "PASS user L4 built with mmu_update, pinned, NEW_USER_BASEPTR, program copied",
+        "PASS user mode: syscalls bounced to the syscall callback (CS 0xe033) and returned",
+        "PASS user mode: page fault (error code 6) served on demand and retried",
+        "PASS user mode cannot read kernel mappings: #PF (error code 4), process killed",
+        "PASS user mode store to the hypercall transport: #PF (error code 7), process killed",
+        "PASS user mode: every probe fault bounced and returned",
+        "PASS event upcall loop: every send delivered",
         "done, powering off",
     ] {
         assert!(lines.contains(&check), "missing {check:?}\n{t}");
@@ -147,6 +177,22 @@ fn pv_kernel_boots_at_cpl3_and_serves_hypercalls() {
         (
             "update_va_mapping INVLPG calls: ",
             "PV update_va_mapping with UVMF_INVLPG (a remap and a shadow MMU flush)",
+        ),
+        (
+            "user syscall round trips: ",
+            "PV user syscall (bounce to the syscall callback, iret with VGCF_in_syscall, two L4 switches)",
+        ),
+        (
+            "user page fault round trips: ",
+            "PV user page fault (bounce to the #PF handler, iret back to user mode)",
+        ),
+        (
+            "event upcalls (send + callback + iret): ",
+            "PV event upcall (EVTCHNOP_send to itself, event callback, iret)",
+        ),
+        (
+            "NEW_BASEPTR calls: ",
+            "PV CR3 switch (mmuext_op NEW_BASEPTR, with the shadow MMU flush it implies)",
         ),
     ] {
         let (calls, cycles) = timing_line(&lines, prefix)

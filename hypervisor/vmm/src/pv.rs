@@ -259,11 +259,21 @@ fn write_trap_pages(mem: &GuestMemoryMmap) -> Result<(), PvSetupError> {
             (trap_page_gfn(STACK_PAGE) << 12) | present_rw | PTE_NX,
         ),
         (TRAP_EXIT_PAGE, PV_TRAP_EXIT_GPA | present_rw | PTE_NX),
+        // User-accessible, unlike the rest: on PVM hosts `syscall` from
+        // CPL3 enters LSTAR still at CPL3 (measured: the stub's fetch
+        // from a supervisor-only page was a user-mode #PF). Nothing is
+        // gained by jumping to the stub or storing to its exit page
+        // directly: kxen-vmm treats either as that vCPU's `syscall` with
+        // the RCX/R11 it finds. On VT-x the stub runs at CPL0, which may
+        // use a user page (no SMEP/SMAP in a PV vCPU's CR4).
         (
             ENTRY_STUB_PAGE,
-            (trap_page_gfn(ENTRY_STUB_PAGE) << 12) | 0x1 | PTE_ACCESSED,
+            (trap_page_gfn(ENTRY_STUB_PAGE) << 12) | 0x5 | PTE_ACCESSED,
         ),
-        (SYSCALL_EXIT_PAGE, PV_SYSCALL_EXIT_GPA | present_rw | PTE_NX),
+        (
+            SYSCALL_EXIT_PAGE,
+            PV_SYSCALL_EXIT_GPA | PTE_P_RW_U | PTE_ACCESSED | 0x40 | PTE_NX,
+        ),
         // PCD: device registers are not to be cached.
         (LAPIC_PAGE, LAPIC_BASE_GPA | present_rw | 0x10 | PTE_NX),
     ] {
