@@ -68,6 +68,7 @@
     .globl _start
 _start:
     mov %rsi, %r15                   /* start_info */
+    mov %rsi, start_info_va(%rip)    /* for cons_ring_write */
     /* start_info's magic starts "xen-3.0-x86_64". */
     lea magic(%rip), %rdi
     mov %r15, %rsi
@@ -667,7 +668,8 @@ verdict:
 
 /* puts: the NUL-terminated string at RDI, gathered into a line and
  * written with console_io at each newline (one console_io per line, so
- * that the hypervisor's (dN) prefix starts each line once). */
+ * that the hypervisor's (dN) prefix starts each line once), and to the PV
+ * console ring (cons_ring_write), which kxl console and kxend read. */
 puts:
     push %rdi
     push %rsi
@@ -687,6 +689,7 @@ puts:
     cmp $LINE_MAX, %rsi
     jb 1b
 2:  lea linebuf(%rip), %rdx
+    call cons_ring_write
     mov $CONSOLEIO_WRITE, %edi
     call hypercall_page + HC_CONSOLE_IO * 32
     xor %esi, %esi
@@ -694,6 +697,111 @@ puts:
 3:  mov %rsi, linelen(%rip)
     pop %rcx
     pop %rdx
+    pop %rsi
+    pop %rdi
+    ret
+
+/* ---- The PV console (the ring page named in start_info) ---- */
+    .set HC_EVENT_CHANNEL_OP, 32
+    .set EVTCHNOP_SEND, 4
+    .set SI_CONSOLE_MFN, 72          /* start_info.console.domU.mfn */
+    .set SI_CONSOLE_EVTCHN, 80       /* start_info.console.domU.evtchn */
+    .set XENCONS_OUT, 0x400          /* struct xencons_interface.out */
+    .set XENCONS_OUT_SIZE, 2048
+    .set XENCONS_OUT_CONS, 0xc08
+    .set XENCONS_OUT_PROD, 0xc0c
+    .set CONS_WAIT_CYCLES, 0x100000000 /* about 1.5 s at 2-3 GHz */
+
+/* cons_ring_write: the RSI bytes at RDX into the console ring's output
+ * half, then EVTCHNOP_send on the console's event channel so the backend
+ * reads them. The ring frame is mapped by the bootstrap mapping (identity
+ * P2M: VIRT_BASE + mfn * 4096). A full ring gets a notification and is
+ * waited on for at most CONS_WAIT_CYCLES; if the backend never makes
+ * room, the ring is given up (console_io keeps every line) with a FAIL
+ * line on console_io. Keeps every register. */
+cons_ring_write:
+    push %rax
+    push %rcx
+    push %rdx
+    push %rsi
+    push %rdi
+    push %r8
+    push %r9
+    push %r10
+    cmpb $0, cons_dead(%rip)
+    jne 9f
+    mov start_info_va(%rip), %r8
+    mov SI_CONSOLE_MFN(%r8), %rax
+    cmp SI_NR_PAGES(%r8), %rax       /* a frame outside our RAM: no ring */
+    jae 9f
+    shl $12, %rax
+    mov $VIRT_BASE, %rcx
+    add %rcx, %rax
+    mov %rax, %r8                    /* the ring */
+    mov %rdx, %rdi                   /* next byte */
+    mov %rsi, %r10                   /* bytes left */
+1:  test %r10, %r10
+    jz 5f
+    mov XENCONS_OUT_PROD(%r8), %r9d
+    mov %r9d, %eax
+    sub XENCONS_OUT_CONS(%r8), %eax
+    cmp $XENCONS_OUT_SIZE, %eax
+    jb 4f
+    /* Full: wake the backend, then wait for it to consume. */
+    call cons_notify
+    rdtsc
+    shl $32, %rdx
+    or %rax, %rdx
+    movabs $CONS_WAIT_CYCLES, %rsi
+    add %rdx, %rsi                   /* deadline */
+2:  pause
+    mov XENCONS_OUT_PROD(%r8), %eax
+    sub XENCONS_OUT_CONS(%r8), %eax
+    cmp $XENCONS_OUT_SIZE, %eax
+    jb 1b
+    rdtsc
+    shl $32, %rdx
+    or %rax, %rdx
+    cmp %rsi, %rdx
+    jb 2b
+    movb $1, cons_dead(%rip)
+    mov $CONSOLEIO_WRITE, %edi
+    mov $(msg_cons_full_end - msg_cons_full), %esi
+    lea msg_cons_full(%rip), %rdx
+    call hypercall_page + HC_CONSOLE_IO * 32
+    jmp 9f
+4:  mov %r9d, %eax
+    and $(XENCONS_OUT_SIZE - 1), %eax
+    movzbl (%rdi), %ecx
+    mov %cl, XENCONS_OUT(%r8,%rax)
+    /* x86 keeps stores in order: the byte is visible before the index. */
+    inc %r9d
+    mov %r9d, XENCONS_OUT_PROD(%r8)
+    inc %rdi
+    dec %r10
+    jmp 1b
+5:  call cons_notify
+9:  pop %r10
+    pop %r9
+    pop %r8
+    pop %rdi
+    pop %rsi
+    pop %rdx
+    pop %rcx
+    pop %rax
+    ret
+
+/* cons_notify: EVTCHNOP_send on start_info's console event channel.
+ * Keeps every register but RAX. */
+cons_notify:
+    push %rdi
+    push %rsi
+    mov start_info_va(%rip), %rax
+    mov SI_CONSOLE_EVTCHN(%rax), %eax
+    mov %eax, cons_send_port(%rip)
+    mov $EVTCHNOP_SEND, %edi
+    lea cons_send_port(%rip), %rsi
+    call hypercall_page + HC_EVENT_CHANNEL_OP * 32
     pop %rsi
     pop %rdi
     ret
@@ -813,6 +921,13 @@ mmu_req_val:  .quad 0
 pte_a:        .quad 0
 pte_b:        .quad 0
 msg_shutdown_returned: .asciz "kxen-pv-guest: FAIL SCHEDOP_shutdown returned\n"
+msg_cons_full: .ascii "kxen-pv-guest: FAIL the PV console ring stayed full; "
+              .ascii "giving it up\n"
+msg_cons_full_end:
+    .balign 8
+start_info_va: .quad 0
+cons_send_port: .long 0              /* struct evtchn_send */
+cons_dead:    .byte 0
     .balign 8
 linelen:      .quad 0
 linebuf:      .fill 256, 1, 0

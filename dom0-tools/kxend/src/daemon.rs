@@ -68,8 +68,10 @@ pub struct LaunchSpec {
     pub memory_mib: u64,
     pub maxmem_mib: u64,
     pub vcpus: u32,
-    /// HVM: Linux boot protocol and emulated devices instead of PVH.
-    pub hvm: bool,
+    /// How kxen-vmm boots the kernel: PVH (its PHYS32_ENTRY), HVM (Linux
+    /// boot protocol, emulated devices) or classic PV (the PV domain
+    /// builder, the kernel deprivileged).
+    pub guest_type: GuestType,
     /// HVM: the Xen platform PCI device and Xen CPUID leaves.
     pub xen_platform_pci: bool,
     /// HVM: virtio-mmio slots (`--virtio blk|net`): the config's disks,
@@ -87,10 +89,17 @@ impl LaunchSpec {
                 DomainType::Hvm => {
                     "the config has no kernel (kxen boots HVM guests by direct kernel boot: set kernel=)"
                 }
-                _ => "the config has no kernel (kxen boots PVH kernels directly)",
+                DomainType::Pvh => "the config has no kernel (kxen boots PVH kernels directly)",
+                DomainType::Pv => {
+                    "the config has no kernel (kxen boots PV kernels directly, without a bootloader)"
+                }
             })?;
-        let hvm = config.domain_type == DomainType::Hvm;
-        let virtio: Vec<VirtioKind> = if hvm {
+        let guest_type = match config.domain_type {
+            DomainType::Hvm => GuestType::Hvm,
+            DomainType::Pvh => GuestType::Pvh,
+            DomainType::Pv => GuestType::Pv,
+        };
+        let virtio: Vec<VirtioKind> = if guest_type == GuestType::Hvm {
             let disks = config.disks.iter().map(|_| VirtioKind::Blk);
             disks
                 .chain(config.vifs.iter().map(|_| VirtioKind::Net))
@@ -112,10 +121,16 @@ impl LaunchSpec {
             memory_mib: config.memory,
             maxmem_mib: config.maxmem.max(config.memory),
             vcpus: config.vcpus.max(1),
-            hvm,
+            guest_type,
             xen_platform_pci: config.xen_platform_pci,
             virtio,
         })
+    }
+
+    /// An HVM domain: its disks and vifs are virtio devices, its main
+    /// console the serial line.
+    pub fn is_hvm(&self) -> bool {
+        self.guest_type == GuestType::Hvm
     }
 
     /// kxen-vmm's arguments for domain `domid`: paused, its console,
@@ -133,8 +148,8 @@ impl LaunchSpec {
         args.paused = true;
         args.control_socket = Some(control.to_path_buf());
         args.exit_file = Some(exit_file.to_path_buf());
-        if self.hvm {
-            args.guest_type = GuestType::Hvm;
+        args.guest_type = self.guest_type;
+        if self.is_hvm() {
             args.serial = SerialMode::Dom0;
             args.xen_platform_pci = self.xen_platform_pci;
             args.virtio = self.virtio.clone();
@@ -361,9 +376,25 @@ disk = [ "/a.img,raw,xvda,rw", "/b.img,raw,xvdb,ro" ]
         assert_eq!(parsed.guest_type, GuestType::Hvm);
         assert!(parsed.paused);
         assert_eq!(parsed.domid, 7);
-        // PVH domains keep their PV devices.
-        let s = spec("name = \"p\"\nkernel = \"/k\"\ndisk = [ \"/a.img,raw,xvda,rw\" ]\n").unwrap();
-        assert!(s.virtio.is_empty());
+        // PV and PVH domains keep their PV devices. No type is xl's
+        // default, classic PV, and kxen-vmm is told so.
+        for (type_line, guest_type) in [
+            ("", GuestType::Pv),
+            ("type = \"pv\"\n", GuestType::Pv),
+            ("type = \"pvh\"\n", GuestType::Pvh),
+        ] {
+            let s = spec(&format!(
+                "name = \"p\"\n{type_line}kernel = \"/k\"\ndisk = [ \"/a.img,raw,xvda,rw\" ]\n"
+            ))
+            .unwrap();
+            assert!(s.virtio.is_empty());
+            let args = s.vmm_args(7, Path::new("/run/7.sock"), Path::new("/run/7.exit"));
+            let mut argv = vec![std::ffi::OsString::from("kxen-vmm")];
+            argv.extend(args.to_args());
+            let parsed = <LaunchArgs as clap::Parser>::try_parse_from(argv).unwrap();
+            assert_eq!(parsed.guest_type, guest_type, "{type_line:?}");
+            assert_eq!(parsed.serial, SerialMode::Stdio);
+        }
         let many: Vec<String> = (0..9)
             .map(|i| format!("\"/d{i},raw,xvd{},rw\"", (b'a' + i) as char))
             .collect();

@@ -32,14 +32,9 @@ pub enum CreateError {
     /// too many devices, a bad vif).
     #[error("{0}")]
     Config(String),
-    /// A PV kernel: kxen does not run classic PV domains yet.
-    #[error("type \"pv\" (xl's default when no type is given) is not supported yet: {kernel} is a PV kernel{advice}")]
-    PvUnsupported {
-        kernel: String,
-        advice: &'static str,
-    },
-    /// The kernel cannot boot as a PV guest at all (no PV notes, or only
-    /// PVH's, or a broken image); the loader's words say which.
+    /// The kernel cannot boot as a classic PV guest (no PV notes, or only
+    /// PVH's, or a broken image); the PV builder's words say which, and
+    /// for a PVH-only kernel they name `type = "pvh"`.
     #[error("type \"pv\": kernel {kernel}: {reason}")]
     NotPvKernel { kernel: String, reason: String },
     #[error("{key} = {mib} MiB is out of range: kxen runs guests of {MIN_MEMORY_MIB} to {MAX_MEMORY_MIB} MiB")]
@@ -110,10 +105,6 @@ fn readable_file(what: &'static str, path: &str) -> Result<(), CreateError> {
 /// Everything kxend can check about a domain before starting its VMM,
 /// except the name (the caller holds the domain table).
 pub fn check(config: &DomainConfig, spec: &LaunchSpec) -> Result<(), CreateError> {
-    if config.domain_type == DomainType::Pv {
-        readable_file("kernel", &spec.kernel)?;
-        return Err(pv_refusal(&spec.kernel));
-    }
     for (key, mib) in [("memory", spec.memory_mib), ("maxmem", spec.maxmem_mib)] {
         if !(MIN_MEMORY_MIB..=MAX_MEMORY_MIB).contains(&mib) {
             return Err(CreateError::Memory { key, mib });
@@ -123,6 +114,9 @@ pub fn check(config: &DomainConfig, spec: &LaunchSpec) -> Result<(), CreateError
         return Err(CreateError::Vcpus(spec.vcpus));
     }
     readable_file("kernel", &spec.kernel)?;
+    if config.domain_type == DomainType::Pv {
+        pv_kernel(&spec.kernel)?;
+    }
     if let Some(ramdisk) = &spec.ramdisk {
         readable_file("ramdisk", ramdisk)?;
     }
@@ -132,37 +126,28 @@ pub fn check(config: &DomainConfig, spec: &LaunchSpec) -> Result<(), CreateError
     Ok(())
 }
 
-/// Why a PV domain cannot be created: what kind of kernel it names decides
-/// the advice (libxl would boot a PV kernel; kxen cannot yet).
-fn pv_refusal(kernel: &str) -> CreateError {
+/// Whether `kernel` can boot as a classic PV guest, checked with the PV
+/// domain builder's own parser before a VMM is started: a kernel without
+/// PV notes (the common mistake: a PVH kernel in a cfg without `type`,
+/// which xl reads as pv) gets the builder's reason in one line.
+fn pv_kernel(kernel: &str) -> Result<(), CreateError> {
     use kxen_loader::pv::{bzimage::MAX_KERNEL_SIZE, PvKernel};
-    let unreadable = |reason: String| CreateError::Unreadable {
-        what: "kernel",
-        path: kernel.to_string(),
-        reason,
-    };
     let mut image = Vec::new();
     let read = std::fs::File::open(kernel).and_then(|f| {
         use std::io::Read;
         f.take(MAX_KERNEL_SIZE as u64 + 1).read_to_end(&mut image)
     });
-    if let Err(e) = read {
-        return unreadable(describe_io(&e));
-    }
-    match PvKernel::from_image(&image) {
-        Ok(pv) => CreateError::PvUnsupported {
-            kernel: kernel.to_string(),
-            advice: if pv.notes.phys32_entry.is_some() {
-                "; it also carries a PVH entry: set type = \"pvh\""
-            } else {
-                " without a PVH entry: kxen cannot boot it"
-            },
-        },
-        Err(e) => CreateError::NotPvKernel {
+    read.map_err(|e| CreateError::Unreadable {
+        what: "kernel",
+        path: kernel.to_string(),
+        reason: describe_io(&e),
+    })?;
+    PvKernel::from_image(&image)
+        .map(|_| ())
+        .map_err(|e| CreateError::NotPvKernel {
             kernel: kernel.to_string(),
             reason: e.to_string(),
-        },
-    }
+        })
 }
 
 /// Whether a disk's image or device exists (as libxl checks before it

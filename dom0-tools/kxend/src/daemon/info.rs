@@ -191,6 +191,8 @@ pub fn host_info() -> XlInfo {
         threads_per_core: 1,
         cpu_khz: khz,
         virt_caps: VirtCaps {
+            // Classic 64-bit PV (type = "pv") beside PVH/HVM.
+            pv: true,
             hvm: true,
             // KVM's two-dimensional paging on VT-x/SVM; PVM shadows.
             hap: hardware_virt,
@@ -204,7 +206,9 @@ pub fn host_info() -> XlInfo {
         xen_major: 4,
         xen_minor: 17,
         xen_extra: ".0-kxen".into(),
-        xen_caps: "hvm-3.0-x86_32 hvm-3.0-x86_32p hvm-3.0-x86_64".into(),
+        // Xen's order: the PV ABI first, then HVM's. No xen-3.0-x86_32p:
+        // kxen builds 64-bit PV kernels only.
+        xen_caps: "xen-3.0-x86_64 hvm-3.0-x86_32 hvm-3.0-x86_32p hvm-3.0-x86_64".into(),
         xen_scheduler: "kvm".into(),
         xen_pagesize: 4096,
         virt_start: 0xffff_8000_0000_0000,

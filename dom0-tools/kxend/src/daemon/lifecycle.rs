@@ -138,7 +138,7 @@ impl Daemon {
             }
         };
         self.write_domain_nodes(&domain);
-        let plugged = if spec.hvm {
+        let plugged = if spec.is_hvm() {
             self.attach_virtio(&domain)
         } else {
             self.attach_config_devices(&domain)

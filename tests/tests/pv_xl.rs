@@ -1,0 +1,284 @@
+//! Classic PV domains through the toolstack, as a Xen user creates them:
+//! `kxl create` of the PV test kernel (`tests/guestpv/pv.S`) from a cfg
+//! with `type = "pv"` and from one without `type` (xl's default is pv),
+//! with the real kxl, kxend and kxen-vmm. The guest prints its checks on
+//! its PV console (the ring kxend serves) as well as with console_io, and
+//! powers off; kxend applies on_poweroff / on_crash as for any domain.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use kxen_tests::dom0::{show, Dom0};
+use kxen_tests::{assemble_and_link, repo_root, test_guest, GuestArch};
+
+/// How long a domain may take to reach a state `kxl list` shows.
+const STATE_LIMIT: Duration = Duration::from_secs(60);
+/// The guest's last line before SCHEDOP_shutdown(poweroff).
+const DONE: &str = "kxen-pv-guest: done, powering off";
+/// The fewest checks the PV test kernel makes (its PASS lines when this
+/// test was written: the MMU, trap and hypercall checks pv_boot names).
+const MIN_CHECKS: usize = 25;
+
+/// Assemble and link the PV test kernel into `d`'s directory, with
+/// `defsyms` (`NAME=VALUE`) selecting a variant of it.
+fn pv_kernel(d: &Dom0, variant: &str, defsyms: &[&str]) -> String {
+    let src = repo_root().join("tests/guestpv");
+    let dir = d.dir.join(format!("guest-{variant}"));
+    std::fs::create_dir_all(&dir).expect("guest dir");
+    let elf = assemble_and_link(
+        &src.join("pv.S"),
+        &src.join("pv.ld"),
+        &dir,
+        "pv",
+        GuestArch::X86_64,
+        defsyms,
+    );
+    elf.display().to_string()
+}
+
+/// An xl.cfg for the PV test kernel; `type_line` is `type = "pv"` or
+/// empty (no type: xl's default, pv).
+fn write_cfg(d: &Dom0, name: &str, type_line: &str, kernel: &str, extra: &str) -> PathBuf {
+    let path = d.dir.join(format!("{name}.cfg"));
+    std::fs::write(
+        &path,
+        format!("name = \"{name}\"\n{type_line}\nkernel = \"{kernel}\"\nmemory = 64\n{extra}"),
+    )
+    .unwrap();
+    path
+}
+
+/// `kxl list`'s row for `name`: (domid, state flags), if listed.
+fn listed(d: &Dom0, name: &str) -> Option<(u32, String)> {
+    let list = d.ok(&["list"]);
+    list.lines().find_map(|l| {
+        let fields: Vec<&str> = l.split_whitespace().collect();
+        (fields.first() == Some(&name)).then(|| {
+            let domid = fields[1].parse().expect("domid column");
+            (domid, fields[4].to_string())
+        })
+    })
+}
+
+/// Wait until `kxl list` shows `name` in a state with flag `flag`
+/// (`None`: until it is no longer listed).
+fn wait_listed(d: &Dom0, name: &str, flag: Option<char>) {
+    let start = Instant::now();
+    loop {
+        let row = listed(d, name);
+        let reached = match (flag, &row) {
+            (None, None) => true,
+            (Some(f), Some((_, state))) => state.contains(f),
+            _ => false,
+        };
+        if reached {
+            return;
+        }
+        // Gone while a state was awaited: it will not come back (no cfg
+        // here restarts a domain).
+        assert!(
+            flag.is_none() || row.is_some(),
+            "{name} went away instead of reaching {flag:?}; console:\n{}\nhypervisor log:\n{}",
+            d.console_log(name),
+            d.ok(&["dmesg"])
+        );
+        assert!(
+            start.elapsed() < STATE_LIMIT,
+            "{name} never reached {flag:?} in kxl list (last row {row:?}); console:\n{}\nhypervisor log:\n{}",
+            d.console_log(name),
+            d.ok(&["dmesg"])
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The `(dN) ` console_io lines of domain `domid` in its VMM log, without
+/// the prefix.
+fn console_io_lines(d: &Dom0, domid: u32, name: &str) -> Vec<String> {
+    let log = std::fs::read_to_string(d.dir.join(format!("state/logs/vmm-{domid}-{name}.log")))
+        .unwrap_or_default();
+    let prefix = format!("(d{domid}) ");
+    log.lines()
+        .filter_map(|l| l.strip_prefix(&prefix))
+        .map(str::to_string)
+        .collect()
+}
+
+/// The guest's checks, read from its PV console: every one passed, there
+/// are at least MIN_CHECKS, and the PV console carries every line the
+/// guest also wrote with console_io (the ring lost nothing).
+fn assert_checks_passed(d: &Dom0, name: &str, domid: u32) {
+    let console = d.console_log(name);
+    let lines: Vec<&str> = console.lines().map(str::trim_end).collect();
+    let failed: Vec<_> = lines.iter().filter(|l| l.contains(": FAIL")).collect();
+    assert!(
+        failed.is_empty(),
+        "{name}: failed checks {failed:?}\n{console}"
+    );
+    let passed = lines
+        .iter()
+        .filter(|l| l.starts_with("kxen-pv-guest: PASS "))
+        .count();
+    assert!(
+        passed >= MIN_CHECKS,
+        "{name}: {passed} PASS lines on the PV console, expected at least {MIN_CHECKS}\n{console}"
+    );
+    assert!(
+        lines.contains(&"kxen-pv-guest: hello from CPL3"),
+        "{console}"
+    );
+    let io = console_io_lines(d, domid, name);
+    let io: Vec<&str> = io.iter().map(|l| l.trim_end()).collect();
+    assert_eq!(
+        lines, io,
+        "{name}: the PV console and console_io differ\nPV console:\n{console}"
+    );
+}
+
+/// `kxl create` of the PV test kernel from a cfg with `type = "pv"` and
+/// from one with no `type`: each is listed as a paused PV domain (`kxl
+/// list`, and `"type": "pv"` in `kxl list -l`), runs once unpaused, prints
+/// all its checks on its PV console, and powers off, after which kxend
+/// applies on_poweroff (preserve: listed as shut down, then destroyed;
+/// the default destroy: gone).
+#[test]
+fn kxl_creates_pv_domains_with_and_without_type() {
+    let d = Dom0::new("pvxl");
+    let kernel = pv_kernel(&d, "full", &[]);
+    for (name, type_line, on_poweroff) in [
+        ("pvtyped", "type = \"pv\"", "on_poweroff = \"preserve\"\n"),
+        ("pvdefault", "", ""),
+    ] {
+        let cfg = write_cfg(&d, name, type_line, &kernel, on_poweroff);
+        let cfg = cfg.to_str().unwrap();
+        d.ok(&["create", "-p", cfg]);
+        let (domid, state) =
+            listed(&d, name).unwrap_or_else(|| panic!("{name} not listed after create -p"));
+        assert!(state.contains('p'), "{name} not paused: {state}");
+
+        let long: serde_json::Value =
+            serde_json::from_str(&d.ok(&["list", "-l", name])).expect("list -l is JSON");
+        let config = &long[0]["config"];
+        assert_eq!(long[0]["domid"], domid, "{long}");
+        assert_eq!(config["c_info"]["type"], "pv", "{long}");
+        assert!(config["b_info"].get("type.pv").is_some(), "{long}");
+
+        d.ok(&["unpause", name]);
+        d.wait_console(name, DONE);
+        match on_poweroff {
+            "" => wait_listed(&d, name, None),
+            _ => wait_listed(&d, name, Some('s')),
+        }
+        assert_checks_passed(&d, name, domid);
+        let action = if on_poweroff.is_empty() {
+            "destroy"
+        } else {
+            "preserve"
+        };
+        let dmesg = d.ok(&["dmesg"]);
+        assert!(
+            dmesg.contains(&format!(
+                "domain {domid} ({name}) shutdown: poweroff; on_poweroff = {action}"
+            )),
+            "{dmesg}"
+        );
+        if action == "preserve" {
+            d.ok(&["destroy", name]);
+            wait_listed(&d, name, None);
+        }
+    }
+}
+
+/// The PV kernel that takes an exception it registered no handler for
+/// (the UNHANDLED_TRAP variant: #DE) crashes; kxend applies on_crash
+/// (preserve: listed as crashed). A paused PV domain is destroyed with
+/// `kxl destroy` before it ever ran.
+#[test]
+fn pv_crash_and_destroy_follow_the_cfg() {
+    let d = Dom0::new("pvxlcrash");
+    let kernel = pv_kernel(&d, "unhandled", &["UNHANDLED_TRAP=1"]);
+    let cfg = write_cfg(
+        &d,
+        "pvcrash",
+        "type = \"pv\"",
+        &kernel,
+        "on_crash = \"preserve\"\n",
+    );
+    d.ok(&["create", cfg.to_str().unwrap()]);
+    wait_listed(&d, "pvcrash", Some('c'));
+    let console = d.console_log("pvcrash");
+    assert!(
+        console.contains("kxen-pv-guest: PASS set_trap_table registers #BP #UD #GP"),
+        "{console}"
+    );
+    assert!(!console.contains("after the #DE"), "{console}");
+    assert!(!console.contains(DONE), "{console}");
+    let dmesg = d.ok(&["dmesg"]);
+    assert!(
+        dmesg.lines().any(|l| l.contains("(pvcrash) crashed: ")
+            && l.contains("no handler registered for vector 0")
+            && l.ends_with("; on_crash = preserve")),
+        "{dmesg}"
+    );
+    d.ok(&["destroy", "pvcrash"]);
+    wait_listed(&d, "pvcrash", None);
+
+    let cfg = write_cfg(&d, "pvpaused", "", &kernel, "");
+    d.ok(&["create", "-p", cfg.to_str().unwrap()]);
+    let (_, state) = listed(&d, "pvpaused").expect("pvpaused listed");
+    assert!(state.contains('p'), "{state}");
+    d.ok(&["destroy", "pvpaused"]);
+    assert_eq!(listed(&d, "pvpaused"), None);
+    // It never ran: nothing on its console.
+    assert!(!d.console_log("pvpaused").contains("kxen-pv-guest"));
+}
+
+/// A kernel that carries only the PVH entry note, in a cfg without `type`
+/// (xl's default, pv) or with `type = "pv"`: `kxl create` fails with xl's
+/// status 1 and one line naming the missing PV notes and `type = "pvh"`,
+/// and leaves no domain behind.
+#[test]
+fn pvh_only_kernel_as_pv_is_refused_with_advice() {
+    let d = Dom0::new("pvxlrefuse");
+    let guest = test_guest().display().to_string();
+    for (name, type_line) in [("notype", ""), ("typed", "type = \"pv\"")] {
+        let cfg = write_cfg(&d, name, type_line, &guest, "");
+        let cfg = cfg.to_str().unwrap();
+        let out = d.kxl(&["create", cfg]);
+        assert_eq!(out.status.code(), Some(1), "{}", show(&out));
+        assert_eq!(
+            String::from_utf8_lossy(&out.stderr),
+            format!(
+                "Parsing config from {cfg}\nkxl: domain {name}: type \"pv\": kernel {guest}: \
+                 this kernel carries only PVH notes (XEN_ELFNOTE_PHYS32_ENTRY) and no PV notes \
+                 (ENTRY, VIRT_BASE, GUEST_OS); use type = \"pvh\"\n"
+            ),
+            "{}",
+            show(&out)
+        );
+        assert_eq!(listed(&d, name), None);
+    }
+}
+
+/// `kxl info` offers classic PV beside HVM, as Xen does: xen_caps starts
+/// with `xen-3.0-x86_64`, and virt_caps names pv.
+#[test]
+fn kxl_info_lists_the_pv_abi() {
+    let d = Dom0::new("pvxlinfo");
+    let info = d.ok(&["info"]);
+    let field = |key: &str| {
+        info.lines()
+            .find_map(|l| {
+                let (k, v) = l.split_once(':')?;
+                (k.trim() == key).then(|| v.trim().to_string())
+            })
+            .unwrap_or_else(|| panic!("no {key} in kxl info:\n{info}"))
+    };
+    let caps = field("xen_caps");
+    let caps: Vec<&str> = caps.split_whitespace().collect();
+    assert_eq!(caps.first(), Some(&"xen-3.0-x86_64"), "{info}");
+    assert!(caps.contains(&"hvm-3.0-x86_64"), "{info}");
+    assert!(!caps.contains(&"xen-3.0-x86_32p"), "{info}");
+    let virt = field("virt_caps");
+    assert!(virt.split_whitespace().any(|c| c == "pv"), "{info}");
+}
