@@ -513,6 +513,8 @@ gp_at:
     lea msg_timing3(%rip), %rdi
     call puts
 
+    call emulate_checks
+
     lea msg_bye(%rip), %rdi
     call puts
     movl $SHUTDOWN_POWEROFF, shutdown_reason(%rip)
@@ -719,6 +721,8 @@ puthex:
     pop %rcx
     pop %rdi
     ret
+
+    .include "emulate.S"
 
     .data
 magic:        .ascii "xen-3.0-x86_64"

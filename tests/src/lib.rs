@@ -291,8 +291,12 @@ pub fn assemble_and_link(
     };
     let obj = dir.join(format!("{stem}.o"));
     let elf = dir.join(format!("{stem}.elf"));
+    // `.include` finds the source's sibling files (tests/guestpv/emulate.S).
+    let include_dir = asm.parent().unwrap_or(Path::new("."));
     let ok = Command::new("as")
         .arg(as_flag)
+        .arg("-I")
+        .arg(include_dir)
         .args(defsyms.iter().flat_map(|d| ["--defsym", d]))
         .arg("-o")
         .arg(&obj)

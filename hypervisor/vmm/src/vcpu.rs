@@ -32,6 +32,7 @@ use crate::syscall_bridge::MSR_LSTAR;
 
 pub mod gate;
 pub mod kvm;
+mod pv_emulate;
 pub mod pvm;
 pub mod shared;
 pub mod triple_fault;
@@ -136,6 +137,9 @@ pub struct Vcpu {
     started: bool,
     /// vCPU 0 has reported its first entry.
     entry_noted: bool,
+    /// A PV vCPU's virtual CR0.TS/CR2/CR4, user GS base and IOPL
+    /// (`pv_emulate`); set on its first emulated instruction.
+    pv_virtual: Option<kxen_pv::emulate::VirtualCpu>,
 }
 
 impl Vcpu {
@@ -148,6 +152,7 @@ impl Vcpu {
             pvm,
             started: id == 0,
             entry_noted: false,
+            pv_virtual: None,
         }
     }
 
@@ -534,6 +539,9 @@ impl Vcpu {
     /// unhandled vector, or a frame that cannot be written, crashes the
     /// domain as on Xen. `Err` is the crash message.
     fn pv_trap(&mut self, vector: u8) -> Result<(), String> {
+        if self.pv_emulate(vector)? {
+            return Ok(());
+        }
         let pv = self
             .rt
             .pv
