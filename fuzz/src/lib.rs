@@ -14,6 +14,7 @@ pub use targets::insn_decode::insn_decode;
 pub use targets::migration_stream::migration_stream;
 pub use targets::netif_tx::netif_tx;
 pub use targets::page_walk::page_walk;
+pub use targets::pv_emulate::pv_emulate;
 pub use targets::pv_mmu::pv_mmu;
 pub use targets::pv_notes::pv_notes;
 pub use targets::pvh_note::pvh_note;

@@ -1524,6 +1524,38 @@ fn pv_mmu() {
     replay("pv_mmu", kxen_fuzz::pv_mmu, seeds);
 }
 
+// ---- pv_emulate ---------------------------------------------------------------
+
+/// One pv_emulate input: flags, RIP, RAX, RCX, RDX, RBX, instruction bytes.
+fn emulate_input(flags: u8, regs: [u64; 4], insn: &[u8]) -> Vec<u8> {
+    let mut v = vec![flags];
+    v.extend(le64(0xffff_ffff_8000_1000));
+    for r in regs {
+        v.extend(le64(r));
+    }
+    v.extend(insn);
+    v
+}
+
+#[test]
+fn pv_emulate() {
+    const KERNEL: u8 = 1 | 0x80;
+    const UD: u8 = 2;
+    let forced = [0x0f, 0x0b, b'x', b'e', b'n', 0x0f, 0xa2];
+    let seeds = vec![
+        emulate_input(KERNEL, [0, 0xc000_0100, 0, 0], &[0x0f, 0x32]),
+        emulate_input(KERNEL, [0x1000, 0xc000_0100, 0, 0], &[0x0f, 0x30]),
+        emulate_input(KERNEL, [0, 0, 0, 0x20_000], &[0x0f, 0x22, 0xdb]),
+        emulate_input(KERNEL, [0, 0, 0, 0], &[0x41, 0x0f, 0x20, 0xd9]),
+        emulate_input(KERNEL | (1 << 2), [0, 0, 0xcfc, 0], &[0x66, 0xed]),
+        emulate_input(KERNEL, [0, 0, 0, 0], &[0x0f, 0x06]),
+        emulate_input(KERNEL | UD, [0x4000_0000, 0, 0, 0], &forced),
+        emulate_input(UD | 0x20, [1, 0, 0, 0], &forced),
+        emulate_input(KERNEL, [1, 0, 0, 0], &[0x0f, 0xa2]),
+    ];
+    replay("pv_emulate", kxen_fuzz::pv_emulate, seeds);
+}
+
 // ---- bzimage ----------------------------------------------------------------
 
 /// A bzImage: boot sector, 4 setup sectors, then `payload` at

@@ -514,6 +514,7 @@ gp_at:
     lea msg_timing3(%rip), %rdi
     call puts
 
+    call emulate_checks
     /* The vCPU's own PV state, events and guest user mode (user.S). */
     call user_checks
 
@@ -831,6 +832,7 @@ puthex:
     pop %rdi
     ret
 
+    .include "emulate.S"
     .include "user.S"
 
     .data

@@ -78,12 +78,14 @@ fn tsc_cycles_per_us() -> f64 {
 /// remaps a spare VA between two frames with update_va_mapping (INVLPG,
 /// TLB_FLUSH) and with mmu_update + mmuext_op INVLPG_LOCAL and reads the
 /// new frame through it each time (KVM's shadow page tables must not keep
-/// the old translation); registers its callbacks, kernel stack and
-/// segment bases (with their refusals), runs a multicall, takes an IPI
-/// and a timer event through its event callback, gets the failsafe
-/// callback for an iret the CPU would refuse, and runs a user process in
-/// its own L4 (syscalls, a demand page fault, its death on touching the
-/// kernel or the hypercall transport); and powers off.
+/// the old translation), has its privileged instructions (forced CPUID,
+/// rdmsr/wrmsr, CR access, I/O) emulated or bounced as #GP as Xen does;
+/// registers its callbacks, kernel stack and segment bases (with their
+/// refusals), runs a multicall, takes an IPI and a timer event through
+/// its event callback, gets the failsafe callback for an iret the CPU
+/// would refuse, and runs a user process in its own L4 (syscalls, a
+/// demand page fault, its death on touching the kernel or the hypercall
+/// transport); and powers off.
 #[test]
 fn pv_kernel_boots_at_cpl3_and_serves_hypercalls() {
     let run = boot_pv_guest("full", &[]);
@@ -116,6 +118,24 @@ fn pv_kernel_boots_at_cpl3_and_serves_hypercalls() {
         "PASS int3 frame: CS 0xe030 with upcall mask 1 in bits 32-39, IF clear, RSP",
         "PASS ud2 bounced: frame RIP at the ud2, handler stepped past it",
         "PASS out at CPL3 bounced as #GP: error code 0, RIP at the out",
+        // Privileged instructions emulated as Xen does (tests/guestpv/emulate.S).
+        "PASS set_trap_table for the emulation checks",
+        "PASS forced CPUID 0x40000000: XenVMMXenVMM, leaves up to 0x40000005",
+        "PASS forced CPUID leaf 0 matches the native one",
+        "PASS forced CPUID leaf 1: VMX hidden, HYPERVISOR set",
+        "PASS wrmsr FS_BASE: rdmsr reads it back and %fs: reads through it",
+        "PASS rdmsr EFER has LME|LMA, wrmsr of the same value is accepted",
+        "PASS rdmsr of an unknown MSR bounces #GP(0)",
+        "PASS wrmsr EFER with another value bounces #GP(0)",
+        "PASS mov %cr0: PE and PG set, TS clear",
+        "PASS mov to %cr0 sets TS, clts clears it",
+        "PASS mov %cr4: PAE set",
+        "PASS mov %cr3 is the loaded L4",
+        "PASS mov to %cr3 of the loaded L4 is accepted",
+        "PASS mov to %cr3 of a writable frame bounces #GP(0)",
+        "PASS in $0x71 without I/O privileges bounces #GP(0)",
+        "PASS out $0x80 without I/O privileges bounces #GP(0)",
+        "PASS in (%dx) of 0xcfc without I/O privileges bounces #GP(0)",
         "PASS shared_info mapped with update_va_mapping; vCPU 0's upcall mask reads 1",
         "PASS set_callbacks(event, failsafe, syscall)",
         "PASS CALLBACKOP_register syscall and failsafe, masking events",
@@ -173,6 +193,14 @@ fn pv_kernel_boots_at_cpl3_and_serves_hypercalls() {
         (
             "int3 bounce+iret round trips: ",
             "PV exception (int3 -> CPL0 exit stub -> bounce to the registered handler -> iret hypercall)",
+        ),
+        (
+            "forced CPUID emulations: ",
+            "PV forced-emulation CPUID (ud2 \"xen\" cpuid -> #UD exit stub -> emulated, leaf 0)",
+        ),
+        (
+            "rdmsr FS_BASE emulations: ",
+            "PV rdmsr (FS_BASE) -> #GP exit stub -> emulated",
         ),
         (
             "update_va_mapping INVLPG calls: ",

@@ -8,6 +8,7 @@ pub mod insn_decode;
 pub mod migration_stream;
 pub mod netif_tx;
 pub mod page_walk;
+pub mod pv_emulate;
 pub mod pv_mmu;
 pub mod pv_notes;
 pub mod pvh_note;

@@ -15,6 +15,7 @@
 //! than the domain's frame count.
 
 pub mod effects;
+pub mod emulate;
 pub mod error;
 pub mod memory;
 pub mod mmu;

@@ -757,3 +757,48 @@ pub(crate) fn pv_segment(selector: u16, kind: u8, long: bool) -> kvm_segment {
         padding: 0,
     }
 }
+
+/// What the privileged-instruction emulation (kxen-vmm's
+/// `vcpu::pv_emulate`, kxen-pv's `emulate`) asks of the PV machine.
+impl PvMachine {
+    /// `mov %reg, %cr3` from the kernel: MMUEXT_NEW_BASEPTR to `mfn` on
+    /// `vcpu`, with the effects the vCPU must apply (the new CR3, the
+    /// flush a base load implies).
+    pub fn load_kernel_base(
+        &self,
+        mem: &GuestMemoryMmap,
+        vcpu: u32,
+        mfn: u64,
+    ) -> Result<Effects, kxen_pv::MmuError> {
+        let mut frames = GuestFrames { mem, guest: None };
+        let mut mmu = self.mmu.lock().unwrap_or_else(|e| e.into_inner());
+        let op = MmuextOp {
+            cmd: MMUEXT_NEW_BASEPTR,
+            arg1: mfn,
+            ..Default::default()
+        };
+        let outcome = mmu.mmuext_one(&mut frames, vcpu as usize, op);
+        outcome.result.map(|()| outcome.effects)
+    }
+
+    /// The domain's highest frame (CPUID 0x40000005's machine address
+    /// width).
+    pub fn max_frame(&self) -> u64 {
+        let mmu = self.mmu.lock().unwrap_or_else(|e| e.into_inner());
+        mmu.config().nr_frames.saturating_sub(1)
+    }
+
+    /// Xen's hypercall page MSR for a PV domain: the stubs go into `mfn`
+    /// if it can be a writable page (the domain's, not reserved, not held
+    /// as a page table or descriptor table).
+    pub fn install_hypercall_page_msr(&self, mem: &GuestMemoryMmap, mfn: u64) -> bool {
+        let writable = {
+            let mmu = self.mmu.lock().unwrap_or_else(|e| e.into_inner());
+            mmu.frame(mfn).is_some_and(|info| {
+                !info.reserved
+                    && matches!(info.held_type(), None | Some(kxen_pv::FrameType::Writable))
+            })
+        };
+        writable && fill_hypercall_page(mem, mfn).is_ok()
+    }
+}

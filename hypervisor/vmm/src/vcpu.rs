@@ -32,6 +32,7 @@ use crate::syscall_bridge::MSR_LSTAR;
 
 pub mod gate;
 pub mod kvm;
+mod pv_emulate;
 mod pv_exits;
 pub mod pvm;
 pub mod shared;
@@ -142,6 +143,9 @@ pub struct Vcpu {
     /// A PV bounce written from user mode: the kernel L4 and GS base are
     /// still to be loaded.
     pending_mode_switch: bool,
+    /// A PV vCPU's virtual CR0.TS/CR2/CR4, user GS base and IOPL
+    /// (`pv_emulate`); set on its first emulated instruction.
+    pv_virtual: Option<kxen_pv::emulate::VirtualCpu>,
 }
 
 impl Vcpu {
@@ -155,6 +159,7 @@ impl Vcpu {
             started: id == 0,
             entry_noted: false,
             pending_mode_switch: false,
+            pv_virtual: None,
         }
     }
 

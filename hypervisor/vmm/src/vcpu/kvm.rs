@@ -203,6 +203,25 @@ impl KvmVcpu {
         ok
     }
 
+    /// Load system registers (a PV instruction emulated from the CPL0
+    /// exit stub: CS/SS back to the kernel's, FS/GS bases), written back
+    /// at once as in [`Self::set_cr3`].
+    pub fn set_system_registers(&mut self, sregs: &kvm_sregs) -> bool {
+        let ok = self.fd.set_sregs(sregs).is_ok();
+        if ok {
+            self.fd.sync_regs_mut().sregs = *sregs;
+        }
+        ok
+    }
+
+    /// The vCPU's CPUID table, as KVM holds it.
+    pub fn cpuid_table(&self) -> Option<kvm_bindings::CpuId> {
+        self.fd
+            .get_cpuid2(kvm_bindings::KVM_MAX_CPUID_ENTRIES)
+            .map_err(|e| warn!("KVM_GET_CPUID2: {e}"))
+            .ok()
+    }
+
     /// The privilege level the vCPU runs at.
     pub fn cpl(&self) -> u8 {
         self.sregs().ss.dpl

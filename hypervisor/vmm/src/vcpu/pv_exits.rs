@@ -215,6 +215,10 @@ impl Vcpu {
     /// domain as on Xen. `Err` is the crash message.
     pub(super) fn pv_trap(&mut self, vector: u8) -> Result<(), String> {
         let pv = self.pv_machine()?;
+        // A privileged instruction Xen would emulate is not bounced.
+        if self.pv_emulate(vector)? {
+            return self.pv_deliver_events(&pv);
+        }
         let (regs, sregs) = (self.kvm.regs(), self.kvm.sregs());
         let mem = self.rt.memory.snapshot();
         let hw = pv::read_hardware_frame(&mem, self.id, vector, regs.rsp)
@@ -537,7 +541,7 @@ impl Vcpu {
     /// guest cannot issue would resync it. That flush covers every vCPU
     /// and every address, more than any Xen flush asks, so one does for
     /// all scopes. A live segment base that changed is loaded.
-    fn apply_pv_effects(&mut self, pv: &PvMachine, effects: &Effects) {
+    pub(super) fn apply_pv_effects(&mut self, pv: &PvMachine, effects: &Effects) {
         if effects.base_changed {
             let kernel_mode = self.pv_kernel_mode(pv);
             match pv.mode_cr3(self.id, kernel_mode) {
