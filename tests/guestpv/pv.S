@@ -517,6 +517,8 @@ gp_at:
     call emulate_checks
     /* The vCPU's own PV state, events and guest user mode (user.S). */
     call user_checks
+    /* A second vCPU, started with VCPUOP_initialise (smp.S). */
+    call smp_checks
 
     lea msg_bye(%rip), %rdi
     call puts
@@ -834,6 +836,7 @@ puthex:
 
     .include "emulate.S"
     .include "user.S"
+    .include "smp.S"
 
     .data
 magic:        .ascii "xen-3.0-x86_64"

@@ -40,6 +40,8 @@
     .set EVTCHNOP_BIND_IPI, 7
     .set EVTCHNOP_UNMASK, 9
     .set SCHEDOP_BLOCK, 1
+    .set SCHEDOP_POLL, 3
+    .set BLOCK_ROUNDS, 100
     .set SI_SHARED_INFO, 40
     .set VGCF_IN_SYSCALL, 0x100
     .set USER_CODE_VA, 0x400000
@@ -323,11 +325,20 @@ user_checks:
     call hypercall_page + HC_SET_TIMER_OP * 32
     or %rax, %r13
     movq $0, ev_ports(%rip)
-    mov $SCHEDOP_BLOCK, %edi
+    /* Block returns on any event (the console's too): block again until
+     * the timer's has come, at most BLOCK_ROUNDS times. */
+    mov $BLOCK_ROUNDS, %r14d
+1:  mov $SCHEDOP_BLOCK, %edi
     xor %esi, %esi
     call hypercall_page + HC_SCHED_OP * 32
     or %rax, %r13
-    mov shinfo_va(%rip), %rcx
+    mov ev_ports(%rip), %rsi
+    mov timer_port(%rip), %ecx
+    bt %rcx, %rsi
+    jc 2f
+    dec %r14d
+    jnz 1b
+2:  mov shinfo_va(%rip), %rcx
     movb $1, 1(%rcx)
     mov ev_ports(%rip), %rsi
     mov timer_port(%rip), %ecx
@@ -339,6 +350,50 @@ user_checks:
     movzbl %al, %edi
     lea name_timer_block(%rip), %rbx
     call verdict
+
+    /* SCHEDOP_poll, events masked: the timer's port, pending again 2 ms
+     * on, ends the poll (its 1 s timeout would too, returning 0 all
+     * the same; the pending bit tells them apart). Then its refusals. */
+    mov shinfo_va(%rip), %rcx
+    mov timer_port(%rip), %eax
+    lock btr %rax, 2048(%rcx)
+    mov 48(%rcx), %rdi
+    add $2000000, %rdi
+    call hypercall_page + HC_SET_TIMER_OP * 32
+    mov %rax, %r13
+    mov shinfo_va(%rip), %rcx
+    mov 48(%rcx), %rax
+    add $1000000000, %rax
+    mov %rax, poll_timeout(%rip)
+    lea timer_port(%rip), %rax
+    mov %rax, poll_ports(%rip)
+    movl $1, poll_nr(%rip)
+    mov $SCHEDOP_POLL, %edi
+    lea poll_ports(%rip), %rsi
+    call hypercall_page + HC_SCHED_OP * 32
+    or %rax, %r13
+    mov shinfo_va(%rip), %rcx
+    mov timer_port(%rip), %eax
+    bt %rax, 2048(%rcx)
+    setc %al
+    test %r13, %r13
+    sete %dl
+    and %dl, %al
+    movzbl %al, %edi
+    mov %r13, %rsi
+    lea name_poll(%rip), %rbx
+    call verdict
+    movl $129, poll_nr(%rip)
+    mov $SCHEDOP_POLL, %edi
+    lea poll_ports(%rip), %rsi
+    call hypercall_page + HC_SCHED_OP * 32
+    expect_rax -EINVAL, name_poll_many
+    movl $1, poll_nr(%rip)
+    movq $0x1000, poll_ports(%rip)
+    mov $SCHEDOP_POLL, %edi
+    lea poll_ports(%rip), %rsi
+    call hypercall_page + HC_SCHED_OP * 32
+    expect_rax -EFAULT, name_poll_efault
 
     /* ---- failsafe: iret to CS 0x1233, which the CPU would refuse ---- */
     movq $0, fs_count(%rip)
@@ -809,6 +864,10 @@ ipi_port:     .long 0
 timer_port:   .long 0
               .long 0
 ev_count:     .quad 0
+    /* struct sched_poll: ports, nr_ports, timeout. */
+poll_ports:   .quad 0
+poll_nr:      .long 0, 0
+poll_timeout: .quad 0
 ev_ports:     .quad 0
 fs_count:     .quad 0
 fs_rip:       .quad 0
@@ -856,6 +915,9 @@ name_multicall_efault: .asciz "multicall with an unmapped array is -EFAULT"
 name_bind_ipi: .asciz "EVTCHNOP_bind_ipi and unmask"
 name_upcall:  .asciz "event upcall: EVTCHNOP_send to ourselves reaches the event callback on its return"
 name_timer_block: .asciz "VIRQ_TIMER + set_timer_op + SCHEDOP_block: block returns and the timer event is delivered"
+name_poll:    .asciz "SCHEDOP_poll on the timer's port returns once it is pending"
+name_poll_many: .asciz "SCHEDOP_poll of more than 128 ports is -EINVAL"
+name_poll_efault: .asciz "SCHEDOP_poll with an unmapped port array is -EFAULT"
 name_failsafe: .asciz "iret to CS 0x1233 takes the failsafe callback with the refused frame"
 name_user_l4: .asciz "user L4 built with mmu_update, pinned, NEW_USER_BASEPTR, program copied"
 name_user_syscall: .asciz "user mode: syscalls bounced to the syscall callback (CS 0xe033) and returned"

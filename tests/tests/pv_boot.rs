@@ -37,6 +37,8 @@ fn boot_pv_guest(variant: &str, defsyms: &[&str]) -> Finished {
             elf.to_str().expect("utf-8 path"),
             "--memory",
             "64",
+            "--vcpus",
+            "2",
             "--domid",
             "7",
             "--name",
@@ -85,7 +87,8 @@ fn tsc_cycles_per_us() -> f64 {
 /// its event callback, gets the failsafe callback for an iret the CPU
 /// would refuse, and runs a user process in its own L4 (syscalls, a
 /// demand page fault, its death on touching the kernel or the hypercall
-/// transport); and powers off.
+/// transport); brings up its second vCPU with VCPUOP_initialise and
+/// exchanges IPIs with it; and powers off.
 #[test]
 fn pv_kernel_boots_at_cpl3_and_serves_hypercalls() {
     let run = boot_pv_guest("full", &[]);
@@ -153,6 +156,9 @@ fn pv_kernel_boots_at_cpl3_and_serves_hypercalls() {
         "PASS EVTCHNOP_bind_ipi and unmask",
         "PASS event upcall: EVTCHNOP_send to ourselves reaches the event callback on its return",
         "PASS VIRQ_TIMER + set_timer_op + SCHEDOP_block: block returns and the timer event is delivered",
+        "PASS SCHEDOP_poll on the timer's port returns once it is pending",
+        "PASS SCHEDOP_poll of more than 128 ports is -EINVAL",
+        "PASS SCHEDOP_poll with an unmapped port array is -EFAULT",
         "PASS iret to CS 0x1233 takes the failsafe callback with the refused frame",
         "PASS user L4 built with mmu_update, pinned, NEW_USER_BASEPTR, program copied",
         "PASS user mode: syscalls bounced to the syscall callback (CS 0xe033) and returned",
@@ -161,6 +167,19 @@ fn pv_kernel_boots_at_cpl3_and_serves_hypercalls() {
         "PASS user mode store to the hypercall transport: #PF (error code 7), process killed",
         "PASS user mode: every probe fault bounced and returned",
         "PASS event upcall loop: every send delivered",
+        // A second vCPU (tests/guestpv/smp.S; the domain has two).
+        "PASS VCPUOP_is_up of vCPU 1 before its start is 0",
+        "PASS VCPUOP_initialise of a vCPU the domain lacks is -ENOENT",
+        "PASS VCPUOP_up of an uninitialised vCPU is -EINVAL",
+        "PASS VCPUOP_initialise with an unmapped context is -EFAULT",
+        "PASS VCPUOP_initialise with a non-canonical RIP is -EINVAL",
+        "PASS VCPUOP_initialise with a writable frame as its L4 is -EINVAL",
+        "PASS VCPUOP_initialise of vCPU 1",
+        "PASS VCPUOP_initialise of vCPU 1 again is -EEXIST",
+        "PASS IPI channel to vCPU 1, VCPUOP_up, VCPUOP_is_up is 1",
+        "PASS vCPU 1 runs its kernel entry",
+        "PASS 2 vCPUs exchange IPIs through their event callbacks",
+        "PASS VCPUOP_down of vCPU 1, VCPUOP_is_up is 0",
         "done, powering off",
     ] {
         assert!(lines.contains(&check), "missing {check:?}\n{t}");

@@ -17,7 +17,7 @@ const STATE_LIMIT: Duration = Duration::from_secs(60);
 const DONE: &str = "kxen-pv-guest: done, powering off";
 /// The fewest checks the PV test kernel makes (its PASS lines when this
 /// test was written: the MMU, trap and hypercall checks pv_boot names).
-const MIN_CHECKS: usize = 25;
+const MIN_CHECKS: usize = 70;
 
 /// Assemble and link the PV test kernel into `d`'s directory, with
 /// `defsyms` (`NAME=VALUE`) selecting a variant of it.
@@ -136,7 +136,7 @@ fn assert_checks_passed(d: &Dom0, name: &str, domid: u32) {
 }
 
 /// `kxl create` of the PV test kernel from a cfg with `type = "pv"` and
-/// from one with no `type`: each is listed as a paused PV domain (`kxl
+/// from one with no `type` (the first with two vCPUs): each is listed as a paused PV domain (`kxl
 /// list`, and `"type": "pv"` in `kxl list -l`), runs once unpaused, prints
 /// all its checks on its PV console, and powers off, after which kxend
 /// applies on_poweroff (preserve: listed as shut down, then destroyed;
@@ -146,7 +146,13 @@ fn kxl_creates_pv_domains_with_and_without_type() {
     let d = Dom0::new("pvxl");
     let kernel = pv_kernel(&d, "full", &[]);
     for (name, type_line, on_poweroff) in [
-        ("pvtyped", "type = \"pv\"", "on_poweroff = \"preserve\"\n"),
+        // Two vCPUs: the kernel brings up the second with
+        // VCPUOP_initialise and exchanges IPIs with it (smp.S).
+        (
+            "pvtyped",
+            "type = \"pv\"",
+            "on_poweroff = \"preserve\"\nvcpus = 2\n",
+        ),
         ("pvdefault", "", ""),
     ] {
         let cfg = write_cfg(&d, name, type_line, &kernel, on_poweroff);
@@ -170,6 +176,13 @@ fn kxl_creates_pv_domains_with_and_without_type() {
             _ => wait_listed(&d, name, Some('s')),
         }
         assert_checks_passed(&d, name, domid);
+        if name == "pvtyped" {
+            let console = d.console_log(name);
+            assert!(
+                console.contains("PASS 2 vCPUs exchange IPIs through their event callbacks"),
+                "{name}: vcpus = 2 did not give the kernel a second vCPU\n{console}"
+            );
+        }
         let action = if on_poweroff.is_empty() {
             "destroy"
         } else {

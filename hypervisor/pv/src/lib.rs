@@ -14,6 +14,7 @@
 //! guest input can panic, recurse without bound or make us allocate more
 //! than the domain's frame count.
 
+pub mod context;
 pub mod effects;
 pub mod emulate;
 pub mod error;

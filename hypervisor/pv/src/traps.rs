@@ -135,6 +135,31 @@ impl TrapTable {
         (info.address != 0).then_some(info)
     }
 
+    /// Replace the whole table from a `vcpu_guest_context`'s
+    /// `trap_ctxt[256]`, given as (flags, cs, address) per vector (Xen's
+    /// arch_set_info_guest copies it as it is). A non-canonical handler
+    /// is -EINVAL there, and nothing is replaced.
+    pub fn from_context(entries: &[(u8, u16, u64)]) -> Result<TrapTable, TrapError> {
+        let mut table = TrapTable::default();
+        for (vector, &(flags, cs, address)) in entries.iter().enumerate().take(NR_VECTORS) {
+            if address == 0 {
+                continue;
+            }
+            if !is_canonical(address) {
+                return Err(TrapError::NonCanonicalHandler {
+                    vector: vector as u8,
+                    address,
+                });
+            }
+            table.entries[vector] = TrapInfo {
+                flags,
+                cs: if cs & 3 < 3 { cs | 3 } else { cs },
+                address,
+            };
+        }
+        Ok(table)
+    }
+
     /// `HYPERVISOR_set_trap_table(traps)`: `read` gives the 8-byte word
     /// at a guest-virtual address (None when that faults). A null
     /// pointer clears the table. Entries are stored as they are read, so

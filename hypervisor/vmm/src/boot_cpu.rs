@@ -205,14 +205,43 @@ pub fn pv_syscall_msrs(fd: &kvm_ioctls::VcpuFd) -> Result<(), VmError> {
     Ok(())
 }
 
-/// Put vCPU 0 at the PV kernel's entry: long mode, paging on the
-/// builder's L4, CPL3 with Xen's flat kernel selectors, RIP = ENTRY,
-/// RSI = start_info, RSP = the boot stack's top, interrupts off (events
-/// are masked in vcpu_info by the caller).
+/// Put vCPU 0 at the PV kernel's entry: RIP = ENTRY, RSI = start_info,
+/// RSP = the boot stack's top, on the builder's L4 (events are masked in
+/// vcpu_info by the caller).
 pub fn setup_pv_bsp(
     fd: &kvm_ioctls::VcpuFd,
     boot: &kxen_loader::pv::PvBootState,
 ) -> Result<(), VmError> {
+    let mut gprs = [0u64; 15];
+    gprs[13] = boot.start_info_va; // rsi
+    let start = pv::PvStart {
+        cr3: boot.cr3,
+        gprs,
+        rip: boot.entry,
+        rsp: boot.stack_top,
+        rflags: 0x2,
+        fs_base: 0,
+        gs_base: 0,
+    };
+    setup_pv_vcpu(fd, 0, &start)
+}
+
+/// Put PV vCPU `vcpu` where `start` says: long mode, paging on its
+/// kernel L4, CPL3 with Xen's flat kernel selectors; the hypervisor's
+/// GDT, IDT and the vCPU's own TSS (special pages, supervisor-only), so
+/// that exceptions at CPL3 reach the exit stubs at CPL0; the syscall
+/// MSRs; its local APIC enabled for the event vector; runnable.
+pub fn setup_pv_vcpu(
+    fd: &kvm_ioctls::VcpuFd,
+    vcpu: u32,
+    start: &pv::PvStart,
+) -> Result<(), VmError> {
+    if vcpu >= pv::MAX_PV_VCPUS {
+        return Err(VmError::Setup(format!(
+            "PV vCPU {vcpu}: at most {} PV vCPUs",
+            pv::MAX_PV_VCPUS
+        )));
+    }
     let mut sregs = fd.get_sregs()?;
     (sregs.cs, sregs.ss) = pv::pv_kernel_segments();
     for seg in [&mut sregs.ds, &mut sregs.es, &mut sregs.fs, &mut sregs.gs] {
@@ -221,39 +250,36 @@ pub fn setup_pv_bsp(
             ..pv::pv_segment(pv::FLAT_KERNEL_DS64, 0x3, false)
         };
     }
+    sregs.fs.base = start.fs_base;
+    sregs.gs.base = start.gs_base;
     sregs.tr = kvm_segment {
-        base: 0,
+        base: pv::tss_va(vcpu),
         limit: 0x67,
-        selector: 0,
+        selector: pv::HV_TSS_SELECTOR,
         type_: 0xb,
         present: 1,
         s: 0,
         ..Default::default()
     };
-    // The hypervisor's GDT, IDT and TSS (special pages, supervisor-only):
-    // exceptions at CPL3 reach the exit stubs at CPL0.
     sregs.gdt.base = pv::hv_page_va(pv::GDT_PAGE);
     sregs.gdt.limit = 0x27;
     sregs.idt.base = pv::hv_page_va(pv::IDT_PAGE);
     sregs.idt.limit = 0xfff;
-    sregs.tr.base = pv::tss_va(0);
-    sregs.tr.selector = pv::HV_TSS_SELECTOR;
     sregs.cr0 = 0x8001_0033; // PG | WP | NE | ET | MP | PE
-    sregs.cr3 = boot.cr3;
+    sregs.cr3 = start.cr3;
     sregs.cr4 = 0x6a0; // OSXMMEXCPT | OSFXSR | PGE | PAE
     sregs.efer = 0xd01; // NXE | LMA | LME | SCE
     fd.set_sregs(&sregs)?;
     pv_syscall_msrs(fd)?;
     // IF set: the hypervisor's event vector must reach the vCPU whenever
     // it runs guest code. The guest's own interrupt flag is the upcall
-    // mask in vcpu_info (set at entry); at CPL3 it cannot clear IF.
-    let regs = kvm_bindings::kvm_regs {
-        rip: boot.entry,
-        rsi: boot.start_info_va,
-        rsp: boot.stack_top,
-        rflags: 0x202,
-        ..Default::default()
-    };
-    fd.set_regs(&regs)?;
+    // mask in vcpu_info; at CPL3 it cannot clear IF.
+    fd.set_regs(&start.regs())?;
+    if vcpu != 0 {
+        fd.set_mp_state(kvm_bindings::kvm_mp_state {
+            mp_state: kvm_bindings::KVM_MP_STATE_RUNNABLE,
+        })?;
+        enable_local_apic(fd)?;
+    }
     Ok(())
 }

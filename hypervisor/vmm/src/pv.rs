@@ -395,6 +395,10 @@ pub struct PvMachine {
     /// Each vCPU's PV state: mode, callbacks, kernel stack, segment
     /// bases, virtual IDT.
     pub vcpus: Mutex<Vec<PvVcpu>>,
+    /// Per vCPU: whether it was initialised (vCPU 0 by the builder), and
+    /// where VCPUOP_initialise said it starts, taken by its thread when
+    /// VCPUOP_up brings it online.
+    starts: Mutex<Vec<(bool, Option<PvStart>)>>,
     /// Where vCPU 0's vcpu_info lives (shared_info's start).
     shared_info_gpa: u64,
 }
@@ -412,6 +416,8 @@ pub enum PvSetupError {
     HypervisorTables(u64),
     #[error("the hypercall page (frame {0:#x}) is not guest memory")]
     HypercallPage(u64),
+    #[error("{0} vCPUs: a PV domain has 1 to {MAX_PV_VCPUS}")]
+    VcpuCount(u32),
 }
 
 /// The domain's frames as the PV MMU reads and writes them, and the
@@ -482,6 +488,9 @@ impl PvMachine {
         boot: &PvBootState,
         shared_info_gpa: u64,
     ) -> Result<PvMachine, PvSetupError> {
+        if nr_vcpus == 0 || nr_vcpus > MAX_PV_VCPUS {
+            return Err(PvSetupError::VcpuCount(nr_vcpus));
+        }
         let mut config = PvMmuConfig::new(domid, nr_frames, nr_vcpus as usize);
         config.hypervisor_l4_slots[HYPERCALL_L4_SLOT - 256] = write_hypervisor_tables(mem)?;
         // The guest maps shared_info itself (update_va_mapping of
@@ -510,6 +519,7 @@ impl PvMachine {
         Ok(PvMachine {
             mmu: Mutex::new(mmu),
             vcpus: Mutex::new(vec![PvVcpu::default(); nr_vcpus as usize]),
+            starts: Mutex::new((0..nr_vcpus).map(|vcpu| (vcpu == 0, None)).collect()),
             shared_info_gpa,
         })
     }
@@ -567,6 +577,10 @@ impl PvMachine {
                     false,
                 );
                 (outcome.return_value(), outcome.effects)
+            }
+            xen_abi::hypercall::VCPU_OP if a1 == xen_abi::vcpu::VCPUOP_INITIALISE => {
+                drop(mmu);
+                return Some(self.vcpu_initialise(mem, guest, a2, a3));
             }
             // HVM operations are for HVM domains (Xen's do_hvm_op refuses
             // a PV caller); the event vector especially is kxen-vmm's.
@@ -662,6 +676,95 @@ impl PvMachine {
         (ret, effects)
     }
 
+    /// `VCPUOP_initialise(vcpu, ctx)` for a 64-bit PV domain: the
+    /// `vcpu_guest_context` at `ctx` (kxen-pv's `context`) becomes the
+    /// vCPU's PV state, its L4s take their base-pointer references, and
+    /// its start registers wait for VCPUOP_up. Xen's errnos: -ENOENT for
+    /// a vCPU the domain lacks, -EFAULT for an unreadable context,
+    /// -EINVAL for one Xen refuses (or an L4 the PV MMU refuses), -EEXIST
+    /// if the vCPU was initialised before.
+    fn vcpu_initialise(
+        &self,
+        mem: &GuestMemoryMmap,
+        guest: &GuestAccess<'_>,
+        target: u64,
+        ctx: u64,
+    ) -> (i64, Effects) {
+        use xen_abi::errno::{EEXIST, EINVAL, ENOENT};
+        let none = Effects::default;
+        let nr_vcpus = self.starts.lock().unwrap_or_else(|e| e.into_inner()).len();
+        if target >= nr_vcpus as u64 {
+            return (-ENOENT, none());
+        }
+        let target = target as usize;
+        let mut bytes = vec![0u8; kxen_pv::context::CONTEXT_SIZE];
+        if guest.read(ctx, &mut bytes).is_err() {
+            return (-EFAULT, none());
+        }
+        let context = match kxen_pv::context::GuestContext::parse(&bytes) {
+            Ok(context) => context,
+            Err(errno) => return (errno, none()),
+        };
+        if self.starts.lock().unwrap_or_else(|e| e.into_inner())[target].0 {
+            return (-EEXIST, none());
+        }
+        // The L4s: base-pointer references on the target vCPU, as a
+        // NEW_BASEPTR / NEW_USER_BASEPTR would take.
+        let mut frames = GuestFrames {
+            mem,
+            guest: Some(guest),
+        };
+        let mut mmu = self.mmu.lock().unwrap_or_else(|e| e.into_inner());
+        let mut effects = Effects::default();
+        for (cmd, mfn) in [
+            (MMUEXT_NEW_BASEPTR, context.kernel_l4),
+            (xen_abi::pv::MMUEXT_NEW_USER_BASEPTR, context.user_l4),
+        ] {
+            if cmd != MMUEXT_NEW_BASEPTR && mfn == 0 {
+                continue;
+            }
+            let op = MmuextOp {
+                cmd,
+                arg1: mfn,
+                ..Default::default()
+            };
+            let outcome = mmu.mmuext_one(&mut frames, target, op);
+            if let Err(e) = outcome.result {
+                debug!(target, mfn, "VCPUOP_initialise: L4 refused: {e}");
+                return (-EINVAL, effects);
+            }
+            if let Some(flush) = outcome.effects.flush {
+                effects.add_flush(flush.vcpus, flush.scope);
+            }
+        }
+        drop(mmu);
+        let start = PvStart {
+            cr3: context.kernel_l4 << 12,
+            gprs: context.gprs,
+            rip: context.rip,
+            rsp: context.rsp,
+            rflags: context.rflags,
+            fs_base: context.state.fs_base,
+            gs_base: context.state.gs_base_kernel,
+        };
+        self.with_vcpu(target as u32, |v| *v = context.state);
+        self.starts.lock().unwrap_or_else(|e| e.into_inner())[target] = (true, Some(start));
+        // Events stay masked until the new vCPU's kernel enables them.
+        self.set_upcall_mask(mem, target as u32, 1);
+        info!(vcpu = target, rip = context.rip, "PV vCPU initialised");
+        (0, effects)
+    }
+
+    /// The start state VCPUOP_initialise left for `vcpu`, taken once.
+    pub fn take_start(&self, vcpu: u32) -> Option<PvStart> {
+        self.starts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get_mut(vcpu as usize)?
+            .1
+            .take()
+    }
+
     /// Run `f` on vCPU `vcpu`'s PV state (`None` past the domain's).
     pub fn with_vcpu<R>(&self, vcpu: u32, f: impl FnOnce(&mut PvVcpu) -> R) -> Option<R> {
         let mut vcpus = self.vcpus.lock().unwrap_or_else(|e| e.into_inner());
@@ -713,6 +816,49 @@ impl PvMachine {
 /// Offset of `arch.cr2` in a 64-bit vcpu_info (after the pending and
 /// mask bytes and evtchn_pending_sel).
 const VCPU_INFO_CR2: u64 = 16;
+
+/// Where a PV vCPU starts: vCPU 0 from the domain builder, the others
+/// from VCPUOP_initialise. The selectors are Xen's flat kernel ones.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PvStart {
+    pub cr3: u64,
+    /// r15, r14, r13, r12, rbp, rbx, r11, r10, r9, r8, rax, rcx, rdx,
+    /// rsi, rdi (`cpu_user_regs` order).
+    pub gprs: [u64; 15],
+    pub rip: u64,
+    pub rsp: u64,
+    pub rflags: u64,
+    pub fs_base: u64,
+    pub gs_base: u64,
+}
+
+impl PvStart {
+    /// The general registers as KVM takes them (IF set: see
+    /// `boot_cpu::setup_pv_vcpu`).
+    pub fn regs(&self) -> kvm_bindings::kvm_regs {
+        let g = &self.gprs;
+        kvm_bindings::kvm_regs {
+            r15: g[0],
+            r14: g[1],
+            r13: g[2],
+            r12: g[3],
+            rbp: g[4],
+            rbx: g[5],
+            r11: g[6],
+            r10: g[7],
+            r9: g[8],
+            r8: g[9],
+            rax: g[10],
+            rcx: g[11],
+            rdx: g[12],
+            rsi: g[13],
+            rdi: g[14],
+            rip: self.rip,
+            rsp: self.rsp,
+            rflags: self.rflags | 0x202,
+        }
+    }
+}
 
 /// Fill the HYPERCALL_PAGE frame with kxen's 32-byte PV stubs
 /// ([`pv_hypercall_stub`]: the number stored to the transport page).

@@ -230,6 +230,18 @@ impl Vcpu {
     /// An AP about to run for the first time: the ACPI mailbox may have
     /// given it an entry point (the exit loop proper takes no lock for it).
     fn starting(&mut self) -> VcpuState {
+        if let Some(pv) = self.rt.pv.clone() {
+            // A PV vCPU starts where VCPUOP_initialise said.
+            if let Some(start) = pv.take_start(self.id) {
+                if let Err(e) = self.kvm.start_pv(self.id, &start) {
+                    return VcpuState::Stopped(Some(DomainExit::Crashed(format!(
+                        "starting PV vCPU {}: {e}",
+                        self.id
+                    ))));
+                }
+            }
+            return VcpuState::Running;
+        }
         if let Some(entry) = self.rt.ap_start.take(self.id) {
             if let Err(e) = self.kvm.start_ap_at(entry) {
                 return VcpuState::Stopped(Some(DomainExit::Crashed(format!(

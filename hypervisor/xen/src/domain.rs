@@ -763,6 +763,20 @@ impl Domain {
         }
     }
 
+    /// Mark `vcpu` initialised (a PV VCPUOP_initialise, served by the
+    /// VMM's PV machine): false if it already was, which Xen answers
+    /// with -EEXIST. It stays offline until VCPUOP_up.
+    pub fn mark_initialised(&self, vcpu: u32) -> bool {
+        let mut st = self.lock();
+        match st.vcpus.get_mut(vcpu as usize) {
+            Some(v) if !v.initialised => {
+                v.initialised = true;
+                true
+            }
+            _ => false,
+        }
+    }
+
     /// Bring a vCPU online or offline (VCPUOP_up/down, AP start).
     pub fn set_online(&self, st: &mut DomainState, vcpu: u32, online: bool) {
         if let Some(v) = st.vcpus.get_mut(vcpu as usize) {

@@ -475,6 +475,15 @@ impl KvmVcpu {
         crate::boot_cpu::setup_long_mode_ap(&self.fd, entry)
     }
 
+    /// Start PV vCPU `vcpu` from its VCPUOP_initialise state.
+    pub fn start_pv(
+        &self,
+        vcpu: u32,
+        start: &crate::pv::PvStart,
+    ) -> Result<(), crate::error::VmError> {
+        crate::boot_cpu::setup_pv_vcpu(&self.fd, vcpu, start)
+    }
+
     /// The registers by ioctl, for the thread's last words (the synced
     /// copy may be stale once the loop stopped).
     pub fn final_state(&self) -> Option<(kvm_regs, kvm_sregs)> {

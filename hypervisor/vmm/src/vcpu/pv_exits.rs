@@ -104,7 +104,17 @@ impl Vcpu {
             pv.hypercall(self.id, g.mem, g, &call)
         });
         match served {
-            Some(answer) => answer,
+            Some((ret, effects)) => {
+                // VCPUOP_initialise, served by the PV machine, also makes
+                // the vCPU one VCPUOP_up may start.
+                if ret == 0
+                    && call.nr == xen_abi::hypercall::VCPU_OP
+                    && call.args[0] == xen_abi::vcpu::VCPUOP_INITIALISE
+                {
+                    self.rt.domain.mark_initialised(call.args[1] as u32);
+                }
+                (ret, effects)
+            }
             None => {
                 let ret = self.kvm.with_mmu(&self.rt.memory, paging, |mmu| {
                     self.rt.domain.hypercall(self.id, mmu, call)
