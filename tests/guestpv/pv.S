@@ -837,6 +837,7 @@ puthex:
     .include "emulate.S"
     .include "user.S"
     .include "smp.S"
+    .include "grant.S"
 
     .data
 magic:        .ascii "xen-3.0-x86_64"

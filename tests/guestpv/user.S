@@ -395,6 +395,9 @@ user_checks:
     call hypercall_page + HC_SCHED_OP * 32
     expect_rax -EFAULT, name_poll_efault
 
+    /* ---- the grant table, mapped the PV way (grant.S) ---- */
+    call grant_checks
+
     /* ---- failsafe: iret to CS 0x1233, which the CPU would refuse ---- */
     movq $0, fs_count(%rip)
     mov %rsp, saved_rsp(%rip)

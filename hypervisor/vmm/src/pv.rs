@@ -496,6 +496,15 @@ impl PvMachine {
         // The guest maps shared_info itself (update_va_mapping of
         // start_info.shared_info), as on Xen.
         config.shared_frames.push(shared_info_gpa >> 12);
+        // The grant table's frames and a v2 table's status frames, at the
+        // GFNs GNTTABOP_setup_table / get_status_frames return: a PV guest
+        // maps them with update_va_mapping, as it would Xen's frames. Until
+        // the table has a frame there, the mapping reaches no memory (an
+        // access exits and is dropped, as to any unclaimed address).
+        let grant_window = 2 * u64::from(kxen_xen::grant::MAX_GRANT_FRAMES);
+        config
+            .shared_frames
+            .extend((0..grant_window).map(|i| crate::memory::DEFAULT_GRANT_GFN + i));
         write_trap_pages(mem)?;
         let mut mmu = PvMmu::new(config)?;
         let mut frames = GuestFrames { mem, guest: None };
