@@ -519,6 +519,8 @@ gp_at:
     call user_checks
     /* A second vCPU, started with VCPUOP_initialise (smp.S). */
     call smp_checks
+    /* The guest's own GDT (gdt.S). */
+    call gdt_checks
 
     lea msg_bye(%rip), %rdi
     call puts
@@ -838,6 +840,7 @@ puthex:
     .include "user.S"
     .include "smp.S"
     .include "grant.S"
+    .include "gdt.S"
 
     .data
 magic:        .ascii "xen-3.0-x86_64"

@@ -674,10 +674,10 @@ run_user:
     push %r14
     push %r15
     mov %rsp, saved_rsp(%rip)
-    pushq $0xe02b
+    pushq user_ss_sel(%rip)
     pushq $USER_STACK_TOP
     pushq $0x202
-    pushq $0xe033
+    pushq user_cs_sel(%rip)
     push %rdi
     pushq $0
     jmp hypercall_page + HC_IRET * 32
@@ -854,6 +854,10 @@ user_prog_end:
     .data
     .balign 8
 shinfo_va:    .quad 0
+    /* The selectors run_user enters user mode with: Xen's flat ones, or
+     * (gdt.S) the guest GDT's. */
+user_cs_sel:  .quad 0xe033
+user_ss_sel:  .quad 0xe02b
 window_va:    .quad 0
 saved_rsp:    .quad 0
 cb_type:      .word 0

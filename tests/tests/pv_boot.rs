@@ -183,6 +183,20 @@ fn pv_kernel_boots_at_cpl3_and_serves_hypercalls() {
         "PASS vCPU 1 runs its kernel entry",
         "PASS 2 vCPUs exchange IPIs through their event callbacks",
         "PASS VCPUOP_down of vCPU 1, VCPUOP_is_up is 0",
+        // The guest's own GDT (tests/guestpv/gdt.S).
+        "PASS set_gdt beyond Xen's reserved entries is -EINVAL",
+        "PASS set_gdt with an unmapped frame list is -EFAULT",
+        "PASS set_gdt of a frame mapped writable is -EINVAL",
+        "PASS set_gdt of a frame holding a TSS descriptor is -EINVAL",
+        "PASS set_gdt of a frame written with mmu_update",
+        "PASS set_gdt fixed a DPL-0 code descriptor up to DPL 3",
+        "PASS a GDT frame cannot be mapped writable (-EBUSY)",
+        "PASS update_descriptor at a misaligned address is -EINVAL",
+        "PASS update_descriptor of a TSS descriptor is -EINVAL",
+        "PASS update_descriptor into a page table is -EINVAL",
+        "PASS update_descriptor writes a data descriptor, DPL fixed up to 3",
+        "PASS user mode on the GDT's selectors 0x33/0x2b: syscall frame shows CS 0x33",
+        "PASS set_gdt with no entries releases the frame: writable again",
         "done, powering off",
     ] {
         assert!(lines.contains(&check), "missing {check:?}\n{t}");

@@ -92,6 +92,8 @@ pub struct Effects {
     /// A segment base the calling vCPU runs on changed
     /// (`set_segment_base`): load it.
     pub segment_load: Option<crate::vcpu::SegmentLoad>,
+    /// The calling vCPU's GDT frames changed (`set_gdt`): remap them.
+    pub gdt_changed: bool,
 }
 
 impl Effects {

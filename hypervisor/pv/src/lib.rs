@@ -15,6 +15,7 @@
 //! than the domain's frame count.
 
 pub mod context;
+pub mod descriptors;
 pub mod effects;
 pub mod emulate;
 pub mod error;

@@ -61,6 +61,13 @@ pub struct PvVcpu {
     pub gs_base_user: u64,
     /// The user-mode GS selector (`SEGBASE_GS_USER_SEL`).
     pub gs_sel_user: u16,
+    /// The guest's GDT (`set_gdt`): its frames and entries.
+    pub gdt_frames: Vec<u64>,
+    pub gdt_entries: u64,
+    /// The CS and SS user mode runs with (from its last `iret`): Xen's
+    /// flat ones or the guest GDT's (Linux's 0x33/0x2b).
+    pub user_cs: u16,
+    pub user_ss: u16,
 }
 
 impl Default for PvVcpu {
@@ -83,6 +90,10 @@ impl Default for PvVcpu {
             gs_base_kernel: 0,
             gs_base_user: 0,
             gs_sel_user: 0,
+            gdt_frames: Vec::new(),
+            gdt_entries: 0,
+            user_cs: FLAT_RING3_CS64,
+            user_ss: FLAT_RING3_SS64,
         }
     }
 }
@@ -115,6 +126,24 @@ impl PvVcpu {
             self.gs_base_kernel
         } else {
             self.gs_base_user
+        }
+    }
+
+    /// `from` as the vCPU's current mode sees it: its mode, and in user
+    /// mode the selectors user mode runs with.
+    fn in_current_mode(&self, from: &Interrupted) -> Interrupted {
+        if self.kernel_mode {
+            Interrupted {
+                kernel_mode: true,
+                ..*from
+            }
+        } else {
+            Interrupted {
+                cs: self.user_cs,
+                ss: self.user_ss,
+                kernel_mode: false,
+                ..*from
+            }
         }
     }
 
@@ -244,10 +273,7 @@ impl PvVcpu {
         from: &Interrupted,
         upcall_mask: u8,
     ) -> Result<Bounce, TrapError> {
-        let from = Interrupted {
-            kernel_mode: self.kernel_mode,
-            ..*from
-        };
+        let from = self.in_current_mode(from);
         let bounce = traps::bounce(
             &self.traps,
             vector,
@@ -279,12 +305,7 @@ impl PvVcpu {
             };
             return self.exception(VECTOR_UD, None, &from, upcall_mask);
         }
-        let from = Interrupted {
-            cs: from.cs | 3,
-            ss: from.ss | 3,
-            kernel_mode: false,
-            ..*from
-        };
+        let from = self.in_current_mode(from);
         let bounce = create_bounce_frame(
             self.syscall_callback,
             self.vgc_flags & VGCF_SYSCALL_DISABLES_EVENTS != 0,
@@ -309,10 +330,7 @@ impl PvVcpu {
         if self.event_callback == 0 {
             return Err(PvVcpuError::NoEventCallback);
         }
-        let from = Interrupted {
-            kernel_mode: self.kernel_mode,
-            ..*from
-        };
+        let from = self.in_current_mode(from);
         let bounce = create_bounce_frame(
             self.event_callback,
             true,
@@ -339,11 +357,15 @@ impl PvVcpu {
         user_tables: bool,
         upcall_mask: u8,
         data_selectors: [u16; 4],
+        guest_descriptor: impl Fn(u16) -> Option<u64>,
     ) -> Result<IretOutcome, PvVcpuError> {
         // Only the selectors' 16 bits load: the CS slot's upper half
         // carries the saved upcall mask of a bounce frame handed back.
-        let selectors_ok =
-            (frame.cs as u16 | 3) == FLAT_RING3_CS64 && (frame.ss as u16 | 3) == FLAT_RING3_SS64;
+        let (cs, ss) = (frame.cs as u16 | 3, frame.ss as u16 | 3);
+        let selectors_ok = (cs == FLAT_RING3_CS64
+            || self.guest_selector_is(cs, &guest_descriptor, DescriptorKind::Code64))
+            && (ss == FLAT_RING3_SS64
+                || self.guest_selector_is(ss, &guest_descriptor, DescriptorKind::WritableData));
         if !selectors_ok || !is_canonical(frame.rip) {
             if self.failsafe_callback == 0 {
                 return Err(PvVcpuError::BadIretNoFailsafe {
@@ -381,9 +403,45 @@ impl PvVcpu {
         let ret = traps::iret(frame, user_tables)?;
         if ret.switch_to_user {
             self.kernel_mode = false;
+            self.user_cs = ret.cs;
+            self.user_ss = ret.ss;
         }
         Ok(IretOutcome::Resume(ret))
     }
+
+    /// Whether `selector` names a descriptor of the guest's GDT (below
+    /// Xen's reserved entries, within `gdt_entries`; no LDT selectors
+    /// here) that is present, DPL 3 and of `kind`.
+    fn guest_selector_is(
+        &self,
+        selector: u16,
+        descriptor: &impl Fn(u16) -> Option<u64>,
+        kind: DescriptorKind,
+    ) -> bool {
+        if selector & 4 != 0 || u64::from(selector >> 3) >= self.gdt_entries {
+            return false;
+        }
+        let Some(desc) = descriptor(selector) else {
+            return false;
+        };
+        let present = desc & (1 << 47) != 0;
+        let user = (desc >> 45) & 3 == 3 && desc & (1 << 44) != 0;
+        let ty = (desc >> 40) & 0xf;
+        let fits = match kind {
+            // Code (type bit 3) with L set and D clear: 64-bit code.
+            DescriptorKind::Code64 => ty & 8 != 0 && desc & (1 << 53) != 0 && desc & (1 << 54) == 0,
+            // Data (bit 3 clear), writable (bit 1).
+            DescriptorKind::WritableData => ty & 8 == 0 && ty & 2 != 0,
+        };
+        present && user && fits
+    }
+}
+
+/// What an `iret` selector must name.
+#[derive(Debug, Clone, Copy)]
+enum DescriptorKind {
+    Code64,
+    WritableData,
 }
 
 /// Why a PV vCPU transition cannot complete: the domain crashes, as on
@@ -534,7 +592,7 @@ mod tests {
     fn iret_to_user_switches_mode() {
         let mut v = PvVcpu::default();
         let frame = iret_frame(0xe033, 0xe02b);
-        match v.iret(&frame, true, 1, [0; 4]).unwrap() {
+        match v.iret(&frame, true, 1, [0; 4], |_| None).unwrap() {
             IretOutcome::Resume(r) => assert!(r.switch_to_user),
             other => panic!("{other:?}"),
         }
@@ -549,14 +607,14 @@ mod tests {
         };
         let frame = iret_frame(0x1233, 0xe02b);
         assert!(matches!(
-            v.iret(&frame, true, 0, [0; 4]),
+            v.iret(&frame, true, 0, [0; 4], |_| None),
             Err(PvVcpuError::BadIretNoFailsafe { .. })
         ));
         assert_eq!(
             v.register_callback(CALLBACKTYPE_FAILSAFE, CALLBACKF_MASK_EVENTS, 0x5000),
             0
         );
-        let IretOutcome::Failsafe(b) = v.iret(&frame, true, 0, [0; 4]).unwrap() else {
+        let IretOutcome::Failsafe(b) = v.iret(&frame, true, 0, [0; 4], |_| None).unwrap() else {
             panic!("expected the failsafe callback");
         };
         // RCX R11 DS ES FS GS RIP CS RFLAGS RSP SS, below kernel_sp.
@@ -570,7 +628,42 @@ mod tests {
         let mut frame = iret_frame(0xe033, 0xe02b);
         frame.rip = 1 << 60;
         assert!(matches!(
-            v.iret(&frame, true, 0, [0; 4]),
+            v.iret(&frame, true, 0, [0; 4], |_| None),
+            Ok(IretOutcome::Failsafe(_))
+        ));
+    }
+
+    #[test]
+    fn iret_accepts_the_guest_gdt_user_selectors() {
+        let mut v = PvVcpu {
+            gdt_entries: 16,
+            ..Default::default()
+        };
+        // Linux's __USER_CS (0x33, 64-bit code DPL3) and __USER_DS (0x2b).
+        let gdt = |sel: u16| match sel >> 3 {
+            6 => Some(0x00af_fb00_0000_ffff),
+            5 => Some(0x00cf_f300_0000_ffff),
+            4 => Some(0x00cf_fb00_0000_ffff), // 32-bit code: not for 64-bit iret
+            _ => None,
+        };
+        let frame = iret_frame(0x33, 0x2b);
+        let IretOutcome::Resume(r) = v.iret(&frame, true, 1, [0; 4], gdt).unwrap() else {
+            panic!("refused Linux's user selectors");
+        };
+        assert_eq!((r.cs, r.ss, v.user_cs, v.user_ss), (0x33, 0x2b, 0x33, 0x2b));
+        // A user-mode bounce records them.
+        v.syscall_callback = 0x1000;
+        let b = v.user_syscall(&user_state(), 0).unwrap();
+        assert_eq!(b.frame[3] & 0xffff, 0x33);
+        // The 32-bit code selector, or one past gdt_entries: failsafe.
+        v.failsafe_callback = 0x2000;
+        assert!(matches!(
+            v.iret(&iret_frame(0x23, 0x2b), true, 1, [0; 4], gdt),
+            Ok(IretOutcome::Failsafe(_))
+        ));
+        v.gdt_entries = 6;
+        assert!(matches!(
+            v.iret(&iret_frame(0x33, 0x2b), true, 1, [0; 4], gdt),
             Ok(IretOutcome::Failsafe(_))
         ));
     }

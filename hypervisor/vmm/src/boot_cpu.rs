@@ -261,8 +261,8 @@ pub fn setup_pv_vcpu(
         s: 0,
         ..Default::default()
     };
-    sregs.gdt.base = pv::hv_page_va(pv::GDT_PAGE);
-    sregs.gdt.limit = 0x27;
+    sregs.gdt.base = pv::gdt_area_va(vcpu);
+    sregs.gdt.limit = pv::GDT_LIMIT;
     sregs.idt.base = pv::hv_page_va(pv::IDT_PAGE);
     sregs.idt.limit = 0xfff;
     sregs.cr0 = 0x8001_0033; // PG | WP | NE | ET | MP | PE

@@ -143,10 +143,69 @@ pub const PV_MSR_SFMASK: u64 = 0x4_4700;
 /// Offset of the event stub in the entry stub page.
 const EVENT_STUB_OFFSET: u64 = 0x40;
 /// The GDT's 64-bit CPL0 code segment and the TSS (16-byte) descriptor.
-const HV_CODE_SELECTOR: u16 = 0x08;
-pub(crate) const HV_TSS_SELECTOR: u16 = 0x18;
+/// Like Xen's, the hypervisor's own selectors live in the GDT's reserved
+/// range from 0xe000 (FIRST_RESERVED_GDT_ENTRY), after the guest's
+/// entries: CPL0 code and data, Xen's flat ring-3 selectors (0xe023,
+/// 0xe02b, 0xe033) and the TSS.
+const HV_CODE_SELECTOR: u16 = 0xe008;
+pub(crate) const HV_TSS_SELECTOR: u16 = 0xe040;
+/// Byte offset of the reserved entries in a vCPU's GDT, and its limit.
+const GDT_RESERVED_OFFSET: u64 = kxen_pv::descriptors::FIRST_RESERVED_GDT_ENTRY * 8;
+pub(crate) const GDT_LIMIT: u16 = (GDT_RESERVED_OFFSET + 0x50 - 1) as u16;
+/// Pages of one vCPU's GDT area: the guest's 14 frames, the reserved
+/// page, one spare.
+const GDT_AREA_PAGES: u64 = 16;
+/// Special pages (indices in the special window) of the GDT area's L1
+/// and of the zero page mapped where a guest GDT has no frame.
+const GDT_L1_SPECIAL: u64 = TRAP_PAGES_FIRST + 7;
+const ZERO_SPECIAL: u64 = TRAP_PAGES_FIRST + 8;
+const _: () = assert!(ZERO_SPECIAL < crate::memory::SPECIAL_PAGES);
+const _: () = assert!(MAX_PV_VCPUS as u64 * GDT_AREA_PAGES <= 512);
 /// Bytes of one exit stub: `movb $vector, rel32(%rip)` (7) and `ud2`.
 const TRAP_STUB_SIZE: u64 = 16;
+
+/// A special page's frame.
+const fn special_gfn(index: u64) -> u64 {
+    crate::memory::SPECIAL_BASE_GFN + index
+}
+
+/// vCPU `vcpu`'s GDT base: its area in L2 slot 1 of slot 271.
+pub(crate) const fn gdt_area_va(vcpu: u32) -> u64 {
+    PV_HYPERCALL_VA + (2 << 20) + (vcpu as u64) * GDT_AREA_PAGES * xen_abi::PAGE_SIZE as u64
+}
+
+/// The L1 entry of page `page` of a vCPU's GDT area: the guest's frame
+/// (read-write for the CPU's accessed-bit writes, supervisor-only: the
+/// guest's own mappings of it are read-only), the zero page where it
+/// has none, the reserved entries at 0xe000, nothing past them.
+fn gdt_area_entry(page: u64, guest_frame: Option<u64>) -> u64 {
+    let reserved_page = GDT_RESERVED_OFFSET / xen_abi::PAGE_SIZE as u64;
+    match (page, guest_frame) {
+        (p, Some(mfn)) if p < reserved_page => (mfn << 12) | 0x3 | PTE_ACCESSED | 0x40 | PTE_NX,
+        (p, None) if p < reserved_page => {
+            (special_gfn(ZERO_SPECIAL) << 12) | 0x1 | PTE_ACCESSED | PTE_NX
+        }
+        (p, _) if p == reserved_page => {
+            (trap_page_gfn(GDT_PAGE) << 12) | 0x3 | PTE_ACCESSED | 0x40 | PTE_NX
+        }
+        _ => 0,
+    }
+}
+
+/// Point vCPU `vcpu`'s GDT area at the guest's GDT `frames` (the rest
+/// at the zero page). The caller flushes KVM's shadow MMU.
+pub fn map_guest_gdt(mem: &GuestMemoryMmap, vcpu: u32, frames: &[u64]) {
+    if vcpu >= MAX_PV_VCPUS {
+        return;
+    }
+    let gdt_l1 = special_gfn(GDT_L1_SPECIAL);
+    let reserved_page = GDT_RESERVED_OFFSET / xen_abi::PAGE_SIZE as u64;
+    for page in 0..reserved_page {
+        let entry = gdt_area_entry(page, frames.get(page as usize).copied());
+        let at = u64::from(vcpu) * GDT_AREA_PAGES + page;
+        let _ = mem.write_obj(entry, GuestAddress((gdt_l1 << 12) + at * 8));
+    }
+}
 
 /// Guest-virtual address of the page at L1 slot `page` of slot 271.
 pub(crate) const fn hv_page_va(page: u64) -> u64 {
@@ -178,17 +237,27 @@ fn write_trap_pages(mem: &GuestMemoryMmap) -> Result<(), PvSetupError> {
         mem.write_slice(bytes, gpa)
             .map_err(|_| PvSetupError::HypervisorTables(gpa.0 >> 12))
     };
-    // GDT: null, 64-bit CPL0 code at 0x08, CPL0 data at 0x10, TSS at 0x18.
+    // The GDT's reserved page (selectors 0xe000 on): 64-bit CPL0 code at
+    // 0xe008, CPL0 data at 0xe010, Xen's flat ring-3 code32/data/code64
+    // at 0xe023/0xe02b/0xe033, the TSS at 0xe040. Accessed bits preset:
+    // the CPU need not write them.
     let mut gdt = vec![0u8; xen_abi::PAGE_SIZE];
-    gdt[8..16].copy_from_slice(&0x00af_9b00_0000_ffff_u64.to_le_bytes());
-    gdt[16..24].copy_from_slice(&0x00cf_9300_0000_ffff_u64.to_le_bytes());
+    for (at, desc) in [
+        (0x08, 0x00af_9b00_0000_ffff_u64),
+        (0x10, 0x00cf_9300_0000_ffff),
+        (0x20, 0x00cf_fb00_0000_ffff),
+        (0x28, 0x00cf_f300_0000_ffff),
+        (0x30, 0x00af_fb00_0000_ffff),
+    ] {
+        gdt[at..at + 8].copy_from_slice(&desc.to_le_bytes());
+    }
     let tss_base = hv_page_va(TSS_PAGE);
     let tss_low = 0x67
         | ((tss_base & 0xff_ffff) << 16)
         | (0x8b << 40) // present, busy 64-bit TSS
         | (((tss_base >> 24) & 0xff) << 56);
-    gdt[24..32].copy_from_slice(&tss_low.to_le_bytes());
-    gdt[32..40].copy_from_slice(&(tss_base >> 32).to_le_bytes());
+    gdt[0x40..0x48].copy_from_slice(&tss_low.to_le_bytes());
+    gdt[0x48..0x50].copy_from_slice(&(tss_base >> 32).to_le_bytes());
     write(page_gpa(GDT_PAGE), &gdt)?;
     // IDT: every vector an interrupt gate to its stub; DPL3 for #BP and
     // #OF so that `int3`/`into` at CPL3 reach them (as Xen's IDT), DPL0
@@ -381,6 +450,24 @@ fn write_hypervisor_tables(mem: &GuestMemoryMmap) -> Result<u64, PvSetupError> {
         mem.write_slice(&zero, GuestAddress(table << 12))
             .and_then(|()| mem.write_obj(next, GuestAddress(table << 12)))
             .map_err(|_| PvSetupError::HypervisorTables(table))?;
+    }
+    // L2[1]: every vCPU's GDT area (supervisor-only), each with the zero
+    // page where the guest's frames go and the reserved page at 0xe000.
+    let gdt_l1 = special_gfn(GDT_L1_SPECIAL);
+    mem.write_obj(
+        (gdt_l1 << 12) | 0x3 | PTE_ACCESSED,
+        GuestAddress((l2 << 12) + 8),
+    )
+    .map_err(|_| PvSetupError::HypervisorTables(l2))?;
+    mem.write_slice(&zero, GuestAddress(special_gfn(ZERO_SPECIAL) << 12))
+        .map_err(|_| PvSetupError::HypervisorTables(special_gfn(ZERO_SPECIAL)))?;
+    for vcpu in 0..MAX_PV_VCPUS {
+        for page in 0..GDT_AREA_PAGES {
+            let entry = gdt_area_entry(page, None);
+            let at = u64::from(vcpu) * GDT_AREA_PAGES + page;
+            mem.write_obj(entry, GuestAddress((gdt_l1 << 12) + at * 8))
+                .map_err(|_| PvSetupError::HypervisorTables(gdt_l1))?;
+        }
     }
     Ok((l3 << 12) | PTE_P_RW_U | PTE_ACCESSED)
 }
@@ -595,6 +682,47 @@ impl PvMachine {
             // a PV caller); the event vector especially is kxen-vmm's.
             xen_abi::hypercall::HVM_OP => {
                 return Some((-xen_abi::errno::EINVAL, Effects::default()))
+            }
+            pv_nr::SET_GDT => {
+                // Up to 14 frame numbers; the count is `entries`' pages.
+                let entries = a2;
+                let wanted = entries
+                    .div_ceil(512)
+                    .min(kxen_pv::descriptors::MAX_GDT_FRAMES as u64);
+                let list: Option<Vec<u64>> = (0..wanted)
+                    .map(|i| frames.read_guest_u64(a1.wrapping_add(8 * i)))
+                    .collect();
+                let mut vcpus = self.vcpus.lock().unwrap_or_else(|e| e.into_inner());
+                let Some(state) = vcpus.get_mut(vcpu) else {
+                    return Some((-xen_abi::errno::EINVAL, Effects::default()));
+                };
+                let current = state.gdt_frames.clone();
+                match kxen_pv::descriptors::set_gdt(
+                    &mut mmu,
+                    &mut frames,
+                    &current,
+                    list.as_deref(),
+                    entries,
+                ) {
+                    Ok(new) => {
+                        state.gdt_frames = new;
+                        state.gdt_entries = entries;
+                        let effects = Effects {
+                            gdt_changed: true,
+                            ..Effects::default()
+                        };
+                        (0, effects)
+                    }
+                    Err(errno) => (errno, Effects::default()),
+                }
+            }
+            pv_nr::UPDATE_DESCRIPTOR => {
+                let ret =
+                    match kxen_pv::descriptors::update_descriptor(&mut mmu, &mut frames, a1, a2) {
+                        Ok(()) => 0,
+                        Err(errno) => errno,
+                    };
+                (ret, Effects::default())
             }
             pv_nr::SET_TRAP_TABLE
             | pv_nr::STACK_SWITCH

@@ -231,6 +231,10 @@ pub mod hypercall {
     pub const MMUEXT_OP: u64 = 26;
     /// `set_trap_table(traps)`.
     pub const SET_TRAP_TABLE: u64 = 0;
+    /// `set_gdt(frame_list, entries)`.
+    pub const SET_GDT: u64 = 2;
+    /// `update_descriptor(maddr, desc)`.
+    pub const UPDATE_DESCRIPTOR: u64 = 10;
     /// `stack_switch(ss, sp)`: the kernel stack for bounces from user mode.
     pub const STACK_SWITCH: u64 = 3;
     /// `set_callbacks(event, failsafe, syscall)` (the 64-bit form).

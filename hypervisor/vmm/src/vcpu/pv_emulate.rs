@@ -264,7 +264,16 @@ impl Vcpu {
         // Back to the kernel at CPL3 with the FS/GS bases it may have set,
         // on the CR3 the effects may just have loaded.
         let mut load = self.kvm.sregs();
-        let (cs, ss) = crate::pv::pv_kernel_segments();
+        // Back in the mode it trapped from, with that mode's selectors.
+        let (cs, ss) = match pv.with_vcpu(self.id, |v| {
+            (!v.kernel_mode).then_some((v.user_cs, v.user_ss))
+        }) {
+            Some(Some((cs, ss))) => (
+                crate::pv::pv_segment(cs, 0xb, true),
+                crate::pv::pv_segment(ss, 0x3, false),
+            ),
+            _ => crate::pv::pv_kernel_segments(),
+        };
         load.cs = cs;
         load.ss = ss;
         load.fs.base = new_sregs.fs.base;

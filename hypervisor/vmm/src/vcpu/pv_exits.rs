@@ -15,7 +15,7 @@
 use std::sync::Arc;
 
 use tracing::{debug, error, trace, warn};
-use vm_memory::GuestMemoryMmap;
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use xen_abi::errno::{EFAULT, EINVAL};
 use xen_abi::pv::hypercall as pv_nr;
 
@@ -49,6 +49,9 @@ struct PvLoad {
     mode: bool,
     /// `set_segment_base` changed a live base.
     segments: Option<SegmentLoad>,
+    /// CS/SS to load other than Xen's flat kernel ones (an `iret` to user
+    /// mode on the guest GDT's selectors).
+    selectors: Option<(u16, u16)>,
 }
 
 impl Vcpu {
@@ -160,7 +163,7 @@ impl Vcpu {
             } else {
                 let call = Call::native(op, [word(2), word(3), word(4), word(5), word(6)]);
                 let (result, effects) = self.pv_dispatch(pv, call);
-                if effects.base_changed || effects.segment_load.is_some() {
+                if effects.base_changed || effects.segment_load.is_some() || effects.gdt_changed {
                     self.apply_pv_effects(pv, &effects);
                 } else if let Some(f) = effects.flush {
                     flush.add_flush(f.vcpus, f.scope);
@@ -335,9 +338,10 @@ impl Vcpu {
         self.pv_load(
             pv,
             PvLoad {
-                code_and_stack,
+                // Back from user mode: the kernel's CS/SS as well.
+                code_and_stack: code_and_stack || mode,
                 mode,
-                segments: None,
+                ..Default::default()
             },
         )?;
         self.pv_deliver_events(pv)
@@ -346,7 +350,8 @@ impl Vcpu {
     /// Load CS/SS, the mode's L4 and GS base, and changed segment bases,
     /// in one KVM_SET_SREGS, only if something changed.
     fn pv_load(&mut self, pv: &PvMachine, load: PvLoad) -> Result<(), String> {
-        if !load.code_and_stack && !load.mode && load.segments.is_none() {
+        if !load.code_and_stack && !load.mode && load.segments.is_none() && load.selectors.is_none()
+        {
             return Ok(());
         }
         let (kernel_mode, gs_base, fs_base) = pv
@@ -363,9 +368,15 @@ impl Vcpu {
         } else {
             None
         };
-        let (cs, ss) = pv::pv_kernel_segments();
+        let (cs, ss) = match load.selectors {
+            Some((cs, ss)) => (
+                pv::pv_segment(cs, 0xb, true),
+                pv::pv_segment(ss, 0x3, false),
+            ),
+            None => pv::pv_kernel_segments(),
+        };
         let ok = self.kvm.update_sregs(|s| {
-            if load.code_and_stack {
+            if load.code_and_stack || load.selectors.is_some() {
                 s.cs = cs;
                 s.ss = ss;
             }
@@ -405,6 +416,7 @@ impl Vcpu {
         self.pv_load(
             pv,
             PvLoad {
+                code_and_stack: mode,
                 mode,
                 ..Default::default()
             },
@@ -498,8 +510,20 @@ impl Vcpu {
         let mem = self.rt.memory.snapshot();
         let user_tables = pv.has_user_tables(self.id);
         let mask = pv.upcall_mask(&mem, self.id);
+        // The guest GDT's descriptors, for an iret to its own selectors.
+        let gdt_frames = pv
+            .with_vcpu(self.id, |v| v.gdt_frames.clone())
+            .unwrap_or_default();
+        let descriptor = |selector: u16| {
+            let index = u64::from(selector >> 3);
+            let frame = gdt_frames.get((index / 512) as usize)?;
+            mem.read_obj::<u64>(GuestAddress((frame << 12) + (index % 512) * 8))
+                .ok()
+        };
         let outcome = pv
-            .with_vcpu(self.id, |v| v.iret(&frame, user_tables, mask, [0; 4]))
+            .with_vcpu(self.id, |v| {
+                v.iret(&frame, user_tables, mask, [0; 4], descriptor)
+            })
             .ok_or_else(|| format!("PV vCPU {} has no PV state", self.id))?
             .map_err(|e| format!("PV vCPU {}: iret: {e}; the domain crashes", self.id))?;
         match outcome {
@@ -514,12 +538,14 @@ impl Vcpu {
                     r.rcx = rcx;
                     r.r11 = r11;
                 }
+                let flat = ret.cs == FLAT_KERNEL_CS64 && ret.ss == FLAT_KERNEL_SS64;
                 self.pv_load(
                     pv,
                     PvLoad {
-                        code_and_stack: from_stub,
+                        code_and_stack: from_stub || ret.switch_to_user,
                         mode: ret.switch_to_user,
                         segments: None,
+                        selectors: (!flat).then_some((ret.cs, ret.ss)),
                     },
                 )?;
                 self.pv_deliver_events(pv)
@@ -567,7 +593,15 @@ impl Vcpu {
                 None => warn!(vcpu = self.id, "PV base pointer changed to none"),
             }
         }
-        if effects.flush.is_some() || effects.base_changed {
+        if effects.gdt_changed {
+            // The vCPU's GDT area now maps the guest's frames; the GDT
+            // base and limit stay (the reserved entries sit at 0xe000).
+            let frames = pv
+                .with_vcpu(self.id, |v| v.gdt_frames.clone())
+                .unwrap_or_default();
+            crate::pv::map_guest_gdt(&self.rt.memory.snapshot(), self.id, &frames);
+        }
+        if effects.flush.is_some() || effects.base_changed || effects.gdt_changed {
             trace!(vcpu = self.id, flush = ?effects.flush, "PV TLB flush");
             if let Err(e) = self.rt.memory.flush_kvm_shadow_mmu() {
                 // The guest may now reach frames through stale entries.
