@@ -11,7 +11,10 @@
  *   the user process entered with iret on the GDT's own selectors (0x33,
  *   0x2b, as Linux's user mode runs) makes its syscalls, and the syscall
  *   frame shows CS 0x33;
- *   set_gdt with no entries releases the frame (writable again). */
+ *   set_gdt with no entries releases the frame (writable again);
+ *   MMUEXT_SET_LDT: its refusals, an LDT page held as a descriptor page
+ *   (fixed up, not mappable writable) and released, and a page with a
+ *   descriptor Xen refuses left out of the LDT. */
     .set HC_SET_GDT, 2
     .set HC_UPDATE_DESCRIPTOR, 10
     .set EBUSY, 16
@@ -20,6 +23,7 @@
     .set DESC_DATA_DPL0, 0x00cf93000000ffff
     .set DESC_DATA_DPL3, 0x00cff3000000ffff
     .set DESC_TSS, 0x0000890000000067
+    .set MMUEXT_SET_LDT, 13
 
     .text
 gdt_checks:
@@ -144,6 +148,8 @@ gdt_checks:
     lea name_ud_ok(%rip), %rbx
     call verdict
 
+    call ldt_checks
+
     /* The user process on the GDT's own selectors. */
     movq $0x33, user_cs_sel(%rip)
     movq $0x2b, user_ss_sel(%rip)
@@ -217,4 +223,132 @@ name_ud_table: .asciz "update_descriptor into a page table is -EINVAL"
 name_ud_ok:   .asciz "update_descriptor writes a data descriptor, DPL fixed up to 3"
 name_gdt_user: .asciz "user mode on the GDT's selectors 0x33/0x2b: syscall frame shows CS 0x33"
 name_gdt_release: .asciz "set_gdt with no entries releases the frame: writable again"
+    .text
+
+/* ---- the LDT (MMUEXT_SET_LDT) ---- */
+ldt_checks:
+    push %r13
+    mov SI_NR_PAGES(%r15), %rax
+    sub $10, %rax
+    mov %rax, ldt_frame(%rip)
+    /* Refusals: too many entries, a misaligned base. */
+    mov $8193, %esi
+    mov window_va(%rip), %rdi
+    call set_ldt
+    expect_rax -EINVAL, name_ldt_many
+    mov $1, %esi
+    mov window_va(%rip), %rdi
+    add $1, %rdi
+    call set_ldt
+    expect_rax -EINVAL, name_ldt_align
+    /* The LDT page: a user data and a DPL-0 code descriptor, written
+     * through a writable mapping, then mapped read-only. */
+    mov $PTE_P_RW, %edx
+    call ldt_window
+    mov window_va(%rip), %rcx
+    movabs $DESC_DATA_DPL3, %rax
+    mov %rax, 0(%rcx)
+    movabs $DESC_CODE64_DPL0, %rax
+    mov %rax, 8(%rcx)
+    mov $1, %edx
+    call ldt_window
+    mov $2, %esi
+    mov window_va(%rip), %rdi
+    call set_ldt
+    mov %rax, %r13
+    mov window_va(%rip), %rcx
+    mov 8(%rcx), %rsi
+    movabs $DESC_CODE64_DPL3, %rax
+    cmp %rax, %rsi
+    sete %al
+    test %r13, %r13
+    sete %dl
+    and %dl, %al
+    movzbl %al, %edi
+    lea name_ldt_ok(%rip), %rbx
+    call verdict
+    /* Held as a descriptor page: no writable mapping (V, -EBUSY). */
+    call ldt_map_v
+    expect_rax -EBUSY, name_ldt_held
+    /* No LDT: released, V maps it writable. */
+    xor %esi, %esi
+    xor %edi, %edi
+    call set_ldt
+    mov %rax, %r13
+    call ldt_map_v
+    or %r13, %rax
+    expect_rax 0, name_ldt_release
+    /* A page with a TSS descriptor is left out of the LDT (its selectors
+     * would fault), so nothing holds it. */
+    mov %r12, %rdi
+    mov pte_b(%rip), %rsi
+    mov $UVMF_INVLPG, %edx
+    call hypercall_page + HC_UPDATE_VA_MAPPING * 32
+    mov $PTE_P_RW, %edx
+    call ldt_window
+    mov window_va(%rip), %rcx
+    movabs $DESC_TSS, %rax
+    mov %rax, 0(%rcx)
+    mov $1, %edx
+    call ldt_window
+    mov $2, %esi
+    mov window_va(%rip), %rdi
+    call set_ldt
+    mov %rax, %r13
+    call ldt_map_v
+    or %r13, %rax
+    expect_rax 0, name_ldt_bad
+    xor %esi, %esi
+    xor %edi, %edi
+    call set_ldt
+    /* V back on frame B; the window unmapped. */
+    mov %r12, %rdi
+    mov pte_b(%rip), %rsi
+    mov $UVMF_INVLPG, %edx
+    call hypercall_page + HC_UPDATE_VA_MAPPING * 32
+    mov window_va(%rip), %rdi
+    xor %esi, %esi
+    mov $UVMF_INVLPG, %edx
+    call hypercall_page + HC_UPDATE_VA_MAPPING * 32
+    pop %r13
+    ret
+
+/* set_ldt: mmuext_op SET_LDT(RDI = base, ESI = entries). */
+set_ldt:
+    movl $MMUEXT_SET_LDT, op_cmd(%rip)
+    mov %rdi, op_arg1(%rip)
+    mov %rsi, op_arg2(%rip)
+    lea op_cmd(%rip), %rdi
+    mov $1, %esi
+    xor %edx, %edx
+    mov $DOMID_SELF, %r10d
+    jmp hypercall_page + HC_MMUEXT_OP * 32
+
+/* ldt_window: map the LDT frame at the window VA with flags EDX. */
+ldt_window:
+    mov window_va(%rip), %rdi
+    mov ldt_frame(%rip), %rsi
+    shl $12, %rsi
+    or %rdx, %rsi
+    mov $UVMF_INVLPG, %edx
+    jmp hypercall_page + HC_UPDATE_VA_MAPPING * 32
+
+/* ldt_map_v: map the LDT frame writable at V (R12). */
+ldt_map_v:
+    mov %r12, %rdi
+    mov ldt_frame(%rip), %rsi
+    shl $12, %rsi
+    or $PTE_P_RW, %rsi
+    mov $UVMF_INVLPG, %edx
+    jmp hypercall_page + HC_UPDATE_VA_MAPPING * 32
+
+    .data
+    .balign 8
+ldt_frame:    .quad 0
+name_ldt_many: .asciz "MMUEXT_SET_LDT of more than 8192 entries is -EINVAL"
+name_ldt_align: .asciz "MMUEXT_SET_LDT at a misaligned base is -EINVAL"
+name_ldt_ok:  .asciz "MMUEXT_SET_LDT loads an LDT page, its DPL-0 code fixed up to 3"
+name_ldt_held: .asciz "a loaded LDT page cannot be mapped writable (-EBUSY)"
+name_ldt_release: .asciz "MMUEXT_SET_LDT with no entries releases the page"
+name_ldt_bad: .asciz "an LDT page with a TSS descriptor is left out (not held)"
     .text

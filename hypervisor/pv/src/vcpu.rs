@@ -64,6 +64,9 @@ pub struct PvVcpu {
     /// The guest's GDT (`set_gdt`): its frames and entries.
     pub gdt_frames: Vec<u64>,
     pub gdt_entries: u64,
+    /// The LDT's pages the executor holds as descriptor frames (`None`:
+    /// a page left out).
+    pub ldt_frames: Vec<Option<u64>>,
     /// The CS and SS user mode runs with (from its last `iret`): Xen's
     /// flat ones or the guest GDT's (Linux's 0x33/0x2b).
     pub user_cs: u16,
@@ -92,6 +95,7 @@ impl Default for PvVcpu {
             gs_sel_user: 0,
             gdt_frames: Vec::new(),
             gdt_entries: 0,
+            ldt_frames: Vec::new(),
             user_cs: FLAT_RING3_CS64,
             user_ss: FLAT_RING3_SS64,
         }

@@ -159,7 +159,11 @@ const GDT_AREA_PAGES: u64 = 16;
 /// and of the zero page mapped where a guest GDT has no frame.
 const GDT_L1_SPECIAL: u64 = TRAP_PAGES_FIRST + 7;
 const ZERO_SPECIAL: u64 = TRAP_PAGES_FIRST + 8;
-const _: () = assert!(ZERO_SPECIAL < crate::memory::SPECIAL_PAGES);
+/// The L1 of every vCPU's LDT area (L2 slot 2 of slot 271).
+const LDT_L1_SPECIAL: u64 = TRAP_PAGES_FIRST + 9;
+const _: () = assert!(LDT_L1_SPECIAL < crate::memory::SPECIAL_PAGES);
+/// Pages of one vCPU's LDT area: 8192 descriptors.
+const LDT_AREA_PAGES: u64 = 16;
 const _: () = assert!(MAX_PV_VCPUS as u64 * GDT_AREA_PAGES <= 512);
 /// Bytes of one exit stub: `movb $vector, rel32(%rip)` (7) and `ud2`.
 const TRAP_STUB_SIZE: u64 = 16;
@@ -204,6 +208,29 @@ pub fn map_guest_gdt(mem: &GuestMemoryMmap, vcpu: u32, frames: &[u64]) {
         let entry = gdt_area_entry(page, frames.get(page as usize).copied());
         let at = u64::from(vcpu) * GDT_AREA_PAGES + page;
         let _ = mem.write_obj(entry, GuestAddress((gdt_l1 << 12) + at * 8));
+    }
+}
+
+/// vCPU `vcpu`'s LDT base: its area in L2 slot 2 of slot 271.
+pub(crate) const fn ldt_area_va(vcpu: u32) -> u64 {
+    PV_HYPERCALL_VA + (4 << 20) + (vcpu as u64) * LDT_AREA_PAGES * xen_abi::PAGE_SIZE as u64
+}
+
+/// Point vCPU `vcpu`'s LDT area at `frames` (`None`: a page that is not
+/// mapped or not a valid descriptor page; using a selector there
+/// faults). The caller flushes KVM's shadow MMU.
+pub fn map_guest_ldt(mem: &GuestMemoryMmap, vcpu: u32, frames: &[Option<u64>]) {
+    if vcpu >= MAX_PV_VCPUS {
+        return;
+    }
+    let ldt_l1 = special_gfn(LDT_L1_SPECIAL);
+    for page in 0..LDT_AREA_PAGES {
+        let entry = match frames.get(page as usize).copied().flatten() {
+            Some(mfn) => (mfn << 12) | 0x3 | PTE_ACCESSED | 0x40 | PTE_NX,
+            None => 0,
+        };
+        let at = u64::from(vcpu) * LDT_AREA_PAGES + page;
+        let _ = mem.write_obj(entry, GuestAddress((ldt_l1 << 12) + at * 8));
     }
 }
 
@@ -461,6 +488,14 @@ fn write_hypervisor_tables(mem: &GuestMemoryMmap) -> Result<u64, PvSetupError> {
     .map_err(|_| PvSetupError::HypervisorTables(l2))?;
     mem.write_slice(&zero, GuestAddress(special_gfn(ZERO_SPECIAL) << 12))
         .map_err(|_| PvSetupError::HypervisorTables(special_gfn(ZERO_SPECIAL)))?;
+    // L2[2]: every vCPU's LDT area, empty until MMUEXT_SET_LDT.
+    let ldt_l1 = special_gfn(LDT_L1_SPECIAL);
+    mem.write_obj(
+        (ldt_l1 << 12) | 0x3 | PTE_ACCESSED,
+        GuestAddress((l2 << 12) + 16),
+    )
+    .and_then(|()| mem.write_slice(&zero, GuestAddress(ldt_l1 << 12)))
+    .map_err(|_| PvSetupError::HypervisorTables(ldt_l1))?;
     for vcpu in 0..MAX_PV_VCPUS {
         for page in 0..GDT_AREA_PAGES {
             let entry = gdt_area_entry(page, None);
@@ -900,6 +935,49 @@ impl PvMachine {
             .get_mut(vcpu as usize)?
             .1
             .take()
+    }
+
+    /// MMUEXT_SET_LDT took effect on `vcpu`: hold the descriptor pages
+    /// of its new LDT (found through `translate`, the vCPU's kernel page
+    /// tables) and release the old ones. Xen maps LDT pages lazily on the
+    /// first fault; kxen takes them at once, and a page that is not
+    /// mapped or holds a descriptor Xen refuses stays out of the LDT
+    /// (its selectors fault, as they would on Xen). Returns the LDT base
+    /// and byte limit to load (None: no LDT) and the pages to map.
+    pub fn load_ldt(
+        &self,
+        mem: &GuestMemoryMmap,
+        vcpu: u32,
+        translate: impl Fn(u64) -> Option<u64>,
+    ) -> (Option<u32>, Vec<Option<u64>>) {
+        let mut mmu = self.mmu.lock().unwrap_or_else(|e| e.into_inner());
+        let (base, entries) = mmu
+            .vcpu(vcpu as usize)
+            .map_or((0, 0), |state| (state.ldt_base, state.ldt_entries));
+        let mut frames = GuestFrames { mem, guest: None };
+        let mut vcpus = self.vcpus.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(state) = vcpus.get_mut(vcpu as usize) else {
+            return (None, Vec::new());
+        };
+        for mfn in std::mem::take(&mut state.ldt_frames).into_iter().flatten() {
+            mmu.put_segdesc(&mut frames, mfn);
+        }
+        if entries == 0 {
+            return (None, Vec::new());
+        }
+        let bytes = u64::from(entries) * 8;
+        let pages = bytes.div_ceil(xen_abi::PAGE_SIZE as u64);
+        let taken: Vec<Option<u64>> = (0..pages)
+            .map(|page| {
+                let gpa = translate(base + page * xen_abi::PAGE_SIZE as u64)?;
+                let mfn = gpa >> 12;
+                kxen_pv::descriptors::get_descriptor_frame(&mut mmu, &mut frames, mfn)
+                    .ok()
+                    .map(|()| mfn)
+            })
+            .collect();
+        state.ldt_frames = taken.clone();
+        ((bytes - 1).try_into().ok(), taken)
     }
 
     /// Run `f` on vCPU `vcpu`'s PV state (`None` past the domain's).

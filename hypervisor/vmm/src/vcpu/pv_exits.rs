@@ -163,7 +163,11 @@ impl Vcpu {
             } else {
                 let call = Call::native(op, [word(2), word(3), word(4), word(5), word(6)]);
                 let (result, effects) = self.pv_dispatch(pv, call);
-                if effects.base_changed || effects.segment_load.is_some() || effects.gdt_changed {
+                if effects.base_changed
+                    || effects.segment_load.is_some()
+                    || effects.gdt_changed
+                    || effects.ldt_changed
+                {
                     self.apply_pv_effects(pv, &effects);
                 } else if let Some(f) = effects.flush {
                     flush.add_flush(f.vcpus, f.scope);
@@ -568,6 +572,39 @@ impl Vcpu {
         }
     }
 
+    /// MMUEXT_SET_LDT: map the new LDT's pages in the vCPU's LDT area
+    /// and load LDTR (base and limit; the selector is not the guest's
+    /// business in PV, which has no `lldt`).
+    fn pv_load_ldt(&mut self, pv: &PvMachine) {
+        let mem = self.rt.memory.snapshot();
+        let memory = self.rt.memory.clone();
+        let (limit, frames) = {
+            let kvm = &self.kvm;
+            pv.load_ldt(&mem, self.id, |va| kvm.probe_gpa(&memory, va))
+        };
+        pv::map_guest_ldt(&mem, self.id, &frames);
+        let base = pv::ldt_area_va(self.id);
+        let ok = self.kvm.update_sregs(|s| {
+            s.ldt = match limit {
+                Some(limit) => kvm_bindings::kvm_segment {
+                    base,
+                    limit,
+                    selector: 0,
+                    type_: 2,
+                    present: 1,
+                    ..Default::default()
+                },
+                None => kvm_bindings::kvm_segment {
+                    unusable: 1,
+                    ..Default::default()
+                },
+            };
+        });
+        if !ok {
+            warn!(vcpu = self.id, "loading the PV LDT failed");
+        }
+    }
+
     /// What a PV call asks before the guest resumes. A new base pointer
     /// is loaded into CR3 for the mode the vCPU is in. A TLB flush, and
     /// the flush a base pointer load implies, drop KVM's shadow page
@@ -601,7 +638,14 @@ impl Vcpu {
                 .unwrap_or_default();
             crate::pv::map_guest_gdt(&self.rt.memory.snapshot(), self.id, &frames);
         }
-        if effects.flush.is_some() || effects.base_changed || effects.gdt_changed {
+        if effects.ldt_changed {
+            self.pv_load_ldt(pv);
+        }
+        if effects.flush.is_some()
+            || effects.base_changed
+            || effects.gdt_changed
+            || effects.ldt_changed
+        {
             trace!(vcpu = self.id, flush = ?effects.flush, "PV TLB flush");
             if let Err(e) = self.rt.memory.flush_kvm_shadow_mmu() {
                 // The guest may now reach frames through stale entries.
