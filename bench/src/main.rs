@@ -7,6 +7,7 @@ mod density;
 mod devices;
 mod hvm;
 mod linux;
+mod pv;
 mod toolstack;
 mod xenstore;
 
@@ -120,6 +121,7 @@ fn main() {
         for section in &sections {
             match section.as_str() {
                 "core" => core(),
+                "pv" => pv::run(),
                 "xenstore" => xenstore::run(),
                 "devices" => {
                     devices::block();
@@ -132,7 +134,7 @@ fn main() {
                 "density" => density::run(),
                 "linux-hvm" => hvm::run(linux::run()),
                 other => eprintln!(
-                    "unknown section {other:?} (core, xenstore, devices, linux, hvm, linux-hvm, density)"
+                    "unknown section {other:?} (core, pv, xenstore, devices, linux, hvm, linux-hvm, density)"
                 ),
             }
         }
@@ -140,6 +142,8 @@ fn main() {
     }
 
     core();
+    println!();
+    pv::run();
     xenstore::run();
 
     println!();

@@ -53,10 +53,18 @@
     .set SYS_REPORT, 1
     .set SYS_EXIT, 2
     .set SYS_NOP, 3
+    /* BENCH (kxen-bench's pv section): longer timing loops. */
+.ifdef BENCH
+    .set USER_CALLS, 2000
+    .set PF_CALLS, 2000
+    .set EV_CALLS, 2000
+    .set BASEPTR_CALLS, 2000
+.else
     .set USER_CALLS, 200
     .set PF_CALLS, 200
     .set EV_CALLS, 200
     .set BASEPTR_CALLS, 200
+.endif
     .set HV_TRANSPORT_VA, 0xffff878000000000
     .set GS_MAGIC, 0x6565656565656565
     .set FS_MAGIC, 0x4646464646464646

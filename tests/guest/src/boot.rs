@@ -92,6 +92,9 @@ pub const SVC_BENCH_NULL_EXIT: u64 = 1;
 pub const SVC_TRIPLE_FAULT: u64 = 2;
 /// CPUID as ring 0 sees it: RDI = leaf, RSI = subleaf, RDX = `*mut [u32; 4]`.
 pub const SVC_CPUID: u64 = 3;
+/// RDI iterations of a ring-0 CR3 reload (the value it holds); returns
+/// the elapsed TSC ticks (the PVH side of the PV NEW_BASEPTR benchmark).
+pub const SVC_BENCH_CR3: u64 = 4;
 
 /// The kxen "null" port: an `out` the VMM ignores (one exit, no work).
 pub const NULL_PORT: u16 = 0x59;
@@ -100,10 +103,20 @@ pub const NULL_PORT: u16 = 0x59;
 /// #GP (PVM runs ring 3 with IOPL 0), so the VMM never saw it.
 pub const RING3_OUT_GP: u64 = 0x6b78_656e_0000_000d;
 
+/// A user address nothing maps (PML4 slot 1: ring 0 maps only the first
+/// 4 GiB, through slot 0): a load from it at CPL 3 is a page fault.
+pub const RING3_PF_PROBE_VA: u64 = 0x80_0000_0000;
+/// RAX after `kxen_ring3_pf_probe` when ring 0 took its page fault and
+/// stepped over the load (the PVH side of the PV user page fault benchmark).
+pub const RING3_PF_PROBE_DONE: u64 = 0x6b78_656e_0000_000e;
+
 extern "C" {
     /// `out %eax, $0x58` at CPL 3 with RAX and RDI preset; returns RAX
     /// afterwards ([`RING3_OUT_GP`] if the CPU raised #GP instead).
     pub fn kxen_ring3_out58(rax: u64, rdi: u64) -> u64;
+    /// A 2-byte load from `addr` at CPL 3; a page fault on it is served
+    /// by ring 0 stepping over the load with RAX = [`RING3_PF_PROBE_DONE`].
+    pub fn kxen_ring3_pf_probe(addr: u64) -> u64;
 }
 
 core::arch::global_asm!(
@@ -344,6 +357,15 @@ kxen_ring3_out58_insn:
     outl %eax, $0x58
     ret
 
+/* u64 kxen_ring3_pf_probe(u64 addr): a 2-byte load from ADDR at CPL 3
+   (movb (%rdi), %al); ring 0 steps over it on a page fault. */
+    .globl kxen_ring3_pf_probe
+kxen_ring3_pf_probe:
+    xorl %eax, %eax
+kxen_ring3_pf_probe_insn:
+    movb (%rdi), %al
+    ret
+
 /* ---------------------------------------------------------------------- */
 /* The gate ring 3 uses: int3 (vector 3, DPL 3). R9 selects hypercall (0) or
    service (else). On PVM hosts `int n` from ring 3 comes back as #UD, while
@@ -429,6 +451,8 @@ kxen_svc_entry:
     je .Lsvc_triple
     cmpq ${svc_cpuid}, %rax
     je .Lsvc_cpuid
+    cmpq ${svc_bench_cr3}, %rax
+    je .Lsvc_bench_cr3
     jmp .Lsvc_nosys
 
 /* CPUID leaf RDI, subleaf RSI as ring 0 sees it; EAX..EDX stored at RDX
@@ -481,6 +505,23 @@ kxen_svc_entry:
     outl %eax, ${null_port}
     decq %r12
     jnz .Lsvc_null_loop
+
+/* RDI iterations of a CR3 reload with the value it holds (what a PVH
+   kernel's address-space switch costs in ring 0); returns elapsed TSC
+   ticks */
+.Lsvc_bench_cr3:
+    movq %rdi, %r12
+    testq %r12, %r12
+    jz .Lsvc_zero
+    rdtsc
+    shlq $32, %rdx
+    orq %rdx, %rax
+    movq %rax, %r13
+.Lsvc_cr3_loop:
+    movq %cr3, %rax
+    movq %rax, %cr3
+    decq %r12
+    jnz .Lsvc_cr3_loop
 
 .Lsvc_elapsed:
     rdtsc
@@ -598,6 +639,20 @@ kxen_exc_\vec:
 kxen_exc_common:
     testb $3, 24(%rsp)              /* from ring 3? */
     jz .Lexc_kernel
+    /* #PF on the ring-3 page-fault probe: step over its 2-byte load with
+       RAX set to a marker. */
+    cmpq $14, 0(%rsp)
+    jne .Lexc_not_pf_probe
+    pushq %rax
+    leaq kxen_ring3_pf_probe_insn(%rip), %rax
+    cmpq %rax, 24(%rsp)
+    popq %rax
+    jne .Lexc_user
+    addq $2, 16(%rsp)
+    movabsq ${pf_probe_done}, %rax
+    addq $16, %rsp
+    iretq
+.Lexc_not_pf_probe:
     /* #GP on the ring-3 port-write probe: resume after it with RAX set to
        a marker (PVM runs ring 3 with IOPL 0 whatever the guest sets). */
     cmpq $13, 0(%rsp)
@@ -789,6 +844,8 @@ kxen_tss:
     svc_bench_null = const SVC_BENCH_NULL_EXIT,
     svc_triple_fault = const SVC_TRIPLE_FAULT,
     svc_cpuid = const SVC_CPUID,
+    svc_bench_cr3 = const SVC_BENCH_CR3,
+    pf_probe_done = const RING3_PF_PROBE_DONE,
     xen_version_stub = const xen_abi::hypercall::XEN_VERSION as usize * xen_abi::hypercall::STUB_SIZE,
     null_port = const NULL_PORT,
     probe_gp = const RING3_OUT_GP,

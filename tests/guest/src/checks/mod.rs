@@ -389,4 +389,5 @@ pub static CHECKS: &[Check] = &[
     special("triple_fault", special::triple_fault),
     special("bad_insn", special::bad_insn),
     special("bench", special::bench),
+    special("bench.pv", special::bench_pv),
 ];

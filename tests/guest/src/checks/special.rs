@@ -9,9 +9,13 @@ use xen_abi::event_channel::{Reset, EVTCHNOP_RESET, EVTCHNSTAT_CLOSED};
 use xen_abi::DOMID_SELF;
 
 use super::{neg, ok, rc_is, R};
-use crate::boot::{SVC_BENCH_HYPERCALL, SVC_BENCH_NULL_EXIT, SVC_TRIPLE_FAULT};
-use crate::hypercall::{cpuid, event_channel_op, service};
+use crate::boot::{
+    kxen_ring3_pf_probe, RING3_PF_PROBE_DONE, RING3_PF_PROBE_VA, SVC_BENCH_CR3,
+    SVC_BENCH_HYPERCALL, SVC_BENCH_NULL_EXIT, SVC_TRIPLE_FAULT,
+};
+use crate::hypercall::{cpuid, event_channel_op, hypercall5, rdtsc, service};
 use crate::setup::CONSOLE_PORT;
+use crate::time::Deadline;
 use crate::{bail, console, events, println, xen};
 
 /// EVTCHNOP_reset closes every port, the console's and xenstore's included,
@@ -128,6 +132,111 @@ pub fn bench() -> R {
         "bench: hypercall_cycles={} null_exit_cycles={} tsc_khz={}",
         hc as u64 / N,
         null as u64 / N,
+        khz
+    );
+    Ok(())
+}
+
+/// The PVH side of kxen-bench's `pv` section: each operation the PV test
+/// kernel (tests/guestpv) times, done the way this PVH guest does it.
+/// Ring 0 is emulated on PVM hosts, so ring-3 loops go through the int3
+/// gate exactly as every check here does.
+pub fn bench_pv() -> R {
+    const N: u64 = 2_000;
+    // An out-of-range hypercall number: the gate answers -ENOSYS in ring 0
+    // without a hypercall, so this is a bare ring 3 -> ring 0 -> ring 3
+    // round trip (int3, six gate instructions, iretq).
+    const GATE_ENOSYS: u64 = 255;
+    // Ring-0 loops (a PVH kernel's own view).
+    let hc = service(SVC_BENCH_HYPERCALL, N) as i64;
+    if hc < 0 {
+        bail!("hypercall benchmark failed: {}", super::Rc(hc));
+    }
+    let cr3 = service(SVC_BENCH_CR3, N) as i64;
+    if cr3 < 0 {
+        bail!("CR3 benchmark failed: {}", super::Rc(cr3));
+    }
+
+    // Ring 3 -> ring 0 -> ring 3 through the gate.
+    let t0 = rdtsc();
+    for _ in 0..N {
+        // SAFETY: no pointer arguments; the gate refuses the number.
+        let rc = unsafe { hypercall5(GATE_ENOSYS, 0, 0, 0, 0, 0) };
+        if rc != neg(xen_abi::errno::ENOSYS) {
+            bail!(
+                "gate with hypercall {}: expected -ENOSYS, got {}",
+                GATE_ENOSYS,
+                super::Rc(rc)
+            );
+        }
+    }
+    let gate = rdtsc() - t0;
+
+    // xen_version(0) from ring 3: the gate plus a hypercall.
+    let t0 = rdtsc();
+    for _ in 0..N {
+        let rc = crate::hypercall::xen_version_null(0);
+        if rc < 0 {
+            bail!("xen_version(0) from ring 3: {}", super::Rc(rc));
+        }
+    }
+    let gate_hc = rdtsc() - t0;
+
+    // A ring-3 page fault handled in ring 0 and returned from.
+    let t0 = rdtsc();
+    for _ in 0..N {
+        // SAFETY: the probe loads one byte from an unmapped user address;
+        // ring 0 steps over the faulting load and returns a marker.
+        let rax = unsafe { kxen_ring3_pf_probe(RING3_PF_PROBE_VA) };
+        if rax != RING3_PF_PROBE_DONE {
+            bail!(
+                "page-fault probe returned {:#x}, not the ring-0 marker",
+                rax
+            );
+        }
+    }
+    let pf = rdtsc() - t0;
+
+    // EVTCHNOP_send to an IPI port of our own, until its upcall is taken
+    // (vector 0xf3, ring 0 EOIs and counts), then the pending state
+    // cleared as an upcall handler does.
+    let ipi = ok("bind_ipi(0)", xen::bind_ipi(0))?;
+    events::forget(ipi);
+    let mut deadline = Deadline::after_ms(10_000);
+    let t0 = rdtsc();
+    for _ in 0..N {
+        let before = events::upcalls();
+        rc_is("EVTCHNOP_send(ipi)", xen::send(ipi), 0)?;
+        while events::upcalls() == before {
+            if deadline.expired() {
+                bail!("no upcall for a send to IPI port {} within 10 s", ipi);
+            }
+            core::hint::spin_loop();
+        }
+        events::drain();
+        if !events::take_seen(ipi) {
+            bail!("upcall taken but IPI port {} not pending", ipi);
+        }
+    }
+    let upcall = rdtsc() - t0;
+    rc_is("close(ipi)", xen::close(ipi), 0)?;
+
+    let max = cpuid(XEN_CPUID_BASE, 0)[0];
+    let khz = if max >= XEN_CPUID_BASE + 3 {
+        cpuid(XEN_CPUID_BASE + 3, 0)[2]
+    } else {
+        0
+    };
+    println!(
+        "bench.pv: calls={} hypercall_cycles={} cr3_cycles={} gate_cycles={} \
+         gate_hypercall_cycles={} page_fault_cycles={} evtchn_upcall_cycles={} tsc_khz={}",
+        N,
+        hc as u64 / N,
+        cr3 as u64 / N,
+        gate / N,
+        gate_hc / N,
+        pf / N,
+        upcall / N,
         khz
     );
     Ok(())
