@@ -8,6 +8,7 @@
 //! Every hypercall argument is hostile: a bad one is Xen's error code,
 //! never a panic.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
 use kvm_bindings::kvm_segment;
@@ -517,6 +518,9 @@ pub struct PvMachine {
     /// Each vCPU's PV state: mode, callbacks, kernel stack, segment
     /// bases, virtual IDT.
     pub vcpus: Mutex<Vec<PvVcpu>>,
+    /// kxen-vmm wrote a page table (or its own mappings) since KVM's
+    /// shadow MMU was last flushed.
+    shadow_stale: AtomicBool,
     /// Per vCPU: whether it was initialised (vCPU 0 by the builder), and
     /// where VCPUOP_initialise said it starts, taken by its thread when
     /// VCPUOP_up brings it online.
@@ -548,6 +552,9 @@ struct GuestFrames<'a> {
     mem: &'a GuestMemoryMmap,
     /// None while building: no vCPU has run, nothing is read through one.
     guest: Option<&'a GuestAccess<'a>>,
+    /// Set by every write to a frame: KVM's shadow page tables may now
+    /// disagree with the guest's (see [`PvMachine::take_shadow_stale`]).
+    stale: &'a AtomicBool,
 }
 
 impl GuestFrames<'_> {
@@ -566,6 +573,7 @@ impl MmuMemory for GuestFrames<'_> {
     }
 
     fn write_entry(&mut self, mfn: Mfn, index: usize, value: u64) {
+        self.stale.store(true, Ordering::SeqCst);
         if self
             .mem
             .write_obj(value, Self::entry_addr(mfn, index))
@@ -576,11 +584,13 @@ impl MmuMemory for GuestFrames<'_> {
     }
 
     fn clear_frame(&mut self, mfn: Mfn) {
+        self.stale.store(true, Ordering::SeqCst);
         let zero = [0u8; xen_abi::PAGE_SIZE];
         let _ = self.mem.write_slice(&zero, GuestAddress(mfn << 12));
     }
 
     fn copy_frame(&mut self, dst: Mfn, src: Mfn) {
+        self.stale.store(true, Ordering::SeqCst);
         let mut page = [0u8; xen_abi::PAGE_SIZE];
         if self
             .mem
@@ -629,7 +639,12 @@ impl PvMachine {
             .extend((0..grant_window).map(|i| crate::memory::DEFAULT_GRANT_GFN + i));
         write_trap_pages(mem)?;
         let mut mmu = PvMmu::new(config)?;
-        let mut frames = GuestFrames { mem, guest: None };
+        let building_stale = AtomicBool::new(true);
+        let mut frames = GuestFrames {
+            mem,
+            guest: None,
+            stale: &building_stale,
+        };
         let l4 = boot.cr3 >> 12;
         let pin = MmuextOp {
             cmd: MMUEXT_PIN_L4_TABLE,
@@ -650,6 +665,7 @@ impl PvMachine {
         Ok(PvMachine {
             mmu: Mutex::new(mmu),
             vcpus: Mutex::new(vec![PvVcpu::default(); nr_vcpus as usize]),
+            shadow_stale: AtomicBool::new(true),
             starts: Mutex::new((0..nr_vcpus).map(|vcpu| (vcpu == 0, None)).collect()),
             shared_info_gpa,
         })
@@ -669,6 +685,7 @@ impl PvMachine {
         let mut frames = GuestFrames {
             mem,
             guest: Some(guest),
+            stale: &self.shadow_stale,
         };
         // A poisoned lock means a panic while holding it, which already
         // ends the domain; serve on rather than panic again.
@@ -885,6 +902,7 @@ impl PvMachine {
         let mut frames = GuestFrames {
             mem,
             guest: Some(guest),
+            stale: &self.shadow_stale,
         };
         let mut mmu = self.mmu.lock().unwrap_or_else(|e| e.into_inner());
         let mut effects = Effects::default();
@@ -954,7 +972,11 @@ impl PvMachine {
         let (base, entries) = mmu
             .vcpu(vcpu as usize)
             .map_or((0, 0), |state| (state.ldt_base, state.ldt_entries));
-        let mut frames = GuestFrames { mem, guest: None };
+        let mut frames = GuestFrames {
+            mem,
+            guest: None,
+            stale: &self.shadow_stale,
+        };
         let mut vcpus = self.vcpus.lock().unwrap_or_else(|e| e.into_inner());
         let Some(state) = vcpus.get_mut(vcpu as usize) else {
             return (None, Vec::new());
@@ -978,6 +1000,22 @@ impl PvMachine {
             .collect();
         state.ldt_frames = taken.clone();
         ((bytes - 1).try_into().ok(), taken)
+    }
+
+    /// Whether KVM's shadow MMU must be flushed before the guest runs on:
+    /// kxen-vmm wrote a page table, or its own GDT/LDT mappings, since
+    /// the last flush (clears the flag). A guest cannot write its tables
+    /// itself (they are never writable to it), and KVM keeps its shadow
+    /// in step with every write the guest does make; so a TLB flush or
+    /// base load with nothing written since the last flush has nothing
+    /// to drop, and is skipped.
+    pub fn take_shadow_stale(&self) -> bool {
+        self.shadow_stale.swap(false, Ordering::SeqCst)
+    }
+
+    /// kxen-vmm changed a mapping KVM may have shadowed.
+    pub fn mark_shadow_stale(&self) {
+        self.shadow_stale.store(true, Ordering::SeqCst);
     }
 
     /// Run `f` on vCPU `vcpu`'s PV state (`None` past the domain's).
@@ -1131,7 +1169,11 @@ impl PvMachine {
         vcpu: u32,
         mfn: u64,
     ) -> Result<Effects, kxen_pv::MmuError> {
-        let mut frames = GuestFrames { mem, guest: None };
+        let mut frames = GuestFrames {
+            mem,
+            guest: None,
+            stale: &self.shadow_stale,
+        };
         let mut mmu = self.mmu.lock().unwrap_or_else(|e| e.into_inner());
         let op = MmuextOp {
             cmd: MMUEXT_NEW_BASEPTR,

@@ -613,7 +613,10 @@ impl Vcpu {
     /// shadow MMU does not see, and neither a CR3 load nor an INVLPG the
     /// guest cannot issue would resync it. That flush covers every vCPU
     /// and every address, more than any Xen flush asks, so one does for
-    /// all scopes. A live segment base that changed is loaded.
+    /// all scopes; and it is skipped when kxen-vmm wrote nothing since
+    /// the last one ([`PvMachine::take_shadow_stale`]), e.g. a kernel
+    /// reloading the L4 it runs on. A live segment base that changed is
+    /// loaded.
     pub(super) fn apply_pv_effects(&mut self, pv: &PvMachine, effects: &Effects) {
         if effects.base_changed {
             let kernel_mode = self.pv_kernel_mode(pv);
@@ -641,11 +644,15 @@ impl Vcpu {
         if effects.ldt_changed {
             self.pv_load_ldt(pv);
         }
-        if effects.flush.is_some()
+        if effects.gdt_changed || effects.ldt_changed {
+            pv.mark_shadow_stale();
+        }
+        let flush_asked = effects.flush.is_some()
             || effects.base_changed
             || effects.gdt_changed
-            || effects.ldt_changed
-        {
+            || effects.ldt_changed;
+        // Only what kxen-vmm itself wrote can be stale in KVM's shadow.
+        if flush_asked && pv.take_shadow_stale() {
             trace!(vcpu = self.id, flush = ?effects.flush, "PV TLB flush");
             if let Err(e) = self.rt.memory.flush_kvm_shadow_mmu() {
                 // The guest may now reach frames through stale entries.
