@@ -113,6 +113,9 @@ pub struct DomainConfig {
     pub xen_minor: u32,
     /// 16-byte domain handle (UUID).
     pub handle: [u8; 16],
+    /// A classic 64-bit PV domain (not HVM/PVH): it has a read-only M2P,
+    /// and hypercalls Xen keeps from HVM guests answer it.
+    pub pv: bool,
 }
 
 impl DomainConfig {

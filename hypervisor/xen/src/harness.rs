@@ -125,6 +125,15 @@ impl Platform for &'static RecordingPlatform {
 
 /// A two-vCPU domain over 16 MiB of RAM at GPA 0.
 pub fn domain() -> (Domain, &'static RecordingPlatform) {
+    domain_of_type(false)
+}
+
+/// The same domain as a classic PV one (`DomainConfig::pv`).
+pub fn pv_domain() -> (Domain, &'static RecordingPlatform) {
+    domain_of_type(true)
+}
+
+fn domain_of_type(pv: bool) -> (Domain, &'static RecordingPlatform) {
     let mem = GuestMemoryMmap::from_ranges(&[
         (GuestAddress(0), RAM_BYTES as usize),
         // The default window for grant and status frames (the VMM maps
@@ -153,6 +162,7 @@ pub fn domain() -> (Domain, &'static RecordingPlatform) {
         xen_major: 4,
         xen_minor: 17,
         handle: [0; 16],
+        pv,
     };
     let domain = Domain::new(
         cfg,
