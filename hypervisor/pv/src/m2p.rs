@@ -1,7 +1,17 @@
-//! The read-only machine-to-phys table (M2P) a 64-bit PV guest reads at
-//! `MACH2PHYS_VIRT_START` (Xen's `public/arch-x86/xen-x86_64.h`): one
+//! The read-only machine-to-phys table (M2P) a 64-bit PV guest reads: one
 //! 8-byte entry per machine frame, the pseudo-physical frame it backs.
-//! Linux reads it in `mfn_to_pfn` with a fault-tolerant load.
+//! Linux finds it with XENMEM_machphys_mapping (`v_start`, `max_mfn`) and
+//! reads it in `mfn_to_pfn` with a fault-tolerant load.
+//!
+//! **Where.** Xen maps it at `MACH2PHYS_VIRT_START` (0xffff800000000000,
+//! L4 slot 256, `public/arch-x86/xen-x86_64.h`). kxen maps it one slot up,
+//! at [`M2P_VIRT_START`] (slot 257), still inside the hypervisor's slots
+//! 256-271 that no guest can map, and XENMEM_machphys_mapping says so.
+//! Measured on the PVM hosts: a CPL3 load through a present, valid slot
+//! 256 entry faults (#PF error code 0xd, a reserved-bit fault, or 4), while
+//! the same tables in slot 257 or 270 read fine; PVM keeps the start of
+//! the upper half for itself. Linux takes `v_start` from the hypercall,
+//! so it follows; a guest hard-coding 0xffff800000000000 would not.
 //!
 //! This module lays the table and the hypervisor's page tables that map
 //! it out in a block of frames outside the domain's RAM, and says what
@@ -17,8 +27,8 @@
 //! ("the hole") is not present, so a read past the domain's frames faults.
 
 use xen_abi::pv::{
-    HYPERVISOR_L4_SLOTS, MACH2PHYS_VIRT_END, MACH2PHYS_VIRT_START, PTE_ACCESSED, PTE_NX,
-    PTE_PRESENT, PTE_USER,
+    HYPERVISOR_L4_SLOTS, MACH2PHYS_NR_ENTRIES, MACH2PHYS_VIRT_END, MACH2PHYS_VIRT_START,
+    PTE_ACCESSED, PTE_NX, PTE_PRESENT, PTE_USER,
 };
 
 use crate::mmu::MAX_FRAMES;
@@ -27,13 +37,25 @@ use crate::pte::{Mfn, ENTRIES};
 /// What the M2P holds for a frame that backs no pseudo-physical frame
 /// (Xen's `INVALID_M2P_ENTRY`): the tail of the last data page.
 pub const INVALID_M2P_ENTRY: u64 = !0;
-/// The L4 slot of `MACH2PHYS_VIRT_START`.
-pub const M2P_L4_SLOT: usize = ((MACH2PHYS_VIRT_START >> 39) & 0x1ff) as usize;
-const _: () = assert!(M2P_L4_SLOT == *HYPERVISOR_L4_SLOTS.start());
+/// Where kxen maps the M2P: Xen's place, one L4 slot up (see above).
+pub const M2P_VIRT_START: u64 = MACH2PHYS_VIRT_START + (1 << 39);
+/// The end of the M2P area: as large as Xen's (MACH2PHYS_NR_ENTRIES).
+pub const M2P_VIRT_END: u64 = M2P_VIRT_START + (MACH2PHYS_VIRT_END - MACH2PHYS_VIRT_START);
+/// The L4 slot of [`M2P_VIRT_START`].
+pub const M2P_L4_SLOT: usize = ((M2P_VIRT_START >> 39) & 0x1ff) as usize;
+const _: () = assert!(M2P_L4_SLOT == *HYPERVISOR_L4_SLOTS.start() + 1);
 // The whole M2P area lies in that one slot (it is half of it), and the
 // largest domain's table fits in it.
-const _: () = assert!((MACH2PHYS_VIRT_END - 1) >> 39 == MACH2PHYS_VIRT_START >> 39);
-const _: () = assert!(MAX_FRAMES * 8 <= MACH2PHYS_VIRT_END - MACH2PHYS_VIRT_START);
+const _: () = assert!((M2P_VIRT_END - 1) >> 39 == M2P_VIRT_START >> 39);
+const _: () = assert!(MACH2PHYS_NR_ENTRIES * 8 == M2P_VIRT_END - M2P_VIRT_START);
+const _: () = assert!(MAX_FRAMES * 8 <= M2P_VIRT_END - M2P_VIRT_START);
+
+/// What XENMEM_machphys_mapping answers a PV domain: `(v_start, v_end,
+/// max_mfn)`, the area and Xen's domU `max_mfn` (room for every entry;
+/// only a hardware domain is told the top of memory).
+pub const fn machphys_mapping() -> (u64, u64, u64) {
+    (M2P_VIRT_START, M2P_VIRT_END, MACH2PHYS_NR_ENTRIES - 1)
+}
 
 const PAGE: u64 = xen_abi::PAGE_SIZE as u64;
 const ENTRIES_U64: u64 = ENTRIES as u64;
@@ -116,9 +138,9 @@ impl M2pLayout {
     }
 
     /// The first address past the mapped table: the hole starts here and
-    /// runs to `MACH2PHYS_VIRT_END`.
+    /// runs to [`M2P_VIRT_END`].
     pub fn mapped_end_va(&self) -> u64 {
-        MACH2PHYS_VIRT_START + self.data_pages * PAGE
+        M2P_VIRT_START + self.data_pages * PAGE
     }
 
     /// What entry `index` of data page `page` holds before the guest
@@ -235,9 +257,9 @@ mod tests {
         let layout = M2pLayout::new(nr, 0xf0000).unwrap();
         assert_eq!(layout.data_pages(), 32);
         assert_eq!(layout.total_pages(), 32 + 3);
-        assert_eq!(layout.mapped_end_va(), MACH2PHYS_VIRT_START + 32 * 4096);
+        assert_eq!(layout.mapped_end_va(), M2P_VIRT_START + 32 * 4096);
         for mfn in [0, 1, 511, 512, 7777, nr - 1] {
-            let va = MACH2PHYS_VIRT_START + mfn * 8;
+            let va = M2P_VIRT_START + mfn * 8;
             let (gpa, bits) = walk(&layout, va).unwrap();
             assert_eq!(Some(gpa), layout.entry_gpa(mfn), "mfn {mfn}");
             assert_eq!(bits & (PTE_PRESENT | PTE_USER), PTE_PRESENT | PTE_USER);
@@ -248,15 +270,26 @@ mod tests {
         // last entry of the M2P area.
         for va in [
             layout.mapped_end_va(),
-            MACH2PHYS_VIRT_START + (2 << 20),
-            MACH2PHYS_VIRT_START + (1 << 30),
-            MACH2PHYS_VIRT_END - 8,
+            M2P_VIRT_START + (2 << 20),
+            M2P_VIRT_START + (1 << 30),
+            M2P_VIRT_END - 8,
         ] {
             assert_eq!(walk(&layout, va), None, "{va:#x}");
         }
         assert_eq!(layout.entry_gpa(nr), None);
         // The data pages come first: entry mfn at base + mfn * 8.
         assert_eq!(layout.entry_gpa(513), Some((0xf0000 << 12) + 513 * 8));
+    }
+
+    #[test]
+    fn the_area_is_in_the_hypervisor_hole() {
+        let (start, end, max_mfn) = machphys_mapping();
+        let slot = |va: u64| ((va >> 39) & 0x1ff) as usize;
+        assert!(HYPERVISOR_L4_SLOTS.contains(&slot(start)));
+        assert!(HYPERVISOR_L4_SLOTS.contains(&slot(end - 1)));
+        assert_eq!(slot(start), M2P_L4_SLOT);
+        assert_eq!((start, end), (0xffff_8080_0000_0000, 0xffff_80c0_0000_0000));
+        assert_eq!((max_mfn + 1) * 8, end - start);
     }
 
     #[test]
@@ -268,8 +301,8 @@ mod tests {
         assert_eq!(layout.initial_entry(1, 188), INVALID_M2P_ENTRY);
         assert_eq!(layout.initial_entry(1, 511), INVALID_M2P_ENTRY);
         // A partial last page is mapped whole; past it is the hole.
-        assert!(walk(&layout, MACH2PHYS_VIRT_START + 1023 * 8).is_some());
-        assert_eq!(walk(&layout, MACH2PHYS_VIRT_START + 1024 * 8), None);
+        assert!(walk(&layout, M2P_VIRT_START + 1023 * 8).is_some());
+        assert_eq!(walk(&layout, M2P_VIRT_START + 1024 * 8), None);
     }
 
     #[test]
@@ -280,7 +313,7 @@ mod tests {
         assert_eq!(big.data_pages(), 131072);
         assert_eq!(big.total_pages(), 131072 + 1 + 1 + 256);
         let last = MAX_FRAMES - 1;
-        let (gpa, _) = walk(&big, MACH2PHYS_VIRT_START + last * 8).unwrap();
+        let (gpa, _) = walk(&big, M2P_VIRT_START + last * 8).unwrap();
         assert_eq!(Some(gpa), big.entry_gpa(last));
         assert_eq!(walk(&big, big.mapped_end_va()), None);
         // Every table frame is distinct and outside the data pages.

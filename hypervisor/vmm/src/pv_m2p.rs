@@ -3,9 +3,10 @@
 //! kxen-vmm's own memory outside the domain's RAM, written once at build
 //! time and kept in step with MMU_MACHPHYS_UPDATE.
 //!
-//! The guest reads the table at `MACH2PHYS_VIRT_START` through L4 slot 256,
-//! which the PV MMU writes into every L4 it validates and never lets the
-//! guest change. It cannot write the table (no RW bit at any level) nor
+//! The guest reads the table where XENMEM_machphys_mapping says,
+//! kxen-pv's `M2P_VIRT_START` (L4 slot 257: Xen's slot 256 faults on PVM
+//! hosts, see kxen-pv's m2p.rs), through an L4 entry the PV MMU writes into
+//! every L4 it validates and never lets the guest change. It cannot write the table (no RW bit at any level) nor
 //! reach its frames any other way: they lie above the domain's frames,
 //! where the PV MMU refuses every mapping (kxen-pv's `MmioNotPermitted`),
 //! and kxen-vmm refuses overlays there. Reads past the domain's entries
@@ -143,7 +144,8 @@ mod tests {
         .unwrap();
         let mut config = PvMmuConfig::new(1, nr, 1);
         install(&mem, &mut config).unwrap();
-        assert_eq!(config.hypervisor_l4_slots[0], l.l4_entry());
+        assert_eq!(config.hypervisor_l4_slots[M2P_L4_SLOT - 256], l.l4_entry());
+        assert_eq!(config.hypervisor_l4_slots[0], 0, "slot 256 stays empty");
         let entry = |mfn: u64| -> u64 {
             mem.read_obj(GuestAddress((PV_M2P_BASE_GFN << 12) + mfn * 8))
                 .unwrap()

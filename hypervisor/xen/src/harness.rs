@@ -128,7 +128,15 @@ pub fn domain() -> (Domain, &'static RecordingPlatform) {
     domain_of_type(false)
 }
 
-/// The same domain as a classic PV one (`DomainConfig::pv`).
+/// Where the harness's PV domain says its M2P is (kxen-vmm's place).
+pub const PV_MACHPHYS_MAPPING: xen_abi::memory::MachphysMapping =
+    xen_abi::memory::MachphysMapping {
+        v_start: 0xffff_8080_0000_0000,
+        v_end: 0xffff_80c0_0000_0000,
+        max_mfn: (1 << 35) - 1,
+    };
+
+/// The same domain as a classic PV one, with a read-only M2P.
 pub fn pv_domain() -> (Domain, &'static RecordingPlatform) {
     domain_of_type(true)
 }
@@ -162,7 +170,7 @@ fn domain_of_type(pv: bool) -> (Domain, &'static RecordingPlatform) {
         xen_major: 4,
         xen_minor: 17,
         handle: [0; 16],
-        pv,
+        pv_machphys_mapping: pv.then_some(PV_MACHPHYS_MAPPING),
     };
     let domain = Domain::new(
         cfg,

@@ -80,23 +80,20 @@ impl Domain {
                 write!(g, arg, &(n as u32));
                 0
             }
-            // Where a PV guest's read-only M2P is: Xen's fixed 64-bit area
-            // and room for every machine frame (only the hardware domain
-            // is told the real top of memory); kxen maps the domain's
-            // frames' entries and leaves the rest of the area not present.
-            // A kxen PV domain is 64-bit: the native struct always.
-            XENMEM_MACHPHYS_MAPPING if self.cfg.pv => {
-                let mapping = MachphysMapping {
-                    v_start: xen_abi::pv::MACH2PHYS_VIRT_START,
-                    v_end: xen_abi::pv::MACH2PHYS_VIRT_END,
-                    max_mfn: xen_abi::pv::MACH2PHYS_NR_ENTRIES - 1,
-                };
-                write!(g, arg, &mapping);
-                0
-            }
-            // hvm_memory_op filters machphys_mapping out for HVM/PVH
-            // guests; the machine memory map is the control domain's.
-            XENMEM_MACHINE_MEMORY_MAP | XENMEM_MACHPHYS_MAPPING => -ENOSYS,
+            // Where a PV guest's read-only M2P is, as the VMM placed it:
+            // an area of Xen's size and room for every machine frame (Xen
+            // tells only the hardware domain the real top of memory). A
+            // kxen PV domain is 64-bit: the native struct always.
+            // hvm_memory_op refuses it to HVM/PVH guests.
+            XENMEM_MACHPHYS_MAPPING => match self.cfg.pv_machphys_mapping {
+                Some(mapping) => {
+                    write!(g, arg, &mapping);
+                    0
+                }
+                None => -ENOSYS,
+            },
+            // The host's memory map is the control domain's.
+            XENMEM_MACHINE_MEMORY_MAP => -ENOSYS,
             XENMEM_REMOVE_FROM_PHYSMAP => {
                 let Ok(xrfp) =
                     read_in_layout::<RemoveFromPhysmap, CompatRemoveFromPhysmap>(g, arg, compat)
