@@ -515,6 +515,7 @@ gp_at:
     call puts
 
     call emulate_checks
+    call m2p_checks
     /* The vCPU's own PV state, events and guest user mode (user.S). */
     call user_checks
 
@@ -834,6 +835,7 @@ puthex:
 
     .include "emulate.S"
     .include "user.S"
+    .include "m2p.S"
 
     .data
 magic:        .ascii "xen-3.0-x86_64"
