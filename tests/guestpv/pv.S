@@ -524,6 +524,7 @@ gp_at:
     call puts
 
     call emulate_checks
+    call m2p_checks
     /* The vCPU's own PV state, events and guest user mode (user.S). */
     call user_checks
     /* A second vCPU, started with VCPUOP_initialise (smp.S). */
@@ -850,6 +851,7 @@ puthex:
     .include "smp.S"
     .include "grant.S"
     .include "gdt.S"
+    .include "m2p.S"
 
     .data
 magic:        .ascii "xen-3.0-x86_64"

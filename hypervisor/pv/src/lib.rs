@@ -19,6 +19,7 @@ pub mod descriptors;
 pub mod effects;
 pub mod emulate;
 pub mod error;
+pub mod m2p;
 pub mod memory;
 pub mod mmu;
 pub mod pte;
@@ -27,6 +28,7 @@ pub mod vcpu;
 
 pub use effects::{Effects, FlushScope, TlbFlush, VcpuMask, MAX_VCPUS};
 pub use error::MmuError;
+pub use m2p::{M2pLayout, M2pLayoutError};
 pub use memory::{MemFrames, MmuMemory};
 pub use mmu::{
     BatchOutcome, FrameInfo, FrameType, Outcome, PvMmu, PvMmuConfig, PvMmuConfigError,

@@ -33,6 +33,10 @@ pub const fn has_error_code(vector: u8) -> bool {
     matches!(vector, 8 | 10..=14 | 17 | 21 | 29 | 30)
 }
 
+/// The page-fault vector and its error code's user-mode bit.
+pub const VECTOR_PAGE_FAULT: u8 = 14;
+pub const PFEC_USER_MODE: u32 = 1 << 2;
+
 /// A walk of the trap table array stops here even without its
 /// terminator. Xen keeps reading (preempting itself into a
 /// continuation); kxen has no continuations, and a table holds at most
@@ -256,6 +260,14 @@ pub fn bounce(
     let handler = table
         .handler(vector)
         .ok_or(TrapError::NoHandler { vector })?;
+    // A #PF's user bit tells the guest which of its modes faulted (Xen's
+    // pv_inject_event re-sets it): the PV kernel runs at CPL3 too, so the
+    // hardware sets it for kernel faults as well.
+    let error_code = match (vector, error_code) {
+        (VECTOR_PAGE_FAULT, Some(code)) if from.kernel_mode => Some(code & !PFEC_USER_MODE),
+        (VECTOR_PAGE_FAULT, Some(code)) => Some(code | PFEC_USER_MODE),
+        _ => error_code,
+    };
     let extra: Vec<u64> = error_code.map(u64::from).into_iter().collect();
     Ok(create_bounce_frame(
         handler.address,
@@ -553,6 +565,26 @@ mod tests {
         assert_eq!(b.frame[5] & RFLAGS_IF, 0, "IF = !mask");
         assert_eq!(b.upcall_mask, 1);
         assert!(has_error_code(13) && has_error_code(14) && !has_error_code(3));
+    }
+
+    #[test]
+    fn page_fault_user_bit_names_the_guest_mode() {
+        let table = table_with(14, 0);
+        // The kernel runs at CPL3: the hardware's code has U set.
+        let b = bounce(&table, 14, Some(0x7), &kernel_state(), 0, 0).unwrap();
+        assert_eq!(b.frame[2], 0x3, "kernel mode: P|W, no U");
+        let user = Interrupted {
+            kernel_mode: false,
+            ..kernel_state()
+        };
+        let b = bounce(&table, 14, Some(0x4), &user, 0, 0xffff_ffff_8002_0000).unwrap();
+        assert_eq!(b.frame[2], 0x4, "user mode keeps U");
+        let b = bounce(&table, 14, Some(0x0), &user, 0, 0xffff_ffff_8002_0000).unwrap();
+        assert_eq!(b.frame[2], 0x4, "user mode gets U");
+        // Other vectors' codes are left alone.
+        let table = table_with(13, 0);
+        let b = bounce(&table, 13, Some(0x4), &kernel_state(), 0, 0).unwrap();
+        assert_eq!(b.frame[2], 0x4);
     }
 
     #[test]

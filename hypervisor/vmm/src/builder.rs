@@ -316,6 +316,14 @@ pub fn build(cfg: &VmConfig, started: Instant) -> Result<Vm, VmError> {
         xen_major: XEN_MAJOR,
         xen_minor: XEN_MINOR,
         handle: domain_handle(cfg.domid, &cfg.name),
+        pv_machphys_mapping: cfg.pv.then(|| {
+            let (v_start, v_end, max_mfn) = kxen_pv::m2p::machphys_mapping();
+            xen_abi::memory::MachphysMapping {
+                v_start,
+                v_end,
+                max_mfn,
+            }
+        }),
     };
     let domain = Arc::new(Domain::new(
         domain_cfg,
@@ -485,6 +493,10 @@ fn build_pv(
     store_port: u32,
     console_port: u32,
 ) -> Result<(Arc<crate::pv::PvMachine>, kxen_loader::pv::PvBootState), VmError> {
+    // The read-only M2P's memory, before the snapshot the PV machine
+    // writes it through (crate::pv_m2p).
+    let m2p = crate::pv_m2p::layout(plan.layout.nr_pages)?;
+    memory.map_pv_m2p(m2p.base_gfn(), m2p.total_pages())?;
     let snapshot = memory.snapshot();
     let shared_info_gpa = (memory::SPECIAL_BASE_GFN + memory::SPECIAL_SHARED_INFO) << 12;
     let params = kxen_loader::pv::StartInfoParams {

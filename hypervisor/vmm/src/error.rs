@@ -31,6 +31,8 @@ pub enum VmError {
     PvLayout(#[from] kxen_loader::pv::LayoutError),
     #[error("PV machine: {0}")]
     PvSetup(#[from] crate::pv::PvSetupError),
+    #[error("PV M2P: {0}")]
+    PvM2p(#[from] crate::pv_m2p::M2pError),
     #[error("ramdisk {path}: {source}")]
     Ramdisk {
         path: PathBuf,

@@ -41,6 +41,7 @@ pub mod memory;
 pub mod peer;
 pub mod platform;
 pub mod pv;
+pub mod pv_m2p;
 pub mod routing;
 pub mod save;
 pub mod seccomp;

@@ -10,11 +10,15 @@
 //! * the special pages (initial shared_info, xenstore and console rings) at
 //!   [`SPECIAL_BASE_GFN`], reserved in the memory map;
 //! * overlay slots: single pool frames (shared_info, grant frames) mapped
-//!   at whatever GFN outside RAM the guest picks.
+//!   at whatever GFN outside RAM the guest picks;
+//! * a PV domain's read-only M2P and its page tables (`crate::pv_m2p`):
+//!   kxen-vmm's own anonymous memory, never shared with Dom0, in a slot
+//!   of its own below 4 GiB.
 
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::sync::{Arc, Mutex};
+use std::ops::Range;
+use std::sync::{Arc, Mutex, OnceLock};
 
 use kvm_bindings::kvm_userspace_memory_region;
 use kvm_ioctls::VmFd;
@@ -56,6 +60,8 @@ const FIRST_OVERLAY_SLOT: u32 = 3;
 /// The slot [`GuestMemory::flush_kvm_shadow_mmu`] creates and deletes at
 /// once, after the overlay slots.
 const SLOT_SHADOW_FLUSH: u32 = FIRST_OVERLAY_SLOT + 2 * POOL_PAGES as u32;
+/// The slot of a PV domain's M2P block ([`GuestMemory::map_pv_m2p`]).
+const SLOT_PV_M2P: u32 = SLOT_SHADOW_FLUSH + 1;
 /// Where that slot goes: a frame far above the RAM of most domains (or the
 /// first frame above RAM for a bigger one), the next frames up if a guest
 /// put an overlay there.
@@ -186,6 +192,8 @@ pub struct GuestMemory {
     vm: Arc<VmFd>,
     /// Overlays by GFN.
     overlays: Mutex<BTreeMap<u64, Overlay>>,
+    /// The GFNs of a PV domain's M2P block, once mapped.
+    pv_m2p: OnceLock<Range<u64>>,
 }
 
 fn region(file: &File, offset: u64, gpa: u64, len: u64) -> Result<GuestRegionMmap, MemoryError> {
@@ -230,6 +238,7 @@ impl GuestMemory {
             atomic: GuestMemoryAtomic::new(map.clone()),
             vm,
             overlays: Mutex::new(BTreeMap::new()),
+            pv_m2p: OnceLock::new(),
         };
         for (i, r) in map.iter().enumerate() {
             let slot = match (i, r.start_addr().0) {
@@ -298,10 +307,12 @@ impl GuestMemory {
             .map(|o| self.layout.pool_offset(o.frame) + in_page)
     }
 
-    /// Map a pool frame at `gfn` (outside RAM and the special window).
+    /// Map a pool frame at `gfn` (outside RAM, the special window and a
+    /// PV domain's M2P block).
     pub fn map_overlay(&self, gfn: u64, frame: OverlayFrame) -> Result<(), i64> {
         let special = SPECIAL_BASE_GFN..SPECIAL_BASE_GFN + SPECIAL_PAGES;
-        if self.is_ram(gfn) || special.contains(&gfn) {
+        let in_m2p = self.pv_m2p.get().is_some_and(|m2p| m2p.contains(&gfn));
+        if self.is_ram(gfn) || special.contains(&gfn) || in_m2p {
             return Err(-xen_abi::errno::EINVAL);
         }
         let mut overlays = self.overlays.lock().unwrap_or_else(|e| e.into_inner());
@@ -353,6 +364,64 @@ impl GuestMemory {
                 guard.replace(updated);
             }
         }
+    }
+
+    /// Back `pages` frames from `base_gfn` with zeroed memory of
+    /// kxen-vmm's own, for a PV domain's read-only M2P and its page
+    /// tables (`crate::pv_m2p`). Not in the memfd: the block is not the
+    /// domain's memory and Dom0 never maps it. Once per domain; the block
+    /// must lie outside RAM and the special window.
+    pub fn map_pv_m2p(&self, base_gfn: u64, pages: u64) -> Result<(), MemoryError> {
+        let end = base_gfn
+            .checked_add(pages)
+            .filter(|&end| pages > 0 && end <= 1 << (52 - 12))
+            .ok_or_else(|| {
+                MemoryError::Layout(format!("M2P block of {pages} frames at {base_gfn:#x}"))
+            })?;
+        let clashes = |start: u64, len: u64| start < end << 12 && base_gfn << 12 < start + len;
+        let special = (SPECIAL_BASE_GFN << 12, SPECIAL_PAGES * PAGE_SIZE as u64);
+        if let Some(&(start, _)) = self
+            .layout
+            .ram
+            .iter()
+            .chain([&special])
+            .find(|&&(start, len)| clashes(start, len))
+        {
+            return Err(MemoryError::Layout(format!(
+                "M2P block {base_gfn:#x}..{end:#x} overlaps guest memory at {start:#x}"
+            )));
+        }
+        // Hold the overlay lock: no overlay may appear in the block
+        // before map_overlay can see it.
+        let overlays = self.overlays.lock().unwrap_or_else(|e| e.into_inner());
+        if overlays.range(base_gfn..end).next().is_some() {
+            return Err(MemoryError::Layout(format!(
+                "M2P block {base_gfn:#x}..{end:#x} overlaps an overlay"
+            )));
+        }
+        if self.pv_m2p.set(base_gfn..end).is_err() {
+            return Err(MemoryError::Layout(
+                "the M2P block is mapped already".into(),
+            ));
+        }
+        let len = pages * PAGE_SIZE as u64;
+        let mapping = MmapRegion::new(len as usize).map_err(MemoryError::Mmap)?;
+        let region = GuestRegionMmap::new(mapping, GuestAddress(base_gfn << 12))
+            .ok_or_else(|| MemoryError::Layout(format!("M2P block at {base_gfn:#x} overflows")))?;
+        let host = region.as_ptr() as u64;
+        {
+            let guard = self
+                .atomic
+                .lock()
+                .map_err(|e| MemoryError::Layout(format!("guest memory lock: {e}")))?;
+            let current = (*self.atomic.memory()).clone();
+            let updated = current
+                .insert_region(Arc::new(region))
+                .map_err(|e| MemoryError::Layout(e.to_string()))?;
+            guard.replace(updated);
+        }
+        drop(overlays);
+        self.set_slot(SLOT_PV_M2P, base_gfn << 12, len, host)
     }
 
     /// Make KVM drop every shadow page table it built from this domain's

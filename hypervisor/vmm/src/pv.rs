@@ -606,6 +606,10 @@ impl MmuMemory for GuestFrames<'_> {
         self.guest?.read(va, &mut word).ok()?;
         Some(u64::from_le_bytes(word))
     }
+
+    fn m2p_updated(&mut self, mfn: Mfn, pfn: u64) {
+        crate::pv_m2p::update_entry(self.mem, mfn, pfn);
+    }
 }
 
 impl PvMachine {
@@ -625,6 +629,7 @@ impl PvMachine {
         }
         let mut config = PvMmuConfig::new(domid, nr_frames, nr_vcpus as usize);
         config.hypervisor_l4_slots[HYPERCALL_L4_SLOT - 256] = write_hypervisor_tables(mem)?;
+        crate::pv_m2p::install(mem, &mut config)?;
         // The guest maps shared_info itself (update_va_mapping of
         // start_info.shared_info), as on Xen.
         config.shared_frames.push(shared_info_gpa >> 12);

@@ -66,6 +66,19 @@ pub struct MemoryReservation {
     pub _pad: [u8; 6],
 }
 
+/// `struct xen_machphys_mapping` (XENMEM_machphys_mapping): where a PV
+/// guest's read-only M2P is mapped, and the highest machine frame it may
+/// look up there.
+#[repr(C)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout,
+)]
+pub struct MachphysMapping {
+    pub v_start: u64,
+    pub v_end: u64,
+    pub max_mfn: u64,
+}
+
 /// `struct xen_memory_map`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, FromBytes, IntoBytes, Immutable, KnownLayout)]
@@ -260,6 +273,8 @@ mod tests {
         assert_eq!(offset_of!(CompatMemoryReservation, domid), 16);
 
         assert_eq!(size_of::<MemoryMap>(), 16);
+        assert_eq!(size_of::<MachphysMapping>(), 24);
+        assert_eq!(offset_of!(MachphysMapping, max_mfn), 16);
         assert_eq!(offset_of!(MemoryMap, buffer), 8);
         assert_eq!(size_of::<CompatMemoryMap>(), 8);
         assert_eq!(offset_of!(CompatMemoryMap, buffer), 4);

@@ -193,6 +193,9 @@ pub const HYPERVISOR_VIRT_END: u64 = 0xffff_8800_0000_0000;
 pub const MACH2PHYS_VIRT_START: u64 = 0xffff_8000_0000_0000;
 /// End (exclusive) of the M2P mapping.
 pub const MACH2PHYS_VIRT_END: u64 = 0xffff_8040_0000_0000;
+/// Entries the M2P area has room for (`MACH2PHYS_NR_ENTRIES`): one per
+/// machine frame of a 2^47-byte machine.
+pub const MACH2PHYS_NR_ENTRIES: u64 = (MACH2PHYS_VIRT_END - MACH2PHYS_VIRT_START) / 8;
 /// First and last L4 slot reserved for the hypervisor.
 pub const HYPERVISOR_L4_SLOTS: core::ops::RangeInclusive<usize> = 256..=271;
 

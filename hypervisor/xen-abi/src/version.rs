@@ -13,6 +13,13 @@ pub const XENVER_GUEST_HANDLE: u64 = 8;
 pub const XENVER_COMMANDLINE: u64 = 9;
 pub const XENVER_BUILD_ID: u64 = 10;
 
+/// What `XENVER_capabilities` answers every domain, and `xl info` shows as
+/// `xen_caps`: the guest ABIs the hypervisor runs, the same whatever the
+/// caller's own type (Xen's `xen_cap_info`, built once at boot). 64-bit
+/// PV first, then HVM's; no `xen-3.0-x86_32p`, as kxen runs no 32-bit PV
+/// guests. Xen ends each name with a space; kxen does not.
+pub const XEN_CAPABILITIES: &str = "xen-3.0-x86_64 hvm-3.0-x86_32 hvm-3.0-x86_32p hvm-3.0-x86_64";
+
 pub const EXTRAVERSION_LEN: usize = 16;
 pub const CAPABILITIES_LEN: usize = 1024;
 pub const CHANGESET_LEN: usize = 64;

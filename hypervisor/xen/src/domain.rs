@@ -113,6 +113,10 @@ pub struct DomainConfig {
     pub xen_minor: u32,
     /// 16-byte domain handle (UUID).
     pub handle: [u8; 16],
+    /// A classic 64-bit PV domain's read-only M2P, as
+    /// XENMEM_machphys_mapping reports it (the VMM places it); `None` for
+    /// HVM/PVH, which Xen refuses the call.
+    pub pv_machphys_mapping: Option<xen_abi::memory::MachphysMapping>,
 }
 
 impl DomainConfig {

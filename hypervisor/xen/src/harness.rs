@@ -125,6 +125,23 @@ impl Platform for &'static RecordingPlatform {
 
 /// A two-vCPU domain over 16 MiB of RAM at GPA 0.
 pub fn domain() -> (Domain, &'static RecordingPlatform) {
+    domain_of_type(false)
+}
+
+/// Where the harness's PV domain says its M2P is (kxen-vmm's place).
+pub const PV_MACHPHYS_MAPPING: xen_abi::memory::MachphysMapping =
+    xen_abi::memory::MachphysMapping {
+        v_start: 0xffff_8080_0000_0000,
+        v_end: 0xffff_80c0_0000_0000,
+        max_mfn: (1 << 35) - 1,
+    };
+
+/// The same domain as a classic PV one, with a read-only M2P.
+pub fn pv_domain() -> (Domain, &'static RecordingPlatform) {
+    domain_of_type(true)
+}
+
+fn domain_of_type(pv: bool) -> (Domain, &'static RecordingPlatform) {
     let mem = GuestMemoryMmap::from_ranges(&[
         (GuestAddress(0), RAM_BYTES as usize),
         // The default window for grant and status frames (the VMM maps
@@ -153,6 +170,7 @@ pub fn domain() -> (Domain, &'static RecordingPlatform) {
         xen_major: 4,
         xen_minor: 17,
         handle: [0; 16],
+        pv_machphys_mapping: pv.then_some(PV_MACHPHYS_MAPPING),
     };
     let domain = Domain::new(
         cfg,

@@ -110,3 +110,49 @@ fn query_size_counts_the_initial_frame_and_xens_default_maximum() {
     assert_eq!(query_size(&domain, 0).status, GNTST_PERMISSION_DENIED);
     assert_eq!(query_size(&domain, 5).status, GNTST_BAD_DOMAIN);
 }
+
+#[test]
+fn capabilities_are_the_hypervisors_for_every_guest_type() {
+    // common/kernel.c copies xen_cap_info, built once at boot
+    // (x86/setup.c init_xen_cap_info): the same string whatever the
+    // caller's type, NUL-padded to the whole 1024-byte buffer.
+    for (domain, _) in [harness::domain(), harness::pv_domain()] {
+        put(&domain, &[0xff; CAPABILITIES_LEN]);
+        assert_eq!(call(&domain, XEN_VERSION, XENVER_CAPABILITIES, ARG, 0), 0);
+        let buf: [u8; CAPABILITIES_LEN] = get(&domain);
+        let caps = XEN_CAPABILITIES.as_bytes();
+        assert_eq!(&buf[..caps.len()], caps);
+        assert!(buf[caps.len()..].iter().all(|&b| b == 0));
+        assert!(XEN_CAPABILITIES.starts_with("xen-3.0-x86_64 "));
+        assert_eq!(
+            call(&domain, XEN_VERSION, XENVER_CAPABILITIES, 1 << 63, 0),
+            -EFAULT
+        );
+    }
+}
+
+#[test]
+fn machphys_mapping_is_the_pv_m2p_area_and_enosys_for_hvm() {
+    use xen_abi::memory::{MachphysMapping, XENMEM_MACHPHYS_MAPPING};
+    // x86/mm.c arch_memory_op: a PV domU is told its M2P area and
+    // MACH2PHYS_NR_ENTRIES - 1; hvm/hypercall.c refuses it to HVM/PVH.
+    let (pv, _) = harness::pv_domain();
+    put(&pv, &[0xff; 32]);
+    assert_eq!(call(&pv, MEMORY_OP, XENMEM_MACHPHYS_MAPPING, ARG, 0), 0);
+    let buf: [u8; 32] = get(&pv);
+    let mapping = MachphysMapping::read_from_bytes(&buf[..24]).unwrap();
+    assert_eq!(mapping, harness::PV_MACHPHYS_MAPPING);
+    assert_eq!(mapping.max_mfn, (1 << 35) - 1);
+    assert_eq!(buf[24..], [0xff; 8], "wrote past the struct");
+    assert_eq!(
+        call(&pv, MEMORY_OP, XENMEM_MACHPHYS_MAPPING, 1 << 63, 0),
+        -EFAULT
+    );
+    let (hvm, _) = harness::domain();
+    put(&hvm, &[0xff; 24]);
+    assert_eq!(
+        call(&hvm, MEMORY_OP, XENMEM_MACHPHYS_MAPPING, ARG, 0),
+        -ENOSYS
+    );
+    assert_eq!(get::<24>(&hvm), [0xff; 24], "HVM's buffer untouched");
+}

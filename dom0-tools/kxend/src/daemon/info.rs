@@ -206,9 +206,9 @@ pub fn host_info() -> XlInfo {
         xen_major: 4,
         xen_minor: 17,
         xen_extra: ".0-kxen".into(),
-        // Xen's order: the PV ABI first, then HVM's. No xen-3.0-x86_32p:
-        // kxen builds 64-bit PV kernels only.
-        xen_caps: "xen-3.0-x86_64 hvm-3.0-x86_32 hvm-3.0-x86_32p hvm-3.0-x86_64".into(),
+        // What XENVER_capabilities answers every guest: Xen's order, the
+        // PV ABI first, then HVM's (no xen-3.0-x86_32p: 64-bit PV only).
+        xen_caps: xen_abi::version::XEN_CAPABILITIES.into(),
         xen_scheduler: "kvm".into(),
         xen_pagesize: 4096,
         virt_start: 0xffff_8000_0000_0000,

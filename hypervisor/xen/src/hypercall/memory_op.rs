@@ -80,8 +80,20 @@ impl Domain {
                 write!(g, arg, &(n as u32));
                 0
             }
-            // hvm_memory_op filters these out for HVM/PVH guests.
-            XENMEM_MACHINE_MEMORY_MAP | XENMEM_MACHPHYS_MAPPING => -ENOSYS,
+            // Where a PV guest's read-only M2P is, as the VMM placed it:
+            // an area of Xen's size and room for every machine frame (Xen
+            // tells only the hardware domain the real top of memory). A
+            // kxen PV domain is 64-bit: the native struct always.
+            // hvm_memory_op refuses it to HVM/PVH guests.
+            XENMEM_MACHPHYS_MAPPING => match self.cfg.pv_machphys_mapping {
+                Some(mapping) => {
+                    write!(g, arg, &mapping);
+                    0
+                }
+                None => -ENOSYS,
+            },
+            // The host's memory map is the control domain's.
+            XENMEM_MACHINE_MEMORY_MAP => -ENOSYS,
             XENMEM_REMOVE_FROM_PHYSMAP => {
                 let Ok(xrfp) =
                     read_in_layout::<RemoveFromPhysmap, CompatRemoveFromPhysmap>(g, arg, compat)

@@ -10,7 +10,6 @@ use crate::domain::Domain;
 use crate::guest::GuestAccess;
 
 const XEN_EXTRAVERSION: &[u8] = b".0-kxen";
-const XEN_CAPABILITIES: &[u8] = b"hvm-3.0-x86_32 hvm-3.0-x86_32p hvm-3.0-x86_64";
 const XEN_CHANGESET: &[u8] = concat!("kxen ", env!("CARGO_PKG_VERSION")).as_bytes();
 /// What Xen writes in place of information XSM withholds, NUL included.
 const XEN_DENY: &[u8; 9] = b"<denied>\0";
@@ -44,7 +43,12 @@ impl Domain {
                 0
             }
             XENVER_CAPABILITIES => {
-                write!(g, arg, &fixed::<CAPABILITIES_LEN>(XEN_CAPABILITIES));
+                // The hypervisor's, whatever the caller's type (as Xen).
+                write!(
+                    g,
+                    arg,
+                    &fixed::<CAPABILITIES_LEN>(XEN_CAPABILITIES.as_bytes())
+                );
                 0
             }
             XENVER_CHANGESET => {
