@@ -532,6 +532,17 @@ gp_at:
     /* The guest's own GDT (gdt.S). */
     call gdt_checks
 
+    /* The summary line: checks passed and failed. */
+    lea msg_summary(%rip), %rdi
+    call puts
+    mov checks_passed(%rip), %rax
+    call puthex
+    lea msg_summary2(%rip), %rdi
+    call puts
+    mov checks_failed(%rip), %rax
+    call puthex
+    lea msg_summary3(%rip), %rdi
+    call puts
     lea msg_bye(%rip), %rdi
     call puts
     movl $SHUTDOWN_POWEROFF, shutdown_reason(%rip)
@@ -661,6 +672,7 @@ verdict:
     push %rsi
     test %edi, %edi
     jz 1f
+    incq checks_passed(%rip)
     lea msg_pass(%rip), %rdi
     call puts
     mov %rbx, %rdi
@@ -669,7 +681,8 @@ verdict:
     call puts
     pop %rsi
     ret
-1:  lea msg_fail(%rip), %rdi
+1:  incq checks_failed(%rip)
+    lea msg_fail(%rip), %rdi
     call puts
     mov %rbx, %rdi
     call puts
@@ -866,6 +879,9 @@ msg_got:      .asciz ": got "
 msg_timing:   .asciz "kxen-pv-guest: null hypercalls: "
 msg_timing2:  .asciz " calls in "
 msg_timing3:  .asciz " TSC cycles\n"
+msg_summary:  .asciz "kxen-pv-guest: summary: "
+msg_summary2: .asciz " passed, "
+msg_summary3: .asciz " failed\n"
 msg_bye:      .asciz "kxen-pv-guest: done, powering off\n"
 name_magic:   .asciz "start_info magic"
 name_flush:   .asciz "mmuext_op TLB_FLUSH_LOCAL"
@@ -897,6 +913,8 @@ name_bp_frame: .asciz "int3 frame: CS 0xe030 with upcall mask 1 in bits 32-39, I
 name_ud:      .asciz "ud2 bounced: frame RIP at the ud2, handler stepped past it"
 name_gp:      .asciz "out at CPL3 bounced as #GP: error code 0, RIP at the out"
     .balign 8
+checks_passed: .quad 0
+checks_failed: .quad 0
 bp_count:     .quad 0
 bp_rip:       .quad 0
 bp_cs:        .quad 0

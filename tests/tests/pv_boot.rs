@@ -227,6 +227,13 @@ fn pv_kernel_boots_at_cpl3_and_serves_hypercalls() {
     }
     let failed: Vec<_> = lines.iter().filter(|l| l.starts_with("FAIL")).collect();
     assert!(failed.is_empty(), "failed checks {failed:?}\n{t}");
+    // The guest's own count agrees: every check it ran passed.
+    let passed = lines.iter().filter(|l| l.starts_with("PASS ")).count();
+    let summary = format!("summary: {passed:#018x} passed, 0x0000000000000000 failed");
+    assert!(
+        lines.contains(&summary.as_str()),
+        "no {summary:?} line\n{t}"
+    );
 
     // The guest runs at CPL3: whatever selector value `mov %cs` shows
     // (PVM shows its own 0x33 for Xen's 0xe033), its RPL is 3.

@@ -127,6 +127,12 @@ fn assert_checks_passed(d: &Dom0, name: &str, domid: u32) {
         lines.contains(&"kxen-pv-guest: hello from CPL3"),
         "{console}"
     );
+    let summary =
+        format!("kxen-pv-guest: summary: {passed:#018x} passed, 0x0000000000000000 failed");
+    assert!(
+        lines.contains(&summary.as_str()),
+        "{name}: no {summary:?} line on the PV console\n{console}"
+    );
     let io = console_io_lines(d, domid, name);
     let io: Vec<&str> = io.iter().map(|l| l.trim_end()).collect();
     assert_eq!(
