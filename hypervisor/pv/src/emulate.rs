@@ -407,8 +407,12 @@ pub const XEN_CPUID_LEAVES: u32 = 5;
 const XEN_CPUID_FEAT1_PRESERVE_AD: u32 = 1;
 
 /// The features a PV domain's default policy offers, per CPUID word
-/// (the bits cpufeatureset.h marks 'A'); the rest are hidden.
-const PV_LEAF1_EDX: u32 = 0x1fc9_cbf5;
+/// (the bits cpufeatureset.h marks 'A'); the rest are hidden. Leaf 1
+/// EDX less MCE (bit 7) and MCA (bit 14): Xen offers them with its
+/// virtual machine-check MSRs (vMCE), which kxen does not emulate, and a
+/// kernel that sees them reads MCG_STATUS at boot (Debian's 6.1 #GPs
+/// there and panics).
+const PV_LEAF1_EDX: u32 = 0x1fc9_cbf5 & !(1 << 7) & !(1 << 14);
 /// Leaf 1 ECX, with HYPERVISOR (bit 31); OSXSAVE is set apart.
 const PV_LEAF1_ECX: u32 = 0xf6d8_3203;
 const PV_LEAF7_EBX: u32 = 0xf1af_0b29;

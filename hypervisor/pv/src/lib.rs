@@ -23,6 +23,7 @@ pub mod m2p;
 pub mod memory;
 pub mod mmu;
 pub mod pte;
+pub mod ptwr;
 pub mod traps;
 pub mod vcpu;
 

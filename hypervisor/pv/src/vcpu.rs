@@ -67,6 +67,14 @@ pub struct PvVcpu {
     /// The LDT's pages the executor holds as descriptor frames (`None`:
     /// a page left out).
     pub ldt_frames: Vec<Option<u64>>,
+    /// Virtual IOPL (PHYSDEVOP_set_iopl), 0..=3.
+    pub iopl: u8,
+    /// Virtual CR0.TS (`fpu_taskswitch`, `clts`, `mov cr0`). kxen keeps
+    /// the FPU loaded eagerly: TS is what the guest reads back, and no
+    /// #NM follows it (Xen's lazy-FPU #NM is not modelled).
+    pub fpu_ts: bool,
+    /// Debug registers DR0-DR3, DR6, DR7 as `set_debugreg` left them.
+    pub debugreg: [u64; 8],
     /// The CS and SS user mode runs with (from its last `iret`): Xen's
     /// flat ones or the guest GDT's (Linux's 0x33/0x2b).
     pub user_cs: u16,
@@ -96,6 +104,10 @@ impl Default for PvVcpu {
             gdt_frames: Vec::new(),
             gdt_entries: 0,
             ldt_frames: Vec::new(),
+            iopl: 0,
+            fpu_ts: false,
+            // DR6's and DR7's architectural reset values.
+            debugreg: [0, 0, 0, 0, 0, 0, 0xffff_0ff0, 0x400],
             user_cs: FLAT_RING3_CS64,
             user_ss: FLAT_RING3_SS64,
         }
@@ -148,6 +160,50 @@ impl PvVcpu {
                 kernel_mode: false,
                 ..*from
             }
+        }
+    }
+
+    /// `PHYSDEVOP_set_iopl`: the virtual IOPL the privileged-instruction
+    /// emulation checks port I/O against; above 3 is -EINVAL.
+    pub fn set_iopl(&mut self, iopl: u32) -> i64 {
+        match u8::try_from(iopl) {
+            Ok(iopl) if iopl <= 3 => {
+                self.iopl = iopl;
+                0
+            }
+            _ => -EINVAL,
+        }
+    }
+
+    /// `set_debugreg(reg, value)` (Xen's set_debugreg for a PV vCPU):
+    /// DR0-DR3 must be guest addresses (-EPERM in Xen's hypervisor range
+    /// or non-canonical); DR6 and DR7 keep their fixed bits; DR4/DR5 and
+    /// others are -EINVAL. The values are kept, not loaded into the CPU
+    /// (kxen gives PV guests no hardware breakpoints).
+    pub fn set_debugreg(&mut self, reg: u64, value: u64) -> i64 {
+        const HYPERVISOR_RANGE: std::ops::Range<u64> = 0xffff_8000_0000_0000..0xffff_8800_0000_0000;
+        match reg {
+            0..=3 => {
+                if !is_canonical(value) || HYPERVISOR_RANGE.contains(&value) {
+                    return -xen_abi::errno::EPERM;
+                }
+                self.debugreg[reg as usize] = value;
+            }
+            // DR6: the reserved-1 bits stay set, the upper half clear.
+            6 => self.debugreg[6] = (value & 0xe00f) | 0xffff_0ff0,
+            // DR7: bits 32-63 must be clear; bit 10 reads as 1.
+            7 if value >> 32 != 0 => return -EINVAL,
+            7 => self.debugreg[7] = (value & 0xffff_2bff) | 0x400,
+            _ => return -EINVAL,
+        }
+        0
+    }
+
+    /// `get_debugreg(reg)`: the value, or -EINVAL for DR4/DR5 and others.
+    pub fn get_debugreg(&self, reg: u64) -> i64 {
+        match reg {
+            0..=3 | 6 | 7 => self.debugreg[reg as usize] as i64,
+            _ => -EINVAL,
         }
     }
 

@@ -357,6 +357,8 @@ pub fn build(cfg: &VmConfig, started: Instant) -> Result<Vm, VmError> {
             (CALLBACK_VIA_TYPE_VECTOR << CALLBACK_VIA_TYPE_SHIFT)
                 | u64::from(crate::pv::PV_EVENT_VECTOR),
         );
+        // shared_info is where the builder put it: its clock now.
+        domain.publish_clock();
     }
     domain.publish_routing();
 
@@ -371,6 +373,9 @@ pub fn build(cfg: &VmConfig, started: Instant) -> Result<Vm, VmError> {
         )?),
         None => None,
     };
+    if let Some((machine, _)) = &pv {
+        machine.attach_domain(domain.clone());
+    }
 
     let hvm_devices = match &cfg.hvm {
         Some(hvm) => {

@@ -9,7 +9,7 @@
 //! never a panic.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use kvm_bindings::kvm_segment;
 use tracing::{debug, info};
@@ -518,6 +518,8 @@ pub struct PvMachine {
     /// Each vCPU's PV state: mode, callbacks, kernel stack, segment
     /// bases, virtual IDT.
     pub vcpus: Mutex<Vec<PvVcpu>>,
+    /// The domain (set once it is built), for where vcpu_infos are.
+    domain: std::sync::OnceLock<Arc<kxen_xen::Domain>>,
     /// kxen-vmm wrote a page table (or its own mappings) since KVM's
     /// shadow MMU was last flushed.
     shadow_stale: AtomicBool,
@@ -671,6 +673,7 @@ impl PvMachine {
             mmu: Mutex::new(mmu),
             vcpus: Mutex::new(vec![PvVcpu::default(); nr_vcpus as usize]),
             shadow_stale: AtomicBool::new(true),
+            domain: std::sync::OnceLock::new(),
             starts: Mutex::new((0..nr_vcpus).map(|vcpu| (vcpu == 0, None)).collect()),
             shared_info_gpa,
         })
@@ -781,6 +784,41 @@ impl PvMachine {
                     };
                 (ret, Effects::default())
             }
+            xen_abi::hypercall::PHYSDEV_OP if a1 == xen_abi::hypercall::PHYSDEVOP_SET_IOPL => {
+                drop(mmu);
+                let ret = match frames.read_guest_u64(a2) {
+                    // struct physdev_set_iopl { u32 iopl; }: the low half.
+                    Some(word) => self
+                        .with_vcpu(vcpu as u32, |v| v.set_iopl(word as u32))
+                        .unwrap_or(-xen_abi::errno::EINVAL),
+                    None => -EFAULT,
+                };
+                return Some((ret, Effects::default()));
+            }
+            pv_nr::FPU_TASKSWITCH => {
+                drop(mmu);
+                let ret = self
+                    .with_vcpu(vcpu as u32, |v| {
+                        v.fpu_ts = a1 != 0;
+                        0
+                    })
+                    .unwrap_or(-xen_abi::errno::EINVAL);
+                return Some((ret, Effects::default()));
+            }
+            xen_abi::hypercall::SET_DEBUGREG => {
+                drop(mmu);
+                let ret = self
+                    .with_vcpu(vcpu as u32, |v| v.set_debugreg(a1, a2))
+                    .unwrap_or(-xen_abi::errno::EINVAL);
+                return Some((ret, Effects::default()));
+            }
+            xen_abi::hypercall::GET_DEBUGREG => {
+                drop(mmu);
+                let ret = self
+                    .with_vcpu(vcpu as u32, |v| v.get_debugreg(a1))
+                    .unwrap_or(-xen_abi::errno::EINVAL);
+                return Some((ret, Effects::default()));
+            }
             pv_nr::SET_TRAP_TABLE
             | pv_nr::STACK_SWITCH
             | pv_nr::SET_CALLBACKS
@@ -795,10 +833,24 @@ impl PvMachine {
         Some((ret, effects))
     }
 
-    /// vCPU `vcpu`'s event upcall mask (vcpu_info in shared_info; the
-    /// legacy array holds 32), or `None` past it.
+    /// The domain, once built: where each vCPU's vcpu_info is.
+    pub fn attach_domain(&self, domain: Arc<kxen_xen::Domain>) {
+        let _ = self.domain.set(domain);
+    }
+
+    /// vCPU `vcpu`'s vcpu_info: where the guest registered it
+    /// (VCPUOP_register_vcpu_info: Linux moves it into its per-CPU
+    /// area), else its slot in shared_info (the legacy array holds 32).
+    fn vcpu_info_base(&self, vcpu: u32) -> Option<u64> {
+        match self.domain.get() {
+            Some(domain) => domain.vcpu_info_address(vcpu),
+            None => (vcpu < 32).then(|| self.shared_info_gpa + 64 * u64::from(vcpu)),
+        }
+    }
+
+    /// vCPU `vcpu`'s event upcall mask byte.
     fn upcall_mask_gpa(&self, vcpu: u32) -> Option<GuestAddress> {
-        (vcpu < 32).then(|| GuestAddress(self.shared_info_gpa + 64 * u64::from(vcpu) + 1))
+        self.vcpu_info_base(vcpu).map(|base| GuestAddress(base + 1))
     }
 
     pub fn upcall_mask(&self, mem: &GuestMemoryMmap, vcpu: u32) -> u8 {
@@ -950,6 +1002,56 @@ impl PvMachine {
         (0, effects)
     }
 
+    /// A kernel's direct write to the page-table entry at `gpa` (Xen's
+    /// writable page tables): `decide` gets the entry's current value and
+    /// says what the instruction writes; the PV MMU applies it as an
+    /// `mmu_update`, under its lock (so a `cmpxchg` is atomic against
+    /// every other update). `None`: not an L1 table, not emulated, or
+    /// refused; the caller bounces the #PF.
+    pub fn page_table_write(
+        &self,
+        mem: &GuestMemoryMmap,
+        vcpu: u32,
+        gpa: u64,
+        decide: impl FnOnce(u64) -> Result<kxen_pv::ptwr::PtWrite, kxen_pv::ptwr::PtwrError>,
+    ) -> Option<(kxen_pv::ptwr::PtWrite, Effects)> {
+        let mfn = gpa >> 12;
+        let mut mmu = self.mmu.lock().unwrap_or_else(|e| e.into_inner());
+        let is_l1 = mmu.frame(mfn).and_then(|f| f.held_type())
+            == Some(kxen_pv::FrameType::PageTable(kxen_pv::PtLevel::L1));
+        if !is_l1 {
+            return None;
+        }
+        let old = mem.read_obj::<u64>(GuestAddress(gpa & !7)).ok()?;
+        let write = match decide(old) {
+            Ok(write) => write,
+            Err(e) => {
+                debug!(vcpu, gpa, "page-table write not emulated: {e}");
+                return None;
+            }
+        };
+        let Some(new) = write.new else {
+            return Some((write, Effects::default()));
+        };
+        let mut frames = GuestFrames {
+            mem,
+            guest: None,
+            stale: &self.shadow_stale,
+        };
+        let req = xen_abi::pv::MmuUpdate {
+            ptr: (gpa & !7) | xen_abi::pv::MMU_NORMAL_PT_UPDATE,
+            val: new,
+        };
+        let outcome = mmu.mmu_update_one(&mut frames, req);
+        match outcome.result {
+            Ok(()) => Some((write, outcome.effects)),
+            Err(e) => {
+                debug!(vcpu, gpa, new, "page-table write refused: {e}");
+                None
+            }
+        }
+    }
+
     /// The start state VCPUOP_initialise left for `vcpu`, taken once.
     pub fn take_start(&self, vcpu: u32) -> Option<PvStart> {
         self.starts
@@ -1056,17 +1158,16 @@ impl PvMachine {
 
     /// vcpu_info's `evtchn_upcall_pending` for `vcpu`.
     pub fn upcall_pending(&self, mem: &GuestMemoryMmap, vcpu: u32) -> bool {
-        self.upcall_mask_gpa(vcpu)
-            .and_then(|gpa| mem.read_obj::<u8>(GuestAddress(gpa.0 - 1)).ok())
+        self.vcpu_info_base(vcpu)
+            .and_then(|base| mem.read_obj::<u8>(GuestAddress(base)).ok())
             .is_some_and(|b| b != 0)
     }
 
     /// Publish a page fault's address in vcpu_info's `arch.cr2`, where a
     /// PV kernel reads it (Xen writes it there before the bounce).
     pub fn set_cr2(&self, mem: &GuestMemoryMmap, vcpu: u32, cr2: u64) {
-        if vcpu < 32 {
-            let gpa = self.shared_info_gpa + 64 * u64::from(vcpu) + VCPU_INFO_CR2;
-            let _ = mem.write_obj(cr2, GuestAddress(gpa));
+        if let Some(base) = self.vcpu_info_base(vcpu) {
+            let _ = mem.write_obj(cr2, GuestAddress(base + VCPU_INFO_CR2));
         }
     }
 }

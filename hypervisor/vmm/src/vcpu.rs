@@ -34,6 +34,7 @@ pub mod gate;
 pub mod kvm;
 mod pv_emulate;
 mod pv_exits;
+mod pv_ptwr;
 pub mod pvm;
 pub mod shared;
 pub mod triple_fault;

@@ -33,6 +33,21 @@ pub const VMASST_TYPE_RUNSTATE_UPDATE_FLAG: u64 = 5;
 pub const VMASST_TYPE_M2P_STRICT: u64 = 32;
 /// The only assist Xen offers HVM/PVH guests.
 pub const HVM_VM_ASSIST_MASK: u64 = 1 << VMASST_TYPE_RUNSTATE_UPDATE_FLAG;
+pub const VMASST_TYPE_4GB_SEGMENTS_NOTIFY: u64 = 1;
+pub const VMASST_TYPE_PAE_EXTENDED_CR3: u64 = 3;
+/// A PV kernel's IOPL checks treat it as ring 0 (else ring 1).
+pub const VMASST_TYPE_ARCHITECTURAL_IOPL: u64 = 4;
+/// What a 64-bit PV domain may enable (Xen's NATIVE_VM_ASSIST_VALID).
+pub const PV_VM_ASSIST_MASK: u64 = (1 << VMASST_TYPE_4GB_SEGMENTS)
+    | (1 << VMASST_TYPE_4GB_SEGMENTS_NOTIFY)
+    | (1 << VMASST_TYPE_WRITABLE_PAGETABLES)
+    | (1 << VMASST_TYPE_PAE_EXTENDED_CR3)
+    | (1 << VMASST_TYPE_ARCHITECTURAL_IOPL)
+    | (1 << VMASST_TYPE_RUNSTATE_UPDATE_FLAG)
+    | (1 << VMASST_TYPE_M2P_STRICT);
+/// `set_debugreg(reg, value)` / `get_debugreg(reg)`.
+pub const SET_DEBUGREG: u64 = 8;
+pub const GET_DEBUGREG: u64 = 9;
 
 /// `physdev_op` commands a PVH guest might try.
 pub const PHYSDEVOP_EOI: u64 = 12;

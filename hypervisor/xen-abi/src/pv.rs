@@ -238,6 +238,8 @@ pub mod hypercall {
     pub const SET_GDT: u64 = 2;
     /// `update_descriptor(maddr, desc)`.
     pub const UPDATE_DESCRIPTOR: u64 = 10;
+    /// `fpu_taskswitch(set)`: set or clear the virtual CR0.TS.
+    pub const FPU_TASKSWITCH: u64 = 5;
     /// `stack_switch(ss, sp)`: the kernel stack for bounces from user mode.
     pub const STACK_SWITCH: u64 = 3;
     /// `set_callbacks(event, failsafe, syscall)` (the 64-bit form).

@@ -55,6 +55,12 @@ pub struct FeatureInfo {
 pub const XENFEAT_WRITABLE_PAGE_TABLES: u32 = 0;
 pub const XENFEAT_AUTO_TRANSLATED_PHYSMAP: u32 = 2;
 pub const XENFEAT_SUPERVISOR_MODE_KERNEL: u32 = 3;
+/// PV: MMU_PT_UPDATE_PRESERVE_AD is served.
+pub const XENFEAT_MMU_PT_UPDATE_PRESERVE_AD: u32 = 5;
+/// PV: the highmem mapping assist (32-bit PAE guests' kmap batching).
+pub const XENFEAT_HIGHMEM_ASSIST: u32 = 6;
+/// PV: grant mappings may carry the PTE's available bits.
+pub const XENFEAT_GNTTAB_MAP_AVAIL_BITS: u32 = 7;
 pub const XENFEAT_HVM_CALLBACK_VECTOR: u32 = 8;
 pub const XENFEAT_HVM_SAFE_PVCLOCK: u32 = 9;
 pub const XENFEAT_HVM_PIRQS: u32 = 10;

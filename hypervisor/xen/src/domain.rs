@@ -253,6 +253,11 @@ impl Domain {
         self.wake.notify_all();
     }
 
+    /// The VM assists the domain enabled (`vm_assist`).
+    pub fn enabled_vm_assists(&self) -> u64 {
+        self.lock().vm_assist
+    }
+
     pub fn is_stopping(&self) -> bool {
         self.stopping.load(Ordering::SeqCst)
     }
@@ -392,6 +397,13 @@ impl Domain {
 
     /// GPA of `vcpu`'s vcpu_info: the registered one, else the legacy slot
     /// in shared_info.
+    /// Where `vcpu`'s vcpu_info is now (registered with
+    /// VCPUOP_register_vcpu_info, or its slot in shared_info).
+    pub fn vcpu_info_address(&self, vcpu: u32) -> Option<u64> {
+        let st = self.lock();
+        self.vcpu_info_gpa(&st, vcpu)
+    }
+
     pub fn vcpu_info_gpa(&self, st: &DomainState, vcpu: u32) -> Option<u64> {
         let v = st.vcpus.get(vcpu as usize)?;
         v.vcpu_info_gpa.or_else(|| {
@@ -764,6 +776,20 @@ impl Domain {
                 self.set_runstate(&mut st, vcpu, RUNSTATE_RUNNING);
                 info!(vcpu, "vCPU started");
             }
+        }
+        // Its clock, as Xen publishes it when a vCPU is scheduled: a PV
+        // kernel reads vcpu_info's time before it asks for anything.
+        self.update_vcpu_time(&st, vcpu);
+    }
+
+    /// Publish the wallclock and every vCPU's time in shared_info (a PV
+    /// domain's is in place from the start; an HVM guest's once it maps
+    /// it).
+    pub fn publish_clock(&self) {
+        let st = self.lock();
+        self.write_wallclock(&st);
+        for vcpu in 0..self.cfg.nr_vcpus {
+            self.update_vcpu_time(&st, vcpu);
         }
     }
 

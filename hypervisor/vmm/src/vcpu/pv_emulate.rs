@@ -205,10 +205,19 @@ impl Vcpu {
             .get_or_insert_with(|| VirtualCpu::new(sregs.cr4));
         // The segment bases are the PV vCPU's (set_segment_base and mode
         // switches keep them there); the emulation sees the same values.
-        let (kernel_mode, user_gs_base) = pv
-            .with_vcpu(self.id, |v| (v.kernel_mode, v.gs_base_user))
-            .unwrap_or((true, 0));
+        let (kernel_mode, user_gs_base, iopl, fpu_ts) = pv
+            .with_vcpu(self.id, |v| {
+                (v.kernel_mode, v.gs_base_user, v.iopl, v.fpu_ts)
+            })
+            .unwrap_or((true, 0, 0, false));
         virt.user_gs_base = user_gs_base;
+        virt.fpu_task_switched = fpu_ts;
+        // PHYSDEVOP_set_iopl and VMASST_TYPE_architectural_iopl decide
+        // the I/O checks.
+        virt.iopl = iopl;
+        virt.architectural_iopl = self.rt.domain.enabled_vm_assists()
+            & (1 << xen_abi::hypercall::VMASST_TYPE_ARCHITECTURAL_IOPL)
+            != 0;
         let mut guest_regs = regs;
         guest_regs.rsp = hw.rsp;
         let mut cpu = VcpuPrivileged {
@@ -250,6 +259,7 @@ impl Vcpu {
         } = cpu;
         self.pv_virtual = Some(virt);
         pv.with_vcpu(self.id, |v| {
+            v.fpu_ts = virt.fpu_task_switched;
             v.fs_base = new_sregs.fs.base;
             if v.kernel_mode {
                 v.gs_base_kernel = new_sregs.gs.base;

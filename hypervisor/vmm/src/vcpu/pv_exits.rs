@@ -263,6 +263,17 @@ impl Vcpu {
             return self.pv_deliver_events(&pv);
         }
         if vector == VECTOR_PF {
+            // A write to one of its own L1 tables: emulated, not bounced.
+            if self.pv_ptwr(&pv, &mem, &hw, sregs.cr2)? {
+                self.pv_load(
+                    &pv,
+                    PvLoad {
+                        code_and_stack: true,
+                        ..Default::default()
+                    },
+                )?;
+                return self.pv_deliver_events(&pv);
+            }
             pv.set_cr2(&mem, self.id, sregs.cr2);
         }
         let from = Self::pv_interrupted(hw.rip, hw.rflags, hw.rsp, &regs);
@@ -281,17 +292,48 @@ impl Vcpu {
         from: &Interrupted,
     ) -> Result<(), String> {
         let mask = pv.upcall_mask(mem, self.id);
-        let bounce = pv
+        let outcome = pv
             .with_vcpu(self.id, |v| v.exception(vector, error_code, from, mask))
-            .ok_or_else(|| format!("PV vCPU {} has no PV state", self.id))?
-            .map_err(|e| {
-                format!(
+            .ok_or_else(|| format!("PV vCPU {} has no PV state", self.id))?;
+        let bounce = match outcome {
+            Ok(bounce) => bounce,
+            Err(e) => {
+                // As Xen prints the guest's state on a crash: the top of
+                // the interrupted stack holds the way back to the cause.
+                let stack = self.pv_stack_words(from.rsp, 24);
+                return Err(format!(
                     "PV vCPU {}: exception {vector} at rip {:#x} (error code {error_code:?}): \
-                     {e}; the domain crashes, as on Xen",
-                    self.id, from.rip
-                )
-            })?;
+                     {e}; the domain crashes, as on Xen (stack at {:#x}: {stack})",
+                    self.id, from.rip, from.rsp
+                ));
+            }
+        };
         self.pv_write_bounce(pv, mem, &bounce)
+    }
+
+    /// Up to `count` words of the guest stack at `rsp`, read through the
+    /// kernel's page tables, for a crash report.
+    fn pv_stack_words(&self, rsp: u64, count: usize) -> String {
+        let mut paging = self.kvm.paging_regs();
+        paging.cpl = 3;
+        let mut words = Vec::with_capacity(count);
+        for i in 0..count as u64 {
+            let mut word = [0u8; 8];
+            let va = rsp.wrapping_add(8 * i);
+            if self
+                .kvm
+                .with_guest(&self.rt.memory, paging, |g| g.read(va, &mut word))
+                .is_err()
+            {
+                break;
+            }
+            words.push(format!("{:#x}", u64::from_le_bytes(word)));
+        }
+        if words.is_empty() {
+            "unreadable".into()
+        } else {
+            words.join(" ")
+        }
     }
 
     /// Write `bounce`'s frame on the kernel stack through the kernel's

@@ -8,7 +8,13 @@ use crate::domain::Domain;
 
 impl Domain {
     pub(super) fn vm_assist(&self, cmd: u64, kind: u64) -> i64 {
-        if kind >= 64 || HVM_VM_ASSIST_MASK & (1 << kind) == 0 {
+        // A PV domain has Xen's native set; HVM/PVH only the runstate flag.
+        let valid = if self.cfg.pv_machphys_mapping.is_some() {
+            PV_VM_ASSIST_MASK
+        } else {
+            HVM_VM_ASSIST_MASK
+        };
+        if kind >= 64 || valid & (1 << kind) == 0 {
             return -EINVAL;
         }
         let mut st = self.lock();

@@ -71,10 +71,21 @@ impl Domain {
                     // Only submap 0 exists (XENFEAT_NR_SUBMAPS == 1).
                     return -EINVAL;
                 }
-                fi.submap = (1 << XENFEAT_AUTO_TRANSLATED_PHYSMAP)
-                    | (1 << XENFEAT_HVM_CALLBACK_VECTOR)
-                    | (1 << XENFEAT_HVM_SAFE_PVCLOCK)
-                    | (1 << XENFEAT_LINUX_RSDP_UNRESTRICTED);
+                // Xen's common/kernel.c: a PV domain gets the PV MMU's
+                // features (Linux refuses to boot as PV without
+                // preserve_ad and map_avail_bits), HVM/PVH the callback
+                // vector and a translated physmap.
+                fi.submap = if self.cfg.pv_machphys_mapping.is_some() {
+                    (1 << XENFEAT_MMU_PT_UPDATE_PRESERVE_AD)
+                        | (1 << XENFEAT_HIGHMEM_ASSIST)
+                        | (1 << XENFEAT_GNTTAB_MAP_AVAIL_BITS)
+                        | (1 << XENFEAT_LINUX_RSDP_UNRESTRICTED)
+                } else {
+                    (1 << XENFEAT_AUTO_TRANSLATED_PHYSMAP)
+                        | (1 << XENFEAT_HVM_CALLBACK_VECTOR)
+                        | (1 << XENFEAT_HVM_SAFE_PVCLOCK)
+                        | (1 << XENFEAT_LINUX_RSDP_UNRESTRICTED)
+                };
                 write!(g, arg, &fi);
                 0
             }
