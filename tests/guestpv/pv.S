@@ -531,6 +531,8 @@ gp_at:
     call smp_checks
     /* The guest's own GDT (gdt.S). */
     call gdt_checks
+    /* What a stock kernel asks for at boot (misc.S). */
+    call misc_checks
 
     /* The summary line: checks passed and failed. */
     lea msg_summary(%rip), %rdi
@@ -865,6 +867,7 @@ puthex:
     .include "grant.S"
     .include "gdt.S"
     .include "m2p.S"
+    .include "misc.S"
 
     .data
 magic:        .ascii "xen-3.0-x86_64"

@@ -113,6 +113,7 @@ user_checks:
     shl $12, %rax
     add SI_PT_BASE(%r15), %rax
     mov %rax, shinfo_va(%rip)
+    mov %rax, vcpu0_info_va(%rip)
     add $4096, %rax
     mov %rax, window_va(%rip)
 
@@ -784,10 +785,12 @@ pf_handler:
 event_callback:
     push %rax
     push %rdx
-    mov shinfo_va(%rip), %rdx
+    /* vCPU 0's vcpu_info: in shared_info, or where misc.S moves it. */
+    mov vcpu0_info_va(%rip), %rdx
     movb $0, (%rdx)
     xor %eax, %eax
     xchg %rax, 8(%rdx)
+    mov shinfo_va(%rip), %rdx
     xor %eax, %eax
     xchg %rax, 2048(%rdx)
     or %rax, ev_ports(%rip)
@@ -864,6 +867,7 @@ user_prog_end:
     .data
     .balign 8
 shinfo_va:    .quad 0
+vcpu0_info_va: .quad 0
     /* The selectors run_user enters user mode with: Xen's flat ones, or
      * (gdt.S) the guest GDT's. */
 user_cs_sel:  .quad 0xe033

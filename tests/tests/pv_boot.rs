@@ -221,6 +221,21 @@ fn pv_kernel_boots_at_cpl3_and_serves_hypercalls() {
         "PASS an LDT page with a TSS descriptor is left out (not held)",
         "PASS user mode on the GDT's selectors 0x33/0x2b: syscall frame shows CS 0x33",
         "PASS set_gdt with no entries releases the frame: writable again",
+        // What a stock kernel asks for at boot (tests/guestpv/misc.S).
+        "PASS XENVER_get_features: PV MMU features, no translated physmap",
+        "PASS vm_assist of a PV type (pae_extended_cr3)",
+        "PASS vm_assist of an unknown type is -EINVAL",
+        "PASS vcpu_info's clock is published from the start",
+        "PASS PHYSDEVOP_set_iopl above 3 is -EINVAL",
+        "PASS PHYSDEVOP_set_iopl(1): in reads ~0 and out is dropped, no #GP",
+        "PASS set_debugreg(0) and get_debugreg(0) agree",
+        "PASS set_debugreg to the hypervisor's range is -EPERM",
+        "PASS get_debugreg(4) is -EINVAL",
+        "PASS set_debugreg(7) with upper bits is -EINVAL",
+        "PASS fpu_taskswitch sets and clears CR0.TS as mov %cr0 reads it",
+        "PASS a direct write to an L1 entry is emulated (writable page tables)",
+        "PASS a direct L1 write to a frame outside RAM gets the #PF, entry unchanged",
+        "PASS VCPUOP_register_vcpu_info: events reach the callback at the new vcpu_info",
         "done, powering off",
     ] {
         assert!(lines.contains(&check), "missing {check:?}\n{t}");
