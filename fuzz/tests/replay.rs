@@ -1556,6 +1556,51 @@ fn pv_emulate() {
     replay("pv_emulate", kxen_fuzz::pv_emulate, seeds);
 }
 
+// ---- pv_context, pv_ptwr ---------------------------------------------------------
+
+#[test]
+fn pv_context() {
+    // A kernel-mode context (flags at 0 of the fuzzed bytes: VGCF_in_kernel),
+    // RIP and RSP canonical, a #PF handler, CR3; and descriptors.
+    let mut ctx = vec![0u8; 5168 - 512];
+    ctx[0..8].copy_from_slice(&le64(4));
+    ctx[8 + 128..8 + 136].copy_from_slice(&le64(0xffff_ffff_8100_0000));
+    ctx[8 + 152..8 + 160].copy_from_slice(&le64(0xffff_ffff_8200_0000));
+    let pf = 208 + 16 * 14;
+    ctx[pf + 2..pf + 4].copy_from_slice(&0xe030u16.to_le_bytes());
+    ctx[pf + 8..pf + 16].copy_from_slice(&le64(0xffff_ffff_8100_2000));
+    let descriptors = [
+        le64(0x00af_9b00_0000_ffff),
+        le64(0x0000_8900_0000_0067),
+        le64(0x0000_ec00_0033_0000 | (1 << 47)),
+    ]
+    .concat()
+    .to_vec();
+    let seeds = vec![ctx, descriptors];
+    replay("pv_context", kxen_fuzz::pv_context, seeds);
+}
+
+/// One pv_ptwr input: old entry, entry offset, RAX, other registers, bytes.
+fn ptwr_input(old: u64, offset: u16, rax: u64, other: u64, insn: &[u8]) -> Vec<u8> {
+    let mut v = le64(old).to_vec();
+    v.extend(offset.to_le_bytes());
+    v.extend(le64(rax));
+    v.extend(le64(other));
+    v.extend(insn);
+    v
+}
+
+#[test]
+fn pv_ptwr() {
+    let seeds = vec![
+        ptwr_input(0, 8, 0, 0x67, &[0x48, 0x89, 0x2b]),
+        ptwr_input(0x1111, 16, 0x1111, 0x67, &[0xf0, 0x48, 0x0f, 0xb1, 0x2b]),
+        ptwr_input(0x63, 24, 0, 0, &[0xf0, 0x48, 0x0f, 0xba, 0x33, 0x05]),
+        ptwr_input(0x63, 24, 0, 0, &[0x48, 0x87, 0x03]),
+    ];
+    replay("pv_ptwr", kxen_fuzz::pv_ptwr, seeds);
+}
+
 // ---- bzimage ----------------------------------------------------------------
 
 /// A bzImage: boot sector, 4 setup sectors, then `payload` at
