@@ -113,6 +113,7 @@ impl PvMmu {
         req: MmuUpdate,
         flush_tables: &mut bool,
     ) -> Result<(), MmuError> {
+        tracing::trace!(ptr = req.ptr, val = req.val, "mmu_update request");
         let cmd = req.ptr & MMU_UPDATE_CMD_MASK;
         match cmd {
             MMU_NORMAL_PT_UPDATE | MMU_PT_UPDATE_PRESERVE_AD | MMU_PT_UPDATE_NO_TRANSLATE => {
@@ -361,6 +362,13 @@ impl PvMmu {
         op: MmuextOp,
         effects: &mut Effects,
     ) -> Result<(), MmuError> {
+        tracing::trace!(
+            vcpu,
+            cmd = op.cmd,
+            arg1 = op.arg1,
+            arg2 = op.arg2,
+            "mmuext request"
+        );
         let this_vcpu = VcpuMask::single(vcpu);
         match op.cmd {
             MMUEXT_PIN_L1_TABLE..=MMUEXT_PIN_L4_TABLE => {
