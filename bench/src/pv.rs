@@ -13,7 +13,9 @@ use std::time::{Duration, Instant};
 
 use kvm_bindings::{kvm_segment, kvm_userspace_memory_region};
 use kvm_ioctls::{Kvm, VcpuExit};
-use kxen_tests::{assemble_and_link, kxen_run, repo_root, run_with_limit, test_guest, GuestArch};
+use kxen_tests::{
+    kxen_run, pv_test_kernel, pv_timing_line, run_with_limit, test_guest, tsc_cycles_per_us,
+};
 
 use crate::baseline::{self, BaselineFeatures, LoopShape};
 use crate::median;
@@ -227,32 +229,10 @@ fn run_bare_cpl3(
     }
 }
 
-/// The host's TSC rate in cycles per microsecond, against the monotonic
-/// clock over a short busy interval (kxen-vmm does not scale guest TSCs).
-fn tsc_cycles_per_us() -> f64 {
-    // SAFETY: rdtsc reads the time-stamp counter; no memory effects.
-    let read = || unsafe { core::arch::x86_64::_rdtsc() };
-    let (t0, c0) = (Instant::now(), read());
-    while t0.elapsed() < Duration::from_millis(100) {
-        std::hint::spin_loop();
-    }
-    let (elapsed, cycles) = (t0.elapsed(), read() - c0);
-    cycles as f64 / elapsed.as_secs_f64() / 1e6
-}
-
 /// The PV test kernel with the benchmark's loop counts.
 fn pv_bench_kernel() -> PathBuf {
-    let src = repo_root().join("tests/guestpv");
     let dir = std::env::temp_dir().join(format!("kxen-bench-pv-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    assemble_and_link(
-        &src.join("pv.S"),
-        &src.join("pv.ld"),
-        &dir,
-        "pv",
-        GuestArch::X86_64,
-        &["BENCH=1"],
-    )
+    pv_test_kernel(&dir, &["BENCH=1"])
 }
 
 /// The PV kernel's timing lines this section reads, by prefix.
@@ -269,10 +249,7 @@ const PV_LINES: [&str; 6] = [
 /// `<prefix><calls> calls in <cycles> TSC cycles` (hex, as the PV
 /// kernel's puthex writes them) -> cycles per call.
 fn pv_timing(lines: &[&str], prefix: &str) -> Option<f64> {
-    let timing = lines.iter().find_map(|l| l.strip_prefix(prefix))?;
-    let hex = |s: &str| u64::from_str_radix(s.trim_start_matches("0x"), 16).ok();
-    let (calls, rest) = timing.split_once(" calls in ")?;
-    let (calls, cycles) = (hex(calls)?, hex(rest.strip_suffix(" TSC cycles")?)?);
+    let (calls, cycles) = pv_timing_line(lines, prefix)?;
     (calls > 0).then(|| cycles as f64 / calls as f64)
 }
 

@@ -318,6 +318,45 @@ pub fn assemble_and_link(
     elf
 }
 
+/// The classic PV test kernel (`tests/guestpv/pv.S` and the files it
+/// includes), assembled and linked into `dir`, with `defsyms`
+/// (`NAME=VALUE`) selecting a variant.
+pub fn pv_test_kernel(dir: &Path, defsyms: &[&str]) -> PathBuf {
+    let src = repo_root().join("tests/guestpv");
+    std::fs::create_dir_all(dir).expect("PV test kernel directory");
+    assemble_and_link(
+        &src.join("pv.S"),
+        &src.join("pv.ld"),
+        dir,
+        "pv",
+        GuestArch::X86_64,
+        defsyms,
+    )
+}
+
+/// A PV test kernel timing line `<prefix><calls> calls in <cycles> TSC
+/// cycles` (both as its puthex writes them): (calls, cycles).
+pub fn pv_timing_line(lines: &[&str], prefix: &str) -> Option<(u64, u64)> {
+    let timing = lines.iter().find_map(|l| l.strip_prefix(prefix))?;
+    let hex = |s: &str| u64::from_str_radix(s.trim_start_matches("0x"), 16).ok();
+    let (calls, rest) = timing.split_once(" calls in ")?;
+    Some((hex(calls)?, hex(rest.strip_suffix(" TSC cycles")?)?))
+}
+
+/// The host's TSC rate in cycles per microsecond, measured against the
+/// monotonic clock over a short busy interval (kxen-vmm does not scale
+/// guest TSCs, so guest cycle counts convert with it).
+pub fn tsc_cycles_per_us() -> f64 {
+    // SAFETY: rdtsc reads the time-stamp counter; it has no memory effects.
+    let read = || unsafe { core::arch::x86_64::_rdtsc() };
+    let (t0, c0) = (std::time::Instant::now(), read());
+    while t0.elapsed() < Duration::from_millis(100) {
+        std::hint::spin_loop();
+    }
+    let (elapsed, cycles) = (t0.elapsed(), read() - c0);
+    cycles as f64 / elapsed.as_secs_f64() / 1e6
+}
+
 /// Assemble `tests/guest32/NAME.S` (after `patch` edits its source) into a
 /// 32-bit PVH ELF in a temp directory; `tag` keeps variants apart.
 pub fn guest32(name: &str, tag: &str, patch: impl Fn(String) -> String) -> PathBuf {

@@ -6,24 +6,17 @@
 //! powers off.
 
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use kxen_tests::{assemble_and_link, kxen_run, repo_root, run_with_limit, Finished, GuestArch};
+use kxen_tests::{
+    kxen_run, pv_test_kernel, pv_timing_line, run_with_limit, tsc_cycles_per_us, Finished,
+};
 
-/// Assemble and link the PV test kernel into a temp directory, with
-/// `defsyms` (`NAME=VALUE`) selecting variants of it.
+/// The PV test kernel in a temp directory, with `defsyms` (`NAME=VALUE`)
+/// selecting variants of it.
 fn pv_guest(variant: &str, defsyms: &[&str]) -> PathBuf {
-    let src = repo_root().join("tests/guestpv");
     let dir = std::env::temp_dir().join(format!("kxen-gpv-{}-{variant}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    assemble_and_link(
-        &src.join("pv.S"),
-        &src.join("pv.ld"),
-        &dir,
-        "pv",
-        GuestArch::X86_64,
-        defsyms,
-    )
+    pv_test_kernel(&dir, defsyms)
 }
 
 fn boot_pv_guest(variant: &str, defsyms: &[&str]) -> Finished {
@@ -54,20 +47,6 @@ fn guest_lines(run: &Finished) -> Vec<&str> {
         .lines()
         .filter_map(|l| l.strip_prefix("(d7) kxen-pv-guest: "))
         .collect()
-}
-
-/// The host's TSC rate in cycles per microsecond, measured against the
-/// monotonic clock over a short busy interval (the guest's TSC runs at
-/// the host's rate: kxen-vmm does not scale it).
-fn tsc_cycles_per_us() -> f64 {
-    // SAFETY: rdtsc reads the time-stamp counter; it has no memory effects.
-    let read = || unsafe { core::arch::x86_64::_rdtsc() };
-    let (t0, c0) = (Instant::now(), read());
-    while t0.elapsed() < Duration::from_millis(100) {
-        std::hint::spin_loop();
-    }
-    let (elapsed, cycles) = (t0.elapsed(), read() - c0);
-    cycles as f64 / elapsed.as_secs_f64() / 1e6
 }
 
 /// The PV kernel boots at CPL3 from the PV builder's state, reads a
@@ -305,7 +284,7 @@ fn pv_kernel_boots_at_cpl3_and_serves_hypercalls() {
             "PV CR3 switch (mmuext_op NEW_BASEPTR, with the shadow MMU flush it implies)",
         ),
     ] {
-        let (calls, cycles) = timing_line(&lines, prefix)
+        let (calls, cycles) = pv_timing_line(&lines, prefix)
             .unwrap_or_else(|| panic!("no or unreadable {prefix:?} line\n{t}"));
         assert!(calls > 0, "{t}");
         eprintln!(
@@ -336,15 +315,6 @@ fn pv_exception_without_handler_crashes_the_domain() {
         "{t}"
     );
     assert!(!lines.iter().any(|l| l.contains("after the #DE")), "{t}");
-}
-
-/// A guest timing line `<prefix><calls> calls in <cycles> TSC cycles`
-/// (both numbers as the guest's puthex writes them).
-fn timing_line(lines: &[&str], prefix: &str) -> Option<(u64, u64)> {
-    let timing = lines.iter().find_map(|l| l.strip_prefix(prefix))?;
-    let hex = |s: &str| u64::from_str_radix(s.trim_start_matches("0x"), 16).ok();
-    let (calls, rest) = timing.split_once(" calls in ")?;
-    Some((hex(calls)?, hex(rest.strip_suffix(" TSC cycles")?)?))
 }
 
 /// kxen-vmm refuses a PVH-only kernel for `--type pv` with the builder's

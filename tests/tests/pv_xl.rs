@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use kxen_tests::dom0::{show, Dom0};
-use kxen_tests::{assemble_and_link, repo_root, test_guest, GuestArch};
+use kxen_tests::{pv_test_kernel, test_guest};
 
 /// How long a domain may take to reach a state `kxl list` shows.
 const STATE_LIMIT: Duration = Duration::from_secs(60);
@@ -19,21 +19,11 @@ const DONE: &str = "kxen-pv-guest: done, powering off";
 /// test was written: the MMU, trap and hypercall checks pv_boot names).
 const MIN_CHECKS: usize = 70;
 
-/// Assemble and link the PV test kernel into `d`'s directory, with
-/// `defsyms` (`NAME=VALUE`) selecting a variant of it.
+/// The PV test kernel in `d`'s directory, with `defsyms` (`NAME=VALUE`)
+/// selecting a variant of it.
 fn pv_kernel(d: &Dom0, variant: &str, defsyms: &[&str]) -> String {
-    let src = repo_root().join("tests/guestpv");
     let dir = d.dir.join(format!("guest-{variant}"));
-    std::fs::create_dir_all(&dir).expect("guest dir");
-    let elf = assemble_and_link(
-        &src.join("pv.S"),
-        &src.join("pv.ld"),
-        &dir,
-        "pv",
-        GuestArch::X86_64,
-        defsyms,
-    );
-    elf.display().to_string()
+    pv_test_kernel(&dir, defsyms).display().to_string()
 }
 
 /// An xl.cfg for the PV test kernel; `type_line` is `type = "pv"` or

@@ -520,8 +520,9 @@ fn iopl_ok<C: PrivilegedCpu + ?Sized>(cpu: &mut C) -> bool {
     cpl <= v.iopl
 }
 
-/// The 64-bit register `reg` belongs to, as a [`GprIndex`].
-fn gpr_index(reg: Register) -> Option<GprIndex> {
+/// The 64-bit register `reg` belongs to, as a [`GprIndex`] (the
+/// hardware encoding order RAX..R15).
+pub(crate) fn gpr_index(reg: Register) -> Option<GprIndex> {
     const ORDER: [Register; 16] = [
         Register::RAX,
         Register::RCX,

@@ -14,7 +14,9 @@
 //! width, an unaligned or page-crossing access, a string instruction) is
 //! not emulated: the guest gets its #PF.
 
-use iced_x86::{Decoder, DecoderOptions, Instruction, Mnemonic, OpKind, Register};
+use iced_x86::{Decoder, DecoderOptions, Instruction, Mnemonic, OpKind};
+
+use crate::emulate::gpr_index;
 
 /// The general registers in the hardware encoding order (RAX..R15).
 pub type Gprs = [u64; 16];
@@ -47,29 +49,6 @@ pub enum PtwrError {
     BadAccess,
 }
 
-fn gpr(reg: Register) -> Option<usize> {
-    let full = reg.full_register();
-    let order = [
-        Register::RAX,
-        Register::RCX,
-        Register::RDX,
-        Register::RBX,
-        Register::RSP,
-        Register::RBP,
-        Register::RSI,
-        Register::RDI,
-        Register::R8,
-        Register::R9,
-        Register::R10,
-        Register::R11,
-        Register::R12,
-        Register::R13,
-        Register::R14,
-        Register::R15,
-    ];
-    order.iter().position(|&r| r == full)
-}
-
 /// The source operand's value: a 64-bit register or a sign-extended
 /// immediate.
 fn source(insn: &Instruction, index: u32, gprs: &Gprs) -> Result<u64, PtwrError> {
@@ -79,7 +58,9 @@ fn source(insn: &Instruction, index: u32, gprs: &Gprs) -> Result<u64, PtwrError>
             if reg.size() != 8 {
                 return Err(PtwrError::BadAccess);
             }
-            gpr(reg).map(|i| gprs[i]).ok_or(PtwrError::Unsupported)
+            gpr_index(reg)
+                .map(|i| gprs[i])
+                .ok_or(PtwrError::Unsupported)
         }
         OpKind::Immediate8to64 | OpKind::Immediate32to64 => Ok(insn.immediate64()),
         OpKind::Immediate8 => Ok(u64::from(insn.immediate8())),
@@ -122,7 +103,7 @@ pub fn emulate_pt_write(
     match insn.mnemonic() {
         Mnemonic::Mov => Ok(plain(source(&insn, 1, gprs)?)),
         Mnemonic::Xchg => {
-            let reg = gpr(insn.op1_register()).ok_or(PtwrError::Unsupported)?;
+            let reg = gpr_index(insn.op1_register()).ok_or(PtwrError::Unsupported)?;
             Ok(PtWrite {
                 new: Some(gprs[reg]),
                 load: Some((reg, old)),
@@ -131,7 +112,7 @@ pub fn emulate_pt_write(
             })
         }
         Mnemonic::Cmpxchg => {
-            let reg = gpr(insn.op1_register()).ok_or(PtwrError::Unsupported)?;
+            let reg = gpr_index(insn.op1_register()).ok_or(PtwrError::Unsupported)?;
             if gprs[0] == old {
                 Ok(PtWrite {
                     new: Some(gprs[reg]),

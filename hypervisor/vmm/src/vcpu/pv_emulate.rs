@@ -15,11 +15,12 @@ use vm_memory::GuestMemoryMmap;
 
 use kxen_pv::emulate::{
     emulate_invalid_op, emulate_privileged_op, GprIndex, Outcome, PrivilegedCpu, SegmentBase,
-    VirtualCpu, MAX_INSN_LEN,
+    VirtualCpu,
 };
 use kxen_pv::{Effects, Mfn, MmuError};
 
 use super::kvm::KvmVcpu;
+use super::pv_exits::{gpr_in_encoding_order, gprs_in_encoding_order};
 use super::Vcpu;
 use crate::pv::PvMachine;
 
@@ -55,38 +56,16 @@ impl PrivilegedCpu for VcpuPrivileged<'_> {
     }
 
     fn gpr(&self, index: GprIndex) -> u64 {
-        let r = &self.regs;
-        [
-            r.rax, r.rcx, r.rdx, r.rbx, r.rsp, r.rbp, r.rsi, r.rdi, r.r8, r.r9, r.r10, r.r11,
-            r.r12, r.r13, r.r14, r.r15,
-        ]
-        .get(index)
-        .copied()
-        .unwrap_or(0)
+        gprs_in_encoding_order(&self.regs, self.regs.rsp)
+            .get(index)
+            .copied()
+            .unwrap_or(0)
     }
 
     fn set_gpr(&mut self, index: GprIndex, value: u64) {
-        let r = &mut self.regs;
-        let slot = match index {
-            0 => &mut r.rax,
-            1 => &mut r.rcx,
-            2 => &mut r.rdx,
-            3 => &mut r.rbx,
-            4 => &mut r.rsp,
-            5 => &mut r.rbp,
-            6 => &mut r.rsi,
-            7 => &mut r.rdi,
-            8 => &mut r.r8,
-            9 => &mut r.r9,
-            10 => &mut r.r10,
-            11 => &mut r.r11,
-            12 => &mut r.r12,
-            13 => &mut r.r13,
-            14 => &mut r.r14,
-            15 => &mut r.r15,
-            _ => return,
-        };
-        *slot = value;
+        if let Some(slot) = gpr_in_encoding_order(&mut self.regs, index) {
+            *slot = value;
+        }
     }
 
     fn hardware_cr0(&self) -> u64 {
@@ -184,22 +163,7 @@ impl Vcpu {
         }
         // The instruction as the kernel at CPL3 can read it: up to 15
         // bytes, fewer where the next page faults.
-        let mut paging = self.kvm.paging_regs_from(&sregs);
-        paging.cpl = 3;
-        let bytes = self.kvm.with_guest(&self.rt.memory, paging, |g| {
-            let mut bytes = [0u8; MAX_INSN_LEN];
-            let in_first_page = ((0x1000 - (hw.rip & 0xfff)) as usize).min(MAX_INSN_LEN);
-            if g.fetch(hw.rip, &mut bytes[..in_first_page]).is_err() {
-                return Vec::new();
-            }
-            let second = hw.rip.wrapping_add(in_first_page as u64);
-            let len = if g.fetch(second, &mut bytes[in_first_page..]).is_ok() {
-                MAX_INSN_LEN
-            } else {
-                in_first_page
-            };
-            bytes[..len].to_vec()
-        });
+        let bytes = self.pv_fetch_instruction(hw.rip);
         let mut virt = *self
             .pv_virtual
             .get_or_insert_with(|| VirtualCpu::new(sregs.cr4));

@@ -19,6 +19,7 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use xen_abi::errno::{EFAULT, EINVAL};
 use xen_abi::pv::hypercall as pv_nr;
 
+use kxen_pv::emulate::MAX_INSN_LEN;
 use kxen_pv::{Bounce, Effects, Interrupted, IretFrame, IretOutcome, SegmentLoad};
 use kxen_xen::hypercall::Call;
 
@@ -54,7 +55,64 @@ struct PvLoad {
     selectors: Option<(u16, u16)>,
 }
 
+/// The general registers in the hardware encoding order (RAX..R15), as
+/// kxen-pv's instruction emulations index them; RSP is the caller's
+/// (the interrupted one).
+pub(super) fn gprs_in_encoding_order(r: &kvm_bindings::kvm_regs, rsp: u64) -> [u64; 16] {
+    [
+        r.rax, r.rcx, r.rdx, r.rbx, rsp, r.rbp, r.rsi, r.rdi, r.r8, r.r9, r.r10, r.r11, r.r12,
+        r.r13, r.r14, r.r15,
+    ]
+}
+
+/// Register `index` (hardware encoding order) of `r`, to set.
+pub(super) fn gpr_in_encoding_order(
+    r: &mut kvm_bindings::kvm_regs,
+    index: usize,
+) -> Option<&mut u64> {
+    Some(match index {
+        0 => &mut r.rax,
+        1 => &mut r.rcx,
+        2 => &mut r.rdx,
+        3 => &mut r.rbx,
+        4 => &mut r.rsp,
+        5 => &mut r.rbp,
+        6 => &mut r.rsi,
+        7 => &mut r.rdi,
+        8 => &mut r.r8,
+        9 => &mut r.r9,
+        10 => &mut r.r10,
+        11 => &mut r.r11,
+        12 => &mut r.r12,
+        13 => &mut r.r13,
+        14 => &mut r.r14,
+        15 => &mut r.r15,
+        _ => return None,
+    })
+}
+
 impl Vcpu {
+    /// Up to 15 bytes at `rip` as the PV kernel at CPL3 fetches them;
+    /// fewer where the next page faults, none if the first does.
+    pub(super) fn pv_fetch_instruction(&self, rip: u64) -> Vec<u8> {
+        let mut paging = self.kvm.paging_regs();
+        paging.cpl = 3;
+        self.kvm.with_guest(&self.rt.memory, paging, |g| {
+            let mut bytes = [0u8; MAX_INSN_LEN];
+            let in_first_page = ((0x1000 - (rip & 0xfff)) as usize).min(MAX_INSN_LEN);
+            if g.fetch(rip, &mut bytes[..in_first_page]).is_err() {
+                return Vec::new();
+            }
+            let second = rip.wrapping_add(in_first_page as u64);
+            let len = if g.fetch(second, &mut bytes[in_first_page..]).is_ok() {
+                MAX_INSN_LEN
+            } else {
+                in_first_page
+            };
+            bytes[..len].to_vec()
+        })
+    }
+
     fn pv_machine(&self) -> Result<Arc<PvMachine>, String> {
         self.rt
             .pv
