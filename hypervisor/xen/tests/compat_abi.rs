@@ -588,7 +588,7 @@ fn compat_runstate_uses_the_44_byte_layout() {
     // A 44-byte area ending at a page's end: fits in compat, crosses the
     // page natively.
     let area = 0x3000u64 + 4096 - 44;
-    write_guest(&domain, area - 4, &[0xa5; 48]);
+    write_guest(&domain, area - 4, &[0xa5; 52]);
     write_guest(&domain, ARG, area.as_bytes());
     assert_eq!(
         harness::hypercall(
@@ -614,8 +614,19 @@ fn compat_runstate_uses_the_44_byte_layout() {
         "nothing before the area"
     );
     assert_eq!(read_u32(&domain, area), RUNSTATE_RUNNING);
+    assert_eq!(
+        read_u32(&domain, area + 44),
+        0xa5a5_a5a5,
+        "44 bytes written, not 48"
+    );
     let entry = read_u64(&domain, area + 4);
-    assert!(entry > 0 && entry < 1 << 62, "entry time at 4: {entry:#x}");
+    let rc = harness::hypercall(&domain, VCPU_OP, [VCPUOP_GET_RUNSTATE_INFO, 0, info, 0, 0]);
+    assert_eq!(rc, 0);
+    let now = read_u64(&domain, info + 8);
+    assert!(
+        native_time <= entry && entry <= now,
+        "entry time at 4 ({entry:#x}) is the clock at registration"
+    );
     // A later update keeps the compat layout: block and wake again (the
     // harness domain is stopping, so the block returns at once).
     use xen_abi::hypercall::SCHED_OP;
