@@ -1,7 +1,8 @@
 /* A minimal 32-bit PVH kernel: installs the hypercall page, prints
  * through console_io and port 0xE9, checks xen_version and -ENOSYS,
- * makes memory_op calls in their 32-bit (compat) layouts and prints a
- * "memop32 ..." verdict line for each, powers off. */
+ * makes memory_op, grant_table_op and vcpu_op calls in their 32-bit
+ * (compat) layouts and prints a "memop32 ..." verdict line for each,
+ * powers off. */
     .section .note.xen, "a", @note
     .align 4
     .long 4, 4, 18
@@ -40,6 +41,7 @@ _start:
     cmp $-38, %eax
     jne crash
     call memop_checks
+    call gnttab_vcpuop_checks
     /* sched_op(shutdown, &poweroff) */
     mov $2, %ebx
     mov $reason, %ecx
@@ -128,6 +130,59 @@ memop_checks:
     call verdict
     ret
 
+/* grant_table_op (20) and vcpu_op (24) from 32-bit mode. */
+gnttab_vcpuop_checks:
+    /* setup_table(1 frame): 0, status 0, one 4-byte frame number written
+     * and the dword after it untouched. */
+    mov $2, %ebx
+    mov $setup, %ecx
+    mov $1, %edx
+    call hcpage + 20*32
+    xor %edx, %edx
+    test %eax, %eax
+    jnz 1f
+    cmpw $0, setup_status
+    jne 1f
+    cmpl $0, gframes
+    je 1f
+    cmpl $0xa5a5a5a5, gframes + 4
+    sete %dl
+1:  mov $l_setup, %esi
+    call verdict
+    /* query_size(DOMID_SELF): 0, status 0, at least the frame set up. */
+    mov $6, %ebx
+    mov $query, %ecx
+    mov $1, %edx
+    call hcpage + 20*32
+    xor %edx, %edx
+    test %eax, %eax
+    jnz 1f
+    cmpw $0, query + 12
+    jne 1f
+    cmpl $1, query + 4
+    setae %dl
+1:  mov $l_query, %esi
+    call verdict
+    /* vcpu_op(get_runstate_info, vCPU 0): 0, running, the 44-byte compat
+     * record (state_entry_time at 4, nonzero) and the dword after it
+     * untouched. */
+    mov $4, %ebx
+    mov $0, %ecx
+    mov $runstate, %edx
+    call hcpage + 24*32
+    xor %edx, %edx
+    test %eax, %eax
+    jnz 1f
+    cmpl $0, runstate
+    jne 1f
+    cmpl $0, runstate + 4
+    je 1f
+    cmpl $0xa5a5a5a5, runstate + 44
+    sete %dl
+1:  mov $l_runstate, %esi
+    call verdict
+    ret
+
 /* Print "<label> rc=<eax in hex> ok" (edx nonzero) or "... FAIL" through
  * console_io; esi is the NUL-ended label. */
 verdict:
@@ -185,6 +240,20 @@ domid_self: .word 0x7ff0, 0
 reservation: .long extent, 1, 0, 0
     .word 0x7ff0, 0
 extent: .long 0
+/* Compat gnttab_setup_table: dom, nr_frames, status, frame_list (16
+ * bytes). */
+setup: .word 0x7ff0, 0
+    .long 1
+setup_status: .word 0x63, 0
+    .long gframes
+gframes: .long 0, 0xa5a5a5a5
+/* gnttab_query_size: dom, nr_frames, max_nr_frames, status. */
+query: .word 0x7ff0, 0
+    .long 0, 0
+    .word 0x63, 0
+/* Compat vcpu_runstate_info (44 bytes), then a sentinel. */
+runstate: .fill 44, 1, 0xff
+    .long 0xa5a5a5a5
 v_rc: .long 0
 v_pass: .long 0
 hexdigits: .ascii "0123456789abcdef"
@@ -197,6 +266,9 @@ l_map: .asciz "memop32 memory_map"
 l_cur: .asciz "memop32 current_reservation"
 l_dec: .asciz "memop32 decrease_reservation"
 l_pop: .asciz "memop32 populate_physmap"
+l_setup: .asciz "memop32 gnttab setup_table"
+l_query: .asciz "memop32 gnttab query_size"
+l_runstate: .asciz "memop32 vcpu_op get_runstate_info"
 line: .fill 80, 1, 0
 msg: .ascii "hello from a 32-bit PVH guest\n"
 msgend:

@@ -29,20 +29,26 @@ fn elf32_guest_boots_and_powers_off() {
     assert_eq!(run.code, Some(0), "{t}");
 }
 
-/// The memory_op calls the smoke guest makes from 32-bit mode, each with
-/// its structs in the compat layout; it prints a verdict line for each.
-const MEMOP32_CHECKS: [&str; 6] = [
+/// The memory_op, grant_table_op and vcpu_op calls the smoke guest makes
+/// from 32-bit mode, each with its structs in the compat layout; it
+/// prints a verdict line for each.
+const MEMOP32_CHECKS: [&str; 9] = [
     "memop32 add_to_physmap(shared_info)",
     "memop32 shared_info vcpu_time",
     "memop32 memory_map",
     "memop32 current_reservation",
     "memop32 decrease_reservation",
     "memop32 populate_physmap",
+    "memop32 gnttab setup_table",
+    "memop32 gnttab query_size",
+    "memop32 vcpu_op get_runstate_info",
 ];
 
 /// A 32-bit PVH guest's memory_op structs are read in their compat
 /// layout: it maps shared_info and sees Xen's time record there, gets the
-/// memory map with a RAM entry, and balloons a page out and back.
+/// memory map with a RAM entry, and balloons a page out and back; its
+/// grant setup_table gets 4-byte frame numbers, and get_runstate_info
+/// writes the 44-byte compat record.
 #[test]
 fn compat_memory_ops_from_a_32bit_guest() {
     let elf = guest32("smoke", "memop32", |s| s);

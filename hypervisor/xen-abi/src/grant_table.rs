@@ -174,9 +174,103 @@ pub struct Copy {
 pub const GNTCOPY_SOURCE_GREF: u16 = 1;
 pub const GNTCOPY_DEST_GREF: u16 = 2;
 
+// ---- 32-bit ("compat") layouts ----------------------------------------------
+//
+// A caller outside 64-bit mode passes guest handles and `xen_pfn_t` as 4
+// bytes. query_size, set_version and get_version have no such field and
+// read the same in both modes (Xen's CHECK_gnttab_* asserts it).
+
+/// Compat `struct gnttab_setup_table`: the frame-list handle is 4 bytes at
+/// 12, and the list holds 4-byte frame numbers (`compat_pfn_t`); 16 bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, FromBytes, IntoBytes, Immutable, KnownLayout)]
+pub struct CompatSetupTable {
+    pub dom: u16,
+    pub _pad: u16,
+    pub nr_frames: u32,
+    /// Out.
+    pub status: i16,
+    pub _pad2: u16,
+    /// Guest pointer to `nr_frames` u32 frame numbers (out).
+    pub frame_list: u32,
+}
+
+impl From<CompatSetupTable> for SetupTable {
+    fn from(c: CompatSetupTable) -> Self {
+        SetupTable {
+            dom: c.dom,
+            nr_frames: c.nr_frames,
+            status: c.status,
+            frame_list: c.frame_list.into(),
+            ..Default::default()
+        }
+    }
+}
+
+/// Compat `struct gnttab_copy_ptr`: the ref/gmfn union is 4 bytes
+/// (`grant_ref_t`, `compat_pfn_t`); 8 bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, FromBytes, IntoBytes, Immutable, KnownLayout)]
+pub struct CompatCopyPtr {
+    pub gref_or_gfn: u32,
+    pub domid: u16,
+    pub offset: u16,
+}
+
+impl From<CompatCopyPtr> for CopyPtr {
+    fn from(c: CompatCopyPtr) -> Self {
+        CopyPtr {
+            gref_or_gfn: c.gref_or_gfn.into(),
+            domid: c.domid,
+            offset: c.offset,
+            _pad: 0,
+        }
+    }
+}
+
+/// Compat `struct gnttab_copy`: `len` at 16, `flags` at 18, `status` at
+/// 20; 24 bytes (4-byte aligned), so a batch's ops are 24 bytes apart.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, FromBytes, IntoBytes, Immutable, KnownLayout)]
+pub struct CompatCopy {
+    pub source: CompatCopyPtr,
+    pub dest: CompatCopyPtr,
+    pub len: u16,
+    pub flags: u16,
+    /// Out.
+    pub status: i16,
+    pub _pad: u16,
+}
+
+impl From<CompatCopy> for Copy {
+    fn from(c: CompatCopy) -> Self {
+        Copy {
+            source: c.source.into(),
+            dest: c.dest.into(),
+            len: c.len,
+            flags: c.flags,
+            status: c.status,
+            _pad: 0,
+        }
+    }
+}
+
+/// Offset of `status` in a native `gnttab_copy`.
+pub const COPY_STATUS_OFFSET: usize = 36;
+/// Offset of `status` in a compat `gnttab_copy`.
+pub const COMPAT_COPY_STATUS_OFFSET: usize = 20;
+
 const _: () = {
     assert!(core::mem::size_of::<GrantEntryV2>() == GRANT_ENTRY_V2_SIZE);
     assert!(core::mem::offset_of!(GrantEntryV2, frame) == GRANT_V2_FRAME_OFFSET);
     assert!(core::mem::offset_of!(GrantEntryV2, page_off) == GRANT_V2_PAGE_OFF_OFFSET);
     assert!(core::mem::size_of::<GetStatusFrames>() == 16);
+    assert!(core::mem::offset_of!(Copy, status) == COPY_STATUS_OFFSET);
+    assert!(core::mem::size_of::<CompatSetupTable>() == 16);
+    assert!(core::mem::offset_of!(CompatSetupTable, status) == 8);
+    assert!(core::mem::offset_of!(CompatSetupTable, frame_list) == 12);
+    assert!(core::mem::size_of::<CompatCopyPtr>() == 8);
+    assert!(core::mem::size_of::<CompatCopy>() == 24);
+    assert!(core::mem::offset_of!(CompatCopy, len) == 16);
+    assert!(core::mem::offset_of!(CompatCopy, status) == COMPAT_COPY_STATUS_OFFSET);
 };

@@ -154,6 +154,9 @@ pub struct VcpuState {
     pub periodic: Option<(u64, u64)>,
     pub runstate: RunstateInfo,
     pub runstate_gpa: Option<u64>,
+    /// The runstate area was registered from 32-bit mode: it has the
+    /// 44-byte compat layout.
+    pub runstate_compat: bool,
     pub time_area_gpa: Option<u64>,
     /// Guest TSC minus host TSC.
     pub tsc_offset: i64,
@@ -610,7 +613,12 @@ impl Domain {
         };
         let mem = self.mem.memory();
         let flag = st.vm_assist & (1 << xen_abi::hypercall::VMASST_TYPE_RUNSTATE_UPDATE_FLAG) != 0;
-        let entry_gpa = gpa + 8;
+        let entry_offset = if v.runstate_compat {
+            COMPAT_RUNSTATE_ENTRY_TIME_OFFSET
+        } else {
+            RUNSTATE_ENTRY_TIME_OFFSET
+        };
+        let entry_gpa = gpa + entry_offset as u64;
         if flag {
             let _ = mem.write_obj(
                 v.runstate.state_entry_time | XEN_RUNSTATE_UPDATE,
@@ -618,7 +626,13 @@ impl Domain {
             );
             std::sync::atomic::fence(Ordering::SeqCst);
         }
-        let _ = mem.write_slice(v.runstate.as_bytes(), GuestAddress(gpa));
+        let compat = CompatRunstateInfo::from(v.runstate);
+        let bytes = if v.runstate_compat {
+            compat.as_bytes()
+        } else {
+            v.runstate.as_bytes()
+        };
+        let _ = mem.write_slice(bytes, GuestAddress(gpa));
         std::sync::atomic::fence(Ordering::SeqCst);
     }
 

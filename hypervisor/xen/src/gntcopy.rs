@@ -16,6 +16,7 @@
 //! status; the call fails only if an op cannot be read or its status
 //! written (-EFAULT).
 
+use std::mem::size_of;
 use std::sync::atomic::Ordering;
 
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
@@ -26,8 +27,6 @@ use xen_abi::{DOMID_SELF, PAGE_SIZE};
 use crate::domain::{Domain, DomainState};
 use crate::guest::{atomic_u16, atomic_u32, read_phys, GuestAccess};
 
-/// Offset of `status` in `gnttab_copy`.
-const STATUS_OFFSET: u64 = 36;
 /// How often a racing guest may change an entry before the op fails.
 const MAX_RETRIES: usize = 8;
 /// Highest guest frame a copy may name (46-bit guest-physical space).
@@ -50,21 +49,31 @@ enum Pin {
 }
 
 impl Domain {
-    /// GNTTABOP_copy over `count` ops at `uop`.
-    pub(crate) fn grant_copy(&self, g: &GuestAccess, uop: u64, count: u64) -> i64 {
-        let size = core::mem::size_of::<Copy>() as u64;
+    /// GNTTABOP_copy over `count` ops at `uop`, in the 32-bit layout if
+    /// `compat` (24-byte ops with 4-byte frame numbers).
+    pub(crate) fn grant_copy(&self, g: &GuestAccess, uop: u64, count: u64, compat: bool) -> i64 {
+        let (size, status_offset) = if compat {
+            (size_of::<CompatCopy>(), COMPAT_COPY_STATUS_OFFSET)
+        } else {
+            (size_of::<Copy>(), COPY_STATUS_OFFSET)
+        };
         for i in 0..count {
-            let Some(addr) = i.checked_mul(size).and_then(|o| uop.checked_add(o)) else {
+            let Some(addr) = i.checked_mul(size as u64).and_then(|o| uop.checked_add(o)) else {
                 return -EFAULT;
             };
-            let Ok(op) = g.read_obj::<Copy>(addr) else {
+            let read = if compat {
+                g.read_obj::<CompatCopy>(addr).map(Copy::from)
+            } else {
+                g.read_obj::<Copy>(addr)
+            };
+            let Ok(op) = read else {
                 return -EFAULT;
             };
             let status = {
                 let st = self.lock();
                 self.copy_one(&st, g.mem, &op)
             };
-            if g.write_obj(addr + STATUS_OFFSET, &status).is_err() {
+            if g.write_obj(addr + status_offset as u64, &status).is_err() {
                 return -EFAULT;
             }
         }

@@ -20,7 +20,16 @@ use crate::grant::MAX_GRANT_FRAMES;
 use crate::guest::{atomic_u16, atomic_u32, read_phys, write_phys, GuestAccess};
 
 impl Domain {
-    pub(super) fn grant_table_op(&self, g: &GuestAccess, cmd: u64, uop: u64, count: u64) -> i64 {
+    /// `compat`: the caller is outside 64-bit mode, so setup_table and copy
+    /// come in their 32-bit layouts (the other ops read the same in both).
+    pub(super) fn grant_table_op(
+        &self,
+        g: &GuestAccess,
+        cmd: u64,
+        uop: u64,
+        count: u64,
+        compat: bool,
+    ) -> i64 {
         // Xen takes the count as a signed int.
         if (count as i32) < 0 {
             return -EINVAL;
@@ -50,9 +59,15 @@ impl Domain {
                 if count != 1 {
                     return -EINVAL;
                 }
-                let mut req = read!(g, SetupTable, uop);
-                req.status = self.setup_table(g, &req);
-                write!(g, uop, &req);
+                if compat {
+                    let mut req = read!(g, CompatSetupTable, uop);
+                    req.status = self.setup_table(g, &req.into(), true);
+                    write!(g, uop, &req);
+                } else {
+                    let mut req = read!(g, SetupTable, uop);
+                    req.status = self.setup_table(g, &req, false);
+                    write!(g, uop, &req);
+                }
                 0
             }
             GNTTABOP_SET_VERSION => {
@@ -80,7 +95,7 @@ impl Domain {
                 write!(g, uop, &req);
                 0
             }
-            GNTTABOP_COPY => self.grant_copy(g, uop, count),
+            GNTTABOP_COPY => self.grant_copy(g, uop, count, compat),
             _ => -ENOSYS,
         }
     }
@@ -183,7 +198,9 @@ impl Domain {
         0
     }
 
-    fn setup_table(&self, g: &GuestAccess, req: &SetupTable) -> i16 {
+    /// `compat`: the frame list holds 4-byte frame numbers (Xen's compat
+    /// layer keeps their low 32 bits).
+    fn setup_table(&self, g: &GuestAccess, req: &SetupTable, compat: bool) -> i16 {
         if !self.is_self(req.dom) {
             return GNTST_BAD_DOMAIN;
         }
@@ -202,7 +219,12 @@ impl Domain {
                     gfn
                 }
             };
-            if g.write_elem(req.frame_list, i as u64, &gfn).is_err() {
+            let written = if compat {
+                g.write_elem(req.frame_list, i as u64, &(gfn as u32))
+            } else {
+                g.write_elem(req.frame_list, i as u64, &gfn)
+            };
+            if written.is_err() {
                 return GNTST_BAD_VIRT_ADDR;
             }
         }

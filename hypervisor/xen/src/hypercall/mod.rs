@@ -119,13 +119,13 @@ impl Domain {
             SCHED_OP => self.sched_op(vcpu, &g, a1, a2, call.compat),
             MEMORY_OP => self.memory_op(&g, a1, a2, call.compat),
             HVM_OP => self.hvm_op(&g, a1, a2),
-            VCPU_OP => self.vcpu_op(vcpu, &g, a1, a2, a3),
+            VCPU_OP => self.vcpu_op(vcpu, &g, a1, a2, a3, call.compat),
             // The 32-bit ABI splits the 64-bit deadline: low half in the
             // first argument, high half in the second.
             SET_TIMER_OP if call.compat => self.set_timer_op(vcpu, a1 | a2 << 32),
             SET_TIMER_OP => self.set_timer_op(vcpu, a1),
             EVENT_CHANNEL_OP => self.event_channel_op(&g, a1, a2),
-            GRANT_TABLE_OP => self.grant_table_op(&g, a1, a2, a3),
+            GRANT_TABLE_OP => self.grant_table_op(&g, a1, a2, a3, call.compat),
             VM_ASSIST => self.vm_assist(a1, a2),
             // A PVH domU has no physical IRQs: Xen's hvm_physdev_op
             // answers -ENOSYS to every command without pirq support.

@@ -2,6 +2,8 @@
 //! down, their timers, and the per-vCPU areas the guest registers
 //! (vcpu_info, runstate, time).
 
+use std::mem::size_of;
+
 use vm_memory::{Bytes, GuestAddress, GuestAddressSpace, GuestMemoryBackend};
 use xen_abi::errno::*;
 use xen_abi::sched::*;
@@ -11,10 +13,25 @@ use xen_abi::shared_info::{
 use xen_abi::vcpu::*;
 use xen_abi::PAGE_SIZE;
 
+use super::read_in_layout;
 use crate::domain::Domain;
-use crate::guest::GuestAccess;
+use crate::guest::{Fault, GuestAccess};
+
+/// Read the guest pointer a runstate or time-area registration carries:
+/// the whole 8-byte union natively, its low 4 bytes (the 32-bit handle)
+/// from a caller outside 64-bit mode, as Xen's compat layer reads it.
+fn read_area_addr(g: &GuestAccess, arg: u64, compat: bool) -> Result<u64, Fault> {
+    if compat {
+        g.read_obj::<u32>(arg).map(u64::from)
+    } else {
+        g.read_obj::<RegisterMemoryArea>(arg).map(|a| a.addr)
+    }
+}
 
 impl Domain {
+    /// `compat`: the caller is outside 64-bit mode, so set_singleshot_timer,
+    /// the runstate registration and get_runstate_info use the 32-bit
+    /// layouts (the other structs read the same in both modes).
     pub(super) fn vcpu_op(
         &self,
         current: u32,
@@ -22,6 +39,7 @@ impl Domain {
         cmd: u64,
         vcpuid: u64,
         arg: u64,
+        compat: bool,
     ) -> i64 {
         if vcpuid >= self.cfg.nr_vcpus as u64 {
             return -ENOENT;
@@ -95,7 +113,11 @@ impl Domain {
                 if target != current {
                     return -EINVAL;
                 }
-                let req = read!(g, SetSingleshotTimer, arg);
+                let Ok(req) =
+                    read_in_layout::<SetSingleshotTimer, CompatSetSingleshotTimer>(g, arg, compat)
+                else {
+                    return -EFAULT;
+                };
                 if req.flags & VCPU_SSHOTTMR_FUTURE != 0 && req.timeout_abs_ns < self.clock.now_ns()
                 {
                     return -ETIME;
@@ -115,13 +137,23 @@ impl Domain {
                 0
             }
             VCPUOP_REGISTER_RUNSTATE_MEMORY_AREA => {
-                let area = read!(g, RegisterMemoryArea, arg);
-                let gpa = match self.area_gpa(g, area.addr, core::mem::size_of::<RunstateInfo>()) {
+                let Ok(addr) = read_area_addr(g, arg, compat) else {
+                    return -EFAULT;
+                };
+                let len = if compat {
+                    size_of::<CompatRunstateInfo>()
+                } else {
+                    size_of::<RunstateInfo>()
+                };
+                let gpa = match self.area_gpa(g, addr, len) {
                     Ok(gpa) => gpa,
                     Err(e) => return e,
                 };
                 let mut st = self.lock();
+                // Xen writes the area in the layout of the registration
+                // (its compat path keeps a compat handle).
                 st.vcpus[target as usize].runstate_gpa = gpa;
+                st.vcpus[target as usize].runstate_compat = compat;
                 if let Some(rs) = self.current_runstate(&st, target) {
                     st.vcpus[target as usize].runstate = rs;
                 }
@@ -133,19 +165,23 @@ impl Domain {
                     let st = self.lock();
                     self.current_runstate(&st, target).unwrap_or_default()
                 };
-                write!(g, arg, &rs);
+                if compat {
+                    write!(g, arg, &CompatRunstateInfo::from(rs));
+                } else {
+                    write!(g, arg, &rs);
+                }
                 0
             }
             VCPUOP_REGISTER_VCPU_TIME_MEMORY_AREA => {
-                let area = read!(g, RegisterMemoryArea, arg);
-                let gpa = match self.area_gpa(
-                    g,
-                    area.addr,
-                    core::mem::size_of::<xen_abi::shared_info::VcpuTimeInfo>(),
-                ) {
-                    Ok(gpa) => gpa,
-                    Err(e) => return e,
+                // vcpu_time_info has the same layout in both modes.
+                let Ok(addr) = read_area_addr(g, arg, compat) else {
+                    return -EFAULT;
                 };
+                let gpa =
+                    match self.area_gpa(g, addr, size_of::<xen_abi::shared_info::VcpuTimeInfo>()) {
+                        Ok(gpa) => gpa,
+                        Err(e) => return e,
+                    };
                 let mut st = self.lock();
                 st.vcpus[target as usize].time_area_gpa = gpa;
                 self.update_vcpu_time(&st, target);
