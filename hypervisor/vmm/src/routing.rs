@@ -107,6 +107,31 @@ impl RoutingArea {
         self.u32_at(HDR_GENERATION).fetch_add(1, Ordering::SeqCst);
     }
 
+    /// Publish the guest's event ABI (FIFO or 2-level) and end the layout
+    /// change [`RoutingArea::begin_change`] started.
+    pub fn set_event_abi(&self, fifo: bool) {
+        self.begin_change();
+        let abi = if fifo { EVENT_ABI_FIFO } else { EVENT_ABI_2L };
+        self.u32_at(HDR_EVENT_ABI).store(abi, Ordering::SeqCst);
+        self.u32_at(HDR_GENERATION).fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// Take the ports Dom0 asked the VMM to raise (clearing their bits).
+    pub fn take_raise_requests(&self) -> Vec<u32> {
+        let mut ports = Vec::new();
+        for word in 0..ROUTING_NR_PORTS / 64 {
+            let mut bits = self
+                .u64_at(HDR_RAISE_REQUESTS + word * 8)
+                .swap(0, Ordering::SeqCst);
+            while bits != 0 {
+                let bit = bits.trailing_zeros();
+                bits &= bits - 1;
+                ports.push(word as u32 * 64 + bit);
+            }
+        }
+        ports
+    }
+
     pub fn set_port(&self, port: u32, notify_vcpu: u32, dom0_port: u32) {
         if (port as usize) < ROUTING_NR_PORTS {
             let e = port_entry(port as usize);

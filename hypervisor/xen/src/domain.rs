@@ -503,6 +503,20 @@ impl Domain {
     }
 
     /// Whether `port`'s 2-level pending bit is set in shared_info.
+    /// A Dom0 backend asked the VMM to raise `port` (FIFO domains): only
+    /// a port bound to Dom0 is raised.
+    pub fn notify_from_dom0(&self, port: u32) {
+        let st = self.lock();
+        if self.cfg.domid != 0
+            && matches!(
+                st.ports.get(port).map(|p| p.state),
+                Ok(PortState::Interdomain { remote_dom: 0, .. })
+            )
+        {
+            self.send_local(&st, port);
+        }
+    }
+
     pub(crate) fn port_is_pending_2l(&self, st: &DomainState, port: u32) -> bool {
         self.with_event_bits(st, 0, |si, _| evtchn::is_pending(si, port))
             .unwrap_or(false)

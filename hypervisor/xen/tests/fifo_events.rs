@@ -335,3 +335,25 @@ fn reset_returns_to_2_level() {
     // And may switch again.
     assert_eq!(init_control(&d, CONTROL_GFN, 0, 0), 0);
 }
+
+#[test]
+fn dom0_raise_requests_reach_only_ports_bound_to_dom0() {
+    let (d, platform) = fifo_domain();
+    platform.dom0_unbound.lock().unwrap().push(9);
+    // EVTCHNOP_bind_interdomain {remote_dom 0, remote_port 9}.
+    let mut arg = [0u8; 12];
+    arg[4..8].copy_from_slice(&9u32.to_le_bytes());
+    assert_eq!(evtchn_op(&d, EVTCHNOP_BIND_INTERDOMAIN, &arg), 0);
+    let backend = get_u32(&d, ARG + 8);
+    let ipi = bind_ipi(&d, 0);
+    let before = upcalls(platform);
+    // A request for a port that is not Dom0's is ignored.
+    d.notify_from_dom0(ipi);
+    d.notify_from_dom0(1 << 20);
+    assert_eq!(word(&d, ipi), 0);
+    assert_eq!(upcalls(platform), before);
+    d.notify_from_dom0(backend);
+    assert_eq!(word(&d, backend), PENDING | LINKED);
+    assert_eq!(head(&d, 0, 7), backend);
+    assert_eq!(upcalls(platform), before + 1);
+}
