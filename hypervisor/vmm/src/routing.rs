@@ -150,3 +150,48 @@ impl RoutingArea {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn area() -> RoutingArea {
+        let fd = nix::sys::memfd::memfd_create(
+            c"kxen-routing-test",
+            nix::sys::memfd::MFdFlags::MFD_CLOEXEC,
+        )
+        .expect("memfd");
+        let file = File::from(fd);
+        file.set_len(ROUTING_AREA_SIZE as u64).expect("size");
+        RoutingArea::new(&file, 0, 2).expect("area")
+    }
+
+    #[test]
+    fn event_abi_switch_is_a_layout_change_and_requests_drain_once() {
+        let area = area();
+        let generation = area.u32_at(HDR_GENERATION).load(Ordering::SeqCst);
+        area.begin_change();
+        area.set_event_abi(true);
+        assert_eq!(
+            area.u32_at(HDR_EVENT_ABI).load(Ordering::SeqCst),
+            EVENT_ABI_FIFO
+        );
+        // One completed change: even again, two steps on.
+        assert_eq!(
+            area.u32_at(HDR_GENERATION).load(Ordering::SeqCst),
+            generation + 2
+        );
+        // What a backend does for guest ports 3, 70 and 4095.
+        for port in [3usize, 70, 4095] {
+            area.u64_at(HDR_RAISE_REQUESTS + port / 64 * 8)
+                .fetch_or(1 << (port % 64), Ordering::SeqCst);
+        }
+        assert_eq!(area.take_raise_requests(), vec![3, 70, 4095]);
+        assert!(area.take_raise_requests().is_empty());
+        area.set_event_abi(false);
+        assert_eq!(
+            area.u32_at(HDR_EVENT_ABI).load(Ordering::SeqCst),
+            EVENT_ABI_2L
+        );
+    }
+}
