@@ -623,6 +623,13 @@ fn hypercalls() {
         hypercall(20, 0, [6, 0x3000, 1, 0, 0]),
         hypercall(12, 0, [2, 0x4000, 0, 0, 0]),
         hypercall(24, 1, [11, 1, 0x5000, 0, 0]),
+        // FIFO events: init_control and expand_array on zeroed arguments
+        // (GFN 0, offset 0, vCPU 0), then bind_ipi and send through the
+        // queues.
+        hypercall(32, 0, [11, 0x6000, 0, 0, 0]),
+        hypercall(32, 0, [12, 0x6100, 0, 0, 0]),
+        hypercall(32, 0, [7, 0x6200, 0, 0, 0]),
+        hypercall(32, 0, [4, 0x6204, 0, 0, 0]),
     ];
     let seeds = vec![
         calls.concat(),

@@ -163,6 +163,14 @@ fn evtchn_reset_closes_every_port() {
     assert_only_check_passes("evtchn.reset");
 }
 
+/// FIFO event channels from the test guest: init_control and
+/// expand_array on its own pages, a self-IPI queued with its upcall, a
+/// masked event linked by EVTCHNOP_unmask (alone: it leaves 2-level).
+#[test]
+fn evtchn_fifo_queues_a_self_ipi() {
+    assert_only_check_passes("evtchn.fifo");
+}
+
 /// An unknown check name makes the guest crash itself: SHUTDOWN_crash is
 /// reported as exit status 4.
 #[test]

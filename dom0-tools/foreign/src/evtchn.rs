@@ -169,6 +169,10 @@ impl GuestEvents {
                 }
                 _ => return false,
             }
+            if self.u32(HDR_EVENT_ABI) == Some(EVENT_ABI_FIFO) {
+                // The VMM links a FIFO domain's events into its queues.
+                return self.request_raise(port);
+            }
             let vcpu = target.unwrap_or(0);
             upcall |= self.set_pending_once(port, vcpu);
             fence(Ordering::SeqCst);
@@ -194,6 +198,19 @@ impl GuestEvents {
             let _ = self.wake.write(1);
         }
         trace!(port, vcpu, upcall, blocked, "raised guest port");
+        true
+    }
+
+    /// Ask the VMM to raise `port` (a FIFO domain): set its request bit,
+    /// then write the wake eventfd, whose reader takes the bits.
+    fn request_raise(&self, port: u32) -> bool {
+        let word = HDR_RAISE_REQUESTS + (port as usize / 64) * 8;
+        let Some(bits) = self.mem.atomic_u64(self.area + word as u64) else {
+            return false;
+        };
+        bits.fetch_or(1 << (port % 64), Ordering::SeqCst);
+        let _ = self.wake.write(1);
+        trace!(port, "asked the VMM to raise a FIFO guest port");
         true
     }
 
@@ -433,6 +450,30 @@ mod tests {
         assert!(events.raise(70, 9));
         assert!(irqs[0].read().is_err());
         assert!(wake.read().is_err());
+    }
+
+    #[test]
+    fn a_fifo_domain_gets_a_request_to_the_vmm_not_2_level_bits() {
+        let (mem, events, irqs, wake) = domain();
+        let area = 4096u64;
+        mem.atomic_u32(area + HDR_EVENT_ABI as u64)
+            .unwrap()
+            .store(EVENT_ABI_FIFO, Ordering::SeqCst);
+        assert!(events.raise(70, 9));
+        // Port 70: bit 6 of request word 1; the VMM is woken to take it.
+        let requests = mem
+            .atomic_u64(area + (HDR_RAISE_REQUESTS + 8) as u64)
+            .unwrap();
+        assert_eq!(requests.load(Ordering::SeqCst), 1 << 6);
+        assert_eq!(wake.read().unwrap(), 1);
+        // No 2-level bits, no upcall flag, no interrupt of our own.
+        let pending = mem.atomic_u64(OFFSET_EVTCHN_PENDING as u64 + 8).unwrap();
+        assert_eq!(pending.load(Ordering::SeqCst), 0);
+        assert_eq!(mem.atomic_u8(0).unwrap().load(Ordering::SeqCst), 0);
+        assert!(irqs[0].read().is_err());
+        // A port not bound to this Dom0 port is still refused.
+        assert!(!events.raise(71, 9));
+        assert_eq!(requests.load(Ordering::SeqCst), 1 << 6);
     }
 
     #[test]

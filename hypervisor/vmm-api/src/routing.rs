@@ -20,7 +20,9 @@
 //! (shared_info or vcpu_info moving): the VMM makes it odd before it moves
 //! a page and even again once the new offsets are published. A backend that
 //! saw it change (or odd) while it set bits redoes the notification at the
-//! new location.
+//! new location. A switch to the FIFO event ABI is such a change: from then
+//! on backends ask the VMM to raise ports (`raise_requests`) instead of
+//! setting bits themselves.
 
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
@@ -92,7 +94,21 @@ pub struct RoutingHeader {
     pub nr_status_frames: u32,
     /// memfd offset of each v2 status frame; [`ROUTING_NO_OFFSET`] if none.
     pub status_frame_offsets: [u64; ROUTING_MAX_STATUS_FRAMES],
+    /// The guest's event ABI: [`EVENT_ABI_2L`] (0, also in an area written
+    /// before this field existed) or [`EVENT_ABI_FIFO`]. A FIFO domain's
+    /// event words are the VMM's to link into its queues: a backend sets
+    /// the port's bit in `raise_requests` and writes the wake eventfd, and
+    /// the VMM raises the port.
+    pub event_abi: u32,
+    pub _pad: u32,
+    /// One bit per guest port ([`ROUTING_NR_PORTS`]): Dom0 asks the VMM to
+    /// raise it (FIFO domains). Backends set bits, the VMM clears them.
+    pub raise_requests: [u64; ROUTING_NR_PORTS / 64],
 }
+
+/// `event_abi` values.
+pub const EVENT_ABI_2L: u32 = 0;
+pub const EVENT_ABI_FIFO: u32 = 1;
 
 /// Offsets of the [`RoutingHeader`] fields.
 pub const HDR_MAGIC: usize = 0;
@@ -108,6 +124,8 @@ pub const HDR_GRANT_FRAME_OFFSETS: usize =
 pub const HDR_GRANT_VERSION: usize = HDR_GRANT_FRAME_OFFSETS + ROUTING_MAX_GRANT_FRAMES * 8;
 pub const HDR_NR_STATUS_FRAMES: usize = HDR_GRANT_VERSION + 4;
 pub const HDR_STATUS_FRAME_OFFSETS: usize = HDR_NR_STATUS_FRAMES + 4;
+pub const HDR_EVENT_ABI: usize = HDR_STATUS_FRAME_OFFSETS + ROUTING_MAX_STATUS_FRAMES * 8;
+pub const HDR_RAISE_REQUESTS: usize = HDR_EVENT_ABI + 8;
 
 /// One guest port as backends need it.
 #[repr(C)]
@@ -141,10 +159,9 @@ pub const fn port_entry(port: usize) -> usize {
 }
 
 const _: () = {
-    assert!(
-        core::mem::size_of::<RoutingHeader>()
-            == HDR_STATUS_FRAME_OFFSETS + ROUTING_MAX_STATUS_FRAMES * 8
-    );
+    assert!(core::mem::size_of::<RoutingHeader>() == HDR_RAISE_REQUESTS + ROUTING_NR_PORTS / 8);
+    assert!(core::mem::offset_of!(RoutingHeader, event_abi) == HDR_EVENT_ABI);
+    assert!(core::mem::offset_of!(RoutingHeader, raise_requests) == HDR_RAISE_REQUESTS);
     assert!(core::mem::offset_of!(RoutingHeader, grant_version) == HDR_GRANT_VERSION);
     assert!(core::mem::offset_of!(RoutingHeader, nr_status_frames) == HDR_NR_STATUS_FRAMES);
     assert!(core::mem::offset_of!(RoutingHeader, status_frame_offsets) == HDR_STATUS_FRAME_OFFSETS);

@@ -382,6 +382,12 @@ impl MutEventSubscriber for Dom0WakeRelay {
         if events.data() == WAKE {
             if drain(&routing.wake) {
                 debug!("Dom0 woke blocked vCPUs");
+                // Ports Dom0 asks us to raise (a FIFO domain's queues are
+                // ours to link); drained after the eventfd, so a request
+                // made before its write is seen now or at the next wake.
+                for port in routing.area.take_raise_requests() {
+                    self.domain.notify_from_dom0(port);
+                }
                 // Notify under the lock so a vCPU between its check and
                 // its wait cannot miss it.
                 let _st = self.domain.lock();

@@ -79,6 +79,10 @@ impl Platform for VmmPlatform {
         self.events.area.begin_change();
     }
 
+    fn event_abi_changed(&self, fifo: bool) {
+        self.events.area.set_event_abi(fifo);
+    }
+
     fn publish_event_layout(&self, layout: &EventLayout) {
         self.events.publish_layout(layout);
     }

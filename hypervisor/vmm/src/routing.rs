@@ -107,6 +107,31 @@ impl RoutingArea {
         self.u32_at(HDR_GENERATION).fetch_add(1, Ordering::SeqCst);
     }
 
+    /// Publish the guest's event ABI (FIFO or 2-level) and end the layout
+    /// change [`RoutingArea::begin_change`] started.
+    pub fn set_event_abi(&self, fifo: bool) {
+        self.begin_change();
+        let abi = if fifo { EVENT_ABI_FIFO } else { EVENT_ABI_2L };
+        self.u32_at(HDR_EVENT_ABI).store(abi, Ordering::SeqCst);
+        self.u32_at(HDR_GENERATION).fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// Take the ports Dom0 asked the VMM to raise (clearing their bits).
+    pub fn take_raise_requests(&self) -> Vec<u32> {
+        let mut ports = Vec::new();
+        for word in 0..ROUTING_NR_PORTS / 64 {
+            let mut bits = self
+                .u64_at(HDR_RAISE_REQUESTS + word * 8)
+                .swap(0, Ordering::SeqCst);
+            while bits != 0 {
+                let bit = bits.trailing_zeros();
+                bits &= bits - 1;
+                ports.push(word as u32 * 64 + bit);
+            }
+        }
+        ports
+    }
+
     pub fn set_port(&self, port: u32, notify_vcpu: u32, dom0_port: u32) {
         if (port as usize) < ROUTING_NR_PORTS {
             let e = port_entry(port as usize);
@@ -123,5 +148,50 @@ impl RoutingArea {
                 .store(blocked as u32, Ordering::SeqCst);
             fence(Ordering::SeqCst);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn area() -> RoutingArea {
+        let fd = nix::sys::memfd::memfd_create(
+            c"kxen-routing-test",
+            nix::sys::memfd::MFdFlags::MFD_CLOEXEC,
+        )
+        .expect("memfd");
+        let file = File::from(fd);
+        file.set_len(ROUTING_AREA_SIZE as u64).expect("size");
+        RoutingArea::new(&file, 0, 2).expect("area")
+    }
+
+    #[test]
+    fn event_abi_switch_is_a_layout_change_and_requests_drain_once() {
+        let area = area();
+        let generation = area.u32_at(HDR_GENERATION).load(Ordering::SeqCst);
+        area.begin_change();
+        area.set_event_abi(true);
+        assert_eq!(
+            area.u32_at(HDR_EVENT_ABI).load(Ordering::SeqCst),
+            EVENT_ABI_FIFO
+        );
+        // One completed change: even again, two steps on.
+        assert_eq!(
+            area.u32_at(HDR_GENERATION).load(Ordering::SeqCst),
+            generation + 2
+        );
+        // What a backend does for guest ports 3, 70 and 4095.
+        for port in [3usize, 70, 4095] {
+            area.u64_at(HDR_RAISE_REQUESTS + port / 64 * 8)
+                .fetch_or(1 << (port % 64), Ordering::SeqCst);
+        }
+        assert_eq!(area.take_raise_requests(), vec![3, 70, 4095]);
+        assert!(area.take_raise_requests().is_empty());
+        area.set_event_abi(false);
+        assert_eq!(
+            area.u32_at(HDR_EVENT_ABI).load(Ordering::SeqCst),
+            EVENT_ABI_2L
+        );
     }
 }

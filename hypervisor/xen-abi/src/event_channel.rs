@@ -1,4 +1,4 @@
-//! `event_channel_op` sub-operations (2-level ABI).
+//! `event_channel_op` sub-operations (2-level ABI and the FIFO ABI's structures).
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
 pub const EVTCHNOP_BIND_INTERDOMAIN: u64 = 0;
@@ -117,4 +117,58 @@ pub struct BindVcpu {
 #[derive(Clone, Copy, Debug, Default, FromBytes, IntoBytes, Immutable, KnownLayout)]
 pub struct Reset {
     pub dom: u16,
+}
+
+// ---- FIFO ABI (public/event_channel.h) --------------------------------------
+
+/// Width of an event word's LINK field, reported by init_control.
+pub const EVTCHN_FIFO_LINK_BITS: u8 = 17;
+/// Ports the FIFO ABI can address.
+pub const EVTCHN_FIFO_NR_CHANNELS: u32 = 1 << EVTCHN_FIFO_LINK_BITS;
+/// Event word bits.
+pub const EVTCHN_FIFO_PENDING: u32 = 31;
+pub const EVTCHN_FIFO_MASKED: u32 = 30;
+pub const EVTCHN_FIFO_LINKED: u32 = 29;
+pub const EVTCHN_FIFO_BUSY: u32 = 28;
+pub const EVTCHN_FIFO_LINK_MASK: u32 = (1 << EVTCHN_FIFO_LINK_BITS) - 1;
+/// Priorities: 0 is the highest, 15 the lowest.
+pub const EVTCHN_FIFO_PRIORITY_MAX: u32 = 0;
+pub const EVTCHN_FIFO_PRIORITY_DEFAULT: u32 = 7;
+pub const EVTCHN_FIFO_PRIORITY_MIN: u32 = 15;
+pub const EVTCHN_FIFO_MAX_QUEUES: usize = 16;
+/// Event words (u32) in one event array page.
+pub const EVTCHN_FIFO_WORDS_PER_PAGE: u32 = 4096 / 4;
+/// Event array pages a domain may add (the whole FIFO port space).
+pub const EVTCHN_FIFO_MAX_ARRAY_PAGES: u32 = EVTCHN_FIFO_NR_CHANNELS / EVTCHN_FIFO_WORDS_PER_PAGE;
+/// `evtchn_fifo_control_block`: `ready` (u32), a reserved u32, then
+/// `head[16]` (u32 each).
+pub const EVTCHN_FIFO_CONTROL_BLOCK_SIZE: u32 = 8 + 4 * EVTCHN_FIFO_MAX_QUEUES as u32;
+pub const EVTCHN_FIFO_CONTROL_READY: u64 = 0;
+pub const EVTCHN_FIFO_CONTROL_HEAD: u64 = 8;
+
+/// `evtchn_init_control` (same layout for 32-bit callers).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, FromBytes, IntoBytes, Immutable, KnownLayout)]
+pub struct InitControl {
+    pub control_gfn: u64,
+    pub offset: u32,
+    pub vcpu: u32,
+    /// Out.
+    pub link_bits: u8,
+    pub _pad: [u8; 7],
+}
+
+/// `evtchn_expand_array`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, FromBytes, IntoBytes, Immutable, KnownLayout)]
+pub struct ExpandArray {
+    pub array_gfn: u64,
+}
+
+/// `evtchn_set_priority`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, FromBytes, IntoBytes, Immutable, KnownLayout)]
+pub struct SetPriority {
+    pub port: u32,
+    pub priority: u32,
 }

@@ -16,6 +16,7 @@ use xen_abi::PAGE_SIZE;
 use zerocopy::IntoBytes;
 
 use crate::evtchn::{self, PortState, PortTable, SharedInfoBits, VcpuEventBits};
+use crate::evtchn_fifo::FifoState;
 use crate::grant::GrantTable;
 use crate::guest::{atomic_u64, atomic_u64_slice, atomic_u8};
 use crate::time::{host_tsc, Clock};
@@ -73,6 +74,12 @@ pub trait Platform: Send + Sync {
     /// The domain closed its end of a channel to `remote_dom`'s
     /// `remote_port`.
     fn remote_port_closed(&self, _remote_dom: u16, _remote_port: u32) {}
+
+    /// The domain switched to the FIFO event ABI (true) or back to 2-level
+    /// (false, EVTCHNOP_reset). Dom0 backends must stop setting 2-level
+    /// bits for a FIFO domain and ask the VMM to raise its ports. Called
+    /// after [`Platform::begin_event_layout_change`]; ends that change.
+    fn event_abi_changed(&self, _fifo: bool) {}
 
     /// A vCPU timer was set or cleared: the VMM's timer service should
     /// call [`Domain::fire_due_timers`] to re-plan.
@@ -193,6 +200,9 @@ pub struct Domain {
     online: Vec<AtomicBool>,
     /// Hypercalls served, for statistics.
     pub hypercalls: AtomicU64,
+    /// The FIFO event state once the guest switched to that ABI (None: the
+    /// 2-level ABI). Taken only with the state lock held, after it.
+    fifo: Mutex<Option<FifoState>>,
 }
 
 impl Domain {
@@ -231,6 +241,7 @@ impl Domain {
             stopping: AtomicBool::new(false),
             online: (0..cfg_vcpus).map(|i| AtomicBool::new(i == 0)).collect(),
             hypercalls: AtomicU64::new(0),
+            fifo: Mutex::new(None),
         };
         {
             let st = domain.lock();
@@ -462,6 +473,15 @@ impl Domain {
             return;
         };
         let vcpu = entry.notify_vcpu;
+        if let Some(fifo) = self.fifo_lock().as_mut() {
+            let mem = self.mem.memory();
+            if fifo.set_pending(&mem, vcpu, port) {
+                self.mark_events_pending(st, vcpu);
+            } else {
+                self.wake.notify_all();
+            }
+            return;
+        }
         let raise = self
             .with_event_bits(st, vcpu, |si, vi| evtchn::set_pending(si, vi, port))
             .unwrap_or(false);
@@ -485,13 +505,42 @@ impl Domain {
         }
     }
 
+    /// Whether `port`'s 2-level pending bit is set in shared_info.
+    /// A Dom0 backend asked the VMM to raise `port` (FIFO domains): only
+    /// a port bound to Dom0 is raised.
+    pub fn notify_from_dom0(&self, port: u32) {
+        let st = self.lock();
+        if self.cfg.domid != 0
+            && matches!(
+                st.ports.get(port).map(|p| p.state),
+                Ok(PortState::Interdomain { remote_dom: 0, .. })
+            )
+        {
+            self.send_local(&st, port);
+        }
+    }
+
+    pub(crate) fn port_is_pending_2l(&self, st: &DomainState, port: u32) -> bool {
+        self.with_event_bits(st, 0, |si, _| evtchn::is_pending(si, port))
+            .unwrap_or(false)
+    }
+
     pub fn port_is_pending(&self, st: &DomainState, port: u32) -> bool {
+        if let Some(fifo) = self.fifo_lock().as_ref() {
+            return fifo.is_pending(&self.mem.memory(), port);
+        }
         self.with_event_bits(st, 0, |si, _| evtchn::is_pending(si, port))
             .unwrap_or(false)
     }
 
     pub fn unmask_port(&self, st: &DomainState, port: u32) {
         let vcpu = st.ports.get(port).map(|p| p.notify_vcpu).unwrap_or(0);
+        if let Some(fifo) = self.fifo_lock().as_mut() {
+            if fifo.unmask(&self.mem.memory(), vcpu, port) {
+                self.mark_events_pending(st, vcpu);
+            }
+            return;
+        }
         if self
             .with_event_bits(st, vcpu, |si, vi| evtchn::unmask(si, vi, port))
             .unwrap_or(false)
@@ -501,7 +550,37 @@ impl Domain {
     }
 
     pub fn clear_port(&self, st: &DomainState, port: u32) {
+        if let Some(fifo) = self.fifo_lock().as_mut() {
+            fifo.clear_port(&self.mem.memory(), port);
+            return;
+        }
         self.with_event_bits(st, 0, |si, _| evtchn::clear_port(si, port));
+    }
+
+    /// The FIFO state (None: 2-level). Callers hold the state lock.
+    pub(crate) fn fifo_lock(&self) -> MutexGuard<'_, Option<FifoState>> {
+        self.fifo.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether the domain uses the FIFO event ABI.
+    pub fn uses_fifo_events(&self) -> bool {
+        self.fifo_lock().is_some()
+    }
+
+    /// FIFO: a queue of `vcpu` became ready. Set its
+    /// `evtchn_upcall_pending` and raise the upcall if that flag was clear,
+    /// as the 2-level ABI does for its selector.
+    fn mark_events_pending(&self, st: &DomainState, vcpu: u32) {
+        let mem = self.mem.memory();
+        let newly = self
+            .vcpu_info_gpa(st, vcpu)
+            .and_then(|gpa| atomic_u8(&mem, gpa + VCPU_INFO_UPCALL_PENDING as u64))
+            .is_some_and(|b| b.swap(1, Ordering::SeqCst) == 0);
+        if newly {
+            self.raise_upcall(st, vcpu);
+        } else {
+            self.wake.notify_all();
+        }
     }
 
     /// Whether `vcpu` has its upcall_pending flag set.

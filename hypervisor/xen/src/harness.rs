@@ -45,6 +45,8 @@ pub struct RecordingPlatform {
     /// remote_port_closed and notify_remote calls.
     pub remote_closed: Mutex<Vec<(u16, u32)>>,
     pub remote_notified: Mutex<Vec<(u16, u32)>>,
+    /// event_abi_changed calls (true: FIFO), in order.
+    pub event_abi: Mutex<Vec<bool>>,
 }
 
 impl Platform for &'static RecordingPlatform {
@@ -114,6 +116,9 @@ impl Platform for &'static RecordingPlatform {
             .unwrap()
             .push((dom0_port, local_port));
         Ok(())
+    }
+    fn event_abi_changed(&self, fifo: bool) {
+        self.event_abi.lock().unwrap().push(fifo);
     }
     fn remote_port_closed(&self, remote_dom: u16, remote_port: u32) {
         self.remote_closed

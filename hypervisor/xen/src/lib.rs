@@ -12,6 +12,7 @@
 
 pub mod domain;
 pub mod evtchn;
+pub mod evtchn_fifo;
 pub mod gntcopy;
 pub mod grant;
 pub mod guest;

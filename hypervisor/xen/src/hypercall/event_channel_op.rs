@@ -2,13 +2,14 @@
 //! allocating, binding, sending on and closing the domain's 2-level event
 //! channel ports, including the interdomain link to Dom0.
 
-use tracing::trace;
+use tracing::{info, trace};
 use xen_abi::errno::*;
 use xen_abi::event_channel::{self as ec, *};
 use xen_abi::DOMID_SELF;
 
 use crate::domain::{Domain, DomainState};
 use crate::evtchn::PortState;
+use crate::evtchn_fifo::FifoState;
 use crate::guest::GuestAccess;
 
 impl Domain {
@@ -169,10 +170,41 @@ impl Domain {
                 for port in ports {
                     let _ = self.close_port(&mut st, port);
                 }
+                // A reset domain starts over with the 2-level ABI, as in Xen.
+                self.fifo_reset(&st);
                 0
             }
-            // FIFO event channels are not offered: guests fall back to 2L.
-            EVTCHNOP_INIT_CONTROL | EVTCHNOP_EXPAND_ARRAY | EVTCHNOP_SET_PRIORITY => -ENOSYS,
+            EVTCHNOP_INIT_CONTROL => {
+                let mut req = read!(g, InitControl, arg);
+                if let Err(e) = self.fifo_init_control(&req) {
+                    return e;
+                }
+                req.link_bits = EVTCHN_FIFO_LINK_BITS;
+                write!(g, arg, &req);
+                0
+            }
+            EVTCHNOP_EXPAND_ARRAY => {
+                let req = read!(g, ExpandArray, arg);
+                match self.fifo_expand_array(req.array_gfn) {
+                    Ok(()) => 0,
+                    Err(e) => e,
+                }
+            }
+            EVTCHNOP_SET_PRIORITY => {
+                let req = read!(g, SetPriority, arg);
+                let st = self.lock();
+                if st.ports.get(req.port).is_err() {
+                    return -EINVAL;
+                }
+                match self.fifo_lock().as_mut() {
+                    // The 2-level ABI has no priorities.
+                    None => -ENOSYS,
+                    Some(fifo) => match fifo.set_priority(req.port, req.priority) {
+                        Ok(()) => 0,
+                        Err(e) => e,
+                    },
+                }
+            }
             _ => -ENOSYS,
         }
     }
@@ -197,6 +229,86 @@ impl Domain {
             }
         }
         0
+    }
+
+    /// GPA of guest RAM frame `gfn`, if it is one the domain holds (an
+    /// event array or control block page must be ordinary RAM).
+    fn fifo_ram_page(&self, st: &DomainState, gfn: u64) -> Option<u64> {
+        (gfn < self.cfg.max_ram_gfn() && self.cfg.is_ram(gfn) && !st.ballooned.contains(&gfn))
+            .then_some(gfn << 12)
+    }
+
+    /// EVTCHNOP_init_control: register `req.vcpu`'s control block; the
+    /// first one switches the domain to the FIFO ABI.
+    fn fifo_init_control(&self, req: &InitControl) -> Result<(), i64> {
+        if req.vcpu >= self.cfg.nr_vcpus {
+            return Err(-ENOENT);
+        }
+        // The block must lie in one page and be 8-byte aligned.
+        if req.offset > 4096 - EVTCHN_FIFO_CONTROL_BLOCK_SIZE || !req.offset.is_multiple_of(8) {
+            return Err(-EINVAL);
+        }
+        let st = self.lock();
+        let page = self.fifo_ram_page(&st, req.control_gfn).ok_or(-EINVAL)?;
+        let control = page + req.offset as u64;
+        let mut fifo = self.fifo_lock();
+        if let Some(fifo) = fifo.as_mut() {
+            return fifo.set_control_block(req.vcpu, control);
+        }
+        // The switch: Dom0 backends raising 2-level bits must hold off
+        // (their retry sees the layout change) until they learn the ABI.
+        self.platform.begin_event_layout_change();
+        let mut state = FifoState::new(self.cfg.nr_vcpus, NR_EVENT_CHANNELS_2L);
+        state.set_control_block(req.vcpu, control)?;
+        // Ports pending under the 2-level ABI are delivered once their
+        // event array page exists.
+        let allocated: Vec<u32> = st.ports.allocated().collect();
+        for port in allocated {
+            if self.port_is_pending_2l(&st, port) {
+                state.park(port);
+            }
+        }
+        *fifo = Some(state);
+        drop(fifo);
+        info!(domid = self.cfg.domid, "switched to FIFO event channels");
+        self.platform.event_abi_changed(true);
+        Ok(())
+    }
+
+    /// EVTCHNOP_expand_array: add an event array page and deliver the
+    /// events raised for its ports while it was missing.
+    fn fifo_expand_array(&self, gfn: u64) -> Result<(), i64> {
+        let st = self.lock();
+        let mut fifo = self.fifo_lock();
+        let Some(state) = fifo.as_mut() else {
+            return Err(-EOPNOTSUPP);
+        };
+        if state.array_pages() as u32 >= EVTCHN_FIFO_MAX_ARRAY_PAGES {
+            return Err(-ENOSPC);
+        }
+        let page = self.fifo_ram_page(&st, gfn).ok_or(-EINVAL)?;
+        let ports = state.add_array_page(page >> 12)?;
+        let parked: Vec<u32> = ports.filter(|&p| state.take_parked(p)).collect();
+        drop(fifo);
+        for port in parked {
+            if st
+                .ports
+                .get(port)
+                .is_ok_and(|p| !matches!(p.state, PortState::Free | PortState::Reserved))
+            {
+                self.send_local(&st, port);
+            }
+        }
+        Ok(())
+    }
+
+    /// Back to the 2-level ABI (EVTCHNOP_reset).
+    fn fifo_reset(&self, _st: &DomainState) {
+        let was_fifo = self.fifo_lock().take().is_some();
+        if was_fifo {
+            self.platform.begin_event_layout_change();
+            self.platform.event_abi_changed(false);
+        }
     }
 
     /// EVTCHNOP_bind_interdomain to Dom0: connect a new port to a Dom0

@@ -2,7 +2,7 @@
 
 use core::sync::atomic::Ordering;
 
-use xen_abi::errno::{EEXIST, EFAULT, EINVAL, ENOENT, ENOSYS, ESRCH};
+use xen_abi::errno::{EEXIST, EFAULT, EINVAL, ENOENT, ENOSYS, EOPNOTSUPP, ESRCH};
 use xen_abi::event_channel::*;
 use xen_abi::hvm::HVM_PARAM_STORE_EVTCHN;
 use xen_abi::hypercall::EVENT_CHANNEL_OP;
@@ -431,19 +431,41 @@ pub fn mask_unmask() -> R {
 }
 
 pub fn fifo_ops() -> R {
-    // kxen offers only the 2-level ABI: the FIFO ABI's control ops fail with
-    // -ENOSYS (as Xen does without FIFO support), so guests fall back.
-    let mut init = [0u64; 3]; // evtchn_init_control: gfn, offset, vcpu, link_bits
+    // kxen offers the FIFO ABI; this guest stays on 2-level, so only the
+    // refusals that leave the domain's ABI alone are checked here
+    // (event_fifo.c evtchn_fifo_init_control / expand_array).
+    // evtchn_init_control: control_gfn, offset | vcpu << 32, link_bits.
+    let mut init = [0u64, 0, 0];
+    init[1] = 0xffff_ffff << 32;
     rc_is(
-        "EVTCHNOP_init_control",
+        "EVTCHNOP_init_control(no such vCPU)",
         event_channel_op(EVTCHNOP_INIT_CONTROL, &mut init),
-        neg(ENOSYS),
+        neg(ENOENT),
+    )?;
+    init[1] = 4;
+    rc_is(
+        "EVTCHNOP_init_control(unaligned offset)",
+        event_channel_op(EVTCHNOP_INIT_CONTROL, &mut init),
+        neg(EINVAL),
+    )?;
+    init[1] = 4096 - 64;
+    rc_is(
+        "EVTCHNOP_init_control(block crosses the page)",
+        event_channel_op(EVTCHNOP_INIT_CONTROL, &mut init),
+        neg(EINVAL),
+    )?;
+    init[0] = 1 << 40;
+    init[1] = 0;
+    rc_is(
+        "EVTCHNOP_init_control(GFN outside RAM)",
+        event_channel_op(EVTCHNOP_INIT_CONTROL, &mut init),
+        neg(EINVAL),
     )?;
     let mut expand = [0u64; 1]; // evtchn_expand_array: array_gfn
     rc_is(
-        "EVTCHNOP_expand_array",
+        "EVTCHNOP_expand_array(before init_control)",
         event_channel_op(EVTCHNOP_EXPAND_ARRAY, &mut expand),
-        neg(ENOSYS),
+        neg(EOPNOTSUPP),
     )?;
     // event_channel.c evtchn_port_set_priority: 2-level has no priorities
     // -> -ENOSYS for a valid port.

@@ -386,6 +386,7 @@ pub static CHECKS: &[Check] = &[
     c("sched_op.shutdown_code", sched::shutdown_code),
     // Only when named exactly.
     special("evtchn.reset", special::evtchn_reset),
+    special("evtchn.fifo", special::evtchn_fifo),
     special("triple_fault", special::triple_fault),
     special("bad_insn", special::bad_insn),
     special("bench", special::bench),
