@@ -49,6 +49,24 @@ const TIME_REGS: [usize; 7] = [
     REG_CENTURY,
 ];
 
+/// The clock's registers, 0x0..0xd (seconds through register D): the
+/// part of the CMOS a save image's RTC record carries.
+pub const CLOCK_REGISTERS: usize = 14;
+
+/// The clock's state as a save image carries it: the time and control
+/// registers, the index register and the guest clock's offset from the
+/// host's.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CmosClockState {
+    /// Registers 0x0..0xd, the time ones as the guest would read them now
+    /// (or as it froze them with register B's SET bit).
+    pub registers: [u8; CLOCK_REGISTERS],
+    /// The index last written to port 0x70, NMI bit stripped (0..=0x7f).
+    pub index: u8,
+    /// Guest RTC time minus host UTC time, in seconds.
+    pub offset_secs: i64,
+}
+
 pub struct Cmos {
     index: usize,
     nvram: [u8; 128],
@@ -79,6 +97,31 @@ impl Cmos {
             nvram,
             offset: 0,
         }
+    }
+
+    /// The clock's state for a save image. The time registers are brought
+    /// up to date first so the image holds what the guest would read.
+    pub fn save_clock(&mut self) -> CmosClockState {
+        self.latch_time();
+        let mut registers = [0; CLOCK_REGISTERS];
+        registers.copy_from_slice(&self.nvram[..CLOCK_REGISTERS]);
+        CmosClockState {
+            registers,
+            // The index is stored masked to 7 bits; the cast cannot lose any.
+            index: (self.index & 0x7f) as u8,
+            offset_secs: self.offset,
+        }
+    }
+
+    /// Takes a saved clock. Register C reads as 0 regardless (no interrupt
+    /// source is emulated); the time registers keep the saved bytes only
+    /// while register B's SET bit freezes them, and otherwise follow the
+    /// host's clock plus `offset_secs` from the next read on.
+    pub fn load_clock(&mut self, state: &CmosClockState) {
+        self.nvram[..CLOCK_REGISTERS].copy_from_slice(&state.registers);
+        self.nvram[REG_A] &= REG_A_WRITABLE;
+        self.index = usize::from(state.index & 0x7f);
+        self.offset = state.offset_secs;
     }
 
     fn host_now() -> i64 {
@@ -339,6 +382,46 @@ mod tests {
         assert_eq!(reg(&mut c, REG_MONTH as u8), 2);
         assert_eq!(reg(&mut c, REG_DAY as u8), 3);
         assert_eq!(reg(&mut c, REG_HOURS as u8), 4);
+    }
+
+    #[test]
+    fn clock_state_survives_save_and_load() {
+        let mut source = Cmos::new(512 << 20, 0);
+        // A guest that set its clock a day ahead, in binary 12-hour mode,
+        // and left the index on register B.
+        c_write(&mut source, REG_B, REG_B_SET | REG_B_BINARY);
+        for (r, v) in [
+            (REG_YEAR, 30u8),
+            (REG_MONTH, 6),
+            (REG_DAY, 15),
+            (REG_CENTURY, 20),
+        ] {
+            c_write(&mut source, r, v);
+        }
+        c_write(&mut source, REG_B, REG_B_BINARY);
+        source.write(INDEX, &[0x80 | REG_B as u8]);
+        let saved = source.save_clock();
+        assert_eq!(saved.index, REG_B as u8, "NMI bit stripped");
+        assert_eq!(saved.registers[REG_B], REG_B_BINARY);
+        assert_eq!(saved.registers[REG_YEAR], 30, "the latched year");
+        assert_ne!(saved.offset_secs, 0);
+
+        let mut target = Cmos::new(512 << 20, 0);
+        target.load_clock(&saved);
+        // The index carried over: a read of port 0x71 is register B.
+        let mut value = [0u8];
+        target.read(DATA, &mut value);
+        assert_eq!(value[0], REG_B_BINARY);
+        assert_eq!(reg(&mut target, REG_YEAR as u8), 30);
+        assert_eq!(reg(&mut target, REG_MONTH as u8), 6);
+        assert_eq!(reg(&mut target, REG_CENTURY as u8), 20);
+        let again = target.save_clock();
+        assert!((again.offset_secs - saved.offset_secs).abs() <= 1);
+    }
+
+    fn c_write(c: &mut Cmos, register: usize, value: u8) {
+        c.write(INDEX, &[register as u8]);
+        c.write(DATA, &[value]);
     }
 
     #[test]

@@ -47,6 +47,9 @@ pub struct HvmDevices {
     /// The virtio-mmio slots, when `--virtio` gave any.
     pub virtio: Option<Arc<VirtioDevices>>,
     uart: Arc<Mutex<Uart>>,
+    /// The CMOS/RTC, kept besides its place on the port bus so that a save
+    /// can read its clock and a restore give it one (the RTC record).
+    pub cmos: Arc<Mutex<Cmos>>,
     /// kxend's end of the serial line, handed to every kxend that asks
     /// (a restarted kxend picks the line up again).
     dom0_serial: Option<UnixStream>,
@@ -168,12 +171,8 @@ impl HvmDevices {
             I8042_BASE,
             I8042_WINDOW,
         )?;
-        add(
-            &mut pio,
-            Arc::new(Mutex::new(Cmos::new(ram_below_4g, ram_above_4g))),
-            CMOS_BASE,
-            CMOS_WINDOW,
-        )?;
+        let cmos = Arc::new(Mutex::new(Cmos::new(ram_below_4g, ram_above_4g)));
+        add(&mut pio, cmos.clone(), CMOS_BASE, CMOS_WINDOW)?;
         add(
             &mut pio,
             Arc::new(Mutex::new(AcpiPm::new())),
@@ -216,6 +215,7 @@ impl HvmDevices {
             mmio,
             virtio,
             uart,
+            cmos,
             dom0_serial,
             input,
             input_room,

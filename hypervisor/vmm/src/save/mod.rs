@@ -12,6 +12,7 @@
 //!   and PIT records;
 //! * [`xsave`]: the XSAVE area and XCR0 ↔ the CPU_XSAVE record;
 //! * [`mtrr`]: PAT and the MTRRs ↔ the MTRR record;
+//! * [`rtc`]: kxen's CMOS clock ↔ the RTC record;
 //! * [`kvm`]: the ioctls that read and write all of it.
 //!
 //! Facts about Xen's records come from `xen/arch/x86/hvm/hvm.c`,
@@ -25,6 +26,7 @@ pub mod mtrr;
 pub mod platform;
 #[cfg(test)]
 mod platform_tests;
+pub mod rtc;
 #[cfg(test)]
 mod tests;
 pub mod xsave;
