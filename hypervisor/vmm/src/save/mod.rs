@@ -12,6 +12,7 @@
 //!   and PIT records;
 //! * [`xsave`]: the XSAVE area and XCR0 ↔ the CPU_XSAVE record;
 //! * [`mtrr`]: PAT and the MTRRs ↔ the MTRR record;
+//! * [`irq`]: the interrupt wires ↔ PCI_IRQ, ISA_IRQ and PCI_LINK;
 //! * [`rtc`]: kxen's CMOS clock ↔ the RTC record;
 //! * [`kvm`]: the ioctls that read and write all of it.
 //!
@@ -20,6 +21,7 @@
 //! or text is copied.
 
 pub mod cpu;
+pub mod irq;
 pub mod kvm;
 pub mod lapic;
 pub mod mtrr;
