@@ -12,6 +12,8 @@ use kvm_bindings::{
     KVM_PIT_SPEAKER_DUMMY,
 };
 use kvm_ioctls::{Kvm, VcpuFd, VmFd};
+use kxen_devices::bus::BusDevice;
+use kxen_devices::cmos::Cmos;
 use kxen_stream::hvm_context::{self, HvmContextBuilder};
 use kxen_stream::libxc::{CpuidLeaf, DomainHeader, GuestType, LibxcRecord, TscInfo};
 use kxen_stream::libxl::{LibxlReader, LibxlRecord, LibxlWriter};
@@ -21,10 +23,10 @@ use kxen_vmm::save::kvm::{
     read_mtrr_msrs, read_platform_state, read_vcpu_state, read_xsave, write_mtrr_msrs,
     write_platform_state, write_vcpu_state, write_xsave, KvmPlatformState,
 };
-use kxen_vmm::save::mtrr;
 use kxen_vmm::save::platform::{self, RTE_MASKED};
 use kxen_vmm::save::xsave::{self, XstateLayout};
 use kxen_vmm::save::XenVcpuRecords;
+use kxen_vmm::save::{irq, mtrr, rtc};
 use xen_abi::hvm_save::*;
 
 const VERIFY_STREAM_V2: &str = "/usr/lib/xen-4.17/bin/verify-stream-v2";
@@ -422,6 +424,25 @@ fn platform_and_vcpu_records_survive_a_verified_stream_onto_a_fresh_vm() {
     let ioapic = platform::save_ioapic(&platform.ioapic);
     let pit = platform::save_pit(&platform.pit).expect("PIT record");
     let mtrr_record = mtrr::save(&mtrrs);
+    let (pci_irqs, isa_irqs, pci_link) = irq::save_irq_records();
+    // A guest that set its clock (binary mode, year 2031) and left the
+    // index on register B, as kxen-vmm's CMOS on the port bus would hold it.
+    let mut source_cmos = Cmos::new(256 << 20, 0);
+    for (register, value) in [
+        (0x0b, 0x86),
+        (0x09, 31),
+        (0x32, 20),
+        (0x0b, 0x06),
+        (0x8b, 0),
+    ] {
+        source_cmos.write(0, &[register]);
+        if register != 0x8b {
+            source_cmos.write(1, &[value]);
+        }
+    }
+    let clock = source_cmos.save_clock();
+    assert_ne!(clock.offset_secs, 0, "the guest's clock took");
+    let rtc_record = rtc::save_rtc(&clock);
     let xsave_record = xsave::save(&area, xcr0, &layout).expect("CPU_XSAVE record");
     let mut builder = context_builder();
     builder
@@ -431,7 +452,11 @@ fn platform_and_vcpu_records_survive_a_verified_stream_onto_a_fresh_vm() {
         .push(HVM_SAVE_CODE_IOAPIC, 0, &ioapic)
         .push(HVM_SAVE_CODE_LAPIC, 0, &vcpu_records.lapic)
         .push(HVM_SAVE_CODE_LAPIC_REGS, 0, &vcpu_records.lapic_regs)
+        .push(HVM_SAVE_CODE_PCI_IRQ, 0, &pci_irqs)
+        .push(HVM_SAVE_CODE_ISA_IRQ, 0, &isa_irqs)
+        .push(HVM_SAVE_CODE_PCI_LINK, 0, &pci_link)
         .push(HVM_SAVE_CODE_PIT, 0, &pit)
+        .push(HVM_SAVE_CODE_RTC, 0, &rtc_record)
         .push(HVM_SAVE_CODE_MTRR, 0, &mtrr_record);
     builder
         .push_bytes(HVM_SAVE_CODE_CPU_XSAVE, 0, &xsave_record)
@@ -458,7 +483,11 @@ fn platform_and_vcpu_records_survive_a_verified_stream_onto_a_fresh_vm() {
             (4, 0),
             (5, 0),
             (6, 0),
+            (7, 0),
+            (8, 0),
+            (9, 0),
             (10, 0),
+            (11, 0),
             (14, 0),
             (16, 0)
         ]
@@ -492,6 +521,30 @@ fn platform_and_vcpu_records_survive_a_verified_stream_onto_a_fresh_vm() {
     loaded_platform.pit =
         platform::load_pit(&read(HVM_SAVE_CODE_PIT, 0).read_as().unwrap()).expect("loading PIT");
     write_platform_state(&target_vm, &loaded_platform).expect("setting the platform");
+    let wires = irq::load_irq_records(
+        &read(HVM_SAVE_CODE_PCI_IRQ, 0).read_as().unwrap(),
+        &read(HVM_SAVE_CODE_ISA_IRQ, 0).read_as().unwrap(),
+        &read(HVM_SAVE_CODE_PCI_LINK, 0).read_as().unwrap(),
+    )
+    .expect("loading the IRQ wire records");
+    assert_eq!(wires, irq::IrqWires::default(), "no link routed");
+    let mut target_cmos = Cmos::new(256 << 20, 0);
+    target_cmos.load_clock(
+        &rtc::load_rtc_entry(read(HVM_SAVE_CODE_RTC, 0).data).expect("loading the RTC record"),
+    );
+    // The index came along (port 0x71 reads register B) and the clock
+    // reads the guest's year, not the host's.
+    let mut register_b = [0u8];
+    target_cmos.read(1, &mut register_b);
+    assert_eq!(register_b[0], 0x06, "register B through the saved index");
+    let landed_clock = target_cmos.save_clock();
+    assert_eq!(landed_clock.registers[0x09], 31, "the guest's year");
+    assert!(
+        (landed_clock.offset_secs - clock.offset_secs).abs() <= 1,
+        "clock offset {} became {}",
+        clock.offset_secs,
+        landed_clock.offset_secs
+    );
 
     // Every carried field, read back from the target VM.
     let landed = read_platform_state(&target_vm).expect("reading the target platform");
