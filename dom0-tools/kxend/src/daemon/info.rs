@@ -58,20 +58,18 @@ impl Daemon {
 
     pub(super) fn list(&self) -> Vec<DomainEntry> {
         let mut out = vec![self.dom0_entry()];
-        let domains: Vec<Arc<Domain>> = self
-            .domains
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .values()
-            .cloned()
-            .collect();
+        // One snapshot of both maps (locked in their usual order), so a
+        // domain moving from running to preserved is listed once.
+        let (domains, preserved): (Vec<Arc<Domain>>, Vec<Preserved>) = {
+            let domains = self.domains.lock().unwrap_or_else(|e| e.into_inner());
+            let preserved = self.preserved.lock().unwrap_or_else(|e| e.into_inner());
+            (
+                domains.values().cloned().collect(),
+                preserved.values().cloned().collect(),
+            )
+        };
         out.extend(domains.iter().map(|d| self.entry_of(d)));
-        for p in self
-            .preserved
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .values()
-        {
+        for p in &preserved {
             out.push(DomainEntry {
                 info: DomainInfo {
                     shutdown: true,

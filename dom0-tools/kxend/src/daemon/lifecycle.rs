@@ -399,26 +399,15 @@ impl Daemon {
 
     /// A domain's VMM exited: apply on_poweroff/on_reboot/on_crash.
     pub(super) fn domain_died(self: &Arc<Self>, domid: u32, wait_code: Option<i32>) {
-        let Some(domain) = self
+        let Some(record) = self
             .domains
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .remove(&domid)
+            .get(&domid)
+            .map(|d| d.record.clone())
         else {
             return;
         };
-        self.domain_left.notify_all();
-        domain.detach();
-        let devices = self
-            .devices
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&domid);
-        if let Some(devices) = devices {
-            devices.teardown();
-        }
-        self.drop_virtio(domid);
-        let record = domain.record.clone();
         let from_file = std::fs::read_to_string(&record.exit_file).ok();
         let code = from_file
             .as_deref()
@@ -440,6 +429,57 @@ impl Daemon {
             8 => u32::MAX,
             _ => 3,
         };
+        let cfg = &record.config;
+        let (key, action) = match reason {
+            0 => ("on_poweroff", cfg.on_poweroff),
+            1 => ("on_reboot", cfg.on_reboot),
+            4 => ("on_watchdog", cfg.on_watchdog),
+            5 => ("on_soft_reset", cfg.on_soft_reset),
+            _ => ("on_crash", cfg.on_crash),
+        };
+        // Out of the running domains and, if it is kept, into the
+        // preserved ones in one step (both locks, in their usual order):
+        // `kxl list` in between must not find it in neither.
+        let preserved = match action {
+            _ if reason == u32::MAX => None,
+            Action::Preserve => Some(record.clone()),
+            Action::RenameRestart => {
+                let mut old = record.clone();
+                old.name = format!("{}--incoming", record.name);
+                Some(old)
+            }
+            _ => None,
+        };
+        let domain = {
+            let mut domains = self.domains.lock().unwrap_or_else(|e| e.into_inner());
+            let Some(domain) = domains.remove(&domid) else {
+                return;
+            };
+            if let Some(kept) = preserved {
+                self.preserved
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(
+                        domid,
+                        Preserved {
+                            record: kept,
+                            reason,
+                        },
+                    );
+            }
+            domain
+        };
+        self.domain_left.notify_all();
+        domain.detach();
+        let devices = self
+            .devices
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&domid);
+        if let Some(devices) = devices {
+            devices.teardown();
+        }
+        self.drop_virtio(domid);
         self.store.release(domid);
         self.store.rm(&format!("/local/domain/{domid}"));
         self.store.rm(&format!("/vm/{}", record.uuid));
@@ -454,14 +494,6 @@ impl Daemon {
         if code == 7 || code == 1 {
             error!(domid, "domain {} crashed: {why}", record.name);
         }
-        let cfg = &record.config;
-        let (key, action) = match reason {
-            0 => ("on_poweroff", cfg.on_poweroff),
-            1 => ("on_reboot", cfg.on_reboot),
-            4 => ("on_watchdog", cfg.on_watchdog),
-            5 => ("on_soft_reset", cfg.on_soft_reset),
-            _ => ("on_crash", cfg.on_crash),
-        };
         self.log(&format!(
             "domain {domid} ({}) {why}; {key} = {}",
             record.name,
@@ -469,37 +501,15 @@ impl Daemon {
         ));
         match action {
             // kxen writes no core dumps: the coredump-* actions behave as
-            // their plain forms.
-            Action::Destroy | Action::CoredumpDestroy => {}
-            Action::Preserve => {
-                self.preserved
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .insert(domid, Preserved { record, reason });
-            }
+            // their plain forms. Preserved domains were kept above.
+            Action::Destroy | Action::CoredumpDestroy | Action::Preserve => {}
             Action::Restart
             | Action::RenameRestart
             | Action::CoredumpRestart
-            | Action::SoftReset => {
-                if action == Action::RenameRestart {
-                    let mut old = record.clone();
-                    old.name = format!("{}--incoming", record.name);
-                    self.preserved
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .insert(
-                            domid,
-                            Preserved {
-                                record: old,
-                                reason,
-                            },
-                        );
-                }
-                match self.create(record.config.clone(), false) {
-                    Ok(new) => self.log(&format!("domain {} restarted as {new}", record.name)),
-                    Err(e) => self.log(&format!("restarting {} failed: {e}", record.name)),
-                }
-            }
+            | Action::SoftReset => match self.create(record.config.clone(), false) {
+                Ok(new) => self.log(&format!("domain {} restarted as {new}", record.name)),
+                Err(e) => self.log(&format!("restarting {} failed: {e}", record.name)),
+            },
         }
     }
 
