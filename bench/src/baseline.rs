@@ -17,6 +17,35 @@ const PDPT: u64 = 0x3000;
 const PD: u64 = 0x4000;
 const STACK_TOP: u64 = 0x8000;
 
+/// Put a bare vCPU in long mode with paging on `cr3`, `code` in CS and
+/// `data` in DS/ES/SS, at `rip` with `rsp`, interrupts off: the start of
+/// every bare-KVM baseline (this one's CPL0 loops and the pv section's
+/// CPL3 ones).
+pub(crate) fn enter_long_mode(
+    vcpu: &kvm_ioctls::VcpuFd,
+    code: kvm_bindings::kvm_segment,
+    data: kvm_bindings::kvm_segment,
+    cr3: u64,
+    rip: u64,
+    rsp: u64,
+) -> Result<(), String> {
+    let mut sregs = vcpu.get_sregs().map_err(|e| e.to_string())?;
+    sregs.cs = code;
+    sregs.ds = data;
+    sregs.es = data;
+    sregs.ss = data;
+    sregs.cr3 = cr3;
+    sregs.cr4 = 1 << 5; // PAE
+    sregs.cr0 = 0x8000_0031; // PG | NE | ET | PE
+    sregs.efer = 0x500; // LME | LMA
+    vcpu.set_sregs(&sregs).map_err(|e| e.to_string())?;
+    let mut regs = vcpu.get_regs().map_err(|e| e.to_string())?;
+    regs.rip = rip;
+    regs.rsp = rsp;
+    regs.rflags = 2;
+    vcpu.set_regs(&regs).map_err(|e| e.to_string())
+}
+
 /// 64-bit code: time `iterations` exits with rdtsc, report the cycle count
 /// (low 32 bits) on REPORT_PORT. Each iteration is either the test guest's
 /// null-exit loop (`out; dec; jnz`) or a hypercall's guest instructions
@@ -165,7 +194,6 @@ pub fn bare_port_io_exit(
         vcpu.set_sync_valid_reg(kvm_ioctls::SyncReg::Register);
         vcpu.set_sync_valid_reg(kvm_ioctls::SyncReg::SystemRegister);
     }
-    let mut sregs = vcpu.get_sregs().map_err(|e| e.to_string())?;
     let code_seg = kvm_bindings::kvm_segment {
         base: 0,
         limit: 0xffff_ffff,
@@ -184,20 +212,7 @@ pub fn bare_port_io_exit(
         db: 1,
         ..code_seg
     };
-    sregs.cs = code_seg;
-    sregs.ds = data_seg;
-    sregs.es = data_seg;
-    sregs.ss = data_seg;
-    sregs.cr3 = PML4;
-    sregs.cr4 = 1 << 5; // PAE
-    sregs.cr0 = 0x8000_0031; // PG | NE | ET | PE
-    sregs.efer = 0x500; // LME | LMA
-    vcpu.set_sregs(&sregs).map_err(|e| e.to_string())?;
-    let mut regs = vcpu.get_regs().map_err(|e| e.to_string())?;
-    regs.rip = CODE;
-    regs.rsp = STACK_TOP;
-    regs.rflags = 2;
-    vcpu.set_regs(&regs).map_err(|e| e.to_string())?;
+    enter_long_mode(&vcpu, code_seg, data_seg, PML4, CODE, STACK_TOP)?;
 
     let mut exits = 0u64;
     let mut cycles = None;

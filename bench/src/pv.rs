@@ -163,22 +163,16 @@ fn run_bare_cpl3(
     let mut vcpu = vm.create_vcpu(0).map_err(|e| format!("vCPU: {e}"))?;
     vcpu.set_sync_valid_reg(kvm_ioctls::SyncReg::Register);
     vcpu.set_sync_valid_reg(kvm_ioctls::SyncReg::SystemRegister);
+    baseline::enter_long_mode(
+        &vcpu,
+        cpl3_segment(0x33, 0xb, true),
+        cpl3_segment(0x2b, 0x3, false),
+        PML4,
+        CODE,
+        STACK_TOP,
+    )?;
+    // The loop's SET_SREGS variants load these back (or switch CR3).
     let mut sregs = vcpu.get_sregs().map_err(|e| e.to_string())?;
-    let data = cpl3_segment(0x2b, 0x3, false);
-    sregs.cs = cpl3_segment(0x33, 0xb, true);
-    sregs.ds = data;
-    sregs.es = data;
-    sregs.ss = data;
-    sregs.cr3 = PML4;
-    sregs.cr4 = 1 << 5; // PAE
-    sregs.cr0 = 0x8000_0031; // PG | NE | ET | PE
-    sregs.efer = 0x500; // LME | LMA
-    vcpu.set_sregs(&sregs).map_err(|e| e.to_string())?;
-    let mut regs = vcpu.get_regs().map_err(|e| e.to_string())?;
-    regs.rip = CODE;
-    regs.rsp = STACK_TOP;
-    regs.rflags = 2;
-    vcpu.set_regs(&regs).map_err(|e| e.to_string())?;
 
     let mut loop_exits = 0u32;
     loop {
