@@ -786,12 +786,14 @@ impl PvMachine {
             }
             xen_abi::hypercall::PHYSDEV_OP if a1 == xen_abi::hypercall::PHYSDEVOP_SET_IOPL => {
                 drop(mmu);
-                let ret = match frames.read_guest_u64(a2) {
-                    // struct physdev_set_iopl { u32 iopl; }: the low half.
-                    Some(word) => self
-                        .with_vcpu(vcpu as u32, |v| v.set_iopl(word as u32))
+                // struct physdev_set_iopl { u32 iopl; }: four bytes, which
+                // may end a page.
+                let mut iopl = [0u8; 4];
+                let ret = match guest.read(a2, &mut iopl) {
+                    Ok(()) => self
+                        .with_vcpu(vcpu as u32, |v| v.set_iopl(u32::from_le_bytes(iopl)))
                         .unwrap_or(-xen_abi::errno::EINVAL),
-                    None => -EFAULT,
+                    Err(_) => -EFAULT,
                 };
                 return Some((ret, Effects::default()));
             }

@@ -141,9 +141,6 @@ pub struct Vcpu {
     started: bool,
     /// vCPU 0 has reported its first entry.
     entry_noted: bool,
-    /// A PV bounce written from user mode: the kernel L4 and GS base are
-    /// still to be loaded.
-    pending_mode_switch: bool,
     /// A PV vCPU's virtual CR0.TS/CR2/CR4, user GS base and IOPL
     /// (`pv_emulate`); set on its first emulated instruction.
     pv_virtual: Option<kxen_pv::emulate::VirtualCpu>,
@@ -159,7 +156,6 @@ impl Vcpu {
             pvm,
             started: id == 0,
             entry_noted: false,
-            pending_mode_switch: false,
             pv_virtual: None,
         }
     }

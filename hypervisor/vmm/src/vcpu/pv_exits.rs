@@ -256,8 +256,9 @@ impl Vcpu {
         let mem = self.rt.memory.snapshot();
         pv.set_cr2(&mem, self.id, pv::PV_HYPERCALL_VA);
         let from = Self::pv_interrupted(regs.rip, regs.rflags, regs.rsp, &regs);
-        self.pv_bounce_exception(pv, &mem, VECTOR_PF, Some(PF_USER_WRITE_PRESENT), &from)?;
-        self.pv_enter_bounce_state(pv, false)
+        let switched =
+            self.pv_bounce_exception(pv, &mem, VECTOR_PF, Some(PF_USER_WRITE_PRESENT), &from)?;
+        self.pv_enter_bounce_state(pv, false, switched)
     }
 
     /// The state an exception or event interrupted, as Xen shows it.
@@ -335,12 +336,14 @@ impl Vcpu {
             pv.set_cr2(&mem, self.id, sregs.cr2);
         }
         let from = Self::pv_interrupted(hw.rip, hw.rflags, hw.rsp, &regs);
-        self.pv_bounce_exception(&pv, &mem, vector, hw.error_code, &from)?;
+        let switched = self.pv_bounce_exception(&pv, &mem, vector, hw.error_code, &from)?;
         trace!(vcpu = self.id, vector, rip = hw.rip, "PV exception bounced");
-        self.pv_enter_bounce_state(&pv, true)
+        self.pv_enter_bounce_state(&pv, true, switched)
     }
 
-    /// Bounce exception `vector` through the vCPU's virtual IDT.
+    /// Bounce exception `vector` through the vCPU's virtual IDT; `true` if
+    /// that took the vCPU from user to kernel mode (its L4 and GS base are
+    /// the caller's to load).
     fn pv_bounce_exception(
         &mut self,
         pv: &PvMachine,
@@ -348,7 +351,7 @@ impl Vcpu {
         vector: u8,
         error_code: Option<u32>,
         from: &Interrupted,
-    ) -> Result<(), String> {
+    ) -> Result<bool, String> {
         let mask = pv.upcall_mask(mem, self.id);
         let outcome = pv
             .with_vcpu(self.id, |v| v.exception(vector, error_code, from, mask))
@@ -366,7 +369,8 @@ impl Vcpu {
                 ));
             }
         };
-        self.pv_write_bounce(pv, mem, &bounce)
+        self.pv_write_bounce(pv, mem, &bounce)?;
+        Ok(bounce.switch_to_kernel)
     }
 
     /// Up to `count` words of the guest stack at `rsp`, read through the
@@ -428,17 +432,17 @@ impl Vcpu {
         r.rip = bounce.rip;
         r.rsp = bounce.rsp;
         r.rflags = bounce.rflags | RFLAGS_IF;
-        self.pending_mode_switch |= bounce.switch_to_kernel;
         Ok(())
     }
 
-    /// After [`Self::pv_write_bounce`]: load what the bounce changed.
+    /// After [`Self::pv_write_bounce`]: load what the bounce changed;
+    /// `mode` when it switched the vCPU into kernel mode.
     fn pv_enter_bounce_state(
         &mut self,
         pv: &PvMachine,
         code_and_stack: bool,
+        mode: bool,
     ) -> Result<(), String> {
-        let mode = std::mem::take(&mut self.pending_mode_switch);
         self.pv_load(
             pv,
             PvLoad {
@@ -516,7 +520,7 @@ impl Vcpu {
             .map_err(|e| format!("PV vCPU {}: {e}; the domain crashes, as on Xen", self.id))?;
         self.pv_write_bounce(pv, &mem, &bounce)?;
         trace!(vcpu = self.id, rip = regs.rip, "PV event upcall");
-        let mode = std::mem::take(&mut self.pending_mode_switch);
+        let mode = bounce.switch_to_kernel;
         self.pv_load(
             pv,
             PvLoad {
@@ -554,7 +558,7 @@ impl Vcpu {
                     )
                 })?;
             self.pv_write_bounce(&pv, &mem, &bounce)?;
-            return self.pv_enter_bounce_state(&pv, true);
+            return self.pv_enter_bounce_state(&pv, true, bounce.switch_to_kernel);
         }
         if regs.rax & 0xffff_ffff == pv_nr::IRET {
             return self.pv_iret_from(&pv, true);
@@ -667,7 +671,7 @@ impl Vcpu {
                 r.rcx = frame.rcx;
                 r.r11 = frame.r11;
                 self.pv_write_bounce(pv, &mem, &bounce)?;
-                self.pv_enter_bounce_state(pv, from_stub)
+                self.pv_enter_bounce_state(pv, from_stub, bounce.switch_to_kernel)
             }
         }
     }
