@@ -179,18 +179,11 @@ pub fn bare_port_io_exit(
     // SAFETY: the mapping outlives the VM: it is unmapped after `vm` and
     // `vcpu` are dropped at the end of this function.
     unsafe { vm.set_user_memory_region(region) }.map_err(|e| format!("memory: {e}"))?;
-    if std::env::var("EXP_IRQCHIP").is_ok() {
-        vm.create_irq_chip().unwrap();
-    }
     if features.irqchip {
         vm.create_irq_chip().map_err(|e| format!("irqchip: {e}"))?;
     }
     let mut vcpu = vm.create_vcpu(0).map_err(|e| format!("vCPU: {e}"))?;
     if features.sync_regs {
-        vcpu.set_sync_valid_reg(kvm_ioctls::SyncReg::Register);
-        vcpu.set_sync_valid_reg(kvm_ioctls::SyncReg::SystemRegister);
-    }
-    if std::env::var("EXP_SYNC").is_ok() {
         vcpu.set_sync_valid_reg(kvm_ioctls::SyncReg::Register);
         vcpu.set_sync_valid_reg(kvm_ioctls::SyncReg::SystemRegister);
     }
