@@ -1158,11 +1158,15 @@ impl PvMachine {
         base.map(|mfn| mfn << 12)
     }
 
-    /// vcpu_info's `evtchn_upcall_pending` for `vcpu`.
-    pub fn upcall_pending(&self, mem: &GuestMemoryMmap, vcpu: u32) -> bool {
-        self.vcpu_info_base(vcpu)
-            .and_then(|base| mem.read_obj::<u8>(GuestAddress(base)).ok())
-            .is_some_and(|b| b != 0)
+    /// An event is due on `vcpu`: `evtchn_upcall_pending` set and the
+    /// upcall mask clear. One vcpu_info lookup: this runs on every PV
+    /// exit.
+    pub fn event_due(&self, mem: &GuestMemoryMmap, vcpu: u32) -> bool {
+        let Some(base) = self.vcpu_info_base(vcpu) else {
+            return false;
+        };
+        let byte = |offset: u64| mem.read_obj::<u8>(GuestAddress(base + offset)).ok();
+        byte(0).is_some_and(|pending| pending != 0) && byte(1) == Some(0)
     }
 
     /// Publish a page fault's address in vcpu_info's `arch.cr2`, where a

@@ -509,7 +509,7 @@ impl Vcpu {
     /// mask clear, on the way back to the guest (Xen's test_all_events).
     fn pv_deliver_events(&mut self, pv: &PvMachine) -> Result<(), String> {
         let mem = self.rt.memory.snapshot();
-        if pv.upcall_mask(&mem, self.id) != 0 || !pv.upcall_pending(&mem, self.id) {
+        if !pv.event_due(&mem, self.id) {
             return Ok(());
         }
         let regs = self.kvm.regs();
