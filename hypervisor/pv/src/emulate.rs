@@ -235,6 +235,7 @@ pub const MSR_IA32_PERF_CTL: u32 = 0x199;
 pub const MSR_IA32_THERM_CONTROL: u32 = 0x19a;
 pub const MSR_IA32_THERM_STATUS: u32 = 0x19c;
 pub const MSR_IA32_ENERGY_PERF_BIAS: u32 = 0x1b0;
+pub const MSR_IA32_MISC_ENABLE: u32 = 0x1a0;
 pub const MSR_IA32_CR_PAT: u32 = 0x277;
 pub const MSR_IA32_PERF_CAPABILITIES: u32 = 0x345;
 pub const MSR_XEN_HYPERCALL_PAGE: u32 = 0x4000_0000;
@@ -310,6 +311,26 @@ fn guest_efer<C: PrivilegedCpu + ?Sized>(cpu: &C) -> u64 {
     cpu.efer() & EFER_GUEST_VISIBLE
 }
 
+/// MISC_ENABLE as Xen shows it to a PV guest: fast strings on (the
+/// host's firmware setting, which user space cannot read, and which
+/// every x86-64 firmware enables), branch-trace and PEBS unavailable,
+/// xTPR messages off; performance monitoring and MONITOR/MWAIT hidden.
+/// A kernel that reads fast strings as off clears ERMS but keeps FSRM,
+/// and Linux 6.1's memmove then takes its `rep movsb`-only path with its
+/// length checks patched out, copying far past its buffers.
+const GUEST_MISC_ENABLE: u64 = MISC_ENABLE_FAST_STRING
+    | MISC_ENABLE_BTS_UNAVAIL
+    | MISC_ENABLE_PEBS_UNAVAIL
+    | MISC_ENABLE_XTPR_DISABLE;
+const MISC_ENABLE_FAST_STRING: u64 = 1 << 0;
+const MISC_ENABLE_BTS_UNAVAIL: u64 = 1 << 11;
+const MISC_ENABLE_PEBS_UNAVAIL: u64 = 1 << 12;
+const MISC_ENABLE_XTPR_DISABLE: u64 = 1 << 23;
+
+fn intel_family(vendor: Vendor) -> bool {
+    matches!(vendor, Vendor::Intel | Vendor::Centaur | Vendor::Shanghai)
+}
+
 /// `rdmsr` from the guest kernel: the value, or `None` for #GP.
 pub fn read_msr<C: PrivilegedCpu + ?Sized>(cpu: &mut C, index: u32) -> Option<u64> {
     let vendor = vendor(cpu);
@@ -328,11 +349,8 @@ pub fn read_msr<C: PrivilegedCpu + ?Sized>(cpu: &mut C, index: u32) -> Option<u6
         // No CPUID faulting is offered (platform_info reads 0).
         MSR_INTEL_PLATFORM_INFO => 0,
         MSR_INTEL_MISC_FEATURES_ENABLES => cpu.virtual_cpu().misc_features_enables,
-        MSR_IA32_FEATURE_CONTROL
-            if matches!(vendor, Vendor::Intel | Vendor::Centaur | Vendor::Shanghai) =>
-        {
-            FEATURE_CONTROL_LOCK
-        }
+        MSR_IA32_FEATURE_CONTROL if intel_family(vendor) => FEATURE_CONTROL_LOCK,
+        MSR_IA32_MISC_ENABLE if intel_family(vendor) => GUEST_MISC_ENABLE,
         MSR_IA32_PERF_STATUS | MSR_IA32_PERF_CTL
             if matches!(vendor, Vendor::Intel | Vendor::Centaur) =>
         {
@@ -374,6 +392,9 @@ pub fn write_msr<C: PrivilegedCpu + ?Sized>(cpu: &mut C, index: u32, value: u64)
         }
         // Only the value it reads: Linux writes EFER back unchanged.
         MSR_EFER => value == guest_efer(cpu),
+        // As on Xen: a write that changes nothing is accepted, any other
+        // is #GP.
+        MSR_IA32_MISC_ENABLE => intel_family(vendor) && value == GUEST_MISC_ENABLE,
         MSR_INTEL_MISC_FEATURES_ENABLES => {
             // Every bit is reserved without CPUID faulting to offer.
             if value != 0 {
@@ -425,6 +446,8 @@ const PV_LEAF7_EDX: u32 = 0x0080_4410;
 const PV_EXT1_EDX: u32 = 0xea50_0800;
 const PV_EXT1_ECX: u32 = 0x4421_09e3;
 const LEAF1_ECX_XSAVE: u32 = 1 << 26;
+const LEAF7_EBX_ERMS: u32 = 1 << 9;
+const LEAF7_EDX_FSRM: u32 = 1 << 4;
 const LEAF1_ECX_OSXSAVE: u32 = 1 << 27;
 const LEAF1_ECX_HYPERVISOR: u32 = 1 << 31;
 
@@ -474,6 +497,11 @@ pub fn pv_cpuid<C: PrivilegedCpu + ?Sized>(
             r[1] &= PV_LEAF7_EBX;
             r[2] &= PV_LEAF7_ECX;
             r[3] &= PV_LEAF7_EDX;
+            // FSRM (fast short rep movsb) implies ERMS; a CPU offering it
+            // alone sends Linux's memmove down a path with no length checks.
+            if r[1] & LEAF7_EBX_ERMS == 0 {
+                r[3] &= !LEAF7_EDX_FSRM;
+            }
         }
         0x8000_0001 => {
             r[2] &= PV_EXT1_ECX;

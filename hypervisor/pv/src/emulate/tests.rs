@@ -207,7 +207,6 @@ fn rdmsr_refusals_bounce_gp_and_leave_registers() {
         MSR_K8_HWCR, // AMD's, on Intel
         0xc001_0000, // AMD counter, on Intel
         0x48,        // SPEC_CTRL: not emulated
-        0x1a0,       // MISC_ENABLE: needs the host's value
         0xc000_0081, // STAR
     ] {
         assert_eq!(rdmsr(&mut cpu, index), Outcome::BounceGp, "{index:#x}");
@@ -258,6 +257,38 @@ fn wrmsr_efer_only_unchanged() {
         wrmsr(&mut cpu, MSR_EFER, 0xd01 | (1 << 12)),
         Outcome::BounceGp
     );
+}
+
+#[test]
+fn misc_enable_shows_fast_strings_and_takes_only_its_value() {
+    let mut cpu = TestCpu::new();
+    let value = rdmsr_value(&mut cpu, MSR_IA32_MISC_ENABLE);
+    assert_eq!(value & 1, 1, "fast strings on, or Linux drops ERMS");
+    assert_eq!(value & (1 << 7), 0, "performance monitoring hidden");
+    assert_eq!(value & (1 << 18), 0, "MONITOR/MWAIT hidden");
+    assert_eq!(wrmsr(&mut cpu, MSR_IA32_MISC_ENABLE, value), emulated(2));
+    assert_eq!(
+        wrmsr(&mut cpu, MSR_IA32_MISC_ENABLE, value & !1),
+        Outcome::BounceGp
+    );
+    cpu.leaves.insert((0, 0), vendor_leaf(b"AuthenticAMD", 0xd));
+    assert_eq!(rdmsr(&mut cpu, MSR_IA32_MISC_ENABLE), Outcome::BounceGp);
+    assert_eq!(
+        wrmsr(&mut cpu, MSR_IA32_MISC_ENABLE, value),
+        Outcome::BounceGp
+    );
+}
+
+#[test]
+fn fsrm_is_offered_only_with_erms() {
+    let mut cpu = TestCpu::new();
+    // ERMS (EBX 9) and FSRM (EDX 4) together: both shown.
+    cpu.leaves.insert((7, 0), [0, 1 << 9, 0, 1 << 4]);
+    let l7 = forced_cpuid(&mut cpu, 7, 0);
+    assert_eq!((l7[1] & (1 << 9), l7[3] & (1 << 4)), (1 << 9, 1 << 4));
+    // FSRM alone: hidden.
+    cpu.leaves.insert((7, 0), [0, 0, 0, 1 << 4]);
+    assert_eq!(forced_cpuid(&mut cpu, 7, 0)[3] & (1 << 4), 0);
 }
 
 #[test]

@@ -6,7 +6,7 @@
 //! MMU refuses, or an instruction it does not emulate, leaves the #PF to
 //! be bounced to the guest, as on Xen.
 
-use tracing::trace;
+use tracing::{debug, trace};
 use vm_memory::GuestMemoryMmap;
 
 use kxen_pv::ptwr::{emulate_pt_write, Gprs};
@@ -45,7 +45,16 @@ impl Vcpu {
         });
         let (write, effects) = match outcome {
             Some(done) => done,
-            None => return Ok(false),
+            None => {
+                debug!(
+                    vcpu = self.id,
+                    rip = format_args!("{:#x}", hw.rip),
+                    cr2 = format_args!("{cr2:#x}"),
+                    gpa = format_args!("{gpa:#x}"),
+                    "kernel write fault left to the guest"
+                );
+                return Ok(false);
+            }
         };
         let r = self.kvm.regs_mut();
         if let Some((reg, value)) = write.load {
