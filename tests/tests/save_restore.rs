@@ -36,7 +36,11 @@ fn verify_stream(image: &Path) {
         image.display(),
         String::from_utf8_lossy(&output.stderr)
     );
-    for record in ["Page Data records", "Libxc Record: HVM context", "Libxl Record: Emulator context"] {
+    for record in [
+        "Page Data records",
+        "Libxc Record: HVM context",
+        "Libxl Record: Emulator context",
+    ] {
         assert!(stdout.contains(record), "no {record:?} in:\n{stdout}");
     }
 }
@@ -64,7 +68,10 @@ fn saved_test_guest_is_verified_and_serves_after_restore() {
     let image = d.dir.join("sv.save");
     let out = d.kxl(&["save", "sv", image.to_str().unwrap()]);
     assert!(out.status.success(), "kxl save: {}", show(&out));
-    assert!(!domain_listed(&d, "sv"), "save without -c destroys the domain");
+    assert!(
+        !domain_listed(&d, "sv"),
+        "save without -c destroys the domain"
+    );
     verify_stream(&image);
 
     let out = d.kxl(&["restore", image.to_str().unwrap()]);
@@ -116,12 +123,21 @@ fn truncated_and_corrupt_images_are_refused() {
     ] {
         let out = d.kxl(&["restore", file.to_str().unwrap()]);
         let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(1), "{}: {}", file.display(), show(&out));
+        assert_eq!(
+            out.status.code(),
+            Some(1),
+            "{}: {}",
+            file.display(),
+            show(&out)
+        );
         assert!(
             stderr.contains(why),
             "{}: the error does not say {why:?}: {stderr}",
             file.display()
         );
-        assert!(!domain_listed(&d, "bad"), "a refused image leaves no domain");
+        assert!(
+            !domain_listed(&d, "bad"),
+            "a refused image leaves no domain"
+        );
     }
 }

@@ -130,7 +130,8 @@ pub fn save(h: &ControlHandles) -> Result<Vec<u8>, StateError> {
     }
     let ioapic = platform::save_ioapic(&kvm_platform.ioapic);
     entries.push((HVM_SAVE_CODE_IOAPIC, 0, ioapic.as_bytes().to_vec()));
-    let pit = platform::save_pit(&kvm_platform.pit).map_err(|e| StateError::Platform(e.to_string()))?;
+    let pit =
+        platform::save_pit(&kvm_platform.pit).map_err(|e| StateError::Platform(e.to_string()))?;
     entries.push((HVM_SAVE_CODE_PIT, 0, pit.as_bytes().to_vec()));
     let (pci_irqs, isa_irqs, pci_link) = irq::save_irq_records();
     entries.push((HVM_SAVE_CODE_PCI_IRQ, 0, pci_irqs.as_bytes().to_vec()));
@@ -273,14 +274,16 @@ pub fn load(h: &ControlHandles, bytes: &[u8]) -> Result<(), StateError> {
         match (code, entry.instance) {
             (HVM_SAVE_CODE_PIC, chip @ (0 | 1)) => {
                 kvm_platform.pics[chip as usize] =
-                    platform::load_pic(&read(entry, "PIC")?, chip as usize).map_err(|e| platform_err(&e))?;
+                    platform::load_pic(&read(entry, "PIC")?, chip as usize)
+                        .map_err(|e| platform_err(&e))?;
             }
             (HVM_SAVE_CODE_IOAPIC, 0) => {
                 kvm_platform.ioapic =
                     platform::load_ioapic(&read(entry, "IOAPIC")?).map_err(|e| platform_err(&e))?;
             }
             (HVM_SAVE_CODE_PIT, 0) => {
-                kvm_platform.pit = platform::load_pit(&read(entry, "PIT")?).map_err(|e| platform_err(&e))?;
+                kvm_platform.pit =
+                    platform::load_pit(&read(entry, "PIT")?).map_err(|e| platform_err(&e))?;
             }
             (HVM_SAVE_CODE_PCI_IRQ | HVM_SAVE_CODE_ISA_IRQ | HVM_SAVE_CODE_PCI_LINK, 0) => {}
             (code, instance) => {
@@ -325,7 +328,10 @@ pub fn load(h: &ControlHandles, bytes: &[u8]) -> Result<(), StateError> {
             )));
         }
     }
-    if per_vcpu.get(1..).is_some_and(|aps| aps.iter().any(|l| !l.is_empty())) {
+    if per_vcpu
+        .get(1..)
+        .is_some_and(|aps| aps.iter().any(|l| !l.is_empty()))
+    {
         return Err(StateError::Context(
             "restoring a domain with more than one started vCPU is not supported yet".into(),
         ));

@@ -145,7 +145,13 @@ fn port_state(p: &PortSnapshot) -> Result<PortState, SnapshotError> {
 
 /// A guest-physical address of a `len`-byte area the domain registered:
 /// it must lie in RAM (the special window included) in one page.
-fn check_area(domain: &Domain, vcpu: u32, what: &str, gpa: u64, len: u64) -> Result<(), SnapshotError> {
+fn check_area(
+    domain: &Domain,
+    vcpu: u32,
+    what: &str,
+    gpa: u64,
+    len: u64,
+) -> Result<(), SnapshotError> {
     let in_page = gpa & 0xfff;
     let fits = in_page.checked_add(len).is_some_and(|end| end <= 0x1000);
     if !fits || gpa >> 12 > (1 << 40) || !domain.is_guest_memory(gpa >> 12) {
@@ -167,9 +173,7 @@ impl Domain {
         let st = self.lock();
         let vcpus = (0..self.cfg.nr_vcpus)
             .map(|vcpu| {
-                let rs = self
-                    .current_runstate(&st, vcpu)
-                    .unwrap_or_default();
+                let rs = self.current_runstate(&st, vcpu).unwrap_or_default();
                 let v = &st.vcpus[vcpu as usize];
                 VcpuSnapshot {
                     vcpu_info_gpa: v.vcpu_info_gpa,
@@ -204,7 +208,11 @@ impl Domain {
                 .filter(|(_, v)| **v != 0)
                 .map(|(i, v)| (i as u32, *v))
                 .collect(),
-            ports: st.ports.entries().map(|(p, e)| port_snapshot(p, e)).collect(),
+            ports: st
+                .ports
+                .entries()
+                .map(|(p, e)| port_snapshot(p, e))
+                .collect(),
             shared_info_gfn: st.shared_info_gfn,
             shared_info_overlay: st.shared_info_overlay,
             vcpus,
@@ -220,9 +228,7 @@ impl Domain {
     /// area may sit in either).
     fn is_guest_memory(&self, gfn: u64) -> bool {
         use vm_memory::{GuestAddress, GuestAddressSpace, GuestMemoryBackend};
-        self.mem
-            .memory()
-            .address_in_range(GuestAddress(gfn << 12))
+        self.mem.memory().address_in_range(GuestAddress(gfn << 12))
     }
 
     /// Take over a saved domain's Xen state, before any vCPU runs. Every
@@ -352,7 +358,13 @@ impl Domain {
                 why: why.into(),
             };
             if let Some(gpa) = v.vcpu_info_gpa {
-                check_area(self, vcpu, "vcpu_info", gpa, xen_abi::shared_info::VCPU_INFO_SIZE as u64)?;
+                check_area(
+                    self,
+                    vcpu,
+                    "vcpu_info",
+                    gpa,
+                    xen_abi::shared_info::VCPU_INFO_SIZE as u64,
+                )?;
             }
             if let Some(gpa) = v.runstate_gpa {
                 check_area(self, vcpu, "runstate area", gpa, 48)?;
@@ -384,13 +396,19 @@ impl Domain {
         if st.shared_info_overlay {
             self.platform.unmap_overlay(st.shared_info_gfn);
         }
-        for gfn in st.grants.frames.iter().chain(&st.grants.status_frames).flatten() {
+        for gfn in st
+            .grants
+            .frames
+            .iter()
+            .chain(&st.grants.status_frames)
+            .flatten()
+        {
             self.platform.unmap_overlay(*gfn);
         }
         let map = |gfn: u64, frame| {
-            self.platform
-                .map_overlay(gfn, frame)
-                .map_err(|errno| SnapshotError::Grants(format!("placing a frame at GFN {gfn:#x}: errno {errno}")))
+            self.platform.map_overlay(gfn, frame).map_err(|errno| {
+                SnapshotError::Grants(format!("placing a frame at GFN {gfn:#x}: errno {errno}"))
+            })
         };
         if snap.shared_info_overlay {
             map(snap.shared_info_gfn, crate::OverlayFrame::SharedInfo)

@@ -5,9 +5,16 @@
 
 use super::*;
 
+/// Loads a saved image through a new VMM's control socket (`kxl restore`).
+pub(super) type RestoreLoader<'a> = dyn Fn(&Path) -> Result<(), String> + 'a;
+
 impl Daemon {
     /// Create and start a domain; returns its domid.
-    pub fn create(self: &Arc<Self>, config: DomainConfig, paused: bool) -> Result<u32, CreateError> {
+    pub fn create(
+        self: &Arc<Self>,
+        config: DomainConfig,
+        paused: bool,
+    ) -> Result<u32, CreateError> {
         self.create_with(config, paused, None)
     }
 
@@ -18,7 +25,7 @@ impl Daemon {
         self: &Arc<Self>,
         mut config: DomainConfig,
         paused: bool,
-        restore: Option<&dyn Fn(&Path) -> Result<(), String>>,
+        restore: Option<&RestoreLoader<'_>>,
     ) -> Result<u32, CreateError> {
         config
             .fill_defaults()

@@ -18,7 +18,9 @@
 
 use std::os::unix::fs::FileExt;
 
-use kxen_stream::libxc::{DomainHeader, GuestType, HvmParamEntry, LibxcRecord, Page, PageType, TscInfo};
+use kxen_stream::libxc::{
+    DomainHeader, GuestType, HvmParamEntry, LibxcRecord, Page, PageType, TscInfo,
+};
 use kxen_stream::libxl::{EmulatorId, LibxlReader, LibxlRecord, LibxlWriter};
 use kxen_stream::Limits;
 use kxen_vmm_api::image::{self, VmmImage};
@@ -310,7 +312,10 @@ fn load_image(input: impl Read, control: &Path) -> Result<(), String> {
                         .iter()
                         .find_map(|r| r.offset_of_page(gpa))
                         .ok_or_else(|| {
-                            format!("bad image: page {:#x} is outside the domain's memory", entry.pfn)
+                            format!(
+                                "bad image: page {:#x} is outside the domain's memory",
+                                entry.pfn
+                            )
                         })?;
                     memfd
                         .write_all_at(&page, offset)

@@ -16,7 +16,9 @@ use xen_abi::hvm_save::{
 use zerocopy::{FromBytes, IntoBytes};
 
 use super::kvm::KvmVcpu;
-use crate::save::kvm::{read_mtrr_msrs, read_vcpu_state, read_xsave, write_mtrr_msrs, write_vcpu_state, write_xsave};
+use crate::save::kvm::{
+    read_mtrr_msrs, read_vcpu_state, read_xsave, write_mtrr_msrs, write_vcpu_state, write_xsave,
+};
 use crate::save::xsave::XstateLayout;
 use crate::save::{cpu, mtrr, xsave, XenVcpuRecords};
 
@@ -56,7 +58,10 @@ fn save(kvm: &mut KvmVcpu, has_run: bool) -> VcpuJobResult {
     Ok(vec![
         (HVM_SAVE_CODE_CPU, records.cpu.as_bytes().to_vec()),
         (HVM_SAVE_CODE_LAPIC, records.lapic.as_bytes().to_vec()),
-        (HVM_SAVE_CODE_LAPIC_REGS, records.lapic_regs.as_bytes().to_vec()),
+        (
+            HVM_SAVE_CODE_LAPIC_REGS,
+            records.lapic_regs.as_bytes().to_vec(),
+        ),
         (HVM_SAVE_CODE_MTRR, mtrr::save(&mtrrs).as_bytes().to_vec()),
         (HVM_SAVE_CODE_CPU_XSAVE, xsave_entry),
     ])
