@@ -20,6 +20,7 @@ use tracing::{error, info, warn};
 mod clients;
 mod info;
 mod lifecycle;
+mod saverestore;
 mod scheduling;
 
 // The parts share each other's helpers through the parent.

@@ -64,6 +64,9 @@ pub enum CreateError {
     /// kxen-vmm ended while the domain was being built; its own words.
     #[error("{0}")]
     Vmm(String),
+    /// A restore image that could not be loaded onto the new domain.
+    #[error("{0}")]
+    Restore(String),
     #[error("kxen-vmm did not open its control socket within {0} s")]
     VmmSilent(u64),
     #[error("cannot attach to kxen-vmm: {0}")]

@@ -55,6 +55,34 @@ enum Cmd {
         wait: bool,
         domain: String,
     },
+    /// Save a domain state to restore later.
+    Save {
+        /// Leave the domain running after creating the snapshot.
+        #[arg(short = 'c')]
+        checkpoint: bool,
+        /// Leave the domain paused after creating the snapshot.
+        #[arg(short = 'p')]
+        paused: bool,
+        domain: String,
+        file: String,
+        /// A config to store in place of the domain's (not supported yet).
+        config: Option<String>,
+    },
+    /// Restore a domain from a saved state.
+    Restore {
+        /// Do not unpause the domain after restoring it.
+        #[arg(short = 'p')]
+        paused: bool,
+        /// Connect to the console after the domain is restored.
+        #[arg(short = 'c')]
+        console: bool,
+        /// Do not wait in the background for the domain's death.
+        #[arg(short = 'e')]
+        no_wait: bool,
+        /// `[CFG] FILE`.
+        #[arg(num_args = 1..=2)]
+        args: Vec<String>,
+    },
     /// Pause execution of a domain.
     Pause { domain: String },
     /// Unpause a paused domain.
@@ -209,6 +237,13 @@ fn all_known(all: &[DomainEntry], wanted: &[String]) -> Result<(), ExitCode> {
 }
 
 /// Run a request whose only output is success or xl's error message.
+/// `path` made absolute against our working directory: kxend has its own.
+fn absolute(path: &str) -> String {
+    std::path::absolute(path)
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|_| path.to_string())
+}
+
 fn simple(req: Request) -> ExitCode {
     match call(req) {
         Ok(r) if r.ok => ExitCode::SUCCESS,
@@ -353,6 +388,49 @@ fn main() -> ExitCode {
                 return wait_gone(&domain);
             }
             code
+        }
+        Cmd::Save {
+            checkpoint,
+            paused,
+            domain,
+            file,
+            config,
+        } => {
+            if config.is_some() {
+                return fail("kxl save: storing a replacement config is not supported yet");
+            }
+            let path = absolute(&file);
+            eprintln!("Saving to {path} new xl format");
+            simple(Request::Save {
+                domain,
+                path,
+                checkpoint,
+                leave_paused: paused,
+            })
+        }
+        Cmd::Restore {
+            paused,
+            console,
+            no_wait: _,
+            args,
+        } => {
+            let [file] = args.as_slice() else {
+                return fail("kxl restore: a replacement config is not supported yet");
+            };
+            let path = absolute(file);
+            eprintln!("Loading new save file {path} (new xl fmt info 0x3/0x0)");
+            let reply = match call(Request::Restore { path, paused }) {
+                Ok(r) => r,
+                Err(code) => return code,
+            };
+            if !reply.ok {
+                return fail(format::error_message(&reply));
+            }
+            if console {
+                let domid = reply.domid.unwrap_or(0).to_string();
+                return console_cmd(&domid, None);
+            }
+            ExitCode::SUCCESS
         }
         Cmd::Pause { domain } => simple(Request::Pause { domain }),
         Cmd::Unpause { domain } => simple(Request::Unpause { domain }),

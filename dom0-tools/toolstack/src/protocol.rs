@@ -121,6 +121,20 @@ pub enum Request {
         weight: Option<i64>,
         cap: Option<i64>,
     },
+    /// `xl save [-c] [-p] DOMAIN FILE`: write the domain to `path` (kxend
+    /// writes it); then destroy it unless `checkpoint` (runs on) or
+    /// `leave_paused`.
+    Save {
+        domain: DomainRef,
+        path: String,
+        checkpoint: bool,
+        leave_paused: bool,
+    },
+    /// `xl restore [-p] FILE`: a new domain from the file at `path`.
+    Restore {
+        path: String,
+        paused: bool,
+    },
     /// `xl vcpu-pin DOMAIN VCPU HARD [SOFT]`, the arguments as typed
     /// (kxend reads them as xl does, against the host's CPUs): HARD or
     /// SOFT `-` leaves that affinity as it is.

@@ -200,6 +200,37 @@ impl VmmClient {
         self.plain(Request::Destroy)
     }
 
+    /// The paused domain's state ([`crate::image`]), read from the memfd
+    /// the reply carries.
+    pub fn save_state(&mut self) -> Result<Vec<u8>, ClientError> {
+        use std::os::unix::fs::FileExt;
+        let (reply, fds) = self.call(&Request::SaveState)?;
+        let [memfd] = exactly::<1>("save-state", fds)?;
+        let size = reply.size.ok_or(ClientError::Missing {
+            op: "save-state",
+            what: "size",
+        })?;
+        if size > crate::image::MAX_IMAGE as u64 {
+            return Err(ClientError::Refused(format!(
+                "save-state: {size} bytes of state is more than allowed"
+            )));
+        }
+        let mut bytes = vec![0u8; size as usize];
+        std::fs::File::from(memfd).read_exact_at(&mut bytes, 0)?;
+        Ok(bytes)
+    }
+
+    /// Hand `image` to the paused, never-run domain and load it.
+    pub fn load_state(&mut self, image: &[u8]) -> Result<(), ClientError> {
+        use std::os::unix::fs::FileExt;
+        let (_, fds) = self.call(&Request::RestoreBuffer {
+            len: image.len() as u64,
+        })?;
+        let [memfd] = exactly::<1>("restore-buffer", fds)?;
+        std::fs::File::from(memfd).write_all_at(image, 0)?;
+        self.plain(Request::LoadState)
+    }
+
     pub fn memfd(&mut self) -> Result<GuestMemfd, ClientError> {
         let (reply, fds) = self.call(&Request::Memfd)?;
         let [memfd] = exactly::<1>("memfd", fds)?;

@@ -33,6 +33,9 @@
 //! | `{"op":"evtchn-bind","guest_port":P}` | `"dom0_port":D` | the eventfd the guest's sends on P write |
 //! | `{"op":"evtchn-alloc-unbound"}` | `"dom0_port":D`; the guest binds D with EVTCHNOP_bind_interdomain | its eventfd |
 //! | `{"op":"evtchn-close","dom0_port":D}` | the guest's end becomes unbound | |
+//! | `{"op":"save-state"}` | paused domain only: `"size":N` | a memfd holding N bytes of [`image`] |
+//! | `{"op":"restore-buffer","len":N}` | | a memfd of N bytes (at most [`image::MAX_IMAGE`]) to write an [`image`] into |
+//! | `{"op":"load-state"}` | paused, never run: loads the restore buffer's image, or says why not | |
 //! | `{"op":"virtio-attach",`[`VirtioAttach`]`}` | HVM with `--virtio`; replaces an earlier attach of the slot | link socket, call, error, then one kick eventfd per queue |
 //!
 //! Dom0 ports a connection opened and did not close are closed when it
@@ -56,6 +59,7 @@
 //! [`VmmClient`]: client::VmmClient
 
 pub mod client;
+pub mod image;
 pub mod launch;
 pub mod log;
 pub mod memfd;

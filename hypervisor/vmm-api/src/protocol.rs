@@ -39,6 +39,20 @@ pub enum Request {
     EvtchnClose {
         dom0_port: u32,
     },
+    /// The paused domain's state ([`crate::image`]) in a memfd; its length
+    /// is the reply's `size`. Memory is not in it: Dom0 reads the guest
+    /// memfd.
+    #[serde(rename = "save-state")]
+    SaveState,
+    /// A memfd of `len` bytes for a [`Request::LoadState`] image.
+    #[serde(rename = "restore-buffer")]
+    RestoreBuffer {
+        len: u64,
+    },
+    /// Load the image written into the restore buffer onto this paused,
+    /// never-unpaused domain, whose memory Dom0 has filled.
+    #[serde(rename = "load-state")]
+    LoadState,
     /// Connect kxend's data plane to an HVM virtio-mmio slot.
     #[serde(rename = "virtio-attach")]
     VirtioAttach(VirtioAttach),

@@ -43,6 +43,8 @@ pub struct ControlHandles {
     /// When the process started, for the uptime.
     pub started: Instant,
     pub max_memory_kib: u64,
+    /// The memfd of the last `restore-buffer` request, until `load-state`.
+    pub restore_buffer: std::sync::Mutex<Option<std::fs::File>>,
 }
 
 impl ControlHandles {
@@ -177,6 +179,9 @@ impl ControlServer {
         let h = &self.handles;
         let (reply, fds, _owned) = match wire::parse_request(line) {
             Ok(Request::VirtioAttach(req)) => virtio_attach(h, &req),
+            Ok(req @ (Request::SaveState | Request::RestoreBuffer { .. } | Request::LoadState)) => {
+                save_restore(h, &req)
+            }
             Ok(req) => match handle_events(h, &req, &mut client.opened) {
                 Some(r) => r,
                 None => {
@@ -263,6 +268,83 @@ fn virtio_attach(h: &ControlHandles, req: &kxen_vmm_api::protocol::VirtioAttach)
 }
 
 /// The event-channel requests; None for the others.
+fn new_memfd(len: u64) -> std::io::Result<std::fs::File> {
+    let fd = nix::sys::memfd::memfd_create(
+        c"kxen-domain-state",
+        nix::sys::memfd::MFdFlags::MFD_CLOEXEC,
+    )?;
+    let file = std::fs::File::from(fd);
+    file.set_len(len)?;
+    Ok(file)
+}
+
+/// `save-state`, `restore-buffer` and `load-state` (`crate::state`).
+fn save_restore(h: &ControlHandles, req: &Request) -> EventReply {
+    use std::os::unix::fs::FileExt;
+    debug!(?req, "control request");
+    let refuse = |msg: String| (Reply::error(msg), vec![], None);
+    match *req {
+        Request::SaveState => {
+            let bytes = match crate::state::save(h) {
+                Ok(bytes) => bytes,
+                Err(e) => return refuse(format!("save: {e}")),
+            };
+            let file = match new_memfd(bytes.len() as u64)
+                .and_then(|f| f.write_all_at(&bytes, 0).map(|()| f))
+            {
+                Ok(file) => file,
+                Err(e) => return refuse(format!("save: state memfd: {e}")),
+            };
+            let mut reply = Reply::ok();
+            reply.size = Some(bytes.len() as u64);
+            let raw = file.as_raw_fd();
+            (reply, vec![raw], Some(Box::new(file)))
+        }
+        Request::RestoreBuffer { len } => {
+            if len == 0 || len > kxen_vmm_api::image::MAX_IMAGE as u64 {
+                return refuse(format!(
+                    "restore-buffer: {len} bytes (1 to {} allowed)",
+                    kxen_vmm_api::image::MAX_IMAGE
+                ));
+            }
+            let file = match new_memfd(len) {
+                Ok(file) => file,
+                Err(e) => return refuse(format!("restore-buffer: {e}")),
+            };
+            let raw = match file.try_clone() {
+                Ok(dup) => dup,
+                Err(e) => return refuse(format!("restore-buffer: {e}")),
+            };
+            *h.restore_buffer.lock().unwrap_or_else(|e| e.into_inner()) = Some(file);
+            let fd = raw.as_raw_fd();
+            (Reply::ok(), vec![fd], Some(Box::new(raw)))
+        }
+        Request::LoadState => {
+            let Some(file) = h
+                .restore_buffer
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .take()
+            else {
+                return refuse("load-state: no restore-buffer was requested".into());
+            };
+            let len = match file.metadata() {
+                Ok(m) => m.len().min(kxen_vmm_api::image::MAX_IMAGE as u64) as usize,
+                Err(e) => return refuse(format!("load-state: {e}")),
+            };
+            let mut bytes = vec![0u8; len];
+            if let Err(e) = file.read_exact_at(&mut bytes, 0) {
+                return refuse(format!("load-state: reading the buffer: {e}"));
+            }
+            match crate::state::load(h, &bytes) {
+                Ok(()) => (Reply::ok(), vec![], None),
+                Err(e) => refuse(format!("restore: {e}")),
+            }
+        }
+        _ => refuse("unreachable".into()),
+    }
+}
+
 fn handle_events(h: &ControlHandles, req: &Request, opened: &mut Vec<u32>) -> Option<EventReply> {
     let channel = |res: Result<(u32, vmm_sys_util::eventfd::EventFd), EventError>,
                    opened: &mut Vec<u32>| match res {
@@ -348,6 +430,9 @@ fn handle(h: &ControlHandles, req: Request) -> (Reply, Vec<i32>) {
         | Request::EvtchnBind { .. }
         | Request::EvtchnAllocUnbound
         | Request::EvtchnClose { .. }
+        | Request::SaveState
+        | Request::RestoreBuffer { .. }
+        | Request::LoadState
         | Request::VirtioAttach(_) => (Reply::error("unreachable"), vec![]),
     }
 }

@@ -45,6 +45,7 @@ pub mod pv_m2p;
 pub mod routing;
 pub mod save;
 pub mod seccomp;
+pub mod state;
 pub mod syscall_bridge;
 pub mod vcpu;
 pub mod virtio;

@@ -109,7 +109,8 @@ impl Layout {
         self.ram_bytes
     }
 
-    fn pool_offset(&self, frame: OverlayFrame) -> u64 {
+    /// memfd offset of a pool frame.
+    pub fn pool_offset(&self, frame: OverlayFrame) -> u64 {
         let index = match frame {
             OverlayFrame::SharedInfo => 0,
             OverlayFrame::GrantTable(i) => 1 + i as u64,
@@ -280,6 +281,11 @@ impl GuestMemory {
             offset: self.layout.special_offset(),
         });
         out
+    }
+
+    /// The VM, for the in-kernel irqchip and PIT state of a save.
+    pub fn vm(&self) -> &VmFd {
+        &self.vm
     }
 
     pub fn snapshot(&self) -> vm_memory::GuestMemoryLoadGuard<GuestMemoryMmap> {

@@ -25,9 +25,10 @@ use std::collections::BTreeMap;
 use std::sync::OnceLock;
 
 use kvm_bindings::{
-    kvm_clock_data, kvm_cpuid2, kvm_fpu, kvm_ioeventfd, kvm_irq_level, kvm_irq_routing, kvm_irqfd,
-    kvm_lapic_state, kvm_mp_state, kvm_msi, kvm_msrs, kvm_regs, kvm_sregs, kvm_translation,
-    kvm_userspace_memory_region, kvm_vcpu_events,
+    kvm_clock_data, kvm_cpuid2, kvm_debugregs, kvm_fpu, kvm_ioeventfd, kvm_irq_level,
+    kvm_irq_routing, kvm_irqchip, kvm_irqfd, kvm_lapic_state, kvm_mp_state, kvm_msi, kvm_msrs,
+    kvm_pit_state2, kvm_regs, kvm_sregs, kvm_translation, kvm_userspace_memory_region,
+    kvm_vcpu_events, kvm_xcrs, kvm_xsave,
 };
 use seccompiler::{
     BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
@@ -245,6 +246,18 @@ const KVM_IRQFD: u64 = iow::<kvm_irqfd>(0x76);
 const KVM_IOEVENTFD: u64 = iow::<kvm_ioeventfd>(0x79);
 const KVM_GET_CLOCK: u64 = ior::<kvm_clock_data>(0x7c);
 const KVM_SIGNAL_MSI: u64 = iow::<kvm_msi>(0xa5);
+// A save or restore (`crate::state`): the irqchip and PIT from the
+// control thread, the rest of a vCPU's state from its own thread.
+const KVM_GET_IRQCHIP: u64 = iowr::<kvm_irqchip>(0x62);
+const KVM_SET_IRQCHIP: u64 = ior::<kvm_irqchip>(0x63);
+const KVM_GET_PIT2: u64 = ior::<kvm_pit_state2>(0x9f);
+const KVM_SET_PIT2: u64 = iow::<kvm_pit_state2>(0xa0);
+const KVM_GET_DEBUGREGS: u64 = ior::<kvm_debugregs>(0xa1);
+const KVM_SET_DEBUGREGS: u64 = iow::<kvm_debugregs>(0xa2);
+const KVM_GET_XSAVE: u64 = ior::<kvm_xsave>(0xa4);
+const KVM_SET_XSAVE: u64 = iow::<kvm_xsave>(0xa5);
+const KVM_GET_XCRS: u64 = ior::<kvm_xcrs>(0xa6);
+const KVM_SET_XCRS: u64 = iow::<kvm_xcrs>(0xa7);
 /// Non-blocking mode on a socket (std's `set_nonblocking`).
 const FIONBIO: u64 = 0x5421;
 /// Close-on-exec (std sets it on received file descriptors).
@@ -291,10 +304,23 @@ const VCPU_IOCTLS: &[u64] = &[
     KVM_GET_VCPU_EVENTS,
     KVM_SET_VCPU_EVENTS,
     KVM_GET_TSC_KHZ,
+    KVM_GET_DEBUGREGS,
+    KVM_SET_DEBUGREGS,
+    KVM_GET_XSAVE,
+    KVM_SET_XSAVE,
+    KVM_GET_XCRS,
+    KVM_SET_XCRS,
 ];
 
-/// Service threads: the standalone console switches the terminal mode.
-const SERVICE_IOCTLS: &[u64] = &[TCSETS];
+/// Service threads: the standalone console switches the terminal mode;
+/// a save or restore moves the irqchip and PIT.
+const SERVICE_IOCTLS: &[u64] = &[
+    TCSETS,
+    KVM_GET_IRQCHIP,
+    KVM_SET_IRQCHIP,
+    KVM_GET_PIT2,
+    KVM_SET_PIT2,
+];
 
 /// Calls every thread makes: memory, locks, time, signals (the vCPU kick),
 /// reads and writes on descriptors it already holds, thread exit.
@@ -354,6 +380,9 @@ const COMMON_SYSCALLS: &[i64] = &[
 /// and send descriptors), new threads for control clients, the exit file,
 /// waiting for SIGTERM.
 const SERVICE_SYSCALLS: &[i64] = &[
+    // The state memfds of a save or restore.
+    libc::SYS_memfd_create,
+    libc::SYS_ftruncate,
     libc::SYS_accept4,
     libc::SYS_recvmsg,
     libc::SYS_sendmsg,

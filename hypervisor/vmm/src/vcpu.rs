@@ -37,6 +37,7 @@ mod pv_exits;
 mod pv_ptwr;
 pub mod pvm;
 pub mod shared;
+pub mod snapshot;
 pub mod triple_fault;
 
 use shared::VcpuShared;
@@ -261,7 +262,10 @@ impl Vcpu {
         if !domain.wait_online(self.id) {
             return VcpuState::Stopped(None);
         }
-        if !self.rt.enter_guest() {
+        let rt = self.rt.clone();
+        let has_run = self.started;
+        let kvm = &mut self.kvm;
+        if !rt.enter_guest(self.id, &mut |job| snapshot::run_job(kvm, has_run, job)) {
             return VcpuState::Stopped(None);
         }
         let state = self.run_and_serve_exit();

@@ -195,6 +195,11 @@ pub struct Domain {
     /// domain stops: blocked and polling vCPUs re-check their condition.
     pub wake: Condvar,
     stopping: AtomicBool,
+    /// A save is collecting the vCPUs: waits inside the hypervisor
+    /// (SCHEDOP_block/poll) end at once, so every vCPU reaches the paused
+    /// guest entry gate with its hypercall answered (see
+    /// [`Domain::release_waiters`]).
+    releasing_waiters: AtomicBool,
     /// Mirror of each vCPU's `online` flag, read on every exit without
     /// taking the state lock.
     online: Vec<AtomicBool>,
@@ -239,6 +244,7 @@ impl Domain {
             state: Mutex::new(state),
             wake: Condvar::new(),
             stopping: AtomicBool::new(false),
+            releasing_waiters: AtomicBool::new(false),
             online: (0..cfg_vcpus).map(|i| AtomicBool::new(i == 0)).collect(),
             hypercalls: AtomicU64::new(0),
             fifo: Mutex::new(None),
@@ -274,6 +280,17 @@ impl Domain {
 
     pub fn is_stopping(&self) -> bool {
         self.stopping.load(Ordering::SeqCst)
+    }
+
+    /// While `release` is true, a vCPU waiting in SCHEDOP_block or
+    /// SCHEDOP_poll returns 0 at once, as if woken: a save needs every vCPU
+    /// out of its hypercall, and Linux and the test guest treat a block
+    /// that returns without an event as a spurious wake-up (they check
+    /// their work and block again).
+    pub fn release_waiters(&self, release: bool) {
+        self.releasing_waiters.store(release, Ordering::SeqCst);
+        let _st = self.lock();
+        self.wake.notify_all();
     }
 
     /// Record the guest TSC offset of `vcpu`, measured by the VMM.
@@ -653,9 +670,10 @@ impl Domain {
         let mem = self.mem.memory();
         let base = st.shared_info_gfn << 12;
         let mut body = [0u8; 12];
-        body[0..4].copy_from_slice(&(self.clock.boot_wall_sec as u32).to_le_bytes());
-        body[4..8].copy_from_slice(&self.clock.boot_wall_nsec.to_le_bytes());
-        body[8..12].copy_from_slice(&((self.clock.boot_wall_sec >> 32) as u32).to_le_bytes());
+        let (wall_sec, wall_nsec) = self.clock.boot_wall();
+        body[0..4].copy_from_slice(&(wall_sec as u32).to_le_bytes());
+        body[4..8].copy_from_slice(&wall_nsec.to_le_bytes());
+        body[8..12].copy_from_slice(&((wall_sec >> 32) as u32).to_le_bytes());
         // wc_version precedes wc_sec, wc_nsec, wc_sec_hi: one versioned record.
         let mut record = [0u8; 16];
         record[4..].copy_from_slice(&body);
@@ -814,7 +832,10 @@ impl Domain {
         mut done: impl FnMut(&Domain, &DomainState) -> bool,
     ) -> MutexGuard<'a, DomainState> {
         loop {
-            if done(self, &st) || self.is_stopping() {
+            if done(self, &st)
+                || self.is_stopping()
+                || self.releasing_waiters.load(Ordering::SeqCst)
+            {
                 return st;
             }
             st = match deadline_ns {

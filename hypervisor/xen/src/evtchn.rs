@@ -240,6 +240,43 @@ impl PortTable {
         }
     }
 
+    /// Every port in use, with its state (for a save).
+    pub fn entries(&self) -> impl Iterator<Item = (u32, Port)> + '_ {
+        self.ports
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| !matches!(p.state, PortState::Free | PortState::Reserved))
+            .map(|(i, p)| (i as u32, *p))
+    }
+
+    /// Put `entry` at `port` of a table being restored: the port must be in
+    /// range and free, its vCPU must exist, and a VIRQ must be in range and
+    /// not bound twice on its vCPU. Errors are -errno.
+    pub fn restore_entry(&mut self, port: u32, entry: Port) -> EvtchnResult<()> {
+        if entry.notify_vcpu >= self.nr_vcpus() {
+            return Err(-xen_abi::errno::ENOENT);
+        }
+        if self.get(port)?.state != PortState::Free {
+            return Err(-xen_abi::errno::EEXIST);
+        }
+        match entry.state {
+            PortState::Free | PortState::Reserved => return Err(-xen_abi::errno::EINVAL),
+            PortState::Virq { virq } => {
+                if virq >= NR_VIRQS || (!virq_is_per_vcpu(virq) && entry.notify_vcpu != 0) {
+                    return Err(-xen_abi::errno::EINVAL);
+                }
+                let slot = &mut self.virq_ports[entry.notify_vcpu as usize][virq as usize];
+                if *slot != 0 {
+                    return Err(-xen_abi::errno::EEXIST);
+                }
+                *slot = port;
+            }
+            _ => {}
+        }
+        self.ports[port as usize] = entry;
+        Ok(())
+    }
+
     /// All allocated ports (for reset).
     pub fn allocated(&self) -> impl Iterator<Item = u32> + '_ {
         self.ports

@@ -19,6 +19,7 @@ pub mod guest;
 #[cfg(any(test, feature = "harness"))]
 pub mod harness;
 pub mod hypercall;
+pub mod snapshot;
 pub mod time;
 
 pub use domain::{Domain, DomainConfig, EventLayout, OverlayFrame, Platform};

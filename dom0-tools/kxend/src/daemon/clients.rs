@@ -132,6 +132,13 @@ impl Daemon {
             },
             Request::Shutdown { domain } => self.control_shutdown(&domain, "poweroff"),
             Request::Reboot { domain } => self.control_shutdown(&domain, "reboot"),
+            Request::Save {
+                domain,
+                path,
+                checkpoint,
+                leave_paused,
+            } => self.save(&domain, &path, checkpoint, leave_paused),
+            Request::Restore { path, paused } => self.restore(&path, paused),
             Request::Pause { domain } => self.pause(&domain, true),
             Request::Unpause { domain } => self.pause(&domain, false),
             Request::WaitGone { domain, timeout_s } => match self.resolve(&domain) {

@@ -5,12 +5,27 @@
 
 use super::*;
 
+/// Loads a saved image through a new VMM's control socket (`kxl restore`).
+pub(super) type RestoreLoader<'a> = dyn Fn(&Path) -> Result<(), String> + 'a;
+
 impl Daemon {
     /// Create and start a domain; returns its domid.
     pub fn create(
         self: &Arc<Self>,
+        config: DomainConfig,
+        paused: bool,
+    ) -> Result<u32, CreateError> {
+        self.create_with(config, paused, None)
+    }
+
+    /// [`Self::create`]; `restore`, given the new VMM's control socket,
+    /// loads a saved image onto the domain before Dom0 attaches to its
+    /// rings (`kxl restore`).
+    pub(super) fn create_with(
+        self: &Arc<Self>,
         mut config: DomainConfig,
         paused: bool,
+        restore: Option<&RestoreLoader<'_>>,
     ) -> Result<u32, CreateError> {
         config
             .fill_defaults()
@@ -121,6 +136,10 @@ impl Daemon {
         self.save_record(&record);
         let attached =
             await_control_socket(&mut child, &record.control, &vmm_log_path, vmm_log_start)
+                .and_then(|()| match restore {
+                    Some(load) => load(&record.control).map_err(CreateError::Restore),
+                    None => Ok(()),
+                })
                 .and_then(|()| {
                     Domain::attach(record.clone(), self.store.clone(), ATTACH_LIMIT, false)
                         .map_err(|e| vmm_gone_or(&mut child, &vmm_log_path, vmm_log_start, e))

@@ -12,11 +12,14 @@
 //! gate, kicks the vCPUs out of KVM_RUN and sleeps on a condition variable
 //! that the last vCPU to leave signals; nothing polls.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use tracing::warn;
+
+use super::snapshot::{VcpuJob, VcpuJobResult};
 
 /// How long [`GuestEntryGate::pause`] waits for the vCPUs to leave.
 const PAUSE_DEADLINE: Duration = Duration::from_secs(1);
@@ -30,6 +33,21 @@ struct GateState {
     paused: bool,
     /// The domain is ending: waiting vCPUs give up instead of entering.
     stopping: bool,
+    /// Work for paused vCPUs (a save or restore), by vCPU.
+    jobs: BTreeMap<u32, VcpuJob>,
+    /// Their answers, until [`GuestEntryGate::run_jobs`] collects them.
+    results: BTreeMap<u32, VcpuJobResult>,
+}
+
+/// Why [`GuestEntryGate::run_jobs`] got no answer from every vCPU.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum JobError {
+    #[error("the domain is not paused")]
+    NotPaused,
+    #[error("the domain is stopping")]
+    Stopping,
+    #[error("vCPU {0} did not reach the paused entry gate within {1:?}")]
+    Timeout(u32, Duration),
 }
 
 #[derive(Debug)]
@@ -43,6 +61,8 @@ pub struct GuestEntryGate {
     opened: Condvar,
     /// Signalled when the last vCPU leaves guest mode while paused.
     drained: Condvar,
+    /// Signalled when a vCPU has answered its job.
+    served: Condvar,
 }
 
 impl GuestEntryGate {
@@ -50,12 +70,13 @@ impl GuestEntryGate {
         GuestEntryGate {
             state: Mutex::new(GateState {
                 paused,
-                stopping: false,
+                ..Default::default()
             }),
             paused_fast: AtomicBool::new(paused),
             in_guest: AtomicU32::new(0),
             opened: Condvar::new(),
             drained: Condvar::new(),
+            served: Condvar::new(),
         }
     }
 
@@ -66,6 +87,16 @@ impl GuestEntryGate {
     /// Register a vCPU as in guest mode, waiting while the domain is
     /// paused. False once the domain is stopping.
     pub fn enter(&self) -> bool {
+        self.enter_serving(u32::MAX, &mut |_| Err("no job service".into()))
+    }
+
+    /// [`Self::enter`] for vCPU `vcpu`, which runs with `serve` the jobs
+    /// [`Self::run_jobs`] posts for it while it waits.
+    pub fn enter_serving(
+        &self,
+        vcpu: u32,
+        serve: &mut dyn FnMut(VcpuJob) -> VcpuJobResult,
+    ) -> bool {
         loop {
             self.in_guest.fetch_add(1, Ordering::SeqCst);
             // Ordered against pause(): it sets the flag, then reads
@@ -76,10 +107,61 @@ impl GuestEntryGate {
             self.leave();
             let mut st = self.lock();
             while st.paused && !st.stopping {
+                if let Some(job) = st.jobs.remove(&vcpu) {
+                    // The job makes ioctls: not under the gate's lock.
+                    drop(st);
+                    let result = serve(job);
+                    st = self.lock();
+                    st.results.insert(vcpu, result);
+                    self.served.notify_all();
+                    continue;
+                }
                 st = self.opened.wait(st).unwrap_or_else(|e| e.into_inner());
             }
             if st.stopping {
                 return false;
+            }
+        }
+    }
+
+    /// Give each vCPU its job and wait up to `deadline` for all answers.
+    /// The domain must be paused; a vCPU that is not at the gate (offline,
+    /// or still inside a hypercall) makes this time out, and its job is
+    /// withdrawn.
+    pub fn run_jobs(
+        &self,
+        jobs: Vec<(u32, VcpuJob)>,
+        deadline: Duration,
+    ) -> Result<BTreeMap<u32, VcpuJobResult>, JobError> {
+        let until = Instant::now() + deadline;
+        let mut st = self.lock();
+        if !st.paused {
+            return Err(JobError::NotPaused);
+        }
+        let wanted: Vec<u32> = jobs.iter().map(|(vcpu, _)| *vcpu).collect();
+        st.results.clear();
+        st.jobs = jobs.into_iter().collect();
+        self.opened.notify_all();
+        loop {
+            if st.stopping {
+                st.jobs.clear();
+                return Err(JobError::Stopping);
+            }
+            if let Some(missing) = wanted.iter().find(|v| !st.results.contains_key(v)) {
+                let now = Instant::now();
+                if now >= until {
+                    let missing = *missing;
+                    st.jobs.clear();
+                    st.results.clear();
+                    return Err(JobError::Timeout(missing, deadline));
+                }
+                st = self
+                    .served
+                    .wait_timeout(st, until - now)
+                    .unwrap_or_else(|e| e.into_inner())
+                    .0;
+            } else {
+                return Ok(std::mem::take(&mut st.results));
             }
         }
     }
@@ -158,6 +240,7 @@ impl GuestEntryGate {
     pub fn stop(&self) {
         let mut st = self.lock();
         st.stopping = true;
+        self.served.notify_all();
         // And send a vCPU about to enter the guest down the slow path,
         // where it sees `stopping`: once the domain's end is requested (a
         // SCHEDOP_shutdown, say, which never returns on Xen) no vCPU runs

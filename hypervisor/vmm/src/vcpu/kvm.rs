@@ -139,6 +139,29 @@ impl KvmVcpu {
         })
     }
 
+    /// The vCPU's fd, for the state moves of a save or restore
+    /// (`crate::vcpu::snapshot`), which run on this thread.
+    pub fn fd(&self) -> &VcpuFd {
+        &self.fd
+    }
+
+    /// Finish the exit KVM last returned so the vCPU's state is whole: an
+    /// I/O exit's instruction completes only on the next KVM_RUN, and the
+    /// registers an exit's service changed are still in the synced area.
+    /// One KVM_RUN with immediate_exit set does both and enters nothing.
+    pub fn complete_pending_exit(&mut self) -> Result<(), kvm_ioctls::Error> {
+        self.fd.set_kvm_immediate_exit(1);
+        let result = self.fd.run().map(|_| ());
+        self.fd.set_kvm_immediate_exit(0);
+        match result {
+            Err(e) if e.errno() == libc::EINTR => Ok(()),
+            Err(e) => Err(e),
+            // Nothing entered the guest (immediate exit): an exit without
+            // EINTR would be a KVM that ignores the flag.
+            Ok(()) => Ok(()),
+        }
+    }
+
     /// Re-arm the kick after it interrupted KVM_RUN.
     pub fn clear_immediate_exit(&mut self) {
         self.fd.set_kvm_immediate_exit(0);

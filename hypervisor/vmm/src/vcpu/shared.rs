@@ -45,8 +45,13 @@ impl VcpuShared {
 
     /// Called by a vCPU about to enter the guest: registers it as in guest
     /// mode unless paused, in which case it waits. False if the domain ends.
-    pub fn enter_guest(&self) -> bool {
-        self.gate.enter()
+    /// `serve` runs the save or restore jobs posted for `vcpu` meanwhile.
+    pub fn enter_guest(
+        &self,
+        vcpu: u32,
+        serve: &mut dyn FnMut(super::snapshot::VcpuJob) -> super::snapshot::VcpuJobResult,
+    ) -> bool {
+        self.gate.enter_serving(vcpu, serve)
     }
 
     pub fn leave_guest(&self) {

@@ -1,0 +1,368 @@
+//! `kxl save` and `kxl restore` (issue 17): a paused domain written to a
+//! file as xl writes one, and a domain made again from such a file.
+//!
+//! The file is xl's: its 32-byte header "Xen saved domain, xl format\n
+//! \0 \r", byte-order marker 0x01020304, mandatory flags JSON | STREAMv2,
+//! no optional flags, the length of the config, and the config (kxen's
+//! parsed xl.cfg as JSON, where xl puts libxl's domain config), then
+//! libxl's migration stream: LIBXC_CONTEXT; libxc's image and domain
+//! headers (x86 HVM, which PVH is to Xen), STATIC_DATA_END, PAGE_DATA of
+//! every RAM page and special page, X86_TSC_INFO, HVM_PARAMS, HVM_CONTEXT,
+//! END; libxl's EMULATOR_CONTEXT (id 0, index 0) holding kxen's Xen state;
+//! END. Debian's `verify-stream-v2 --format xl` accepts it.
+//!
+//! A restore reads the file as hostile input: the header and config are
+//! bounded, every record goes through kxen-stream's capped reader, every
+//! page must land inside the new domain's memfd regions, and the VMM
+//! checks its own state before it changes anything.
+
+use std::os::unix::fs::FileExt;
+
+use kxen_stream::libxc::{
+    DomainHeader, GuestType, HvmParamEntry, LibxcRecord, Page, PageType, TscInfo,
+};
+use kxen_stream::libxl::{EmulatorId, LibxlReader, LibxlRecord, LibxlWriter};
+use kxen_stream::Limits;
+use kxen_vmm_api::image::{self, VmmImage};
+use kxen_vmm_api::{MemfdRegion, VmmClient};
+
+use super::*;
+
+/// xl's savefile magic.
+const XL_MAGIC: &[u8; 32] = b"Xen saved domain, xl format\n \0 \r";
+const XL_BYTEORDER: u32 = 0x0102_0304;
+const XL_FLAG_JSON: u32 = 1;
+const XL_FLAG_STREAM_V2: u32 = 2;
+/// The most config bytes a restore reads.
+const MAX_CONFIG: u32 = 1 << 20;
+const PAGE: usize = 4096;
+/// Pages per PAGE_DATA record (libxc's batch).
+const BATCH: usize = 1024;
+
+fn io_error(what: &str, e: impl std::fmt::Display) -> String {
+    format!("{what}: {e}")
+}
+
+/// Every guest page Dom0 can see, with its contents, batch by batch.
+fn write_memory<W: Write>(
+    libxc: &mut kxen_stream::libxc::LibxcWriter<W>,
+    memfd: &File,
+    regions: &[MemfdRegion],
+) -> Result<u64, String> {
+    let mut buf = vec![0u8; BATCH * PAGE];
+    let mut pages_written = 0;
+    for r in regions {
+        let pages = r.len / PAGE as u64;
+        let mut done = 0;
+        while done < pages {
+            let count = (pages - done).min(BATCH as u64) as usize;
+            let bytes = &mut buf[..count * PAGE];
+            memfd
+                .read_exact_at(bytes, r.offset + done * PAGE as u64)
+                .map_err(|e| io_error("reading guest memory", e))?;
+            let chunks: Vec<&[u8; PAGE]> = bytes
+                .chunks_exact(PAGE)
+                .map(|c| c.try_into().unwrap_or(&[0; PAGE]))
+                .collect();
+            let batch: Vec<Page<'_>> = chunks
+                .iter()
+                .enumerate()
+                .map(|(i, contents)| Page {
+                    pfn: (r.gpa >> 12) + done + i as u64,
+                    page_type: PageType::NoTab,
+                    contents: Some(contents),
+                })
+                .collect();
+            libxc
+                .write_pages(&batch)
+                .map_err(|e| io_error("writing pages", e))?;
+            done += count as u64;
+            pages_written += count as u64;
+        }
+    }
+    Ok(pages_written)
+}
+
+impl Daemon {
+    /// `xl save`: write `domain` to `path`; then destroy it, or with
+    /// `checkpoint` let it run on, or with `leave_paused` keep it paused.
+    pub(super) fn save(
+        self: &Arc<Self>,
+        domain: &str,
+        path: &str,
+        checkpoint: bool,
+        leave_paused: bool,
+    ) -> Reply {
+        let Some(id) = self.resolve(domain) else {
+            return Reply::unknown_domain(domain);
+        };
+        let Some(d) = self.live(id) else {
+            return Reply::unknown_domain(domain);
+        };
+        let was_paused = d.paused.load(std::sync::atomic::Ordering::SeqCst);
+        if let Err(e) = d.pause() {
+            return Reply::error(format!("cannot pause domain {id}: {e}"));
+        }
+        let written = self.write_image(&d, path);
+        let result = match written {
+            Ok(pages) => {
+                self.log(&format!(
+                    "domain {id} ({}) saved to {path}: {pages} pages",
+                    d.record.name
+                ));
+                Ok(())
+            }
+            Err(e) => {
+                let _ = std::fs::remove_file(path);
+                Err(e)
+            }
+        };
+        match result {
+            Ok(()) if !checkpoint && !leave_paused => {
+                if let Err(e) = d.destroy() {
+                    return Reply::error(format!("saved, but destroying domain {id}: {e}"));
+                }
+                self.wait_gone(id, Duration::from_secs(10));
+                Reply::ok()
+            }
+            Ok(()) => {
+                if !leave_paused && !was_paused {
+                    if let Err(e) = d.unpause() {
+                        return Reply::error(format!("saved, but unpausing domain {id}: {e}"));
+                    }
+                }
+                Reply::ok()
+            }
+            Err(e) => {
+                // A failed save leaves the domain as it was.
+                if !was_paused {
+                    let _ = d.unpause();
+                }
+                Reply::error(format!("Failed to save domain {id}: {e}"))
+            }
+        }
+    }
+
+    fn write_image(&self, d: &Domain, path: &str) -> Result<u64, String> {
+        let mut link = VmmClient::connect(&d.record.control).map_err(|e| e.to_string())?;
+        let state = link.save_state().map_err(|e| e.to_string())?;
+        let vmm = image::parse(&state).map_err(|e| e.to_string())?;
+        let guest = link.memfd().map_err(|e| e.to_string())?;
+        let memfd = File::from(guest.memfd);
+        let config = serde_json::to_vec(&d.record.config).map_err(|e| e.to_string())?;
+        let file = File::create(path).map_err(|e| io_error(path, preflight::describe_io(&e)))?;
+        let mut out = std::io::BufWriter::new(file);
+        let mut header = Vec::with_capacity(48);
+        header.extend_from_slice(XL_MAGIC);
+        for word in [
+            XL_BYTEORDER,
+            XL_FLAG_JSON | XL_FLAG_STREAM_V2,
+            0,
+            config.len() as u32,
+        ] {
+            header.extend_from_slice(&word.to_ne_bytes());
+        }
+        out.write_all(&header)
+            .and_then(|()| out.write_all(&config))
+            .map_err(|e| io_error(path, e))?;
+        let stream = |e: kxen_stream::WriteError| io_error("writing the stream", e);
+        let libxl = LibxlWriter::new(out).map_err(stream)?;
+        let mut libxc = libxl
+            .begin_libxc(&DomainHeader {
+                guest_type: GuestType::X86Hvm,
+                xen_major: 4,
+                xen_minor: 17,
+            })
+            .map_err(stream)?;
+        libxc.write_static_data_end().map_err(stream)?;
+        let pages = write_memory(&mut libxc, &memfd, &guest.regions)?;
+        libxc
+            .write_tsc_info(&TscInfo {
+                mode: vmm.tsc.mode,
+                khz: vmm.tsc.khz,
+                nsec: vmm.tsc.nsec,
+                incarnation: vmm.tsc.incarnation,
+            })
+            .map_err(stream)?;
+        let params: Vec<HvmParamEntry> = vmm
+            .hvm_params
+            .iter()
+            .map(|&(index, value)| HvmParamEntry { index, value })
+            .collect();
+        libxc.write_hvm_params(&params).map_err(stream)?;
+        libxc.write_hvm_context(&vmm.hvm_context).map_err(stream)?;
+        let mut libxl = libxc.finish_into_libxl().map_err(stream)?;
+        libxl
+            .write_emulator_context(EmulatorId::UNKNOWN, 0, &vmm.xen_state)
+            .map_err(stream)?;
+        let mut out = libxl.finish().map_err(stream)?;
+        out.flush().map_err(|e| io_error(path, e))?;
+        out.get_ref().sync_all().map_err(|e| io_error(path, e))?;
+        Ok(pages)
+    }
+
+    /// `xl restore`: make a domain from the file at `path`.
+    pub(super) fn restore(self: &Arc<Self>, path: &str, paused: bool) -> Reply {
+        let file = match File::open(path) {
+            Ok(f) => f,
+            Err(e) => {
+                return Reply::error(format!(
+                    "cannot open restore file {path}: {}",
+                    preflight::describe_io(&e)
+                ))
+            }
+        };
+        let mut input = std::io::BufReader::new(file);
+        let config = match read_xl_header(&mut input) {
+            Ok(c) => c,
+            Err(e) => return Reply::error(format!("{path}: {e}")),
+        };
+        let name = config.name.clone();
+        // The stream is read once, by the loader, while the new VMM waits.
+        let input = Mutex::new(Some(input));
+        let load = |control: &Path| -> Result<(), String> {
+            let input = input
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .take()
+                .ok_or("the image was already read")?;
+            load_image(input, control).map_err(|e| format!("{path}: {e}"))
+        };
+        match self.create_with(config, paused, Some(&load)) {
+            Ok(domid) => {
+                self.log(&format!("domain {domid} ({name}) restored from {path}"));
+                Reply {
+                    domid: Some(domid),
+                    ..Reply::ok()
+                }
+            }
+            Err(e) => Reply::error(format!("domain {name}: {e}")),
+        }
+    }
+}
+
+/// xl's header and the config it carries.
+fn read_xl_header(input: &mut impl Read) -> Result<DomainConfig, String> {
+    let mut head = [0u8; 48];
+    input
+        .read_exact(&mut head)
+        .map_err(|_| "truncated savefile header".to_string())?;
+    if &head[..32] != XL_MAGIC {
+        return Err("not an xl savefile (bad magic)".into());
+    }
+    let word = |i: usize| u32::from_ne_bytes([head[i], head[i + 1], head[i + 2], head[i + 3]]);
+    if word(32) != XL_BYTEORDER {
+        return Err("savefile has the other byte order".into());
+    }
+    let mandatory = word(36);
+    if mandatory != XL_FLAG_JSON | XL_FLAG_STREAM_V2 {
+        return Err(format!(
+            "savefile has mandatory flags {mandatory:#x}; kxen reads only {:#x} (JSON config, stream v2)",
+            XL_FLAG_JSON | XL_FLAG_STREAM_V2
+        ));
+    }
+    let len = word(44);
+    if len > MAX_CONFIG {
+        return Err(format!("savefile config of {len} bytes is too large"));
+    }
+    let mut config = vec![0u8; len as usize];
+    input
+        .read_exact(&mut config)
+        .map_err(|_| "truncated savefile config".to_string())?;
+    serde_json::from_slice(&config).map_err(|e| format!("savefile config: {e}"))
+}
+
+/// Read the libxl stream from `input` into the new VMM behind `control`.
+fn load_image(input: impl Read, control: &Path) -> Result<(), String> {
+    let mut link = VmmClient::connect(control).map_err(|e| e.to_string())?;
+    let guest = link.memfd().map_err(|e| e.to_string())?;
+    let memfd = File::from(guest.memfd);
+    let max_pfn = guest
+        .regions
+        .iter()
+        .filter_map(|r| r.gpa_end())
+        .max()
+        .unwrap_or(0)
+        >> 12;
+    let bad = |e: kxen_stream::ReadError| format!("bad image: {e}");
+    let mut libxl = LibxlReader::new(input, Limits::new(max_pfn)).map_err(bad)?;
+    match libxl.next_record().map_err(bad)? {
+        LibxlRecord::LibxcContext => {}
+        other => return Err(format!("bad image: {other:?} where LIBXC_CONTEXT belongs")),
+    }
+    let mut libxc = libxl.into_libxc().map_err(bad)?;
+    if libxc.domain().guest_type != GuestType::X86Hvm {
+        return Err("bad image: not an HVM/PVH domain".into());
+    }
+    let mut vmm = VmmImage::default();
+    let (mut context, mut tsc, mut params) = (false, false, false);
+    let mut page = [0u8; PAGE];
+    loop {
+        match libxc.next_record().map_err(bad)? {
+            LibxcRecord::End => break,
+            LibxcRecord::PageData(entries) => {
+                for entry in entries {
+                    if !entry.page_type.has_contents() {
+                        continue;
+                    }
+                    libxc.read_page(&mut page).map_err(bad)?;
+                    let gpa = entry.pfn << 12;
+                    let offset = guest
+                        .regions
+                        .iter()
+                        .find_map(|r| r.offset_of_page(gpa))
+                        .ok_or_else(|| {
+                            format!(
+                                "bad image: page {:#x} is outside the domain's memory",
+                                entry.pfn
+                            )
+                        })?;
+                    memfd
+                        .write_all_at(&page, offset)
+                        .map_err(|e| io_error("writing guest memory", e))?;
+                }
+            }
+            LibxcRecord::X86TscInfo(t) => {
+                tsc = true;
+                vmm.tsc = image::TscInfo {
+                    mode: t.mode,
+                    khz: t.khz,
+                    nsec: t.nsec,
+                    incarnation: t.incarnation,
+                };
+            }
+            LibxcRecord::HvmParams(list) => {
+                params = true;
+                vmm.hvm_params = list.iter().map(|p| (p.index, p.value)).collect();
+            }
+            LibxcRecord::HvmContext(blob) => {
+                context = true;
+                vmm.hvm_context = blob;
+            }
+            LibxcRecord::StaticDataEnd
+            | LibxcRecord::X86CpuidPolicy(_)
+            | LibxcRecord::X86MsrPolicy(_)
+            | LibxcRecord::Verify
+            | LibxcRecord::UnknownOptional { .. } => {}
+            other => return Err(format!("bad image: unexpected libxc record {other:?}")),
+        }
+    }
+    if !(context && tsc && params) {
+        return Err("bad image: HVM_CONTEXT, HVM_PARAMS or X86_TSC_INFO is missing".into());
+    }
+    let mut libxl = libxc.into_libxl().map_err(bad)?;
+    let mut emulator = None;
+    loop {
+        match libxl.next_record().map_err(bad)? {
+            LibxlRecord::End => break,
+            LibxlRecord::EmulatorContext { context, .. } if emulator.is_none() => {
+                emulator = Some(context)
+            }
+            LibxlRecord::EmulatorXenstoreData { .. } => {}
+            other => return Err(format!("bad image: unexpected libxl record {other:?}")),
+        }
+    }
+    vmm.xen_state = emulator.ok_or("bad image: no EMULATOR_CONTEXT with kxen's state")?;
+    link.load_state(&image::encode(&vmm))
+        .map_err(|e| e.to_string())
+}

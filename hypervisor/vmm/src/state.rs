@@ -1,0 +1,379 @@
+//! `save-state` and `load-state` (issue 17): the paused domain's vCPU,
+//! platform and Xen state as a [`kxen_vmm_api::image`], and back.
+//!
+//! Memory is not here: Dom0 copies it through the guest memfd. What the
+//! guest cannot see in its RAM is: the in-kernel irqchip and PIT, each
+//! vCPU's registers (collected on the vCPU threads, see
+//! [`crate::vcpu::snapshot`]), and kxen's Xen state, which goes in the
+//! image's Xen-state section in this format (version 1):
+//!
+//! ```text
+//! magic "KXENXST\0" | version u32 = 1 | json length u32 | JSON | pool pages
+//! ```
+//!
+//! The JSON is a [`kxen_xen::snapshot::XenSnapshot`]; after it come the
+//! contents of the pool frames the domain placed outside RAM, 4096 bytes
+//! each, in this order: shared_info (if placed), then the grant frames,
+//! then the status frames, each in index order. Every field is checked by
+//! [`kxen_xen::Domain::load_snapshot`] before anything changes.
+
+use std::os::unix::fs::FileExt;
+use std::time::Duration;
+
+use kxen_stream::hvm_context::{self, HvmContextBuilder};
+use kxen_vmm_api::image::{self, TscInfo, VmmImage};
+use kxen_xen::snapshot::XenSnapshot;
+use kxen_xen::OverlayFrame;
+use xen_abi::hvm_save::*;
+use zerocopy::IntoBytes;
+
+use crate::control::ControlHandles;
+use crate::save::kvm::{read_platform_state, write_platform_state, KvmPlatformState};
+use crate::save::{irq, platform};
+use crate::vcpu::snapshot::{VcpuEntry, VcpuJob};
+
+const XEN_STATE_MAGIC: &[u8; 8] = b"KXENXST\0";
+const XEN_STATE_VERSION: u32 = 1;
+/// How long a save waits for every vCPU to come out of the guest.
+const VCPU_DEADLINE: Duration = Duration::from_secs(5);
+const PAGE: usize = 4096;
+
+/// Why a save or load failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("the domain must be paused")]
+    NotPaused,
+    #[error("{0}")]
+    Vcpus(#[from] crate::vcpu::gate::JobError),
+    #[error("vCPU {0}: {1}")]
+    Vcpu(u32, String),
+    #[error("irqchip/PIT: {0}")]
+    Platform(String),
+    #[error("{0}")]
+    Image(#[from] kxen_vmm_api::image::ImageError),
+    #[error("HVM context: {0}")]
+    Context(String),
+    #[error("Xen state: {0}")]
+    XenState(String),
+    #[error("Xen state: {0}")]
+    Snapshot(#[from] kxen_xen::snapshot::SnapshotError),
+    #[error("the image's TSC runs at {image} kHz, this host's at {host} kHz")]
+    TscRate { image: u32, host: u32 },
+    #[error("guest memory: {0}")]
+    Memory(std::io::Error),
+}
+
+/// The pool frames a snapshot has contents for, in image order.
+fn pool_frames(snap: &XenSnapshot, is_ram: impl Fn(u64) -> bool) -> Vec<OverlayFrame> {
+    let mut out = Vec::new();
+    if snap.shared_info_overlay {
+        out.push(OverlayFrame::SharedInfo);
+    }
+    out.extend(
+        snap.grant_frames
+            .iter()
+            .filter(|(_, gfn)| !is_ram(*gfn))
+            .map(|(i, _)| OverlayFrame::GrantTable(*i)),
+    );
+    out.extend(
+        snap.grant_status_frames
+            .iter()
+            .filter(|(_, gfn)| !is_ram(*gfn))
+            .map(|(i, _)| OverlayFrame::GrantStatus(*i)),
+    );
+    out
+}
+
+/// vCPUs with KVM state: those that have been started.
+fn started_vcpus(h: &ControlHandles) -> Vec<u32> {
+    let st = h.domain.lock();
+    st.vcpus
+        .iter()
+        .enumerate()
+        .filter(|(_, v)| v.initialised)
+        .map(|(i, _)| i as u32)
+        .collect()
+}
+
+/// The paused domain's state.
+pub fn save(h: &ControlHandles) -> Result<Vec<u8>, StateError> {
+    if !h.pauser.is_paused() {
+        return Err(StateError::NotPaused);
+    }
+    // Every vCPU out of its hypercall and at the gate, then the vCPUs'
+    // own state from their threads.
+    h.domain.release_waiters(true);
+    let jobs = started_vcpus(h)
+        .into_iter()
+        .map(|v| (v, VcpuJob::Save))
+        .collect();
+    let results = h.pauser.gate.run_jobs(jobs, VCPU_DEADLINE);
+    h.domain.release_waiters(false);
+    let mut per_vcpu: Vec<(u32, Vec<VcpuEntry>)> = Vec::new();
+    for (vcpu, result) in results? {
+        per_vcpu.push((vcpu, result.map_err(|e| StateError::Vcpu(vcpu, e))?));
+    }
+    let xen = h.domain.snapshot()?;
+
+    let kvm_platform =
+        read_platform_state(h.memory.vm()).map_err(|e| StateError::Platform(e.to_string()))?;
+    let mut entries: Vec<(u16, u16, Vec<u8>)> = Vec::new();
+    for (vcpu, list) in per_vcpu {
+        for (code, body) in list {
+            entries.push((code, vcpu as u16, body));
+        }
+    }
+    for chip in 0..2 {
+        let pic = platform::save_pic(&kvm_platform.pics[chip], chip)
+            .map_err(|e| StateError::Platform(e.to_string()))?;
+        entries.push((HVM_SAVE_CODE_PIC, chip as u16, pic.as_bytes().to_vec()));
+    }
+    let ioapic = platform::save_ioapic(&kvm_platform.ioapic);
+    entries.push((HVM_SAVE_CODE_IOAPIC, 0, ioapic.as_bytes().to_vec()));
+    let pit =
+        platform::save_pit(&kvm_platform.pit).map_err(|e| StateError::Platform(e.to_string()))?;
+    entries.push((HVM_SAVE_CODE_PIT, 0, pit.as_bytes().to_vec()));
+    let (pci_irqs, isa_irqs, pci_link) = irq::save_irq_records();
+    entries.push((HVM_SAVE_CODE_PCI_IRQ, 0, pci_irqs.as_bytes().to_vec()));
+    entries.push((HVM_SAVE_CODE_ISA_IRQ, 0, isa_irqs.as_bytes().to_vec()));
+    entries.push((HVM_SAVE_CODE_PCI_LINK, 0, pci_link.as_bytes().to_vec()));
+    // Xen writes them by type, then instance.
+    entries.sort_by_key(|(code, instance, _)| (*code, *instance));
+    let tsc_khz = h.domain.clock.tsc_khz;
+    let mut builder = HvmContextBuilder::new(&SaveHeader {
+        magic: HVM_FILE_MAGIC,
+        version: HVM_FILE_VERSION,
+        changeset: 0,
+        cpuid: host_cpuid_signature(),
+        gtsc_khz: tsc_khz,
+    });
+    for (code, instance, body) in &entries {
+        builder
+            .push_bytes(*code, *instance, body)
+            .map_err(|e| StateError::Context(e.to_string()))?;
+    }
+
+    let mut xen_state = Vec::new();
+    let json = serde_json::to_vec(&xen).map_err(|e| StateError::XenState(e.to_string()))?;
+    xen_state.extend_from_slice(XEN_STATE_MAGIC);
+    xen_state.extend_from_slice(&XEN_STATE_VERSION.to_le_bytes());
+    xen_state.extend_from_slice(&(json.len() as u32).to_le_bytes());
+    xen_state.extend_from_slice(&json);
+    for frame in pool_frames(&xen, |gfn| h.memory.is_ram(gfn)) {
+        let mut page = [0u8; PAGE];
+        h.memory
+            .memfd
+            .read_exact_at(&mut page, h.memory.layout.pool_offset(frame))
+            .map_err(StateError::Memory)?;
+        xen_state.extend_from_slice(&page);
+    }
+    Ok(image::encode(&VmmImage {
+        hvm_context: builder.finish(),
+        hvm_params: xen.params.iter().map(|&(i, v)| (i as u64, v)).collect(),
+        tsc: TscInfo {
+            mode: 0,
+            khz: tsc_khz,
+            nsec: xen.system_time_ns,
+            incarnation: 0,
+        },
+        xen_state,
+    }))
+}
+
+fn host_cpuid_signature() -> u32 {
+    core::arch::x86_64::__cpuid(1).eax
+}
+
+/// Split the Xen-state section into the snapshot and its pool pages.
+fn parse_xen_state(bytes: &[u8]) -> Result<(XenSnapshot, &[u8]), StateError> {
+    let bad = |why: &str| StateError::XenState(why.to_string());
+    if bytes.len() < 16 || &bytes[..8] != XEN_STATE_MAGIC {
+        return Err(bad("bad magic or truncated header"));
+    }
+    let version = u32::from_le_bytes(bytes[8..12].try_into().unwrap_or_default());
+    if version != XEN_STATE_VERSION {
+        return Err(StateError::XenState(format!(
+            "version {version} (this kxen reads {XEN_STATE_VERSION})"
+        )));
+    }
+    let json_len = u32::from_le_bytes(bytes[12..16].try_into().unwrap_or_default()) as usize;
+    let json = bytes
+        .get(16..16usize.saturating_add(json_len))
+        .ok_or_else(|| bad("the JSON runs past the section"))?;
+    let snap: XenSnapshot =
+        serde_json::from_slice(json).map_err(|e| StateError::XenState(e.to_string()))?;
+    Ok((snap, &bytes[16 + json_len..]))
+}
+
+/// Load `bytes` onto the paused, never-run domain.
+pub fn load(h: &ControlHandles, bytes: &[u8]) -> Result<(), StateError> {
+    if !h.pauser.is_paused() {
+        return Err(StateError::NotPaused);
+    }
+    let image = image::parse(bytes)?;
+    let host_khz = h.domain.clock.tsc_khz;
+    if image.tsc.khz != host_khz {
+        return Err(StateError::TscRate {
+            image: image.tsc.khz,
+            host: host_khz,
+        });
+    }
+    let (snap, pages) = parse_xen_state(&image.xen_state)?;
+    let frames = pool_frames(&snap, |gfn| h.memory.is_ram(gfn));
+    if pages.len() != frames.len() * PAGE {
+        return Err(StateError::XenState(format!(
+            "{} bytes of pool pages for {} frames",
+            pages.len(),
+            frames.len()
+        )));
+    }
+    let context =
+        hvm_context::parse(&image.hvm_context).map_err(|e| StateError::Context(e.to_string()))?;
+    if context.header.magic != HVM_FILE_MAGIC || context.header.version != HVM_FILE_VERSION {
+        return Err(StateError::Context("bad header magic or version".into()));
+    }
+    let nr_vcpus = h.domain.cfg.nr_vcpus;
+    let mut per_vcpu: Vec<Vec<VcpuEntry>> = vec![Vec::new(); nr_vcpus as usize];
+    let mut kvm_platform = KvmPlatformState::default();
+    let mut seen_platform = Vec::new();
+    let platform_err = |e: &dyn std::fmt::Display| StateError::Platform(e.to_string());
+    for entry in &context.entries {
+        let code = entry.typecode;
+        match code {
+            HVM_SAVE_CODE_CPU
+            | HVM_SAVE_CODE_LAPIC
+            | HVM_SAVE_CODE_LAPIC_REGS
+            | HVM_SAVE_CODE_MTRR
+            | HVM_SAVE_CODE_CPU_XSAVE => {
+                let list = per_vcpu.get_mut(entry.instance as usize).ok_or_else(|| {
+                    StateError::Context(format!(
+                        "entry type {code} for vCPU {} of a {nr_vcpus}-vCPU domain",
+                        entry.instance
+                    ))
+                })?;
+                list.push((code, entry.data.to_vec()));
+                continue;
+            }
+            _ => {}
+        }
+        if seen_platform.contains(&(code, entry.instance)) {
+            return Err(StateError::Context(format!(
+                "entry type {code} instance {} twice",
+                entry.instance
+            )));
+        }
+        seen_platform.push((code, entry.instance));
+        fn read<T: zerocopy::FromBytes>(
+            entry: &hvm_context::HvmContextEntry<'_>,
+            what: &str,
+        ) -> Result<T, StateError> {
+            entry
+                .read_as()
+                .map_err(|e| StateError::Context(format!("{what}: {e}")))
+        }
+        match (code, entry.instance) {
+            (HVM_SAVE_CODE_PIC, chip @ (0 | 1)) => {
+                kvm_platform.pics[chip as usize] =
+                    platform::load_pic(&read(entry, "PIC")?, chip as usize)
+                        .map_err(|e| platform_err(&e))?;
+            }
+            (HVM_SAVE_CODE_IOAPIC, 0) => {
+                kvm_platform.ioapic =
+                    platform::load_ioapic(&read(entry, "IOAPIC")?).map_err(|e| platform_err(&e))?;
+            }
+            (HVM_SAVE_CODE_PIT, 0) => {
+                kvm_platform.pit =
+                    platform::load_pit(&read(entry, "PIT")?).map_err(|e| platform_err(&e))?;
+            }
+            (HVM_SAVE_CODE_PCI_IRQ | HVM_SAVE_CODE_ISA_IRQ | HVM_SAVE_CODE_PCI_LINK, 0) => {}
+            (code, instance) => {
+                return Err(StateError::Context(format!(
+                    "unexpected entry type {code} instance {instance}"
+                )))
+            }
+        }
+    }
+    let irq_entry = |code| {
+        context
+            .entries
+            .iter()
+            .find(|e| e.typecode == code)
+            .ok_or_else(|| StateError::Context(format!("no entry of type {code}")))
+    };
+    irq::load_irq_records(
+        &irq_entry(HVM_SAVE_CODE_PCI_IRQ)?
+            .read_as()
+            .map_err(|e| StateError::Context(e.to_string()))?,
+        &irq_entry(HVM_SAVE_CODE_ISA_IRQ)?
+            .read_as()
+            .map_err(|e| StateError::Context(e.to_string()))?,
+        &irq_entry(HVM_SAVE_CODE_PCI_LINK)?
+            .read_as()
+            .map_err(|e| StateError::Context(e.to_string()))?,
+    )
+    .map_err(|e| StateError::Context(e.to_string()))?;
+    for code in [HVM_SAVE_CODE_PIC, HVM_SAVE_CODE_IOAPIC, HVM_SAVE_CODE_PIT] {
+        if !seen_platform.iter().any(|(c, _)| *c == code) {
+            return Err(StateError::Context(format!("no entry of type {code}")));
+        }
+    }
+    // vCPUs the image started must have their state; the others must not.
+    for (vcpu, v) in snap.vcpus.iter().enumerate() {
+        let has = !per_vcpu.get(vcpu).is_none_or(Vec::is_empty);
+        if v.initialised != has {
+            return Err(StateError::Context(format!(
+                "vCPU {vcpu}: started {} but {} CPU state",
+                v.initialised,
+                if has { "has" } else { "has no" }
+            )));
+        }
+    }
+    if per_vcpu
+        .get(1..)
+        .is_some_and(|aps| aps.iter().any(|l| !l.is_empty()))
+    {
+        return Err(StateError::Context(
+            "restoring a domain with more than one started vCPU is not supported yet".into(),
+        ));
+    }
+    for entries in &per_vcpu {
+        if entries.is_empty() {
+            continue;
+        }
+        // Each kind once, checked again by the vCPU before any write.
+        let xsave = entries
+            .iter()
+            .find(|(c, _)| *c == HVM_SAVE_CODE_CPU_XSAVE)
+            .map(|(_, b)| b.len());
+        if xsave.is_some_and(|len| len < std::mem::size_of::<HwCpuXsave>()) {
+            return Err(StateError::Context("CPU_XSAVE entry too short".into()));
+        }
+    }
+
+    // Checked as far as it can be without KVM: the Xen state (which checks
+    // itself before changing anything), then the vCPU (KVM's own checks),
+    // then the platform and the pool pages.
+    h.domain.load_snapshot(&snap)?;
+    let jobs = per_vcpu
+        .into_iter()
+        .enumerate()
+        .filter(|(_, list)| !list.is_empty())
+        .map(|(vcpu, list)| (vcpu as u32, VcpuJob::Load(list)))
+        .collect();
+    for (vcpu, result) in h.pauser.gate.run_jobs(jobs, VCPU_DEADLINE)? {
+        result.map_err(|e| StateError::Vcpu(vcpu, e))?;
+    }
+    write_platform_state(h.memory.vm(), &kvm_platform).map_err(|e| platform_err(&e))?;
+    for (frame, page) in frames.iter().zip(pages.chunks_exact(PAGE)) {
+        h.memory
+            .memfd
+            .write_all_at(page, h.memory.layout.pool_offset(*frame))
+            .map_err(StateError::Memory)?;
+    }
+    // The guest's clock records and upcalls as of now.
+    h.domain.publish_clock();
+    for vcpu in 0..nr_vcpus {
+        h.domain.reassert_upcall(vcpu);
+    }
+    Ok(())
+}
