@@ -174,6 +174,11 @@ pub fn busybox_links() -> Result<Vec<(String, String)>, String> {
 
 /// An ext4 image holding busybox as init, shell and tools.
 pub fn root_image(dir: &Path, guest_ip: &str) -> PathBuf {
+    root_image_with(dir, guest_ip, &[])
+}
+
+/// [`root_image`] with extra executables: `(path in the image, contents)`.
+pub fn root_image_with(dir: &Path, guest_ip: &str, executables: &[(&str, &[u8])]) -> PathBuf {
     let busybox = Path::new("/bin/busybox");
     assert!(
         is_static_elf(&std::fs::read(busybox).unwrap_or_default()),
@@ -188,6 +193,11 @@ pub fn root_image(dir: &Path, guest_ip: &str) -> PathBuf {
         symlink(target, tree.join(path)).unwrap();
     }
     std::fs::write(tree.join("etc/inittab"), INITTAB).unwrap();
+    for (path, contents) in executables {
+        let at = tree.join(path);
+        std::fs::write(&at, contents).unwrap();
+        std::fs::set_permissions(&at, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    }
     let rcs_path = tree.join("etc/init.d/rcS");
     std::fs::write(&rcs_path, rcs(guest_ip)).unwrap();
     let st = Command::new("chmod")
@@ -206,4 +216,91 @@ pub fn root_image(dir: &Path, guest_ip: &str) -> PathBuf {
         .expect("mkfs.ext4 (e2fsprogs)");
     assert!(out.status.success(), "mkfs.ext4: {}", show(&out));
     image
+}
+
+/// A file's contents inside an ext4 image, read on the host.
+pub fn read_from_image(image: &Path, path: &str) -> String {
+    let out = Command::new("debugfs")
+        .args(["-R", &format!("cat {path}")])
+        .arg(image)
+        .output()
+        .expect("debugfs (e2fsprogs)");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// `kxl ACTION GUEST` (reboot or shutdown) and wait for `mark` on the
+/// console, within `limit`. Init starts helper processes on the way down;
+/// if one dies of the PVM fault and the guest stays up, the request is
+/// sent once more (counted).
+pub fn control_action(d: &Dom0, guest: &str, action: &str, mark: &str, limit: Duration) {
+    let from = d.console_log(guest).len();
+    let mut resent = false;
+    d.ok(&[action, guest]);
+    let start = Instant::now();
+    loop {
+        let log = d.console_log(guest);
+        let new = log.get(from..).unwrap_or("");
+        if new.contains(mark) {
+            return;
+        }
+        if !resent && new.contains(PVM_PROCESS_CRASH) && start.elapsed() > limit / 5 {
+            PVM_CRASHES.fetch_add(1, Ordering::Relaxed);
+            eprintln!("{guest}: a process died of the PVM fault during {action}; sending it again");
+            resent = true;
+            d.ok(&[action, guest]);
+        }
+        budget::check(format_args!("{action} to show {mark:?}"));
+        assert!(
+            start.elapsed() < limit,
+            "{action}: never saw {mark:?}; console:\n{new}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The guest's MemTotal in KiB, read through its shell.
+pub fn mem_total_kib(d: &Dom0, guest: &str) -> u64 {
+    let line = shell_command(
+        d,
+        guest,
+        "grep MemTotal /proc/meminfo",
+        "MemTotal:",
+        BALLOON_COMMAND_LIMIT,
+    );
+    line.split_whitespace()
+        .nth(1)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("{line:?}"))
+}
+
+/// One shell command while the balloon works.
+const BALLOON_COMMAND_LIMIT: Duration = Duration::from_secs(60);
+/// How long the balloon may take to follow a mem-set. It gives its pages
+/// back from guest kernel code, emulated ring 0 for PVH: with another
+/// guest busy on the same two cores it had given back about 24 of 64 MiB
+/// after a minute (MemTotal 221564 KiB of about 245850).
+const BALLOON_LIMIT: Duration = Duration::from_secs(180);
+
+/// Wait until the guest's MemTotal satisfies `ok`, polling its shell.
+pub fn wait_mem_total(d: &Dom0, guest: &str, what: &str, ok: impl Fn(u64) -> bool) -> u64 {
+    let start = Instant::now();
+    loop {
+        let kib = mem_total_kib(d, guest);
+        if ok(kib) {
+            return kib;
+        }
+        budget::check(format_args!("MemTotal to become {what}"));
+        assert!(
+            start.elapsed() < BALLOON_LIMIT,
+            "MemTotal stayed at {kib} KiB, expected {what}"
+        );
+        std::thread::sleep(Duration::from_secs(1));
+    }
+}
+
+/// Whether `kxl list` shows `guest`.
+pub fn domain_listed(d: &Dom0, guest: &str) -> bool {
+    d.ok(&["list"])
+        .lines()
+        .any(|l| l.split_whitespace().next() == Some(guest))
 }

@@ -223,6 +223,34 @@ echo \"KXEN-MODULES uptime=$up\"
 
 /// A busybox-static initramfs with the virtio modules of `release`.
 pub fn initramfs(release: &str) -> Result<Vec<u8>, String> {
+    busybox_initramfs(release, MODULES, |names| {
+        vec![
+            ("init".into(), Entry::Symlink("bin/busybox".into())),
+            (
+                "etc/inittab".into(),
+                Entry::File {
+                    mode: 0o644,
+                    data: INITTAB.as_bytes().to_vec(),
+                },
+            ),
+            (
+                "etc/init.d/rcS".into(),
+                Entry::File {
+                    mode: 0o755,
+                    data: rcs(names).into_bytes(),
+                },
+            ),
+        ]
+    })
+}
+
+/// busybox, its links, and `modules` of `release` under /lib/modules,
+/// plus the entries `rest` makes from the modules' file names.
+fn busybox_initramfs(
+    release: &str,
+    modules: &[&str],
+    rest: impl FnOnce(&[String]) -> Vec<(String, Entry)>,
+) -> Result<Vec<u8>, String> {
     let busybox = std::fs::read("/bin/busybox")
         .map_err(|e| format!("/bin/busybox: {e} (apt-get install busybox-static)"))?;
     if !crate::linux::is_static_elf(&busybox) {
@@ -232,7 +260,7 @@ pub fn initramfs(release: &str) -> Result<Vec<u8>, String> {
     let mut entries: Vec<(String, Entry)> = Vec::new();
     for dir in crate::linux::BUSYBOX_DIRS
         .iter()
-        .chain(&["lib", "lib/modules"])
+        .chain(&["lib", "lib/modules", "newroot"])
     {
         entries.push((dir.to_string(), Entry::Dir));
     }
@@ -247,9 +275,8 @@ pub fn initramfs(release: &str) -> Result<Vec<u8>, String> {
     for (path, target) in links {
         entries.push((path, Entry::Symlink(target)));
     }
-    entries.push(("init".into(), Entry::Symlink("bin/busybox".into())));
     let mut names = Vec::new();
-    for m in MODULES {
+    for m in modules {
         let path = Path::new("/lib/modules").join(release).join(m);
         let data = std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
         let name = Path::new(m)
@@ -263,21 +290,62 @@ pub fn initramfs(release: &str) -> Result<Vec<u8>, String> {
         ));
         names.push(name);
     }
-    entries.push((
-        "etc/inittab".into(),
-        Entry::File {
-            mode: 0o644,
-            data: INITTAB.as_bytes().to_vec(),
-        },
-    ));
-    entries.push((
-        "etc/init.d/rcS".into(),
-        Entry::File {
-            mode: 0o755,
-            data: rcs(&names).into_bytes(),
-        },
-    ));
+    entries.extend(rest(&names));
     Ok(cpio_newc(&entries))
+}
+
+/// The Xen frontends and ext4 a PV guest needs to reach its root on
+/// xvda, dependencies first.
+pub const PV_MODULES: &[&str] = &[
+    "kernel/lib/crc16.ko",
+    "kernel/fs/mbcache.ko",
+    "kernel/crypto/crc32c_generic.ko",
+    "kernel/fs/jbd2/jbd2.ko",
+    "kernel/fs/ext4/ext4.ko",
+    "kernel/drivers/block/xen-blkfront.ko",
+    "kernel/drivers/net/xen-netfront.ko",
+];
+
+/// The PV initramfs' /init: load the frontends and ext4 (as Debian's
+/// initramfs would), wait for xvda with a deadline, and hand over to the
+/// root file system's init with /dev moved along.
+fn pv_init(modules: &[String]) -> String {
+    let mut s = String::from(
+        "#!/bin/sh
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev
+",
+    );
+    for m in modules {
+        s.push_str(&format!(
+            "insmod /lib/modules/{m} || echo \"KXEN-INSMOD-FAILED {m}\"\n"
+        ));
+    }
+    s.push_str(
+        "n=0
+while [ ! -b /dev/xvda ] && [ $n -lt 600 ]; do n=$((n + 1)); usleep 100000; done
+mount -t ext4 -o rw /dev/xvda /newroot || { echo KXEN-NO-ROOT; exec sh; }
+mount --move /dev /newroot/dev
+umount /sys /proc
+exec switch_root /newroot /sbin/init
+",
+    );
+    s
+}
+
+/// A busybox initramfs that mounts ext4 on xvda through xen-blkfront
+/// and switches to it, with xen-netfront loaded for eth0.
+pub fn pv_initramfs(release: &str) -> Result<Vec<u8>, String> {
+    busybox_initramfs(release, PV_MODULES, |names| {
+        vec![(
+            "init".into(),
+            Entry::File {
+                mode: 0o755,
+                data: pv_init(names).into_bytes(),
+            },
+        )]
+    })
 }
 
 /// The stock kernel unpacked into `dir`, and its initramfs:

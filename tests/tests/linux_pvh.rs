@@ -12,15 +12,14 @@
 //! `#[ignore]`d in the quick run and `examples/test.sh` runs it once as the
 //! slow group.
 
-use std::path::Path;
-use std::process::Command;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use kxen_tests::budget;
 use kxen_tests::dom0::{show, Dom0};
 use kxen_tests::linux::{
-    guest_kernel, root_image, shell_command, CMDLINE, PVM_CRASHES, PVM_PROCESS_CRASH,
+    control_action, domain_listed, guest_kernel, mem_total_kib, read_from_image, root_image,
+    shell_command, wait_mem_total, CMDLINE, PVM_CRASHES,
 };
 
 /// The whole test once the kernel is built: about 4 minutes measured on a
@@ -28,90 +27,13 @@ use kxen_tests::linux::{
 const BUDGET: Duration = Duration::from_secs(12 * 60);
 const BOOT_LIMIT: Duration = Duration::from_secs(300);
 const COMMAND_LIMIT: Duration = Duration::from_secs(60);
-const BALLOON_LIMIT: Duration = Duration::from_secs(180);
 const GUEST: &str = "linux";
 const GUEST_IP: &str = "10.98.0.2";
 const PEER_IP: &str = "10.98.0.1";
 const BRIDGE: &str = "kxlbr0";
 
-/// A file's contents inside the ext4 image, read on the host.
-fn read_from_image(image: &Path, path: &str) -> String {
-    let out = Command::new("debugfs")
-        .args(["-R", &format!("cat {path}")])
-        .arg(image)
-        .output()
-        .expect("debugfs (e2fsprogs)");
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 fn command(d: &Dom0, line: &str, answer: &str) -> String {
     shell_command(d, GUEST, line, answer, COMMAND_LIMIT)
-}
-
-/// `kxl ACTION` (reboot or shutdown) and wait for `mark` on the console.
-/// Init starts helper processes on the way down; if one dies of the PVM
-/// fault and the guest stays up, the request is sent once more (counted).
-fn control_action(d: &Dom0, action: &str, mark: &str) {
-    let from = d.console_log(GUEST).len();
-    let mut resent = false;
-    d.ok(&[action, GUEST]);
-    let start = Instant::now();
-    loop {
-        let log = d.console_log(GUEST);
-        let new = log.get(from..).unwrap_or("");
-        if new.contains(mark) {
-            return;
-        }
-        if !resent && new.contains(PVM_PROCESS_CRASH) && start.elapsed() > COMMAND_LIMIT {
-            PVM_CRASHES.fetch_add(1, Ordering::Relaxed);
-            eprintln!(
-                "linux_pvh: a process died of the PVM fault during {action}; sending it again"
-            );
-            resent = true;
-            d.ok(&[action, GUEST]);
-        }
-        budget::check(format_args!("{action} to show {mark:?}"));
-        assert!(
-            start.elapsed() < BOOT_LIMIT,
-            "{action}: never saw {mark:?}; console:\n{new}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-fn mem_total_kib(d: &Dom0) -> u64 {
-    let line = command(d, "grep MemTotal /proc/meminfo", "MemTotal:");
-    line.split_whitespace()
-        .nth(1)
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("{line:?}"))
-}
-
-/// Wait until MemTotal satisfies `ok`, polling the guest. The balloon
-/// driver gives its pages back from emulated ring 0: with another guest
-/// busy on the same two cores it had given back about 24 of 64 MiB after
-/// a minute (MemTotal 221564 KiB of about 245850), so it gets longer than
-/// a shell command.
-fn wait_mem_total(d: &Dom0, what: &str, ok: impl Fn(u64) -> bool) -> u64 {
-    let start = Instant::now();
-    loop {
-        let kib = mem_total_kib(d);
-        if ok(kib) {
-            return kib;
-        }
-        budget::check(format_args!("MemTotal to become {what}"));
-        assert!(
-            start.elapsed() < BALLOON_LIMIT,
-            "MemTotal stayed at {kib} KiB, expected {what}"
-        );
-        std::thread::sleep(Duration::from_secs(1));
-    }
-}
-
-fn domain_listed(d: &Dom0) -> bool {
-    d.ok(&["list"])
-        .lines()
-        .any(|l| l.split_whitespace().next() == Some(GUEST))
 }
 
 #[test]
@@ -214,16 +136,16 @@ on_reboot = \"restart\"
     );
 
     // mem-set moves the balloon and MemTotal follows, down and back up.
-    let full = mem_total_kib(&d);
+    let full = mem_total_kib(&d, GUEST);
     d.ok(&["mem-set", GUEST, "192m"]);
     // Linux's balloon gets most of the way quickly and may leave the last
     // few MiB for later retries: at least 48 MiB of the 64 must go, and
     // never more than asked.
-    let low = wait_mem_total(&d, "48 to 68 MiB less", |kib| {
+    let low = wait_mem_total(&d, GUEST, "48 to 68 MiB less", |kib| {
         kib + 48 * 1024 <= full && kib + 68 * 1024 >= full
     });
     d.ok(&["mem-set", GUEST, "256m"]);
-    let back = wait_mem_total(&d, "back up", |kib| kib + 16 * 1024 >= full);
+    let back = wait_mem_total(&d, GUEST, "back up", |kib| kib + 16 * 1024 >= full);
     eprintln!(
         "linux_pvh: MemTotal {full} KiB, after mem-set 192m {low} KiB, after 256m {back} KiB"
     );
@@ -232,7 +154,7 @@ on_reboot = \"restart\"
     // reset comes back as SHUTDOWN_reboot and on_reboot restarts it.
     let from = d.console_log(GUEST).len();
     let old_domid = d.ok(&["domid", GUEST]).trim().to_string();
-    control_action(&d, "reboot", "reboot: Restarting system");
+    control_action(&d, GUEST, "reboot", "reboot: Restarting system", BOOT_LIMIT);
     let again = d.wait_line_after(GUEST, from, "KXEN-READY", BOOT_LIMIT);
     assert!(again.contains("cpus=0-1"), "{again}");
     let new_domid = d.ok(&["domid", GUEST]).trim().to_string();
@@ -245,9 +167,9 @@ on_reboot = \"restart\"
 
     // kxl shutdown: a clean power-off through control/shutdown.
     let from = d.console_log(GUEST).len();
-    control_action(&d, "shutdown", "reboot: Power down");
+    control_action(&d, GUEST, "shutdown", "reboot: Power down", BOOT_LIMIT);
     let start = Instant::now();
-    while domain_listed(&d) {
+    while domain_listed(&d, GUEST) {
         budget::check("the powered-off domain to leave the list");
         assert!(
             start.elapsed() < COMMAND_LIMIT,

@@ -140,6 +140,11 @@ impl GuestContext {
             fs_base: bases[0],
             gs_base_kernel: bases[1],
             gs_base_user: bases[2],
+            // Xen takes the vCPU's virtual IOPL from the context's
+            // RFLAGS.IOPL (Linux starts secondary vCPUs with IOPL 1, its
+            // boot vCPU gets it from PHYSDEVOP_set_iopl); the real RFLAGS
+            // never carries it.
+            iopl: ((regs(REGS_RFLAGS) >> 12) & 3) as u8,
             ..PvVcpu::default()
         };
         // CS/SS are Xen's flat ones whatever the context says (the vCPU
@@ -173,6 +178,7 @@ mod tests {
         put(&mut b, USER_REGS + REGS_RIP, 0xffff_ffff_8000_1000);
         put(&mut b, USER_REGS + REGS_RSP, 0xffff_ffff_8010_0000);
         put(&mut b, USER_REGS + 13 * 8, 0x1234); // rsi
+        put(&mut b, USER_REGS + REGS_RFLAGS, 0x1000); // IOPL 1, as Linux
         put(&mut b, KERNEL_SP, 0xffff_ffff_8020_0000);
         put(&mut b, CTRLREG + 24, 0x42 << 12);
         put(&mut b, EVENT_CALLBACK, 0xffff_ffff_8000_2000);
@@ -187,6 +193,7 @@ mod tests {
     fn parses_a_kernel_context() {
         let c = GuestContext::parse(&context()).unwrap();
         assert_eq!(c.rip, 0xffff_ffff_8000_1000);
+        assert_eq!((c.state.iopl, c.rflags & 0x3000), (1, 0), "IOPL is virtual");
         assert_eq!(c.gprs[13], 0x1234);
         assert_eq!((c.kernel_l4, c.user_l4), (0x42, 0));
         assert_eq!(c.state.event_callback, 0xffff_ffff_8000_2000);

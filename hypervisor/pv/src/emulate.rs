@@ -224,6 +224,8 @@ fn write_cr<C: PrivilegedCpu + ?Sized>(cpu: &mut C, cr: u8, value: u64) -> bool 
 // ---- MSRs ----------------------------------------------------------------
 
 pub const MSR_IA32_TSC: u32 = 0x10;
+/// Intel's IA32_BIOS_SIGN_ID (microcode revision) and AMD's PATCHLEVEL.
+pub const MSR_IA32_UCODE_REV: u32 = 0x8b;
 pub const MSR_APIC_BASE: u32 = 0x1b;
 pub const MSR_IA32_FEATURE_CONTROL: u32 = 0x3a;
 pub const MSR_INTEL_PLATFORM_INFO: u32 = 0xce;
@@ -351,6 +353,8 @@ pub fn read_msr<C: PrivilegedCpu + ?Sized>(cpu: &mut C, index: u32) -> Option<u6
         MSR_INTEL_MISC_FEATURES_ENABLES => cpu.virtual_cpu().misc_features_enables,
         MSR_IA32_FEATURE_CONTROL if intel_family(vendor) => FEATURE_CONTROL_LOCK,
         MSR_IA32_MISC_ENABLE if intel_family(vendor) => GUEST_MISC_ENABLE,
+        // The microcode revision reads as 0, as Xen shows it.
+        MSR_IA32_UCODE_REV if matches!(vendor, Vendor::Intel | Vendor::Amd) => 0,
         MSR_IA32_PERF_STATUS | MSR_IA32_PERF_CTL
             if matches!(vendor, Vendor::Intel | Vendor::Centaur) =>
         {
@@ -395,6 +399,9 @@ pub fn write_msr<C: PrivilegedCpu + ?Sized>(cpu: &mut C, index: u32, value: u64)
         // As on Xen: a write that changes nothing is accepted, any other
         // is #GP.
         MSR_IA32_MISC_ENABLE => intel_family(vendor) && value == GUEST_MISC_ENABLE,
+        // Read-only, but Intel documents writing 0 before reading it back
+        // after a CPUID; Xen accepts exactly that.
+        MSR_IA32_UCODE_REV => vendor == Vendor::Intel && value == 0,
         MSR_INTEL_MISC_FEATURES_ENABLES => {
             // Every bit is reserved without CPUID faulting to offer.
             if value != 0 {

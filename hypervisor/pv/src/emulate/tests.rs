@@ -280,6 +280,20 @@ fn misc_enable_shows_fast_strings_and_takes_only_its_value() {
 }
 
 #[test]
+fn microcode_revision_reads_zero_and_takes_intels_zero_write() {
+    let mut cpu = TestCpu::new();
+    assert_eq!(rdmsr_value(&mut cpu, MSR_IA32_UCODE_REV), 0);
+    assert_eq!(wrmsr(&mut cpu, MSR_IA32_UCODE_REV, 0), emulated(2));
+    assert_eq!(
+        wrmsr(&mut cpu, MSR_IA32_UCODE_REV, 1 << 32),
+        Outcome::BounceGp
+    );
+    cpu.leaves.insert((0, 0), vendor_leaf(b"AuthenticAMD", 0xd));
+    assert_eq!(rdmsr_value(&mut cpu, MSR_IA32_UCODE_REV), 0);
+    assert_eq!(wrmsr(&mut cpu, MSR_IA32_UCODE_REV, 0), Outcome::BounceGp);
+}
+
+#[test]
 fn fsrm_is_offered_only_with_erms() {
     let mut cpu = TestCpu::new();
     // ERMS (EBX 9) and FSRM (EDX 4) together: both shown.

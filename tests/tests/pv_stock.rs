@@ -1,0 +1,323 @@
+//! Debian's own kernel as a classic PV domain (slow group; issue 16).
+//!
+//! The `vmlinuz` of the installed linux-image-amd64, as given (bzImage,
+//! no patch, no rebuild), boots through `kxl create` with `type = "pv"`.
+//! A busybox initramfs loads Debian's xen-blkfront, xen-netfront and
+//! ext4 modules and switches to an ext4 root on xvda. Then, through kxl
+//! and the guest's shell on hvc0 (`kxl console`):
+//! - both vCPUs are online, root is ext4 on xvda, eth0 is xen-netfront;
+//! - eth0 pings a peer in a network namespace, and is pinged back;
+//! - a process that faults is killed by the guest kernel, which lives on;
+//! - `kxl mem-set` moves the balloon, down and back;
+//! - `kxl pause` stops the guest (its shell stays silent) and `unpause`
+//!   lets it answer;
+//! - `kxl block-attach` and `kxl network-attach` hot-plug xvdb and eth1;
+//! - `kxl reboot` restarts it, `kxl shutdown` powers it off cleanly;
+//! - and a second boot is ended by `kxl destroy`.
+//!
+//! Guest kernel code runs natively here (PV), so unlike the PVH and HVM
+//! slow tests this one takes a minute or two even on PVM hosts.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use kxen_tests::budget;
+use kxen_tests::dom0::{show, whole_lines_after, Dom0};
+use kxen_tests::linux::{
+    control_action, domain_listed, mem_total_kib, read_from_image, root_image_with, shell_command,
+    wait_mem_total,
+};
+use kxen_tests::stock::{installed_kernel, pv_initramfs};
+
+/// The whole test: see examples/test.sh for the step's limit.
+const BUDGET: Duration = Duration::from_secs(12 * 60);
+/// `kxl create` to init's line: about a minute measured on a PVM host,
+/// most of it the kernel patching its alternatives page by page.
+const BOOT_LIMIT: Duration = Duration::from_secs(300);
+const COMMAND_LIMIT: Duration = Duration::from_secs(60);
+const GUEST: &str = "pvstock";
+const GUEST_IP: &str = "10.96.0.2";
+const PEER_IP: &str = "10.96.0.1";
+const BRIDGE: &str = "kxpbr0";
+const MAC: &str = "00:16:3e:00:00:81";
+const HOTPLUG_MAC: &str = "00:16:3e:00:00:82";
+
+fn command(d: &Dom0, line: &str, answer: &str) -> String {
+    shell_command(d, GUEST, line, answer, COMMAND_LIMIT)
+}
+
+/// A static program that reads address 0: its SIGSEGV is the guest
+/// kernel's business.
+fn faulting_program(dir: &Path) -> Vec<u8> {
+    let src = dir.join("fault.s");
+    std::fs::write(
+        &src,
+        ".globl _start\n_start:\n  xor %eax, %eax\n  mov (%rax), %rax\n  ud2\n",
+    )
+    .unwrap();
+    let obj = dir.join("fault.o");
+    let elf = dir.join("fault");
+    for args in [
+        vec![
+            "as",
+            "--64",
+            "-o",
+            obj.to_str().unwrap(),
+            src.to_str().unwrap(),
+        ],
+        vec![
+            "ld",
+            "-static",
+            "-o",
+            elf.to_str().unwrap(),
+            obj.to_str().unwrap(),
+        ],
+    ] {
+        let out = Command::new(args[0])
+            .args(&args[1..])
+            .output()
+            .expect("binutils");
+        assert!(out.status.success(), "{args:?}: {}", show(&out));
+    }
+    std::fs::read(elf).unwrap()
+}
+
+/// Wait for `guest`'s state column in `kxl list` to contain `flag`.
+fn wait_state(d: &Dom0, flag: char) {
+    let start = Instant::now();
+    loop {
+        let list = d.ok(&["list"]);
+        let state = list
+            .lines()
+            .find(|l| l.split_whitespace().next() == Some(GUEST))
+            .and_then(|l| l.split_whitespace().nth(4))
+            .unwrap_or_default()
+            .to_string();
+        if state.contains(flag) {
+            return;
+        }
+        budget::check(format_args!("state {flag}"));
+        assert!(
+            start.elapsed() < COMMAND_LIMIT,
+            "state never {flag}: {list}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+#[ignore = "slow group: boots Debian's kernel as a PV guest; examples/test.sh runs it"]
+fn stock_debian_kernel_as_pv_guest_through_kxl() {
+    budget::start("pv_stock", BUDGET);
+    let d = Dom0::new_in_netns("pvstock");
+    let (release, vmlinuz) = installed_kernel().unwrap_or_else(|e| panic!("{e}"));
+    eprintln!("pv_stock: Debian kernel {release}, {}", vmlinuz.display());
+    let initrd = d.dir.join("initramfs.cpio");
+    std::fs::write(
+        &initrd,
+        pv_initramfs(&release).unwrap_or_else(|e| panic!("{e}")),
+    )
+    .unwrap();
+    let fault = faulting_program(&d.dir);
+    let image = root_image_with(&d.dir, GUEST_IP, &[("bin/kxen-fault", &fault)]);
+    let hotplug_disk = d.dir.join("hotplug.img");
+    std::fs::write(&hotplug_disk, vec![0x5au8; 4 << 20]).unwrap();
+    let cfg = d.dir.join("pvstock.cfg");
+    std::fs::write(
+        &cfg,
+        format!(
+            "name = \"{GUEST}\"
+type = \"pv\"
+kernel = \"{}\"
+ramdisk = \"{}\"
+extra = \"console=hvc0\"
+memory = 512
+vcpus = 2
+disk = [ '{},raw,xvda,rw' ]
+vif = [ 'mac={MAC},bridge={BRIDGE}' ]
+on_poweroff = \"destroy\"
+on_reboot = \"restart\"
+",
+            vmlinuz.display(),
+            initrd.display(),
+            image.display()
+        ),
+    )
+    .unwrap();
+
+    // Boot through kxl create, the kernel as Debian ships it.
+    let started = Instant::now();
+    d.ok(&["create", cfg.to_str().unwrap()]);
+    let ready = d.wait_line_after(GUEST, 0, "KXEN-READY", BOOT_LIMIT);
+    let boot = started.elapsed();
+    eprintln!("pv_stock: kxl create to init's first line in {boot:.1?}");
+    let log = d.console_log(GUEST);
+    assert!(log.contains("Booting kernel on Xen"), "{log}");
+    assert!(
+        log.contains("paravirtualized kernel on Xen"),
+        "a PV boot: {log}"
+    );
+    assert!(!log.contains("KXEN-INSMOD-FAILED"), "{log}");
+    assert!(ready.contains("cpus=0-1"), "both vCPUs online: {ready}");
+    assert!(
+        ready.contains("root=/dev/xvda:ext4"),
+        "ext4 root on xvda: {ready}"
+    );
+    assert!(ready.contains(&format!("eth0={MAC}")), "{ready}");
+    assert!(
+        log.lines()
+            .any(|l| l.contains("blkfront: xvda: ") && l.contains("persistent grants:")),
+        "xen-blkfront found the disk: {log}"
+    );
+    let driver = command(
+        &d,
+        "echo eth0-driver $(basename $(readlink /sys/class/net/eth0/device/driver))",
+        "eth0-driver",
+    );
+    assert_eq!(driver, "eth0-driver vif");
+
+    // hvc0 both ways through kxl console.
+    assert_eq!(command(&d, "echo kxen-$((6 * 7))", "kxen-42"), "kxen-42");
+
+    // The root file system is the image: what the guest writes is there
+    // after the clean power-off at the end.
+    command(
+        &d,
+        "echo written-by-pv-linux > /root/proof && sync && echo synced",
+        "synced",
+    );
+
+    // eth0 reaches the namespace peer, both ways.
+    for args in [
+        &["ip", "addr", "add", &format!("{PEER_IP}/24"), "dev", BRIDGE][..],
+        &["ip", "link", "set", BRIDGE, "up"][..],
+    ] {
+        let out = d.in_netns(args);
+        assert!(out.status.success(), "{args:?}: {}", show(&out));
+    }
+    let ping = command(
+        &d,
+        &format!("ping -c 3 -W 5 {PEER_IP} | grep 'packets transmitted'"),
+        "3 packets transmitted",
+    );
+    assert!(ping.contains("3 packets received"), "{ping}");
+    let out = d.in_netns(&["ping", "-c", "3", "-W", "5", GUEST_IP]);
+    assert!(
+        out.status.success(),
+        "ping from the namespace: {}",
+        show(&out)
+    );
+
+    // A user process that faults is killed by the guest kernel (SIGSEGV,
+    // status 139); the domain and its shell live on.
+    let from = d.console_log(GUEST).len();
+    d.console_line(GUEST, "/bin/kxen-fault; echo fault-status-$?");
+    let status = d.wait_line_after(GUEST, from, "fault-status-", COMMAND_LIMIT);
+    assert_eq!(status, "fault-status-139");
+    let report = d.console_log(GUEST)[from..].to_string();
+    assert!(
+        whole_lines_after(&d.console_log(GUEST), from)
+            .any(|l| l.contains("kxen-fault[") && l.contains("segfault at 0")),
+        "the guest kernel reports the fault: {report}"
+    );
+    assert_eq!(command(&d, "echo alive-$((2 + 3))", "alive-"), "alive-5");
+
+    // The balloon follows mem-set down and back.
+    let full = mem_total_kib(&d, GUEST);
+    d.ok(&["mem-set", GUEST, "384m"]);
+    let low = wait_mem_total(&d, GUEST, "96 to 132 MiB less", |kib| {
+        kib + 96 * 1024 <= full && kib + 132 * 1024 >= full
+    });
+    d.ok(&["mem-set", GUEST, "512m"]);
+    let back = wait_mem_total(&d, GUEST, "back up", |kib| kib + 16 * 1024 >= full);
+    eprintln!("pv_stock: MemTotal {full} KiB, after mem-set 384m {low} KiB, after 512m {back} KiB");
+
+    // Pause: the shell stays silent for two seconds (its vCPUs are held
+    // out of the guest); unpause: the queued command answers.
+    d.ok(&["pause", GUEST]);
+    wait_state(&d, 'p');
+    let from = d.console_log(GUEST).len();
+    d.console_line(GUEST, "echo unpaused-$((40 + 2))");
+    let quiet_until = Instant::now() + Duration::from_secs(2);
+    while Instant::now() < quiet_until {
+        assert!(
+            !whole_lines_after(&d.console_log(GUEST), from).any(|l| l.starts_with("unpaused-")),
+            "a paused guest answered"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    d.ok(&["unpause", GUEST]);
+    assert_eq!(
+        d.wait_line_after(GUEST, from, "unpaused-", COMMAND_LIMIT),
+        "unpaused-42"
+    );
+
+    // Hot plug: a second disk and a second vif appear in the guest.
+    d.ok(&[
+        "block-attach",
+        GUEST,
+        &format!("{},raw,xvdb,rw", hotplug_disk.display()),
+    ]);
+    let xvdb = command(
+        &d,
+        "n=0; while [ ! -b /dev/xvdb ] && [ $n -lt 300 ]; do n=$((n+1)); usleep 100000; done; \
+         echo xvdb-$(cat /sys/block/xvdb/size)-$(dd if=/dev/xvdb bs=1 count=1 2>/dev/null | od -An -tx1 | tr -d ' ')",
+        "xvdb-",
+    );
+    assert_eq!(xvdb, format!("xvdb-{}-5a", (4 << 20) / 512));
+    d.ok(&[
+        "network-attach",
+        GUEST,
+        &format!("mac={HOTPLUG_MAC},bridge={BRIDGE}"),
+    ]);
+    let eth1 = command(
+        &d,
+        "n=0; while [ ! -e /sys/class/net/eth1 ] && [ $n -lt 300 ]; do n=$((n+1)); usleep 100000; done; \
+         echo eth1-$(cat /sys/class/net/eth1/address)",
+        "eth1-",
+    );
+    assert_eq!(eth1, format!("eth1-{HOTPLUG_MAC}"));
+
+    // kxl reboot: a clean restart with a new domid.
+    let from = d.console_log(GUEST).len();
+    let old_domid = d.ok(&["domid", GUEST]).trim().to_string();
+    control_action(&d, GUEST, "reboot", "reboot: Restarting system", BOOT_LIMIT);
+    let again = d.wait_line_after(GUEST, from, "KXEN-READY", BOOT_LIMIT);
+    assert!(again.contains("cpus=0-1"), "{again}");
+    assert_ne!(old_domid, d.ok(&["domid", GUEST]).trim(), "a new domid");
+
+    // kxl shutdown: a clean power-off, and the root file system kept the
+    // guest's write.
+    let from = d.console_log(GUEST).len();
+    control_action(&d, GUEST, "shutdown", "reboot: Power down", BOOT_LIMIT);
+    let start = Instant::now();
+    while domain_listed(&d, GUEST) {
+        budget::check("the powered-off domain to leave the list");
+        assert!(
+            start.elapsed() < COMMAND_LIMIT,
+            "still listed after power-off"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let tail = d.console_log(GUEST)[from..].to_string();
+    assert!(
+        tail.contains("reboot: Power down"),
+        "clean power-off: {tail}"
+    );
+    assert_eq!(
+        read_from_image(&image, "/root/proof").trim(),
+        "written-by-pv-linux"
+    );
+
+    // kxl destroy ends a running guest at once.
+    let from = d.console_log(GUEST).len();
+    d.ok(&["create", cfg.to_str().unwrap()]);
+    d.wait_line_after(GUEST, from, "KXEN-READY", BOOT_LIMIT);
+    d.ok(&["destroy", GUEST]);
+    assert!(!domain_listed(&d, GUEST), "destroyed: {}", d.ok(&["list"]));
+    eprintln!(
+        "pv_stock: passed in {:.1} s in all (first boot {boot:.1?})",
+        started.elapsed().as_secs_f64()
+    );
+}
