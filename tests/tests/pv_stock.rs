@@ -268,7 +268,8 @@ on_reboot = \"restart\"
     d.ok(&[
         "network-attach",
         GUEST,
-        &format!("mac={HOTPLUG_MAC},bridge={BRIDGE}"),
+        &format!("mac={HOTPLUG_MAC}"),
+        &format!("bridge={BRIDGE}"),
     ]);
     let eth1 = command(
         &d,

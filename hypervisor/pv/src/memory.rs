@@ -15,6 +15,13 @@ pub trait MmuMemory {
     fn read_entry(&self, mfn: Mfn, index: usize) -> u64;
     /// Write entry `index` of frame `mfn` as one 8-byte store.
     fn write_entry(&mut self, mfn: Mfn, index: usize, value: u64);
+    /// Write entry `index` of the L1 table `mfn`, which held `old`. An
+    /// executor whose CPU caches translations (KVM's shadow MMU) can drop
+    /// just what `old` mapped, where a change at a higher level may have
+    /// made whole subtrees stale.
+    fn write_leaf_entry(&mut self, mfn: Mfn, index: usize, value: u64, _old: u64) {
+        self.write_entry(mfn, index, value);
+    }
     /// Zero frame `mfn`.
     fn clear_frame(&mut self, mfn: Mfn);
     /// Copy frame `src` over frame `dst`.

@@ -563,6 +563,40 @@ impl GuestFrames<'_> {
     fn entry_addr(mfn: Mfn, index: usize) -> GuestAddress {
         GuestAddress((mfn << 12) + (index as u64) * 8)
     }
+
+    /// Make KVM drop every shadow entry that maps frame `mfn` (an L1
+    /// entry that mapped it changed): `MADV_DONTNEED` on kxen-vmm's own
+    /// shared mapping of the frame runs KVM's MMU notifier for just that
+    /// page, where the alternative is zapping the whole shadow MMU. The
+    /// frame's contents stay in the memfd; kxen-vmm's next access maps
+    /// them again. False when `mfn` is not in a memfd-backed region (the
+    /// M2P block is private anonymous memory, which this would zero), or
+    /// the call failed: the caller falls back to the whole flush.
+    fn forget_mappings_of(&self, mfn: Mfn) -> bool {
+        let Some(gpa) = mfn.checked_mul(xen_abi::PAGE_SIZE as u64) else {
+            return false;
+        };
+        let Some((region, offset)) =
+            vm_memory::GuestMemoryBackend::to_region_addr(self.mem, GuestAddress(gpa))
+        else {
+            return false;
+        };
+        if vm_memory::GuestMemoryRegion::file_offset(region).is_none() {
+            return false;
+        }
+        let Ok(host) = vm_memory::GuestMemoryRegion::get_host_address(region, offset) else {
+            return false;
+        };
+        // SAFETY: `host` is the page-aligned start of a page inside a
+        // file-backed guest region, a MAP_SHARED view of the memfd
+        // (memory.rs `region`); MADV_DONTNEED on a shared file mapping only
+        // drops this process's page-table entries for it, so no data is
+        // lost and no other mapping changes.
+        let ret = unsafe {
+            nix::libc::madvise(host.cast(), xen_abi::PAGE_SIZE, nix::libc::MADV_DONTNEED)
+        };
+        ret == 0
+    }
 }
 
 impl MmuMemory for GuestFrames<'_> {
@@ -582,6 +616,20 @@ impl MmuMemory for GuestFrames<'_> {
             .is_err()
         {
             debug!(mfn, index, "PV MMU entry write outside guest memory");
+        }
+    }
+
+    fn write_leaf_entry(&mut self, mfn: Mfn, index: usize, value: u64, old: u64) {
+        if self
+            .mem
+            .write_obj(value, Self::entry_addr(mfn, index))
+            .is_err()
+        {
+            debug!(mfn, index, "PV MMU entry write outside guest memory");
+            return;
+        }
+        if kxen_pv::pte::is_present(old) && !self.forget_mappings_of(kxen_pv::pte::entry_mfn(old)) {
+            self.stale.store(true, Ordering::SeqCst);
         }
     }
 

@@ -100,7 +100,11 @@ impl PvMmu {
         if preserve_ad {
             new |= old & (PTE_ACCESSED | PTE_DIRTY);
         }
-        mem.write_entry(table, index, new);
+        if level == PtLevel::L1 {
+            mem.write_leaf_entry(table, index, new, old);
+        } else {
+            mem.write_entry(table, index, new);
+        }
         self.put_entry_ref(mem, level, old);
         Ok(())
     }
