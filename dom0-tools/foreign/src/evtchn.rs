@@ -11,13 +11,10 @@ use std::sync::atomic::{fence, AtomicU32, Ordering};
 use std::sync::Arc;
 
 use kxen_vmm_api::routing::*;
-use kxen_xen::evtchn::{set_pending, SharedInfoBits, VcpuEventBits};
+use kxen_xen::evtchn::{set_pending, EventWords, SharedInfoBits, VcpuEventBits};
 use tracing::{trace, warn};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
-use xen_abi::shared_info::{
-    EVTCHN_WORDS, OFFSET_EVTCHN_MASK, OFFSET_EVTCHN_PENDING, VCPU_INFO_PENDING_SEL,
-    VCPU_INFO_UPCALL_PENDING,
-};
+use xen_abi::shared_info::{SharedInfoLayout, VCPU_INFO_UPCALL_PENDING};
 
 use crate::domain::ForeignDomain;
 use crate::foreign::ForeignMemory;
@@ -214,6 +211,28 @@ impl GuestEvents {
         true
     }
 
+    /// The guest's shared_info layout, as the VMM last published it.
+    fn shared_info_layout(&self) -> SharedInfoLayout {
+        match self.u32(HDR_SHARED_INFO_LAYOUT) {
+            Some(SHARED_INFO_COMPAT) => SharedInfoLayout::Compat,
+            _ => SharedInfoLayout::Native,
+        }
+    }
+
+    /// `count` event words of `layout` at memfd offset `offset`.
+    fn event_words(
+        &self,
+        offset: u64,
+        layout: SharedInfoLayout,
+        count: usize,
+    ) -> Option<EventWords<'_>> {
+        Some(if layout.is_compat() {
+            EventWords::Compat(self.mem.atomic_u32_slice(offset, count)?)
+        } else {
+            EventWords::Native(self.mem.atomic_u64_slice(offset, count)?)
+        })
+    }
+
     fn set_pending_once(&self, port: u32, vcpu: u32) -> bool {
         let Some(si) = self.u64(HDR_SHARED_INFO_OFFSET) else {
             return false;
@@ -221,12 +240,19 @@ impl GuestEvents {
         if si == ROUTING_NO_OFFSET {
             return false;
         }
-        let (Some(pending), Some(mask)) = (
-            self.mem
-                .atomic_u64_slice(si + OFFSET_EVTCHN_PENDING as u64, EVTCHN_WORDS),
-            self.mem
-                .atomic_u64_slice(si + OFFSET_EVTCHN_MASK as u64, EVTCHN_WORDS),
-        ) else {
+        // A change of layout moves the generation, so the caller redoes
+        // the notification if the VMM switched layouts meanwhile.
+        let layout = self.shared_info_layout();
+        let words = |offset: usize| {
+            self.event_words(
+                si.checked_add(offset as u64)?,
+                layout,
+                layout.evtchn_words(),
+            )
+        };
+        let (Some(pending), Some(mask)) =
+            (words(layout.evtchn_pending()), words(layout.evtchn_mask()))
+        else {
             return false;
         };
         let vi = (vcpu < self.nr_vcpus())
@@ -235,8 +261,14 @@ impl GuestEvents {
             .filter(|&off| off != ROUTING_NO_OFFSET)
             .and_then(|off| {
                 Some(VcpuEventBits {
-                    upcall_pending: self.mem.atomic_u8(off + VCPU_INFO_UPCALL_PENDING as u64)?,
-                    pending_sel: self.mem.atomic_u64(off + VCPU_INFO_PENDING_SEL as u64)?,
+                    upcall_pending: self
+                        .mem
+                        .atomic_u8(off.checked_add(VCPU_INFO_UPCALL_PENDING as u64)?)?,
+                    pending_sel: self.event_words(
+                        off.checked_add(layout.vcpu_pending_sel() as u64)?,
+                        layout,
+                        1,
+                    )?,
                 })
             });
         set_pending(&SharedInfoBits { pending, mask }, vi.as_ref(), port)
@@ -386,6 +418,7 @@ impl Drop for Dom0Channel {
 mod tests {
     use super::*;
     use crate::foreign::MemfdRegion;
+    use xen_abi::shared_info::*;
 
     /// A memfd with shared_info at offset 0 and the routing area after it,
     /// laid out as kxen-vmm does; one vCPU using the legacy vcpu_info slot.
@@ -450,6 +483,42 @@ mod tests {
         assert!(events.raise(70, 9));
         assert!(irqs[0].read().is_err());
         assert!(wake.read().is_err());
+    }
+
+    #[test]
+    fn a_compat_layout_guest_gets_32_bit_words() {
+        let (mem, events, irqs, _wake) = domain();
+        let area = 4096u64;
+        mem.atomic_u32(area + HDR_SHARED_INFO_LAYOUT as u64)
+            .unwrap()
+            .store(SHARED_INFO_COMPAT, Ordering::SeqCst);
+        // Port 70: compat word 2, bit 6; selector (a u32 at 4) bit 2.
+        assert!(events.raise(70, 9));
+        let pending = mem
+            .atomic_u32(COMPAT_OFFSET_EVTCHN_PENDING as u64 + 8)
+            .unwrap();
+        assert_eq!(pending.load(Ordering::SeqCst), 1 << 6);
+        assert_eq!(
+            mem.atomic_u32(COMPAT_VCPU_INFO_PENDING_SEL as u64)
+                .unwrap()
+                .load(Ordering::SeqCst),
+            1 << 2
+        );
+        // Nothing at the 64-bit selector's place.
+        assert_eq!(mem.atomic_u64(8).unwrap().load(Ordering::SeqCst), 0);
+        assert_eq!(irqs[0].read().unwrap(), 1);
+        // The compat mask word covers port 70 at 0x880 + 8.
+        mem.atomic_u32(COMPAT_OFFSET_EVTCHN_PENDING as u64 + 8)
+            .unwrap()
+            .store(0, Ordering::SeqCst);
+        mem.atomic_u8(0).unwrap().store(0, Ordering::SeqCst);
+        mem.atomic_u32(COMPAT_OFFSET_EVTCHN_MASK as u64 + 8)
+            .unwrap()
+            .store(1 << 6, Ordering::SeqCst);
+        assert!(events.raise(70, 9));
+        assert_eq!(pending.load(Ordering::SeqCst), 1 << 6);
+        assert_eq!(mem.atomic_u8(0).unwrap().load(Ordering::SeqCst), 0);
+        assert!(irqs[0].read().is_err());
     }
 
     #[test]

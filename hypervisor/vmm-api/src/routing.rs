@@ -100,7 +100,12 @@ pub struct RoutingHeader {
     /// the port's bit in `raise_requests` and writes the wake eventfd, and
     /// the VMM raises the port.
     pub event_abi: u32,
-    pub _pad: u32,
+    /// The layout of the guest's shared_info and vcpu_infos:
+    /// [`SHARED_INFO_NATIVE`] (0, also in an area written before this
+    /// field existed) or [`SHARED_INFO_COMPAT`], Xen's 32-bit layout (u32
+    /// event words at other offsets, the selector a u32 at 4), which Xen
+    /// latches for a guest that set up events outside 64-bit mode.
+    pub shared_info_layout: u32,
     /// One bit per guest port ([`ROUTING_NR_PORTS`]): Dom0 asks the VMM to
     /// raise it (FIFO domains). Backends set bits, the VMM clears them.
     pub raise_requests: [u64; ROUTING_NR_PORTS / 64],
@@ -109,6 +114,10 @@ pub struct RoutingHeader {
 /// `event_abi` values.
 pub const EVENT_ABI_2L: u32 = 0;
 pub const EVENT_ABI_FIFO: u32 = 1;
+
+/// `shared_info_layout` values.
+pub const SHARED_INFO_NATIVE: u32 = 0;
+pub const SHARED_INFO_COMPAT: u32 = 1;
 
 /// Offsets of the [`RoutingHeader`] fields.
 pub const HDR_MAGIC: usize = 0;
@@ -125,6 +134,7 @@ pub const HDR_GRANT_VERSION: usize = HDR_GRANT_FRAME_OFFSETS + ROUTING_MAX_GRANT
 pub const HDR_NR_STATUS_FRAMES: usize = HDR_GRANT_VERSION + 4;
 pub const HDR_STATUS_FRAME_OFFSETS: usize = HDR_NR_STATUS_FRAMES + 4;
 pub const HDR_EVENT_ABI: usize = HDR_STATUS_FRAME_OFFSETS + ROUTING_MAX_STATUS_FRAMES * 8;
+pub const HDR_SHARED_INFO_LAYOUT: usize = HDR_EVENT_ABI + 4;
 pub const HDR_RAISE_REQUESTS: usize = HDR_EVENT_ABI + 8;
 
 /// One guest port as backends need it.
@@ -161,6 +171,7 @@ pub const fn port_entry(port: usize) -> usize {
 const _: () = {
     assert!(core::mem::size_of::<RoutingHeader>() == HDR_RAISE_REQUESTS + ROUTING_NR_PORTS / 8);
     assert!(core::mem::offset_of!(RoutingHeader, event_abi) == HDR_EVENT_ABI);
+    assert!(core::mem::offset_of!(RoutingHeader, shared_info_layout) == HDR_SHARED_INFO_LAYOUT);
     assert!(core::mem::offset_of!(RoutingHeader, raise_requests) == HDR_RAISE_REQUESTS);
     assert!(core::mem::offset_of!(RoutingHeader, grant_version) == HDR_GRANT_VERSION);
     assert!(core::mem::offset_of!(RoutingHeader, nr_status_frames) == HDR_NR_STATUS_FRAMES);

@@ -70,8 +70,16 @@ impl RoutingArea {
         grant_frames: &[Option<u64>],
         grant_version: u32,
         status_frames: &[Option<u64>],
+        compat_shared_info: bool,
     ) {
         self.begin_change();
+        let layout = if compat_shared_info {
+            SHARED_INFO_COMPAT
+        } else {
+            SHARED_INFO_NATIVE
+        };
+        self.u32_at(HDR_SHARED_INFO_LAYOUT)
+            .store(layout, Ordering::SeqCst);
         self.u64_at(HDR_SHARED_INFO_OFFSET)
             .store(shared_info.unwrap_or(ROUTING_NO_OFFSET), Ordering::SeqCst);
         for (v, off) in vcpu_infos.iter().take(ROUTING_MAX_VCPUS).enumerate() {
