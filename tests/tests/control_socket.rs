@@ -261,7 +261,7 @@ fn event_routing_and_dom0_ports() {
     let mut magic = [0u8; 8];
     std::os::unix::fs::FileExt::read_exact_at(&memfd, &mut magic, offset).unwrap();
     assert_eq!(&magic[..4], b"KXER");
-    assert_eq!(u32::from_le_bytes(magic[4..].try_into().unwrap()), 1);
+    assert_eq!(u32::from_le_bytes(magic[4..].try_into().unwrap()), 2);
 
     // Binding a guest port that is not waiting for Dom0 is refused.
     for port in [0, 5, 4095, 99999] {

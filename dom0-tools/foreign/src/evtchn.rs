@@ -135,6 +135,14 @@ impl GuestEvents {
         (off != ROUTING_NO_OFFSET).then_some(off)
     }
 
+    /// One past the highest guest port the VMM ever bound to Dom0: the end
+    /// of a scan for bound ports.
+    pub fn nr_bound_ports(&self) -> u32 {
+        self.u32(HDR_NR_PORTS)
+            .unwrap_or(0)
+            .min(ROUTING_NR_PORTS as u32)
+    }
+
     /// The routing entry of guest `port`: (Dom0 port, notify vCPU).
     pub fn port_route(&self, port: u32) -> Option<(u32, u32)> {
         if port as usize >= ROUTING_NR_PORTS {
@@ -201,7 +209,10 @@ impl GuestEvents {
     /// Ask the VMM to raise `port` (a FIFO domain): set its request bit,
     /// then write the wake eventfd, whose reader takes the bits.
     fn request_raise(&self, port: u32) -> bool {
-        let word = HDR_RAISE_REQUESTS + (port as usize / 64) * 8;
+        if port as usize >= ROUTING_NR_PORTS {
+            return false;
+        }
+        let word = raise_request_word(port as usize);
         let Some(bits) = self.mem.atomic_u64(self.area + word as u64) else {
             return false;
         };
@@ -456,6 +467,8 @@ mod tests {
         put64(HDR_SHARED_INFO_OFFSET, 0);
         put64(vcpu_entry(0) + VCPU_INFO_OFFSET_FIELD, 0);
         put32(port_entry(70), 9); // guest port 70 <-> Dom0 port 9, vCPU 0
+        put32(port_entry(4200), 10); // a FIFO port past the 2-level space
+        put32(HDR_NR_PORTS, 4201);
         put32(HDR_MAGIC, ROUTING_MAGIC);
         let irq = EventFd::new(EFD_NONBLOCK).unwrap();
         let wake = EventFd::new(EFD_NONBLOCK).unwrap();
@@ -531,7 +544,7 @@ mod tests {
         assert!(events.raise(70, 9));
         // Port 70: bit 6 of request word 1; the VMM is woken to take it.
         let requests = mem
-            .atomic_u64(area + (HDR_RAISE_REQUESTS + 8) as u64)
+            .atomic_u64(area + raise_request_word(70) as u64)
             .unwrap();
         assert_eq!(requests.load(Ordering::SeqCst), 1 << 6);
         assert_eq!(wake.read().unwrap(), 1);
@@ -543,6 +556,13 @@ mod tests {
         // A port not bound to this Dom0 port is still refused.
         assert!(!events.raise(71, 9));
         assert_eq!(requests.load(Ordering::SeqCst), 1 << 6);
+        // Port 4200 (past 4096): bit 40 of request word 65.
+        assert!(events.raise(4200, 10));
+        let high = mem
+            .atomic_u64(area + raise_request_word(4200) as u64)
+            .unwrap();
+        assert_eq!(high.load(Ordering::SeqCst), 1 << 40);
+        assert!(!events.raise(ROUTING_NR_PORTS as u32, 10));
     }
 
     #[test]
