@@ -517,5 +517,45 @@ pub fn evtchn_fifo_ports() -> R {
             bail!("no upcall for port {to}");
         }
     }
+    if crate::env::cmdline_value(b"kxen.dom0_wait") == Some(b"1") {
+        fifo_dom0_port_past_4096(max - 2, &word)?;
+    }
+    Ok(())
+}
+
+/// With `kxen.dom0_wait=1` (a test acting as Dom0 through the control
+/// socket): allocate `port` (above 4096) unbound for Dom0 on a queue of
+/// its own, say its number, and wait for Dom0's notification to link it
+/// and raise the upcall.
+fn fifo_dom0_port_past_4096(port: u32, word: &dyn Fn(u32) -> u32) -> R {
+    use xen_abi::event_channel::*;
+    const PENDING: u32 = 1 << EVTCHN_FIFO_PENDING;
+    rc_is("close(a filled port)", xen::close(port), 0)?;
+    let dom0 = ok("alloc_unbound(dom0)", xen::alloc_unbound(DOMID_SELF, 0))?;
+    if dom0 != port {
+        bail!("alloc_unbound(dom0) gave {dom0}, expected {port}");
+    }
+    let mut prio = SetPriority {
+        port: dom0,
+        priority: 4,
+    };
+    rc_is(
+        "EVTCHNOP_set_priority(dom0 port, 4)",
+        event_channel_op(EVTCHNOP_SET_PRIORITY, &mut prio),
+        0,
+    )?;
+    events::drain();
+    let before = events::upcalls();
+    println!("evtchn.fifo_ports: dom0 port {dom0}");
+    if !events::wait_upcall(before, 60_000) {
+        bail!("no upcall for Dom0's notification of port {dom0}");
+    }
+    if word(dom0) & PENDING == 0 {
+        bail!("port {dom0} not pending after Dom0's notification");
+    }
+    let head = FIFO_PORTS_CONTROL.0[2 + 4].load(Ordering::SeqCst);
+    if head != dom0 {
+        bail!("HEAD[4] {head} after Dom0 raised port {dom0}");
+    }
     Ok(())
 }
