@@ -287,12 +287,9 @@ upcall_entry:
 2:  lock incl upcalls
     movl $0, LAPIC_EOI
     popa
-    /* Return as iret would at the same privilege level (EIP, CS, EFLAGS
-     * on the stack), without iret: the PVM host's emulator has no 32-bit
-     * iretd and fails it, which would crash the domain there. */
-    pushl 8(%esp)
-    popfl
-    ret $8
+    /* On PVM hosts KVM's emulator fails this 32-bit iretd and kxen-vmm
+     * answers it (vcpu::pvm). */
+    iret
 
 /* Print "<label> rc=<eax in hex> ok" (edx nonzero) or "... FAIL" through
  * console_io; esi is the NUL-ended label. */
