@@ -9,8 +9,10 @@
  * enables its LAPIC, maps shared_info, sets the callback vector, reads
  * the wallclock and time record, raises a loopback port and takes the
  * upcall, checks a port masked in the compat mask word stays silent until
- * EVTCHNOP_unmask, and prints an "evt32 <check> rc=<hex> ok|FAIL" line
- * for each. With DOM0 set it then allocates a port for Dom0, prints it
+ * EVTCHNOP_unmask, moves vcpu_info with VCPUOP_register_vcpu_info to an
+ * offset only the compat layout's 4-byte alignment allows and takes the
+ * events there, and prints an "evt32 <check> rc=<hex> ok|FAIL" line for
+ * each. With DOM0 set it then allocates a port for Dom0, prints it
  * ("evt32 dom0 port rc=<port>"), and waits for Dom0's notification to
  * arrive as an upcall. Powers off at the end. */
     .set UPCALL_VECTOR, 0xe3
@@ -199,6 +201,51 @@ _start:
     mov $l_unmask, %esi
     call verdict
 
+    /* VCPUOP_register_vcpu_info(vCPU 0, vipage + 4): 4-byte aligned is
+     * enough in the compat layout (natively -ENXIO). Xen then sets every
+     * selector bit (a u32 at vcpu_info + 4 here) and the upcall. */
+    call clear_seen
+    mov $vipage + 4, %eax
+    mov %eax, vi_ptr
+    mov $vipage, %eax
+    shr $12, %eax
+    mov %eax, reg_vi_mfn
+    mov upcalls, %eax
+    mov %eax, upcalls_before
+    mov $10, %ebx
+    mov $0, %ecx
+    mov $reg_vi, %edx
+    call hcpage + 24*32
+    mov %eax, vi_rc
+    xor %edx, %edx
+    test %eax, %eax
+    jnz 1f
+    mov upcalls_before, %ecx
+    inc %ecx
+    call wait_upcalls
+    cmpl $0xffffffff, seen_sel
+    sete %dl
+1:  mov vi_rc, %eax
+    mov $l_regvi, %esi
+    call verdict
+    /* The loopback port again, now flagged in the new vcpu_info. */
+    call clear_seen
+    mov upcalls, %ecx
+    inc %ecx
+    push %ecx
+    mov $4, %ebx
+    mov $send_port, %ecx
+    call hcpage + 32*32
+    pop %ecx
+    test %eax, %eax
+    jnz crash
+    call wait_upcalls
+    mov port_p, %ecx
+    call check_seen
+    mov upcalls, %eax
+    mov $l_regvi_loop, %esi
+    call verdict
+
 .ifdef DOM0
     /* A port for Dom0: alloc_unbound(self, 0) -> d; Dom0 binds it and
      * notifies; the notification must arrive as an upcall. */
@@ -267,14 +314,15 @@ clear_seen:
     rep stosl
     ret
 
-/* The upcall: clear upcall_pending, take the u32 selector at 4 and, for
- * each word it names, the pending word (clearing the bits it takes), then
- * EOI. */
+/* The upcall: clear upcall_pending of the vcpu_info at vi_ptr, take its
+ * u32 selector at 4 and, for each word it names, the pending word
+ * (clearing the bits it takes), then EOI. */
 upcall_entry:
     pusha
-    movb $0, shinfo
+    mov vi_ptr, %esi
+    movb $0, (%esi)
     xor %ebx, %ebx
-    xchg %ebx, shinfo + 4
+    xchg %ebx, 4(%esi)
     or %ebx, seen_sel
 1:  test %ebx, %ebx
     jz 2f
@@ -365,6 +413,14 @@ bind: .word DOMID_SELF, 0
 bind_remote_port: .long 0
 bind_local_port: .long 0
 send_port: .long 0
+/* The vcpu_info upcalls use: shared_info's slot 0, then the registered
+ * one. */
+vi_ptr: .long shinfo
+vi_rc: .long 0
+/* vcpu_register_vcpu_info: mfn (u64), offset, rsvd. */
+reg_vi:
+reg_vi_mfn: .long 0, 0
+    .long 4, 0
 unmask_port: .long 0
 port_p: .long 0
 port_q: .long 0
@@ -387,6 +443,8 @@ l_time: .asciz "evt32 vcpu_time"
 l_loop: .asciz "evt32 loopback upcall"
 l_masked: .asciz "evt32 masked port stays silent"
 l_unmask: .asciz "evt32 unmask delivers"
+l_regvi: .asciz "evt32 register_vcpu_info(offset 4)"
+l_regvi_loop: .asciz "evt32 upcall via the registered vcpu_info"
 l_dom0port: .asciz "evt32 dom0 port"
 l_dom0: .asciz "evt32 dom0 upcall"
 line: .fill 80, 1, 0
@@ -400,3 +458,4 @@ stack: .fill 4096, 1, 0
 stack_top:
     .align 4096
 shinfo: .fill 4096, 1, 0
+vipage: .fill 4096, 1, 0

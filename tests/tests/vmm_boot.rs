@@ -73,7 +73,7 @@ fn compat_memory_ops_from_a_32bit_guest() {
 
 /// What the 32-bit events guest (`tests/guest32/events.S`) checks with
 /// shared_info in Xen's compat layout; it prints a verdict line for each.
-const EVT32_CHECKS: [&str; 8] = [
+const EVT32_CHECKS: [&str; 10] = [
     "evt32 add_to_physmap(shared_info)",
     "evt32 set_param(CALLBACK_IRQ)",
     "evt32 wallclock",
@@ -82,6 +82,8 @@ const EVT32_CHECKS: [&str; 8] = [
     "evt32 loopback upcall",
     "evt32 masked port stays silent",
     "evt32 unmask delivers",
+    "evt32 register_vcpu_info(offset 4)",
+    "evt32 upcall via the registered vcpu_info",
 ];
 
 /// The verdict line of `check` in `stderr`; panics if missing or FAIL.
@@ -99,7 +101,8 @@ fn assert_verdict_ok(stderr: &str, check: &str, transcript: &str) {
 /// shared_info layout: the wallclock and max_pfn at their 32-bit offsets,
 /// a loopback event's pending bit in u32 word port/32 and its selector in
 /// the u32 at vcpu_info + 4, a port masked in the compat mask word silent
-/// until EVTCHNOP_unmask.
+/// until EVTCHNOP_unmask, a vcpu_info registered at a 4-byte aligned
+/// offset with every selector bit set.
 #[test]
 fn compat_shared_info_events_from_a_32bit_guest() {
     let elf = guest32("events", "evt32", |s| s);
