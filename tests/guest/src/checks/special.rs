@@ -437,7 +437,7 @@ pub fn evtchn_fifo_ports() -> R {
 
     console::mirror_to_console_io();
     let max = expected_max_port()?;
-    if max < NR_EVENT_CHANNELS_2L || max >= 5 * EVTCHN_FIFO_WORDS_PER_PAGE {
+    if !(NR_EVENT_CHANNELS_2L..5 * EVTCHN_FIFO_WORDS_PER_PAGE).contains(&max) {
         bail!("kxen.evtchn_max={max}: this check needs 4096..5119");
     }
     let mut init = InitControl {
