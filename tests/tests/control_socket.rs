@@ -261,7 +261,7 @@ fn event_routing_and_dom0_ports() {
     let mut magic = [0u8; 8];
     std::os::unix::fs::FileExt::read_exact_at(&memfd, &mut magic, offset).unwrap();
     assert_eq!(&magic[..4], b"KXER");
-    assert_eq!(u32::from_le_bytes(magic[4..].try_into().unwrap()), 1);
+    assert_eq!(u32::from_le_bytes(magic[4..].try_into().unwrap()), 2);
 
     // Binding a guest port that is not waiting for Dom0 is refused.
     for port in [0, 5, 4095, 99999] {
@@ -288,4 +288,72 @@ fn event_routing_and_dom0_ports() {
     assert_eq!(close(&mut ctl, 1)["ok"], false, "closed the console port");
     assert_eq!(request(&mut ctl, r#"{"op":"destroy"}"#)["ok"], true);
     assert_eq!(wait_exit(&mut child, Duration::from_secs(10)), Some(8));
+}
+
+/// Dom0's notification reaches a guest whose shared_info has Xen's compat
+/// layout: the 32-bit events guest (`tests/guest32/events.S`, with DOM0)
+/// allocates a port for Dom0 and waits; this test binds it through
+/// kxen-foreign, as kxend's backends do, and notifies. kxen-foreign sets
+/// the guest's pending bits itself, so it must set them in the layout the
+/// VMM published in the routing area (the selector a u32 at vcpu_info +
+/// 4), or the guest's upcall finds nothing.
+#[test]
+fn dom0_notification_reaches_a_compat_layout_guest() {
+    use kxen_foreign::domain::ForeignDomain;
+    use std::sync::mpsc::channel;
+
+    let kernel = guest32("events", "ctl-evt32", |s| format!(".set DOM0, 1\n{s}"));
+    let socket = std::env::temp_dir().join(format!("kxen-ctl-evt32-{}.sock", std::process::id()));
+    let mut child = start(&kernel, &socket, false);
+    let (tx, rx) = channel();
+    let err = child.0.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(err).lines() {
+            let Ok(line) = line else { return };
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let mut transcript = String::new();
+    // Every verdict line up to `label`'s, which is returned.
+    let wait_line = |label: &str, transcript: &mut String| -> String {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(line) => {
+                    transcript.push_str(&line);
+                    transcript.push('\n');
+                    assert!(!line.ends_with(" FAIL"), "{transcript}");
+                    if line.contains(&format!("(d3) {label} rc=")) {
+                        return line;
+                    }
+                }
+                Err(_) => panic!("no {label:?} line:\n{transcript}"),
+            }
+        }
+    };
+    let line = wait_line("evt32 dom0 port", &mut transcript);
+    let hex = line
+        .split("rc=")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .unwrap();
+    let guest_port = u32::from_str_radix(hex, 16).unwrap();
+    assert!(guest_port != 0 && guest_port < 1024, "{line}");
+
+    let domain = ForeignDomain::connect(3, &socket).unwrap_or_else(|e| panic!("connect: {e}"));
+    let channel = domain
+        .bind_interdomain(guest_port)
+        .unwrap_or_else(|e| panic!("bind guest port {guest_port}: {e}"));
+    channel.notify();
+    let line = wait_line("evt32 dom0 upcall", &mut transcript);
+    assert!(line.ends_with(" ok"), "{transcript}");
+    assert_eq!(
+        wait_exit(&mut child.0, Duration::from_secs(30)),
+        Some(0),
+        "{transcript}"
+    );
+    let _ = std::fs::remove_file(&socket);
 }

@@ -71,6 +71,53 @@ fn compat_memory_ops_from_a_32bit_guest() {
     assert_eq!(run.code, Some(0), "{t}");
 }
 
+/// What the 32-bit events guest (`tests/guest32/events.S`) checks with
+/// shared_info in Xen's compat layout; it prints a verdict line for each.
+const EVT32_CHECKS: [&str; 10] = [
+    "evt32 add_to_physmap(shared_info)",
+    "evt32 set_param(CALLBACK_IRQ)",
+    "evt32 wallclock",
+    "evt32 max_pfn",
+    "evt32 vcpu_time",
+    "evt32 loopback upcall",
+    "evt32 masked port stays silent",
+    "evt32 unmask delivers",
+    "evt32 register_vcpu_info(offset 4)",
+    "evt32 upcall via the registered vcpu_info",
+];
+
+/// The verdict line of `check` in `stderr`; panics if missing or FAIL.
+fn assert_verdict_ok(stderr: &str, check: &str, transcript: &str) {
+    let verdict = stderr
+        .lines()
+        .find(|l| l.contains(&format!("(d1) {check} rc=")));
+    let Some(verdict) = verdict else {
+        panic!("no verdict for {check:?}:\n{transcript}");
+    };
+    assert!(verdict.ends_with(" ok"), "{verdict}\n{transcript}");
+}
+
+/// A guest that sets up events from 32-bit mode gets Xen's compat
+/// shared_info layout: the wallclock and max_pfn at their 32-bit offsets,
+/// a loopback event's pending bit in u32 word port/32 and its selector in
+/// the u32 at vcpu_info + 4, a port masked in the compat mask word silent
+/// until EVTCHNOP_unmask, a vcpu_info registered at a 4-byte aligned
+/// offset with every selector bit set.
+#[test]
+fn compat_shared_info_events_from_a_32bit_guest() {
+    let elf = guest32("events", "evt32", |s| s);
+    let run = run_with_limit(
+        &kxen_vmm(),
+        &["--kernel", elf.to_str().unwrap(), "--memory", "16"],
+        Duration::from_secs(60),
+    );
+    let t = run.transcript();
+    for check in EVT32_CHECKS {
+        assert_verdict_ok(&run.stderr, check, &t);
+    }
+    assert_eq!(run.code, Some(0), "{t}");
+}
+
 /// The ramdisk arrives as module 0 and the command line in the boot block.
 #[test]
 fn ramdisk_and_cmdline_reach_the_guest() {

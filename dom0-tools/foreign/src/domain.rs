@@ -172,7 +172,7 @@ impl ForeignDomain {
     /// The guest port bound to Dom0's `dom0_port`, from the routing area.
     pub fn guest_port_of(&self, dom0_port: u32) -> Option<u32> {
         let events = self.events.as_ref()?;
-        (1..kxen_vmm_api::routing::ROUTING_NR_PORTS as u32)
+        (1..events.nr_bound_ports())
             .find(|&p| events.port_route(p).is_some_and(|(d, _)| d == dom0_port))
     }
 }

@@ -11,13 +11,10 @@ use std::sync::atomic::{fence, AtomicU32, Ordering};
 use std::sync::Arc;
 
 use kxen_vmm_api::routing::*;
-use kxen_xen::evtchn::{set_pending, SharedInfoBits, VcpuEventBits};
+use kxen_xen::evtchn::{set_pending, EventWords, SharedInfoBits, VcpuEventBits};
 use tracing::{trace, warn};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
-use xen_abi::shared_info::{
-    EVTCHN_WORDS, OFFSET_EVTCHN_MASK, OFFSET_EVTCHN_PENDING, VCPU_INFO_PENDING_SEL,
-    VCPU_INFO_UPCALL_PENDING,
-};
+use xen_abi::shared_info::{SharedInfoLayout, VCPU_INFO_UPCALL_PENDING};
 
 use crate::domain::ForeignDomain;
 use crate::foreign::ForeignMemory;
@@ -138,6 +135,14 @@ impl GuestEvents {
         (off != ROUTING_NO_OFFSET).then_some(off)
     }
 
+    /// One past the highest guest port the VMM ever bound to Dom0: the end
+    /// of a scan for bound ports.
+    pub fn nr_bound_ports(&self) -> u32 {
+        self.u32(HDR_NR_PORTS)
+            .unwrap_or(0)
+            .min(ROUTING_NR_PORTS as u32)
+    }
+
     /// The routing entry of guest `port`: (Dom0 port, notify vCPU).
     pub fn port_route(&self, port: u32) -> Option<(u32, u32)> {
         if port as usize >= ROUTING_NR_PORTS {
@@ -204,7 +209,10 @@ impl GuestEvents {
     /// Ask the VMM to raise `port` (a FIFO domain): set its request bit,
     /// then write the wake eventfd, whose reader takes the bits.
     fn request_raise(&self, port: u32) -> bool {
-        let word = HDR_RAISE_REQUESTS + (port as usize / 64) * 8;
+        if port as usize >= ROUTING_NR_PORTS {
+            return false;
+        }
+        let word = raise_request_word(port as usize);
         let Some(bits) = self.mem.atomic_u64(self.area + word as u64) else {
             return false;
         };
@@ -214,6 +222,28 @@ impl GuestEvents {
         true
     }
 
+    /// The guest's shared_info layout, as the VMM last published it.
+    fn shared_info_layout(&self) -> SharedInfoLayout {
+        match self.u32(HDR_SHARED_INFO_LAYOUT) {
+            Some(SHARED_INFO_COMPAT) => SharedInfoLayout::Compat,
+            _ => SharedInfoLayout::Native,
+        }
+    }
+
+    /// `count` event words of `layout` at memfd offset `offset`.
+    fn event_words(
+        &self,
+        offset: u64,
+        layout: SharedInfoLayout,
+        count: usize,
+    ) -> Option<EventWords<'_>> {
+        Some(if layout.is_compat() {
+            EventWords::Compat(self.mem.atomic_u32_slice(offset, count)?)
+        } else {
+            EventWords::Native(self.mem.atomic_u64_slice(offset, count)?)
+        })
+    }
+
     fn set_pending_once(&self, port: u32, vcpu: u32) -> bool {
         let Some(si) = self.u64(HDR_SHARED_INFO_OFFSET) else {
             return false;
@@ -221,12 +251,19 @@ impl GuestEvents {
         if si == ROUTING_NO_OFFSET {
             return false;
         }
-        let (Some(pending), Some(mask)) = (
-            self.mem
-                .atomic_u64_slice(si + OFFSET_EVTCHN_PENDING as u64, EVTCHN_WORDS),
-            self.mem
-                .atomic_u64_slice(si + OFFSET_EVTCHN_MASK as u64, EVTCHN_WORDS),
-        ) else {
+        // A change of layout moves the generation, so the caller redoes
+        // the notification if the VMM switched layouts meanwhile.
+        let layout = self.shared_info_layout();
+        let words = |offset: usize| {
+            self.event_words(
+                si.checked_add(offset as u64)?,
+                layout,
+                layout.evtchn_words(),
+            )
+        };
+        let (Some(pending), Some(mask)) =
+            (words(layout.evtchn_pending()), words(layout.evtchn_mask()))
+        else {
             return false;
         };
         let vi = (vcpu < self.nr_vcpus())
@@ -235,8 +272,14 @@ impl GuestEvents {
             .filter(|&off| off != ROUTING_NO_OFFSET)
             .and_then(|off| {
                 Some(VcpuEventBits {
-                    upcall_pending: self.mem.atomic_u8(off + VCPU_INFO_UPCALL_PENDING as u64)?,
-                    pending_sel: self.mem.atomic_u64(off + VCPU_INFO_PENDING_SEL as u64)?,
+                    upcall_pending: self
+                        .mem
+                        .atomic_u8(off.checked_add(VCPU_INFO_UPCALL_PENDING as u64)?)?,
+                    pending_sel: self.event_words(
+                        off.checked_add(layout.vcpu_pending_sel() as u64)?,
+                        layout,
+                        1,
+                    )?,
                 })
             });
         set_pending(&SharedInfoBits { pending, mask }, vi.as_ref(), port)
@@ -386,6 +429,7 @@ impl Drop for Dom0Channel {
 mod tests {
     use super::*;
     use crate::foreign::MemfdRegion;
+    use xen_abi::shared_info::*;
 
     /// A memfd with shared_info at offset 0 and the routing area after it,
     /// laid out as kxen-vmm does; one vCPU using the legacy vcpu_info slot.
@@ -423,6 +467,8 @@ mod tests {
         put64(HDR_SHARED_INFO_OFFSET, 0);
         put64(vcpu_entry(0) + VCPU_INFO_OFFSET_FIELD, 0);
         put32(port_entry(70), 9); // guest port 70 <-> Dom0 port 9, vCPU 0
+        put32(port_entry(4200), 10); // a FIFO port past the 2-level space
+        put32(HDR_NR_PORTS, 4201);
         put32(HDR_MAGIC, ROUTING_MAGIC);
         let irq = EventFd::new(EFD_NONBLOCK).unwrap();
         let wake = EventFd::new(EFD_NONBLOCK).unwrap();
@@ -453,6 +499,42 @@ mod tests {
     }
 
     #[test]
+    fn a_compat_layout_guest_gets_32_bit_words() {
+        let (mem, events, irqs, _wake) = domain();
+        let area = 4096u64;
+        mem.atomic_u32(area + HDR_SHARED_INFO_LAYOUT as u64)
+            .unwrap()
+            .store(SHARED_INFO_COMPAT, Ordering::SeqCst);
+        // Port 70: compat word 2, bit 6; selector (a u32 at 4) bit 2.
+        assert!(events.raise(70, 9));
+        let pending = mem
+            .atomic_u32(COMPAT_OFFSET_EVTCHN_PENDING as u64 + 8)
+            .unwrap();
+        assert_eq!(pending.load(Ordering::SeqCst), 1 << 6);
+        assert_eq!(
+            mem.atomic_u32(COMPAT_VCPU_INFO_PENDING_SEL as u64)
+                .unwrap()
+                .load(Ordering::SeqCst),
+            1 << 2
+        );
+        // Nothing at the 64-bit selector's place.
+        assert_eq!(mem.atomic_u64(8).unwrap().load(Ordering::SeqCst), 0);
+        assert_eq!(irqs[0].read().unwrap(), 1);
+        // The compat mask word covers port 70 at 0x880 + 8.
+        mem.atomic_u32(COMPAT_OFFSET_EVTCHN_PENDING as u64 + 8)
+            .unwrap()
+            .store(0, Ordering::SeqCst);
+        mem.atomic_u8(0).unwrap().store(0, Ordering::SeqCst);
+        mem.atomic_u32(COMPAT_OFFSET_EVTCHN_MASK as u64 + 8)
+            .unwrap()
+            .store(1 << 6, Ordering::SeqCst);
+        assert!(events.raise(70, 9));
+        assert_eq!(pending.load(Ordering::SeqCst), 1 << 6);
+        assert_eq!(mem.atomic_u8(0).unwrap().load(Ordering::SeqCst), 0);
+        assert!(irqs[0].read().is_err());
+    }
+
+    #[test]
     fn a_fifo_domain_gets_a_request_to_the_vmm_not_2_level_bits() {
         let (mem, events, irqs, wake) = domain();
         let area = 4096u64;
@@ -462,7 +544,7 @@ mod tests {
         assert!(events.raise(70, 9));
         // Port 70: bit 6 of request word 1; the VMM is woken to take it.
         let requests = mem
-            .atomic_u64(area + (HDR_RAISE_REQUESTS + 8) as u64)
+            .atomic_u64(area + raise_request_word(70) as u64)
             .unwrap();
         assert_eq!(requests.load(Ordering::SeqCst), 1 << 6);
         assert_eq!(wake.read().unwrap(), 1);
@@ -474,6 +556,13 @@ mod tests {
         // A port not bound to this Dom0 port is still refused.
         assert!(!events.raise(71, 9));
         assert_eq!(requests.load(Ordering::SeqCst), 1 << 6);
+        // Port 4200 (past 4096): bit 40 of request word 65.
+        assert!(events.raise(4200, 10));
+        let high = mem
+            .atomic_u64(area + raise_request_word(4200) as u64)
+            .unwrap();
+        assert_eq!(high.load(Ordering::SeqCst), 1 << 40);
+        assert!(!events.raise(ROUTING_NR_PORTS as u32, 10));
     }
 
     #[test]

@@ -128,6 +128,20 @@ impl ForeignMemory {
         Some(unsafe { AtomicU64::from_ptr(ptr.cast()) })
     }
 
+    /// `count` consecutive u32s from memfd offset `offset` (the compat
+    /// shared_info layout's event words).
+    pub fn atomic_u32_slice(&self, offset: u64, count: usize) -> Option<&[AtomicU32]> {
+        let bytes = count.checked_mul(4)?;
+        let end = offset.checked_add(bytes as u64)?;
+        if end > self.len as u64 {
+            return None;
+        }
+        let ptr = self.checked(offset, 4)?;
+        // SAFETY: `count` aligned u32s in bounds (checked above); shared
+        // memory only accessed atomically; lives as long as `self`.
+        Some(unsafe { std::slice::from_raw_parts(ptr.cast::<AtomicU32>(), count) })
+    }
+
     /// `count` consecutive u64s from memfd offset `offset`.
     pub fn atomic_u64_slice(&self, offset: u64, count: usize) -> Option<&[AtomicU64]> {
         let bytes = count.checked_mul(8)?;

@@ -78,6 +78,8 @@ pub struct LaunchSpec {
     /// HVM: virtio-mmio slots (`--virtio blk|net`): the config's disks,
     /// then its vifs, in order.
     pub virtio: Vec<VirtioKind>,
+    /// `max_event_channels` (xl's default 1023 when the config has none).
+    pub max_event_channels: u32,
 }
 
 impl LaunchSpec {
@@ -125,6 +127,9 @@ impl LaunchSpec {
             guest_type,
             xen_platform_pci: config.xen_platform_pci,
             virtio,
+            max_event_channels: config
+                .max_event_channels
+                .unwrap_or(kxen_vmm_api::launch::DEFAULT_MAX_EVENT_CHANNELS),
         })
     }
 
@@ -143,6 +148,7 @@ impl LaunchSpec {
         args.memory = self.memory_mib;
         args.maxmem = Some(self.maxmem_mib);
         args.vcpus = self.vcpus;
+        args.max_event_channels = self.max_event_channels;
         // allocate_domid keeps domids below DOMID_FIRST_RESERVED (0x7ff0).
         args.domid = u16::try_from(domid).unwrap_or(u16::MAX);
         args.name = self.name.clone();

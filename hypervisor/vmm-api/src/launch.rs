@@ -9,6 +9,9 @@ use std::str::FromStr;
 
 use clap::{Parser, ValueEnum};
 
+/// xl's default `max_event_channels` (libxl's `event_channels`).
+pub const DEFAULT_MAX_EVENT_CHANNELS: u32 = 1023;
+
 /// Most `--virtio` slots.
 pub const MAX_VIRTIO_SLOTS: usize = 8;
 
@@ -114,6 +117,10 @@ pub struct LaunchArgs {
     /// Number of vCPUs.
     #[arg(long, default_value_t = 1)]
     pub vcpus: u32,
+    /// Event channels the guest may use: its highest port (xl's
+    /// `max_event_channels`, Xen's `max_evtchn_port`).
+    #[arg(long, default_value_t = DEFAULT_MAX_EVENT_CHANNELS)]
+    pub max_event_channels: u32,
     /// Domain id the guest sees.
     #[arg(long, default_value_t = 1)]
     pub domid: u16,
@@ -153,6 +160,7 @@ impl LaunchArgs {
             memory: 128,
             maxmem: None,
             vcpus: 1,
+            max_event_channels: DEFAULT_MAX_EVENT_CHANNELS,
             domid: 1,
             name: "domU".into(),
             report_timing: false,
@@ -199,6 +207,10 @@ impl LaunchArgs {
             pair("--maxmem", maxmem.to_string().into());
         }
         pair("--vcpus", self.vcpus.to_string().into());
+        pair(
+            "--max-event-channels",
+            self.max_event_channels.to_string().into(),
+        );
         pair("--domid", self.domid.to_string().into());
         pair("--name", self.name.clone().into());
         if let Some(path) = &self.control_socket {
@@ -258,6 +270,7 @@ mod tests {
             memory: 512,
             maxmem: Some(1024),
             vcpus: 4,
+            max_event_channels: 5000,
             domid: 65000,
             name: "-dash".into(),
             report_timing: true,

@@ -13,7 +13,8 @@
 //! | offset | field |
 //! |---|---|
 //! | 0 | [`RoutingHeader`] |
-//! | [`ROUTING_PORTS_OFFSET`] | [`RoutingPort`] per guest port, 4096 of them |
+//! | [`ROUTING_PORTS_OFFSET`] | [`RoutingPort`] per guest port, 131072 of them (the FIFO ABI's port space) |
+//! | [`ROUTING_RAISE_OFFSET`] | the raise-request bitmap: one bit per guest port |
 //!
 //! Every field is read and written with atomic loads and stores of its own
 //! width. `generation` works as a sequence lock around layout changes
@@ -21,30 +22,36 @@
 //! a page and even again once the new offsets are published. A backend that
 //! saw it change (or odd) while it set bits redoes the notification at the
 //! new location. A switch to the FIFO event ABI is such a change: from then
-//! on backends ask the VMM to raise ports (`raise_requests`) instead of
-//! setting bits themselves.
+//! on backends ask the VMM to raise ports (the raise-request bitmap)
+//! instead of setting bits themselves.
 
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
 /// "KXER" as a little-endian u32.
 pub const ROUTING_MAGIC: u32 = u32::from_le_bytes(*b"KXER");
-/// Layout version of this module.
-pub const ROUTING_VERSION: u32 = 1;
+/// Layout version of this module (2: the port table and the raise-request
+/// bitmap cover the FIFO ABI's 131072 ports, the bitmap after the table).
+pub const ROUTING_VERSION: u32 = 2;
 /// vCPUs the area describes (kxen-vmm allows at most 32).
 pub const ROUTING_MAX_VCPUS: usize = 32;
 /// Grant frames the area describes.
 pub const ROUTING_MAX_GRANT_FRAMES: usize = 64;
 /// Status frames the area describes (those of a 64-frame v2 table).
 pub const ROUTING_MAX_STATUS_FRAMES: usize = 8;
-/// Ports the area describes: the whole 2-level port space.
-pub const ROUTING_NR_PORTS: usize = 4096;
+/// Ports the area describes: the whole FIFO port space (which contains
+/// the 2-level ABI's 4096).
+pub const ROUTING_NR_PORTS: usize = 1 << 17;
 /// An offset field that names nothing (page not placed or not in the memfd).
 pub const ROUTING_NO_OFFSET: u64 = u64::MAX;
 /// Where the per-port table starts.
 pub const ROUTING_PORTS_OFFSET: usize = 4096;
-/// Size of the whole area in bytes (a whole number of pages).
-pub const ROUTING_AREA_SIZE: usize =
+/// Where the raise-request bitmap starts: one bit per guest port, set by
+/// a backend that asks the VMM to raise the port (FIFO domains), cleared
+/// by the VMM when it takes the request.
+pub const ROUTING_RAISE_OFFSET: usize =
     ROUTING_PORTS_OFFSET + ROUTING_NR_PORTS * core::mem::size_of::<RoutingPort>();
+/// Size of the whole area in bytes (a whole number of pages).
+pub const ROUTING_AREA_SIZE: usize = ROUTING_RAISE_OFFSET + ROUTING_NR_PORTS / 8;
 
 /// One vCPU as backends need it.
 #[repr(C)]
@@ -81,7 +88,8 @@ pub struct RoutingHeader {
     pub shared_info_offset: u64,
     /// Grant frames in use (one past the highest placed).
     pub nr_grant_frames: u32,
-    /// Entries of the port table ([`ROUTING_NR_PORTS`]).
+    /// One past the highest guest port ever bound to Dom0 in the port
+    /// table (a bound for scans; entries above it are all unbound).
     pub nr_ports: u32,
     pub vcpus: [RoutingVcpu; ROUTING_MAX_VCPUS],
     /// memfd offset of each grant frame; [`ROUTING_NO_OFFSET`] if not placed.
@@ -97,18 +105,25 @@ pub struct RoutingHeader {
     /// The guest's event ABI: [`EVENT_ABI_2L`] (0, also in an area written
     /// before this field existed) or [`EVENT_ABI_FIFO`]. A FIFO domain's
     /// event words are the VMM's to link into its queues: a backend sets
-    /// the port's bit in `raise_requests` and writes the wake eventfd, and
-    /// the VMM raises the port.
+    /// the port's bit in the raise-request bitmap
+    /// ([`ROUTING_RAISE_OFFSET`]) and writes the wake eventfd, and the VMM
+    /// raises the port.
     pub event_abi: u32,
-    pub _pad: u32,
-    /// One bit per guest port ([`ROUTING_NR_PORTS`]): Dom0 asks the VMM to
-    /// raise it (FIFO domains). Backends set bits, the VMM clears them.
-    pub raise_requests: [u64; ROUTING_NR_PORTS / 64],
+    /// The layout of the guest's shared_info and vcpu_infos:
+    /// [`SHARED_INFO_NATIVE`] (0, also in an area written before this
+    /// field existed) or [`SHARED_INFO_COMPAT`], Xen's 32-bit layout (u32
+    /// event words at other offsets, the selector a u32 at 4), which Xen
+    /// latches for a guest that set up events outside 64-bit mode.
+    pub shared_info_layout: u32,
 }
 
 /// `event_abi` values.
 pub const EVENT_ABI_2L: u32 = 0;
 pub const EVENT_ABI_FIFO: u32 = 1;
+
+/// `shared_info_layout` values.
+pub const SHARED_INFO_NATIVE: u32 = 0;
+pub const SHARED_INFO_COMPAT: u32 = 1;
 
 /// Offsets of the [`RoutingHeader`] fields.
 pub const HDR_MAGIC: usize = 0;
@@ -125,7 +140,7 @@ pub const HDR_GRANT_VERSION: usize = HDR_GRANT_FRAME_OFFSETS + ROUTING_MAX_GRANT
 pub const HDR_NR_STATUS_FRAMES: usize = HDR_GRANT_VERSION + 4;
 pub const HDR_STATUS_FRAME_OFFSETS: usize = HDR_NR_STATUS_FRAMES + 4;
 pub const HDR_EVENT_ABI: usize = HDR_STATUS_FRAME_OFFSETS + ROUTING_MAX_STATUS_FRAMES * 8;
-pub const HDR_RAISE_REQUESTS: usize = HDR_EVENT_ABI + 8;
+pub const HDR_SHARED_INFO_LAYOUT: usize = HDR_EVENT_ABI + 4;
 
 /// One guest port as backends need it.
 #[repr(C)]
@@ -153,21 +168,28 @@ pub const fn status_frame_entry(index: usize) -> usize {
     HDR_STATUS_FRAME_OFFSETS + index * 8
 }
 
+/// Area offset of the raise-request word holding `port`'s bit
+/// (bit `port % 64`).
+pub const fn raise_request_word(port: usize) -> usize {
+    ROUTING_RAISE_OFFSET + port / 64 * 8
+}
+
 /// Area offset of `port`'s entry.
 pub const fn port_entry(port: usize) -> usize {
     ROUTING_PORTS_OFFSET + port * core::mem::size_of::<RoutingPort>()
 }
 
 const _: () = {
-    assert!(core::mem::size_of::<RoutingHeader>() == HDR_RAISE_REQUESTS + ROUTING_NR_PORTS / 8);
+    assert!(core::mem::size_of::<RoutingHeader>() == HDR_SHARED_INFO_LAYOUT + 4);
     assert!(core::mem::offset_of!(RoutingHeader, event_abi) == HDR_EVENT_ABI);
-    assert!(core::mem::offset_of!(RoutingHeader, raise_requests) == HDR_RAISE_REQUESTS);
+    assert!(core::mem::offset_of!(RoutingHeader, shared_info_layout) == HDR_SHARED_INFO_LAYOUT);
     assert!(core::mem::offset_of!(RoutingHeader, grant_version) == HDR_GRANT_VERSION);
     assert!(core::mem::offset_of!(RoutingHeader, nr_status_frames) == HDR_NR_STATUS_FRAMES);
     assert!(core::mem::offset_of!(RoutingHeader, status_frame_offsets) == HDR_STATUS_FRAME_OFFSETS);
     assert!(core::mem::size_of::<RoutingHeader>() <= ROUTING_PORTS_OFFSET);
     assert!(core::mem::size_of::<RoutingPort>() == 8);
     assert!(ROUTING_AREA_SIZE.is_multiple_of(crate::memfd::PAGE_SIZE));
+    assert!(ROUTING_RAISE_OFFSET.is_multiple_of(8));
     assert!(core::mem::offset_of!(RoutingHeader, generation) == HDR_GENERATION);
     assert!(core::mem::offset_of!(RoutingHeader, shared_info_offset) == HDR_SHARED_INFO_OFFSET);
     assert!(core::mem::offset_of!(RoutingHeader, nr_grant_frames) == HDR_NR_GRANT_FRAMES);

@@ -316,6 +316,7 @@ pub fn build(cfg: &VmConfig, started: Instant) -> Result<Vm, VmError> {
         xen_major: XEN_MAJOR,
         xen_minor: XEN_MINOR,
         handle: domain_handle(cfg.domid, &cfg.name),
+        max_evtchn_port: cfg.max_event_channels,
         pv_machphys_mapping: cfg.pv.then(|| {
             let (v_start, v_end, max_mfn) = kxen_pv::m2p::machphys_mapping();
             xen_abi::memory::MachphysMapping {

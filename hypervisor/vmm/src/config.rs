@@ -18,6 +18,8 @@ pub struct VmConfig {
     pub memory_mib: u64,
     pub maxmem_mib: u64,
     pub vcpus: u32,
+    /// The highest event channel port the guest may allocate.
+    pub max_event_channels: u32,
     pub domid: u16,
     pub name: String,
     /// Build the domain paused (`xl create -p`).

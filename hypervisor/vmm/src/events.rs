@@ -234,6 +234,7 @@ impl EventRouting {
             &frames,
             layout.grant_version,
             &status,
+            layout.shared_info_layout.is_compat(),
         );
     }
 

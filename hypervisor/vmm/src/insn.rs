@@ -157,6 +157,9 @@ pub enum Action {
     Trap { vector: u8, len: usize },
     /// A fault: RIP stays at the instruction.
     Fault { vector: u8, error_code: Option<u32> },
+    /// `iretd` in 32-bit protected-mode code: [`iret32`] decides it from
+    /// the 12-byte frame (EIP, CS, EFLAGS) at SS:ESP.
+    Iret32,
 }
 
 /// Why [`decide`] has no answer: the domain ends, and says this.
@@ -360,10 +363,142 @@ pub fn decide(bytes: &[u8], cpu: &CpuState) -> Result<Action, Unanswered> {
         Code::Fxrstor64_m512byte => fxsr(FpuOp::Fxrstor { rex_w: true }),
         Code::Ldmxcsr_m32 => fxsr(FpuOp::Ldmxcsr),
         Code::Stmxcsr_m32 => fxsr(FpuOp::Stmxcsr),
+        // KVM's emulator on PVM hosts fails a 32-bit iretd, which every
+        // 32-bit guest that takes interrupts runs.
+        Code::Iretd if cpu.bitness == 32 => Ok(Action::Iret32),
         Code::Clac => Ok(Action::SetAc { set: false, len }),
         Code::Stac => Ok(Action::SetAc { set: true, len }),
         _ => Err(not_emulated(&insn)),
     }
+}
+
+/// EFLAGS bits.
+const EFLAGS_FIXED: u32 = 1 << 1;
+const EFLAGS_IF: u32 = 1 << 9;
+const EFLAGS_IOPL: u32 = 3 << 12;
+const EFLAGS_NT: u32 = 1 << 14;
+const EFLAGS_VM: u32 = 1 << 17;
+const EFLAGS_VIF: u32 = 1 << 19;
+const EFLAGS_VIP: u32 = 1 << 20;
+/// The bits an `iret` may load: CF, PF, AF, ZF, SF, TF, IF, DF, OF, IOPL,
+/// NT, RF, AC, VIF, VIP, ID (VM is refused before).
+const EFLAGS_LOADABLE: u32 = 0x003f_7fd5 & !EFLAGS_VM;
+
+/// What [`iret32`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IretStep {
+    /// Return to `eip` in the code segment `cs` (its descriptor still to
+    /// be loaded and checked with [`code_segment_for_return`]), with these
+    /// flags; the frame's 12 bytes are popped.
+    Return { eip: u32, cs: u16, eflags: u32 },
+    /// The exception the CPU raises instead.
+    Fault { vector: u8, error_code: u32 },
+    /// A form this path does not take: a task return (NT), a return to
+    /// virtual-8086 mode or to an outer privilege level.
+    Unanswered(&'static str),
+}
+
+/// Protected-mode `iretd` from 32-bit code at `cpl` with the flags
+/// `rflags`, given the 12 bytes at SS:ESP (EIP, CS, EFLAGS), as the SDM's
+/// IRET pseudo-code does it for a return to the same privilege level.
+pub fn iret32(frame: &[u8; 12], cpl: u8, rflags: u64) -> IretStep {
+    let old = rflags as u32;
+    if old & EFLAGS_NT != 0 {
+        return IretStep::Unanswered("a task return (EFLAGS.NT)");
+    }
+    let eip = u32::from_le_bytes([frame[0], frame[1], frame[2], frame[3]]);
+    let cs = u16::from_le_bytes([frame[4], frame[5]]);
+    let new = u32::from_le_bytes([frame[8], frame[9], frame[10], frame[11]]);
+    if new & EFLAGS_VM != 0 && cpl == 0 {
+        return IretStep::Unanswered("a return to virtual-8086 mode");
+    }
+    if cs & !3 == 0 {
+        return IretStep::Fault {
+            vector: EXCEPTION_GP,
+            error_code: 0,
+        };
+    }
+    let rpl = (cs & 3) as u8;
+    if rpl < cpl {
+        return IretStep::Fault {
+            vector: EXCEPTION_GP,
+            error_code: u32::from(cs & !3),
+        };
+    }
+    if rpl > cpl {
+        return IretStep::Unanswered("a return to an outer privilege level");
+    }
+    // IOPL only at CPL 0, IF only at CPL <= IOPL, VIF/VIP only at CPL 0.
+    let iopl = ((old & EFLAGS_IOPL) >> 12) as u8;
+    let mut loadable = EFLAGS_LOADABLE;
+    if cpl > 0 {
+        loadable &= !(EFLAGS_IOPL | EFLAGS_VIF | EFLAGS_VIP);
+    }
+    if cpl > iopl {
+        loadable &= !EFLAGS_IF;
+    }
+    IretStep::Return {
+        eip,
+        cs,
+        eflags: (old & !loadable) | (new & loadable) | EFLAGS_FIXED,
+    }
+}
+
+/// The code segment an `iret` to the same privilege level loads from the
+/// 8-byte descriptor `raw` for `selector`, checked as the CPU checks it:
+/// a code segment (else #GP(selector)) whose DPL is the selector's RPL,
+/// or at most it for a conforming one (else #GP(selector)), present (else
+/// #NP(selector)), and `eip` within its limit (else #GP(0)).
+pub fn code_segment_for_return(
+    selector: u16,
+    raw: u64,
+    eip: u32,
+) -> Result<kvm_bindings::kvm_segment, (u8, u32)> {
+    const EXCEPTION_NP: u8 = 11;
+    let type_ = ((raw >> 40) & 0xf) as u8;
+    let s = ((raw >> 44) & 1) as u8;
+    let dpl = ((raw >> 45) & 3) as u8;
+    let present = ((raw >> 47) & 1) as u8;
+    let gp_sel = (EXCEPTION_GP, u32::from(selector & !3));
+    let code = s == 1 && type_ & 0x8 != 0;
+    if !code {
+        return Err(gp_sel);
+    }
+    let rpl = (selector & 3) as u8;
+    let conforming = type_ & 0x4 != 0;
+    if (conforming && dpl > rpl) || (!conforming && dpl != rpl) {
+        return Err(gp_sel);
+    }
+    if present == 0 {
+        return Err((EXCEPTION_NP, u32::from(selector & !3)));
+    }
+    let g = ((raw >> 55) & 1) as u8;
+    let raw_limit = ((raw & 0xffff) | ((raw >> 32) & 0xf_0000)) as u32;
+    let limit = if g == 1 {
+        (raw_limit << 12) | 0xfff
+    } else {
+        raw_limit
+    };
+    if eip > limit {
+        return Err((EXCEPTION_GP, 0));
+    }
+    let base = ((raw >> 16) & 0xff_ffff) | (((raw >> 56) & 0xff) << 24);
+    Ok(kvm_bindings::kvm_segment {
+        base,
+        limit,
+        selector,
+        // Loading a descriptor sets its accessed bit.
+        type_: type_ | 1,
+        present,
+        dpl,
+        db: ((raw >> 54) & 1) as u8,
+        s,
+        l: ((raw >> 53) & 1) as u8,
+        g,
+        avl: ((raw >> 52) & 1) as u8,
+        unusable: 0,
+        padding: 0,
+    })
 }
 
 fn not_emulated(insn: &Instruction) -> Unanswered {

@@ -70,6 +70,7 @@ fn main() -> ExitCode {
         memory_mib: args.memory,
         maxmem_mib: args.maxmem_mib(),
         vcpus: args.vcpus,
+        max_event_channels: args.max_event_channels,
         domid: args.domid,
         name: args.name.clone(),
         start_paused: args.paused,

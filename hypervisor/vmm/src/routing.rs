@@ -23,8 +23,7 @@ impl RoutingArea {
         area.u32_at(HDR_VERSION)
             .store(ROUTING_VERSION, Ordering::SeqCst);
         area.u32_at(HDR_NR_VCPUS).store(nr_vcpus, Ordering::SeqCst);
-        area.u32_at(HDR_NR_PORTS)
-            .store(ROUTING_NR_PORTS as u32, Ordering::SeqCst);
+        area.u32_at(HDR_NR_PORTS).store(0, Ordering::SeqCst);
         area.u64_at(HDR_SHARED_INFO_OFFSET)
             .store(ROUTING_NO_OFFSET, Ordering::SeqCst);
         for v in 0..ROUTING_MAX_VCPUS {
@@ -70,8 +69,16 @@ impl RoutingArea {
         grant_frames: &[Option<u64>],
         grant_version: u32,
         status_frames: &[Option<u64>],
+        compat_shared_info: bool,
     ) {
         self.begin_change();
+        let layout = if compat_shared_info {
+            SHARED_INFO_COMPAT
+        } else {
+            SHARED_INFO_NATIVE
+        };
+        self.u32_at(HDR_SHARED_INFO_LAYOUT)
+            .store(layout, Ordering::SeqCst);
         self.u64_at(HDR_SHARED_INFO_OFFSET)
             .store(shared_info.unwrap_or(ROUTING_NO_OFFSET), Ordering::SeqCst);
         for (v, off) in vcpu_infos.iter().take(ROUTING_MAX_VCPUS).enumerate() {
@@ -120,9 +127,12 @@ impl RoutingArea {
     pub fn take_raise_requests(&self) -> Vec<u32> {
         let mut ports = Vec::new();
         for word in 0..ROUTING_NR_PORTS / 64 {
-            let mut bits = self
-                .u64_at(HDR_RAISE_REQUESTS + word * 8)
-                .swap(0, Ordering::SeqCst);
+            let request = self.u64_at(raise_request_word(word * 64));
+            // Most words are clear: read before taking them.
+            if request.load(Ordering::Relaxed) == 0 {
+                continue;
+            }
+            let mut bits = request.swap(0, Ordering::SeqCst);
             while bits != 0 {
                 let bit = bits.trailing_zeros();
                 bits &= bits - 1;
@@ -136,6 +146,12 @@ impl RoutingArea {
         if (port as usize) < ROUTING_NR_PORTS {
             let e = port_entry(port as usize);
             self.u32_at(e + 4).store(notify_vcpu, Ordering::SeqCst);
+            if dom0_port != 0 {
+                // Before the binding is visible: a scan bounded by
+                // nr_ports must reach it.
+                self.u32_at(HDR_NR_PORTS)
+                    .fetch_max(port + 1, Ordering::SeqCst);
+            }
             self.u32_at(e).store(dom0_port, Ordering::SeqCst);
         }
     }
@@ -181,12 +197,19 @@ mod tests {
             area.u32_at(HDR_GENERATION).load(Ordering::SeqCst),
             generation + 2
         );
-        // What a backend does for guest ports 3, 70 and 4095.
-        for port in [3usize, 70, 4095] {
-            area.u64_at(HDR_RAISE_REQUESTS + port / 64 * 8)
+        // What a backend does for guest ports 3, 70, 4095 and two FIFO
+        // ports past the 2-level space, up to the last.
+        let ports = [3usize, 70, 4095, 4200, ROUTING_NR_PORTS - 1];
+        for port in ports {
+            area.u64_at(raise_request_word(port))
                 .fetch_or(1 << (port % 64), Ordering::SeqCst);
         }
-        assert_eq!(area.take_raise_requests(), vec![3, 70, 4095]);
+        let taken: Vec<usize> = area
+            .take_raise_requests()
+            .into_iter()
+            .map(|p| p as usize)
+            .collect();
+        assert_eq!(taken, ports);
         assert!(area.take_raise_requests().is_empty());
         area.set_event_abi(false);
         assert_eq!(

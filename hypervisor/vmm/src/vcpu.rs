@@ -128,6 +128,9 @@ enum Deferred {
     /// A PV vCPU's `syscall` reached the hypervisor's entry stub.
     PvSyscall,
     LstarWrite(u64),
+    /// The hypercall page MSR was written (the mode decides the
+    /// shared_info layout).
+    HypercallPageWritten,
     EmulationFailure,
     TripleFault,
 }
@@ -389,6 +392,10 @@ impl Vcpu {
                     *msr.error = 1;
                 } else if lstar {
                     return Err(Deferred::LstarWrite(data));
+                } else if rt.pv.is_none() {
+                    // Xen latches the shared_info layout from the vCPU's
+                    // mode when the hypercall page is written.
+                    return Err(Deferred::HypercallPageWritten);
                 }
             }
             VcpuExit::X86Rdmsr(msr) => {
@@ -460,6 +467,13 @@ impl Vcpu {
                 if let Some(pvm) = &self.pvm {
                     pvm.handle(&mut self.kvm, PvmEvent::LstarWrite(lstar));
                 }
+                ExitOutcome::Continue
+            }
+            Deferred::HypercallPageWritten => {
+                let long_mode = kvm::in_64bit_code(&self.kvm.sregs());
+                let domain = &self.rt.domain;
+                let mut st = domain.lock();
+                domain.latch_shared_info_layout(&mut st, long_mode);
                 ExitOutcome::Continue
             }
             Deferred::EmulationFailure => {

@@ -1,4 +1,5 @@
-//! The shared_info page and per-vCPU vcpu_info (x86_64 layout).
+//! The shared_info page and per-vCPU vcpu_info: the x86_64 layout, and the
+//! 32-bit ("compat") layout Xen uses for a domain it latched as 32-bit.
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
 /// vcpu_info slots embedded in shared_info.
@@ -21,6 +22,113 @@ pub const VCPU_INFO_UPCALL_PENDING: usize = 0;
 pub const VCPU_INFO_UPCALL_MASK: usize = 1;
 pub const VCPU_INFO_PENDING_SEL: usize = 8;
 pub const VCPU_INFO_TIME: usize = 32;
+
+/// The compat (32-bit x86) layout, where `xen_ulong_t` is 4 bytes: the
+/// 2-level bitmaps are 32 words of 32 bits, the selector is a u32 at 4,
+/// and `wc_sec_hi` moved into `arch_shared_info` (after six u32 fields).
+/// vcpu_info is 64 bytes with its time record at 32 in both layouts.
+pub const COMPAT_OFFSET_EVTCHN_PENDING: usize = 0x800;
+pub const COMPAT_OFFSET_EVTCHN_MASK: usize = 0x880;
+pub const COMPAT_OFFSET_WC_VERSION: usize = 0x900;
+pub const COMPAT_OFFSET_WC_SEC: usize = 0x904;
+pub const COMPAT_OFFSET_WC_NSEC: usize = 0x908;
+pub const COMPAT_OFFSET_ARCH_MAX_PFN: usize = 0x90c;
+pub const COMPAT_OFFSET_WC_SEC_HI: usize = 0x924;
+/// u32 words in each of the compat pending and mask bitmaps.
+pub const COMPAT_EVTCHN_WORDS: usize = 32;
+pub const COMPAT_VCPU_INFO_PENDING_SEL: usize = 4;
+
+/// Which shared_info/vcpu_info layout a domain's guest reads. Xen starts
+/// every HVM/PVH domain with the native one and latches the layout from
+/// the vCPU's mode when the guest writes the hypercall page MSR or sets
+/// HVM_PARAM_CALLBACK_IRQ (`hvm_latch_shinfo_size`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum SharedInfoLayout {
+    #[default]
+    Native,
+    Compat,
+}
+
+impl SharedInfoLayout {
+    /// The layout a vCPU in 64-bit mode (`long_mode` true) latches.
+    pub const fn for_mode(long_mode: bool) -> Self {
+        if long_mode {
+            SharedInfoLayout::Native
+        } else {
+            SharedInfoLayout::Compat
+        }
+    }
+
+    pub const fn is_compat(self) -> bool {
+        matches!(self, SharedInfoLayout::Compat)
+    }
+
+    /// Bits in one word of the 2-level bitmaps and of the selector.
+    pub const fn bits_per_word(self) -> u32 {
+        match self {
+            SharedInfoLayout::Native => 64,
+            SharedInfoLayout::Compat => 32,
+        }
+    }
+
+    /// Words in each 2-level bitmap.
+    pub const fn evtchn_words(self) -> usize {
+        match self {
+            SharedInfoLayout::Native => EVTCHN_WORDS,
+            SharedInfoLayout::Compat => COMPAT_EVTCHN_WORDS,
+        }
+    }
+
+    /// Ports the 2-level ABI addresses in this layout (4096 or 1024).
+    pub const fn nr_2l_ports(self) -> u32 {
+        self.bits_per_word() * self.bits_per_word()
+    }
+
+    pub const fn evtchn_pending(self) -> usize {
+        match self {
+            SharedInfoLayout::Native => OFFSET_EVTCHN_PENDING,
+            SharedInfoLayout::Compat => COMPAT_OFFSET_EVTCHN_PENDING,
+        }
+    }
+
+    pub const fn evtchn_mask(self) -> usize {
+        match self {
+            SharedInfoLayout::Native => OFFSET_EVTCHN_MASK,
+            SharedInfoLayout::Compat => COMPAT_OFFSET_EVTCHN_MASK,
+        }
+    }
+
+    /// `wc_version`, followed by `wc_sec` and `wc_nsec` in both layouts.
+    pub const fn wc_version(self) -> usize {
+        match self {
+            SharedInfoLayout::Native => OFFSET_WC_VERSION,
+            SharedInfoLayout::Compat => COMPAT_OFFSET_WC_VERSION,
+        }
+    }
+
+    pub const fn wc_sec_hi(self) -> usize {
+        match self {
+            SharedInfoLayout::Native => OFFSET_WC_SEC_HI,
+            SharedInfoLayout::Compat => COMPAT_OFFSET_WC_SEC_HI,
+        }
+    }
+
+    /// `arch.max_pfn`: a u64 natively, a u32 in the compat layout.
+    pub const fn arch_max_pfn(self) -> usize {
+        match self {
+            SharedInfoLayout::Native => OFFSET_ARCH_MAX_PFN,
+            SharedInfoLayout::Compat => COMPAT_OFFSET_ARCH_MAX_PFN,
+        }
+    }
+
+    /// `evtchn_pending_sel` inside vcpu_info.
+    pub const fn vcpu_pending_sel(self) -> usize {
+        match self {
+            SharedInfoLayout::Native => VCPU_INFO_PENDING_SEL,
+            SharedInfoLayout::Compat => COMPAT_VCPU_INFO_PENDING_SEL,
+        }
+    }
+}
 
 /// `struct vcpu_time_info`: the pvclock record.
 #[repr(C)]
@@ -85,6 +193,25 @@ pub fn pvclock_parameters(tsc_hz: u64) -> (u32, i8) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn compat_layout_fits_where_xen_puts_it() {
+        let c = SharedInfoLayout::Compat;
+        // 32 vcpu_info, then 32 u32 pending and 32 u32 mask words.
+        assert_eq!(c.evtchn_pending(), XEN_LEGACY_MAX_VCPUS * VCPU_INFO_SIZE);
+        assert_eq!(
+            c.evtchn_mask(),
+            c.evtchn_pending() + COMPAT_EVTCHN_WORDS * 4
+        );
+        assert_eq!(c.wc_version(), c.evtchn_mask() + COMPAT_EVTCHN_WORDS * 4);
+        // wc_version, wc_sec, wc_nsec, then arch: max_pfn, the frame list
+        // list, nmi_reason, p2m_cr3, p2m_vaddr, p2m_generation, wc_sec_hi.
+        assert_eq!(c.arch_max_pfn(), c.wc_version() + 12);
+        assert_eq!(c.wc_sec_hi(), c.arch_max_pfn() + 6 * 4);
+        assert_eq!(c.nr_2l_ports(), 1024);
+        assert_eq!(SharedInfoLayout::Native.nr_2l_ports(), 4096);
+        assert_eq!(SharedInfoLayout::for_mode(false), c);
+    }
 
     #[test]
     fn pvclock_round_trip() {

@@ -15,10 +15,11 @@ use xen_abi::vcpu::*;
 use xen_abi::PAGE_SIZE;
 use zerocopy::IntoBytes;
 
+use crate::evtchn::EventWords;
 use crate::evtchn::{self, PortState, PortTable, SharedInfoBits, VcpuEventBits};
 use crate::evtchn_fifo::FifoState;
 use crate::grant::GrantTable;
-use crate::guest::{atomic_u64, atomic_u64_slice, atomic_u8};
+use crate::guest::{atomic_u32_slice, atomic_u64_slice, atomic_u8};
 use crate::time::{host_tsc, Clock};
 
 /// A page the VMM owns and maps at a guest-chosen GFN.
@@ -98,6 +99,8 @@ pub struct EventLayout {
     pub grant_version: u32,
     /// GFN of each status frame placed (v2 only).
     pub grant_status_frames: Vec<Option<u64>>,
+    /// The layout of shared_info and the vcpu_infos (native or compat).
+    pub shared_info_layout: SharedInfoLayout,
 }
 
 /// Static facts about the domain, fixed at build time.
@@ -124,6 +127,9 @@ pub struct DomainConfig {
     /// XENMEM_machphys_mapping reports it (the VMM places it); `None` for
     /// HVM/PVH, which Xen refuses the call.
     pub pv_machphys_mapping: Option<xen_abi::memory::MachphysMapping>,
+    /// The highest event channel port the domain may allocate: xl's
+    /// `max_event_channels` (libxl passes it as Xen's `max_evtchn_port`).
+    pub max_evtchn_port: u32,
 }
 
 impl DomainConfig {
@@ -182,6 +188,9 @@ pub struct DomainState {
     pub ballooned: BTreeSet<u64>,
     pub shutdown_code: Option<u32>,
     pub vm_assist: u64,
+    /// Xen's `has_32bit_shinfo`: the layout latched from the vCPU's mode
+    /// (see [`Domain::latch_shared_info_layout`]).
+    pub shared_info_layout: SharedInfoLayout,
 }
 
 /// One domain as the Xen layer sees it.
@@ -227,7 +236,7 @@ impl Domain {
         vcpus[0].runstate.state = RUNSTATE_RUNNING;
         let state = DomainState {
             params: [0; HVM_NR_PARAMS as usize],
-            ports: PortTable::new(cfg.nr_vcpus),
+            ports: PortTable::new(cfg.nr_vcpus, cfg.max_evtchn_port),
             shared_info_gfn: cfg.initial_shared_info_gfn,
             shared_info_overlay: false,
             vcpus,
@@ -235,6 +244,7 @@ impl Domain {
             ballooned: BTreeSet::new(),
             shutdown_code: None,
             vm_assist: 0,
+            shared_info_layout: SharedInfoLayout::Native,
         };
         let domain = Domain {
             cfg,
@@ -369,6 +379,7 @@ impl Domain {
             grant_frames: st.grants.frames.clone(),
             grant_version: st.grants.version,
             grant_status_frames: st.grants.status_frames.clone(),
+            shared_info_layout: st.shared_info_layout,
         };
         self.platform.publish_event_layout(&layout);
     }
@@ -386,7 +397,7 @@ impl Domain {
         let st = self.lock();
         self.publish_event_layout(&st);
         self.publish_upcall_vectors(&st);
-        for port in 0..xen_abi::event_channel::NR_EVENT_CHANNELS_2L {
+        for port in 0..st.ports.len() {
             self.publish_port(&st, port);
         }
     }
@@ -405,9 +416,14 @@ impl Domain {
             let byte = |off: usize| {
                 gpa.and_then(|g| mem.read_obj::<u8>(GuestAddress(g + off as u64)).ok())
             };
+            let layout = st.shared_info_layout;
             let sel = gpa.and_then(|g| {
-                mem.read_obj::<u64>(GuestAddress(g + VCPU_INFO_PENDING_SEL as u64))
-                    .ok()
+                let at = GuestAddress(g + layout.vcpu_pending_sel() as u64);
+                if layout.is_compat() {
+                    mem.read_obj::<u32>(at).ok().map(u64::from)
+                } else {
+                    mem.read_obj::<u64>(at).ok()
+                }
             });
             out.push_str(&format!(
                 "vcpu{vcpu}: vcpu_info={gpa:x?} upcall_pending={:?} upcall_mask={:?} pending_sel={sel:x?} vector={:?}; ",
@@ -417,11 +433,19 @@ impl Domain {
             ));
         }
         let si = st.shared_info_gfn << 12;
-        let word = |off: usize| mem.read_obj::<u64>(GuestAddress(si + off as u64)).ok();
+        let layout = st.shared_info_layout;
+        let word = |off: usize| {
+            let at = GuestAddress(si + off as u64);
+            if layout.is_compat() {
+                mem.read_obj::<u32>(at).ok().map(u64::from)
+            } else {
+                mem.read_obj::<u64>(at).ok()
+            }
+        };
         out.push_str(&format!(
-            "pending[0]={:x?} mask[0]={:x?}",
-            word(OFFSET_EVTCHN_PENDING),
-            word(OFFSET_EVTCHN_MASK)
+            "{layout:?} layout: pending[0]={:x?} mask[0]={:x?}",
+            word(layout.evtchn_pending()),
+            word(layout.evtchn_mask())
         ));
         out
     }
@@ -454,14 +478,19 @@ impl Domain {
     ) -> Option<R> {
         let mem = self.mem.memory();
         let si_gpa = st.shared_info_gfn << 12;
-        let pending = atomic_u64_slice(&mem, si_gpa + OFFSET_EVTCHN_PENDING as u64, EVTCHN_WORDS)?;
-        let mask = atomic_u64_slice(&mem, si_gpa + OFFSET_EVTCHN_MASK as u64, EVTCHN_WORDS)?;
-        let si = SharedInfoBits { pending, mask };
+        let layout = st.shared_info_layout;
+        let words = |offset: usize| {
+            event_words(&mem, si_gpa + offset as u64, layout, layout.evtchn_words())
+        };
+        let si = SharedInfoBits {
+            pending: words(layout.evtchn_pending())?,
+            mask: words(layout.evtchn_mask())?,
+        };
         let vi_gpa = self.vcpu_info_gpa(st, vcpu);
         let vi = vi_gpa.and_then(|gpa| {
             Some(VcpuEventBits {
                 upcall_pending: atomic_u8(&mem, gpa + VCPU_INFO_UPCALL_PENDING as u64)?,
-                pending_sel: atomic_u64(&mem, gpa + VCPU_INFO_PENDING_SEL as u64)?,
+                pending_sel: event_words(&mem, gpa + layout.vcpu_pending_sel() as u64, layout, 1)?,
             })
         });
         Some(f(&si, vi.as_ref()))
@@ -665,23 +694,68 @@ impl Domain {
         }
     }
 
-    /// Publish the wallclock in shared_info.
+    /// Publish the wallclock (and `arch.max_pfn`) in shared_info, in the
+    /// domain's layout.
     pub fn write_wallclock(&self, st: &DomainState) {
         let mem = self.mem.memory();
         let base = st.shared_info_gfn << 12;
-        let mut body = [0u8; 12];
+        let layout = st.shared_info_layout;
         let (wall_sec, wall_nsec) = self.clock.boot_wall();
-        body[0..4].copy_from_slice(&(wall_sec as u32).to_le_bytes());
-        body[4..8].copy_from_slice(&wall_nsec.to_le_bytes());
-        body[8..12].copy_from_slice(&((wall_sec >> 32) as u32).to_le_bytes());
-        // wc_version precedes wc_sec, wc_nsec, wc_sec_hi: one versioned record.
+        let sec_hi = (wall_sec >> 32) as u32;
+        // wc_version precedes wc_sec and wc_nsec in both layouts: one
+        // versioned record. Natively wc_sec_hi follows them; in the compat
+        // layout it sits in arch_shared_info, written in the same window.
         let mut record = [0u8; 16];
-        record[4..].copy_from_slice(&body);
-        write_versioned(&mem, base + OFFSET_WC_VERSION as u64, &record);
-        let _ = mem.write_obj(
-            self.cfg.max_ram_gfn(),
-            GuestAddress(base + OFFSET_ARCH_MAX_PFN as u64),
+        record[4..8].copy_from_slice(&(wall_sec as u32).to_le_bytes());
+        record[8..12].copy_from_slice(&wall_nsec.to_le_bytes());
+        let record_len = if layout.is_compat() {
+            let _ = mem.write_obj(sec_hi, GuestAddress(base + layout.wc_sec_hi() as u64));
+            12
+        } else {
+            record[12..16].copy_from_slice(&sec_hi.to_le_bytes());
+            16
+        };
+        write_versioned(
+            &mem,
+            base + layout.wc_version() as u64,
+            &record[..record_len],
         );
+        let max_pfn = GuestAddress(base + layout.arch_max_pfn() as u64);
+        let _ = if layout.is_compat() {
+            mem.write_obj(self.cfg.max_ram_gfn().min(u32::MAX as u64) as u32, max_pfn)
+        } else {
+            mem.write_obj(self.cfg.max_ram_gfn(), max_pfn)
+        };
+    }
+
+    /// Xen's `hvm_latch_shinfo_size`: when the guest writes the hypercall
+    /// page MSR or sets HVM_PARAM_CALLBACK_IRQ, the vCPU's mode decides
+    /// the layout of shared_info and the vcpu_infos from then on. A change
+    /// rewrites the wallclock in the new layout (Xen converts nothing
+    /// else), limits the 2-level port space to the layout's, and tells
+    /// Dom0 backends, which set pending bits themselves.
+    pub fn latch_shared_info_layout(&self, st: &mut DomainState, long_mode: bool) {
+        let layout = SharedInfoLayout::for_mode(long_mode);
+        if st.shared_info_layout == layout {
+            return;
+        }
+        info!(
+            domid = self.cfg.domid,
+            ?layout,
+            "shared_info layout latched"
+        );
+        self.platform.begin_event_layout_change();
+        st.shared_info_layout = layout;
+        if self.fifo_lock().is_none() {
+            st.ports.set_abi_ports(layout.nr_2l_ports());
+        }
+        self.write_wallclock(st);
+        self.publish_event_layout(st);
+    }
+
+    /// The layout latched so far.
+    pub fn shared_info_layout(&self) -> SharedInfoLayout {
+        self.lock().shared_info_layout
     }
 
     /// Account the runstate of `vcpu` moving to `new_state` and publish it.
@@ -946,6 +1020,20 @@ impl Domain {
 
 /// Write a record whose first u32 is a version: bump to odd, write the
 /// body, bump to even, as pvclock readers expect.
+/// `count` event words at `gpa` in `layout`'s word size.
+fn event_words(
+    mem: &GuestMemoryMmap,
+    gpa: u64,
+    layout: SharedInfoLayout,
+    count: usize,
+) -> Option<EventWords<'_>> {
+    Some(if layout.is_compat() {
+        EventWords::Compat(atomic_u32_slice(mem, gpa, count)?)
+    } else {
+        EventWords::Native(atomic_u64_slice(mem, gpa, count)?)
+    })
+}
+
 fn write_versioned(mem: &GuestMemoryMmap, gpa: u64, record: &[u8]) {
     let version: u32 = mem.read_obj(GuestAddress(gpa)).unwrap_or(0);
     let odd = (version | 1).wrapping_add(if version & 1 == 1 { 2 } else { 0 });

@@ -5,7 +5,7 @@
 //! any process mapping the domain's memory (the VMM or a Dom0 backend) can
 //! raise an event with the same code.
 
-use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
 
 use xen_abi::event_channel::*;
 
@@ -42,36 +42,81 @@ pub struct Port {
 /// Errors of the table operations, as Xen errnos.
 pub type EvtchnResult<T> = Result<T, i64>;
 
-/// The port table of one domain.
+/// The port table of one domain. It grows as ports are allocated, up to
+/// `limit`: the lower of the domain's `max_evtchn_port` (xl's
+/// `max_event_channels`) plus one and the port space of the event ABI in
+/// use, as Xen's `evtchn_allocate_port` checks both.
 pub struct PortTable {
     ports: Vec<Port>,
     /// `virq_ports[vcpu][virq]`: the port a VIRQ is bound to.
     virq_ports: Vec<[u32; NR_VIRQS as usize]>,
+    /// The highest port the domain may allocate (from its config).
+    max_evtchn_port: u32,
+    /// Ports the event ABI addresses: 4096 (2-level, 64-bit layout),
+    /// 1024 (2-level, compat layout) or 131072 (FIFO).
+    abi_ports: u32,
 }
 
 impl PortTable {
-    pub fn new(nr_vcpus: u32) -> Self {
-        let mut ports = vec![
-            Port {
-                state: PortState::Free,
-                notify_vcpu: 0,
-            };
-            NR_EVENT_CHANNELS_2L as usize
-        ];
-        ports[0].state = PortState::Reserved;
+    /// A table for `nr_vcpus` whose ports go up to `max_evtchn_port`,
+    /// starting with the (native) 2-level ABI.
+    pub fn new(nr_vcpus: u32, max_evtchn_port: u32) -> Self {
         PortTable {
-            ports,
+            ports: vec![Port {
+                state: PortState::Reserved,
+                notify_vcpu: 0,
+            }],
             virq_ports: vec![[0; NR_VIRQS as usize]; nr_vcpus as usize],
+            max_evtchn_port,
+            abi_ports: NR_EVENT_CHANNELS_2L,
         }
+    }
+
+    /// The event ABI now addresses `abi_ports` ports. Ports allocated
+    /// beyond it stay (as in Xen); no new ones are handed out there.
+    pub fn set_abi_ports(&mut self, abi_ports: u32) {
+        self.abi_ports = abi_ports;
+    }
+
+    /// One past the highest port that may be allocated now.
+    pub fn limit(&self) -> u32 {
+        self.abi_ports.min(self.max_evtchn_port.saturating_add(1))
+    }
+
+    /// One past the highest port ever allocated (the valid port range).
+    pub fn len(&self) -> u32 {
+        self.ports.len() as u32
+    }
+
+    /// Xen's `port_is_valid`: Xen allocates ports in buckets of 64
+    /// (`EVTCHNS_PER_BUCKET`), and every port of an allocated bucket is
+    /// valid, allocated or not.
+    pub fn is_valid(&self, port: u32) -> bool {
+        const EVTCHNS_PER_BUCKET: u32 = 64;
+        port < self.len().div_ceil(EVTCHNS_PER_BUCKET) * EVTCHNS_PER_BUCKET
+    }
+
+    /// Never true: port 0 is always there (reserved).
+    pub fn is_empty(&self) -> bool {
+        self.ports.is_empty()
     }
 
     fn nr_vcpus(&self) -> u32 {
         self.virq_ports.len() as u32
     }
 
-    /// The port, if `port` is in range.
+    /// The port, if it is valid ([`PortTable::is_valid`]): a valid port
+    /// never allocated is free.
     pub fn get(&self, port: u32) -> EvtchnResult<&Port> {
-        self.ports.get(port as usize).ok_or(-xen_abi::errno::EINVAL)
+        const FREE: Port = Port {
+            state: PortState::Free,
+            notify_vcpu: 0,
+        };
+        match self.ports.get(port as usize) {
+            Some(p) => Ok(p),
+            None if self.is_valid(port) => Ok(&FREE),
+            None => Err(-xen_abi::errno::EINVAL),
+        }
     }
 
     fn get_mut(&mut self, port: u32) -> EvtchnResult<&mut Port> {
@@ -80,12 +125,26 @@ impl PortTable {
             .ok_or(-xen_abi::errno::EINVAL)
     }
 
+    /// The lowest free port below the limit, as Xen's `get_free_port`;
+    /// -ENOSPC when there is none.
     fn alloc(&mut self, state: PortState, notify_vcpu: u32) -> EvtchnResult<u32> {
-        let port = self
+        let limit = self.limit() as usize;
+        let port = match self
             .ports
             .iter()
+            .take(limit)
             .position(|p| p.state == PortState::Free)
-            .ok_or(-xen_abi::errno::ENOSPC)?;
+        {
+            Some(port) => port,
+            None if self.ports.len() < limit => {
+                self.ports.push(Port {
+                    state: PortState::Free,
+                    notify_vcpu: 0,
+                });
+                self.ports.len() - 1
+            }
+            None => return Err(-xen_abi::errno::ENOSPC),
+        };
         self.ports[port] = Port { state, notify_vcpu };
         Ok(port as u32)
     }
@@ -256,6 +315,16 @@ impl PortTable {
         if entry.notify_vcpu >= self.nr_vcpus() {
             return Err(-xen_abi::errno::ENOENT);
         }
+        // Only where this domain could have allocated it.
+        if port == 0 || port >= self.limit() {
+            return Err(-xen_abi::errno::EINVAL);
+        }
+        if port as usize >= self.ports.len() {
+            self.ports.resize_with(port as usize + 1, || Port {
+                state: PortState::Free,
+                notify_vcpu: 0,
+            });
+        }
         if self.get(port)?.state != PortState::Free {
             return Err(-xen_abi::errno::EEXIST);
         }
@@ -315,33 +384,100 @@ impl PortTable {
     }
 }
 
-/// The words of one domain's shared_info that the 2-level ABI uses.
-pub struct SharedInfoBits<'a> {
-    pub pending: &'a [AtomicU64],
-    pub mask: &'a [AtomicU64],
+/// A run of 2-level event words in guest memory: u64s in the native
+/// shared_info layout, u32s in the compat (32-bit guest) one.
+#[derive(Clone, Copy)]
+pub enum EventWords<'a> {
+    Native(&'a [AtomicU64]),
+    Compat(&'a [AtomicU32]),
 }
 
-/// The event fields of one vcpu_info.
+impl EventWords<'_> {
+    fn bits_per_word(self) -> u32 {
+        match self {
+            EventWords::Native(_) => 64,
+            EventWords::Compat(_) => 32,
+        }
+    }
+
+    /// (word, bit) of `port` in a bitmap of these words; None past the end.
+    fn locate(self, port: u32) -> Option<(usize, u32)> {
+        let bits = self.bits_per_word();
+        let word = (port / bits) as usize;
+        let len = match self {
+            EventWords::Native(w) => w.len(),
+            EventWords::Compat(w) => w.len(),
+        };
+        (word < len).then_some((word, port % bits))
+    }
+
+    /// Set `bit` of `word`; its previous value (None: out of range).
+    fn set(self, word: usize, bit: u32) -> Option<bool> {
+        match self {
+            EventWords::Native(w) => {
+                let b = 1u64 << bit;
+                Some(w.get(word)?.fetch_or(b, Ordering::SeqCst) & b != 0)
+            }
+            EventWords::Compat(w) => {
+                let b = 1u32.checked_shl(bit)?;
+                Some(w.get(word)?.fetch_or(b, Ordering::SeqCst) & b != 0)
+            }
+        }
+    }
+
+    /// Clear `bit` of `word` (nothing if out of range).
+    fn clear(self, word: usize, bit: u32) {
+        match self {
+            EventWords::Native(w) => {
+                if let Some(w) = w.get(word) {
+                    w.fetch_and(!(1u64 << bit), Ordering::SeqCst);
+                }
+            }
+            EventWords::Compat(w) => {
+                if let (Some(w), Some(b)) = (w.get(word), 1u32.checked_shl(bit)) {
+                    w.fetch_and(!b, Ordering::SeqCst);
+                }
+            }
+        }
+    }
+
+    fn test(self, word: usize, bit: u32) -> bool {
+        match self {
+            EventWords::Native(w) => w
+                .get(word)
+                .is_some_and(|w| w.load(Ordering::SeqCst) & (1u64 << bit) != 0),
+            EventWords::Compat(w) => w.get(word).is_some_and(|w| {
+                1u32.checked_shl(bit)
+                    .is_some_and(|b| w.load(Ordering::SeqCst) & b != 0)
+            }),
+        }
+    }
+}
+
+/// The words of one domain's shared_info that the 2-level ABI uses.
+/// Both bitmaps have the same word size (one layout).
+pub struct SharedInfoBits<'a> {
+    pub pending: EventWords<'a>,
+    pub mask: EventWords<'a>,
+}
+
+/// The event fields of one vcpu_info. `pending_sel` is the one selector
+/// word (a slice of length 1), of the same size as the bitmap words.
 pub struct VcpuEventBits<'a> {
     pub upcall_pending: &'a AtomicU8,
-    pub pending_sel: &'a AtomicU64,
-}
-
-fn word_bit(port: u32) -> (usize, u64) {
-    ((port / 64) as usize, 1u64 << (port % 64))
+    pub pending_sel: EventWords<'a>,
 }
 
 /// Mark `port` pending. Returns true when the vCPU must get an upcall
 /// (its `evtchn_upcall_pending` went from 0 to 1).
 pub fn set_pending(si: &SharedInfoBits, vi: Option<&VcpuEventBits>, port: u32) -> bool {
-    let (word, bit) = word_bit(port);
-    let Some(pending) = si.pending.get(word) else {
+    let Some((word, bit)) = si.pending.locate(port) else {
         return false;
     };
-    if pending.fetch_or(bit, Ordering::SeqCst) & bit != 0 {
+    if si.pending.set(word, bit) != Some(false) {
         return false;
     }
-    if si.mask[word].load(Ordering::SeqCst) & bit != 0 {
+    if si.mask.test(word, bit) {
         return false;
     }
     match vi {
@@ -352,8 +488,8 @@ pub fn set_pending(si: &SharedInfoBits, vi: Option<&VcpuEventBits>, port: u32) -
 
 /// Flag selector word `word` in a vcpu_info; true if an upcall is needed.
 pub fn mark_vcpu_pending(vi: &VcpuEventBits, word: usize) -> bool {
-    let sel = 1u64 << word;
-    if vi.pending_sel.fetch_or(sel, Ordering::SeqCst) & sel != 0 {
+    // The selector has one bit per bitmap word: word < bits per word.
+    if vi.pending_sel.set(0, word as u32) != Some(false) {
         return false;
     }
     vi.upcall_pending.swap(1, Ordering::SeqCst) == 0
@@ -362,12 +498,11 @@ pub fn mark_vcpu_pending(vi: &VcpuEventBits, word: usize) -> bool {
 /// Clear the mask of `port`; if it is pending, flag the vCPU again.
 /// Returns true when an upcall is needed.
 pub fn unmask(si: &SharedInfoBits, vi: Option<&VcpuEventBits>, port: u32) -> bool {
-    let (word, bit) = word_bit(port);
-    let Some(mask) = si.mask.get(word) else {
+    let Some((word, bit)) = si.mask.locate(port) else {
         return false;
     };
-    mask.fetch_and(!bit, Ordering::SeqCst);
-    if si.pending[word].load(Ordering::SeqCst) & bit == 0 {
+    si.mask.clear(word, bit);
+    if !si.pending.test(word, bit) {
         return false;
     }
     match vi {
@@ -378,17 +513,15 @@ pub fn unmask(si: &SharedInfoBits, vi: Option<&VcpuEventBits>, port: u32) -> boo
 
 /// Whether `port` is pending.
 pub fn is_pending(si: &SharedInfoBits, port: u32) -> bool {
-    let (word, bit) = word_bit(port);
     si.pending
-        .get(word)
-        .is_some_and(|w| w.load(Ordering::SeqCst) & bit != 0)
+        .locate(port)
+        .is_some_and(|(word, bit)| si.pending.test(word, bit))
 }
 
-/// Clear the pending and mask bits of a port being closed or reset.
+/// Clear the pending bit of a port being closed or reset.
 pub fn clear_port(si: &SharedInfoBits, port: u32) {
-    let (word, bit) = word_bit(port);
-    if let Some(w) = si.pending.get(word) {
-        w.fetch_and(!bit, Ordering::SeqCst);
+    if let Some((word, bit)) = si.pending.locate(port) {
+        si.pending.clear(word, bit);
     }
 }
 
@@ -409,12 +542,12 @@ mod tests {
     fn send_sets_pending_and_raises_once() {
         let (p, m, up, sel) = bits();
         let si = SharedInfoBits {
-            pending: &p,
-            mask: &m,
+            pending: EventWords::Native(&p),
+            mask: EventWords::Native(&m),
         };
         let vi = VcpuEventBits {
             upcall_pending: &up,
-            pending_sel: &sel,
+            pending_sel: EventWords::Native(std::slice::from_ref(&sel)),
         };
         assert!(set_pending(&si, Some(&vi), 70));
         assert!(!set_pending(&si, Some(&vi), 70));
@@ -429,12 +562,12 @@ mod tests {
         let (p, m, up, sel) = bits();
         m[0].store(1 << 5, Ordering::SeqCst);
         let si = SharedInfoBits {
-            pending: &p,
-            mask: &m,
+            pending: EventWords::Native(&p),
+            mask: EventWords::Native(&m),
         };
         let vi = VcpuEventBits {
             upcall_pending: &up,
-            pending_sel: &sel,
+            pending_sel: EventWords::Native(std::slice::from_ref(&sel)),
         };
         assert!(!set_pending(&si, Some(&vi), 5));
         assert_eq!(up.load(Ordering::SeqCst), 0);
@@ -446,16 +579,69 @@ mod tests {
     fn out_of_range_port_is_ignored() {
         let (p, m, _, _) = bits();
         let si = SharedInfoBits {
-            pending: &p,
-            mask: &m,
+            pending: EventWords::Native(&p),
+            mask: EventWords::Native(&m),
         };
         assert!(!set_pending(&si, None, 4096));
         assert!(!is_pending(&si, 1 << 30));
     }
 
     #[test]
+    fn compat_words_are_32_bits() {
+        let p: Vec<AtomicU32> = (0..32).map(|_| AtomicU32::new(0)).collect();
+        let m: Vec<AtomicU32> = (0..32).map(|_| AtomicU32::new(0)).collect();
+        let (up, sel) = (AtomicU8::new(0), AtomicU32::new(0));
+        let si = SharedInfoBits {
+            pending: EventWords::Compat(&p),
+            mask: EventWords::Compat(&m),
+        };
+        let vi = VcpuEventBits {
+            upcall_pending: &up,
+            pending_sel: EventWords::Compat(std::slice::from_ref(&sel)),
+        };
+        // Port 70: word 2, bit 6; selector bit 2.
+        assert!(set_pending(&si, Some(&vi), 70));
+        assert_eq!(p[2].load(Ordering::SeqCst), 1 << 6);
+        assert_eq!(sel.load(Ordering::SeqCst), 1 << 2);
+        // Port 1023 is the last; 1024 lies past the compat bitmap.
+        m[31].store(1 << 31, Ordering::SeqCst);
+        assert!(!set_pending(&si, Some(&vi), 1023));
+        assert!(is_pending(&si, 1023));
+        assert!(!set_pending(&si, Some(&vi), 1024));
+        assert!(!is_pending(&si, 1024));
+        assert!(!unmask(&si, Some(&vi), 1024));
+        // Unmasking 1023 flags selector bit 31 (the upcall is already up).
+        assert!(!unmask(&si, Some(&vi), 1023));
+        assert_eq!(sel.load(Ordering::SeqCst), (1 << 2) | (1 << 31));
+    }
+
+    #[test]
+    fn allocation_stops_at_the_limit() {
+        // max_event_channels = 5: ports 1..=5.
+        let mut t = PortTable::new(1, 5);
+        let ports: Vec<u32> = (0..5).map(|_| t.alloc_unbound(0).unwrap()).collect();
+        assert_eq!(ports, [1, 2, 3, 4, 5]);
+        assert_eq!(t.alloc_unbound(0), Err(-xen_abi::errno::ENOSPC));
+        t.close(3).unwrap();
+        assert_eq!(t.alloc_unbound(0), Ok(3));
+        // The 2-level compat layout's 1024 ports, then FIFO's space.
+        let mut t = PortTable::new(1, 200_000);
+        t.set_abi_ports(1024);
+        for _ in 1..1024 {
+            t.alloc_unbound(0).unwrap();
+        }
+        assert_eq!(t.alloc_unbound(0), Err(-xen_abi::errno::ENOSPC));
+        t.set_abi_ports(EVTCHN_FIFO_NR_CHANNELS);
+        assert_eq!(t.alloc_unbound(0), Ok(1024));
+        assert_eq!(t.len(), 1025);
+        // Valid up to the end of its bucket of 64, free there.
+        assert_eq!(t.get(1087).map(|p| p.state), Ok(PortState::Free));
+        assert_eq!(t.get(1088).err(), Some(-xen_abi::errno::EINVAL));
+    }
+
+    #[test]
     fn table_rules() {
-        let mut t = PortTable::new(2);
+        let mut t = PortTable::new(2, 4095);
         assert_eq!(t.close(0), Err(-xen_abi::errno::EINVAL));
         let timer = t.bind_virq(VIRQ_TIMER, 1).unwrap();
         assert_eq!(t.bind_virq(VIRQ_TIMER, 1), Err(-xen_abi::errno::EEXIST));
@@ -464,7 +650,7 @@ mod tests {
         assert_eq!(t.bind_virq(VIRQ_TIMER, 5), Err(-xen_abi::errno::ENOENT));
         // evtchn_bind_virq: "global VIRQ on vCPU 0 only" comes before the
         // vCPU lookup, so a missing vCPU gets -EINVAL for a global VIRQ.
-        let mut one = PortTable::new(1);
+        let mut one = PortTable::new(1, 4095);
         assert_eq!(one.bind_virq(VIRQ_DOM_EXC, 1), Err(-xen_abi::errno::EINVAL));
         assert_eq!(one.bind_virq(VIRQ_TIMER, 1), Err(-xen_abi::errno::ENOENT));
         assert_eq!(one.bind_virq(NR_VIRQS, 1), Err(-xen_abi::errno::EINVAL));

@@ -192,6 +192,25 @@ pub fn atomic_u64_slice(mem: &GuestMemoryMmap, gpa: u64, count: usize) -> Option
     Some(unsafe { std::slice::from_raw_parts(ptr as *const AtomicU64, count) })
 }
 
+/// `count` consecutive aligned `u32`s of guest-physical memory (one region):
+/// the compat layout's event words.
+pub fn atomic_u32_slice(
+    mem: &GuestMemoryMmap,
+    gpa: u64,
+    count: usize,
+) -> Option<&[std::sync::atomic::AtomicU32]> {
+    if !gpa.is_multiple_of(4) {
+        return None;
+    }
+    mem.get_slice(GuestAddress(gpa), count.checked_mul(4)?)
+        .ok()?;
+    let ptr = mem.get_host_address(GuestAddress(gpa)).ok()?;
+    // SAFETY: the `count * 4` bytes at `ptr` lie in one live mapping owned
+    // by `mem` (checked by get_slice above) and are 4-byte aligned; shared
+    // guest memory is only accessed atomically through the returned slice.
+    Some(unsafe { std::slice::from_raw_parts(ptr as *const std::sync::atomic::AtomicU32, count) })
+}
+
 /// A byte of guest-physical memory, accessed atomically.
 pub fn atomic_u8(mem: &GuestMemoryMmap, gpa: u64) -> Option<&AtomicU8> {
     let ptr = mem.get_host_address(GuestAddress(gpa)).ok()?;

@@ -176,6 +176,8 @@ fn domain_of_type(pv: bool) -> (Domain, &'static RecordingPlatform) {
         xen_minor: 17,
         handle: [0; 16],
         pv_machphys_mapping: pv.then_some(PV_MACHPHYS_MAPPING),
+        // Room for every FIFO port, as the harness's tests expect.
+        max_evtchn_port: xen_abi::event_channel::EVTCHN_FIFO_NR_CHANNELS - 1,
     };
     let domain = Domain::new(
         cfg,

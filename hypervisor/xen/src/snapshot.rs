@@ -262,7 +262,7 @@ impl Domain {
                 .get_mut(index as usize)
                 .ok_or(SnapshotError::ParamIndex(index))? = value;
         }
-        let mut ports = PortTable::new(self.cfg.nr_vcpus);
+        let mut ports = PortTable::new(self.cfg.nr_vcpus, self.cfg.max_evtchn_port);
         for p in &snap.ports {
             let state = port_state(p)?;
             if let PortState::Interdomain {

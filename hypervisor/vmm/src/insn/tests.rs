@@ -425,3 +425,120 @@ fn fxsave_image_round_trips() {
     full[26] = 1;
     assert!(fpu_from_fxsave(&full, false).is_none());
 }
+
+/// EIP, CS, EFLAGS as an `iretd` frame.
+fn iret_frame(eip: u32, cs: u16, eflags: u32) -> [u8; 12] {
+    let mut f = [0u8; 12];
+    f[0..4].copy_from_slice(&eip.to_le_bytes());
+    f[4..6].copy_from_slice(&cs.to_le_bytes());
+    f[8..12].copy_from_slice(&eflags.to_le_bytes());
+    f
+}
+
+#[test]
+fn iretd_in_32bit_code_is_answered() {
+    let c = CpuState {
+        bitness: 32,
+        rip: 0x10_0329,
+        ..cpu()
+    };
+    assert_eq!(decide(&padded(&[0xcf]), &c), Ok(Action::Iret32));
+    // 64-bit code (iretd with a 32-bit frame there) is KVM's, not ours.
+    assert!(decide(&padded(&[0xcf]), &cpu()).is_err());
+}
+
+#[test]
+fn iret32_same_level_returns_and_loads_flags_by_privilege() {
+    // CPL 0: IF, IOPL and the arithmetic flags come from the frame; bit 1
+    // is always set.
+    let frame = iret_frame(0x10_0400, 0x08, 0x3246);
+    assert_eq!(
+        iret32(&frame, 0, 0x2),
+        IretStep::Return {
+            eip: 0x10_0400,
+            cs: 0x08,
+            eflags: 0x3246
+        }
+    );
+    // CPL 3 with IOPL 0: neither IF nor IOPL changes.
+    let frame = iret_frame(0x40_0000, 0x1b, 0x3203 | 0x80);
+    assert_eq!(
+        iret32(&frame, 3, 0x2),
+        IretStep::Return {
+            eip: 0x40_0000,
+            cs: 0x1b,
+            eflags: 0x83
+        }
+    );
+    // Reserved bits (3, 5, 15, above 21) never load.
+    let frame = iret_frame(0, 0x08, 0xffc0_8028);
+    assert_eq!(
+        iret32(&frame, 0, 0x2),
+        IretStep::Return {
+            eip: 0,
+            cs: 0x08,
+            eflags: 0x2
+        }
+    );
+}
+
+#[test]
+fn iret32_refusals_and_faults() {
+    let gp = |error_code| IretStep::Fault {
+        vector: EXCEPTION_GP,
+        error_code,
+    };
+    // A null selector: #GP(0); RPL below CPL: #GP(selector).
+    assert_eq!(iret32(&iret_frame(0, 0x03, 0x2), 3, 0x2), gp(0));
+    assert_eq!(iret32(&iret_frame(0, 0x08, 0x2), 3, 0x2), gp(0x08));
+    // Forms this path leaves out end the domain, as before.
+    assert!(matches!(
+        iret32(&iret_frame(0, 0x1b, 0x2), 0, 0x2),
+        IretStep::Unanswered(_)
+    ));
+    assert!(matches!(
+        iret32(&iret_frame(0, 0x08, 0x2_0002), 0, 0x2),
+        IretStep::Unanswered(_)
+    ));
+    assert!(matches!(
+        iret32(&iret_frame(0, 0x08, 0x2), 0, 0x4002),
+        IretStep::Unanswered(_)
+    ));
+}
+
+#[test]
+fn code_segment_for_return_checks_the_descriptor() {
+    const FLAT_CODE: u64 = 0x00cf_9a00_0000_ffff;
+    let s = code_segment_for_return(0x08, FLAT_CODE, 0xffff_fff0).unwrap();
+    assert_eq!(
+        (s.base, s.limit, s.selector, s.type_, s.present, s.dpl, s.db, s.s, s.g),
+        (0, 0xffff_ffff, 0x08, 0xb, 1, 0, 1, 1, 1)
+    );
+    // A data segment, a DPL that is not the RPL: #GP(selector).
+    assert_eq!(
+        code_segment_for_return(0x10, 0x00cf_9200_0000_ffff, 0),
+        Err((EXCEPTION_GP, 0x10))
+    );
+    assert_eq!(
+        code_segment_for_return(0x0b, FLAT_CODE, 0),
+        Err((EXCEPTION_GP, 0x08))
+    );
+    // Not present: #NP(selector).
+    assert_eq!(
+        code_segment_for_return(0x08, FLAT_CODE & !(1 << 47), 0),
+        Err((11, 0x08))
+    );
+    // Byte granularity, limit 0xffff: EIP past it is #GP(0).
+    let small = FLAT_CODE & !(1 << 55) & !(0xf << 48);
+    assert!(code_segment_for_return(0x08, small, 0xffff).is_ok());
+    assert_eq!(
+        code_segment_for_return(0x08, small, 0x1_0000),
+        Err((EXCEPTION_GP, 0))
+    );
+    // A base spread over the descriptor.
+    let based = FLAT_CODE | (0x12_3456 << 16) | (0x78 << 56);
+    assert_eq!(
+        code_segment_for_return(0x08, based, 0).unwrap().base,
+        0x7812_3456
+    );
+}

@@ -12,8 +12,8 @@ use tracing::{debug, info, trace, warn};
 use vm_memory::{Bytes, GuestAddress};
 
 use crate::insn::{
-    self, fpu_from_fxsave, fxsave_image, Action, CpuState, FpuOp, X87Op, X87Step, EXCEPTION_GP,
-    MXCSR_MASK,
+    self, fpu_from_fxsave, fxsave_image, Action, CpuState, FpuOp, IretStep, X87Op, X87Step,
+    EXCEPTION_GP, MXCSR_MASK,
 };
 use crate::memory::GuestMemory;
 use crate::syscall_bridge::{
@@ -145,7 +145,81 @@ impl PvmWorkarounds {
             }
             Action::X87 { op, len } => self.emulate_x87(kvm, cpu, op, len),
             Action::Fxsr { op, address, len } => self.emulate_fxsr(kvm, op, address, len),
+            Action::Iret32 => self.emulate_iret32(kvm, cpu),
         }
+    }
+
+    /// `iretd` from 32-bit protected-mode code to the same privilege
+    /// level (see [`insn::iret32`]): pop EIP, CS and EFLAGS from SS:ESP,
+    /// load CS from its descriptor with the CPU's checks. A frame or
+    /// descriptor the vCPU cannot read, and the forms `iret32` leaves
+    /// out, end the domain as before.
+    fn emulate_iret32(&self, kvm: &mut KvmVcpu, cpu: &CpuState) -> bool {
+        let (regs, sregs) = (kvm.regs(), kvm.sregs());
+        // SS:ESP, or SS:SP with a 16-bit stack segment.
+        let stack_mask: u64 = if sregs.ss.db != 0 {
+            0xffff_ffff
+        } else {
+            0xffff
+        };
+        let sp = regs.rsp & stack_mask;
+        let frame_at = sregs.ss.base.wrapping_add(sp) & 0xffff_ffff;
+        let mut frame = [0u8; 12];
+        if !kvm.read_virtual(&self.memory, frame_at, &mut frame) {
+            warn!(
+                vcpu = self.vcpu,
+                frame_at, "iretd: the frame on the stack is unreadable"
+            );
+            return false;
+        }
+        let (eip, cs, eflags) = match insn::iret32(&frame, cpu.cpl, regs.rflags) {
+            IretStep::Return { eip, cs, eflags } => (eip, cs, eflags),
+            IretStep::Fault { vector, error_code } => {
+                return kvm.inject_exception(vector, Some(error_code))
+            }
+            IretStep::Unanswered(what) => {
+                warn!(vcpu = self.vcpu, "iretd: {what} is not emulated");
+                return false;
+            }
+        };
+        // The descriptor from the GDT, or the LDT for a TI selector, read
+        // as the CPU reads descriptor tables (a supervisor access).
+        let gp_selector = Some(u32::from(cs & !3));
+        let (table_base, table_limit) = if cs & 4 != 0 {
+            if sregs.ldt.unusable != 0 || sregs.ldt.present == 0 {
+                return kvm.inject_exception(EXCEPTION_GP, gp_selector);
+            }
+            (sregs.ldt.base, u64::from(sregs.ldt.limit))
+        } else {
+            (sregs.gdt.base, u64::from(sregs.gdt.limit))
+        };
+        let offset = u64::from(cs & !7);
+        if offset + 7 > table_limit {
+            return kvm.inject_exception(EXCEPTION_GP, gp_selector);
+        }
+        let mut raw = [0u8; 8];
+        let as_cpu = kvm.paging_regs().as_supervisor();
+        let at = table_base.wrapping_add(offset) & 0xffff_ffff;
+        if !kvm.with_guest(&self.memory, as_cpu, |g| g.read(at, &mut raw).is_ok()) {
+            warn!(
+                vcpu = self.vcpu,
+                at, "iretd: the code segment's descriptor is unreadable"
+            );
+            return false;
+        }
+        let segment = match insn::code_segment_for_return(cs, u64::from_le_bytes(raw), eip) {
+            Ok(segment) => segment,
+            Err((vector, error_code)) => return kvm.inject_exception(vector, Some(error_code)),
+        };
+        if segment != sregs.cs && !kvm.update_sregs(|s| s.cs = segment) {
+            return false;
+        }
+        let r = kvm.regs_mut();
+        r.rip = u64::from(eip);
+        r.rflags = u64::from(eflags);
+        r.rsp = (regs.rsp & !stack_mask) | (sp.wrapping_add(12) & stack_mask);
+        trace!(vcpu = self.vcpu, eip, cs, eflags, "emulated iretd");
+        true
     }
 
     /// x87 control instructions on KVM's FPU state (KVM_GET/SET_FPU),

@@ -153,10 +153,10 @@ impl Domain {
             }
             EVTCHNOP_UNMASK => {
                 let req = read!(g, ec::PortArg, arg);
-                if req.port >= NR_EVENT_CHANNELS_2L {
+                let st = self.lock();
+                if !st.ports.is_valid(req.port) {
                     return -EINVAL;
                 }
-                let st = self.lock();
                 self.unmask_port(&st, req.port);
                 0
             }
@@ -171,7 +171,7 @@ impl Domain {
                     let _ = self.close_port(&mut st, port);
                 }
                 // A reset domain starts over with the 2-level ABI, as in Xen.
-                self.fifo_reset(&st);
+                self.fifo_reset(&mut st);
                 0
             }
             EVTCHNOP_INIT_CONTROL => {
@@ -248,7 +248,7 @@ impl Domain {
         if req.offset > 4096 - EVTCHN_FIFO_CONTROL_BLOCK_SIZE || !req.offset.is_multiple_of(8) {
             return Err(-EINVAL);
         }
-        let st = self.lock();
+        let mut st = self.lock();
         let page = self.fifo_ram_page(&st, req.control_gfn).ok_or(-EINVAL)?;
         let control = page + req.offset as u64;
         let mut fifo = self.fifo_lock();
@@ -258,7 +258,10 @@ impl Domain {
         // The switch: Dom0 backends raising 2-level bits must hold off
         // (their retry sees the layout change) until they learn the ABI.
         self.platform.begin_event_layout_change();
-        let mut state = FifoState::new(self.cfg.nr_vcpus, NR_EVENT_CHANNELS_2L);
+        // FIFO addresses 131072 ports; max_evtchn_port may allow fewer.
+        st.ports.set_abi_ports(EVTCHN_FIFO_NR_CHANNELS);
+        let nr_ports = st.ports.limit().max(st.ports.len());
+        let mut state = FifoState::new(self.cfg.nr_vcpus, nr_ports);
         state.set_control_block(req.vcpu, control)?;
         // Ports pending under the 2-level ABI are delivered once their
         // event array page exists.
@@ -303,8 +306,9 @@ impl Domain {
     }
 
     /// Back to the 2-level ABI (EVTCHNOP_reset).
-    fn fifo_reset(&self, _st: &DomainState) {
+    fn fifo_reset(&self, st: &mut DomainState) {
         let was_fifo = self.fifo_lock().take().is_some();
+        st.ports.set_abi_ports(st.shared_info_layout.nr_2l_ports());
         if was_fifo {
             self.platform.begin_event_layout_change();
             self.platform.event_abi_changed(false);

@@ -47,7 +47,9 @@ fn param_access(index: u32) -> ParamAccess {
 }
 
 impl Domain {
-    pub(super) fn hvm_op(&self, g: &GuestAccess, cmd: u64, arg: u64) -> i64 {
+    /// `compat`: the caller is outside 64-bit mode (for the shared_info
+    /// layout latch).
+    pub(super) fn hvm_op(&self, g: &GuestAccess, cmd: u64, arg: u64, compat: bool) -> i64 {
         match cmd {
             HVMOP_SET_PARAM | HVMOP_GET_PARAM => {
                 let mut p = read!(g, HvmParam, arg);
@@ -76,6 +78,7 @@ impl Domain {
                 }
                 st.params[p.index as usize] = p.value;
                 if p.index == HVM_PARAM_CALLBACK_IRQ {
+                    self.latch_shared_info_layout(&mut st, !compat);
                     self.publish_upcall_vectors(&st);
                     for vcpu in 0..self.cfg.nr_vcpus {
                         self.recheck_upcall(&st, vcpu);

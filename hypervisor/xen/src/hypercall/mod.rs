@@ -118,7 +118,7 @@ impl Domain {
             CONSOLE_IO => self.console_io(&g, a1, a2, a3),
             SCHED_OP => self.sched_op(vcpu, &g, a1, a2, call.compat),
             MEMORY_OP => self.memory_op(&g, a1, a2, call.compat),
-            HVM_OP => self.hvm_op(&g, a1, a2),
+            HVM_OP => self.hvm_op(&g, a1, a2, call.compat),
             VCPU_OP => self.vcpu_op(vcpu, &g, a1, a2, a3, call.compat),
             // The 32-bit ABI splits the 64-bit deadline: low half in the
             // first argument, high half in the second.

@@ -3,7 +3,6 @@
 //! calling vCPU.
 
 use xen_abi::errno::*;
-use xen_abi::event_channel::*;
 use xen_abi::sched::*;
 use xen_abi::vcpu::*;
 
@@ -76,12 +75,13 @@ impl Domain {
                 Ok(p) => p,
                 Err(_) => return -EFAULT,
             };
-            if port >= NR_EVENT_CHANNELS_2L {
-                return -EINVAL;
-            }
             ports.push(port);
         }
         let mut st = self.lock();
+        // Xen's do_poll: each port must be valid in the domain's table.
+        if ports.iter().any(|&p| !st.ports.is_valid(p)) {
+            return -EINVAL;
+        }
         if ports.iter().any(|&p| self.port_is_pending(&st, p)) {
             return 0;
         }

@@ -7,9 +7,7 @@ use std::mem::size_of;
 use vm_memory::{Bytes, GuestAddress, GuestAddressSpace, GuestMemoryBackend};
 use xen_abi::errno::*;
 use xen_abi::sched::*;
-use xen_abi::shared_info::{
-    VcpuInfo, VCPU_INFO_PENDING_SEL, VCPU_INFO_SIZE, VCPU_INFO_UPCALL_PENDING,
-};
+use xen_abi::shared_info::{VcpuInfo, VCPU_INFO_SIZE, VCPU_INFO_UPCALL_PENDING};
 use xen_abi::vcpu::*;
 use xen_abi::PAGE_SIZE;
 
@@ -210,14 +208,21 @@ impl Domain {
 
     fn register_vcpu_info(&self, current: u32, target: u32, req: RegisterVcpuInfo) -> i64 {
         // map_vcpu_info checks the offset before anything else: the
-        // struct must fit in the page and sit at its natural alignment
-        // (8 bytes on x86-64), or -ENXIO.
+        // struct must fit in the page and sit at its natural alignment in
+        // the domain's layout (8 bytes natively, 4 in the compat layout,
+        // whose 64-bit fields are 4-aligned), or -ENXIO.
+        let mut st = self.lock();
+        let layout = st.shared_info_layout;
+        let align = if layout.is_compat() {
+            4
+        } else {
+            std::mem::align_of::<VcpuInfo>()
+        };
         if req.offset as usize > PAGE_SIZE - VCPU_INFO_SIZE
-            || !(req.offset as usize).is_multiple_of(std::mem::align_of::<VcpuInfo>())
+            || !(req.offset as usize).is_multiple_of(align)
         {
             return -ENXIO;
         }
-        let mut st = self.lock();
         let v = &st.vcpus[target as usize];
         // Only once per vCPU, and only on yourself or an offline vCPU.
         if v.vcpu_info_gpa.is_some() || (target != current && v.online && v.initialised) {
@@ -245,7 +250,12 @@ impl Domain {
             self.publish_event_layout(&st);
             return -EINVAL;
         }
-        let _ = mem.write_obj(u64::MAX, GuestAddress(gpa + VCPU_INFO_PENDING_SEL as u64));
+        let sel = GuestAddress(gpa + layout.vcpu_pending_sel() as u64);
+        let _ = if layout.is_compat() {
+            mem.write_obj(u32::MAX, sel)
+        } else {
+            mem.write_obj(u64::MAX, sel)
+        };
         let _ = mem.write_obj(1u8, GuestAddress(gpa + VCPU_INFO_UPCALL_PENDING as u64));
         st.vcpus[target as usize].vcpu_info_gpa = Some(gpa);
         self.publish_event_layout(&st);

@@ -38,7 +38,7 @@ fn expect_status(port: u32, state: u32, vcpu: u32) -> Result<Status, Fail> {
     Ok(s)
 }
 
-fn bind_interdomain(remote_dom: u16, remote_port: u32) -> Result<u32, i64> {
+pub fn bind_interdomain(remote_dom: u16, remote_port: u32) -> Result<u32, i64> {
     let mut b = BindInterdomain {
         remote_dom,
         _pad: 0,

@@ -387,6 +387,8 @@ pub static CHECKS: &[Check] = &[
     // Only when named exactly.
     special("evtchn.reset", special::evtchn_reset),
     special("evtchn.fifo", special::evtchn_fifo),
+    special("evtchn.port_limit", special::evtchn_port_limit),
+    special("evtchn.fifo_ports", special::evtchn_fifo_ports),
     special("triple_fault", special::triple_fault),
     special("bad_insn", special::bad_insn),
     special("bench", special::bench),

@@ -345,3 +345,217 @@ pub fn evtchn_fifo() -> R {
     }
     Ok(())
 }
+
+/// The highest port the domain may use, from `kxen.evtchn_max=N` (the
+/// cfg's max_event_channels the test set).
+fn expected_max_port() -> Result<u32, super::Fail> {
+    let value = crate::env::cmdline_value(b"kxen.evtchn_max");
+    match value.and_then(kxen_testguest::cmd::parse_u64) {
+        Some(n) if n < u32::MAX as u64 => Ok(n as u32),
+        _ => bail!("no kxen.evtchn_max=N on the command line"),
+    }
+}
+
+/// Allocate unbound ports (for ourselves) until EVTCHNOP_alloc_unbound
+/// fails; the highest port allocated and the error. Xen hands out the
+/// lowest free port each time (get_free_port).
+fn fill_ports(allocated: &mut [u32]) -> Result<(usize, u32, i64), super::Fail> {
+    let mut n = 0;
+    let mut highest = 0;
+    loop {
+        match xen::alloc_unbound(DOMID_SELF, DOMID_SELF) {
+            Ok(port) => {
+                if port <= highest {
+                    bail!("alloc_unbound gave port {port} after {highest}");
+                }
+                highest = port;
+                if n == allocated.len() {
+                    bail!("more than {} ports allocated", allocated.len());
+                }
+                allocated[n] = port;
+                n += 1;
+            }
+            Err(rc) => return Ok((n, highest, rc)),
+        }
+    }
+}
+
+/// Ports allocated by the limit checks (the most any of them fills).
+static mut FILLED: [u32; 5120] = [0; 5120];
+
+/// `max_event_channels` under the 2-level ABI
+/// (`kxen.test=evtchn.port_limit kxen.evtchn_max=N`, N small): ports are
+/// handed out up to N and the next allocation gets -ENOSPC, as Xen's
+/// evtchn_allocate_port answers a port above max_evtchn_port; a closed
+/// port is handed out again.
+pub fn evtchn_port_limit() -> R {
+    use xen_abi::errno::ENOSPC;
+    console::mirror_to_console_io();
+    let max = expected_max_port()?;
+    // SAFETY: special checks run alone on vCPU 0; nothing else touches it.
+    let filled = unsafe { &mut *core::ptr::addr_of_mut!(FILLED) };
+    let (n, highest, rc) = fill_ports(filled)?;
+    println!("evtchn.port_limit: {n} ports up to {highest}, then {rc}");
+    let r = (|| {
+        if highest != max || rc != neg(ENOSPC) {
+            bail!("highest port {highest} then {rc}: expected {max} then -ENOSPC");
+        }
+        rc_is("close(a middle port)", xen::close(filled[n / 2]), 0)?;
+        let again = ok(
+            "alloc_unbound after a close",
+            xen::alloc_unbound(DOMID_SELF, DOMID_SELF),
+        )?;
+        if again != filled[n / 2] {
+            bail!("alloc_unbound after closing {} gave {again}", filled[n / 2]);
+        }
+        Ok(())
+    })();
+    for &port in &filled[..n] {
+        xen::close(port);
+    }
+    r
+}
+
+/// Event array pages for [`evtchn_fifo_ports`]: ports 0-5119.
+static FIFO_PORTS_ARRAY: [SharedPage; 5] =
+    [const { SharedPage([const { core::sync::atomic::AtomicU32::new(0) }; 1024]) }; 5];
+static FIFO_PORTS_CONTROL: SharedPage =
+    SharedPage([const { core::sync::atomic::AtomicU32::new(0) }; 1024]);
+
+/// FIFO ports beyond the 2-level ABI's 4096
+/// (`kxen.test=evtchn.fifo_ports kxen.evtchn_max=N`, 4096 < N < 5120):
+/// after init_control and enough expand_array pages, ports are handed out
+/// up to N (-ENOSPC after, max_event_channels again), and a loopback
+/// channel between the two highest ports delivers in both directions: the
+/// event word of a port above 4096 gets PENDING|LINKED, heads its
+/// priority's queue, and the upcall comes.
+pub fn evtchn_fifo_ports() -> R {
+    use xen_abi::errno::ENOSPC;
+    use xen_abi::event_channel::*;
+    const PENDING: u32 = 1 << EVTCHN_FIFO_PENDING;
+    const LINKED: u32 = 1 << EVTCHN_FIFO_LINKED;
+
+    console::mirror_to_console_io();
+    let max = expected_max_port()?;
+    if !(NR_EVENT_CHANNELS_2L..5 * EVTCHN_FIFO_WORDS_PER_PAGE).contains(&max) {
+        bail!("kxen.evtchn_max={max}: this check needs 4096..5119");
+    }
+    let mut init = InitControl {
+        control_gfn: FIFO_PORTS_CONTROL.0.as_ptr() as u64 >> 12,
+        offset: 0,
+        vcpu: 0,
+        link_bits: 0,
+        _pad: [0; 7],
+    };
+    rc_is(
+        "EVTCHNOP_init_control(vCPU 0)",
+        event_channel_op(EVTCHNOP_INIT_CONTROL, &mut init),
+        0,
+    )?;
+    let pages = (max / EVTCHN_FIFO_WORDS_PER_PAGE + 1) as usize;
+    for page in &FIFO_PORTS_ARRAY[..pages] {
+        let mut expand = ExpandArray {
+            array_gfn: page.0.as_ptr() as u64 >> 12,
+        };
+        rc_is(
+            "EVTCHNOP_expand_array",
+            event_channel_op(EVTCHNOP_EXPAND_ARRAY, &mut expand),
+            0,
+        )?;
+    }
+    let word = |port: u32| {
+        FIFO_PORTS_ARRAY[(port / EVTCHN_FIFO_WORDS_PER_PAGE) as usize].0
+            [(port % EVTCHN_FIFO_WORDS_PER_PAGE) as usize]
+            .load(Ordering::SeqCst)
+    };
+    // SAFETY: special checks run alone on vCPU 0; nothing else touches it.
+    let filled = unsafe { &mut *core::ptr::addr_of_mut!(FILLED) };
+    let (n, highest, rc) = fill_ports(filled)?;
+    println!("evtchn.fifo_ports: {n} ports up to {highest}, then {rc}");
+    if highest != max || rc != neg(ENOSPC) {
+        bail!("highest port {highest} then {rc}: expected {max} then -ENOSPC");
+    }
+    // The two highest become a loopback pair: a (max - 1) <-> b (max).
+    rc_is("close(max - 1)", xen::close(max - 1), 0)?;
+    rc_is("close(max)", xen::close(max), 0)?;
+    let a = ok(
+        "alloc_unbound(self)",
+        xen::alloc_unbound(DOMID_SELF, DOMID_SELF),
+    )?;
+    let b = ok(
+        "bind_interdomain(self, a)",
+        super::evtchn::bind_interdomain(DOMID_SELF, a),
+    )?;
+    if (a, b) != (max - 1, max) {
+        bail!("loopback pair ({a}, {b}), expected ({}, {max})", max - 1);
+    }
+    // Queues of their own (the console's events wait on the default 7,
+    // which this check does not consume): each becomes its queue's head.
+    for (port, priority) in [(a, 2), (b, 3)] {
+        let mut prio = SetPriority { port, priority };
+        rc_is(
+            "EVTCHNOP_set_priority",
+            event_channel_op(EVTCHNOP_SET_PRIORITY, &mut prio),
+            0,
+        )?;
+    }
+    for (from, to, queue) in [(b, a, 2), (a, b, 3)] {
+        // Clear evtchn_upcall_pending, as a FIFO upcall handler does first;
+        // the next ready queue sets it (and interrupts) again.
+        events::drain();
+        let before = events::upcalls();
+        rc_is("send", xen::send(from), 0)?;
+        let w = word(to);
+        if w & (PENDING | LINKED) != PENDING | LINKED {
+            bail!("event word of port {to} after send on {from}: {w:#x}");
+        }
+        let head = FIFO_PORTS_CONTROL.0[2 + queue].load(Ordering::SeqCst);
+        if head != to {
+            bail!("HEAD[{queue}] {head} after raising port {to}");
+        }
+        if !events::wait_upcall(before, 1000) {
+            bail!("no upcall for port {to}");
+        }
+    }
+    if crate::env::cmdline_value(b"kxen.dom0_wait") == Some(b"1") {
+        fifo_dom0_port_past_4096(max - 2, &word)?;
+    }
+    Ok(())
+}
+
+/// With `kxen.dom0_wait=1` (a test acting as Dom0 through the control
+/// socket): allocate `port` (above 4096) unbound for Dom0 on a queue of
+/// its own, say its number, and wait for Dom0's notification to link it
+/// and raise the upcall.
+fn fifo_dom0_port_past_4096(port: u32, word: &dyn Fn(u32) -> u32) -> R {
+    use xen_abi::event_channel::*;
+    const PENDING: u32 = 1 << EVTCHN_FIFO_PENDING;
+    rc_is("close(a filled port)", xen::close(port), 0)?;
+    let dom0 = ok("alloc_unbound(dom0)", xen::alloc_unbound(DOMID_SELF, 0))?;
+    if dom0 != port {
+        bail!("alloc_unbound(dom0) gave {dom0}, expected {port}");
+    }
+    let mut prio = SetPriority {
+        port: dom0,
+        priority: 4,
+    };
+    rc_is(
+        "EVTCHNOP_set_priority(dom0 port, 4)",
+        event_channel_op(EVTCHNOP_SET_PRIORITY, &mut prio),
+        0,
+    )?;
+    events::drain();
+    let before = events::upcalls();
+    println!("evtchn.fifo_ports: dom0 port {dom0}");
+    if !events::wait_upcall(before, 60_000) {
+        bail!("no upcall for Dom0's notification of port {dom0}");
+    }
+    if word(dom0) & PENDING == 0 {
+        bail!("port {dom0} not pending after Dom0's notification");
+    }
+    let head = FIFO_PORTS_CONTROL.0[2 + 4].load(Ordering::SeqCst);
+    if head != dom0 {
+        bail!("HEAD[4] {head} after Dom0 raised port {dom0}");
+    }
+    Ok(())
+}
