@@ -23,18 +23,12 @@ use kxen_stream::libxc::{
 };
 use kxen_stream::libxl::{EmulatorId, LibxlReader, LibxlRecord, LibxlWriter};
 use kxen_stream::Limits;
+use kxen_toolstack::savefile;
 use kxen_vmm_api::image::{self, VmmImage};
 use kxen_vmm_api::{MemfdRegion, VmmClient};
 
 use super::*;
 
-/// xl's savefile magic.
-const XL_MAGIC: &[u8; 32] = b"Xen saved domain, xl format\n \0 \r";
-const XL_BYTEORDER: u32 = 0x0102_0304;
-const XL_FLAG_JSON: u32 = 1;
-const XL_FLAG_STREAM_V2: u32 = 2;
-/// The most config bytes a restore reads.
-const MAX_CONFIG: u32 = 1 << 20;
 const PAGE: usize = 4096;
 /// Pages per PAGE_DATA record (libxc's batch).
 const BATCH: usize = 1024;
@@ -149,22 +143,9 @@ impl Daemon {
         let vmm = image::parse(&state).map_err(|e| e.to_string())?;
         let guest = link.memfd().map_err(|e| e.to_string())?;
         let memfd = File::from(guest.memfd);
-        let config = serde_json::to_vec(&d.record.config).map_err(|e| e.to_string())?;
         let file = File::create(path).map_err(|e| io_error(path, preflight::describe_io(&e)))?;
         let mut out = std::io::BufWriter::new(file);
-        let mut header = Vec::with_capacity(48);
-        header.extend_from_slice(XL_MAGIC);
-        for word in [
-            XL_BYTEORDER,
-            XL_FLAG_JSON | XL_FLAG_STREAM_V2,
-            0,
-            config.len() as u32,
-        ] {
-            header.extend_from_slice(&word.to_ne_bytes());
-        }
-        out.write_all(&header)
-            .and_then(|()| out.write_all(&config))
-            .map_err(|e| io_error(path, e))?;
+        savefile::write_header(&mut out, &d.record.config).map_err(|e| io_error(path, e))?;
         let stream = |e: kxen_stream::WriteError| io_error("writing the stream", e);
         let libxl = LibxlWriter::new(out).map_err(stream)?;
         let mut libxc = libxl
@@ -213,7 +194,7 @@ impl Daemon {
             }
         };
         let mut input = std::io::BufReader::new(file);
-        let config = match read_xl_header(&mut input) {
+        let config = match savefile::read_header(&mut input) {
             Ok(c) => c,
             Err(e) => return Reply::error(format!("{path}: {e}")),
         };
@@ -239,37 +220,6 @@ impl Daemon {
             Err(e) => Reply::error(format!("domain {name}: {e}")),
         }
     }
-}
-
-/// xl's header and the config it carries.
-fn read_xl_header(input: &mut impl Read) -> Result<DomainConfig, String> {
-    let mut head = [0u8; 48];
-    input
-        .read_exact(&mut head)
-        .map_err(|_| "truncated savefile header".to_string())?;
-    if &head[..32] != XL_MAGIC {
-        return Err("not an xl savefile (bad magic)".into());
-    }
-    let word = |i: usize| u32::from_ne_bytes([head[i], head[i + 1], head[i + 2], head[i + 3]]);
-    if word(32) != XL_BYTEORDER {
-        return Err("savefile has the other byte order".into());
-    }
-    let mandatory = word(36);
-    if mandatory != XL_FLAG_JSON | XL_FLAG_STREAM_V2 {
-        return Err(format!(
-            "savefile has mandatory flags {mandatory:#x}; kxen reads only {:#x} (JSON config, stream v2)",
-            XL_FLAG_JSON | XL_FLAG_STREAM_V2
-        ));
-    }
-    let len = word(44);
-    if len > MAX_CONFIG {
-        return Err(format!("savefile config of {len} bytes is too large"));
-    }
-    let mut config = vec![0u8; len as usize];
-    input
-        .read_exact(&mut config)
-        .map_err(|_| "truncated savefile config".to_string())?;
-    serde_json::from_slice(&config).map_err(|e| format!("savefile config: {e}"))
 }
 
 /// Read the libxl stream from `input` into the new VMM behind `control`.
