@@ -153,6 +153,15 @@ fn replay(name: &str, target: fn(&[u8]) -> bool, seeds: Vec<Vec<u8>>) {
             ),
         }
     };
+    // KXEN_FUZZ_SEEDS=DIR writes the seeds to DIR/NAME/ as a starting
+    // corpus for `cargo fuzz run NAME DIR/NAME`.
+    if let Some(dir) = std::env::var_os("KXEN_FUZZ_SEEDS") {
+        let dir = std::path::Path::new(&dir).join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        for (i, seed) in seeds.iter().enumerate() {
+            std::fs::write(dir.join(format!("seed-{i}")), seed).unwrap();
+        }
+    }
     for (i, seed) in seeds.iter().enumerate() {
         assert!(
             run(&format!("seed {i}"), seed),

@@ -211,7 +211,7 @@ pub fn send(opts: SendOptions<'_>) -> ExitCode {
                 }
             }
             Ok(MigrateFrame::Progress(p)) => progress.show(p.pages_sent, p.pages_total, bytes),
-            Ok(MigrateFrame::Done(reply)) => break Some(reply),
+            Ok(MigrateFrame::Done(reply)) => break Some(*reply),
             Err(e) => {
                 cut = Some(format!("kxend: {e}"));
                 break None;

@@ -203,7 +203,7 @@ pub enum MigrateFrame {
     /// How far the save is.
     Progress(MigrateProgress),
     /// The save's outcome; the last frame.
-    Done(Reply),
+    Done(Box<Reply>),
 }
 
 /// A save's progress, in pages of guest memory.
@@ -273,7 +273,7 @@ impl MigrateFrame {
         Ok(match head[0] {
             Self::DATA => MigrateFrame::Data(body),
             Self::PROGRESS => MigrateFrame::Progress(serde_json::from_slice(&body)?),
-            Self::DONE => MigrateFrame::Done(serde_json::from_slice(&body)?),
+            Self::DONE => MigrateFrame::Done(Box::new(serde_json::from_slice(&body)?)),
             tag => return Err(FrameError::Tag(tag)),
         })
     }
@@ -370,7 +370,7 @@ mod tests {
                 pages_sent: 3,
                 pages_total: 9,
             }),
-            MigrateFrame::Done(Reply::error("no")),
+            MigrateFrame::Done(Box::new(Reply::error("no"))),
         ];
         let mut bytes = Vec::new();
         for f in &frames {

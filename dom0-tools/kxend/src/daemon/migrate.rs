@@ -121,7 +121,7 @@ impl Daemon {
         };
         if let Err(e) = d.pause() {
             let reply = Reply::error(format!("cannot pause domain {id}: {e}"));
-            let _ = MigrateFrame::Done(reply).write(&mut writer);
+            let _ = MigrateFrame::Done(Box::new(reply)).write(&mut writer);
             return;
         }
         let Ok(conn) = writer.try_clone() else {
@@ -161,7 +161,7 @@ impl Daemon {
             Err(e) => {
                 resume(&format!("failed after {bytes} bytes ({e})"));
                 let reply = Reply::error(format!("Failed to save domain {id}: {e}"));
-                let _ = MigrateFrame::Done(reply).write(&mut writer);
+                let _ = MigrateFrame::Done(Box::new(reply)).write(&mut writer);
                 return;
             }
         };
@@ -169,7 +169,10 @@ impl Daemon {
             text: Some(format!("{pages} pages, {bytes} bytes")),
             ..Reply::ok()
         };
-        if MigrateFrame::Done(done).write(&mut writer).is_err() {
+        if MigrateFrame::Done(Box::new(done))
+            .write(&mut writer)
+            .is_err()
+        {
             resume("cut after the stream");
             return;
         }
