@@ -24,7 +24,10 @@ pub use targets::virtio_blk_request::virtio_blk_request;
 pub use targets::virtio_mmio_regs::virtio_mmio_regs;
 pub use targets::virtio_net_tx::virtio_net_tx;
 pub use targets::vmm_api_wire::vmm_api_wire;
+pub use targets::vmm_image::vmm_image;
+pub use targets::xen_snapshot::xen_snapshot;
 pub use targets::xenstore_wire::xenstore_wire;
+pub use targets::xl_savefile::xl_savefile;
 
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};

@@ -153,6 +153,15 @@ fn replay(name: &str, target: fn(&[u8]) -> bool, seeds: Vec<Vec<u8>>) {
             ),
         }
     };
+    // KXEN_FUZZ_SEEDS=DIR writes the seeds to DIR/NAME/ as a starting
+    // corpus for `cargo fuzz run NAME DIR/NAME`.
+    if let Some(dir) = std::env::var_os("KXEN_FUZZ_SEEDS") {
+        let dir = std::path::Path::new(&dir).join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        for (i, seed) in seeds.iter().enumerate() {
+            std::fs::write(dir.join(format!("seed-{i}")), seed).unwrap();
+        }
+    }
     for (i, seed) in seeds.iter().enumerate() {
         assert!(
             run(&format!("seed {i}"), seed),
@@ -1798,4 +1807,103 @@ fn migration_stream() {
 
     let seeds = vec![image, checkpointed, standalone, hvm_context_blob()];
     replay("migration_stream", kxen_fuzz::migration_stream, seeds);
+}
+
+// ---- vmm_image ----------------------------------------------------------------
+
+#[test]
+fn vmm_image() {
+    use kxen_vmm_api::image::{encode, TscInfo, VmmImage};
+    let full = VmmImage {
+        hvm_context: hvm_context_blob(),
+        hvm_params: vec![(1, 2), (3, 0x1234_5678_9abc)],
+        tsc: TscInfo {
+            mode: 0,
+            khz: 2_000_000,
+            nsec: 123_456_789,
+            incarnation: 0,
+        },
+        xen_state: b"KXENXST\0 state".to_vec(),
+    };
+    let odd_lengths = VmmImage {
+        hvm_context: vec![7; 5],
+        hvm_params: vec![],
+        xen_state: vec![1; 13],
+        ..full.clone()
+    };
+    let seeds = vec![encode(&full), encode(&odd_lengths)];
+    replay("vmm_image", kxen_fuzz::vmm_image, seeds);
+}
+
+// ---- xl_savefile --------------------------------------------------------------
+
+#[test]
+fn xl_savefile() {
+    use kxen_stream::libxc::{DomainHeader, GuestType};
+    use kxen_stream::libxl::{EmulatorId, LibxlWriter};
+    let config = kxen_toolstack::config::parse_str(
+        "name=\"guest\"\ntype=\"pvh\"\nmemory=64\nvcpus=1\nkernel=\"/k\"\n\
+         disk=[\"/d.img,raw,xvda,rw\"]\non_crash=\"preserve\"\n",
+        "guest.cfg",
+    )
+    .unwrap()
+    .0;
+    let mut with_stream = Vec::new();
+    kxen_toolstack::savefile::write_header(&mut with_stream, &config).unwrap();
+    let header_only = with_stream.clone();
+    let libxl = LibxlWriter::new(Vec::new()).unwrap();
+    let mut libxc = libxl
+        .begin_libxc(&DomainHeader {
+            guest_type: GuestType::X86Hvm,
+            xen_major: 4,
+            xen_minor: 17,
+        })
+        .unwrap();
+    hvm_libxc_records(&mut libxc);
+    let mut libxl = libxc.finish_into_libxl().unwrap();
+    libxl
+        .write_emulator_context(EmulatorId::UNKNOWN, 0, b"kxen")
+        .unwrap();
+    with_stream.extend(libxl.finish().unwrap());
+    let seeds = vec![with_stream, header_only];
+    replay("xl_savefile", kxen_fuzz::xl_savefile, seeds);
+}
+
+// ---- xen_snapshot -------------------------------------------------------------
+
+/// A harness domain's Xen state after a few hypercalls that leave state
+/// behind (event channels of each kind, a timer, a placed grant frame),
+/// as the VMM frames it, followed by `calls`.
+fn xen_state_seed(calls: &[Vec<u8>]) -> Vec<u8> {
+    use kxen_xen::harness;
+    let (domain, _) = harness::domain();
+    // EVTCHNOP_alloc_unbound {dom, remote_dom, port}: a loopback channel.
+    let mut alloc = le16(DOMID_SELF).to_vec();
+    alloc.extend(le16(DOMID_SELF));
+    alloc.extend(le32(0));
+    assert!(harness::write_guest(&domain, 0x1000, &alloc));
+    assert_eq!(harness::hypercall(&domain, 32, [6, 0x1000, 0, 0, 0]), 0);
+    // EVTCHNOP_bind_ipi {vcpu, port} and bind_virq {virq, vcpu, port}.
+    assert!(harness::write_guest(&domain, 0x2000, &[0; 8]));
+    assert_eq!(harness::hypercall(&domain, 32, [7, 0x2000, 0, 0, 0]), 0);
+    assert!(harness::write_guest(&domain, 0x3000, &[0; 12]));
+    assert_eq!(harness::hypercall(&domain, 32, [1, 0x3000, 0, 0, 0]), 0);
+    // set_timer_op (a one-shot deadline) and a grant frame in RAM.
+    harness::hypercall(&domain, 15, [1 << 40, 0, 0, 0, 0]);
+    assert_eq!(harness::place_grant_frame(&domain, 0x800), 0);
+    let snap = domain.snapshot().unwrap();
+    let mut section = kxen_vmm::state::encode_xen_state(&snap).unwrap();
+    section.extend(calls.concat());
+    section
+}
+
+#[test]
+fn xen_snapshot() {
+    let calls = [
+        hypercall(32, 0, [4, 0x2000, 0, 0, 0]),
+        hypercall(32, 1, [3, 0x1000, 0, 0, 0]),
+        hypercall(20, 0, [6, 0x3000, 1, 0, 0]),
+    ];
+    let seeds = vec![xen_state_seed(&[]), xen_state_seed(&calls)];
+    replay("xen_snapshot", kxen_fuzz::xen_snapshot, seeds);
 }

@@ -64,6 +64,34 @@ impl Dom0 {
         path
     }
 
+    /// A script that stands in for `ssh` to this Dom0 as another "host"
+    /// (`kxl migrate -s SCRIPT HOST`): it drops HOST, enters this Dom0's
+    /// environment (its state and run directories, the built kxl first
+    /// in PATH) and runs the rest of its arguments there, with its stdin
+    /// passed through `stdin_filter` (a shell pipeline stage such as
+    /// `head -c 4096`, or empty for none).
+    pub fn remote_shell(&self, name: &str, stdin_filter: &str) -> PathBuf {
+        use std::os::unix::fs::PermissionsExt;
+        let bin_dir = workspace_bin("kxl").parent().unwrap().to_path_buf();
+        let run = if stdin_filter.is_empty() {
+            "exec \"$@\"".to_string()
+        } else {
+            format!("{stdin_filter} | \"$@\"")
+        };
+        let script = self.dir.join(name);
+        std::fs::write(
+            &script,
+            format!(
+                "#!/bin/sh\n# {name}: ssh to the Dom0 in {dir}\nshift\nexport KXEN_STATE_DIR='{dir}/state' KXEN_RUN_DIR='{dir}/run' PATH='{bin}':\"$PATH\"\n{run}\n",
+                dir = self.dir.display(),
+                bin = bin_dir.display(),
+            ),
+        )
+        .unwrap();
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+        script
+    }
+
     /// The running kxend of this instance (from its pid file).
     pub fn kxend_pid(&self) -> Option<i32> {
         let pid: i32 = std::fs::read_to_string(self.dir.join("run/kxend.pid"))

@@ -20,6 +20,7 @@ use tracing::{error, info, warn};
 mod clients;
 mod info;
 mod lifecycle;
+mod migrate;
 mod saverestore;
 mod scheduling;
 

@@ -6,6 +6,7 @@
 mod client;
 mod console;
 mod format;
+mod migrate;
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -82,6 +83,46 @@ enum Cmd {
         /// `[CFG] FILE`.
         #[arg(num_args = 1..=2)]
         args: Vec<String>,
+    },
+    /// Migrate a domain to another host.
+    Migrate {
+        /// Use SSHCOMMAND instead of ssh (`exec SSHCOMMAND HOST kxl
+        /// migrate-receive` runs under sh); an empty one runs HOST as
+        /// the whole command.
+        #[arg(short = 's', default_value = "ssh")]
+        ssh_command: String,
+        /// Send this config file instead of the domain's own.
+        #[arg(short = 'C')]
+        config: Option<String>,
+        /// Do not daemonize (accepted as xl does).
+        #[arg(short = 'F')]
+        foreground: bool,
+        /// Do not wait for the domain's death (accepted as xl does).
+        #[arg(short = 'e')]
+        no_wait: bool,
+        /// Leave the domain paused on the destination.
+        #[arg(short = 'p')]
+        pause_after: bool,
+        /// Ask the receiver for debug output.
+        #[arg(long)]
+        debug: bool,
+        /// Ignored (xm compatibility).
+        #[arg(long)]
+        live: bool,
+        domain: String,
+        host: String,
+    },
+    /// Receive a migrating domain (run by `migrate` on the destination).
+    MigrateReceive {
+        #[arg(short = 'F')]
+        foreground: bool,
+        #[arg(short = 'e')]
+        no_wait: bool,
+        #[arg(short = 'd')]
+        debug: bool,
+        /// Leave the domain paused after it arrives.
+        #[arg(short = 'p')]
+        pause_after: bool,
     },
     /// Pause execution of a domain.
     Pause { domain: String },
@@ -432,6 +473,40 @@ fn main() -> ExitCode {
             }
             ExitCode::SUCCESS
         }
+        Cmd::Migrate {
+            ssh_command,
+            config,
+            pause_after,
+            debug,
+            domain,
+            host,
+            ..
+        } => {
+            let config = match config {
+                Some(path) => match format::load_config(&path, &[]) {
+                    Ok(parsed) => {
+                        for w in &parsed.warnings {
+                            eprintln!("{w}");
+                        }
+                        Some(parsed.config)
+                    }
+                    Err((text, code)) => {
+                        eprintln!("{text}");
+                        return ExitCode::from(code as u8);
+                    }
+                },
+                None => None,
+            };
+            migrate::send(migrate::SendOptions {
+                domain: &domain,
+                host: &host,
+                ssh_command: &ssh_command,
+                config,
+                debug,
+                pause_after,
+            })
+        }
+        Cmd::MigrateReceive { pause_after, .. } => migrate::receive(pause_after),
         Cmd::Pause { domain } => simple(Request::Pause { domain }),
         Cmd::Unpause { domain } => simple(Request::Unpause { domain }),
         Cmd::List {

@@ -135,6 +135,25 @@ pub enum Request {
         path: String,
         paused: bool,
     },
+    /// `xl migrate`'s sending end: after an ok reply the connection
+    /// carries [`MigrateFrame`]s from kxend (the domain, paused, as xl's
+    /// savefile header, `config` or the domain's own, and libxl's stream;
+    /// progress; the outcome), then one [`MigrateVerdict`] line from kxl,
+    /// answered with a reply line: `Go` destroys the domain (the
+    /// destination runs it), `KeepPaused` leaves it paused, anything
+    /// else, or the connection closing, resumes it.
+    MigrateSend {
+        domain: DomainRef,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        config: Option<Box<DomainConfig>>,
+    },
+    /// `xl migrate-receive`'s end: after an ok reply kxl forwards the
+    /// migration stream (xl's header and libxl's stream) raw; kxend builds
+    /// the domain paused from it and answers with a [`Reply`] line (the
+    /// domid, or why not), then reads one [`MigrateVerdict`] line: `Go`
+    /// unpauses the domain (answered with a reply line), anything else,
+    /// or the connection closing, destroys it.
+    MigrateReceive,
     /// `xl vcpu-pin DOMAIN VCPU HARD [SOFT]`, the arguments as typed
     /// (kxend reads them as xl does, against the host's CPUs): HARD or
     /// SOFT `-` leaves that affinity as it is.
@@ -155,6 +174,109 @@ pub struct DeviceEntry {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub nic: Option<crate::xl::NicInfo>,
     pub stats: std::collections::BTreeMap<String, u64>,
+}
+
+/// kxl's word to kxend at the end of a migration, on either side.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum MigrateVerdict {
+    /// Sender: the destination runs the domain, destroy ours. Receiver:
+    /// the sender gave permission, unpause ours.
+    Go,
+    /// Receiver: the sender gave permission, but leave ours paused
+    /// (`migrate-receive -p`).
+    GoPaused,
+    /// Sender: resume the domain. Receiver: destroy our copy.
+    Abort,
+    /// Sender: the handshake broke after the destination was told to
+    /// start; which copy runs is unknown, so leave ours paused (xl's
+    /// "domain state is now undefined").
+    KeepPaused,
+}
+
+/// What kxend sends a `migrate-send` client: a tag byte, a little-endian
+/// u32 length, that many bytes.
+#[derive(Debug, Clone, PartialEq)]
+pub enum MigrateFrame {
+    /// Stream bytes, for kxl to pass on to the destination as they are.
+    Data(Vec<u8>),
+    /// How far the save is.
+    Progress(MigrateProgress),
+    /// The save's outcome; the last frame.
+    Done(Box<Reply>),
+}
+
+/// A save's progress, in pages of guest memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MigrateProgress {
+    pub pages_sent: u64,
+    pub pages_total: u64,
+}
+
+/// The largest frame either end writes or reads.
+pub const MAX_MIGRATE_FRAME: usize = 4 << 20;
+
+/// Why a migration frame could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum FrameError {
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("frame of {0} bytes is over the limit")]
+    TooLong(usize),
+    #[error("unknown frame tag {0:#x}")]
+    Tag(u8),
+    #[error("bad frame body: {0}")]
+    Json(#[from] serde_json::Error),
+}
+
+impl MigrateFrame {
+    const DATA: u8 = b'D';
+    const PROGRESS: u8 = b'P';
+    const DONE: u8 = b'E';
+
+    /// Write `body` as one frame of kind `tag` (data is written in
+    /// pieces of at most [`MAX_MIGRATE_FRAME`]).
+    fn put(out: &mut impl std::io::Write, tag: u8, body: &[u8]) -> std::io::Result<()> {
+        let len = u32::try_from(body.len())
+            .map_err(|_| std::io::Error::other("migration frame over 4 GiB"))?;
+        let mut head = [0u8; 5];
+        head[0] = tag;
+        head[1..].copy_from_slice(&len.to_le_bytes());
+        out.write_all(&head)?;
+        out.write_all(body)
+    }
+
+    pub fn write_data(out: &mut impl std::io::Write, data: &[u8]) -> std::io::Result<()> {
+        for chunk in data.chunks(MAX_MIGRATE_FRAME) {
+            Self::put(out, Self::DATA, chunk)?;
+        }
+        Ok(())
+    }
+
+    pub fn write(&self, out: &mut impl std::io::Write) -> std::io::Result<()> {
+        match self {
+            MigrateFrame::Data(data) => Self::write_data(out, data),
+            MigrateFrame::Progress(p) => Self::put(out, Self::PROGRESS, &serde_json::to_vec(p)?),
+            MigrateFrame::Done(reply) => Self::put(out, Self::DONE, &serde_json::to_vec(reply)?),
+        }
+    }
+
+    pub fn read(input: &mut impl std::io::Read) -> Result<MigrateFrame, FrameError> {
+        let mut head = [0u8; 5];
+        input.read_exact(&mut head)?;
+        let len = u32::from_le_bytes([head[1], head[2], head[3], head[4]]) as usize;
+        if len > MAX_MIGRATE_FRAME {
+            return Err(FrameError::TooLong(len));
+        }
+        let mut body = vec![0u8; len];
+        input.read_exact(&mut body)?;
+        Ok(match head[0] {
+            Self::DATA => MigrateFrame::Data(body),
+            Self::PROGRESS => MigrateFrame::Progress(serde_json::from_slice(&body)?),
+            Self::DONE => MigrateFrame::Done(Box::new(serde_json::from_slice(&body)?)),
+            tag => return Err(FrameError::Tag(tag)),
+        })
+    }
 }
 
 /// One domain as kxend reports it: xl's view plus what kxl needs on top.
@@ -238,6 +360,37 @@ mod tests {
         assert_eq!(text, r#"{"op":"shutdown","domain":"guest"}"#);
         assert_eq!(serde_json::from_str::<Request>(&text).unwrap(), r);
         assert!(serde_json::from_str::<Request>(r#"{"op":"nope"}"#).is_err());
+    }
+
+    #[test]
+    fn migrate_frames_round_trip_and_bound_their_length() {
+        let frames = [
+            MigrateFrame::Data(b"stream".to_vec()),
+            MigrateFrame::Progress(MigrateProgress {
+                pages_sent: 3,
+                pages_total: 9,
+            }),
+            MigrateFrame::Done(Box::new(Reply::error("no"))),
+        ];
+        let mut bytes = Vec::new();
+        for f in &frames {
+            f.write(&mut bytes).unwrap();
+        }
+        let mut input = bytes.as_slice();
+        for f in &frames {
+            assert_eq!(&MigrateFrame::read(&mut input).unwrap(), f);
+        }
+        assert!(input.is_empty());
+        let mut huge = vec![b'D'];
+        huge.extend(u32::MAX.to_le_bytes());
+        assert!(matches!(
+            MigrateFrame::read(&mut huge.as_slice()),
+            Err(FrameError::TooLong(_))
+        ));
+        assert!(matches!(
+            MigrateFrame::read(&mut &b"X\0\0\0\0"[..]),
+            Err(FrameError::Tag(b'X'))
+        ));
     }
 }
 

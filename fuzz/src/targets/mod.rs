@@ -18,4 +18,7 @@ pub mod virtio_blk_request;
 pub mod virtio_mmio_regs;
 pub mod virtio_net_tx;
 pub mod vmm_api_wire;
+pub mod vmm_image;
+pub mod xen_snapshot;
 pub mod xenstore_wire;
+pub mod xl_savefile;

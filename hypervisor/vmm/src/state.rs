@@ -153,12 +153,7 @@ pub fn save(h: &ControlHandles) -> Result<Vec<u8>, StateError> {
             .map_err(|e| StateError::Context(e.to_string()))?;
     }
 
-    let mut xen_state = Vec::new();
-    let json = serde_json::to_vec(&xen).map_err(|e| StateError::XenState(e.to_string()))?;
-    xen_state.extend_from_slice(XEN_STATE_MAGIC);
-    xen_state.extend_from_slice(&XEN_STATE_VERSION.to_le_bytes());
-    xen_state.extend_from_slice(&(json.len() as u32).to_le_bytes());
-    xen_state.extend_from_slice(&json);
+    let mut xen_state = encode_xen_state(&xen)?;
     for frame in pool_frames(&xen, |gfn| h.memory.is_ram(gfn)) {
         let mut page = [0u8; PAGE];
         h.memory
@@ -184,8 +179,23 @@ fn host_cpuid_signature() -> u32 {
     core::arch::x86_64::__cpuid(1).eax
 }
 
-/// Split the Xen-state section into the snapshot and its pool pages.
-fn parse_xen_state(bytes: &[u8]) -> Result<(XenSnapshot, &[u8]), StateError> {
+/// The Xen-state section's header and JSON for `snap`; the pool pages
+/// go after it.
+pub fn encode_xen_state(snap: &XenSnapshot) -> Result<Vec<u8>, StateError> {
+    let json = serde_json::to_vec(snap).map_err(|e| StateError::XenState(e.to_string()))?;
+    let json_len = u32::try_from(json.len())
+        .map_err(|_| StateError::XenState("the snapshot's JSON is over 4 GiB".into()))?;
+    let mut out = Vec::with_capacity(16 + json.len());
+    out.extend_from_slice(XEN_STATE_MAGIC);
+    out.extend_from_slice(&XEN_STATE_VERSION.to_le_bytes());
+    out.extend_from_slice(&json_len.to_le_bytes());
+    out.extend_from_slice(&json);
+    Ok(out)
+}
+
+/// Split the Xen-state section (hostile: from a restore image) into the
+/// snapshot and its pool pages.
+pub fn parse_xen_state(bytes: &[u8]) -> Result<(XenSnapshot, &[u8]), StateError> {
     let bad = |why: &str| StateError::XenState(why.to_string());
     if bytes.len() < 16 || &bytes[..8] != XEN_STATE_MAGIC {
         return Err(bad("bad magic or truncated header"));

@@ -74,6 +74,18 @@ impl Daemon {
                 }
                 return;
             }
+            // A migration has the connection to itself, and ends it.
+            match request {
+                Ok(Request::MigrateSend { domain, config }) => {
+                    self.migrate_send(&domain, config.map(|c| *c), reader, writer);
+                    return;
+                }
+                Ok(Request::MigrateReceive) => {
+                    self.migrate_receive(reader, writer);
+                    return;
+                }
+                _ => {}
+            }
             let reply = match request {
                 Ok(req) => self.handle(req),
                 Err(e) => Reply::error(format!("bad request: {e}")),
@@ -139,6 +151,9 @@ impl Daemon {
                 leave_paused,
             } => self.save(&domain, &path, checkpoint, leave_paused),
             Request::Restore { path, paused } => self.restore(&path, paused),
+            Request::MigrateSend { .. } | Request::MigrateReceive => {
+                Reply::error("a migration is served on a kxl connection of its own")
+            }
             Request::Pause { domain } => self.pause(&domain, true),
             Request::Unpause { domain } => self.pause(&domain, false),
             Request::WaitGone { domain, timeout_s } => match self.resolve(&domain) {

@@ -23,18 +23,12 @@ use kxen_stream::libxc::{
 };
 use kxen_stream::libxl::{EmulatorId, LibxlReader, LibxlRecord, LibxlWriter};
 use kxen_stream::Limits;
+use kxen_toolstack::savefile;
 use kxen_vmm_api::image::{self, VmmImage};
 use kxen_vmm_api::{MemfdRegion, VmmClient};
 
 use super::*;
 
-/// xl's savefile magic.
-const XL_MAGIC: &[u8; 32] = b"Xen saved domain, xl format\n \0 \r";
-const XL_BYTEORDER: u32 = 0x0102_0304;
-const XL_FLAG_JSON: u32 = 1;
-const XL_FLAG_STREAM_V2: u32 = 2;
-/// The most config bytes a restore reads.
-const MAX_CONFIG: u32 = 1 << 20;
 const PAGE: usize = 4096;
 /// Pages per PAGE_DATA record (libxc's batch).
 const BATCH: usize = 1024;
@@ -48,7 +42,9 @@ fn write_memory<W: Write>(
     libxc: &mut kxen_stream::libxc::LibxcWriter<W>,
     memfd: &File,
     regions: &[MemfdRegion],
+    progress: &mut dyn FnMut(u64, u64),
 ) -> Result<u64, String> {
+    let pages_total: u64 = regions.iter().map(|r| r.len / PAGE as u64).sum();
     let mut buf = vec![0u8; BATCH * PAGE];
     let mut pages_written = 0;
     for r in regions {
@@ -78,6 +74,7 @@ fn write_memory<W: Write>(
                 .map_err(|e| io_error("writing pages", e))?;
             done += count as u64;
             pages_written += count as u64;
+            progress(pages_written, pages_total);
         }
     }
     Ok(pages_written)
@@ -144,58 +141,10 @@ impl Daemon {
     }
 
     fn write_image(&self, d: &Domain, path: &str) -> Result<u64, String> {
-        let mut link = VmmClient::connect(&d.record.control).map_err(|e| e.to_string())?;
-        let state = link.save_state().map_err(|e| e.to_string())?;
-        let vmm = image::parse(&state).map_err(|e| e.to_string())?;
-        let guest = link.memfd().map_err(|e| e.to_string())?;
-        let memfd = File::from(guest.memfd);
-        let config = serde_json::to_vec(&d.record.config).map_err(|e| e.to_string())?;
         let file = File::create(path).map_err(|e| io_error(path, preflight::describe_io(&e)))?;
-        let mut out = std::io::BufWriter::new(file);
-        let mut header = Vec::with_capacity(48);
-        header.extend_from_slice(XL_MAGIC);
-        for word in [
-            XL_BYTEORDER,
-            XL_FLAG_JSON | XL_FLAG_STREAM_V2,
-            0,
-            config.len() as u32,
-        ] {
-            header.extend_from_slice(&word.to_ne_bytes());
-        }
-        out.write_all(&header)
-            .and_then(|()| out.write_all(&config))
-            .map_err(|e| io_error(path, e))?;
-        let stream = |e: kxen_stream::WriteError| io_error("writing the stream", e);
-        let libxl = LibxlWriter::new(out).map_err(stream)?;
-        let mut libxc = libxl
-            .begin_libxc(&DomainHeader {
-                guest_type: GuestType::X86Hvm,
-                xen_major: 4,
-                xen_minor: 17,
-            })
-            .map_err(stream)?;
-        libxc.write_static_data_end().map_err(stream)?;
-        let pages = write_memory(&mut libxc, &memfd, &guest.regions)?;
-        libxc
-            .write_tsc_info(&TscInfo {
-                mode: vmm.tsc.mode,
-                khz: vmm.tsc.khz,
-                nsec: vmm.tsc.nsec,
-                incarnation: vmm.tsc.incarnation,
-            })
-            .map_err(stream)?;
-        let params: Vec<HvmParamEntry> = vmm
-            .hvm_params
-            .iter()
-            .map(|&(index, value)| HvmParamEntry { index, value })
-            .collect();
-        libxc.write_hvm_params(&params).map_err(stream)?;
-        libxc.write_hvm_context(&vmm.hvm_context).map_err(stream)?;
-        let mut libxl = libxc.finish_into_libxl().map_err(stream)?;
-        libxl
-            .write_emulator_context(EmulatorId::UNKNOWN, 0, &vmm.xen_state)
-            .map_err(stream)?;
-        let mut out = libxl.finish().map_err(stream)?;
+        let out = std::io::BufWriter::new(file);
+        let (pages, mut out) = write_stream(d, &d.record.config, out, &mut |_, _| {})
+            .map_err(|e| format!("{path}: {e}"))?;
         out.flush().map_err(|e| io_error(path, e))?;
         out.get_ref().sync_all().map_err(|e| io_error(path, e))?;
         Ok(pages)
@@ -213,7 +162,7 @@ impl Daemon {
             }
         };
         let mut input = std::io::BufReader::new(file);
-        let config = match read_xl_header(&mut input) {
+        let config = match savefile::read_header(&mut input) {
             Ok(c) => c,
             Err(e) => return Reply::error(format!("{path}: {e}")),
         };
@@ -241,39 +190,57 @@ impl Daemon {
     }
 }
 
-/// xl's header and the config it carries.
-fn read_xl_header(input: &mut impl Read) -> Result<DomainConfig, String> {
-    let mut head = [0u8; 48];
-    input
-        .read_exact(&mut head)
-        .map_err(|_| "truncated savefile header".to_string())?;
-    if &head[..32] != XL_MAGIC {
-        return Err("not an xl savefile (bad magic)".into());
-    }
-    let word = |i: usize| u32::from_ne_bytes([head[i], head[i + 1], head[i + 2], head[i + 3]]);
-    if word(32) != XL_BYTEORDER {
-        return Err("savefile has the other byte order".into());
-    }
-    let mandatory = word(36);
-    if mandatory != XL_FLAG_JSON | XL_FLAG_STREAM_V2 {
-        return Err(format!(
-            "savefile has mandatory flags {mandatory:#x}; kxen reads only {:#x} (JSON config, stream v2)",
-            XL_FLAG_JSON | XL_FLAG_STREAM_V2
-        ));
-    }
-    let len = word(44);
-    if len > MAX_CONFIG {
-        return Err(format!("savefile config of {len} bytes is too large"));
-    }
-    let mut config = vec![0u8; len as usize];
-    input
-        .read_exact(&mut config)
-        .map_err(|_| "truncated savefile config".to_string())?;
-    serde_json::from_slice(&config).map_err(|e| format!("savefile config: {e}"))
+/// Write the paused domain `d` to `out` as xl's savefile: the header with
+/// `config`, then libxl's stream. `progress` hears (pages sent, pages in
+/// all) after each batch. Returns the pages written and `out`.
+pub(super) fn write_stream<W: Write>(
+    d: &Domain,
+    config: &DomainConfig,
+    mut out: W,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<(u64, W), String> {
+    let mut link = VmmClient::connect(&d.record.control).map_err(|e| e.to_string())?;
+    let state = link.save_state().map_err(|e| e.to_string())?;
+    let vmm = image::parse(&state).map_err(|e| e.to_string())?;
+    let guest = link.memfd().map_err(|e| e.to_string())?;
+    let memfd = File::from(guest.memfd);
+    savefile::write_header(&mut out, config).map_err(|e| e.to_string())?;
+    let stream = |e: kxen_stream::WriteError| io_error("writing the stream", e);
+    let libxl = LibxlWriter::new(out).map_err(stream)?;
+    let mut libxc = libxl
+        .begin_libxc(&DomainHeader {
+            guest_type: GuestType::X86Hvm,
+            xen_major: 4,
+            xen_minor: 17,
+        })
+        .map_err(stream)?;
+    libxc.write_static_data_end().map_err(stream)?;
+    let pages = write_memory(&mut libxc, &memfd, &guest.regions, progress)?;
+    libxc
+        .write_tsc_info(&TscInfo {
+            mode: vmm.tsc.mode,
+            khz: vmm.tsc.khz,
+            nsec: vmm.tsc.nsec,
+            incarnation: vmm.tsc.incarnation,
+        })
+        .map_err(stream)?;
+    let params: Vec<HvmParamEntry> = vmm
+        .hvm_params
+        .iter()
+        .map(|&(index, value)| HvmParamEntry { index, value })
+        .collect();
+    libxc.write_hvm_params(&params).map_err(stream)?;
+    libxc.write_hvm_context(&vmm.hvm_context).map_err(stream)?;
+    let mut libxl = libxc.finish_into_libxl().map_err(stream)?;
+    libxl
+        .write_emulator_context(EmulatorId::UNKNOWN, 0, &vmm.xen_state)
+        .map_err(stream)?;
+    let out = libxl.finish().map_err(stream)?;
+    Ok((pages, out))
 }
 
 /// Read the libxl stream from `input` into the new VMM behind `control`.
-fn load_image(input: impl Read, control: &Path) -> Result<(), String> {
+pub(super) fn load_image(input: impl Read, control: &Path) -> Result<(), String> {
     let mut link = VmmClient::connect(control).map_err(|e| e.to_string())?;
     let guest = link.memfd().map_err(|e| e.to_string())?;
     let memfd = File::from(guest.memfd);

@@ -1,0 +1,300 @@
+//! kxend's ends of `kxl migrate` and `kxl migrate-receive` (issue 17),
+//! stop-and-copy: the source pauses the domain and writes it as xl's
+//! savefile (header, config, libxl stream) to its kxl, which passes it
+//! over the transport (`ssh HOST kxl migrate-receive`); the destination's
+//! kxl forwards it raw to its kxend, which builds the domain paused.
+//! Then each kxl speaks xl's handshake with the other and tells its
+//! kxend how it ended ([`MigrateVerdict`]).
+//!
+//! Either end treats a dropped connection as "abort": the source domain
+//! is resumed unless kxl said `go` (the destination runs the domain), and
+//! the destination's copy is destroyed unless kxl said `go` (the source
+//! gave permission to start it).
+
+use std::cell::RefCell;
+use std::rc::Rc;
+
+use kxen_toolstack::protocol::{MigrateFrame, MigrateProgress, MigrateVerdict};
+use kxen_toolstack::savefile;
+
+use super::clients::send;
+use super::saverestore::{load_image, write_stream};
+use super::*;
+
+/// How long either end waits on its kxl for stream bytes (or for kxl to
+/// take them) before it gives the migration up.
+const MIGRATE_IO_LIMIT: Duration = Duration::from_secs(60);
+/// Stream bytes gathered into one data frame.
+const DATA_FRAME: usize = 1 << 20;
+
+/// The migration stream on kxl's connection: data frames, with progress
+/// frames between them.
+struct FrameWriter {
+    conn: UnixStream,
+    pending: Vec<u8>,
+    bytes_sent: u64,
+}
+
+impl FrameWriter {
+    fn flush_data(&mut self) -> std::io::Result<()> {
+        if !self.pending.is_empty() {
+            MigrateFrame::write_data(&mut self.conn, &self.pending)?;
+            self.bytes_sent += self.pending.len() as u64;
+            self.pending.clear();
+        }
+        Ok(())
+    }
+
+    /// A non-data frame, after the data before it.
+    fn frame(&mut self, frame: &MigrateFrame) -> std::io::Result<()> {
+        self.flush_data()?;
+        frame.write(&mut self.conn)
+    }
+}
+
+/// [`FrameWriter`] as the `Write` the stream writer owns, shared with the
+/// progress callback (both on this one thread, never at the same time).
+struct SharedFrames(Rc<RefCell<FrameWriter>>);
+
+impl Write for SharedFrames {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let mut w = self.0.borrow_mut();
+        w.pending.extend_from_slice(buf);
+        if w.pending.len() >= DATA_FRAME {
+            w.flush_data()?;
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.0.borrow_mut().flush_data()
+    }
+}
+
+/// kxl's verdict line; a closed connection or anything unreadable is
+/// `Abort`.
+fn read_verdict(reader: &mut BufReader<UnixStream>) -> MigrateVerdict {
+    let _ = reader.get_ref().set_read_timeout(None);
+    let mut line = Vec::new();
+    match reader.by_ref().take(256).read_until(b'\n', &mut line) {
+        Ok(n) if n > 0 => serde_json::from_slice(&line).unwrap_or(MigrateVerdict::Abort),
+        _ => MigrateVerdict::Abort,
+    }
+}
+
+impl Daemon {
+    /// The sending end (`Request::MigrateSend`), on a connection of its
+    /// own.
+    pub(super) fn migrate_send(
+        self: &Arc<Self>,
+        domain: &str,
+        config: Option<DomainConfig>,
+        mut reader: BufReader<UnixStream>,
+        mut writer: UnixStream,
+    ) {
+        let Some(d) = self.resolve(domain).and_then(|id| self.live(id)) else {
+            let _ = send(&mut writer, &Reply::unknown_domain(domain));
+            return;
+        };
+        let id = d.record.domid;
+        if id == 0 {
+            let _ = send(&mut writer, &Reply::error("Domain-0 cannot be migrated"));
+            return;
+        }
+        if send(&mut writer, &Reply::ok()).is_err() {
+            return;
+        }
+        let _ = writer.set_write_timeout(Some(MIGRATE_IO_LIMIT));
+        let was_paused = d.paused.load(std::sync::atomic::Ordering::SeqCst);
+        let resume = |why: &str| {
+            let resumed = if was_paused { Ok(()) } else { d.unpause() };
+            match resumed {
+                Ok(()) => self.log(&format!(
+                    "domain {id} ({}): migration {why}; domain resumed",
+                    d.record.name
+                )),
+                Err(e) => self.log(&format!(
+                    "domain {id} ({}): migration {why}; resuming it failed: {e}",
+                    d.record.name
+                )),
+            }
+        };
+        if let Err(e) = d.pause() {
+            let reply = Reply::error(format!("cannot pause domain {id}: {e}"));
+            let _ = MigrateFrame::Done(Box::new(reply)).write(&mut writer);
+            return;
+        }
+        let Ok(conn) = writer.try_clone() else {
+            resume("failed (no connection)");
+            return;
+        };
+        let frames = Rc::new(RefCell::new(FrameWriter {
+            conn,
+            pending: Vec::with_capacity(DATA_FRAME),
+            bytes_sent: 0,
+        }));
+        let config = config.unwrap_or_else(|| d.record.config.clone());
+        let written = write_stream(
+            &d,
+            &config,
+            SharedFrames(frames.clone()),
+            &mut |pages_sent, pages_total| {
+                // A failed write here fails the stream's next write.
+                let _ = frames
+                    .borrow_mut()
+                    .frame(&MigrateFrame::Progress(MigrateProgress {
+                        pages_sent,
+                        pages_total,
+                    }));
+            },
+        )
+        .and_then(|(pages, _)| {
+            frames
+                .borrow_mut()
+                .flush_data()
+                .map(|()| pages)
+                .map_err(|e| format!("sending the stream: {e}"))
+        });
+        let bytes = frames.borrow().bytes_sent;
+        let pages = match written {
+            Ok(pages) => pages,
+            Err(e) => {
+                resume(&format!("failed after {bytes} bytes ({e})"));
+                let reply = Reply::error(format!("Failed to save domain {id}: {e}"));
+                let _ = MigrateFrame::Done(Box::new(reply)).write(&mut writer);
+                return;
+            }
+        };
+        let done = Reply {
+            text: Some(format!("{pages} pages, {bytes} bytes")),
+            ..Reply::ok()
+        };
+        if MigrateFrame::Done(Box::new(done))
+            .write(&mut writer)
+            .is_err()
+        {
+            resume("cut after the stream");
+            return;
+        }
+        match read_verdict(&mut reader) {
+            MigrateVerdict::Go => {
+                let reply = match d.destroy() {
+                    Ok(()) => {
+                        self.wait_gone(id, Duration::from_secs(10));
+                        self.log(&format!(
+                            "domain {id} ({}) migrated away: {pages} pages, {bytes} bytes",
+                            d.record.name
+                        ));
+                        Reply::ok()
+                    }
+                    Err(e) => Reply::error(format!("destroying migrated domain {id}: {e}")),
+                };
+                let _ = send(&mut writer, &reply);
+            }
+            MigrateVerdict::KeepPaused => {
+                self.log(&format!(
+                    "domain {id} ({}): migration handshake broke after the destination was told to start; left paused",
+                    d.record.name
+                ));
+                let _ = send(&mut writer, &Reply::ok());
+            }
+            MigrateVerdict::Abort | MigrateVerdict::GoPaused => {
+                resume("aborted");
+                let _ = send(&mut writer, &Reply::ok());
+            }
+        }
+    }
+
+    /// The receiving end (`Request::MigrateReceive`), on a connection of
+    /// its own.
+    pub(super) fn migrate_receive(
+        self: &Arc<Self>,
+        mut reader: BufReader<UnixStream>,
+        mut writer: UnixStream,
+    ) {
+        if send(&mut writer, &Reply::ok()).is_err() {
+            return;
+        }
+        // A sender that stops sending gives the migration up; so does
+        // one whose kxl goes away (the connection closes).
+        let _ = reader.get_ref().set_read_timeout(Some(MIGRATE_IO_LIMIT));
+        let config = match savefile::read_header(&mut reader) {
+            Ok(c) => c,
+            Err(e) => {
+                let _ = send(&mut writer, &Reply::error(format!("migration stream: {e}")));
+                return;
+            }
+        };
+        let name = config.name.clone();
+        let Ok(verdict_conn) = writer.try_clone() else {
+            return;
+        };
+        // The stream is read once, by the loader, while the new VMM waits.
+        let input = Mutex::new(Some(reader));
+        let load = |control: &Path| -> Result<(), String> {
+            let input = input
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .take()
+                .ok_or("the stream was already read")?;
+            load_image(input, control).map_err(|e| format!("migration stream: {e}"))
+        };
+        let domid = match self.create_with(config, true, Some(&load)) {
+            Ok(domid) => domid,
+            Err(e) => {
+                self.log(&format!("incoming migration of {name} failed: {e}"));
+                let _ = send(
+                    &mut writer,
+                    &Reply::error(one_line(&format!("domain {name}: {e}"))),
+                );
+                return;
+            }
+        };
+        self.log(&format!(
+            "domain {domid} ({name}) received by migration, paused"
+        ));
+        let received = Reply {
+            domid: Some(domid),
+            ..Reply::ok()
+        };
+        let verdict = if send(&mut writer, &received.clone()).is_ok() {
+            read_verdict(&mut BufReader::new(verdict_conn))
+        } else {
+            MigrateVerdict::Abort
+        };
+        let destroy = |why: &str| {
+            if let Some(d) = self.live(domid) {
+                let _ = d.destroy();
+                self.wait_gone(domid, Duration::from_secs(10));
+            }
+            self.log(&format!(
+                "domain {domid} ({name}): incoming migration {why}; our copy destroyed"
+            ));
+        };
+        let reply = match verdict {
+            MigrateVerdict::GoPaused => {
+                self.log(&format!("domain {domid} ({name}) migrated, left paused"));
+                received
+            }
+            MigrateVerdict::Go => match self.live(domid).map(|d| d.unpause()) {
+                Some(Ok(())) => {
+                    self.log(&format!("domain {domid} ({name}) started after migration"));
+                    Reply {
+                        domid: Some(domid),
+                        ..Reply::ok()
+                    }
+                }
+                Some(Err(e)) => {
+                    destroy("could not unpause");
+                    Reply::error(format!("unpausing domain {domid}: {e}"))
+                }
+                None => Reply::error(format!("domain {domid} is gone")),
+            },
+            MigrateVerdict::Abort | MigrateVerdict::KeepPaused => {
+                destroy("aborted");
+                Reply::ok()
+            }
+        };
+        let _ = send(&mut writer, &reply);
+    }
+}

@@ -1,0 +1,7 @@
+//! The `xen_snapshot` fuzz target. Its body is [`kxen_fuzz::xen_snapshot`], which
+//! `fuzz/tests/replay.rs` also runs over a fixed corpus as an ordinary test.
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| {
+    kxen_fuzz::xen_snapshot(data);
+});

@@ -1,0 +1,123 @@
+//! `kxl migrate` between two kxen "hosts" on one machine (issue 17): two
+//! kxend instances with their own state and run directories, the
+//! destination reached through an `-s` command that enters its
+//! environment, as `ssh HOST` would. The service-mode test guest moves
+//! and goes on serving its console and xenstore on the destination, and
+//! is gone from the source; a migration whose pipe is cut halfway leaves
+//! the source running and answering, and nothing on the destination.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use kxen_tests::dom0::{show, Dom0};
+
+const GUEST_LIMIT: Duration = Duration::from_secs(60);
+const READY: &str = "kxen-testguest: service: watching control/shutdown";
+const BOOTED: &str = "kxen-testguest: service ready";
+
+fn domain_listed(d: &Dom0, name: &str) -> bool {
+    d.ok(&["list"])
+        .lines()
+        .any(|l| l.split_whitespace().next() == Some(name))
+}
+
+/// Boot the service guest as `name` and wait until it serves.
+fn boot(d: &Dom0, name: &str) {
+    let cfg = d.config(name, "");
+    d.ok(&["create", cfg.to_str().unwrap()]);
+    d.wait_console(name, READY);
+}
+
+/// Whether a kxen-vmm of this Dom0 is running.
+fn vmm_running(d: &Dom0) -> bool {
+    Command::new("pgrep")
+        .args(["-f", &format!("kxen-vmm.*{}", d.dir.display())])
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+#[test]
+fn test_guest_migrates_and_serves_on_the_destination() {
+    let src = Dom0::new("migsrc");
+    let dst = Dom0::new("migdst");
+    boot(&src, "mg");
+    let before = src.guest_command("mg", "xs read name", "xs read", GUEST_LIMIT);
+    assert_eq!(before, "xs read ok mg", "the guest serves before migrating");
+
+    let ssh = dst.remote_shell("ssh-dst", "");
+    let started = Instant::now();
+    let out = src.kxl(&["migrate", "-s", ssh.to_str().unwrap(), "mg", "dsthost"]);
+    let took = started.elapsed();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "kxl migrate: {}", show(&out));
+    for line in [
+        "migration sender: Target has acknowledged transfer.",
+        "migration sender: Target reports successful startup.",
+        "Migration successful.",
+        "pages",
+    ] {
+        assert!(stderr.contains(line), "no {line:?} in:\n{stderr}");
+    }
+    eprintln!("migrated in {took:.2?}:\n{stderr}");
+
+    assert!(
+        !domain_listed(&src, "mg"),
+        "the source still lists the migrated domain"
+    );
+    assert!(domain_listed(&dst, "mg"), "the destination lists it");
+    // Console input reaches the guest only through an event on its
+    // console port, and the echo comes back through one.
+    let echo = dst.guest_command("mg", "after-migrate", "echo: after-migrate", GUEST_LIMIT);
+    assert_eq!(echo, "echo: after-migrate");
+    let after = dst.guest_command("mg", "xs read name", "xs read", GUEST_LIMIT);
+    assert_eq!(
+        after, "xs read ok mg",
+        "the guest serves on the destination"
+    );
+    // It went on rather than booting again there.
+    let log = dst.console_log("mg");
+    assert!(
+        !log.contains(BOOTED),
+        "the guest booted again on the destination:\n{log}"
+    );
+    dst.ok(&["destroy", "mg"]);
+}
+
+#[test]
+fn cut_migration_leaves_the_source_running() {
+    let src = Dom0::new("migcutsrc");
+    let dst = Dom0::new("migcutdst");
+    boot(&src, "ct");
+    // 64 MiB of guest memory: 1 MiB in is the middle of the page data.
+    let ssh = dst.remote_shell("ssh-cut", "head -c 1048576");
+    let out = src.kxl(&["migrate", "-s", ssh.to_str().unwrap(), "ct", "dsthost"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "kxl migrate: {}", show(&out));
+    assert!(
+        stderr.contains("Migration failed, resuming at sender."),
+        "{stderr}"
+    );
+
+    assert!(domain_listed(&src, "ct"), "the source lost its domain");
+    let info = src.ok(&["list", "ct"]);
+    assert!(
+        !info.lines().nth(1).unwrap_or("").contains('p'),
+        "the source domain is still paused:\n{info}"
+    );
+    let echo = src.guest_command("ct", "after-cut", "echo: after-cut", GUEST_LIMIT);
+    assert_eq!(echo, "echo: after-cut");
+    let after = src.guest_command("ct", "xs read name", "xs read", GUEST_LIMIT);
+    assert_eq!(after, "xs read ok ct", "the source guest still serves");
+
+    // The destination built nothing that stayed.
+    assert!(
+        dst.kxend_pid().is_some(),
+        "the destination's kxend never ran"
+    );
+    assert!(!domain_listed(&dst, "ct"), "a half-built domain was left");
+    assert!(
+        !vmm_running(&dst),
+        "a destination kxen-vmm was left running"
+    );
+    src.ok(&["destroy", "ct"]);
+}
