@@ -4,7 +4,8 @@
 # fixed corpus, then the slow group: Linux built from guest-kernel-patches/
 # booted as a PVH guest (builds the kernel once per machine into
 # ~/.cache/kxen; minutes under emulation), and Debian's stock kernel booted
-# as an HVM guest with virtio disk and network.
+# as an HVM guest with virtio disk and network, and as a PV guest booted
+# from its own disk by pygrub.
 #
 # Installs the Debian packages the tests need when they are missing
 # (examples/prereqs.sh lists them). Every test binary runs even when one
@@ -21,7 +22,8 @@
 #   PVH guest kernel build       17 min (6 to 11 min measured on 2 cores)
 #   Linux PVH slow test          13 min (about 4 min measured)
 #   stock HVM slow test          21 min (about 15 min measured)
-#   total                        73 min
+#   pygrub PV slow test           9 min (3 min measured on a busy host)
+#   total                        82 min
 set -uo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=examples/prereqs.sh
@@ -68,6 +70,8 @@ else
         cargo test -p kxen-tests --test linux_pvh -- --ignored --nocapture --test-threads=1
     step "slow group: stock Debian kernel as an HVM guest" 1260 \
         cargo test -p kxen-tests --test hvm_stock -- --ignored --nocapture --test-threads=1
+    step "slow group: stock Debian kernel booted by pygrub as a PV guest" 540 \
+        cargo test -p kxen-tests --test pv_pygrub -- --ignored --nocapture --test-threads=1
 fi
 
 passed=$(grep -oE '^test result: [A-Za-z]+\. [0-9]+ passed' "$log" | awk '{s += $4} END {print s + 0}')
