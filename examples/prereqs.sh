@@ -8,7 +8,8 @@
 #                             (32-bit PVH, 64-bit HVM, classic PV)
 #   xenstore-utils            Debian's xenstore-read/write/ls against kxend
 #   xen-utils-4.17            test-xenstore, verify-stream-v2 (the saved
-#                             streams), and the C xenstored (benchmark)
+#                             streams), the C xenstored (benchmark), and
+#                             pygrub (the bootloader tests)
 #   busybox-static, e2fsprogs the Linux guests' root image and initramfs
 #   linux-image-amd64, xz-utils  Debian's stock kernel (HVM slow test)
 #   linux-source-6.1, build-essential, flex, bison, bc, libelf-dev

@@ -4,7 +4,8 @@
 # fixed corpus, then the slow group: Linux built from guest-kernel-patches/
 # booted as a PVH guest (builds the kernel once per machine into
 # ~/.cache/kxen; minutes under emulation), and Debian's stock kernel booted
-# as an HVM guest with virtio disk and network.
+# as an HVM guest with virtio disk and network, and as a PV guest (given
+# directly, then booted from its own disk by pygrub).
 #
 # Installs the Debian packages the tests need when they are missing
 # (examples/prereqs.sh lists them). Every test binary runs even when one
@@ -16,12 +17,14 @@
 # each step below runs under its own limit, and each slow test fails with
 # a message naming its budget before the step's limit kills it.
 #   packages (apt, first run)     about 2 min measured
-#   fast group, build included   15 min (about 6 min measured from scratch)
-#   fuzz replay, build included   5 min
+#   fast group, build included   13 min (about 6 min measured from scratch)
+#   fuzz replay, build included   4 min
 #   PVH guest kernel build       17 min (6 to 11 min measured on 2 cores)
 #   Linux PVH slow test          13 min (about 4 min measured)
 #   stock HVM slow test          21 min (about 15 min measured)
-#   total                        73 min
+#   stock PV slow test           10 min (6 min measured on a busy host)
+#   pygrub PV slow test           7 min (3 min measured on a busy host)
+#   total                        87 min
 set -uo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=examples/prereqs.sh
@@ -51,10 +54,10 @@ step() {
 
 kxen_install_missing "the tests" "${KXEN_TEST_PACKAGES[@]}" || exit 1
 
-step "fast group" 900 cargo test --workspace --no-fail-fast -- --test-threads=2
+step "fast group" 780 cargo test --workspace --no-fail-fast -- --test-threads=2
 # The fuzz crate is a workspace of its own (cargo-fuzz's layout); sharing
 # target/ reuses the workspace's dependencies.
-step "fuzz replay" 300 env CARGO_TARGET_DIR="$PWD/target" \
+step "fuzz replay" 240 env CARGO_TARGET_DIR="$PWD/target" \
     cargo test --manifest-path fuzz/Cargo.toml --no-fail-fast
 
 if [ "${KXEN_SKIP_SLOW:-0}" = 1 ]; then
@@ -68,6 +71,10 @@ else
         cargo test -p kxen-tests --test linux_pvh -- --ignored --nocapture --test-threads=1
     step "slow group: stock Debian kernel as an HVM guest" 1260 \
         cargo test -p kxen-tests --test hvm_stock -- --ignored --nocapture --test-threads=1
+    step "slow group: stock Debian kernel as a PV guest" 600 \
+        cargo test -p kxen-tests --test pv_stock -- --ignored --nocapture --test-threads=1
+    step "slow group: stock Debian kernel booted by pygrub as a PV guest" 420 \
+        cargo test -p kxen-tests --test pv_pygrub -- --ignored --nocapture --test-threads=1
 fi
 
 passed=$(grep -oE '^test result: [A-Za-z]+\. [0-9]+ passed' "$log" | awk '{s += $4} END {print s + 0}')

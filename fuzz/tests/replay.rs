@@ -1907,3 +1907,23 @@ fn xen_snapshot() {
     let seeds = vec![xen_state_seed(&[]), xen_state_seed(&calls)];
     replay("xen_snapshot", kxen_fuzz::xen_snapshot, seeds);
 }
+
+// ---- bootloader_simple0 -----------------------------------------------------
+
+#[test]
+fn bootloader_simple0() {
+    let pygrub = b"kernel /var/lib/kxen/bootloader/boot.Ab12Cd/files/boot_kernel.x1y2z3\0\
+ramdisk /var/lib/kxen/bootloader/boot.Ab12Cd/files/boot_ramdisk.q9w8e7\0\
+args root=/dev/xvda ro console=hvc0 quiet\0\0"
+        .to_vec();
+    let kernel_only = b"kernel /k".to_vec();
+    let with_junk = b"junk\0kernel\t /a\0kernelX /b\0args \0\0\0ramdisk  /r\0".to_vec();
+    let mut long_item = b"kernel /k\0args ".to_vec();
+    long_item.extend(std::iter::repeat_n(b'a', 8200));
+    long_item.push(0);
+    replay(
+        "bootloader_simple0",
+        kxen_fuzz::bootloader_simple0,
+        vec![pygrub, kernel_only, with_junk, long_item],
+    );
+}

@@ -14,6 +14,9 @@ pub struct Dom0 {
     pub dir: PathBuf,
     /// The network namespace kxend runs in, when the test asked for one.
     pub netns: Option<String>,
+    /// Environment for every kxl run, and so for the kxend a kxl starts
+    /// on demand (see [`Dom0::with_kxend_env`]).
+    pub kxend_env: Vec<(String, String)>,
 }
 
 impl Dom0 {
@@ -22,7 +25,19 @@ impl Dom0 {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(dir.join("state")).unwrap();
         std::fs::create_dir_all(dir.join("run")).unwrap();
-        Dom0 { dir, netns: None }
+        Dom0 {
+            dir,
+            netns: None,
+            kxend_env: Vec::new(),
+        }
+    }
+
+    /// Set `key=value` in the environment of the kxend this Dom0's first
+    /// kxl command starts (kxl starts kxend on demand, passing its own
+    /// environment on).
+    pub fn with_kxend_env(mut self, key: &str, value: &str) -> Self {
+        self.kxend_env.push((key.to_string(), value.to_string()));
+        self
     }
 
     pub fn kxl(&self, args: &[&str]) -> Output {
@@ -34,6 +49,7 @@ impl Dom0 {
             .args(args)
             .env("KXEN_STATE_DIR", self.dir.join("state"))
             .env("KXEN_RUN_DIR", self.dir.join("run"))
+            .envs(self.kxend_env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

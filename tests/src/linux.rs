@@ -179,6 +179,18 @@ pub fn root_image(dir: &Path, guest_ip: &str) -> PathBuf {
 
 /// [`root_image`] with extra executables: `(path in the image, contents)`.
 pub fn root_image_with(dir: &Path, guest_ip: &str, executables: &[(&str, &[u8])]) -> PathBuf {
+    root_image_with_files(dir, guest_ip, executables, &[])
+}
+
+/// [`root_image_with`] plus plain files (mode 0644, their directories made
+/// as needed), such as a kernel, an initrd and a GRUB configuration under
+/// /boot; the image grows by their size.
+pub fn root_image_with_files(
+    dir: &Path,
+    guest_ip: &str,
+    executables: &[(&str, &[u8])],
+    files: &[(&str, &[u8])],
+) -> PathBuf {
     let busybox = Path::new("/bin/busybox");
     assert!(
         is_static_elf(&std::fs::read(busybox).unwrap_or_default()),
@@ -198,6 +210,18 @@ pub fn root_image_with(dir: &Path, guest_ip: &str, executables: &[(&str, &[u8])]
         std::fs::write(&at, contents).unwrap();
         std::fs::set_permissions(&at, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     }
+    for (path, contents) in files {
+        let at = tree.join(path);
+        if let Some(parent) = at.parent() {
+            std::fs::create_dir_all(parent).unwrap();
+        }
+        std::fs::write(&at, contents).unwrap();
+    }
+    let extra_mib = files
+        .iter()
+        .map(|(_, c)| c.len())
+        .sum::<usize>()
+        .div_ceil(1 << 20);
     let rcs_path = tree.join("etc/init.d/rcS");
     std::fs::write(&rcs_path, rcs(guest_ip)).unwrap();
     let st = Command::new("chmod")
@@ -211,7 +235,7 @@ pub fn root_image_with(dir: &Path, guest_ip: &str, executables: &[(&str, &[u8])]
         .args(["-q", "-F", "-L", "kxenroot", "-d"])
         .arg(&tree)
         .arg(&image)
-        .arg("64M")
+        .arg(format!("{}M", 64 + extra_mib))
         .output()
         .expect("mkfs.ext4 (e2fsprogs)");
     assert!(out.status.success(), "mkfs.ext4: {}", show(&out));

@@ -101,7 +101,7 @@ fn create_failures_are_one_line_each() {
         &d,
         "nokernel",
         "type = \"pvh\"\nkernel = \"\"\n",
-        "kxl: domain nokernel: the config has no kernel (kxen boots PVH kernels directly)",
+        "kxl: domain nokernel: the config has no kernel (set kernel=, or bootloader = \"pygrub\" to boot the one on its disk)",
     );
 
     // A file kxend can read but kxen-vmm cannot boot: kxen-vmm's own

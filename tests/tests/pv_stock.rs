@@ -12,8 +12,10 @@
 //! - `kxl pause` stops the guest (its shell stays silent) and `unpause`
 //!   lets it answer;
 //! - `kxl block-attach` and `kxl network-attach` hot-plug xvdb and eth1;
-//! - `kxl reboot` restarts it, `kxl shutdown` powers it off cleanly;
-//! - and a second boot is ended by `kxl destroy`.
+//! - `kxl reboot` restarts it, `kxl shutdown` powers it off cleanly.
+//!
+//! `kxl destroy` of a running stock PV guest ends pv_pygrub.rs, whose
+//! boot this one would only repeat.
 //!
 //! Guest kernel code runs natively here (PV), so unlike the PVH and HVM
 //! slow tests this one takes a minute or two even on PVM hosts.
@@ -30,8 +32,9 @@ use kxen_tests::linux::{
 };
 use kxen_tests::stock::{installed_kernel, pv_initramfs};
 
-/// The whole test: see examples/test.sh for the step's limit.
-const BUDGET: Duration = Duration::from_secs(12 * 60);
+/// The whole test: 6 minutes measured on a busy host; examples/test.sh
+/// stops this step after 10.
+const BUDGET: Duration = Duration::from_secs(9 * 60 + 30);
 /// `kxl create` to init's line: about a minute measured on a PVM host,
 /// most of it the kernel patching its alternatives page by page.
 const BOOT_LIMIT: Duration = Duration::from_secs(300);
@@ -310,12 +313,6 @@ on_reboot = \"restart\"
         "written-by-pv-linux"
     );
 
-    // kxl destroy ends a running guest at once.
-    let from = d.console_log(GUEST).len();
-    d.ok(&["create", cfg.to_str().unwrap()]);
-    d.wait_line_after(GUEST, from, "KXEN-READY", BOOT_LIMIT);
-    d.ok(&["destroy", GUEST]);
-    assert!(!domain_listed(&d, GUEST), "destroyed: {}", d.ok(&["list"]));
     eprintln!(
         "pv_stock: passed in {:.1} s in all (first boot {boot:.1?})",
         started.elapsed().as_secs_f64()

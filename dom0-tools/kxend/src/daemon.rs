@@ -93,9 +93,8 @@ impl LaunchSpec {
                 DomainType::Hvm => {
                     "the config has no kernel (kxen boots HVM guests by direct kernel boot: set kernel=)"
                 }
-                DomainType::Pvh => "the config has no kernel (kxen boots PVH kernels directly)",
-                DomainType::Pv => {
-                    "the config has no kernel (kxen boots PV kernels directly, without a bootloader)"
+                DomainType::Pvh | DomainType::Pv => {
+                    "the config has no kernel (set kernel=, or bootloader = \"pygrub\" to boot the one on its disk)"
                 }
             })?;
         let guest_type = match config.domain_type {
@@ -183,6 +182,8 @@ pub struct Daemon {
     next_domid: Mutex<u32>,
     hvlog: Mutex<File>,
     started: Instant,
+    /// How long xl.cfg's `bootloader` may run ([`crate::bootloader::TIMEOUT_ENV`]).
+    bootloader_limit: Duration,
 }
 
 impl Daemon {
@@ -219,6 +220,7 @@ impl Daemon {
             next_domid: Mutex::new(next),
             hvlog: Mutex::new(hvlog),
             started: Instant::now(),
+            bootloader_limit: crate::bootloader::limit_from_env(),
         }))
     }
 

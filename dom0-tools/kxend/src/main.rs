@@ -7,6 +7,7 @@
 
 mod affinity;
 mod backends;
+mod bootloader;
 mod cgroup;
 mod console;
 mod daemon;

@@ -32,6 +32,9 @@ pub enum CreateError {
     /// too many devices, a bad vif).
     #[error("{0}")]
     Config(String),
+    /// xl.cfg's `bootloader` gave nothing to boot.
+    #[error(transparent)]
+    Bootloader(#[from] crate::bootloader::BootloaderError),
     /// The kernel cannot boot as a classic PV guest (no PV notes, or only
     /// PVH's, or a broken image); the PV builder's words say which, and
     /// for a PVH-only kernel they name `type = "pvh"`.

@@ -1,6 +1,7 @@
 //! One module per fuzz target.
 
 pub mod blkif_request;
+pub mod bootloader_simple0;
 pub mod bzimage;
 pub mod gnttab_copy;
 pub mod hypercalls;

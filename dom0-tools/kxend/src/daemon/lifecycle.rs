@@ -30,7 +30,23 @@ impl Daemon {
         config
             .fill_defaults()
             .map_err(|e| CreateError::Config(e.to_string()))?;
-        let spec = LaunchSpec::from_config(&config).map_err(CreateError::Config)?;
+        // A bootloader picks the kernel from the domain's disk; its copies
+        // live until the domain is built (this function's end). The record
+        // keeps the config as written, so a restart runs it again.
+        let boot_files = match &config.bootloader {
+            Some(_) if config.domain_type != DomainType::Hvm => Some(self.run_bootloader(&config)?),
+            _ => None,
+        };
+        let spec = match &boot_files {
+            Some(files) => LaunchSpec::from_config(&DomainConfig {
+                kernel: Some(files.kernel.clone()),
+                ramdisk: files.ramdisk.clone(),
+                cmdline: files.cmdline.clone(),
+                ..config.clone()
+            }),
+            None => LaunchSpec::from_config(&config),
+        }
+        .map_err(CreateError::Config)?;
         preflight::check(&config, &spec)?;
         if spec.name == "Domain-0" || self.name_in_use(&spec.name) {
             return Err(CreateError::NameInUse(spec.name));
@@ -144,6 +160,14 @@ impl Daemon {
                     Domain::attach(record.clone(), self.store.clone(), ATTACH_LIMIT, false)
                         .map_err(|e| vmm_gone_or(&mut child, &vmm_log_path, vmm_log_start, e))
                 });
+        // kxen-vmm read the kernel and initrd before it opened its control
+        // socket: the bootloader's copies are done with (as libxl unlinks
+        // them once it has them open).
+        let kernel_source = match (&boot_files, &record.config.bootloader) {
+            (Some(_), Some(bootloader)) => format!("kernel from bootloader {bootloader}"),
+            _ => format!("kernel {}", spec.kernel),
+        };
+        drop(boot_files);
         let domain = match attached {
             Ok(d) => d,
             Err(e) => {
@@ -187,8 +211,8 @@ impl Daemon {
             .unwrap_or_else(|e| e.into_inner())
             .insert(domid, domain.clone());
         self.log(&format!(
-            "domain {domid} ({}) created: {} MiB, {} vCPU(s), kernel {}",
-            spec.name, spec.memory_mib, spec.vcpus, spec.kernel
+            "domain {domid} ({}) created: {} MiB, {} vCPU(s), {kernel_source}",
+            spec.name, spec.memory_mib, spec.vcpus
         ));
         self.monitor(domain.clone(), Some(child));
         if !paused {
@@ -197,6 +221,27 @@ impl Daemon {
                 .map_err(|e| CreateError::Unpause(e.to_string()))?;
         }
         Ok(domid)
+    }
+
+    /// Run `config`'s bootloader on its first disk (a PV or PVH domain
+    /// with `bootloader =`), logging what it chose or why it failed.
+    fn run_bootloader(
+        &self,
+        config: &DomainConfig,
+    ) -> Result<crate::bootloader::BootFiles, CreateError> {
+        let log = self
+            .state_dir
+            .join(format!("logs/bootloader-{}.log", config.name));
+        crate::bootloader::run(
+            config,
+            &self.state_dir.join("bootloader"),
+            &log,
+            self.bootloader_limit,
+        )
+        .map_err(|e| {
+            self.log(&format!("domain {} not created: {e}", config.name));
+            CreateError::Bootloader(e)
+        })
     }
 
     /// The device set of a domain, made on first use.
