@@ -669,10 +669,15 @@ impl Domain {
     /// Publish the pvclock record of `vcpu` (vcpu_info.time and the
     /// registered time area).
     pub fn update_vcpu_time(&self, st: &DomainState, vcpu: u32) {
+        /// How far in the past the published (TSC, system time) point lies.
+        const PUBLISH_MARGIN_US: u64 = 100;
         let Some(v) = st.vcpus.get(vcpu as usize) else {
             return;
         };
-        let host = host_tsc();
+        // A point of the same line slightly in the past: a vCPU on another
+        // host CPU whose TSC lags this one's by less than the margin still
+        // reads a positive delta (a negative one scales to centuries).
+        let host = host_tsc().saturating_sub(self.clock.tsc_khz as u64 * PUBLISH_MARGIN_US / 1000);
         let info = VcpuTimeInfo {
             version: 0,
             _pad0: 0,

@@ -418,12 +418,18 @@ impl KvmVcpu {
         }
     }
 
-    /// Guest TSC minus host TSC: a guest TSC read (KVM_GET_MSRS) between
-    /// two host reads, placed at their midpoint. The narrowest of several
-    /// such brackets wins: a thread preempted inside one (a loaded host)
-    /// could have read the guest TSC anywhere in it, and the error skews
-    /// the guest's pvclock against the domain's timers for good (a 20 ms
-    /// SCHEDOP_poll was seen returning 0.46 ms early by the guest's clock).
+    /// Guest TSC minus host TSC, never more than the true difference: a
+    /// guest TSC read (KVM_GET_MSRS) between two host reads is placed at
+    /// the later one. An offset too high publishes a `tsc_timestamp` ahead
+    /// of the guest's TSC, and a guest reading its pvclock just after then
+    /// scales a negative delta as an unsigned one: Debian's PV kernel saw
+    /// its clock jump 225 years (sched_clock 7094901621 s) and its vCPUs
+    /// stall. Too low by the window only makes the guest's clock that many
+    /// cycles early. The narrowest of several brackets wins: a thread
+    /// preempted inside one (a loaded host) could have read the guest TSC
+    /// anywhere in it, and the error skews the guest's pvclock against the
+    /// domain's timers for good (a 20 ms SCHEDOP_poll was seen returning
+    /// 0.46 ms early by the guest's clock).
     pub fn measure_tsc_offset(&self) -> i64 {
         const MSR_IA32_TSC: u32 = 0x10;
         const SAMPLES: usize = 16;
@@ -435,7 +441,7 @@ impl KvmVcpu {
             };
             let after = kxen_xen::time::host_tsc();
             let window = after.wrapping_sub(before);
-            let offset = (guest as i64).wrapping_sub((before / 2 + after / 2) as i64);
+            let offset = (guest as i64).wrapping_sub(after as i64);
             if best.is_none_or(|(narrowest, _)| window < narrowest) {
                 best = Some((window, offset));
             }
