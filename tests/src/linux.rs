@@ -328,3 +328,37 @@ pub fn domain_listed(d: &Dom0, guest: &str) -> bool {
         .lines()
         .any(|l| l.split_whitespace().next() == Some(guest))
 }
+
+/// Put `peer_ip` on `bridge` in the Dom0's namespace, then ping it three
+/// times from the guest's shell and the guest's `guest_ip` three times
+/// from the namespace; every ping must be answered.
+pub fn ping_both_ways(
+    d: &Dom0,
+    guest: &str,
+    bridge: &str,
+    peer_ip: &str,
+    guest_ip: &str,
+    limit: Duration,
+) {
+    for args in [
+        &["ip", "addr", "add", &format!("{peer_ip}/24"), "dev", bridge][..],
+        &["ip", "link", "set", bridge, "up"][..],
+    ] {
+        let out = d.in_netns(args);
+        assert!(out.status.success(), "{args:?}: {}", show(&out));
+    }
+    let ping = shell_command(
+        d,
+        guest,
+        &format!("ping -c 3 -W 5 {peer_ip} | grep 'packets transmitted'"),
+        "3 packets transmitted",
+        limit,
+    );
+    assert!(ping.contains("3 packets received"), "{ping}");
+    let out = d.in_netns(&["ping", "-c", "3", "-W", "5", guest_ip]);
+    assert!(
+        out.status.success(),
+        "ping from the namespace: {}",
+        show(&out)
+    );
+}

@@ -16,10 +16,10 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use kxen_tests::budget;
-use kxen_tests::dom0::{show, Dom0};
+use kxen_tests::dom0::Dom0;
 use kxen_tests::linux::{
-    control_action, domain_listed, guest_kernel, mem_total_kib, read_from_image, root_image,
-    shell_command, wait_mem_total, CMDLINE, PVM_CRASHES,
+    control_action, domain_listed, guest_kernel, mem_total_kib, ping_both_ways, read_from_image,
+    root_image, shell_command, wait_mem_total, CMDLINE, PVM_CRASHES,
 };
 
 /// The whole test once the kernel is built: about 4 minutes measured on a
@@ -115,25 +115,7 @@ on_reboot = \"restart\"
     );
 
     // eth0 on xen-netfront reaches the peer in the namespace, both ways.
-    for args in [
-        &["ip", "addr", "add", &format!("{PEER_IP}/24"), "dev", BRIDGE][..],
-        &["ip", "link", "set", BRIDGE, "up"][..],
-    ] {
-        let out = d.in_netns(args);
-        assert!(out.status.success(), "{args:?}: {}", show(&out));
-    }
-    let ping = command(
-        &d,
-        &format!("ping -c 3 -W 5 {PEER_IP} | grep 'packets transmitted'"),
-        "3 packets transmitted",
-    );
-    assert!(ping.contains("3 packets received"), "{ping}");
-    let out = d.in_netns(&["ping", "-c", "3", "-W", "5", GUEST_IP]);
-    assert!(
-        out.status.success(),
-        "ping from the namespace: {}",
-        show(&out)
-    );
+    ping_both_ways(&d, GUEST, BRIDGE, PEER_IP, GUEST_IP, COMMAND_LIMIT);
 
     // mem-set moves the balloon and MemTotal follows, down and back up.
     let full = mem_total_kib(&d, GUEST);

@@ -27,8 +27,8 @@ use std::time::{Duration, Instant};
 use kxen_tests::budget;
 use kxen_tests::dom0::{show, whole_lines_after, Dom0};
 use kxen_tests::linux::{
-    control_action, domain_listed, mem_total_kib, read_from_image, root_image_with, shell_command,
-    wait_mem_total,
+    control_action, domain_listed, mem_total_kib, ping_both_ways, read_from_image, root_image_with,
+    shell_command, wait_mem_total,
 };
 use kxen_tests::stock::{installed_kernel, pv_initramfs};
 
@@ -191,25 +191,7 @@ on_reboot = \"restart\"
     );
 
     // eth0 reaches the namespace peer, both ways.
-    for args in [
-        &["ip", "addr", "add", &format!("{PEER_IP}/24"), "dev", BRIDGE][..],
-        &["ip", "link", "set", BRIDGE, "up"][..],
-    ] {
-        let out = d.in_netns(args);
-        assert!(out.status.success(), "{args:?}: {}", show(&out));
-    }
-    let ping = command(
-        &d,
-        &format!("ping -c 3 -W 5 {PEER_IP} | grep 'packets transmitted'"),
-        "3 packets transmitted",
-    );
-    assert!(ping.contains("3 packets received"), "{ping}");
-    let out = d.in_netns(&["ping", "-c", "3", "-W", "5", GUEST_IP]);
-    assert!(
-        out.status.success(),
-        "ping from the namespace: {}",
-        show(&out)
-    );
+    ping_both_ways(&d, GUEST, BRIDGE, PEER_IP, GUEST_IP, COMMAND_LIMIT);
 
     // A user process that faults is killed by the guest kernel (SIGSEGV,
     // status 139); the domain and its shell live on.
