@@ -317,6 +317,26 @@ impl Dom0 {
     }
 }
 
+/// What the test guest in service mode prints once it watches
+/// control/shutdown, i.e. serves.
+pub const SERVICE_READY: &str = "kxen-testguest: service: watching control/shutdown";
+
+impl Dom0 {
+    /// Whether `kxl list` shows a domain called `name`.
+    pub fn is_listed(&self, name: &str) -> bool {
+        self.ok(&["list"])
+            .lines()
+            .any(|l| l.split_whitespace().next() == Some(name))
+    }
+
+    /// Boot the service-mode test guest as `name` and wait until it serves.
+    pub fn boot_service_guest(&self, name: &str) {
+        let cfg = self.config(name, "");
+        self.ok(&["create", cfg.to_str().unwrap()]);
+        self.wait_console(name, SERVICE_READY);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::whole_lines_after;

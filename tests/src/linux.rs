@@ -322,13 +322,6 @@ pub fn wait_mem_total(d: &Dom0, guest: &str, what: &str, ok: impl Fn(u64) -> boo
     }
 }
 
-/// Whether `kxl list` shows `guest`.
-pub fn domain_listed(d: &Dom0, guest: &str) -> bool {
-    d.ok(&["list"])
-        .lines()
-        .any(|l| l.split_whitespace().next() == Some(guest))
-}
-
 /// Put `peer_ip` on `bridge` in the Dom0's namespace, then ping it three
 /// times from the guest's shell and the guest's `guest_ip` three times
 /// from the namespace; every ping must be answered.

@@ -18,8 +18,8 @@ use std::time::{Duration, Instant};
 use kxen_tests::budget;
 use kxen_tests::dom0::Dom0;
 use kxen_tests::linux::{
-    control_action, domain_listed, guest_kernel, mem_total_kib, ping_both_ways, read_from_image,
-    root_image, shell_command, wait_mem_total, CMDLINE, PVM_CRASHES,
+    control_action, guest_kernel, mem_total_kib, ping_both_ways, read_from_image, root_image,
+    shell_command, wait_mem_total, CMDLINE, PVM_CRASHES,
 };
 
 /// The whole test once the kernel is built: about 4 minutes measured on a
@@ -151,7 +151,7 @@ on_reboot = \"restart\"
     let from = d.console_log(GUEST).len();
     control_action(&d, GUEST, "shutdown", "reboot: Power down", BOOT_LIMIT);
     let start = Instant::now();
-    while domain_listed(&d, GUEST) {
+    while d.is_listed(GUEST) {
         budget::check("the powered-off domain to leave the list");
         assert!(
             start.elapsed() < COMMAND_LIMIT,

@@ -12,21 +12,7 @@ use std::time::{Duration, Instant};
 use kxen_tests::dom0::{show, Dom0};
 
 const GUEST_LIMIT: Duration = Duration::from_secs(60);
-const READY: &str = "kxen-testguest: service: watching control/shutdown";
 const BOOTED: &str = "kxen-testguest: service ready";
-
-fn domain_listed(d: &Dom0, name: &str) -> bool {
-    d.ok(&["list"])
-        .lines()
-        .any(|l| l.split_whitespace().next() == Some(name))
-}
-
-/// Boot the service guest as `name` and wait until it serves.
-fn boot(d: &Dom0, name: &str) {
-    let cfg = d.config(name, "");
-    d.ok(&["create", cfg.to_str().unwrap()]);
-    d.wait_console(name, READY);
-}
 
 /// Whether a kxen-vmm of this Dom0 is running.
 fn vmm_running(d: &Dom0) -> bool {
@@ -40,7 +26,7 @@ fn vmm_running(d: &Dom0) -> bool {
 fn test_guest_migrates_and_serves_on_the_destination() {
     let src = Dom0::new("migsrc");
     let dst = Dom0::new("migdst");
-    boot(&src, "mg");
+    src.boot_service_guest("mg");
     let before = src.guest_command("mg", "xs read name", "xs read", GUEST_LIMIT);
     assert_eq!(before, "xs read ok mg", "the guest serves before migrating");
 
@@ -61,10 +47,10 @@ fn test_guest_migrates_and_serves_on_the_destination() {
     eprintln!("migrated in {took:.2?}:\n{stderr}");
 
     assert!(
-        !domain_listed(&src, "mg"),
+        !src.is_listed("mg"),
         "the source still lists the migrated domain"
     );
-    assert!(domain_listed(&dst, "mg"), "the destination lists it");
+    assert!(dst.is_listed("mg"), "the destination lists it");
     // Console input reaches the guest only through an event on its
     // console port, and the echo comes back through one.
     let echo = dst.guest_command("mg", "after-migrate", "echo: after-migrate", GUEST_LIMIT);
@@ -87,7 +73,7 @@ fn test_guest_migrates_and_serves_on_the_destination() {
 fn cut_migration_leaves_the_source_running() {
     let src = Dom0::new("migcutsrc");
     let dst = Dom0::new("migcutdst");
-    boot(&src, "ct");
+    src.boot_service_guest("ct");
     // 64 MiB of guest memory: 1 MiB in is the middle of the page data.
     let ssh = dst.remote_shell("ssh-cut", "head -c 1048576");
     let out = src.kxl(&["migrate", "-s", ssh.to_str().unwrap(), "ct", "dsthost"]);
@@ -98,7 +84,7 @@ fn cut_migration_leaves_the_source_running() {
         "{stderr}"
     );
 
-    assert!(domain_listed(&src, "ct"), "the source lost its domain");
+    assert!(src.is_listed("ct"), "the source lost its domain");
     let info = src.ok(&["list", "ct"]);
     assert!(
         !info.lines().nth(1).unwrap_or("").contains('p'),
@@ -114,7 +100,7 @@ fn cut_migration_leaves_the_source_running() {
         dst.kxend_pid().is_some(),
         "the destination's kxend never ran"
     );
-    assert!(!domain_listed(&dst, "ct"), "a half-built domain was left");
+    assert!(!dst.is_listed("ct"), "a half-built domain was left");
     assert!(
         !vmm_running(&dst),
         "a destination kxen-vmm was left running"

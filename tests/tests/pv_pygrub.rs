@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use kxen_tests::budget;
 use kxen_tests::dom0::{show, Dom0};
-use kxen_tests::linux::{domain_listed, root_image_with_files, shell_command};
+use kxen_tests::linux::{root_image_with_files, shell_command};
 use kxen_tests::process_exited;
 use kxen_tests::stock::{installed_kernel, pv_initramfs};
 
@@ -177,11 +177,7 @@ menuentry 'Debian GNU/Linux, PV' {{
     );
 
     d.ok(&["destroy", "pvpygrub"]);
-    assert!(
-        !domain_listed(&d, "pvpygrub"),
-        "destroyed: {}",
-        d.ok(&["list"])
-    );
+    assert!(!d.is_listed("pvpygrub"), "destroyed: {}", d.ok(&["list"]));
     eprintln!(
         "pv_pygrub: passed in {:.1} s",
         started.elapsed().as_secs_f64()
@@ -224,7 +220,7 @@ fn pygrub_without_a_grub_config_fails_create_clearly() {
         "took {took:?}, the limit is {:?}",
         bootloader_default_limit()
     );
-    assert!(!domain_listed(&d, "nogrub"));
+    assert!(!d.is_listed("nogrub"));
     assert_eq!(bootloader_leftovers(&d), Vec::<PathBuf>::new());
     // pygrub's own output is kept in the log the error names.
     let log = std::fs::read_to_string(d.dir.join("state/logs/bootloader-nogrub.log")).unwrap();
@@ -279,7 +275,7 @@ fn a_hung_bootloader_is_killed_at_the_limit() {
             std::thread::sleep(Duration::from_millis(20));
         }
     }
-    assert!(!domain_listed(&d, "hung"));
+    assert!(!d.is_listed("hung"));
     assert_eq!(bootloader_leftovers(&d), Vec::<PathBuf>::new());
     let log = std::fs::read_to_string(d.dir.join("state/logs/bootloader-hung.log")).unwrap();
     assert_eq!(log, "hanging\n");
@@ -303,6 +299,6 @@ fn a_bootloader_answer_naming_a_host_file_is_refused() {
         "{err}"
     );
     assert!(Path::new("/etc/passwd").is_file());
-    assert!(!domain_listed(&d, "hostile"));
+    assert!(!d.is_listed("hostile"));
     assert_eq!(bootloader_leftovers(&d), Vec::<PathBuf>::new());
 }

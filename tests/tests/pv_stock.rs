@@ -27,8 +27,8 @@ use std::time::{Duration, Instant};
 use kxen_tests::budget;
 use kxen_tests::dom0::{show, whole_lines_after, Dom0};
 use kxen_tests::linux::{
-    control_action, domain_listed, mem_total_kib, ping_both_ways, read_from_image, root_image_with,
-    shell_command, wait_mem_total,
+    control_action, mem_total_kib, ping_both_ways, read_from_image, root_image_with, shell_command,
+    wait_mem_total,
 };
 use kxen_tests::stock::{installed_kernel, pv_initramfs};
 
@@ -280,7 +280,7 @@ on_reboot = \"restart\"
     let from = d.console_log(GUEST).len();
     control_action(&d, GUEST, "shutdown", "reboot: System halted", BOOT_LIMIT);
     let start = Instant::now();
-    while domain_listed(&d, GUEST) {
+    while d.is_listed(GUEST) {
         budget::check("the powered-off domain to leave the list");
         assert!(
             start.elapsed() < COMMAND_LIMIT,

@@ -15,7 +15,6 @@ use kxen_tests::dom0::{show, Dom0};
 const VERIFY_STREAM_V2: &str = "/usr/lib/xen-4.17/bin/verify-stream-v2";
 const XEN_PYTHON_PATH: &str = "/usr/lib/xen-4.17/lib/python";
 const GUEST_LIMIT: Duration = Duration::from_secs(60);
-const READY: &str = "kxen-testguest: service: watching control/shutdown";
 
 /// Debian's verifier must accept the savefile, xl header included.
 fn verify_stream(image: &Path) {
@@ -45,38 +44,22 @@ fn verify_stream(image: &Path) {
     }
 }
 
-fn domain_listed(d: &Dom0, name: &str) -> bool {
-    d.ok(&["list"])
-        .lines()
-        .any(|l| l.split_whitespace().next() == Some(name))
-}
-
-/// Boot the service guest as `name` and wait until it serves.
-fn boot(d: &Dom0, name: &str) {
-    let cfg = d.config(name, "");
-    d.ok(&["create", cfg.to_str().unwrap()]);
-    d.wait_console(name, READY);
-}
-
 #[test]
 fn saved_test_guest_is_verified_and_serves_after_restore() {
     let d = Dom0::new("saverestore");
-    boot(&d, "sv");
+    d.boot_service_guest("sv");
     let before = d.guest_command("sv", "xs read name", "xs read", GUEST_LIMIT);
     assert_eq!(before, "xs read ok sv", "the guest serves before the save");
 
     let image = d.dir.join("sv.save");
     let out = d.kxl(&["save", "sv", image.to_str().unwrap()]);
     assert!(out.status.success(), "kxl save: {}", show(&out));
-    assert!(
-        !domain_listed(&d, "sv"),
-        "save without -c destroys the domain"
-    );
+    assert!(!d.is_listed("sv"), "save without -c destroys the domain");
     verify_stream(&image);
 
     let out = d.kxl(&["restore", image.to_str().unwrap()]);
     assert!(out.status.success(), "kxl restore: {}", show(&out));
-    assert!(domain_listed(&d, "sv"), "restored domain is listed");
+    assert!(d.is_listed("sv"), "restored domain is listed");
     // Console input reaches the guest only through an event on its
     // console port, and the echo reaches us only through one back.
     let echo = d.guest_command("sv", "after-restore", "echo: after-restore", GUEST_LIMIT);
@@ -99,7 +82,7 @@ fn saved_test_guest_is_verified_and_serves_after_restore() {
 #[test]
 fn truncated_and_corrupt_images_are_refused() {
     let d = Dom0::new("savebad");
-    boot(&d, "bad");
+    d.boot_service_guest("bad");
     let image = d.dir.join("bad.save");
     let out = d.kxl(&["save", "bad", image.to_str().unwrap()]);
     assert!(out.status.success(), "kxl save: {}", show(&out));
@@ -135,9 +118,6 @@ fn truncated_and_corrupt_images_are_refused() {
             "{}: the error does not say {why:?}: {stderr}",
             file.display()
         );
-        assert!(
-            !domain_listed(&d, "bad"),
-            "a refused image leaves no domain"
-        );
+        assert!(!d.is_listed("bad"), "a refused image leaves no domain");
     }
 }
