@@ -61,6 +61,8 @@ pub fn insn_decode(data: &[u8]) -> bool {
                 (6, None) | (7, None) | (13, Some(0))
             ));
         }
+        // Only 32-bit code's iretd is handed to iret32.
+        Ok(Action::Iret32) => assert_eq!(cpu.bitness, 32),
         Err(_) => {}
     }
     if let Ok(Action::Fxsr { op, .. }) = answer {

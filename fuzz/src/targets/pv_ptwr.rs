@@ -5,8 +5,9 @@
 //! bits (2 bytes), RAX and the other register used (8 bytes each), then
 //! up to 15 instruction bytes. Checked: no panic; an emulated write is
 //! exactly one decoded instruction long, reaches no further than the
-//! bytes given, writes only when it says so, and loads at most one
-//! register.
+//! bytes given, writes only when it says so, loads at most one
+//! register, and changes no byte of the entry outside the naturally
+//! aligned access that faulted.
 
 use iced_x86::{Decoder, DecoderOptions};
 use kxen_pv::ptwr::{emulate_pt_write, Gprs};
@@ -34,7 +35,24 @@ pub fn pv_ptwr(data: &[u8]) -> bool {
     let decoded = Decoder::with_ip(64, insn, RIP, DecoderOptions::NONE).decode();
     assert_eq!(write.len, decoded.len(), "one whole instruction");
     assert!(write.len <= insn.len());
-    assert_eq!(fault & 7, 0, "only aligned entries are emulated");
+    let size = decoded.memory_size().size() as u64;
+    assert!(
+        matches!(size, 1 | 2 | 4 | 8) && (fault & 7) % size == 0,
+        "a naturally aligned access inside one entry"
+    );
+    if let Some(new) = write.new {
+        let shift = (fault & 7) * 8;
+        let accessed = if size == 8 {
+            u64::MAX
+        } else {
+            ((1u64 << (size * 8)) - 1) << shift
+        };
+        assert_eq!(
+            new & !accessed,
+            old & !accessed,
+            "bytes outside the access kept"
+        );
+    }
     if let Some((reg, _)) = write.load {
         assert!(reg < 16);
     }
