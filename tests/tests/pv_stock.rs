@@ -290,7 +290,7 @@ on_reboot = \"restart\"
     }
     let tail = d.console_log(GUEST)[from..].to_string();
     assert!(
-        tail.contains("reboot: Power down"),
+        tail.contains("Requesting system poweroff") && tail.contains("reboot: System halted"),
         "clean power-off: {tail}"
     );
     assert_eq!(
