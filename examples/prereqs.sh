@@ -20,8 +20,10 @@ KXEN_TEST_PACKAGES=(
     linux-source-6.1 build-essential flex bison bc libelf-dev
 )
 # Building and running the demo: a C toolchain for the Rust linker and
-# the build scripts.
-KXEN_DEMO_PACKAGES=(build-essential)
+# the build scripts; Debian's kernel and its modules, busybox-static and
+# e2fsprogs for the PV guest's initramfs and ext4 root; iproute2 for the
+# network namespace kxend runs in (the guest pings with busybox's ping).
+KXEN_DEMO_PACKAGES=(build-essential linux-image-amd64 busybox-static e2fsprogs iproute2)
 
 # kxen_install_missing WHAT PACKAGE...: install the packages that dpkg does
 # not list as installed.
