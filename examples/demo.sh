@@ -25,11 +25,14 @@ ns=kxen-demo-$$
 export KXEN_STATE_DIR="$work/state" KXEN_RUN_DIR="$work/run"
 mkdir -p "$KXEN_STATE_DIR" "$KXEN_RUN_DIR"
 cleanup() {
+    target/release/kxl destroy debian >/dev/null 2>&1 || true
     kill "$(cat "$KXEN_RUN_DIR/kxend.pid" 2>/dev/null)" 2>/dev/null || true
     ip netns del "$ns" 2>/dev/null || true
     rm -rf "$work"
 }
 trap cleanup EXIT
+# A signal ends the script through exit, so the cleanup runs.
+trap 'exit 130' INT TERM HUP
 
 # A busybox tree: root file system and initramfs share the layout.
 busybox_tree() {

@@ -545,13 +545,22 @@ fn fifo_dom0_port_past_4096(port: u32, word: &dyn Fn(u32) -> u32) -> R {
         0,
     )?;
     events::drain();
-    let before = events::upcalls();
     println!("evtchn.fifo_ports: dom0 port {dom0}");
-    if !events::wait_upcall(before, 60_000) {
-        bail!("no upcall for Dom0's notification of port {dom0}");
-    }
-    if word(dom0) & PENDING == 0 {
-        bail!("port {dom0} not pending after Dom0's notification");
+    // Other upcalls come too (the console backend answers the line above):
+    // wait upcall by upcall until the port is pending. The count is read
+    // before the check, so an upcall between the two is not waited for.
+    let mut upcalls_seen = 0;
+    loop {
+        let before = events::upcalls();
+        if word(dom0) & PENDING != 0 {
+            break;
+        }
+        upcalls_seen += 1;
+        if upcalls_seen > 100 || !events::wait_upcall(before, 60_000) {
+            bail!(
+                "port {dom0} not pending after {upcalls_seen} upcalls: no notification from Dom0"
+            );
+        }
     }
     let head = FIFO_PORTS_CONTROL.0[2 + 4].load(Ordering::SeqCst);
     if head != dom0 {
