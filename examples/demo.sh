@@ -92,6 +92,7 @@ chmod 755 "$work/initrd/init"
 ip netns add "$ns"
 ip netns exec "$ns" target/release/kxend --foreground 2>"$work/kxend.log" &
 for _ in $(seq 200); do [ -S "$KXEN_RUN_DIR/kxend.sock" ] && break; sleep 0.05; done
+[ -S "$KXEN_RUN_DIR/kxend.sock" ] || { echo "demo: kxend did not start: $(cat "$work/kxend.log")" >&2; exit 1; }
 cat > "$work/debian.cfg" <<CFG
 name = "debian"
 type = "pv"

@@ -329,6 +329,19 @@ impl Dom0 {
             .any(|l| l.split_whitespace().next() == Some(name))
     }
 
+    /// Wait until `kxl list` no longer shows `name`, within `limit`.
+    pub fn wait_unlisted(&self, name: &str, limit: Duration) {
+        let start = Instant::now();
+        while self.is_listed(name) {
+            budget::check(format_args!("{name} to leave the domain list"));
+            assert!(
+                start.elapsed() < limit,
+                "{name} is still listed after {limit:?}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     /// Boot the service-mode test guest as `name` and wait until it serves.
     pub fn boot_service_guest(&self, name: &str) {
         let cfg = self.config(name, "");

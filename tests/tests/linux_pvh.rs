@@ -150,15 +150,7 @@ on_reboot = \"restart\"
     // kxl shutdown: a clean power-off through control/shutdown.
     let from = d.console_log(GUEST).len();
     control_action(&d, GUEST, "shutdown", "reboot: Power down", BOOT_LIMIT);
-    let start = Instant::now();
-    while d.is_listed(GUEST) {
-        budget::check("the powered-off domain to leave the list");
-        assert!(
-            start.elapsed() < COMMAND_LIMIT,
-            "the domain is still listed after powering off"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    d.wait_unlisted(GUEST, COMMAND_LIMIT);
     let tail = d.console_log(GUEST)[from..].to_string();
     assert!(
         tail.contains("reboot: Power down"),

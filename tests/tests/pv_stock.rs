@@ -279,15 +279,7 @@ on_reboot = \"restart\"
     // on_poweroff says.
     let from = d.console_log(GUEST).len();
     control_action(&d, GUEST, "shutdown", "reboot: System halted", BOOT_LIMIT);
-    let start = Instant::now();
-    while d.is_listed(GUEST) {
-        budget::check("the powered-off domain to leave the list");
-        assert!(
-            start.elapsed() < COMMAND_LIMIT,
-            "still listed after power-off"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    d.wait_unlisted(GUEST, COMMAND_LIMIT);
     let tail = d.console_log(GUEST)[from..].to_string();
     assert!(
         tail.contains("Requesting system poweroff") && tail.contains("reboot: System halted"),
