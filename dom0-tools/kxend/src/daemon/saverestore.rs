@@ -239,9 +239,14 @@ pub(super) fn write_stream<W: Write>(
     Ok((pages, out))
 }
 
+/// How long a new VMM's control socket may take to accept.
+const CONNECT_LIMIT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Read the libxl stream from `input` into the new VMM behind `control`.
 pub(super) fn load_image(input: impl Read, control: &Path) -> Result<(), String> {
-    let mut link = VmmClient::connect(control).map_err(|e| e.to_string())?;
+    // The socket's file appears at bind, a moment before the VMM listens
+    // (CI once got ECONNREFUSED here): retry the connect, within a limit.
+    let mut link = VmmClient::connect_within(control, CONNECT_LIMIT).map_err(|e| e.to_string())?;
     let guest = link.memfd().map_err(|e| e.to_string())?;
     let memfd = File::from(guest.memfd);
     let max_pfn = guest
