@@ -343,6 +343,24 @@ fn dom0_notification_reaches_a_compat_layout_guest() {
     let guest_port = u32::from_str_radix(hex, 16).unwrap();
     assert!(guest_port != 0 && guest_port < 1024, "{line}");
 
+    // By now the guest has made hypercalls through the port-I/O
+    // transport: the perf counters say so, and KVM's own statistics
+    // count at least those exits.
+    let mut ctl = connect(&socket);
+    let perf = request(&mut ctl, r#"{"op":"perf-counters"}"#);
+    assert_eq!(perf["ok"], true, "{perf}");
+    let counter = |name: &str| perf["perf_counters"][name].as_u64().unwrap_or(0);
+    assert!(
+        counter("vmm.kvm_run") >= 1 && counter("vmm.kvm_run_ns") > 0,
+        "{perf}"
+    );
+    let hypercall_exits = counter("vmm.exit.hypercall");
+    assert!(hypercall_exits >= 3, "{perf}");
+    assert!(counter("vmm.exit.hypercall_ns") > 0, "{perf}");
+    // EVTCHNOP_alloc_unbound is event_channel_op, hypercall 32.
+    assert!(counter("vmm.hypercall.32") >= 1, "{perf}");
+    assert!(counter("kvm.exits") >= hypercall_exits, "{perf}");
+
     let domain = ForeignDomain::connect(3, &socket).unwrap_or_else(|e| panic!("connect: {e}"));
     let channel = domain
         .bind_interdomain(guest_port)

@@ -188,6 +188,17 @@ impl VmmClient {
         })
     }
 
+    /// The domain's perf counters by name (`perf-counters`).
+    pub fn perf_counters(
+        &mut self,
+    ) -> Result<std::collections::BTreeMap<String, u64>, ClientError> {
+        let (reply, _) = self.call(&Request::PerfCounters)?;
+        reply.perf_counters.ok_or(ClientError::Missing {
+            op: "perf-counters",
+            what: "perf_counters",
+        })
+    }
+
     pub fn pause(&mut self) -> Result<(), ClientError> {
         self.plain(Request::Pause)
     }

@@ -36,6 +36,7 @@
 //! | `{"op":"save-state"}` | paused domain only: `"size":N` | a memfd holding N bytes of [`image`] |
 //! | `{"op":"restore-buffer","len":N}` | | a memfd of N bytes (at most [`image::MAX_IMAGE`]) to write an [`image`] into |
 //! | `{"op":"load-state"}` | paused, never run: loads the restore buffer's image, or says why not | |
+//! | `{"op":"perf-counters"}` | `"perf_counters":{NAME:N...}`: exits by kind, time spent on them, hypercalls by number, KVM's vCPU statistics | |
 //! | `{"op":"virtio-attach",`[`VirtioAttach`]`}` | HVM with `--virtio`; replaces an earlier attach of the slot | link socket, call, error, then one kick eventfd per queue |
 //!
 //! Dom0 ports a connection opened and did not close are closed when it

@@ -53,6 +53,11 @@ pub enum Request {
     /// never-unpaused domain, whose memory Dom0 has filled.
     #[serde(rename = "load-state")]
     LoadState,
+    /// Where the domain's time went: named counters (kxen-vmm's exits by
+    /// kind and the time it spent on them, hypercalls by number, KVM's
+    /// own vCPU statistics), cumulative since the domain started.
+    #[serde(rename = "perf-counters")]
+    PerfCounters,
     /// Connect kxend's data plane to an HVM virtio-mmio slot.
     #[serde(rename = "virtio-attach")]
     VirtioAttach(VirtioAttach),
@@ -143,6 +148,9 @@ pub struct Reply {
     /// `events`: whether the irqfds are KVM irqfds (else kxen-vmm relays).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub irqfd: Option<bool>,
+    /// `perf-counters`: counter name to value.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub perf_counters: Option<std::collections::BTreeMap<String, u64>>,
 }
 
 impl Reply {

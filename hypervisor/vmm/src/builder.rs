@@ -387,6 +387,10 @@ pub fn build(cfg: &VmConfig, started: Instant) -> Result<Vm, VmError> {
     };
 
     let ap_start = Arc::new(ApStarter::new(cfg.vcpus));
+    let perf = Arc::new(crate::perf::PerfCounters::default());
+    if let Some(stats) = crate::perf::KvmStats::open(&vm) {
+        perf.add_kvm_stats(stats);
+    }
     let shared = Arc::new(VcpuShared {
         domain: domain.clone(),
         memory: memory.clone(),
@@ -399,6 +403,7 @@ pub fn build(cfg: &VmConfig, started: Instant) -> Result<Vm, VmError> {
         gate: gate.clone(),
         started,
         entry: Mutex::new(None),
+        perf: perf.clone(),
     });
 
     let supported = kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)?;
@@ -432,6 +437,9 @@ pub fn build(cfg: &VmConfig, started: Instant) -> Result<Vm, VmError> {
                 },
             }
             enable_local_apic(&fd)?;
+        }
+        if let Some(stats) = crate::perf::KvmStats::open(&fd) {
+            perf.add_kvm_stats(stats);
         }
         let vcpu = Vcpu::new(id, fd, shared.clone());
         domain.set_tsc_offset(id, vcpu.measure_tsc_offset());

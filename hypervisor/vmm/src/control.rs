@@ -45,6 +45,8 @@ pub struct ControlHandles {
     pub max_memory_kib: u64,
     /// The memfd of the last `restore-buffer` request, until `load-state`.
     pub restore_buffer: std::sync::Mutex<Option<std::fs::File>>,
+    /// Exit counters and KVM's statistics.
+    pub perf: Arc<crate::perf::PerfCounters>,
 }
 
 impl ControlHandles {
@@ -417,6 +419,11 @@ fn handle(h: &ControlHandles, req: Request) -> (Reply, Vec<i32>) {
             let mut reply = Reply::ok();
             reply.ports = Some(h.dom0.infos());
             (reply, h.dom0.fds())
+        }
+        Request::PerfCounters => {
+            let mut reply = Reply::ok();
+            reply.perf_counters = Some(h.perf.snapshot());
+            (reply, vec![])
         }
         Request::Serial => match h.hvm.as_ref().and_then(|d| d.dom0_serial_fd()) {
             Some(fd) => (Reply::ok(), vec![fd]),

@@ -39,6 +39,7 @@ pub mod insn;
 pub mod kick;
 pub mod memory;
 pub mod peer;
+pub mod perf;
 pub mod platform;
 pub mod pv;
 pub mod pv_m2p;

@@ -15,6 +15,7 @@
 //! one KVM_RUN round trip and no extra register ioctls.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use kvm_ioctls::VcpuExit;
 use tracing::{debug, error, info, trace, warn};
@@ -28,6 +29,7 @@ use kxen_loader::acpi;
 use kxen_xen::hypercall::Call;
 
 use crate::exit::DomainExit;
+use crate::perf::ExitKind;
 use crate::syscall_bridge::MSR_LSTAR;
 
 pub mod gate;
@@ -135,6 +137,31 @@ enum Deferred {
     TripleFault,
 }
 
+impl Deferred {
+    /// The exit kind it is counted as (a PV trap may say more once served).
+    fn kind(&self) -> ExitKind {
+        match self {
+            Deferred::Hypercall => ExitKind::Hypercall,
+            Deferred::PvTrap(_) => ExitKind::PvBounce,
+            Deferred::PvIret => ExitKind::PvIret,
+            Deferred::PvSyscall => ExitKind::PvSyscall,
+            Deferred::LstarWrite(_) | Deferred::HypercallPageWritten => ExitKind::Msr,
+            Deferred::EmulationFailure => ExitKind::EmulationFailure,
+            Deferred::TripleFault => ExitKind::Other,
+        }
+    }
+}
+
+/// The exit kind an exit served without the vCPU is counted as.
+fn exit_kind(exit: &VcpuExit<'_>) -> ExitKind {
+    match exit {
+        VcpuExit::IoOut(..) | VcpuExit::IoIn(..) => ExitKind::PortIo,
+        VcpuExit::MmioRead(..) | VcpuExit::MmioWrite(..) => ExitKind::Mmio,
+        VcpuExit::X86Rdmsr(_) | VcpuExit::X86Wrmsr(_) => ExitKind::Msr,
+        _ => ExitKind::Other,
+    }
+}
+
 pub struct Vcpu {
     pub id: u32,
     kvm: KvmVcpu,
@@ -148,6 +175,8 @@ pub struct Vcpu {
     /// A PV vCPU's virtual CR0.TS/CR2/CR4, user GS base and IOPL
     /// (`pv_emulate`); set on its first emulated instruction.
     pv_virtual: Option<kxen_pv::emulate::VirtualCpu>,
+    /// What the PV trap being served turned out to be, for the counters.
+    pv_trap_kind: Option<ExitKind>,
 }
 
 impl Vcpu {
@@ -161,6 +190,7 @@ impl Vcpu {
             started: id == 0,
             entry_noted: false,
             pv_virtual: None,
+            pv_trap_kind: None,
         }
     }
 
@@ -281,10 +311,16 @@ impl Vcpu {
 
     /// KVM_RUN, then serve the exit it returned.
     fn run_and_serve_exit(&mut self) -> VcpuState {
-        let exit = match self.kvm.run() {
+        let entered = Instant::now();
+        let run = self.kvm.run();
+        let returned = Instant::now();
+        let perf = self.rt.perf.clone();
+        perf.ran(returned - entered);
+        let exit = match run {
             Ok(exit) => exit,
             Err(RunError::Interrupted) => {
                 self.kvm.clear_immediate_exit();
+                perf.exit(ExitKind::Other, returned.elapsed());
                 return VcpuState::Running;
             }
             Err(RunError::Failed(e)) => {
@@ -297,10 +333,17 @@ impl Vcpu {
             self.started = true;
             self.rt.domain.vcpu_started(self.id);
         }
+        let mut kind = exit_kind(&exit);
         let outcome = match Self::decode_exit(self.id, &self.rt, self.pvm.is_some(), exit) {
             Ok(outcome) => outcome,
-            Err(deferred) => self.finish(deferred),
+            Err(deferred) => {
+                kind = deferred.kind();
+                let outcome = self.finish(deferred);
+                kind = self.pv_trap_kind.take().unwrap_or(kind);
+                outcome
+            }
         };
+        perf.exit(kind, returned.elapsed());
         match outcome {
             ExitOutcome::Continue => VcpuState::Running,
             ExitOutcome::Stop(exit) => VcpuState::Stopped(Some(exit)),
@@ -518,6 +561,7 @@ impl Vcpu {
 
     /// Serve the hypercall whose number the guest wrote to the port.
     fn hypercall(&mut self) {
+        let started = Instant::now();
         let (regs, sregs) = (self.kvm.regs(), self.kvm.sregs());
         // Xen refuses hypercalls from guest user mode (hvm_hypercall).
         let result = if sregs.ss.dpl != 0 {
@@ -546,6 +590,9 @@ impl Vcpu {
             }
         };
         self.kvm.regs_mut().rax = result as u64;
+        self.rt
+            .perf
+            .hypercall(regs.rax & 0xffff_ffff, started.elapsed());
     }
 
     fn describe_internal_error(&mut self) -> String {

@@ -24,6 +24,7 @@ use kxen_pv::{Bounce, Effects, Interrupted, IretFrame, IretOutcome, SegmentLoad}
 use kxen_xen::hypercall::Call;
 
 use super::Vcpu;
+use crate::perf::ExitKind;
 use crate::pv::{self, PvMachine, FLAT_KERNEL_CS64, FLAT_KERNEL_SS64};
 
 const RFLAGS_IF: u64 = 1 << 9;
@@ -148,7 +149,10 @@ impl Vcpu {
     /// before this returns.
     fn pv_serve_call(&mut self, pv: &PvMachine, call: Call) -> i64 {
         if call.nr == pv_nr::MULTICALL {
-            return self.pv_multicall(pv, call.args[0], call.args[1]);
+            let started = std::time::Instant::now();
+            let ret = self.pv_multicall(pv, call.args[0], call.args[1]);
+            self.rt.perf.hypercall(call.nr, started.elapsed());
+            return ret;
         }
         let (ret, effects) = self.pv_dispatch(pv, call);
         self.apply_pv_effects(pv, &effects);
@@ -157,6 +161,13 @@ impl Vcpu {
 
     /// One call's result and effects, without applying them.
     fn pv_dispatch(&mut self, pv: &PvMachine, call: Call) -> (i64, Effects) {
+        let started = std::time::Instant::now();
+        let served = self.pv_dispatch_untimed(pv, call);
+        self.rt.perf.hypercall(call.nr, started.elapsed());
+        served
+    }
+
+    fn pv_dispatch_untimed(&mut self, pv: &PvMachine, call: Call) -> (i64, Effects) {
         let mut paging = self.kvm.paging_regs();
         // Guest accesses are the kernel's, at CPL3, even when the exit
         // came from a CPL0 stub (a `syscall` hypercall).
@@ -293,6 +304,7 @@ impl Vcpu {
         let pv = self.pv_machine()?;
         // A privileged instruction Xen would emulate is not bounced.
         if self.pv_emulate(vector)? {
+            self.pv_trap_kind = Some(ExitKind::PvEmulated);
             return self.pv_deliver_events(&pv);
         }
         let (regs, sregs) = (self.kvm.regs(), self.kvm.sregs());
@@ -307,6 +319,7 @@ impl Vcpu {
                 )
             })?;
         if vector == pv::PV_EVENT_VECTOR {
+            self.pv_trap_kind = Some(ExitKind::PvEvent);
             let r = self.kvm.regs_mut();
             r.rip = hw.rip;
             r.rsp = hw.rsp;
@@ -324,6 +337,7 @@ impl Vcpu {
         if vector == VECTOR_PF {
             // A write to one of its own L1 tables: emulated, not bounced.
             if self.pv_ptwr(&pv, &mem, &hw, sregs.cr2)? {
+                self.pv_trap_kind = Some(ExitKind::PvPtwr);
                 self.pv_load(
                     &pv,
                     PvLoad {
@@ -758,6 +772,7 @@ impl Vcpu {
         // Only what kxen-vmm itself wrote can be stale in KVM's shadow.
         if flush_asked && pv.take_shadow_stale() {
             trace!(vcpu = self.id, flush = ?effects.flush, "PV TLB flush");
+            self.rt.perf.shadow_flush();
             if let Err(e) = self.rt.memory.flush_kvm_shadow_mmu() {
                 // The guest may now reach frames through stale entries.
                 error!(

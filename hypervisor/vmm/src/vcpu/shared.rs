@@ -35,6 +35,8 @@ pub struct VcpuShared {
     /// the guest.
     pub started: Instant,
     pub entry: Mutex<Option<Duration>>,
+    /// Exit counters and KVM's statistics (`perf-counters`).
+    pub perf: Arc<crate::perf::PerfCounters>,
 }
 
 impl VcpuShared {
