@@ -514,11 +514,26 @@ impl Daemon {
             }
             _ => None,
         };
+        // The dmesg line is written as the domain leaves the list, so a
+        // `kxl list` that no longer shows it is never ahead of `kxl dmesg`.
+        let ended = if reason == u32::MAX {
+            format!("domain {domid} ({}) destroyed", record.name)
+        } else {
+            format!(
+                "domain {domid} ({}) {why}; {key} = {}",
+                record.name,
+                action.as_str()
+            )
+        };
         let domain = {
             let mut domains = self.domains.lock().unwrap_or_else(|e| e.into_inner());
             let Some(domain) = domains.remove(&domid) else {
                 return;
             };
+            if code == 7 || code == 1 {
+                error!(domid, "domain {} crashed: {why}", record.name);
+            }
+            self.log(&ended);
             if let Some(kept) = preserved {
                 self.preserved
                     .lock()
@@ -552,17 +567,8 @@ impl Daemon {
         let _ = std::fs::remove_file(&record.control);
         crate::jail::cleanup(domid);
         if reason == u32::MAX {
-            self.log(&format!("domain {domid} ({}) destroyed", record.name));
             return;
         }
-        if code == 7 || code == 1 {
-            error!(domid, "domain {} crashed: {why}", record.name);
-        }
-        self.log(&format!(
-            "domain {domid} ({}) {why}; {key} = {}",
-            record.name,
-            action.as_str()
-        ));
         match action {
             // kxen writes no core dumps: the coredump-* actions behave as
             // their plain forms. Preserved domains were kept above.
