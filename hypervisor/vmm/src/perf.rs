@@ -125,6 +125,8 @@ pub struct PerfCounters {
     /// and its emulator.
     in_kvm: Tally,
     exits: [Tally; ExitKind::ALL.len()],
+    /// Exits that blocked the vCPU, and for how long.
+    blocked: Tally,
     hypercalls: [Tally; HYPERCALL_SLOTS],
     /// Whole shadow-MMU flushes (a memory slot added and removed).
     shadow_flushes: AtomicU64,
@@ -136,6 +138,7 @@ impl Default for PerfCounters {
         PerfCounters {
             in_kvm: Tally::default(),
             exits: std::array::from_fn(|_| Tally::default()),
+            blocked: Tally::default(),
             hypercalls: std::array::from_fn(|_| Tally::default()),
             shadow_flushes: AtomicU64::new(0),
             kvm_stats: Mutex::new(Vec::new()),
@@ -149,9 +152,14 @@ impl PerfCounters {
         self.in_kvm.add(spent);
     }
 
-    /// One exit of `kind` that kxen-vmm served in `spent`.
-    pub fn exit(&self, kind: ExitKind, spent: Duration) {
-        self.exits[kind.index()].add(spent);
+    /// One exit of `kind` that kxen-vmm took `spent` to serve, `blocked`
+    /// of it with the vCPU blocked in a SCHEDOP hypercall (idle, counted
+    /// apart as `vmm.blocked`).
+    pub fn exit(&self, kind: ExitKind, spent: Duration, blocked: Duration) {
+        self.exits[kind.index()].add(spent.saturating_sub(blocked));
+        if !blocked.is_zero() {
+            self.blocked.add(blocked);
+        }
     }
 
     /// One hypercall `nr` served in `spent`.
@@ -177,6 +185,7 @@ impl PerfCounters {
     pub fn snapshot(&self) -> BTreeMap<String, u64> {
         let mut out = BTreeMap::new();
         self.in_kvm.put(&mut out, "kvm_run");
+        self.blocked.put(&mut out, "blocked");
         for kind in ExitKind::ALL {
             self.exits[kind.index()].put(&mut out, &format!("exit.{}", kind.name()));
         }
@@ -382,13 +391,23 @@ mod tests {
     #[test]
     fn snapshot_names_exits_and_hypercalls() {
         let perf = PerfCounters::default();
-        perf.exit(ExitKind::PvSyscall, Duration::from_nanos(500));
-        perf.exit(ExitKind::PvSyscall, Duration::from_nanos(700));
+        perf.exit(
+            ExitKind::PvSyscall,
+            Duration::from_nanos(500),
+            Duration::ZERO,
+        );
+        perf.exit(
+            ExitKind::PvSyscall,
+            Duration::from_nanos(5700),
+            Duration::from_nanos(5000),
+        );
         perf.hypercall(1, Duration::from_nanos(10));
         perf.hypercall(999, Duration::from_nanos(10));
         let snap = perf.snapshot();
         assert_eq!(snap["vmm.exit.pv_syscall"], 2);
         assert_eq!(snap["vmm.exit.pv_syscall_ns"], 1200);
+        assert_eq!(snap["vmm.blocked"], 1);
+        assert_eq!(snap["vmm.blocked_ns"], 5000);
         assert_eq!(snap["vmm.hypercall.1"], 1);
         assert_eq!(snap["vmm.hypercall.63+"], 1);
         assert!(!snap.contains_key("vmm.exit.mmio"));

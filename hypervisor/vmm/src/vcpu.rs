@@ -15,7 +15,7 @@
 //! one KVM_RUN round trip and no extra register ioctls.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use kvm_ioctls::VcpuExit;
 use tracing::{debug, error, info, trace, warn};
@@ -177,6 +177,10 @@ pub struct Vcpu {
     pv_virtual: Option<kxen_pv::emulate::VirtualCpu>,
     /// What the PV trap being served turned out to be, for the counters.
     pv_trap_kind: Option<ExitKind>,
+    /// Time the exit being served spent in SCHEDOP hypercalls: mostly the
+    /// vCPU blocked, waiting for an event, which is idle time and not the
+    /// cost of the exit.
+    blocked_in_exit: Duration,
 }
 
 impl Vcpu {
@@ -191,6 +195,15 @@ impl Vcpu {
             entry_noted: false,
             pv_virtual: None,
             pv_trap_kind: None,
+            blocked_in_exit: Duration::ZERO,
+        }
+    }
+
+    /// Count hypercall `nr`, served in `spent`.
+    fn count_hypercall(&mut self, nr: u64, spent: Duration) {
+        self.rt.perf.hypercall(nr, spent);
+        if nr == xen_abi::hypercall::SCHED_OP {
+            self.blocked_in_exit += spent;
         }
     }
 
@@ -320,7 +333,7 @@ impl Vcpu {
             Ok(exit) => exit,
             Err(RunError::Interrupted) => {
                 self.kvm.clear_immediate_exit();
-                perf.exit(ExitKind::Other, returned.elapsed());
+                perf.exit(ExitKind::Other, returned.elapsed(), Duration::ZERO);
                 return VcpuState::Running;
             }
             Err(RunError::Failed(e)) => {
@@ -343,7 +356,8 @@ impl Vcpu {
                 outcome
             }
         };
-        perf.exit(kind, returned.elapsed());
+        let blocked = std::mem::take(&mut self.blocked_in_exit);
+        perf.exit(kind, returned.elapsed(), blocked);
         match outcome {
             ExitOutcome::Continue => VcpuState::Running,
             ExitOutcome::Stop(exit) => VcpuState::Stopped(Some(exit)),
@@ -590,9 +604,7 @@ impl Vcpu {
             }
         };
         self.kvm.regs_mut().rax = result as u64;
-        self.rt
-            .perf
-            .hypercall(regs.rax & 0xffff_ffff, started.elapsed());
+        self.count_hypercall(regs.rax & 0xffff_ffff, started.elapsed());
     }
 
     fn describe_internal_error(&mut self) -> String {

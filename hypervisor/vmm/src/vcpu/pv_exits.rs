@@ -151,7 +151,7 @@ impl Vcpu {
         if call.nr == pv_nr::MULTICALL {
             let started = std::time::Instant::now();
             let ret = self.pv_multicall(pv, call.args[0], call.args[1]);
-            self.rt.perf.hypercall(call.nr, started.elapsed());
+            self.count_hypercall(call.nr, started.elapsed());
             return ret;
         }
         let (ret, effects) = self.pv_dispatch(pv, call);
@@ -163,7 +163,7 @@ impl Vcpu {
     fn pv_dispatch(&mut self, pv: &PvMachine, call: Call) -> (i64, Effects) {
         let started = std::time::Instant::now();
         let served = self.pv_dispatch_untimed(pv, call);
-        self.rt.perf.hypercall(call.nr, started.elapsed());
+        self.count_hypercall(call.nr, started.elapsed());
         served
     }
 
