@@ -16,7 +16,7 @@ const GUEST: &str = "benchlinux";
 const DISK_MIB: u64 = 32;
 const NET_MIB: u64 = 16;
 /// vCPUs of the benchmark guest (`KXEN_BENCH_LINUX_VCPUS`, default 2).
-fn vcpus() -> u32 {
+pub(crate) fn vcpus() -> u32 {
     std::env::var("KXEN_BENCH_LINUX_VCPUS")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -95,7 +95,7 @@ fn wget_mbs(ns: &str, url: &str, bytes: u64) -> Option<f64> {
 
 /// The same HTTP transfer over a veth pair between two fresh namespaces,
 /// served by busybox httpd from the host's page cache: the baseline.
-fn veth_http_baseline(dir: &std::path::Path) -> Option<f64> {
+pub(crate) fn veth_http_baseline(dir: &std::path::Path) -> Option<f64> {
     let www = dir.join("www");
     let file = vec![0u8; (NET_MIB << 20) as usize];
     if std::fs::create_dir_all(&www).is_err() || std::fs::write(www.join("big"), file).is_err() {
@@ -133,6 +133,50 @@ pub struct BlkfrontDd {
     pub read: f64,
 }
 
+/// The PVH guest's figures, for the sections that compare with it.
+#[derive(Debug, Clone, Copy)]
+pub struct PvhFigures {
+    /// `kxl create` to init's line, and to the shell's first answer (s).
+    pub boot: f64,
+    pub shell: f64,
+    pub dd: Option<BlkfrontDd>,
+    /// Guest to namespace peer over HTTP, MB/s.
+    pub http: f64,
+}
+
+/// Seconds from `started` to the answer of the guest's shell to its first
+/// command (init's line has come already).
+pub(crate) fn shell_answer(d: &Dom0, guest: &str, started: Instant) -> f64 {
+    d.guest_command(guest, "echo shell-$((6 * 7))", "shell-42", LIMIT);
+    started.elapsed().as_secs_f64()
+}
+
+/// HTTP from `guest` (its eth0 at `guest_ip` on `bridge` in the Dom0's
+/// namespace) to the namespace: the guest serves a tmpfs file with busybox
+/// httpd and the namespace fetches it. MB/s.
+pub(crate) fn guest_http_mbs(
+    d: &Dom0,
+    guest: &str,
+    bridge: &str,
+    peer: &str,
+    guest_ip: &str,
+) -> f64 {
+    let ns = d.netns.clone().unwrap_or_default();
+    let _ = d.in_netns(&["ip", "addr", "add", peer, "dev", bridge]);
+    let _ = d.in_netns(&["ip", "link", "set", bridge, "up"]);
+    d.guest_command(
+        guest,
+        &format!(
+            "mkdir -p /www && mount -t tmpfs tmpfs /www && \
+             dd if=/dev/zero of=/www/big bs=1M count={NET_MIB} 2>/dev/null && \
+             httpd -p 8080 -h /www && echo httpd-up"
+        ),
+        "httpd-up",
+        LIMIT,
+    );
+    wget_mbs(&ns, &format!("http://{guest_ip}:8080/big"), NET_MIB << 20).unwrap_or(0.0)
+}
+
 /// `dd` lines of both Linux sections: (label, command, write), with the
 /// device and size filled in.
 pub(crate) fn dd_commands(dev: &str, mib: u64) -> [(String, String, bool); 2] {
@@ -150,7 +194,7 @@ pub(crate) fn dd_commands(dev: &str, mib: u64) -> [(String, String, bool); 2] {
     ]
 }
 
-pub fn run() -> Option<BlkfrontDd> {
+pub fn run() -> Option<PvhFigures> {
     let vcpus = vcpus();
     let kernel = match std::panic::catch_unwind(guest_kernel) {
         Ok(k) => k,
@@ -189,6 +233,7 @@ pub fn run() -> Option<BlkfrontDd> {
     }
     d.wait_line_after(GUEST, 0, "KXEN-READY", LIMIT);
     let boot = started.elapsed().as_secs_f64();
+    let shell = shell_answer(&d, GUEST, started);
     println!(
         "{:<44} {:>12} {:>12}  {:>8}",
         format!("Linux PVH guest ({vcpus} vCPUs, 256 MiB)"),
@@ -199,6 +244,10 @@ pub fn run() -> Option<BlkfrontDd> {
     println!(
         "{:<44} {:>12} {:>11.1}s  {:>8}",
         "kxl create to init's first line", "", boot, ""
+    );
+    println!(
+        "{:<44} {:>12} {:>11.1}s  {:>8}",
+        "kxl create to the shell's first answer", "", shell, ""
     );
 
     let bytes = (DISK_MIB << 20) as f64;
@@ -219,20 +268,7 @@ pub fn run() -> Option<BlkfrontDd> {
     // Guest to peer: the guest serves a file from tmpfs with busybox
     // httpd and the namespace peer fetches it.
     let base = veth_http_baseline(&d.dir).unwrap_or(0.0);
-    let ns = d.netns.clone().unwrap_or_default();
-    let _ = d.in_netns(&["ip", "addr", "add", "10.98.0.1/24", "dev", "kxlbbr0"]);
-    let _ = d.in_netns(&["ip", "link", "set", "kxlbbr0", "up"]);
-    d.guest_command(
-        GUEST,
-        &format!(
-            "mkdir -p /www && mount -t tmpfs tmpfs /www && \
-             dd if=/dev/zero of=/www/big bs=1M count={NET_MIB} 2>/dev/null && \
-             httpd -p 8080 -h /www && echo httpd-up"
-        ),
-        "httpd-up",
-        LIMIT,
-    );
-    let guest = wget_mbs(&ns, "http://10.98.0.2:8080/big", NET_MIB << 20).unwrap_or(0.0);
+    let guest = guest_http_mbs(&d, GUEST, "kxlbbr0", "10.98.0.1/24", "10.98.0.2");
     println!(
         "{:<44} {:>12.1} {:>12.1}  {}",
         "HTTP guest -> namespace peer (veth), MB/s",
@@ -242,10 +278,16 @@ pub fn run() -> Option<BlkfrontDd> {
     );
     let _ = d.kxl(&["destroy", GUEST]);
     println!();
-    match figures[..] {
+    let dd = match figures[..] {
         [write, read] => Some(BlkfrontDd { write, read }),
         _ => None,
-    }
+    };
+    Some(PvhFigures {
+        boot,
+        shell,
+        dd,
+        http: guest,
+    })
 }
 
 #[cfg(test)]

@@ -8,6 +8,7 @@ mod devices;
 mod hvm;
 mod linux;
 mod pv;
+mod pv_stock;
 mod toolstack;
 mod xenstore;
 
@@ -132,9 +133,12 @@ fn main() {
                 }
                 "hvm" => hvm::run(None),
                 "density" => density::run(),
-                "linux-hvm" => hvm::run(linux::run()),
+                "linux-hvm" => hvm::run(linux::run().and_then(|f| f.dd)),
+                "pv-stock" => pv_stock::run(None),
+                "linux-pv" => pv_stock::run(linux::run().as_ref()),
                 other => eprintln!(
-                    "unknown section {other:?} (core, pv, xenstore, devices, linux, hvm, linux-hvm, density)"
+                    "unknown section {other:?} (core, pv, xenstore, devices, linux, hvm, \
+                     linux-hvm, pv-stock, linux-pv, density)"
                 ),
             }
         }
@@ -158,8 +162,9 @@ fn main() {
     println!();
     devices::block();
     devices::network();
-    let blkfront = linux::run();
-    hvm::run(blkfront);
+    let pvh = linux::run();
+    pv_stock::run(pvh.as_ref());
+    hvm::run(pvh.and_then(|f| f.dd));
 
     println!();
     density::run();
