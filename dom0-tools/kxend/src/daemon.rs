@@ -40,8 +40,12 @@ use kxen_virtio_backend::VirtioDomain;
 use kxen_vmm_api::launch::{GuestType, SerialMode, VirtioKind};
 use kxen_vmm_api::LaunchArgs;
 
-/// How long a new kxen-vmm may take to open its control socket.
-const ATTACH_LIMIT: Duration = Duration::from_secs(10);
+/// How long a new kxen-vmm may take to open its control socket. It builds
+/// the domain first: a stock PV kernel is decompressed and its page
+/// tables written, which took over 10 s for a debug build on a loaded
+/// 2-core host. A VMM that dies meanwhile is noticed at once; this only
+/// bounds one that hangs.
+const ATTACH_LIMIT: Duration = Duration::from_secs(60);
 /// How long a VMM that dropped its control socket during start-up gets to
 /// exit by itself, so that its own reason can be reported.
 const VMM_EXIT_GRACE: Duration = Duration::from_secs(2);
