@@ -21,8 +21,9 @@ use tracing_subscriber::EnvFilter;
 
 use crate::services::{ConsoleDest, Services};
 
-/// How long kxen-vmm may take to open its control socket.
-const ATTACH_LIMIT: Duration = Duration::from_secs(10);
+/// How long kxen-vmm may take to open its control socket: it builds the
+/// domain first (kxend allows the same).
+const ATTACH_LIMIT: Duration = Duration::from_secs(60);
 
 /// Run one Xen domain under kxen-vmm, serving its PV console and xenstore.
 #[derive(Parser, Debug)]
