@@ -158,6 +158,36 @@ mod tests {
         assert_eq!(log.take(), vec![0, 0, 0]);
     }
 
+    /// Writes through a mapping mark the page in the memfd's one log,
+    /// which a second mapping (another backend's) shares; reads do not.
+    #[test]
+    fn foreign_writes_are_logged() {
+        use crate::foreign::{ForeignMemory, MemfdRegion};
+        let f = memfd(8);
+        let regions = vec![MemfdRegion {
+            gpa: 0x1000,
+            len: 8 * 4096,
+            offset: 0,
+        }];
+        let mem = Arc::new(
+            ForeignMemory::map(f.try_clone().unwrap().into(), 8 * 4096, regions.clone()).unwrap(),
+        );
+        let other = ForeignMemory::map(f.into(), 8 * 4096, regions).unwrap();
+        let log = other.dirty().clone();
+        assert_eq!(log.take(), vec![0]);
+        let page = mem.page(3).unwrap(); // gfn 3 is memfd page 2
+        page.read(0, &mut [0u8; 16]);
+        assert_eq!(page.load_u32(0), 0);
+        assert_eq!(log.take(), vec![0], "reads are not writes");
+        page.write(100, b"data");
+        assert_eq!(log.take(), vec![1 << 2]);
+        page.store_u32(8, 1);
+        assert_eq!(page.compare_exchange_u32(8, 1, 2), Ok(1));
+        assert_eq!(log.take(), vec![1 << 2]);
+        mem.page(8).unwrap().fetch_and_u32(0, 0);
+        assert_eq!(log.take(), vec![1 << 7]);
+    }
+
     #[test]
     fn one_log_per_memfd() {
         let f = memfd(8);
