@@ -155,6 +155,7 @@ impl Daemon {
                 .map_err(|e| format!("sending the stream: {e}"))
         });
         let bytes = frames.borrow().bytes_sent;
+        let stream_sent = Instant::now();
         let pages = match written {
             Ok(pages) => pages,
             Err(e) => {
@@ -182,16 +183,26 @@ impl Daemon {
             MigrateVerdict::Go => {
                 // The destination runs the domain: the downtime ends.
                 let downtime = report.paused_at.map(|at| at.elapsed());
+                let stream_to_start = stream_sent.elapsed();
                 let reply = match d.destroy() {
                     Ok(()) => {
                         self.wait_gone(id, Duration::from_secs(10));
                         self.log(&format!(
-                            "domain {id} ({}) migrated away: {pages} pages in {} iterations, {bytes} bytes, paused for {downtime:.2?} until the destination ran it",
-                            d.record.name, report.passes
+                            "domain {id} ({}) migrated away: {pages} pages in {} iterations, {bytes} bytes, paused for {downtime:.2?} until the destination ran it (final pass: content check {:.2?}, {} pages sent in {:.2?}; stream end to the destination's start {stream_to_start:.2?})",
+                            d.record.name, report.passes, report.content_check, report.final_pages, report.final_send
                         ));
                         Reply {
-                            text: downtime
-                                .map(|t| format!("downtime {:.1} ms", t.as_secs_f64() * 1e3)),
+                            text: downtime.map(|t| {
+                                let ms = |d: Duration| d.as_secs_f64() * 1e3;
+                                format!(
+                                    "downtime {:.1} ms (content check {:.1} ms, {} final pages sent in {:.1} ms, stream end to the target's startup {:.1} ms)",
+                                    ms(t),
+                                    ms(report.content_check),
+                                    report.final_pages,
+                                    ms(report.final_send),
+                                    ms(stream_to_start)
+                                )
+                            }),
                             ..Reply::ok()
                         }
                     }

@@ -27,7 +27,7 @@ use std::fs::File;
 use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use kxen_foreign::dirty::Dom0Dirty;
 use kxen_stream::libxc::{LibxcWriter, Page, PageType};
@@ -60,6 +60,10 @@ pub(super) struct PreCopyReport {
     pub unlogged_pages: u64,
     /// When the domain was paused for the final pass.
     pub paused_at: Option<Instant>,
+    /// How long the final pass took to find the pages changed behind
+    /// the logs, and to send its pages (both are downtime).
+    pub content_check: Duration,
+    pub final_send: Duration,
 }
 
 /// A set of guest pages: a bitmap per memfd region, a bit per page.
@@ -355,8 +359,11 @@ fn passes<W: Write>(
     let iteration = report.passes;
     let last = dirty_set(link, regions, dom0)?;
     set.union(&last.0);
+    let check_started = Instant::now();
     let unlogged = sender.unlogged_changes(&set)?;
+    report.content_check = check_started.elapsed();
     report.unlogged_pages = unlogged.count();
+    let send_started = Instant::now();
     set.union(&unlogged.0);
     let sent = sender.send(&set, &mut |pages_sent, pages_total| {
         progress(MigrateProgress {
@@ -377,6 +384,7 @@ fn passes<W: Write>(
             dirty_rate,
         });
     }
+    report.final_send = send_started.elapsed();
     report.pages_sent += sent;
     report.final_pages = sent;
     Ok(report)
@@ -423,6 +431,63 @@ mod tests {
         set.union(&[vec![0, 1], vec![1]]);
         assert!(set.contains(0, 64) && set.contains(1, 0));
         assert_eq!(set.count(), 4);
+    }
+
+    /// The final pass finds a page written behind every log (as
+    /// kxen-vmm writes event words) and only that one.
+    #[test]
+    fn pages_changed_behind_the_logs_are_found() {
+        use kxen_stream::libxc::{DomainHeader, GuestType};
+        use kxen_stream::libxl::LibxlWriter;
+        let fd = nix::sys::memfd::memfd_create(c"precopy-test", nix::sys::memfd::MFdFlags::empty())
+            .unwrap();
+        let memfd = File::from(fd);
+        memfd.set_len(80 * PAGE as u64).unwrap();
+        let regions = [region(0, 70, 0), region(0xfeff0000, 10, 70 * 4096)];
+        memfd.write_all_at(&[1; PAGE], 5 * PAGE as u64).unwrap();
+        let mut libxc = LibxlWriter::new(Vec::new())
+            .unwrap()
+            .begin_libxc(&DomainHeader {
+                guest_type: GuestType::X86Hvm,
+                xen_major: 4,
+                xen_minor: 17,
+            })
+            .unwrap();
+        libxc.write_static_data_end().unwrap();
+        let mut sender = Sender {
+            libxc: &mut libxc,
+            memfd: memfd.try_clone().unwrap(),
+            regions: &regions,
+            sent: regions
+                .iter()
+                .map(|r| vec![0; (r.len / PAGE as u64) as usize])
+                .collect(),
+            buf: vec![0u8; BATCH * PAGE],
+        };
+        assert_eq!(
+            sender
+                .send(&PageSet::all(&regions), &mut |_, _| {})
+                .unwrap(),
+            80
+        );
+        let none = PageSet(vec![vec![0; 2], vec![0; 1]]);
+        assert_eq!(sender.unlogged_changes(&none).unwrap().count(), 0);
+        // Written behind the logs: one word of RAM page 5, one byte of
+        // the special window's page 3.
+        memfd.write_all_at(&[2; 8], 5 * PAGE as u64 + 64).unwrap();
+        memfd.write_all_at(&[9], 73 * PAGE as u64 + 4095).unwrap();
+        let changed = sender.unlogged_changes(&none).unwrap();
+        assert_eq!(changed.count(), 2);
+        assert!(changed.contains(0, 5) && changed.contains(1, 3));
+        // A page a log names is sent anyway, so it is not reported.
+        let mut logged = PageSet(vec![vec![0; 2], vec![0; 1]]);
+        logged.insert(0, 5);
+        let changed = sender.unlogged_changes(&logged).unwrap();
+        assert_eq!(changed.count(), 1);
+        // Once sent again, nothing is left.
+        sender.send(&changed, &mut |_, _| {}).unwrap();
+        sender.send(&logged, &mut |_, _| {}).unwrap();
+        assert_eq!(sender.unlogged_changes(&none).unwrap().count(), 0);
     }
 
     #[test]
