@@ -143,24 +143,49 @@ impl PageSet {
     }
 }
 
-/// A hash of a page's contents, to find pages changed behind every log.
-/// Four independent lanes of xor, odd multiply and rotate (each step a
-/// bijection of the lane, so a change to any one word always shows).
-fn page_hash(page: &[u8]) -> u64 {
+/// A hash of a page's contents, to find pages changed behind every log:
+/// four interleaved lanes of xor, odd multiply and rotate over its u64
+/// words (each step a bijection of its lane, so a change to any one word
+/// always shows).
+struct PageHasher {
+    lanes: [u64; 4],
+    words: usize,
+}
+
+impl PageHasher {
     const K: u64 = 0x9e37_79b9_7f4a_7c15;
-    let mut lanes = [K, K.rotate_left(16), K.rotate_left(32), K.rotate_left(48)];
-    for chunk in page.chunks_exact(32) {
-        for (lane, word) in lanes.iter_mut().zip(chunk.chunks_exact(8)) {
-            let mut bytes = [0u8; 8];
-            bytes.copy_from_slice(word);
-            *lane = (*lane ^ u64::from_le_bytes(bytes))
-                .wrapping_mul(K)
-                .rotate_left(29);
+
+    fn new() -> Self {
+        let k = Self::K;
+        PageHasher {
+            lanes: [k, k.rotate_left(16), k.rotate_left(32), k.rotate_left(48)],
+            words: 0,
         }
     }
-    lanes.iter().fold(0u64, |h, &l| {
-        (h ^ l).wrapping_mul(0xff51_afd7_ed55_8ccd).rotate_left(31)
-    })
+
+    fn push(&mut self, word: u64) {
+        let lane = &mut self.lanes[self.words & 3];
+        *lane = (*lane ^ word).wrapping_mul(Self::K).rotate_left(29);
+        self.words += 1;
+    }
+
+    fn finish(&self) -> u64 {
+        self.lanes.iter().fold(0u64, |h, &l| {
+            (h ^ l).wrapping_mul(0xff51_afd7_ed55_8ccd).rotate_left(31)
+        })
+    }
+}
+
+/// [`PageHasher`] over a page's bytes (little-endian words, as the
+/// memfd holds them on x86).
+fn page_hash(page: &[u8]) -> u64 {
+    let mut h = PageHasher::new();
+    for word in page.chunks_exact(8) {
+        let mut bytes = [0u8; 8];
+        bytes.copy_from_slice(word);
+        h.push(u64::from_le_bytes(bytes));
+    }
+    h.finish()
 }
 
 struct Sender<'a, W: Write> {
@@ -240,8 +265,11 @@ impl<W: Write> Sender<'_, W> {
     }
 
     /// The pages outside `logged` whose contents differ from what was
-    /// sent: written by a writer no log saw (kxen-vmm).
+    /// sent: written by a writer no log saw (kxen-vmm). It runs with the
+    /// domain paused (downtime), so the memfd's holes, which read as
+    /// zeroes, are compared without being read.
     fn unlogged_changes(&mut self, logged: &PageSet) -> Result<PageSet, String> {
+        let zero_hash = page_hash(&[0; PAGE]);
         let mut changed = PageSet(
             self.regions
                 .iter()
@@ -250,27 +278,64 @@ impl<W: Write> Sender<'_, W> {
         );
         for (index, r) in self.regions.iter().enumerate() {
             let pages = r.len / PAGE as u64;
-            let mut first = 0;
-            while first < pages {
-                let count = (pages - first).min(BATCH as u64) as usize;
-                let bytes = &mut self.buf[..count * PAGE];
-                self.memfd
-                    .read_exact_at(bytes, r.offset + first * PAGE as u64)
-                    .map_err(|e| io_error("reading guest memory", e))?;
-                for (i, contents) in bytes.chunks_exact(PAGE).enumerate() {
-                    let page = first + i as u64;
-                    if logged.contains(index, page) {
-                        continue;
+            let mut page = 0;
+            while page < pages {
+                let (data, run) = self.extent(r, page, pages)?;
+                if !data {
+                    for p in page..page + run {
+                        if !logged.contains(index, p)
+                            && self.sent[index].get(p as usize) != Some(&zero_hash)
+                        {
+                            changed.insert(index, p);
+                        }
                     }
-                    let was = self.sent[index].get(page as usize).copied();
-                    if was != Some(page_hash(contents)) {
-                        changed.insert(index, page);
-                    }
+                    page += run;
+                    continue;
                 }
-                first += count as u64;
+                let end = page + run;
+                while page < end {
+                    let count = (end - page).min(BATCH as u64) as usize;
+                    let bytes = &mut self.buf[..count * PAGE];
+                    self.memfd
+                        .read_exact_at(bytes, r.offset + page * PAGE as u64)
+                        .map_err(|e| io_error("reading guest memory", e))?;
+                    for (i, contents) in bytes.chunks_exact(PAGE).enumerate() {
+                        let p = page + i as u64;
+                        if !logged.contains(index, p)
+                            && self.sent[index].get(p as usize) != Some(&page_hash(contents))
+                        {
+                            changed.insert(index, p);
+                        }
+                    }
+                    page += count as u64;
+                }
             }
         }
         Ok(changed)
+    }
+
+    /// From page `page` of region `r` (of `pages`): whether the memfd
+    /// holds data there or a hole, and for how many pages.
+    fn extent(&self, r: &MemfdRegion, page: u64, pages: u64) -> Result<(bool, u64), String> {
+        use nix::unistd::{lseek, Whence};
+        let at = r.offset + page * PAGE as u64;
+        let end = r.offset + pages * PAGE as u64;
+        let at_i64 = i64::try_from(at).map_err(|_| "memfd offset out of range".to_string())?;
+        // SEEK_DATA from inside a hole finds the next data (ENXIO: none up
+        // to the end); from inside data it returns `at` itself.
+        let data = match lseek(&self.memfd, at_i64, Whence::SeekData) {
+            Ok(next) => (next as u64).min(end),
+            Err(nix::errno::Errno::ENXIO) => end,
+            Err(e) => return Err(io_error("finding the memfd's data", e)),
+        };
+        if data > at {
+            return Ok((false, (data - at).div_ceil(PAGE as u64)));
+        }
+        let hole = match lseek(&self.memfd, at_i64, Whence::SeekHole) {
+            Ok(next) => (next as u64).min(end),
+            Err(e) => return Err(io_error("finding the memfd's holes", e)),
+        };
+        Ok((true, (hole.saturating_sub(at)).div_ceil(PAGE as u64).max(1)))
     }
 }
 

@@ -18,6 +18,8 @@
 
 use std::os::unix::fs::FileExt;
 
+use nix::fcntl::{fallocate, FallocateFlags};
+
 use kxen_stream::libxc::{
     DomainHeader, GuestType, HvmParamEntry, LibxcRecord, Page, PageType, TscInfo,
 };
@@ -317,9 +319,24 @@ pub(super) fn load_image(input: impl Read, control: &Path) -> Result<(), String>
                                 entry.pfn
                             )
                         })?;
-                    memfd
-                        .write_all_at(&page, offset)
-                        .map_err(|e| io_error("writing guest memory", e))?;
+                    if page.iter().all(|&b| b == 0) {
+                        // A hole reads as zeroes and costs no memory; it
+                        // also keeps a later live migration's final check
+                        // of this memory short. Punched rather than
+                        // skipped: an earlier record may have filled it.
+                        fallocate(
+                            &memfd,
+                            FallocateFlags::FALLOC_FL_PUNCH_HOLE
+                                | FallocateFlags::FALLOC_FL_KEEP_SIZE,
+                            offset as i64,
+                            PAGE as i64,
+                        )
+                        .map_err(|e| io_error("clearing a guest page", e))?;
+                    } else {
+                        memfd
+                            .write_all_at(&page, offset)
+                            .map_err(|e| io_error("writing guest memory", e))?;
+                    }
                 }
             }
             LibxcRecord::X86TscInfo(t) => {
