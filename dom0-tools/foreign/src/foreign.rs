@@ -9,6 +9,8 @@ use std::sync::Arc;
 use nix::sys::mman::{mmap, munmap, MapFlags, ProtFlags};
 use xen_abi::PAGE_SIZE;
 
+use crate::dirty::{self, Dom0Dirty};
+
 /// Where a guest-physical range lives in the memfd (from kxen-vmm).
 pub use kxen_vmm_api::MemfdRegion;
 
@@ -18,6 +20,9 @@ pub struct ForeignMemory {
     regions: Vec<MemfdRegion>,
     /// Kept open so other mappers (virtio's vm-memory view) can map it too.
     memfd: OwnedFd,
+    /// Dom0's writes, for a live migration (shared by every mapping of
+    /// this memfd in the process).
+    dirty: Arc<Dom0Dirty>,
 }
 
 // SAFETY: the mapping is plain shared memory; all access goes through
@@ -32,6 +37,7 @@ impl ForeignMemory {
         let nz =
             std::num::NonZeroUsize::new(len).ok_or_else(|| std::io::Error::other("empty memfd"))?;
         kxen_vmm_api::memfd::check_regions(&regions, size).map_err(std::io::Error::other)?;
+        let dirty = dirty::for_memfd(&memfd, size)?;
         // SAFETY: a fresh shared mapping of the whole memfd; nothing else
         // in this process aliases it, and it is unmapped in Drop.
         let ptr = unsafe {
@@ -49,6 +55,7 @@ impl ForeignMemory {
             len,
             regions,
             memfd,
+            dirty,
         })
     }
 
@@ -97,11 +104,20 @@ impl ForeignMemory {
         )
     }
 
+    /// The log of Dom0's writes to this memfd.
+    pub fn dirty(&self) -> &Arc<Dom0Dirty> {
+        &self.dirty
+    }
+
+    /// In-bounds pointer for an atomic the caller may write: the page is
+    /// marked dirty now, before the write (see [`crate::dirty`] on why
+    /// the migration's final pass covers that order).
     fn checked(&self, offset: u64, size: usize) -> Option<*mut u8> {
         let offset = usize::try_from(offset).ok()?;
         if !offset.is_multiple_of(size) || offset.checked_add(size)? > self.len {
             return None;
         }
+        self.dirty.mark_offset(offset);
         // SAFETY: offset + size lies within the mapping (checked above).
         Some(unsafe { self.base.as_ptr().add(offset) })
     }
@@ -172,6 +188,26 @@ pub struct ForeignPage {
 }
 
 impl ForeignPage {
+    /// Memfd page index of this page (for the dirty log).
+    fn page_index(&self) -> usize {
+        self.offset / PAGE_SIZE
+    }
+
+    /// This page was written (after the write).
+    fn written(&self) {
+        self.mem.dirty.mark(self.page_index());
+    }
+
+    /// A writable grant mapping of this page begins.
+    pub(crate) fn begin_writable(&self) {
+        self.mem.dirty.map_writable(self.page_index());
+    }
+
+    /// A writable grant mapping of this page ends, its writes done.
+    pub(crate) fn end_writable(&self) {
+        self.mem.dirty.unmap_writable(self.page_index());
+    }
+
     pub(crate) fn ptr(&self, off: usize, len: usize) -> *mut u8 {
         assert!(off + len <= PAGE_SIZE, "access beyond the page");
         // SAFETY: offset + off + len lies within the mapping (checked at
@@ -190,26 +226,34 @@ impl ForeignPage {
     pub fn compare_exchange_u32(&self, off: usize, old: u32, new: u32) -> Result<u32, u32> {
         assert!(off.is_multiple_of(4), "unaligned atomic");
         // SAFETY: as in load_u32.
-        unsafe { AtomicU32::from_ptr(self.ptr(off, 4) as *mut u32) }.compare_exchange(
+        let result = unsafe { AtomicU32::from_ptr(self.ptr(off, 4) as *mut u32) }.compare_exchange(
             old,
             new,
             Ordering::AcqRel,
             Ordering::Acquire,
-        )
+        );
+        if result.is_ok() {
+            self.written();
+        }
+        result
     }
 
     /// Atomically clear bits of a u32.
     pub fn fetch_and_u32(&self, off: usize, mask: u32) -> u32 {
         assert!(off.is_multiple_of(4), "unaligned atomic");
         // SAFETY: as in load_u32.
-        unsafe { AtomicU32::from_ptr(self.ptr(off, 4) as *mut u32) }
-            .fetch_and(mask, Ordering::AcqRel)
+        let was = unsafe { AtomicU32::from_ptr(self.ptr(off, 4) as *mut u32) }
+            .fetch_and(mask, Ordering::AcqRel);
+        self.written();
+        was
     }
 
     pub fn store_u32(&self, off: usize, value: u32) {
         assert!(off.is_multiple_of(4), "unaligned ring index");
         // SAFETY: as in load_u32.
-        unsafe { AtomicU32::from_ptr(self.ptr(off, 4) as *mut u32) }.store(value, Ordering::Release)
+        unsafe { AtomicU32::from_ptr(self.ptr(off, 4) as *mut u32) }
+            .store(value, Ordering::Release);
+        self.written();
     }
 
     pub fn read(&self, off: usize, buf: &mut [u8]) {
@@ -226,5 +270,6 @@ impl ForeignPage {
             // SAFETY: in bounds; volatile because the guest reads concurrently.
             unsafe { std::ptr::write_volatile(dst.add(i), *b) };
         }
+        self.written();
     }
 }

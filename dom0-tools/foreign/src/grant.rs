@@ -272,6 +272,9 @@ impl GrantTable {
             });
             if write {
                 a.writers += 1;
+                // Written directly (preadv) while mapped: dirty until the
+                // mapping ends, for a live migration.
+                frame.begin_writable();
             } else {
                 a.readers += 1;
             }
@@ -532,6 +535,9 @@ impl GrantMapping {
 
 impl Drop for GrantMapping {
     fn drop(&mut self) {
+        if self.writable {
+            self.page.end_writable();
+        }
         let mut active = self.pins.lock();
         let last = match active.get_mut(&self.gref) {
             Some(a) => {

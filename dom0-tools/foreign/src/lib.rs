@@ -2,6 +2,7 @@
 //!
 //! * [`console`]: the PV console ring's guest-written indices, checked;
 //! * [`foreign`]: a domain's memfd mapped into Dom0 ("foreign mapping");
+//! * [`dirty`]: the log of Dom0's writes to it, for live migration;
 //! * [`grant`]: grant references checked and pinned as Xen does before a
 //!   backend may touch a granted frame;
 //! * [`evtchn`]: Dom0's ends of interdomain event channels, raising guest
@@ -10,6 +11,7 @@
 //! * [`xenbus`]: the contract between kxend and a device backend.
 
 pub mod console;
+pub mod dirty;
 pub mod domain;
 pub mod evtchn;
 pub mod foreign;

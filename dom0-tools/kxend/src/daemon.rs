@@ -21,6 +21,7 @@ mod clients;
 mod info;
 mod lifecycle;
 mod migrate;
+mod precopy;
 mod saverestore;
 mod scheduling;
 

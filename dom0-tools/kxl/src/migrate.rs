@@ -18,7 +18,7 @@ use std::process::{Child, Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
 use kxen_toolstack::config::DomainConfig;
-use kxen_toolstack::protocol::{MigrateFrame, MigrateVerdict, Reply, Request};
+use kxen_toolstack::protocol::{MigrateFrame, MigrateProgress, MigrateVerdict, Reply, Request};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 
 use crate::client::Client;
@@ -99,24 +99,64 @@ pub struct SendOptions<'a> {
     pub pause_after: bool,
 }
 
-/// Progress on stderr: a line per tenth of the pages, and the last.
+/// Progress on stderr, as libxc's: within each pre-copy iteration a line
+/// per tenth of its pages and its last; iteration, pages sent, bytes and
+/// the dirty rate.
 struct ProgressLine {
     started: Instant,
+    iteration: u32,
+    iteration_started: Instant,
     shown_tenths: u64,
+    /// When the previous progress frame came: the current iteration
+    /// began then (its first frame comes after its first batch).
+    last_frame: Instant,
 }
 
 impl ProgressLine {
-    fn show(&mut self, pages_sent: u64, pages_total: u64, bytes: u64) {
-        let tenths = (pages_sent * 10).checked_div(pages_total).unwrap_or(10);
-        if tenths <= self.shown_tenths && pages_sent != pages_total {
+    fn new() -> Self {
+        let now = Instant::now();
+        ProgressLine {
+            started: now,
+            iteration: 0,
+            iteration_started: now,
+            shown_tenths: 0,
+            last_frame: now,
+        }
+    }
+
+    fn show(&mut self, p: &MigrateProgress, bytes: u64) {
+        let previous_frame = std::mem::replace(&mut self.last_frame, Instant::now());
+        if p.iteration != self.iteration {
+            self.iteration = p.iteration;
+            self.iteration_started = previous_frame;
+            self.shown_tenths = 0;
+            if p.iteration > 1 || p.final_pass {
+                eprintln!(
+                    "xc: info: Iteration {}{}: {} dirty pages to send, dirty rate {} pages/s",
+                    p.iteration,
+                    if p.final_pass {
+                        " (final, domain paused)"
+                    } else {
+                        ""
+                    },
+                    p.pages_total,
+                    p.dirty_rate
+                );
+            }
+        }
+        let tenths = (p.pages_sent * 10).checked_div(p.pages_total).unwrap_or(10);
+        if tenths <= self.shown_tenths && p.pages_sent != p.pages_total {
             return;
         }
         self.shown_tenths = tenths;
-        let secs = self.started.elapsed().as_secs_f64().max(1e-6);
+        let secs = self.iteration_started.elapsed().as_secs_f64().max(1e-6);
         eprintln!(
-            "xc: info: Saving memory: {pages_sent}/{pages_total} pages {}%, {bytes} bytes sent, {:.0} pages/s",
-            (pages_sent * 100).checked_div(pages_total).unwrap_or(100),
-            pages_sent as f64 / secs
+            "xc: info: Saving memory: iteration {}: {}/{} pages {}%, {bytes} bytes sent, {:.0} pages/s",
+            p.iteration.max(1),
+            p.pages_sent,
+            p.pages_total,
+            (p.pages_sent * 100).checked_div(p.pages_total).unwrap_or(100),
+            p.pages_sent as f64 / secs
         );
     }
 }
@@ -189,10 +229,7 @@ pub fn send(opts: SendOptions<'_>) -> ExitCode {
         Ok(c) => c,
         Err(e) => return fail_own(e),
     });
-    let mut progress = ProgressLine {
-        started: Instant::now(),
-        shown_tenths: 0,
-    };
+    let mut progress = ProgressLine::new();
     let mut bytes: u64 = 0;
     let mut cut: Option<String> = None;
     // Until kxend's last frame: a cut transport stops the copying, and
@@ -210,7 +247,7 @@ pub fn send(opts: SendOptions<'_>) -> ExitCode {
                     break None;
                 }
             }
-            Ok(MigrateFrame::Progress(p)) => progress.show(p.pages_sent, p.pages_total, bytes),
+            Ok(MigrateFrame::Progress(p)) => progress.show(&p, bytes),
             Ok(MigrateFrame::Done(reply)) => break Some(*reply),
             Err(e) => {
                 cut = Some(format!("kxend: {e}"));
@@ -318,8 +355,17 @@ pub fn send(opts: SendOptions<'_>) -> ExitCode {
         return ExitCode::FAILURE;
     }
     eprintln!("migration sender: Target reports successful startup.");
+    let total = progress.started.elapsed();
     match tell(&mut conn, MigrateVerdict::Go) {
-        Some(r) if r.ok => {}
+        Some(r) if r.ok => {
+            // kxend's account of the downtime, from its pause.
+            if let Some(text) = &r.text {
+                eprintln!(
+                    "migration sender: {text}, total time {:.1} ms",
+                    total.as_secs_f64() * 1e3
+                );
+            }
+        }
         Some(r) => eprintln!("migration sender: {}", format::error_message(&r)),
         None => eprintln!("migration sender: kxend did not confirm destroying the domain"),
     }

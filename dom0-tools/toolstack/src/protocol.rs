@@ -206,11 +206,25 @@ pub enum MigrateFrame {
     Done(Box<Reply>),
 }
 
-/// A save's progress, in pages of guest memory.
+/// A save's progress, in pages of guest memory. A live migration sends
+/// memory in iterations (pre-copy): the first sends every page while the
+/// domain runs, each next one the pages dirtied meanwhile, and the last
+/// (`final_pass`) runs with the domain paused. `pages_sent` and
+/// `pages_total` count within the iteration.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MigrateProgress {
     pub pages_sent: u64,
     pub pages_total: u64,
+    /// 1 for the first pass (0 from a sender that does not iterate).
+    #[serde(default)]
+    pub iteration: u32,
+    /// The iteration runs with the domain paused (stop-and-copy).
+    #[serde(default)]
+    pub final_pass: bool,
+    /// Pages dirtied per second while the previous iteration was sent
+    /// (0 for the first).
+    #[serde(default)]
+    pub dirty_rate: u64,
 }
 
 /// The largest frame either end writes or reads.
@@ -369,6 +383,9 @@ mod tests {
             MigrateFrame::Progress(MigrateProgress {
                 pages_sent: 3,
                 pages_total: 9,
+                iteration: 2,
+                final_pass: false,
+                dirty_rate: 100,
             }),
             MigrateFrame::Done(Box::new(Reply::error("no"))),
         ];

@@ -242,6 +242,47 @@ impl VmmClient {
         self.plain(Request::LoadState)
     }
 
+    /// Start KVM's dirty log of the guest's writes (live migration).
+    pub fn dirty_log_start(&mut self) -> Result<(), ClientError> {
+        self.plain(Request::DirtyLogStart)
+    }
+
+    pub fn dirty_log_stop(&mut self) -> Result<(), ClientError> {
+        self.plain(Request::DirtyLogStop)
+    }
+
+    /// The pages the guest wrote since the previous call (or the start),
+    /// one bitmap per region of `regions` (the `memfd` reply's), a bit per
+    /// page; KVM's log is cleared. The reply is checked against `regions`.
+    pub fn dirty_log(&mut self, regions: &[MemfdRegion]) -> Result<Vec<Vec<u64>>, ClientError> {
+        use std::os::unix::fs::FileExt;
+        let (reply, fds) = self.call(&Request::DirtyLog)?;
+        let [memfd] = exactly::<1>("dirty-log", fds)?;
+        let size = reply.size.ok_or(ClientError::Missing {
+            op: "dirty-log",
+            what: "size",
+        })?;
+        let words: Vec<usize> = regions
+            .iter()
+            .map(|r| (r.len / 4096).div_ceil(64) as usize)
+            .collect();
+        let expected: u64 = words.iter().map(|&w| w as u64 * 8).sum();
+        if size != expected {
+            return Err(ClientError::Refused(format!(
+                "dirty-log: {size} bytes of bitmap for regions that need {expected}"
+            )));
+        }
+        let mut bytes = vec![0u8; size as usize];
+        std::fs::File::from(memfd).read_exact_at(&mut bytes, 0)?;
+        let mut words_in = bytes
+            .chunks_exact(8)
+            .map(|c| u64::from_le_bytes(c.try_into().unwrap_or_default()));
+        Ok(words
+            .iter()
+            .map(|&n| words_in.by_ref().take(n).collect())
+            .collect())
+    }
+
     pub fn memfd(&mut self) -> Result<GuestMemfd, ClientError> {
         let (reply, fds) = self.call(&Request::Memfd)?;
         let [memfd] = exactly::<1>("memfd", fds)?;

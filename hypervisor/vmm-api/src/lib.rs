@@ -37,6 +37,9 @@
 //! | `{"op":"restore-buffer","len":N}` | | a memfd of N bytes (at most [`image::MAX_IMAGE`]) to write an [`image`] into |
 //! | `{"op":"load-state"}` | paused, never run: loads the restore buffer's image, or says why not | |
 //! | `{"op":"perf-counters"}` | `"perf_counters":{NAME:N...}`: exits by kind, time spent on them, hypercalls by number, KVM's vCPU statistics | |
+//! | `{"op":"dirty-log-start"}` | KVM logs the guest's writes to RAM and the special pages | |
+//! | `{"op":"dirty-log"}` | `"size":N`; the log is cleared | a memfd of N bytes: per memfd region, its dirty bitmap (u64 LE words) |
+//! | `{"op":"dirty-log-stop"}` | | |
 //! | `{"op":"virtio-attach",`[`VirtioAttach`]`}` | HVM with `--virtio`; replaces an earlier attach of the slot | link socket, call, error, then one kick eventfd per queue |
 //!
 //! Dom0 ports a connection opened and did not close are closed when it

@@ -58,6 +58,19 @@ pub enum Request {
     /// own vCPU statistics), cumulative since the domain started.
     #[serde(rename = "perf-counters")]
     PerfCounters,
+    /// Start KVM's dirty logging of the guest's writes to its memfd
+    /// regions (a live migration's pre-copy).
+    #[serde(rename = "dirty-log-start")]
+    DirtyLogStart,
+    /// The pages the guest wrote since the start or the previous
+    /// `dirty-log`, and clear the log: a memfd of `size` bytes holding,
+    /// per memfd region in `memfd` order, ceil(pages / 64) little-endian
+    /// u64 words, bit i of word w for the region's page 64w + i.
+    #[serde(rename = "dirty-log")]
+    DirtyLog,
+    /// Stop the dirty logging.
+    #[serde(rename = "dirty-log-stop")]
+    DirtyLogStop,
     /// Connect kxend's data plane to an HVM virtio-mmio slot.
     #[serde(rename = "virtio-attach")]
     VirtioAttach(VirtioAttach),

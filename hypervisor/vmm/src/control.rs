@@ -184,6 +184,9 @@ impl ControlServer {
             Ok(req @ (Request::SaveState | Request::RestoreBuffer { .. } | Request::LoadState)) => {
                 save_restore(h, &req)
             }
+            Ok(req @ (Request::DirtyLogStart | Request::DirtyLog | Request::DirtyLogStop)) => {
+                dirty_log(h, &req)
+            }
             Ok(req) => match handle_events(h, &req, &mut client.opened) {
                 Some(r) => r,
                 None => {
@@ -278,6 +281,44 @@ fn new_memfd(len: u64) -> std::io::Result<std::fs::File> {
     let file = std::fs::File::from(fd);
     file.set_len(len)?;
     Ok(file)
+}
+
+/// `dirty-log-start`, `dirty-log` and `dirty-log-stop`: KVM's log of the
+/// guest's writes, for a live migration's pre-copy.
+fn dirty_log(h: &ControlHandles, req: &Request) -> EventReply {
+    use std::os::unix::fs::FileExt;
+    debug!(?req, "control request");
+    let refuse = |msg: String| (Reply::error(msg), vec![], None);
+    match *req {
+        Request::DirtyLogStart | Request::DirtyLogStop => {
+            let on = matches!(req, Request::DirtyLogStart);
+            match h.memory.set_dirty_logging(on) {
+                Ok(()) => (Reply::ok(), vec![], None),
+                Err(e) => refuse(format!("dirty logging: {e}")),
+            }
+        }
+        _ => {
+            let bitmaps = match h.memory.take_dirty_log() {
+                Ok(b) => b,
+                Err(e) => return refuse(format!("dirty-log: {e}")),
+            };
+            let bytes: Vec<u8> = bitmaps
+                .iter()
+                .flatten()
+                .flat_map(|w| w.to_le_bytes())
+                .collect();
+            let file = match new_memfd(bytes.len() as u64)
+                .and_then(|f| f.write_all_at(&bytes, 0).map(|()| f))
+            {
+                Ok(file) => file,
+                Err(e) => return refuse(format!("dirty-log: bitmap memfd: {e}")),
+            };
+            let mut reply = Reply::ok();
+            reply.size = Some(bytes.len() as u64);
+            let raw = file.as_raw_fd();
+            (reply, vec![raw], Some(Box::new(file)))
+        }
+    }
 }
 
 /// `save-state`, `restore-buffer` and `load-state` (`crate::state`).
@@ -440,6 +481,9 @@ fn handle(h: &ControlHandles, req: Request) -> (Reply, Vec<i32>) {
         | Request::SaveState
         | Request::RestoreBuffer { .. }
         | Request::LoadState
+        | Request::DirtyLogStart
+        | Request::DirtyLog
+        | Request::DirtyLogStop
         | Request::VirtioAttach(_) => (Reply::error("unreachable"), vec![]),
     }
 }

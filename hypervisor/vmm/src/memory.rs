@@ -20,7 +20,7 @@ use std::fs::File;
 use std::ops::Range;
 use std::sync::{Arc, Mutex, OnceLock};
 
-use kvm_bindings::kvm_userspace_memory_region;
+use kvm_bindings::{kvm_userspace_memory_region, KVM_MEM_LOG_DIRTY_PAGES};
 use kvm_ioctls::VmFd;
 use nix::fcntl::{fallocate, FallocateFlags};
 use vm_memory::{
@@ -79,6 +79,8 @@ pub enum MemoryError {
     Layout(String),
     #[error("KVM_SET_USER_MEMORY_REGION: {0}")]
     Kvm(kvm_ioctls::Error),
+    #[error("KVM_GET_DIRTY_LOG: {0}")]
+    DirtyLog(kvm_ioctls::Error),
     #[error("guest memory size {0} MiB is out of range")]
     Size(u64),
 }
@@ -195,6 +197,9 @@ pub struct GuestMemory {
     overlays: Mutex<BTreeMap<u64, Overlay>>,
     /// The GFNs of a PV domain's M2P block, once mapped.
     pv_m2p: OnceLock<Range<u64>>,
+    /// Whether KVM logs guest writes to the memfd slots (a live
+    /// migration's pre-copy is running).
+    dirty_logging: Mutex<bool>,
 }
 
 fn region(file: &File, offset: u64, gpa: u64, len: u64) -> Result<GuestRegionMmap, MemoryError> {
@@ -240,6 +245,7 @@ impl GuestMemory {
             vm,
             overlays: Mutex::new(BTreeMap::new()),
             pv_m2p: OnceLock::new(),
+            dirty_logging: Mutex::new(false),
         };
         for (i, r) in map.iter().enumerate() {
             let slot = match (i, r.start_addr().0) {
@@ -253,9 +259,76 @@ impl GuestMemory {
     }
 
     fn set_slot(&self, slot: u32, gpa: u64, len: u64, host: u64) -> Result<(), MemoryError> {
+        self.set_slot_flags(slot, gpa, len, host, 0)
+    }
+
+    /// The memfd slots (RAM and the special window), in [`Self::regions`]
+    /// order: (slot, guest-physical start, length, host address).
+    fn memfd_slots(&self) -> Result<Vec<(u32, u64, u64, u64)>, MemoryError> {
+        let map = self.atomic.memory();
+        self.regions()
+            .iter()
+            .map(|r| {
+                let slot = if r.gpa == SPECIAL_BASE_GFN << 12 {
+                    SLOT_SPECIAL
+                } else if r.gpa == 0 {
+                    SLOT_LOW_RAM
+                } else {
+                    SLOT_HIGH_RAM
+                };
+                let host = map
+                    .get_host_address(GuestAddress(r.gpa))
+                    .map_err(|e| MemoryError::Layout(e.to_string()))?;
+                Ok((slot, r.gpa, r.len, host as u64))
+            })
+            .collect()
+    }
+
+    /// Start or stop KVM's dirty logging on the memfd slots (RAM and the
+    /// special window), for a live migration's pre-copy. Starting clears
+    /// nothing: the first [`Self::take_dirty_log`] reports every write
+    /// since the start.
+    pub fn set_dirty_logging(&self, on: bool) -> Result<(), MemoryError> {
+        let mut logging = self.dirty_logging.lock().unwrap_or_else(|e| e.into_inner());
+        let flags = if on { KVM_MEM_LOG_DIRTY_PAGES } else { 0 };
+        for (slot, gpa, len, host) in self.memfd_slots()? {
+            self.set_slot_flags(slot, gpa, len, host, flags)?;
+        }
+        *logging = on;
+        Ok(())
+    }
+
+    /// The pages the guest wrote since dirty logging started or since the
+    /// last call, and clear KVM's log: one bitmap per memfd region, in
+    /// [`Self::regions`] order, a bit per page (bit i of word w is page
+    /// 64w + i of the region). KVM sees only the guest's writes; kxen-vmm's
+    /// and Dom0's own writes through the memfd are not in it.
+    pub fn take_dirty_log(&self) -> Result<Vec<Vec<u64>>, MemoryError> {
+        let logging = self.dirty_logging.lock().unwrap_or_else(|e| e.into_inner());
+        if !*logging {
+            return Err(MemoryError::Layout("dirty logging is off".into()));
+        }
+        self.memfd_slots()?
+            .into_iter()
+            .map(|(slot, _, len, _)| {
+                self.vm
+                    .get_dirty_log(slot, len as usize)
+                    .map_err(MemoryError::DirtyLog)
+            })
+            .collect()
+    }
+
+    fn set_slot_flags(
+        &self,
+        slot: u32,
+        gpa: u64,
+        len: u64,
+        host: u64,
+        flags: u32,
+    ) -> Result<(), MemoryError> {
         let region = kvm_userspace_memory_region {
             slot,
-            flags: 0,
+            flags,
             guest_phys_addr: gpa,
             memory_size: len,
             userspace_addr: host,

@@ -25,9 +25,9 @@ use std::collections::BTreeMap;
 use std::sync::OnceLock;
 
 use kvm_bindings::{
-    kvm_clock_data, kvm_cpuid2, kvm_debugregs, kvm_fpu, kvm_ioeventfd, kvm_irq_level,
-    kvm_irq_routing, kvm_irqchip, kvm_irqfd, kvm_lapic_state, kvm_mp_state, kvm_msi, kvm_msrs,
-    kvm_pit_state2, kvm_regs, kvm_sregs, kvm_translation, kvm_userspace_memory_region,
+    kvm_clock_data, kvm_cpuid2, kvm_debugregs, kvm_dirty_log, kvm_fpu, kvm_ioeventfd,
+    kvm_irq_level, kvm_irq_routing, kvm_irqchip, kvm_irqfd, kvm_lapic_state, kvm_mp_state, kvm_msi,
+    kvm_msrs, kvm_pit_state2, kvm_regs, kvm_sregs, kvm_translation, kvm_userspace_memory_region,
     kvm_vcpu_events, kvm_xcrs, kvm_xsave,
 };
 use seccompiler::{
@@ -239,6 +239,7 @@ const KVM_GET_VCPU_EVENTS: u64 = ior::<kvm_vcpu_events>(0x9f);
 const KVM_SET_VCPU_EVENTS: u64 = iow::<kvm_vcpu_events>(0xa0);
 const KVM_GET_TSC_KHZ: u64 = io(0xa3);
 const KVM_SET_USER_MEMORY_REGION: u64 = iow::<kvm_userspace_memory_region>(0x46);
+const KVM_GET_DIRTY_LOG: u64 = iow::<kvm_dirty_log>(0x42);
 const KVM_IRQ_LINE: u64 = iow::<kvm_irq_level>(0x61);
 const KVM_IRQ_LINE_STATUS: u64 = iowr::<kvm_irq_level>(0x67);
 const KVM_SET_GSI_ROUTING: u64 = iow::<kvm_irq_routing>(0x6a);
@@ -313,13 +314,15 @@ const VCPU_IOCTLS: &[u64] = &[
 ];
 
 /// Service threads: the standalone console switches the terminal mode;
-/// a save or restore moves the irqchip and PIT.
+/// a save or restore moves the irqchip and PIT; a live migration reads
+/// the dirty log.
 const SERVICE_IOCTLS: &[u64] = &[
     TCSETS,
     KVM_GET_IRQCHIP,
     KVM_SET_IRQCHIP,
     KVM_GET_PIT2,
     KVM_SET_PIT2,
+    KVM_GET_DIRTY_LOG,
 ];
 
 /// Calls every thread makes: memory, locks, time, signals (the vCPU kick),

@@ -53,7 +53,16 @@ pub enum Command {
     NetHostile,
     /// `net list`.
     NetList,
+    /// `mem churn <pages> <ms>`: rewrite `pages` pages for `ms`
+    /// milliseconds, checking each page's previous pattern before each
+    /// rewrite (a live migration's test load).
+    MemChurn { pages: u64, ms: u64 },
 }
+
+/// Most pages `mem churn` takes (64 MiB).
+pub const MAX_CHURN_PAGES: u64 = 16384;
+/// Longest `mem churn` run (10 minutes).
+pub const MAX_CHURN_MS: u64 = 600_000;
 
 /// Why a device command line was refused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -77,11 +86,11 @@ pub fn parse_u64(s: &[u8]) -> Option<u64> {
 }
 
 /// Whether a console line that starts with `typed` may be a device command
-/// (`blk ...`, `net ...` or `xs ...`). Service mode does not echo such lines
+/// (`blk ...`, `net ...`, `xs ...` or `mem ...`). Service mode does not echo such lines
 /// character by character, so that the only console lines starting with
 /// the command's words are the guest's answers.
 pub fn may_be_device_command(typed: &[u8]) -> bool {
-    [&b"blk "[..], &b"net "[..], &b"xs "[..]]
+    [&b"blk "[..], &b"net "[..], &b"xs "[..], &b"mem "[..]]
         .iter()
         .any(|g| typed.starts_with(g) || (!typed.is_empty() && g.starts_with(typed)))
 }
@@ -193,6 +202,17 @@ pub fn parse(line: &[u8]) -> Result<Option<Command>, Usage> {
             Command::NetList
         }
         (b"net", _) => return Err(Usage("unknown net command")),
+        (b"mem", b"churn") => {
+            const U: &str = "usage: mem churn <pages 1..16384> <ms 1..600000>";
+            exact(2, U)?;
+            let pages = num(0, U)?;
+            let ms = num(1, U)?;
+            if !(1..=MAX_CHURN_PAGES).contains(&pages) || !(1..=MAX_CHURN_MS).contains(&ms) {
+                return Err(Usage(U));
+            }
+            Command::MemChurn { pages, ms }
+        }
+        (b"mem", _) => return Err(Usage("unknown mem command")),
         _ => return Ok(None),
     };
     Ok(Some(cmd))
@@ -276,6 +296,23 @@ mod tests {
         assert!(!may_be_device_command(b"hello"));
         assert!(!may_be_device_command(b"blkx"));
         assert!(may_be_device_command(b"xs write a b"));
+        assert!(may_be_device_command(b"mem churn 1 2"));
+    }
+
+    #[test]
+    fn mem_churn_is_bounded() {
+        assert_eq!(
+            parse(b"mem churn 2048 0x1000"),
+            Ok(Some(Command::MemChurn {
+                pages: 2048,
+                ms: 4096
+            }))
+        );
+        assert!(parse(b"mem churn 0 10").is_err());
+        assert!(parse(b"mem churn 16385 10").is_err());
+        assert!(parse(b"mem churn 1 600001").is_err());
+        assert!(parse(b"mem churn 1").is_err());
+        assert!(parse(b"mem other").is_err());
     }
 
     #[test]

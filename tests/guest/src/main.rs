@@ -13,6 +13,7 @@
 mod boot;
 mod cell;
 mod checks;
+mod churn;
 mod console;
 mod env;
 mod events;

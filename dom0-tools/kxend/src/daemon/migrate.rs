@@ -1,6 +1,8 @@
 //! kxend's ends of `kxl migrate` and `kxl migrate-receive` (issue 17),
-//! stop-and-copy: the source pauses the domain and writes it as xl's
-//! savefile (header, config, libxl stream) to its kxl, which passes it
+//! live: the source writes the domain as xl's savefile (header, config,
+//! libxl stream) to its kxl while it runs, its memory by iterative
+//! pre-copy (`precopy.rs`) until a last pass with the domain paused, then
+//! its state; kxl passes the stream
 //! over the transport (`ssh HOST kxl migrate-receive`); the destination's
 //! kxl forwards it raw to its kxend, which builds the domain paused.
 //! Then each kxl speaks xl's handshake with the other and tells its
@@ -14,11 +16,12 @@
 use std::cell::RefCell;
 use std::rc::Rc;
 
-use kxen_toolstack::protocol::{MigrateFrame, MigrateProgress, MigrateVerdict};
+use kxen_toolstack::protocol::{MigrateFrame, MigrateVerdict};
 use kxen_toolstack::savefile;
 
 use super::clients::send;
-use super::saverestore::{load_image, write_stream};
+use super::precopy::{precopy, PreCopyReport};
+use super::saverestore::{load_image, write_stream_with};
 use super::*;
 
 /// How long either end waits on its kxl for stream bytes (or for kxl to
@@ -119,11 +122,6 @@ impl Daemon {
                 )),
             }
         };
-        if let Err(e) = d.pause() {
-            let reply = Reply::error(format!("cannot pause domain {id}: {e}"));
-            let _ = MigrateFrame::Done(Box::new(reply)).write(&mut writer);
-            return;
-        }
         let Ok(conn) = writer.try_clone() else {
             resume("failed (no connection)");
             return;
@@ -134,18 +132,19 @@ impl Daemon {
             bytes_sent: 0,
         }));
         let config = config.unwrap_or_else(|| d.record.config.clone());
-        let written = write_stream(
+        let mut report = PreCopyReport::default();
+        // The domain runs while its memory is sent; precopy pauses it for
+        // the last pass, before the state is read.
+        let written = write_stream_with(
             &d,
             &config,
             SharedFrames(frames.clone()),
-            &mut |pages_sent, pages_total| {
-                // A failed write here fails the stream's next write.
-                let _ = frames
-                    .borrow_mut()
-                    .frame(&MigrateFrame::Progress(MigrateProgress {
-                        pages_sent,
-                        pages_total,
-                    }));
+            &mut |libxc, link, guest| {
+                report = precopy(&d, libxc, link, guest, &mut |p| {
+                    // A failed write here fails the stream's next write.
+                    let _ = frames.borrow_mut().frame(&MigrateFrame::Progress(p));
+                })?;
+                Ok(report.pages_sent)
             },
         )
         .and_then(|(pages, _)| {
@@ -156,6 +155,7 @@ impl Daemon {
                 .map_err(|e| format!("sending the stream: {e}"))
         });
         let bytes = frames.borrow().bytes_sent;
+        let stream_sent = Instant::now();
         let pages = match written {
             Ok(pages) => pages,
             Err(e) => {
@@ -166,7 +166,10 @@ impl Daemon {
             }
         };
         let done = Reply {
-            text: Some(format!("{pages} pages, {bytes} bytes")),
+            text: Some(format!(
+                "{pages} pages in {} iterations ({} in the final one, {} of them changed behind the dirty logs), {bytes} bytes",
+                report.passes, report.final_pages, report.unlogged_pages
+            )),
             ..Reply::ok()
         };
         if MigrateFrame::Done(Box::new(done))
@@ -178,14 +181,30 @@ impl Daemon {
         }
         match read_verdict(&mut reader) {
             MigrateVerdict::Go => {
+                // The destination runs the domain: the downtime ends.
+                let downtime = report.paused_at.map(|at| at.elapsed());
+                let stream_to_start = stream_sent.elapsed();
                 let reply = match d.destroy() {
                     Ok(()) => {
                         self.wait_gone(id, Duration::from_secs(10));
                         self.log(&format!(
-                            "domain {id} ({}) migrated away: {pages} pages, {bytes} bytes",
-                            d.record.name
+                            "domain {id} ({}) migrated away: {pages} pages in {} iterations, {bytes} bytes, paused for {downtime:.2?} until the destination ran it (final pass: content check {:.2?}, {} pages sent in {:.2?}; stream end to the destination's start {stream_to_start:.2?})",
+                            d.record.name, report.passes, report.content_check, report.final_pages, report.final_send
                         ));
-                        Reply::ok()
+                        Reply {
+                            text: downtime.map(|t| {
+                                let ms = |d: Duration| d.as_secs_f64() * 1e3;
+                                format!(
+                                    "downtime {:.1} ms (content check {:.1} ms, {} final pages sent in {:.1} ms, stream end to the target's startup {:.1} ms)",
+                                    ms(t),
+                                    ms(report.content_check),
+                                    report.final_pages,
+                                    ms(report.final_send),
+                                    ms(stream_to_start)
+                                )
+                            }),
+                            ..Reply::ok()
+                        }
                     }
                     Err(e) => Reply::error(format!("destroying migrated domain {id}: {e}")),
                 };

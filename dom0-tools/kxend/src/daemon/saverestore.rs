@@ -18,6 +18,8 @@
 
 use std::os::unix::fs::FileExt;
 
+use nix::fcntl::{fallocate, FallocateFlags};
+
 use kxen_stream::libxc::{
     DomainHeader, GuestType, HvmParamEntry, LibxcRecord, Page, PageType, TscInfo,
 };
@@ -33,7 +35,7 @@ const PAGE: usize = 4096;
 /// Pages per PAGE_DATA record (libxc's batch).
 const BATCH: usize = 1024;
 
-fn io_error(what: &str, e: impl std::fmt::Display) -> String {
+pub(super) fn io_error(what: &str, e: impl std::fmt::Display) -> String {
     format!("{what}: {e}")
 }
 
@@ -190,20 +192,45 @@ impl Daemon {
     }
 }
 
+/// How the page data of a stream is written: gets the libxc writer, the
+/// VMM link, the guest memfd and its regions; returns the pages written.
+/// The domain must be paused when it returns (the state is read next).
+pub(super) type MemorySender<'a, W> = dyn FnMut(
+        &mut kxen_stream::libxc::LibxcWriter<W>,
+        &mut VmmClient,
+        &kxen_vmm_api::client::GuestMemfd,
+    ) -> Result<u64, String>
+    + 'a;
+
 /// Write the paused domain `d` to `out` as xl's savefile: the header with
 /// `config`, then libxl's stream. `progress` hears (pages sent, pages in
 /// all) after each batch. Returns the pages written and `out`.
 pub(super) fn write_stream<W: Write>(
     d: &Domain,
     config: &DomainConfig,
-    mut out: W,
+    out: W,
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<(u64, W), String> {
+    write_stream_with(d, config, out, &mut |libxc, _, guest| {
+        let memfd = guest
+            .memfd
+            .try_clone()
+            .map_err(|e| io_error("guest memfd", e))?;
+        write_memory(libxc, &File::from(memfd), &guest.regions, progress)
+    })
+}
+
+/// [`write_stream`] with the page data written by `memory`, which may
+/// send it while the domain runs (a live migration's pre-copy) as long as
+/// the domain is paused when it returns.
+pub(super) fn write_stream_with<W: Write>(
+    d: &Domain,
+    config: &DomainConfig,
+    mut out: W,
+    memory: &mut MemorySender<'_, W>,
+) -> Result<(u64, W), String> {
     let mut link = VmmClient::connect(&d.record.control).map_err(|e| e.to_string())?;
-    let state = link.save_state().map_err(|e| e.to_string())?;
-    let vmm = image::parse(&state).map_err(|e| e.to_string())?;
     let guest = link.memfd().map_err(|e| e.to_string())?;
-    let memfd = File::from(guest.memfd);
     savefile::write_header(&mut out, config).map_err(|e| e.to_string())?;
     let stream = |e: kxen_stream::WriteError| io_error("writing the stream", e);
     let libxl = LibxlWriter::new(out).map_err(stream)?;
@@ -215,7 +242,10 @@ pub(super) fn write_stream<W: Write>(
         })
         .map_err(stream)?;
     libxc.write_static_data_end().map_err(stream)?;
-    let pages = write_memory(&mut libxc, &memfd, &guest.regions, progress)?;
+    let pages = memory(&mut libxc, &mut link, &guest)?;
+    // The domain is paused from here: its state matches the pages sent.
+    let state = link.save_state().map_err(|e| e.to_string())?;
+    let vmm = image::parse(&state).map_err(|e| e.to_string())?;
     libxc
         .write_tsc_info(&TscInfo {
             mode: vmm.tsc.mode,
@@ -289,9 +319,24 @@ pub(super) fn load_image(input: impl Read, control: &Path) -> Result<(), String>
                                 entry.pfn
                             )
                         })?;
-                    memfd
-                        .write_all_at(&page, offset)
-                        .map_err(|e| io_error("writing guest memory", e))?;
+                    if page.iter().all(|&b| b == 0) {
+                        // A hole reads as zeroes and costs no memory; it
+                        // also keeps a later live migration's final check
+                        // of this memory short. Punched rather than
+                        // skipped: an earlier record may have filled it.
+                        fallocate(
+                            &memfd,
+                            FallocateFlags::FALLOC_FL_PUNCH_HOLE
+                                | FallocateFlags::FALLOC_FL_KEEP_SIZE,
+                            offset as i64,
+                            PAGE as i64,
+                        )
+                        .map_err(|e| io_error("clearing a guest page", e))?;
+                    } else {
+                        memfd
+                            .write_all_at(&page, offset)
+                            .map_err(|e| io_error("writing guest memory", e))?;
+                    }
                 }
             }
             LibxcRecord::X86TscInfo(t) => {

@@ -334,6 +334,7 @@ pub fn command(line: &[u8]) -> bool {
             run_net(d, c);
             put_net(d);
         }
+        Command::MemChurn { pages, ms } => crate::churn::run(pages, ms),
     }
     true
 }
