@@ -7,6 +7,7 @@ mod density;
 mod devices;
 mod hvm;
 mod linux;
+mod migrate;
 mod pv;
 mod pv_stock;
 mod toolstack;
@@ -135,10 +136,11 @@ fn main() {
                 "density" => density::run(),
                 "linux-hvm" => hvm::run(linux::run().and_then(|f| f.dd)),
                 "pv-stock" => pv_stock::run(None),
+                "migrate" => migrate::run(),
                 "linux-pv" => pv_stock::run(linux::run().as_ref()),
                 other => eprintln!(
                     "unknown section {other:?} (core, pv, xenstore, devices, linux, hvm, \
-                     linux-hvm, pv-stock, linux-pv, density)"
+                     linux-hvm, pv-stock, linux-pv, migrate, density)"
                 ),
             }
         }
@@ -167,6 +169,7 @@ fn main() {
     hvm::run(pvh.and_then(|f| f.dd));
 
     println!();
+    migrate::run();
     density::run();
 }
 
