@@ -121,3 +121,56 @@ fn truncated_and_corrupt_images_are_refused() {
         assert!(!d.is_listed("bad"), "a refused image leaves no domain");
     }
 }
+
+/// `kxl save DOMAIN FILE CFG` stores CFG in the file instead of the
+/// domain's config, and `kxl restore CFG FILE` makes the domain with CFG
+/// instead of the stored one (here: other names, which the guest then
+/// reads from its own xenstore directory). A CFG the image does not fit
+/// (less memory than was saved) is refused, and no domain is left.
+#[test]
+fn save_and_restore_take_a_replacement_config() {
+    let d = Dom0::new("savecfg");
+    d.boot_service_guest("cf");
+    let image = d.dir.join("cf.save");
+    let stored = d.config("cf-stored", "");
+    let out = d.kxl(&[
+        "save",
+        "cf",
+        image.to_str().unwrap(),
+        stored.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "kxl save with CFG: {}", show(&out));
+    let out = d.kxl(&["restore", image.to_str().unwrap()]);
+    assert!(out.status.success(), "kxl restore: {}", show(&out));
+    assert!(d.is_listed("cf-stored"), "the stored config named it");
+    let name = d.guest_command("cf-stored", "xs read name", "xs read", GUEST_LIMIT);
+    assert_eq!(name, "xs read ok cf-stored");
+
+    let out = d.kxl(&["save", "cf-stored", image.to_str().unwrap()]);
+    assert!(out.status.success(), "kxl save: {}", show(&out));
+    let smaller = d.config("cf-smaller", "");
+    let text = std::fs::read_to_string(&smaller).unwrap();
+    std::fs::write(&smaller, text.replace("memory = 64", "memory = 32")).unwrap();
+    let out = d.kxl(&[
+        "restore",
+        smaller.to_str().unwrap(),
+        image.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{}", show(&out));
+    assert!(
+        !d.is_listed("cf-smaller"),
+        "a refused restore left a domain"
+    );
+
+    let renamed = d.config("cf-renamed", "");
+    let out = d.kxl(&[
+        "restore",
+        renamed.to_str().unwrap(),
+        image.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "kxl restore with CFG: {}", show(&out));
+    assert!(d.is_listed("cf-renamed"), "the replacement config named it");
+    let name = d.guest_command("cf-renamed", "xs read name", "xs read", GUEST_LIMIT);
+    assert_eq!(name, "xs read ok cf-renamed");
+    d.ok(&["destroy", "cf-renamed"]);
+}

@@ -12,6 +12,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
+use kxen_toolstack::config::DomainConfig;
 use kxen_toolstack::protocol::{ConsoleKind, DomainEntry, Reply, Request};
 use kxen_toolstack::xl;
 
@@ -66,7 +67,7 @@ enum Cmd {
         paused: bool,
         domain: String,
         file: String,
-        /// A config to store in place of the domain's (not supported yet).
+        /// A config file to store in place of the domain's own config.
         config: Option<String>,
     },
     /// Restore a domain from a saved state.
@@ -277,7 +278,24 @@ fn all_known(all: &[DomainEntry], wanted: &[String]) -> Result<(), ExitCode> {
     }
 }
 
-/// Run a request whose only output is success or xl's error message.
+/// The config file a `save`, `restore` or `migrate` puts in place of the
+/// domain's own, parsed as `create` would; its warnings are printed, a
+/// bad one is reported with xl's exit code.
+fn load_replacement_config(path: &str) -> Result<Box<DomainConfig>, ExitCode> {
+    match format::load_config(path, &[]) {
+        Ok(parsed) => {
+            for w in &parsed.warnings {
+                eprintln!("{w}");
+            }
+            Ok(Box::new(parsed.config))
+        }
+        Err((text, code)) => {
+            eprintln!("{text}");
+            Err(ExitCode::from(code as u8))
+        }
+    }
+}
+
 /// `path` made absolute against our working directory: kxend has its own.
 fn absolute(path: &str) -> String {
     std::path::absolute(path)
@@ -285,6 +303,7 @@ fn absolute(path: &str) -> String {
         .unwrap_or_else(|_| path.to_string())
 }
 
+/// Run a request whose only output is success or xl's error message.
 fn simple(req: Request) -> ExitCode {
     match call(req) {
         Ok(r) if r.ok => ExitCode::SUCCESS,
@@ -437,9 +456,11 @@ fn main() -> ExitCode {
             file,
             config,
         } => {
-            if config.is_some() {
-                return fail("kxl save: storing a replacement config is not supported yet");
-            }
+            let config = match config.as_deref().map(load_replacement_config) {
+                Some(Ok(c)) => Some(c),
+                Some(Err(code)) => return code,
+                None => None,
+            };
             let path = absolute(&file);
             eprintln!("Saving to {path} new xl format");
             simple(Request::Save {
@@ -447,6 +468,7 @@ fn main() -> ExitCode {
                 path,
                 checkpoint,
                 leave_paused: paused,
+                config,
             })
         }
         Cmd::Restore {
@@ -455,12 +477,21 @@ fn main() -> ExitCode {
             no_wait: _,
             args,
         } => {
-            let [file] = args.as_slice() else {
-                return fail("kxl restore: a replacement config is not supported yet");
+            let (config, file) = match args.as_slice() {
+                [file] => (None, file),
+                [cfg, file] => match load_replacement_config(cfg) {
+                    Ok(c) => (Some(c), file),
+                    Err(code) => return code,
+                },
+                _ => return fail("kxl restore: expected [CFG] FILE"),
             };
             let path = absolute(file);
             eprintln!("Loading new save file {path} (new xl fmt info 0x3/0x0)");
-            let reply = match call(Request::Restore { path, paused }) {
+            let reply = match call(Request::Restore {
+                path,
+                paused,
+                config,
+            }) {
                 Ok(r) => r,
                 Err(code) => return code,
             };
@@ -482,19 +513,9 @@ fn main() -> ExitCode {
             host,
             ..
         } => {
-            let config = match config {
-                Some(path) => match format::load_config(&path, &[]) {
-                    Ok(parsed) => {
-                        for w in &parsed.warnings {
-                            eprintln!("{w}");
-                        }
-                        Some(parsed.config)
-                    }
-                    Err((text, code)) => {
-                        eprintln!("{text}");
-                        return ExitCode::from(code as u8);
-                    }
-                },
+            let config = match config.as_deref().map(load_replacement_config) {
+                Some(Ok(c)) => Some(*c),
+                Some(Err(code)) => return code,
                 None => None,
             };
             migrate::send(migrate::SendOptions {

@@ -129,11 +129,19 @@ pub enum Request {
         path: String,
         checkpoint: bool,
         leave_paused: bool,
+        /// `xl save ... FILE CFG`: the config stored in the file instead
+        /// of the domain's own.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        config: Option<Box<DomainConfig>>,
     },
     /// `xl restore [-p] FILE`: a new domain from the file at `path`.
     Restore {
         path: String,
         paused: bool,
+        /// `xl restore CFG FILE`: the config the domain is made with
+        /// instead of the one stored in the file.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        config: Option<Box<DomainConfig>>,
     },
     /// `xl migrate`'s sending end: after an ok reply the connection
     /// carries [`MigrateFrame`]s from kxend (the domain, paused, as xl's

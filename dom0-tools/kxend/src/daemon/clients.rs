@@ -149,8 +149,13 @@ impl Daemon {
                 path,
                 checkpoint,
                 leave_paused,
-            } => self.save(&domain, &path, checkpoint, leave_paused),
-            Request::Restore { path, paused } => self.restore(&path, paused),
+                config,
+            } => self.save(&domain, &path, checkpoint, leave_paused, config.map(|c| *c)),
+            Request::Restore {
+                path,
+                paused,
+                config,
+            } => self.restore(&path, paused, config.map(|c| *c)),
             Request::MigrateSend { .. } | Request::MigrateReceive => {
                 Reply::error("a migration is served on a kxl connection of its own")
             }

@@ -91,6 +91,7 @@ impl Daemon {
         path: &str,
         checkpoint: bool,
         leave_paused: bool,
+        config: Option<DomainConfig>,
     ) -> Reply {
         let Some(id) = self.resolve(domain) else {
             return Reply::unknown_domain(domain);
@@ -102,7 +103,7 @@ impl Daemon {
         if let Err(e) = d.pause() {
             return Reply::error(format!("cannot pause domain {id}: {e}"));
         }
-        let written = self.write_image(&d, path);
+        let written = self.write_image(&d, config.as_ref().unwrap_or(&d.record.config), path);
         let result = match written {
             Ok(pages) => {
                 self.log(&format!(
@@ -142,18 +143,26 @@ impl Daemon {
         }
     }
 
-    fn write_image(&self, d: &Domain, path: &str) -> Result<u64, String> {
+    /// Write `d` to `path` as xl's savefile, with `config` in its header.
+    fn write_image(&self, d: &Domain, config: &DomainConfig, path: &str) -> Result<u64, String> {
         let file = File::create(path).map_err(|e| io_error(path, preflight::describe_io(&e)))?;
         let out = std::io::BufWriter::new(file);
-        let (pages, mut out) = write_stream(d, &d.record.config, out, &mut |_, _| {})
-            .map_err(|e| format!("{path}: {e}"))?;
+        let (pages, mut out) =
+            write_stream(d, config, out, &mut |_, _| {}).map_err(|e| format!("{path}: {e}"))?;
         out.flush().map_err(|e| io_error(path, e))?;
         out.get_ref().sync_all().map_err(|e| io_error(path, e))?;
         Ok(pages)
     }
 
-    /// `xl restore`: make a domain from the file at `path`.
-    pub(super) fn restore(self: &Arc<Self>, path: &str, paused: bool) -> Reply {
+    /// `xl restore [CFG] FILE`: make a domain from the file at `path`,
+    /// with `config` in place of the one stored in the file if given (as
+    /// in xl, the image must still fit it: its memory and vCPUs).
+    pub(super) fn restore(
+        self: &Arc<Self>,
+        path: &str,
+        paused: bool,
+        config: Option<DomainConfig>,
+    ) -> Reply {
         let file = match File::open(path) {
             Ok(f) => f,
             Err(e) => {
@@ -165,7 +174,7 @@ impl Daemon {
         };
         let mut input = std::io::BufReader::new(file);
         let config = match savefile::read_header(&mut input) {
-            Ok(c) => c,
+            Ok(stored) => config.unwrap_or(stored),
             Err(e) => return Reply::error(format!("{path}: {e}")),
         };
         let name = config.name.clone();
