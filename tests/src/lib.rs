@@ -6,6 +6,7 @@ pub mod budget;
 pub mod dom0;
 pub mod linux;
 pub mod stock;
+pub mod stream;
 
 use std::io::Read;
 use std::path::{Path, PathBuf};

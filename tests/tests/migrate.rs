@@ -8,11 +8,11 @@
 //! migration whose pipe is cut halfway leaves the source running and
 //! answering, and nothing on the destination.
 
-use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use kxen_tests::dom0::{show, Dom0};
+use kxen_tests::stream::verify_stream_v2;
 
 const GUEST_LIMIT: Duration = Duration::from_secs(60);
 const BOOTED: &str = "kxen-testguest: service ready";
@@ -72,35 +72,6 @@ fn test_guest_migrates_and_serves_on_the_destination() {
     dst.ok(&["destroy", "mg"]);
 }
 
-const VERIFY_STREAM_V2: &str = "/usr/lib/xen-4.17/bin/verify-stream-v2";
-const XEN_PYTHON_PATH: &str = "/usr/lib/xen-4.17/lib/python";
-
-/// Debian's verifier must accept the migration stream as it went over
-/// the pipe (xl's header included; the handshake's bytes follow it).
-fn verify_stream(image: &Path) {
-    assert!(
-        Path::new(VERIFY_STREAM_V2).exists(),
-        "{VERIFY_STREAM_V2} is missing: install Debian's xen-utils-4.17"
-    );
-    let output = Command::new(VERIFY_STREAM_V2)
-        .args(["--format", "xl", "--verbose", "--in"])
-        .arg(image)
-        .env("PYTHONPATH", XEN_PYTHON_PATH)
-        .output()
-        .expect("running verify-stream-v2");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "verify-stream-v2 refused {}: {stdout}{}",
-        image.display(),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    assert!(
-        stdout.contains("Page Data records"),
-        "no page data in:\n{stdout}"
-    );
-}
-
 /// Pages the guest rewrites during the migration (8 MiB of its 64).
 const CHURN_PAGES: u32 = 2048;
 /// How long it rewrites them: long enough to outlast the migration, so
@@ -147,7 +118,7 @@ fn guest_rewriting_its_memory_migrates_live_with_every_page_intact() {
         "the last iteration is not the paused one:\n{stderr}"
     );
     assert!(stderr.contains("Migration successful."), "{stderr}");
-    verify_stream(&stream);
+    verify_stream_v2(&stream, "xl", &["Page Data records"]);
     assert!(!src.is_listed("dy"), "the source still lists the domain");
 
     // The rewriting went on across the move and found every page as it

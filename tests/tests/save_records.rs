@@ -5,7 +5,6 @@
 //! The VM is made with raw kvm-ioctls, as bench/src/baseline.rs does: the
 //! vCPUs never run, so it needs no memory and no kxen-vmm process.
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use kvm_bindings::{
     kvm_dtable, kvm_pit_config, kvm_segment, KVM_MAX_CPUID_ENTRIES, KVM_PIT_FLAGS_SPEAKER_DATA_ON,
@@ -18,6 +17,7 @@ use kxen_stream::hvm_context::{self, HvmContextBuilder};
 use kxen_stream::libxc::{CpuidLeaf, DomainHeader, GuestType, LibxcRecord, TscInfo};
 use kxen_stream::libxl::{LibxlReader, LibxlRecord, LibxlWriter};
 use kxen_stream::Limits;
+use kxen_tests::stream::verify_stream_v2;
 use kxen_vmm::save::cpu::{self, KvmVcpuState};
 use kxen_vmm::save::kvm::{
     read_mtrr_msrs, read_platform_state, read_vcpu_state, read_xsave, write_mtrr_msrs,
@@ -29,9 +29,6 @@ use kxen_vmm::save::XenVcpuRecords;
 use kxen_vmm::save::{irq, mtrr, rtc};
 use xen_abi::hvm_save::*;
 
-const VERIFY_STREAM_V2: &str = "/usr/lib/xen-4.17/bin/verify-stream-v2";
-/// Debian installs the verifier's Python modules off Python's path.
-const XEN_PYTHON_PATH: &str = "/usr/lib/xen-4.17/lib/python";
 /// How far the guest's TSC may move between writing it and reading it
 /// back: it is a clock and runs while the test does (10 s at 5 GHz).
 const TSC_SLACK: u64 = 50_000_000_000;
@@ -229,31 +226,6 @@ fn read_image(path: &Path) -> XenVcpuRecords {
     }
 }
 
-/// Runs Debian's verifier on an image and insists it accepts it.
-fn verify_stream(image: &Path) {
-    assert!(
-        Path::new(VERIFY_STREAM_V2).exists(),
-        "{VERIFY_STREAM_V2} is missing: install Debian's xen-utils-4.17"
-    );
-    let output = Command::new(VERIFY_STREAM_V2)
-        .args(["--format", "libxl", "--verbose", "--in"])
-        .arg(image)
-        .env("PYTHONPATH", XEN_PYTHON_PATH)
-        .output()
-        .expect("running verify-stream-v2");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        output.status.success(),
-        "verify-stream-v2 refused the image ({}):\n{stdout}\n{stderr}",
-        output.status
-    );
-    assert!(
-        stdout.contains("Libxc Record: HVM context"),
-        "the verifier did not reach the HVM context:\n{stdout}"
-    );
-}
-
 #[test]
 fn vcpu_state_survives_a_verified_stream_onto_a_fresh_vcpu() {
     let kvm = Kvm::new().expect("opening /dev/kvm");
@@ -276,7 +248,7 @@ fn vcpu_state_survives_a_verified_stream_onto_a_fresh_vcpu() {
         std::env::temp_dir().join(format!("kxen-save-records-{}.img", std::process::id())),
     );
     write_image(&image.0, &records);
-    verify_stream(&image.0);
+    verify_stream_v2(&image.0, "libxl", &["Libxc Record: HVM context"]);
 
     let read_back = read_image(&image.0);
     assert_eq!(read_back, records, "the records came back from the stream");
@@ -465,7 +437,7 @@ fn platform_and_vcpu_records_survive_a_verified_stream_onto_a_fresh_vm() {
         std::env::temp_dir().join(format!("kxen-save-platform-{}.img", std::process::id())),
     );
     write_context_image(&image.0, &builder.finish());
-    verify_stream(&image.0);
+    verify_stream_v2(&image.0, "libxl", &["Libxc Record: HVM context"]);
 
     let blob = read_context_image(&image.0);
     let context = hvm_context::parse(&blob).expect("a valid HVM context");

@@ -6,43 +6,12 @@
 //! truncated or corrupt image is refused with exit status 1 and no domain
 //! is left behind.
 
-use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
 use kxen_tests::dom0::{show, Dom0};
+use kxen_tests::stream::verify_stream_v2;
 
-const VERIFY_STREAM_V2: &str = "/usr/lib/xen-4.17/bin/verify-stream-v2";
-const XEN_PYTHON_PATH: &str = "/usr/lib/xen-4.17/lib/python";
 const GUEST_LIMIT: Duration = Duration::from_secs(60);
-
-/// Debian's verifier must accept the savefile, xl header included.
-fn verify_stream(image: &Path) {
-    assert!(
-        Path::new(VERIFY_STREAM_V2).exists(),
-        "{VERIFY_STREAM_V2} is missing: install Debian's xen-utils-4.17"
-    );
-    let output = Command::new(VERIFY_STREAM_V2)
-        .args(["--format", "xl", "--verbose", "--in"])
-        .arg(image)
-        .env("PYTHONPATH", XEN_PYTHON_PATH)
-        .output()
-        .expect("running verify-stream-v2");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "verify-stream-v2 refused {}: {stdout}{}",
-        image.display(),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    for record in [
-        "Page Data records",
-        "Libxc Record: HVM context",
-        "Libxl Record: Emulator context",
-    ] {
-        assert!(stdout.contains(record), "no {record:?} in:\n{stdout}");
-    }
-}
 
 #[test]
 fn saved_test_guest_is_verified_and_serves_after_restore() {
@@ -55,7 +24,15 @@ fn saved_test_guest_is_verified_and_serves_after_restore() {
     let out = d.kxl(&["save", "sv", image.to_str().unwrap()]);
     assert!(out.status.success(), "kxl save: {}", show(&out));
     assert!(!d.is_listed("sv"), "save without -c destroys the domain");
-    verify_stream(&image);
+    verify_stream_v2(
+        &image,
+        "xl",
+        &[
+            "Page Data records",
+            "Libxc Record: HVM context",
+            "Libxl Record: Emulator context",
+        ],
+    );
 
     let out = d.kxl(&["restore", image.to_str().unwrap()]);
     assert!(out.status.success(), "kxl restore: {}", show(&out));
