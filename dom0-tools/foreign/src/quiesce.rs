@@ -186,14 +186,17 @@ mod tests {
         let stop = EventFd::new(EFD_NONBLOCK).unwrap();
         let stop2 = stop.try_clone().unwrap();
         let g = gate.clone();
+        let resumed = Arc::new(std::sync::atomic::AtomicU32::new(0));
+        let resumed2 = resumed.clone();
         let t = std::thread::spawn(move || {
-            let mut resumed = 0;
             // SAFETY: `stop2` lives until this closure returns.
             let stop_fd = unsafe { BorrowedFd::borrow_raw(stop2.as_raw_fd()) };
             loop {
                 match g.park_if_requested(stop_fd) {
-                    Parked::Stopped => return resumed,
-                    Parked::Resumed => resumed += 1,
+                    Parked::Stopped => return,
+                    Parked::Resumed => {
+                        resumed2.fetch_add(1, Ordering::SeqCst);
+                    }
                     Parked::No => {}
                 }
                 let mut fds = [
@@ -203,7 +206,7 @@ mod tests {
                 poll(&mut fds, PollTimeout::NONE).unwrap();
                 g.clear_wake();
                 if stop2.read().is_ok() {
-                    return resumed;
+                    return;
                 }
             }
         });
@@ -211,12 +214,18 @@ mod tests {
         gate.wait_parked(Instant::now() + Duration::from_secs(10))
             .unwrap();
         gate.resume();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while resumed.load(Ordering::SeqCst) == 0 {
+            assert!(Instant::now() < deadline, "the thread was not resumed");
+            std::thread::sleep(Duration::from_millis(1));
+        }
         // Parked again: the thread went back through the gate.
         gate.request();
         gate.wait_parked(Instant::now() + Duration::from_secs(10))
             .unwrap();
         stop.write(1).unwrap();
-        assert_eq!(t.join().unwrap(), 1);
+        t.join().unwrap();
+        assert_eq!(resumed.load(Ordering::SeqCst), 1);
     }
 
     #[test]
