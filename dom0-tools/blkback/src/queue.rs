@@ -97,8 +97,12 @@ pub struct Queue {
     /// Called with each request slot before it is served (tests use it to
     /// hold a request in flight).
     #[cfg(test)]
-    pub(crate) before_serve: Option<Box<dyn FnMut(&[u8; ENTRY_SIZE]) + Send>>,
+    pub(crate) before_serve: Option<ServeHook>,
 }
+
+/// What tests run before a request is served.
+#[cfg(test)]
+pub(crate) type ServeHook = Box<dyn FnMut(&[u8; ENTRY_SIZE]) + Send>;
 
 /// The outcome of one pass over the ring.
 #[derive(Debug, PartialEq, Eq)]
@@ -148,7 +152,8 @@ impl Queue {
     /// Whether the queue must take no new request: stopping, or asked to
     /// quiesce.
     fn hold_off(&self) -> bool {
-        self.stopping.load(Ordering::Relaxed) || self.gate.as_ref().is_some_and(|g| g.is_requested())
+        self.stopping.load(Ordering::Relaxed)
+            || self.gate.as_ref().is_some_and(|g| g.is_requested())
     }
 
     /// Serve requests until the ring is empty (and re-armed), pushing

@@ -941,9 +941,18 @@ fn quiesce_waits_for_the_request_in_flight_and_resume_serves_the_rest() {
     let header = front.pages[0].clone();
     assert_eq!(header.load_u32(ring::OFFSET_RSP_PROD), 1);
     let disk = image.contents();
-    assert!(page_bytes(&guest, p1) == disk[..4096], "request 1's data is not in the guest");
-    assert!(page_bytes(&guest, p2) == [0xee; 4096], "request 2 was served while quiesced");
-    assert!(entered.try_recv().is_err(), "request 2 was taken while quiesced");
+    assert!(
+        page_bytes(&guest, p1) == disk[..4096],
+        "request 1's data is not in the guest"
+    );
+    assert!(
+        page_bytes(&guest, p2) == [0xee; 4096],
+        "request 2 was served while quiesced"
+    );
+    assert!(
+        entered.try_recv().is_err(),
+        "request 2 was taken while quiesced"
+    );
 
     // Request 3 is posted while quiesced; the backend asked for no kick.
     let (g3, _) = guest.grant_new(false);

@@ -207,7 +207,9 @@ impl NetBackend {
         let Some(c) = &self.connected else {
             return Ok(());
         };
-        if let Err(e) = kxen_foreign::quiesce::quiesce_all(c.workers.iter().map(Worker::gate), deadline) {
+        if let Err(e) =
+            kxen_foreign::quiesce::quiesce_all(c.workers.iter().map(Worker::gate), deadline)
+        {
             self.resume();
             return Err(e.into());
         }

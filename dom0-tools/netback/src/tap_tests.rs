@@ -381,8 +381,14 @@ fn a_quiesced_vif_moves_nothing_and_resume_moves_it_once() {
         sock.send(&inbound);
         // Nothing must move; an absence is only seen over a window.
         std::thread::sleep(Duration::from_millis(300));
-        assert!(g.tx_responses().is_empty(), "a TX request was answered while quiesced");
-        assert!(g.rx_responses().is_empty(), "an RX buffer was filled while quiesced");
+        assert!(
+            g.tx_responses().is_empty(),
+            "a TX request was answered while quiesced"
+        );
+        assert!(
+            g.rx_responses().is_empty(),
+            "an RX buffer was filled while quiesced"
+        );
         assert_eq!(stats.tx_packets.load(Ordering::Relaxed), 0);
         assert_eq!(stats.rx_packets.load(Ordering::Relaxed), 0);
 
