@@ -175,3 +175,79 @@ fn cut_migration_leaves_the_source_running() {
     );
     src.ok(&["destroy", "ct"]);
 }
+
+/// A migration that fails after its final pass, when the source's
+/// backends are quiesced (the disk `-C` gives the destination is a
+/// directory: its kxl's checks pass, its blkback refuses it once the whole
+/// stream is in, and the domain with it), leaves the
+/// source running with its disk served again: requests are taken and
+/// answered, and what the guest writes reaches the image.
+#[test]
+fn migration_failing_after_the_final_pass_resumes_the_source_disk() {
+    let src = Dom0::new("migqsrc");
+    let dst = Dom0::new("migqdst");
+    let xvda = src.dir.join("xvda.img");
+    std::fs::File::create(&xvda)
+        .unwrap()
+        .set_len(16 << 20)
+        .unwrap();
+    let cfg = src.config(
+        "qd",
+        &format!("disk = [ '{},raw,xvda,rw' ]\n", xvda.display()),
+    );
+    src.ok(&["create", cfg.to_str().unwrap()]);
+    src.wait_console("qd", BOOTED);
+    src.wait_line_after("qd", 0, "kxen-testguest: vbd 51712 connected", GUEST_LIMIT);
+    let w = src.guest_command("qd", "blk write 51712 64 16 5", "blk write", GUEST_LIMIT);
+    assert!(w.starts_with("blk write ok"), "{w}");
+
+    let missing = dst.dir.join("not-a-disk");
+    std::fs::create_dir(&missing).unwrap();
+    let dst_cfg = dst.config(
+        "qd",
+        &format!("disk = [ '{},raw,xvda,rw' ]\n", missing.display()),
+    );
+    let ssh = dst.remote_shell("ssh-q", "");
+    let out = src.kxl(&[
+        "migrate",
+        "-s",
+        ssh.to_str().unwrap(),
+        "-C",
+        dst_cfg.to_str().unwrap(),
+        "qd",
+        "dsthost",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "kxl migrate: {}", show(&out));
+    // It failed after the paused pass, so with the backends quiesced.
+    assert!(
+        stderr.contains("(final, domain paused)"),
+        "the migration failed before its final pass:\n{stderr}"
+    );
+    assert!(
+        stderr.contains("Migration failed, resuming at sender."),
+        "{stderr}"
+    );
+    assert!(!dst.is_listed("qd"), "a half-built domain was left");
+
+    let info = src.ok(&["list", "qd"]);
+    assert!(
+        !info.lines().nth(1).unwrap_or("").contains('p'),
+        "the source domain is still paused:\n{info}"
+    );
+    // The disk is served again: a write goes through to the image and
+    // reads back the same.
+    let w = src.guest_command("qd", "blk write 51712 128 16 9", "blk write", GUEST_LIMIT);
+    assert!(w.starts_with("blk write ok"), "{w}");
+    let r = src.guest_command("qd", "blk read 51712 128 16", "blk read", GUEST_LIMIT);
+    let crc = |line: &str| {
+        line.split_whitespace()
+            .find_map(|w| w.strip_prefix("crc="))
+            .map(str::to_string)
+    };
+    assert!(crc(&w).is_some(), "{w}");
+    assert_eq!(crc(&r), crc(&w), "{r}");
+    let check = src.guest_command("qd", "blk check 51712", "blk check 51712", GUEST_LIMIT);
+    assert!(check.ends_with("ok"), "{check}");
+    src.ok(&["destroy", "qd"]);
+}

@@ -30,6 +30,8 @@ pub struct BlkBackend {
     disk: Arc<Disk>,
     stats: Arc<Stats>,
     queues: Vec<QueueThread>,
+    /// Quiesced by the toolstack: queues connected meanwhile start parked.
+    quiesced: bool,
 }
 
 impl BlkBackend {
@@ -52,6 +54,7 @@ impl BlkBackend {
             disk: Arc::new(disk),
             stats: Arc::new(Stats::default()),
             queues: Vec::new(),
+            quiesced: false,
         })
     }
 
@@ -197,7 +200,7 @@ impl BlkBackend {
                 pgrants,
             );
             // On failure, `started` drops and stops what already runs.
-            started.push(QueueThread::spawn(q)?);
+            started.push(QueueThread::spawn(q, self.quiesced)?);
         }
         self.stats
             .broken
@@ -211,6 +214,27 @@ impl BlkBackend {
     pub fn stop(&mut self) {
         for mut q in self.queues.drain(..) {
             q.stop();
+        }
+    }
+
+    /// Stop taking requests and wait, until `deadline`, for every queue to
+    /// answer the one it is serving. On a timeout the queues serve again.
+    pub fn quiesce(&mut self, deadline: std::time::Instant) -> Result<(), BlkError> {
+        self.quiesced = true;
+        if let Err(e) =
+            kxen_foreign::quiesce::quiesce_all(self.queues.iter().map(QueueThread::gate), deadline)
+        {
+            self.resume();
+            return Err(e.into());
+        }
+        Ok(())
+    }
+
+    /// Serve again, requests posted while quiesced first.
+    pub fn resume(&mut self) {
+        self.quiesced = false;
+        for q in &self.queues {
+            q.gate().resume();
         }
     }
 
@@ -267,5 +291,13 @@ impl BackendDevice for BlkBackend {
 
     fn stats(&self) -> BTreeMap<String, u64> {
         self.counters()
+    }
+
+    fn quiesce(&mut self, deadline: std::time::Instant) -> Result<(), BackendError> {
+        Ok(BlkBackend::quiesce(self, deadline)?)
+    }
+
+    fn resume(&mut self) {
+        BlkBackend::resume(self);
     }
 }

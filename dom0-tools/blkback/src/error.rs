@@ -32,6 +32,8 @@ pub enum BlkError {
     AlreadyConnected,
     #[error("{0}")]
     Io(#[from] std::io::Error),
+    #[error("{0}")]
+    Quiesce(#[from] kxen_foreign::quiesce::QuiesceError),
 }
 
 impl From<BlkError> for BackendError {
@@ -41,6 +43,7 @@ impl From<BlkError> for BackendError {
             BlkError::Grant(g) => BackendError::Grant(g),
             BlkError::EventChannel(m) => BackendError::EventChannel(m),
             BlkError::Io(io) => BackendError::Io(io),
+            BlkError::Quiesce(q) => BackendError::Quiesce(q),
             other => BackendError::Io(std::io::Error::other(other.to_string())),
         }
     }

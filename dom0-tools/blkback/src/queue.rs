@@ -5,6 +5,12 @@
 //! Requests are served in ring order, synchronously, and a response is
 //! written only once its I/O has completed, so an acknowledged write is
 //! in the backing store (and, after a flush or barrier, on stable storage).
+//!
+//! A queue quiesces (for a migration's final pass) between two requests:
+//! the request being served completes and is answered, the responses are
+//! pushed, and the thread parks at its [`QuiesceGate`] taking nothing more
+//! until resumed; then it looks at the ring at once, since the requests
+//! posted meanwhile may have come without a kick.
 
 use std::os::fd::{AsRawFd, BorrowedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -13,6 +19,7 @@ use std::thread::JoinHandle;
 
 use kxen_foreign::evtchn::Dom0Channel;
 use kxen_foreign::grant::{GrantError, GrantTable};
+use kxen_foreign::quiesce::{Parked, QuiesceGate};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use tracing::{debug, error, warn};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
@@ -84,7 +91,18 @@ pub struct Queue {
     /// Set by [`QueueThread::stop`]: a frontend that keeps the ring busy
     /// must not keep the thread from stopping.
     stopping: Arc<AtomicBool>,
+    /// Set by [`QueueThread::spawn`]: asks the queue to stop taking
+    /// requests and park (a queue driven by hand has none).
+    gate: Option<Arc<QuiesceGate>>,
+    /// Called with each request slot before it is served (tests use it to
+    /// hold a request in flight).
+    #[cfg(test)]
+    pub(crate) before_serve: Option<ServeHook>,
 }
+
+/// What tests run before a request is served.
+#[cfg(test)]
+pub(crate) type ServeHook = Box<dyn FnMut(&[u8; ENTRY_SIZE]) + Send>;
 
 /// The outcome of one pass over the ring.
 #[derive(Debug, PartialEq, Eq)]
@@ -125,7 +143,17 @@ impl Queue {
                 page: Box::new([0; PAGE_SIZE]),
             },
             stopping: Arc::new(AtomicBool::new(false)),
+            gate: None,
+            #[cfg(test)]
+            before_serve: None,
         }
+    }
+
+    /// Whether the queue must take no new request: stopping, or asked to
+    /// quiesce.
+    fn hold_off(&self) -> bool {
+        self.stopping.load(Ordering::Relaxed)
+            || self.gate.as_ref().is_some_and(|g| g.is_requested())
     }
 
     /// Serve requests until the ring is empty (and re-armed), pushing
@@ -133,7 +161,7 @@ impl Queue {
     pub fn process(&mut self) -> Pass {
         let mut slot = [0u8; ENTRY_SIZE];
         loop {
-            if self.stopping.load(Ordering::Relaxed) {
+            if self.hold_off() {
                 return Pass::Idle;
             }
             let n = match self.ring.pending() {
@@ -148,6 +176,10 @@ impl Queue {
                 }
             }
             for _ in 0..n {
+                // A quiesce waits for one request, not for the batch.
+                if self.hold_off() {
+                    break;
+                }
                 self.ring.take_request(&mut slot);
                 let rsp = self.serve(&slot);
                 self.ring.put_response(&rsp);
@@ -176,6 +208,10 @@ impl Queue {
     }
 
     fn serve(&mut self, slot: &[u8; ENTRY_SIZE]) -> Response {
+        #[cfg(test)]
+        if let Some(hook) = self.before_serve.as_mut() {
+            hook(slot);
+        }
         let (id, operation, status) = match parse_request(slot, &self.limits) {
             Err(rej) => {
                 debug!(
@@ -381,23 +417,37 @@ impl Queue {
 /// A queue running on its own thread.
 pub struct QueueThread {
     stopping: Arc<AtomicBool>,
+    gate: Arc<QuiesceGate>,
     stop: EventFd,
     thread: Option<JoinHandle<()>>,
 }
 
 impl QueueThread {
-    pub fn spawn(mut q: Queue) -> std::io::Result<QueueThread> {
+    /// Run `q` on a new thread; `quiesced`: it takes no request until
+    /// resumed (a ring connected while its domain's backends are quiesced).
+    pub fn spawn(mut q: Queue, quiesced: bool) -> std::io::Result<QueueThread> {
         let stop = EventFd::new(EFD_NONBLOCK)?;
         let stop2 = stop.try_clone()?;
         let stopping = q.stopping.clone();
+        let gate = Arc::new(QuiesceGate::new()?);
+        if quiesced {
+            gate.request();
+        }
+        q.gate = Some(gate.clone());
         let thread = std::thread::Builder::new()
             .name(format!("blkback-q{}", q.index))
             .spawn(move || run(&mut q, &stop2))?;
         Ok(QueueThread {
             stopping,
+            gate,
             stop,
             thread: Some(thread),
         })
+    }
+
+    /// The thread's quiesce gate.
+    pub fn gate(&self) -> &QuiesceGate {
+        &self.gate
     }
 
     /// Stop the thread and wait for it; dropping the queue unpins every
@@ -420,17 +470,41 @@ impl Drop for QueueThread {
 }
 
 fn run(q: &mut Queue, stop: &EventFd) {
+    serve_rings(q, stop);
+    // A gone thread takes no request either: a quiesce need not wait.
+    if let Some(gate) = &q.gate {
+        gate.exited();
+    }
+}
+
+fn serve_rings(q: &mut Queue, stop: &EventFd) {
+    let Some(gate) = q.gate.clone() else {
+        return;
+    };
     // Requests queued before we attached get served without a kick.
     if q.process() == Pass::Broken {
         return;
     }
     loop {
-        let kick = q.channel.kick_fd();
         // SAFETY: `stop` is owned by the caller and outlives this borrow.
         let stop_fd = unsafe { BorrowedFd::borrow_raw(stop.as_raw_fd()) };
+        match gate.park_if_requested(stop_fd) {
+            Parked::Stopped => return,
+            Parked::Resumed => {
+                // Requests posted while parked may have come without a
+                // kick (or with one the poll below will see): look now.
+                if q.process() == Pass::Broken {
+                    return;
+                }
+                continue;
+            }
+            Parked::No => {}
+        }
+        let kick = q.channel.kick_fd();
         let mut fds = [
             PollFd::new(kick, PollFlags::POLLIN),
             PollFd::new(stop_fd, PollFlags::POLLIN),
+            PollFd::new(gate.wake_fd(), PollFlags::POLLIN),
         ];
         match poll(&mut fds, PollTimeout::NONE) {
             Ok(_) => {}
@@ -445,6 +519,7 @@ fn run(q: &mut Queue, stop: &EventFd) {
         if stopping || q.stopping.load(Ordering::Relaxed) {
             return;
         }
+        gate.clear_wake();
         if kicked && q.channel.ack() {
             add(&q.stats.kicks_in, 1);
         }

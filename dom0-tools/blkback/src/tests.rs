@@ -873,3 +873,101 @@ fn a_stopping_queue_takes_no_more_requests() {
     assert_eq!(q.process(), Pass::Idle);
     assert_eq!(statuses(&front.responses(1)), [0]);
 }
+
+/// A queue asked to quiesce answers the request it is serving, takes no
+/// other, and once resumed serves those posted meanwhile (which came
+/// without a kick) exactly once.
+#[test]
+fn quiesce_waits_for_the_request_in_flight_and_resume_serves_the_rest() {
+    use crate::backring::BackRing;
+    use crate::disk::Disk;
+    use crate::queue::{Features, Queue, QueueThread};
+    use crate::request::Limits;
+    use kxen_foreign::quiesce::QuiesceError;
+    use std::sync::mpsc;
+
+    let image = Image::new(64);
+    let mut guest = Guest::new();
+    let (refs, mut front, chan) = make_ring(&mut guest, 0, 1);
+    let grants = guest.table();
+    let ring =
+        BackRing::attach(refs.iter().map(|&r| grants.map(r, true).unwrap()).collect()).unwrap();
+    let disk = Arc::new(Disk::open(&VbdSpec::new(&image.0, false)).unwrap());
+    let stats = Arc::new(crate::stats::Stats::default());
+    let limits = Limits {
+        capacity: disk.sectors(),
+        max_indirect_segments: 0,
+    };
+    let features = Features {
+        flush: true,
+        barrier: true,
+        discard: true,
+    };
+    let mut q = Queue::new(0, ring, chan, grants, disk, stats, limits, features, None);
+    // Request 1 is held in flight until the test lets it go.
+    let (entered_tx, entered) = mpsc::channel::<u64>();
+    let (release, release_rx) = mpsc::channel::<()>();
+    q.before_serve = Some(Box::new(move |slot| {
+        let id = u64::from_le_bytes(slot[8..16].try_into().unwrap());
+        entered_tx.send(id).unwrap();
+        if id == 1 {
+            release_rx.recv_timeout(Duration::from_secs(10)).unwrap();
+        }
+    }));
+    let thread = QueueThread::spawn(q, false).unwrap();
+    let gate = thread.gate();
+
+    // Requests 1 and 2 in one batch; the data lands in pages g1, g2.
+    let (g1, p1) = guest.grant_new(false);
+    let (g2, p2) = guest.grant_new(false);
+    fill(&guest, p1, 0xee);
+    fill(&guest, p2, 0xee);
+    front.queue(rw_request(BLKIF_OP_READ, 1, 0, &[(g1, 0, 7)]).as_bytes());
+    front.queue(rw_request(BLKIF_OP_READ, 2, 8, &[(g2, 0, 7)]).as_bytes());
+    front.push();
+    assert_eq!(entered.recv_timeout(Duration::from_secs(5)).unwrap(), 1);
+
+    gate.request();
+    // Request 1 is in flight: the quiesce waits, and says so at its deadline.
+    assert!(matches!(
+        gate.wait_parked(Instant::now() + Duration::from_millis(100)),
+        Err(QuiesceError::Timeout)
+    ));
+    release.send(()).unwrap();
+    gate.wait_parked(Instant::now() + Duration::from_secs(5))
+        .unwrap();
+    // Parked: request 1 is answered and its data in the guest's page;
+    // request 2 was not taken.
+    let header = front.pages[0].clone();
+    assert_eq!(header.load_u32(ring::OFFSET_RSP_PROD), 1);
+    let disk = image.contents();
+    assert!(
+        page_bytes(&guest, p1) == disk[..4096],
+        "request 1's data is not in the guest"
+    );
+    assert!(
+        page_bytes(&guest, p2) == [0xee; 4096],
+        "request 2 was served while quiesced"
+    );
+    assert!(
+        entered.try_recv().is_err(),
+        "request 2 was taken while quiesced"
+    );
+
+    // Request 3 is posted while quiesced; the backend asked for no kick.
+    let (g3, _) = guest.grant_new(false);
+    front.queue(rw_request(BLKIF_OP_READ, 3, 16, &[(g3, 0, 7)]).as_bytes());
+    front.push();
+    assert_eq!(header.load_u32(ring::OFFSET_RSP_PROD), 1);
+
+    gate.resume();
+    let answered: Vec<u64> = front.responses(3).iter().map(|r| r.id).collect();
+    assert_eq!(answered, [1, 2, 3]);
+    // Settled again, nothing was answered twice.
+    gate.request();
+    gate.wait_parked(Instant::now() + Duration::from_secs(5))
+        .unwrap();
+    assert_eq!(header.load_u32(ring::OFFSET_RSP_PROD), 3);
+    assert!(page_bytes(&guest, p2) == disk[4096..8192]);
+    drop(thread);
+}

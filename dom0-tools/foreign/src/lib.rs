@@ -8,7 +8,9 @@
 //! * [`evtchn`]: Dom0's ends of interdomain event channels, raising guest
 //!   ports through the routing area and irqfds kxen-vmm hands over;
 //! * [`domain`]: a guest reached through its kxen-vmm's control socket;
-//! * [`xenbus`]: the contract between kxend and a device backend.
+//! * [`xenbus`]: the contract between kxend and a device backend;
+//! * [`quiesce`]: backend I/O threads stopped between requests and
+//!   started again, for a migration's final pass.
 
 pub mod console;
 pub mod dirty;
@@ -16,4 +18,5 @@ pub mod domain;
 pub mod evtchn;
 pub mod foreign;
 pub mod grant;
+pub mod quiesce;
 pub mod xenbus;

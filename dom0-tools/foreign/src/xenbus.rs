@@ -68,6 +68,8 @@ pub enum BackendError {
     EventChannel(String),
     #[error("backing store: {0}")]
     Io(#[from] std::io::Error),
+    #[error("quiescing: {0}")]
+    Quiesce(#[from] crate::quiesce::QuiesceError),
 }
 
 /// A device backend driven by kxend's xenbus state machine.
@@ -88,4 +90,13 @@ pub trait BackendDevice: Send {
     fn disconnect(&mut self);
     /// Counters for `kxl block-list` / `network-list` (name → value).
     fn stats(&self) -> BTreeMap<String, u64>;
+    /// Stop taking requests and wait, until `deadline`, for those already
+    /// taken to be answered on their rings with their guest pages written;
+    /// a netback also stops filling the guest's RX buffers. Until
+    /// `resume`, the backend writes no guest memory. A device that
+    /// connects meanwhile starts quiesced.
+    fn quiesce(&mut self, deadline: std::time::Instant) -> Result<(), BackendError>;
+    /// Serve again, looking at the rings at once so that requests posted
+    /// while quiesced are answered without waiting for a kick.
+    fn resume(&mut self);
 }

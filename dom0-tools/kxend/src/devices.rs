@@ -621,6 +621,37 @@ impl DomainDevices {
             .collect()
     }
 
+    /// Stop every backend of the domain taking requests, and wait until
+    /// `deadline` for those in flight to be answered (a migration's or a
+    /// save's final pass: the paused domain's memory must stop changing).
+    /// On failure, those already quiesced serve again.
+    pub fn quiesce(&self, deadline: std::time::Instant) -> Result<(), DeviceError> {
+        let mut devices = self.devices.lock().unwrap_or_else(|e| e.into_inner());
+        let mut failure = None;
+        for ((kind, devid), d) in devices.iter_mut() {
+            if let Err(e) = d.backend.quiesce(deadline) {
+                failure = Some(DeviceError::Backend(format!("{kind} {devid}: {e}")));
+                break;
+            }
+        }
+        if let Some(e) = failure {
+            for d in devices.values_mut() {
+                d.backend.resume();
+            }
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// Undo [`DomainDevices::quiesce`]: the backends serve again, requests
+    /// posted meanwhile first.
+    pub fn resume(&self) {
+        let mut devices = self.devices.lock().unwrap_or_else(|e| e.into_inner());
+        for d in devices.values_mut() {
+            d.backend.resume();
+        }
+    }
+
     /// Counters of a block device (for `kxl block-list -l`).
     pub fn block_stats(&self) -> Vec<(u32, BTreeMap<String, u64>)> {
         let devices = self.devices.lock().unwrap_or_else(|e| e.into_inner());

@@ -125,6 +125,8 @@ pub struct NetBackend {
     spec: VifSpec,
     stats: Arc<VifStats>,
     connected: Option<Connected>,
+    /// Quiesced by the toolstack: I/O threads started meanwhile park.
+    quiesced: bool,
 }
 
 impl NetBackend {
@@ -134,6 +136,7 @@ impl NetBackend {
             spec,
             stats: Arc::default(),
             connected: None,
+            quiesced: false,
         })
     }
 
@@ -176,7 +179,7 @@ impl NetBackend {
             let Some(tq) = tap.queue(i) else {
                 break;
             };
-            match Worker::spawn(format!("{name}-q{i}"), q, tq) {
+            match Worker::spawn(format!("{name}-q{i}"), q, tq, self.quiesced) {
                 Ok(w) => workers.push(w),
                 Err(e) => {
                     for w in workers {
@@ -194,6 +197,31 @@ impl NetBackend {
             xenbus_path: xenbus_path.to_string(),
         });
         Ok(())
+    }
+
+    /// Stop moving packets and wait, until `deadline`, for every I/O
+    /// thread to finish its loop (answers pushed). On a timeout the
+    /// threads run again.
+    pub fn quiesce(&mut self, deadline: std::time::Instant) -> Result<(), NetError> {
+        self.quiesced = true;
+        let Some(c) = &self.connected else {
+            return Ok(());
+        };
+        if let Err(e) =
+            kxen_foreign::quiesce::quiesce_all(c.workers.iter().map(Worker::gate), deadline)
+        {
+            self.resume();
+            return Err(e.into());
+        }
+        Ok(())
+    }
+
+    /// Move packets again, starting with what waited meanwhile.
+    pub fn resume(&mut self) {
+        self.quiesced = false;
+        for w in self.connected.iter().flat_map(|c| &c.workers) {
+            w.gate().resume();
+        }
     }
 
     fn script_offline(&self, name: &str, xenbus_path: &str) {
@@ -287,6 +315,14 @@ impl BackendDevice for NetBackend {
 
     fn disconnect(&mut self) {
         self.disconnect_inner();
+    }
+
+    fn quiesce(&mut self, deadline: std::time::Instant) -> Result<(), BackendError> {
+        Ok(NetBackend::quiesce(self, deadline)?)
+    }
+
+    fn resume(&mut self) {
+        NetBackend::resume(self);
     }
 
     fn stats(&self) -> BTreeMap<String, u64> {

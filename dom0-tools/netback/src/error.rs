@@ -28,6 +28,8 @@ pub enum NetError {
     EventChannel(String),
     #[error("I/O thread: {0}")]
     Thread(std::io::Error),
+    #[error("{0}")]
+    Quiesce(#[from] kxen_foreign::quiesce::QuiesceError),
 }
 
 impl From<NetError> for BackendError {
@@ -36,6 +38,7 @@ impl From<NetError> for BackendError {
             NetError::Grant(g) => BackendError::Grant(g),
             NetError::Frontend(f) => BackendError::Frontend(f),
             NetError::EventChannel(c) => BackendError::EventChannel(c),
+            NetError::Quiesce(q) => BackendError::Quiesce(q),
             NetError::Tap { source, .. } | NetError::Thread(source) => BackendError::Io(source),
             other => BackendError::Io(std::io::Error::other(other.to_string())),
         }

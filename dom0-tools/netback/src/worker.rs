@@ -1,8 +1,18 @@
 //! One I/O thread per vif queue: it sleeps in poll() on the guest's
 //! kick(s), the TAP queue and a stop eventfd, and moves packets both ways.
+//!
+//! Quiesced (a migration's final pass), the thread parks between two
+//! loops: every TX request it took is answered and pushed, every packet
+//! it put in the guest's RX buffers is pushed, and it fills no more. Host
+//! packets wait in the TAP's queue meanwhile (the kernel drops what
+//! overflows it, as a NIC drops for a stopped guest), as does a packet
+//! held back for want of RX buffers; they are delivered on resume, or
+//! dropped with the source domain once it has migrated.
 
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::sync::Arc;
+
+use kxen_foreign::quiesce::{Parked, QuiesceGate};
 use std::thread::JoinHandle;
 
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
@@ -21,20 +31,40 @@ const RX_BATCH: usize = 64;
 
 pub struct Worker {
     stop: EventFd,
+    gate: Arc<QuiesceGate>,
     handle: Option<JoinHandle<()>>,
 }
 
 impl Worker {
-    pub fn spawn(name: String, queue: NetQueue, tap: Arc<TapQueue>) -> std::io::Result<Worker> {
+    /// `quiesced`: the thread moves nothing until resumed.
+    pub fn spawn(
+        name: String,
+        queue: NetQueue,
+        tap: Arc<TapQueue>,
+        quiesced: bool,
+    ) -> std::io::Result<Worker> {
         let stop = EventFd::new(EFD_NONBLOCK)?;
         let stop2 = stop.try_clone()?;
-        let handle = std::thread::Builder::new()
-            .name(name)
-            .spawn(move || run(queue, &tap, &stop2))?;
+        let gate = Arc::new(QuiesceGate::new()?);
+        if quiesced {
+            gate.request();
+        }
+        let gate2 = gate.clone();
+        let handle = std::thread::Builder::new().name(name).spawn(move || {
+            run(queue, &tap, &stop2, &gate2);
+            // A gone thread moves nothing either: a quiesce need not wait.
+            gate2.exited();
+        })?;
         Ok(Worker {
             stop,
+            gate,
             handle: Some(handle),
         })
+    }
+
+    /// The thread's quiesce gate.
+    pub fn gate(&self) -> &QuiesceGate {
+        &self.gate
     }
 
     /// Stop the thread and wait for it (it drops the queue's mappings).
@@ -58,11 +88,20 @@ impl Drop for Worker {
     }
 }
 
-fn run(mut q: NetQueue, tap: &TapQueue, stop: &EventFd) {
+fn run(mut q: NetQueue, tap: &TapQueue, stop: &EventFd, gate: &QuiesceGate) {
     let stats = q.stats().clone();
     let mut buf = vec![0u8; RX_BUF];
     let mut pending: Option<Vec<u8>> = None;
     loop {
+        // Here the thread holds no request: the previous loop answered and
+        // pushed all it took. After a resume the loop below looks at both
+        // rings and the TAP at once, kicks or not.
+        // SAFETY: the eventfd is owned by the caller and outlives this borrow.
+        let stop_fd = unsafe { BorrowedFd::borrow_raw(stop.as_raw_fd()) };
+        if gate.park_if_requested(stop_fd) == Parked::Stopped {
+            debug!("vif I/O thread stopping");
+            return;
+        }
         let tx_more = q.process_tx(&mut |pkt| tap.write_packet(pkt));
         let rx_more = move_rx(&mut q, tap, &mut buf, &mut pending);
         q.push_rx();
@@ -81,10 +120,9 @@ fn run(mut q: NetQueue, tap: &TapQueue, stop: &EventFd) {
             Channels::Shared(c) => (c.kick_fd(), None),
             Channels::Split { tx, rx } => (tx.kick_fd(), Some(rx.kick_fd())),
         };
-        // SAFETY: the eventfd is owned by the caller and outlives this borrow.
-        let stop_fd = unsafe { BorrowedFd::borrow_raw(stop.as_raw_fd()) };
         let mut fds = vec![
             PollFd::new(stop_fd, PollFlags::POLLIN),
+            PollFd::new(gate.wake_fd(), PollFlags::POLLIN),
             PollFd::new(kick_tx, PollFlags::POLLIN),
         ];
         if let Some(k) = kick_rx {
@@ -104,6 +142,7 @@ fn run(mut q: NetQueue, tap: &TapQueue, stop: &EventFd) {
             debug!("vif I/O thread stopping");
             return;
         }
+        gate.clear_wake();
         let ch = q.channels();
         let kicks = match ch {
             Channels::Shared(c) => c.ack() as u64,

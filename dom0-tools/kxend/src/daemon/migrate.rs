@@ -109,7 +109,10 @@ impl Daemon {
         }
         let _ = writer.set_write_timeout(Some(MIGRATE_IO_LIMIT));
         let was_paused = d.paused.load(std::sync::atomic::Ordering::SeqCst);
+        let devices = self.devices_of(id);
         let resume = |why: &str| {
+            // The backends first, so the guest finds its rings served.
+            devices.resume();
             let resumed = if was_paused { Ok(()) } else { d.unpause() };
             match resumed {
                 Ok(()) => self.log(&format!(
@@ -140,7 +143,8 @@ impl Daemon {
             &config,
             SharedFrames(frames.clone()),
             &mut |libxc, link, guest| {
-                report = precopy(&d, libxc, link, guest, &mut |p| {
+                let mut quiesce = |deadline| devices.quiesce(deadline).map_err(|e| e.to_string());
+                report = precopy(&d, libxc, link, guest, &mut quiesce, &mut |p| {
                     // A failed write here fails the stream's next write.
                     let _ = frames.borrow_mut().frame(&MigrateFrame::Progress(p));
                 })?;
@@ -188,8 +192,8 @@ impl Daemon {
                     Ok(()) => {
                         self.wait_gone(id, Duration::from_secs(10));
                         self.log(&format!(
-                            "domain {id} ({}) migrated away: {pages} pages in {} iterations, {bytes} bytes, paused for {downtime:.2?} until the destination ran it (final pass: content check {:.2?}, {} pages sent in {:.2?}; stream end to the destination's start {stream_to_start:.2?})",
-                            d.record.name, report.passes, report.content_check, report.final_pages, report.final_send
+                            "domain {id} ({}) migrated away: {pages} pages in {} iterations, {bytes} bytes, paused for {downtime:.2?} until the destination ran it (final pass: backends quiesced in {:.2?}, content check {:.2?}, {} pages sent in {:.2?}; stream end to the destination's start {stream_to_start:.2?})",
+                            d.record.name, report.passes, report.quiesce, report.content_check, report.final_pages, report.final_send
                         ));
                         Reply {
                             text: downtime.map(|t| {

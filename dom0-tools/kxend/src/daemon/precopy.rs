@@ -22,6 +22,12 @@
 //!
 //! A page is read only after the logs naming it were taken, so a write
 //! logged after a take is sent by a later pass, never lost.
+//!
+//! Dom0's backends serve the paused domain's rings too, so the final pass
+//! first quiesces them (`quiesce`, the caller's): no new request is taken,
+//! those in flight are answered with their pages written and logged, and
+//! netback fills no RX buffer. Only then are the logs taken for the last
+//! time. A failed migration resumes them, with the domain.
 
 use std::fs::File;
 use std::io::Write;
@@ -46,6 +52,9 @@ const BATCH: usize = 1024;
 pub(super) const MAX_LIVE_PASSES: u32 = 5;
 /// A dirty set this small is sent with the domain paused (libxc: 50).
 pub(super) const DIRTY_THRESHOLD: u64 = 50;
+/// How long the paused domain's backends may take to answer the requests
+/// they are serving (each is one synchronous disk I/O or one packet).
+pub(super) const QUIESCE_LIMIT: Duration = Duration::from_secs(5);
 
 /// What the pre-copy did.
 #[derive(Debug, Clone, Copy, Default)]
@@ -64,6 +73,8 @@ pub(super) struct PreCopyReport {
     /// the logs, and to send its pages (both are downtime).
     pub content_check: Duration,
     pub final_send: Duration,
+    /// How long the backends took to quiesce (downtime too).
+    pub quiesce: Duration,
 }
 
 /// A set of guest pages: a bitmap per memfd region, a bit per page.
@@ -340,21 +351,23 @@ impl<W: Write> Sender<'_, W> {
 }
 
 /// Send the memory of the running domain `d` by iterative pre-copy and
-/// leave it paused. `progress` hears each batch. On an error the domain
-/// may be paused or running; the caller resumes it. KVM's dirty logging
-/// is off again when this returns.
+/// leave it paused, its backends quiesced by `quiesce` (given a deadline)
+/// once it is paused. `progress` hears each batch. On an error the domain
+/// may be paused or running, its backends quiesced or not; the caller
+/// resumes both. KVM's dirty logging is off again when this returns.
 pub(super) fn precopy<W: Write>(
     d: &Domain,
     libxc: &mut LibxcWriter<W>,
     link: &mut VmmClient,
     guest: &GuestMemfd,
+    quiesce: &mut dyn FnMut(Instant) -> Result<(), String>,
     progress: &mut dyn FnMut(MigrateProgress),
 ) -> Result<PreCopyReport, String> {
     let dom0 = kxen_foreign::dirty::for_memfd(&guest.memfd, guest.size)
         .map_err(|e| io_error("Dom0's dirty log", e))?;
     link.dirty_log_start()
         .map_err(|e| format!("starting KVM's dirty log: {e}"))?;
-    let result = passes(d, libxc, link, guest, &dom0, progress);
+    let result = passes(d, libxc, link, guest, &dom0, quiesce, progress);
     let stopped = link.dirty_log_stop();
     let report = result?;
     stopped.map_err(|e| format!("stopping KVM's dirty log: {e}"))?;
@@ -367,6 +380,7 @@ fn passes<W: Write>(
     link: &mut VmmClient,
     guest: &GuestMemfd,
     dom0: &Arc<Dom0Dirty>,
+    quiesce: &mut dyn FnMut(Instant) -> Result<(), String>,
     progress: &mut dyn FnMut(MigrateProgress),
 ) -> Result<PreCopyReport, String> {
     let regions = &guest.regions;
@@ -420,6 +434,12 @@ fn passes<W: Write>(
     // and what changed behind every log.
     d.pause().map_err(|e| format!("pausing the domain: {e}"))?;
     report.paused_at = Some(Instant::now());
+    // The backends still serve the paused domain's rings: once quiesced,
+    // every page they wrote is in the log taken next, and none changes
+    // after the pass reads it.
+    let quiesce_started = Instant::now();
+    quiesce(quiesce_started + QUIESCE_LIMIT).map_err(|e| format!("quiescing the backends: {e}"))?;
+    report.quiesce = quiesce_started.elapsed();
     report.passes += 1;
     let iteration = report.passes;
     let last = dirty_set(link, regions, dom0)?;

@@ -103,7 +103,14 @@ impl Daemon {
         if let Err(e) = d.pause() {
             return Reply::error(format!("cannot pause domain {id}: {e}"));
         }
-        let written = self.write_image(&d, config.as_ref().unwrap_or(&d.record.config), path);
+        // The backends still serve the paused domain's rings: a read they
+        // complete after its page was written to the image would be lost.
+        let devices = self.devices_of(id);
+        let config = config.as_ref().unwrap_or(&d.record.config);
+        let written = devices
+            .quiesce(std::time::Instant::now() + super::precopy::QUIESCE_LIMIT)
+            .map_err(|e| format!("quiescing the backends: {e}"))
+            .and_then(|()| self.write_image(&d, config, path));
         let result = match written {
             Ok(pages) => {
                 self.log(&format!(
@@ -126,6 +133,7 @@ impl Daemon {
                 Reply::ok()
             }
             Ok(()) => {
+                devices.resume();
                 if !leave_paused && !was_paused {
                     if let Err(e) = d.unpause() {
                         return Reply::error(format!("saved, but unpausing domain {id}: {e}"));
@@ -135,6 +143,7 @@ impl Daemon {
             }
             Err(e) => {
                 // A failed save leaves the domain as it was.
+                devices.resume();
                 if !was_paused {
                     let _ = d.unpause();
                 }
