@@ -36,12 +36,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use kxen_foreign::dirty::Dom0Dirty;
-use kxen_stream::libxc::{LibxcWriter, Page, PageType};
+use kxen_stream::libxc::LibxcWriter;
 use kxen_toolstack::protocol::MigrateProgress;
 use kxen_vmm_api::client::GuestMemfd;
 use kxen_vmm_api::{MemfdRegion, VmmClient};
 
-use super::saverestore::io_error;
+use super::saverestore::{guest_page, io_error};
 use crate::domain::Domain;
 
 const PAGE: usize = 4096;
@@ -263,11 +263,7 @@ impl<W: Write> Sender<'_, W> {
             let contents: &[u8; PAGE] = contents
                 .try_into()
                 .map_err(|_| "a page that is not 4096 bytes".to_string())?;
-            pages.push(Page {
-                pfn: (self.regions[index].gpa >> 12) + page,
-                page_type: PageType::NoTab,
-                contents: Some(contents),
-            });
+            pages.push(guest_page((self.regions[index].gpa >> 12) + page, contents));
         }
         self.libxc
             .write_pages(&pages)
