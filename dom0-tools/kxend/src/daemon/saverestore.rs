@@ -98,6 +98,37 @@ fn write_memory<W: Write>(
     Ok(pages_written)
 }
 
+/// Put guest page `pfn` of an incoming stream into the new domain's
+/// memfd: `contents`, or a zero page for `None` (and for all-zero
+/// contents). A zero page is a hole, which reads as zeroes and costs no
+/// memory (and keeps a later live migration's final check short); it is
+/// punched rather than skipped, since an earlier record may have filled
+/// the page. A frame outside the domain's memory is refused.
+fn store_page(
+    memfd: &File,
+    regions: &[MemfdRegion],
+    pfn: u64,
+    contents: Option<&[u8; PAGE]>,
+) -> Result<(), String> {
+    let offset = pfn
+        .checked_mul(PAGE as u64)
+        .and_then(|gpa| regions.iter().find_map(|r| r.offset_of_page(gpa)))
+        .ok_or_else(|| format!("bad image: page {pfn:#x} is outside the domain's memory"))?;
+    match contents {
+        Some(page) if page.iter().any(|&b| b != 0) => memfd
+            .write_all_at(page, offset)
+            .map_err(|e| io_error("writing guest memory", e)),
+        _ => fallocate(
+            memfd,
+            FallocateFlags::FALLOC_FL_PUNCH_HOLE | FallocateFlags::FALLOC_FL_KEEP_SIZE,
+            offset as i64,
+            PAGE as i64,
+        )
+        .map(|_| ())
+        .map_err(|e| io_error("clearing a guest page", e)),
+    }
+}
+
 impl Daemon {
     /// `xl save`: write `domain` to `path`; then destroy it, or with
     /// `checkpoint` let it run on, or with `leave_paused` keep it paused.
@@ -338,46 +369,14 @@ pub(super) fn load_image(input: impl Read, control: &Path) -> Result<(), String>
             LibxcRecord::End => break,
             LibxcRecord::PageData(entries) => {
                 for entry in entries {
-                    let gpa = entry.pfn << 12;
-                    let offset = || {
-                        guest
-                            .regions
-                            .iter()
-                            .find_map(|r| r.offset_of_page(gpa))
-                            .ok_or_else(|| {
-                                format!(
-                                    "bad image: page {:#x} is outside the domain's memory",
-                                    entry.pfn
-                                )
-                            })
-                    };
                     // XALLOC and XTAB carry no contents: the frame is a
                     // zero page here (kxen sends all-zero pages as XALLOC).
                     let zeroed = matches!(entry.page_type, PageType::XAlloc | PageType::XTab);
-                    if !entry.page_type.has_contents() && !zeroed {
-                        continue;
-                    }
                     if entry.page_type.has_contents() {
                         libxc.read_page(&mut page).map_err(bad)?;
-                    }
-                    let offset = offset()?;
-                    if zeroed || page.iter().all(|&b| b == 0) {
-                        // A hole reads as zeroes and costs no memory; it
-                        // also keeps a later live migration's final check
-                        // of this memory short. Punched rather than
-                        // skipped: an earlier record may have filled it.
-                        fallocate(
-                            &memfd,
-                            FallocateFlags::FALLOC_FL_PUNCH_HOLE
-                                | FallocateFlags::FALLOC_FL_KEEP_SIZE,
-                            offset as i64,
-                            PAGE as i64,
-                        )
-                        .map_err(|e| io_error("clearing a guest page", e))?;
-                    } else {
-                        memfd
-                            .write_all_at(&page, offset)
-                            .map_err(|e| io_error("writing guest memory", e))?;
+                        store_page(&memfd, &guest.regions, entry.pfn, Some(&page))?;
+                    } else if zeroed {
+                        store_page(&memfd, &guest.regions, entry.pfn, None)?;
                     }
                 }
             }
@@ -424,4 +423,70 @@ pub(super) fn load_image(input: impl Read, control: &Path) -> Result<(), String>
     vmm.xen_state = emulator.ok_or("bad image: no EMULATOR_CONTEXT with kxen's state")?;
     link.load_state(&image::encode(&vmm))
         .map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn memfd(pages: u64) -> File {
+        let fd =
+            nix::sys::memfd::memfd_create(c"store-page-test", nix::sys::memfd::MFdFlags::empty())
+                .expect("memfd_create");
+        let file = File::from(fd);
+        file.set_len(pages * PAGE as u64).unwrap();
+        file
+    }
+
+    fn read(file: &File, offset: u64) -> [u8; PAGE] {
+        let mut page = [0u8; PAGE];
+        file.read_exact_at(&mut page, offset).unwrap();
+        page
+    }
+
+    #[test]
+    fn a_zero_page_after_data_clears_it_and_frees_it() {
+        let file = memfd(8);
+        // Guest frames 0x100..0x104 at memfd pages 4..8.
+        let regions = [MemfdRegion {
+            gpa: 0x100 << 12,
+            len: 4 * PAGE as u64,
+            offset: 4 * PAGE as u64,
+        }];
+        let data = [0x5au8; PAGE];
+        store_page(&file, &regions, 0x102, Some(&data)).unwrap();
+        assert_eq!(read(&file, 6 * PAGE as u64), data);
+        // A later pass sends the frame as XALLOC (no contents): it must
+        // read as zeroes again, and be a hole.
+        store_page(&file, &regions, 0x102, None).unwrap();
+        assert_eq!(read(&file, 6 * PAGE as u64), [0; PAGE]);
+        let next_data = nix::unistd::lseek(&file, 0, nix::unistd::Whence::SeekData);
+        assert_eq!(
+            next_data,
+            Err(nix::errno::Errno::ENXIO),
+            "the page still holds memory"
+        );
+        // All-zero contents are stored as a hole as well.
+        store_page(&file, &regions, 0x103, Some(&[0; PAGE])).unwrap();
+        assert_eq!(
+            nix::unistd::lseek(&file, 0, nix::unistd::Whence::SeekData),
+            Err(nix::errno::Errno::ENXIO)
+        );
+    }
+
+    #[test]
+    fn frames_outside_the_domain_are_refused() {
+        let file = memfd(4);
+        let regions = [MemfdRegion {
+            gpa: 0,
+            len: 4 * PAGE as u64,
+            offset: 0,
+        }];
+        for pfn in [4, 0x1000, u64::MAX >> 12, u64::MAX] {
+            let err = store_page(&file, &regions, pfn, Some(&[1; PAGE])).unwrap_err();
+            assert!(err.contains("outside the domain's memory"), "{err}");
+            assert!(store_page(&file, &regions, pfn, None).is_err());
+        }
+        assert_eq!(file.metadata().unwrap().len(), 4 * PAGE as u64);
+    }
 }
