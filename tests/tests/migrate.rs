@@ -8,7 +8,7 @@
 //! migration whose pipe is cut halfway leaves the source running and
 //! answering, and nothing on the destination.
 
-use std::process::Command;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use kxen_tests::dom0::{show, Dom0};
@@ -177,6 +177,69 @@ fn cut_migration_leaves_the_source_running() {
         "a destination kxen-vmm was left running"
     );
     src.ok(&["destroy", "ct"]);
+}
+
+/// `kxl migrate` killed once the source is paused for its final pass
+/// (the user's Ctrl-C, or a crash): kxend loses the connection it was
+/// streaming to, and resumes the source, running and serving. The
+/// destination gets only the stream's first 64 KiB and then waits (the
+/// rest is swallowed), so the sender has sent everything and waits for
+/// an answer when it dies.
+#[test]
+fn killed_sender_leaves_the_source_running() {
+    let src = Dom0::new("migkillsrc");
+    let dst = Dom0::new("migkilldst");
+    src.boot_service_guest("kl");
+    let ssh = dst.remote_shell("ssh-stall", "{ head -c 65536; cat > /dev/null; }");
+    let mut sender = Command::new(kxen_tests::workspace_bin("kxl"))
+        .args(["migrate", "-s", ssh.to_str().unwrap(), "kl", "dsthost"])
+        .env("KXEN_STATE_DIR", src.dir.join("state"))
+        .env("KXEN_RUN_DIR", src.dir.join("run"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("kxl migrate");
+    let started = Instant::now();
+    loop {
+        let list = src.ok(&["list", "kl"]);
+        if list.lines().nth(1).unwrap_or("").contains('p') {
+            break;
+        }
+        assert!(
+            sender.try_wait().unwrap().is_none(),
+            "kxl migrate ended before the final pass"
+        );
+        assert!(
+            started.elapsed() < GUEST_LIMIT,
+            "the source never paused for its final pass:\n{list}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    sender.kill().unwrap();
+    sender.wait().unwrap();
+
+    let started = Instant::now();
+    loop {
+        let list = src.ok(&["list", "kl"]);
+        if !list.lines().nth(1).unwrap_or("p").contains('p') {
+            break;
+        }
+        assert!(
+            started.elapsed() < GUEST_LIMIT,
+            "the source stayed paused after its sender died:\n{list}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let echo = src.guest_command("kl", "after-kill", "echo: after-kill", GUEST_LIMIT);
+    assert_eq!(echo, "echo: after-kill");
+    let after = src.guest_command("kl", "xs read name", "xs read", GUEST_LIMIT);
+    assert_eq!(after, "xs read ok kl", "the source guest still serves");
+    assert!(
+        !dst.is_listed("kl"),
+        "the destination kept a half-built domain"
+    );
+    src.ok(&["destroy", "kl"]);
 }
 
 /// A migration that fails after its final pass, when the source's
