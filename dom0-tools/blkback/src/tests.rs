@@ -838,16 +838,18 @@ fn a_frontend_that_never_stops_cannot_block_disconnect() {
     assert_eq!(counters["errors"], 0);
 }
 
-#[test]
-fn a_stopping_queue_takes_no_more_requests() {
+/// A queue on a one-page ring (Dom0 port 1) over a 64-sector image,
+/// with flush, barrier and discard offered: the image (kept for the
+/// queue's life), the guest, its front ring and the queue.
+fn single_queue() -> (Image, Guest, FrontRing, crate::queue::Queue) {
     use crate::backring::BackRing;
     use crate::disk::Disk;
-    use crate::queue::{Features, Pass, Queue};
+    use crate::queue::{Features, Queue};
     use crate::request::Limits;
 
     let image = Image::new(64);
     let mut guest = Guest::new();
-    let (refs, mut front, chan) = make_ring(&mut guest, 0, 1);
+    let (refs, front, chan) = make_ring(&mut guest, 0, 1);
     let grants = guest.table();
     let ring =
         BackRing::attach(refs.iter().map(|&r| grants.map(r, true).unwrap()).collect()).unwrap();
@@ -862,7 +864,16 @@ fn a_stopping_queue_takes_no_more_requests() {
         barrier: true,
         discard: true,
     };
-    let mut q = Queue::new(0, ring, chan, grants, disk, stats, limits, features, None);
+    let q = Queue::new(0, ring, chan, grants, disk, stats, limits, features, None);
+    (image, guest, front, q)
+}
+
+#[test]
+fn a_stopping_queue_takes_no_more_requests() {
+    use crate::queue::Pass;
+
+    // The image lives as long as the queue that reads it.
+    let (_image, mut guest, mut front, mut q) = single_queue();
     let (g, _) = guest.grant_new(false);
     front.queue(rw_request(BLKIF_OP_READ, 1, 0, &[(g, 0, 0)]).as_bytes());
     front.push();
@@ -879,31 +890,11 @@ fn a_stopping_queue_takes_no_more_requests() {
 /// without a kick) exactly once.
 #[test]
 fn quiesce_waits_for_the_request_in_flight_and_resume_serves_the_rest() {
-    use crate::backring::BackRing;
-    use crate::disk::Disk;
-    use crate::queue::{Features, Queue, QueueThread};
-    use crate::request::Limits;
+    use crate::queue::QueueThread;
     use kxen_foreign::quiesce::QuiesceError;
     use std::sync::mpsc;
 
-    let image = Image::new(64);
-    let mut guest = Guest::new();
-    let (refs, mut front, chan) = make_ring(&mut guest, 0, 1);
-    let grants = guest.table();
-    let ring =
-        BackRing::attach(refs.iter().map(|&r| grants.map(r, true).unwrap()).collect()).unwrap();
-    let disk = Arc::new(Disk::open(&VbdSpec::new(&image.0, false)).unwrap());
-    let stats = Arc::new(crate::stats::Stats::default());
-    let limits = Limits {
-        capacity: disk.sectors(),
-        max_indirect_segments: 0,
-    };
-    let features = Features {
-        flush: true,
-        barrier: true,
-        discard: true,
-    };
-    let mut q = Queue::new(0, ring, chan, grants, disk, stats, limits, features, None);
+    let (image, mut guest, mut front, mut q) = single_queue();
     // Request 1 is held in flight until the test lets it go.
     let (entered_tx, entered) = mpsc::channel::<u64>();
     let (release, release_rx) = mpsc::channel::<()>();
