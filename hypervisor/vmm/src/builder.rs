@@ -387,7 +387,7 @@ pub fn build(cfg: &VmConfig, started: Instant) -> Result<Vm, VmError> {
     };
 
     let ap_start = Arc::new(ApStarter::new(cfg.vcpus));
-    let perf = Arc::new(crate::perf::PerfCounters::default());
+    let perf = Arc::new(crate::perf::PerfCounters::new(cfg.vcpus));
     if let Some(stats) = crate::perf::KvmStats::open(&vm) {
         perf.add_kvm_stats(stats);
     }

@@ -94,7 +94,9 @@ impl ExitKind {
 /// Hypercall numbers counted one by one; higher ones share the last slot.
 const HYPERCALL_SLOTS: usize = 64;
 
-/// A count and the nanoseconds spent on it.
+/// A count and the nanoseconds spent on it. Only its vCPU's thread
+/// writes it, so an add is a plain load and store (no locked
+/// instruction); the control socket only reads.
 #[derive(Default)]
 struct Tally {
     count: AtomicU64,
@@ -103,71 +105,98 @@ struct Tally {
 
 impl Tally {
     fn add(&self, spent: Duration) {
-        self.count.fetch_add(1, Ordering::Relaxed);
-        self.ns.fetch_add(
-            spent.as_nanos().min(u64::MAX as u128) as u64,
-            Ordering::Relaxed,
-        );
+        let ns = spent.as_nanos().min(u64::MAX as u128) as u64;
+        let count = self.count.load(Ordering::Relaxed);
+        self.count.store(count.wrapping_add(1), Ordering::Relaxed);
+        let total = self.ns.load(Ordering::Relaxed);
+        self.ns.store(total.wrapping_add(ns), Ordering::Relaxed);
     }
 
-    fn put(&self, out: &mut BTreeMap<String, u64>, name: &str) {
+    /// Add this tally into `out` as `vmm.NAME` and `vmm.NAME_ns`.
+    fn sum_into(&self, out: &mut BTreeMap<String, u64>, name: &str) {
         let count = self.count.load(Ordering::Relaxed);
         if count != 0 {
-            out.insert(format!("vmm.{name}"), count);
-            out.insert(format!("vmm.{name}_ns"), self.ns.load(Ordering::Relaxed));
+            *out.entry(format!("vmm.{name}")).or_default() += count;
+            *out.entry(format!("vmm.{name}_ns")).or_default() += self.ns.load(Ordering::Relaxed);
         }
     }
 }
 
-/// The domain's counters, shared by its vCPUs and the control socket.
-pub struct PerfCounters {
-    /// Time the vCPUs spent inside KVM_RUN: guest code, KVM's own exits
-    /// and its emulator.
+/// One vCPU's counters, on cache lines of their own: the exit path of
+/// one vCPU never writes a line another vCPU writes.
+#[repr(align(64))]
+struct VcpuPerf {
+    /// Time spent inside KVM_RUN: guest code, KVM's own exits and its
+    /// emulator.
     in_kvm: Tally,
     exits: [Tally; ExitKind::ALL.len()],
     /// Exits that blocked the vCPU, and for how long.
     blocked: Tally,
     hypercalls: [Tally; HYPERCALL_SLOTS],
+}
+
+impl Default for VcpuPerf {
+    fn default() -> Self {
+        VcpuPerf {
+            in_kvm: Tally::default(),
+            exits: std::array::from_fn(|_| Tally::default()),
+            blocked: Tally::default(),
+            hypercalls: std::array::from_fn(|_| Tally::default()),
+        }
+    }
+}
+
+/// The domain's counters: written by each vCPU's thread in its own
+/// block, read by the control socket.
+pub struct PerfCounters {
+    vcpus: Vec<VcpuPerf>,
     /// Whole shadow-MMU flushes (a memory slot added and removed).
     shadow_flushes: AtomicU64,
     kvm_stats: Mutex<Vec<KvmStats>>,
 }
 
-impl Default for PerfCounters {
-    fn default() -> Self {
+impl PerfCounters {
+    pub fn new(nr_vcpus: u32) -> Self {
         PerfCounters {
-            in_kvm: Tally::default(),
-            exits: std::array::from_fn(|_| Tally::default()),
-            blocked: Tally::default(),
-            hypercalls: std::array::from_fn(|_| Tally::default()),
+            vcpus: (0..nr_vcpus).map(|_| VcpuPerf::default()).collect(),
             shadow_flushes: AtomicU64::new(0),
             kvm_stats: Mutex::new(Vec::new()),
         }
     }
-}
 
-impl PerfCounters {
-    /// One KVM_RUN that took `spent`.
-    pub fn ran(&self, spent: Duration) {
-        self.in_kvm.add(spent);
+    /// vCPU `vcpu`'s counters; only its own thread may add to them.
+    fn of(&self, vcpu: u32) -> Option<&VcpuPerf> {
+        self.vcpus.get(vcpu as usize)
     }
 
-    /// One exit of `kind` that kxen-vmm took `spent` to serve, `blocked`
-    /// of it with the vCPU blocked in a SCHEDOP hypercall (idle, counted
-    /// apart as `vmm.blocked`).
-    pub fn exit(&self, kind: ExitKind, spent: Duration, blocked: Duration) {
-        self.exits[kind.index()].add(spent.saturating_sub(blocked));
-        if !blocked.is_zero() {
-            self.blocked.add(blocked);
+    /// One KVM_RUN of `vcpu` that took `spent`.
+    pub fn ran(&self, vcpu: u32, spent: Duration) {
+        if let Some(v) = self.of(vcpu) {
+            v.in_kvm.add(spent);
         }
     }
 
-    /// One hypercall `nr` served in `spent`.
-    pub fn hypercall(&self, nr: u64, spent: Duration) {
-        let slot = (nr as usize).min(HYPERCALL_SLOTS - 1);
-        self.hypercalls[slot].add(spent);
+    /// One exit of `vcpu`, of `kind`, that kxen-vmm took `spent` to serve,
+    /// `blocked` of it with the vCPU blocked in a SCHEDOP hypercall (idle,
+    /// counted apart as `vmm.blocked`).
+    pub fn exit(&self, vcpu: u32, kind: ExitKind, spent: Duration, blocked: Duration) {
+        if let Some(v) = self.of(vcpu) {
+            v.exits[kind.index()].add(spent.saturating_sub(blocked));
+            if !blocked.is_zero() {
+                v.blocked.add(blocked);
+            }
+        }
     }
 
+    /// One hypercall `nr` of `vcpu`, served in `spent`.
+    pub fn hypercall(&self, vcpu: u32, nr: u64, spent: Duration) {
+        if let Some(v) = self.of(vcpu) {
+            let slot = (nr as usize).min(HYPERCALL_SLOTS - 1);
+            v.hypercalls[slot].add(spent);
+        }
+    }
+
+    /// A whole shadow-MMU flush (rare: any vCPU, a locked add is fine).
     pub fn shadow_flush(&self) {
         self.shadow_flushes.fetch_add(1, Ordering::Relaxed);
     }
@@ -179,23 +208,25 @@ impl PerfCounters {
         }
     }
 
-    /// Every counter by name: `vmm.*` are kxen-vmm's, `kvm.*` KVM's
-    /// cumulative vCPU statistics summed over the vCPUs. Counters that
-    /// are still zero are left out.
+    /// Every counter by name, summed over the vCPUs: `vmm.*` are
+    /// kxen-vmm's, `kvm.*` KVM's cumulative statistics. Counters that are
+    /// still zero are left out.
     pub fn snapshot(&self) -> BTreeMap<String, u64> {
         let mut out = BTreeMap::new();
-        self.in_kvm.put(&mut out, "kvm_run");
-        self.blocked.put(&mut out, "blocked");
-        for kind in ExitKind::ALL {
-            self.exits[kind.index()].put(&mut out, &format!("exit.{}", kind.name()));
-        }
-        for (nr, tally) in self.hypercalls.iter().enumerate() {
-            let name = if nr == HYPERCALL_SLOTS - 1 {
-                format!("hypercall.{nr}+")
-            } else {
-                format!("hypercall.{nr}")
-            };
-            tally.put(&mut out, &name);
+        for v in &self.vcpus {
+            v.in_kvm.sum_into(&mut out, "kvm_run");
+            v.blocked.sum_into(&mut out, "blocked");
+            for kind in ExitKind::ALL {
+                v.exits[kind.index()].sum_into(&mut out, &format!("exit.{}", kind.name()));
+            }
+            for (nr, tally) in v.hypercalls.iter().enumerate() {
+                let name = if nr == HYPERCALL_SLOTS - 1 {
+                    format!("hypercall.{nr}+")
+                } else {
+                    format!("hypercall.{nr}")
+                };
+                tally.sum_into(&mut out, &name);
+            }
         }
         let flushes = self.shadow_flushes.load(Ordering::Relaxed);
         if flushes != 0 {
@@ -390,19 +421,23 @@ mod tests {
 
     #[test]
     fn snapshot_names_exits_and_hypercalls() {
-        let perf = PerfCounters::default();
+        let perf = PerfCounters::new(2);
         perf.exit(
+            0,
             ExitKind::PvSyscall,
             Duration::from_nanos(500),
             Duration::ZERO,
         );
         perf.exit(
+            1,
             ExitKind::PvSyscall,
             Duration::from_nanos(5700),
             Duration::from_nanos(5000),
         );
-        perf.hypercall(1, Duration::from_nanos(10));
-        perf.hypercall(999, Duration::from_nanos(10));
+        perf.hypercall(0, 1, Duration::from_nanos(10));
+        perf.hypercall(1, 999, Duration::from_nanos(10));
+        // A vCPU the domain does not have counts nowhere.
+        perf.hypercall(2, 1, Duration::from_nanos(10));
         let snap = perf.snapshot();
         assert_eq!(snap["vmm.exit.pv_syscall"], 2);
         assert_eq!(snap["vmm.exit.pv_syscall_ns"], 1200);

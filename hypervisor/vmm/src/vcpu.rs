@@ -201,7 +201,7 @@ impl Vcpu {
 
     /// Count hypercall `nr`, served in `spent`.
     fn count_hypercall(&mut self, nr: u64, spent: Duration) {
-        self.rt.perf.hypercall(nr, spent);
+        self.rt.perf.hypercall(self.id, nr, spent);
         if nr == xen_abi::hypercall::SCHED_OP {
             self.blocked_in_exit += spent;
         }
@@ -327,13 +327,14 @@ impl Vcpu {
         let entered = Instant::now();
         let run = self.kvm.run();
         let returned = Instant::now();
-        let perf = self.rt.perf.clone();
-        perf.ran(returned - entered);
+        self.rt.perf.ran(self.id, returned - entered);
         let exit = match run {
             Ok(exit) => exit,
             Err(RunError::Interrupted) => {
                 self.kvm.clear_immediate_exit();
-                perf.exit(ExitKind::Other, returned.elapsed(), Duration::ZERO);
+                self.rt
+                    .perf
+                    .exit(self.id, ExitKind::Other, returned.elapsed(), Duration::ZERO);
                 return VcpuState::Running;
             }
             Err(RunError::Failed(e)) => {
@@ -357,7 +358,9 @@ impl Vcpu {
             }
         };
         let blocked = std::mem::take(&mut self.blocked_in_exit);
-        perf.exit(kind, returned.elapsed(), blocked);
+        self.rt
+            .perf
+            .exit(self.id, kind, returned.elapsed(), blocked);
         match outcome {
             ExitOutcome::Continue => VcpuState::Running,
             ExitOutcome::Stop(exit) => VcpuState::Stopped(Some(exit)),
