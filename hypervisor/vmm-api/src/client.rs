@@ -211,6 +211,12 @@ impl VmmClient {
         self.plain(Request::Destroy)
     }
 
+    /// Cancel the paused guest's suspend: its suspend hypercall returns 1
+    /// and it resumes in place at the next `unpause`.
+    pub fn resume_suspended(&mut self) -> Result<(), ClientError> {
+        self.plain(Request::ResumeSuspended)
+    }
+
     /// The paused domain's state ([`crate::image`]), read from the memfd
     /// the reply carries.
     pub fn save_state(&mut self) -> Result<Vec<u8>, ClientError> {

@@ -53,6 +53,13 @@ pub enum Request {
     /// never-unpaused domain, whose memory Dom0 has filled.
     #[serde(rename = "load-state")]
     LoadState,
+    /// Cancel the guest's suspend (Xen's xc_domain_resume): the paused,
+    /// suspended domain's SCHEDOP_shutdown(SHUTDOWN_suspend) returns 1,
+    /// so the guest resumes in place with its devices connected (a
+    /// checkpoint, or a save or migration that failed). The domain stays
+    /// paused until `unpause`.
+    #[serde(rename = "resume-suspended")]
+    ResumeSuspended,
     /// Where the domain's time went: named counters (kxen-vmm's exits by
     /// kind and the time it spent on them, hypercalls by number, KVM's
     /// own vCPU statistics), cumulative since the domain started.
@@ -133,6 +140,10 @@ pub struct DomainInfo {
     /// vCPUs up (online and started).
     #[serde(default)]
     pub vcpus_online: u32,
+    /// The guest suspended itself (SCHEDOP_shutdown with SHUTDOWN_suspend)
+    /// and waits, paused, for the toolstack to save or resume it.
+    #[serde(default)]
+    pub suspended: bool,
 }
 
 /// A reply line. `ok` says whether the request was served; the other

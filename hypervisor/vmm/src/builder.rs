@@ -294,6 +294,7 @@ pub fn build(cfg: &VmConfig, started: Instant) -> Result<Vm, VmError> {
     let platform = VmmPlatform {
         domid: cfg.domid,
         memory: memory.clone(),
+        nr_vcpus: cfg.vcpus,
         kicker: kicker.clone(),
         dom0: dom0_link.clone(),
         events: events.clone(),

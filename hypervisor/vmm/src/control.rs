@@ -66,6 +66,7 @@ impl ControlHandles {
                     .all(|v| v.runstate.state == xen_abi::vcpu::RUNSTATE_BLOCKED);
             (up.len() as u32, blocked)
         };
+        let suspended = domain.suspended_by().is_some();
         DomainInfo {
             blocked,
             vcpus_online: online,
@@ -78,6 +79,7 @@ impl ControlHandles {
             hypercalls: domain.hypercalls.load(std::sync::atomic::Ordering::Relaxed),
             uptime_ms: self.started.elapsed().as_millis() as u64,
             pid: std::process::id(),
+            suspended,
         }
     }
 }
@@ -181,9 +183,12 @@ impl ControlServer {
         let h = &self.handles;
         let (reply, fds, _owned) = match wire::parse_request(line) {
             Ok(Request::VirtioAttach(req)) => virtio_attach(h, &req),
-            Ok(req @ (Request::SaveState | Request::RestoreBuffer { .. } | Request::LoadState)) => {
-                save_restore(h, &req)
-            }
+            Ok(
+                req @ (Request::SaveState
+                | Request::RestoreBuffer { .. }
+                | Request::LoadState
+                | Request::ResumeSuspended),
+            ) => save_restore(h, &req),
             Ok(req @ (Request::DirtyLogStart | Request::DirtyLog | Request::DirtyLogStop)) => {
                 dirty_log(h, &req)
             }
@@ -384,6 +389,10 @@ fn save_restore(h: &ControlHandles, req: &Request) -> EventReply {
                 Err(e) => refuse(format!("restore: {e}")),
             }
         }
+        Request::ResumeSuspended => match crate::state::cancel_suspend(h) {
+            Ok(()) => (Reply::ok(), vec![], None),
+            Err(e) => refuse(format!("resume-suspended: {e}")),
+        },
         _ => refuse("unreachable".into()),
     }
 }
@@ -481,6 +490,7 @@ fn handle(h: &ControlHandles, req: Request) -> (Reply, Vec<i32>) {
         | Request::SaveState
         | Request::RestoreBuffer { .. }
         | Request::LoadState
+        | Request::ResumeSuspended
         | Request::DirtyLogStart
         | Request::DirtyLog
         | Request::DirtyLogStop

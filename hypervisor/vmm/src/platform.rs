@@ -22,6 +22,7 @@ use crate::vcpu::gate::GuestEntryGate;
 pub struct VmmPlatform {
     pub domid: u16,
     pub memory: Arc<GuestMemory>,
+    pub nr_vcpus: u32,
     pub kicker: Arc<Kicker>,
     pub dom0: Arc<Dom0Ports>,
     pub events: Arc<EventRouting>,
@@ -56,6 +57,16 @@ impl Platform for VmmPlatform {
     }
 
     fn shutdown(&self, reason: u32) {
+        if reason == xen_abi::sched::SHUTDOWN_SUSPEND {
+            // Xen keeps a suspended domain, paused, for the toolstack to
+            // save (or resume): no vCPU enters the guest again, the
+            // suspending one as soon as its hypercall is answered.
+            self.gate.close();
+            for vcpu in 0..self.nr_vcpus {
+                self.kicker.kick(vcpu);
+            }
+            return;
+        }
         self.exit.request_exit(DomainExit::Shutdown(reason));
     }
 

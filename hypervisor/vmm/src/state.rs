@@ -43,6 +43,8 @@ const PAGE: usize = 4096;
 pub enum StateError {
     #[error("the domain must be paused")]
     NotPaused,
+    #[error("the domain has not suspended itself")]
+    NotSuspended,
     #[error("{0}")]
     Vcpus(#[from] crate::vcpu::gate::JobError),
     #[error("vCPU {0}: {1}")]
@@ -93,6 +95,30 @@ fn started_vcpus(h: &ControlHandles) -> Vec<u32> {
         .filter(|(_, v)| v.initialised)
         .map(|(i, _)| i as u32)
         .collect()
+}
+
+/// `resume-suspended`: cancel the paused guest's suspend, as Xen's
+/// xc_domain_resume does for a checkpoint or a failed save: the suspending
+/// vCPU's SCHEDOP_shutdown returns 1 ("cancelled"), so the guest resumes
+/// in place with its Xen state and its devices as they were.
+pub fn cancel_suspend(h: &ControlHandles) -> Result<(), StateError> {
+    if !h.pauser.is_paused() {
+        return Err(StateError::NotPaused);
+    }
+    let vcpu = h.domain.suspended_by().ok_or(StateError::NotSuspended)?;
+    // Make sure the suspending vCPU left its hypercall for the gate.
+    h.pauser.pause();
+    h.domain.release_waiters(true);
+    let results = h
+        .pauser
+        .gate
+        .run_jobs(vec![(vcpu, VcpuJob::SetHypercallReturn(1))], VCPU_DEADLINE);
+    h.domain.release_waiters(false);
+    for (vcpu, result) in results? {
+        result.map_err(|e| StateError::Vcpu(vcpu, e))?;
+    }
+    h.domain.clear_suspended();
+    Ok(())
 }
 
 /// The paused domain's state.
@@ -337,14 +363,6 @@ pub fn load(h: &ControlHandles, bytes: &[u8]) -> Result<(), StateError> {
                 if has { "has" } else { "has no" }
             )));
         }
-    }
-    if per_vcpu
-        .get(1..)
-        .is_some_and(|aps| aps.iter().any(|l| !l.is_empty()))
-    {
-        return Err(StateError::Context(
-            "restoring a domain with more than one started vCPU is not supported yet".into(),
-        ));
     }
     for entries in &per_vcpu {
         if entries.is_empty() {

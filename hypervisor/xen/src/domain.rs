@@ -10,6 +10,7 @@ use vm_memory::{Bytes, GuestAddress, GuestAddressSpace, GuestMemoryAtomic, Guest
 use xen_abi::event_channel::VIRQ_TIMER;
 use xen_abi::hvm::*;
 use xen_abi::memory::E820Entry;
+use xen_abi::sched::SHUTDOWN_SUSPEND;
 use xen_abi::shared_info::*;
 use xen_abi::vcpu::*;
 use xen_abi::PAGE_SIZE;
@@ -43,7 +44,10 @@ pub trait Platform: Send + Sync {
     fn unmap_overlay(&self, gfn: u64);
     /// Release the RAM page at `gfn` (balloon); it reads back as zeroes.
     fn discard_ram(&self, gfn: u64);
-    /// The domain asked to shut down with `reason` (SHUTDOWN_*).
+    /// The domain asked to shut down with `reason` (SHUTDOWN_*). For
+    /// SHUTDOWN_suspend the domain stays: the platform must keep every
+    /// vCPU out of the guest from now on (the suspending one included,
+    /// once its hypercall returns) until the toolstack decides.
     fn shutdown(&self, reason: u32);
     /// Hypervisor console output (`console_io` write).
     fn console_write(&self, data: &[u8]);
@@ -187,6 +191,10 @@ pub struct DomainState {
     /// RAM GFNs released by the balloon.
     pub ballooned: BTreeSet<u64>,
     pub shutdown_code: Option<u32>,
+    /// The vCPU that suspended the domain (SCHEDOP_shutdown with
+    /// SHUTDOWN_suspend), until the toolstack saves it or cancels the
+    /// suspend. Xen keeps a suspended domain, paused, for the toolstack.
+    pub suspended_by: Option<u32>,
     pub vm_assist: u64,
     /// Xen's `has_32bit_shinfo`: the layout latched from the vCPU's mode
     /// (see [`Domain::latch_shared_info_layout`]).
@@ -243,6 +251,7 @@ impl Domain {
             grants: GrantTable::default(),
             ballooned: BTreeSet::new(),
             shutdown_code: None,
+            suspended_by: None,
             vm_assist: 0,
             shared_info_layout: SharedInfoLayout::Native,
         };
@@ -1009,6 +1018,34 @@ impl Domain {
             flag.store(online, Ordering::Release);
         }
         self.wake.notify_all();
+    }
+
+    /// The guest suspended itself on `vcpu` (SCHEDOP_shutdown with
+    /// SHUTDOWN_suspend): record it and tell the VMM, which pauses the
+    /// domain before the vCPU runs another instruction. A second request
+    /// while suspended changes nothing.
+    pub fn request_suspend(&self, vcpu: u32) {
+        {
+            let mut st = self.lock();
+            if st.suspended_by.is_some() {
+                return;
+            }
+            st.suspended_by = Some(vcpu);
+        }
+        info!(domid = self.cfg.domid, vcpu, "domain suspended itself");
+        self.platform.shutdown(SHUTDOWN_SUSPEND);
+    }
+
+    /// The vCPU whose SCHEDOP_shutdown(SHUTDOWN_suspend) suspended the
+    /// domain, while it is suspended.
+    pub fn suspended_by(&self) -> Option<u32> {
+        self.lock().suspended_by
+    }
+
+    /// The suspend is over in this domain: it was cancelled (a checkpoint,
+    /// or a save or migration that failed), and the guest resumes in place.
+    pub fn clear_suspended(&self) {
+        self.lock().suspended_by = None;
     }
 
     /// Record a shutdown request from the guest and tell the VMM.

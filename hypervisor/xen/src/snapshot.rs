@@ -9,8 +9,8 @@
 //! changes, and a refusal says which field was wrong.
 
 use serde::{Deserialize, Serialize};
-use xen_abi::hvm::HVM_NR_PARAMS;
-use xen_abi::vcpu::RunstateInfo;
+use xen_abi::hvm::{HVM_NR_PARAMS, HVM_PARAM_CONSOLE_PFN, HVM_PARAM_STORE_PFN};
+use xen_abi::vcpu::{RunstateInfo, RUNSTATE_OFFLINE, RUNSTATE_RUNNING};
 
 use crate::domain::Domain;
 use crate::evtchn::{Port, PortState, PortTable};
@@ -67,6 +67,12 @@ pub struct XenSnapshot {
     pub grant_status_frames: Vec<(u32, u64)>,
     pub ballooned: Vec<u64>,
     pub vm_assist: u64,
+    /// The guest had suspended itself (Xen's suspend protocol). Such a
+    /// guest sets up its Xen state again when it resumes, as in a new Xen
+    /// domain: only the vCPUs' started flags, the HVM params and the
+    /// balloon travel; the rest of this record is empty.
+    #[serde(default)]
+    pub suspended: bool,
 }
 
 /// Why a snapshot cannot be taken or loaded.
@@ -88,6 +94,8 @@ pub enum SnapshotError {
     SharedInfo(u64),
     #[error("ballooned GFN {0:#x} is not RAM")]
     Balloon(u64),
+    #[error("HVM param {param}: the image's guest has its ring at GFN {image:#x}, this domain at {here:#x}")]
+    RingFrame { param: u32, image: u64, here: u64 },
 }
 
 fn port_snapshot(port: u32, entry: Port) -> PortSnapshot {
@@ -167,6 +175,9 @@ impl Domain {
     /// The domain's Xen state. The caller has paused the domain, and every
     /// vCPU is out of the hypervisor ([`Domain::release_waiters`]).
     pub fn snapshot(&self) -> Result<XenSnapshot, SnapshotError> {
+        if self.suspended_by().is_some() {
+            return Ok(self.suspended_snapshot());
+        }
         if self.uses_fifo_events() {
             return Err(SnapshotError::FifoEvents);
         }
@@ -221,7 +232,83 @@ impl Domain {
             grant_status_frames: placed(&st.grants.status_frames),
             ballooned: st.ballooned.iter().copied().collect(),
             vm_assist: st.vm_assist,
+            suspended: false,
         })
+    }
+
+    /// A suspended domain's snapshot (see [`XenSnapshot::suspended`]).
+    fn suspended_snapshot(&self) -> XenSnapshot {
+        let st = self.lock();
+        XenSnapshot {
+            system_time_ns: self.clock.now_ns(),
+            nr_vcpus: self.cfg.nr_vcpus,
+            params: st
+                .params
+                .iter()
+                .enumerate()
+                .filter(|(_, v)| **v != 0)
+                .map(|(i, v)| (i as u32, *v))
+                .collect(),
+            vcpus: st
+                .vcpus
+                .iter()
+                .map(|v| VcpuSnapshot {
+                    initialised: v.initialised,
+                    online: v.online,
+                    ..Default::default()
+                })
+                .collect(),
+            ballooned: st.ballooned.iter().copied().collect(),
+            suspended: true,
+            ..Default::default()
+        }
+    }
+
+    /// Take over a suspended domain's snapshot: this new domain keeps the
+    /// Xen state it was built with (the xenstore and console channels and
+    /// their params, nothing else bound or placed), which is what the
+    /// resuming guest expects of a new Xen domain; the vCPUs the image
+    /// started are started here. The rings' frames must be where the
+    /// image's guest has them mapped.
+    fn load_suspended(&self, snap: &XenSnapshot) -> Result<(), SnapshotError> {
+        let mut st = self.lock();
+        for index in [HVM_PARAM_STORE_PFN, HVM_PARAM_CONSOLE_PFN] {
+            let image = snap
+                .params
+                .iter()
+                .find(|(i, _)| *i == index)
+                .map_or(0, |(_, v)| *v);
+            let here = st.params.get(index as usize).copied().unwrap_or(0);
+            if image != here {
+                return Err(SnapshotError::RingFrame {
+                    param: index,
+                    image,
+                    here,
+                });
+            }
+        }
+        if let Some(gfn) = snap.ballooned.iter().find(|g| !self.cfg.is_ram(**g)) {
+            return Err(SnapshotError::Balloon(*gfn));
+        }
+        if !snap.vcpus.first().is_some_and(|v| v.initialised) {
+            return Err(SnapshotError::Vcpu {
+                vcpu: 0,
+                why: "the boot vCPU is not started".into(),
+            });
+        }
+        st.ballooned = snap.ballooned.iter().copied().collect();
+        for (i, v) in snap.vcpus.iter().enumerate() {
+            st.vcpus[i].initialised = v.initialised;
+            let online = v.initialised && v.online;
+            self.set_online(&mut st, i as u32, online);
+            let state = if online {
+                RUNSTATE_RUNNING
+            } else {
+                RUNSTATE_OFFLINE
+            };
+            self.set_runstate(&mut st, i as u32, state);
+        }
+        Ok(())
     }
 
     /// Whether `gfn` is RAM or the VMM's special window (a registered
@@ -255,6 +342,9 @@ impl Domain {
                 image: snap.vcpus.len() as u32,
                 domain: self.cfg.nr_vcpus,
             });
+        }
+        if snap.suspended {
+            return self.load_suspended(snap);
         }
         let mut params = [0u64; HVM_NR_PARAMS as usize];
         for &(index, value) in &snap.params {

@@ -224,6 +224,16 @@ impl GuestEntryGate {
         }
     }
 
+    /// Close the gate without waiting for the vCPUs to leave: for a vCPU
+    /// thread that must not return to the guest (the domain suspended
+    /// itself in its hypercall) and cannot wait for itself. Waiting is
+    /// left to the next [`Self::pause`].
+    pub fn close(&self) {
+        let mut st = self.lock();
+        st.paused = true;
+        self.paused_fast.store(true, Ordering::SeqCst);
+    }
+
     pub fn unpause(&self) {
         let mut st = self.lock();
         st.paused = false;
@@ -319,6 +329,21 @@ mod tests {
         gate.stop();
         assert!(!vcpu.join().expect("vCPU thread"));
         assert_eq!(gate.in_guest.load(Ordering::SeqCst), 0);
+    }
+
+    #[test]
+    fn a_vcpu_that_closed_the_gate_in_its_exit_stops_at_its_next_entry() {
+        let gate = Arc::new(GuestEntryGate::new(false));
+        assert!(gate.enter());
+        // It serves SCHEDOP_shutdown(SHUTDOWN_suspend) and closes the gate.
+        gate.close();
+        assert!(gate.is_paused());
+        gate.leave();
+        assert!(gate.pause(|| {}), "nothing left in the guest");
+        let vcpu_gate = gate.clone();
+        let vcpu = std::thread::spawn(move || vcpu_gate.enter());
+        gate.unpause();
+        assert!(vcpu.join().expect("vCPU thread"));
     }
 
     #[test]

@@ -32,6 +32,9 @@ pub enum VcpuJob {
     Save,
     /// Take these entries (one of each kind [`VcpuJob::Save`] gives).
     Load(Vec<VcpuEntry>),
+    /// Make the hypercall the vCPU last returned from return this instead
+    /// (rax): a cancelled suspend's SCHEDOP_shutdown returns 1.
+    SetHypercallReturn(u64),
 }
 
 /// The answer: the entries for a save, nothing for a load, or why not.
@@ -105,6 +108,25 @@ fn load(kvm: &KvmVcpu, entries: &[VcpuEntry]) -> VcpuJobResult {
     write_vcpu_state(fd, &state).map_err(|e| e.to_string())?;
     write_xsave(fd, &area, xcr0).map_err(|e| e.to_string())?;
     write_mtrr_msrs(fd, &mtrrs).map_err(|e| e.to_string())?;
+    // A started vCPU runs: an AP of a new domain waits for INIT/SIPI in
+    // KVM until told otherwise, and Xen's CPU record has no such state.
+    fd.set_mp_state(kvm_bindings::kvm_mp_state {
+        mp_state: kvm_bindings::KVM_MP_STATE_RUNNABLE,
+    })
+    .map_err(|e| format!("KVM_SET_MP_STATE: {e}"))?;
+    Ok(Vec::new())
+}
+
+fn set_hypercall_return(kvm: &mut KvmVcpu, has_run: bool, value: u64) -> VcpuJobResult {
+    if has_run {
+        kvm.complete_pending_exit()
+            .map_err(|e| format!("finishing the last exit: {e}"))?;
+    }
+    let fd = kvm.fd();
+    let mut regs = fd.get_regs().map_err(|e| format!("KVM_GET_REGS: {e}"))?;
+    regs.rax = value;
+    fd.set_regs(&regs)
+        .map_err(|e| format!("KVM_SET_REGS: {e}"))?;
     Ok(Vec::new())
 }
 
@@ -114,5 +136,6 @@ pub fn run_job(kvm: &mut KvmVcpu, has_run: bool, job: VcpuJob) -> VcpuJobResult 
     match job {
         VcpuJob::Save => save(kvm, has_run),
         VcpuJob::Load(entries) => load(kvm, &entries),
+        VcpuJob::SetHypercallReturn(value) => set_hypercall_return(kvm, has_run, value),
     }
 }

@@ -44,7 +44,14 @@ impl Domain {
                 if sd.reason > SHUTDOWN_MAX {
                     return -EINVAL;
                 }
-                self.request_shutdown(sd.reason);
+                // The hypercall returns 0 here, and so in the domain the
+                // image is restored into; a cancelled suspend makes it 1
+                // (the VMM rewrites the return, as xc_domain_resume does).
+                if sd.reason == SHUTDOWN_SUSPEND {
+                    self.request_suspend(vcpu);
+                } else {
+                    self.request_shutdown(sd.reason);
+                }
                 0
             }
             SCHEDOP_SHUTDOWN_CODE => {
