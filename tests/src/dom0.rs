@@ -14,6 +14,9 @@ pub struct Dom0 {
     pub dir: PathBuf,
     /// The network namespace kxend runs in, when the test asked for one.
     pub netns: Option<String>,
+    /// The namespace is another Dom0's ([`Dom0::new_beside`]): not ours
+    /// to delete.
+    borrowed_netns: bool,
     /// Environment for every kxl run, and so for the kxend a kxl starts
     /// on demand (see [`Dom0::with_kxend_env`]).
     pub kxend_env: Vec<(String, String)>,
@@ -28,6 +31,7 @@ impl Dom0 {
         Dom0 {
             dir,
             netns: None,
+            borrowed_netns: false,
             kxend_env: Vec::new(),
         }
     }
@@ -152,7 +156,7 @@ impl Drop for Dom0 {
                 std::thread::sleep(Duration::from_millis(20));
             }
         }
-        if let Some(ns) = &self.netns {
+        if let Some(ns) = self.netns.as_ref().filter(|_| !self.borrowed_netns) {
             let _ = Command::new("ip").args(["netns", "del", ns]).status();
         }
         // Keep the logs of a failed test for a look; tidy up otherwise.
@@ -219,30 +223,51 @@ impl Dom0 {
             .expect("ip netns add");
         assert!(st.success(), "ip netns add {ns} failed");
         d.netns = Some(ns.clone());
-        let log = std::fs::File::create(d.dir.join("kxend.log")).unwrap();
+        d.start_kxend_in(&ns);
+        d
+    }
+
+    /// A second kxen "host" on the same network segment as `other`: its
+    /// own kxend (state and run directories) in `other`'s namespace, so
+    /// a vif bridged there reaches the same peers, as two hosts on one
+    /// LAN do. Its domain IDs start at `first_domid`, so its TAP devices
+    /// (vifDOMID.N) never clash with `other`'s in the shared namespace.
+    /// The namespace stays `other`'s: this one's drop leaves it.
+    pub fn new_beside(tag: &str, other: &Dom0, first_domid: u32) -> Self {
+        let ns = other.netns.clone().expect("a Dom0 with a namespace");
+        let mut d = Dom0::new(tag);
+        std::fs::write(d.dir.join("state/next-domid"), first_domid.to_string()).unwrap();
+        d.start_kxend_in(&ns);
+        d.netns = Some(ns);
+        d.borrowed_netns = true;
+        d
+    }
+
+    fn start_kxend_in(&self, ns: &str) {
+        let log = std::fs::File::create(self.dir.join("kxend.log")).unwrap();
         // kxend outlives this handle: Drop stops it through its pid file,
         // and as a daemon it is reaped by whoever inherits it.
         #[allow(clippy::zombie_processes)]
         let _kxend = Command::new("ip")
-            .args(["netns", "exec", &ns])
+            .args(["netns", "exec", ns])
             .arg(workspace_bin("kxend"))
             .arg("--foreground")
-            .env("KXEN_STATE_DIR", d.dir.join("state"))
-            .env("KXEN_RUN_DIR", d.dir.join("run"))
+            .env("KXEN_STATE_DIR", self.dir.join("state"))
+            .env("KXEN_RUN_DIR", self.dir.join("run"))
+            .envs(self.kxend_env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
             .expect("start kxend in its namespace");
         let start = Instant::now();
-        while !d.dir.join("run/kxend.sock").exists() {
+        while !self.dir.join("run/kxend.sock").exists() {
             assert!(
                 start.elapsed() < Duration::from_secs(20),
                 "kxend did not start"
             );
             std::thread::sleep(Duration::from_millis(20));
         }
-        d
     }
 
     /// Run a command inside this Dom0's network namespace.

@@ -151,3 +151,48 @@ fn save_and_restore_take_a_replacement_config() {
     assert_eq!(name, "xs read ok cf-renamed");
     d.ok(&["destroy", "cf-renamed"]);
 }
+
+/// A guest that offers Xen's suspend protocol (`control/feature-suspend`,
+/// which Linux writes at boot) is asked to suspend itself rather than
+/// paused. One that then ignores the request gets libxl's treatment: the
+/// request is withdrawn after the limit, the save fails with a clear
+/// error and no image, and the domain runs on. (The test guest offers the
+/// protocol here but answers "suspend" with "unknown shutdown request".)
+#[test]
+fn guest_ignoring_the_suspend_request_fails_the_save_and_runs_on() {
+    let d = Dom0::new("ignoresuspend").with_kxend_env("KXEN_SUSPEND_TIMEOUT", "2");
+    d.boot_service_guest("is");
+    let offered = d.guest_command(
+        "is",
+        "xs write control/feature-suspend 1",
+        "xs write",
+        GUEST_LIMIT,
+    );
+    assert_eq!(offered, "xs write ok");
+
+    let image = d.dir.join("is.save");
+    let out = d.kxl(&["save", "is", image.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1), "kxl save: {}", show(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("guest didn't acknowledge suspend, cancelling request"),
+        "{}",
+        show(&out)
+    );
+    assert!(!image.exists(), "a failed save leaves no image");
+    // The request reached the guest, which ignored it.
+    d.wait_console("is", "unknown shutdown request suspend");
+    // It was withdrawn, and the domain runs on, unpaused.
+    let node = d.guest_command("is", "xs read control/shutdown", "xs read", GUEST_LIMIT);
+    assert!(node.starts_with("xs read FAIL"), "still requested: {node}");
+    assert!(d.is_listed("is"));
+    let list = d.ok(&["list", "is"]);
+    assert!(
+        !list.contains("--p") && !list.contains("s-"),
+        "left paused or suspended: {list}"
+    );
+    let echo = d.guest_command("is", "after-refusal", "echo: after-refusal", GUEST_LIMIT);
+    assert_eq!(echo, "echo: after-refusal");
+    let out = d.kxl(&["destroy", "is"]);
+    assert!(out.status.success(), "{}", show(&out));
+}

@@ -24,6 +24,7 @@ mod migrate;
 mod precopy;
 mod saverestore;
 mod scheduling;
+mod suspend;
 
 // The parts share each other's helpers through the parent.
 use scheduling::*;
@@ -189,6 +190,9 @@ pub struct Daemon {
     started: Instant,
     /// How long xl.cfg's `bootloader` may run ([`crate::bootloader::TIMEOUT_ENV`]).
     bootloader_limit: Duration,
+    /// How long a guest may take to acknowledge a suspend request, and
+    /// then to suspend ([`suspend::SUSPEND_TIMEOUT_ENV`]).
+    suspend_limit: Duration,
 }
 
 impl Daemon {
@@ -226,6 +230,7 @@ impl Daemon {
             hvlog: Mutex::new(hvlog),
             started: Instant::now(),
             bootloader_limit: crate::bootloader::limit_from_env(),
+            suspend_limit: suspend::suspend_limit_from_env(),
         }))
     }
 

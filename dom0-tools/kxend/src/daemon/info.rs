@@ -7,7 +7,10 @@ impl Daemon {
     pub(super) fn entry_of(&self, d: &Domain) -> DomainEntry {
         let info = d.info().ok();
         let memory_kib = info.as_ref().map_or(d.record.memory_kib, |i| i.memory_kib);
-        let paused = d.paused.load(std::sync::atomic::Ordering::SeqCst);
+        // A guest that suspended itself waits, paused, for the toolstack:
+        // xl shows it shut down for "suspend" ('s').
+        let suspended = info.as_ref().is_some_and(|i| i.suspended);
+        let paused = d.paused.load(std::sync::atomic::Ordering::SeqCst) || suspended;
         // xl's 'r' means a vCPU is on a CPU; an idle guest (every vCPU in
         // SCHEDOP_block) shows 'b' instead.
         let blocked = info.as_ref().is_some_and(|i| i.blocked);
@@ -21,6 +24,8 @@ impl Daemon {
                 running: !paused && !blocked,
                 blocked: blocked && !paused,
                 paused,
+                shutdown: suspended,
+                shutdown_reason: suspended.then_some(kxen_toolstack::xl::ShutdownReason::Suspend),
                 cpu_time_ns: process_cpu_ns(d.record.pid),
                 ..dominfo(&d.record)
             },

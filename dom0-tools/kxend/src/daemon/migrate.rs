@@ -110,10 +110,16 @@ impl Daemon {
         let _ = writer.set_write_timeout(Some(MIGRATE_IO_LIMIT));
         let was_paused = d.paused.load(std::sync::atomic::Ordering::SeqCst);
         let devices = self.devices_of(id);
+        // How the last pass stopped the domain, once it has.
+        let stopped = std::cell::Cell::new(None);
         let resume = |why: &str| {
             // The backends first, so the guest finds its rings served.
             devices.resume();
-            let resumed = if was_paused { Ok(()) } else { d.unpause() };
+            let resumed = match stopped.get() {
+                Some(how) => self.resume_after_image(&d, how, was_paused),
+                None if was_paused => Ok(()),
+                None => d.unpause().map_err(|e| e.to_string()),
+            };
             match resumed {
                 Ok(()) => self.log(&format!(
                     "domain {id} ({}): migration {why}; domain resumed",
@@ -144,7 +150,11 @@ impl Daemon {
             SharedFrames(frames.clone()),
             &mut |libxc, link, guest| {
                 let mut quiesce = |deadline| devices.quiesce(deadline).map_err(|e| e.to_string());
-                report = precopy(&d, libxc, link, guest, &mut quiesce, &mut |p| {
+                let mut stop = || {
+                    stopped.set(Some(self.stop_for_image(&d)?));
+                    Ok(())
+                };
+                report = precopy(&mut stop, libxc, link, guest, &mut quiesce, &mut |p| {
                     // A failed write here fails the stream's next write.
                     let _ = frames.borrow_mut().frame(&MigrateFrame::Progress(p));
                 })?;

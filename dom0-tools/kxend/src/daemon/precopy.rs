@@ -42,7 +42,6 @@ use kxen_vmm_api::client::GuestMemfd;
 use kxen_vmm_api::{MemfdRegion, VmmClient};
 
 use super::saverestore::{guest_page, io_error};
-use crate::domain::Domain;
 
 const PAGE: usize = 4096;
 /// Pages per PAGE_DATA record (libxc's batch).
@@ -346,13 +345,13 @@ impl<W: Write> Sender<'_, W> {
     }
 }
 
-/// Send the memory of the running domain `d` by iterative pre-copy and
-/// leave it paused, its backends quiesced by `quiesce` (given a deadline)
-/// once it is paused. `progress` hears each batch. On an error the domain
+/// Send the memory of the running domain by iterative pre-copy and leave
+/// it stopped by `stop` (paused, or suspended by the guest itself), its
+/// backends quiesced by `quiesce` (given a deadline) once it is. `progress` hears each batch. On an error the domain
 /// may be paused or running, its backends quiesced or not; the caller
 /// resumes both. KVM's dirty logging is off again when this returns.
 pub(super) fn precopy<W: Write>(
-    d: &Domain,
+    stop: &mut dyn FnMut() -> Result<(), String>,
     libxc: &mut LibxcWriter<W>,
     link: &mut VmmClient,
     guest: &GuestMemfd,
@@ -363,7 +362,7 @@ pub(super) fn precopy<W: Write>(
         .map_err(|e| io_error("Dom0's dirty log", e))?;
     link.dirty_log_start()
         .map_err(|e| format!("starting KVM's dirty log: {e}"))?;
-    let result = passes(d, libxc, link, guest, &dom0, quiesce, progress);
+    let result = passes(stop, libxc, link, guest, &dom0, quiesce, progress);
     let stopped = link.dirty_log_stop();
     let report = result?;
     stopped.map_err(|e| format!("stopping KVM's dirty log: {e}"))?;
@@ -371,7 +370,7 @@ pub(super) fn precopy<W: Write>(
 }
 
 fn passes<W: Write>(
-    d: &Domain,
+    stop: &mut dyn FnMut() -> Result<(), String>,
     libxc: &mut LibxcWriter<W>,
     link: &mut VmmClient,
     guest: &GuestMemfd,
@@ -428,7 +427,9 @@ fn passes<W: Write>(
 
     // Stop and copy: what the last live pass left, what was written since,
     // and what changed behind every log.
-    d.pause().map_err(|e| format!("pausing the domain: {e}"))?;
+    // Paused, or suspended by the guest itself (which keeps writing its
+    // memory until it does: the log taken below has those pages too).
+    stop()?;
     report.paused_at = Some(Instant::now());
     // The backends still serve the paused domain's rings: once quiesced,
     // every page they wrote is in the log taken next, and none changes

@@ -29,6 +29,7 @@ use kxen_toolstack::savefile;
 use kxen_vmm_api::image::{self, VmmImage};
 use kxen_vmm_api::{MemfdRegion, VmmClient};
 
+use super::suspend::Stopped;
 use super::*;
 
 const PAGE: usize = 4096;
@@ -147,9 +148,12 @@ impl Daemon {
             return Reply::unknown_domain(domain);
         };
         let was_paused = d.paused.load(std::sync::atomic::Ordering::SeqCst);
-        if let Err(e) = d.pause() {
-            return Reply::error(format!("cannot pause domain {id}: {e}"));
-        }
+        // A guest that offers Xen's suspend protocol suspends itself;
+        // any other is paused.
+        let stopped = match self.stop_for_image(&d) {
+            Ok(stopped) => stopped,
+            Err(e) => return Reply::error(format!("Failed to save domain {id}: {e}")),
+        };
         // The backends still serve the paused domain's rings: a read they
         // complete after its page was written to the image would be lost.
         let devices = self.devices_of(id);
@@ -161,8 +165,13 @@ impl Daemon {
         let result = match written {
             Ok(pages) => {
                 self.log(&format!(
-                    "domain {id} ({}) saved to {path}: {pages} pages",
-                    d.record.name
+                    "domain {id} ({}) saved to {path}: {pages} pages{}",
+                    d.record.name,
+                    if stopped == Stopped::Suspended {
+                        ", suspended by the guest"
+                    } else {
+                        ""
+                    }
                 ));
                 Ok(())
             }
@@ -181,18 +190,18 @@ impl Daemon {
             }
             Ok(()) => {
                 devices.resume();
-                if !leave_paused && !was_paused {
-                    if let Err(e) = d.unpause() {
-                        return Reply::error(format!("saved, but unpausing domain {id}: {e}"));
-                    }
+                match self.resume_after_image(&d, stopped, leave_paused || was_paused) {
+                    Ok(()) => Reply::ok(),
+                    Err(e) => Reply::error(format!("saved, but resuming domain {id}: {e}")),
                 }
-                Reply::ok()
             }
             Err(e) => {
                 // A failed save leaves the domain as it was.
                 devices.resume();
-                if !was_paused {
-                    let _ = d.unpause();
+                if let Err(resume) = self.resume_after_image(&d, stopped, was_paused) {
+                    self.log(&format!(
+                        "domain {id}: resuming after a failed save: {resume}"
+                    ));
                 }
                 Reply::error(format!("Failed to save domain {id}: {e}"))
             }

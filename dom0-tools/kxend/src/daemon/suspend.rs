@@ -1,0 +1,155 @@
+//! Xen's suspend protocol (issue 17), as libxl drives it for `xl save`
+//! and for a migration's last pass: a guest that says it takes part
+//! (`control/feature-suspend = 1`, which Linux writes at boot) is asked
+//! through `control/shutdown = suspend`; it acknowledges by clearing the
+//! node, quiesces its frontends and calls SCHEDOP_shutdown(SHUTDOWN_suspend),
+//! which leaves the domain suspended and paused in kxen-vmm. Its image
+//! then resumes in a new domain as in a new Xen domain: the hypercall
+//! returns 0, the guest binds its event channels and maps its frames again,
+//! and its frontends reconnect to the backends the restore set up.
+//!
+//! A guest that does not offer the protocol is paused instead, and its
+//! whole Xen state goes in the image: kxen, unlike Xen, owns all of it.
+//!
+//! A guest that offers it and then ignores the request gets libxl's
+//! treatment: after the limit the request is withdrawn, the save fails
+//! with a clear error, and the domain runs on.
+
+use std::time::{Duration, Instant};
+
+use kxen_vmm_api::VmmClient;
+use tracing::warn;
+
+use super::*;
+
+/// Environment variable overriding [`DEFAULT_SUSPEND_LIMIT`], in seconds.
+pub const SUSPEND_TIMEOUT_ENV: &str = "KXEN_SUSPEND_TIMEOUT";
+/// How long the guest may take to acknowledge the request, and then to
+/// suspend (libxl waits 60 s for each).
+pub const DEFAULT_SUSPEND_LIMIT: Duration = Duration::from_secs(60);
+/// How often the guest's progress is looked at while waiting.
+const POLL: Duration = Duration::from_millis(5);
+
+/// How a domain was stopped for its image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Stopped {
+    /// Paused by the toolstack; its Xen state goes in the image.
+    Paused,
+    /// It suspended itself (Xen's protocol); it resumes as a new domain,
+    /// or in place with its suspend cancelled.
+    Suspended,
+}
+
+/// The suspend limit: [`SUSPEND_TIMEOUT_ENV`] seconds when set to a whole
+/// number above zero, else [`DEFAULT_SUSPEND_LIMIT`].
+pub fn suspend_limit_from_env() -> Duration {
+    let Some(raw) = std::env::var_os(SUSPEND_TIMEOUT_ENV) else {
+        return DEFAULT_SUSPEND_LIMIT;
+    };
+    match raw.to_str().and_then(|s| s.trim().parse::<u64>().ok()) {
+        Some(secs) if secs > 0 => Duration::from_secs(secs),
+        _ => {
+            warn!(
+                "{SUSPEND_TIMEOUT_ENV}={raw:?} is not a number of seconds above 0; using {} s",
+                DEFAULT_SUSPEND_LIMIT.as_secs()
+            );
+            DEFAULT_SUSPEND_LIMIT
+        }
+    }
+}
+
+impl Daemon {
+    /// Whether `d`'s guest offers Xen's suspend protocol.
+    fn offers_suspend(&self, d: &Domain) -> bool {
+        let path = format!("/local/domain/{}/control/feature-suspend", d.record.domid);
+        self.store
+            .xenstored()
+            .read(&path)
+            .is_ok_and(|v| v.trim_ascii() == b"1")
+    }
+
+    /// Stop `d` for its image: ask a guest that offers the suspend protocol
+    /// to suspend itself, pause any other. On an error the domain runs as
+    /// before (the request withdrawn).
+    pub(super) fn stop_for_image(&self, d: &Domain) -> Result<Stopped, String> {
+        let id = d.record.domid;
+        let running = d.info().map_err(|e| format!("domain {id}: {e}"))?;
+        if running.suspended {
+            // Suspended already (by itself, with nobody asking): save it
+            // as it is.
+            d.pause().map_err(|e| format!("pausing domain {id}: {e}"))?;
+            return Ok(Stopped::Suspended);
+        }
+        if running.paused || !self.offers_suspend(d) {
+            d.pause().map_err(|e| format!("pausing domain {id}: {e}"))?;
+            return Ok(Stopped::Paused);
+        }
+        let node = format!("/local/domain/{id}/control/shutdown");
+        let store = self.store.xenstored();
+        store
+            .write(&node, b"suspend")
+            .map_err(|e| format!("writing {node}: {e}"))?;
+        // The guest acknowledges by clearing the node.
+        let acked = wait_until(self.suspend_limit, || {
+            store.read(&node).map_or(true, |v| v.is_empty())
+        });
+        if !acked {
+            let _ = store.rm(&node);
+            // It may have suspended between the last look and the rm.
+            if !d.info().is_ok_and(|i| i.suspended) {
+                return Err(format!(
+                    "guest didn't acknowledge suspend, cancelling request (waited {} s)",
+                    self.suspend_limit.as_secs()
+                ));
+            }
+        }
+        let suspended = wait_until(self.suspend_limit, || d.info().is_ok_and(|i| i.suspended));
+        if !suspended {
+            return Err(format!(
+                "guest did not suspend, timed out (waited {} s after it acknowledged)",
+                self.suspend_limit.as_secs()
+            ));
+        }
+        d.pause().map_err(|e| format!("pausing domain {id}: {e}"))?;
+        self.log(&format!(
+            "domain {id} ({}) suspended itself on request",
+            d.record.name
+        ));
+        Ok(Stopped::Suspended)
+    }
+
+    /// Undo [`Self::stop_for_image`] for a domain that stays here (a
+    /// checkpoint, or a save or migration that failed): a suspend is
+    /// cancelled, so the guest's suspend hypercall returns 1 and it goes
+    /// on with its devices as they were; then it is unpaused unless
+    /// `keep_paused`.
+    pub(super) fn resume_after_image(
+        &self,
+        d: &Domain,
+        stopped: Stopped,
+        keep_paused: bool,
+    ) -> Result<(), String> {
+        if stopped == Stopped::Suspended {
+            let mut link = VmmClient::connect(&d.record.control).map_err(|e| e.to_string())?;
+            link.resume_suspended().map_err(|e| e.to_string())?;
+        }
+        if keep_paused {
+            return Ok(());
+        }
+        d.unpause().map_err(|e| e.to_string())
+    }
+}
+
+/// Poll `ready` every [`POLL`] until it holds or `limit` passes.
+fn wait_until(limit: Duration, mut ready: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    loop {
+        if ready() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(POLL);
+    }
+}
