@@ -298,8 +298,16 @@ pub fn send(opts: SendOptions<'_>) -> ExitCode {
         return failed_resume(&mut conn, &mut child, to_target);
     }
     eprintln!("migration sender: Target has acknowledged transfer.");
+    // xl's point of no return: once "go" may have reached the
+    // destination, nothing here can tell whether it runs the domain, and
+    // kxend must keep ours paused even if we die. Unless kxend has taken
+    // that in, "go" is not sent and the domain resumes here.
+    if !tell(&mut conn, MigrateVerdict::Committing).is_some_and(|r| r.ok) {
+        eprintln!("migration sender: kxend did not take the point of no return");
+        return failed_resume(&mut conn, &mut child, to_target);
+    }
     eprintln!("migration sender: Giving target permission to start.");
-    let failed_badly = |conn: &mut UnixStream, child: &mut Child| {
+    let failed_badly = |conn: &mut UnixStream, child: &mut Child, to_target| {
         eprint!(
             "** Migration failed during final handshake **\n\
              Domain state is now undefined !\n\
@@ -308,7 +316,10 @@ pub fn send(opts: SendOptions<'_>) -> ExitCode {
              would probably result in SEVERE DATA LOSS and it is now your\n \
              responsibility to avoid that.  Sorry.\n"
         );
-        let _ = tell(conn, MigrateVerdict::KeepPaused);
+        if !tell(conn, MigrateVerdict::KeepPaused).is_some_and(|r| r.ok) {
+            eprintln!("migration sender: kxend did not confirm keeping the domain paused");
+        }
+        drop(to_target);
         reap(child);
         ExitCode::FAILURE
     };
@@ -317,7 +328,7 @@ pub fn send(opts: SendOptions<'_>) -> ExitCode {
         .and_then(|()| to_target.flush())
         .is_err()
     {
-        return failed_badly(&mut conn, &mut child);
+        return failed_badly(&mut conn, &mut child, to_target);
     }
     if !read_fixed(
         &mut from_target,
@@ -325,12 +336,12 @@ pub fn send(opts: SendOptions<'_>) -> ExitCode {
         "success/failure report message",
         Some(&rune),
     ) {
-        return failed_badly(&mut conn, &mut child);
+        return failed_badly(&mut conn, &mut child, to_target);
     }
     let mut status = [0u8; 1];
     if from_target.read_exact(&mut status).is_err() {
         eprintln!("xl: error: file/stream truncated reading success/failure status from migration ack stream");
-        return failed_badly(&mut conn, &mut child);
+        return failed_badly(&mut conn, &mut child, to_target);
     }
     if status[0] != 0 {
         eprintln!(
@@ -343,7 +354,7 @@ pub fn send(opts: SendOptions<'_>) -> ExitCode {
             "permission for sender to resume",
             Some(&rune),
         ) {
-            return failed_badly(&mut conn, &mut child);
+            return failed_badly(&mut conn, &mut child, to_target);
         }
         eprintln!("migration sender: Trying to resume at our end.");
         if tell(&mut conn, MigrateVerdict::Abort).is_some_and(|r| r.ok) {

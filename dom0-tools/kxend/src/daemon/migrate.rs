@@ -11,7 +11,13 @@
 //! Either end treats a dropped connection as "abort": the source domain
 //! is resumed unless kxl said `go` (the destination runs the domain), and
 //! the destination's copy is destroyed unless kxl said `go` (the source
-//! gave permission to start it).
+//! gave permission to start it). The exception is xl's point of no
+//! return: once the sending kxl has said it is about to give the
+//! destination permission to start (`Committing`), nothing tells kxend
+//! whether the destination runs the domain, so a dropped connection
+//! leaves the source paused with its backends quiesced, as xl leaves it
+//! when its final handshake fails; `kxl unpause` resumes both, `kxl
+//! destroy` ends it.
 
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -74,14 +80,39 @@ impl Write for SharedFrames {
     }
 }
 
-/// kxl's verdict line; a closed connection or anything unreadable is
-/// `Abort`.
-fn read_verdict(reader: &mut BufReader<UnixStream>) -> MigrateVerdict {
+/// kxl's verdict line; `None` for a closed connection or anything
+/// unreadable.
+fn read_verdict(reader: &mut BufReader<UnixStream>) -> Option<MigrateVerdict> {
     let _ = reader.get_ref().set_read_timeout(None);
     let mut line = Vec::new();
     match reader.by_ref().take(256).read_until(b'\n', &mut line) {
-        Ok(n) if n > 0 => serde_json::from_slice(&line).unwrap_or(MigrateVerdict::Abort),
-        _ => MigrateVerdict::Abort,
+        Ok(n) if n > 0 => serde_json::from_slice(&line).ok(),
+        _ => None,
+    }
+}
+
+/// The sender's verdict: `Committing` is answered and the next one read;
+/// a connection lost before it is `Abort` (kxl never told the destination
+/// to start), after it `KeepPaused` (kxl may have, and the destination may
+/// run the domain).
+fn read_sender_verdict(
+    reader: &mut BufReader<UnixStream>,
+    writer: &mut UnixStream,
+) -> MigrateVerdict {
+    let mut committed = false;
+    loop {
+        match read_verdict(reader) {
+            Some(MigrateVerdict::Committing) if !committed => {
+                committed = true;
+                if send(writer, &Reply::ok()).is_err() {
+                    return MigrateVerdict::KeepPaused;
+                }
+            }
+            Some(MigrateVerdict::Committing) => return MigrateVerdict::KeepPaused,
+            Some(verdict) => return verdict,
+            None if committed => return MigrateVerdict::KeepPaused,
+            None => return MigrateVerdict::Abort,
+        }
     }
 }
 
@@ -183,7 +214,7 @@ impl Daemon {
             resume("cut after the stream");
             return;
         }
-        match read_verdict(&mut reader) {
+        match read_sender_verdict(&mut reader, &mut writer) {
             MigrateVerdict::Go => {
                 // The destination runs the domain: the downtime ends.
                 let downtime = report.paused_at.map(|at| at.elapsed());
@@ -214,9 +245,13 @@ impl Daemon {
                 };
                 let _ = send(&mut writer, &reply);
             }
-            MigrateVerdict::KeepPaused => {
+            MigrateVerdict::KeepPaused | MigrateVerdict::Committing => {
+                // The destination may run the domain: ours stays paused
+                // and its backends quiesced (a request left on a ring must
+                // not be served here too, onto shared storage) until the
+                // user unpauses it (which resumes them) or destroys it.
                 self.log(&format!(
-                    "domain {id} ({}): migration handshake broke after the destination was told to start; left paused",
+                    "domain {id} ({}): migration handshake broke after the destination was told to start; it may run there; left paused with its backends quiesced",
                     d.record.name
                 ));
                 let _ = send(&mut writer, &Reply::ok());
@@ -281,7 +316,7 @@ impl Daemon {
             ..Reply::ok()
         };
         let verdict = if send(&mut writer, &received.clone()).is_ok() {
-            read_verdict(&mut BufReader::new(verdict_conn))
+            read_verdict(&mut BufReader::new(verdict_conn)).unwrap_or(MigrateVerdict::Abort)
         } else {
             MigrateVerdict::Abort
         };
@@ -313,7 +348,7 @@ impl Daemon {
                 }
                 None => Reply::error(format!("domain {domid} is gone")),
             },
-            MigrateVerdict::Abort | MigrateVerdict::KeepPaused => {
+            MigrateVerdict::Abort | MigrateVerdict::KeepPaused | MigrateVerdict::Committing => {
                 destroy("aborted");
                 Reply::ok()
             }
