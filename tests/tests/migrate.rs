@@ -154,6 +154,15 @@ fn cut_migration_leaves_the_source_running() {
         stderr.contains("Migration failed, resuming at sender."),
         "{stderr}"
     );
+    // kxend resumed the domain before kxl returned, and said so; it
+    // stopped streaming when kxl gave up, rather than sending the rest
+    // (and pausing the domain for a final pass) into nothing.
+    assert!(!stderr.contains("did not confirm"), "{stderr}");
+    let dmesg = src.ok(&["dmesg"]);
+    assert!(
+        dmesg.contains("kxl gave the migration up"),
+        "kxend did not notice kxl giving up:\n{dmesg}"
+    );
 
     assert!(src.is_listed("ct"), "the source lost its domain");
     let info = src.ok(&["list", "ct"]);

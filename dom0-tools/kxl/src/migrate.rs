@@ -56,11 +56,21 @@ fn read_fixed(input: &mut impl Read, msg: &[u8], what: &str, rune: Option<&str>)
     true
 }
 
+/// Send `verdict` to kxend on a migration connection.
+fn send_verdict(conn: &mut UnixStream, verdict: MigrateVerdict) -> std::io::Result<()> {
+    let mut line = serde_json::to_vec(&verdict)?;
+    line.push(b'\n');
+    conn.write_all(&line)
+}
+
 /// Send `verdict` to kxend on a migration connection and read its reply.
 fn tell(conn: &mut UnixStream, verdict: MigrateVerdict) -> Option<Reply> {
-    let mut line = serde_json::to_vec(&verdict).ok()?;
-    line.push(b'\n');
-    conn.write_all(&line).ok()?;
+    send_verdict(conn, verdict).ok()?;
+    read_reply(conn)
+}
+
+/// kxend's reply line on a migration connection.
+fn read_reply(conn: &mut UnixStream) -> Option<Reply> {
     let mut reply = String::new();
     BufReader::new(conn.try_clone().ok()?)
         .read_line(&mut reply)
@@ -233,33 +243,49 @@ pub fn send(opts: SendOptions<'_>) -> ExitCode {
     let mut bytes: u64 = 0;
     let mut cut: Option<String> = None;
     // Until kxend's last frame: a cut transport stops the copying, and
-    // the verdict below resumes the domain.
+    // kxl's `Abort`, sent at once, stops kxend's (which sees it before
+    // its next data frame) and resumes the domain; its last frame (the
+    // failure) follows, then its answer to the `Abort`.
     let saved = loop {
         match MigrateFrame::read(&mut frames) {
             Ok(MigrateFrame::Data(data)) => {
-                if cut.is_none() {
-                    match to_target.write_all(&data) {
-                        Ok(()) => bytes += data.len() as u64,
-                        Err(e) => cut = Some(e.to_string()),
+                if cut.is_some() {
+                    continue;
+                }
+                match to_target.write_all(&data) {
+                    Ok(()) => bytes += data.len() as u64,
+                    Err(e) => {
+                        cut = Some(e.to_string());
+                        if send_verdict(&mut conn, MigrateVerdict::Abort).is_err() {
+                            break None;
+                        }
                     }
                 }
-                if cut.is_some() {
-                    break None;
+            }
+            Ok(MigrateFrame::Progress(p)) => {
+                if cut.is_none() {
+                    progress.show(&p, bytes)
                 }
             }
-            Ok(MigrateFrame::Progress(p)) => progress.show(&p, bytes),
-            Ok(MigrateFrame::Done(reply)) => break Some(*reply),
+            Ok(MigrateFrame::Done(reply)) if cut.is_none() => break Some(*reply),
+            Ok(MigrateFrame::Done(_)) => break None,
             Err(e) => {
-                cut = Some(format!("kxend: {e}"));
+                cut.get_or_insert(format!("kxend: {e}"));
                 break None;
             }
         }
     };
+    let abort_sent = cut.is_some();
     let failed_resume = |conn: &mut UnixStream, child: &mut Child, to_target| {
         drop(to_target);
         reap(child);
         eprintln!("Migration failed, resuming at sender.");
-        if tell(conn, MigrateVerdict::Abort).is_none() {
+        let confirmed = if abort_sent {
+            read_reply(conn)
+        } else {
+            tell(conn, MigrateVerdict::Abort)
+        };
+        if !confirmed.is_some_and(|r| r.ok) {
             eprintln!("migration sender: kxend did not confirm the resume");
         }
         ExitCode::FAILURE

@@ -44,8 +44,34 @@ struct FrameWriter {
     bytes_sent: u64,
 }
 
+/// Whether kxl has given the migration up while kxend streams: it sent
+/// something (its `Abort`, once the transport was cut) or closed the
+/// connection (it died). kxl says nothing else until the last frame.
+fn sender_gave_up(conn: &UnixStream) -> bool {
+    use nix::sys::socket::{recv, MsgFlags};
+    use std::os::fd::AsRawFd;
+    let mut byte = [0u8; 1];
+    match recv(
+        conn.as_raw_fd(),
+        &mut byte,
+        MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT,
+    ) {
+        Ok(_) => true,
+        Err(nix::errno::Errno::EAGAIN) | Err(nix::errno::Errno::EINTR) => false,
+        Err(_) => true,
+    }
+}
+
 impl FrameWriter {
     fn flush_data(&mut self) -> std::io::Result<()> {
+        if sender_gave_up(&self.conn) {
+            // Without this kxend would send the whole stream, and pause the
+            // domain for its final pass, into a transport that is gone.
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::BrokenPipe,
+                "kxl gave the migration up (its transport was cut, or it ended)",
+            ));
+        }
         if !self.pending.is_empty() {
             MigrateFrame::write_data(&mut self.conn, &self.pending)?;
             self.bytes_sent += self.pending.len() as u64;
@@ -196,7 +222,15 @@ impl Daemon {
             Err(e) => {
                 resume(&format!("failed after {bytes} bytes ({e})"));
                 let reply = Reply::error(format!("Failed to save domain {id}: {e}"));
-                let _ = MigrateFrame::Done(Box::new(reply)).write(&mut writer);
+                if MigrateFrame::Done(Box::new(reply))
+                    .write(&mut writer)
+                    .is_ok()
+                {
+                    // kxl's verdict (its `Abort`, maybe sent already) is
+                    // answered: the domain is resumed.
+                    let _ = read_verdict(&mut reader);
+                    let _ = send(&mut writer, &Reply::ok());
+                }
                 return;
             }
         };
