@@ -137,6 +137,49 @@ fn guest_rewriting_its_memory_migrates_live_with_every_page_intact() {
     dst.ok(&["destroy", "dy"]);
 }
 
+/// Pages that go from data to all-zero while the migration copies them
+/// (zero pages travel as XALLOC entries without contents, and become
+/// holes in the destination's memory): the guest flips each of its pages
+/// between a pattern and zero from pass to pass, checking before each
+/// rewrite that the page holds what the previous pass left; a page the
+/// destination kept holding data after the source zeroed it (or zero
+/// after it got data back) fails it.
+#[test]
+fn guest_zeroing_pages_between_passes_migrates_with_them_zero() {
+    let src = Dom0::new("migzerosrc");
+    let dst = Dom0::new("migzerodst");
+    src.boot_service_guest("zr");
+    let from = src.console_log("zr").len();
+    src.console_line(
+        "zr",
+        &format!("mem zeroing {CHURN_PAGES} {}", CHURN.as_millis()),
+    );
+    src.wait_line_after("zr", from, "echo: mem zeroing", GUEST_LIMIT);
+
+    let ssh = dst.remote_shell("ssh-zero", "");
+    let out = src.kxl(&["migrate", "-s", ssh.to_str().unwrap(), "zr", "dsthost"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "kxl migrate: {}", show(&out));
+    // The pages were sent more than once while the guest flipped them.
+    assert!(
+        stderr.contains("xc: info: Iteration 2: "),
+        "no second live iteration:\n{stderr}"
+    );
+    assert!(stderr.contains("Migration successful."), "{stderr}");
+    assert!(!src.is_listed("zr"), "the source still lists the domain");
+
+    let answer = dst.wait_line_after("zr", 0, "mem zeroing ", CHURN + GUEST_LIMIT);
+    assert!(
+        answer.starts_with("mem zeroing ok passes="),
+        "the guest's zeroed or rewritten pages were wrong after the migration: {answer}"
+    );
+    assert!(
+        !src.console_log("zr").contains("mem zeroing ok"),
+        "the load ended before the migration did: lengthen CHURN"
+    );
+    dst.ok(&["destroy", "zr"]);
+}
+
 #[test]
 fn cut_migration_leaves_the_source_running() {
     let src = Dom0::new("migcutsrc");
