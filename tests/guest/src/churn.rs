@@ -49,7 +49,7 @@ impl Load {
 
     /// The word `word` of page `page` in pass `pass` under this load.
     fn word(self, pass: u64, page: u64, word: u64) -> u64 {
-        if self == Load::Zeroing && (pass + page) % 2 == 0 {
+        if self == Load::Zeroing && (pass + page).is_multiple_of(2) {
             0
         } else {
             pattern(pass, page, word)
