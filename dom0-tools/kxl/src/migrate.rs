@@ -10,6 +10,12 @@
 //! NUL); wait for "go" (with its NUL); unpause; send the report (with its
 //! NUL) and one status byte, 0 for success; on failure destroy our copy
 //! and send "go" back, which gives the sender permission to resume.
+//!
+//! The sender tells its kxend before it sends "go" (xl's point of no
+//! return): if the handshake breaks after that, as when xl's does, nobody
+//! knows whether the destination runs the domain, so the source stays
+//! paused with its backends quiesced, even if this kxl dies, until the
+//! user unpauses or destroys it.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::fd::AsFd;
