@@ -91,13 +91,21 @@ impl Dom0 {
     /// passed through `stdin_filter` (a shell pipeline stage such as
     /// `head -c 4096`, or empty for none).
     pub fn remote_shell(&self, name: &str, stdin_filter: &str) -> PathBuf {
-        use std::os::unix::fs::PermissionsExt;
-        let bin_dir = workspace_bin("kxl").parent().unwrap().to_path_buf();
         let run = if stdin_filter.is_empty() {
             "exec \"$@\"".to_string()
         } else {
             format!("{stdin_filter} | \"$@\"")
         };
+        self.remote_shell_running(name, &run)
+    }
+
+    /// As [`Dom0::remote_shell`], with `run` as the script's last lines:
+    /// shell code that runs the remote command `"$@"` in this Dom0's
+    /// environment however a test needs (its stdin and stdout are the
+    /// transport's).
+    pub fn remote_shell_running(&self, name: &str, run: &str) -> PathBuf {
+        use std::os::unix::fs::PermissionsExt;
+        let bin_dir = workspace_bin("kxl").parent().unwrap().to_path_buf();
         let script = self.dir.join(name);
         std::fs::write(
             &script,

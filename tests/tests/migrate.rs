@@ -137,6 +137,49 @@ fn guest_rewriting_its_memory_migrates_live_with_every_page_intact() {
     dst.ok(&["destroy", "dy"]);
 }
 
+/// Pages that go from data to all-zero while the migration copies them
+/// (zero pages travel as XALLOC entries without contents, and become
+/// holes in the destination's memory): the guest flips each of its pages
+/// between a pattern and zero from pass to pass, checking before each
+/// rewrite that the page holds what the previous pass left; a page the
+/// destination kept holding data after the source zeroed it (or zero
+/// after it got data back) fails it.
+#[test]
+fn guest_zeroing_pages_between_passes_migrates_with_them_zero() {
+    let src = Dom0::new("migzerosrc");
+    let dst = Dom0::new("migzerodst");
+    src.boot_service_guest("zr");
+    let from = src.console_log("zr").len();
+    src.console_line(
+        "zr",
+        &format!("mem zeroing {CHURN_PAGES} {}", CHURN.as_millis()),
+    );
+    src.wait_line_after("zr", from, "echo: mem zeroing", GUEST_LIMIT);
+
+    let ssh = dst.remote_shell("ssh-zero", "");
+    let out = src.kxl(&["migrate", "-s", ssh.to_str().unwrap(), "zr", "dsthost"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "kxl migrate: {}", show(&out));
+    // The pages were sent more than once while the guest flipped them.
+    assert!(
+        stderr.contains("xc: info: Iteration 2: "),
+        "no second live iteration:\n{stderr}"
+    );
+    assert!(stderr.contains("Migration successful."), "{stderr}");
+    assert!(!src.is_listed("zr"), "the source still lists the domain");
+
+    let answer = dst.wait_line_after("zr", 0, "mem zeroing ", CHURN + GUEST_LIMIT);
+    assert!(
+        answer.starts_with("mem zeroing ok passes="),
+        "the guest's zeroed or rewritten pages were wrong after the migration: {answer}"
+    );
+    assert!(
+        !src.console_log("zr").contains("mem zeroing ok"),
+        "the load ended before the migration did: lengthen CHURN"
+    );
+    dst.ok(&["destroy", "zr"]);
+}
+
 #[test]
 fn cut_migration_leaves_the_source_running() {
     let src = Dom0::new("migcutsrc");
@@ -153,6 +196,15 @@ fn cut_migration_leaves_the_source_running() {
     assert!(
         stderr.contains("Migration failed, resuming at sender."),
         "{stderr}"
+    );
+    // kxend resumed the domain before kxl returned, and said so; it
+    // stopped streaming when kxl gave up, rather than sending the rest
+    // (and pausing the domain for a final pass) into nothing.
+    assert!(!stderr.contains("did not confirm"), "{stderr}");
+    let dmesg = src.ok(&["dmesg"]);
+    assert!(
+        dmesg.contains("kxl gave the migration up"),
+        "kxend did not notice kxl giving up:\n{dmesg}"
     );
 
     assert!(src.is_listed("ct"), "the source lost its domain");
@@ -316,4 +368,207 @@ fn migration_failing_after_the_final_pass_resumes_the_source_disk() {
     let check = src.guest_command("qd", "blk check 51712", "blk check 51712", GUEST_LIMIT);
     assert!(check.ends_with("ok"), "{check}");
     src.ok(&["destroy", "qd"]);
+}
+
+/// What the receiving kxl writes back before it waits for "go": xl's
+/// banner and its "ready" message (with its NUL).
+const BANNER_AND_READY: usize = "xl migration receiver ready, send binary domain data.\n".len()
+    + "domain received, ready to unpause\0".len();
+/// xl's words when its final handshake breaks after "go".
+const FAILED_BADLY: &str = "** Migration failed during final handshake **\nDomain state is now undefined !\nPlease CHECK AT BOTH ENDS for running instances";
+
+/// The state column of `name`'s row in `kxl list`.
+fn list_state(d: &Dom0, name: &str) -> String {
+    let list = d.ok(&["list", name]);
+    list.lines()
+        .nth(1)
+        .and_then(|row| row.split_whitespace().nth(4))
+        .unwrap_or_else(|| panic!("no state for {name} in:\n{list}"))
+        .to_string()
+}
+
+/// The handshake breaks after the sender said "go" and the destination
+/// started the domain: the destination's answer never comes back (the
+/// transport's return path closes right after "ready"). As xl, the sender
+/// cannot know which copy runs: it says so and fails, and the source
+/// stays paused (not resumed: the domain runs on the destination) until
+/// the user, having checked, destroys it.
+#[test]
+fn handshake_broken_after_go_leaves_the_source_paused_while_the_destination_runs() {
+    let src = Dom0::new("miggosrc");
+    let dst = Dom0::new("miggodst");
+    src.boot_service_guest("gb");
+    let ssh = dst.remote_shell_running(
+        "ssh-noreport",
+        &format!("\"$@\" | dd bs=1 count={BANNER_AND_READY} status=none"),
+    );
+    let out = src.kxl(&["migrate", "-s", ssh.to_str().unwrap(), "gb", "dsthost"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "kxl migrate: {}", show(&out));
+    for line in [
+        "migration sender: Giving target permission to start.",
+        FAILED_BADLY,
+    ] {
+        assert!(stderr.contains(line), "no {line:?} in:\n{stderr}");
+    }
+    assert!(
+        !stderr.contains("resuming at sender") && !stderr.contains("Migration successful"),
+        "{stderr}"
+    );
+
+    // The destination got "go" and runs the domain.
+    assert!(dst.is_listed("gb"), "the destination does not list it");
+    assert!(
+        !list_state(&dst, "gb").contains('p'),
+        "the destination's copy is paused"
+    );
+    let echo = dst.guest_command("gb", "on-destination", "echo: on-destination", GUEST_LIMIT);
+    assert_eq!(echo, "echo: on-destination");
+    // The source is kept, paused: it must not run too.
+    assert!(src.is_listed("gb"), "the source lost its domain");
+    assert!(
+        list_state(&src, "gb").contains('p'),
+        "the source runs alongside the destination"
+    );
+    // The user keeps the destination's copy and destroys the source's.
+    src.ok(&["destroy", "gb"]);
+    src.wait_unlisted("gb", GUEST_LIMIT);
+    assert!(!vmm_running(&src), "the source's kxen-vmm was left running");
+    let after = dst.guest_command("gb", "xs read name", "xs read", GUEST_LIMIT);
+    assert_eq!(
+        after, "xs read ok gb",
+        "the destination's copy still serves"
+    );
+    dst.ok(&["destroy", "gb"]);
+}
+
+/// The handshake breaks at "go" and nothing runs the domain: the
+/// receiving end acknowledged the whole stream, then vanished before
+/// answering "go". The sender cannot tell this from the case above: the
+/// source stays paused with its backends quiesced; the user, finding
+/// nothing on the destination, unpauses it, and its disk is served again.
+/// (The receiving end is a stand-in that swallows the stream: a domain
+/// with a disk is not restored on a destination yet, its blkfront's event
+/// channel is refused there.)
+#[test]
+fn handshake_broken_at_go_leaves_the_source_paused_until_unpaused_with_its_disk() {
+    let src = Dom0::new("migunpsrc");
+    let xvda = src.dir.join("xvda.img");
+    std::fs::File::create(&xvda)
+        .unwrap()
+        .set_len(16 << 20)
+        .unwrap();
+    let cfg = src.config(
+        "up",
+        &format!("disk = [ '{},raw,xvda,rw' ]\n", xvda.display()),
+    );
+    src.ok(&["create", cfg.to_str().unwrap()]);
+    src.wait_console("up", BOOTED);
+    src.wait_line_after("up", 0, "kxen-testguest: vbd 51712 connected", GUEST_LIMIT);
+    let w = src.guest_command("up", "blk write 51712 64 16 5", "blk write", GUEST_LIMIT);
+    assert!(w.starts_with("blk write ok"), "{w}");
+
+    // xl's banner and "ready" at once (the sender reads "ready" only
+    // after it has sent the stream), then no more answers.
+    let receiver = src.dir.join("vanishing-receiver");
+    std::fs::write(
+        &receiver,
+        "#!/bin/sh\nprintf 'xl migration receiver ready, send binary domain data.\\ndomain received, ready to unpause\\000'\nexec >&-\nexec cat >/dev/null\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(
+        &receiver,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    // `env` as the "ssh" command: the stand-in is exec'd, and its
+    // closing stdout is the transport's.
+    let out = src.kxl(&["migrate", "-s", "env", "up", receiver.to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "kxl migrate: {}", show(&out));
+    for line in [
+        "(final, domain paused)",
+        "migration sender: Giving target permission to start.",
+        FAILED_BADLY,
+    ] {
+        assert!(stderr.contains(line), "no {line:?} in:\n{stderr}");
+    }
+    assert!(
+        list_state(&src, "up").contains('p'),
+        "the source was resumed although the destination might run it"
+    );
+
+    // The user unpauses the source: it runs, and its disk is served.
+    src.ok(&["unpause", "up"]);
+    assert!(!list_state(&src, "up").contains('p'));
+    let echo = src.guest_command("up", "after-unpause", "echo: after-unpause", GUEST_LIMIT);
+    assert_eq!(echo, "echo: after-unpause");
+    let w = src.guest_command("up", "blk write 51712 128 16 7", "blk write", GUEST_LIMIT);
+    assert!(w.starts_with("blk write ok"), "{w}");
+    let r = src.guest_command("up", "blk read 51712 128 16", "blk read", GUEST_LIMIT);
+    let crc = |line: &str| {
+        line.split_whitespace()
+            .find_map(|w| w.strip_prefix("crc="))
+            .map(str::to_string)
+    };
+    assert!(crc(&w).is_some(), "{w}");
+    assert_eq!(crc(&r), crc(&w), "{r}");
+    src.ok(&["destroy", "up"]);
+}
+
+/// The sending kxl dies after it said "go" (the destination started the
+/// domain and answered, but the answer never reached it): its kxend
+/// learnt of the point of no return before "go" was sent, so the lost
+/// connection leaves the source paused, not resumed beside the
+/// destination's running copy.
+#[test]
+fn sender_killed_after_go_leaves_the_source_paused() {
+    let src = Dom0::new("migkgsrc");
+    let dst = Dom0::new("migkgdst");
+    src.boot_service_guest("kg");
+    // The script's parent is the sending kxl (`sh -c "exec SCRIPT ..."`).
+    // The receiver has had "go" and started the domain when it ends.
+    let ssh = dst.remote_shell_running(
+        "ssh-killgo",
+        &format!("\"$@\" | dd bs=1 count={BANNER_AND_READY} status=none\nkill -9 $PPID"),
+    );
+    let out = src.kxl(&["migrate", "-s", ssh.to_str().unwrap(), "kg", "dsthost"]);
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&out.status),
+        Some(9),
+        "kxl migrate was not killed: {}",
+        show(&out)
+    );
+    assert!(dst.is_listed("kg"), "the destination does not list it");
+    let echo = dst.guest_command("kg", "on-destination", "echo: on-destination", GUEST_LIMIT);
+    assert_eq!(echo, "echo: on-destination");
+
+    // kxend's account of the lost connection, then the state it left.
+    let log = src.dir.join("state/hypervisor.log");
+    let started = Instant::now();
+    let outcome = loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if let Some(line) = text
+            .lines()
+            .find(|l| l.contains("migration handshake broke after") || l.contains("domain resumed"))
+        {
+            break line.to_string();
+        }
+        assert!(
+            started.elapsed() < GUEST_LIMIT,
+            "kxend never acted on the lost connection:\n{text}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(
+        outcome.contains("left paused"),
+        "the source was not kept paused: {outcome}"
+    );
+    assert!(
+        list_state(&src, "kg").contains('p'),
+        "the source runs alongside the destination"
+    );
+    src.ok(&["destroy", "kg"]);
+    src.wait_unlisted("kg", GUEST_LIMIT);
+    dst.ok(&["destroy", "kg"]);
 }

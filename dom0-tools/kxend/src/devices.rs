@@ -95,6 +95,10 @@ pub struct DomainDevices {
     /// Ourselves, for the steps queued on the pool (a watch holding an
     /// `Arc` would keep the set alive through its own devices).
     me: Weak<DomainDevices>,
+    /// Between a successful [`DomainDevices::quiesce`] and its
+    /// [`DomainDevices::resume`]: a domain unpaused now must get its
+    /// backends back first.
+    quiesced: std::sync::atomic::AtomicBool,
 }
 
 impl DomainDevices {
@@ -113,6 +117,7 @@ impl DomainDevices {
             foreign: Mutex::new(None),
             devices: Arc::new(Mutex::new(BTreeMap::new())),
             me: me.clone(),
+            quiesced: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -640,6 +645,8 @@ impl DomainDevices {
             }
             return Err(e);
         }
+        self.quiesced
+            .store(true, std::sync::atomic::Ordering::SeqCst);
         Ok(())
     }
 
@@ -650,6 +657,13 @@ impl DomainDevices {
         for d in devices.values_mut() {
             d.backend.resume();
         }
+        self.quiesced
+            .store(false, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Whether the backends are quiesced (and not resumed since).
+    pub fn is_quiesced(&self) -> bool {
+        self.quiesced.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// Counters of a block device (for `kxl block-list -l`).

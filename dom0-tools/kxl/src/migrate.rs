@@ -10,6 +10,12 @@
 //! NUL); wait for "go" (with its NUL); unpause; send the report (with its
 //! NUL) and one status byte, 0 for success; on failure destroy our copy
 //! and send "go" back, which gives the sender permission to resume.
+//!
+//! The sender tells its kxend before it sends "go" (xl's point of no
+//! return): if the handshake breaks after that, as when xl's does, nobody
+//! knows whether the destination runs the domain, so the source stays
+//! paused with its backends quiesced, even if this kxl dies, until the
+//! user unpauses or destroys it.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::fd::AsFd;
@@ -56,11 +62,21 @@ fn read_fixed(input: &mut impl Read, msg: &[u8], what: &str, rune: Option<&str>)
     true
 }
 
+/// Send `verdict` to kxend on a migration connection.
+fn send_verdict(conn: &mut UnixStream, verdict: MigrateVerdict) -> std::io::Result<()> {
+    let mut line = serde_json::to_vec(&verdict)?;
+    line.push(b'\n');
+    conn.write_all(&line)
+}
+
 /// Send `verdict` to kxend on a migration connection and read its reply.
 fn tell(conn: &mut UnixStream, verdict: MigrateVerdict) -> Option<Reply> {
-    let mut line = serde_json::to_vec(&verdict).ok()?;
-    line.push(b'\n');
-    conn.write_all(&line).ok()?;
+    send_verdict(conn, verdict).ok()?;
+    read_reply(conn)
+}
+
+/// kxend's reply line on a migration connection.
+fn read_reply(conn: &mut UnixStream) -> Option<Reply> {
     let mut reply = String::new();
     BufReader::new(conn.try_clone().ok()?)
         .read_line(&mut reply)
@@ -233,33 +249,49 @@ pub fn send(opts: SendOptions<'_>) -> ExitCode {
     let mut bytes: u64 = 0;
     let mut cut: Option<String> = None;
     // Until kxend's last frame: a cut transport stops the copying, and
-    // the verdict below resumes the domain.
+    // kxl's `Abort`, sent at once, stops kxend's (which sees it before
+    // its next data frame) and resumes the domain; its last frame (the
+    // failure) follows, then its answer to the `Abort`.
     let saved = loop {
         match MigrateFrame::read(&mut frames) {
             Ok(MigrateFrame::Data(data)) => {
-                if cut.is_none() {
-                    match to_target.write_all(&data) {
-                        Ok(()) => bytes += data.len() as u64,
-                        Err(e) => cut = Some(e.to_string()),
+                if cut.is_some() {
+                    continue;
+                }
+                match to_target.write_all(&data) {
+                    Ok(()) => bytes += data.len() as u64,
+                    Err(e) => {
+                        cut = Some(e.to_string());
+                        if send_verdict(&mut conn, MigrateVerdict::Abort).is_err() {
+                            break None;
+                        }
                     }
                 }
-                if cut.is_some() {
-                    break None;
+            }
+            Ok(MigrateFrame::Progress(p)) => {
+                if cut.is_none() {
+                    progress.show(&p, bytes)
                 }
             }
-            Ok(MigrateFrame::Progress(p)) => progress.show(&p, bytes),
-            Ok(MigrateFrame::Done(reply)) => break Some(*reply),
+            Ok(MigrateFrame::Done(reply)) if cut.is_none() => break Some(*reply),
+            Ok(MigrateFrame::Done(_)) => break None,
             Err(e) => {
-                cut = Some(format!("kxend: {e}"));
+                cut.get_or_insert(format!("kxend: {e}"));
                 break None;
             }
         }
     };
+    let abort_sent = cut.is_some();
     let failed_resume = |conn: &mut UnixStream, child: &mut Child, to_target| {
         drop(to_target);
         reap(child);
         eprintln!("Migration failed, resuming at sender.");
-        if tell(conn, MigrateVerdict::Abort).is_none() {
+        let confirmed = if abort_sent {
+            read_reply(conn)
+        } else {
+            tell(conn, MigrateVerdict::Abort)
+        };
+        if !confirmed.is_some_and(|r| r.ok) {
             eprintln!("migration sender: kxend did not confirm the resume");
         }
         ExitCode::FAILURE
@@ -298,8 +330,16 @@ pub fn send(opts: SendOptions<'_>) -> ExitCode {
         return failed_resume(&mut conn, &mut child, to_target);
     }
     eprintln!("migration sender: Target has acknowledged transfer.");
+    // xl's point of no return: once "go" may have reached the
+    // destination, nothing here can tell whether it runs the domain, and
+    // kxend must keep ours paused even if we die. Unless kxend has taken
+    // that in, "go" is not sent and the domain resumes here.
+    if !tell(&mut conn, MigrateVerdict::Committing).is_some_and(|r| r.ok) {
+        eprintln!("migration sender: kxend did not take the point of no return");
+        return failed_resume(&mut conn, &mut child, to_target);
+    }
     eprintln!("migration sender: Giving target permission to start.");
-    let failed_badly = |conn: &mut UnixStream, child: &mut Child| {
+    let failed_badly = |conn: &mut UnixStream, child: &mut Child, to_target| {
         eprint!(
             "** Migration failed during final handshake **\n\
              Domain state is now undefined !\n\
@@ -308,7 +348,10 @@ pub fn send(opts: SendOptions<'_>) -> ExitCode {
              would probably result in SEVERE DATA LOSS and it is now your\n \
              responsibility to avoid that.  Sorry.\n"
         );
-        let _ = tell(conn, MigrateVerdict::KeepPaused);
+        if !tell(conn, MigrateVerdict::KeepPaused).is_some_and(|r| r.ok) {
+            eprintln!("migration sender: kxend did not confirm keeping the domain paused");
+        }
+        drop(to_target);
         reap(child);
         ExitCode::FAILURE
     };
@@ -317,7 +360,7 @@ pub fn send(opts: SendOptions<'_>) -> ExitCode {
         .and_then(|()| to_target.flush())
         .is_err()
     {
-        return failed_badly(&mut conn, &mut child);
+        return failed_badly(&mut conn, &mut child, to_target);
     }
     if !read_fixed(
         &mut from_target,
@@ -325,12 +368,12 @@ pub fn send(opts: SendOptions<'_>) -> ExitCode {
         "success/failure report message",
         Some(&rune),
     ) {
-        return failed_badly(&mut conn, &mut child);
+        return failed_badly(&mut conn, &mut child, to_target);
     }
     let mut status = [0u8; 1];
     if from_target.read_exact(&mut status).is_err() {
         eprintln!("xl: error: file/stream truncated reading success/failure status from migration ack stream");
-        return failed_badly(&mut conn, &mut child);
+        return failed_badly(&mut conn, &mut child, to_target);
     }
     if status[0] != 0 {
         eprintln!(
@@ -343,7 +386,7 @@ pub fn send(opts: SendOptions<'_>) -> ExitCode {
             "permission for sender to resume",
             Some(&rune),
         ) {
-            return failed_badly(&mut conn, &mut child);
+            return failed_badly(&mut conn, &mut child, to_target);
         }
         eprintln!("migration sender: Trying to resume at our end.");
         if tell(&mut conn, MigrateVerdict::Abort).is_some_and(|r| r.ok) {

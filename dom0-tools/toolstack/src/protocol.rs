@@ -148,8 +148,9 @@ pub enum Request {
     /// savefile header, `config` or the domain's own, and libxl's stream;
     /// progress; the outcome), then one [`MigrateVerdict`] line from kxl,
     /// answered with a reply line: `Go` destroys the domain (the
-    /// destination runs it), `KeepPaused` leaves it paused, anything
-    /// else, or the connection closing, resumes it.
+    /// destination runs it), `KeepPaused` leaves it paused, `Committing`
+    /// is answered and followed by another verdict, anything else, or the
+    /// connection closing before `Committing`, resumes it.
     MigrateSend {
         domain: DomainRef,
         #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -197,9 +198,15 @@ pub enum MigrateVerdict {
     /// Sender: resume the domain. Receiver: destroy our copy.
     Abort,
     /// Sender: the handshake broke after the destination was told to
-    /// start; which copy runs is unknown, so leave ours paused (xl's
-    /// "domain state is now undefined").
+    /// start; which copy runs is unknown, so leave ours paused, its
+    /// backends quiesced, until `unpause` or `destroy` (xl's "domain
+    /// state is now undefined").
     KeepPaused,
+    /// Sender, before it writes "go" to the destination: xl's point of no
+    /// return. Answered with an ok reply; another verdict follows, and
+    /// from here a closed connection means `KeepPaused`, not `Abort`
+    /// (kxl may have died after the destination started the domain).
+    Committing,
 }
 
 /// What kxend sends a `migrate-send` client: a tag byte, a little-endian

@@ -6,6 +6,13 @@
 //! as the pass after the move reaches it. Answers
 //! `mem churn ok passes=<n> crc=<8 hex>` (CRC-32 of the pages at the end)
 //! or `mem churn FAIL <why>`.
+//!
+//! `mem zeroing <pages> <ms>` is the same load with every other pass of
+//! each page all-zero (even pages in even passes, odd pages in odd ones):
+//! pages go from data to zero and back while a migration copies them, and
+//! a page the destination left holding data where the source zeroed it
+//! (zero pages travel without contents) is caught the same way. Its
+//! answers start `mem zeroing`.
 
 use crate::{pages, println, time};
 use kxen_testguest::crc32::Crc32;
@@ -23,9 +30,37 @@ fn pattern(pass: u64, page: u64, word: u64) -> u64 {
     z ^ (z >> 31)
 }
 
-/// Check that `words` hold pass `pass`'s pattern of page `page`, then
+/// Which load `run` makes.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Load {
+    /// Every page holds data in every pass.
+    Churn,
+    /// A page is all-zero in every other pass.
+    Zeroing,
+}
+
+impl Load {
+    fn name(self) -> &'static str {
+        match self {
+            Load::Churn => "mem churn",
+            Load::Zeroing => "mem zeroing",
+        }
+    }
+
+    /// The word `word` of page `page` in pass `pass` under this load.
+    fn word(self, pass: u64, page: u64, word: u64) -> u64 {
+        if self == Load::Zeroing && (pass + page).is_multiple_of(2) {
+            0
+        } else {
+            pattern(pass, page, word)
+        }
+    }
+}
+
+/// Check that `words` hold pass `pass`'s contents of page `page`, then
 /// (with `next`) write pass `next`'s. The first mismatch, if any.
 fn check_and_write(
+    load: Load,
     words: &mut [u64],
     page: u64,
     pass: u64,
@@ -35,21 +70,22 @@ fn check_and_write(
         // SAFETY: a plain u64 of our own page; volatile so each pass
         // really reads and writes memory.
         let got = unsafe { core::ptr::read_volatile(w) };
-        let want = pattern(pass, page, i as u64);
+        let want = load.word(pass, page, i as u64);
         if got != want {
             return Some((i, got, want));
         }
         if let Some(next) = next {
             // SAFETY: as above.
-            unsafe { core::ptr::write_volatile(w, pattern(next, page, i as u64)) };
+            unsafe { core::ptr::write_volatile(w, load.word(next, page, i as u64)) };
         }
     }
     None
 }
 
-pub fn run(count: u64, ms: u64) {
+pub fn run(count: u64, ms: u64, load: Load) {
+    let name = load.name();
     let Some(base) = pages::alloc_contig(count as usize) else {
-        println!("mem churn FAIL no memory for {} pages", count);
+        println!("{} FAIL no memory for {} pages", name, count);
         return;
     };
     // SAFETY: `count` fresh identity-mapped pages, ours until freed below;
@@ -57,7 +93,7 @@ pub fn run(count: u64, ms: u64) {
     let buf = unsafe { core::slice::from_raw_parts_mut(base as *mut u64, count as usize * WORDS) };
     for (page, words) in buf.chunks_exact_mut(WORDS).enumerate() {
         for (i, w) in words.iter_mut().enumerate() {
-            *w = pattern(0, page as u64, i as u64);
+            *w = load.word(0, page as u64, i as u64);
         }
     }
     let end = time::now_ns().map(|n| n + ms * 1_000_000);
@@ -65,7 +101,7 @@ pub fn run(count: u64, ms: u64) {
     let mut failure = None;
     'passes: loop {
         for (page, words) in buf.chunks_exact_mut(WORDS).enumerate() {
-            if let Some(bad) = check_and_write(words, page as u64, pass, Some(pass + 1)) {
+            if let Some(bad) = check_and_write(load, words, page as u64, pass, Some(pass + 1)) {
                 failure = Some((page, bad));
                 break 'passes;
             }
@@ -78,7 +114,7 @@ pub fn run(count: u64, ms: u64) {
     }
     if failure.is_none() {
         for (page, words) in buf.chunks_exact_mut(WORDS).enumerate() {
-            if let Some(bad) = check_and_write(words, page as u64, pass, None) {
+            if let Some(bad) = check_and_write(load, words, page as u64, pass, None) {
                 failure = Some((page, bad));
                 break;
             }
@@ -86,7 +122,8 @@ pub fn run(count: u64, ms: u64) {
     }
     match failure {
         Some((page, (word, got, want))) => println!(
-            "mem churn FAIL page {} word {} in pass {}: {:#x}, expected {:#x}",
+            "{} FAIL page {} word {} in pass {}: {:#x}, expected {:#x}",
+            name,
             page,
             word,
             pass + 1,
@@ -98,7 +135,7 @@ pub fn run(count: u64, ms: u64) {
             for w in buf.iter() {
                 crc.update(&w.to_le_bytes());
             }
-            println!("mem churn ok passes={} crc={:08x}", pass, crc.value());
+            println!("{} ok passes={} crc={:08x}", name, pass, crc.value());
         }
     }
     for i in 0..count as usize {

@@ -57,6 +57,10 @@ pub enum Command {
     /// milliseconds, checking each page's previous pattern before each
     /// rewrite (a live migration's test load).
     MemChurn { pages: u64, ms: u64 },
+    /// `mem zeroing <pages> <ms>`: as `mem churn`, but every page is
+    /// all-zero in every other pass (half of them in each), so pages go
+    /// from data to zero and back (a live migration's zero-page load).
+    MemZeroing { pages: u64, ms: u64 },
 }
 
 /// Most pages `mem churn` takes (64 MiB).
@@ -212,6 +216,16 @@ pub fn parse(line: &[u8]) -> Result<Option<Command>, Usage> {
             }
             Command::MemChurn { pages, ms }
         }
+        (b"mem", b"zeroing") => {
+            const U: &str = "usage: mem zeroing <pages 1..16384> <ms 1..600000>";
+            exact(2, U)?;
+            let pages = num(0, U)?;
+            let ms = num(1, U)?;
+            if !(1..=MAX_CHURN_PAGES).contains(&pages) || !(1..=MAX_CHURN_MS).contains(&ms) {
+                return Err(Usage(U));
+            }
+            Command::MemZeroing { pages, ms }
+        }
         (b"mem", _) => return Err(Usage("unknown mem command")),
         _ => return Ok(None),
     };
@@ -312,6 +326,17 @@ mod tests {
         assert!(parse(b"mem churn 16385 10").is_err());
         assert!(parse(b"mem churn 1 600001").is_err());
         assert!(parse(b"mem churn 1").is_err());
+        assert_eq!(
+            parse(b"mem zeroing 64 1000"),
+            Ok(Some(Command::MemZeroing {
+                pages: 64,
+                ms: 1000
+            }))
+        );
+        assert!(parse(b"mem zeroing 0 10").is_err());
+        assert!(parse(b"mem zeroing 16385 10").is_err());
+        assert!(parse(b"mem zeroing 1 600001").is_err());
+        assert!(parse(b"mem zeroing 1").is_err());
         assert!(parse(b"mem other").is_err());
     }
 

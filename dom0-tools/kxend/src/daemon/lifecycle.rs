@@ -679,10 +679,34 @@ impl Daemon {
     pub(super) fn pause(&self, domain: &str, pause: bool) -> Reply {
         match self.resolve(domain).and_then(|id| self.live(id)) {
             None => Reply::unknown_domain(domain),
-            Some(d) => match if pause { d.pause() } else { d.unpause() } {
-                Ok(()) => Reply::ok(),
-                Err(e) => Reply::error(e.to_string()),
-            },
+            Some(d) => {
+                if !pause {
+                    self.resume_quiesced_backends(d.record.domid);
+                }
+                match if pause { d.pause() } else { d.unpause() } {
+                    Ok(()) => Reply::ok(),
+                    Err(e) => Reply::error(e.to_string()),
+                }
+            }
+        }
+    }
+
+    /// Before a user's unpause: backends a migration left quiesced (its
+    /// handshake broke after "go", so the domain was kept paused; the
+    /// user, having checked the destination, chose this copy) serve
+    /// again, before the guest runs and posts to their rings.
+    fn resume_quiesced_backends(&self, domid: u32) {
+        let devices = self
+            .devices
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&domid)
+            .cloned();
+        if let Some(devices) = devices.filter(|d| d.is_quiesced()) {
+            devices.resume();
+            self.log(&format!(
+                "domain {domid}: backends quiesced by a migration serve again before the unpause"
+            ));
         }
     }
 

@@ -11,7 +11,13 @@
 //! Either end treats a dropped connection as "abort": the source domain
 //! is resumed unless kxl said `go` (the destination runs the domain), and
 //! the destination's copy is destroyed unless kxl said `go` (the source
-//! gave permission to start it).
+//! gave permission to start it). The exception is xl's point of no
+//! return: once the sending kxl has said it is about to give the
+//! destination permission to start (`Committing`), nothing tells kxend
+//! whether the destination runs the domain, so a dropped connection
+//! leaves the source paused with its backends quiesced, as xl leaves it
+//! when its final handshake fails; `kxl unpause` resumes both, `kxl
+//! destroy` ends it.
 
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -38,8 +44,34 @@ struct FrameWriter {
     bytes_sent: u64,
 }
 
+/// Whether kxl has given the migration up while kxend streams: it sent
+/// something (its `Abort`, once the transport was cut) or closed the
+/// connection (it died). kxl says nothing else until the last frame.
+fn sender_gave_up(conn: &UnixStream) -> bool {
+    use nix::sys::socket::{recv, MsgFlags};
+    use std::os::fd::AsRawFd;
+    let mut byte = [0u8; 1];
+    match recv(
+        conn.as_raw_fd(),
+        &mut byte,
+        MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT,
+    ) {
+        Ok(_) => true,
+        Err(nix::errno::Errno::EAGAIN) | Err(nix::errno::Errno::EINTR) => false,
+        Err(_) => true,
+    }
+}
+
 impl FrameWriter {
     fn flush_data(&mut self) -> std::io::Result<()> {
+        if sender_gave_up(&self.conn) {
+            // Without this kxend would send the whole stream, and pause the
+            // domain for its final pass, into a transport that is gone.
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::BrokenPipe,
+                "kxl gave the migration up (its transport was cut, or it ended)",
+            ));
+        }
         if !self.pending.is_empty() {
             MigrateFrame::write_data(&mut self.conn, &self.pending)?;
             self.bytes_sent += self.pending.len() as u64;
@@ -74,14 +106,39 @@ impl Write for SharedFrames {
     }
 }
 
-/// kxl's verdict line; a closed connection or anything unreadable is
-/// `Abort`.
-fn read_verdict(reader: &mut BufReader<UnixStream>) -> MigrateVerdict {
+/// kxl's verdict line; `None` for a closed connection or anything
+/// unreadable.
+fn read_verdict(reader: &mut BufReader<UnixStream>) -> Option<MigrateVerdict> {
     let _ = reader.get_ref().set_read_timeout(None);
     let mut line = Vec::new();
     match reader.by_ref().take(256).read_until(b'\n', &mut line) {
-        Ok(n) if n > 0 => serde_json::from_slice(&line).unwrap_or(MigrateVerdict::Abort),
-        _ => MigrateVerdict::Abort,
+        Ok(n) if n > 0 => serde_json::from_slice(&line).ok(),
+        _ => None,
+    }
+}
+
+/// The sender's verdict: `Committing` is answered and the next one read;
+/// a connection lost before it is `Abort` (kxl never told the destination
+/// to start), after it `KeepPaused` (kxl may have, and the destination may
+/// run the domain).
+fn read_sender_verdict(
+    reader: &mut BufReader<UnixStream>,
+    writer: &mut UnixStream,
+) -> MigrateVerdict {
+    let mut committed = false;
+    loop {
+        match read_verdict(reader) {
+            Some(MigrateVerdict::Committing) if !committed => {
+                committed = true;
+                if send(writer, &Reply::ok()).is_err() {
+                    return MigrateVerdict::KeepPaused;
+                }
+            }
+            Some(MigrateVerdict::Committing) => return MigrateVerdict::KeepPaused,
+            Some(verdict) => return verdict,
+            None if committed => return MigrateVerdict::KeepPaused,
+            None => return MigrateVerdict::Abort,
+        }
     }
 }
 
@@ -175,7 +232,15 @@ impl Daemon {
             Err(e) => {
                 resume(&format!("failed after {bytes} bytes ({e})"));
                 let reply = Reply::error(format!("Failed to save domain {id}: {e}"));
-                let _ = MigrateFrame::Done(Box::new(reply)).write(&mut writer);
+                if MigrateFrame::Done(Box::new(reply))
+                    .write(&mut writer)
+                    .is_ok()
+                {
+                    // kxl's verdict (its `Abort`, maybe sent already) is
+                    // answered: the domain is resumed.
+                    let _ = read_verdict(&mut reader);
+                    let _ = send(&mut writer, &Reply::ok());
+                }
                 return;
             }
         };
@@ -193,7 +258,7 @@ impl Daemon {
             resume("cut after the stream");
             return;
         }
-        match read_verdict(&mut reader) {
+        match read_sender_verdict(&mut reader, &mut writer) {
             MigrateVerdict::Go => {
                 // The destination runs the domain: the downtime ends.
                 let downtime = report.paused_at.map(|at| at.elapsed());
@@ -224,9 +289,13 @@ impl Daemon {
                 };
                 let _ = send(&mut writer, &reply);
             }
-            MigrateVerdict::KeepPaused => {
+            MigrateVerdict::KeepPaused | MigrateVerdict::Committing => {
+                // The destination may run the domain: ours stays paused
+                // and its backends quiesced (a request left on a ring must
+                // not be served here too, onto shared storage) until the
+                // user unpauses it (which resumes them) or destroys it.
                 self.log(&format!(
-                    "domain {id} ({}): migration handshake broke after the destination was told to start; left paused",
+                    "domain {id} ({}): migration handshake broke after the destination was told to start; it may run there; left paused with its backends quiesced",
                     d.record.name
                 ));
                 let _ = send(&mut writer, &Reply::ok());
@@ -291,7 +360,7 @@ impl Daemon {
             ..Reply::ok()
         };
         let verdict = if send(&mut writer, &received.clone()).is_ok() {
-            read_verdict(&mut BufReader::new(verdict_conn))
+            read_verdict(&mut BufReader::new(verdict_conn)).unwrap_or(MigrateVerdict::Abort)
         } else {
             MigrateVerdict::Abort
         };
@@ -323,7 +392,7 @@ impl Daemon {
                 }
                 None => Reply::error(format!("domain {domid} is gone")),
             },
-            MigrateVerdict::Abort | MigrateVerdict::KeepPaused => {
+            MigrateVerdict::Abort | MigrateVerdict::KeepPaused | MigrateVerdict::Committing => {
                 destroy("aborted");
                 Reply::ok()
             }

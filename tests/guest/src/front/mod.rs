@@ -334,7 +334,10 @@ pub fn command(line: &[u8]) -> bool {
             run_net(d, c);
             put_net(d);
         }
-        Command::MemChurn { pages, ms } => crate::churn::run(pages, ms),
+        Command::MemChurn { pages, ms } => crate::churn::run(pages, ms, crate::churn::Load::Churn),
+        Command::MemZeroing { pages, ms } => {
+            crate::churn::run(pages, ms, crate::churn::Load::Zeroing)
+        }
     }
     true
 }
