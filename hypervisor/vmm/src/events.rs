@@ -16,6 +16,7 @@
 
 use std::collections::BTreeMap;
 use std::os::fd::{AsRawFd, RawFd};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 
 use event_manager::{EventOps, Events, MutEventSubscriber};
@@ -75,6 +76,16 @@ pub struct EventRouting {
     pub wake: EventFd,
     vectors: Mutex<Vec<Option<u8>>>,
     channels: Mutex<BTreeMap<u32, Channel>>,
+    /// Per vCPU: the upcall vector KVM refused last (0: none). KVM drops a
+    /// fixed interrupt to a software-disabled LAPIC instead of holding it
+    /// in IRR as Xen's vLAPIC does; Linux disables its boot CPU's LAPIC
+    /// across a suspend (lapic_suspend) while the resumed kernel already
+    /// registers its vcpu_info, whose upcall would be lost for good (an
+    /// upcall is raised only when `evtchn_upcall_pending` goes 0 to 1).
+    /// [`UpcallRetry`] raises it again until KVM takes it.
+    refused: Vec<AtomicU8>,
+    /// Written when an upcall was refused: the retry timer starts.
+    pub refused_wake: EventFd,
 }
 
 fn irqchip_route(gsi: u32, irqchip: u32, pin: u32) -> kvm_irq_routing_entry {
@@ -121,6 +132,8 @@ impl EventRouting {
             wake: EventFd::new(EFD_NONBLOCK)?,
             vectors: Mutex::new(vec![None; nr_vcpus as usize]),
             channels: Mutex::new(BTreeMap::new()),
+            refused: (0..nr_vcpus).map(|_| AtomicU8::new(0)).collect(),
+            refused_wake: EventFd::new(EFD_NONBLOCK)?,
         };
         // KXEN_NO_IRQFD=1 forces the relay (tests exercise it on hosts
         // where irqfds work).
@@ -338,14 +351,43 @@ impl EventRouting {
         }
     }
 
-    /// Raise `vector` on `vcpu` through its LAPIC (APIC ID = vCPU id).
+    /// Raise `vector` on `vcpu` through its LAPIC (APIC ID = vCPU id); one
+    /// KVM refuses is raised again by [`UpcallRetry`].
     pub fn inject_vector(&self, vcpu: u32, vector: u8) {
-        inject_vector(&self.vm, vcpu, vector);
+        let Some(refused) = self.refused.get(vcpu as usize) else {
+            return;
+        };
+        if inject_vector(&self.vm, vcpu, vector) {
+            refused.store(0, Ordering::SeqCst);
+        } else if refused.swap(vector, Ordering::SeqCst) == 0 {
+            debug!(vcpu, vector, "upcall refused by the LAPIC: retrying");
+            let _ = self.refused_wake.write(1);
+        }
+    }
+
+    /// Raise each refused upcall again; true while one is still refused.
+    fn retry_refused(&self) -> bool {
+        let mut left = false;
+        for (vcpu, refused) in self.refused.iter().enumerate() {
+            let vector = refused.load(Ordering::SeqCst);
+            if vector == 0 {
+                continue;
+            }
+            if inject_vector(&self.vm, vcpu as u32, vector) {
+                debug!(vcpu, vector, "refused upcall taken");
+                let _ = refused.compare_exchange(vector, 0, Ordering::SeqCst, Ordering::SeqCst);
+            } else {
+                left = true;
+            }
+        }
+        left
     }
 }
 
-/// Raise `vector` on `vcpu` through its LAPIC (APIC ID = vCPU id).
-pub fn inject_vector(vm: &VmFd, vcpu: u32, vector: u8) {
+/// Raise `vector` on `vcpu` through its LAPIC (APIC ID = vCPU id). False
+/// when no LAPIC took it (KVM_SIGNAL_MSI delivered to none: a software-
+/// disabled LAPIC drops fixed interrupts).
+pub fn inject_vector(vm: &VmFd, vcpu: u32, vector: u8) -> bool {
     tracing::trace!(vcpu, vector, "upcall MSI");
     let msi = kvm_msi {
         address_lo: 0xfee0_0000 | (vcpu << 12),
@@ -353,8 +395,84 @@ pub fn inject_vector(vm: &VmFd, vcpu: u32, vector: u8) {
         data: vector as u32,
         ..Default::default()
     };
-    if let Err(e) = vm.signal_msi(msi) {
-        warn!(vcpu, vector, "KVM_SIGNAL_MSI failed: {e}");
+    match vm.signal_msi(msi) {
+        Ok(delivered) => delivered > 0,
+        Err(e) => {
+            warn!(vcpu, vector, "KVM_SIGNAL_MSI failed: {e}");
+            // Not a refusal a retry would change.
+            true
+        }
+    }
+}
+
+/// How often a refused upcall is raised again.
+const UPCALL_RETRY: std::time::Duration = std::time::Duration::from_millis(2);
+
+/// Raises refused upcalls again (see [`EventRouting::inject_vector`]):
+/// a timer that runs only while one is refused.
+pub struct UpcallRetry {
+    routing: Arc<EventRouting>,
+    timer: nix::sys::timerfd::TimerFd,
+    armed: bool,
+}
+
+impl UpcallRetry {
+    pub fn new(routing: Arc<EventRouting>) -> nix::Result<Self> {
+        Ok(UpcallRetry {
+            routing,
+            timer: crate::event_loop::new_timer()?,
+            armed: false,
+        })
+    }
+
+    fn arm(&mut self, on: bool) {
+        use nix::sys::time::TimeSpec;
+        use nix::sys::timerfd::{Expiration, TimerSetTimeFlags};
+        if on == self.armed {
+            return;
+        }
+        let result = if on {
+            self.timer.set(
+                Expiration::Interval(TimeSpec::from_duration(UPCALL_RETRY)),
+                TimerSetTimeFlags::empty(),
+            )
+        } else {
+            self.timer.unset()
+        };
+        match result {
+            Ok(()) => self.armed = on,
+            Err(e) => warn!("upcall retry timer: {e}"),
+        }
+    }
+}
+
+const RETRY_WAKE: u32 = 0;
+const RETRY_TICK: u32 = 1;
+
+impl MutEventSubscriber for UpcallRetry {
+    fn init(&mut self, ops: &mut EventOps) {
+        watch(
+            ops,
+            &self.routing.refused_wake,
+            RETRY_WAKE,
+            "refused upcalls",
+        );
+        watch(
+            ops,
+            &std::os::fd::AsFd::as_fd(&self.timer),
+            RETRY_TICK,
+            "the upcall retry timer",
+        );
+    }
+
+    fn process(&mut self, events: Events, _ops: &mut EventOps) {
+        if events.data() == RETRY_WAKE {
+            drain(&self.routing.refused_wake);
+        } else {
+            let _ = self.timer.wait();
+        }
+        let left = self.routing.retry_refused();
+        self.arm(left);
     }
 }
 

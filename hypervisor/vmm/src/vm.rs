@@ -62,6 +62,9 @@ pub fn run(cfg: VmConfig, started: Instant, report_timing: bool) -> Result<Domai
                 .map_err(setup("AP mailbox timerfd"))?,
         ));
     }
+    event_loop.add(subscriber(
+        crate::events::UpcallRetry::new(events.clone()).map_err(setup("upcall retry timerfd"))?,
+    ));
     event_loop.add(subscriber(Dom0WakeRelay {
         routing: events.clone(),
         domain: domain.clone(),
