@@ -297,6 +297,10 @@ impl Domain {
             });
         }
         st.ballooned = snap.ballooned.iter().copied().collect();
+        // The guest's timers and clock readings are in the system time it
+        // suspended at: it goes on from there, not from this domain's
+        // start (a minute back, for a guest saved a minute after boot).
+        self.clock.continue_from(snap.system_time_ns);
         for (i, v) in snap.vcpus.iter().enumerate() {
             st.vcpus[i].initialised = v.initialised;
             let online = v.initialised && v.online;
