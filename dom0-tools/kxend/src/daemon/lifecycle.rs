@@ -682,6 +682,19 @@ impl Daemon {
             Some(d) => {
                 if !pause {
                     self.resume_quiesced_backends(d.record.domid);
+                    // A guest that suspended itself for a migration whose
+                    // handshake then broke resumes in place: its suspend
+                    // is cancelled, as xc_domain_resume does.
+                    if d.info().is_ok_and(|i| i.suspended) {
+                        return match self.resume_after_image(
+                            &d,
+                            super::suspend::Stopped::Suspended,
+                            false,
+                        ) {
+                            Ok(()) => Reply::ok(),
+                            Err(e) => Reply::error(e),
+                        };
+                    }
                 }
                 match if pause { d.pause() } else { d.unpause() } {
                     Ok(()) => Reply::ok(),
