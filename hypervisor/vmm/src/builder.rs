@@ -295,6 +295,7 @@ pub fn build(cfg: &VmConfig, started: Instant) -> Result<Vm, VmError> {
         domid: cfg.domid,
         memory: memory.clone(),
         nr_vcpus: cfg.vcpus,
+        keep_suspended: cfg.control_socket.is_some(),
         kicker: kicker.clone(),
         dom0: dom0_link.clone(),
         events: events.clone(),

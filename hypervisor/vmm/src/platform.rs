@@ -23,6 +23,10 @@ pub struct VmmPlatform {
     pub domid: u16,
     pub memory: Arc<GuestMemory>,
     pub nr_vcpus: u32,
+    /// A toolstack holds the control socket: a guest that suspends itself
+    /// stays, paused, for it to save. Without one (kxen-run) the domain
+    /// ends with exit status 3, as there is nobody to save it.
+    pub keep_suspended: bool,
     pub kicker: Arc<Kicker>,
     pub dom0: Arc<Dom0Ports>,
     pub events: Arc<EventRouting>,
@@ -57,7 +61,7 @@ impl Platform for VmmPlatform {
     }
 
     fn shutdown(&self, reason: u32) {
-        if reason == xen_abi::sched::SHUTDOWN_SUSPEND {
+        if reason == xen_abi::sched::SHUTDOWN_SUSPEND && self.keep_suspended {
             // Xen keeps a suspended domain, paused, for the toolstack to
             // save (or resume): no vCPU enters the guest again, the
             // suspending one as soon as its hypercall is answered.
