@@ -272,6 +272,15 @@ impl PciBus {
         self.functions.get(&((device & 0x1f) << 3))
     }
 
+    /// A bus with the same functions and registers, for checking a saved
+    /// state without touching this one.
+    pub fn scratch_copy(&self) -> PciBus {
+        PciBus {
+            address: self.address,
+            functions: self.functions.clone(),
+        }
+    }
+
     pub fn save_state(&self) -> PciState {
         PciState {
             address: self.address,

@@ -37,7 +37,8 @@ use tracing::{debug, info, warn};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use kxen_devices::virtio_mmio::{
-    reg, AttachError, BackendError, DeviceType, QueueConfig, VirtioBackend, VirtioInterrupt,
+    reg, AttachError, BackendError, DeviceType, QueueConfig, QueueIndices, VirtioBackend,
+    VirtioInterrupt,
     VirtioMmio, INT_VRING, MAX_QUEUES, VIRTIO_MMIO_WINDOW,
 };
 use kxen_devices::{Bus, BusError};
@@ -114,6 +115,12 @@ pub struct LinkQueue {
     pub desc: u64,
     pub avail: u64,
     pub used: u64,
+    /// A restored queue's saved positions: where the backend goes on
+    /// (absent on a driver's activation, which starts at 0).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_avail: Option<u16>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_used: Option<u16>,
 }
 
 /// VMM → kxend link messages.
@@ -153,14 +160,24 @@ impl Link {
         result
     }
 
-    fn exchange(&mut self, event: &LinkEvent) -> Result<(), LinkError> {
+    /// Send `event` without waiting for its reply: kxend only starts
+    /// reading the link once it has the attach reply, which this send
+    /// precedes. Its answer is dropped with the next request's stale
+    /// replies; a refusal also comes as the error eventfd.
+    fn post(&mut self, event: &LinkEvent) -> Result<(), LinkError> {
         if self.closed.load(Ordering::SeqCst) {
             return Err(LinkError::Closed);
         }
-        self.drop_stale_replies()?;
+        let result = self.send_line(event);
+        if matches!(result, Err(LinkError::Closed | LinkError::Io(_))) {
+            self.closed.store(true, Ordering::SeqCst);
+        }
+        result
+    }
+
+    fn send_line(&mut self, event: &LinkEvent) -> Result<(), LinkError> {
         let mut line = serde_json::to_vec(event).map_err(|e| LinkError::Io(e.into()))?;
         line.push(b'\n');
-        let deadline = Instant::now() + self.timeout;
         let fd = self.stream.as_raw_fd();
         let mut sent = 0;
         while sent < line.len() {
@@ -175,6 +192,16 @@ impl Link {
                 Err(e) => return Err(LinkError::Io(e.into())),
             }
         }
+        Ok(())
+    }
+
+    fn exchange(&mut self, event: &LinkEvent) -> Result<(), LinkError> {
+        if self.closed.load(Ordering::SeqCst) {
+            return Err(LinkError::Closed);
+        }
+        self.drop_stale_replies()?;
+        let deadline = Instant::now() + self.timeout;
+        self.send_line(event)?;
         let line = self.read_line(deadline)?;
         let reply: LinkReply = serde_json::from_slice(&line).map_err(|e| {
             LinkError::BadReply(format!("{e}: {:?}", String::from_utf8_lossy(&line)))
@@ -277,6 +304,8 @@ impl VirtioBackend for LinkBackend {
                     desc: q.desc,
                     avail: q.avail,
                     used: q.used,
+                    next_avail: None,
+                    next_used: None,
                 })
                 .collect(),
         };
@@ -297,6 +326,40 @@ impl VirtioBackend for LinkBackend {
         if let Err(e) = self.link().request(&LinkEvent::Reset) {
             warn!(slot = self.slot, "virtio reset: {e}");
         }
+    }
+
+    fn resume(
+        &mut self,
+        features: u64,
+        queues: &[QueueConfig],
+        indices: &[QueueIndices],
+    ) -> Result<(), BackendError> {
+        let event = LinkEvent::Activate {
+            features,
+            queues: queues
+                .iter()
+                .zip(indices)
+                .map(|(q, at)| LinkQueue {
+                    index: q.index,
+                    size: q.size,
+                    desc: q.desc,
+                    avail: q.avail,
+                    used: q.used,
+                    next_avail: Some(at.next_avail),
+                    next_used: Some(at.next_used),
+                })
+                .collect(),
+        };
+        info!(
+            slot = self.slot,
+            features,
+            queues = queues.len(),
+            "virtio resume of a restored device"
+        );
+        self.link().post(&event).map_err(|e| {
+            warn!(slot = self.slot, "virtio resume: {e}");
+            BackendError(e.to_string())
+        })
     }
 
     fn notify(&mut self, queue: u16) {
@@ -815,7 +878,9 @@ mod tests {
                     size: 128,
                     desc: 0x10_0000,
                     avail: 0x10_1000,
-                    used: 0x10_2000
+                    used: 0x10_2000,
+                    next_avail: None,
+                    next_used: None,
                 }]
             }
         );
