@@ -111,7 +111,10 @@ impl I8042State {
             return Err(DeviceStateError::field("i8042", format!("queue of {len}")));
         }
         if !has_pending && pending != 0 {
-            return Err(DeviceStateError::field("i8042", "a pending byte without a command"));
+            return Err(DeviceStateError::field(
+                "i8042",
+                "a pending byte without a command",
+            ));
         }
         Ok(I8042State {
             output: queue[..len].to_vec(),

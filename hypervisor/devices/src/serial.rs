@@ -150,7 +150,10 @@ impl UartState {
             ));
         }
         if fifo[len..].iter().any(|&b| b != 0) {
-            return Err(DeviceStateError::field("UART", "bytes past the FIFO's fill"));
+            return Err(DeviceStateError::field(
+                "UART",
+                "bytes past the FIFO's fill",
+            ));
         }
         // IER has four defined bits; the others read as zero on a 16550A.
         if registers[2] & 0xf0 != 0 {
@@ -213,8 +216,7 @@ impl Uart {
             .try_clone()
             .map_err(|e| DeviceStateError::field("UART", format!("interrupt line: {e}")))?;
         let events = UartEvents(self.inner.events().0.clone());
-        let out: ConsoleOut =
-            std::mem::replace(self.inner.writer_mut(), Box::new(std::io::sink()));
+        let out: ConsoleOut = std::mem::replace(self.inner.writer_mut(), Box::new(std::io::sink()));
         match Serial::from_state(&serial_state, IrqLine(irq), events, out) {
             Ok(serial) => {
                 self.inner = serial;
@@ -328,14 +330,21 @@ mod tests {
         let sink2 = Sink::default();
         let mut other = Uart::new(irq2.try_clone().unwrap(), Box::new(sink2.clone()));
         other.load_state(&saved).unwrap();
-        assert!(irq2.read().unwrap() >= 1, "pending receive interrupt raised");
+        assert!(
+            irq2.read().unwrap() >= 1,
+            "pending receive interrupt raised"
+        );
         let mut b = [0u8; 1];
         other.read(7, &mut b);
         assert_eq!(b[0], 0x5a);
         other.read(0, &mut b);
         assert_eq!(b[0], b'a');
         other.write(0, b"z");
-        assert_eq!(&*sink2.0.lock().unwrap(), b"z", "output still goes to its console");
+        assert_eq!(
+            &*sink2.0.lock().unwrap(),
+            b"z",
+            "output still goes to its console"
+        );
 
         let mut bad = bytes.clone();
         bad[9] = 65;

@@ -331,12 +331,10 @@ pub struct VirtioMmioState {
 }
 
 const QUEUE_STATE_LEN: usize = 2 + 1 + 8 * 3 + 2 * 2;
-const VIRTIO_MMIO_STATE_LEN: usize = 1 + 1 + 8 + 8 + 4 * 5 + 1 + 1 + 4 + 4 + 1 + MAX_QUEUES * QUEUE_STATE_LEN;
-const STATUS_BITS: u32 = status::ACKNOWLEDGE
-    | status::DRIVER
-    | status::FEATURES_OK
-    | status::DRIVER_OK
-    | status::FAILED;
+const VIRTIO_MMIO_STATE_LEN: usize =
+    1 + 1 + 8 + 8 + 4 * 5 + 1 + 1 + 4 + 4 + 1 + MAX_QUEUES * QUEUE_STATE_LEN;
+const STATUS_BITS: u32 =
+    status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK | status::DRIVER_OK | status::FAILED;
 
 impl VirtioMmioState {
     pub fn encode(&self) -> Vec<u8> {
@@ -1552,7 +1550,8 @@ mod tests {
         // A backend with fewer features than the driver took cannot.
         let (mut dev, _) = unattached();
         dev.load_state(&saved).unwrap();
-        dev.attach(Box::new(Fake::default()), 0, &config, 2).unwrap();
+        dev.attach(Box::new(Fake::default()), 0, &config, 2)
+            .unwrap();
         assert_ne!(dev.status() & status::DEVICE_NEEDS_RESET, 0);
         // Nor one that refuses.
         let (mut dev, _) = unattached();

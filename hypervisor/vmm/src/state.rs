@@ -219,7 +219,11 @@ pub fn save(h: &ControlHandles) -> Result<Vec<u8>, StateError> {
     entries.push((HVM_SAVE_CODE_ISA_IRQ, 0, isa_irqs.as_bytes().to_vec()));
     entries.push((HVM_SAVE_CODE_PCI_LINK, 0, pci_link.as_bytes().to_vec()));
     if let Some(hvm) = &h.hvm {
-        let clock = hvm.cmos.lock().unwrap_or_else(|e| e.into_inner()).save_clock();
+        let clock = hvm
+            .cmos
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .save_clock();
         let record = rtc::save_rtc(&clock);
         entries.push((HVM_SAVE_CODE_RTC, 0, record.as_bytes().to_vec()));
     }

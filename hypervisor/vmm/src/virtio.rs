@@ -38,8 +38,7 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use kxen_devices::virtio_mmio::{
     reg, AttachError, BackendError, DeviceType, QueueConfig, QueueIndices, VirtioBackend,
-    VirtioInterrupt,
-    VirtioMmio, INT_VRING, MAX_QUEUES, VIRTIO_MMIO_WINDOW,
+    VirtioInterrupt, VirtioMmio, INT_VRING, MAX_QUEUES, VIRTIO_MMIO_WINDOW,
 };
 use kxen_devices::{Bus, BusError};
 use kxen_loader::acpi::VirtioMmioDevice;
