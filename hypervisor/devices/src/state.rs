@@ -1,7 +1,11 @@
 //! The saved state of the HVM device models (issue 17): the section of a
 //! kxen image that carries what only kxen's devices know (the UART, the
 //! i8042, the ACPI PM block, PCI configuration space and the virtio-mmio
-//! transports). The CMOS clock travels as Xen's own RTC record instead.
+//! transports), and the one PVM-host hook with state: where kxen-vmm's
+//! syscall bridge put its breakpoint in the guest's page-fault handler and
+//! the byte it displaced (the `int3` itself is in guest memory, so it
+//! travels with the pages). The CMOS clock travels as Xen's own RTC record
+//! instead.
 //!
 //! The section comes from a restore file or a migration stream, so it is
 //! hostile input: [`parse`] checks every length and every field before it
@@ -32,6 +36,7 @@ pub const TAG_I8042: u16 = 2;
 pub const TAG_ACPI_PM: u16 = 3;
 pub const TAG_PCI: u16 = 4;
 pub const TAG_VIRTIO_MMIO: u16 = 5;
+pub const TAG_SYSCALL_BRIDGE: u16 = 6;
 
 /// Most virtio-mmio slots a section may carry.
 pub const MAX_VIRTIO_SLOTS: u16 = 8;
@@ -147,6 +152,50 @@ pub struct DeviceState {
     pub pci: Option<crate::pci::PciState>,
     /// By slot, in slot order.
     pub virtio: Vec<(u16, crate::virtio_mmio::VirtioMmioState)>,
+    /// The syscall bridge's breakpoint, where one is planted.
+    pub syscall_bridge: Option<BridgeBreakpoint>,
+}
+
+/// Where kxen-vmm's syscall bridge planted its `int3`: the page-fault
+/// handler's address, the guest-physical address of its first byte and
+/// the byte the `int3` displaced. The loader checks the address against
+/// the domain's RAM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BridgeBreakpoint {
+    pub handler: u64,
+    pub gpa: u64,
+    pub original: u8,
+}
+
+const BRIDGE_STATE_LEN: usize = 17;
+
+impl BridgeBreakpoint {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(BRIDGE_STATE_LEN);
+        out.extend_from_slice(&self.handler.to_le_bytes());
+        out.extend_from_slice(&self.gpa.to_le_bytes());
+        out.push(self.original);
+        out
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Self, DeviceStateError> {
+        let mut c = exact("syscall bridge", bytes, BRIDGE_STATE_LEN)?;
+        let b = BridgeBreakpoint {
+            handler: c.u64(),
+            gpa: c.u64(),
+            original: c.u8(),
+        };
+        // A kernel-half, canonical handler address; an int3 never
+        // displaced itself.
+        let canonical_kernel = b.handler >> 47 == 0x1_ffff;
+        if !canonical_kernel || b.original == 0xcc {
+            return Err(DeviceStateError::field(
+                "syscall bridge",
+                format!("handler {:#x}, byte {:#x}", b.handler, b.original),
+            ));
+        }
+        Ok(b)
+    }
 }
 
 fn push_entry(out: &mut Vec<u8>, tag: u16, instance: u16, body: &[u8]) {
@@ -173,6 +222,9 @@ pub fn encode(state: &DeviceState) -> Vec<u8> {
     }
     for (slot, s) in &state.virtio {
         push_entry(&mut body, TAG_VIRTIO_MMIO, *slot, &s.encode());
+    }
+    if let Some(b) = &state.syscall_bridge {
+        push_entry(&mut body, TAG_SYSCALL_BRIDGE, 0, &b.encode());
     }
     let mut out = Vec::with_capacity(HEADER_LEN + body.len());
     out.extend_from_slice(DEVICE_STATE_MAGIC);
@@ -261,6 +313,13 @@ pub fn parse(bytes: &[u8]) -> Result<DeviceState, DeviceStateError> {
                 let s = crate::virtio_mmio::VirtioMmioState::decode(data)?;
                 state.virtio.push((instance, s));
             }
+            TAG_SYSCALL_BRIDGE => {
+                single(instance)?;
+                if state.syscall_bridge.is_some() {
+                    return Err(duplicate());
+                }
+                state.syscall_bridge = Some(BridgeBreakpoint::decode(data)?);
+            }
             other => return Err(DeviceStateError::UnknownTag(other)),
         }
     }
@@ -289,6 +348,11 @@ mod tests {
             }),
             pci: Some(crate::pci::PciBus::new().save_state()),
             virtio: Vec::new(),
+            syscall_bridge: Some(BridgeBreakpoint {
+                handler: 0xffff_ffff_81c0_1230,
+                gpa: 0x1c0_1230,
+                original: 0xf3,
+            }),
         }
     }
 
@@ -333,6 +397,20 @@ mod tests {
             with(TAG_VIRTIO_MMIO, 8, &[]),
             Err(DeviceStateError::Instance { .. })
         ));
+        // A breakpoint in user space, or one that displaced an int3.
+        let mut state = sample();
+        state.syscall_bridge = Some(BridgeBreakpoint {
+            handler: 0x40_1000,
+            gpa: 0,
+            original: 0x90,
+        });
+        assert!(parse(&encode(&state)).is_err());
+        state.syscall_bridge = Some(BridgeBreakpoint {
+            handler: 0xffff_ffff_8100_0000,
+            gpa: 0,
+            original: 0xcc,
+        });
+        assert!(parse(&encode(&state)).is_err());
         // An entry whose length runs past the body.
         let mut long = good.clone();
         long[HEADER_LEN + 4..HEADER_LEN + 8].copy_from_slice(&u32::MAX.to_le_bytes());

@@ -240,6 +240,8 @@ impl HvmDevices {
                 .flat_map(|v| v.slots().iter().enumerate())
                 .map(|(i, slot)| (i as u16, slot.device().save_state()))
                 .collect(),
+            // The bridge is not a device: the saver adds its breakpoint.
+            syscall_bridge: None,
         }
     }
 

@@ -26,6 +26,7 @@
 use std::os::unix::fs::FileExt;
 use std::time::Duration;
 
+use kxen_devices::state::BridgeBreakpoint;
 use kxen_stream::hvm_context::{self, HvmContextBuilder};
 use kxen_vmm_api::image::{self, TscInfo, VmmImage};
 use kxen_xen::snapshot::XenSnapshot;
@@ -117,7 +118,69 @@ fn save_devices(h: &ControlHandles, hvm: &crate::hvm::HvmDevices) -> Result<Vec<
             };
         }
     }
+    state.syscall_bridge = h
+        .syscall_bridge
+        .as_ref()
+        .and_then(|b| b.planted())
+        .map(|p| BridgeBreakpoint {
+            handler: p.handler,
+            gpa: p.gpa,
+            original: p.original,
+        });
     Ok(kxen_devices::state::encode(&state))
+}
+
+/// The first bytes of the page-fault handler under a saved breakpoint,
+/// with the displaced byte back in place, from the loaded guest memory;
+/// refused unless they lie in RAM and start with an instruction the
+/// bridge steps over (hostile input: the address and byte are the
+/// image's).
+fn check_breakpoint(h: &ControlHandles, b: &BridgeBreakpoint) -> Result<(), StateError> {
+    let bad = |why: &str| StateError::XenState(format!("syscall bridge at {:#x}: {why}", b.gpa));
+    let mut head = [0u8; 8];
+    if b.gpa & 0xfff > 0x1000 - head.len() as u64 || !h.memory.is_ram(b.gpa >> 12) {
+        return Err(bad("not in guest RAM"));
+    }
+    let offset = h
+        .memory
+        .memfd_offset(b.gpa)
+        .ok_or_else(|| bad("not in guest RAM"))?;
+    h.memory
+        .memfd
+        .read_exact_at(&mut head, offset)
+        .map_err(StateError::Memory)?;
+    head[0] = b.original;
+    if crate::syscall_bridge::Displaced::decode(&head).is_none() {
+        return Err(bad(
+            "the handler starts with an instruction the bridge does not step over",
+        ));
+    }
+    Ok(())
+}
+
+/// Give the bridge the source's breakpoint; a domain without a bridge
+/// (a host with VT-x or SVM) gets the displaced byte back instead.
+fn restore_breakpoint(h: &ControlHandles, b: &BridgeBreakpoint) -> Result<(), StateError> {
+    const INT3: u8 = 0xcc;
+    let offset = h
+        .memory
+        .memfd_offset(b.gpa)
+        .ok_or_else(|| StateError::XenState("syscall bridge: not in guest RAM".into()))?;
+    let byte = match &h.syscall_bridge {
+        Some(bridge) => {
+            bridge.restore(crate::syscall_bridge::Planted {
+                handler: b.handler,
+                gpa: b.gpa,
+                original: b.original,
+            });
+            INT3
+        }
+        None => b.original,
+    };
+    h.memory
+        .memfd
+        .write_all_at(&[byte], offset)
+        .map_err(StateError::Memory)
 }
 
 /// The pool frames a snapshot has contents for, in image order.
@@ -336,6 +399,9 @@ pub fn load(h: &ControlHandles, bytes: &[u8]) -> Result<(), StateError> {
         (Some(hvm), false) => {
             let state = kxen_devices::state::parse(device_section)?;
             hvm.check_devices(&state)?;
+            if let Some(b) = &state.syscall_bridge {
+                check_breakpoint(h, b)?;
+            }
             Some(state)
         }
         (Some(_), true) => {
@@ -497,6 +563,9 @@ pub fn load(h: &ControlHandles, bytes: &[u8]) -> Result<(), StateError> {
     }
     if let (Some(hvm), Some(devices)) = (&h.hvm, &devices) {
         hvm.load_devices(devices)?;
+        if let Some(b) = &devices.syscall_bridge {
+            restore_breakpoint(h, b)?;
+        }
         if let Some(clock) = &clock {
             hvm.cmos
                 .lock()

@@ -857,6 +857,59 @@ mod tests {
     }
 
     #[test]
+    fn a_restored_running_device_resumes_over_the_new_link_without_a_reset() {
+        // The source: the driver has the device running on queue 0.
+        let (src, _lines) = devices(&[DeviceType::Blk]);
+        let fds = src.attach(&blk_request(0, 2)).unwrap();
+        let _seen = fake_kxend(fds.link, |_| Some("{\"ok\":true}\n".into()));
+        let slot = &src.slots()[0];
+        negotiate(slot);
+        driver_ok(slot);
+        let mut saved = slot.device().save_state();
+        saved.queues[0].indices.next_avail = 41;
+        saved.queues[0].indices.next_used = 41;
+
+        // The destination: the state loads before kxend attaches; the
+        // attach posts the activation with the positions, the link's
+        // answer comes later, and the driver sees a running device.
+        let (dst, lines) = devices(&[DeviceType::Blk]);
+        let thread = dst.start().unwrap();
+        dst.slots()[0].device().load_state(&saved).unwrap();
+        let fds = dst.attach(&blk_request(0, 2)).unwrap();
+        let seen = fake_kxend(fds.link, |_| Some("{\"ok\":true}\n".into()));
+        assert_eq!(
+            seen.recv_timeout(Duration::from_secs(2)).unwrap(),
+            LinkEvent::Activate {
+                features: VIRTIO_F_VERSION_1,
+                queues: vec![LinkQueue {
+                    index: 0,
+                    size: 128,
+                    desc: 0x10_0000,
+                    avail: 0x10_1000,
+                    used: 0x10_2000,
+                    next_avail: Some(41),
+                    next_used: Some(41),
+                }]
+            }
+        );
+        let slot = &dst.slots()[0];
+        let st = r(&mut slot.device(), reg::STATUS);
+        assert_eq!(st & status::DEVICE_NEEDS_RESET, 0, "{st:#x}");
+        assert_ne!(st & status::DRIVER_OK, 0);
+        assert!(lines[0].read().unwrap() >= 1, "the driver is told to look");
+        // Kicks reach the new backend.
+        w(slot, reg::QUEUE_NOTIFY, 1);
+        assert_eq!(fds.kicks[1].read().unwrap(), 1);
+        // kxend refusing the posted activation: DEVICE_NEEDS_RESET.
+        fds.error.write(1).unwrap();
+        wait_for("DEVICE_NEEDS_RESET", || {
+            r(&mut slot.device(), reg::STATUS) & status::DEVICE_NEEDS_RESET != 0
+        });
+        dst.stop();
+        thread.join().unwrap();
+    }
+
+    #[test]
     fn activate_notify_call_and_reset_over_the_link() {
         let (devs, lines) = devices(&[DeviceType::Blk]);
         let thread = devs.start().unwrap();
