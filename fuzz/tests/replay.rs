@@ -1262,6 +1262,7 @@ fn vmm_api_wire() {
         pid: 4242,
         blocked: true,
         vcpus_online: 2,
+        suspended: false,
     });
     let mut ports = Reply::ok();
     ports.dom0_port = Some(7);

@@ -295,6 +295,11 @@ on_crash = \"destroy\"
         show(&out)
     );
 
+    eprintln!(
+        "hvm_stock: migration and the checks on the destination took {:.1} s",
+        migrate_started.elapsed().as_secs_f64()
+    );
+
     // poweroff in the guest ends the domain; a poweroff process the
     // guest kernel reports killed fails the test.
     let d = &dst;
