@@ -781,7 +781,10 @@ fn a_quiesced_worker_takes_nothing_and_a_resumed_queue_goes_on_from_its_saved_po
     drop(handle);
 
     // A new worker (a migration's destination) resumes the running queue
-    // where this one stopped: nothing answered twice, the next one served.
+    // where this one stopped: nothing answered twice (the first request's
+    // buffer, marked, stays as it is), the next one served.
+    const MARK: u8 = 0xee;
+    mem.write_slice(&[MARK; 20], GuestAddress(DATA)).unwrap();
     let (fds, mut link, call, error, kicks) = worker_fds(1);
     let handle = spawn(Box::new(blk_device(&rig.path, false)), mem.clone(), fds).unwrap();
     let s = d.setup(0);
@@ -791,10 +794,17 @@ fn a_quiesced_worker_takes_nothing_and_a_resumed_queue_goes_on_from_its_saved_po
     );
     assert_eq!(link.send(&resume)["ok"], true);
     header(&mem, HDR, T_GET_ID, 0);
-    d.add(&[(HDR, 16, false), (DATA, 20, true), (STATUS, 1, true)]);
+    d.add(&[
+        (HDR, 16, false),
+        (DATA + 0x1000, 20, true),
+        (STATUS, 1, true),
+    ]);
     kicks[0].write(1).unwrap();
     assert!(readable(call.as_ref(), 5000));
     assert_eq!(d.used(), vec![(5, 21)], "only the new request");
+    let mut first = [0u8; 20];
+    mem.read_slice(&mut first, GuestAddress(DATA)).unwrap();
+    assert_eq!(first, [MARK; 20], "the first request was served again");
     let idx: u16 = mem.read_obj(GuestAddress(s.used + 2)).unwrap();
     assert_eq!(idx, 3);
 
