@@ -19,9 +19,9 @@
 //!
 //! An HVM domain's device models follow the pool pages as a
 //! [`kxen_devices::state`] section (the UART, i8042, ACPI PM, PCI
-//! configuration and the virtio-mmio transports with their queues'
-//! positions); its CMOS clock is Xen's RTC record in the HVM context. A
-//! PVH domain has neither.
+//! configuration, the virtio-mmio transports with their queues' positions,
+//! and the syscall bridge's breakpoint on a PVM host); its CMOS clock is
+//! Xen's RTC record in the HVM context. A PVH domain has neither.
 
 use std::os::unix::fs::FileExt;
 use std::time::Duration;
@@ -130,11 +130,10 @@ fn save_devices(h: &ControlHandles, hvm: &crate::hvm::HvmDevices) -> Result<Vec<
     Ok(kxen_devices::state::encode(&state))
 }
 
-/// The first bytes of the page-fault handler under a saved breakpoint,
-/// with the displaced byte back in place, from the loaded guest memory;
-/// refused unless they lie in RAM and start with an instruction the
-/// bridge steps over (hostile input: the address and byte are the
-/// image's).
+/// Check a saved syscall-bridge breakpoint against the loaded guest
+/// memory (hostile input: the address and the byte are the image's): the
+/// handler's first bytes, the displaced byte back in place, must lie in
+/// RAM and start with an instruction the bridge steps over.
 fn check_breakpoint(h: &ControlHandles, b: &BridgeBreakpoint) -> Result<(), StateError> {
     let bad = |why: &str| StateError::XenState(format!("syscall bridge at {:#x}: {why}", b.gpa));
     let mut head = [0u8; 8];
