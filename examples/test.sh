@@ -69,7 +69,7 @@ else
         'guest-kernel-patches/linux/build.sh >/dev/null'
     step "slow group: Linux PVH guest" 780 \
         cargo test -p kxen-tests --test linux_pvh -- --ignored --nocapture --test-threads=1
-    step "slow group: stock Debian kernel as an HVM guest" 1260 \
+    step "slow group: stock Debian kernel as an HVM guest" 1380 \
         cargo test -p kxen-tests --test hvm_stock -- --ignored --nocapture --test-threads=1
     step "slow group: stock Debian kernel as a PV guest" 600 \
         cargo test -p kxen-tests --test pv_stock -- --ignored --nocapture --test-threads=1

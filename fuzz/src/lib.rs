@@ -9,6 +9,7 @@ mod targets;
 pub use targets::blkif_request::blkif_request;
 pub use targets::bootloader_simple0::bootloader_simple0;
 pub use targets::bzimage::bzimage;
+pub use targets::device_state::device_state;
 pub use targets::gnttab_copy::{gnttab_copy, gnttab_copy_v2};
 pub use targets::hypercalls::hypercalls;
 pub use targets::insn_decode::insn_decode;

@@ -1262,6 +1262,7 @@ fn vmm_api_wire() {
         pid: 4242,
         blocked: true,
         vcpus_online: 2,
+        suspended: false,
     });
     let mut ports = Reply::ok();
     ports.dom0_port = Some(7);
@@ -1906,6 +1907,83 @@ fn xen_snapshot() {
     ];
     let seeds = vec![xen_state_seed(&[]), xen_state_seed(&calls)];
     replay("xen_snapshot", kxen_fuzz::xen_snapshot, seeds);
+}
+
+// ---- device_state -------------------------------------------------------------
+
+/// The device-state section of an HVM domain whose drivers have set up
+/// the UART, the PCI platform device and a running virtio-blk device.
+fn device_state_seed(running: bool) -> Vec<u8> {
+    use kxen_devices::virtio_mmio::{reg, status, DeviceType, VirtioInterrupt, VirtioMmio};
+    use kxen_devices::BusDevice;
+    use std::sync::Arc;
+
+    let irq = vmm_sys_util::eventfd::EventFd::new(0).unwrap();
+    let mut uart = kxen_devices::serial::Uart::new(irq, Box::new(std::io::sink()));
+    uart.write(1, &[0x0f]);
+    uart.enqueue_input(b"echo hi\r");
+    let mut pci = kxen_devices::pci::PciBus::new();
+    pci.add(2, kxen_devices::xen_platform::platform_function());
+    pci.write(0, &(0x8000_1004u32).to_le_bytes());
+    pci.write(4, &7u32.to_le_bytes());
+    let mut dev = VirtioMmio::new(DeviceType::Blk, Arc::new(VirtioInterrupt::new(|| {})));
+    struct Nop;
+    impl kxen_devices::virtio_mmio::VirtioBackend for Nop {
+        fn activate(
+            &mut self,
+            _: u64,
+            _: &[kxen_devices::virtio_mmio::QueueConfig],
+        ) -> Result<(), kxen_devices::virtio_mmio::BackendError> {
+            Ok(())
+        }
+        fn reset(&mut self) {}
+        fn notify(&mut self, _: u16) {}
+    }
+    dev.attach(Box::new(Nop), 1 << 6, &[0; 8], 1).unwrap();
+    let w = |dev: &mut VirtioMmio, o: u64, v: u32| {
+        dev.write(o, &v.to_le_bytes());
+    };
+    if running {
+        w(&mut dev, reg::STATUS, status::ACKNOWLEDGE);
+        w(&mut dev, reg::STATUS, status::ACKNOWLEDGE | status::DRIVER);
+        w(&mut dev, reg::DRIVER_FEATURES_SEL, 1);
+        w(&mut dev, reg::DRIVER_FEATURES, 1);
+        let ok = status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK;
+        w(&mut dev, reg::STATUS, ok);
+        w(&mut dev, reg::QUEUE_NUM, 128);
+        w(&mut dev, reg::QUEUE_DESC_LOW, 0x10_0000);
+        w(&mut dev, reg::QUEUE_DRIVER_LOW, 0x10_1000);
+        w(&mut dev, reg::QUEUE_DEVICE_LOW, 0x10_2000);
+        w(&mut dev, reg::QUEUE_READY, 1);
+        w(&mut dev, reg::STATUS, ok | status::DRIVER_OK);
+    }
+    let mut virtio = dev.save_state();
+    if running {
+        virtio.queues[0].indices.next_avail = 0xfffe;
+        virtio.queues[0].indices.next_used = 0xfffe;
+    }
+    kxen_devices::state::encode(&kxen_devices::state::DeviceState {
+        uart: Some(uart.save_state()),
+        i8042: Some(kxen_devices::i8042::I8042::new(None).save_state()),
+        acpi_pm: Some(kxen_devices::acpi_pm::AcpiPm::new().save_state()),
+        pci: Some(pci.save_state()),
+        virtio: vec![(0, virtio)],
+        syscall_bridge: Some(kxen_devices::state::BridgeBreakpoint {
+            handler: 0xffff_ffff_81c0_1230,
+            gpa: 0x01c0_1230,
+            original: 0xf3,
+        }),
+    })
+}
+
+#[test]
+fn device_state() {
+    let seeds = vec![
+        device_state_seed(true),
+        device_state_seed(false),
+        kxen_devices::state::encode(&Default::default()),
+    ];
+    replay("device_state", kxen_fuzz::device_state, seeds);
 }
 
 // ---- bootloader_simple0 -----------------------------------------------------

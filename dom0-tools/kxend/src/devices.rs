@@ -92,6 +92,9 @@ pub struct DomainDevices {
     factory: Arc<BackendFactory>,
     foreign: Mutex<Option<Arc<ForeignDomain>>>,
     devices: Arc<Mutex<BTreeMap<(&'static str, u32), Device>>>,
+    /// An HVM domain's virtio devices' quiesce switches (their workers
+    /// live in the daemon's virtio map), quiesced with the PV backends.
+    virtio: Mutex<Vec<Arc<kxen_virtio_backend::QuiesceControl>>>,
     /// Ourselves, for the steps queued on the pool (a watch holding an
     /// `Arc` would keep the set alive through its own devices).
     me: Weak<DomainDevices>,
@@ -116,6 +119,7 @@ impl DomainDevices {
             factory,
             foreign: Mutex::new(None),
             devices: Arc::new(Mutex::new(BTreeMap::new())),
+            virtio: Mutex::new(Vec::new()),
             me: me.clone(),
             quiesced: std::sync::atomic::AtomicBool::new(false),
         })
@@ -639,9 +643,21 @@ impl DomainDevices {
                 break;
             }
         }
+        let virtio = self.virtio_controls();
+        if failure.is_none() {
+            for (slot, v) in virtio.iter().enumerate() {
+                if let Err(e) = v.quiesce(deadline) {
+                    failure = Some(DeviceError::Backend(format!("virtio slot {slot}: {e}")));
+                    break;
+                }
+            }
+        }
         if let Some(e) = failure {
             for d in devices.values_mut() {
                 d.backend.resume();
+            }
+            for v in &virtio {
+                v.resume();
             }
             return Err(e);
         }
@@ -650,12 +666,28 @@ impl DomainDevices {
         Ok(())
     }
 
+    /// The HVM domain's virtio devices, quiesced and resumed with the rest
+    /// (replacing those of an earlier attach).
+    pub fn set_virtio_controls(&self, controls: Vec<Arc<kxen_virtio_backend::QuiesceControl>>) {
+        *self.virtio.lock().unwrap_or_else(|e| e.into_inner()) = controls;
+    }
+
+    fn virtio_controls(&self) -> Vec<Arc<kxen_virtio_backend::QuiesceControl>> {
+        self.virtio
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
     /// Undo [`DomainDevices::quiesce`]: the backends serve again, requests
     /// posted meanwhile first.
     pub fn resume(&self) {
         let mut devices = self.devices.lock().unwrap_or_else(|e| e.into_inner());
         for d in devices.values_mut() {
             d.backend.resume();
+        }
+        for v in self.virtio_controls() {
+            v.resume();
         }
         self.quiesced
             .store(false, std::sync::atomic::Ordering::SeqCst);

@@ -86,6 +86,12 @@ impl VirtioDomain {
         Ok(())
     }
 
+    /// Each device's quiesce switch (in slot order), for a save's final
+    /// pass.
+    pub fn quiesce_controls(&self) -> Vec<Arc<crate::device::QuiesceControl>> {
+        self.devices.iter().map(|d| d.quiesce_control()).collect()
+    }
+
     /// The names of the devices (in slot order).
     pub fn device_names(&self) -> Vec<String> {
         self.devices.iter().map(|d| d.name().to_string()).collect()

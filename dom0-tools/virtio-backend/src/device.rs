@@ -6,8 +6,9 @@ use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
+use std::time::Instant;
 
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use tracing::{debug, info, warn};
@@ -95,6 +96,14 @@ impl Queues {
             q.try_set_used_ring_address(GuestAddress(s.used))
                 .map_err(|e| bad(&e.to_string()))?;
             q.set_event_idx(features & F_RING_EVENT_IDX != 0);
+            // A restored running queue goes on where the source's stopped
+            // (any u16 is a valid free-running ring position).
+            if let Some(at) = s.next_avail {
+                q.set_next_avail(at);
+            }
+            if let Some(at) = s.next_used {
+                q.set_next_used(at);
+            }
             q.set_ready(true);
             if !q.is_valid(mem) {
                 return Err(bad("rings outside guest RAM"));
@@ -207,10 +216,89 @@ pub struct DeviceFds {
     pub kicks: Vec<EventFd>,
 }
 
+/// Stops a device worker taking requests, for a save's or a migration's
+/// final pass (the paused domain's memory must stop changing: no request
+/// served, no frame received into its buffers), and lets it go on.
+pub struct QuiesceControl {
+    state: Mutex<QuiesceState>,
+    changed: Condvar,
+    /// Wakes the worker to look at `state`.
+    wake: EventFd,
+}
+
+#[derive(Default)]
+struct QuiesceState {
+    /// kxend asks the worker to stop taking requests.
+    wanted: bool,
+    /// The worker has answered everything it took and waits.
+    quiesced: bool,
+    /// The worker is gone (a stopped worker takes nothing either).
+    ended: bool,
+}
+
+impl QuiesceControl {
+    fn new() -> std::io::Result<Self> {
+        Ok(QuiesceControl {
+            state: Mutex::new(QuiesceState::default()),
+            changed: Condvar::new(),
+            wake: EventFd::new(EFD_NONBLOCK)?,
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, QuiesceState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Stop taking requests; returns once every request taken is answered
+    /// (the worker serves synchronously: it then has none in flight), or
+    /// fails at `deadline`, serving again.
+    pub fn quiesce(&self, deadline: Instant) -> Result<(), String> {
+        let mut st = self.lock();
+        st.wanted = true;
+        let _ = self.wake.write(1);
+        while !st.quiesced && !st.ended {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                st.wanted = false;
+                let _ = self.wake.write(1);
+                return Err("the virtio device did not finish its requests in time".into());
+            }
+            st = self
+                .changed
+                .wait_timeout(st, left)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+        Ok(())
+    }
+
+    /// Serve again, requests posted meanwhile first.
+    pub fn resume(&self) {
+        self.lock().wanted = false;
+        let _ = self.wake.write(1);
+    }
+
+    /// The worker's side, between requests: whether to stay quiesced.
+    fn settle(&self) -> bool {
+        let mut st = self.lock();
+        if st.quiesced != st.wanted {
+            st.quiesced = st.wanted;
+            self.changed.notify_all();
+        }
+        st.wanted
+    }
+
+    fn end(&self) {
+        self.lock().ended = true;
+        self.changed.notify_all();
+    }
+}
+
 /// A running device worker; dropping it stops the thread.
 pub struct DeviceHandle {
     name: String,
     stop: Arc<EventFd>,
+    control: Arc<QuiesceControl>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -233,6 +321,11 @@ impl DeviceHandle {
         }
     }
 
+    /// The worker's quiesce switch, for a save's final pass.
+    pub fn quiesce_control(&self) -> Arc<QuiesceControl> {
+        self.control.clone()
+    }
+
     /// Whether the worker still runs (it ends when the VMM closes the link).
     pub fn is_running(&self) -> bool {
         self.thread.as_ref().is_some_and(|t| !t.is_finished())
@@ -253,11 +346,13 @@ pub fn spawn(
 ) -> std::io::Result<DeviceHandle> {
     let name = dev.name();
     let stop = Arc::new(EventFd::new(EFD_NONBLOCK)?);
+    let control = Arc::new(QuiesceControl::new()?);
     let mut worker = Worker {
         dev,
         mem,
         fds,
         stop: stop.clone(),
+        control: control.clone(),
         queues: None,
         pending: Vec::new(),
     };
@@ -267,6 +362,7 @@ pub fn spawn(
     Ok(DeviceHandle {
         name,
         stop,
+        control,
         thread: Some(thread),
     })
 }
@@ -276,6 +372,7 @@ struct Worker {
     mem: Arc<GuestMem>,
     fds: DeviceFds,
     stop: Arc<EventFd>,
+    control: Arc<QuiesceControl>,
     /// Some while the driver has the device running.
     queues: Option<Queues>,
     /// Link bytes not yet a whole line.
@@ -292,14 +389,28 @@ impl Worker {
     fn run(&mut self) {
         let name = self.dev.name();
         debug!(device = %name, "virtio worker up");
+        let mut was_quiesced = false;
         loop {
-            let host = if self.queues.is_some() {
+            // Between requests: every one taken so far is answered.
+            let quiesced = self.control.settle();
+            if was_quiesced && !quiesced {
+                // Kicks and frames that came meanwhile.
+                self.after_activate();
+            }
+            was_quiesced = quiesced;
+            let host = if self.queues.is_some() && !quiesced {
                 self.dev.host_fd()
             } else {
                 None
             };
-            let mut raws = vec![self.stop.as_raw_fd(), self.fds.link.as_raw_fd()];
-            raws.extend(self.fds.kicks.iter().map(|k| k.as_raw_fd()));
+            let mut raws = vec![
+                self.stop.as_raw_fd(),
+                self.fds.link.as_raw_fd(),
+                self.control.wake.as_raw_fd(),
+            ];
+            // Quiesced, the kicks and the host wait (their counts stay).
+            let kicks = if quiesced { 0 } else { self.fds.kicks.len() };
+            raws.extend(self.fds.kicks.iter().take(kicks).map(|k| k.as_raw_fd()));
             raws.extend(host);
             let mut pfds: Vec<PollFd> = raws
                 .iter()
@@ -325,12 +436,15 @@ impl Worker {
             if ready[0] {
                 break;
             }
-            if ready[1] && !self.serve_link() {
+            if ready[2] {
+                let _ = self.control.wake.read();
+            }
+            if ready[1] && !self.serve_link(quiesced) {
                 info!(device = %name, "link closed");
                 break;
             }
             let mut result = Ok(());
-            for (i, kicked) in ready[2..2 + self.fds.kicks.len()].iter().enumerate() {
+            for (i, kicked) in ready[3..3 + kicks].iter().enumerate() {
                 if !kicked {
                     continue;
                 }
@@ -347,6 +461,7 @@ impl Worker {
             self.finish(result);
         }
         self.dev.reset();
+        self.control.end();
         debug!(device = %name, "virtio worker down");
     }
 
@@ -379,7 +494,9 @@ impl Worker {
     }
 
     /// Read link messages and answer them; false once the link is closed.
-    fn serve_link(&mut self) -> bool {
+    /// A quiesced device takes an activation but serves no request until
+    /// it resumes.
+    fn serve_link(&mut self, quiesced: bool) -> bool {
         let mut buf = [0u8; 4096];
         let n = match self.fds.link.read(&mut buf) {
             Ok(0) => return false,
@@ -398,8 +515,13 @@ impl Worker {
         }
         while let Some(pos) = self.pending.iter().position(|&b| b == b'\n') {
             let line: Vec<u8> = self.pending.drain(..=pos).collect();
+            let mut resumed = false;
             let reply = match link::parse_event(&line) {
-                Ok(event) => self.handle(event),
+                Ok(event) => {
+                    resumed = matches!(&event, LinkEvent::Activate { queues, .. }
+                        if queues.iter().any(|q| q.is_resumed()));
+                    self.handle(event)
+                }
                 Err(e) => Err(e),
             };
             let text = link::reply_line(&reply);
@@ -407,8 +529,17 @@ impl Worker {
                 warn!(device = %self.dev.name(), "link: {e}");
                 return false;
             }
-            if reply.is_ok() {
-                self.after_activate();
+            match &reply {
+                Ok(()) if !quiesced => self.after_activate(),
+                Ok(()) => {}
+                // The VMM posted a restored device's activation without
+                // waiting for this answer: tell it through the error
+                // eventfd, so the driver sees DEVICE_NEEDS_RESET.
+                Err(e) if resumed => {
+                    warn!(device = %self.dev.name(), "resuming a restored device: {e}");
+                    let _ = self.fds.error.write(1);
+                }
+                Err(_) => {}
             }
         }
         true

@@ -29,7 +29,7 @@ pub mod net;
 
 pub use attach::VirtioDomain;
 pub use blk::{BlkConfig, BlkDevice};
-pub use device::{DeviceFds, DeviceHandle, VirtioDevice};
+pub use device::{DeviceFds, DeviceHandle, QuiesceControl, VirtioDevice};
 pub use error::{Fault, VirtioError};
 pub use net::NetDevice;
 

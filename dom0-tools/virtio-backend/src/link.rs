@@ -19,6 +19,20 @@ pub struct QueueSetup {
     pub desc: u64,
     pub avail: u64,
     pub used: u64,
+    /// A restored queue's saved positions (a migration or restore of a
+    /// running device): the next avail entry to take and used entry to
+    /// fill. Absent on a driver's activation, which starts both at 0.
+    #[serde(default)]
+    pub next_avail: Option<u16>,
+    #[serde(default)]
+    pub next_used: Option<u16>,
+}
+
+impl QueueSetup {
+    /// Whether this queue goes on from saved positions.
+    pub fn is_resumed(&self) -> bool {
+        self.next_avail.is_some() || self.next_used.is_some()
+    }
 }
 
 /// A message from the VMM on the link.
@@ -70,6 +84,19 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_resumed_queue_carries_its_positions() {
+        let a = br#"{"event":"activate","features":4294967296,"queues":[{"index":1,"size":256,"desc":4096,"avail":8192,"used":12288,"next_avail":65535,"next_used":3}]}"#;
+        let LinkEvent::Activate { queues, .. } = parse_event(a).unwrap() else {
+            panic!("not an activation");
+        };
+        assert_eq!(queues[0].next_avail, Some(65535));
+        assert_eq!(queues[0].next_used, Some(3));
+        assert!(queues[0].is_resumed());
+        let bad = br#"{"event":"activate","features":1,"queues":[{"index":1,"size":256,"desc":0,"avail":0,"used":0,"next_avail":65536}]}"#;
+        assert!(parse_event(bad).is_err(), "a position past u16");
+    }
+
+    #[test]
     fn messages() {
         let a = br#"{"event":"activate","features":4294967296,"queues":[{"index":0,"size":128,"desc":4096,"avail":8192,"used":12288}]}"#;
         assert_eq!(
@@ -81,7 +108,9 @@ mod tests {
                     size: 128,
                     desc: 4096,
                     avail: 8192,
-                    used: 12288
+                    used: 12288,
+                    next_avail: None,
+                    next_used: None,
                 }]
             }
         );

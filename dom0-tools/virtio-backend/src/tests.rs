@@ -94,6 +94,8 @@ impl<'a> Driver<'a> {
             desc: self.desc,
             avail: self.avail,
             used: self.used,
+            next_avail: None,
+            next_used: None,
         }
     }
 
@@ -744,4 +746,72 @@ fn worker_serves_the_link_and_reports_faults() {
         assert!(Instant::now() < deadline, "worker still running");
         std::thread::sleep(Duration::from_millis(10));
     }
+}
+
+#[test]
+fn a_quiesced_worker_takes_nothing_and_a_resumed_queue_goes_on_from_its_saved_positions() {
+    let rig = BlkRig::new("quiesce");
+    let mem = Arc::new(test_memory());
+    let (fds, mut link, call, _error, kicks) = worker_fds(1);
+    let handle = spawn(Box::new(blk_device(&rig.path, false)), mem.clone(), fds).unwrap();
+    let mut d = Driver::new(&mem, QUEUE, 16);
+    assert_eq!(link.send(&activate_line(F_VERSION_1, &d))["ok"], true);
+    header(&mem, HDR, T_GET_ID, 0);
+    d.add(&[(HDR, 16, false), (DATA, 20, true), (STATUS, 1, true)]);
+    kicks[0].write(1).unwrap();
+    assert!(readable(call.as_ref(), 5000));
+    call.read().unwrap();
+    assert_eq!(d.used(), vec![(0, 21)]);
+
+    // Quiesced: a kicked request stays on the avail ring, untouched.
+    let control = handle.quiesce_control();
+    control
+        .quiesce(Instant::now() + Duration::from_secs(5))
+        .unwrap();
+    header(&mem, HDR, T_FLUSH, 0);
+    d.add(&[(HDR, 16, false), (STATUS, 1, true)]);
+    kicks[0].write(1).unwrap();
+    assert!(!readable(call.as_ref(), 300), "a quiesced device answered");
+    assert_eq!(d.used(), vec![]);
+    // Resumed: the request waiting is served first.
+    control.resume();
+    assert!(readable(call.as_ref(), 5000), "not served after resume");
+    call.read().unwrap();
+    assert_eq!(d.used(), vec![(3, 1)]);
+    drop(handle);
+
+    // A new worker (a migration's destination) resumes the running queue
+    // where this one stopped: nothing answered twice (the first request's
+    // buffer, marked, stays as it is), the next one served.
+    const MARK: u8 = 0xee;
+    mem.write_slice(&[MARK; 20], GuestAddress(DATA)).unwrap();
+    let (fds, mut link, call, error, kicks) = worker_fds(1);
+    let handle = spawn(Box::new(blk_device(&rig.path, false)), mem.clone(), fds).unwrap();
+    let s = d.setup(0);
+    let resume = format!(
+        r#"{{"event":"activate","features":{F_VERSION_1},"queues":[{{"index":0,"size":{},"desc":{},"avail":{},"used":{},"next_avail":2,"next_used":2}}]}}"#,
+        s.size, s.desc, s.avail, s.used
+    );
+    assert_eq!(link.send(&resume)["ok"], true);
+    header(&mem, HDR, T_GET_ID, 0);
+    d.add(&[
+        (HDR, 16, false),
+        (DATA + 0x1000, 20, true),
+        (STATUS, 1, true),
+    ]);
+    kicks[0].write(1).unwrap();
+    assert!(readable(call.as_ref(), 5000));
+    assert_eq!(d.used(), vec![(5, 21)], "only the new request");
+    let mut first = [0u8; 20];
+    mem.read_slice(&mut first, GuestAddress(DATA)).unwrap();
+    assert_eq!(first, [MARK; 20], "the first request was served again");
+    let idx: u16 = mem.read_obj(GuestAddress(s.used + 2)).unwrap();
+    assert_eq!(idx, 3);
+
+    // A resumed activation the worker refuses is also an error eventfd
+    // (the VMM did not wait for the answer).
+    let bad = resume.replace(&format!("\"used\":{}", s.used), "\"used\":9437184");
+    assert_eq!(link.send(&bad)["ok"], false);
+    assert!(readable(error.as_ref(), 5000), "no error eventfd");
+    drop(handle);
 }

@@ -3,6 +3,7 @@
 pub mod blkif_request;
 pub mod bootloader_simple0;
 pub mod bzimage;
+pub mod device_state;
 pub mod gnttab_copy;
 pub mod hypercalls;
 pub mod insn_decode;

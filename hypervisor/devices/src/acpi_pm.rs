@@ -36,6 +36,49 @@ pub struct AcpiPm {
     pm1_control: u16,
     gpe0_enable: u16,
     started: Instant,
+    /// The timer's value at `started` (a restored domain's timer goes on
+    /// from where the saved one was, never backwards).
+    timer_base: u32,
+}
+
+const ACPI_PM_STATE_LEN: usize = 10;
+
+/// The PM block's saved registers and its timer's value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AcpiPmState {
+    pub pm1_enable: u16,
+    pub pm1_control: u16,
+    pub gpe0_enable: u16,
+    pub timer: u32,
+}
+
+impl AcpiPmState {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(ACPI_PM_STATE_LEN);
+        out.extend_from_slice(&self.pm1_enable.to_le_bytes());
+        out.extend_from_slice(&self.pm1_control.to_le_bytes());
+        out.extend_from_slice(&self.gpe0_enable.to_le_bytes());
+        out.extend_from_slice(&self.timer.to_le_bytes());
+        out
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Self, crate::state::DeviceStateError> {
+        let mut c = crate::state::exact("ACPI PM", bytes, ACPI_PM_STATE_LEN)?;
+        let state = AcpiPmState {
+            pm1_enable: c.u16(),
+            pm1_control: c.u16(),
+            gpe0_enable: c.u16(),
+            timer: c.u32(),
+        };
+        // SLP_EN never reads back and ACPI mode is always on.
+        if state.pm1_control & SLEEP_ENABLE != 0 || state.pm1_control & SCI_ENABLE == 0 {
+            return Err(crate::state::DeviceStateError::field(
+                "ACPI PM",
+                format!("PM1 control {:#x}", state.pm1_control),
+            ));
+        }
+        Ok(state)
+    }
 }
 
 impl Default for AcpiPm {
@@ -51,11 +94,32 @@ impl AcpiPm {
             pm1_control: SCI_ENABLE,
             gpe0_enable: 0,
             started: Instant::now(),
+            timer_base: 0,
         }
     }
 
     fn timer(&self) -> u32 {
-        (self.started.elapsed().as_nanos() * PM_TIMER_HZ / 1_000_000_000) as u32
+        let ticks = (self.started.elapsed().as_nanos() * PM_TIMER_HZ / 1_000_000_000) as u32;
+        self.timer_base.wrapping_add(ticks)
+    }
+
+    pub fn save_state(&self) -> AcpiPmState {
+        AcpiPmState {
+            pm1_enable: self.pm1_enable,
+            pm1_control: self.pm1_control,
+            gpe0_enable: self.gpe0_enable,
+            timer: self.timer(),
+        }
+    }
+
+    /// Take `state` (checked by [`AcpiPmState::decode`]); the timer runs on
+    /// from its saved value.
+    pub fn load_state(&mut self, state: &AcpiPmState) {
+        self.pm1_enable = state.pm1_enable;
+        self.pm1_control = (state.pm1_control & !SLEEP_ENABLE) | SCI_ENABLE;
+        self.gpe0_enable = state.gpe0_enable;
+        self.started = Instant::now();
+        self.timer_base = state.timer;
     }
 
     fn registers(&self) -> [u8; ACPI_PM_WINDOW as usize] {
@@ -160,6 +224,28 @@ mod tests {
             pm.write(PM1_CONTROL as u64 + 1, &[(s5 >> 8) as u8]),
             Some(PlatformRequest::PowerOff)
         );
+    }
+
+    #[test]
+    fn state_round_trips_and_the_timer_goes_on() {
+        let mut pm = AcpiPm::new();
+        pm.write(PM1_ENABLE as u64, &[0x20, 0x01]);
+        let mut saved = pm.save_state();
+        saved.timer = 0xfff0_0000;
+        let bytes = saved.encode();
+        assert_eq!(AcpiPmState::decode(&bytes).unwrap(), saved);
+        let mut other = AcpiPm::new();
+        other.load_state(&saved);
+        let mut t = [0u8; 4];
+        other.read(PM_TIMER as u64, &mut t);
+        assert!(u32::from_le_bytes(t) >= 0xfff0_0000, "not reset to zero");
+        let mut e = [0u8; 2];
+        other.read(PM1_ENABLE as u64, &mut e);
+        assert_eq!(e, [0x20, 0x01]);
+        let mut bad = bytes.clone();
+        bad[3] |= (SLEEP_ENABLE >> 8) as u8;
+        assert!(AcpiPmState::decode(&bad).is_err(), "SLP_EN saved");
+        assert!(AcpiPmState::decode(&bytes[..9]).is_err());
     }
 
     #[test]

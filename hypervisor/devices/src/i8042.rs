@@ -68,7 +68,84 @@ pub struct I8042 {
     irq: Option<IrqLine>,
 }
 
+const I8042_STATE_LEN: usize = 6 + QUEUE_LIMIT;
+
+/// The controller's saved state: its queued replies and registers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct I8042State {
+    /// At most 16 bytes waiting on the data port.
+    pub output: Vec<u8>,
+    pub last: u8,
+    pub ctr: u8,
+    pub pending: Option<u8>,
+    pub last_was_command: bool,
+}
+
+impl I8042State {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = vec![
+            self.last,
+            self.ctr,
+            u8::from(self.pending.is_some()),
+            self.pending.unwrap_or(0),
+            u8::from(self.last_was_command),
+            self.output.len() as u8,
+        ];
+        let mut queue = [0u8; QUEUE_LIMIT];
+        queue[..self.output.len()].copy_from_slice(&self.output);
+        out.extend_from_slice(&queue);
+        out
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Self, crate::state::DeviceStateError> {
+        use crate::state::DeviceStateError;
+        let mut c = crate::state::exact("i8042", bytes, I8042_STATE_LEN)?;
+        let last = c.u8();
+        let ctr = c.u8();
+        let has_pending = c.flag("i8042 pending")?;
+        let pending = c.u8();
+        let last_was_command = c.flag("i8042 last_was_command")?;
+        let len = c.u8() as usize;
+        let queue = c.bytes::<QUEUE_LIMIT>();
+        if len > QUEUE_LIMIT || queue[len..].iter().any(|&b| b != 0) {
+            return Err(DeviceStateError::field("i8042", format!("queue of {len}")));
+        }
+        if !has_pending && pending != 0 {
+            return Err(DeviceStateError::field(
+                "i8042",
+                "a pending byte without a command",
+            ));
+        }
+        Ok(I8042State {
+            output: queue[..len].to_vec(),
+            last,
+            ctr,
+            pending: has_pending.then_some(pending),
+            last_was_command,
+        })
+    }
+}
+
 impl I8042 {
+    pub fn save_state(&self) -> I8042State {
+        I8042State {
+            output: self.output.iter().copied().collect(),
+            last: self.last,
+            ctr: self.ctr,
+            pending: self.pending,
+            last_was_command: self.last_was_command,
+        }
+    }
+
+    /// Take `state` (checked by [`I8042State::decode`]).
+    pub fn load_state(&mut self, state: &I8042State) {
+        self.output = state.output.iter().copied().take(QUEUE_LIMIT).collect();
+        self.last = state.last;
+        self.ctr = state.ctr;
+        self.pending = state.pending;
+        self.last_was_command = state.last_was_command;
+    }
+
     pub fn new(irq: Option<IrqLine>) -> Self {
         I8042 {
             output: VecDeque::new(),

@@ -11,6 +11,7 @@ pub mod cmos;
 pub mod i8042;
 pub mod pci;
 pub mod serial;
+pub mod state;
 pub mod virtio_mmio;
 pub mod xen_platform;
 

@@ -76,6 +76,7 @@ pub struct PciIdentity {
     pub interrupt_line: u8,
 }
 
+#[derive(Clone)]
 pub struct PciFunction {
     config: [u8; 256],
     writable: [u8; 256],
@@ -156,6 +157,71 @@ impl PciFunction {
     }
 }
 
+impl PciFunction {
+    /// This function with `saved` as its configuration space, as the
+    /// guest's own writes could have made it; None if `saved` differs
+    /// from that in a byte the guest cannot write (identity, BAR size or
+    /// type bits).
+    fn with_config(&self, saved: &[u8; 256]) -> Option<PciFunction> {
+        let mut f = self.clone();
+        let mut at = 0;
+        while at < 256 {
+            let is_bar = (BAR0..BAR0 + 24).contains(&at);
+            let len = if is_bar { 4 } else { 1 };
+            f.write(at, &saved[at..at + len]);
+            at += len;
+        }
+        (f.config == *saved).then_some(f)
+    }
+}
+
+const PCI_FUNCTION_STATE_LEN: usize = 1 + 256;
+
+/// The bus's address register and each function's configuration space.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PciState {
+    pub address: u32,
+    /// (devfn, configuration space), in devfn order.
+    pub functions: Vec<(u8, [u8; 256])>,
+}
+
+impl PciState {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(5 + self.functions.len() * PCI_FUNCTION_STATE_LEN);
+        out.extend_from_slice(&self.address.to_le_bytes());
+        out.push(self.functions.len() as u8);
+        for (devfn, config) in &self.functions {
+            out.push(*devfn);
+            out.extend_from_slice(config);
+        }
+        out
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Self, crate::state::DeviceStateError> {
+        use crate::state::DeviceStateError;
+        let count = *bytes.get(4).ok_or(DeviceStateError::EntryLength {
+            what: "PCI",
+            got: bytes.len(),
+            want: 5,
+        })? as usize;
+        let mut c = crate::state::exact("PCI", bytes, 5 + count * PCI_FUNCTION_STATE_LEN)?;
+        let address = c.u32();
+        c.u8();
+        let mut functions: Vec<(u8, [u8; 256])> = Vec::with_capacity(count);
+        for _ in 0..count {
+            let devfn = c.u8();
+            if functions.last().is_some_and(|(last, _)| *last >= devfn) {
+                return Err(DeviceStateError::field(
+                    "PCI",
+                    format!("function {devfn:#x} out of order or twice"),
+                ));
+            }
+            functions.push((devfn, c.bytes::<256>()));
+        }
+        Ok(PciState { address, functions })
+    }
+}
+
 /// Bus 0 and the 0xcf8/0xcfc register pair.
 pub struct PciBus {
     address: u32,
@@ -204,6 +270,54 @@ impl PciBus {
 
     pub fn function(&self, device: u8) -> Option<&PciFunction> {
         self.functions.get(&((device & 0x1f) << 3))
+    }
+
+    /// A bus with the same functions and registers, for checking a saved
+    /// state without touching this one.
+    pub fn scratch_copy(&self) -> PciBus {
+        PciBus {
+            address: self.address,
+            functions: self.functions.clone(),
+        }
+    }
+
+    pub fn save_state(&self) -> PciState {
+        PciState {
+            address: self.address,
+            functions: self
+                .functions
+                .iter()
+                .map(|(devfn, f)| (*devfn, f.config))
+                .collect(),
+        }
+    }
+
+    /// Take `state`: the same functions as this bus has, each config
+    /// space one the guest could have written. Nothing changes unless
+    /// every function is accepted.
+    pub fn load_state(&mut self, state: &PciState) -> Result<(), crate::state::DeviceStateError> {
+        use crate::state::DeviceStateError;
+        let ours: Vec<u8> = self.functions.keys().copied().collect();
+        let theirs: Vec<u8> = state.functions.iter().map(|(d, _)| *d).collect();
+        if ours != theirs {
+            return Err(DeviceStateError::field(
+                "PCI",
+                format!("functions {theirs:?}, this domain has {ours:?}"),
+            ));
+        }
+        let mut loaded = BTreeMap::new();
+        for (devfn, config) in &state.functions {
+            let f = self.functions[devfn].with_config(config).ok_or_else(|| {
+                DeviceStateError::field(
+                    "PCI",
+                    format!("function {devfn:#x}: a read-only register differs"),
+                )
+            })?;
+            loaded.insert(*devfn, f);
+        }
+        self.functions = loaded;
+        self.address = state.address;
+        Ok(())
     }
 
     /// The function and register the address register selects, if enabled
@@ -323,5 +437,36 @@ mod tests {
         let mut one = [0u8; 1];
         bus.read(DATA + 3, &mut one);
         bus.write(DATA + 3, &[1, 2, 3, 4]);
+    }
+
+    #[test]
+    fn state_round_trips_and_read_only_bytes_are_checked() {
+        let mut bus = sample();
+        cfg_write(&mut bus, 2, 0x04, 0x0007);
+        cfg_write(&mut bus, 2, 0x14, 0xe000_0000);
+        cfg_write(&mut bus, 2, 0x3c, 0x0b);
+        let saved = bus.save_state();
+        let bytes = saved.encode();
+        assert_eq!(PciState::decode(&bytes).unwrap(), saved);
+        let mut other = sample();
+        other.load_state(&saved).unwrap();
+        assert_eq!(cfg_read(&mut other, 2, 0x04) & 0xffff, 0x0007);
+        assert_eq!(cfg_read(&mut other, 2, 0x3c) & 0xff, 0x0b);
+        assert_eq!(other.save_state(), bus.save_state());
+
+        // A changed vendor ID, BAR type bits, or a function this bus lacks.
+        let mut bad = saved.clone();
+        bad.functions[1].1[0] ^= 1;
+        assert!(sample().load_state(&bad).is_err());
+        let mut bad = saved.clone();
+        bad.functions[1].1[0x10] ^= 1;
+        assert!(sample().load_state(&bad).is_err());
+        assert!(PciBus::new().load_state(&saved).is_err());
+        // Out of order, truncated.
+        let mut bad = saved.clone();
+        bad.functions.swap(0, 1);
+        assert!(PciState::decode(&bad.encode()).is_err());
+        assert!(PciState::decode(&bytes[..bytes.len() - 1]).is_err());
+        assert!(PciState::decode(&[]).is_err());
     }
 }

@@ -9,11 +9,12 @@ use std::io::Write;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use vm_superio::serial::SerialEvents;
+use vm_superio::serial::{SerialEvents, SerialState};
 use vm_superio::{Serial, Trigger};
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::bus::{BusDevice, PlatformRequest};
+use crate::state::{exact, DeviceStateError};
 
 /// COM1's port base and its ISA interrupt line.
 pub const COM1_BASE: u64 = 0x3f8;
@@ -112,6 +113,120 @@ impl Uart {
     }
 }
 
+/// The receive FIFO's size (vm-superio's 16550A).
+pub const UART_FIFO: usize = 64;
+/// The saved UART's length: nine registers, the FIFO's fill and the FIFO.
+const UART_STATE_LEN: usize = 9 + 1 + UART_FIFO;
+
+/// The UART's registers and the bytes waiting in its receive FIFO.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UartState {
+    /// DLL, DLM, IER, IIR, LCR, LSR, MCR, MSR, SCR.
+    pub registers: [u8; 9],
+    /// At most [`UART_FIFO`] bytes.
+    pub fifo: Vec<u8>,
+}
+
+impl UartState {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(UART_STATE_LEN);
+        out.extend_from_slice(&self.registers);
+        out.push(self.fifo.len() as u8);
+        let mut fifo = [0u8; UART_FIFO];
+        fifo[..self.fifo.len()].copy_from_slice(&self.fifo);
+        out.extend_from_slice(&fifo);
+        out
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Self, DeviceStateError> {
+        let mut c = exact("UART", bytes, UART_STATE_LEN)?;
+        let registers = c.bytes::<9>();
+        let len = c.u8() as usize;
+        let fifo = c.bytes::<UART_FIFO>();
+        if len > UART_FIFO {
+            return Err(DeviceStateError::field(
+                "UART",
+                format!("{len} bytes in a {UART_FIFO}-byte FIFO"),
+            ));
+        }
+        if fifo[len..].iter().any(|&b| b != 0) {
+            return Err(DeviceStateError::field(
+                "UART",
+                "bytes past the FIFO's fill",
+            ));
+        }
+        // IER has four defined bits; the others read as zero on a 16550A.
+        if registers[2] & 0xf0 != 0 {
+            return Err(DeviceStateError::field(
+                "UART",
+                format!("IER {:#x}", registers[2]),
+            ));
+        }
+        Ok(UartState {
+            registers,
+            fifo: fifo[..len].to_vec(),
+        })
+    }
+}
+
+impl Uart {
+    /// The registers and the receive FIFO, for a save.
+    pub fn save_state(&self) -> UartState {
+        let s = self.inner.state();
+        UartState {
+            registers: [
+                s.baud_divisor_low,
+                s.baud_divisor_high,
+                s.interrupt_enable,
+                s.interrupt_identification,
+                s.line_control,
+                s.line_status,
+                s.modem_control,
+                s.modem_status,
+                s.scratch,
+            ],
+            fifo: s.in_buffer,
+        }
+    }
+
+    /// Take `state` (checked by [`UartState::decode`]), keeping the
+    /// interrupt line, the console and the input-room signal; a pending
+    /// interrupt is raised again.
+    pub fn load_state(&mut self, state: &UartState) -> Result<(), DeviceStateError> {
+        if state.fifo.len() > UART_FIFO {
+            return Err(DeviceStateError::field("UART", "FIFO overflow"));
+        }
+        let r = state.registers;
+        let serial_state = SerialState {
+            baud_divisor_low: r[0],
+            baud_divisor_high: r[1],
+            interrupt_enable: r[2],
+            interrupt_identification: r[3],
+            line_control: r[4],
+            line_status: r[5],
+            modem_control: r[6],
+            modem_status: r[7],
+            scratch: r[8],
+            in_buffer: state.fifo.clone(),
+        };
+        let irq = self
+            .inner
+            .interrupt_evt()
+            .0
+            .try_clone()
+            .map_err(|e| DeviceStateError::field("UART", format!("interrupt line: {e}")))?;
+        let events = UartEvents(self.inner.events().0.clone());
+        let out: ConsoleOut = std::mem::replace(self.inner.writer_mut(), Box::new(std::io::sink()));
+        match Serial::from_state(&serial_state, IrqLine(irq), events, out) {
+            Ok(serial) => {
+                self.inner = serial;
+                Ok(())
+            }
+            Err(e) => Err(DeviceStateError::field("UART", format!("{e}"))),
+        }
+    }
+}
+
 impl BusDevice for Uart {
     fn read(&mut self, offset: u64, data: &mut [u8]) {
         data.fill(0);
@@ -197,5 +312,46 @@ mod tests {
         assert_eq!(uart.enqueue_input(b"b"), 1);
         uart.read(0, &mut byte);
         assert!(room.fd().read().is_err(), "one signal per request");
+    }
+
+    #[test]
+    fn state_round_trips_and_keeps_the_line_and_console() {
+        let irq = EventFd::new(libc::EFD_NONBLOCK).unwrap();
+        let sink = Sink::default();
+        let mut uart = Uart::new(irq.try_clone().unwrap(), Box::new(sink.clone()));
+        uart.write(1, &[0x01]); // IER: received-data interrupt
+        uart.write(7, &[0x5a]); // scratch
+        assert_eq!(uart.enqueue_input(b"abc"), 3);
+        let saved = uart.save_state();
+        let bytes = saved.encode();
+        assert_eq!(UartState::decode(&bytes).unwrap(), saved);
+
+        let irq2 = EventFd::new(libc::EFD_NONBLOCK).unwrap();
+        let sink2 = Sink::default();
+        let mut other = Uart::new(irq2.try_clone().unwrap(), Box::new(sink2.clone()));
+        other.load_state(&saved).unwrap();
+        assert!(
+            irq2.read().unwrap() >= 1,
+            "pending receive interrupt raised"
+        );
+        let mut b = [0u8; 1];
+        other.read(7, &mut b);
+        assert_eq!(b[0], 0x5a);
+        other.read(0, &mut b);
+        assert_eq!(b[0], b'a');
+        other.write(0, b"z");
+        assert_eq!(
+            &*sink2.0.lock().unwrap(),
+            b"z",
+            "output still goes to its console"
+        );
+
+        let mut bad = bytes.clone();
+        bad[9] = 65;
+        assert!(UartState::decode(&bad).is_err(), "FIFO fill past 64");
+        let mut bad = bytes.clone();
+        bad[9] = 1;
+        assert!(UartState::decode(&bad).is_err(), "bytes past the fill");
+        assert!(UartState::decode(&bytes[1..]).is_err(), "short");
     }
 }

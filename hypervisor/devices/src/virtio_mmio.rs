@@ -170,6 +170,27 @@ pub trait VirtioBackend: Send {
     fn reset(&mut self);
     /// A QueueNotify write for `queue` reached the device model.
     fn notify(&mut self, queue: u16);
+    /// A restored device, running on the saved domain, gets this backend:
+    /// serve the queues as `activate` would, from the saved positions
+    /// (`indices[i]` is `queues[i]`'s), without the driver starting over.
+    fn resume(
+        &mut self,
+        features: u64,
+        queues: &[QueueConfig],
+        indices: &[QueueIndices],
+    ) -> Result<(), BackendError> {
+        let _ = indices;
+        self.activate(features, queues)
+    }
+}
+
+/// Where a queue's device side stood when it was saved: the next avail
+/// entry to take and the next used entry to fill. A quiesced backend has
+/// answered every request it took, so both equal the used ring's index.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct QueueIndices {
+    pub next_avail: u16,
+    pub next_used: u16,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -212,6 +233,10 @@ impl VirtioInterrupt {
 
     fn clear(&self) {
         self.status.store(0, Ordering::SeqCst);
+    }
+
+    fn set(&self, bits: u32) {
+        self.status.store(bits, Ordering::SeqCst);
     }
 }
 
@@ -265,7 +290,184 @@ pub struct VirtioMmio {
     needs_reset: bool,
     /// An activation went to the current backend since the last reset.
     activated: bool,
+    /// Loaded from a saved domain that had the device running: the next
+    /// attached backend resumes the queues from these positions.
+    restored: Option<[QueueIndices; MAX_QUEUES]>,
     interrupt: Arc<VirtioInterrupt>,
+}
+
+/// One queue's saved registers and device-side positions.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct QueueState {
+    pub num: u16,
+    pub ready: bool,
+    pub desc: u64,
+    pub driver: u64,
+    pub device: u64,
+    pub indices: QueueIndices,
+}
+
+/// A virtio-mmio transport's saved registers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VirtioMmioState {
+    /// The virtio device ID the slot serves (1 net, 2 blk).
+    pub device_id: u8,
+    pub visible: bool,
+    pub device_features: u64,
+    pub driver_features: u64,
+    pub device_features_sel: u32,
+    pub driver_features_sel: u32,
+    pub queue_sel: u32,
+    pub shm_sel: u32,
+    /// Driver-set status bits (DEVICE_NEEDS_RESET apart).
+    pub status: u32,
+    pub needs_reset: bool,
+    /// A backend had been activated (and not reset) when saved.
+    pub activated: bool,
+    pub interrupt_status: u32,
+    pub config_generation: u32,
+    pub num_queues: u8,
+    pub queues: [QueueState; MAX_QUEUES],
+}
+
+const QUEUE_STATE_LEN: usize = 2 + 1 + 8 * 3 + 2 * 2;
+const VIRTIO_MMIO_STATE_LEN: usize =
+    1 + 1 + 8 + 8 + 4 * 5 + 1 + 1 + 4 + 4 + 1 + MAX_QUEUES * QUEUE_STATE_LEN;
+const STATUS_BITS: u32 =
+    status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK | status::DRIVER_OK | status::FAILED;
+
+impl VirtioMmioState {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(VIRTIO_MMIO_STATE_LEN);
+        out.push(self.device_id);
+        out.push(u8::from(self.visible));
+        out.extend_from_slice(&self.device_features.to_le_bytes());
+        out.extend_from_slice(&self.driver_features.to_le_bytes());
+        for v in [
+            self.device_features_sel,
+            self.driver_features_sel,
+            self.queue_sel,
+            self.shm_sel,
+            self.status,
+        ] {
+            out.extend_from_slice(&v.to_le_bytes());
+        }
+        out.push(u8::from(self.needs_reset));
+        out.push(u8::from(self.activated));
+        out.extend_from_slice(&self.interrupt_status.to_le_bytes());
+        out.extend_from_slice(&self.config_generation.to_le_bytes());
+        out.push(self.num_queues);
+        for q in &self.queues {
+            out.extend_from_slice(&q.num.to_le_bytes());
+            out.push(u8::from(q.ready));
+            out.extend_from_slice(&q.desc.to_le_bytes());
+            out.extend_from_slice(&q.driver.to_le_bytes());
+            out.extend_from_slice(&q.device.to_le_bytes());
+            out.extend_from_slice(&q.indices.next_avail.to_le_bytes());
+            out.extend_from_slice(&q.indices.next_used.to_le_bytes());
+        }
+        out
+    }
+
+    /// Parse and check one transport's state (hostile input): the status
+    /// bits in the order a driver can set them, features as negotiated,
+    /// queue sizes the device accepts, nothing past the device's queues.
+    pub fn decode(bytes: &[u8]) -> Result<Self, crate::state::DeviceStateError> {
+        use crate::state::DeviceStateError;
+        let bad = |why: String| DeviceStateError::field("virtio-mmio", why);
+        let mut c = crate::state::exact("virtio-mmio", bytes, VIRTIO_MMIO_STATE_LEN)?;
+        let device_id = c.u8();
+        let visible = c.flag("virtio-mmio visible")?;
+        let device_features = c.u64();
+        let driver_features = c.u64();
+        let device_features_sel = c.u32();
+        let driver_features_sel = c.u32();
+        let queue_sel = c.u32();
+        let shm_sel = c.u32();
+        let status = c.u32();
+        let needs_reset = c.flag("virtio-mmio needs_reset")?;
+        let activated = c.flag("virtio-mmio activated")?;
+        let interrupt_status = c.u32();
+        let config_generation = c.u32();
+        let num_queues = c.u8();
+        let mut queues = [QueueState::default(); MAX_QUEUES];
+        for q in queues.iter_mut() {
+            q.num = c.u16();
+            q.ready = c.flag("virtio-mmio queue ready")?;
+            q.desc = c.u64();
+            q.driver = c.u64();
+            q.device = c.u64();
+            q.indices.next_avail = c.u16();
+            q.indices.next_used = c.u16();
+        }
+        if !matches!(device_id, 1 | 2) {
+            return Err(bad(format!("device ID {device_id}")));
+        }
+        if status & !STATUS_BITS != 0 {
+            return Err(bad(format!("status {status:#x}")));
+        }
+        let has = |bit| status & bit != 0;
+        if (has(status::DRIVER) && !has(status::ACKNOWLEDGE))
+            || (has(status::FEATURES_OK) && !has(status::DRIVER))
+            || (has(status::DRIVER_OK) && !has(status::FEATURES_OK))
+        {
+            return Err(bad(format!("status bits {status:#x} out of order")));
+        }
+        if has(status::FEATURES_OK)
+            && (driver_features & !device_features != 0
+                || driver_features & VIRTIO_F_VERSION_1 == 0)
+        {
+            return Err(bad(format!(
+                "features {driver_features:#x} accepted of {device_features:#x}"
+            )));
+        }
+        if device_features & VIRTIO_F_VERSION_1 == 0 {
+            return Err(bad("VIRTIO_F_VERSION_1 not offered".into()));
+        }
+        if usize::from(num_queues) > MAX_QUEUES || (visible && num_queues == 0) {
+            return Err(bad(format!("{num_queues} queues")));
+        }
+        if (activated || needs_reset) && !has(status::DRIVER_OK) {
+            return Err(bad("activated or failed without DRIVER_OK".into()));
+        }
+        if activated && !visible {
+            return Err(bad("activated without a backend".into()));
+        }
+        if interrupt_status & !(INT_VRING | INT_CONFIG) != 0 {
+            return Err(bad(format!("interrupt status {interrupt_status:#x}")));
+        }
+        for (i, q) in queues.iter().enumerate() {
+            if i >= usize::from(num_queues) {
+                if *q != QueueState::default() {
+                    return Err(bad(format!("queue {i} past the device's {num_queues}")));
+                }
+                continue;
+            }
+            if !q.num.is_power_of_two() || q.num > QUEUE_NUM_MAX {
+                return Err(bad(format!("queue {i} size {}", q.num)));
+            }
+            if !q.ready && q.indices != QueueIndices::default() {
+                return Err(bad(format!("queue {i} has positions but is not ready")));
+            }
+        }
+        Ok(VirtioMmioState {
+            device_id,
+            visible,
+            device_features,
+            driver_features,
+            device_features_sel,
+            driver_features_sel,
+            queue_sel,
+            shm_sel,
+            status,
+            needs_reset,
+            activated,
+            interrupt_status,
+            config_generation,
+            num_queues,
+            queues,
+        })
+    }
 }
 
 impl VirtioMmio {
@@ -288,8 +490,98 @@ impl VirtioMmio {
             status: 0,
             needs_reset: false,
             activated: false,
+            restored: None,
             interrupt,
         }
+    }
+
+    /// The transport's registers, for a save; the queue positions are the
+    /// saver's to fill in (they live in guest memory and in the backend).
+    pub fn save_state(&self) -> VirtioMmioState {
+        let mut queues = [QueueState::default(); MAX_QUEUES];
+        for (saved, q) in queues.iter_mut().zip(&self.queues).take(self.num_queues) {
+            *saved = QueueState {
+                num: q.num,
+                ready: q.ready,
+                desc: q.desc,
+                driver: q.driver,
+                device: q.device,
+                indices: QueueIndices::default(),
+            };
+        }
+        VirtioMmioState {
+            device_id: self.kind.id() as u8,
+            visible: self.visible,
+            device_features: self.device_features,
+            driver_features: self.driver_features,
+            device_features_sel: self.device_features_sel,
+            driver_features_sel: self.driver_features_sel,
+            queue_sel: self.queue_sel,
+            shm_sel: self.shm_sel,
+            status: self.status,
+            needs_reset: self.needs_reset,
+            activated: self.activated && !self.needs_reset,
+            interrupt_status: self.interrupt.status(),
+            config_generation: self.config_generation,
+            num_queues: self.num_queues as u8,
+            queues,
+        }
+    }
+
+    /// Take `state` (checked by [`VirtioMmioState::decode`]) into a device
+    /// that has no backend yet. A device that was running waits for its
+    /// backend: the next [`Self::attach`] resumes it where it was.
+    pub fn load_state(
+        &mut self,
+        state: &VirtioMmioState,
+    ) -> Result<(), crate::state::DeviceStateError> {
+        use crate::state::DeviceStateError;
+        if u32::from(state.device_id) != self.kind.id() {
+            return Err(DeviceStateError::field(
+                "virtio-mmio",
+                format!(
+                    "device ID {} in a virtio-{} slot",
+                    state.device_id,
+                    self.kind.name()
+                ),
+            ));
+        }
+        if self.backend.is_some() {
+            return Err(DeviceStateError::field(
+                "virtio-mmio",
+                "the device already has a backend",
+            ));
+        }
+        self.visible = state.visible;
+        self.device_features = state.device_features;
+        self.driver_features = state.driver_features;
+        self.device_features_sel = state.device_features_sel;
+        self.driver_features_sel = state.driver_features_sel;
+        self.queue_sel = state.queue_sel;
+        self.shm_sel = state.shm_sel;
+        self.status = state.status;
+        self.needs_reset = state.needs_reset;
+        self.activated = false;
+        self.config_generation = state.config_generation;
+        self.num_queues = usize::from(state.num_queues).min(MAX_QUEUES);
+        let mut indices = [QueueIndices::default(); MAX_QUEUES];
+        for (i, q) in state.queues.iter().enumerate() {
+            self.queues[i] = if i < self.num_queues {
+                Queue {
+                    num: q.num,
+                    ready: q.ready,
+                    desc: q.desc,
+                    driver: q.driver,
+                    device: q.device,
+                }
+            } else {
+                Queue::default()
+            };
+            indices[i] = q.indices;
+        }
+        self.restored = state.activated.then_some(indices);
+        self.interrupt.set(state.interrupt_status);
+        Ok(())
     }
 
     pub fn kind(&self) -> DeviceType {
@@ -335,16 +627,70 @@ impl VirtioMmio {
         }
         let keep = config.len().min(self.kind.config_size());
         self.backend = Some(backend);
-        self.device_features = features | VIRTIO_F_VERSION_1;
+        let features = features | VIRTIO_F_VERSION_1;
         self.config = config[..keep].to_vec();
-        self.config_generation = self.config_generation.wrapping_add(1);
-        self.num_queues = queues;
         self.activated = false;
         self.visible = true;
+        if let Some(indices) = self.restored.take() {
+            // The saved domain's driver has this device running: the
+            // configuration (same disk, same MAC) keeps its generation.
+            self.resume(features, queues, &indices);
+            return Ok(());
+        }
+        self.device_features = features;
+        self.config_generation = self.config_generation.wrapping_add(1);
+        self.num_queues = queues;
         if self.status & status::DRIVER_OK != 0 {
             self.fail("backend replaced");
         }
         Ok(())
+    }
+
+    /// Hand a restored running device's queues to the new backend, from
+    /// the saved positions. A backend that offers less than the driver
+    /// took, or has other queues, cannot take over: the device needs a
+    /// reset, as after any backend failure.
+    fn resume(&mut self, features: u64, queues: usize, indices: &[QueueIndices; MAX_QUEUES]) {
+        if self.driver_features & !features != 0 || queues != self.num_queues {
+            self.device_features = features;
+            self.num_queues = queues;
+            self.fail("the new backend differs from the saved one");
+            return;
+        }
+        self.device_features = features;
+        let (configs, positions): (Vec<QueueConfig>, Vec<QueueIndices>) = self.queues
+            [..self.num_queues]
+            .iter()
+            .zip(indices)
+            .enumerate()
+            .filter(|(_, (q, _))| q.ready)
+            .map(|(i, (q, at))| {
+                (
+                    QueueConfig {
+                        index: i as u16,
+                        size: q.num,
+                        desc: q.desc,
+                        avail: q.driver,
+                        used: q.device,
+                    },
+                    *at,
+                )
+            })
+            .unzip();
+        let result = match self.backend.as_mut() {
+            Some(backend) => backend.resume(self.driver_features, &configs, &positions),
+            None => Err(BackendError("no backend attached".into())),
+        };
+        match result {
+            Ok(()) => {
+                self.activated = true;
+                // A completion the source signalled as it stopped may not
+                // have reached the guest: have the driver look at its
+                // rings (it finds nothing new if there was none).
+                self.interrupt.raise(INT_VRING);
+            }
+            Err(e) => self.fail(&format!("resume failed: {e}")),
+        }
     }
 
     /// The backend stopped serving (malformed queue, link closed): a
@@ -582,6 +928,7 @@ impl VirtioMmio {
         self.queue_sel = 0;
         self.shm_sel = 0;
         self.queues = [Queue::default(); MAX_QUEUES];
+        self.restored = None;
         self.interrupt.clear();
     }
 
@@ -639,6 +986,7 @@ mod tests {
     #[derive(Debug, Clone, PartialEq, Eq)]
     enum Call {
         Activate(u64, Vec<QueueConfig>),
+        Resume(u64, Vec<QueueConfig>, Vec<QueueIndices>),
         Reset,
         Notify(u16),
     }
@@ -663,6 +1011,23 @@ mod tests {
         }
         fn reset(&mut self) {
             self.calls.lock().unwrap().push(Call::Reset);
+        }
+        fn resume(
+            &mut self,
+            features: u64,
+            queues: &[QueueConfig],
+            indices: &[QueueIndices],
+        ) -> Result<(), BackendError> {
+            self.calls.lock().unwrap().push(Call::Resume(
+                features,
+                queues.to_vec(),
+                indices.to_vec(),
+            ));
+            if self.refuse {
+                Err(BackendError("refused".into()))
+            } else {
+                Ok(())
+            }
         }
         fn notify(&mut self, queue: u16) {
             self.calls.lock().unwrap().push(Call::Notify(queue));
@@ -1132,5 +1497,100 @@ mod tests {
                 assert_ne!(s & status::FEATURES_OK, 0);
             }
         }
+    }
+
+    /// A fresh blk device as a restore makes it: no backend yet.
+    fn unattached() -> (VirtioMmio, Arc<AtomicUsize>) {
+        let pulses = Arc::new(AtomicUsize::new(0));
+        let p = pulses.clone();
+        let irq = Arc::new(VirtioInterrupt::new(move || {
+            p.fetch_add(1, Ordering::SeqCst);
+        }));
+        (VirtioMmio::new(DeviceType::Blk, irq), pulses)
+    }
+
+    #[test]
+    fn a_running_device_resumes_on_its_new_backend_from_the_saved_positions() {
+        let mut rig = rig();
+        rig.bring_up();
+        rig.calls();
+        let mut saved = rig.dev.save_state();
+        assert!(saved.activated);
+        saved.queues[0].indices = QueueIndices {
+            next_avail: 7,
+            next_used: 7,
+        };
+        let bytes = saved.encode();
+        assert_eq!(VirtioMmioState::decode(&bytes).unwrap(), saved);
+
+        let (mut dev, pulses) = unattached();
+        dev.load_state(&saved).unwrap();
+        let fake = Fake::default();
+        let mut config = vec![0u8; 8];
+        config[..8].copy_from_slice(&0x1000u64.to_le_bytes());
+        dev.attach(Box::new(fake.clone()), BLK_SIZE_MAX, &config, 2)
+            .unwrap();
+        let calls = std::mem::take(&mut *fake.calls.lock().unwrap());
+        let Call::Resume(features, queues, indices) = &calls[0] else {
+            panic!("{calls:?}");
+        };
+        assert_eq!(*features, VIRTIO_F_VERSION_1 | BLK_SIZE_MAX);
+        assert_eq!(queues.len(), 2);
+        assert_eq!(queues[0].size, 128);
+        assert_eq!(queues[0].desc, 0x1_0000_0000);
+        assert_eq!(indices[0].next_avail, 7);
+        assert_eq!(calls.len(), 1, "no reset, no fresh activation");
+        assert_eq!(dev.status() & status::DEVICE_NEEDS_RESET, 0);
+        assert_eq!(dev.status(), saved.status);
+        assert!(pulses.load(Ordering::SeqCst) >= 1, "the driver looks again");
+        // It serves: kicks reach the new backend.
+        dev.write(reg::QUEUE_NOTIFY, &1u32.to_le_bytes());
+        assert_eq!(fake.calls.lock().unwrap().last(), Some(&Call::Notify(1)));
+
+        // A backend with fewer features than the driver took cannot.
+        let (mut dev, _) = unattached();
+        dev.load_state(&saved).unwrap();
+        dev.attach(Box::new(Fake::default()), 0, &config, 2)
+            .unwrap();
+        assert_ne!(dev.status() & status::DEVICE_NEEDS_RESET, 0);
+        // Nor one that refuses.
+        let (mut dev, _) = unattached();
+        dev.load_state(&saved).unwrap();
+        let refusing = Fake {
+            refuse: true,
+            ..Fake::default()
+        };
+        dev.attach(Box::new(refusing), BLK_SIZE_MAX, &config, 2)
+            .unwrap();
+        assert_ne!(dev.status() & status::DEVICE_NEEDS_RESET, 0);
+        // A net slot does not take a blk device's state.
+        let mut net = VirtioMmio::new(DeviceType::Net, Arc::new(VirtioInterrupt::new(|| {})));
+        assert!(net.load_state(&saved).is_err());
+    }
+
+    #[test]
+    fn hostile_transport_states_are_refused() {
+        let mut rig = rig();
+        rig.bring_up();
+        let good = rig.dev.save_state();
+        let refused = |f: &dyn Fn(&mut VirtioMmioState)| {
+            let mut s = good.clone();
+            f(&mut s);
+            VirtioMmioState::decode(&s.encode()).is_err()
+        };
+        assert!(refused(&|s| s.status = status::DRIVER_OK));
+        assert!(refused(&|s| s.status |= 0x100));
+        assert!(refused(&|s| s.driver_features |= 1 << 40));
+        assert!(refused(&|s| s.num_queues = 9));
+        assert!(refused(&|s| s.queues[0].num = 100));
+        assert!(refused(&|s| s.queues[0].num = 512));
+        assert!(refused(&|s| s.queues[5].desc = 1));
+        assert!(refused(&|s| s.interrupt_status = 4));
+        assert!(refused(&|s| s.device_id = 3));
+        let bytes = good.encode();
+        assert!(VirtioMmioState::decode(&bytes[1..]).is_err());
+        let mut flag = bytes.clone();
+        flag[1] = 2;
+        assert!(VirtioMmioState::decode(&flag).is_err());
     }
 }

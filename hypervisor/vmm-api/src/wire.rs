@@ -197,6 +197,7 @@ mod tests {
             pid: 42,
             blocked: false,
             vcpus_online: 1,
+            suspended: false,
         });
         assert_eq!(parse_reply(&encode(&reply)).unwrap(), reply);
         let refused = Reply::error("no");

@@ -38,6 +38,9 @@ pub struct ControlHandles {
     pub dom0: Arc<Dom0Ports>,
     pub events: Arc<EventRouting>,
     pub hvm: Option<Arc<HvmDevices>>,
+    /// The syscall bridge of an HVM domain on a PVM host, whose
+    /// breakpoint a save carries.
+    pub syscall_bridge: Option<Arc<crate::syscall_bridge::SyscallBridge>>,
     pub exit: Arc<ExitLatch>,
     pub pauser: Arc<Pauser>,
     /// When the process started, for the uptime.

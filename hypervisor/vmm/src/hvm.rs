@@ -20,6 +20,7 @@ use kxen_devices::pci::{PciBus, PCI_CONFIG_BASE, PCI_CONFIG_WINDOW};
 use kxen_devices::serial::{
     ConsoleOut, InputRoom, IrqLine, Uart, COM1_BASE, COM1_IRQ, UART_WINDOW,
 };
+use kxen_devices::state::{DeviceState, DeviceStateError};
 use kxen_devices::virtio_mmio::DeviceType;
 use kxen_devices::{Bus, BusDevice};
 
@@ -50,6 +51,10 @@ pub struct HvmDevices {
     /// The CMOS/RTC, kept besides its place on the port bus so that a save
     /// can read its clock and a restore give it one (the RTC record).
     pub cmos: Arc<Mutex<Cmos>>,
+    /// The other legacy devices, kept for a save and a restore.
+    keyboard: Arc<Mutex<I8042>>,
+    acpi_pm: Arc<Mutex<AcpiPm>>,
+    pci: Arc<Mutex<PciBus>>,
     /// kxend's end of the serial line, handed to every kxend that asks
     /// (a restarted kxend picks the line up again).
     dom0_serial: Option<UnixStream>,
@@ -102,6 +107,10 @@ impl<W: Write> Write for Unbuffered<W> {
     fn flush(&mut self) -> std::io::Result<()> {
         self.0.flush()
     }
+}
+
+fn lock<T: ?Sized>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 fn irq_line(vm: &VmFd, gsi: u32) -> Result<EventFd, VmError> {
@@ -158,27 +167,21 @@ impl HvmDevices {
             out,
             input_room.clone(),
         )));
-        let keyboard = I8042::new(Some(IrqLine(irq_line(vm, I8042_KBD_IRQ)?)));
+        let keyboard = Arc::new(Mutex::new(I8042::new(Some(IrqLine(irq_line(
+            vm,
+            I8042_KBD_IRQ,
+        )?)))));
         let mut pio = Bus::new();
         let add = |bus: &mut Bus, dev: Arc<Mutex<dyn BusDevice>>, base, len| {
             bus.insert(dev, base, len)
                 .map_err(|e| VmError::Setup(format!("device bus: {e}")))
         };
         add(&mut pio, uart.clone(), COM1_BASE, UART_WINDOW)?;
-        add(
-            &mut pio,
-            Arc::new(Mutex::new(keyboard)),
-            I8042_BASE,
-            I8042_WINDOW,
-        )?;
+        add(&mut pio, keyboard.clone(), I8042_BASE, I8042_WINDOW)?;
         let cmos = Arc::new(Mutex::new(Cmos::new(ram_below_4g, ram_above_4g)));
         add(&mut pio, cmos.clone(), CMOS_BASE, CMOS_WINDOW)?;
-        add(
-            &mut pio,
-            Arc::new(Mutex::new(AcpiPm::new())),
-            ACPI_PM_BASE,
-            ACPI_PM_WINDOW,
-        )?;
+        let acpi_pm = Arc::new(Mutex::new(AcpiPm::new()));
+        add(&mut pio, acpi_pm.clone(), ACPI_PM_BASE, ACPI_PM_WINDOW)?;
         let mut pci = PciBus::new();
         if cfg.xen_platform_pci {
             use kxen_devices::xen_platform::*;
@@ -190,12 +193,8 @@ impl HvmDevices {
                 UNPLUG_WINDOW,
             )?;
         }
-        add(
-            &mut pio,
-            Arc::new(Mutex::new(pci)),
-            PCI_CONFIG_BASE,
-            PCI_CONFIG_WINDOW,
-        )?;
+        let pci = Arc::new(Mutex::new(pci));
+        add(&mut pio, pci.clone(), PCI_CONFIG_BASE, PCI_CONFIG_WINDOW)?;
         let mut mmio = Bus::new();
         let virtio = if cfg.virtio.is_empty() {
             None
@@ -216,11 +215,98 @@ impl HvmDevices {
             virtio,
             uart,
             cmos,
+            keyboard,
+            acpi_pm,
+            pci,
             dom0_serial,
             input,
             input_room,
             serial_dropped: dropped,
         })
+    }
+
+    /// The device models' state for a save (the CMOS clock apart: it is
+    /// Xen's RTC record). The virtio queues' positions are left at zero
+    /// for the caller, who reads them from guest memory.
+    pub fn save_devices(&self) -> DeviceState {
+        DeviceState {
+            uart: Some(lock(&self.uart).save_state()),
+            i8042: Some(lock(&self.keyboard).save_state()),
+            acpi_pm: Some(lock(&self.acpi_pm).save_state()),
+            pci: Some(lock(&self.pci).save_state()),
+            virtio: self
+                .virtio
+                .iter()
+                .flat_map(|v| v.slots().iter().enumerate())
+                .map(|(i, slot)| (i as u16, slot.device().save_state()))
+                .collect(),
+            // The bridge is not a device: the saver adds its breakpoint.
+            syscall_bridge: None,
+        }
+    }
+
+    /// Check `state` against these devices: every device there, virtio
+    /// slots of the same kinds, PCI functions the same (nothing changes).
+    pub fn check_devices(&self, state: &DeviceState) -> Result<(), DeviceStateError> {
+        let missing = |what: &'static str| DeviceStateError::field(what, "not in the image");
+        state.uart.as_ref().ok_or_else(|| missing("UART"))?;
+        state.i8042.as_ref().ok_or_else(|| missing("i8042"))?;
+        state.acpi_pm.as_ref().ok_or_else(|| missing("ACPI PM"))?;
+        let pci = state.pci.as_ref().ok_or_else(|| missing("PCI"))?;
+        // The bus checks itself all-or-nothing; try it on a copy's worth:
+        // load into a scratch bus with the same functions.
+        let mut scratch = lock(&self.pci).scratch_copy();
+        scratch.load_state(pci)?;
+        let slots = self.virtio.as_ref().map_or(&[][..], |v| v.slots());
+        if state.virtio.len() != slots.len() {
+            return Err(DeviceStateError::field(
+                "virtio-mmio",
+                format!(
+                    "{} slots in the image, {} in this domain",
+                    state.virtio.len(),
+                    slots.len()
+                ),
+            ));
+        }
+        for ((index, saved), slot) in state.virtio.iter().zip(slots) {
+            if usize::from(*index) >= slots.len() || u32::from(saved.device_id) != slot.kind.id() {
+                return Err(DeviceStateError::field(
+                    "virtio-mmio",
+                    format!(
+                        "slot {index}: device ID {} for a virtio-{} slot",
+                        saved.device_id,
+                        slot.kind.name()
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Load `state`, checked by [`Self::check_devices`], into the devices
+    /// of a domain that has not run.
+    pub fn load_devices(&self, state: &DeviceState) -> Result<(), DeviceStateError> {
+        self.check_devices(state)?;
+        if let Some(pci) = &state.pci {
+            lock(&self.pci).load_state(pci)?;
+        }
+        if let Some(s) = &state.i8042 {
+            lock(&self.keyboard).load_state(s);
+        }
+        if let Some(s) = &state.acpi_pm {
+            lock(&self.acpi_pm).load_state(s);
+        }
+        if let (Some(v), true) = (&self.virtio, !state.virtio.is_empty()) {
+            for (index, saved) in &state.virtio {
+                if let Some(slot) = v.slots().get(usize::from(*index)) {
+                    slot.device().load_state(saved)?;
+                }
+            }
+        }
+        if let Some(s) = &state.uart {
+            lock(&self.uart).load_state(s)?;
+        }
+        Ok(())
     }
 
     /// kxend's end of the serial line, to pass over the control socket.

@@ -16,10 +16,17 @@
 //! each, in this order: shared_info (if placed), then the grant frames,
 //! then the status frames, each in index order. Every field is checked by
 //! [`kxen_xen::Domain::load_snapshot`] before anything changes.
+//!
+//! An HVM domain's device models follow the pool pages as a
+//! [`kxen_devices::state`] section (the UART, i8042, ACPI PM, PCI
+//! configuration, the virtio-mmio transports with their queues' positions,
+//! and the syscall bridge's breakpoint on a PVM host); its CMOS clock is
+//! Xen's RTC record in the HVM context. A PVH domain has neither.
 
 use std::os::unix::fs::FileExt;
 use std::time::Duration;
 
+use kxen_devices::state::BridgeBreakpoint;
 use kxen_stream::hvm_context::{self, HvmContextBuilder};
 use kxen_vmm_api::image::{self, TscInfo, VmmImage};
 use kxen_xen::snapshot::XenSnapshot;
@@ -29,7 +36,7 @@ use zerocopy::IntoBytes;
 
 use crate::control::ControlHandles;
 use crate::save::kvm::{read_platform_state, write_platform_state, KvmPlatformState};
-use crate::save::{irq, platform};
+use crate::save::{irq, platform, rtc};
 use crate::vcpu::snapshot::{VcpuEntry, VcpuJob};
 
 const XEN_STATE_MAGIC: &[u8; 8] = b"KXENXST\0";
@@ -63,6 +70,116 @@ pub enum StateError {
     TscRate { image: u32, host: u32 },
     #[error("guest memory: {0}")]
     Memory(std::io::Error),
+    #[error("{0}")]
+    Devices(#[from] kxen_devices::state::DeviceStateError),
+    #[error("RTC record: {0}")]
+    Rtc(#[from] rtc::RtcLoadError),
+    #[error("virtio slot {slot} queue {queue}: its used ring at {gpa:#x} is not in guest RAM")]
+    UsedRing { slot: usize, queue: usize, gpa: u64 },
+}
+
+/// The used ring's index of a queue whose ring starts at `used` (the
+/// `idx` field after `flags`), read from guest memory.
+fn used_index(h: &ControlHandles, used: u64) -> Option<u16> {
+    let gpa = used.checked_add(2)?;
+    // Both bytes in one page (the ring is 4-byte aligned in a sane guest).
+    if gpa & 0xfff == 0xfff {
+        return None;
+    }
+    let offset = h.memory.memfd_offset(gpa)?;
+    let mut idx = [0u8; 2];
+    h.memory.memfd.read_exact_at(&mut idx, offset).ok()?;
+    Some(u16::from_le_bytes(idx))
+}
+
+/// The HVM device models' section, with each running virtio queue's
+/// positions. kxend quiesced its backends before this save: every request
+/// they took is answered, so the next avail entry to take and the next used
+/// entry to fill are both the used ring's index.
+fn save_devices(h: &ControlHandles, hvm: &crate::hvm::HvmDevices) -> Result<Vec<u8>, StateError> {
+    let mut state = hvm.save_devices();
+    for (slot, saved) in state.virtio.iter_mut() {
+        if !saved.activated {
+            continue;
+        }
+        let slot = usize::from(*slot);
+        for (queue, q) in saved.queues.iter_mut().enumerate() {
+            if !q.ready {
+                continue;
+            }
+            let idx = used_index(h, q.device).ok_or(StateError::UsedRing {
+                slot,
+                queue,
+                gpa: q.device,
+            })?;
+            q.indices = kxen_devices::virtio_mmio::QueueIndices {
+                next_avail: idx,
+                next_used: idx,
+            };
+        }
+    }
+    state.syscall_bridge = h
+        .syscall_bridge
+        .as_ref()
+        .and_then(|b| b.planted())
+        .map(|p| BridgeBreakpoint {
+            handler: p.handler,
+            gpa: p.gpa,
+            original: p.original,
+        });
+    Ok(kxen_devices::state::encode(&state))
+}
+
+/// Check a saved syscall-bridge breakpoint against the loaded guest
+/// memory (hostile input: the address and the byte are the image's): the
+/// handler's first bytes, the displaced byte back in place, must lie in
+/// RAM and start with an instruction the bridge steps over.
+fn check_breakpoint(h: &ControlHandles, b: &BridgeBreakpoint) -> Result<(), StateError> {
+    let bad = |why: &str| StateError::XenState(format!("syscall bridge at {:#x}: {why}", b.gpa));
+    let mut head = [0u8; 8];
+    if b.gpa & 0xfff > 0x1000 - head.len() as u64 || !h.memory.is_ram(b.gpa >> 12) {
+        return Err(bad("not in guest RAM"));
+    }
+    let offset = h
+        .memory
+        .memfd_offset(b.gpa)
+        .ok_or_else(|| bad("not in guest RAM"))?;
+    h.memory
+        .memfd
+        .read_exact_at(&mut head, offset)
+        .map_err(StateError::Memory)?;
+    head[0] = b.original;
+    if crate::syscall_bridge::Displaced::decode(&head).is_none() {
+        return Err(bad(
+            "the handler starts with an instruction the bridge does not step over",
+        ));
+    }
+    Ok(())
+}
+
+/// Give the bridge the source's breakpoint; a domain without a bridge
+/// (a host with VT-x or SVM) gets the displaced byte back instead.
+fn restore_breakpoint(h: &ControlHandles, b: &BridgeBreakpoint) -> Result<(), StateError> {
+    const INT3: u8 = 0xcc;
+    let offset = h
+        .memory
+        .memfd_offset(b.gpa)
+        .ok_or_else(|| StateError::XenState("syscall bridge: not in guest RAM".into()))?;
+    let byte = match &h.syscall_bridge {
+        Some(bridge) => {
+            bridge.restore(crate::syscall_bridge::Planted {
+                handler: b.handler,
+                gpa: b.gpa,
+                original: b.original,
+            });
+            INT3
+        }
+        None => b.original,
+    };
+    h.memory
+        .memfd
+        .write_all_at(&[byte], offset)
+        .map_err(StateError::Memory)
 }
 
 /// The pool frames a snapshot has contents for, in image order.
@@ -163,6 +280,15 @@ pub fn save(h: &ControlHandles) -> Result<Vec<u8>, StateError> {
     entries.push((HVM_SAVE_CODE_PCI_IRQ, 0, pci_irqs.as_bytes().to_vec()));
     entries.push((HVM_SAVE_CODE_ISA_IRQ, 0, isa_irqs.as_bytes().to_vec()));
     entries.push((HVM_SAVE_CODE_PCI_LINK, 0, pci_link.as_bytes().to_vec()));
+    if let Some(hvm) = &h.hvm {
+        let clock = hvm
+            .cmos
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .save_clock();
+        let record = rtc::save_rtc(&clock);
+        entries.push((HVM_SAVE_CODE_RTC, 0, record.as_bytes().to_vec()));
+    }
     // Xen writes them by type, then instance.
     entries.sort_by_key(|(code, instance, _)| (*code, *instance));
     let tsc_khz = h.domain.clock.tsc_khz;
@@ -187,6 +313,9 @@ pub fn save(h: &ControlHandles) -> Result<Vec<u8>, StateError> {
             .read_exact_at(&mut page, h.memory.layout.pool_offset(frame))
             .map_err(StateError::Memory)?;
         xen_state.extend_from_slice(&page);
+    }
+    if let Some(hvm) = &h.hvm {
+        xen_state.extend_from_slice(&save_devices(h, hvm)?);
     }
     Ok(image::encode(&VmmImage {
         hvm_context: builder.finish(),
@@ -256,13 +385,38 @@ pub fn load(h: &ControlHandles, bytes: &[u8]) -> Result<(), StateError> {
     }
     let (snap, pages) = parse_xen_state(&image.xen_state)?;
     let frames = pool_frames(&snap, |gfn| h.memory.is_ram(gfn));
-    if pages.len() != frames.len() * PAGE {
+    if pages.len() < frames.len() * PAGE {
         return Err(StateError::XenState(format!(
             "{} bytes of pool pages for {} frames",
             pages.len(),
             frames.len()
         )));
     }
+    let (pages, device_section) = pages.split_at(frames.len() * PAGE);
+    // An HVM domain's device models come with it; a PVH domain has none.
+    let devices = match (&h.hvm, device_section.is_empty()) {
+        (Some(hvm), false) => {
+            let state = kxen_devices::state::parse(device_section)?;
+            hvm.check_devices(&state)?;
+            if let Some(b) = &state.syscall_bridge {
+                check_breakpoint(h, b)?;
+            }
+            Some(state)
+        }
+        (Some(_), true) => {
+            return Err(StateError::XenState(
+                "no device state for an HVM domain".into(),
+            ))
+        }
+        (None, true) => None,
+        (None, false) => {
+            return Err(StateError::XenState(format!(
+                "{} bytes after the pool pages of a domain without device models",
+                device_section.len()
+            )))
+        }
+    };
+    let mut clock = None;
     let context =
         hvm_context::parse(&image.hvm_context).map_err(|e| StateError::Context(e.to_string()))?;
     if context.header.magic != HVM_FILE_MAGIC || context.header.version != HVM_FILE_VERSION {
@@ -322,6 +476,9 @@ pub fn load(h: &ControlHandles, bytes: &[u8]) -> Result<(), StateError> {
                     platform::load_pit(&read(entry, "PIT")?).map_err(|e| platform_err(&e))?;
             }
             (HVM_SAVE_CODE_PCI_IRQ | HVM_SAVE_CODE_ISA_IRQ | HVM_SAVE_CODE_PCI_LINK, 0) => {}
+            (HVM_SAVE_CODE_RTC, 0) if h.hvm.is_some() => {
+                clock = Some(rtc::load_rtc_entry(entry.data)?);
+            }
             (code, instance) => {
                 return Err(StateError::Context(format!(
                     "unexpected entry type {code} instance {instance}"
@@ -352,6 +509,11 @@ pub fn load(h: &ControlHandles, bytes: &[u8]) -> Result<(), StateError> {
         if !seen_platform.iter().any(|(c, _)| *c == code) {
             return Err(StateError::Context(format!("no entry of type {code}")));
         }
+    }
+    if h.hvm.is_some() && clock.is_none() {
+        return Err(StateError::Context(format!(
+            "no entry of type {HVM_SAVE_CODE_RTC} for an HVM domain"
+        )));
     }
     // vCPUs the image started must have their state; the others must not.
     for (vcpu, v) in snap.vcpus.iter().enumerate() {
@@ -397,6 +559,18 @@ pub fn load(h: &ControlHandles, bytes: &[u8]) -> Result<(), StateError> {
             .memfd
             .write_all_at(page, h.memory.layout.pool_offset(*frame))
             .map_err(StateError::Memory)?;
+    }
+    if let (Some(hvm), Some(devices)) = (&h.hvm, &devices) {
+        hvm.load_devices(devices)?;
+        if let Some(b) = &devices.syscall_bridge {
+            restore_breakpoint(h, b)?;
+        }
+        if let Some(clock) = &clock {
+            hvm.cmos
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .load_clock(clock);
+        }
     }
     // The guest's clock records and upcalls as of now.
     h.domain.publish_clock();

@@ -181,6 +181,17 @@ impl SyscallBridge {
         }
     }
 
+    /// The breakpoint a restored domain's source had planted (its `int3`
+    /// came with the guest's memory).
+    pub fn restore(&self, p: Planted) {
+        info!(
+            handler = p.handler,
+            original = p.original,
+            "syscall bridge: breakpoint restored"
+        );
+        *self.planted.lock().unwrap_or_else(|e| e.into_inner()) = Some(p);
+    }
+
     /// Record a new breakpoint; false if one is already there.
     pub fn plant(&self, p: Planted) -> bool {
         let mut slot = self.planted.lock().unwrap_or_else(|e| e.into_inner());

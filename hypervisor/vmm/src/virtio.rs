@@ -37,8 +37,8 @@ use tracing::{debug, info, warn};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use kxen_devices::virtio_mmio::{
-    reg, AttachError, BackendError, DeviceType, QueueConfig, VirtioBackend, VirtioInterrupt,
-    VirtioMmio, INT_VRING, MAX_QUEUES, VIRTIO_MMIO_WINDOW,
+    reg, AttachError, BackendError, DeviceType, QueueConfig, QueueIndices, VirtioBackend,
+    VirtioInterrupt, VirtioMmio, INT_VRING, MAX_QUEUES, VIRTIO_MMIO_WINDOW,
 };
 use kxen_devices::{Bus, BusError};
 use kxen_loader::acpi::VirtioMmioDevice;
@@ -114,6 +114,12 @@ pub struct LinkQueue {
     pub desc: u64,
     pub avail: u64,
     pub used: u64,
+    /// A restored queue's saved positions: where the backend goes on
+    /// (absent on a driver's activation, which starts at 0).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_avail: Option<u16>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_used: Option<u16>,
 }
 
 /// VMM → kxend link messages.
@@ -153,14 +159,24 @@ impl Link {
         result
     }
 
-    fn exchange(&mut self, event: &LinkEvent) -> Result<(), LinkError> {
+    /// Send `event` without waiting for its reply: kxend only starts
+    /// reading the link once it has the attach reply, which this send
+    /// precedes. Its answer is dropped with the next request's stale
+    /// replies; a refusal also comes as the error eventfd.
+    fn post(&mut self, event: &LinkEvent) -> Result<(), LinkError> {
         if self.closed.load(Ordering::SeqCst) {
             return Err(LinkError::Closed);
         }
-        self.drop_stale_replies()?;
+        let result = self.send_line(event);
+        if matches!(result, Err(LinkError::Closed | LinkError::Io(_))) {
+            self.closed.store(true, Ordering::SeqCst);
+        }
+        result
+    }
+
+    fn send_line(&mut self, event: &LinkEvent) -> Result<(), LinkError> {
         let mut line = serde_json::to_vec(event).map_err(|e| LinkError::Io(e.into()))?;
         line.push(b'\n');
-        let deadline = Instant::now() + self.timeout;
         let fd = self.stream.as_raw_fd();
         let mut sent = 0;
         while sent < line.len() {
@@ -175,6 +191,16 @@ impl Link {
                 Err(e) => return Err(LinkError::Io(e.into())),
             }
         }
+        Ok(())
+    }
+
+    fn exchange(&mut self, event: &LinkEvent) -> Result<(), LinkError> {
+        if self.closed.load(Ordering::SeqCst) {
+            return Err(LinkError::Closed);
+        }
+        self.drop_stale_replies()?;
+        let deadline = Instant::now() + self.timeout;
+        self.send_line(event)?;
         let line = self.read_line(deadline)?;
         let reply: LinkReply = serde_json::from_slice(&line).map_err(|e| {
             LinkError::BadReply(format!("{e}: {:?}", String::from_utf8_lossy(&line)))
@@ -277,6 +303,8 @@ impl VirtioBackend for LinkBackend {
                     desc: q.desc,
                     avail: q.avail,
                     used: q.used,
+                    next_avail: None,
+                    next_used: None,
                 })
                 .collect(),
         };
@@ -297,6 +325,40 @@ impl VirtioBackend for LinkBackend {
         if let Err(e) = self.link().request(&LinkEvent::Reset) {
             warn!(slot = self.slot, "virtio reset: {e}");
         }
+    }
+
+    fn resume(
+        &mut self,
+        features: u64,
+        queues: &[QueueConfig],
+        indices: &[QueueIndices],
+    ) -> Result<(), BackendError> {
+        let event = LinkEvent::Activate {
+            features,
+            queues: queues
+                .iter()
+                .zip(indices)
+                .map(|(q, at)| LinkQueue {
+                    index: q.index,
+                    size: q.size,
+                    desc: q.desc,
+                    avail: q.avail,
+                    used: q.used,
+                    next_avail: Some(at.next_avail),
+                    next_used: Some(at.next_used),
+                })
+                .collect(),
+        };
+        info!(
+            slot = self.slot,
+            features,
+            queues = queues.len(),
+            "virtio resume of a restored device"
+        );
+        self.link().post(&event).map_err(|e| {
+            warn!(slot = self.slot, "virtio resume: {e}");
+            BackendError(e.to_string())
+        })
     }
 
     fn notify(&mut self, queue: u16) {
@@ -795,6 +857,59 @@ mod tests {
     }
 
     #[test]
+    fn a_restored_running_device_resumes_over_the_new_link_without_a_reset() {
+        // The source: the driver has the device running on queue 0.
+        let (src, _lines) = devices(&[DeviceType::Blk]);
+        let fds = src.attach(&blk_request(0, 2)).unwrap();
+        let _seen = fake_kxend(fds.link, |_| Some("{\"ok\":true}\n".into()));
+        let slot = &src.slots()[0];
+        negotiate(slot);
+        driver_ok(slot);
+        let mut saved = slot.device().save_state();
+        saved.queues[0].indices.next_avail = 41;
+        saved.queues[0].indices.next_used = 41;
+
+        // The destination: the state loads before kxend attaches; the
+        // attach posts the activation with the positions, the link's
+        // answer comes later, and the driver sees a running device.
+        let (dst, lines) = devices(&[DeviceType::Blk]);
+        let thread = dst.start().unwrap();
+        dst.slots()[0].device().load_state(&saved).unwrap();
+        let fds = dst.attach(&blk_request(0, 2)).unwrap();
+        let seen = fake_kxend(fds.link, |_| Some("{\"ok\":true}\n".into()));
+        assert_eq!(
+            seen.recv_timeout(Duration::from_secs(2)).unwrap(),
+            LinkEvent::Activate {
+                features: VIRTIO_F_VERSION_1,
+                queues: vec![LinkQueue {
+                    index: 0,
+                    size: 128,
+                    desc: 0x10_0000,
+                    avail: 0x10_1000,
+                    used: 0x10_2000,
+                    next_avail: Some(41),
+                    next_used: Some(41),
+                }]
+            }
+        );
+        let slot = &dst.slots()[0];
+        let st = r(&mut slot.device(), reg::STATUS);
+        assert_eq!(st & status::DEVICE_NEEDS_RESET, 0, "{st:#x}");
+        assert_ne!(st & status::DRIVER_OK, 0);
+        assert!(lines[0].read().unwrap() >= 1, "the driver is told to look");
+        // Kicks reach the new backend.
+        w(slot, reg::QUEUE_NOTIFY, 1);
+        assert_eq!(fds.kicks[1].read().unwrap(), 1);
+        // kxend refusing the posted activation: DEVICE_NEEDS_RESET.
+        fds.error.write(1).unwrap();
+        wait_for("DEVICE_NEEDS_RESET", || {
+            r(&mut slot.device(), reg::STATUS) & status::DEVICE_NEEDS_RESET != 0
+        });
+        dst.stop();
+        thread.join().unwrap();
+    }
+
+    #[test]
     fn activate_notify_call_and_reset_over_the_link() {
         let (devs, lines) = devices(&[DeviceType::Blk]);
         let thread = devs.start().unwrap();
@@ -815,7 +930,9 @@ mod tests {
                     size: 128,
                     desc: 0x10_0000,
                     avail: 0x10_1000,
-                    used: 0x10_2000
+                    used: 0x10_2000,
+                    next_avail: None,
+                    next_used: None,
                 }]
             }
         );

@@ -94,6 +94,7 @@ pub fn run(cfg: VmConfig, started: Instant, report_timing: bool) -> Result<Domai
             max_memory_kib,
             restore_buffer: std::sync::Mutex::new(None),
             perf: vcpu_shared.perf.clone(),
+            syscall_bridge: vcpu_shared.syscall_bridge.clone(),
         };
         let server = ControlServer::bind(handles, path.clone())
             .map_err(|e| VmError::Setup(format!("control socket {}: {e}", path.display())))?;

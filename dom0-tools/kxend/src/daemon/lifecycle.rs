@@ -292,6 +292,10 @@ impl Daemon {
             "domain {domid}: virtio {}",
             virtio.device_names().join(", ")
         ));
+        // A save's or a migration's final pass quiesces them with the
+        // domain's other backends.
+        self.devices_of(domid)
+            .set_virtio_controls(virtio.quiesce_controls());
         self.virtio
             .lock()
             .unwrap_or_else(|e| e.into_inner())

@@ -1,0 +1,8 @@
+//! The `device_state` fuzz target. Its body is [`kxen_fuzz::device_state`],
+//! which `fuzz/tests/replay.rs` also runs over a fixed corpus as an
+//! ordinary test.
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| {
+    kxen_fuzz::device_state(data);
+});
