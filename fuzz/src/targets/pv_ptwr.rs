@@ -37,7 +37,7 @@ pub fn pv_ptwr(data: &[u8]) -> bool {
     assert!(write.len <= insn.len());
     let size = decoded.memory_size().size() as u64;
     assert!(
-        matches!(size, 1 | 2 | 4 | 8) && (fault & 7) % size == 0,
+        matches!(size, 1 | 2 | 4 | 8) && (fault & 7).is_multiple_of(size),
         "a naturally aligned access inside one entry"
     );
     if let Some(new) = write.new {
