@@ -142,10 +142,7 @@ impl DomainImage {
             let raw = r.bytes("node path", xs::REL_PATH_MAX)?;
             let path = relative_node(raw)
                 .ok_or_else(|| ImageError::BadPath(String::from_utf8_lossy(raw).into_owned()))?;
-            let parent = match path.rfind('/') {
-                Some(i) => Some(&path[..i]),
-                None => None,
-            };
+            let parent = path.rfind('/').map(|i| &path[..i]);
             if parent.is_some_and(|p| !seen.contains(p)) {
                 return Err(ImageError::Orphan(path));
             }
