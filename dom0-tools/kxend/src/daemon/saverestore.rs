@@ -8,8 +8,11 @@
 //! libxl's migration stream: LIBXC_CONTEXT; libxc's image and domain
 //! headers (x86 HVM, which PVH is to Xen), STATIC_DATA_END, PAGE_DATA of
 //! every RAM page and special page, X86_TSC_INFO, HVM_PARAMS, HVM_CONTEXT,
-//! END; libxl's EMULATOR_CONTEXT (id 0, index 0) holding kxen's Xen state;
-//! END. Debian's `verify-stream-v2 --format xl` accepts it.
+//! END; for a domain that was paused rather than suspended, libxl's
+//! EMULATOR_CONTEXT (id 0, index 1) holding its part of xenstore (nodes,
+//! permissions, watches; kxen-xenstore's `image` module); EMULATOR_CONTEXT
+//! (id 0, index 0) holding kxen's Xen state; END. Debian's
+//! `verify-stream-v2 --format xl` accepts it.
 //!
 //! A restore reads the file as hostile input: the header and config are
 //! bounded, every record goes through kxen-stream's capped reader, every
@@ -351,14 +354,15 @@ pub(super) fn write_stream_with<W: Write>(
     libxc.write_hvm_params(&params).map_err(stream)?;
     libxc.write_hvm_context(&vmm.hvm_context).map_err(stream)?;
     let mut libxl = libxc.finish_into_libxl().map_err(stream)?;
-    libxl
-        .write_emulator_context(EmulatorId::UNKNOWN, VMM_STATE_INDEX, &vmm.xen_state)
-        .map_err(stream)?;
     if let Some(xenstore) = &xenstore {
         libxl
             .write_emulator_context(EmulatorId::UNKNOWN, XENSTORE_INDEX, xenstore)
             .map_err(stream)?;
     }
+    // The VMM's state goes last, where its checks catch a damaged tail.
+    libxl
+        .write_emulator_context(EmulatorId::UNKNOWN, VMM_STATE_INDEX, &vmm.xen_state)
+        .map_err(stream)?;
     let out = libxl.finish().map_err(stream)?;
     Ok((pages, out))
 }
