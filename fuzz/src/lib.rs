@@ -28,6 +28,7 @@ pub use targets::virtio_net_tx::virtio_net_tx;
 pub use targets::vmm_api_wire::vmm_api_wire;
 pub use targets::vmm_image::vmm_image;
 pub use targets::xen_snapshot::xen_snapshot;
+pub use targets::xenstore_image::xenstore_image;
 pub use targets::xenstore_wire::xenstore_wire;
 pub use targets::xl_savefile::xl_savefile;
 

@@ -2005,3 +2005,43 @@ args root=/dev/xvda ro console=hvc0 quiet\0\0"
         vec![pygrub, kernel_only, with_junk, long_item],
     );
 }
+
+// ---- xenstore_image -----------------------------------------------------------
+
+#[test]
+fn xenstore_image() {
+    use kxen_xenstore::image::{DomainImage, ImageNode, ImageWatch};
+    use kxen_xenstore::{Access, Perm, Perms};
+    let full = DomainImage {
+        domid: 3,
+        nodes: vec![
+            ImageNode {
+                path: "data".into(),
+                perms: Perms::owner(3, Access::None),
+                value: vec![],
+            },
+            ImageNode {
+                path: "data/kept".into(),
+                perms: Perms::new(vec![Perm::new(3, Access::None), Perm::new(0, Access::Read)])
+                    .unwrap(),
+                value: b"value\0with a NUL".to_vec(),
+            },
+        ],
+        watches: vec![
+            ImageWatch {
+                path: b"control/shutdown".to_vec(),
+                token: b"tok".to_vec(),
+            },
+            ImageWatch {
+                path: b"/local/domain/3/data".to_vec(),
+                token: b"abs".to_vec(),
+            },
+            ImageWatch {
+                path: b"@releaseDomain".to_vec(),
+                token: b"special".to_vec(),
+            },
+        ],
+    };
+    let seeds = vec![full.encode(), DomainImage::default().encode()];
+    replay("xenstore_image", kxen_fuzz::xenstore_image, seeds);
+}

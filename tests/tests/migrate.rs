@@ -32,6 +32,14 @@ fn test_guest_migrates_and_serves_on_the_destination() {
     src.boot_service_guest("mg");
     let before = src.guest_command("mg", "xs read name", "xs read", GUEST_LIMIT);
     assert_eq!(before, "xs read ok mg", "the guest serves before migrating");
+    // A node of the guest's own, which only the stream can carry over.
+    let wrote = src.guest_command(
+        "mg",
+        "xs write data/kept moved-value",
+        "xs write",
+        GUEST_LIMIT,
+    );
+    assert_eq!(wrote, "xs write ok");
 
     let ssh = dst.remote_shell("ssh-dst", "");
     let started = Instant::now();
@@ -69,7 +77,17 @@ fn test_guest_migrates_and_serves_on_the_destination() {
         !log.contains(BOOTED),
         "the guest booted again on the destination:\n{log}"
     );
-    dst.ok(&["destroy", "mg"]);
+    // Its xenstore subtree came along, under the destination's domid.
+    let kept = dst.guest_command("mg", "xs read data/kept", "xs read", GUEST_LIMIT);
+    assert_eq!(
+        kept, "xs read ok moved-value",
+        "the guest's own node is lost"
+    );
+    // And its watch on control/shutdown: `kxl shutdown` reaches the guest
+    // only through it, and the guest powers itself off.
+    let out = dst.kxl(&["shutdown", "mg"]);
+    assert!(out.status.success(), "kxl shutdown: {}", show(&out));
+    dst.wait_unlisted("mg", GUEST_LIMIT);
 }
 
 /// Pages the guest rewrites during the migration (8 MiB of its 64).

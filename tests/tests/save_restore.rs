@@ -19,6 +19,14 @@ fn saved_test_guest_is_verified_and_serves_after_restore() {
     d.boot_service_guest("sv");
     let before = d.guest_command("sv", "xs read name", "xs read", GUEST_LIMIT);
     assert_eq!(before, "xs read ok sv", "the guest serves before the save");
+    // A node of the guest's own, which only the image can bring back.
+    let wrote = d.guest_command(
+        "sv",
+        "xs write data/kept saved-value",
+        "xs write",
+        GUEST_LIMIT,
+    );
+    assert_eq!(wrote, "xs write ok");
 
     let image = d.dir.join("sv.save");
     let out = d.kxl(&["save", "sv", image.to_str().unwrap()]);
@@ -52,8 +60,17 @@ fn saved_test_guest_is_verified_and_serves_after_restore() {
         1,
         "the restored guest booted again instead of going on:\n{log}"
     );
-    let out = d.kxl(&["destroy", "sv"]);
-    assert!(out.status.success(), "{}", show(&out));
+    // Its xenstore subtree came with it, under the new domid.
+    let kept = d.guest_command("sv", "xs read data/kept", "xs read", GUEST_LIMIT);
+    assert_eq!(
+        kept, "xs read ok saved-value",
+        "the guest's own node is lost"
+    );
+    // And its watch on control/shutdown: `kxl shutdown` reaches the guest
+    // only through it, and the guest powers itself off.
+    let out = d.kxl(&["shutdown", "sv"]);
+    assert!(out.status.success(), "kxl shutdown: {}", show(&out));
+    d.wait_unlisted("sv", GUEST_LIMIT);
 }
 
 #[test]

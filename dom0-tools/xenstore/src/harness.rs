@@ -85,6 +85,23 @@ impl Harness {
         r
     }
 
+    /// A domain's part of the store (as [`crate::Xenstored::export_domain`]).
+    pub fn export_domain(&self, domid: u32) -> crate::image::DomainImage {
+        self.core.export_domain(domid)
+    }
+
+    /// Bring a saved part back (as [`crate::Xenstored::import_domain`]).
+    pub fn import_domain(
+        &mut self,
+        domid: u32,
+        image: &crate::image::DomainImage,
+    ) -> Result<(usize, usize), XsError> {
+        let r = self.core.import_domain(domid, image);
+        self.core.flush_dirty();
+        self.core.take_effects().run();
+        r
+    }
+
     /// Drop timed-out watch events as of `now`.
     pub fn expire(&mut self, now: std::time::Instant) {
         self.core.expire_events(now);

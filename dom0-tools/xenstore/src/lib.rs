@@ -58,6 +58,7 @@ mod config;
 mod core;
 mod error;
 pub mod harness;
+pub mod image;
 mod ops;
 pub mod path;
 mod perms;

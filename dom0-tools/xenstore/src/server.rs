@@ -361,6 +361,25 @@ impl Xenstored {
         self.with_core(|c| c.resume_domain(domid, ring, Arc::from(notify)));
     }
 
+    /// A domain's part of the store, for a save image or a migration:
+    /// the nodes under its home and the watches set on its ring.
+    pub fn export_domain(&self, domid: u32) -> crate::image::DomainImage {
+        self.inner.lock().export_domain(domid)
+    }
+
+    /// Bring a saved [`crate::image::DomainImage`] back onto the
+    /// introduced domain `domid`: its missing nodes are created (under the
+    /// new home, the new domid in place of the old in permissions), its
+    /// watches set on the ring, each firing once. Returns the nodes
+    /// created and the watches set; `ENOENT` if `domid` is not introduced.
+    pub fn import_domain(
+        &self,
+        domid: u32,
+        image: &crate::image::DomainImage,
+    ) -> Result<(usize, usize), XsError> {
+        self.with_core(|c| c.import_domain(domid, image))
+    }
+
     /// The guest notified its xenstore event channel. Cheap and never
     /// blocks on the guest: the service thread does the work.
     pub fn ring_kick(&self, domid: u32) {

@@ -22,5 +22,6 @@ pub mod virtio_net_tx;
 pub mod vmm_api_wire;
 pub mod vmm_image;
 pub mod xen_snapshot;
+pub mod xenstore_image;
 pub mod xenstore_wire;
 pub mod xl_savefile;

@@ -5,8 +5,10 @@
 
 use super::*;
 
-/// Loads a saved image through a new VMM's control socket (`kxl restore`).
-pub(super) type RestoreLoader<'a> = dyn Fn(&Path) -> Result<(), String> + 'a;
+/// Loads a saved image through a new VMM's control socket (`kxl restore`);
+/// returns the domain's part of the store if the image carries it.
+pub(super) type RestoreLoader<'a> =
+    dyn Fn(&Path) -> Result<Option<kxen_xenstore::image::DomainImage>, String> + 'a;
 
 impl Daemon {
     /// Create and start a domain; returns its domid.
@@ -154,10 +156,11 @@ impl Daemon {
             await_control_socket(&mut child, &record.control, &vmm_log_path, vmm_log_start)
                 .and_then(|()| match restore {
                     Some(load) => load(&record.control).map_err(CreateError::Restore),
-                    None => Ok(()),
+                    None => Ok(None),
                 })
-                .and_then(|()| {
+                .and_then(|saved_store| {
                     Domain::attach(record.clone(), self.store.clone(), ATTACH_LIMIT, false)
+                        .map(|d| (d, saved_store))
                         .map_err(|e| vmm_gone_or(&mut child, &vmm_log_path, vmm_log_start, e))
                 });
         // kxen-vmm read the kernel and initrd before it opened its control
@@ -168,7 +171,7 @@ impl Daemon {
             _ => format!("kernel {}", spec.kernel),
         };
         drop(boot_files);
-        let domain = match attached {
+        let (domain, saved_store) = match attached {
             Ok(d) => d,
             Err(e) => {
                 let _ = child.kill();
@@ -189,7 +192,13 @@ impl Daemon {
         };
         let ready = plugged
             .map_err(CreateError::Devices)
-            .and_then(|()| pin_config_vcpus(&domain).map_err(CreateError::Affinity));
+            .and_then(|()| pin_config_vcpus(&domain).map_err(CreateError::Affinity))
+            .and_then(|()| match &saved_store {
+                // After the toolstack's nodes and the devices': those stay
+                // as written for the new domain.
+                Some(saved) => self.restore_store_part(domid, saved),
+                None => Ok(()),
+            });
         if let Err(e) = ready {
             let _ = domain.destroy();
             self.drop_virtio(domid);
@@ -329,6 +338,25 @@ impl Daemon {
             let devid = vif.devid.unwrap_or(index as u32);
             devices.attach(DeviceSpec::Vif(vif.clone()), devid)?;
         }
+        Ok(())
+    }
+
+    /// Bring back a restored domain's own nodes and watches (saved with it
+    /// when it was paused rather than suspended).
+    fn restore_store_part(
+        &self,
+        domid: u32,
+        saved: &kxen_xenstore::image::DomainImage,
+    ) -> Result<(), CreateError> {
+        let (nodes, watches) = self
+            .store
+            .xenstored()
+            .import_domain(domid, saved)
+            .map_err(|e| CreateError::Restore(format!("restoring its xenstore nodes: {e}")))?;
+        self.log(&format!(
+            "domain {domid}: {nodes} xenstore node(s) and {watches} watch(es) restored from domain {}",
+            saved.domid
+        ));
         Ok(())
     }
 

@@ -204,6 +204,7 @@ impl Daemon {
         let written = write_stream_with(
             &d,
             &config,
+            &self.store.xenstored(),
             SharedFrames(frames.clone()),
             &mut |libxc, link, guest| {
                 let mut quiesce = |deadline| devices.quiesce(deadline).map_err(|e| e.to_string());
@@ -333,7 +334,7 @@ impl Daemon {
         };
         // The stream is read once, by the loader, while the new VMM waits.
         let input = Mutex::new(Some(reader));
-        let load = |control: &Path| -> Result<(), String> {
+        let load = |control: &Path| -> Result<Option<kxen_xenstore::image::DomainImage>, String> {
             let input = input
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())

@@ -8,8 +8,11 @@
 //! libxl's migration stream: LIBXC_CONTEXT; libxc's image and domain
 //! headers (x86 HVM, which PVH is to Xen), STATIC_DATA_END, PAGE_DATA of
 //! every RAM page and special page, X86_TSC_INFO, HVM_PARAMS, HVM_CONTEXT,
-//! END; libxl's EMULATOR_CONTEXT (id 0, index 0) holding kxen's Xen state;
-//! END. Debian's `verify-stream-v2 --format xl` accepts it.
+//! END; for a domain that was paused rather than suspended, libxl's
+//! EMULATOR_CONTEXT (id 0, index 1) holding its part of xenstore (nodes,
+//! permissions, watches; kxen-xenstore's `image` module); EMULATOR_CONTEXT
+//! (id 0, index 0) holding kxen's Xen state; END. Debian's
+//! `verify-stream-v2 --format xl` accepts it.
 //!
 //! A restore reads the file as hostile input: the header and config are
 //! bounded, every record goes through kxen-stream's capped reader, every
@@ -28,6 +31,8 @@ use kxen_stream::Limits;
 use kxen_toolstack::savefile;
 use kxen_vmm_api::image::{self, VmmImage};
 use kxen_vmm_api::{MemfdRegion, VmmClient};
+use kxen_xenstore::image::DomainImage;
+use kxen_xenstore::Xenstored;
 
 use super::suspend::Stopped;
 use super::*;
@@ -213,7 +218,8 @@ impl Daemon {
         let file = File::create(path).map_err(|e| io_error(path, preflight::describe_io(&e)))?;
         let out = std::io::BufWriter::new(file);
         let (pages, mut out) =
-            write_stream(d, config, out, &mut |_, _| {}).map_err(|e| format!("{path}: {e}"))?;
+            write_stream(d, config, &self.store.xenstored(), out, &mut |_, _| {})
+                .map_err(|e| format!("{path}: {e}"))?;
         out.flush().map_err(|e| io_error(path, e))?;
         out.get_ref().sync_all().map_err(|e| io_error(path, e))?;
         Ok(pages)
@@ -245,7 +251,7 @@ impl Daemon {
         let name = config.name.clone();
         // The stream is read once, by the loader, while the new VMM waits.
         let input = Mutex::new(Some(input));
-        let load = |control: &Path| -> Result<(), String> {
+        let load = |control: &Path| -> Result<Option<DomainImage>, String> {
             let input = input
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
@@ -282,10 +288,11 @@ pub(super) type MemorySender<'a, W> = dyn FnMut(
 pub(super) fn write_stream<W: Write>(
     d: &Domain,
     config: &DomainConfig,
+    store: &Xenstored,
     out: W,
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<(u64, W), String> {
-    write_stream_with(d, config, out, &mut |libxc, _, guest| {
+    write_stream_with(d, config, store, out, &mut |libxc, _, guest| {
         let memfd = guest
             .memfd
             .try_clone()
@@ -296,10 +303,13 @@ pub(super) fn write_stream<W: Write>(
 
 /// [`write_stream`] with the page data written by `memory`, which may
 /// send it while the domain runs (a live migration's pre-copy) as long as
-/// the domain is paused when it returns.
+/// the domain is paused when it returns. A domain that did not suspend
+/// itself (it was paused) takes its part of `store` along: see
+/// [`XENSTORE_INDEX`].
 pub(super) fn write_stream_with<W: Write>(
     d: &Domain,
     config: &DomainConfig,
+    store: &Xenstored,
     mut out: W,
     memory: &mut MemorySender<'_, W>,
 ) -> Result<(u64, W), String> {
@@ -318,6 +328,14 @@ pub(super) fn write_stream_with<W: Write>(
     libxc.write_static_data_end().map_err(stream)?;
     let pages = memory(&mut libxc, &mut link, &guest)?;
     // The domain is paused from here: its state matches the pages sent.
+    // A guest that suspended itself reconnects to the store on resume, as
+    // on Xen; one that was paused never learns it moved, so its nodes and
+    // watches go with it.
+    let suspended = d
+        .info()
+        .map_err(|e| format!("domain {}: {e}", d.record.domid))?
+        .suspended;
+    let xenstore = (!suspended).then(|| store.export_domain(d.record.domid).encode());
     let state = link.save_state().map_err(|e| e.to_string())?;
     let vmm = image::parse(&state).map_err(|e| e.to_string())?;
     libxc
@@ -336,8 +354,14 @@ pub(super) fn write_stream_with<W: Write>(
     libxc.write_hvm_params(&params).map_err(stream)?;
     libxc.write_hvm_context(&vmm.hvm_context).map_err(stream)?;
     let mut libxl = libxc.finish_into_libxl().map_err(stream)?;
+    if let Some(xenstore) = &xenstore {
+        libxl
+            .write_emulator_context(EmulatorId::UNKNOWN, XENSTORE_INDEX, xenstore)
+            .map_err(stream)?;
+    }
+    // The VMM's state goes last, where its checks catch a damaged tail.
     libxl
-        .write_emulator_context(EmulatorId::UNKNOWN, 0, &vmm.xen_state)
+        .write_emulator_context(EmulatorId::UNKNOWN, VMM_STATE_INDEX, &vmm.xen_state)
         .map_err(stream)?;
     let out = libxl.finish().map_err(stream)?;
     Ok((pages, out))
@@ -346,8 +370,20 @@ pub(super) fn write_stream_with<W: Write>(
 /// How long a new VMM's control socket may take to accept.
 const CONNECT_LIMIT: std::time::Duration = std::time::Duration::from_secs(10);
 
+/// The EMULATOR_CONTEXT record (emulator id 0) with kxen-vmm's Xen state.
+const VMM_STATE_INDEX: u32 = 0;
+/// The EMULATOR_CONTEXT record (emulator id 0) with the domain's part of
+/// the store (kxen-xenstore's [`DomainImage`]) of a domain saved
+/// transparently. libxl's EMULATOR_XENSTORE_DATA record cannot carry it:
+/// its values are NUL-terminated strings, xenstore's may be any bytes, and
+/// it has no room for permissions or watches.
+const XENSTORE_INDEX: u32 = 1;
+
 /// Read the libxl stream from `input` into the new VMM behind `control`.
-pub(super) fn load_image(input: impl Read, control: &Path) -> Result<(), String> {
+/// Returns the domain's part of the store if the image carries it (a
+/// domain saved transparently), for the caller to bring back once the new
+/// domain is introduced.
+pub(super) fn load_image(input: impl Read, control: &Path) -> Result<Option<DomainImage>, String> {
     // The socket's file appears at bind, a moment before the VMM listens
     // (CI once got ECONNREFUSED here): retry the connect, within a limit.
     let mut link = VmmClient::connect_within(control, CONNECT_LIMIT).map_err(|e| e.to_string())?;
@@ -419,11 +455,22 @@ pub(super) fn load_image(input: impl Read, control: &Path) -> Result<(), String>
     }
     let mut libxl = libxc.into_libxl().map_err(bad)?;
     let mut emulator = None;
+    let mut xenstore = None;
     loop {
         match libxl.next_record().map_err(bad)? {
             LibxlRecord::End => break,
-            LibxlRecord::EmulatorContext { context, .. } if emulator.is_none() => {
-                emulator = Some(context)
+            LibxlRecord::EmulatorContext {
+                index: VMM_STATE_INDEX,
+                context,
+                ..
+            } if emulator.is_none() => emulator = Some(context),
+            LibxlRecord::EmulatorContext {
+                index: XENSTORE_INDEX,
+                context,
+                ..
+            } if xenstore.is_none() => {
+                xenstore =
+                    Some(DomainImage::decode(&context).map_err(|e| format!("bad image: {e}"))?)
             }
             LibxlRecord::EmulatorXenstoreData { .. } => {}
             other => return Err(format!("bad image: unexpected libxl record {other:?}")),
@@ -431,7 +478,8 @@ pub(super) fn load_image(input: impl Read, control: &Path) -> Result<(), String>
     }
     vmm.xen_state = emulator.ok_or("bad image: no EMULATOR_CONTEXT with kxen's state")?;
     link.load_state(&image::encode(&vmm))
-        .map_err(|e| e.to_string())
+        .map_err(|e| e.to_string())?;
+    Ok(xenstore)
 }
 
 #[cfg(test)]

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use tracing::{info, warn};
 
 use crate::error::XsError;
+use crate::image::{DomainImage, ImageNode, ImageWatch};
 use crate::path;
 use crate::perms::{Caller, Perms};
 use crate::ring::{self, SharedPage};
@@ -234,4 +235,119 @@ fn strip_domid(perms: &mut Perms, domid: u32, owner_to_dom0: bool) {
     v.clear();
     v.push(owner);
     v.append(&mut rest);
+}
+
+impl Core {
+    /// A domain's part of the store for a save image: every node under
+    /// its home (parents first; the home itself is the toolstack's to
+    /// make) and the watches it set on its ring, relative ones kept
+    /// relative to the home.
+    pub fn export_domain(&self, domid: u32) -> DomainImage {
+        let home = path::domain_path(domid);
+        let prefix = format!("{home}/");
+        let nodes = self
+            .store
+            .subtree(&home)
+            .into_iter()
+            .filter_map(|name| {
+                let rel = name.strip_prefix(&prefix)?.to_string();
+                let node = self.store.get(&name)?;
+                Some(ImageNode {
+                    path: rel,
+                    perms: node.perms.clone(),
+                    value: node.value.clone(),
+                })
+            })
+            .collect();
+        let mut watches = Vec::new();
+        if let Some(c) = self
+            .domains
+            .get(&domid)
+            .and_then(|d| self.conns.get(&d.conn))
+        {
+            let conn = self.domains[&domid].conn;
+            for (node, token) in &c.watches {
+                let relative = self.watches.relative_of(conn, node, token) == Some(true);
+                let path = match node.strip_prefix(prefix.as_bytes()) {
+                    Some(rel) if relative => rel.to_vec(),
+                    _ => node.clone(),
+                };
+                watches.push(ImageWatch {
+                    path,
+                    token: token.clone(),
+                });
+            }
+        }
+        DomainImage {
+            domid,
+            nodes,
+            watches,
+        }
+    }
+
+    /// Bring a domain's saved part of the store back onto the introduced
+    /// domain `domid`. A node that exists already stays as it is (the
+    /// toolstack wrote it for the new domain); the others are created
+    /// with their values, and the saved domain's entries in their
+    /// permissions become `domid`'s. Absolute paths under the old home
+    /// move to the new one. The watches are set on the domain's ring and
+    /// each fires once, as a newly set watch does. Returns the nodes and
+    /// watches restored.
+    pub fn import_domain(
+        &mut self,
+        domid: u32,
+        image: &DomainImage,
+    ) -> Result<(usize, usize), XsError> {
+        let conn = self.domain_conn(domid).ok_or(XsError::NoEnt)?;
+        let home = path::domain_path(domid);
+        let old_prefix = format!("{}/", path::domain_path(image.domid));
+        let mut created = 0;
+        for n in &image.nodes {
+            let name = format!("{home}/{}", n.path);
+            let mut perms = n.perms.clone();
+            for p in perms.as_mut_vec() {
+                if p.domid == image.domid {
+                    p.domid = domid;
+                }
+            }
+            let made = self.dom0_op(|v| {
+                if v.exists(&name)? {
+                    return Ok(false);
+                }
+                v.write(&name, &n.value)?;
+                v.set_perms(&name, perms)?;
+                Ok(true)
+            })?;
+            created += made as usize;
+        }
+        let mut set = 0;
+        for w in &image.watches {
+            let raw = match w.path.strip_prefix(old_prefix.as_bytes()) {
+                Some(rest) => [home.as_bytes(), b"/", rest].concat(),
+                None => w.path.clone(),
+            };
+            let (node, relative) = self.watch_path(&home, &raw)?;
+            if self.watches.contains(conn, &node, &w.token) {
+                continue;
+            }
+            let Some(c) = self.conns.get_mut(&conn) else {
+                return Err(XsError::Io);
+            };
+            c.watches.push((node.clone(), w.token.clone()));
+            let ev = crate::watch::event_path(&node, relative, &c.home).to_vec();
+            self.watches.add(conn, &node, &w.token, relative);
+            self.watch_epoch += 1;
+            self.queue_event(conn, &ev, &w.token, None);
+            set += 1;
+        }
+        self.collect_notify(conn);
+        info!(
+            domid,
+            from = image.domid,
+            created,
+            watches = set,
+            "domain's store part restored"
+        );
+        Ok((created, set))
+    }
 }

@@ -1,0 +1,7 @@
+//! The `xenstore_image` fuzz target. Its body is [`kxen_fuzz::xenstore_image`], which
+//! `fuzz/tests/replay.rs` also runs over a fixed corpus as an ordinary test.
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| {
+    kxen_fuzz::xenstore_image(data);
+});
