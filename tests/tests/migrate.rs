@@ -25,6 +25,25 @@ fn vmm_running(d: &Dom0) -> bool {
         .is_ok_and(|o| o.status.success())
 }
 
+/// Boot the test guest `name` on `d` with a 16 MiB xvda and have it write
+/// sectors 64..80 with pattern 5, acknowledged.
+fn boot_with_a_written_disk(d: &Dom0, name: &str) {
+    let xvda = d.dir.join("xvda.img");
+    std::fs::File::create(&xvda)
+        .unwrap()
+        .set_len(16 << 20)
+        .unwrap();
+    let cfg = d.config(
+        name,
+        &format!("disk = [ '{},raw,xvda,rw' ]\n", xvda.display()),
+    );
+    d.ok(&["create", cfg.to_str().unwrap()]);
+    d.wait_console(name, BOOTED);
+    d.wait_line_after(name, 0, "kxen-testguest: vbd 51712 connected", GUEST_LIMIT);
+    let w = d.guest_command(name, "blk write 51712 64 16 5", "blk write", GUEST_LIMIT);
+    assert!(w.starts_with("blk write ok"), "{w}");
+}
+
 #[test]
 fn test_guest_migrates_and_serves_on_the_destination() {
     let src = Dom0::new("migsrc");
@@ -322,20 +341,7 @@ fn killed_sender_leaves_the_source_running() {
 fn migration_failing_after_the_final_pass_resumes_the_source_disk() {
     let src = Dom0::new("migqsrc");
     let dst = Dom0::new("migqdst");
-    let xvda = src.dir.join("xvda.img");
-    std::fs::File::create(&xvda)
-        .unwrap()
-        .set_len(16 << 20)
-        .unwrap();
-    let cfg = src.config(
-        "qd",
-        &format!("disk = [ '{},raw,xvda,rw' ]\n", xvda.display()),
-    );
-    src.ok(&["create", cfg.to_str().unwrap()]);
-    src.wait_console("qd", BOOTED);
-    src.wait_line_after("qd", 0, "kxen-testguest: vbd 51712 connected", GUEST_LIMIT);
-    let w = src.guest_command("qd", "blk write 51712 64 16 5", "blk write", GUEST_LIMIT);
-    assert!(w.starts_with("blk write ok"), "{w}");
+    boot_with_a_written_disk(&src, "qd");
 
     let missing = dst.dir.join("not-a-disk");
     std::fs::create_dir(&missing).unwrap();
@@ -471,20 +477,7 @@ fn handshake_broken_after_go_leaves_the_source_paused_while_the_destination_runs
 #[test]
 fn handshake_broken_at_go_leaves_the_source_paused_until_unpaused_with_its_disk() {
     let src = Dom0::new("migunpsrc");
-    let xvda = src.dir.join("xvda.img");
-    std::fs::File::create(&xvda)
-        .unwrap()
-        .set_len(16 << 20)
-        .unwrap();
-    let cfg = src.config(
-        "up",
-        &format!("disk = [ '{},raw,xvda,rw' ]\n", xvda.display()),
-    );
-    src.ok(&["create", cfg.to_str().unwrap()]);
-    src.wait_console("up", BOOTED);
-    src.wait_line_after("up", 0, "kxen-testguest: vbd 51712 connected", GUEST_LIMIT);
-    let w = src.guest_command("up", "blk write 51712 64 16 5", "blk write", GUEST_LIMIT);
-    assert!(w.starts_with("blk write ok"), "{w}");
+    boot_with_a_written_disk(&src, "up");
 
     // xl's banner and "ready" at once (the sender reads "ready" only
     // after it has sent the stream), then no more answers.

@@ -291,22 +291,33 @@ impl LinkBackend {
     }
 }
 
+/// The link's description of `queues`, with the positions a restored
+/// device goes on from (`indices`, queue for queue) or none for a fresh
+/// activation.
+fn link_queues(queues: &[QueueConfig], indices: Option<&[QueueIndices]>) -> Vec<LinkQueue> {
+    queues
+        .iter()
+        .enumerate()
+        .map(|(i, q)| {
+            let at = indices.and_then(|all| all.get(i));
+            LinkQueue {
+                index: q.index,
+                size: q.size,
+                desc: q.desc,
+                avail: q.avail,
+                used: q.used,
+                next_avail: at.map(|a| a.next_avail),
+                next_used: at.map(|a| a.next_used),
+            }
+        })
+        .collect()
+}
+
 impl VirtioBackend for LinkBackend {
     fn activate(&mut self, features: u64, queues: &[QueueConfig]) -> Result<(), BackendError> {
         let event = LinkEvent::Activate {
             features,
-            queues: queues
-                .iter()
-                .map(|q| LinkQueue {
-                    index: q.index,
-                    size: q.size,
-                    desc: q.desc,
-                    avail: q.avail,
-                    used: q.used,
-                    next_avail: None,
-                    next_used: None,
-                })
-                .collect(),
+            queues: link_queues(queues, None),
         };
         info!(
             slot = self.slot,
@@ -335,19 +346,7 @@ impl VirtioBackend for LinkBackend {
     ) -> Result<(), BackendError> {
         let event = LinkEvent::Activate {
             features,
-            queues: queues
-                .iter()
-                .zip(indices)
-                .map(|(q, at)| LinkQueue {
-                    index: q.index,
-                    size: q.size,
-                    desc: q.desc,
-                    avail: q.avail,
-                    used: q.used,
-                    next_avail: Some(at.next_avail),
-                    next_used: Some(at.next_used),
-                })
-                .collect(),
+            queues: link_queues(queues, Some(indices)),
         };
         info!(
             slot = self.slot,

@@ -98,6 +98,16 @@ pub enum SnapshotError {
     RingFrame { param: u32, image: u64, here: u64 },
 }
 
+/// The params that are set, as (index, value).
+fn nonzero_params(params: &[u64]) -> Vec<(u32, u64)> {
+    params
+        .iter()
+        .enumerate()
+        .filter(|(_, v)| **v != 0)
+        .map(|(i, v)| (i as u32, *v))
+        .collect()
+}
+
 fn port_snapshot(port: u32, entry: Port) -> PortSnapshot {
     let mut out = PortSnapshot {
         port,
@@ -212,13 +222,7 @@ impl Domain {
         Ok(XenSnapshot {
             system_time_ns: self.clock.now_ns(),
             nr_vcpus: self.cfg.nr_vcpus,
-            params: st
-                .params
-                .iter()
-                .enumerate()
-                .filter(|(_, v)| **v != 0)
-                .map(|(i, v)| (i as u32, *v))
-                .collect(),
+            params: nonzero_params(&st.params),
             ports: st
                 .ports
                 .entries()
@@ -242,13 +246,7 @@ impl Domain {
         XenSnapshot {
             system_time_ns: self.clock.now_ns(),
             nr_vcpus: self.cfg.nr_vcpus,
-            params: st
-                .params
-                .iter()
-                .enumerate()
-                .filter(|(_, v)| **v != 0)
-                .map(|(i, v)| (i as u32, *v))
-                .collect(),
+            params: nonzero_params(&st.params),
             vcpus: st
                 .vcpus
                 .iter()
