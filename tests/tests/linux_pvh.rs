@@ -277,16 +277,12 @@ fn migrate_while_writing_and_streaming(src: &Dom0) -> Dom0 {
         "writer-started",
     );
     // Both are under way before the move.
-    let deadline = Instant::now() + COMMAND_LIMIT;
-    while check_sequence(&streamed(), "line-").unwrap_or(0) < 5 {
-        assert!(
-            Instant::now() < deadline,
-            "the guest's stream did not reach the peer: {:?}; console:\n{}",
-            streamed(),
-            src.console_log(GUEST)
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_streamed(
+        &stream_file,
+        5,
+        src,
+        "the guest's stream did not reach the peer",
+    );
     let written_before = command(src, "echo seq-count $(wc -l < /root/seq)", "seq-count")
         .trim_start_matches("seq-count")
         .trim()
@@ -307,15 +303,12 @@ fn migrate_while_writing_and_streaming(src: &Dom0) -> Dom0 {
     );
     std::fs::remove_file(&checkpoint).unwrap();
     let streamed_at_checkpoint = check_sequence(&streamed(), "line-").unwrap_or(0);
-    let deadline = Instant::now() + COMMAND_LIMIT;
-    while check_sequence(&streamed(), "line-").unwrap_or(0) < streamed_at_checkpoint + 2 {
-        assert!(
-            Instant::now() < deadline,
-            "the writer stopped at the checkpoint; console:\n{}",
-            src.console_log(GUEST)
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_streamed(
+        &stream_file,
+        streamed_at_checkpoint + 2,
+        src,
+        "the writer stopped at the checkpoint",
+    );
     assert_eq!(command(src, "echo kxen-$((6 * 7))", "kxen-42"), "kxen-42");
 
     let dst = Dom0::new_beside("linuxdst", src, 100);
@@ -359,14 +352,12 @@ fn migrate_while_writing_and_streaming(src: &Dom0) -> Dom0 {
     );
     // The stream goes on over the reconnected netfront.
     let moved = check_sequence(&streamed(), "line-").unwrap_or_else(|e| panic!("stream: {e}"));
-    let deadline = Instant::now() + COMMAND_LIMIT;
-    while check_sequence(&streamed(), "line-").unwrap_or(0) < moved + 5 {
-        assert!(
-            Instant::now() < deadline,
-            "the TCP stream stopped at the move ({moved} lines)"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_streamed(
+        &stream_file,
+        moved + 5,
+        &d,
+        "the TCP stream stopped at the move",
+    );
     // And the network both ways.
     let ping = command(
         &d,
@@ -406,6 +397,25 @@ fn migrate_while_writing_and_streaming(src: &Dom0) -> Dom0 {
     );
     let _ = peer.0.kill();
     d
+}
+
+/// Wait until the peer has received at least `lines` whole, gapless
+/// stream lines in `file`; `why` and `d`'s console say what failed.
+fn wait_streamed(file: &std::path::Path, lines: usize, d: &Dom0, why: &str) {
+    let deadline = Instant::now() + COMMAND_LIMIT;
+    loop {
+        let text = std::fs::read_to_string(file).unwrap_or_default();
+        match check_sequence(&text, "line-") {
+            Ok(n) if n >= lines => return,
+            Err(e) => panic!("stream: {e}"),
+            Ok(n) => assert!(
+                Instant::now() < deadline,
+                "{why} ({n} lines, {lines} wanted); console:\n{}",
+                d.console_log(GUEST)
+            ),
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 /// The peer's nc ends with the test, passed or failed.

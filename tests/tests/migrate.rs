@@ -115,29 +115,26 @@ const CHURN_PAGES: u32 = 2048;
 /// that it checks every page again after the move.
 const CHURN: Duration = Duration::from_secs(30);
 
-#[test]
-fn guest_rewriting_its_memory_migrates_live_with_every_page_intact() {
-    let src = Dom0::new("migdirtysrc");
-    let dst = Dom0::new("migdirtydst");
-    src.boot_service_guest("dy");
-    // The guest rewrites its pages pass after pass and checks, before it
-    // rewrites a page, that the page holds the previous pass's pattern:
-    // a page the migration left stale on the destination fails it.
-    let from = src.console_log("dy").len();
+/// Start the test guest's `mem LOAD` (churn or zeroing) on `src`, migrate
+/// it live to `dst` while the load runs, and check that: memory went in
+/// more than one live pass and then a paused one, the stream passes
+/// verify-stream-v2, and the load, still running when the guest moved,
+/// found every page as it had left it on the destination.
+fn migrate_under_load(src: &Dom0, dst: &Dom0, name: &str, load: &str) {
+    src.boot_service_guest(name);
+    let from = src.console_log(name).len();
     src.console_line(
-        "dy",
-        &format!("mem churn {CHURN_PAGES} {}", CHURN.as_millis()),
+        name,
+        &format!("mem {load} {CHURN_PAGES} {}", CHURN.as_millis()),
     );
-    src.wait_line_after("dy", from, "echo: mem churn", GUEST_LIMIT);
+    src.wait_line_after(name, from, &format!("echo: mem {load}"), GUEST_LIMIT);
 
     let stream = dst.dir.join("stream");
-    let ssh = dst.remote_shell("ssh-dirty", &format!("tee '{}'", stream.display()));
-    let out = src.kxl(&["migrate", "-s", ssh.to_str().unwrap(), "dy", "dsthost"]);
+    let ssh = dst.remote_shell("ssh-load", &format!("tee '{}'", stream.display()));
+    let out = src.kxl(&["migrate", "-s", ssh.to_str().unwrap(), name, "dsthost"]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "kxl migrate: {}", show(&out));
     eprintln!("{stderr}");
-    // Memory went in more than one pass while the guest ran, then a
-    // final one with it paused.
     let iterations: Vec<&str> = stderr
         .lines()
         .filter(|l| l.starts_with("xc: info: Iteration "))
@@ -156,19 +153,27 @@ fn guest_rewriting_its_memory_migrates_live_with_every_page_intact() {
     );
     assert!(stderr.contains("Migration successful."), "{stderr}");
     verify_stream_v2(&stream, "xl", &["Page Data records"]);
-    assert!(!src.is_listed("dy"), "the source still lists the domain");
+    assert!(!src.is_listed(name), "the source still lists the domain");
 
-    // The rewriting went on across the move and found every page as it
-    // left it.
-    let answer = dst.wait_line_after("dy", 0, "mem churn ", CHURN + GUEST_LIMIT);
+    let answer = dst.wait_line_after(name, 0, &format!("mem {load} "), CHURN + GUEST_LIMIT);
     assert!(
-        answer.starts_with("mem churn ok passes="),
-        "the guest's memory was not intact after the migration: {answer}"
+        answer.starts_with(&format!("mem {load} ok passes=")),
+        "the guest's pages were wrong after the migration: {answer}"
     );
     assert!(
-        !src.console_log("dy").contains("mem churn ok"),
-        "the rewriting ended before the migration did: lengthen CHURN"
+        !src.console_log(name).contains(&format!("mem {load} ok")),
+        "the load ended before the migration did: lengthen CHURN"
     );
+}
+
+/// The guest rewrites its pages pass after pass and checks, before it
+/// rewrites a page, that the page holds the previous pass's pattern: a
+/// page the migration left stale on the destination fails it.
+#[test]
+fn guest_rewriting_its_memory_migrates_live_with_every_page_intact() {
+    let src = Dom0::new("migdirtysrc");
+    let dst = Dom0::new("migdirtydst");
+    migrate_under_load(&src, &dst, "dy", "churn");
     let echo = dst.guest_command("dy", "after-churn", "echo: after-churn", GUEST_LIMIT);
     assert_eq!(echo, "echo: after-churn");
     dst.ok(&["destroy", "dy"]);
@@ -185,35 +190,7 @@ fn guest_rewriting_its_memory_migrates_live_with_every_page_intact() {
 fn guest_zeroing_pages_between_passes_migrates_with_them_zero() {
     let src = Dom0::new("migzerosrc");
     let dst = Dom0::new("migzerodst");
-    src.boot_service_guest("zr");
-    let from = src.console_log("zr").len();
-    src.console_line(
-        "zr",
-        &format!("mem zeroing {CHURN_PAGES} {}", CHURN.as_millis()),
-    );
-    src.wait_line_after("zr", from, "echo: mem zeroing", GUEST_LIMIT);
-
-    let ssh = dst.remote_shell("ssh-zero", "");
-    let out = src.kxl(&["migrate", "-s", ssh.to_str().unwrap(), "zr", "dsthost"]);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "kxl migrate: {}", show(&out));
-    // The pages were sent more than once while the guest flipped them.
-    assert!(
-        stderr.contains("xc: info: Iteration 2: "),
-        "no second live iteration:\n{stderr}"
-    );
-    assert!(stderr.contains("Migration successful."), "{stderr}");
-    assert!(!src.is_listed("zr"), "the source still lists the domain");
-
-    let answer = dst.wait_line_after("zr", 0, "mem zeroing ", CHURN + GUEST_LIMIT);
-    assert!(
-        answer.starts_with("mem zeroing ok passes="),
-        "the guest's zeroed or rewritten pages were wrong after the migration: {answer}"
-    );
-    assert!(
-        !src.console_log("zr").contains("mem zeroing ok"),
-        "the load ended before the migration did: lengthen CHURN"
-    );
+    migrate_under_load(&src, &dst, "zr", "zeroing");
     dst.ok(&["destroy", "zr"]);
 }
 

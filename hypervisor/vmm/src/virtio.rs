@@ -880,15 +880,7 @@ mod tests {
             seen.recv_timeout(Duration::from_secs(2)).unwrap(),
             LinkEvent::Activate {
                 features: VIRTIO_F_VERSION_1,
-                queues: vec![LinkQueue {
-                    index: 0,
-                    size: 128,
-                    desc: 0x10_0000,
-                    avail: 0x10_1000,
-                    used: 0x10_2000,
-                    next_avail: Some(41),
-                    next_used: Some(41),
-                }]
+                queues: vec![test_queue(Some(41))]
             }
         );
         let slot = &dst.slots()[0];
@@ -908,6 +900,20 @@ mod tests {
         thread.join().unwrap();
     }
 
+    /// The one queue the tests' driver sets up, as the link describes it,
+    /// going on from `next` (both indices) or fresh.
+    fn test_queue(next: Option<u16>) -> LinkQueue {
+        LinkQueue {
+            index: 0,
+            size: 128,
+            desc: 0x10_0000,
+            avail: 0x10_1000,
+            used: 0x10_2000,
+            next_avail: next,
+            next_used: next,
+        }
+    }
+
     #[test]
     fn activate_notify_call_and_reset_over_the_link() {
         let (devs, lines) = devices(&[DeviceType::Blk]);
@@ -924,15 +930,7 @@ mod tests {
             seen.recv_timeout(Duration::from_secs(2)).unwrap(),
             LinkEvent::Activate {
                 features: VIRTIO_F_VERSION_1,
-                queues: vec![LinkQueue {
-                    index: 0,
-                    size: 128,
-                    desc: 0x10_0000,
-                    avail: 0x10_1000,
-                    used: 0x10_2000,
-                    next_avail: None,
-                    next_used: None,
-                }]
+                queues: vec![test_queue(None)]
             }
         );
         // No KVM here: QueueNotify reaches the device and kicks queue 1.
