@@ -358,7 +358,11 @@ impl EventRouting {
             return;
         };
         if inject_vector(&self.vm, vcpu, vector) {
-            refused.store(0, Ordering::SeqCst);
+            // Read first: every upcall passes here, and a store would
+            // bounce the line between the vCPUs' threads for nothing.
+            if refused.load(Ordering::Relaxed) != 0 {
+                refused.store(0, Ordering::SeqCst);
+            }
         } else if refused.swap(vector, Ordering::SeqCst) == 0 {
             debug!(vcpu, vector, "upcall refused by the LAPIC: retrying");
             let _ = self.refused_wake.write(1);
