@@ -80,18 +80,24 @@ check:
 1:	ret
 
 report:
+	/* The whole line in one write: two fscheck runs print at the same
+	   time, and pieces written apart interleave on the console. */
+	lea	line(%rip), %rdi
 	lea	msg_n(%rip), %rsi
-	mov	$msg_n_len, %edx
-	call	write_out
+	mov	$msg_n_len, %ecx
+	rep movsb
 	mov	%r12, %rax
-	call	write_decimal
+	call	put_decimal
 	lea	msg_bad(%rip), %rsi
-	mov	$msg_bad_len, %edx
-	call	write_out
+	mov	$msg_bad_len, %ecx
+	rep movsb
 	mov	%r14, %rax
-	call	write_decimal
-	lea	msg_nl(%rip), %rsi
-	mov	$1, %edx
+	call	put_decimal
+	movb	$'\n', (%rdi)
+	inc	%rdi
+	lea	line(%rip), %rsi
+	mov	%rdi, %rdx
+	sub	%rsi, %rdx
 	call	write_out
 	xor	%edi, %edi
 	test	%r14, %r14
@@ -107,8 +113,8 @@ write_out:
 	syscall
 	ret
 
-/* %rax in decimal. */
-write_decimal:
+/* %rax in decimal, appended at %rdi (which moves past it). */
+put_decimal:
 	lea	digits_end(%rip), %rsi
 	mov	$10, %ecx
 1:	xor	%edx, %edx
@@ -118,16 +124,16 @@ write_decimal:
 	mov	%dl, (%rsi)
 	test	%rax, %rax
 	jnz	1b
-	lea	digits_end(%rip), %rdx
-	sub	%rsi, %rdx
-	jmp	write_out
+	lea	digits_end(%rip), %rcx
+	sub	%rsi, %rcx
+	rep movsb
+	ret
 
 	.section .rodata
 msg_n:	.ascii	"FSCHECK n="
 	.set msg_n_len, . - msg_n
 msg_bad: .ascii	" bad="
 	.set msg_bad_len, . - msg_bad
-msg_nl:	.ascii	"\n"
 
 	.bss
 	.balign	64
@@ -135,3 +141,4 @@ block0:	.skip	64
 block1:	.skip	64
 digits:	.skip	24
 digits_end:
+line:	.skip	64
