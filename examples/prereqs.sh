@@ -10,7 +10,8 @@
 #   xen-utils-4.17            test-xenstore, verify-stream-v2 (the saved
 #                             streams), the C xenstored (benchmark), and
 #                             pygrub (the bootloader tests)
-#   busybox-static, e2fsprogs the Linux guests' root image and initramfs
+#   busybox-static, e2fsprogs the Linux guests' root image and initramfs; busybox nc is the
+#                             stream peer in linux_pvh's migration
 #   linux-image-amd64, xz-utils  Debian's stock kernel (HVM slow test)
 #   linux-source-6.1, build-essential, flex, bison, bc, libelf-dev
 #                             the patched PVH guest kernel (slow test)
