@@ -16,31 +16,31 @@ use crate::vcpu::PvVcpu;
 pub const CONTEXT_SIZE: usize = 5168;
 
 // Field offsets (64-bit layout).
-const FLAGS: usize = 512;
-const USER_REGS: usize = 520;
-const TRAP_CTXT: usize = 720;
-const LDT_ENTS: usize = 4824;
-const GDT_ENTS: usize = 4960;
-const KERNEL_SS: usize = 4968;
-const KERNEL_SP: usize = 4976;
-const CTRLREG: usize = 4984;
-const EVENT_CALLBACK: usize = 5112;
-const FAILSAFE_CALLBACK: usize = 5120;
-const SYSCALL_CALLBACK: usize = 5128;
-const FS_BASE: usize = 5144;
-const GS_BASE_KERNEL: usize = 5152;
-const GS_BASE_USER: usize = 5160;
+pub(crate) const FLAGS: usize = 512;
+pub(crate) const USER_REGS: usize = 520;
+pub(crate) const TRAP_CTXT: usize = 720;
+pub(crate) const LDT_ENTS: usize = 4824;
+pub(crate) const GDT_ENTS: usize = 4960;
+pub(crate) const KERNEL_SS: usize = 4968;
+pub(crate) const KERNEL_SP: usize = 4976;
+pub(crate) const CTRLREG: usize = 4984;
+pub(crate) const EVENT_CALLBACK: usize = 5112;
+pub(crate) const FAILSAFE_CALLBACK: usize = 5120;
+pub(crate) const SYSCALL_CALLBACK: usize = 5128;
+pub(crate) const FS_BASE: usize = 5144;
+pub(crate) const GS_BASE_KERNEL: usize = 5152;
+pub(crate) const GS_BASE_USER: usize = 5160;
 /// `cpu_user_regs` offsets, relative to USER_REGS.
-const REGS_RIP: usize = 128;
-const REGS_CS: usize = 136;
-const REGS_RFLAGS: usize = 144;
-const REGS_RSP: usize = 152;
-const REGS_SS: usize = 160;
+pub(crate) const REGS_RIP: usize = 128;
+pub(crate) const REGS_CS: usize = 136;
+pub(crate) const REGS_RFLAGS: usize = 144;
+pub(crate) const REGS_RSP: usize = 152;
+pub(crate) const REGS_SS: usize = 160;
 /// Xen's FIRST_RESERVED_GDT_ENTRY: a guest GDT may not reach Xen's
 /// selectors (0xe000 and up).
-const MAX_GDT_ENTS: u64 = 14 * 512;
+pub(crate) const MAX_GDT_ENTS: u64 = 14 * 512;
 /// An LDT has at most 8192 descriptors.
-const MAX_LDT_ENTS: u64 = 8192;
+pub(crate) const MAX_LDT_ENTS: u64 = 8192;
 
 /// The general registers of `cpu_user_regs`, in its order: r15, r14,
 /// r13, r12, rbp, rbx, r11, r10, r9, r8, rax, rcx, rdx, rsi, rdi.

@@ -24,6 +24,7 @@ pub mod memory;
 pub mod mmu;
 pub mod pte;
 pub mod ptwr;
+pub mod saved;
 pub mod traps;
 pub mod vcpu;
 
@@ -36,5 +37,6 @@ pub use mmu::{
     VcpuMmuState, MAX_FRAMES,
 };
 pub use pte::{Mfn, PtLevel};
+pub use saved::{SavedRegs, SavedVcpu, SavedVcpuError};
 pub use traps::{Bounce, Interrupted, IretFrame, IretReturn, TrapError, TrapInfo, TrapTable};
 pub use vcpu::{IretOutcome, PvVcpu, PvVcpuError, SegmentLoad};

@@ -139,6 +139,21 @@ impl TrapTable {
         (info.address != 0).then_some(info)
     }
 
+    /// The table as a `vcpu_guest_context`'s `trap_ctxt[256]` holds it:
+    /// (flags, cs, address) per vector, zero where none is registered.
+    pub fn context_entries(&self) -> Vec<(u8, u16, u64)> {
+        self.entries
+            .iter()
+            .map(|e| {
+                if e.address == 0 {
+                    (0, 0, 0)
+                } else {
+                    (e.flags, e.cs, e.address)
+                }
+            })
+            .collect()
+    }
+
     /// Replace the whole table from a `vcpu_guest_context`'s
     /// `trap_ctxt[256]`, given as (flags, cs, address) per vector (Xen's
     /// arch_set_info_guest copies it as it is). A non-canonical handler

@@ -225,6 +225,49 @@ impl PvMmu {
         self.frame_index(mfn).map(|i| self.m2p[i])
     }
 
+    /// The frames held as page tables, with their level and whether the
+    /// guest pinned them: what a save's PAGE_DATA types say of each frame
+    /// (a restore pins the pinned ones again, which revalidates the whole
+    /// tree under them, as libxc's restore does on Xen).
+    pub fn page_tables(&self) -> Vec<(Mfn, PtLevel, bool)> {
+        self.frames
+            .iter()
+            .enumerate()
+            .filter_map(|(mfn, info)| match info.held_type() {
+                Some(FrameType::PageTable(level)) => Some((mfn as Mfn, level, info.pinned)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// The M2P entries the guest changed from the identity
+    /// (MMU_MACHPHYS_UPDATE), as (mfn, pfn).
+    pub fn m2p_changes(&self) -> Vec<(Mfn, u64)> {
+        self.m2p
+            .iter()
+            .enumerate()
+            .filter(|&(mfn, &pfn)| mfn as u64 != pfn)
+            .map(|(mfn, &pfn)| (mfn as Mfn, pfn))
+            .collect()
+    }
+
+    /// A new MMU of the same domain, with nothing typed, pinned or loaded
+    /// and the identity M2P, but the same frames reserved: what a restore
+    /// builds the saved domain's tables on.
+    pub fn emptied(&self) -> PvMmu {
+        let mut fresh = PvMmu {
+            frames: vec![FrameInfo::default(); self.frames.len()],
+            m2p: (0..self.config.nr_frames).collect(),
+            vcpus: vec![VcpuMmuState::default(); self.config.max_vcpus],
+            flush_all_pending: true,
+            config: self.config.clone(),
+        };
+        for (fresh, old) in fresh.frames.iter_mut().zip(&self.frames) {
+            fresh.reserved = old.reserved;
+        }
+        fresh
+    }
+
     fn frame_index(&self, mfn: Mfn) -> Option<usize> {
         (mfn < self.config.nr_frames).then_some(mfn as usize)
     }
