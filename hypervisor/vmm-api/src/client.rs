@@ -112,6 +112,10 @@ pub struct VmmClient {
     lines: LineBuffer,
 }
 
+/// The most bytes a `pv-page-types` reply may have: an entry for every
+/// frame of the largest PV domain (2^26 frames).
+const MAX_PV_PAGE_TYPES_BYTES: u64 = 8 << 26;
+
 impl VmmClient {
     /// Connect to the socket at `path`.
     pub fn connect(path: &Path) -> Result<Self, ClientError> {
@@ -286,6 +290,27 @@ impl VmmClient {
         Ok(words
             .iter()
             .map(|&n| words_in.by_ref().take(n).collect())
+            .collect())
+    }
+
+    /// A classic PV domain's page tables, as PAGE_DATA pfn entries
+    /// (`pv-page-types`).
+    pub fn pv_page_types(&mut self) -> Result<Vec<u64>, ClientError> {
+        use std::os::unix::fs::FileExt;
+        let (reply, fds) = self.call(&Request::PvPageTypes)?;
+        let [memfd] = exactly::<1>("pv-page-types", fds)?;
+        let size = reply.size.ok_or(ClientError::Missing {
+            op: "pv-page-types",
+            what: "size",
+        })?;
+        if size % 8 != 0 || size > MAX_PV_PAGE_TYPES_BYTES {
+            return Err(ClientError::Refused(format!("pv-page-types: {size} bytes")));
+        }
+        let mut bytes = vec![0u8; size as usize];
+        std::fs::File::from(memfd).read_exact_at(&mut bytes, 0)?;
+        Ok(bytes
+            .chunks_exact(8)
+            .map(|c| u64::from_le_bytes(c.try_into().unwrap_or_default()))
             .collect())
     }
 

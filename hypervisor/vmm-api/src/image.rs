@@ -15,6 +15,10 @@
 //! | 2 | HVM params: (index u64, value u64) pairs | libxc HVM_PARAMS |
 //! | 3 | TSC info: mode u32, khz u32, nsec u64, incarnation u32, 0 u32 | libxc X86_TSC_INFO |
 //! | 4 | kxen's Xen state, opaque to Dom0 | libxl EMULATOR_CONTEXT |
+//! | 5 | PV vCPUs: count u32, 0 u32, then per vCPU: id u32, basic length u32, extended length u32, 0 u32, the two bodies, zeroes to 8 | libxc X86_PV_VCPU_BASIC and X86_PV_VCPU_EXTENDED |
+//! | 6 | PV page types: PAGE_DATA pfn entries (pfn, type in bits 63:60) of the page tables | the types of libxc PAGE_DATA |
+//!
+//! Kinds 5 and 6 are a classic PV domain's only (both optional).
 //!
 //! [`parse`] is written for hostile bytes (a restore file is untrusted).
 
@@ -33,6 +37,8 @@ pub enum SectionKind {
     HvmParams = 2,
     TscInfo = 3,
     XenState = 4,
+    PvVcpus = 5,
+    PvPageTypes = 6,
 }
 
 impl SectionKind {
@@ -42,6 +48,8 @@ impl SectionKind {
             2 => SectionKind::HvmParams,
             3 => SectionKind::TscInfo,
             4 => SectionKind::XenState,
+            5 => SectionKind::PvVcpus,
+            6 => SectionKind::PvPageTypes,
             _ => return None,
         })
     }
@@ -56,6 +64,19 @@ pub struct TscInfo {
     pub incarnation: u32,
 }
 
+/// One PV vCPU's records: Xen's X86_PV_VCPU_BASIC body (a 64-bit
+/// `vcpu_guest_context`) and X86_PV_VCPU_EXTENDED body.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PvVcpuRecords {
+    pub vcpu: u32,
+    pub basic: Vec<u8>,
+    pub extended: Vec<u8>,
+}
+
+/// The most PV vCPU records an image holds (kxen-vmm's PV vCPU limit is
+/// lower).
+pub const MAX_PV_VCPUS: usize = 128;
+
 /// A parsed (or to-be-written) image.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct VmmImage {
@@ -63,6 +84,17 @@ pub struct VmmImage {
     pub hvm_params: Vec<(u64, u64)>,
     pub tsc: TscInfo,
     pub xen_state: Vec<u8>,
+    /// A classic PV domain's vCPUs (empty for others).
+    pub pv_vcpus: Vec<PvVcpuRecords>,
+    /// A classic PV domain's page tables, as PAGE_DATA pfn entries.
+    pub pv_page_types: Vec<u64>,
+}
+
+impl VmmImage {
+    /// Whether this is a classic PV domain's image.
+    pub fn is_pv(&self) -> bool {
+        !self.pv_vcpus.is_empty()
+    }
 }
 
 /// Why bytes are not an image.
@@ -103,7 +135,8 @@ pub fn encode(image: &VmmImage) -> Vec<u8> {
     let mut out = Vec::new();
     out.extend_from_slice(MAGIC);
     out.extend_from_slice(&VERSION.to_le_bytes());
-    out.extend_from_slice(&4u32.to_le_bytes());
+    let pv = image.is_pv();
+    out.extend_from_slice(&(if pv { 6u32 } else { 4 }).to_le_bytes());
     push_section(&mut out, SectionKind::HvmContext, &image.hvm_context);
     let params: Vec<u8> = image
         .hvm_params
@@ -119,6 +152,27 @@ pub fn encode(image: &VmmImage) -> Vec<u8> {
     tsc.extend_from_slice(&0u32.to_le_bytes());
     push_section(&mut out, SectionKind::TscInfo, &tsc);
     push_section(&mut out, SectionKind::XenState, &image.xen_state);
+    if pv {
+        let mut body = Vec::new();
+        body.extend_from_slice(&(image.pv_vcpus.len() as u32).to_le_bytes());
+        body.extend_from_slice(&0u32.to_le_bytes());
+        for v in &image.pv_vcpus {
+            body.extend_from_slice(&v.vcpu.to_le_bytes());
+            body.extend_from_slice(&(v.basic.len() as u32).to_le_bytes());
+            body.extend_from_slice(&(v.extended.len() as u32).to_le_bytes());
+            body.extend_from_slice(&0u32.to_le_bytes());
+            body.extend_from_slice(&v.basic);
+            body.extend_from_slice(&v.extended);
+            body.resize(body.len().next_multiple_of(8), 0);
+        }
+        push_section(&mut out, SectionKind::PvVcpus, &body);
+        let types: Vec<u8> = image
+            .pv_page_types
+            .iter()
+            .flat_map(|e| e.to_le_bytes())
+            .collect();
+        push_section(&mut out, SectionKind::PvPageTypes, &types);
+    }
     out
 }
 
@@ -206,6 +260,16 @@ pub fn parse(bytes: &[u8]) -> Result<VmmImage, ImageError> {
                     return Err(ImageError::Reserved);
                 }
             }
+            SectionKind::PvVcpus => image.pv_vcpus = parse_pv_vcpus(body)?,
+            SectionKind::PvPageTypes => {
+                if len % 8 != 0 {
+                    return Err(ImageError::Malformed(kind));
+                }
+                image.pv_page_types = body
+                    .chunks_exact(8)
+                    .map(|w| u64::from_le_bytes(w.try_into().unwrap_or_default()))
+                    .collect();
+            }
         }
     }
     if !c.0.is_empty() {
@@ -224,6 +288,47 @@ pub fn parse(bytes: &[u8]) -> Result<VmmImage, ImageError> {
     Ok(image)
 }
 
+fn parse_pv_vcpus(body: &[u8]) -> Result<Vec<PvVcpuRecords>, ImageError> {
+    let malformed = ImageError::Malformed(SectionKind::PvVcpus);
+    let mut c = Cursor(body);
+    let count = c.u32("PV vCPUs")? as usize;
+    if c.u32("PV vCPUs")? != 0 {
+        return Err(ImageError::Reserved);
+    }
+    if count == 0 || count > MAX_PV_VCPUS {
+        return Err(malformed);
+    }
+    let mut vcpus = Vec::with_capacity(count);
+    for _ in 0..count {
+        let vcpu = c.u32("a PV vCPU")?;
+        let basic_len = c.u32("a PV vCPU")? as usize;
+        let extended_len = c.u32("a PV vCPU")? as usize;
+        if c.u32("a PV vCPU")? != 0 {
+            return Err(ImageError::Reserved);
+        }
+        let basic = c.take(basic_len, "a PV vCPU's basic record")?.to_vec();
+        let extended = c
+            .take(extended_len, "a PV vCPU's extended record")?
+            .to_vec();
+        let pad = (basic_len + extended_len).next_multiple_of(8) - (basic_len + extended_len);
+        if c.take(pad, "a PV vCPU's padding")?.iter().any(|&b| b != 0) {
+            return Err(ImageError::Reserved);
+        }
+        if vcpus.iter().any(|v: &PvVcpuRecords| v.vcpu == vcpu) {
+            return Err(malformed);
+        }
+        vcpus.push(PvVcpuRecords {
+            vcpu,
+            basic,
+            extended,
+        });
+    }
+    if !c.0.is_empty() {
+        return Err(malformed);
+    }
+    Ok(vcpus)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -239,20 +344,62 @@ mod tests {
                 incarnation: 0,
             },
             xen_state: b"state".to_vec(),
+            ..VmmImage::default()
+        }
+    }
+
+    fn pv_sample() -> VmmImage {
+        VmmImage {
+            pv_vcpus: vec![
+                PvVcpuRecords {
+                    vcpu: 0,
+                    basic: vec![7; 13],
+                    extended: vec![8; 5],
+                },
+                PvVcpuRecords {
+                    vcpu: 1,
+                    basic: vec![9; 16],
+                    extended: Vec::new(),
+                },
+            ],
+            pv_page_types: vec![0x42 | 0xc << 60, 0x43 | 0x1 << 60],
+            ..sample()
         }
     }
 
     #[test]
     fn images_round_trip() {
         assert_eq!(parse(&encode(&sample())), Ok(sample()));
+        assert_eq!(parse(&encode(&pv_sample())), Ok(pv_sample()));
     }
 
     #[test]
     fn every_truncation_is_refused() {
-        let bytes = encode(&sample());
-        for len in 0..bytes.len() {
-            assert!(parse(&bytes[..len]).is_err(), "truncated at {len}");
+        for image in [sample(), pv_sample()] {
+            let bytes = encode(&image);
+            for len in 0..bytes.len() {
+                assert!(parse(&bytes[..len]).is_err(), "truncated at {len}");
+            }
         }
+    }
+
+    #[test]
+    fn hostile_pv_vcpus_are_refused() {
+        let mut twice = pv_sample();
+        twice.pv_vcpus[1].vcpu = 0;
+        assert_eq!(
+            parse(&encode(&twice)),
+            Err(ImageError::Malformed(SectionKind::PvVcpus))
+        );
+        // A record length past the section.
+        let good = encode(&pv_sample());
+        let at = good
+            .windows(13)
+            .position(|w| w == [7; 13])
+            .expect("the first basic record");
+        let mut bad = good.clone();
+        bad[at - 12..at - 8].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert!(parse(&bad).is_err());
     }
 
     #[test]

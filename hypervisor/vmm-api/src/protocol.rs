@@ -78,6 +78,11 @@ pub enum Request {
     /// Stop the dirty logging.
     #[serde(rename = "dirty-log-stop")]
     DirtyLogStop,
+    /// A classic PV domain's page tables: a memfd of `size` bytes holding
+    /// little-endian u64 PAGE_DATA pfn entries (the frame, and its level
+    /// in bits 63:60 with bit 63 set when pinned), for a save's page types.
+    #[serde(rename = "pv-page-types")]
+    PvPageTypes,
     /// Connect kxend's data plane to an HVM virtio-mmio slot.
     #[serde(rename = "virtio-attach")]
     VirtioAttach(VirtioAttach),

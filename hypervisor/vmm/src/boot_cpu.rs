@@ -231,6 +231,69 @@ pub fn setup_pv_bsp(
 /// GDT, IDT and the vCPU's own TSS (special pages, supervisor-only), so
 /// that exceptions at CPL3 reach the exit stubs at CPL0; the syscall
 /// MSRs; its local APIC enabled for the event vector; runnable.
+/// Hold a restored PV vCPU to what kxen runs PV vCPUs with, whatever
+/// the image said: Xen's CPU state of a PV vCPU is the hypervisor's, and
+/// only the guest's registers, selectors and bases come from a save. Its
+/// code and stack must be at CPL3 (guest kernel and user alike); its
+/// control registers, EFER, GDT, IDT, TSS and syscall MSRs are set as at
+/// boot, and CR3 to the L4 its PV MMU state validated.
+pub fn confine_restored_pv_vcpu(
+    fd: &kvm_ioctls::VcpuFd,
+    vcpu: u32,
+    cr3: u64,
+    ldt_limit: Option<u32>,
+) -> Result<(), VmError> {
+    if vcpu >= pv::MAX_PV_VCPUS {
+        return Err(VmError::Setup(format!("PV vCPU {vcpu}: out of range")));
+    }
+    let mut sregs = fd.get_sregs()?;
+    if sregs.cs.dpl != 3 || sregs.ss.dpl != 3 || sregs.cs.selector & 3 != 3 {
+        return Err(VmError::Setup(format!(
+            "PV vCPU {vcpu}: the image puts it at CPL {} (a PV vCPU runs at 3)",
+            sregs.cs.dpl
+        )));
+    }
+    sregs.tr = kvm_segment {
+        base: pv::tss_va(vcpu),
+        limit: 0x67,
+        selector: pv::HV_TSS_SELECTOR,
+        type_: 0xb,
+        present: 1,
+        s: 0,
+        ..Default::default()
+    };
+    sregs.gdt.base = pv::gdt_area_va(vcpu);
+    sregs.gdt.limit = pv::GDT_LIMIT;
+    sregs.idt.base = pv::hv_page_va(pv::IDT_PAGE);
+    sregs.idt.limit = 0xfff;
+    // The LDT is the vCPU's LDT area, which maps only the descriptor
+    // frames its restored MMU state took.
+    sregs.ldt = match ldt_limit {
+        Some(limit) => kvm_segment {
+            base: pv::ldt_area_va(vcpu),
+            limit,
+            type_: 2,
+            present: 1,
+            ..Default::default()
+        },
+        None => kvm_segment {
+            unusable: 1,
+            ..Default::default()
+        },
+    };
+    sregs.cr0 = 0x8001_0033;
+    sregs.cr3 = cr3;
+    sregs.cr4 = 0x6a0;
+    sregs.efer = 0xd01;
+    fd.set_sregs(&sregs)?;
+    pv_syscall_msrs(fd)?;
+    // IF set and IOPL 0, as every PV vCPU runs (its IOPL is virtual).
+    let mut regs = fd.get_regs()?;
+    regs.rflags = (regs.rflags | 0x200) & !0x3000;
+    fd.set_regs(&regs)?;
+    Ok(())
+}
+
 pub fn setup_pv_vcpu(
     fd: &kvm_ioctls::VcpuFd,
     vcpu: u32,

@@ -38,6 +38,9 @@ pub struct ControlHandles {
     pub dom0: Arc<Dom0Ports>,
     pub events: Arc<EventRouting>,
     pub hvm: Option<Arc<HvmDevices>>,
+    /// A classic PV domain's PV machine, whose MMU and vCPU state a save
+    /// carries.
+    pub pv: Option<Arc<crate::pv::PvMachine>>,
     /// The syscall bridge of an HVM domain on a PVM host, whose
     /// breakpoint a save carries.
     pub syscall_bridge: Option<Arc<crate::syscall_bridge::SyscallBridge>>,
@@ -192,6 +195,7 @@ impl ControlServer {
                 | Request::LoadState
                 | Request::ResumeSuspended),
             ) => save_restore(h, &req),
+            Ok(Request::PvPageTypes) => pv_page_types(h),
             Ok(req @ (Request::DirtyLogStart | Request::DirtyLog | Request::DirtyLogStop)) => {
                 dirty_log(h, &req)
             }
@@ -293,6 +297,31 @@ fn new_memfd(len: u64) -> std::io::Result<std::fs::File> {
 
 /// `dirty-log-start`, `dirty-log` and `dirty-log-stop`: KVM's log of the
 /// guest's writes, for a live migration's pre-copy.
+/// `pv-page-types`: the PV domain's page tables as PAGE_DATA entries.
+fn pv_page_types(h: &ControlHandles) -> EventReply {
+    use std::os::unix::fs::FileExt;
+    let Some(pv) = &h.pv else {
+        return (
+            Reply::error("pv-page-types: not a classic PV domain"),
+            vec![],
+            None,
+        );
+    };
+    let bytes: Vec<u8> = crate::state::page_type_entries(pv)
+        .iter()
+        .flat_map(|e| e.to_le_bytes())
+        .collect();
+    match new_memfd(bytes.len() as u64).and_then(|f| f.write_all_at(&bytes, 0).map(|()| f)) {
+        Ok(file) => {
+            let mut reply = Reply::ok();
+            reply.size = Some(bytes.len() as u64);
+            let raw = file.as_raw_fd();
+            (reply, vec![raw], Some(Box::new(file)))
+        }
+        Err(e) => (Reply::error(format!("pv-page-types: {e}")), vec![], None),
+    }
+}
+
 fn dirty_log(h: &ControlHandles, req: &Request) -> EventReply {
     use std::os::unix::fs::FileExt;
     debug!(?req, "control request");
@@ -495,6 +524,7 @@ fn handle(h: &ControlHandles, req: Request) -> (Reply, Vec<i32>) {
         | Request::LoadState
         | Request::ResumeSuspended
         | Request::DirtyLogStart
+        | Request::PvPageTypes
         | Request::DirtyLog
         | Request::DirtyLogStop
         | Request::VirtioAttach(_) => (Reply::error("unreachable"), vec![]),

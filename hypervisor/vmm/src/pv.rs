@@ -1365,3 +1365,206 @@ impl PvMachine {
         writable && fill_hypercall_page(mem, mfn).is_ok()
     }
 }
+
+/// Why a saved PV domain's state could not be taken over (issue 17).
+#[derive(Debug, thiserror::Error)]
+pub enum PvRestoreError {
+    #[error("M2P entry of frame {mfn:#x}: {error}")]
+    M2p { mfn: u64, error: kxen_pv::MmuError },
+    #[error("pinning frame {mfn:#x} as an {level:?} table: {error}")]
+    Pin {
+        mfn: u64,
+        level: kxen_pv::PtLevel,
+        error: kxen_pv::MmuError,
+    },
+    #[error("vCPU {vcpu}: {what}: {error}")]
+    Vcpu {
+        vcpu: u32,
+        what: &'static str,
+        error: kxen_pv::MmuError,
+    },
+    #[error("vCPU {vcpu}: its GDT was refused (Xen error {errno})")]
+    Gdt { vcpu: u32, errno: i64 },
+    #[error("vCPU {0} is not one of this domain's")]
+    NoSuchVcpu(u32),
+}
+
+/// The 4-level walk of `l4` for `va` in guest memory: the frame it maps,
+/// if every level is present. Only frames the PV MMU validated are ever
+/// an L4 here, so each entry is a checked one.
+fn walk(mem: &GuestMemoryMmap, l4: u64, va: u64) -> Option<u64> {
+    let mut table = l4;
+    for shift in [39u32, 30, 21, 12] {
+        let index = (va >> shift) & 0x1ff;
+        let entry: u64 = mem.read_obj(GuestAddress((table << 12) + index * 8)).ok()?;
+        if entry & 1 == 0 {
+            return None;
+        }
+        table = kxen_pv::pte::entry_mfn(entry);
+    }
+    Some(table << 12 | (va & 0xfff))
+}
+
+impl PvMachine {
+    /// Where the domain's shared_info is (start_info's `shared_info`).
+    pub fn shared_info_gpa(&self) -> u64 {
+        self.shared_info_gpa
+    }
+
+    /// vCPU `vcpu`'s PV state, with `regs` its registers, for a save.
+    pub fn saved_vcpu(&self, vcpu: u32, regs: kxen_pv::SavedRegs) -> Option<kxen_pv::SavedVcpu> {
+        let (kernel_l4, user_l4, ldt_base, ldt_entries) = {
+            let mmu = self.mmu.lock().unwrap_or_else(|e| e.into_inner());
+            let s = mmu.vcpu(vcpu as usize)?;
+            (s.kernel_base, s.user_base, s.ldt_base, s.ldt_entries)
+        };
+        let state = self.with_vcpu(vcpu, |v| v.clone())?;
+        Some(kxen_pv::SavedVcpu {
+            state,
+            regs,
+            kernel_l4,
+            user_l4,
+            ldt_base,
+            ldt_entries,
+        })
+    }
+
+    /// The page tables a save's PAGE_DATA types name, and the guest's
+    /// changes to the M2P.
+    pub fn page_tables(&self) -> Vec<(Mfn, kxen_pv::PtLevel, bool)> {
+        self.mmu
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .page_tables()
+    }
+
+    pub fn m2p_changes(&self) -> Vec<(Mfn, u64)> {
+        self.mmu
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .m2p_changes()
+    }
+
+    /// Take over a saved PV domain's MMU and vCPU state, onto memory
+    /// that already holds the image's pages. As libxc's restore does on
+    /// Xen, the PV MMU starts empty and the saved tables are pinned
+    /// again, which validates each tree from the top: an image's page
+    /// tables are as untrusted as a guest's `mmu_update`. Then each
+    /// vCPU's L4s are loaded, its GDT and LDT taken, and its PV state
+    /// replaced. On an error the MMU is left as the builder made it.
+    pub fn restore(
+        &self,
+        mem: &GuestMemoryMmap,
+        pinned: &[(Mfn, kxen_pv::PtLevel)],
+        m2p: &[(Mfn, u64)],
+        vcpus: &[(u32, kxen_pv::SavedVcpu)],
+    ) -> Result<(), PvRestoreError> {
+        use kxen_pv::PtLevel;
+        use xen_abi::pv::{
+            MmuUpdate, MMUEXT_NEW_USER_BASEPTR, MMUEXT_PIN_L1_TABLE, MMUEXT_PIN_L2_TABLE,
+            MMUEXT_PIN_L3_TABLE, MMUEXT_SET_LDT, MMU_MACHPHYS_UPDATE,
+        };
+        let mut mmu = self.mmu.lock().unwrap_or_else(|e| e.into_inner()).emptied();
+        let mut frames = GuestFrames {
+            mem,
+            guest: None,
+            stale: &self.shadow_stale,
+        };
+        for &(mfn, pfn) in m2p {
+            let update = MmuUpdate {
+                ptr: (mfn << 12) | MMU_MACHPHYS_UPDATE,
+                val: pfn,
+            };
+            mmu.mmu_update_one(&mut frames, update)
+                .result
+                .map_err(|error| PvRestoreError::M2p { mfn, error })?;
+        }
+        let mut order: Vec<_> = pinned.to_vec();
+        // Lowest level first: each higher table then finds its children
+        // already validated.
+        order.sort_by_key(|&(mfn, level)| (level as u8, mfn));
+        for (mfn, level) in order {
+            let cmd = match level {
+                PtLevel::L1 => MMUEXT_PIN_L1_TABLE,
+                PtLevel::L2 => MMUEXT_PIN_L2_TABLE,
+                PtLevel::L3 => MMUEXT_PIN_L3_TABLE,
+                PtLevel::L4 => MMUEXT_PIN_L4_TABLE,
+            };
+            let op = MmuextOp {
+                cmd,
+                arg1: mfn,
+                ..Default::default()
+            };
+            mmu.mmuext_one(&mut frames, 0, op)
+                .result
+                .map_err(|error| PvRestoreError::Pin { mfn, level, error })?;
+        }
+        let mut states = self.vcpus.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        for (vcpu, saved) in vcpus {
+            let vcpu = *vcpu;
+            let index = vcpu as usize;
+            if index >= states.len() {
+                return Err(PvRestoreError::NoSuchVcpu(vcpu));
+            }
+            let mut ext = |what: &'static str, cmd: u32, arg1: u64, arg2: u64| {
+                let op = MmuextOp {
+                    cmd,
+                    arg1,
+                    arg2,
+                    ..Default::default()
+                };
+                mmu.mmuext_one(&mut frames, index, op)
+                    .result
+                    .map_err(|error| PvRestoreError::Vcpu { vcpu, what, error })
+            };
+            let kernel_l4 = saved.kernel_l4.unwrap_or(0);
+            ext("its kernel L4", MMUEXT_NEW_BASEPTR, kernel_l4, 0)?;
+            if let Some(user) = saved.user_l4 {
+                ext("its user L4", MMUEXT_NEW_USER_BASEPTR, user, 0)?;
+            }
+            if saved.ldt_entries > 0 {
+                ext(
+                    "its LDT",
+                    MMUEXT_SET_LDT,
+                    saved.ldt_base,
+                    u64::from(saved.ldt_entries),
+                )?;
+            }
+            let mut state = saved.state.clone();
+            state.gdt_frames = kxen_pv::descriptors::set_gdt(
+                &mut mmu,
+                &mut frames,
+                &[],
+                Some(&saved.state.gdt_frames),
+                saved.state.gdt_entries,
+            )
+            .map_err(|errno| PvRestoreError::Gdt { vcpu, errno })?;
+            map_guest_gdt(mem, vcpu, &state.gdt_frames);
+            state.ldt_frames = Vec::new();
+            if saved.ldt_entries > 0 {
+                let pages = (u64::from(saved.ldt_entries) * 8).div_ceil(xen_abi::PAGE_SIZE as u64);
+                state.ldt_frames = (0..pages)
+                    .map(|page| {
+                        let va = saved.ldt_base + page * xen_abi::PAGE_SIZE as u64;
+                        let mfn = walk(mem, kernel_l4, va)? >> 12;
+                        kxen_pv::descriptors::get_descriptor_frame(&mut mmu, &mut frames, mfn)
+                            .ok()
+                            .map(|()| mfn)
+                    })
+                    .collect();
+                map_guest_ldt(mem, vcpu, &state.ldt_frames);
+            }
+            states[index] = state;
+        }
+        *self.mmu.lock().unwrap_or_else(|e| e.into_inner()) = mmu;
+        *self.vcpus.lock().unwrap_or_else(|e| e.into_inner()) = states;
+        let mut starts = self.starts.lock().unwrap_or_else(|e| e.into_inner());
+        for (vcpu, _) in vcpus {
+            if let Some(start) = starts.get_mut(*vcpu as usize) {
+                *start = (true, None);
+            }
+        }
+        self.mark_shadow_stale();
+        Ok(())
+    }
+}

@@ -74,6 +74,12 @@ pub enum StateError {
     Devices(#[from] kxen_devices::state::DeviceStateError),
     #[error("RTC record: {0}")]
     Rtc(#[from] rtc::RtcLoadError),
+    #[error("a classic PV domain is saved only once it has suspended itself (kxen cannot save one transparently yet)")]
+    PvNotSuspended,
+    #[error("PV state: {0}")]
+    Pv(String),
+    #[error("PV state: {0}")]
+    PvRestore(#[from] crate::pv::PvRestoreError),
     #[error("virtio slot {slot} queue {queue}: its used ring at {gpa:#x} is not in guest RAM")]
     UsedRing { slot: usize, queue: usize, gpa: u64 },
 }
@@ -256,7 +262,14 @@ pub fn save(h: &ControlHandles) -> Result<Vec<u8>, StateError> {
     for (vcpu, result) in results? {
         per_vcpu.push((vcpu, result.map_err(|e| StateError::Vcpu(vcpu, e))?));
     }
+    if h.pv.is_some() && h.domain.suspended_by().is_none() {
+        return Err(StateError::PvNotSuspended);
+    }
     let xen = h.domain.snapshot()?;
+    let pv_vcpus = match &h.pv {
+        Some(pv) => pv_vcpu_records(pv, &per_vcpu)?,
+        None => Vec::new(),
+    };
 
     let kvm_platform =
         read_platform_state(h.memory.vm()).map_err(|e| StateError::Platform(e.to_string()))?;
@@ -317,7 +330,14 @@ pub fn save(h: &ControlHandles) -> Result<Vec<u8>, StateError> {
     if let Some(hvm) = &h.hvm {
         xen_state.extend_from_slice(&save_devices(h, hvm)?);
     }
+    let mut pv_page_types = Vec::new();
+    if let Some(pv) = &h.pv {
+        xen_state.extend_from_slice(&encode_pv_tail(&pv.m2p_changes()));
+        pv_page_types = page_type_entries(pv);
+    }
     Ok(image::encode(&VmmImage {
+        pv_vcpus,
+        pv_page_types,
         hvm_context: builder.finish(),
         hvm_params: xen.params.iter().map(|&(i, v)| (i as u64, v)).collect(),
         tsc: TscInfo {
@@ -328,6 +348,187 @@ pub fn save(h: &ControlHandles) -> Result<Vec<u8>, StateError> {
         },
         xen_state,
     }))
+}
+
+/// The PV section after the pool pages (a classic PV domain's only):
+/// the M2P entries the guest changed from the identity.
+///
+/// ```text
+/// magic "KXENPV\0\0" | count u32 | 0 u32 | count x (mfn u64, pfn u64)
+/// ```
+const PV_TAIL_MAGIC: &[u8; 8] = b"KXENPV\0\0";
+
+fn encode_pv_tail(m2p: &[(u64, u64)]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(16 + 16 * m2p.len());
+    out.extend_from_slice(PV_TAIL_MAGIC);
+    out.extend_from_slice(&(m2p.len() as u32).to_le_bytes());
+    out.extend_from_slice(&0u32.to_le_bytes());
+    for (mfn, pfn) in m2p {
+        out.extend_from_slice(&mfn.to_le_bytes());
+        out.extend_from_slice(&pfn.to_le_bytes());
+    }
+    out
+}
+
+/// The M2P changes of a PV tail (hostile bytes), each entry a frame of
+/// the domain's (checked again by the PV MMU).
+fn parse_pv_tail(bytes: &[u8], nr_frames: u64) -> Result<Vec<(u64, u64)>, StateError> {
+    let bad = |why: String| StateError::Pv(why);
+    if bytes.len() < 16 || &bytes[..8] != PV_TAIL_MAGIC {
+        return Err(bad("no PV section after the pool pages".into()));
+    }
+    let count = u32::from_le_bytes(bytes[8..12].try_into().unwrap_or_default()) as usize;
+    if bytes[12..16] != [0; 4] {
+        return Err(bad("reserved bits set in the PV section".into()));
+    }
+    let body = &bytes[16..];
+    if body.len() != count.saturating_mul(16) || count as u64 > nr_frames {
+        return Err(bad(format!("{count} M2P entries in {} bytes", body.len())));
+    }
+    Ok(body
+        .chunks_exact(16)
+        .map(|e| {
+            let word = |b: &[u8]| u64::from_le_bytes(b.try_into().unwrap_or_default());
+            (word(&e[..8]), word(&e[8..]))
+        })
+        .collect())
+}
+
+/// The most frames a PV domain here has (its PV MMU's frame count).
+fn pv_max_frames(h: &ControlHandles) -> u64 {
+    h.pv.as_ref().map_or(0, |pv| pv.max_frame())
+}
+
+/// A page table as a PAGE_DATA pfn entry: the frame, and its level in
+/// bits 63:60, with bit 63 set when the guest pinned it (libxc's
+/// XEN_DOMCTL_PFINFO_LPINTAB).
+fn page_type_entry(mfn: u64, level: kxen_pv::PtLevel, pinned: bool) -> u64 {
+    let level = match level {
+        kxen_pv::PtLevel::L1 => 1u64,
+        kxen_pv::PtLevel::L2 => 2,
+        kxen_pv::PtLevel::L3 => 3,
+        kxen_pv::PtLevel::L4 => 4,
+    };
+    mfn | (level | if pinned { 8 } else { 0 }) << 60
+}
+
+/// The PV domain's page tables as PAGE_DATA entries.
+pub fn page_type_entries(pv: &crate::pv::PvMachine) -> Vec<u64> {
+    pv.page_tables()
+        .into_iter()
+        .map(|(mfn, level, pinned)| page_type_entry(mfn, level, pinned))
+        .collect()
+}
+
+/// The pinned tables of a restore's PAGE_DATA types (hostile: the frames
+/// are checked when the PV MMU pins them).
+fn pinned_tables(entries: &[u64]) -> Vec<(u64, kxen_pv::PtLevel)> {
+    entries
+        .iter()
+        .filter_map(|&e| {
+            let level = match e >> 60 {
+                0x9 => kxen_pv::PtLevel::L1,
+                0xa => kxen_pv::PtLevel::L2,
+                0xb => kxen_pv::PtLevel::L3,
+                0xc => kxen_pv::PtLevel::L4,
+                _ => return None,
+            };
+            Some((e & ((1 << 52) - 1), level))
+        })
+        .collect()
+}
+
+/// Each saved vCPU's X86_PV_VCPU_BASIC and _EXTENDED records, with the
+/// registers from its CPU entry.
+fn pv_vcpu_records(
+    pv: &crate::pv::PvMachine,
+    per_vcpu: &[(u32, Vec<VcpuEntry>)],
+) -> Result<Vec<image::PvVcpuRecords>, StateError> {
+    use zerocopy::FromBytes;
+    let mut out = Vec::new();
+    for (vcpu, entries) in per_vcpu {
+        let cpu = entries
+            .iter()
+            .find(|(code, _)| *code == HVM_SAVE_CODE_CPU)
+            .and_then(|(_, body)| HwCpu::read_from_bytes(body).ok())
+            .ok_or_else(|| StateError::Vcpu(*vcpu, "no CPU entry".into()))?;
+        let regs = kxen_pv::SavedRegs {
+            gprs: [
+                cpu.r15, cpu.r14, cpu.r13, cpu.r12, cpu.rbp, cpu.rbx, cpu.r11, cpu.r10, cpu.r9,
+                cpu.r8, cpu.rax, cpu.rcx, cpu.rdx, cpu.rsi, cpu.rdi,
+            ],
+            rip: cpu.rip,
+            rsp: cpu.rsp,
+            rflags: cpu.rflags,
+            cs: cpu.cs_sel as u16,
+            ss: cpu.ss_sel as u16,
+            ds: cpu.ds_sel as u16,
+            es: cpu.es_sel as u16,
+            fs: cpu.fs_sel as u16,
+            gs: cpu.gs_sel as u16,
+        };
+        let saved = pv
+            .saved_vcpu(*vcpu, regs)
+            .ok_or_else(|| StateError::Vcpu(*vcpu, "no PV state".into()))?;
+        out.push(image::PvVcpuRecords {
+            vcpu: *vcpu,
+            basic: saved.encode_basic(),
+            extended: saved.encode_extended(*vcpu),
+        });
+    }
+    Ok(out)
+}
+
+/// Tell the resuming PV guest where its rings are in this new domain,
+/// as libxc's restore does: in the start_info page the suspending vCPU
+/// named (its rdx at SCHEDOP_shutdown, `start_info_pfn`), the xenstore
+/// and console frames and event channels, and shared_info's address.
+fn update_start_info(
+    h: &ControlHandles,
+    pv: &crate::pv::PvMachine,
+    start_info_pfn: u64,
+) -> Result<(), StateError> {
+    use xen_abi::hvm::{
+        HVM_PARAM_CONSOLE_EVTCHN, HVM_PARAM_CONSOLE_PFN, HVM_PARAM_STORE_EVTCHN,
+        HVM_PARAM_STORE_PFN,
+    };
+    use xen_abi::pv::StartInfo;
+    use zerocopy::FromBytes;
+    if !h.memory.is_ram(start_info_pfn) {
+        return Err(StateError::Pv(format!(
+            "start_info frame {start_info_pfn:#x} is not RAM"
+        )));
+    }
+    let param = |index: u32| {
+        h.domain
+            .lock()
+            .params
+            .get(index as usize)
+            .copied()
+            .unwrap_or(0)
+    };
+    let offset = h
+        .memory
+        .memfd_offset(start_info_pfn << 12)
+        .ok_or_else(|| StateError::Pv(format!("start_info frame {start_info_pfn:#x}")))?;
+    let mut page = [0u8; PAGE];
+    h.memory
+        .memfd
+        .read_exact_at(&mut page, offset)
+        .map_err(StateError::Memory)?;
+    let size = std::mem::size_of::<StartInfo>();
+    let mut info = StartInfo::read_from_bytes(&page[..size])
+        .map_err(|_| StateError::Pv("start_info".into()))?;
+    info.shared_info = pv.shared_info_gpa();
+    info.store_mfn = param(HVM_PARAM_STORE_PFN);
+    info.store_evtchn = param(HVM_PARAM_STORE_EVTCHN) as u32;
+    info.console_mfn = param(HVM_PARAM_CONSOLE_PFN);
+    info.console_evtchn = param(HVM_PARAM_CONSOLE_EVTCHN) as u32;
+    h.memory
+        .memfd
+        .write_all_at(info.as_bytes(), offset)
+        .map_err(StateError::Memory)?;
+    Ok(())
 }
 
 fn host_cpuid_signature() -> u32 {
@@ -409,12 +610,34 @@ pub fn load(h: &ControlHandles, bytes: &[u8]) -> Result<(), StateError> {
             ))
         }
         (None, true) => None,
+        (None, false) if h.pv.is_some() => None,
         (None, false) => {
             return Err(StateError::XenState(format!(
                 "{} bytes after the pool pages of a domain without device models",
                 device_section.len()
             )))
         }
+    };
+    // A classic PV domain's own state: the M2P changes after the pool
+    // pages, each vCPU's PV records, the pinned tables. All of it is
+    // parsed here; the PV MMU checks the frames when it takes them.
+    let pv_state = match (&h.pv, image.is_pv()) {
+        (Some(_), true) => {
+            if !snap.suspended {
+                return Err(StateError::PvNotSuspended);
+            }
+            let m2p = parse_pv_tail(device_section, pv_max_frames(h))?;
+            let mut vcpus = Vec::new();
+            for records in &image.pv_vcpus {
+                let saved = kxen_pv::SavedVcpu::parse(&records.basic, &records.extended)
+                    .map_err(|e| StateError::Vcpu(records.vcpu, e.to_string()))?;
+                vcpus.push((records.vcpu, saved));
+            }
+            Some((m2p, vcpus, pinned_tables(&image.pv_page_types)))
+        }
+        (None, false) => None,
+        (Some(_), false) => return Err(StateError::Pv("the image is not a PV domain's".into())),
+        (None, true) => return Err(StateError::Pv("the image is a PV domain's".into())),
     };
     let mut clock = None;
     let context =
@@ -543,13 +766,55 @@ pub fn load(h: &ControlHandles, bytes: &[u8]) -> Result<(), StateError> {
     // Checked as far as it can be without KVM: the Xen state (which checks
     // itself before changing anything), then the vCPU (KVM's own checks),
     // then the platform and the pool pages.
+    if let Some((_, vcpus, _)) = &pv_state {
+        // Each started vCPU has its PV records, and only those.
+        for (vcpu, entries) in per_vcpu.iter().enumerate() {
+            let has = vcpus.iter().any(|(v, _)| *v == vcpu as u32);
+            if has == entries.is_empty() {
+                return Err(StateError::Vcpu(
+                    vcpu as u32,
+                    "its PV records and CPU state do not match".into(),
+                ));
+            }
+        }
+        if !vcpus.iter().any(|(v, _)| *v == 0) {
+            return Err(StateError::Pv("no state for vCPU 0".into()));
+        }
+    }
     h.domain.load_snapshot(&snap)?;
-    let jobs = per_vcpu
-        .into_iter()
-        .enumerate()
-        .filter(|(_, list)| !list.is_empty())
-        .map(|(vcpu, list)| (vcpu as u32, VcpuJob::Load(list)))
-        .collect();
+    let jobs = match (&h.pv, &pv_state) {
+        (Some(pv), Some((m2p, vcpus, pinned))) => {
+            let memory = h.memory.snapshot();
+            pv.restore(&memory, pinned, m2p, vcpus)?;
+            let mut jobs = Vec::new();
+            for (vcpu, list) in per_vcpu.into_iter().enumerate() {
+                let vcpu = vcpu as u32;
+                let Some((_, saved)) = vcpus.iter().find(|(v, _)| *v == vcpu) else {
+                    continue;
+                };
+                let cr3 = pv
+                    .mode_cr3(vcpu, saved.state.kernel_mode)
+                    .ok_or_else(|| StateError::Vcpu(vcpu, "no L4 for its mode".into()))?;
+                let ldt_limit = (saved.ldt_entries > 0).then(|| saved.ldt_entries * 8 - 1);
+                jobs.push((
+                    vcpu,
+                    VcpuJob::LoadPv {
+                        entries: list,
+                        vcpu,
+                        cr3,
+                        ldt_limit,
+                    },
+                ));
+            }
+            jobs
+        }
+        _ => per_vcpu
+            .into_iter()
+            .enumerate()
+            .filter(|(_, list)| !list.is_empty())
+            .map(|(vcpu, list)| (vcpu as u32, VcpuJob::Load(list)))
+            .collect(),
+    };
     for (vcpu, result) in h.pauser.gate.run_jobs(jobs, VCPU_DEADLINE)? {
         result.map_err(|e| StateError::Vcpu(vcpu, e))?;
     }
@@ -571,6 +836,15 @@ pub fn load(h: &ControlHandles, bytes: &[u8]) -> Result<(), StateError> {
                 .unwrap_or_else(|e| e.into_inner())
                 .load_clock(clock);
         }
+    }
+    if let (Some(pv), Some((_, vcpus, _))) = (&h.pv, &pv_state) {
+        // vCPU 0 suspended the domain: its rdx is the start_info frame
+        // (Linux's HYPERVISOR_suspend passes it, as Xen's tools require).
+        let start_info = vcpus
+            .iter()
+            .find(|(v, _)| *v == 0)
+            .map_or(0, |(_, saved)| saved.regs.gprs[12]);
+        update_start_info(h, pv, start_info)?;
     }
     // The guest's clock records and upcalls as of now.
     h.domain.publish_clock();

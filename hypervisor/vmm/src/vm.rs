@@ -88,6 +88,7 @@ pub fn run(cfg: VmConfig, started: Instant, report_timing: bool) -> Result<Domai
             dom0: dom0.clone(),
             events: events.clone(),
             hvm: hvm.clone(),
+            pv: vcpu_shared.pv.clone(),
             exit: exit.clone(),
             pauser,
             started,

@@ -32,6 +32,16 @@ pub enum VcpuJob {
     Save,
     /// Take these entries (one of each kind [`VcpuJob::Save`] gives).
     Load(Vec<VcpuEntry>),
+    /// Take these entries onto a classic PV vCPU, then hold it to what a
+    /// PV vCPU may be (its privileged state is kxen's, not the image's):
+    /// `cr3` is the L4 its restored PV MMU state says it runs on.
+    LoadPv {
+        entries: Vec<VcpuEntry>,
+        vcpu: u32,
+        cr3: u64,
+        /// The LDT's byte limit (None: no LDT).
+        ldt_limit: Option<u32>,
+    },
     /// Make the hypercall the vCPU last returned from return this instead
     /// (rax): a cancelled suspend's SCHEDOP_shutdown returns 1.
     SetHypercallReturn(u64),
@@ -136,6 +146,16 @@ pub fn run_job(kvm: &mut KvmVcpu, has_run: bool, job: VcpuJob) -> VcpuJobResult 
     match job {
         VcpuJob::Save => save(kvm, has_run),
         VcpuJob::Load(entries) => load(kvm, &entries),
+        VcpuJob::LoadPv {
+            entries,
+            vcpu,
+            cr3,
+            ldt_limit,
+        } => load(kvm, &entries).and_then(|_| {
+            crate::boot_cpu::confine_restored_pv_vcpu(kvm.fd(), vcpu, cr3, ldt_limit)
+                .map(|()| Vec::new())
+                .map_err(|e| e.to_string())
+        }),
         VcpuJob::SetHypercallReturn(value) => set_hypercall_return(kvm, has_run, value),
     }
 }
