@@ -198,6 +198,7 @@ impl Daemon {
             bytes_sent: 0,
         }));
         let config = config.unwrap_or_else(|| d.record.config.clone());
+        let pv = config.domain_type == kxen_toolstack::config::DomainType::Pv;
         let mut report = PreCopyReport::default();
         // The domain runs while its memory is sent; precopy pauses it for
         // the last pass, before the state is read.
@@ -212,7 +213,7 @@ impl Daemon {
                     stopped.set(Some(self.stop_for_image(&d)?));
                     Ok(())
                 };
-                report = precopy(&mut stop, libxc, link, guest, &mut quiesce, &mut |p| {
+                report = precopy(&mut stop, libxc, link, guest, pv, &mut quiesce, &mut |p| {
                     // A failed write here fails the stream's next write.
                     let _ = frames.borrow_mut().frame(&MigrateFrame::Progress(p));
                 })?;

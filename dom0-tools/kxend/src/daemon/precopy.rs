@@ -41,7 +41,7 @@ use kxen_toolstack::protocol::MigrateProgress;
 use kxen_vmm_api::client::GuestMemfd;
 use kxen_vmm_api::{MemfdRegion, VmmClient};
 
-use super::saverestore::{guest_page, io_error};
+use super::saverestore::{guest_page, io_error, PageTypes};
 
 const PAGE: usize = 4096;
 /// Pages per PAGE_DATA record (libxc's batch).
@@ -205,6 +205,11 @@ struct Sender<'a, W: Write> {
     /// The hash of each page as it was last sent.
     sent: Vec<Vec<u64>>,
     buf: Vec<u8>,
+    /// A PV domain's page tables as last asked for, and the type each
+    /// page went with: PAGE_DATA carries the types, and the receiver pins
+    /// the tables the last one names. Empty for other domains.
+    types: PageTypes,
+    sent_types: PageTypes,
 }
 
 impl<W: Write> Sender<'_, W> {
@@ -262,7 +267,10 @@ impl<W: Write> Sender<'_, W> {
             let contents: &[u8; PAGE] = contents
                 .try_into()
                 .map_err(|_| "a page that is not 4096 bytes".to_string())?;
-            pages.push(guest_page((self.regions[index].gpa >> 12) + page, contents));
+            let pfn = (self.regions[index].gpa >> 12) + page;
+            let table = self.types.of(pfn);
+            self.sent_types.set(pfn, table);
+            pages.push(guest_page(pfn, contents, table));
         }
         self.libxc
             .write_pages(&pages)
@@ -355,6 +363,7 @@ pub(super) fn precopy<W: Write>(
     libxc: &mut LibxcWriter<W>,
     link: &mut VmmClient,
     guest: &GuestMemfd,
+    pv: bool,
     quiesce: &mut dyn FnMut(Instant) -> Result<(), String>,
     progress: &mut dyn FnMut(MigrateProgress),
 ) -> Result<PreCopyReport, String> {
@@ -362,22 +371,35 @@ pub(super) fn precopy<W: Write>(
         .map_err(|e| io_error("Dom0's dirty log", e))?;
     link.dirty_log_start()
         .map_err(|e| format!("starting KVM's dirty log: {e}"))?;
-    let result = passes(stop, libxc, link, guest, &dom0, quiesce, progress);
+    let source = Source {
+        guest,
+        dom0: &dom0,
+        pv,
+    };
+    let result = passes(stop, libxc, link, &source, quiesce, progress);
     let stopped = link.dirty_log_stop();
     let report = result?;
     stopped.map_err(|e| format!("stopping KVM's dirty log: {e}"))?;
     Ok(report)
 }
 
+/// The domain's memory as the passes read it: the memfd, Dom0's log of
+/// its own writes, and whether its page tables go with types (PV).
+struct Source<'a> {
+    guest: &'a GuestMemfd,
+    dom0: &'a Arc<Dom0Dirty>,
+    pv: bool,
+}
+
 fn passes<W: Write>(
     stop: &mut dyn FnMut() -> Result<(), String>,
     libxc: &mut LibxcWriter<W>,
     link: &mut VmmClient,
-    guest: &GuestMemfd,
-    dom0: &Arc<Dom0Dirty>,
+    source: &Source<'_>,
     quiesce: &mut dyn FnMut(Instant) -> Result<(), String>,
     progress: &mut dyn FnMut(MigrateProgress),
 ) -> Result<PreCopyReport, String> {
+    let (guest, dom0, pv) = (source.guest, source.dom0, source.pv);
     let regions = &guest.regions;
     let memfd = guest
         .memfd
@@ -392,6 +414,8 @@ fn passes<W: Write>(
             .map(|r| vec![0; (r.len / PAGE as u64) as usize])
             .collect(),
         buf: vec![0u8; BATCH * PAGE],
+        types: PageTypes::default(),
+        sent_types: PageTypes::default(),
     };
     let mut report = PreCopyReport::default();
     // Everything is sent first: older marks mean nothing.
@@ -403,6 +427,7 @@ fn passes<W: Write>(
         report.passes += 1;
         let iteration = report.passes;
         let started = Instant::now();
+        sender.types = PageTypes::of_domain(link, pv)?;
         let sent = sender.send(&set, &mut |pages_sent, pages_total| {
             progress(MigrateProgress {
                 pages_sent,
@@ -447,6 +472,17 @@ fn passes<W: Write>(
     report.unlogged_pages = unlogged.count();
     let send_started = Instant::now();
     set.union(&unlogged.0);
+    // A table pinned or unpinned since its page went (no write to the
+    // page, so no log has it) goes again with its type as it is now.
+    sender.types = PageTypes::of_domain(link, pv)?;
+    for pfn in sender.types.differing(&sender.sent_types) {
+        if let Some(index) = regions
+            .iter()
+            .position(|r| (r.gpa >> 12..(r.gpa + r.len) >> 12).contains(&pfn))
+        {
+            set.insert(index, pfn - (regions[index].gpa >> 12));
+        }
+    }
     let sent = sender.send(&set, &mut |pages_sent, pages_total| {
         progress(MigrateProgress {
             pages_sent,
@@ -545,6 +581,8 @@ mod tests {
                 .map(|r| vec![0; (r.len / PAGE as u64) as usize])
                 .collect(),
             buf: vec![0u8; BATCH * PAGE],
+            types: PageTypes::default(),
+            sent_types: PageTypes::default(),
         };
         assert_eq!(
             sender

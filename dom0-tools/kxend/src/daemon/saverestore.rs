@@ -24,7 +24,8 @@ use std::os::unix::fs::FileExt;
 use nix::fcntl::{fallocate, FallocateFlags};
 
 use kxen_stream::libxc::{
-    DomainHeader, GuestType, HvmParamEntry, LibxcRecord, Page, PageType, TscInfo,
+    DomainHeader, GuestType, HvmParamEntry, LibxcRecord, Page, PageType, PvVcpuKind, TscInfo,
+    X86PvInfo,
 };
 use kxen_stream::libxl::{EmulatorId, LibxlReader, LibxlRecord, LibxlWriter};
 use kxen_stream::Limits;
@@ -45,11 +46,19 @@ pub(super) fn io_error(what: &str, e: impl std::fmt::Display) -> String {
     format!("{what}: {e}")
 }
 
-/// Guest page `pfn` as a PAGE_DATA entry: an all-zero page goes as
+/// Guest page `pfn` as a PAGE_DATA entry: a page table of a PV domain
+/// goes with its type (`table`) and contents; any other all-zero page as
 /// XALLOC (allocate the frame, no contents), which costs the stream 8
 /// bytes instead of 4 KiB; a receiver gives it a zero page. Most of an
 /// idle guest's memory is zero.
-pub(super) fn guest_page(pfn: u64, contents: &[u8; PAGE]) -> Page<'_> {
+pub(super) fn guest_page(pfn: u64, contents: &[u8; PAGE], table: Option<PageType>) -> Page<'_> {
+    if let Some(page_type) = table {
+        return Page {
+            pfn,
+            page_type,
+            contents: Some(contents),
+        };
+    }
     if contents.iter().all(|&b| b == 0) {
         Page {
             pfn,
@@ -65,11 +74,106 @@ pub(super) fn guest_page(pfn: u64, contents: &[u8; PAGE]) -> Page<'_> {
     }
 }
 
+/// A classic PV domain's page tables by frame, as PAGE_DATA types (the
+/// VMM's `pv-page-types`); empty for other domains.
+#[derive(Debug, Default, Clone)]
+pub(super) struct PageTypes(std::collections::HashMap<u64, PageType>);
+
+impl PageTypes {
+    /// From PAGE_DATA pfn entries; an entry whose type is not a table's
+    /// is ignored.
+    pub(super) fn from_entries(entries: &[u64]) -> Self {
+        PageTypes(
+            entries
+                .iter()
+                .filter_map(|&e| {
+                    let t = PageType::from_bits((e >> 60) as u8)?;
+                    is_table(t).then_some((e & ((1 << 52) - 1), t))
+                })
+                .collect(),
+        )
+    }
+
+    /// The domain's tables now (nothing for a domain that is not PV).
+    pub(super) fn of_domain(link: &mut VmmClient, pv: bool) -> Result<Self, String> {
+        if !pv {
+            return Ok(PageTypes::default());
+        }
+        let entries = link
+            .pv_page_types()
+            .map_err(|e| format!("the PV page tables: {e}"))?;
+        Ok(PageTypes::from_entries(&entries))
+    }
+
+    pub(super) fn of(&self, pfn: u64) -> Option<PageType> {
+        self.0.get(&pfn).copied()
+    }
+
+    /// The frames whose type differs between `self` and `other`.
+    pub(super) fn differing(&self, other: &PageTypes) -> Vec<u64> {
+        let mut out: Vec<u64> = self
+            .0
+            .iter()
+            .filter(|(pfn, t)| other.of(**pfn) != Some(**t))
+            .map(|(pfn, _)| *pfn)
+            .chain(
+                other
+                    .0
+                    .keys()
+                    .filter(|pfn| self.of(**pfn).is_none())
+                    .copied(),
+            )
+            .collect();
+        out.sort_unstable();
+        out
+    }
+
+    /// As PAGE_DATA pfn entries, in frame order.
+    pub(super) fn entries(&self) -> Vec<u64> {
+        let mut out: Vec<u64> = self
+            .0
+            .iter()
+            .map(|(pfn, t)| pfn | u64::from(*t as u8) << 60)
+            .collect();
+        out.sort_unstable_by_key(|e| e & ((1 << 60) - 1));
+        out
+    }
+
+    pub(super) fn set(&mut self, pfn: u64, t: Option<PageType>) {
+        match t {
+            Some(t) => {
+                self.0.insert(pfn, t);
+            }
+            None => {
+                self.0.remove(&pfn);
+            }
+        }
+    }
+}
+
+/// A PV vCPU's basic and extended records as a stream gives them.
+type PvVcpuParts = (Option<Vec<u8>>, Option<Vec<u8>>);
+
+/// Whether the PV platform record was read into `vmm` already.
+fn context_seen(vmm: &VmmImage) -> bool {
+    !vmm.hvm_context.is_empty()
+}
+
+/// Whether a PAGE_DATA type is a page table's (pinned or not).
+pub(super) fn is_table(t: PageType) -> bool {
+    use PageType::*;
+    matches!(
+        t,
+        L1Tab | L2Tab | L3Tab | L4Tab | L1TabPinned | L2TabPinned | L3TabPinned | L4TabPinned
+    )
+}
+
 /// Every guest page Dom0 can see, with its contents, batch by batch.
 fn write_memory<W: Write>(
     libxc: &mut kxen_stream::libxc::LibxcWriter<W>,
     memfd: &File,
     regions: &[MemfdRegion],
+    types: &PageTypes,
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<u64, String> {
     let pages_total: u64 = regions.iter().map(|r| r.len / PAGE as u64).sum();
@@ -91,7 +195,10 @@ fn write_memory<W: Write>(
             let batch: Vec<Page<'_>> = chunks
                 .iter()
                 .enumerate()
-                .map(|(i, contents)| guest_page((r.gpa >> 12) + done + i as u64, contents))
+                .map(|(i, contents)| {
+                    let pfn = (r.gpa >> 12) + done + i as u64;
+                    guest_page(pfn, contents, types.of(pfn))
+                })
                 .collect();
             libxc
                 .write_pages(&batch)
@@ -292,12 +399,15 @@ pub(super) fn write_stream<W: Write>(
     out: W,
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<(u64, W), String> {
-    write_stream_with(d, config, store, out, &mut |libxc, _, guest| {
+    let pv = config.domain_type == kxen_toolstack::config::DomainType::Pv;
+    write_stream_with(d, config, store, out, &mut |libxc, link, guest| {
         let memfd = guest
             .memfd
             .try_clone()
             .map_err(|e| io_error("guest memfd", e))?;
-        write_memory(libxc, &File::from(memfd), &guest.regions, progress)
+        // The domain is paused: its page tables stay as they are now.
+        let types = PageTypes::of_domain(link, pv)?;
+        write_memory(libxc, &File::from(memfd), &guest.regions, &types, progress)
     })
 }
 
@@ -317,15 +427,41 @@ pub(super) fn write_stream_with<W: Write>(
     let guest = link.memfd().map_err(|e| e.to_string())?;
     savefile::write_header(&mut out, config).map_err(|e| e.to_string())?;
     let stream = |e: kxen_stream::WriteError| io_error("writing the stream", e);
+    let pv = config.domain_type == kxen_toolstack::config::DomainType::Pv;
     let libxl = LibxlWriter::new(out).map_err(stream)?;
     let mut libxc = libxl
         .begin_libxc(&DomainHeader {
-            guest_type: GuestType::X86Hvm,
+            guest_type: if pv {
+                GuestType::X86Pv
+            } else {
+                GuestType::X86Hvm
+            },
             xen_major: 4,
             xen_minor: 17,
         })
         .map_err(stream)?;
+    if pv {
+        libxc
+            .write_x86_pv_info(&X86PvInfo {
+                guest_width: 8,
+                pt_levels: 4,
+            })
+            .map_err(stream)?;
+    }
     libxc.write_static_data_end().map_err(stream)?;
+    if pv {
+        // kxen's P2M is the identity: the record gives the pfn range and
+        // no frames of a guest p2m to rebuild it from.
+        let max_pfn = guest
+            .regions
+            .iter()
+            .filter_map(|r| r.gpa_end())
+            .max()
+            .unwrap_or(0)
+            >> 12;
+        let end = u32::try_from(max_pfn.saturating_sub(1)).unwrap_or(u32::MAX);
+        libxc.write_x86_pv_p2m_frames(0, end, &[]).map_err(stream)?;
+    }
     let pages = memory(&mut libxc, &mut link, &guest)?;
     // The domain is paused from here: its state matches the pages sent.
     // A guest that suspended itself reconnects to the store on resume, as
@@ -346,14 +482,45 @@ pub(super) fn write_stream_with<W: Write>(
             incarnation: vmm.tsc.incarnation,
         })
         .map_err(stream)?;
-    let params: Vec<HvmParamEntry> = vmm
-        .hvm_params
-        .iter()
-        .map(|&(index, value)| HvmParamEntry { index, value })
-        .collect();
-    libxc.write_hvm_params(&params).map_err(stream)?;
-    libxc.write_hvm_context(&vmm.hvm_context).map_err(stream)?;
+    if vmm.is_pv() != pv {
+        return Err(format!(
+            "the VMM's state is {}a PV domain's",
+            if pv { "not " } else { "" }
+        ));
+    }
+    let platform = if pv {
+        // A PV domain's vCPUs in Xen's PV records; the KVM vCPU and
+        // irqchip state under them is kxen's own (EMULATOR_CONTEXT).
+        for v in &vmm.pv_vcpus {
+            libxc
+                .write_x86_pv_vcpu(PvVcpuKind::Basic, v.vcpu, &v.basic)
+                .map_err(stream)?;
+            libxc
+                .write_x86_pv_vcpu(PvVcpuKind::Extended, v.vcpu, &v.extended)
+                .map_err(stream)?;
+        }
+        Some(image::encode(&VmmImage {
+            hvm_context: vmm.hvm_context.clone(),
+            hvm_params: vmm.hvm_params.clone(),
+            tsc: vmm.tsc,
+            ..VmmImage::default()
+        }))
+    } else {
+        let params: Vec<HvmParamEntry> = vmm
+            .hvm_params
+            .iter()
+            .map(|&(index, value)| HvmParamEntry { index, value })
+            .collect();
+        libxc.write_hvm_params(&params).map_err(stream)?;
+        libxc.write_hvm_context(&vmm.hvm_context).map_err(stream)?;
+        None
+    };
     let mut libxl = libxc.finish_into_libxl().map_err(stream)?;
+    if let Some(platform) = &platform {
+        libxl
+            .write_emulator_context(EmulatorId::UNKNOWN, PV_PLATFORM_INDEX, platform)
+            .map_err(stream)?;
+    }
     if let Some(xenstore) = &xenstore {
         libxl
             .write_emulator_context(EmulatorId::UNKNOWN, XENSTORE_INDEX, xenstore)
@@ -378,6 +545,12 @@ const VMM_STATE_INDEX: u32 = 0;
 /// its values are NUL-terminated strings, xenstore's may be any bytes, and
 /// it has no room for permissions or watches.
 const XENSTORE_INDEX: u32 = 1;
+/// The EMULATOR_CONTEXT record (emulator id 0) with a classic PV
+/// domain's KVM vCPU and platform state (in Xen's HVM save format) and
+/// its params, as a VMM image container without the Xen state. Xen's PV
+/// stream has no HVM_CONTEXT or HVM_PARAMS; kxen's PV vCPUs run on KVM,
+/// which has this state beyond the PV records.
+const PV_PLATFORM_INDEX: u32 = 2;
 
 /// Read the libxl stream from `input` into the new VMM behind `control`.
 /// Returns the domain's part of the store if the image carries it (a
@@ -403,17 +576,28 @@ pub(super) fn load_image(input: impl Read, control: &Path) -> Result<Option<Doma
         other => return Err(format!("bad image: {other:?} where LIBXC_CONTEXT belongs")),
     }
     let mut libxc = libxl.into_libxc().map_err(bad)?;
-    if libxc.domain().guest_type != GuestType::X86Hvm {
-        return Err("bad image: not an HVM/PVH domain".into());
-    }
+    let pv = libxc.domain().guest_type == GuestType::X86Pv;
     let mut vmm = VmmImage::default();
     let (mut context, mut tsc, mut params) = (false, false, false);
+    // A PV domain's: the last type each page came with, its vCPUs'
+    // records (basic, extended) by vCPU.
+    let mut types = PageTypes::default();
+    let mut pv_vcpus: std::collections::BTreeMap<u32, PvVcpuParts> = Default::default();
+    let mut pv_info = false;
     let mut page = [0u8; PAGE];
     loop {
         match libxc.next_record().map_err(bad)? {
             LibxcRecord::End => break,
             LibxcRecord::PageData(entries) => {
                 for entry in entries {
+                    if pv {
+                        types.set(
+                            entry.pfn,
+                            is_table(entry.page_type).then_some(entry.page_type),
+                        );
+                    } else if is_table(entry.page_type) {
+                        return Err("bad image: a page-table type in an HVM domain's page".into());
+                    }
                     // XALLOC and XTAB carry no contents: the frame is a
                     // zero page here (kxen sends all-zero pages as XALLOC).
                     let zeroed = matches!(entry.page_type, PageType::XAlloc | PageType::XTab);
@@ -438,9 +622,42 @@ pub(super) fn load_image(input: impl Read, control: &Path) -> Result<Option<Doma
                 params = true;
                 vmm.hvm_params = list.iter().map(|p| (p.index, p.value)).collect();
             }
-            LibxcRecord::HvmContext(blob) => {
+            LibxcRecord::HvmContext(blob) if !pv => {
                 context = true;
                 vmm.hvm_context = blob;
+            }
+            LibxcRecord::X86PvInfo(info) if pv => {
+                if (info.guest_width, info.pt_levels) != (8, 4) {
+                    return Err(format!(
+                        "bad image: a {}-bit PV guest with {} levels (kxen runs 64-bit, 4-level ones)",
+                        info.guest_width * 8,
+                        info.pt_levels
+                    ));
+                }
+                pv_info = true;
+            }
+            LibxcRecord::X86PvP2mFrames { .. } if pv => {}
+            LibxcRecord::X86PvVcpu {
+                kind,
+                vcpu_id,
+                context,
+            } if pv => {
+                if pv_vcpus.len() >= image::MAX_PV_VCPUS && !pv_vcpus.contains_key(&vcpu_id) {
+                    return Err("bad image: too many PV vCPUs".into());
+                }
+                let slot = pv_vcpus.entry(vcpu_id).or_default();
+                let field = match kind {
+                    PvVcpuKind::Basic => &mut slot.0,
+                    PvVcpuKind::Extended => &mut slot.1,
+                    other => {
+                        return Err(format!(
+                            "bad image: kxen does not read X86_PV_VCPU {other:?} records"
+                        ))
+                    }
+                };
+                if field.replace(context).is_some() {
+                    return Err(format!("bad image: vCPU {vcpu_id}'s {kind:?} record twice"));
+                }
             }
             LibxcRecord::StaticDataEnd
             | LibxcRecord::X86CpuidPolicy(_)
@@ -450,7 +667,27 @@ pub(super) fn load_image(input: impl Read, control: &Path) -> Result<Option<Doma
             other => return Err(format!("bad image: unexpected libxc record {other:?}")),
         }
     }
-    if !(context && tsc && params) {
+    if pv {
+        if !(pv_info && tsc) {
+            return Err("bad image: X86_PV_INFO or X86_TSC_INFO is missing".into());
+        }
+        for (vcpu, records) in pv_vcpus {
+            let (Some(basic), Some(extended)) = records else {
+                return Err(format!(
+                    "bad image: vCPU {vcpu} lacks its basic or extended record"
+                ));
+            };
+            vmm.pv_vcpus.push(image::PvVcpuRecords {
+                vcpu,
+                basic,
+                extended,
+            });
+        }
+        if vmm.pv_vcpus.is_empty() {
+            return Err("bad image: a PV domain with no vCPU records".into());
+        }
+        vmm.pv_page_types = types.entries();
+    } else if !(context && tsc && params) {
         return Err("bad image: HVM_CONTEXT, HVM_PARAMS or X86_TSC_INFO is missing".into());
     }
     let mut libxl = libxc.into_libxl().map_err(bad)?;
@@ -472,11 +709,27 @@ pub(super) fn load_image(input: impl Read, control: &Path) -> Result<Option<Doma
                 xenstore =
                     Some(DomainImage::decode(&context).map_err(|e| format!("bad image: {e}"))?)
             }
+            LibxlRecord::EmulatorContext {
+                index: PV_PLATFORM_INDEX,
+                context,
+                ..
+            } if pv && !context_seen(&vmm) => {
+                let platform =
+                    image::parse(&context).map_err(|e| format!("bad image: PV platform: {e}"))?;
+                if platform.hvm_context.is_empty() {
+                    return Err("bad image: PV platform: no vCPU state".into());
+                }
+                vmm.hvm_context = platform.hvm_context;
+                vmm.hvm_params = platform.hvm_params;
+            }
             LibxlRecord::EmulatorXenstoreData { .. } => {}
             other => return Err(format!("bad image: unexpected libxl record {other:?}")),
         }
     }
     vmm.xen_state = emulator.ok_or("bad image: no EMULATOR_CONTEXT with kxen's state")?;
+    if pv && !context_seen(&vmm) {
+        return Err("bad image: no EMULATOR_CONTEXT with the PV domain's vCPU state".into());
+    }
     link.load_state(&image::encode(&vmm))
         .map_err(|e| e.to_string())?;
     Ok(xenstore)
@@ -545,5 +798,32 @@ mod tests {
             assert!(store_page(&file, &regions, pfn, None).is_err());
         }
         assert_eq!(file.metadata().unwrap().len(), 4 * PAGE as u64);
+    }
+}
+
+#[cfg(test)]
+mod page_type_tests {
+    use super::*;
+
+    #[test]
+    fn page_types_read_back_and_differences_are_found() {
+        let entries = [0x10 | 0xc << 60, 0x11 | 0x1 << 60, 0x12, 0x13 | 0xe << 60];
+        let types = PageTypes::from_entries(&entries);
+        assert_eq!(types.of(0x10), Some(PageType::L4TabPinned));
+        assert_eq!(types.of(0x11), Some(PageType::L1Tab));
+        assert_eq!(types.of(0x12), None, "an ordinary page is not a table");
+        assert_eq!(types.of(0x13), None, "XALLOC is not a table");
+        assert_eq!(types.entries(), vec![0x10 | 0xc << 60, 0x11 | 0x1 << 60]);
+        let mut sent = types.clone();
+        assert!(types.differing(&sent).is_empty());
+        sent.set(0x10, Some(PageType::L4Tab));
+        sent.set(0x11, None);
+        sent.set(0x20, Some(PageType::L2Tab));
+        assert_eq!(types.differing(&sent), vec![0x10, 0x11, 0x20]);
+        // A table's page keeps its contents even when all zero.
+        let zero = [0u8; PAGE];
+        let page = guest_page(0x11, &zero, Some(PageType::L1Tab));
+        assert!(page.contents.is_some());
+        assert_eq!(guest_page(0x12, &zero, None).page_type, PageType::XAlloc);
     }
 }

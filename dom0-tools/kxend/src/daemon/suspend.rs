@@ -8,6 +8,8 @@
 //! returns 0, the guest binds its event channels and maps its frames again,
 //! and its frontends reconnect to the backends the restore set up.
 //!
+//! A classic PV guest is always asked, as libxl asks it.
+//!
 //! A guest that does not offer the protocol is paused instead, and its
 //! whole Xen state goes in the image: kxen, unlike Xen, owns all of it.
 //!
@@ -61,6 +63,13 @@ pub fn suspend_limit_from_env() -> Duration {
 impl Daemon {
     /// Whether `d`'s guest offers Xen's suspend protocol.
     fn offers_suspend(&self, d: &Domain) -> bool {
+        // A classic PV guest is always asked, as libxl asks it: the
+        // protocol is part of the PV contract, and a guest resumed from an
+        // image never writes its feature nodes again (Linux writes them
+        // once, at boot).
+        if d.record.config.domain_type == kxen_toolstack::config::DomainType::Pv {
+            return true;
+        }
         let path = format!("/local/domain/{}/control/feature-suspend", d.record.domid);
         self.store
             .xenstored()
