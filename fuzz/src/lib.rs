@@ -21,6 +21,7 @@ pub use targets::pv_emulate::pv_emulate;
 pub use targets::pv_mmu::pv_mmu;
 pub use targets::pv_notes::pv_notes;
 pub use targets::pv_ptwr::pv_ptwr;
+pub use targets::pv_saved_vcpu::pv_saved_vcpu;
 pub use targets::pvh_note::pvh_note;
 pub use targets::virtio_blk_request::virtio_blk_request;
 pub use targets::virtio_mmio_regs::virtio_mmio_regs;

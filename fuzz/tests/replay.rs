@@ -1597,6 +1597,34 @@ fn pv_context() {
     replay("pv_context", kxen_fuzz::pv_context, seeds);
 }
 
+#[test]
+fn pv_saved_vcpu() {
+    // A saved user-mode vCPU (online, not in kernel), RIP and RSP
+    // canonical, a #PF handler, kernel and user L4s, one GDT frame; then
+    // the extended record with a syscall32 callback.
+    let mut basic = vec![0u8; 5168 - 512];
+    basic[0..8].copy_from_slice(&le64(1 << 5));
+    basic[8 + 128..8 + 136].copy_from_slice(&le64(0x40_1000));
+    basic[8 + 152..8 + 160].copy_from_slice(&le64(0x7ffe_0000));
+    let pf = 208 + 16 * 14;
+    basic[pf + 2..pf + 4].copy_from_slice(&0xe033u16.to_le_bytes());
+    basic[pf + 8..pf + 16].copy_from_slice(&le64(0xffff_ffff_8100_2000));
+    basic[4320..4328].copy_from_slice(&le64(0x1234)); // gdt_frames[0]
+    basic[4448..4456].copy_from_slice(&le64(16)); // gdt_ents
+    basic[4480..4488].copy_from_slice(&le64(0x2001 << 12)); // ctrlreg[1]
+    basic[4496..4504].copy_from_slice(&le64(0x2000 << 12)); // ctrlreg[3]
+    let mut with_extended = basic.clone();
+    let mut extended = vec![0u8; 40];
+    extended[8..16].copy_from_slice(&le64(0xffff_ffff_8100_3000));
+    extended[28] = 1;
+    with_extended.extend(extended);
+    replay(
+        "pv_saved_vcpu",
+        kxen_fuzz::pv_saved_vcpu,
+        vec![basic, with_extended],
+    );
+}
+
 /// One pv_ptwr input: old entry, entry offset, RAX, other registers, bytes.
 fn ptwr_input(old: u64, offset: u16, rax: u64, other: u64, insn: &[u8]) -> Vec<u8> {
     let mut v = le64(old).to_vec();
@@ -1814,7 +1842,7 @@ fn migration_stream() {
 
 #[test]
 fn vmm_image() {
-    use kxen_vmm_api::image::{encode, TscInfo, VmmImage};
+    use kxen_vmm_api::image::{encode, PvVcpuRecords, TscInfo, VmmImage};
     let full = VmmImage {
         hvm_context: hvm_context_blob(),
         hvm_params: vec![(1, 2), (3, 0x1234_5678_9abc)],
@@ -1825,6 +1853,7 @@ fn vmm_image() {
             incarnation: 0,
         },
         xen_state: b"KXENXST\0 state".to_vec(),
+        ..VmmImage::default()
     };
     let odd_lengths = VmmImage {
         hvm_context: vec![7; 5],
@@ -1832,7 +1861,17 @@ fn vmm_image() {
         xen_state: vec![1; 13],
         ..full.clone()
     };
-    let seeds = vec![encode(&full), encode(&odd_lengths)];
+    // A classic PV domain's, with its vCPU records and page types.
+    let pv = VmmImage {
+        pv_vcpus: vec![PvVcpuRecords {
+            vcpu: 0,
+            basic: vec![3; 21],
+            extended: vec![4; 40],
+        }],
+        pv_page_types: vec![0x42 | 0xc << 60],
+        ..full.clone()
+    };
+    let seeds = vec![encode(&full), encode(&odd_lengths), encode(&pv)];
     replay("vmm_image", kxen_fuzz::vmm_image, seeds);
 }
 

@@ -15,6 +15,7 @@ pub mod pv_emulate;
 pub mod pv_mmu;
 pub mod pv_notes;
 pub mod pv_ptwr;
+pub mod pv_saved_vcpu;
 pub mod pvh_note;
 pub mod virtio_blk_request;
 pub mod virtio_mmio_regs;
