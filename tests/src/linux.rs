@@ -375,6 +375,12 @@ pub fn ping_both_ways(
         let out = d.in_netns(args);
         assert!(out.status.success(), "{args:?}: {}", show(&out));
     }
+    ping_again(d, guest, peer_ip, guest_ip, limit);
+}
+
+/// Ping both ways over a link [`ping_both_ways`] set up already (after a
+/// save and restore, say).
+pub fn ping_again(d: &Dom0, guest: &str, peer_ip: &str, guest_ip: &str, limit: Duration) {
     let ping = shell_command(
         d,
         guest,
