@@ -1464,6 +1464,7 @@ impl PvMachine {
             MmuUpdate, MMUEXT_NEW_USER_BASEPTR, MMUEXT_PIN_L1_TABLE, MMUEXT_PIN_L2_TABLE,
             MMUEXT_PIN_L3_TABLE, MMUEXT_SET_LDT, MMU_MACHPHYS_UPDATE,
         };
+        let started = std::time::Instant::now();
         let mut mmu = self.mmu.lock().unwrap_or_else(|e| e.into_inner()).emptied();
         let mut frames = GuestFrames {
             mem,
@@ -1565,6 +1566,13 @@ impl PvMachine {
             }
         }
         self.mark_shadow_stale();
+        info!(
+            pinned = pinned.len(),
+            m2p_changes = m2p.len(),
+            vcpus = vcpus.len(),
+            took_ms = started.elapsed().as_secs_f64() * 1e3,
+            "PV MMU and vCPU state restored"
+        );
         Ok(())
     }
 }

@@ -22,6 +22,15 @@
 //! configuration, the virtio-mmio transports with their queues' positions,
 //! and the syscall bridge's breakpoint on a PVM host); its CMOS clock is
 //! Xen's RTC record in the HVM context. A PVH domain has neither.
+//!
+//! A classic PV domain's M2P changes follow the pool pages instead
+//! ([`encode_pv_tail`]), and its PV state goes in the image's own
+//! sections: each vCPU as Xen's X86_PV_VCPU_BASIC and _EXTENDED records
+//! (`kxen_pv::saved`) and its page tables as PAGE_DATA types. Its vCPUs'
+//! KVM state is in the HVM context as for the others. A load pins the
+//! saved tables again through the PV MMU, which validates them, and holds
+//! each vCPU to what a PV vCPU may be ([`crate::pv::PvMachine::restore`],
+//! `boot_cpu::confine_restored_pv_vcpu`).
 
 use std::os::unix::fs::FileExt;
 use std::time::Duration;
@@ -74,8 +83,6 @@ pub enum StateError {
     Devices(#[from] kxen_devices::state::DeviceStateError),
     #[error("RTC record: {0}")]
     Rtc(#[from] rtc::RtcLoadError),
-    #[error("a classic PV domain is saved only once it has suspended itself (kxen cannot save one transparently yet)")]
-    PvNotSuspended,
     #[error("PV state: {0}")]
     Pv(String),
     #[error("PV state: {0}")]
@@ -261,9 +268,6 @@ pub fn save(h: &ControlHandles) -> Result<Vec<u8>, StateError> {
     let mut per_vcpu: Vec<(u32, Vec<VcpuEntry>)> = Vec::new();
     for (vcpu, result) in results? {
         per_vcpu.push((vcpu, result.map_err(|e| StateError::Vcpu(vcpu, e))?));
-    }
-    if h.pv.is_some() && h.domain.suspended_by().is_none() {
-        return Err(StateError::PvNotSuspended);
     }
     let xen = h.domain.snapshot()?;
     let pv_vcpus = match &h.pv {
@@ -623,9 +627,6 @@ pub fn load(h: &ControlHandles, bytes: &[u8]) -> Result<(), StateError> {
     // parsed here; the PV MMU checks the frames when it takes them.
     let pv_state = match (&h.pv, image.is_pv()) {
         (Some(_), true) => {
-            if !snap.suspended {
-                return Err(StateError::PvNotSuspended);
-            }
             let m2p = parse_pv_tail(device_section, pv_max_frames(h))?;
             let mut vcpus = Vec::new();
             for records in &image.pv_vcpus {
@@ -837,7 +838,7 @@ pub fn load(h: &ControlHandles, bytes: &[u8]) -> Result<(), StateError> {
                 .load_clock(clock);
         }
     }
-    if let (Some(pv), Some((_, vcpus, _))) = (&h.pv, &pv_state) {
+    if let (Some(pv), Some((_, vcpus, _)), true) = (&h.pv, &pv_state, snap.suspended) {
         // vCPU 0 suspended the domain: its rdx is the start_info frame
         // (Linux's HYPERVISOR_suspend passes it, as Xen's tools require).
         let start_info = vcpus
@@ -852,4 +853,51 @@ pub fn load(h: &ControlHandles, bytes: &[u8]) -> Result<(), StateError> {
         h.domain.reassert_upcall(vcpu);
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod pv_tests {
+    use super::*;
+
+    #[test]
+    fn the_pv_tail_reads_back_and_refuses_damage() {
+        let m2p = [(3, 7), (9, 1)];
+        let tail = encode_pv_tail(&m2p);
+        assert_eq!(parse_pv_tail(&tail, 16).unwrap(), m2p.to_vec());
+        assert!(
+            parse_pv_tail(&tail[..tail.len() - 1], 16).is_err(),
+            "truncated"
+        );
+        assert!(parse_pv_tail(&tail, 1).is_err(), "more entries than frames");
+        let mut bad = tail.clone();
+        bad[0] ^= 1;
+        assert!(parse_pv_tail(&bad, 16).is_err(), "magic");
+        let mut bad = tail;
+        bad[12] = 1;
+        assert!(parse_pv_tail(&bad, 16).is_err(), "reserved");
+        assert!(parse_pv_tail(&[], 16).is_err(), "missing");
+    }
+
+    #[test]
+    fn page_types_are_xen_s_and_only_pinned_tables_are_pinned_again() {
+        use kxen_pv::PtLevel;
+        let entries = [
+            page_type_entry(0x10, PtLevel::L4, true),
+            page_type_entry(0x11, PtLevel::L3, false),
+            page_type_entry(0x12, PtLevel::L1, true),
+        ];
+        assert_eq!(
+            entries[0],
+            0x10 | 0xc << 60,
+            "XEN_DOMCTL_PFINFO_L4TAB | LPINTAB"
+        );
+        assert_eq!(entries[1], 0x11 | 0x3 << 60);
+        assert_eq!(
+            pinned_tables(&entries),
+            vec![(0x10, PtLevel::L4), (0x12, PtLevel::L1)]
+        );
+        // Types that are no table's (XALLOC, BROKEN, 0x5-0x8) pin nothing.
+        let other = [0x20 | 0xe << 60, 0x21 | 0xd << 60, 0x22 | 0x5 << 60, 0x23];
+        assert!(pinned_tables(&other).is_empty());
+    }
 }
