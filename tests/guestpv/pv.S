@@ -527,6 +527,29 @@ gp_at:
     call m2p_checks
     /* The vCPU's own PV state, events and guest user mode (user.S). */
     call user_checks
+.ifdef SAVE_POINT
+    /* Variant (pv_xl's save test): say so, then spin SAVE_POINT times at
+     * native speed, a window in which the test pauses, saves and restores
+     * the domain, with its trap table, callbacks, user tables and event
+     * state all set up. Then the trap table registered before the save
+     * must still bounce int3, and every check after this runs on the
+     * restored domain. */
+    lea msg_save_point(%rip), %rdi
+    call puts
+    movabs $SAVE_POINT, %rcx
+1:  dec %rcx
+    jnz 1b
+    mov bp_count(%rip), %rax
+    mov %rax, save_point_bp(%rip)
+    int3
+    mov bp_count(%rip), %rsi
+    sub save_point_bp(%rip), %rsi
+    cmp $1, %rsi
+    sete %al
+    movzbl %al, %edi
+    lea name_save_point(%rip), %rbx
+    call verdict
+.endif
     /* A second vCPU, started with VCPUOP_initialise (smp.S). */
     call smp_checks
     /* The guest's own GDT (gdt.S). */
@@ -919,6 +942,10 @@ name_gp:      .asciz "out at CPL3 bounced as #GP: error code 0, RIP at the out"
 checks_passed: .quad 0
 checks_failed: .quad 0
 bp_count:     .quad 0
+save_point_bp: .quad 0
+msg_save_point: .asciz "kxen-pv-guest: at the save point\n"
+name_save_point: .asciz "int3 still bounces after the save point"
+
 bp_rip:       .quad 0
 bp_cs:        .quad 0
 bp_rflags:    .quad 0
