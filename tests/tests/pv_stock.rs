@@ -54,6 +54,35 @@ const BRIDGE: &str = "kxpbr0";
 const MAC: &str = "00:16:3e:00:00:81";
 const HOTPLUG_MAC: &str = "00:16:3e:00:00:82";
 
+/// The first pinned L4 table of a PV image, read with kxen's own stream
+/// reader.
+fn first_pinned_l4(image: &Path) -> u64 {
+    use kxen_stream::libxc::{LibxcRecord, PageType};
+    use kxen_stream::libxl::{LibxlReader, LibxlRecord};
+    let mut input = std::io::BufReader::new(std::fs::File::open(image).unwrap());
+    kxen_toolstack::savefile::read_header(&mut input).unwrap();
+    let mut libxl = LibxlReader::new(input, kxen_stream::Limits::new(1 << 20)).unwrap();
+    assert!(matches!(
+        libxl.next_record().unwrap(),
+        LibxlRecord::LibxcContext
+    ));
+    let mut libxc = libxl.into_libxc().unwrap();
+    loop {
+        match libxc.next_record().unwrap() {
+            LibxcRecord::PageData(entries) => {
+                if let Some(e) = entries
+                    .iter()
+                    .find(|e| e.page_type == PageType::L4TabPinned)
+                {
+                    return e.pfn;
+                }
+            }
+            LibxcRecord::End => panic!("no pinned L4 in {}", image.display()),
+            _ => {}
+        }
+    }
+}
+
 fn command(d: &Dom0, line: &str, answer: &str) -> String {
     shell_command(d, GUEST, line, answer, COMMAND_LIMIT)
 }
@@ -275,6 +304,28 @@ on_reboot = \"restart\"
         !d.ok(&["list"]).lines().any(|l| l.starts_with(GUEST)),
         "the saved domain is gone"
     );
+    // A hostile image: the first pinned L4 retyped as a pinned L1. The
+    // restore pins the image's tables again, so the PV MMU refuses it
+    // (its hypervisor slots map no frame an L1 may), and no domain stays.
+    let tampered = d.dir.join("pvstock-tampered.save");
+    let l4 = first_pinned_l4(&saved);
+    let mut bytes = std::fs::read(&saved).unwrap();
+    let entry = (l4 | 0xc << 60).to_le_bytes();
+    let at = bytes
+        .windows(8)
+        .position(|w| w == entry)
+        .expect("the L4's PAGE_DATA entry");
+    bytes[at..at + 8].copy_from_slice(&(l4 | 0x9 << 60).to_le_bytes());
+    std::fs::write(&tampered, &bytes).unwrap();
+    let out = d.kxl(&["restore", tampered.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1), "{}", show(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains(&format!("pinning frame {l4:#x}")),
+        "{}",
+        show(&out)
+    );
+    assert!(!d.is_listed(GUEST), "a refused image left a domain");
+    std::fs::remove_file(&tampered).unwrap();
     let from = d.console_log(GUEST).len();
     let started = Instant::now();
     let out = d.kxl(&["restore", saved_arg]);
