@@ -48,6 +48,24 @@ impl Dom0 {
         self.kxl_stdin(args, b"")
     }
 
+    /// `kxl migrate -s SSH GUEST dsthost` from this Dom0 (SSH: a
+    /// [`Dom0::remote_shell`] of the destination's), killed past `limit`.
+    pub fn migrate_within(&self, ssh: &Path, guest: &str, limit: Duration) -> Output {
+        let child = Command::new(workspace_bin("kxl"))
+            .args(["migrate", "-s"])
+            .arg(ssh)
+            .args([guest, "dsthost"])
+            .env("KXEN_STATE_DIR", self.dir.join("state"))
+            .env("KXEN_RUN_DIR", self.dir.join("run"))
+            .envs(self.kxend_env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("kxl migrate");
+        wait_output(child, limit)
+    }
+
     pub fn kxl_stdin(&self, args: &[&str], input: &[u8]) -> Output {
         let mut child = Command::new(workspace_bin("kxl"))
             .args(args)

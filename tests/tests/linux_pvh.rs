@@ -18,14 +18,13 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use kxen_tests::budget;
-use kxen_tests::dom0::{show, wait_output, Dom0};
+use kxen_tests::dom0::{show, Dom0};
 use kxen_tests::linux::{
     check_process_stress, control_action, fscheck_program, guest_kernel, mem_total_kib,
     ping_both_ways, process_stress_line, read_from_image, root_image_with, shell_command,
     wait_mem_total, CMDLINE, PROCESS_STRESS_DONE,
 };
 use kxen_tests::stream::verify_stream_v2;
-use kxen_tests::workspace_bin;
 
 /// The whole test once the kernel is built: about 4 minutes measured on a
 /// PVM host; examples/test.sh stops this step after 13.
@@ -314,18 +313,7 @@ fn migrate_while_writing_and_streaming(src: &Dom0) -> Dom0 {
     let dst = Dom0::new_beside("linuxdst", src, 100);
     let ssh = dst.remote_shell("ssh-dst", "");
     let started = Instant::now();
-    let out = wait_output(
-        Command::new(workspace_bin("kxl"))
-            .args(["migrate", "-s", ssh.to_str().unwrap(), GUEST, "dsthost"])
-            .env("KXEN_STATE_DIR", src.dir.join("state"))
-            .env("KXEN_RUN_DIR", src.dir.join("run"))
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("kxl migrate"),
-        MIGRATE_LIMIT,
-    );
+    let out = src.migrate_within(&ssh, GUEST, MIGRATE_LIMIT);
     let took = started.elapsed();
     assert!(out.status.success(), "kxl migrate: {}", show(&out));
     let stderr = String::from_utf8_lossy(&out.stderr);

@@ -25,18 +25,17 @@
 //! slow tests this one takes a minute or two even on PVM hosts.
 
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use kxen_tests::budget;
-use kxen_tests::dom0::{show, wait_output, whole_lines_after, Dom0};
+use kxen_tests::dom0::{show, whole_lines_after, Dom0};
 use kxen_tests::linux::{
     control_action, mem_total_kib, ping_again, ping_both_ways, read_from_image, root_image_with,
     shell_command, wait_mem_total,
 };
 use kxen_tests::stock::{installed_kernel, pv_initramfs};
 use kxen_tests::stream::verify_stream_v2;
-use kxen_tests::workspace_bin;
 
 /// The whole test: 6 minutes measured on a busy host; examples/test.sh
 /// stops this step after 10.
@@ -81,6 +80,18 @@ fn first_pinned_l4(image: &Path) -> u64 {
             _ => {}
         }
     }
+}
+
+/// The guest's shell answers that vCPUs 0 and 1 are online.
+fn assert_both_vcpus_online(d: &Dom0) {
+    assert_eq!(
+        command(
+            d,
+            "echo cpus-$(cat /sys/devices/system/cpu/online)",
+            "cpus-"
+        ),
+        "cpus-0-1"
+    );
 }
 
 fn command(d: &Dom0, line: &str, answer: &str) -> String {
@@ -340,14 +351,7 @@ on_reboot = \"restart\"
         started.elapsed()
     );
     std::fs::remove_file(&image).unwrap();
-    assert_eq!(
-        command(
-            &d,
-            "echo cpus-$(cat /sys/devices/system/cpu/online)",
-            "cpus-"
-        ),
-        "cpus-0-1"
-    );
+    assert_both_vcpus_online(&d);
     assert_eq!(
         command(
             &d,
@@ -366,18 +370,7 @@ on_reboot = \"restart\"
     let dst = Dom0::new_beside("pvstockdst", &src, 100);
     let ssh = dst.remote_shell("ssh-dst", "");
     let started = Instant::now();
-    let out = wait_output(
-        Command::new(workspace_bin("kxl"))
-            .args(["migrate", "-s", ssh.to_str().unwrap(), GUEST, "dsthost"])
-            .env("KXEN_STATE_DIR", src.dir.join("state"))
-            .env("KXEN_RUN_DIR", src.dir.join("run"))
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("kxl migrate"),
-        MIGRATE_LIMIT,
-    );
+    let out = src.migrate_within(&ssh, GUEST, MIGRATE_LIMIT);
     assert!(out.status.success(), "kxl migrate: {}", show(&out));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("Migration successful."), "{stderr}");
@@ -388,14 +381,7 @@ on_reboot = \"restart\"
     assert!(!src.is_listed(GUEST), "the source still lists the guest");
     let d = dst;
     assert_eq!(command(&d, "echo moved-$((6 * 7))", "moved-"), "moved-42");
-    assert_eq!(
-        command(
-            &d,
-            "echo cpus-$(cat /sys/devices/system/cpu/online)",
-            "cpus-"
-        ),
-        "cpus-0-1"
-    );
+    assert_both_vcpus_online(&d);
     assert_eq!(
         command(&d, "echo read-$(cat /root/restored)", "read-"),
         "read-restored-disk"

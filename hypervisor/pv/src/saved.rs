@@ -18,7 +18,7 @@ use xen_abi::pv::{
 };
 
 use crate::context::{
-    CONTEXT_SIZE, CTRLREG, EVENT_CALLBACK, FAILSAFE_CALLBACK, FLAGS, FS_BASE, GDT_ENTS,
+    half, word, CONTEXT_SIZE, CTRLREG, EVENT_CALLBACK, FAILSAFE_CALLBACK, FLAGS, FS_BASE, GDT_ENTS,
     GS_BASE_KERNEL, GS_BASE_USER, KERNEL_SP, KERNEL_SS, LDT_ENTS, MAX_GDT_ENTS, MAX_LDT_ENTS,
     REGS_CS, REGS_RFLAGS, REGS_RIP, REGS_RSP, REGS_SS, SYSCALL_CALLBACK, TRAP_CTXT, USER_REGS,
 };
@@ -102,20 +102,6 @@ pub enum SavedVcpuError {
     TrapTable,
     #[error("the vCPU has no kernel L4")]
     NoKernelTables,
-}
-
-fn word(bytes: &[u8], at: usize) -> u64 {
-    bytes
-        .get(at..at + 8)
-        .and_then(|b| b.try_into().ok())
-        .map_or(0, u64::from_le_bytes)
-}
-
-fn half(bytes: &[u8], at: usize) -> u16 {
-    bytes
-        .get(at..at + 2)
-        .and_then(|b| b.try_into().ok())
-        .map_or(0, u16::from_le_bytes)
 }
 
 fn put(bytes: &mut [u8], at: usize, value: u64) {

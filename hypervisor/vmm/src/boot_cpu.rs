@@ -231,6 +231,23 @@ pub fn setup_pv_bsp(
 /// GDT, IDT and the vCPU's own TSS (special pages, supervisor-only), so
 /// that exceptions at CPL3 reach the exit stubs at CPL0; the syscall
 /// MSRs; its local APIC enabled for the event vector; runnable.
+/// The hypervisor's TSS, GDT area and IDT a PV vCPU runs with.
+fn pv_system_tables(sregs: &mut kvm_bindings::kvm_sregs, vcpu: u32) {
+    sregs.tr = kvm_segment {
+        base: pv::tss_va(vcpu),
+        limit: 0x67,
+        selector: pv::HV_TSS_SELECTOR,
+        type_: 0xb,
+        present: 1,
+        s: 0,
+        ..Default::default()
+    };
+    sregs.gdt.base = pv::gdt_area_va(vcpu);
+    sregs.gdt.limit = pv::GDT_LIMIT;
+    sregs.idt.base = pv::hv_page_va(pv::IDT_PAGE);
+    sregs.idt.limit = 0xfff;
+}
+
 /// Hold a restored PV vCPU to what kxen runs PV vCPUs with, whatever
 /// the image said: Xen's CPU state of a PV vCPU is the hypervisor's, and
 /// only the guest's registers, selectors and bases come from a save. Its
@@ -253,19 +270,7 @@ pub fn confine_restored_pv_vcpu(
             sregs.cs.dpl
         )));
     }
-    sregs.tr = kvm_segment {
-        base: pv::tss_va(vcpu),
-        limit: 0x67,
-        selector: pv::HV_TSS_SELECTOR,
-        type_: 0xb,
-        present: 1,
-        s: 0,
-        ..Default::default()
-    };
-    sregs.gdt.base = pv::gdt_area_va(vcpu);
-    sregs.gdt.limit = pv::GDT_LIMIT;
-    sregs.idt.base = pv::hv_page_va(pv::IDT_PAGE);
-    sregs.idt.limit = 0xfff;
+    pv_system_tables(&mut sregs, vcpu);
     // The LDT is the vCPU's LDT area, which maps only the descriptor
     // frames its restored MMU state took.
     sregs.ldt = match ldt_limit {
@@ -315,19 +320,7 @@ pub fn setup_pv_vcpu(
     }
     sregs.fs.base = start.fs_base;
     sregs.gs.base = start.gs_base;
-    sregs.tr = kvm_segment {
-        base: pv::tss_va(vcpu),
-        limit: 0x67,
-        selector: pv::HV_TSS_SELECTOR,
-        type_: 0xb,
-        present: 1,
-        s: 0,
-        ..Default::default()
-    };
-    sregs.gdt.base = pv::gdt_area_va(vcpu);
-    sregs.gdt.limit = pv::GDT_LIMIT;
-    sregs.idt.base = pv::hv_page_va(pv::IDT_PAGE);
-    sregs.idt.limit = 0xfff;
+    pv_system_tables(&mut sregs, vcpu);
     sregs.cr0 = 0x8001_0033; // PG | WP | NE | ET | MP | PE
     sregs.cr3 = start.cr3;
     sregs.cr4 = 0x6a0; // OSXMMEXCPT | OSFXSR | PGE | PAE

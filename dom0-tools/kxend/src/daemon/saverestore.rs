@@ -452,13 +452,7 @@ pub(super) fn write_stream_with<W: Write>(
     if pv {
         // kxen's P2M is the identity: the record gives the pfn range and
         // no frames of a guest p2m to rebuild it from.
-        let max_pfn = guest
-            .regions
-            .iter()
-            .filter_map(|r| r.gpa_end())
-            .max()
-            .unwrap_or(0)
-            >> 12;
+        let max_pfn = frames_end(&guest.regions);
         let end = u32::try_from(max_pfn.saturating_sub(1)).unwrap_or(u32::MAX);
         libxc.write_x86_pv_p2m_frames(0, end, &[]).map_err(stream)?;
     }
@@ -534,6 +528,16 @@ pub(super) fn write_stream_with<W: Write>(
     Ok((pages, out))
 }
 
+/// The frame after the last one the memfd regions cover.
+fn frames_end(regions: &[MemfdRegion]) -> u64 {
+    regions
+        .iter()
+        .filter_map(|r| r.gpa_end())
+        .max()
+        .unwrap_or(0)
+        >> 12
+}
+
 /// How long a new VMM's control socket may take to accept.
 const CONNECT_LIMIT: std::time::Duration = std::time::Duration::from_secs(10);
 
@@ -562,13 +566,7 @@ pub(super) fn load_image(input: impl Read, control: &Path) -> Result<Option<Doma
     let mut link = VmmClient::connect_within(control, CONNECT_LIMIT).map_err(|e| e.to_string())?;
     let guest = link.memfd().map_err(|e| e.to_string())?;
     let memfd = File::from(guest.memfd);
-    let max_pfn = guest
-        .regions
-        .iter()
-        .filter_map(|r| r.gpa_end())
-        .max()
-        .unwrap_or(0)
-        >> 12;
+    let max_pfn = frames_end(&guest.regions);
     let bad = |e: kxen_stream::ReadError| format!("bad image: {e}");
     let mut libxl = LibxlReader::new(input, Limits::new(max_pfn)).map_err(bad)?;
     match libxl.next_record().map_err(bad)? {
