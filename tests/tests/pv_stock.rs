@@ -350,7 +350,7 @@ on_reboot = \"restart\"
         "pv_stock: restored and answering in {:.1?}",
         started.elapsed()
     );
-    std::fs::remove_file(&image).unwrap();
+    std::fs::remove_file(&saved).unwrap();
     assert_both_vcpus_online(&d);
     assert_eq!(
         command(
