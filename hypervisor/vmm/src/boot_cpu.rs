@@ -248,23 +248,50 @@ fn pv_system_tables(sregs: &mut kvm_bindings::kvm_sregs, vcpu: u32) {
     sregs.idt.limit = 0xfff;
 }
 
+/// The MSRs besides the syscall ones that decide where a PV vCPU enters
+/// CPL0 (compat-mode `syscall` and `sysenter`): what a load must not
+/// take from an image. [`kept_entry_msrs`] reads them before the load,
+/// [`confine_restored_pv_vcpu`] writes them back.
+const PV_ENTRY_MSRS: [u32; 4] = [0xc000_0083, 0x174, 0x175, 0x176];
+
+/// This vCPU's [`PV_ENTRY_MSRS`] as kxen set them (before a load).
+pub fn kept_entry_msrs(fd: &kvm_ioctls::VcpuFd) -> Result<kvm_bindings::Msrs, VmError> {
+    let entries = PV_ENTRY_MSRS.map(|index| kvm_bindings::kvm_msr_entry {
+        index,
+        ..Default::default()
+    });
+    let mut msrs = kvm_bindings::Msrs::from_entries(&entries)
+        .map_err(|e| VmError::Setup(format!("PV entry MSRs: {e:?}")))?;
+    let read = fd.get_msrs(&mut msrs)?;
+    if read != PV_ENTRY_MSRS.len() {
+        return Err(VmError::Setup(format!(
+            "KVM gave {read} of the {} PV entry MSRs",
+            PV_ENTRY_MSRS.len()
+        )));
+    }
+    Ok(msrs)
+}
+
 /// Hold a restored PV vCPU to what kxen runs PV vCPUs with, whatever
 /// the image said: Xen's CPU state of a PV vCPU is the hypervisor's, and
 /// only the guest's registers, selectors and bases come from a save. Its
 /// code and stack must be at CPL3 (guest kernel and user alike); its
 /// control registers, EFER, GDT, IDT, TSS and syscall MSRs are set as at
-/// boot, and CR3 to the L4 its PV MMU state validated.
+/// boot, CR3 to the L4 its PV MMU state validated, and the compat
+/// syscall and sysenter MSRs back to `kept` (read before the load).
 pub fn confine_restored_pv_vcpu(
     fd: &kvm_ioctls::VcpuFd,
     vcpu: u32,
     cr3: u64,
     ldt_limit: Option<u32>,
+    kept: &kvm_bindings::Msrs,
 ) -> Result<(), VmError> {
     if vcpu >= pv::MAX_PV_VCPUS {
         return Err(VmError::Setup(format!("PV vCPU {vcpu}: out of range")));
     }
     let mut sregs = fd.get_sregs()?;
-    if sregs.cs.dpl != 3 || sregs.ss.dpl != 3 || sregs.cs.selector & 3 != 3 {
+    let code = sregs.cs.s == 1 && sregs.cs.type_ & 0x8 != 0;
+    if !code || sregs.cs.dpl != 3 || sregs.ss.dpl != 3 || sregs.cs.selector & 3 != 3 {
         return Err(VmError::Setup(format!(
             "PV vCPU {vcpu}: the image puts it at CPL {} (a PV vCPU runs at 3)",
             sregs.cs.dpl
@@ -292,6 +319,9 @@ pub fn confine_restored_pv_vcpu(
     sregs.efer = 0xd01;
     fd.set_sregs(&sregs)?;
     pv_syscall_msrs(fd)?;
+    if fd.set_msrs(kept)? != PV_ENTRY_MSRS.len() {
+        return Err(VmError::Setup("KVM refused the PV entry MSRs".into()));
+    }
     // IF set and IOPL 0, as every PV vCPU runs (its IOPL is virtual).
     let mut regs = fd.get_regs()?;
     regs.rflags = (regs.rflags | 0x200) & !0x3000;

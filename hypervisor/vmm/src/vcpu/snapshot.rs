@@ -151,11 +151,13 @@ pub fn run_job(kvm: &mut KvmVcpu, has_run: bool, job: VcpuJob) -> VcpuJobResult 
             vcpu,
             cr3,
             ldt_limit,
-        } => load(kvm, &entries).and_then(|_| {
-            crate::boot_cpu::confine_restored_pv_vcpu(kvm.fd(), vcpu, cr3, ldt_limit)
+        } => {
+            let kept = crate::boot_cpu::kept_entry_msrs(kvm.fd()).map_err(|e| e.to_string())?;
+            load(kvm, &entries)?;
+            crate::boot_cpu::confine_restored_pv_vcpu(kvm.fd(), vcpu, cr3, ldt_limit, &kept)
                 .map(|()| Vec::new())
                 .map_err(|e| e.to_string())
-        }),
+        }
         VcpuJob::SetHypercallReturn(value) => set_hypercall_return(kvm, has_run, value),
     }
 }
