@@ -5,9 +5,6 @@
 //!   8 MiB of its memory as fast as it can: downtime, total time and the
 //!   bytes that went over the pipe, against memory size over the pipe's
 //!   bandwidth, measured through the same script in the same run;
-//! - `kxl migrate` of the classic PV test kernel (256 MiB) spinning at
-//!   CPL3 in its SAVE_POINT window, with its PV MMU and vCPU state,
-//!   beside the PVH guests;
 //! - `kxl save` and `kxl restore` of the idle guest against writing and
 //!   reading the same number of bytes with dd.
 
@@ -61,22 +58,6 @@ fn boot_guest(d: &Dom0, name: &str) {
     let _ = std::fs::write(&cfg, text);
     d.ok(&["create", cfg.to_str().unwrap_or("")]);
     d.wait_console(name, kxen_tests::dom0::SERVICE_READY);
-}
-
-/// The PV test kernel as `name` with `MEMORY_MIB`, two vCPUs, started
-/// and spinning in its save window (tens of seconds at CPL3).
-fn boot_pv_guest(d: &Dom0, name: &str) {
-    let kernel = kxen_tests::pv_test_kernel(&d.dir.join("guest-pv"), &["SAVE_POINT=0x1000000000"]);
-    let cfg = d.dir.join(format!("{name}.cfg"));
-    let _ = std::fs::write(
-        &cfg,
-        format!(
-            "name = \"{name}\"\ntype = \"pv\"\nkernel = \"{}\"\nmemory = {MEMORY_MIB}\nvcpus = 2\n",
-            kernel.display()
-        ),
-    );
-    d.ok(&["create", cfg.to_str().unwrap_or("")]);
-    d.wait_console(name, "kxen-pv-guest: at the save point");
 }
 
 /// Migrate `name` from `src` to `dst`; print its figures against the
@@ -238,15 +219,6 @@ pub fn run() {
         &dst,
         "churn",
         "kxl migrate, guest rewriting 8 MiB as fast as it can",
-        bandwidth,
-    );
-
-    boot_pv_guest(&src, "pvspin");
-    migrate(
-        &src,
-        &dst,
-        "pvspin",
-        "kxl migrate, classic PV test kernel spinning at CPL3",
         bandwidth,
     );
 
