@@ -6,9 +6,18 @@
 use super::*;
 
 /// Loads a saved image through a new VMM's control socket (`kxl restore`);
-/// returns the domain's part of the store if the image carries it.
-pub(super) type RestoreLoader<'a> =
-    dyn Fn(&Path) -> Result<Option<kxen_xenstore::image::DomainImage>, String> + 'a;
+/// returns what the image says of the domain's part of the store.
+pub(super) type RestoreLoader<'a> = dyn Fn(&Path) -> Result<Restored, String> + 'a;
+
+/// How a restored domain was stopped for its image, and so what kxend
+/// does with its part of the store.
+pub(super) enum Restored {
+    /// Paused: its own nodes and watches came with it.
+    Paused(kxen_xenstore::image::DomainImage),
+    /// It suspended itself (Xen's protocol): it reconnects to the store
+    /// on resume, and it keeps using the protocol.
+    Suspended,
+}
 
 impl Daemon {
     /// Create and start a domain; returns its domid.
@@ -155,7 +164,9 @@ impl Daemon {
         let attached =
             await_control_socket(&mut child, &record.control, &vmm_log_path, vmm_log_start)
                 .and_then(|()| match restore {
-                    Some(load) => load(&record.control).map_err(CreateError::Restore),
+                    Some(load) => load(&record.control)
+                        .map(Some)
+                        .map_err(CreateError::Restore),
                     None => Ok(None),
                 })
                 .and_then(|saved_store| {
@@ -196,7 +207,11 @@ impl Daemon {
             .and_then(|()| match &saved_store {
                 // After the toolstack's nodes and the devices': those stay
                 // as written for the new domain.
-                Some(saved) => self.restore_store_part(domid, saved),
+                Some(Restored::Paused(saved)) => self.restore_store_part(domid, saved),
+                Some(Restored::Suspended) => {
+                    self.mark_suspend_capable(&domain);
+                    Ok(())
+                }
                 None => Ok(()),
             });
         if let Err(e) = ready {
@@ -358,6 +373,19 @@ impl Daemon {
             saved.domid
         ));
         Ok(())
+    }
+
+    /// A guest restored from an image it suspended itself for uses Xen's
+    /// suspend protocol, but Linux writes `control/feature-suspend` once,
+    /// at boot, into the store of the domain it booted in. Write it for the
+    /// new domain, as the guest's own node, so that its next save or
+    /// migration asks it to suspend again rather than pausing it (which a
+    /// guest with PV devices cannot be saved through).
+    fn mark_suspend_capable(&self, d: &Domain) {
+        let path = format!("/local/domain/{}/control/feature-suspend", d.record.domid);
+        self.store.write(&path, b"1");
+        self.store
+            .set_perms(&path, &[format!("n{}", d.record.domid)]);
     }
 
     /// The xenstore layout libxl gives a new domain.

@@ -26,6 +26,7 @@ use kxen_toolstack::protocol::{MigrateFrame, MigrateVerdict};
 use kxen_toolstack::savefile;
 
 use super::clients::send;
+use super::lifecycle::Restored;
 use super::precopy::{precopy, PreCopyReport};
 use super::saverestore::{load_image, write_stream_with};
 use super::*;
@@ -335,7 +336,7 @@ impl Daemon {
         };
         // The stream is read once, by the loader, while the new VMM waits.
         let input = Mutex::new(Some(reader));
-        let load = |control: &Path| -> Result<Option<kxen_xenstore::image::DomainImage>, String> {
+        let load = |control: &Path| -> Result<Restored, String> {
             let input = input
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())

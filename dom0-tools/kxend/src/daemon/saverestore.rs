@@ -35,6 +35,7 @@ use kxen_vmm_api::{MemfdRegion, VmmClient};
 use kxen_xenstore::image::DomainImage;
 use kxen_xenstore::Xenstored;
 
+use super::lifecycle::Restored;
 use super::suspend::Stopped;
 use super::*;
 
@@ -358,7 +359,7 @@ impl Daemon {
         let name = config.name.clone();
         // The stream is read once, by the loader, while the new VMM waits.
         let input = Mutex::new(Some(input));
-        let load = |control: &Path| -> Result<Option<DomainImage>, String> {
+        let load = |control: &Path| -> Result<Restored, String> {
             let input = input
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
@@ -559,8 +560,8 @@ const PV_PLATFORM_INDEX: u32 = 2;
 /// Read the libxl stream from `input` into the new VMM behind `control`.
 /// Returns the domain's part of the store if the image carries it (a
 /// domain saved transparently), for the caller to bring back once the new
-/// domain is introduced.
-pub(super) fn load_image(input: impl Read, control: &Path) -> Result<Option<DomainImage>, String> {
+/// domain is introduced, or that the guest had suspended itself.
+pub(super) fn load_image(input: impl Read, control: &Path) -> Result<Restored, String> {
     // The socket's file appears at bind, a moment before the VMM listens
     // (CI once got ECONNREFUSED here): retry the connect, within a limit.
     let mut link = VmmClient::connect_within(control, CONNECT_LIMIT).map_err(|e| e.to_string())?;
@@ -730,7 +731,8 @@ pub(super) fn load_image(input: impl Read, control: &Path) -> Result<Option<Doma
     }
     link.load_state(&image::encode(&vmm))
         .map_err(|e| e.to_string())?;
-    Ok(xenstore)
+    // kxend writes the store record exactly for the domains it paused.
+    Ok(xenstore.map_or(Restored::Suspended, Restored::Paused))
 }
 
 #[cfg(test)]
