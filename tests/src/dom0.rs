@@ -314,7 +314,14 @@ impl Dom0 {
     pub fn console_line(&self, name: &str, line: &str) {
         let mut input = line.as_bytes().to_vec();
         input.extend_from_slice(b"\r\x1d");
-        let _ = self.kxl_stdin(&["console", name], &input);
+        // A console that could not be attached took none of the line: say
+        // so here rather than as a missing answer later.
+        let out = self.kxl_stdin(&["console", name], &input);
+        assert!(
+            out.status.success(),
+            "kxl console {name} (typing {line:?}): {}",
+            show(&out)
+        );
     }
 
     /// Wait for a whole console line starting with `prefix` that ends
