@@ -1387,6 +1387,8 @@ pub enum PvRestoreError {
     Gdt { vcpu: u32, errno: i64 },
     #[error("vCPU {0} is not one of this domain's")]
     NoSuchVcpu(u32),
+    #[error("writing the hypervisor's pages: {0}")]
+    HypervisorPages(PvSetupError),
 }
 
 /// The 4-level walk of `l4` for `va` in guest memory: the frame it maps,
@@ -1451,7 +1453,8 @@ impl PvMachine {
     /// again, which validates each tree from the top: an image's page
     /// tables are as untrusted as a guest's `mmu_update`. Then each
     /// vCPU's L4s are loaded, its GDT and LDT taken, and its PV state
-    /// replaced. On an error the MMU is left as the builder made it.
+    /// replaced. On an error the MMU is left as the builder made it. The
+    /// hypervisor's own special pages are written again first.
     pub fn restore(
         &self,
         mem: &GuestMemoryMmap,
@@ -1465,6 +1468,12 @@ impl PvMachine {
             MMUEXT_PIN_L3_TABLE, MMUEXT_SET_LDT, MMU_MACHPHYS_UPDATE,
         };
         let started = std::time::Instant::now();
+        // The special pages came from the image with the rest of memory;
+        // the hypervisor's own there (its page tables, GDT, IDT, TSS and
+        // entry stubs, which run at CPL0 in the guest) are written again,
+        // as the builder wrote them, whatever the image held.
+        write_hypervisor_tables(mem).map_err(PvRestoreError::HypervisorPages)?;
+        write_trap_pages(mem).map_err(PvRestoreError::HypervisorPages)?;
         let mut mmu = self.mmu.lock().unwrap_or_else(|e| e.into_inner()).emptied();
         let mut frames = GuestFrames {
             mem,
