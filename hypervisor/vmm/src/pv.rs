@@ -242,6 +242,11 @@ pub(crate) const fn hv_page_va(page: u64) -> u64 {
 const fn trap_page_gfn(page: u64) -> u64 {
     crate::memory::SPECIAL_BASE_GFN + TRAP_PAGES_FIRST + page - 1
 }
+
+/// The frame of the PV vCPUs' IDT (a special page the hypervisor owns).
+pub const fn idt_gfn() -> u64 {
+    trap_page_gfn(IDT_PAGE)
+}
 /// vCPU `vcpu`'s RSP0 stack top (16-byte aligned: the CPU aligns it
 /// anyway). Each vCPU has its own slot: two vCPUs trapping at once must
 /// not share one frame.
