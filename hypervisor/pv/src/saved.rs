@@ -13,8 +13,8 @@
 //! MMU, when the executor takes references on them (as Xen does).
 
 use xen_abi::pv::{
-    FLAT_RING3_CS64, FLAT_RING3_SS64, VGCF_FAILSAFE_DISABLES_EVENTS, VGCF_IN_KERNEL, VGCF_ONLINE,
-    VGCF_SYSCALL_DISABLES_EVENTS,
+    FLAT_RING3_CS64, FLAT_RING3_SS64, VGCF_FAILSAFE_DISABLES_EVENTS, VGCF_I387_VALID,
+    VGCF_IN_KERNEL, VGCF_ONLINE, VGCF_SYSCALL_DISABLES_EVENTS,
 };
 
 use crate::context::{
@@ -81,7 +81,13 @@ pub struct SavedVcpu {
     /// MMUEXT_SET_LDT's linear base and entry count (0: no LDT).
     pub ldt_base: u64,
     pub ldt_entries: u32,
+    /// The FXSAVE image (`fpu_ctxt`, VGCF_i387_valid), when the saver had
+    /// it: kxen's vCPU state carries the whole XSAVE area besides.
+    pub fpu: Option<Box<[u8; FPU_SIZE]>>,
 }
+
+/// Bytes of `fpu_ctxt`, the context's first field (an FXSAVE image).
+pub const FPU_SIZE: usize = 512;
 
 /// Why a saved vCPU's records were refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -122,9 +128,8 @@ fn canonical(what: &'static str, value: u64) -> Result<u64, SavedVcpuError> {
 
 impl SavedVcpu {
     /// The X86_PV_VCPU_BASIC body: a 64-bit `vcpu_guest_context` as
-    /// Xen's `arch_get_info_guest` fills it for an online PV vCPU. The
-    /// FPU image is not in it (kxen's vCPU state carries the whole XSAVE
-    /// area), so VGCF_i387_valid is clear.
+    /// Xen's `arch_get_info_guest` fills it for an online PV vCPU, with
+    /// the FXSAVE image and VGCF_i387_valid when [`SavedVcpu::fpu`] has one.
     pub fn encode_basic(&self) -> Vec<u8> {
         let s = &self.state;
         let mut b = vec![0u8; CONTEXT_SIZE];
@@ -132,6 +137,10 @@ impl SavedVcpu {
             | (s.vgc_flags & (VGCF_FAILSAFE_DISABLES_EVENTS | VGCF_SYSCALL_DISABLES_EVENTS));
         if s.kernel_mode {
             flags |= VGCF_IN_KERNEL;
+        }
+        if let Some(fpu) = &self.fpu {
+            b[..FPU_SIZE].copy_from_slice(&fpu[..]);
+            flags |= VGCF_I387_VALID;
         }
         put(&mut b, FLAGS, flags);
         let r = &self.regs;
@@ -302,6 +311,11 @@ impl SavedVcpu {
             // Xen keeps no NMI callback in a saved context either.
             nmi_callback: 0,
         };
+        let fpu = (flags & VGCF_I387_VALID != 0).then(|| {
+            let mut image = Box::new([0u8; FPU_SIZE]);
+            image.copy_from_slice(&basic[..FPU_SIZE]);
+            image
+        });
         Ok(SavedVcpu {
             state,
             regs,
@@ -309,6 +323,7 @@ impl SavedVcpu {
             user_l4,
             ldt_base: canonical("ldt_base", word(basic, LDT_BASE))?,
             ldt_entries: ldt_entries as u32,
+            fpu,
         })
     }
 }
@@ -368,6 +383,7 @@ mod tests {
             user_l4: Some(0x2001),
             ldt_base: 0x7f00_0001_0000,
             ldt_entries: 16,
+            fpu: Some(Box::new([0x5a; FPU_SIZE])),
         }
     }
 

@@ -1418,8 +1418,14 @@ impl PvMachine {
         self.shared_info_gpa
     }
 
-    /// vCPU `vcpu`'s PV state, with `regs` its registers, for a save.
-    pub fn saved_vcpu(&self, vcpu: u32, regs: kxen_pv::SavedRegs) -> Option<kxen_pv::SavedVcpu> {
+    /// vCPU `vcpu`'s PV state, with `regs` its registers and `fpu` its
+    /// FXSAVE image, for a save.
+    pub fn saved_vcpu(
+        &self,
+        vcpu: u32,
+        regs: kxen_pv::SavedRegs,
+        fpu: &[u8; kxen_pv::saved::FPU_SIZE],
+    ) -> Option<kxen_pv::SavedVcpu> {
         let (kernel_l4, user_l4, ldt_base, ldt_entries) = {
             let mmu = self.mmu.lock().unwrap_or_else(|e| e.into_inner());
             let s = mmu.vcpu(vcpu as usize)?;
@@ -1433,6 +1439,7 @@ impl PvMachine {
             user_l4,
             ldt_base,
             ldt_entries,
+            fpu: Some(Box::new(*fpu)),
         })
     }
 

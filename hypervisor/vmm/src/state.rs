@@ -472,7 +472,7 @@ fn pv_vcpu_records(
             gs: cpu.gs_sel as u16,
         };
         let saved = pv
-            .saved_vcpu(*vcpu, regs)
+            .saved_vcpu(*vcpu, regs, &cpu.fpu_regs)
             .ok_or_else(|| StateError::Vcpu(*vcpu, "no PV state".into()))?;
         out.push(image::PvVcpuRecords {
             vcpu: *vcpu,
