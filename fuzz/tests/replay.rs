@@ -1915,8 +1915,25 @@ fn xl_savefile() {
 /// behind (event channels of each kind, a timer, a placed grant frame),
 /// as the VMM frames it, followed by `calls`.
 fn xen_state_seed(calls: &[Vec<u8>]) -> Vec<u8> {
+    xen_state_seed_with(calls, false)
+}
+
+/// [`xen_state_seed`], on FIFO event channels when `fifo` (vCPU 0's
+/// control block at GFN 0x10, an event array page at 0x20, an event left
+/// queued).
+fn xen_state_seed_with(calls: &[Vec<u8>], fifo: bool) -> Vec<u8> {
     use kxen_xen::harness;
     let (domain, _) = harness::domain();
+    if fifo {
+        // EVTCHNOP_init_control {control_gfn, offset, vcpu, link_bits}.
+        let mut init = le64(0x10).to_vec();
+        init.extend([0u8; 16]);
+        assert!(harness::write_guest(&domain, 0x1000, &init));
+        assert_eq!(harness::hypercall(&domain, 32, [11, 0x1000, 0, 0, 0]), 0);
+        // EVTCHNOP_expand_array {array_gfn}.
+        assert!(harness::write_guest(&domain, 0x1000, &le64(0x20)));
+        assert_eq!(harness::hypercall(&domain, 32, [12, 0x1000, 0, 0, 0]), 0);
+    }
     // EVTCHNOP_alloc_unbound {dom, remote_dom, port}: a loopback channel.
     let mut alloc = le16(DOMID_SELF).to_vec();
     alloc.extend(le16(DOMID_SELF));
@@ -1944,7 +1961,11 @@ fn xen_snapshot() {
         hypercall(32, 1, [3, 0x1000, 0, 0, 0]),
         hypercall(20, 0, [6, 0x3000, 1, 0, 0]),
     ];
-    let seeds = vec![xen_state_seed(&[]), xen_state_seed(&calls)];
+    let seeds = vec![
+        xen_state_seed(&[]),
+        xen_state_seed(&calls),
+        xen_state_seed_with(&calls, true),
+    ];
     replay("xen_snapshot", kxen_fuzz::xen_snapshot, seeds);
 }
 

@@ -59,7 +59,151 @@ pub struct FifoState {
     ports: Vec<FifoPort>,
 }
 
+/// A domain's FIFO state as a save image carries it (issue 17): what
+/// the hypervisor keeps beside the guest's control blocks and event
+/// words, which travel in its memory.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct FifoSnapshot {
+    /// Each vCPU's control block GPA (None: not registered).
+    pub control_blocks: Vec<Option<u64>>,
+    /// The event array pages' GFNs, in port order.
+    pub array_pages: Vec<u64>,
+    /// Per vCPU, the port last linked onto each priority's queue.
+    pub tails: Vec<[u32; EVTCHN_FIFO_MAX_QUEUES]>,
+    /// The size of the per-port table.
+    pub nr_ports: u32,
+    /// The ports whose state differs from a new port's: (port, priority,
+    /// parked, last vCPU, last priority).
+    pub ports: Vec<(u32, u8, bool, u32, u8)>,
+}
+
+/// Why a FIFO snapshot was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FifoSnapshotError {
+    #[error("{0} control blocks for a {1}-vCPU domain")]
+    VcpuCount(usize, u32),
+    #[error("no vCPU registered a control block")]
+    NoControlBlock,
+    #[error("vCPU {vcpu}'s control block at {gpa:#x} is not an aligned block in RAM")]
+    ControlBlock { vcpu: u32, gpa: u64 },
+    #[error("event array page {index} at GFN {gfn:#x} is not RAM, or past the ABI's pages")]
+    ArrayPage { index: usize, gfn: u64 },
+    #[error("{0} ports is more than FIFO addresses")]
+    PortCount(u32),
+    #[error("port {port}: {why}")]
+    Port { port: u32, why: &'static str },
+}
+
 impl FifoState {
+    /// The state as a save image carries it.
+    pub fn snapshot(&self) -> FifoSnapshot {
+        let default = FifoPort::default();
+        FifoSnapshot {
+            control_blocks: self.control_blocks.clone(),
+            array_pages: self.array_pages.clone(),
+            tails: self.tails.clone(),
+            nr_ports: self.ports.len() as u32,
+            ports: self
+                .ports
+                .iter()
+                .enumerate()
+                .filter(|(_, p)| {
+                    (p.priority, p.parked, p.last_vcpu, p.last_priority)
+                        != (
+                            default.priority,
+                            default.parked,
+                            default.last_vcpu,
+                            default.last_priority,
+                        )
+                })
+                .map(|(port, p)| {
+                    (
+                        port as u32,
+                        p.priority,
+                        p.parked,
+                        p.last_vcpu,
+                        p.last_priority,
+                    )
+                })
+                .collect(),
+        }
+    }
+
+    /// The state of a saved domain (hostile: from a restore image) of
+    /// `nr_vcpus` vCPUs, `is_ram` saying which GFNs are its RAM. Every
+    /// field is checked as the hypercalls that set it check theirs.
+    pub fn from_snapshot(
+        snap: &FifoSnapshot,
+        nr_vcpus: u32,
+        is_ram: impl Fn(u64) -> bool,
+    ) -> Result<FifoState, FifoSnapshotError> {
+        let vcpus = nr_vcpus as usize;
+        if snap.control_blocks.len() != vcpus || snap.tails.len() != vcpus {
+            return Err(FifoSnapshotError::VcpuCount(
+                snap.control_blocks.len().max(snap.tails.len()),
+                nr_vcpus,
+            ));
+        }
+        if snap.control_blocks.iter().all(Option::is_none) {
+            return Err(FifoSnapshotError::NoControlBlock);
+        }
+        for (vcpu, gpa) in snap.control_blocks.iter().enumerate() {
+            let Some(gpa) = *gpa else { continue };
+            let offset = gpa & 0xfff;
+            if !gpa.is_multiple_of(8)
+                || offset > 4096 - u64::from(EVTCHN_FIFO_CONTROL_BLOCK_SIZE)
+                || !is_ram(gpa >> 12)
+            {
+                return Err(FifoSnapshotError::ControlBlock {
+                    vcpu: vcpu as u32,
+                    gpa,
+                });
+            }
+        }
+        for (index, &gfn) in snap.array_pages.iter().enumerate() {
+            if index as u32 >= EVTCHN_FIFO_MAX_ARRAY_PAGES || !is_ram(gfn) {
+                return Err(FifoSnapshotError::ArrayPage { index, gfn });
+            }
+        }
+        if snap.nr_ports > EVTCHN_FIFO_NR_CHANNELS {
+            return Err(FifoSnapshotError::PortCount(snap.nr_ports));
+        }
+        let mut state = FifoState::new(nr_vcpus, snap.nr_ports);
+        state.control_blocks = snap.control_blocks.clone();
+        state.array_pages = snap.array_pages.clone();
+        for tails in &snap.tails {
+            if let Some(&port) = tails.iter().find(|&&p| p >= snap.nr_ports) {
+                return Err(FifoSnapshotError::Port {
+                    port,
+                    why: "a queue's tail past the port table",
+                });
+            }
+        }
+        state.tails = snap.tails.clone();
+        for &(port, priority, parked, last_vcpu, last_priority) in &snap.ports {
+            let bad = |why| FifoSnapshotError::Port { port, why };
+            let slot = state
+                .ports
+                .get_mut(port as usize)
+                .ok_or(bad("past the port table"))?;
+            if u32::from(priority) > EVTCHN_FIFO_PRIORITY_MIN
+                || u32::from(last_priority) > EVTCHN_FIFO_PRIORITY_MIN
+            {
+                return Err(bad("a priority past the lowest"));
+            }
+            if last_vcpu >= nr_vcpus {
+                return Err(bad("last linked on a vCPU the domain lacks"));
+            }
+            *slot = FifoPort {
+                priority,
+                parked,
+                last_vcpu,
+                last_priority,
+            };
+        }
+        Ok(state)
+    }
+
     /// FIFO state for `nr_vcpus` vCPUs and a port table of `nr_ports`.
     pub fn new(nr_vcpus: u32, nr_ports: u32) -> Self {
         FifoState {

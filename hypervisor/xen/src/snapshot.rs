@@ -73,13 +73,16 @@ pub struct XenSnapshot {
     /// balloon travel; the rest of this record is empty.
     #[serde(default)]
     pub suspended: bool,
+    /// The FIFO event state of a domain that switched to the FIFO ABI.
+    #[serde(default)]
+    pub fifo: Option<crate::evtchn_fifo::FifoSnapshot>,
 }
 
 /// Why a snapshot cannot be taken or loaded.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum SnapshotError {
-    #[error("the domain uses FIFO event channels, which kxen cannot save yet")]
-    FifoEvents,
+    #[error("FIFO event channels: {0}")]
+    Fifo(#[from] crate::evtchn_fifo::FifoSnapshotError),
     #[error("the image is for {image} vCPUs, this domain has {domain}")]
     VcpuCount { image: u32, domain: u32 },
     #[error("HVM param {0} is out of range")]
@@ -188,10 +191,8 @@ impl Domain {
         if self.suspended_by().is_some() {
             return Ok(self.suspended_snapshot());
         }
-        if self.uses_fifo_events() {
-            return Err(SnapshotError::FifoEvents);
-        }
         let st = self.lock();
+        let fifo = self.fifo_lock().as_ref().map(|f| f.snapshot());
         let vcpus = (0..self.cfg.nr_vcpus)
             .map(|vcpu| {
                 let rs = self.current_runstate(&st, vcpu).unwrap_or_default();
@@ -234,6 +235,7 @@ impl Domain {
             grant_version: st.grants.version,
             grant_frames: placed(&st.grants.frames),
             grant_status_frames: placed(&st.grants.status_frames),
+            fifo,
             ballooned: st.ballooned.iter().copied().collect(),
             vm_assist: st.vm_assist,
             suspended: false,
@@ -355,6 +357,22 @@ impl Domain {
                 .ok_or(SnapshotError::ParamIndex(index))? = value;
         }
         let mut ports = PortTable::new(self.cfg.nr_vcpus, self.cfg.max_evtchn_port);
+        // A FIFO domain's ports go past the 2-level ABI's.
+        let fifo = match &snap.fifo {
+            Some(fifo) => {
+                ports.set_abi_ports(xen_abi::event_channel::EVTCHN_FIFO_NR_CHANNELS);
+                let is_ram = |gfn| gfn < self.cfg.max_ram_gfn() && self.cfg.is_ram(gfn);
+                let state =
+                    crate::evtchn_fifo::FifoState::from_snapshot(fifo, self.cfg.nr_vcpus, is_ram)?;
+                if fifo.nr_ports < ports.limit() {
+                    return Err(
+                        crate::evtchn_fifo::FifoSnapshotError::PortCount(fifo.nr_ports).into(),
+                    );
+                }
+                Some(state)
+            }
+            None => None,
+        };
         for p in &snap.ports {
             let state = port_state(p)?;
             if let PortState::Interdomain {
@@ -525,6 +543,13 @@ impl Domain {
         st.grants.status_frames = status_frames;
         st.ballooned = snap.ballooned.iter().copied().collect();
         st.vm_assist = snap.vm_assist;
+        let was_fifo = self.uses_fifo_events();
+        let is_fifo = fifo.is_some();
+        *self.fifo_lock() = fifo;
+        if was_fifo != is_fifo {
+            // Dom0's backends raise this domain's events by its ABI.
+            self.platform.event_abi_changed(is_fifo);
+        }
         for (i, v) in snap.vcpus.iter().enumerate() {
             let target = &mut st.vcpus[i];
             target.vcpu_info_gpa = v.vcpu_info_gpa;

@@ -357,3 +357,83 @@ fn dom0_raise_requests_reach_only_ports_bound_to_dom0() {
     assert_eq!(head(&d, 0, 7), backend);
     assert_eq!(upcalls(platform), before + 1);
 }
+
+/// Copy page `gfn` of guest memory from `from` to `to` (a save's memory
+/// travels beside the Xen state).
+fn copy_page(from: &Domain, to: &Domain, gfn: u64) {
+    let mut page = [0u8; 4096];
+    from.mem
+        .memory()
+        .read_slice(&mut page, GuestAddress(gfn << 12))
+        .unwrap();
+    put(to, gfn << 12, &page);
+}
+
+#[test]
+fn a_fifo_domain_is_saved_and_restored_with_its_queues() {
+    let (d, _) = fifo_domain();
+    let first = bind_ipi(&d, 0);
+    let second = bind_ipi(&d, 0);
+    assert_eq!(set_priority(&d, second, 3), 0);
+    let third = bind_ipi(&d, 0);
+    send(&d, first);
+    assert_eq!(head(&d, 0, EVTCHN_FIFO_PRIORITY_DEFAULT), first);
+    let snap = d.snapshot().expect("a FIFO domain's snapshot");
+    let fifo = snap.fifo.as_ref().expect("the FIFO state is in it");
+    assert_eq!(fifo.tails[0][EVTCHN_FIFO_PRIORITY_DEFAULT as usize], first);
+    assert!(fifo.ports.iter().any(|p| p.0 == second && p.1 == 3));
+
+    let (fresh, platform) = harness::domain();
+    for gfn in [CONTROL_GFN, ARRAY_GFN] {
+        copy_page(&d, &fresh, gfn);
+    }
+    fresh.load_snapshot(&snap).expect("loads");
+    assert!(fresh.uses_fifo_events());
+    assert_eq!(
+        *platform.event_abi.lock().unwrap(),
+        vec![true],
+        "Dom0 learns the restored domain's ABI"
+    );
+    // The queue goes on from its saved tail: a new event links behind the
+    // one still pending (without the tail, it would become the head).
+    send(&fresh, third);
+    assert_eq!(head(&fresh, 0, EVTCHN_FIFO_PRIORITY_DEFAULT), first);
+    assert_eq!(word(&fresh, first), PENDING | LINKED | third);
+    // The saved priority holds: this one goes on queue 3.
+    send(&fresh, second);
+    assert_eq!(head(&fresh, 0, 3), second);
+    assert_ne!(ready(&fresh, 0) & 1 << 3, 0);
+}
+
+#[test]
+fn hostile_fifo_snapshots_are_refused() {
+    let (d, _) = fifo_domain();
+    let port = bind_ipi(&d, 0);
+    send(&d, port);
+    let snap = d.snapshot().unwrap();
+    type Spoil = fn(&mut kxen_xen::evtchn_fifo::FifoSnapshot);
+    let cases: [(&str, Spoil); 7] = [
+        ("a misaligned control block", |f| {
+            f.control_blocks[0] = Some((CONTROL_GFN << 12) + 4)
+        }),
+        ("a control block across a page", |f| {
+            f.control_blocks[0] = Some((CONTROL_GFN << 12) + 4088)
+        }),
+        ("an array page outside RAM", |f| f.array_pages[0] = 1 << 40),
+        ("a tail past the ports", |f| f.tails[0][7] = f.nr_ports),
+        ("a vCPU too many", |f| f.tails.push([0; 16])),
+        ("a port priority past the lowest", |f| {
+            f.ports.push((1, 16, false, 0, 7))
+        }),
+        ("more ports than FIFO has", |f| {
+            f.nr_ports = EVTCHN_FIFO_NR_CHANNELS + 1
+        }),
+    ];
+    for (what, spoil) in cases {
+        let mut bad = snap.clone();
+        spoil(bad.fifo.as_mut().unwrap());
+        let (fresh, _) = harness::domain();
+        assert!(fresh.load_snapshot(&bad).is_err(), "{what} was taken");
+        assert!(!fresh.uses_fifo_events(), "{what} half-applied");
+    }
+}

@@ -52,8 +52,7 @@ fn suspend_keeps_the_domain_and_is_reported_once() {
 fn a_suspended_snapshot_loads_onto_the_new_domains_own_state() {
     let (d, _) = harness::domain();
     let old_port = bind_ipi(&d);
-    // FIFO would make a paused domain's snapshot fail; a suspended guest's
-    // event state is not saved at all.
+    // A suspended guest's event state is not saved at all.
     assert_eq!(suspend(&d), 0);
     let snap = d.snapshot().expect("a suspended domain's snapshot");
     assert!(snap.suspended);
