@@ -35,3 +35,20 @@ pub fn verify_stream_v2(image: &Path, format: &str, records: &[&str]) {
         assert!(stdout.contains(record), "no {record:?} in:\n{stdout}");
     }
 }
+
+/// The libxc stream of the xl savefile `image`, opened with kxen's own
+/// reader (past xl's header and libxl's LIBXC_CONTEXT), for tests that
+/// look inside an image.
+pub fn libxc_records(
+    image: &Path,
+) -> kxen_stream::libxc::LibxcReader<std::io::BufReader<std::fs::File>> {
+    use kxen_stream::libxl::{LibxlReader, LibxlRecord};
+    let mut input = std::io::BufReader::new(std::fs::File::open(image).unwrap());
+    kxen_toolstack::savefile::read_header(&mut input).unwrap();
+    let mut libxl = LibxlReader::new(input, kxen_stream::Limits::new(1 << 20)).unwrap();
+    assert!(matches!(
+        libxl.next_record().unwrap(),
+        LibxlRecord::LibxcContext
+    ));
+    libxl.into_libxc().unwrap()
+}

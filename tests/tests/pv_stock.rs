@@ -57,15 +57,7 @@ const HOTPLUG_MAC: &str = "00:16:3e:00:00:82";
 /// reader.
 fn first_pinned_l4(image: &Path) -> u64 {
     use kxen_stream::libxc::{LibxcRecord, PageType};
-    use kxen_stream::libxl::{LibxlReader, LibxlRecord};
-    let mut input = std::io::BufReader::new(std::fs::File::open(image).unwrap());
-    kxen_toolstack::savefile::read_header(&mut input).unwrap();
-    let mut libxl = LibxlReader::new(input, kxen_stream::Limits::new(1 << 20)).unwrap();
-    assert!(matches!(
-        libxl.next_record().unwrap(),
-        LibxlRecord::LibxcContext
-    ));
-    let mut libxc = libxl.into_libxc().unwrap();
+    let mut libxc = kxen_tests::stream::libxc_records(image);
     loop {
         match libxc.next_record().unwrap() {
             LibxcRecord::PageData(entries) => {

@@ -212,15 +212,7 @@ fn kxl_creates_pv_domains_with_and_without_type() {
 /// stream reader.
 fn page_in_image(image: &std::path::Path, pfn: u64) -> Vec<u8> {
     use kxen_stream::libxc::LibxcRecord;
-    use kxen_stream::libxl::{LibxlReader, LibxlRecord};
-    let mut input = std::io::BufReader::new(std::fs::File::open(image).unwrap());
-    kxen_toolstack::savefile::read_header(&mut input).unwrap();
-    let mut libxl = LibxlReader::new(input, kxen_stream::Limits::new(1 << 20)).unwrap();
-    assert!(matches!(
-        libxl.next_record().unwrap(),
-        LibxlRecord::LibxcContext
-    ));
-    let mut libxc = libxl.into_libxc().unwrap();
+    let mut libxc = kxen_tests::stream::libxc_records(image);
     let mut page = [0u8; 4096];
     loop {
         match libxc.next_record().unwrap() {

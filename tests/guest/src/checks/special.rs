@@ -346,6 +346,24 @@ pub fn evtchn_fifo() -> R {
     Ok(())
 }
 
+/// EVTCHNOP_init_control for vCPU 0, its control block at the start of
+/// `page`: the switch to the FIFO ABI.
+fn init_control_vcpu0(page: &SharedPage) -> R {
+    use xen_abi::event_channel::{InitControl, EVTCHNOP_INIT_CONTROL};
+    let mut init = InitControl {
+        control_gfn: page.0.as_ptr() as u64 >> 12,
+        offset: 0,
+        vcpu: 0,
+        link_bits: 0,
+        _pad: [0; 7],
+    };
+    rc_is(
+        "EVTCHNOP_init_control(vCPU 0)",
+        event_channel_op(EVTCHNOP_INIT_CONTROL, &mut init),
+        0,
+    )
+}
+
 /// How long [`evtchn_fifo_save`] waits at its save point (guest time,
 /// which a restore continues from where the save left it).
 const SAVE_WINDOW_MS: u64 = 5000;
@@ -363,18 +381,7 @@ pub fn evtchn_fifo_save() -> R {
     const LINKED: u32 = 1 << EVTCHN_FIFO_LINKED;
 
     console::mirror_to_console_io();
-    let mut init = InitControl {
-        control_gfn: FIFO_CONTROL.0.as_ptr() as u64 >> 12,
-        offset: 0,
-        vcpu: 0,
-        link_bits: 0,
-        _pad: [0; 7],
-    };
-    rc_is(
-        "EVTCHNOP_init_control(vCPU 0)",
-        event_channel_op(EVTCHNOP_INIT_CONTROL, &mut init),
-        0,
-    )?;
+    init_control_vcpu0(&FIFO_CONTROL)?;
     let mut expand = ExpandArray {
         array_gfn: FIFO_ARRAY.0.as_ptr() as u64 >> 12,
     };
@@ -528,18 +535,7 @@ pub fn evtchn_fifo_ports() -> R {
     if !(NR_EVENT_CHANNELS_2L..5 * EVTCHN_FIFO_WORDS_PER_PAGE).contains(&max) {
         bail!("kxen.evtchn_max={max}: this check needs 4096..5119");
     }
-    let mut init = InitControl {
-        control_gfn: FIFO_PORTS_CONTROL.0.as_ptr() as u64 >> 12,
-        offset: 0,
-        vcpu: 0,
-        link_bits: 0,
-        _pad: [0; 7],
-    };
-    rc_is(
-        "EVTCHNOP_init_control(vCPU 0)",
-        event_channel_op(EVTCHNOP_INIT_CONTROL, &mut init),
-        0,
-    )?;
+    init_control_vcpu0(&FIFO_PORTS_CONTROL)?;
     let pages = (max / EVTCHN_FIFO_WORDS_PER_PAGE + 1) as usize;
     for page in &FIFO_PORTS_ARRAY[..pages] {
         let mut expand = ExpandArray {
