@@ -95,6 +95,34 @@ pub fn shell_command(d: &Dom0, guest: &str, line: &str, answer: &str, limit: Dur
     }
 }
 
+/// Wait until `guest`'s shell answers again after a resume (a restore,
+/// a migration, a checkpoint): type `echo TAG-$((40 + n))` and wait a few
+/// seconds for `TAG-(40+n)`, with a new `n` each time, until `limit`. A
+/// line typed while the resuming guest's processes are still frozen can
+/// reach its shell mangled, and such an echo is harmless to repeat.
+/// Returns how many tries it took.
+pub fn wait_shell_answers(d: &Dom0, guest: &str, tag: &str, limit: Duration) -> u32 {
+    let start = Instant::now();
+    for n in 0u32.. {
+        let from = d.console_log(guest).len();
+        d.console_line(guest, &format!("echo {tag}-$((40 + {n}))"));
+        let answer = format!("{tag}-{}", 40 + n);
+        let tried = Instant::now();
+        while tried.elapsed() < Duration::from_secs(3) {
+            if whole_lines_after(&d.console_log(guest), from).any(|l| l.trim() == answer) {
+                return n + 1;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(
+            start.elapsed() < limit,
+            "{guest}'s shell did not answer {tag} within {limit:?}; console:\n{}",
+            d.console_log(guest)
+        );
+    }
+    unreachable!("u32 tries run out")
+}
+
 /// `tests/linux-user/fscheck.S`, assembled and linked into `dir`: a static
 /// user program that sets its FS base with `arch_prctl` over and over and
 /// reads it back after every system call (see the source). Put it in a

@@ -22,7 +22,7 @@ use kxen_tests::dom0::{show, Dom0};
 use kxen_tests::linux::{
     check_process_stress, control_action, fscheck_program, guest_kernel, mem_total_kib,
     ping_both_ways, process_stress_line, read_from_image, root_image_with, shell_command,
-    wait_mem_total, CMDLINE, PROCESS_STRESS_DONE,
+    wait_mem_total, wait_shell_answers, CMDLINE, PROCESS_STRESS_DONE,
 };
 use kxen_tests::stream::verify_stream_v2;
 
@@ -329,7 +329,7 @@ fn migrate_while_writing_and_streaming(src: &Dom0) -> Dom0 {
 
     // The shell answers on the destination, on both vCPUs.
     let d = dst;
-    assert_eq!(command(&d, "echo kxen-$((6 * 7))", "kxen-42"), "kxen-42");
+    wait_shell_answers(&d, GUEST, "moved", COMMAND_LIMIT);
     assert_eq!(
         command(
             &d,
