@@ -2070,7 +2070,7 @@ args root=/dev/xvda ro console=hvc0 quiet\0\0"
 
 #[test]
 fn xenstore_image() {
-    use kxen_xenstore::image::{DomainImage, ImageNode, ImageWatch};
+    use kxen_xenstore::image::{DomainImage, ImageNode, ImageWatch, RingImage};
     use kxen_xenstore::{Access, Perm, Perms};
     let full = DomainImage {
         domid: 3,
@@ -2101,7 +2101,28 @@ fn xenstore_image() {
                 token: b"special".to_vec(),
             },
         ],
+        ring: None,
     };
-    let seeds = vec![full.encode(), DomainImage::default().encode()];
+    // A domain saved mid-exchange: a half-taken request, queued output
+    // and an open transaction.
+    let mut partial = vec![11, 0, 0, 0, 4, 0, 0, 0, 0, 0, 0, 0, 20, 0, 0, 0];
+    partial.extend_from_slice(b"data/x\0");
+    let in_flight = DomainImage {
+        ring: Some(RingImage {
+            req_cons: 100,
+            req_prod: 120,
+            rsp_cons: u32::MAX - 10,
+            rsp_prod: 1013,
+            partial_request: partial,
+            pending_output: vec![7; 300],
+            transactions: vec![1, 2],
+        }),
+        ..full.clone()
+    };
+    let seeds = vec![
+        full.encode(),
+        in_flight.encode(),
+        DomainImage::default().encode(),
+    ];
     replay("xenstore_image", kxen_fuzz::xenstore_image, seeds);
 }

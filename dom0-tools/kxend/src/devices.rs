@@ -661,6 +661,12 @@ impl DomainDevices {
             }
             return Err(e);
         }
+        // The xenstore ring too: a reply written to it after its page
+        // went into the image would be lost, and the connection's state
+        // (a half-read request, queued replies) goes with the image.
+        if let Err(e) = self.store.freeze_domain(self.domid) {
+            debug!(domid = self.domid, "no xenstore ring to freeze: {e}");
+        }
         self.quiesced
             .store(true, std::sync::atomic::Ordering::SeqCst);
         Ok(())
@@ -688,6 +694,9 @@ impl DomainDevices {
         }
         for v in self.virtio_controls() {
             v.resume();
+        }
+        if let Err(e) = self.store.thaw_domain(self.domid) {
+            debug!(domid = self.domid, "no xenstore ring to thaw: {e}");
         }
         self.quiesced
             .store(false, std::sync::atomic::Ordering::SeqCst);

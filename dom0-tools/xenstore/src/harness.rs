@@ -102,6 +102,19 @@ impl Harness {
         r
     }
 
+    /// Hold a domain's ring still, or let it go (as
+    /// [`crate::Xenstored::freeze_domain`] and
+    /// [`crate::Xenstored::thaw_domain`], which also kicks it).
+    pub fn freeze(&mut self, domid: u32, frozen: bool) -> Result<(), XsError> {
+        let r = self.core.freeze_ring(domid, frozen);
+        self.core.flush_dirty();
+        self.core.take_effects().run();
+        if r.is_ok() && !frozen {
+            self.kick(domid);
+        }
+        r
+    }
+
     /// Drop timed-out watch events as of `now`.
     pub fn expire(&mut self, now: std::time::Instant) {
         self.core.expire_events(now);

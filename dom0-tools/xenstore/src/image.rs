@@ -16,16 +16,27 @@
 //! domid + u8 access each), value (u16 length + bytes); watch count (u32),
 //! then each watch: path as the guest gave it once canonicalized, relative
 //! to the home when the guest set it relative (u16 length + bytes), token
-//! (u16 length + bytes). The decoder treats the bytes as hostile: every
-//! count and length is bounded by xenstore's own limits and nothing may
-//! follow the last watch.
+//! (u16 length + bytes). Version 2 (magic `KXENXSD\x02`) then has the
+//! ring connection's state, for a domain saved without its cooperation:
+//! a presence byte (0 or 1), then the four ring indices (req_cons,
+//! req_prod, rsp_cons, rsp_prod, u32 each), the request bytes taken off
+//! the ring that do not yet make a whole message (u32 length + bytes),
+//! the replies and watch events not yet on the ring (u32 length + bytes)
+//! and the ids of the transactions open at the save (u32 count + u32
+//! each). Version 1 images (no ring section) are still read. The decoder
+//! treats the bytes as hostile: every count and length is bounded by
+//! xenstore's own limits and nothing may follow the last field.
 
 use xen_abi::xenstore as xs;
 
 use crate::path;
 use crate::perms::{Access, Perm, Perms};
+use crate::wire::{Header, HEADER_LEN};
 
-const MAGIC: &[u8; 8] = b"KXENXSD\x01";
+/// The version this daemon writes: with the ring connection's state.
+const MAGIC: &[u8; 8] = b"KXENXSD\x02";
+/// The first version: nodes and watches only.
+const MAGIC_V1: &[u8; 8] = b"KXENXSD\x01";
 
 /// Most nodes an image may carry: ten times Xen's default per-domain node
 /// quota, since the home also holds the toolstack's nodes.
@@ -34,6 +45,12 @@ pub const MAX_NODES: usize = 10_000;
 pub const MAX_WATCHES: usize = 1024;
 /// Most permission entries on one node (Dom0 is not held to the quota).
 pub const MAX_PERMS: usize = 64;
+/// Most bytes of replies and events waiting for room on the ring: the
+/// daemon holds a guest connection's watch events to its memory quota
+/// (2.5 MiB by default) and its replies to its outstanding requests.
+pub const MAX_PENDING_OUTPUT: usize = 4 << 20;
+/// Most open transactions: eight times Xen's default per-domain quota.
+pub const MAX_TRANSACTIONS: usize = 1024;
 
 /// One node of the domain's subtree.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -53,6 +70,31 @@ pub struct ImageWatch {
     pub token: Vec<u8>,
 }
 
+/// Where the domain's ring connection stood when it was saved: what the
+/// guest cannot see and the ring page alone does not say. With it a guest
+/// paused mid-request gets its reply on the new domain, as if nothing had
+/// happened.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RingImage {
+    /// The ring page's indices as the daemon last left them (the page
+    /// itself travels with the domain's memory; the new daemon's
+    /// introduction resets them, and the import puts these back).
+    pub req_cons: u32,
+    pub req_prod: u32,
+    pub rsp_cons: u32,
+    pub rsp_prod: u32,
+    /// Request bytes the daemon took off the ring that do not make a
+    /// whole message yet: a header, or a header and part of its body.
+    pub partial_request: Vec<u8>,
+    /// Replies and watch events queued for the ring, in order, that did
+    /// not fit on it yet.
+    pub pending_output: Vec<u8>,
+    /// Ids of the transactions open at the save. The new daemon knows
+    /// them but not their changes: they end with `EAGAIN`, which makes
+    /// the guest start them over, as after any conflict.
+    pub transactions: Vec<u32>,
+}
+
 /// A domain's part of the store.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct DomainImage {
@@ -60,6 +102,8 @@ pub struct DomainImage {
     pub domid: u32,
     pub nodes: Vec<ImageNode>,
     pub watches: Vec<ImageWatch>,
+    /// The ring connection, when the domain had one being served.
+    pub ring: Option<RingImage>,
 }
 
 /// Why an image was refused.
@@ -93,8 +137,16 @@ pub enum ImageError {
     NoPerms,
     #[error("xenstore data: bad access value {0}")]
     BadAccess(u8),
-    #[error("xenstore data: {0} bytes after the last watch")]
+    #[error("xenstore data: {0} bytes after the last field")]
     Trailing(usize),
+    #[error("xenstore data: the {0} ring's indices claim more than a ring of data")]
+    BadIndices(&'static str),
+    #[error("xenstore data: the partial request is not a message's incomplete start")]
+    BadPartial,
+    #[error("xenstore data: transaction id {0} is 0 or appears twice")]
+    BadTransaction(u32),
+    #[error("xenstore data: ring presence byte {0}")]
+    BadPresence(u8),
 }
 
 fn put_bytes(out: &mut Vec<u8>, b: &[u8]) {
@@ -124,6 +176,23 @@ impl DomainImage {
             put_bytes(&mut out, &w.path);
             put_bytes(&mut out, &w.token);
         }
+        match &self.ring {
+            None => out.push(0),
+            Some(r) => {
+                out.push(1);
+                for i in [r.req_cons, r.req_prod, r.rsp_cons, r.rsp_prod] {
+                    out.extend_from_slice(&i.to_le_bytes());
+                }
+                for b in [&r.partial_request, &r.pending_output] {
+                    out.extend_from_slice(&(b.len() as u32).to_le_bytes());
+                    out.extend_from_slice(b);
+                }
+                out.extend_from_slice(&(r.transactions.len() as u32).to_le_bytes());
+                for t in &r.transactions {
+                    out.extend_from_slice(&t.to_le_bytes());
+                }
+            }
+        }
         out
     }
 
@@ -131,9 +200,11 @@ impl DomainImage {
     /// documentation.
     pub fn decode(data: &[u8]) -> Result<DomainImage, ImageError> {
         let mut r = Reader { data, pos: 0 };
-        if r.take(MAGIC.len())? != MAGIC {
-            return Err(ImageError::BadMagic);
-        }
+        let with_ring = match r.take(MAGIC.len())? {
+            m if m == MAGIC => true,
+            m if m == MAGIC_V1 => false,
+            _ => return Err(ImageError::BadMagic),
+        };
         let domid = r.u32()?;
         let count = r.count("node", MAX_NODES)?;
         let mut nodes: Vec<ImageNode> = Vec::with_capacity(count.min(1024));
@@ -196,6 +267,15 @@ impl DomainImage {
                 token: token.to_vec(),
             });
         }
+        let ring = if with_ring {
+            match r.take(1)?[0] {
+                0 => None,
+                1 => Some(RingImage::decode(&mut r)?),
+                b => return Err(ImageError::BadPresence(b)),
+            }
+        } else {
+            None
+        };
         if r.pos != data.len() {
             return Err(ImageError::Trailing(data.len() - r.pos));
         }
@@ -203,6 +283,50 @@ impl DomainImage {
             domid,
             nodes,
             watches,
+            ring,
+        })
+    }
+}
+
+impl RingImage {
+    fn decode(r: &mut Reader<'_>) -> Result<RingImage, ImageError> {
+        let (req_cons, req_prod, rsp_cons, rsp_prod) = (r.u32()?, r.u32()?, r.u32()?, r.u32()?);
+        // The page's indices are the guest's to change too, and the
+        // daemon checks them at every use; these are checked as well so
+        // that an image never says more than a ring holds.
+        if req_prod.wrapping_sub(req_cons) as usize > xs::RING_SIZE {
+            return Err(ImageError::BadIndices("request"));
+        }
+        if rsp_prod.wrapping_sub(rsp_cons) as usize > xs::RING_SIZE {
+            return Err(ImageError::BadIndices("response"));
+        }
+        let partial_request = r
+            .long_bytes("partial request", HEADER_LEN + xs::PAYLOAD_MAX)?
+            .to_vec();
+        if partial_request.len() >= HEADER_LEN {
+            let len = Header::parse(&partial_request).len as usize;
+            if len > xs::PAYLOAD_MAX || partial_request.len() >= HEADER_LEN + len {
+                return Err(ImageError::BadPartial);
+            }
+        }
+        let pending_output = r.long_bytes("pending output", MAX_PENDING_OUTPUT)?.to_vec();
+        let count = r.count("transaction", MAX_TRANSACTIONS)?;
+        let mut transactions = Vec::with_capacity(count);
+        for _ in 0..count {
+            let id = r.u32()?;
+            if id == 0 || transactions.contains(&id) {
+                return Err(ImageError::BadTransaction(id));
+            }
+            transactions.push(id);
+        }
+        Ok(RingImage {
+            req_cons,
+            req_prod,
+            rsp_cons,
+            rsp_prod,
+            partial_request,
+            pending_output,
+            transactions,
         })
     }
 }
@@ -262,6 +386,15 @@ impl<'a> Reader<'a> {
         Ok(count)
     }
 
+    /// Bytes with a u32 length, at most `limit` of them.
+    fn long_bytes(&mut self, what: &'static str, limit: usize) -> Result<&'a [u8], ImageError> {
+        let len = self.u32()? as usize;
+        if len > limit {
+            return Err(ImageError::TooLong { what, len, limit });
+        }
+        self.take(len)
+    }
+
     fn bytes(&mut self, what: &'static str, limit: usize) -> Result<&'a [u8], ImageError> {
         let b = self.take(2)?;
         let len = u16::from_le_bytes([b[0], b[1]]) as usize;
@@ -306,6 +439,25 @@ mod tests {
                     token: b"t3".to_vec(),
                 },
             ],
+            ring: Some(RingImage {
+                req_cons: u32::MAX - 3,
+                req_prod: 20,
+                rsp_cons: 5,
+                rsp_prod: 5 + 1024,
+                partial_request: Header {
+                    kind: xs::XS_WRITE,
+                    req_id: 9,
+                    tx_id: 0,
+                    len: 40,
+                }
+                .to_bytes()
+                .iter()
+                .chain(b"data/x\0half")
+                .copied()
+                .collect(),
+                pending_output: vec![0xab; 3000],
+                transactions: vec![1, 7],
+            }),
         }
     }
 
@@ -341,6 +493,7 @@ mod tests {
         out.extend_from_slice(&value_len.to_le_bytes());
         out.extend(std::iter::repeat_n(b'x', value_len as usize));
         out.extend_from_slice(&0u32.to_le_bytes());
+        out.push(0);
         out
     }
 
@@ -409,7 +562,73 @@ mod tests {
         }];
         assert!(DomainImage::decode(&img.encode()).is_err());
         let mut bad_magic = DomainImage::default().encode();
-        bad_magic[7] = 2;
+        bad_magic[7] = 3;
         assert_eq!(DomainImage::decode(&bad_magic), Err(ImageError::BadMagic));
+    }
+
+    #[test]
+    fn version_1_images_are_read_without_a_ring() {
+        let mut img = sample();
+        img.ring = None;
+        let mut v1 = img.encode();
+        v1.pop(); // the presence byte
+        v1[7] = 1;
+        assert_eq!(DomainImage::decode(&v1), Ok(img));
+        v1.push(0);
+        assert_eq!(DomainImage::decode(&v1), Err(ImageError::Trailing(1)));
+    }
+
+    #[test]
+    fn hostile_ring_state_is_refused() {
+        let refuse = |edit: &dyn Fn(&mut RingImage)| {
+            let mut img = sample();
+            edit(img.ring.as_mut().unwrap());
+            DomainImage::decode(&img.encode()).unwrap_err()
+        };
+        assert_eq!(
+            refuse(&|r| r.req_prod = r.req_cons.wrapping_add(1025)),
+            ImageError::BadIndices("request")
+        );
+        assert_eq!(
+            refuse(&|r| r.rsp_cons = r.rsp_prod.wrapping_add(1)),
+            ImageError::BadIndices("response")
+        );
+        // A whole message is not a partial one; nor is a header that
+        // announces more than a payload may hold.
+        assert_eq!(
+            refuse(&|r| r.partial_request.resize(HEADER_LEN + 40, b'x')),
+            ImageError::BadPartial
+        );
+        assert_eq!(
+            refuse(&|r| r.partial_request[12..16].copy_from_slice(&4097u32.to_le_bytes())),
+            ImageError::BadPartial
+        );
+        assert!(matches!(
+            refuse(&|r| r.partial_request = vec![0; HEADER_LEN + xs::PAYLOAD_MAX + 1]),
+            ImageError::TooLong { .. }
+        ));
+        assert!(matches!(
+            refuse(&|r| r.pending_output = vec![0; MAX_PENDING_OUTPUT + 1]),
+            ImageError::TooLong { .. }
+        ));
+        assert_eq!(
+            refuse(&|r| r.transactions = vec![3, 0]),
+            ImageError::BadTransaction(0)
+        );
+        assert_eq!(
+            refuse(&|r| r.transactions = vec![3, 3]),
+            ImageError::BadTransaction(3)
+        );
+        let mut bytes = sample().encode();
+        let at = bytes.len() - (4 + 2 * 4) - (4 + 3000) - (4 + HEADER_LEN + 11) - 16 - 1;
+        assert_eq!(bytes[at], 1);
+        bytes[at] = 2;
+        assert_eq!(DomainImage::decode(&bytes), Err(ImageError::BadPresence(2)));
+        let mut many = sample();
+        many.ring.as_mut().unwrap().transactions = (1..=MAX_TRANSACTIONS as u32 + 1).collect();
+        assert!(matches!(
+            DomainImage::decode(&many.encode()),
+            Err(ImageError::TooMany { .. })
+        ));
     }
 }

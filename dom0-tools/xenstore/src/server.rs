@@ -377,7 +377,26 @@ impl Xenstored {
         domid: u32,
         image: &crate::image::DomainImage,
     ) -> Result<(usize, usize), XsError> {
-        self.with_core(|c| c.import_domain(domid, image))
+        let imported = self.with_core(|c| c.import_domain(domid, image))?;
+        // Requests the guest left on the ring (whole or the rest of the
+        // partial one) are served now.
+        self.ring_kick(domid);
+        Ok(imported)
+    }
+
+    /// Hold a domain's ring still while its image is taken (see
+    /// [`crate::image::RingImage`]): until [`Xenstored::thaw_domain`],
+    /// nothing is read from or written to it. `ENOENT` if the domain is
+    /// not introduced.
+    pub fn freeze_domain(&self, domid: u32) -> Result<(), XsError> {
+        self.with_core(|c| c.freeze_ring(domid, true))
+    }
+
+    /// Serve a frozen domain's ring again, catching up on what waited.
+    pub fn thaw_domain(&self, domid: u32) -> Result<(), XsError> {
+        self.with_core(|c| c.freeze_ring(domid, false))?;
+        self.ring_kick(domid);
+        Ok(())
     }
 
     /// The guest notified its xenstore event channel. Cheap and never

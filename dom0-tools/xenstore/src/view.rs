@@ -41,6 +41,10 @@ pub(crate) struct Transaction {
     /// Something went wrong that could not be undone: commit gives ENOMEM.
     pub fail: bool,
     pub node_created: bool,
+    /// Opened before a save and known here only by its id (its changes
+    /// stayed with the saving daemon): commit gives EAGAIN, so the guest
+    /// starts it over as after a conflict.
+    pub restarted: bool,
 }
 
 impl Transaction {
@@ -51,6 +55,16 @@ impl Transaction {
             accessed: Vec::new(),
             fail: false,
             node_created: false,
+            restarted: false,
+        }
+    }
+
+    /// A transaction the domain opened before it was saved (see
+    /// [`Transaction::restarted`]).
+    pub fn restarted(id: u32) -> Transaction {
+        Transaction {
+            restarted: true,
+            ..Transaction::new(id)
         }
     }
 
@@ -238,6 +252,9 @@ pub(crate) fn commit(
 ) -> Result<Vec<Fire>, XsError> {
     if tx.fail {
         return Err(XsError::NoMem);
+    }
+    if tx.restarted {
+        return Err(XsError::Again);
     }
     if tx.node_created && !caller.privileged {
         let mut delta: HashMap<u32, i64> = HashMap::new();

@@ -119,6 +119,31 @@ impl Ring {
         Ok(true)
     }
 
+    /// Put raw request bytes on the ring, as far as they fit, and notify
+    /// the server; returns how many went. For checks that send a message
+    /// in pieces (a request longer than the ring, or one left half-sent).
+    pub fn put_raw(&self, bytes: &[u8]) -> usize {
+        let n = self.space().min(bytes.len());
+        if n == 0 {
+            return 0;
+        }
+        let prod = self.index(OFFSET_REQ_PROD);
+        let p = self.put_at(prod.load(Ordering::Relaxed), &bytes[..n]);
+        prod.store(p, Ordering::Release);
+        xen::send(self.port);
+        n
+    }
+
+    /// Whether the server has taken every request byte on the ring.
+    pub fn requests_taken(&self) -> bool {
+        self.space() == RING_SIZE
+    }
+
+    /// Response bytes waiting on the ring.
+    pub fn responses_waiting(&self) -> usize {
+        self.available()
+    }
+
     fn available(&self) -> usize {
         let cons = self.index(OFFSET_RSP_CONS).load(Ordering::Relaxed);
         let prod = self.index(OFFSET_RSP_PROD).load(Ordering::Acquire);
@@ -359,6 +384,17 @@ pub fn request_tx(
         }
         xen::sched_yield();
     }
+    wait_reply(&ring, req_id, d, reply)
+}
+
+/// Wait until `deadline` for the reply to request `req_id`; other
+/// messages are queued for [`next`].
+pub fn wait_reply(
+    ring: &Ring,
+    req_id: u32,
+    mut d: Deadline,
+    reply: &mut Reply,
+) -> Result<(), &'static str> {
     loop {
         let got = INBOX.with(|ib| -> Result<bool, &'static str> {
             loop {

@@ -7,14 +7,17 @@ use std::sync::Arc;
 use tracing::{info, warn};
 
 use crate::error::XsError;
-use crate::image::{DomainImage, ImageNode, ImageWatch};
+use crate::image::{DomainImage, ImageNode, ImageWatch, RingImage, MAX_PENDING_OUTPUT};
 use crate::path;
 use crate::perms::{Caller, Perms};
 use crate::ring::{self, SharedPage};
 use crate::view::View;
 use crate::watch::ConnId;
 
-use super::{Conn, Core, Domain, Kind, RingState};
+use super::{Conn, Core, Domain, Kind, OutMsg, RingState};
+use crate::view::Transaction;
+use crate::wire::HEADER_LEN;
+use xen_abi::xenstore as xs;
 
 impl Core {
     /// Start (or restart) serving a domain's ring. The ring is reset to
@@ -278,11 +281,81 @@ impl Core {
                 });
             }
         }
+        let ring = self
+            .domains
+            .get(&domid)
+            .and_then(|d| self.conns.get(&d.conn))
+            .and_then(ring_image);
         DomainImage {
             domid,
             nodes,
             watches,
+            ring,
         }
+    }
+
+    /// Hold a domain's ring still (`frozen`) while its image is taken, or
+    /// let it go again. Nothing is lost meanwhile: the guest's requests
+    /// wait on the ring, replies and events in the queue. `ENOENT` if the
+    /// domain is not introduced.
+    pub fn freeze_ring(&mut self, domid: u32, frozen: bool) -> Result<(), XsError> {
+        let id = self.domain_conn(domid).ok_or(XsError::NoEnt)?;
+        if let Some(Conn {
+            kind: Kind::Ring(r),
+            ..
+        }) = self.conns.get_mut(&id)
+        {
+            r.frozen = frozen;
+        }
+        if !frozen {
+            self.flush_ring(id);
+        }
+        Ok(())
+    }
+
+    /// Put a saved ring connection back on the introduced domain's
+    /// connection: the page's indices (its introduction reset them), the
+    /// partial request, the queued output ahead of anything queued since,
+    /// and the open transactions, which end with `EAGAIN`.
+    fn import_ring(&mut self, conn: super::ConnId, saved: &RingImage) -> Result<(), XsError> {
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return Err(XsError::Io);
+        };
+        let Kind::Ring(r) = &mut c.kind else {
+            return Err(XsError::Inval);
+        };
+        r.page.store_u32(xs::OFFSET_REQ_CONS, saved.req_cons);
+        r.page.store_u32(xs::OFFSET_REQ_PROD, saved.req_prod);
+        r.page.store_u32(xs::OFFSET_RSP_CONS, saved.rsp_cons);
+        r.page.store_u32(xs::OFFSET_RSP_PROD, saved.rsp_prod);
+        // The decoder held the partial request under one header and an
+        // incomplete body; it is taken up where the saving daemon was.
+        let head = saved.partial_request.len().min(HEADER_LEN);
+        r.hdr = [0; HEADER_LEN];
+        r.hdr[..head].copy_from_slice(&saved.partial_request[..head]);
+        r.hdr_have = head;
+        r.body = saved.partial_request[head..].to_vec();
+        r.need_notify = true;
+        if !saved.pending_output.is_empty() {
+            c.out_bytes += saved.pending_output.len();
+            c.out.push_front(OutMsg {
+                data: saved.pending_output.clone(),
+                sent: 0,
+                event: false,
+                _tracker: None,
+                deadline: None,
+            });
+        }
+        for &id in &saved.transactions {
+            if !c.transactions.iter().any(|t| t.id == id) {
+                c.transactions.push(Transaction::restarted(id));
+            }
+        }
+        if let Some(&last) = saved.transactions.iter().max() {
+            c.next_tx_id = c.next_tx_id.max(last.wrapping_add(1));
+        }
+        self.dirty.push(conn);
+        Ok(())
     }
 
     /// Bring a domain's saved part of the store back onto the introduced
@@ -299,6 +372,9 @@ impl Core {
         image: &DomainImage,
     ) -> Result<(usize, usize), XsError> {
         let conn = self.domain_conn(domid).ok_or(XsError::NoEnt)?;
+        if let Some(saved) = &image.ring {
+            self.import_ring(conn, saved)?;
+        }
         let home = path::domain_path(domid);
         let old_prefix = format!("{}/", path::domain_path(image.domid));
         let mut created = 0;
@@ -350,4 +426,39 @@ impl Core {
         );
         Ok((created, set))
     }
+}
+
+/// A ring connection's state for an image (see [`RingImage`]); `None`
+/// for any other connection. Queued output beyond what an image carries
+/// loses whole watch events from its end (as the memory quota drops
+/// them), never a reply.
+fn ring_image(c: &Conn) -> Option<RingImage> {
+    let Kind::Ring(r) = &c.kind else {
+        return None;
+    };
+    let mut partial_request = r.hdr[..r.hdr_have].to_vec();
+    if r.hdr_have == HEADER_LEN {
+        partial_request.extend_from_slice(&r.body);
+    }
+    let mut pending_output = Vec::new();
+    for m in &c.out {
+        let rest = &m.data[m.sent..];
+        if m.event && m.sent == 0 && pending_output.len() + rest.len() > MAX_PENDING_OUTPUT {
+            warn!(
+                domid = c.caller.domid,
+                "watch event left out of the saved ring state: over its size limit"
+            );
+            continue;
+        }
+        pending_output.extend_from_slice(rest);
+    }
+    Some(RingImage {
+        req_cons: r.page.load_u32(xs::OFFSET_REQ_CONS),
+        req_prod: r.page.load_u32(xs::OFFSET_REQ_PROD),
+        rsp_cons: r.page.load_u32(xs::OFFSET_RSP_CONS),
+        rsp_prod: r.page.load_u32(xs::OFFSET_RSP_PROD),
+        partial_request,
+        pending_output,
+        transactions: c.transactions.iter().map(|t| t.id).collect(),
+    })
 }

@@ -119,6 +119,9 @@ impl Core {
         let Kind::Ring(r) = &mut c.kind else {
             return false;
         };
+        if r.frozen {
+            return false;
+        }
         let page = r.page.clone();
         if page.load_u32(xs::OFFSET_CONNECTION) == xs::RECONNECT {
             info!(domid = c.caller.domid, "guest reset its xenstore ring");

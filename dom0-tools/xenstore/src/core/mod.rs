@@ -68,6 +68,10 @@ pub(crate) struct RingState {
     hdr_have: usize,
     body: Vec<u8>,
     need_notify: bool,
+    /// Held still while the domain's image is taken: neither side of the
+    /// ring is touched, so the page the image holds and the state
+    /// exported with it agree.
+    frozen: bool,
 }
 
 impl RingState {
@@ -79,6 +83,7 @@ impl RingState {
             hdr_have: 0,
             body: Vec::new(),
             need_notify: true,
+            frozen: false,
         }
     }
 }

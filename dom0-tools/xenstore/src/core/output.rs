@@ -263,6 +263,9 @@ impl Core {
         let Kind::Ring(r) = kind else {
             return;
         };
+        if r.frozen {
+            return;
+        }
         let page = r.page.clone();
         let mut bad = false;
         while let Some(m) = out.front_mut() {

@@ -388,6 +388,7 @@ pub static CHECKS: &[Check] = &[
     special("evtchn.reset", special::evtchn_reset),
     special("evtchn.fifo", special::evtchn_fifo),
     special("evtchn.fifo_save", special::evtchn_fifo_save),
+    special("xenstore.save", special::xenstore_save),
     special("evtchn.port_limit", special::evtchn_port_limit),
     special("evtchn.fifo_ports", special::evtchn_fifo_ports),
     special("triple_fault", special::triple_fault),

@@ -441,6 +441,131 @@ pub fn evtchn_fifo_save() -> R {
     Ok(())
 }
 
+/// The xenstore ring across a save (`kxen.test=xenstore.save`, issue 17):
+/// the domain leaves its ring mid-exchange, then says it is at its save
+/// point and waits (the test pauses, saves and restores it meanwhile).
+/// Two exchanges are open: the reply to a read of a value longer than the
+/// response ring, which fills the ring with the rest still queued in
+/// Dom0's daemon, and a write the daemon has taken only the header and
+/// part of the body of. Afterwards both must finish as if nothing had
+/// happened: the whole value read back, and the write's rest sent and
+/// acknowledged.
+pub fn xenstore_save() -> R {
+    use crate::xenstore::{self, Reply};
+    use kxen_testguest::xswire::{self, HEADER_LEN};
+    use xen_abi::xenstore::{PAYLOAD_MAX, RING_SIZE, XS_READ, XS_WRITE};
+
+    const BIG: usize = 1500;
+    const BIG_PATH: &[u8] = b"data/xs-save-big\0";
+    const WRITE_PATH: &[u8] = b"data/xs-save-moved\0";
+    const WRITE_VALUE: &[u8] = b"across the save";
+    console::mirror_to_console_io();
+    let ring = match xenstore::ring() {
+        Ok(ring) => ring,
+        Err(e) => bail!("xenstore ring: {e}"),
+    };
+    let mut reply = Reply {
+        kind: u32::MAX,
+        len: 0,
+        buf: [0; PAYLOAD_MAX],
+    };
+    // Messages longer than the ring go in pieces, each taken before the
+    // next fits.
+    let send_all = |bytes: &[u8]| -> R {
+        let mut rest = bytes;
+        let mut d = Deadline::after_ms(2_000);
+        while !rest.is_empty() {
+            rest = &rest[ring.put_raw(rest)..];
+            if d.expired() {
+                bail!("xenstore: request ring did not drain");
+            }
+            xen::sched_yield();
+        }
+        Ok(())
+    };
+    let message = |kind: u32, id: u32, parts: &[&[u8]], out: &mut [u8]| -> usize {
+        let Some(h) = xswire::request_header(kind, id, parts) else {
+            return 0;
+        };
+        out[..HEADER_LEN].copy_from_slice(&h.to_bytes());
+        let mut at = HEADER_LEN;
+        for p in parts {
+            out[at..at + p.len()].copy_from_slice(p);
+            at += p.len();
+        }
+        at
+    };
+    let mut buf = [0u8; HEADER_LEN + PAYLOAD_MAX];
+    let value = [b'v'; BIG];
+    let id = xenstore::next_req_id();
+    let n = message(XS_WRITE, id, &[BIG_PATH, &value], &mut buf);
+    send_all(&buf[..n])?;
+    if let Err(e) = xenstore::wait_reply(&ring, id, Deadline::after_ms(2_000), &mut reply) {
+        bail!("XS_WRITE of {BIG} bytes: {e}");
+    }
+    if reply.kind != XS_WRITE {
+        bail!("XS_WRITE of {BIG} bytes: reply type {}", reply.kind);
+    }
+    // The read whose reply is longer than the ring: not taken yet.
+    let read_id = xenstore::next_req_id();
+    let n = message(XS_READ, read_id, &[BIG_PATH], &mut buf);
+    send_all(&buf[..n])?;
+    let mut d = Deadline::after_ms(2_000);
+    while ring.responses_waiting() < RING_SIZE {
+        if d.expired() {
+            bail!(
+                "the read's reply did not fill the ring: {} bytes",
+                ring.responses_waiting()
+            );
+        }
+        xen::sched_yield();
+    }
+    // The write, half sent; the daemon takes what is there.
+    let write_id = xenstore::next_req_id();
+    let n = message(XS_WRITE, write_id, &[WRITE_PATH, WRITE_VALUE], &mut buf);
+    let half = HEADER_LEN + WRITE_PATH.len() / 2;
+    send_all(&buf[..half])?;
+    let mut d = Deadline::after_ms(2_000);
+    while !ring.requests_taken() {
+        if d.expired() {
+            bail!("the daemon did not take the partial request");
+        }
+        xen::sched_yield();
+    }
+    println!("xenstore.save: at the save point");
+    crate::time::sleep_ms(SAVE_WINDOW_MS);
+    println!("xenstore.save: after the save point");
+    if let Err(e) = xenstore::wait_reply(&ring, read_id, Deadline::after_ms(2_000), &mut reply) {
+        bail!("the read's reply after the save: {e}");
+    }
+    if reply.kind != XS_READ || reply.payload() != value {
+        bail!(
+            "the read's reply after the save: type {}, {} bytes",
+            reply.kind,
+            reply.len
+        );
+    }
+    send_all(&buf[half..n])?;
+    if let Err(e) = xenstore::wait_reply(&ring, write_id, Deadline::after_ms(2_000), &mut reply) {
+        bail!("the write's reply after the save: {e}");
+    }
+    if reply.kind != XS_WRITE {
+        bail!(
+            "the write finished after the save: reply type {} ({:?})",
+            reply.kind,
+            core::str::from_utf8(reply.text())
+        );
+    }
+    let r = xenstore::request(XS_READ, &[WRITE_PATH], &mut reply);
+    if r.is_err() || reply.text() != WRITE_VALUE {
+        bail!(
+            "the value written across the save reads back as {:?}",
+            core::str::from_utf8(reply.text())
+        );
+    }
+    Ok(())
+}
+
 /// The highest port the domain may use, from `kxen.evtchn_max=N` (the
 /// cfg's max_event_channels the test set).
 fn expected_max_port() -> Result<u32, super::Fail> {
