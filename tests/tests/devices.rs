@@ -139,6 +139,15 @@ fn disk_data_path_hotplug_and_kill9_integrity() {
     let check = d.guest_command("blk", "blk check 51712", "blk check 51712", GUEST_LIMIT);
     assert!(check.ends_with("ok"), "after hostile requests: {check}");
 
+    // A completion whose upcall a software-disabled LAPIC dropped (as
+    // across Linux's suspend) still brings its upcall once the LAPIC is
+    // back on: kxen-vmm's sweep raises an upcall left pending again.
+    let l = d.guest_command("blk", "blk lapic-off 51712", "blk lapic-off", GUEST_LIMIT);
+    assert!(l.starts_with("blk lapic-off 51712 ok"), "{l}");
+    eprintln!("{l}");
+    let check = d.guest_command("blk", "blk check 51712", "blk check 51712", GUEST_LIMIT);
+    assert!(check.ends_with("ok"), "after the LAPIC was off: {check}");
+
     // xl's block-list: the device, connected (XenbusState 4).
     let list = d.ok(&["block-list", "blk"]);
     assert!(

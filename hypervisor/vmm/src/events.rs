@@ -480,6 +480,93 @@ impl MutEventSubscriber for UpcallRetry {
     }
 }
 
+/// How often [`StaleUpcallSweep`] looks for an upcall left pending.
+const STALE_UPCALL_SWEEP: std::time::Duration = std::time::Duration::from_millis(200);
+
+/// Xen delivers the callback vector whenever a vCPU's
+/// `evtchn_upcall_pending` is set (it checks at every VM entry), so an
+/// upcall cannot be lost. Here Dom0's backends raise it through KVM
+/// irqfds, which give no word back: one that a software-disabled LAPIC
+/// dropped (Linux turns its LAPIC off across a suspend) would leave the
+/// flag set for good, and since an upcall is raised only when the flag
+/// goes from 0 to 1, no later event would raise another. This sweep
+/// samples the flags instead: a vCPU whose flag stayed set across two
+/// looks gets its upcall again (at worst one spurious upcall, which the
+/// guest's handler takes as nothing to do). [`UpcallRetry`] covers the
+/// upcalls kxen-vmm raises itself, whose refusals it sees.
+pub struct StaleUpcallSweep {
+    domain: Arc<kxen_xen::Domain>,
+    gate: Arc<crate::vcpu::gate::GuestEntryGate>,
+    timer: nix::sys::timerfd::TimerFd,
+    /// Per vCPU: the flag was set at the last look.
+    set_before: Vec<bool>,
+}
+
+impl StaleUpcallSweep {
+    pub fn new(
+        domain: Arc<kxen_xen::Domain>,
+        gate: Arc<crate::vcpu::gate::GuestEntryGate>,
+        nr_vcpus: u32,
+    ) -> nix::Result<Self> {
+        use nix::sys::time::TimeSpec;
+        use nix::sys::timerfd::{Expiration, TimerSetTimeFlags};
+        let timer = crate::event_loop::new_timer()?;
+        timer.set(
+            Expiration::Interval(TimeSpec::from_duration(STALE_UPCALL_SWEEP)),
+            TimerSetTimeFlags::empty(),
+        )?;
+        Ok(StaleUpcallSweep {
+            domain,
+            gate,
+            timer,
+            set_before: vec![false; nr_vcpus as usize],
+        })
+    }
+
+    /// One look at every vCPU's flag; the vCPUs whose upcall was raised
+    /// again.
+    fn sweep(&mut self) -> Vec<u32> {
+        let mut raised = Vec::new();
+        if self.gate.is_paused() {
+            // A paused domain's state may be being saved: leave its LAPICs
+            // alone; the flags are looked at again once it runs.
+            self.set_before.fill(false);
+            return raised;
+        }
+        let st = self.domain.lock();
+        for (vcpu, before) in self.set_before.iter_mut().enumerate() {
+            let vcpu = vcpu as u32;
+            let set = self.domain.upcall_pending(&st, vcpu);
+            if set && *before && self.domain.upcall_vector(&st, vcpu).is_some() {
+                self.domain.raise_upcall(&st, vcpu);
+                raised.push(vcpu);
+                *before = false;
+            } else {
+                *before = set;
+            }
+        }
+        raised
+    }
+}
+
+impl MutEventSubscriber for StaleUpcallSweep {
+    fn init(&mut self, ops: &mut EventOps) {
+        watch(
+            ops,
+            &std::os::fd::AsFd::as_fd(&self.timer),
+            0,
+            "the stale upcall sweep",
+        );
+    }
+
+    fn process(&mut self, _events: Events, _ops: &mut EventOps) {
+        let _ = self.timer.wait();
+        for vcpu in self.sweep() {
+            debug!(vcpu, "upcall left pending: raised again");
+        }
+    }
+}
+
 /// Wakes vCPUs blocked in the hypervisor when Dom0 asks, and, without
 /// irqfds, relays Dom0's per-vCPU kicks as MSIs; from the event loop.
 pub struct Dom0WakeRelay {

@@ -65,6 +65,10 @@ pub fn run(cfg: VmConfig, started: Instant, report_timing: bool) -> Result<Domai
     event_loop.add(subscriber(
         crate::events::UpcallRetry::new(events.clone()).map_err(setup("upcall retry timerfd"))?,
     ));
+    event_loop.add(subscriber(
+        crate::events::StaleUpcallSweep::new(domain.clone(), pauser.gate.clone(), cfg.vcpus)
+            .map_err(setup("stale upcall sweep timerfd"))?,
+    ));
     event_loop.add(subscriber(Dom0WakeRelay {
         routing: events.clone(),
         domain: domain.clone(),

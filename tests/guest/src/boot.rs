@@ -95,6 +95,9 @@ pub const SVC_CPUID: u64 = 3;
 /// RDI iterations of a ring-0 CR3 reload (the value it holds); returns
 /// the elapsed TSC ticks (the PVH side of the PV NEW_BASEPTR benchmark).
 pub const SVC_BENCH_CR3: u64 = 4;
+/// Write RDI to the LAPIC's spurious-interrupt vector register (bit 8 is
+/// the software enable), as Linux's lapic_suspend and lapic_resume do.
+pub const SVC_LAPIC_SVR: u64 = 5;
 
 /// The kxen "null" port: an `out` the VMM ignores (one exit, no work).
 pub const NULL_PORT: u16 = 0x59;
@@ -453,7 +456,16 @@ kxen_svc_entry:
     je .Lsvc_cpuid
     cmpq ${svc_bench_cr3}, %rax
     je .Lsvc_bench_cr3
+    cmpq ${svc_lapic_svr}, %rax
+    je .Lsvc_lapic_svr
     jmp .Lsvc_nosys
+
+/* LAPIC SVR := EDI */
+.Lsvc_lapic_svr:
+    movl $0xfee000f0, %eax
+    movl %edi, (%rax)
+    xorl %eax, %eax
+    jmp .Lsvc_out
 
 /* CPUID leaf RDI, subleaf RSI as ring 0 sees it; EAX..EDX stored at RDX
    (ring 3 may see the host's leaves: PVM does not trap CPUID at CPL 3) */
@@ -845,6 +857,7 @@ kxen_tss:
     svc_triple_fault = const SVC_TRIPLE_FAULT,
     svc_cpuid = const SVC_CPUID,
     svc_bench_cr3 = const SVC_BENCH_CR3,
+    svc_lapic_svr = const SVC_LAPIC_SVR,
     pf_probe_done = const RING3_PF_PROBE_DONE,
     xen_version_stub = const xen_abi::hypercall::XEN_VERSION as usize * xen_abi::hypercall::STUB_SIZE,
     null_port = const NULL_PORT,

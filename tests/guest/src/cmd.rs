@@ -45,6 +45,9 @@ pub enum Command {
     },
     /// `blk hostile <devid>`.
     BlkHostile { dev: u32 },
+    /// `blk lapic-off <devid>`: a read completed while the LAPIC is
+    /// software-disabled must still bring its upcall once it is back on.
+    BlkLapicOff { dev: u32 },
     /// `net ping <count>`.
     NetPing { count: u64 },
     /// `net bench tx <MiB>`.
@@ -183,6 +186,11 @@ pub fn parse(line: &[u8]) -> Result<Option<Command>, Usage> {
             const U: &str = "usage: blk hostile <devid>";
             exact(1, U)?;
             Command::BlkHostile { dev: dev(U)? }
+        }
+        (b"blk", b"lapic-off") => {
+            const U: &str = "usage: blk lapic-off <devid>";
+            exact(1, U)?;
+            Command::BlkLapicOff { dev: dev(U)? }
         }
         (b"blk", _) => return Err(Usage("unknown blk command")),
         (b"net", b"ping") => {

@@ -115,6 +115,12 @@ pub fn upcall_pending_at(vi: *mut u8) -> u8 {
     upcall_pending_cell(vi).load(Ordering::Acquire)
 }
 
+/// This vCPU's `evtchn_upcall_pending`, as the hypervisor and Dom0 left
+/// it (false before a vcpu_info is known).
+pub fn upcall_pending() -> bool {
+    vcpu_info().is_some_and(|vi| upcall_pending_at(vi) != 0)
+}
+
 /// `evtchn_pending_sel` of the vcpu_info at `vi`.
 pub fn pending_sel_at(vi: *mut u8) -> u64 {
     pending_sel_cell(vi).load(Ordering::Acquire)

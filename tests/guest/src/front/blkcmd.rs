@@ -298,3 +298,65 @@ pub fn hostile(dev: &mut BlkDev) -> Result<(), Fail> {
     verify_at(dev, 3, 5, 0xbad)
         .map_err(|e| Fail::new(format_args!("device broken after hostile requests: {}", e)))
 }
+
+/// A read completed while the LAPIC is software-disabled, as Linux's
+/// suspend leaves it (`blk lapic-off <devid>`). Dom0's blkback raises the
+/// completion's upcall through a KVM irqfd, which such a LAPIC drops;
+/// the upcall must still come once the LAPIC is back on, or
+/// `evtchn_upcall_pending` stays set and no later event raises another.
+/// Nothing is printed while the LAPIC is off, so that no console event of
+/// kxen-vmm's own (whose refusals it retries) stands in for the
+/// backend's. Returns how long the upcall took after the LAPIC came back.
+pub fn lapic_off(dev: &mut BlkDev) -> Result<u64, Fail> {
+    use crate::boot::SVC_LAPIC_SVR;
+    use crate::hypercall::service;
+    use crate::time::Deadline;
+    use crate::{events, xen};
+
+    /// Spurious vector 0xff; bit 8 is the software enable.
+    const SVR_OFF: u64 = 0xff;
+    const SVR_ON: u64 = 0x1ff;
+    const UPCALL_MS: u64 = 2_000;
+
+    service(SVC_LAPIC_SVR, SVR_OFF);
+    // From here the flag can only be set again by an event raised while
+    // the LAPIC is off.
+    events::drain();
+    let before = events::upcalls();
+    let queued = dev.queue(Op::Read, 0, 0, 8, super::blk::Forge::None);
+    if queued.is_ok() {
+        dev.kick();
+    }
+    // The completion marks the upcall pending (and its irqfd write is
+    // dropped): wait for the flag, without blocking in the hypervisor.
+    let mut d = Deadline::after_ms(IO_MS);
+    let marked = queued.is_ok()
+        && loop {
+            if events::upcall_pending() {
+                break true;
+            }
+            if d.expired() {
+                break false;
+            }
+            xen::sched_yield();
+        };
+    service(SVC_LAPIC_SVR, SVR_ON);
+    let back_on = now_ns().unwrap_or(0);
+    let id = queued?;
+    ensure!(
+        marked,
+        "the read's completion never set evtchn_upcall_pending"
+    );
+    let took = if events::wait_upcall(before, UPCALL_MS) {
+        now_ns().unwrap_or(back_on).saturating_sub(back_on) / 1_000_000
+    } else {
+        bail!(
+            "no upcall within {} ms of the LAPIC coming back on (evtchn_upcall_pending {})",
+            UPCALL_MS,
+            events::upcall_pending()
+        );
+    };
+    let st = dev.wait(id, IO_MS)?;
+    status_ok("read", st)?;
+    Ok(took)
+}

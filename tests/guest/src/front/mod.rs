@@ -308,14 +308,18 @@ pub fn command(line: &[u8]) -> bool {
         | Command::BlkWrite { dev, .. }
         | Command::BlkRead { dev, .. }
         | Command::BlkBench { dev, .. }
-        | Command::BlkHostile { dev } => {
+        | Command::BlkHostile { dev }
+        | Command::BlkLapicOff { dev } => {
             let Some(d) = take_blk(dev) else {
                 match c {
                     Command::BlkCheck { .. } => println!("blk check {} FAIL no such device", dev),
                     Command::BlkWrite { .. } => println!("blk write FAIL no such device {}", dev),
                     Command::BlkRead { .. } => println!("blk read FAIL no such device {}", dev),
                     Command::BlkBench { .. } => println!("blk bench {} FAIL no such device", dev),
-                    _ => println!("blk hostile {} FAIL no such device", dev),
+                    Command::BlkHostile { .. } => {
+                        println!("blk hostile {} FAIL no such device", dev)
+                    }
+                    _ => println!("blk lapic-off {} FAIL no such device", dev),
                 }
                 return true;
             };
@@ -413,6 +417,13 @@ fn run_blk(d: &mut BlkDev, c: Command) {
         Command::BlkHostile { dev } => match blkcmd::hostile(d) {
             Ok(()) => println!("blk hostile {} ok", dev),
             Err(e) => println!("blk hostile {} FAIL {}", dev, e),
+        },
+        Command::BlkLapicOff { dev } => match blkcmd::lapic_off(d) {
+            Ok(ms) => println!(
+                "blk lapic-off {} ok upcall {} ms after the LAPIC came back",
+                dev, ms
+            ),
+            Err(e) => println!("blk lapic-off {} FAIL {}", dev, e),
         },
         _ => {}
     }
