@@ -91,6 +91,11 @@ pub struct ConsoleBackend {
     /// The event loop's registrations of `kick` and the line.
     tokens: Mutex<Vec<Token>>,
     stopping: AtomicBool,
+    /// Held while bytes move: the event loop and a `kxl console` request
+    /// that brought keystrokes both service the console, and two readers
+    /// of the output ring at once would each take the same bytes (the
+    /// guest's output logged and sent twice, out of order).
+    servicing: Mutex<()>,
 }
 
 impl ConsoleBackend {
@@ -128,6 +133,7 @@ impl ConsoleBackend {
             input: Mutex::new(Vec::new()),
             tokens: Mutex::new(Vec::new()),
             stopping: AtomicBool::new(false),
+            servicing: Mutex::new(()),
         }))
     }
 
@@ -190,6 +196,7 @@ impl ConsoleBackend {
 
     /// Move bytes both ways once.
     fn service(&self) {
+        let _one_at_a_time = self.servicing.lock().unwrap_or_else(|e| e.into_inner());
         match &self.transport {
             Transport::Ring { page, notify } => self.service_ring(page, notify),
             Transport::Line(line) => self.service_line(line),
