@@ -36,6 +36,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use kxen_foreign::dirty::Dom0Dirty;
+// A page's fingerprint, to find pages changed behind every log (its own
+// crate, which debug builds optimize: it runs over every page while the
+// domain is paused).
+use kxen_pagehash::page_hash;
 use kxen_stream::libxc::LibxcWriter;
 use kxen_toolstack::protocol::MigrateProgress;
 use kxen_vmm_api::client::GuestMemfd;
@@ -151,51 +155,6 @@ impl PageSet {
             }
         }
     }
-}
-
-/// A hash of a page's contents, to find pages changed behind every log:
-/// four interleaved lanes of xor, odd multiply and rotate over its u64
-/// words (each step a bijection of its lane, so a change to any one word
-/// always shows).
-struct PageHasher {
-    lanes: [u64; 4],
-    words: usize,
-}
-
-impl PageHasher {
-    const K: u64 = 0x9e37_79b9_7f4a_7c15;
-
-    fn new() -> Self {
-        let k = Self::K;
-        PageHasher {
-            lanes: [k, k.rotate_left(16), k.rotate_left(32), k.rotate_left(48)],
-            words: 0,
-        }
-    }
-
-    fn push(&mut self, word: u64) {
-        let lane = &mut self.lanes[self.words & 3];
-        *lane = (*lane ^ word).wrapping_mul(Self::K).rotate_left(29);
-        self.words += 1;
-    }
-
-    fn finish(&self) -> u64 {
-        self.lanes.iter().fold(0u64, |h, &l| {
-            (h ^ l).wrapping_mul(0xff51_afd7_ed55_8ccd).rotate_left(31)
-        })
-    }
-}
-
-/// [`PageHasher`] over a page's bytes (little-endian words, as the
-/// memfd holds them on x86).
-fn page_hash(page: &[u8]) -> u64 {
-    let mut h = PageHasher::new();
-    for word in page.chunks_exact(8) {
-        let mut bytes = [0u8; 8];
-        bytes.copy_from_slice(word);
-        h.push(u64::from_le_bytes(bytes));
-    }
-    h.finish()
 }
 
 struct Sender<'a, W: Write> {
@@ -608,16 +567,5 @@ mod tests {
         sender.send(&changed, &mut |_, _| {}).unwrap();
         sender.send(&logged, &mut |_, _| {}).unwrap();
         assert_eq!(sender.unlogged_changes(&none).unwrap().count(), 0);
-    }
-
-    #[test]
-    fn one_changed_word_changes_the_hash() {
-        let page = [7u8; PAGE];
-        let base = page_hash(&page);
-        for word in [0, 1, 2, 3, 100, 511] {
-            let mut changed = page;
-            changed[word * 8] ^= 1;
-            assert_ne!(page_hash(&changed), base, "word {word}");
-        }
     }
 }
