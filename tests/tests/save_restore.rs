@@ -279,11 +279,56 @@ fn xenstore_exchange_in_flight_survives_a_save() {
     saved_at_its_save_point("savexs", "xsflight", "xenstore.save");
 }
 
-/// Boot the test guest on its `special` check, which waits at a save
-/// point; pause it there, save it (verify-stream-v2 checks the image),
-/// restore it, and wait for the check to pass in the new domain.
-fn saved_at_its_save_point(dir: &str, name: &str, special: &str) {
-    let d = Dom0::new(dir);
+/// A guest that names a suspend event channel in
+/// `device/suspend/event-channel` is asked to suspend through it, as
+/// libxl asks: the test guest (`kxen.test=suspend.evtchn`) offers neither
+/// `control/feature-suspend` nor a watch on `control/shutdown`, so only
+/// the channel can reach it. A checkpoint makes its suspend return 1 and
+/// it waits on the channel again (kxend bound it for the occasion, and
+/// binds it again); a save and restore makes it return 0 in the new
+/// domain. Before, kxend paused such a guest and saved it transparently.
+#[test]
+fn a_guest_is_asked_to_suspend_through_its_suspend_event_channel() {
+    let d = Dom0::new("suspendevtchn");
+    let name = "evtchnsuspend";
+    create_at_special(&d, name, "suspend.evtchn");
+    wait_console_io(&d, name, "suspend.evtchn: waiting on port");
+    let checkpoint = d.dir.join("checkpoint.save");
+    let out = d.kxl(&["save", "-c", name, checkpoint.to_str().unwrap()]);
+    assert!(out.status.success(), "kxl save -c: {}", show(&out));
+    let log = wait_console_io(&d, name, "suspend.evtchn: suspend returned 1");
+    assert!(!log.contains("suspend returned 0"), "{log}");
+    verify_stream_v2(
+        &checkpoint,
+        "xl",
+        &["Page Data records", "Libxc Record: HVM context"],
+    );
+    let dmesg = d.ok(&["dmesg"]);
+    assert!(
+        dmesg.contains("suspended itself on request (suspend event channel)"),
+        "{dmesg}"
+    );
+    // Asked again, through a fresh binding of the same port.
+    let start = std::time::Instant::now();
+    while console_io(&d, name)
+        .matches("suspend.evtchn: waiting on port")
+        .count()
+        < 2
+    {
+        assert!(start.elapsed() < GUEST_LIMIT, "{}", console_io(&d, name));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let image = d.dir.join("evtchn.save");
+    let out = d.kxl(&["save", name, image.to_str().unwrap()]);
+    assert!(out.status.success(), "kxl save: {}", show(&out));
+    let out = d.kxl(&["restore", image.to_str().unwrap()]);
+    assert!(out.status.success(), "kxl restore: {}", show(&out));
+    let log = wait_console_io(&d, name, "PASS suspend.evtchn");
+    assert!(log.contains("suspend.evtchn: suspend returned 0"), "{log}");
+}
+
+/// Create the test guest (PVH, one vCPU) running its `special` check.
+fn create_at_special(d: &Dom0, name: &str, special: &str) {
     let cfg = d.dir.join(format!("{name}.cfg"));
     std::fs::write(
         &cfg,
@@ -295,6 +340,14 @@ fn saved_at_its_save_point(dir: &str, name: &str, special: &str) {
     )
     .unwrap();
     d.ok(&["create", cfg.to_str().unwrap()]);
+}
+
+/// Boot the test guest on its `special` check, which waits at a save
+/// point; pause it there, save it (verify-stream-v2 checks the image),
+/// restore it, and wait for the check to pass in the new domain.
+fn saved_at_its_save_point(dir: &str, name: &str, special: &str) {
+    let d = Dom0::new(dir);
+    create_at_special(&d, name, special);
     wait_console_io(&d, name, &format!("{special}: at the save point"));
     d.ok(&["pause", name]);
     let log = console_io(&d, name);

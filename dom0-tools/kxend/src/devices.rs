@@ -146,6 +146,17 @@ impl DomainDevices {
         Ok(f)
     }
 
+    /// A Dom0 port bound to the guest's suspend event channel (Xen's
+    /// `device/suspend/event-channel`); closed when dropped.
+    pub fn bind_suspend_channel(
+        &self,
+        guest_port: u32,
+    ) -> Result<kxen_foreign::evtchn::Dom0Channel, DeviceError> {
+        self.foreign()?
+            .bind_interdomain(guest_port)
+            .map_err(|e| DeviceError::Domain(e.to_string()))
+    }
+
     fn paths(&self, kind: &str, devid: u32) -> (String, String) {
         (
             format!("/local/domain/{}/device/{kind}/{devid}", self.domid),

@@ -433,6 +433,10 @@ impl Daemon {
         let shutdown = format!("{dom}/control/shutdown");
         s.write(&shutdown, b"");
         s.set_perms(&shutdown, &rw);
+        // As libxl: empty, for a guest that gives a suspend event channel.
+        let suspend_channel = format!("{dom}/device/suspend/event-channel");
+        s.write(&suspend_channel, b"");
+        s.set_perms(&suspend_channel, &rw);
         for v in 0..r.vcpus {
             let path = format!("{dom}/cpu/{v}/availability");
             s.write(&path, b"online");

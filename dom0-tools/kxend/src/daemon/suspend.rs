@@ -8,6 +8,13 @@
 //! returns 0, the guest binds its event channels and maps its frames again,
 //! and its frontends reconnect to the backends the restore set up.
 //!
+//! A guest may instead give a suspend event channel, as libxl knows them:
+//! a port it allocated unbound for Dom0, in `device/suspend/event-channel`
+//! (libxl creates the node empty, for the guest to fill). kxend then binds
+//! a port of its own to it and notifies it, with no xenstore request and
+//! no acknowledgement, and waits for the guest to suspend, as libxl does
+//! (60 s); if the binding fails it asks through `control/shutdown`.
+//!
 //! A classic PV guest is always asked, as libxl asks it.
 //!
 //! A guest that does not offer the protocol is paused instead, and its
@@ -75,6 +82,45 @@ impl Daemon {
             .xenstored()
             .read(&path)
             .is_ok_and(|v| v.trim_ascii() == b"1")
+            || self.suspend_event_channel(d).is_some()
+    }
+
+    /// The port the guest gave for Xen's suspend event channel
+    /// (`device/suspend/event-channel`), if it gave one.
+    fn suspend_event_channel(&self, d: &Domain) -> Option<u32> {
+        let path = format!(
+            "/local/domain/{}/device/suspend/event-channel",
+            d.record.domid
+        );
+        let value = self.store.xenstored().read(&path).ok()?;
+        let port: u32 = std::str::from_utf8(&value).ok()?.trim().parse().ok()?;
+        (port != 0).then_some(port)
+    }
+
+    /// libxl's first way to ask: notify the guest's suspend event channel
+    /// through a Dom0 port bound to it for the occasion (closed again when
+    /// this returns, which leaves the guest's port unbound for the next
+    /// time), then wait for the guest to suspend.
+    fn suspend_through_channel(
+        &self,
+        d: &Domain,
+        channel: &kxen_foreign::evtchn::Dom0Channel,
+    ) -> Result<Stopped, String> {
+        let id = d.record.domid;
+        channel.notify();
+        let suspended = wait_until(self.suspend_limit, || d.info().is_ok_and(|i| i.suspended));
+        if !suspended {
+            return Err(format!(
+                "guest did not suspend on its suspend event channel, timed out (waited {} s)",
+                self.suspend_limit.as_secs()
+            ));
+        }
+        d.pause().map_err(|e| format!("pausing domain {id}: {e}"))?;
+        self.log(&format!(
+            "domain {id} ({}) suspended itself on request (suspend event channel)",
+            d.record.name
+        ));
+        Ok(Stopped::Suspended)
     }
 
     /// Stop `d` for its image: ask a guest that offers the suspend protocol
@@ -92,6 +138,14 @@ impl Daemon {
         if running.paused || !self.offers_suspend(d) {
             d.pause().map_err(|e| format!("pausing domain {id}: {e}"))?;
             return Ok(Stopped::Paused);
+        }
+        if let Some(port) = self.suspend_event_channel(d) {
+            match self.devices_of(id).bind_suspend_channel(port) {
+                Ok(channel) => return self.suspend_through_channel(d, &channel),
+                Err(e) => self.log(&format!(
+                    "domain {id}: suspend event channel {port} initialization failed ({e}); asking through control/shutdown"
+                )),
+            }
         }
         let node = format!("/local/domain/{id}/control/shutdown");
         let store = self.store.xenstored();

@@ -389,6 +389,7 @@ pub static CHECKS: &[Check] = &[
     special("evtchn.fifo", special::evtchn_fifo),
     special("evtchn.fifo_save", special::evtchn_fifo_save),
     special("xenstore.save", special::xenstore_save),
+    special("suspend.evtchn", special::suspend_evtchn),
     special("evtchn.port_limit", special::evtchn_port_limit),
     special("evtchn.fifo_ports", special::evtchn_fifo_ports),
     special("triple_fault", special::triple_fault),

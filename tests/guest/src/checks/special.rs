@@ -566,6 +566,74 @@ pub fn xenstore_save() -> R {
     Ok(())
 }
 
+/// How long [`suspend_evtchn`] waits for each suspend request (guest
+/// time).
+const SUSPEND_WAIT_MS: u64 = 60_000;
+
+/// Xen's suspend event channel (`kxen.test=suspend.evtchn`, issue 17):
+/// the guest allocates a port unbound for Dom0 and names it in
+/// `device/suspend/event-channel`. It offers no `control/feature-suspend`
+/// and watches no `control/shutdown`, so the channel is the only way the
+/// toolstack can ask it to suspend. On each event there it suspends
+/// (SCHEDOP_shutdown(SHUTDOWN_suspend)). Returning 1 (a checkpoint:
+/// resumed in place) it waits for the next request; returning 0 it runs
+/// in a new domain, whose event channels are all closed, and the check
+/// ends there (its lines go out through console_io).
+pub fn suspend_evtchn() -> R {
+    use crate::xenstore::{self, Reply};
+    use xen_abi::sched::SHUTDOWN_SUSPEND;
+    use xen_abi::xenstore::{PAYLOAD_MAX, XS_WRITE};
+
+    console::mirror_to_console_io();
+    let port = ok("alloc_unbound(remote 0)", xen::alloc_unbound(DOMID_SELF, 0))?;
+    let mut digits = [0u8; 10];
+    let mut at = digits.len();
+    let mut n = port;
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    let mut reply = Reply {
+        kind: u32::MAX,
+        len: 0,
+        buf: [0; PAYLOAD_MAX],
+    };
+    let written = xenstore::request(
+        XS_WRITE,
+        &[b"device/suspend/event-channel\0", &digits[at..]],
+        &mut reply,
+    );
+    if written.is_err() || reply.kind != XS_WRITE {
+        bail!(
+            "writing device/suspend/event-channel: {:?} (reply type {})",
+            written.err(),
+            reply.kind
+        );
+    }
+    for _ in 0..4 {
+        println!("suspend.evtchn: waiting on port {}", port);
+        if !events::wait_seen(port, SUSPEND_WAIT_MS) {
+            bail!(
+                "no suspend request on port {} within {} ms",
+                port,
+                SUSPEND_WAIT_MS
+            );
+        }
+        let rc = xen::shutdown(SHUTDOWN_SUSPEND);
+        println!("suspend.evtchn: suspend returned {}", rc);
+        match rc {
+            1 => continue,
+            0 => return Ok(()),
+            rc => bail!("SCHEDOP_shutdown(SHUTDOWN_suspend) returned {}", rc),
+        }
+    }
+    bail!("more than 4 checkpoints")
+}
+
 /// The highest port the domain may use, from `kxen.evtchn_max=N` (the
 /// cfg's max_event_channels the test set).
 fn expected_max_port() -> Result<u32, super::Fail> {
