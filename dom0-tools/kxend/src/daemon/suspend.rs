@@ -106,18 +106,29 @@ impl Daemon {
         d: &Domain,
         channel: &kxen_foreign::evtchn::Dom0Channel,
     ) -> Result<Stopped, String> {
-        let id = d.record.domid;
         channel.notify();
+        self.await_suspend(
+            d,
+            "after its suspend event channel was notified",
+            " (suspend event channel)",
+        )
+    }
+
+    /// Wait for a guest that was asked to suspend, then pause it. `after`
+    /// says what the wait followed (for the error), `via` how it was
+    /// asked (for the log).
+    fn await_suspend(&self, d: &Domain, after: &str, via: &str) -> Result<Stopped, String> {
+        let id = d.record.domid;
         let suspended = wait_until(self.suspend_limit, || d.info().is_ok_and(|i| i.suspended));
         if !suspended {
             return Err(format!(
-                "guest did not suspend on its suspend event channel, timed out (waited {} s)",
+                "guest did not suspend, timed out (waited {} s {after})",
                 self.suspend_limit.as_secs()
             ));
         }
         d.pause().map_err(|e| format!("pausing domain {id}: {e}"))?;
         self.log(&format!(
-            "domain {id} ({}) suspended itself on request (suspend event channel)",
+            "domain {id} ({}) suspended itself on request{via}",
             d.record.name
         ));
         Ok(Stopped::Suspended)
@@ -166,19 +177,7 @@ impl Daemon {
                 ));
             }
         }
-        let suspended = wait_until(self.suspend_limit, || d.info().is_ok_and(|i| i.suspended));
-        if !suspended {
-            return Err(format!(
-                "guest did not suspend, timed out (waited {} s after it acknowledged)",
-                self.suspend_limit.as_secs()
-            ));
-        }
-        d.pause().map_err(|e| format!("pausing domain {id}: {e}"))?;
-        self.log(&format!(
-            "domain {id} ({}) suspended itself on request",
-            d.record.name
-        ));
-        Ok(Stopped::Suspended)
+        self.await_suspend(d, "after it acknowledged", "")
     }
 
     /// Undo [`Self::stop_for_image`] for a domain that stays here (a
