@@ -492,8 +492,12 @@ const STALE_UPCALL_SWEEP: std::time::Duration = std::time::Duration::from_millis
 /// goes from 0 to 1, no later event would raise another. This sweep
 /// samples the flags instead: a vCPU whose flag stayed set across two
 /// looks gets its upcall again (at worst one spurious upcall, which the
-/// guest's handler takes as nothing to do). [`UpcallRetry`] covers the
-/// upcalls kxen-vmm raises itself, whose refusals it sees.
+/// guest's handler takes as nothing to do). A vCPU with delivery masked
+/// (`evtchn_upcall_mask`, a PV guest's virtual interrupt flag) is left
+/// alone: it takes its pending events when it unmasks, as on Xen, and a
+/// raise meanwhile would only add a callback it did not ask for.
+/// [`UpcallRetry`] covers the upcalls kxen-vmm raises itself, whose
+/// refusals it sees.
 pub struct StaleUpcallSweep {
     domain: Arc<kxen_xen::Domain>,
     gate: Arc<crate::vcpu::gate::GuestEntryGate>,
@@ -536,7 +540,8 @@ impl StaleUpcallSweep {
         let st = self.domain.lock();
         for (vcpu, before) in self.set_before.iter_mut().enumerate() {
             let vcpu = vcpu as u32;
-            let set = self.domain.upcall_pending(&st, vcpu);
+            let set =
+                self.domain.upcall_pending(&st, vcpu) && !self.domain.upcall_masked(&st, vcpu);
             if set && *before && self.domain.upcall_vector(&st, vcpu).is_some() {
                 self.domain.raise_upcall(&st, vcpu);
                 raised.push(vcpu);

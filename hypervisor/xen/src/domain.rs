@@ -646,6 +646,15 @@ impl Domain {
             .is_some_and(|b| b.load(Ordering::SeqCst) != 0)
     }
 
+    /// Whether `vcpu` has event delivery masked (`evtchn_upcall_mask`: a
+    /// PV guest's virtual interrupt flag, clear).
+    pub fn upcall_masked(&self, st: &DomainState, vcpu: u32) -> bool {
+        let mem = self.mem.memory();
+        self.vcpu_info_gpa(st, vcpu)
+            .and_then(|gpa| atomic_u8(&mem, gpa + VCPU_INFO_UPCALL_MASK as u64))
+            .is_some_and(|b| b.load(Ordering::SeqCst) != 0)
+    }
+
     /// Clear `vcpu`'s upcall mask (event delivery enabled), as
     /// SCHEDOP_block does.
     pub fn enable_event_delivery(&self, st: &DomainState, vcpu: u32) {
