@@ -303,8 +303,12 @@ user_checks:
     mov ipi_port(%rip), %ecx
     bt %rcx, %rsi
     setc %al
+    /* At least one callback: Dom0's console and xenstore ports are open
+     * too, and an event of theirs that comes while delivery is unmasked
+     * (the send's return, the callback's iret) adds a callback of its
+     * own, as in the loop below. */
     cmpq $1, ev_count(%rip)
-    sete %dl
+    setae %dl
     and %dl, %al
     test %r13, %r13
     sete %dl
