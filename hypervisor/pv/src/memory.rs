@@ -13,6 +13,13 @@ use crate::pte::{Mfn, ENTRIES};
 pub trait MmuMemory {
     /// Entry `index` (0..512) of frame `mfn`, read as one 8-byte value.
     fn read_entry(&self, mfn: Mfn, index: usize) -> u64;
+    /// Every entry of frame `mfn`, each read as one 8-byte value, for the
+    /// loops over a whole table (validating one, releasing one). An
+    /// executor that can reach the frame at once overrides the default,
+    /// which reads the entries one by one.
+    fn read_table(&self, mfn: Mfn) -> [u64; ENTRIES] {
+        std::array::from_fn(|index| self.read_entry(mfn, index))
+    }
     /// Write entry `index` of frame `mfn` as one 8-byte store.
     fn write_entry(&mut self, mfn: Mfn, index: usize, value: u64);
     /// Write entry `index` of the L1 table `mfn`, which held `old`. An

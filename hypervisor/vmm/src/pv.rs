@@ -613,6 +613,19 @@ impl MmuMemory for GuestFrames<'_> {
             .unwrap_or(0)
     }
 
+    fn read_table(&self, mfn: Mfn) -> [u64; kxen_pv::pte::ENTRIES] {
+        // One lookup of the frame, then an atomic 8-byte load per entry
+        // (as read_entry's): validating a tree reads every entry of every
+        // table, and a restore validates them all.
+        let table = mfn.checked_mul(xen_abi::PAGE_SIZE as u64).and_then(|gpa| {
+            kxen_xen::guest::atomic_u64_slice(self.mem, gpa, kxen_pv::pte::ENTRIES)
+        });
+        match table {
+            Some(words) => std::array::from_fn(|index| words[index].load(Ordering::Relaxed)),
+            None => std::array::from_fn(|index| self.read_entry(mfn, index)),
+        }
+    }
+
     fn write_entry(&mut self, mfn: Mfn, index: usize, value: u64) {
         self.stale.store(true, Ordering::SeqCst);
         if self

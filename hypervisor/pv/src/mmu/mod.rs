@@ -435,11 +435,11 @@ impl PvMmu {
         mfn: Mfn,
         level: PtLevel,
     ) -> Result<(), MmuError> {
-        for index in 0..PT_ENTRIES {
+        let entries = mem.read_table(mfn);
+        for (index, &entry) in entries.iter().enumerate() {
             if !Self::is_guest_slot(level, index) {
                 continue;
             }
-            let entry = mem.read_entry(mfn, index);
             if !is_present(entry) {
                 continue;
             }
@@ -468,9 +468,9 @@ impl PvMmu {
 
     /// Release the references of a table whose last type reference went.
     fn devalidate<M: MmuMemory>(&mut self, mem: &mut M, mfn: Mfn, level: PtLevel) {
-        for index in 0..PT_ENTRIES {
+        let entries = mem.read_table(mfn);
+        for (index, &entry) in entries.iter().enumerate() {
             if Self::is_guest_slot(level, index) {
-                let entry = mem.read_entry(mfn, index);
                 self.put_entry_ref(mem, level, entry);
             }
         }
