@@ -89,12 +89,20 @@ impl Dom0 {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// The test guest in service mode (PVH, 64 MiB, one vCPU), with
+    /// `extra` cfg lines.
     pub fn config(&self, name: &str, extra: &str) -> PathBuf {
+        self.guest_config(name, "kxen.mode=service", extra)
+    }
+
+    /// The test guest (PVH, 64 MiB, one vCPU) with kernel command line
+    /// `cmdline` and `extra` cfg lines.
+    pub fn guest_config(&self, name: &str, cmdline: &str, extra: &str) -> PathBuf {
         let path = self.dir.join(format!("{name}.cfg"));
         std::fs::write(
             &path,
             format!(
-                "# kxen test guest\nname = \"{name}\"\ntype = \"pvh\"\nkernel = \"{}\"\nmemory = 64\nvcpus = 1\ncmdline = \"kxen.mode=service\"\n{extra}",
+                "# kxen test guest\nname = \"{name}\"\ntype = \"pvh\"\nkernel = \"{}\"\nmemory = 64\nvcpus = 1\ncmdline = \"{cmdline}\"\n{extra}",
                 test_guest().display()
             ),
         )

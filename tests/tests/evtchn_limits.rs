@@ -16,17 +16,11 @@ use kxen_tests::{package_bin, test_guest};
 
 /// Write a cfg that runs check `check` with `max_event_channels = max`.
 fn config(d: &Dom0, name: &str, check: &str, max: u32) -> std::path::PathBuf {
-    let path = d.dir.join(format!("{name}.cfg"));
-    std::fs::write(
-        &path,
-        format!(
-            "name = \"{name}\"\ntype = \"pvh\"\nkernel = \"{}\"\nmemory = 64\nvcpus = 1\n\
-             cmdline = \"kxen.test={check} kxen.evtchn_max={max}\"\nmax_event_channels = {max}\n",
-            test_guest().display()
-        ),
+    d.guest_config(
+        name,
+        &format!("kxen.test={check} kxen.evtchn_max={max}"),
+        &format!("max_event_channels = {max}\n"),
     )
-    .unwrap();
-    path
 }
 
 /// Everything the domain printed: its console log and the VMM's log,

@@ -238,16 +238,22 @@ fn console_io(d: &Dom0, name: &str) -> String {
 
 /// Wait until `name`'s console_io has `needle`; a FAIL line fails the test.
 fn wait_console_io(d: &Dom0, name: &str, needle: &str) -> String {
+    wait_console_io_for(d, name, needle, |log| log.contains(needle))
+}
+
+/// Wait until `name`'s console_io satisfies `done` (`what` names it for
+/// the failure), within the guest limit; a FAIL line fails the test.
+fn wait_console_io_for(d: &Dom0, name: &str, what: &str, done: impl Fn(&str) -> bool) -> String {
     let start = std::time::Instant::now();
     loop {
         let log = console_io(d, name);
         assert!(!log.contains("FAIL "), "{log}");
-        if log.contains(needle) {
+        if done(&log) {
             return log;
         }
         assert!(
             start.elapsed() < GUEST_LIMIT,
-            "no {needle:?} from {name}:\n{log}"
+            "no {what:?} from {name}:\n{log}"
         );
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -309,15 +315,10 @@ fn a_guest_is_asked_to_suspend_through_its_suspend_event_channel() {
         "{dmesg}"
     );
     // Asked again, through a fresh binding of the same port.
-    let start = std::time::Instant::now();
-    while console_io(&d, name)
-        .matches("suspend.evtchn: waiting on port")
-        .count()
-        < 2
-    {
-        assert!(start.elapsed() < GUEST_LIMIT, "{}", console_io(&d, name));
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let waiting = "suspend.evtchn: waiting on port";
+    wait_console_io_for(&d, name, "a second wait on the port", |log| {
+        log.matches(waiting).count() >= 2
+    });
     let image = d.dir.join("evtchn.save");
     let out = d.kxl(&["save", name, image.to_str().unwrap()]);
     assert!(out.status.success(), "kxl save: {}", show(&out));
@@ -329,16 +330,7 @@ fn a_guest_is_asked_to_suspend_through_its_suspend_event_channel() {
 
 /// Create the test guest (PVH, one vCPU) running its `special` check.
 fn create_at_special(d: &Dom0, name: &str, special: &str) {
-    let cfg = d.dir.join(format!("{name}.cfg"));
-    std::fs::write(
-        &cfg,
-        format!(
-            "name = \"{name}\"\ntype = \"pvh\"\nkernel = \"{}\"\nmemory = 64\nvcpus = 1\n\
-             cmdline = \"kxen.test={special}\"\n",
-            kxen_tests::test_guest().display()
-        ),
-    )
-    .unwrap();
+    let cfg = d.guest_config(name, &format!("kxen.test={special}"), "");
     d.ok(&["create", cfg.to_str().unwrap()]);
 }
 

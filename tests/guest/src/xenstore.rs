@@ -34,6 +34,15 @@ pub struct Reply {
 }
 
 impl Reply {
+    /// A reply to be filled: no payload, a type no message has.
+    pub fn empty() -> Reply {
+        Reply {
+            kind: u32::MAX,
+            len: 0,
+            buf: [0; PAYLOAD_MAX],
+        }
+    }
+
     pub fn payload(&self) -> &[u8] {
         &self.buf[..self.len]
     }

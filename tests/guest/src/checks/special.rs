@@ -264,7 +264,6 @@ pub fn evtchn_fifo() -> R {
     const LINKED: u32 = 1 << EVTCHN_FIFO_LINKED;
 
     console::mirror_to_console_io();
-    let control_gfn = FIFO_CONTROL.0.as_ptr() as u64 >> 12;
     let mut expand = ExpandArray {
         array_gfn: FIFO_ARRAY.0.as_ptr() as u64 >> 12,
     };
@@ -274,25 +273,14 @@ pub fn evtchn_fifo() -> R {
         event_channel_op(EVTCHNOP_EXPAND_ARRAY, &mut expand),
         neg(EOPNOTSUPP),
     )?;
-    let mut init = InitControl {
-        control_gfn,
-        offset: 0,
-        vcpu: 0,
-        link_bits: 0,
-        _pad: [0; 7],
-    };
-    rc_is(
-        "EVTCHNOP_init_control(vCPU 0)",
-        event_channel_op(EVTCHNOP_INIT_CONTROL, &mut init),
-        0,
-    )?;
-    if init.link_bits != EVTCHN_FIFO_LINK_BITS {
-        bail!("init_control: link_bits {}, expected 17", init.link_bits);
+    let link_bits = init_control_vcpu0(&FIFO_CONTROL)?;
+    if link_bits != EVTCHN_FIFO_LINK_BITS {
+        bail!("init_control: link_bits {}, expected 17", link_bits);
     }
     // event_fifo.c map_control_block: a vCPU registers once -> -EINVAL.
     rc_is(
         "EVTCHNOP_init_control(vCPU 0 again)",
-        event_channel_op(EVTCHNOP_INIT_CONTROL, &mut init),
+        init_control_call(&FIFO_CONTROL).0,
         neg(EINVAL),
     )?;
     rc_is(
@@ -347,8 +335,17 @@ pub fn evtchn_fifo() -> R {
 }
 
 /// EVTCHNOP_init_control for vCPU 0, its control block at the start of
-/// `page`: the switch to the FIFO ABI.
-fn init_control_vcpu0(page: &SharedPage) -> R {
+/// `page`: the switch to the FIFO ABI. Returns the link bits Xen
+/// reports.
+fn init_control_vcpu0(page: &SharedPage) -> Result<u8, super::Fail> {
+    let (rc, link_bits) = init_control_call(page);
+    rc_is("EVTCHNOP_init_control(vCPU 0)", rc, 0)?;
+    Ok(link_bits)
+}
+
+/// EVTCHNOP_init_control for vCPU 0 on `page`, as it is: the return
+/// code and the link bits the call wrote back.
+fn init_control_call(page: &SharedPage) -> (i64, u8) {
     use xen_abi::event_channel::{InitControl, EVTCHNOP_INIT_CONTROL};
     let mut init = InitControl {
         control_gfn: page.0.as_ptr() as u64 >> 12,
@@ -357,11 +354,8 @@ fn init_control_vcpu0(page: &SharedPage) -> R {
         link_bits: 0,
         _pad: [0; 7],
     };
-    rc_is(
-        "EVTCHNOP_init_control(vCPU 0)",
-        event_channel_op(EVTCHNOP_INIT_CONTROL, &mut init),
-        0,
-    )
+    let rc = event_channel_op(EVTCHNOP_INIT_CONTROL, &mut init);
+    (rc, init.link_bits)
 }
 
 /// How long [`evtchn_fifo_save`] waits at its save point (guest time,
@@ -464,11 +458,7 @@ pub fn xenstore_save() -> R {
         Ok(ring) => ring,
         Err(e) => bail!("xenstore ring: {e}"),
     };
-    let mut reply = Reply {
-        kind: u32::MAX,
-        len: 0,
-        buf: [0; PAYLOAD_MAX],
-    };
+    let mut reply = Reply::empty();
     // Messages longer than the ring go in pieces, each taken before the
     // next fits.
     let send_all = |bytes: &[u8]| -> R {
@@ -582,7 +572,7 @@ const SUSPEND_WAIT_MS: u64 = 60_000;
 pub fn suspend_evtchn() -> R {
     use crate::xenstore::{self, Reply};
     use xen_abi::sched::SHUTDOWN_SUSPEND;
-    use xen_abi::xenstore::{PAYLOAD_MAX, XS_WRITE};
+    use xen_abi::xenstore::XS_WRITE;
 
     console::mirror_to_console_io();
     let port = ok("alloc_unbound(remote 0)", xen::alloc_unbound(DOMID_SELF, 0))?;
@@ -597,11 +587,7 @@ pub fn suspend_evtchn() -> R {
             break;
         }
     }
-    let mut reply = Reply {
-        kind: u32::MAX,
-        len: 0,
-        buf: [0; PAYLOAD_MAX],
-    };
+    let mut reply = Reply::empty();
     let written = xenstore::request(
         XS_WRITE,
         &[b"device/suspend/event-channel\0", &digits[at..]],

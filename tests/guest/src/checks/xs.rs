@@ -41,16 +41,8 @@ impl Write for Text {
     }
 }
 
-fn new_reply() -> Reply {
-    Reply {
-        kind: u32::MAX,
-        len: 0,
-        buf: [0; xen_abi::xenstore::PAYLOAD_MAX],
-    }
-}
-
 fn ask(kind: u32, parts: &[&[u8]], what: &str) -> Result<Reply, Fail> {
-    let mut r = new_reply();
+    let mut r = Reply::empty();
     if let Err(e) = request(kind, parts, &mut r) {
         bail!("{}: {}", what, e);
     }
