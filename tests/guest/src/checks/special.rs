@@ -264,13 +264,10 @@ pub fn evtchn_fifo() -> R {
     const LINKED: u32 = 1 << EVTCHN_FIFO_LINKED;
 
     console::mirror_to_console_io();
-    let mut expand = ExpandArray {
-        array_gfn: FIFO_ARRAY.0.as_ptr() as u64 >> 12,
-    };
     // event_fifo.c evtchn_fifo_expand_array: no FIFO yet -> -EOPNOTSUPP.
     rc_is(
         "EVTCHNOP_expand_array before init_control",
-        event_channel_op(EVTCHNOP_EXPAND_ARRAY, &mut expand),
+        expand_array_call(&FIFO_ARRAY),
         neg(EOPNOTSUPP),
     )?;
     let link_bits = init_control_vcpu0(&FIFO_CONTROL)?;
@@ -283,11 +280,7 @@ pub fn evtchn_fifo() -> R {
         init_control_call(&FIFO_CONTROL).0,
         neg(EINVAL),
     )?;
-    rc_is(
-        "EVTCHNOP_expand_array",
-        event_channel_op(EVTCHNOP_EXPAND_ARRAY, &mut expand),
-        0,
-    )?;
+    rc_is("EVTCHNOP_expand_array", expand_array_call(&FIFO_ARRAY), 0)?;
     let ipi = ok("bind_ipi(0)", xen::bind_ipi(0))?;
     let mut prio = SetPriority {
         port: ipi,
@@ -343,6 +336,16 @@ fn init_control_vcpu0(page: &SharedPage) -> Result<u8, super::Fail> {
     Ok(link_bits)
 }
 
+/// EVTCHNOP_expand_array with `page` as the next event array page: the
+/// return code.
+fn expand_array_call(page: &SharedPage) -> i64 {
+    use xen_abi::event_channel::{ExpandArray, EVTCHNOP_EXPAND_ARRAY};
+    let mut expand = ExpandArray {
+        array_gfn: page.0.as_ptr() as u64 >> 12,
+    };
+    event_channel_op(EVTCHNOP_EXPAND_ARRAY, &mut expand)
+}
+
 /// EVTCHNOP_init_control for vCPU 0 on `page`, as it is: the return
 /// code and the link bits the call wrote back.
 fn init_control_call(page: &SharedPage) -> (i64, u8) {
@@ -376,14 +379,7 @@ pub fn evtchn_fifo_save() -> R {
 
     console::mirror_to_console_io();
     init_control_vcpu0(&FIFO_CONTROL)?;
-    let mut expand = ExpandArray {
-        array_gfn: FIFO_ARRAY.0.as_ptr() as u64 >> 12,
-    };
-    rc_is(
-        "EVTCHNOP_expand_array",
-        event_channel_op(EVTCHNOP_EXPAND_ARRAY, &mut expand),
-        0,
-    )?;
+    rc_is("EVTCHNOP_expand_array", expand_array_call(&FIFO_ARRAY), 0)?;
     let first = ok("bind_ipi(0)", xen::bind_ipi(0))?;
     let second = ok("bind_ipi(0)", xen::bind_ipi(0))?;
     let third = ok("bind_ipi(0)", xen::bind_ipi(0))?;
@@ -717,14 +713,7 @@ pub fn evtchn_fifo_ports() -> R {
     init_control_vcpu0(&FIFO_PORTS_CONTROL)?;
     let pages = (max / EVTCHN_FIFO_WORDS_PER_PAGE + 1) as usize;
     for page in &FIFO_PORTS_ARRAY[..pages] {
-        let mut expand = ExpandArray {
-            array_gfn: page.0.as_ptr() as u64 >> 12,
-        };
-        rc_is(
-            "EVTCHNOP_expand_array",
-            event_channel_op(EVTCHNOP_EXPAND_ARRAY, &mut expand),
-            0,
-        )?;
+        rc_is("EVTCHNOP_expand_array", expand_array_call(page), 0)?;
     }
     let word = |port: u32| {
         FIFO_PORTS_ARRAY[(port / EVTCHN_FIFO_WORDS_PER_PAGE) as usize].0
